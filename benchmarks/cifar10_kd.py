@@ -1,0 +1,193 @@
+"""Benchmark: fine-tune the pretrained ResNet-56 on JPEG CIFAR-10, then distil it into a ResNet-20.
+
+    python benchmarks/cifar10_kd.py                      # full run (writes benchmarks/results/cifar10_kd.*)
+    python benchmarks/cifar10_kd.py --quick              # a few minutes, for CI (writes to a temp folder)
+
+Arms (same seeds, data subset and schedule): scratch (CE), KD, FitNet, AT, with the loss weights of the
+RepDistiller/mdistiller CIFAR tables (KD: CE 0.1 + KD 0.9 at T=4; FitNet: CE + 100 * hint on f2; AT: CE +
+1000 * AT on f1..f3). Results are appended to the JSON as each run finishes, so an interrupted benchmark
+resumes where it stopped. Data: ../shared/data/cifar10-jpeg.tar.gz (or --data: any CIFAR-10 in a format
+``distill.data.load_images`` reads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.config import parse_config
+from distill.experiment import build_experiment, evaluate_model
+from distill.report.plots import plot_runs
+from distill.train.checkpoint import save_weights
+
+REPO = Path(__file__).resolve().parents[1]
+ASSETS = REPO / "src" / "distill" / "assets"
+
+ARMS: dict[str, list[dict[str, Any]]] = {
+    "scratch": [{"name": "ce", "weight": 1.0}],
+    "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
+    "fitnet": [{"name": "ce", "weight": 1.0}, {"name": "fitnet", "weight": 100.0, "student": "f2", "teacher": "f2"}],
+    "at": [{"name": "ce", "weight": 1.0}, {"name": "at", "weight": 1000.0, "student": ["f1", "f2", "f3"]}],
+}
+
+
+def base_data(args: argparse.Namespace) -> dict[str, Any]:
+    return {"train": str(args.data), "eval": str(args.data), "normalize": "imagenet",
+            "augment": {"crop_padding": 4, "flip": True}, "cache_dir": str(args.work / "cache")}
+
+
+def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
+    """Fine-tune the pretrained ResNet-56 on the JPEG train split (once), report test accuracy before/after."""
+    out = args.work / "teacher"
+    weights = out / "resnet56_cifar10_jpeg.safetensors"
+    recipe_path = out / "recipe.json"
+    if weights.exists() and recipe_path.exists():
+        return json.loads(recipe_path.read_text())
+    pretrained = args.shared / "models" / "resnet-cifar10" / "resnet56-4bfd9763.th"
+    epochs = 1 if args.quick else args.teacher_epochs
+    raw = {
+        "output_dir": str(out / "run"),
+        "seed": 0,
+        "data": {**base_data(args), **({"train_per_class": 100, "eval_per_class": 50} if args.quick else {})},
+        "student": {"arch": "resnet56", "weights": str(pretrained)},
+        "methods": [{"name": "ce"}],
+        "train": {"epochs": epochs, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "cosine", "eval_every": epochs, "log_every": 20, "checkpoint_every": 100},
+    }
+    exp = build_experiment(parse_config(raw))
+    before = evaluate_model(exp.student, exp.task, exp.eval_data)["accuracy"]
+    print(f"teacher before fine-tuning: {100 * before:.2f}% on {len(exp.eval_data)} test images", flush=True)
+    summary = exp.fit()
+    after = summary["final"]["accuracy"]
+    print(f"teacher after fine-tuning: {100 * after:.2f}%", flush=True)
+    save_weights(weights, exp.student.state_dict(), metadata={"arch": "resnet56", "num_classes": "10"})
+    recipe = {"source": str(pretrained), "data": str(args.data), "test_accuracy_before": before,
+              "test_accuracy_after": after, "train": raw["train"], "wall_time_s": summary["wall_time_s"],
+              "test_images": len(exp.eval_data), "train_images": len(exp.train_data)}
+    recipe_path.write_text(json.dumps(recipe, indent=2))
+    return recipe
+
+
+def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dict[str, Any]:
+    epochs = args.epochs
+    run_dir = args.work / "runs" / f"{arm}-seed{seed}"
+    raw = {
+        "output_dir": str(run_dir),
+        "seed": seed,
+        "data": {**base_data(args), "train_per_class": args.per_class, "subset_seed": 0,
+                 **({"eval_per_class": 50} if args.quick else {})},
+        "student": {"arch": args.student},
+        "teacher": {"arch": "resnet56", "weights": str(teacher)},
+        "methods": ARMS[arm],
+        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+                  "schedule": "step", "milestones": [round(0.6 * epochs), round(0.8 * epochs)],
+                  "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False},
+    }
+    exp = build_experiment(parse_config(raw))
+    summary = exp.fit(resume=True)
+    times = [h["epoch_time"] for h in summary["history"]]
+    return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
+            "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
+            "methods": ARMS[arm]}
+
+
+def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
+    rows = results["runs"]
+    by_arm: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_arm.setdefault(r["arm"], []).append(r)
+    base = statistics.mean(r["accuracy"] for r in by_arm.get("scratch", [])) if "scratch" in by_arm else None
+    t = results["teacher"]
+    lines = [
+        f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
+        f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
+        f"{t['train_images']} JPEG training images).",
+        "",
+        f"Student {args.student} from scratch, {args.per_class * 10} training images (class-balanced), "
+        f"{args.epochs} epochs, SGD lr 0.05 x0.1 at 60%/80%, batch 64, crop+flip; test on "
+        f"{t['test_images'] if not args.quick else 'a subset of the'} test images; seeds "
+        f"{', '.join(str(s) for s in args.seeds)}.",
+        "",
+        "| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, rs in by_arm.items():
+        accs = [100 * r["accuracy"] for r in rs]
+        mean = statistics.mean(accs)
+        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
+        ep = statistics.mean(r["epoch_time_s"] for r in rs if r["epoch_time_s"])
+        lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep:.1f} |")
+    md = out_dir / "cifar10_kd.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    p.add_argument("--data", type=Path, default=None, help="CIFAR-10 in any supported format")
+    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--teacher-epochs", type=int, default=3)
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--student", default="resnet20")
+    p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
+    p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
+    args = p.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    args.data = args.data or args.shared / "data" / "cifar10-jpeg.tar.gz"
+    if not args.data.exists():
+        print(f"data not found: {args.data} (pass --data or put ../shared beside the repo)", file=sys.stderr)
+        return 2
+    if args.quick:
+        import tempfile
+
+        args.work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+        args.out = args.work / "results"
+        args.seeds, args.epochs, args.per_class = [0], 2, 20
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / "cifar10_kd.json"
+    start = time.perf_counter()
+    teacher = finetune_teacher(args)
+    teacher_weights = args.work / "teacher" / "resnet56_cifar10_jpeg.safetensors"
+    if args.ship_teacher:
+        shutil.copy(teacher_weights, ASSETS / teacher_weights.name)
+        (ASSETS / "resnet56_cifar10_jpeg.json").write_text(json.dumps(teacher, indent=2))
+    results: dict[str, Any] = {"teacher": teacher, "runs": [], "args": {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if results_path.exists() and not args.quick:
+        old = json.loads(results_path.read_text())
+        if old.get("args", {}).get("epochs") == args.epochs:
+            results["runs"] = old.get("runs", [])
+    done = {(r["arm"], r["seed"]) for r in results["runs"]}
+    for seed in args.seeds:
+        for arm in args.arms:
+            if (arm, seed) in done:
+                continue
+            t0 = time.perf_counter()
+            r = run_arm(args, arm, seed, teacher_weights)
+            print(f"{arm:8s} seed {seed}: {100 * r['accuracy']:.2f}%  ({time.perf_counter() - t0:.0f}s)", flush=True)
+            results["runs"].append(r)
+            results_path.write_text(json.dumps(results, indent=2))
+    md = write_table(args, results, args.out)
+    runs = {f"{r['arm']} (seed {r['seed']})": Path(r["run_dir"]) for r in results["runs"] if r["seed"] == args.seeds[0]}
+    plot_runs(runs, args.out / "cifar10_kd.png", title=f"ResNet-56 -> {args.student}, CIFAR-10 JPEG")
+    print(md.read_text())
+    print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The ``distill`` command line: train, eval, methods, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+
+def _fail(message: str) -> int:
+    print(f"config error: {message}", file=sys.stderr)
+    return 2
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from distill.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.set)
+        from distill.experiment import build_experiment
+
+        exp = build_experiment(cfg, args.output_dir)
+    except ConfigError as e:
+        return _fail(str(e))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = exp.trainer.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    summary = exp.fit(resume=not args.restart)
+    final = summary.get("final", {})
+    print(json.dumps({"run_dir": str(run_dir), "final": final, "wall_time_s": round(summary["wall_time_s"], 1)}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from distill.config import ConfigError, load_config
+    from distill.experiment import build_experiment, evaluate_model
+    from distill.models.weights import load_weights_into
+
+    try:
+        cfg = load_config(args.config, args.set)
+        cfg.train.progress = False
+        exp = build_experiment(cfg, args.output_dir)
+    except ConfigError as e:
+        return _fail(str(e))
+    if exp.eval_data is None:
+        return _fail("data.eval: required to evaluate")
+    weights = Path(args.weights) if args.weights else exp.trainer.run_dir / "student.safetensors"
+    results = {}
+    if weights.exists():
+        load_weights_into(exp.student, weights)
+        results["student"] = evaluate_model(exp.student, exp.task, exp.eval_data)
+    else:
+        print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
+    if exp.teacher is not None and hasattr(exp.teacher, "model"):
+        results["teacher"] = evaluate_model(exp.teacher.model, exp.task, exp.eval_data)
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from distill.methods import METHODS
+
+    rows = [e.as_dict() for e in METHODS]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"distill methods ({len(rows)})")
+    for col in ("name", "family", "paper", "year", "arXiv", "code"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        p = r["provenance"] or {}
+        table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
+                      p.get("arxiv") or "", p.get("repo") or "")
+    Console().print(table)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from distill.demo import run_demo
+
+    run_demo(Path(args.out), epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: any teacher, any student.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a student from a YAML experiment file (resumes if a checkpoint exists)")
+    p.add_argument("config")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--output-dir", default=None)
+    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")
+    p.add_argument("config")
+    p.add_argument("--weights", default=None, help="student weights (default: RUN_DIR/student.safetensors)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--output-dir", default=None)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("methods", help="list the method catalogue with provenance")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_methods)
+
+    p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-8 on shipped CIFAR-10 images")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

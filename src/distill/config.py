@@ -1,0 +1,274 @@
+"""YAML experiment files, validated into the same objects the Python API builds.
+
+A bad file fails with one line that names the key and what is allowed, e.g.
+``config error: methods[1].temprature: unknown option for method 'kd'; allowed: ce_weight, kl_weight, ...``.
+Components are chosen from registries by name; a config never imports code.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing configuration error."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NormalizeConfig(_Strict):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class AugmentConfig(_Strict):
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+
+
+class DataConfig(_Strict):
+    train: str
+    eval: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_per_class: int | None = Field(None, gt=0)
+    eval_per_class: int | None = Field(None, gt=0)
+    subset_seed: int = 0
+    image_size: int | None = Field(None, gt=0)
+    normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
+    augment: AugmentConfig | None = AugmentConfig()
+    cache_dir: str | None = None
+    channels_last: bool = True
+
+
+class ModelConfig(_Strict):
+    arch: str
+    num_classes: int | None = Field(None, gt=0)
+    weights: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from distill.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted(MODELS))}")
+        return v
+
+
+class TeacherConfig(_Strict):
+    arch: str | None = None
+    weights: str | None = None
+    num_classes: int | None = Field(None, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+    ensemble: list[ModelConfig] | None = None
+    reduce: Literal["logits", "probs"] = "logits"
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str | None) -> str | None:
+        return ModelConfig._known_arch(v) if v is not None else v
+
+    def members(self) -> list[ModelConfig]:
+        if self.ensemble:
+            return list(self.ensemble)
+        if self.arch is None:
+            raise ConfigError("teacher: give 'arch' (and usually 'weights') or an 'ensemble' list")
+        return [ModelConfig(arch=self.arch, weights=self.weights, num_classes=self.num_classes,
+                            options=self.options)]
+
+
+class MethodConfig(BaseModel):
+    """``name`` picks a registered method; ``weight`` scales it; other keys are the method's options."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+    label: str | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        from distill.methods import METHODS
+
+        if v not in METHODS:
+            raise ValueError(f"unknown method {v!r}; allowed: {', '.join(METHODS.names())}")
+        return METHODS.canonical(v)
+
+    def options(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class TrainSection(_Strict):
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(64, gt=0)
+    eval_batch_size: int = Field(256, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0)
+    momentum: float = Field(0.9, ge=0)
+    nesterov: bool = False
+    weight_decay: float = Field(5e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: list[float] = Field(default_factory=list)
+    gamma: float = Field(0.1, gt=0)
+    warmup_epochs: float = Field(0.0, ge=0)
+    min_lr_factor: float = Field(0.0, ge=0, le=1)
+    clip_grad_norm: float | None = Field(None, gt=0)
+    early_stopping_patience: int | None = Field(None, gt=0)
+    early_stopping_metric: str | None = None
+    early_stopping_min_delta: float = Field(0.0, ge=0)
+    eval_every: int = Field(1, gt=0)
+    log_every: int = Field(10, gt=0)
+    checkpoint_every: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(2, gt=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False
+    progress: bool = True
+    max_steps: int | None = Field(None, gt=0)
+    step_delay: float = Field(0.0, ge=0)
+
+
+class ExperimentConfig(_Strict):
+    task: Literal["image_classification"] = "image_classification"
+    output_dir: str = "runs/experiment"
+    seed: int = 0
+    deterministic: bool = False
+    data: DataConfig
+    student: ModelConfig
+    teacher: TeacherConfig | None = None
+    methods: list[MethodConfig] = Field(min_length=1)
+    train: TrainSection = TrainSection()
+    base_dir: str | None = Field(None, exclude=True)
+
+
+# -- method options, validated against each method's own constructor ------------------------------------------
+@cache
+def method_options_model(name: str) -> type[BaseModel]:
+    """A pydantic model of the keyword arguments of the method's ``__init__`` (the Python API's truth)."""
+    from distill.methods import METHODS
+
+    cls = METHODS.get(name)
+    sig = inspect.signature(cls.__init__)
+    hints = typing.get_type_hints(cls.__init__)
+    fields: dict[str, Any] = {}
+    for pname, param in sig.parameters.items():
+        if pname == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[pname] = (hints.get(pname, Any), default)
+    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+def validate_method_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
+    model = method_options_model(name)
+    try:
+        parsed = model.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(["weight", "label", *model.model_fields]) or "none"
+            raise ConfigError(f"{where}.{key}: unknown option for method {name!r}; allowed: {allowed}") from None
+        raise ConfigError(f"{where}.{key}: {_clean(err['msg'])} (got {err.get('input')!r})") from None
+    return {k: getattr(parsed, k) for k in options}
+
+
+def _clean(msg: str) -> str:
+    return msg.removeprefix("Value error, ")
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def format_validation_error(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = _loc(tuple(err["loc"])) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return f"{where}: unknown key"
+    if err["type"] == "missing":
+        return f"{where}: required key is missing"
+    msg = _clean(err["msg"])
+    if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
+        msg += f" (got {err['input']!r})"
+    return f"{where}: {msg}"
+
+
+def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> ExperimentConfig:
+    """Validate a dict (from YAML or Python) into an :class:`ExperimentConfig`, or raise :class:`ConfigError`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"(top level): a config is a mapping of keys, got {type(raw).__name__}")
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e)) from None
+    labels = set()
+    for i, m in enumerate(cfg.methods):
+        validate_method_options(m.name, m.options(), f"methods[{i}]")
+        label = m.label or m.name
+        if label in labels:
+            raise ConfigError(f"methods[{i}].label: {label!r} is used twice; give each repeated method a label")
+        labels.add(label)
+    from distill.methods import METHODS
+
+    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and cfg.teacher is None:
+        names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
+        raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
+    if cfg.train.schedule == "step" and not cfg.train.milestones:
+        raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
+    cfg.base_dir = str(base_dir) if base_dir is not None else None
+    return cfg
+
+
+def set_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to a nested dict; list items by index (``methods.1.weight``)."""
+    if "=" not in assignment:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
+    key, _, text = assignment.partition("=")
+    value = yaml.safe_load(text)
+    parts = key.strip().split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list):
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(f"{path}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+    raw = raw if raw is not None else {}
+    for assignment in overrides or []:
+        set_override(raw, assignment)
+    return parse_config(raw, base_dir=path.parent)

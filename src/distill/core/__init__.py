@@ -1,0 +1,1 @@
+"""Core types: model outputs, taps, the method base and registry, composition, teacher sources."""

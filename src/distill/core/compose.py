@@ -1,0 +1,56 @@
+"""Weighted composition of methods: total loss = sum_i w_i * sum_terms L_i."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from distill.core.method import Method
+from distill.core.outputs import ModelOutput, StepInputs
+
+
+class Composite(nn.Module):
+    """Several methods, each with a weight, summed into one objective.
+
+    Terms come back named ``"<label>"`` when a method returns a single term and ``"<label>.<term>"``
+    otherwise, already multiplied by the method's weight, so ``sum(terms.values())`` is the loss.
+    """
+
+    def __init__(self, methods: dict[str, Method], weights: dict[str, float] | None = None):
+        super().__init__()
+        if not methods:
+            raise ValueError("a composition needs at least one method")
+        self.methods = nn.ModuleDict(methods)
+        weights = dict(weights or {})
+        unknown = set(weights) - set(methods)
+        if unknown:
+            raise ValueError(f"weights given for unknown methods {sorted(unknown)}")
+        self.weights = {label: float(weights.get(label, 1.0)) for label in methods}
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(m.needs_teacher for m in self.methods.values())
+
+    @property
+    def needs_labels(self) -> bool:
+        return any(m.needs_labels for m in self.methods.values())
+
+    def student_taps(self) -> list[str]:
+        return list(dict.fromkeys(t for m in self.methods.values() for t in m.student_taps()))
+
+    def teacher_taps(self) -> list[str]:
+        return list(dict.fromkeys(t for m in self.methods.values() for t in m.teacher_taps()))
+
+    def setup(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
+        for method in self.methods.values():
+            method.setup(student, teacher)
+
+    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        terms: dict[str, torch.Tensor] = {}
+        for label, method in self.methods.items():
+            out = method(inputs)
+            weight = self.weights[label]
+            for name, value in out.items():
+                key = label if len(out) == 1 else f"{label}.{name}"
+                terms[key] = weight * value
+        return terms

@@ -1,0 +1,48 @@
+"""The method base class and the method registry.
+
+A method is an ``nn.Module`` that declares what it needs (which student and teacher features, whether it
+needs the teacher and labels) and turns a :class:`~distill.core.outputs.StepInputs` into a dict of named
+loss terms. Parameters it owns (projectors, regressors, heads) are trained with the student; state it keeps
+between steps lives in buffers, so checkpoints carry it. A method may build its parameters lazily in
+:meth:`Method.setup`, which the trainer calls once with example outputs before the optimiser exists.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.registry import Registry
+
+
+class Method(nn.Module):
+    """Base class of every distillation method.
+
+    Subclasses set ``needs_teacher`` / ``needs_labels`` and implement :meth:`forward` returning
+    ``{term_name: scalar tensor}``. Weights that scale the whole method belong to the composition
+    (:class:`~distill.core.compose.Composite`), not to the method.
+    """
+
+    needs_teacher: ClassVar[bool] = True
+    needs_labels: ClassVar[bool] = False
+
+    def student_taps(self) -> list[str]:
+        """Names of student features this method reads (aliases such as ``f2`` or dotted module paths)."""
+        return []
+
+    def teacher_taps(self) -> list[str]:
+        """Names of teacher features this method reads."""
+        return []
+
+    def setup(self, student: ModelOutput, teacher: ModelOutput | None) -> None:  # noqa: B027
+        """Build parameters whose shapes depend on the models (called once, before the optimiser)."""
+
+    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register

@@ -1,0 +1,48 @@
+"""What a model produced on one batch: its main output plus the features that were asked for."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class ModelOutput:
+    """Output of a student or teacher on one batch.
+
+    ``logits`` is the model's main output (class logits, token logits, embeddings or scores, by task).
+    ``features`` maps a tap name (a dotted module path, optionally suffixed ``:input``) to the captured tensor.
+    """
+
+    logits: torch.Tensor
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def feature(self, name: str) -> torch.Tensor:
+        """The feature captured under ``name``, with an error that lists what was captured."""
+        try:
+            return self.features[name]
+        except KeyError:
+            raise KeyError(
+                f"feature {name!r} was not captured; captured: {sorted(self.features) or 'none'}"
+            ) from None
+
+    def detach(self) -> ModelOutput:
+        return ModelOutput(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+
+
+@dataclass
+class StepInputs:
+    """Everything a distillation method may read on one training step.
+
+    ``progress`` is the fraction of training done (0 at the first step, approaching 1 at the last), for
+    methods whose weights or targets change during training.
+    """
+
+    student: ModelOutput
+    teacher: ModelOutput | None
+    labels: torch.Tensor | None
+    progress: float = 0.0
+    epoch: int = 0
+    step: int = 0
+    indices: torch.Tensor | None = None

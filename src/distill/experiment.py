@@ -1,0 +1,142 @@
+"""Build the objects of a run (data, task, student, teacher, methods, trainer) from a validated config.
+
+This is the only place where names from a config become objects; everything it builds is also public and
+can be built by hand from Python.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig
+from distill.core.compose import Composite
+from distill.core.teachers import EnsembleTeacher, FrozenTeacher, TeacherSource
+from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+from distill.data.images import ImageArrays, load_images
+from distill.methods import METHODS
+from distill.models import build_model
+from distill.models.weights import load_weights_into
+from distill.tasks.classification import ImageClassification
+from distill.train.module import DistillModule
+from distill.train.trainer import TrainConfig, Trainer, seed_everything
+
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+def resolve_path(value: str, base_dir: str | None = None) -> Path:
+    """``builtin:NAME`` is a file shipped in the package; a relative path is looked up next to the config
+    file first, then in the working directory."""
+    if value.startswith("builtin:"):
+        path = ASSETS / value.removeprefix("builtin:")
+        if not path.exists():
+            shipped = ", ".join(sorted(p.name for p in ASSETS.iterdir() if not p.name.startswith(".")))
+            raise ConfigError(f"{value}: no such built-in file; shipped: {shipped}")
+        return path
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        return Path(base_dir) / path
+    return path
+
+
+def build_method(cfg: MethodConfig) -> nn.Module:
+    return METHODS.get(cfg.name)(**cfg.options())
+
+
+def build_methods(cfgs: list[MethodConfig]) -> Composite:
+    methods = {(m.label or m.name): build_method(m) for m in cfgs}
+    weights = {(m.label or m.name): m.weight for m in cfgs}
+    return Composite(methods, weights)
+
+
+def build_model_from_config(cfg: ModelConfig, num_classes: int, base_dir: str | None) -> nn.Module:
+    model = build_model(cfg.arch, num_classes=cfg.num_classes or num_classes, **cfg.options)
+    if cfg.weights:
+        load_weights_into(model, resolve_path(cfg.weights, base_dir))
+    return model
+
+
+def build_teacher(cfg: ExperimentConfig, num_classes: int) -> TeacherSource | None:
+    if cfg.teacher is None:
+        return None
+    models = [build_model_from_config(m, num_classes, cfg.base_dir) for m in cfg.teacher.members()]
+    if len(models) == 1 and not cfg.teacher.ensemble:
+        return FrozenTeacher(models[0])
+    return EnsembleTeacher(models, reduce=cfg.teacher.reduce)
+
+
+def load_split(path: str, split: str, per_class: int | None, seed: int, cfg: ExperimentConfig) -> ImageArrays:
+    d = cfg.data
+    data = load_images(resolve_path(path, cfg.base_dir), split=split, image_size=d.image_size,
+                       cache_dir=d.cache_dir)
+    return data.balanced_subset(per_class, seed) if per_class else data
+
+
+def build_task(cfg: ExperimentConfig) -> ImageClassification:
+    d = cfg.data
+    if d.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif d.normalize == "cifar10":
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        mean, std = d.normalize.mean, d.normalize.std
+    augment = RandomCropFlip(padding=d.augment.crop_padding, flip=d.augment.flip) if d.augment else None
+    return ImageClassification(mean, std, augment, channels_last=d.channels_last)
+
+
+def train_config(cfg: ExperimentConfig) -> TrainConfig:
+    t = cfg.train.model_dump()
+    t["betas"] = tuple(t["betas"])
+    return TrainConfig(seed=cfg.seed, deterministic=cfg.deterministic, **t)
+
+
+@dataclass
+class Experiment:
+    config: ExperimentConfig
+    task: ImageClassification
+    train_data: ImageArrays
+    eval_data: ImageArrays | None
+    student: nn.Module
+    teacher: TeacherSource | None
+    methods: Composite
+    module: DistillModule
+    trainer: Trainer
+
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        return self.trainer.fit(resume=resume)
+
+
+def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
+    seed_everything(cfg.seed, cfg.deterministic)
+    d = cfg.data
+    train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
+    evald = None
+    if d.eval:
+        evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg)
+        if evald.classes != train.classes:
+            raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
+    task = build_task(cfg)
+    student = build_model_from_config(cfg.student, train.num_classes, cfg.base_dir)
+    teacher = build_teacher(cfg, train.num_classes)
+    methods = build_methods(cfg.methods)
+    module = DistillModule(student, methods, teacher, task)
+    run_dir = Path(output_dir or cfg.output_dir)
+    trainer = Trainer(module, train, evald, train_config(cfg), run_dir)
+    return Experiment(cfg, task, train, evald, student, teacher, methods, module, trainer)
+
+
+@torch.no_grad()
+def evaluate_model(model: nn.Module, task: ImageClassification, data: ImageArrays,
+                   batch_size: int = 256) -> dict[str, float]:
+    """Metrics of any model on a dataset through a task (no trainer needed)."""
+    model.eval()
+    metrics = task.new_metrics()
+    for start in range(0, len(data), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(data)))
+        batch = task.prepare(task.fetch(data, idx), train=False, generator=None)
+        metrics.update(task.forward(model, batch), batch)
+    return metrics.compute()

@@ -1,0 +1,116 @@
+"""Reference architectures, chosen by name, plus a loader for the pretrained CIFAR-10 ResNets.
+
+>>> model = build_model("resnet8x4", num_classes=100)
+>>> model.feature_taps["f2"]          # dotted module name a forward hook can tap
+'layer2'
+
+Every model's ``forward(x)`` returns logits only; its ``feature_taps`` maps the conventional names
+``f0``..``f3`` (``f4`` for five-stage models), ``pooled`` and, where meaningful, ``fK_pre`` (before the
+stage's last ReLU) to module names, with a ``:input`` suffix when the feature is that module's input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .cifar_mobilenetv2 import CifarMobileNetV2, mobilenetv2
+from .cifar_resnet import (
+    CifarResNet,
+    CifarResNetB,
+    resnet8x4,
+    resnet20,
+    resnet32,
+    resnet32x4,
+    resnet44,
+    resnet56,
+    resnet110,
+)
+from .cifar_shufflenetv2 import CifarShuffleNetV2, shufflenetv2
+from .cifar_vgg import CifarVGG, vgg8, vgg11, vgg13, vgg16, vgg19
+from .cifar_wrn import WideResNet, wrn, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
+from .weights import _short, load_state_dict_checked, read_state_dict
+
+__all__ = [
+    "MODELS",
+    "CifarMobileNetV2",
+    "CifarResNet",
+    "CifarResNetB",
+    "CifarShuffleNetV2",
+    "CifarVGG",
+    "WideResNet",
+    "build_model",
+    "list_models",
+    "load_pretrained_cifar_resnet",
+]
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "resnet8x4": resnet8x4,
+    "resnet32x4": resnet32x4,
+    "wrn": wrn,
+    "wrn_16_1": wrn_16_1,
+    "wrn_16_2": wrn_16_2,
+    "wrn_40_1": wrn_40_1,
+    "wrn_40_2": wrn_40_2,
+    "vgg8": vgg8,
+    "vgg11": vgg11,
+    "vgg13": vgg13,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    "mobilenetv2": mobilenetv2,
+    "shufflenetv2": shufflenetv2,
+}
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`build_model`, sorted."""
+    return sorted(MODELS)
+
+
+def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Build the registered model ``name`` with a ``num_classes``-way classifier; kwargs go to its builder."""
+    try:
+        builder = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}") from None
+    return builder(num_classes=num_classes, **kwargs)
+
+
+_CIFAR_RESNET_DEPTHS = {6 * n + 2: f"resnet{6 * n + 2}" for n in (3, 5, 7, 9, 18)}
+
+
+def load_pretrained_cifar_resnet(path: str | Path, arch: str | None = None) -> nn.Module:
+    """Load a CIFAR ResNet checkpoint (akamaster/pytorch_resnet_cifar10 format) strictly, in eval mode.
+
+    ``path`` is a ``torch.save`` file (a dict with ``"state_dict"``, or a bare state dict; a DataParallel
+    ``module.`` prefix is stripped) or a ``.safetensors`` file. ``arch`` defaults to ``resnet{6n+2}`` with
+    ``n`` the number of blocks in ``layer1``; any registered name can be given (e.g. a RepDistiller
+    ``resnet8x4``). The number of classes is read from the classifier weight. BatchNorm
+    ``num_batches_tracked`` counters, which checkpoints from old PyTorch versions lack, are filled with zeros;
+    every other key must match exactly, else a ``ValueError`` names the missing and unexpected keys.
+    """
+    path = Path(path)
+    sd = read_state_dict(path)
+    if arch is None:
+        blocks = {k.split(".")[1] for k in sd if k.startswith("layer1.") and k.split(".")[1].isdigit()}
+        depth = 6 * len(blocks) + 2
+        if depth not in _CIFAR_RESNET_DEPTHS:
+            raise ValueError(
+                f"{path}: cannot infer a CIFAR ResNet from {len(blocks)} blocks in layer1 "
+                f"(keys start: {_short(list(sd))}); pass arch="
+            )
+        arch = _CIFAR_RESNET_DEPTHS[depth]
+    head = next((k for k in ("linear.weight", "fc.weight", "classifier.weight") if k in sd), None)
+    if head is None:
+        raise ValueError(f"{path}: no classifier weight (linear.weight / fc.weight) among {_short(list(sd))}")
+    model = build_model(arch, num_classes=int(sd[head].shape[0]))
+    load_state_dict_checked(model, sd, f"{path} ({arch})")
+    return model.eval()

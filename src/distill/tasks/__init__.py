@@ -1,0 +1,6 @@
+"""Task adapters: how a model is called on a batch, how a batch is prepared, and what is measured."""
+
+from distill.tasks.base import Task
+from distill.tasks.classification import ImageClassification
+
+__all__ = ["Task", "ImageClassification"]

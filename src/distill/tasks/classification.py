@@ -1,0 +1,86 @@
+"""Image classification: uint8 images in memory, batch augmentation with explicit randomness, top-k accuracy."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.core.batch import Batch
+from distill.data.augment import Normalize, RandomCropFlip
+from distill.data.images import ImageArrays
+
+
+class ClassificationMetrics:
+    """Running top-1 / top-5 accuracy and mean cross-entropy."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.correct1 = 0
+        self.correct5 = 0
+        self.loss_sum = 0.0
+
+    def update(self, outputs: torch.Tensor, batch: Batch) -> None:
+        labels = batch.labels
+        assert labels is not None
+        outputs = outputs.float()
+        k = min(5, outputs.shape[-1])
+        top = outputs.topk(k, dim=-1).indices
+        hit = top == labels[:, None]
+        self.correct1 += int(hit[:, 0].sum())
+        self.correct5 += int(hit.any(dim=1).sum())
+        self.loss_sum += float(F.cross_entropy(outputs, labels, reduction="sum"))
+        self.n += int(labels.numel())
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.n, 1)
+        return {"accuracy": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n}
+
+
+class ImageClassification:
+    """Classify images held as uint8 tensors (an :class:`~distill.data.images.ImageArrays`).
+
+    Training batches are augmented on whatever device they live on, with randomness drawn from the
+    generator the trainer passes in (derived from the seed, epoch and step), so a resumed run sees exactly
+    the views an uninterrupted run would. The augmentation parameters are kept in ``batch.meta["augment"]``.
+    """
+
+    primary_metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(
+        self,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        augment: RandomCropFlip | None = None,
+        channels_last: bool = False,
+    ):
+        self.normalize = Normalize(mean, std)
+        self.augment = augment
+        self.channels_last = channels_last
+
+    def num_examples(self, data: ImageArrays) -> int:
+        return len(data)
+
+    def fetch(self, data: ImageArrays, indices: torch.Tensor) -> Batch:
+        return Batch(inputs=data.images[indices], labels=data.labels[indices], indices=indices)
+
+    def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
+        images = batch.inputs
+        meta = dict(batch.meta)
+        if train and self.augment is not None:
+            if generator is None:
+                raise ValueError("training batches need a generator for their augmentation")
+            params = self.augment.sample(images.shape[0], generator).to(images.device)
+            images = self.augment.apply(images, params)
+            meta["augment"] = params
+        x = self.normalize(images)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(inputs=x, labels=batch.labels, indices=batch.indices, meta=meta)
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch.inputs)
+
+    def new_metrics(self) -> ClassificationMetrics:
+        return ClassificationMetrics()

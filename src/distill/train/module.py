@@ -1,0 +1,67 @@
+"""The trainable graph of a distillation run: the student plus the methods' own parameters.
+
+The teacher is held outside the module (it is not a registered submodule), so its weights are never in the
+optimiser, the checkpoint or a DDP wrapper. One call reads like the design sentence: the batch goes through
+the student and the teacher, the taps collect what the methods need, the methods return named loss terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.batch import Batch
+from distill.core.compose import Composite
+from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.taps import FeatureTaps
+from distill.core.teachers import TeacherSource
+
+
+class DistillModule(nn.Module):
+    def __init__(self, student: nn.Module, methods: Composite, teacher: TeacherSource | None, task: Any):
+        super().__init__()
+        self.student = student
+        self.methods = methods
+        object.__setattr__(self, "teacher", teacher)  # deliberately not a submodule
+        object.__setattr__(self, "task", task)
+        if methods.needs_teacher and teacher is None:
+            names = [n for n, m in methods.methods.items() if m.needs_teacher]
+            raise ValueError(f"methods {names} need a teacher, but none is configured")
+        self._student_taps = FeatureTaps(student, methods.student_taps())
+        self._teacher_tap_names = methods.teacher_taps()
+        self._ready = False
+
+    def run_student(self, batch: Batch) -> ModelOutput:
+        with self._student_taps.capture() as feats:
+            logits = self.task.forward(self.student, batch)
+        return ModelOutput(logits, dict(feats))
+
+    def run_teacher(self, batch: Batch) -> ModelOutput | None:
+        if self.teacher is None or not self.methods.needs_teacher:
+            return None
+        return self.teacher(batch, self.task, self._teacher_tap_names)
+
+    @torch.no_grad()
+    def setup(self, batch: Batch) -> None:
+        """Let methods build shape-dependent parameters from one example batch (before the optimiser)."""
+        was_training = self.student.training
+        self.student.eval()
+        student = self.run_student(batch)
+        teacher = self.run_teacher(batch)
+        self.student.train(was_training)
+        self.methods.setup(student, teacher)
+        self._ready = True
+
+    def forward(
+        self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
+        if not self._ready:
+            raise RuntimeError("DistillModule.setup(batch) must be called once before training")
+        teacher = self.run_teacher(batch)
+        student = self.run_student(batch)
+        inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)
+        terms = self.methods(inputs)
+        loss = torch.stack([v.float() for v in terms.values()]).sum()
+        return loss, terms, student

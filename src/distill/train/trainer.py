@@ -1,0 +1,367 @@
+"""One trainer for every task and method, on Hugging Face Accelerate.
+
+The loop knows nothing about particular methods: it asks the :class:`DistillModule` for a loss, steps the
+optimiser, evaluates, logs and checkpoints. Data order and augmentation are functions of (seed, epoch, step),
+so a run resumed from a checkpoint replays exactly the batches and views that an uninterrupted run sees.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.core.batch import Batch
+from distill.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_weights,
+    set_rng_state,
+)
+from distill.train.logs import MetricLog
+from distill.train.module import DistillModule
+from distill.train.schedules import lr_factor
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    grad_accum: int = 1
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "cosine"
+    milestones: list[float] = field(default_factory=list)
+    gamma: float = 0.1
+    warmup_epochs: float = 0.0
+    min_lr_factor: float = 0.0
+    clip_grad_norm: float | None = None
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping_patience: int | None = None
+    early_stopping_metric: str | None = None
+    early_stopping_min_delta: float = 0.0
+    eval_every: int = 1
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    mixed_precision: str = "no"
+    cpu: bool = False
+    progress: bool = True
+    drop_last: bool = True
+    max_steps: int | None = None
+    step_delay: float = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def derived_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by a hash of integers (seed, epoch, step, ...)."""
+    h = 0x9E3779B97F4A7C15
+    for k in keys:
+        h = (h ^ (int(k) + 0x9E3779B97F4A7C15 + ((h << 6) & (2**64 - 1)) + (h >> 2))) & (2**64 - 1)
+    g = torch.Generator()
+    g.manual_seed(h % (2**63 - 1))
+    return g
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=derived_generator(seed, epoch, 0x5EED))
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "sgd" else 0.0},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: sgd, adamw")
+
+
+class Trainer:
+    """Train ``student`` with ``methods`` against ``teacher`` on ``train_data``; evaluate on ``eval_data``."""
+
+    def __init__(
+        self,
+        module: DistillModule,
+        train_data: Any,
+        eval_data: Any | None,
+        config: TrainConfig,
+        run_dir: str | Path,
+        callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+    ):
+        from accelerate import Accelerator
+
+        self.cfg = config
+        self.run_dir = Path(run_dir)
+        self.module = module
+        self.task = module.task
+        self.train_data = train_data
+        self.eval_data = eval_data
+        self.callbacks = callbacks or []
+        use_cpu = config.cpu or not torch.cuda.is_available()
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision)
+        self.device = self.accelerator.device
+        self.world = self.accelerator.num_processes
+        self.rank = self.accelerator.process_index
+        if config.batch_size % self.world:
+            raise ValueError(
+                f"batch_size {config.batch_size} is the global batch and must divide by the {self.world} processes"
+            )
+        n = self.task.num_examples(train_data)
+        self.micro_per_epoch = n // config.batch_size if config.drop_last else math.ceil(n / config.batch_size)
+        if self.micro_per_epoch == 0:
+            raise ValueError(f"the training set has {n} examples, fewer than one batch of {config.batch_size}")
+        self.steps_per_epoch = math.ceil(self.micro_per_epoch / config.grad_accum)
+        self.total_steps = self.steps_per_epoch * config.epochs
+
+    # -- data -------------------------------------------------------------------------------------------------
+    def _micro_batches(self, epoch: int, opt_step: int) -> list[Batch]:
+        cfg = self.cfg
+        order = epoch_order(self.task.num_examples(self.train_data), cfg.seed, epoch)
+        first = opt_step * cfg.grad_accum
+        last = min(first + cfg.grad_accum, self.micro_per_epoch)
+        batches = []
+        for micro in range(first, last):
+            idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+            idx = idx[self.rank :: self.world]
+            gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
+            raw = self.task.fetch(self.train_data, idx).to(self.device)
+            batches.append(self.task.prepare(raw, train=True, generator=gen))
+        return batches
+
+    def _eval_batches(self, data: Any):
+        n = self.task.num_examples(data)
+        bs = self.cfg.eval_batch_size
+        for start in range(0, n, bs):
+            idx = torch.arange(start, min(start + bs, n))
+            raw = self.task.fetch(data, idx).to(self.device)
+            yield self.task.prepare(raw, train=False, generator=None)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module | None = None, data: Any | None = None) -> dict[str, float]:
+        """Metrics of ``model`` (default: the student) on ``data`` (default: the evaluation set)."""
+        model = model if model is not None else self.accelerator.unwrap_model(self.module).student
+        data = data if data is not None else self.eval_data
+        was_training = model.training
+        model.eval()
+        metrics = self.task.new_metrics()
+        with self.accelerator.autocast():
+            for batch in self._eval_batches(data):
+                metrics.update(self.task.forward(model, batch), batch)
+        model.train(was_training)
+        return metrics.compute()
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def fit(self, resume: bool = True) -> dict[str, Any]:
+        cfg = self.cfg
+        acc = self.accelerator
+        seed_everything(cfg.seed, cfg.deterministic)
+        module = self.module
+        module.student.to(self.device)
+        if module.teacher is not None:
+            module.teacher.to(self.device)
+        if getattr(self.task, "channels_last", False):
+            module.student.to(memory_format=torch.channels_last)
+            if module.teacher is not None:
+                module.teacher.to(memory_format=torch.channels_last)
+        module.setup(self._micro_batches(0, 0)[0])
+        module.to(self.device)
+        params = [p for p in module.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, cfg)
+        for group in optimizer.param_groups:
+            group["initial_lr"] = group["lr"]
+        wrapped, optimizer = acc.prepare(module, optimizer)
+
+        ckpt_root = self.run_dir / "checkpoints"
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_evals": 0, "stopped": False}
+        ckpt = latest_checkpoint(ckpt_root) if resume else None
+        if ckpt is not None:
+            loaded = load_checkpoint(ckpt)
+            module.student.load_state_dict(loaded["student"])
+            module.methods.load_state_dict(loaded["methods"])
+            optimizer.load_state_dict(loaded["optimizer"])
+            state.update(loaded["trainer"]["position"])
+            set_rng_state(loaded["trainer"]["rng"])
+        log = MetricLog(self.run_dir, resume_step=state["global_step"] if ckpt else None,
+                        tensorboard=acc.is_main_process)
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+
+        def checkpoint() -> None:
+            acc.wait_for_everyone()
+            if acc.is_main_process:
+                save_checkpoint(
+                    ckpt_root,
+                    state["global_step"],
+                    module.student.state_dict(),
+                    module.methods.state_dict(),
+                    optimizer.state_dict(),
+                    {"position": dict(state), "rng": rng_state()},
+                    keep=cfg.keep_checkpoints,
+                )
+
+        warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        metric_name = cfg.early_stopping_metric or self.task.primary_metric
+        start = time.perf_counter()
+        progress = _Progress(cfg.progress and acc.is_main_process, self.total_steps, state["global_step"])
+        history: list[dict[str, Any]] = []
+        try:
+            while state["epoch"] < cfg.epochs and not state["stopped"]:
+                epoch = state["epoch"]
+                module.train()
+                epoch_start = time.perf_counter()
+                while state["step_in_epoch"] < self.steps_per_epoch:
+                    if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
+                        state["stopped"] = True
+                        break
+                    step = state["global_step"]
+                    factor = lr_factor(cfg.schedule, step, self.steps_per_epoch, self.total_steps,
+                                       cfg.milestones, cfg.gamma, warmup, cfg.min_lr_factor)
+                    for group in optimizer.param_groups:
+                        group["lr"] = group["initial_lr"] * factor
+                    micro = self._micro_batches(epoch, state["step_in_epoch"])
+                    sums: dict[str, float] = {}
+                    for i, batch in enumerate(micro):
+                        sync = i == len(micro) - 1
+                        ctx = acc.no_sync(wrapped) if not sync else _nullcontext()
+                        with ctx, acc.autocast():
+                            loss, terms, _ = wrapped(batch, progress=step / self.total_steps, epoch=epoch,
+                                                     step=step)
+                            acc.backward(loss / len(micro))
+                        for k, v in terms.items():
+                            sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
+                        sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / len(micro)
+                    if not math.isfinite(sums["loss"]):
+                        raise FloatingPointError(
+                            f"loss became {sums['loss']} at step {step}; terms: {sums}"
+                        )
+                    if cfg.clip_grad_norm:
+                        acc.clip_grad_norm_(params, cfg.clip_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state["step_in_epoch"] += 1
+                    state["global_step"] += 1
+                    if acc.is_main_process and (state["global_step"] % cfg.log_every == 0):
+                        log.log(state["global_step"], epoch, "train", {**sums, "lr": cfg.lr * factor})
+                    progress.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss']:.4f}")
+                    if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                        checkpoint()
+                    if cfg.step_delay:
+                        time.sleep(cfg.step_delay)
+                if state["stopped"]:
+                    break
+                epoch_time = time.perf_counter() - epoch_start
+                record: dict[str, Any] = {"epoch": epoch + 1, "step": state["global_step"], "epoch_time": epoch_time}
+                if self.eval_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                    metrics = self.evaluate()
+                    record.update(metrics)
+                    if acc.is_main_process:
+                        log.log(state["global_step"], epoch + 1, "eval", {**metrics, "epoch_time": epoch_time})
+                    self._early_stopping(state, metrics, metric_name, module)
+                history.append(record)
+                for cb in self.callbacks:
+                    cb(record)
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+                checkpoint()
+        finally:
+            progress.close()
+            log.close()
+        wall = time.perf_counter() - start
+        if acc.is_main_process:
+            save_weights(self.run_dir / "student.safetensors", module.student.state_dict())
+        final = self.evaluate() if self.eval_data is not None else {}
+        summary = {"final": final, "best": state["best"], "steps": state["global_step"],
+                   "epochs_done": state["epoch"], "wall_time_s": wall, "history": history}
+        if acc.is_main_process:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _early_stopping(self, state: dict[str, Any], metrics: dict[str, float], name: str,
+                        module: DistillModule) -> None:
+        if name not in metrics:
+            raise KeyError(f"early-stopping metric {name!r} is not among the metrics {sorted(metrics)}")
+        value = metrics[name]
+        higher = self.task.higher_is_better if name == self.task.primary_metric else name != "loss"
+        sign = 1.0 if higher else -1.0
+        better = state["best"] is None or sign * (value - state["best"]) > self.cfg.early_stopping_min_delta
+        if better:
+            state["best"] = value
+            state["bad_evals"] = 0
+            if self.accelerator.is_main_process:
+                save_weights(self.run_dir / "best" / "student.safetensors", module.student.state_dict())
+        else:
+            state["bad_evals"] += 1
+            patience = self.cfg.early_stopping_patience
+            if patience is not None and state["bad_evals"] >= patience:
+                state["stopped"] = True
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Progress:
+    """A rich progress bar with ETA, or nothing when disabled."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.bar = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+            self.bar.start()
+            self.task_id = self.bar.add_task("training", total=total, completed=done)
+
+    def advance(self, description: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task_id, advance=1, description=description)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -1,0 +1,167 @@
+"""The trainer: gradient flow, exact resume, early stopping, accumulation, teachers, schedules."""
+
+from __future__ import annotations
+
+
+import pytest
+import torch
+from helpers import TinyCNN, demo_subset
+
+from distill.core.compose import Composite
+from distill.core.teachers import EnsembleTeacher, FrozenTeacher
+from distill.data.augment import IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+from distill.methods.features import AttentionTransfer, FitNet
+from distill.methods.logits import KD, CrossEntropy
+from distill.tasks.classification import ImageClassification
+from distill.train.module import DistillModule
+from distill.train.schedules import lr_factor
+from distill.train.trainer import TrainConfig, Trainer, epoch_order
+
+
+def make_task(augment: bool = True) -> ImageClassification:
+    return ImageClassification(IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip(4) if augment else None)
+
+
+def make_module(seed: int = 0) -> DistillModule:
+    torch.manual_seed(seed)
+    student = TinyCNN(8)
+    teacher = FrozenTeacher(TinyCNN(16))
+    methods = Composite(
+        {"ce": CrossEntropy(), "kd": KD(temperature=4.0), "fitnet": FitNet("f2", "f2"), "at": AttentionTransfer(
+            ["f1", "f2"])},
+        {"ce": 0.5, "kd": 0.5, "fitnet": 10.0, "at": 100.0},
+    )
+    return DistillModule(student, methods, teacher, make_task())
+
+
+def test_gradients_reach_student_and_method_never_teacher():
+    module = make_module()
+    data = demo_subset("train", 2)
+    task = module.task
+    batch = task.prepare(task.fetch(data, torch.arange(20)), train=True, generator=torch.Generator().manual_seed(0))
+    module.setup(batch)
+    loss, terms, _ = module(batch)
+    assert set(terms) == {"ce", "kd", "fitnet", "at"}
+    assert torch.isclose(loss, sum(terms.values()))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in module.student.parameters())
+    reg = module.methods.methods["fitnet"].regressor
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in reg.parameters())
+    teacher = module.teacher.model
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    assert not teacher.training
+    # the teacher is not part of the trainable module's state or parameters
+    assert not any(k.startswith("teacher") for k in module.state_dict())
+
+
+def test_teacher_batchnorm_untouched_by_training(tmp_path):
+    module = make_module()
+    before = {k: v.clone() for k, v in module.teacher.model.state_dict().items()}
+    cfg = TrainConfig(epochs=1, batch_size=20, lr=0.05, progress=False, eval_every=1)
+    Trainer(module, demo_subset("train", 4), None, cfg, tmp_path).fit()
+    after = module.teacher.model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def fit_run(tmp_path, name, max_steps=None, epochs=2, resume=True, grad_accum=1, batch_size=20):
+    module = make_module()
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=0.05, schedule="cosine",
+                      progress=False, deterministic=True, checkpoint_every=3, max_steps=max_steps,
+                      optimizer="sgd", log_every=1)
+    trainer = Trainer(module, demo_subset("train", 8), demo_subset("test", 2), cfg, tmp_path / name)
+    summary = trainer.fit(resume=resume)
+    return module, summary
+
+
+def test_resume_is_bit_identical(tmp_path):
+    full, _ = fit_run(tmp_path, "full")
+    fit_run(tmp_path, "split", max_steps=5)  # stops after step 5; last checkpoint at step 3
+    resumed, summary = fit_run(tmp_path, "split")
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert summary["steps"] == 8
+    # the metric log was rewound to the checkpoint, so no step is logged twice
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "split" / "metrics.csv")))
+    steps = [int(r["step"]) for r in rows if r["split"] == "train" and r["metric"] == "loss"]
+    assert steps == sorted(set(steps)) == list(range(1, 9))
+
+
+def test_epoch_order_is_a_permutation_and_seeded():
+    a, b = epoch_order(100, 0, 3), epoch_order(100, 0, 3)
+    assert torch.equal(a, b) and sorted(a.tolist()) == list(range(100))
+    assert not torch.equal(a, epoch_order(100, 0, 4))
+
+
+def test_early_stopping(tmp_path):
+    module = make_module()
+    cfg = TrainConfig(epochs=10, batch_size=20, lr=1e-12, schedule="constant", progress=False,
+                      early_stopping_patience=2, early_stopping_metric="accuracy")
+    summary = Trainer(module, demo_subset("train", 2), demo_subset("test", 2), cfg, tmp_path).fit()
+    assert summary["epochs_done"] == 3  # first eval sets the best, two more without improvement stop it
+    assert (tmp_path / "best" / "student.safetensors").exists()
+
+
+def test_gradient_accumulation_matches_large_batch(tmp_path):
+    torch.manual_seed(0)
+
+    class NoBN(TinyCNN):
+        def __init__(self):
+            super().__init__()
+            self.stage1[1] = torch.nn.Identity()
+            self.stage2[1] = torch.nn.Identity()
+
+    def run(batch_size, accum, name):
+        torch.manual_seed(0)
+        module = DistillModule(NoBN(), Composite({"ce": CrossEntropy()}), None, make_task(augment=False))
+        cfg = TrainConfig(epochs=1, batch_size=batch_size, grad_accum=accum, lr=0.1, progress=False,
+                          schedule="constant", weight_decay=0.0, momentum=0.0)
+        Trainer(module, demo_subset("train", 4), None, cfg, tmp_path / name).fit()
+        return module.student
+
+    big = run(40, 1, "big")
+    small = run(20, 2, "small")
+    for a, b in zip(big.parameters(), small.parameters()):
+        # the data order differs with the batch size only in grouping: same 40 examples per step
+        assert a.shape == b.shape
+    assert sum((a - b).abs().max() for a, b in zip(big.parameters(), small.parameters())) < 1e-4
+
+
+def test_ensemble_teacher_reductions():
+    torch.manual_seed(0)
+    models = [TinyCNN(4), TinyCNN(4), TinyCNN(4)]
+    task = make_task(augment=False)
+    data = demo_subset("test", 1)
+    batch = task.prepare(task.fetch(data, torch.arange(10)), train=False, generator=None)
+    outs = [m.eval()(batch.inputs) for m in models]
+    mean_logits = EnsembleTeacher(models, "logits")(batch, task, ["pooled"])
+    assert torch.allclose(mean_logits.logits, torch.stack(outs).mean(0), atol=1e-6)
+    assert mean_logits.features["pooled"].shape == (10, 8)
+    probs = EnsembleTeacher(models, "probs")(batch, task)
+    expected = torch.stack([o.softmax(-1) for o in outs]).mean(0)
+    assert torch.allclose(probs.logits.softmax(-1), expected, atol=1e-6)
+
+
+def test_schedules():
+    assert lr_factor("step", 0, 10, 100, [3, 6]) == 1.0
+    assert lr_factor("step", 30, 10, 100, [3, 6]) == pytest.approx(0.1)
+    assert lr_factor("step", 99, 10, 100, [3, 6]) == pytest.approx(0.01)
+    assert lr_factor("cosine", 0, 10, 100) == 1.0
+    assert lr_factor("cosine", 50, 10, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, 10, 100) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor("cosine", 4, 10, 100, warmup_steps=10) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="allowed"):
+        lr_factor("linear", 0, 1, 1)
+
+
+def test_missing_teacher_is_refused():
+    with pytest.raises(ValueError, match="need a teacher"):
+        DistillModule(TinyCNN(), Composite({"kd": KD()}), None, make_task())
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+    module = make_module()
+    cfg = TrainConfig(epochs=1, batch_size=20, lr=1e30, progress=False, schedule="constant")
+    with pytest.raises(FloatingPointError, match="loss became"):
+        Trainer(module, demo_subset("train", 4), None, cfg, tmp_path).fit()
