@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from helpers import TinyCNN, demo_subset
@@ -165,3 +164,42 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     cfg = TrainConfig(epochs=1, batch_size=20, lr=1e30, progress=False, schedule="constant")
     with pytest.raises(FloatingPointError, match="loss became"):
         Trainer(module, demo_subset("train", 4), None, cfg, tmp_path).fit()
+
+
+def test_initialisation_stage_runs_only_init_losses(tmp_path):
+    from distill.core.method import Method
+    from distill.train.logs import read_metrics
+
+    class Anchored(Method):
+        """init stage pulls a scalar to 3; the main stage leaves it alone."""
+
+        needs_teacher = False
+        init_epochs = 2
+
+        def __init__(self):
+            super().__init__()
+            self.value = torch.nn.Parameter(torch.zeros(()))
+            self.main_calls = 0
+
+        def init_loss(self, inputs):
+            return {"anchor": (self.value - 3.0) ** 2}
+
+        def forward(self, inputs):
+            self.main_calls += 1
+            assert inputs.epoch >= 0
+            return {"zero": 0.0 * self.value}
+
+    torch.manual_seed(0)
+    anchored = Anchored()
+    module = DistillModule(TinyCNN(), Composite({"ce": CrossEntropy(), "anchor": anchored}), None, make_task())
+    cfg = TrainConfig(epochs=1, batch_size=20, lr=0.1, momentum=0.0, weight_decay=0.0, progress=False, log_every=1)
+    summary = Trainer(module, demo_subset("train", 4), demo_subset("test", 1), cfg, tmp_path).fit()
+    steps_per_epoch = 2
+    rows = read_metrics(tmp_path)
+    init_rows = [r for r in rows if r["split"] == "init" and r["metric"] == "loss"]
+    assert len(init_rows) == 2 * steps_per_epoch
+    assert not any(r["metric"] == "ce" for r in rows if r["split"] == "init")
+    assert anchored.main_calls == steps_per_epoch
+    assert abs(anchored.value.item() - 3.0) < 3.0 * 0.8**4 + 1e-6  # four plain SGD steps toward 3
+    assert summary["steps"] == 3 * steps_per_epoch and summary["epochs_done"] == 3
+    assert [h["stage"] for h in summary["history"]] == ["init", "init", "main"]

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from distill.core.method import Method
-from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 
 
 class Composite(nn.Module):
@@ -41,15 +41,28 @@ class Composite(nn.Module):
     def teacher_taps(self) -> list[str]:
         return list(dict.fromkeys(t for m in self.methods.values() for t in m.teacher_taps()))
 
-    def setup(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
+    def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo) -> None:
         for method in self.methods.values():
-            method.setup(student, teacher)
+            method.setup(student, teacher, info)
 
-    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+    @property
+    def init_epochs(self) -> int:
+        """Epochs of the initialisation stage: the longest that any method asks for (0 for most)."""
+        return max((int(m.init_epochs) for m in self.methods.values()), default=0)
+
+    def forward(self, inputs: StepInputs, stage: str = "main") -> dict[str, torch.Tensor]:
+        """Weighted terms of every method, or in the ``"init"`` stage the unweighted ``init_loss`` terms of
+        the methods that have an initialisation stage (still running while the stage lasts for them)."""
         terms: dict[str, torch.Tensor] = {}
         for label, method in self.methods.items():
-            out = method(inputs)
-            weight = self.weights[label]
+            if stage == "init":
+                if inputs.epoch >= method.init_epochs:
+                    continue
+                out = method.init_loss(inputs)
+                weight = 1.0
+            else:
+                out = method(inputs)
+                weight = self.weights[label]
             for name, value in out.items():
                 key = label if len(out) == 1 else f"{label}.{name}"
                 terms[key] = weight * value

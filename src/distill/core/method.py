@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.registry import Registry
 
 
@@ -28,6 +28,10 @@ class Method(nn.Module):
 
     needs_teacher: ClassVar[bool] = True
     needs_labels: ClassVar[bool] = False
+    #: epochs of an initialisation stage run before the main training (0: none). During it the optimiser
+    #: minimises only :meth:`init_loss` of the methods that have one, at the base learning rate. This is how
+    #: RepDistiller's pre-training of AB connectors, FT's paraphraser or FSP works, with no trainer special case.
+    init_epochs: int = 0
 
     def student_taps(self) -> list[str]:
         """Names of student features this method reads (aliases such as ``f2`` or dotted module paths)."""
@@ -37,8 +41,15 @@ class Method(nn.Module):
         """Names of teacher features this method reads."""
         return []
 
-    def setup(self, student: ModelOutput, teacher: ModelOutput | None) -> None:  # noqa: B027
-        """Build parameters whose shapes depend on the models (called once, before the optimiser)."""
+    def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo) -> None:  # noqa: B027
+        """Build parameters whose shapes depend on the models or the run (called once, before the optimiser).
+
+        ``student`` and ``teacher`` are the outputs (with the requested features) on one example batch.
+        """
+
+    def init_loss(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        """Loss terms of the initialisation stage (only called when ``init_epochs > 0``)."""
+        raise NotImplementedError(f"{type(self).__name__} sets init_epochs but defines no init_loss")
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -46,3 +46,14 @@ class StepInputs:
     epoch: int = 0
     step: int = 0
     indices: torch.Tensor | None = None
+
+
+@dataclass
+class RunInfo:
+    """Facts about the run that some methods need to build themselves (e.g. a memory bank of one entry per
+    training example). Passed to :meth:`Method.setup`."""
+
+    num_train_examples: int = 0
+    epochs: int = 1
+    steps_per_epoch: int = 1
+    batch_size: int = 1

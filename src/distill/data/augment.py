@@ -90,10 +90,13 @@ class RandomCropFlip:
         if params.dtype.is_floating_point or params.dtype == torch.bool:
             raise TypeError(f"params must be an integer tensor, got {params.dtype}")
         p = self.padding
+        if n and params.device.type == "cpu":  # (checking parameters on an accelerator would cost a sync)
+            if int(params[:, :2].min()) < 0 or int(params[:, :2].max()) > 2 * p:
+                raise ValueError(f"crop offsets must lie in [0, {2 * p}] for padding={p}")
+            if int(params[:, 2].min()) < 0 or int(params[:, 2].max()) > 1:
+                raise ValueError("flip parameters must be 0 or 1")
         params = params.to(device=images.device, dtype=torch.int64)
         dy, dx, fl = params[:, 0], params[:, 1], params[:, 2]
-        if n and (int(params[:, :2].min()) < 0 or int(params[:, :2].max()) > 2 * p):
-            raise ValueError(f"crop offsets must lie in [0, {2 * p}] for padding={p}")
         h, w = self.size if self.size is not None else (height, width)
         dev = images.device
         # source row/column in the unpadded image for every output row/column
@@ -105,9 +108,7 @@ class RandomCropFlip:
         flat = rows.clamp(0, height - 1)[:, :, None] * width + cols.clamp(0, width - 1)[:, None, :]  # (N, h, w)
         index = flat.reshape(n, 1, h * w).expand(n, c, h * w)
         out = images.reshape(n, c, height * width).gather(2, index).reshape(n, c, h, w)
-        if not bool(valid.all()):
-            out.masked_fill_(~valid[:, None], 0)
-        return out
+        return out.masked_fill_(~valid[:, None], 0)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """``apply(images, sample(len(images), generator))``."""

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 
 
 def _teacher(inputs: StepInputs, method: str) -> ModelOutput:
@@ -84,7 +84,7 @@ class FitNet(Method):
     def teacher_taps(self) -> list[str]:
         return [self.teacher_feature]
 
-    def setup(self, student: ModelOutput, teacher: ModelOutput | None) -> None:
+    def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo | None = None) -> None:
         if teacher is None:
             raise ValueError("method 'fitnet' needs a teacher, but none is configured")
         s = student.feature(self.student_feature)

@@ -14,7 +14,7 @@ from torch import nn
 
 from distill.core.batch import Batch
 from distill.core.compose import Composite
-from distill.core.outputs import ModelOutput, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.taps import FeatureTaps
 from distill.core.teachers import TeacherSource
 
@@ -44,24 +44,24 @@ class DistillModule(nn.Module):
         return self.teacher(batch, self.task, self._teacher_tap_names)
 
     @torch.no_grad()
-    def setup(self, batch: Batch) -> None:
+    def setup(self, batch: Batch, info: RunInfo | None = None) -> None:
         """Let methods build shape-dependent parameters from one example batch (before the optimiser)."""
         was_training = self.student.training
         self.student.eval()
         student = self.run_student(batch)
         teacher = self.run_teacher(batch)
         self.student.train(was_training)
-        self.methods.setup(student, teacher)
+        self.methods.setup(student, teacher, info or RunInfo(num_train_examples=len(batch), batch_size=len(batch)))
         self._ready = True
 
     def forward(
-        self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0
+        self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0, stage: str = "main"
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
         if not self._ready:
             raise RuntimeError("DistillModule.setup(batch) must be called once before training")
         teacher = self.run_teacher(batch)
         student = self.run_student(batch)
         inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)
-        terms = self.methods(inputs)
+        terms = self.methods(inputs, stage=stage)
         loss = torch.stack([v.float() for v in terms.values()]).sum()
         return loss, terms, student

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
+from distill.core.outputs import RunInfo
 from distill.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -196,7 +197,10 @@ class Trainer:
             module.student.to(memory_format=torch.channels_last)
             if module.teacher is not None:
                 module.teacher.to(memory_format=torch.channels_last)
-        module.setup(self._micro_batches(0, 0)[0])
+        n = self.task.num_examples(self.train_data)
+        info = RunInfo(num_train_examples=n, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+                       batch_size=cfg.batch_size)
+        module.setup(self._micro_batches(0, 0)[0], info)
         module.to(self.device)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, cfg)
@@ -234,22 +238,27 @@ class Trainer:
                 )
 
         warmup = int(round(cfg.warmup_epochs * self.steps_per_epoch))
+        init_epochs = module.methods.init_epochs
+        all_epochs = init_epochs + cfg.epochs
+        init_steps = init_epochs * self.steps_per_epoch
         metric_name = cfg.early_stopping_metric or self.task.primary_metric
         start = time.perf_counter()
-        progress = _Progress(cfg.progress and acc.is_main_process, self.total_steps, state["global_step"])
+        progress = _Progress(cfg.progress and acc.is_main_process, self.total_steps + init_steps, state["global_step"])
         history: list[dict[str, Any]] = []
         try:
-            while state["epoch"] < cfg.epochs and not state["stopped"]:
+            while state["epoch"] < all_epochs and not state["stopped"]:
                 epoch = state["epoch"]
+                stage = "init" if epoch < init_epochs else "main"
                 module.train()
                 epoch_start = time.perf_counter()
                 while state["step_in_epoch"] < self.steps_per_epoch:
                     if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
                         state["stopped"] = True
                         break
-                    step = state["global_step"]
-                    factor = lr_factor(cfg.schedule, step, self.steps_per_epoch, self.total_steps,
-                                       cfg.milestones, cfg.gamma, warmup, cfg.min_lr_factor)
+                    step = state["global_step"] - init_steps  # main-stage step (negative while initialising)
+                    factor = 1.0 if stage == "init" else lr_factor(
+                        cfg.schedule, step, self.steps_per_epoch, self.total_steps, cfg.milestones, cfg.gamma,
+                        warmup, cfg.min_lr_factor)
                     for group in optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * factor
                     micro = self._micro_batches(epoch, state["step_in_epoch"])
@@ -258,8 +267,9 @@ class Trainer:
                         sync = i == len(micro) - 1
                         ctx = acc.no_sync(wrapped) if not sync else _nullcontext()
                         with ctx, acc.autocast():
-                            loss, terms, _ = wrapped(batch, progress=step / self.total_steps, epoch=epoch,
-                                                     step=step)
+                            loss, terms, _ = wrapped(batch, progress=max(step, 0) / self.total_steps,
+                                                     epoch=epoch - init_epochs if stage == "main" else epoch,
+                                                     step=step, stage=stage)
                             acc.backward(loss / len(micro))
                         for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
@@ -275,8 +285,11 @@ class Trainer:
                     state["step_in_epoch"] += 1
                     state["global_step"] += 1
                     if acc.is_main_process and (state["global_step"] % cfg.log_every == 0):
-                        log.log(state["global_step"], epoch, "train", {**sums, "lr": cfg.lr * factor})
-                    progress.advance(f"epoch {epoch + 1}/{cfg.epochs} loss {sums['loss']:.4f}")
+                        log.log(state["global_step"], epoch, stage if stage == "init" else "train",
+                                {**sums, "lr": cfg.lr * factor})
+                    label = (f"init {epoch + 1}/{init_epochs}" if stage == "init"
+                             else f"epoch {epoch + 1 - init_epochs}/{cfg.epochs}")
+                    progress.advance(f"{label} loss {sums['loss']:.4f}")
                     if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                         checkpoint()
                     if cfg.step_delay:
@@ -284,12 +297,15 @@ class Trainer:
                 if state["stopped"]:
                     break
                 epoch_time = time.perf_counter() - epoch_start
-                record: dict[str, Any] = {"epoch": epoch + 1, "step": state["global_step"], "epoch_time": epoch_time}
-                if self.eval_data is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+                main_epoch = epoch + 1 - init_epochs
+                record: dict[str, Any] = {"epoch": main_epoch, "stage": stage, "step": state["global_step"],
+                                          "epoch_time": epoch_time}
+                if self.eval_data is not None and stage == "main" and (
+                        main_epoch % cfg.eval_every == 0 or main_epoch == cfg.epochs):
                     metrics = self.evaluate()
                     record.update(metrics)
                     if acc.is_main_process:
-                        log.log(state["global_step"], epoch + 1, "eval", {**metrics, "epoch_time": epoch_time})
+                        log.log(state["global_step"], main_epoch, "eval", {**metrics, "epoch_time": epoch_time})
                     self._early_stopping(state, metrics, metric_name, module)
                 history.append(record)
                 for cb in self.callbacks:
