@@ -203,3 +203,50 @@ def test_initialisation_stage_runs_only_init_losses(tmp_path):
     assert abs(anchored.value.item() - 3.0) < 3.0 * 0.8**4 + 1e-6  # four plain SGD steps toward 3
     assert summary["steps"] == 3 * steps_per_epoch and summary["epochs_done"] == 3
     assert [h["stage"] for h in summary["history"]] == ["init", "init", "main"]
+
+
+def test_teacher_pass_sees_every_training_example_once(tmp_path):
+    from distill.core.method import Method
+
+    class ClassMeans(Method):
+        wants_teacher_pass = True
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("seen", torch.zeros(()))
+            self.register_buffer("means", torch.zeros(10, 16))
+
+        def teacher_taps(self):
+            return ["pooled"]
+
+        def teacher_pass(self, outputs):
+            counts = torch.zeros(10)
+            for batch, out in outputs:
+                self.seen += len(batch)
+                self.means.index_add_(0, batch.labels, out.feature("pooled"))
+                counts += torch.bincount(batch.labels, minlength=10)
+            self.means /= counts[:, None]
+
+        def forward(self, inputs):
+            return {"zero": inputs.student.logits.sum() * 0.0}
+
+    torch.manual_seed(0)
+    method = ClassMeans()
+    teacher = TinyCNN(8)
+    module = DistillModule(TinyCNN(), Composite({"ce": CrossEntropy(), "means": method}), FrozenTeacher(teacher),
+                           make_task())
+    data = demo_subset("train", 3)
+    cfg = TrainConfig(epochs=1, batch_size=10, progress=False, eval_batch_size=7)
+    Trainer(module, data, None, cfg, tmp_path).fit()
+    assert method.seen.item() == 30
+    task = make_task(augment=False)
+    # class means of the teacher's pooled features, recomputed directly
+    with torch.no_grad():
+        from distill.core.taps import FeatureTaps
+
+        batch = task.prepare(task.fetch(data, torch.arange(30)), train=False, generator=None)
+        with FeatureTaps(teacher, ["pooled"]).capture() as f:
+            teacher(batch.inputs)
+        pooled = f["pooled"]
+    expected = torch.stack([pooled[data.labels == c].mean(0) for c in range(10)])
+    assert torch.allclose(method.means, expected, atol=1e-5)

@@ -9,11 +9,13 @@ between steps lives in buffers, so checkpoints carry it. A method may build its 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from distill.core.batch import Batch
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.registry import Registry
 
@@ -46,6 +48,13 @@ class Method(nn.Module):
 
         ``student`` and ``teacher`` are the outputs (with the requested features) on one example batch.
         """
+
+    #: set True to receive :meth:`teacher_pass` once before training
+    wants_teacher_pass: ClassVar[bool] = False
+
+    def teacher_pass(self, outputs: Iterator[tuple[Batch, ModelOutput]]) -> None:
+        """Consume (batch, teacher output) pairs over the whole unaugmented training set, once, before training
+        (only called when ``wants_teacher_pass``). Store what you compute in buffers so checkpoints carry it."""
 
     def init_loss(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         """Loss terms of the initialisation stage (only called when ``init_epochs > 0``)."""

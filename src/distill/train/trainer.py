@@ -202,15 +202,17 @@ class Trainer:
                        batch_size=cfg.batch_size)
         module.setup(self._micro_batches(0, 0)[0], info)
         module.to(self.device)
+        ckpt_root = self.run_dir / "checkpoints"
+        ckpt = latest_checkpoint(ckpt_root) if resume else None
+        if ckpt is None:
+            self._teacher_passes(module)
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = build_optimizer(params, cfg)
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         wrapped, optimizer = acc.prepare(module, optimizer)
 
-        ckpt_root = self.run_dir / "checkpoints"
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_evals": 0, "stopped": False}
-        ckpt = latest_checkpoint(ckpt_root) if resume else None
         if ckpt is not None:
             loaded = load_checkpoint(ckpt)
             module.student.load_state_dict(loaded["student"])
@@ -325,6 +327,24 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _teacher_passes(self, module: DistillModule) -> None:
+        """Give each method that asks for it one pass of teacher outputs over the (unaugmented) training set,
+        before training, e.g. to compute class means of teacher features. A resumed run skips this: the
+        results live in the methods' buffers, which the checkpoint restores."""
+        for method in module.methods.methods.values():
+            if not method.wants_teacher_pass:
+                continue
+            if module.teacher is None:
+                raise ValueError(f"{type(method).__name__} needs a pass of the teacher, but none is configured")
+            taps = method.teacher_taps()
+
+            def outputs(taps: list[str] = taps):
+                with torch.no_grad():
+                    for batch in self._eval_batches(self.train_data):
+                        yield batch, module.teacher(batch, self.task, taps)
+
+            method.teacher_pass(outputs())
 
     def _early_stopping(self, state: dict[str, Any], metrics: dict[str, float], name: str,
                         module: DistillModule) -> None:
