@@ -250,3 +250,97 @@ def test_teacher_pass_sees_every_training_example_once(tmp_path):
         pooled = f["pooled"]
     expected = torch.stack([pooled[data.labels == c].mean(0) for c in range(10)])
     assert torch.allclose(method.means, expected, atol=1e-5)
+
+
+def test_batch_transform_reaches_teacher_and_student_and_is_replayable(tmp_path):
+    from distill.core.batch import Batch
+    from distill.core.method import Method
+
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        feature_taps: dict = {}
+
+        def __init__(self):
+            super().__init__()
+            self.net = TinyCNN(4)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.net(x)
+
+    class Negate(Method):
+        """flips the sign of a random half of the batch and turns labels into one-hot soft targets"""
+
+        needs_teacher = False
+
+        def transform_batch(self, batch, generator):
+            flip = torch.rand(len(batch), generator=generator) < 0.5
+            x = torch.where(flip[:, None, None, None], -batch.inputs, batch.inputs)
+            soft = torch.nn.functional.one_hot(batch.labels, 10).float()
+            return Batch(x, soft, batch.indices, {**batch.meta, "flip": flip})
+
+        def forward(self, inputs):
+            assert inputs.labels.dtype == torch.float32 and inputs.labels.shape[1] == 10
+            return {"zero": inputs.student.logits.sum() * 0.0}
+
+    def run(name):
+        seen.clear()
+        torch.manual_seed(0)
+        methods = Composite({"ce": CrossEntropy(), "neg": Negate(), "kd": KD()})
+        module = DistillModule(TinyCNN(), methods, FrozenTeacher(Recorder()), make_task())
+        cfg = TrainConfig(epochs=1, batch_size=10, progress=False, max_steps=3)
+        Trainer(module, demo_subset("train", 3), None, cfg, tmp_path / name).fit()
+        return list(seen)
+
+    first, second = run("a"), run("b")
+    assert len(first) == 1 + 3  # the set-up batch, then one teacher call per step
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+    assert any((x < -1.5).any() for x in first[1:])  # negated views were seen by the teacher
+
+
+def test_inference_model_and_after_epoch_hooks(tmp_path):
+    from distill.core.method import Method
+
+    class Scaled(torch.nn.Module):
+        def __init__(self, student, scale):
+            super().__init__()
+            self.student, self.scale = student, scale
+
+        def forward(self, x):
+            return -self.scale * self.student(x)  # a deliberately different predictor
+
+    class Hooked(Method):
+        needs_teacher = False
+
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("val_seen", torch.zeros(()))
+            self.register_buffer("epochs", torch.zeros(()))
+
+        def after_epoch(self, context):
+            assert context.splits == ("val", "eval")
+            self.epochs += 1
+            for batch, out in context.student_outputs("val", ["pooled"]):
+                assert out.feature("pooled").shape[0] == len(batch)
+                self.val_seen += len(batch)
+
+        def inference_model(self, student):
+            return Scaled(student, 2.0)
+
+        def forward(self, inputs):
+            return {"zero": inputs.student.logits.sum() * 0.0}
+
+    torch.manual_seed(0)
+    hooked = Hooked()
+    module = DistillModule(TinyCNN(), Composite({"ce": CrossEntropy(), "h": hooked}), None, make_task())
+    cfg = TrainConfig(epochs=2, batch_size=10, progress=False)
+    trainer = Trainer(module, demo_subset("train", 2), demo_subset("test", 2), cfg, tmp_path,
+                      val_data=demo_subset("test", 1))
+    summary = trainer.fit()
+    assert hooked.epochs.item() == 2 and hooked.val_seen.item() == 20
+    wrapped = trainer.evaluate()
+    plain = trainer.evaluate(module.student)
+    assert summary["final"] == wrapped
+    # negating the logits turns the arg-max into the arg-min, so the two evaluations differ
+    assert wrapped["accuracy"] != plain["accuracy"] or wrapped["loss"] != plain["loss"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from distill.core.method import Method
+from distill.core.batch import Batch
+from distill.core.method import EpochContext, Method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 
 
@@ -44,6 +45,22 @@ class Composite(nn.Module):
     def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo) -> None:
         for method in self.methods.values():
             method.setup(student, teacher, info)
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        for method in self.methods.values():
+            batch = method.transform_batch(batch, generator)
+        return batch
+
+    def inference_model(self, student: nn.Module) -> nn.Module:
+        """The module to evaluate and export: the student, or the one wrapper a method provides."""
+        wrappers = [(label, w) for label, m in self.methods.items() if (w := m.inference_model(student)) is not None]
+        if len(wrappers) > 1:
+            raise ValueError(f"methods {[label for label, _ in wrappers]} each replace the inference model")
+        return wrappers[0][1] if wrappers else student
+
+    def after_epoch(self, context: EpochContext) -> None:
+        for method in self.methods.values():
+            method.after_epoch(context)
 
     @property
     def init_epochs(self) -> int:

@@ -9,7 +9,8 @@ between steps lives in buffers, so checkpoints carry it. A method may build its 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -56,12 +57,39 @@ class Method(nn.Module):
         """Consume (batch, teacher output) pairs over the whole unaugmented training set, once, before training
         (only called when ``wants_teacher_pass``). Store what you compute in buffers so checkpoints carry it."""
 
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Change a training batch before teacher and student see it (e.g. mixup); both see the result.
+
+        Draw randomness only from ``generator`` (seeded from the run's seed, epoch and step), so a resumed
+        run replays the same batches. Soft targets go in ``batch.labels`` as a (B, K) float tensor."""
+        return batch
+
+    def inference_model(self, student: nn.Module) -> nn.Module | None:
+        """A module to evaluate and export instead of the bare student (e.g. combining two heads), or None."""
+        return None
+
+    def after_epoch(self, context: EpochContext) -> None:  # noqa: B027
+        """Called after every main-stage epoch, before evaluation (e.g. to fit an inference combiner on the
+        validation split). Store results in buffers so checkpoints carry them."""
+
     def init_loss(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         """Loss terms of the initialisation stage (only called when ``init_epochs > 0``)."""
         raise NotImplementedError(f"{type(self).__name__} sets init_epochs but defines no init_loss")
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+@dataclass
+class EpochContext:
+    """What :meth:`Method.after_epoch` can read: the epoch and the outputs of student and teacher, in eval
+    mode and with the method's taps, on a split (``"val"``, held out from training, when configured;
+    ``"eval"``, the evaluation set)."""
+
+    epoch: int
+    splits: tuple[str, ...]
+    student_outputs: Callable[[str, list[str]], Iterator[tuple[Batch, ModelOutput]]]
+    teacher_outputs: Callable[[str, list[str]], Iterator[tuple[Batch, ModelOutput]]]
 
 
 METHODS: Registry[type[Method]] = Registry("method")

@@ -38,6 +38,10 @@ class DistillModule(nn.Module):
             logits = self.task.forward(self.student, batch)
         return ModelOutput(logits, dict(feats))
 
+    def inference_model(self) -> nn.Module:
+        """What evaluation and export use: the student, or a method's wrapper around it."""
+        return self.methods.inference_model(self.student)
+
     def run_teacher(self, batch: Batch) -> ModelOutput | None:
         if self.teacher is None or not self.methods.needs_teacher:
             return None
@@ -55,10 +59,13 @@ class DistillModule(nn.Module):
         self._ready = True
 
     def forward(
-        self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0, stage: str = "main"
+        self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0, stage: str = "main",
+        generator: torch.Generator | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
         if not self._ready:
             raise RuntimeError("DistillModule.setup(batch) must be called once before training")
+        if generator is not None:
+            batch = self.methods.transform_batch(batch, generator)
         teacher = self.run_teacher(batch)
         student = self.run_student(batch)
         inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)

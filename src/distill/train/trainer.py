@@ -22,7 +22,9 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
+from distill.core.method import EpochContext
 from distill.core.outputs import RunInfo
+from distill.core.teachers import run_with_taps
 from distill.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -121,6 +123,7 @@ class Trainer:
         config: TrainConfig,
         run_dir: str | Path,
         callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
+        val_data: Any | None = None,
     ):
         from accelerate import Accelerator
 
@@ -130,6 +133,7 @@ class Trainer:
         self.task = module.task
         self.train_data = train_data
         self.eval_data = eval_data
+        self.val_data = val_data
         self.callbacks = callbacks or []
         use_cpu = config.cpu or not torch.cuda.is_available()
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision)
@@ -148,7 +152,9 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
 
     # -- data -------------------------------------------------------------------------------------------------
-    def _micro_batches(self, epoch: int, opt_step: int) -> list[Batch]:
+    def _micro_batches(self, epoch: int, opt_step: int) -> list[tuple[Batch, torch.Generator]]:
+        """The prepared micro-batches of one optimiser step, each with the generator its methods may use to
+        transform it (mixup and the like); both are functions of (seed, epoch, step) alone."""
         cfg = self.cfg
         order = epoch_order(self.task.num_examples(self.train_data), cfg.seed, epoch)
         first = opt_step * cfg.grad_accum
@@ -159,7 +165,8 @@ class Trainer:
             idx = idx[self.rank :: self.world]
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
             raw = self.task.fetch(self.train_data, idx).to(self.device)
-            batches.append(self.task.prepare(raw, train=True, generator=gen))
+            batches.append((self.task.prepare(raw, train=True, generator=gen),
+                            derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
 
     def _eval_batches(self, data: Any):
@@ -173,7 +180,7 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None, data: Any | None = None) -> dict[str, float]:
         """Metrics of ``model`` (default: the student) on ``data`` (default: the evaluation set)."""
-        model = model if model is not None else self.accelerator.unwrap_model(self.module).student
+        model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
         was_training = model.training
         model.eval()
@@ -200,7 +207,7 @@ class Trainer:
         n = self.task.num_examples(self.train_data)
         info = RunInfo(num_train_examples=n, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
                        batch_size=cfg.batch_size)
-        module.setup(self._micro_batches(0, 0)[0], info)
+        module.setup(self._micro_batches(0, 0)[0][0], info)
         module.to(self.device)
         ckpt_root = self.run_dir / "checkpoints"
         ckpt = latest_checkpoint(ckpt_root) if resume else None
@@ -265,13 +272,13 @@ class Trainer:
                         group["lr"] = group["initial_lr"] * factor
                     micro = self._micro_batches(epoch, state["step_in_epoch"])
                     sums: dict[str, float] = {}
-                    for i, batch in enumerate(micro):
+                    for i, (batch, batch_gen) in enumerate(micro):
                         sync = i == len(micro) - 1
                         ctx = acc.no_sync(wrapped) if not sync else _nullcontext()
                         with ctx, acc.autocast():
                             loss, terms, _ = wrapped(batch, progress=max(step, 0) / self.total_steps,
                                                      epoch=epoch - init_epochs if stage == "main" else epoch,
-                                                     step=step, stage=stage)
+                                                     step=step, stage=stage, generator=batch_gen)
                             acc.backward(loss / len(micro))
                         for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
@@ -302,6 +309,8 @@ class Trainer:
                 main_epoch = epoch + 1 - init_epochs
                 record: dict[str, Any] = {"epoch": main_epoch, "stage": stage, "step": state["global_step"],
                                           "epoch_time": epoch_time}
+                if stage == "main":
+                    module.methods.after_epoch(self._epoch_context(module, main_epoch))
                 if self.eval_data is not None and stage == "main" and (
                         main_epoch % cfg.eval_every == 0 or main_epoch == cfg.epochs):
                     metrics = self.evaluate()
@@ -327,6 +336,35 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _epoch_context(self, module: DistillModule, epoch: int) -> EpochContext:
+        data = {"val": self.val_data, "eval": self.eval_data}
+        splits = tuple(k for k, v in data.items() if v is not None)
+
+        def pick(split: str) -> Any:
+            if data.get(split) is None:
+                raise ValueError(f"no {split!r} split in this run; available: {list(splits)}")
+            return data[split]
+
+        @torch.no_grad()
+        def student_outputs(split: str, taps: list[str]):
+            student = module.student
+            was_training = student.training
+            student.eval()
+            try:
+                for batch in self._eval_batches(pick(split)):
+                    yield batch, run_with_taps(student, self.task, batch, taps)
+            finally:
+                student.train(was_training)
+
+        @torch.no_grad()
+        def teacher_outputs(split: str, taps: list[str]):
+            if module.teacher is None:
+                raise ValueError("this run has no teacher")
+            for batch in self._eval_batches(pick(split)):
+                yield batch, module.teacher(batch, self.task, taps)
+
+        return EpochContext(epoch, splits, student_outputs, teacher_outputs)
 
     def _teacher_passes(self, module: DistillModule) -> None:
         """Give each method that asks for it one pass of teacher outputs over the (unaugmented) training set,
