@@ -138,3 +138,17 @@ def test_at_pools_larger_map():
     loss = AttentionTransfer(["f"])(step(z, z, fs=fs, ft=ft))["loss"]
     ref = (attention_map(F.adaptive_avg_pool2d(fs["f"], (8, 8))) - attention_map(ft["f"])).pow(2).mean()
     assert loss.item() == pytest.approx(ref.item(), abs=1e-7)
+
+
+def test_ce_skips_unlabelled_and_takes_soft_targets():
+    z = torch.randn(4, 3)
+    y = torch.tensor([0, -100, 2, -100])
+    expected = F.cross_entropy(z[[0, 2]], y[[0, 2]])
+    assert CrossEntropy()(step(z, labels=y))["loss"].item() == pytest.approx(expected.item(), abs=1e-6)
+    none = CrossEntropy()(step(z.requires_grad_(), labels=torch.full((4,), -100)))["loss"]
+    assert none.item() == 0.0
+    none.backward()  # still a graph, no NaN
+    assert torch.isfinite(z.grad).all()
+    soft = torch.tensor([[0.5, 0.5, 0.0]]).repeat(4, 1)
+    ref = -(soft * F.log_softmax(z.detach(), 1)).sum(1).mean()
+    assert CrossEntropy()(step(z.detach(), labels=soft))["loss"].item() == pytest.approx(ref.item(), abs=1e-6)

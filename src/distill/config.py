@@ -42,6 +42,8 @@ class DataConfig(_Strict):
     eval_split: str = "test"
     train_per_class: int | None = Field(None, gt=0)
     eval_per_class: int | None = Field(None, gt=0)
+    val_per_class: int | None = Field(None, gt=0)
+    labeled_per_class: int | None = Field(None, gt=0)
     subset_seed: int = 0
     image_size: int | None = Field(None, gt=0)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"

@@ -100,6 +100,7 @@ class Experiment:
     task: ImageClassification
     train_data: ImageArrays
     eval_data: ImageArrays | None
+    val_data: ImageArrays | None
     student: nn.Module
     teacher: TeacherSource | None
     methods: Composite
@@ -119,14 +120,19 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
         evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg)
         if evald.classes != train.classes:
             raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
+    val = None
+    if d.val_per_class:
+        val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
+    if d.labeled_per_class:
+        train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
     task = build_task(cfg)
     student = build_model_from_config(cfg.student, train.num_classes, cfg.base_dir)
     teacher = build_teacher(cfg, train.num_classes)
     methods = build_methods(cfg.methods)
     module = DistillModule(student, methods, teacher, task)
     run_dir = Path(output_dir or cfg.output_dir)
-    trainer = Trainer(module, train, evald, train_config(cfg), run_dir)
-    return Experiment(cfg, task, train, evald, student, teacher, methods, module, trainer)
+    trainer = Trainer(module, train, evald, train_config(cfg), run_dir, val_data=val)
+    return Experiment(cfg, task, train, evald, val, student, teacher, methods, module, trainer)
 
 
 @torch.no_grad()

@@ -67,13 +67,17 @@ def _default_workers() -> int:
 # --------------------------------------------------------------------------------------------------------------
 
 
+#: the label of an unlabelled example (PyTorch's default ``ignore_index``, so cross-entropy skips it)
+UNLABELED = -100
+
+
 @dataclass
 class ImageArrays:
     """A labelled image dataset held in memory.
 
     Attributes:
         images: uint8 tensor of shape (N, C, H, W), contiguous (made contiguous if it is not).
-        labels: int64 tensor of shape (N,), each in ``[0, len(classes))``.
+        labels: int64 tensor of shape (N,), each in ``[0, len(classes))``, or ``UNLABELED`` (-100).
         classes: class names; ``classes[k]`` is the name of label ``k``.
         source: human-readable description of where the data came from.
     """
@@ -108,12 +112,13 @@ class ImageArrays:
         if len(set(self.classes)) != len(self.classes):
             dup = sorted({c for c in self.classes if self.classes.count(c) > 1})
             raise ValueError(f"ImageArrays.classes has duplicate names: {dup}")
-        if self.labels.numel():
-            lo, hi = int(self.labels.min()), int(self.labels.max())
+        labelled = self.labels[self.labels != UNLABELED]
+        if labelled.numel():
+            lo, hi = int(labelled.min()), int(labelled.max())
             if lo < 0 or hi >= len(self.classes):
                 raise ValueError(
-                    f"ImageArrays.labels must lie in [0, {len(self.classes)}) for {len(self.classes)} classes, "
-                    f"got values from {lo} to {hi}"
+                    f"ImageArrays.labels must lie in [0, {len(self.classes)}) for {len(self.classes)} classes "
+                    f"(or be {UNLABELED} for an unlabelled image), got values from {lo} to {hi}"
                 )
         self.images = self.images.contiguous()
         self.labels = self.labels.contiguous()
@@ -155,14 +160,8 @@ class ImageArrays:
             source=f"{self.source} [subset of {idx.numel()}]",
         )
 
-    def balanced_subset(self, per_class: int, seed: int) -> ImageArrays:
-        """``per_class`` samples of every class, drawn at random with ``seed``; indices kept in sorted order.
-
-        The draw depends only on the labels, ``per_class`` and ``seed``, so it is the same on every run.
-
-        Raises:
-            ValueError: if ``per_class`` < 1 or some class has fewer than ``per_class`` samples.
-        """
+    def balanced_indices(self, per_class: int, seed: int) -> torch.Tensor:
+        """Sorted indices of ``per_class`` samples of every class, drawn at random with ``seed``."""
         if isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1:
             raise ValueError(f"per_class must be a positive int, got {per_class!r}")
         gen = torch.Generator().manual_seed(int(seed))
@@ -174,10 +173,35 @@ class ImageArrays:
                     f"class {name!r} (label {k}) has only {members.numel()} images, fewer than per_class={per_class}"
                 )
             chosen.append(members[torch.randperm(members.numel(), generator=gen)[:per_class]])
-        idx = torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.int64)
-        out = self.subset(idx)
+        return torch.cat(chosen).sort().values if chosen else torch.zeros(0, dtype=torch.int64)
+
+    def balanced_subset(self, per_class: int, seed: int) -> ImageArrays:
+        """``per_class`` samples of every class, drawn at random with ``seed``; indices kept in sorted order.
+
+        The draw depends only on the labels, ``per_class`` and ``seed``, so it is the same on every run.
+
+        Raises:
+            ValueError: if ``per_class`` < 1 or some class has fewer than ``per_class`` samples.
+        """
+        out = self.subset(self.balanced_indices(per_class, seed))
         out.source = f"{self.source} [balanced: {per_class} per class, seed {seed}]"
         return out
+
+    def split_off(self, per_class: int, seed: int) -> tuple[ImageArrays, ImageArrays]:
+        """(held-out ``per_class`` per class, the rest), e.g. a validation split taken from a training set."""
+        chosen = self.balanced_indices(per_class, seed)
+        rest = torch.ones(len(self), dtype=torch.bool)
+        rest[chosen] = False
+        return self.subset(chosen), self.subset(rest)
+
+    def hide_labels(self, keep_per_class: int, seed: int) -> ImageArrays:
+        """A copy in which only ``keep_per_class`` labels per class are kept and the others are ``UNLABELED``."""
+        hidden = torch.ones(len(self), dtype=torch.bool)
+        hidden[self.balanced_indices(keep_per_class, seed)] = False
+        labels = self.labels.clone()
+        labels[hidden] = UNLABELED
+        source = f"{self.source} [{keep_per_class} labels per class]"
+        return ImageArrays(self.images, labels, list(self.classes), source)
 
     def save_npz(self, path: str | os.PathLike[str]) -> Path:
         """Write ``images`` (N x C x H x W uint8), ``labels`` (int64) and ``classes`` (str) to an uncompressed .npz.

@@ -23,11 +23,24 @@ def _teacher_logits(inputs: StepInputs, method: str) -> torch.Tensor:
     return inputs.teacher.logits
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy that accepts hard labels (with ``UNLABELED`` = -100 rows skipped, and 0 when a batch has
+    no labelled row) or soft targets (a (B, K) float tensor, e.g. after mixup)."""
+    logits = logits.float()
+    if labels.is_floating_point():
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction=reduction)
+    if reduction == "mean" and not bool((labels != -100).any()):
+        return logits.sum() * 0.0
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing, reduction=reduction)
+
+
 @register_method("ce", family="supervised", paper="Cross-entropy on ground-truth labels", aliases=("cross_entropy",))
 class CrossEntropy(Method):
     """Cross-entropy with the labels: L = -(1/B) sum_b log softmax(z_s)[b, y_b].
 
-    ``label_smoothing`` follows ``torch.nn.functional.cross_entropy``.
+    ``label_smoothing`` follows ``torch.nn.functional.cross_entropy``. Unlabelled examples (label -100) are
+    skipped; soft targets (B, K) give -(1/B) sum_b sum_k y_bk log softmax(z_s)[b, k].
     """
 
     needs_teacher = False
@@ -42,7 +55,7 @@ class CrossEntropy(Method):
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         logits = inputs.student.logits
         labels = _labels(inputs, "ce")
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
+        loss = cross_entropy(logits, labels, self.label_smoothing)
         return {"loss": loss}
 
 
@@ -108,6 +121,6 @@ class KD(Method):
         terms = {"kl": self.kl_weight * t * t * kl}
         if self.ce_weight != 0.0:
             ce_red = "mean" if self.reduction == "batchmean" else self.reduction
-            ce = F.cross_entropy(zs.float(), _labels(inputs, "kd"), reduction=ce_red)
+            ce = cross_entropy(zs, _labels(inputs, "kd"), reduction=ce_red)
             terms["ce"] = self.ce_weight * ce
         return terms
