@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig
@@ -22,8 +21,11 @@ from distill.methods import METHODS
 from distill.models import build_model
 from distill.models.weights import load_weights_into
 from distill.tasks.classification import ImageClassification
+from distill.train.evaluate import evaluate_model
 from distill.train.module import DistillModule
 from distill.train.trainer import TrainConfig, Trainer, seed_everything
+
+__all__ = ["Experiment", "build_experiment", "evaluate_model", "resolve_path"]
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 
@@ -133,16 +135,3 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     run_dir = Path(output_dir or cfg.output_dir)
     trainer = Trainer(module, train, evald, train_config(cfg), run_dir, val_data=val)
     return Experiment(cfg, task, train, evald, val, student, teacher, methods, module, trainer)
-
-
-@torch.no_grad()
-def evaluate_model(model: nn.Module, task: ImageClassification, data: ImageArrays,
-                   batch_size: int = 256) -> dict[str, float]:
-    """Metrics of any model on a dataset through a task (no trainer needed)."""
-    model.eval()
-    metrics = task.new_metrics()
-    for start in range(0, len(data), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(data)))
-        batch = task.prepare(task.fetch(data, idx), train=False, generator=None)
-        metrics.update(task.forward(model, batch), batch)
-    return metrics.compute()

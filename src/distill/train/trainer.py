@@ -33,6 +33,7 @@ from distill.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
+from distill.train.evaluate import eval_batches, evaluate_model
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
 from distill.train.schedules import lr_factor
@@ -170,26 +171,15 @@ class Trainer:
         return batches
 
     def _eval_batches(self, data: Any):
-        n = self.task.num_examples(data)
-        bs = self.cfg.eval_batch_size
-        for start in range(0, n, bs):
-            idx = torch.arange(start, min(start + bs, n))
-            raw = self.task.fetch(data, idx).to(self.device)
-            yield self.task.prepare(raw, train=False, generator=None)
+        return eval_batches(self.task, data, self.cfg.eval_batch_size, self.device)
 
-    @torch.no_grad()
     def evaluate(self, model: nn.Module | None = None, data: Any | None = None) -> dict[str, float]:
-        """Metrics of ``model`` (default: the student) on ``data`` (default: the evaluation set)."""
+        """Metrics of ``model`` (default: the student, through any method's inference wrapper) on ``data``
+        (default: the evaluation set)."""
         model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
-        was_training = model.training
-        model.eval()
-        metrics = self.task.new_metrics()
-        with self.accelerator.autocast():
-            for batch in self._eval_batches(data):
-                metrics.update(self.task.forward(model, batch), batch)
-        model.train(was_training)
-        return metrics.compute()
+        return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
+                              self.accelerator.autocast)
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
