@@ -24,15 +24,15 @@ DEMO_TEACHER = "builtin:resnet56_cifar10_jpeg.safetensors"
 DEFAULT_EPOCHS = 12
 
 
-def demo_config(out: Path, arm: str, epochs: int, seed: int) -> dict[str, Any]:
+def demo_config(out: Path, arm: str, epochs: int, seed: int, per_class: int | None = None) -> dict[str, Any]:
     methods: list[dict[str, Any]] = [{"name": "ce", "weight": 1.0 if arm == "scratch" else 0.1}]
     if arm == "kd":
         methods.append({"name": "kd", "weight": 0.9, "temperature": 4.0})
     return {
         "output_dir": str(out / arm),
         "seed": seed,
-        "data": {"train": DEMO_DATA, "eval": DEMO_DATA, "normalize": "imagenet",
-                 "augment": {"crop_padding": 4, "flip": True}},
+        "data": {"train": DEMO_DATA, "eval": DEMO_DATA, "normalize": "imagenet", "train_per_class": per_class,
+                 "eval_per_class": per_class, "augment": {"crop_padding": 4, "flip": True}},
         "student": {"arch": "resnet20"},
         "teacher": {"arch": "resnet56", "weights": DEMO_TEACHER},
         "methods": methods,
@@ -41,7 +41,9 @@ def demo_config(out: Path, arm: str, epochs: int, seed: int) -> dict[str, Any]:
     }
 
 
-def run_demo(out: Path, epochs: int | None = None, seed: int = 0) -> dict[str, Any]:
+def run_demo(out: Path, epochs: int | None = None, seed: int = 0, per_class: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
+    """Run both arms and print the comparison; ``per_class`` shrinks the data (for smoke tests)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -54,7 +56,8 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0) -> dict[str, A
     results: dict[str, Any] = {"epochs": epochs, "seed": seed}
     start = time.perf_counter()
     for arm in ("scratch", "kd"):
-        raw = demo_config(out, arm, epochs, seed)
+        raw = demo_config(out, arm, epochs, seed, per_class)
+        raw["train"]["progress"] = progress
         (out / f"{arm}.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
         exp = build_experiment(parse_config(raw))
         if arm == "scratch":
