@@ -21,7 +21,7 @@ from distill.experiment import build_experiment, evaluate_model
 
 DEMO_DATA = "builtin:cifar10_demo.tar.gz"
 DEMO_TEACHER = "builtin:resnet56_cifar10_jpeg.safetensors"
-DEFAULT_EPOCHS = 12
+DEFAULT_EPOCHS = 10
 
 
 def demo_config(out: Path, arm: str, epochs: int, seed: int, per_class: int | None = None) -> dict[str, Any]:
