@@ -46,6 +46,9 @@ class Composite(nn.Module):
         for method in self.methods.values():
             method.setup(student, teacher, info)
 
+    def optimizer_overrides(self) -> list[tuple[list[nn.Parameter], dict[str, float]]]:
+        return [group for method in self.methods.values() for group in method.optimizer_overrides()]
+
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         for method in self.methods.values():
             batch = method.transform_batch(batch, generator)

@@ -57,6 +57,13 @@ class Method(nn.Module):
         """Consume (batch, teacher output) pairs over the whole unaugmented training set, once, before training
         (only called when ``wants_teacher_pass``). Store what you compute in buffers so checkpoints carry it."""
 
+    def optimizer_overrides(self) -> list[tuple[list[nn.Parameter], dict[str, float]]]:
+        """Parameter groups with their own optimiser settings: ``[(params, {"lr_factor": f, "weight_decay": w})]``.
+
+        ``lr_factor`` multiplies the run's learning rate (and follows its schedule); ``weight_decay`` replaces the
+        run's. Parameters not listed use the run's settings."""
+        return []
+
     def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
         """Change a training batch before teacher and student see it (e.g. mixup); both see the result.
 

@@ -236,7 +236,7 @@ class ActivationBoundaries(Method):
         super().__init__()
         s = list(student or ["f1_pre", "f2_pre", "f3_pre"])
         n = len(s)
-        default_w = [1.0] * n
+        default_w = [2.0 ** (k - n + 1) for k in range(n)]
         self.student_features, self.teacher_features, self.pair_weights = _feature_lists(
             "ab", s, teacher, weights or default_w, s)
         if margin < 0:
@@ -432,7 +432,8 @@ class FactorTransfer(Method):
         was_training = paraphraser.training
         paraphraser.eval()
         try:
-            return paraphraser.encoder(t).float()
+            with torch.no_grad():
+                return paraphraser.encoder(t).float()
         finally:
             paraphraser.train(was_training)
 
@@ -536,7 +537,7 @@ class FSP(Method):
             if self.mode == "repdistiller":
                 term = diff.pow(2).mean()
             elif self.mode == "torchdistill":
-                term = diff.norm(dim=2).sum() / diff.shape[0]
+                term = diff.norm(dim=1).sum() / diff.shape[0]
             else:
                 term = diff.pow(2).sum() / diff.shape[0]
             total = total + w * term

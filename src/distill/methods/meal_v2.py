@@ -107,9 +107,9 @@ class MealV2(Method):
     gives zero channels (C = 10: 1 then 0), so hidden widths are floored at ``d_min_width`` (default 8, which
     leaves C >= 512 unchanged; 1 keeps the official widths wherever they are non-zero); ``d_reduction`` is the
     official K = 8. The official D learning rate d_lr = 1e-4 is overwritten by the regime lr every epoch (a bug
-    the maintainer acknowledged), so D effectively trains at the student's lr, as here by default. The framework
-    has no per-method learning rate; ``d_lr_factor`` multiplies the gradients of D's parameters instead, which
-    under SGD with weight decay 0 (MEAL V2's recipe) is exactly an lr of ``lr * d_lr_factor`` (not under AdamW).
+    the maintainer acknowledged), so D effectively trains at the student's lr, as here by default;
+    ``d_lr_factor`` gives D its own learning rate, ``lr * d_lr_factor``, following the run's schedule (the
+    intended d_lr = 1e-4 at lr 0.01 is ``d_lr_factor: 0.01``).
     """
 
     def __init__(
@@ -147,10 +147,11 @@ class MealV2(Method):
         num_classes = student.logits.shape[-1]
         self.discriminator = LogitDiscriminator(num_classes, self.d_reduction, self.d_min_width).to(
             student.logits.device)
-        if self.d_lr_factor != 1.0:
-            factor = self.d_lr_factor
-            for p in self.discriminator.parameters():
-                p.register_hook(lambda g, f=factor: g * f)
+
+    def optimizer_overrides(self) -> list[tuple[list[nn.Parameter], dict[str, float]]]:
+        if self.discriminator is None or self.d_lr_factor == 1.0:
+            return []
+        return [(list(self.discriminator.parameters()), {"lr_factor": self.d_lr_factor})]
 
     def discriminator_teacher_logits(self, teacher: ModelOutput) -> torch.Tensor:
         if self.discriminator_input == "mean_logits":

@@ -98,13 +98,29 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     return torch.randperm(n, generator=derived_generator(seed, epoch, 0x5EED))
 
 
-def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [
+def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
+                    overrides: list[tuple[list[nn.Parameter], dict[str, float]]] = ()) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``params``. With AdamW, biases and norm weights get no weight decay (with SGD they do,
+    as in the CIFAR reference recipes). ``overrides`` (from methods) give some parameters their own
+    ``lr_factor`` and ``weight_decay``."""
+    special = {id(p): opts for group, opts in overrides for p in group}
+    unknown = set(special) - {id(p) for p in params}
+    if unknown:
+        raise ValueError(f"{len(unknown)} parameters with optimiser overrides are not trainable parameters")
+    groups: list[dict[str, Any]] = []
+    plain = [p for p in params if id(p) not in special]
+    decay = [p for p in plain if p.ndim > 1]
+    no_decay = [p for p in plain if p.ndim <= 1]
+    groups += [
         {"params": decay, "weight_decay": cfg.weight_decay},
         {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "sgd" else 0.0},
     ]
+    for group, opts in overrides:
+        unknown_keys = set(opts) - {"lr_factor", "weight_decay"}
+        if unknown_keys:
+            raise ValueError(f"optimizer overrides accept lr_factor and weight_decay, got {sorted(unknown_keys)}")
+        groups.append({"params": list(group), "lr": cfg.lr * float(opts.get("lr_factor", 1.0)),
+                       "weight_decay": float(opts.get("weight_decay", cfg.weight_decay))})
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -204,7 +220,7 @@ class Trainer:
         if ckpt is None:
             self._teacher_passes(module)
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = build_optimizer(params, cfg)
+        optimizer = build_optimizer(params, cfg, module.methods.optimizer_overrides())
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         wrapped, optimizer = acc.prepare(module, optimizer)
