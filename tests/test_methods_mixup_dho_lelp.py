@@ -113,6 +113,10 @@ def test_mix_hand_case_and_any_input_shape():
     out = mix_batch(Batch(x, y), torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0.25, 1.0]), 3)
     assert torch.allclose(out.inputs, torch.tensor([[0.25, 1.5], [0.0, 2.0]]))
     assert torch.allclose(out.labels, torch.tensor([[0.25, 0.75, 0.0], [0.0, 1.0, 0.0]]))
+    # an unlabelled source row (-100) adds nothing: the target keeps only the labelled share
+    out = mix_batch(Batch(x, torch.tensor([0, -100])), torch.tensor([0, 1]), torch.tensor([1, 0]),
+                    torch.tensor([0.25, 1.0]), 3)
+    assert torch.allclose(out.labels, torch.tensor([[0.25, 0.0, 0.0], [0.0, 0.0, 0.0]]))
 
 
 def test_pmu_unmixed_fraction_matches_theory():
