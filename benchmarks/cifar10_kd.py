@@ -78,7 +78,7 @@ def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
 
 def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dict[str, Any]:
     epochs = args.epochs
-    run_dir = args.work / "runs" / f"{arm}-seed{seed}"
+    run_dir = args.work / "runs" / f"{args.student}-e{epochs}-n{args.per_class}-{arm}-seed{seed}"
     raw = {
         "output_dir": str(run_dir),
         "seed": seed,
@@ -139,7 +139,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--student", default="resnet20")

@@ -92,9 +92,9 @@ def repdistiller_crd(fs, ft, head_s, head_t, mem_s, mem_t, z, idx, contrast_idx,
     return loss, new_s, new_t, (z1, z2)
 
 
-def test_crd_matches_repdistiller_over_two_steps():
+@pytest.mark.parametrize("n,k", [(40, 12), (400, 12)])  # scored by one (B x N) product / by gathered rows
+def test_crd_matches_repdistiller_over_two_steps(n, k):
     torch.manual_seed(0)
-    n, k = 40, 12
     method = built_crd(n, num_negatives=k)
     mem_s, mem_t, z = method.memory_s.clone(), method.memory_t.clone(), (-1.0, -1.0)
     for step, seed in enumerate((3, 4)):
@@ -103,6 +103,8 @@ def test_crd_matches_repdistiller_over_two_steps():
         idx = torch.randperm(n, generator=g)[:5]
         torch.manual_seed(seed)
         ours = method(crd_inputs(fs, ft, idx))["loss"]
+        ours.backward()  # the in-place bank update does not break the graph
+        assert method.embed_s.linear.weight.grad.abs().sum() > 0
         torch.manual_seed(seed)  # the same draw of negatives
         contrast_idx = torch.cat([idx[:, None], sample_negatives(idx, n, k)], 1)
         ref, mem_s, mem_t, z = repdistiller_crd(fs, ft, method.embed_s.linear, method.embed_t.linear, mem_s, mem_t,

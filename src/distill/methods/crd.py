@@ -52,24 +52,32 @@ def sample_negatives(anchors: torch.Tensor, num_data: int, k: int, labels: torch
     """
     anchors = anchors.detach().long().cpu()
     b = anchors.numel()
+    if bool(((anchors < 0) | (anchors >= num_data)).any()):
+        raise ValueError(f"crd: dataset indices must lie in [0, {num_data}), got {anchors.tolist()}")
     rows = torch.arange(b)
-    allowed = torch.ones(b, num_data, dtype=torch.bool)
-    if labels is not None:
+    keys = torch.rand(b, num_data)  # the K smallest keys among the candidates: a uniform K-subset
+    if labels is None:
+        allowed = None
+        keys[rows, anchors] = 2.0
+        counts = torch.full((b,), num_data - 1)
+    else:
         labels = labels.detach().long().cpu()
         own = labels[anchors]
-        allowed &= (labels[None, :] != own[:, None]) | (own[:, None] < 0)
-    allowed[rows, anchors] = False
-    counts = allowed.sum(1)
+        allowed = (labels[None, :] != own[:, None]) | (own[:, None] < 0)
+        allowed[rows, anchors] = False
+        keys.masked_fill_(~allowed, 2.0)
+        counts = allowed.sum(1)
     if bool((counts == 0).any()):
         raise ValueError("crd: an anchor has no candidate negative (the training set has one example or one class)")
-    keys = torch.rand(b, num_data)
     out = torch.empty(b, k, dtype=torch.long)
     enough = counts >= k
+    if bool(enough.all()):
+        return keys.topk(k, dim=1, largest=False, sorted=False).indices
     if bool(enough.any()):
-        masked = keys[enough].masked_fill(~allowed[enough], 2.0)
-        out[enough] = masked.topk(k, dim=1, largest=False).indices
-    if not bool(enough.all()):
-        out[~enough] = torch.multinomial(allowed[~enough].float(), k, replacement=True)
+        out[enough] = keys[enough].topk(k, dim=1, largest=False, sorted=False).indices
+    few = ~enough
+    candidates = (keys[few] < 2.0) if allowed is None else allowed[few]
+    out[few] = torch.multinomial(candidates.float(), k, replacement=True)
     return out
 
 
@@ -212,14 +220,21 @@ class CRD(Method):
             loss = self.contrast_loss(vs, vt, idx, contrast)
         return {"loss": loss}
 
+    def _scores(self, bank: torch.Tensor, v: torch.Tensor, contrast: torch.Tensor) -> torch.Tensor:
+        """bank[contrast[b, j]] . v[b] (B x (K+1)), with the bank rows constant. When K+1 is not much smaller
+        than N, one (B x N) product and a gather is far cheaper than gathering B x (K+1) x D rows (the official
+        way); the values are the same up to float rounding. The bank is copied because it is updated in place
+        before the backward pass."""
+        if self.num_data <= 8 * contrast.shape[1]:
+            return (v @ bank.detach().t().clone()).gather(1, contrast)
+        return torch.bmm(bank[contrast].detach(), v.unsqueeze(2)).squeeze(2)
+
     def contrast_loss(self, vs: torch.Tensor, vt: torch.Tensor, idx: torch.Tensor,
                       contrast: torch.Tensor) -> torch.Tensor:
         """The NCE loss for embeddings ``vs``, ``vt`` (B x D, unit norm) against the bank rows ``contrast``
         (B x (K+1), column 0 = ``idx``); then the momentum update of the rows ``idx`` of both banks."""
-        ws = self.memory_s[contrast].detach()  # (B, K+1, D)
-        wt = self.memory_t[contrast].detach()
-        us = torch.exp(torch.bmm(wt, vs.unsqueeze(2)).squeeze(2) / self.temperature)
-        ut = torch.exp(torch.bmm(ws, vt.unsqueeze(2)).squeeze(2) / self.temperature)
+        us = torch.exp(self._scores(self.memory_t, vs, contrast) / self.temperature)
+        ut = torch.exp(self._scores(self.memory_s, vt, contrast) / self.temperature)
         with torch.no_grad():
             if self.z[0] < 0:
                 self.z[0] = us.mean() * self.num_data
