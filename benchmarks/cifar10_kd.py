@@ -3,9 +3,10 @@
     python benchmarks/cifar10_kd.py                      # full run (writes benchmarks/results/cifar10_kd.*)
     python benchmarks/cifar10_kd.py --quick              # a few minutes, for CI (writes to a temp folder)
 
-Arms (same seeds, data subset and schedule): scratch (CE), KD, FitNet, AT, with the loss weights of the
-RepDistiller/mdistiller CIFAR tables (KD: CE 0.1 + KD 0.9 at T=4; FitNet: CE + 100 * hint on f2; AT: CE +
-1000 * AT on f1..f3). Results are appended to the JSON as each run finishes, so an interrupted benchmark
+Arms (same seeds, data subset and schedule): by default scratch (CE), KD, FitNet and AT; ``--arms all`` runs
+the whole classification catalogue. Loss weights are those of the RepDistiller/mdistiller CIFAR tables (KD: CE
+0.1 + KD 0.9 at T=4; FitNet: CE + 100 * hint on f2; AT: CE + 1000 * AT on f1..f3; see ``arms``).
+Results are appended to the JSON as each run finishes, so an interrupted benchmark
 resumes where it stopped. Data: ../shared/data/cifar10-jpeg.tar.gz (or --data: any CIFAR-10 in a format
 ``distill.data.load_images`` reads).
 """
@@ -31,12 +32,38 @@ from distill.train.checkpoint import save_weights
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "distill" / "assets"
 
-ARMS: dict[str, list[dict[str, Any]]] = {
-    "scratch": [{"name": "ce", "weight": 1.0}],
-    "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
-    "fitnet": [{"name": "ce", "weight": 1.0}, {"name": "fitnet", "weight": 100.0, "student": "f2", "teacher": "f2"}],
-    "at": [{"name": "ce", "weight": 1.0}, {"name": "at", "weight": 1000.0, "student": ["f1", "f2", "f3"]}],
-}
+def arms(epochs: int) -> dict[str, list[dict[str, Any]]]:
+    """Every classification method with the loss weights of the CIFAR tables (RepDistiller / mdistiller / the
+    official repos; see each method's docstring). Warm-ups and initialisation stages are scaled to the short
+    schedule: warm-ups last a third of it, initialisation stages 2 epochs (officially 20 and 30 of 240)."""
+    warm = max(1, epochs // 3)
+    ce = {"name": "ce", "weight": 1.0}
+    return {
+        "scratch": [ce],
+        "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
+        "fitnet": [ce, {"name": "fitnet", "weight": 100.0, "student": "f2", "teacher": "f2"}],
+        "at": [ce, {"name": "at", "weight": 1000.0, "student": ["f1", "f2", "f3"]}],
+        "sp": [ce, {"name": "sp", "weight": 3000.0, "student": ["f3"]}],
+        "cc": [ce, {"name": "cc", "weight": 0.02, "variant": "repdistiller"}],
+        "vid": [ce, {"name": "vid", "weight": 1.0, "student": ["f1", "f2", "f3"]}],
+        "rkd": [ce, {"name": "rkd", "weight": 1.0}],
+        "pkt": [ce, {"name": "pkt", "weight": 30000.0}],
+        "ab": [ce, {"name": "ab", "weight": 1.0, "init_epochs": 2}],
+        "ft": [ce, {"name": "ft", "weight": 200.0, "init_epochs": 2}],
+        "fsp": [ce, {"name": "fsp", "weight": 50.0, "init_epochs": 2}],
+        "nst": [ce, {"name": "nst", "weight": 50.0}],
+        "crd": [ce, {"name": "crd", "weight": 0.8, "num_negatives": 4096}],
+        "dkd": [ce, {"name": "dkd", "alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup": warm}],
+        "dist": [ce, {"name": "dist", "weight": 2.0, "tau": 4.0}],
+        "lskd": [{"name": "lskd", "temperature": 2.0, "kl_weight": 9.0, "ce_weight": 0.1}],
+        "reviewkd": [ce, {"name": "reviewkd", "weight": 1.0, "warmup_epochs": warm}],
+        "pld": [{"name": "pld", "tau": 1.0}],
+        "nd": [{"name": "nd", "nd_weight": 2.0, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
+                "warmup_epochs": warm}],
+    }
+
+
+ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
 
 
 def base_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -86,7 +113,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
                  **({"eval_per_class": 50} if args.quick else {})},
         "student": {"arch": args.student},
         "teacher": {"arch": "resnet56", "weights": str(teacher)},
-        "methods": ARMS[arm],
+        "methods": arms(epochs)[arm],
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "step", "milestones": [round(0.6 * epochs), round(0.8 * epochs)],
                   "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False},
@@ -96,7 +123,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
     times = [h["epoch_time"] for h in summary["history"]]
     return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
             "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
-            "methods": ARMS[arm]}
+            "methods": arms(epochs)[arm]}
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
@@ -126,7 +153,7 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
         ep = statistics.mean(r["epoch_time_s"] for r in rs if r["epoch_time_s"])
         lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep:.1f} |")
-    md = out_dir / "cifar10_kd.md"
+    md = out_dir / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
@@ -137,7 +164,9 @@ def main() -> int:
     p.add_argument("--data", type=Path, default=None, help="CIFAR-10 in any supported format")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--arms", nargs="+", default=ISSUE2_ARMS, choices=["all", *arms(1)],
+                   help="methods to compare ('all': the whole classification catalogue)")
+    p.add_argument("--name", default=None, help="stem of the result files (default cifar10_kd[_STUDENT])")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--teacher-epochs", type=int, default=3)
@@ -158,7 +187,10 @@ def main() -> int:
         args.out = args.work / "results"
         args.seeds, args.epochs, args.per_class = [0], 2, 20
     args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / "cifar10_kd.json"
+    if "all" in args.arms:
+        args.arms = list(arms(1))
+    args.name = args.name or ("cifar10_kd" if args.student == "resnet20" else f"cifar10_kd_{args.student}")
+    results_path = args.out / f"{args.name}.json"
     start = time.perf_counter()
     teacher = finetune_teacher(args)
     teacher_weights = args.work / "teacher" / "resnet56_cifar10_jpeg.safetensors"
@@ -183,7 +215,7 @@ def main() -> int:
             results_path.write_text(json.dumps(results, indent=2))
     md = write_table(args, results, args.out)
     runs = {f"{r['arm']} (seed {r['seed']})": Path(r["run_dir"]) for r in results["runs"] if r["seed"] == args.seeds[0]}
-    plot_runs(runs, args.out / "cifar10_kd.png", title=f"ResNet-56 -> {args.student}, CIFAR-10 JPEG")
+    plot_runs(runs, args.out / f"{args.name}.png", title=f"ResNet-56 -> {args.student}, CIFAR-10 JPEG")
     print(md.read_text())
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
     return 0

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import yaml
 from helpers import TinyCNN, demo_subset
 
-from distill.config import parse_config
+from distill.config import ConfigError, parse_config
 from distill.core.batch import Batch
 from distill.core.compose import Composite
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
@@ -51,6 +51,11 @@ def test_yaml_examples_validate_and_build():
         assert isinstance(comp.methods[name], METHODS.get(name))
     comp = build_methods(parse_config({**raw, "methods": [yaml.safe_load(YAML_EXAMPLES["crd"])]}).methods)
     assert comp.methods["crd"].num_negatives == 4096 and comp.weights == {"crd": 0.8}
+    line = "{name: reviewkd, mid_channels: 32, levels: [2, 1], warmup_epochs: 2.5, warmup_counting: mdistiller}"
+    review = build_methods(parse_config({**raw, "methods": [yaml.safe_load(line)]}).methods).methods["reviewkd"]
+    assert review.mid_channels == 32 and review.levels == [2, 1] and review.warmup_epochs == 2.5
+    with pytest.raises(ConfigError, match=r"^methods\[0\]\.negatives: .*'other_indices'"):
+        parse_config({**raw, "methods": [{"name": "crd", "negatives": "same_class"}]})
 
 
 # -- CRD -----------------------------------------------------------------------------------------------------

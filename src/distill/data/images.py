@@ -540,8 +540,8 @@ class _ParallelDecoder:
     """Collects images (bytes, or paths read by the workers), then decodes them in chunks on a thread pool.
 
     Pillow's decoders and file reads release the GIL. Decoding starts only once everything is collected: a
-    thread streaming an archive while others decode makes them all fight for the GIL (measured slower than no
-    threads at all on 2 cores), whereas the compressed bytes held meanwhile are a fraction of the decoded size.
+    thread streaming an archive while others decode makes them all fight for the GIL (measured: no faster than
+    one thread on 2 cores), whereas the compressed bytes held meanwhile are a fraction of the decoded size.
     """
 
     def __init__(self, image_size: int | None, num_workers: int | None) -> None:
@@ -858,8 +858,8 @@ def load_image_folder(
             be among them; classes without images are allowed (useful to align a test split with a train split).
         num_workers: decoding threads (default: the number of CPUs, at most 8; 1 decodes in this thread).
 
-    Images are decoded to RGB with Pillow (alpha dropped, palettes expanded). Samples are ordered by class,
-    then by path. Hidden files and folders are ignored.
+    Images are decoded to RGB with Pillow (alpha dropped, palettes expanded; EXIF orientation tags are not
+    applied). Samples are ordered by class, then by path. Hidden files and folders are ignored.
     """
     root = Path(root)
     _check_image_size(image_size)

@@ -118,8 +118,12 @@ class CRD(Method):
     Mapping onto the references: ``num_negatives`` = RepDistiller ``--nce_k`` / mdistiller ``CRD.NCE.K`` /
     torchdistill ``num_negative_samples`` (official 16384); ``temperature`` = ``--nce_t`` (0.07); ``momentum`` =
     ``--nce_m`` (0.5); ``feat_dim`` = ``--feat_dim`` (128). The official CIFAR-100 weight is 0.8 (``-b 0.8``)
-    with CE 1. On a CPU, gathering B x (K+1) x feat_dim floats per bank per step is costly (about 0.5 GB at
-    K = 16384, B = 64): use ``num_negatives`` 1024-4096 there (4096 for the CIFAR-10 demonstration).
+    with CE 1. CPU: the official K = 16384 is too costly there (the official scoring gathers B x (K+1) x
+    feat_dim floats per bank per step, about 0.5 GB at B = 64; here, when N <= 8 (K+1), one B x N product
+    replaces the gather, but the B x (K+1) scores and the sampling still scale with K), and it exceeds N - 1
+    on a 5,000-image subset, which forces drawing with replacement. Use ``num_negatives`` 1024-4096 on a CPU:
+    4096 for the CIFAR-10 demonstration (N = 5000). Indices within a batch are assumed distinct (the trainer
+    draws permutations); for a repeated index, which of its bank updates lands is unspecified.
     """
 
     def __init__(
