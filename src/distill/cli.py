@@ -77,8 +77,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
         table.add_column(col, overflow="fold")
     for r in rows:
         p = r["provenance"] or {}
+        repo = (p.get("repo") or "").removeprefix("https://github.com/")
         table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
-                      p.get("arxiv") or "", p.get("repo") or "")
+                      p.get("arxiv") or "", repo)
     Console().print(table)
     return 0
 

@@ -336,6 +336,8 @@ class Trainer:
         wall = time.perf_counter() - start
         if acc.is_main_process:
             save_weights(self.run_dir / "student.safetensors", module.student.state_dict())
+            if module.methods.state_dict():  # heads, projectors and state an inference wrapper may need
+                save_weights(self.run_dir / "methods.safetensors", module.methods.state_dict())
         final = self.evaluate() if self.eval_data is not None else {}
         summary = {"final": final, "best": state["best"], "steps": state["global_step"],
                    "epochs_done": state["epoch"], "wall_time_s": wall, "history": history}

@@ -1,0 +1,18 @@
+"""Print the method catalogue as a Markdown table (pasted into the README): python scripts/catalogue_md.py"""
+
+from distill.methods import METHODS
+
+
+def main() -> None:
+    print("| name | family | paper | year | arXiv | official code |")
+    print("|---|---|---|---|---|---|")
+    for entry in METHODS:
+        p = entry.provenance
+        repo = (p.repo or "").removeprefix("https://github.com/") if p else ""
+        aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
+        print(f"| `{entry.name}`{aliases} | {entry.family} | {p.paper if p else entry.summary} | "
+              f"{(p.year or '') if p else ''} | {(p.arxiv or '') if p else ''} | {repo} |")
+
+
+if __name__ == "__main__":
+    main()
