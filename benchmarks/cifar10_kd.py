@@ -174,6 +174,8 @@ def main() -> int:
     p.add_argument("--student", default="resnet20")
     p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
     p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
+    p.add_argument("--teacher", type=Path, default=None,
+                   help="use this fine-tuned ResNet-56 (e.g. src/distill/assets/resnet56_cifar10_jpeg.safetensors)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     args.data = args.data or args.shared / "data" / "cifar10-jpeg.tar.gz"
@@ -183,17 +185,22 @@ def main() -> int:
     if args.quick:
         import tempfile
 
-        args.work = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+        args.work = Path(tempfile.mkdtemp(prefix="distill-bench-")) if args.work == REPO / "benchmarks" / "work" \
+            else args.work
         args.out = args.work / "results"
-        args.seeds, args.epochs, args.per_class = [0], 2, 20
+        args.seeds, args.epochs, args.per_class = [0], 2, min(args.per_class, 20)
     args.out.mkdir(parents=True, exist_ok=True)
     if "all" in args.arms:
         args.arms = list(arms(1))
     args.name = args.name or ("cifar10_kd" if args.student == "resnet20" else f"cifar10_kd_{args.student}")
     results_path = args.out / f"{args.name}.json"
     start = time.perf_counter()
-    teacher = finetune_teacher(args)
-    teacher_weights = args.work / "teacher" / "resnet56_cifar10_jpeg.safetensors"
+    if args.teacher is not None:  # an already fine-tuned teacher, with its recipe JSON beside it
+        teacher_weights = args.teacher
+        teacher = json.loads(args.teacher.with_suffix(".json").read_text())
+    else:
+        teacher = finetune_teacher(args)
+        teacher_weights = args.work / "teacher" / "resnet56_cifar10_jpeg.safetensors"
     if args.ship_teacher:
         shutil.copy(teacher_weights, ASSETS / teacher_weights.name)
         (ASSETS / "resnet56_cifar10_jpeg.json").write_text(json.dumps(teacher, indent=2))

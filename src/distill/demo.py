@@ -36,8 +36,9 @@ def demo_config(out: Path, arm: str, epochs: int, seed: int, per_class: int | No
         "student": {"arch": "resnet20"},
         "teacher": {"arch": "resnet56", "weights": DEMO_TEACHER},
         "methods": methods,
-        "train": {"epochs": epochs, "batch_size": 64 if per_class is None else min(64, 5 * per_class), "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
-                  "weight_decay": 5e-4, "schedule": "cosine", "eval_every": 1, "log_every": 5},
+        "train": {"epochs": epochs, "batch_size": 64 if per_class is None else min(64, 5 * per_class),
+                  "optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "cosine",
+                  "eval_every": 1, "log_every": 5},
     }
 
 
