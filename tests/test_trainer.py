@@ -344,3 +344,14 @@ def test_inference_model_and_after_epoch_hooks(tmp_path):
     assert summary["final"] == wrapped
     # negating the logits turns the arg-max into the arg-min, so the two evaluations differ
     assert wrapped["accuracy"] != plain["accuracy"] or wrapped["loss"] != plain["loss"]
+
+
+def test_val_batches_are_a_function_of_the_step(tmp_path):
+    module = make_module()
+    val = demo_subset("test", 2)
+    trainer = Trainer(module, demo_subset("train", 2), None, TrainConfig(batch_size=10, progress=False), tmp_path,
+                      val_data=val)
+    a, b = trainer._val_batch(3, 4), trainer._val_batch(3, 4)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.inputs, b.inputs)
+    seen = torch.cat([trainer._val_batch(s, 4).indices for s in range(5)])  # one round: 5 batches of 4 of 20
+    assert sorted(seen.tolist()) == list(range(20))

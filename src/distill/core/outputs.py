@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -57,3 +59,10 @@ class RunInfo:
     epochs: int = 1
     steps_per_epoch: int = 1
     batch_size: int = 1
+    #: the student module and the task adapter, for methods that must run the student themselves (e.g. a
+    #: look-ahead step through ``torch.func.functional_call`` in bilevel methods); never store them in state
+    student: Any = None
+    task: Any = None
+    #: ``val_batch(step, size)``: a prepared batch of the held-out validation split, chosen by the step alone
+    #: (so a resumed run sees the same batches); None when the run has no validation split
+    val_batch: Callable[[int, int], Any] | None = None

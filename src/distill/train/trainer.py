@@ -186,6 +186,17 @@ class Trainer:
                             derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
 
+    def _val_batch(self, step: int, size: int) -> Batch:
+        """Batch number ``step`` of size ``size`` from the validation split, cycling through seeded
+        permutations of it (a function of the seed and the step only)."""
+        n = self.task.num_examples(self.val_data)
+        size = min(size, n)
+        per_round = max(n // size, 1)
+        order = epoch_order(n, self.cfg.seed + 7919, step // per_round)
+        start = (step % per_round) * size
+        raw = self.task.fetch(self.val_data, order[start:start + size]).to(self.device)
+        return self.task.prepare(raw, train=False, generator=None)
+
     def _eval_batches(self, data: Any):
         return eval_batches(self.task, data, self.cfg.eval_batch_size, self.device)
 
@@ -212,7 +223,8 @@ class Trainer:
                 module.teacher.to(memory_format=torch.channels_last)
         n = self.task.num_examples(self.train_data)
         info = RunInfo(num_train_examples=n, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
-                       batch_size=cfg.batch_size)
+                       batch_size=cfg.batch_size, student=module.student, task=self.task,
+                       val_batch=self._val_batch if self.val_data is not None else None)
         module.setup(self._micro_batches(0, 0)[0][0], info)
         module.to(self.device)
         ckpt_root = self.run_dir / "checkpoints"
