@@ -355,3 +355,12 @@ def test_val_batches_are_a_function_of_the_step(tmp_path):
     assert torch.equal(a.indices, b.indices) and torch.equal(a.inputs, b.inputs)
     seen = torch.cat([trainer._val_batch(s, 4).indices for s in range(5)])  # one round: 5 batches of 4 of 20
     assert sorted(seen.tolist()) == list(range(20))
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    fit_run(tmp_path, "run", max_steps=3)
+    module = make_module()
+    cfg = TrainConfig(epochs=2, batch_size=20, lr=0.1, schedule="cosine", progress=False, deterministic=True,
+                      checkpoint_every=3, log_every=1)
+    with pytest.raises(ValueError, match=r"different run \(lr: 0.05 -> 0.1\).*--restart"):
+        Trainer(module, demo_subset("train", 8), demo_subset("test", 2), cfg, tmp_path / "run").fit()

@@ -30,7 +30,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = exp.trainer.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
-    summary = exp.fit(resume=not args.restart)
+    from distill.train.trainer import ResumeMismatchError
+
+    try:
+        summary = exp.fit(resume=not args.restart)
+    except ResumeMismatchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     final = summary.get("final", {})
     print(json.dumps({"run_dir": str(run_dir), "final": final, "wall_time_s": round(summary["wall_time_s"], 1)}))
     return 0

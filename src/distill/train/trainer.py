@@ -74,6 +74,10 @@ class TrainConfig:
     step_delay: float = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
 
 
+class ResumeMismatchError(ValueError):
+    """A checkpoint exists in the run folder but was written with other settings."""
+
+
 def seed_everything(seed: int, deterministic: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -186,6 +190,27 @@ class Trainer:
                             derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
 
+    #: settings that may change between a run and its resumption (they do not change what is computed)
+    RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
+                         "log_every", "eval_every", "eval_batch_size")
+
+    def _recipe(self, module: DistillModule) -> dict[str, str]:
+        """What a checkpoint must agree on to be resumed: the training settings and the methods."""
+        cfg = {k: v for k, v in asdict(self.cfg).items() if k not in self.RESUMABLE_CHANGES}
+        methods = {label: f"{type(m).__name__} x{module.methods.weights[label]}"
+                   for label, m in module.methods.methods.items()}
+        return {**{k: repr(v) for k, v in cfg.items()}, **{f"method:{k}": v for k, v in methods.items()},
+                "train_examples": str(self.task.num_examples(self.train_data))}
+
+    def _check_recipe(self, ckpt: Path, old: dict[str, str], new: dict[str, str]) -> None:
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
+            raise ResumeMismatchError(
+                f"the checkpoint {ckpt} was written by a different run ({detail}); resume with the same settings, "
+                f"or start over with --restart (Trainer.fit(resume=False)) or another output_dir"
+            )
+
     def _val_batch(self, step: int, size: int) -> Batch:
         """Batch number ``step`` of size ``size`` from the validation split, cycling through seeded
         permutations of it (a function of the seed and the step only)."""
@@ -238,8 +263,10 @@ class Trainer:
         wrapped, optimizer = acc.prepare(module, optimizer)
 
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_evals": 0, "stopped": False}
+        recipe = self._recipe(module)
         if ckpt is not None:
             loaded = load_checkpoint(ckpt)
+            self._check_recipe(ckpt, loaded["trainer"].get("recipe", {}), recipe)
             module.student.load_state_dict(loaded["student"])
             module.methods.load_state_dict(loaded["methods"])
             optimizer.load_state_dict(loaded["optimizer"])
@@ -260,7 +287,7 @@ class Trainer:
                     module.student.state_dict(),
                     module.methods.state_dict(),
                     optimizer.state_dict(),
-                    {"position": dict(state), "rng": rng_state()},
+                    {"position": dict(state), "rng": rng_state(), "recipe": recipe},
                     keep=cfg.keep_checkpoints,
                 )
 
