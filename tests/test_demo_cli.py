@@ -18,17 +18,18 @@ def test_demo_smoke_and_eval(tmp_path, capsys):
     from distill.demo import run_demo
 
     results = run_demo(tmp_path / "demo", epochs=1, per_class=6, progress=False)
-    assert set(results) >= {"teacher", "scratch", "kd", "total_wall_time_s"}
+    assert set(results) >= {"teacher", "scratch", "distilled", "total_wall_time_s"}
     assert (tmp_path / "demo" / "curves.png").stat().st_size > 10_000
-    assert json.loads((tmp_path / "demo" / "results.json").read_text())["kd"]["accuracy"] == results["kd"]["accuracy"]
+    saved = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert saved["distilled"]["accuracy"] == results["distilled"]["accuracy"]
     # the teacher really is the pretrained, fine-tuned ResNet-56: far above chance even on 60 images
     assert results["teacher"]["accuracy"] > 0.6
     # the YAML the demo wrote is a valid experiment that `distill eval` accepts
-    cfg = tmp_path / "demo" / "kd.yaml"
+    cfg = tmp_path / "demo" / "distilled.yaml"
     capsys.readouterr()
     assert main(["eval", str(cfg)]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["student"]["accuracy"] == pytest.approx(results["kd"]["accuracy"])
+    assert out["student"]["accuracy"] == pytest.approx(results["distilled"]["accuracy"])
     assert out["teacher"]["accuracy"] == pytest.approx(results["teacher"]["accuracy"])
 
 
