@@ -119,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_methods)
 
-    p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images (a few CPU minutes)")
+    p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
+                                    "(a few CPU minutes)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
