@@ -83,7 +83,7 @@ def run_demo(out: Path, epochs: int | None = None, seed: int = 0, per_class: int
     table = Table(title="distill demo")
     for col in ("model", "test accuracy", "wall time"):
         table.add_column(col)
-    table.add_row("teacher resnet56 (pretrained)", f"{100 * results['teacher']['accuracy']:.1f}%",
+    table.add_row("teacher resnet56 (pretrained, fine-tuned)", f"{100 * results['teacher']['accuracy']:.1f}%",
                   f"{results['teacher']['wall_time_s']:.0f}s (eval)")
     table.add_row("student resnet20, scratch", f"{100 * results['scratch']['accuracy']:.1f}%",
                   f"{results['scratch']['wall_time_s']:.0f}s")

@@ -15,6 +15,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     pld,
     relations,
     reviewkd,
+    tgeo,
 )
 
 __all__ = ["METHODS", "Method"]
