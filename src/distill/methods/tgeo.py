@@ -125,8 +125,9 @@ class TGeoKD(Method):
 
     and alpha is then recomputed with the new ω for the θ step (Meta-Weight-Net's order). ω, its Adam moments
     and step count are buffers (so checkpoints carry them and a resumed run is bit-identical); the method has no
-    ``nn.Parameter``. The validation batch is ``RunInfo.val_batch(update_index, val_batch_size)`` from the split
-    the config holds out with ``data.val_per_class`` (required). The student runs the validation batch in its
+    ``nn.Parameter``. The validation batch is ``RunInfo.val_batch(step // update_every, val_batch_size)`` from the
+    split the config holds out with ``data.val_per_class`` (required); with ``grad_accum`` > 1 each micro-batch of
+    an update step updates ω. The student runs the validation batch in its
     current mode (train mode: batch statistics, as Meta-Weight-Net's meta-model) on clones of its buffers, so
     its BatchNorm running statistics are not touched. The look-ahead uses this method's L alone, plain SGD
     without momentum or weight decay. In eval mode, or when the student logits carry no graph, ω stays as it is.
@@ -139,6 +140,8 @@ class TGeoKD(Method):
     (the run's batch size). Labels may be soft (B, C) targets (then T̄_y = g T̄); unlabelled rows are refused.
     Single-process only: under DDP each rank would update its own ω, and DDP does not support the second-order
     ``autograd.grad`` through its forward. :meth:`alpha` returns the current per-sample ratios for analysis.
+    No reference library implements TGeo-KD, so there is no option mapping; the look-ahead follows
+    Meta-Weight-Net's convention (Shu et al., NeurIPS 2019).
     """
 
     needs_labels = True
