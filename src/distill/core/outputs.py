@@ -66,3 +66,17 @@ class RunInfo:
     #: ``val_batch(step, size)``: a prepared batch of the held-out validation split, chosen by the step alone
     #: (so a resumed run sees the same batches); None when the run has no validation split
     val_batch: Callable[[int, int], Any] | None = None
+
+
+def require_teacher(inputs: StepInputs, method: str) -> ModelOutput:
+    """The teacher's output, or a clear error naming the method that needs one."""
+    if inputs.teacher is None:
+        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
+    return inputs.teacher
+
+
+def require_labels(inputs: StepInputs, method: str) -> torch.Tensor:
+    """The batch's labels, or a clear error naming the method that needs them."""
+    if inputs.labels is None:
+        raise ValueError(f"method {method!r} needs labels, but the batch has none")
+    return inputs.labels

@@ -15,17 +15,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features import conv_regressor
 
 
 # -- shared helpers ----------------------------------------------------------------------------------------------
-def _teacher(inputs: StepInputs, method: str) -> ModelOutput:
-    if inputs.teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
-    return inputs.teacher
-
-
 def _feature_lists(method: str, student: list[str] | None, teacher: list[str] | None, weights: list[float] | None,
                    default: list[str]) -> tuple[list[str], list[str], list[float]]:
     s = list(student or default)
@@ -151,7 +145,7 @@ class VID(Method):
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         if len(self.regressors) != len(self.student_features):
             raise RuntimeError("VID.setup() must run before the first step (the trainer does this)")
-        teacher = _teacher(inputs, "vid")
+        teacher = require_teacher(inputs, "vid")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for j, (s_name, t_name, w) in enumerate(zip(self.student_features, self.teacher_features,
                                                     self.pair_weights)):
@@ -266,7 +260,7 @@ class ActivationBoundaries(Method):
     def ab_loss(self, inputs: StepInputs) -> torch.Tensor:
         if len(self.connectors) != len(self.student_features):
             raise RuntimeError("ActivationBoundaries.setup() must run before the first step (the trainer does this)")
-        teacher = _teacher(inputs, "ab")
+        teacher = require_teacher(inputs, "ab")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         batch = None
         for k, (s_name, t_name, w) in enumerate(zip(self.student_features, self.teacher_features,
@@ -418,7 +412,7 @@ class FactorTransfer(Method):
 
     def init_loss(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         paraphraser, _ = self._ready()
-        t = _teacher(inputs, "ft").feature(self.teacher_feature).float()
+        t = require_teacher(inputs, "ft").feature(self.teacher_feature).float()
         rec = paraphraser(t).float()
         if self.reconstruction == "l1":
             loss = F.l1_loss(rec, t)
@@ -440,7 +434,7 @@ class FactorTransfer(Method):
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         _, translator = self._ready()
         fs = translator(inputs.student.feature(self.student_feature)).float()
-        ft = self.teacher_factor(_teacher(inputs, "ft").feature(self.teacher_feature).float())
+        ft = self.teacher_factor(require_teacher(inputs, "ft").feature(self.teacher_feature).float())
         fs, ft = match_spatial(fs, ft)
         if self.variant == "repdistiller":
             diff = (repdistiller_factor(fs) - repdistiller_factor(ft)).abs().pow(self.p)
@@ -525,7 +519,7 @@ class FSP(Method):
                                  f"({t1}, {t2}); FSP needs equal channels")
 
     def fsp_loss(self, inputs: StepInputs) -> torch.Tensor:
-        teacher = _teacher(inputs, "fsp")
+        teacher = require_teacher(inputs, "fsp")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for s1, s2, t1, t2, w in zip(self.first, self.second, self.teacher_first, self.teacher_second,
                                      self.pair_weights):
@@ -603,7 +597,7 @@ class NST(Method):
         return self.teacher_features
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        teacher = _teacher(inputs, "nst")
+        teacher = require_teacher(inputs, "nst")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for s_name, t_name, w in zip(self.student_features, self.teacher_features, self.pair_weights):
             total = total + w * nst_mmd(inputs.student.feature(s_name), teacher.feature(t_name))

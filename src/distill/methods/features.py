@@ -9,13 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
-
-
-def _teacher(inputs: StepInputs, method: str) -> ModelOutput:
-    if inputs.teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
-    return inputs.teacher
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 
 
 def conv_regressor(s_shape: torch.Size, t_shape: torch.Size, relu: bool = True) -> nn.Module:
@@ -95,7 +89,7 @@ class FitNet(Method):
         if self.regressor is None:
             raise RuntimeError("FitNet.setup() must run before the first step (the trainer does this)")
         s = inputs.student.feature(self.student_feature)
-        t = _teacher(inputs, "fitnet").feature(self.teacher_feature)
+        t = require_teacher(inputs, "fitnet").feature(self.teacher_feature)
         return {"loss": F.mse_loss(self.regressor(s).float(), t.float(), reduction=self.reduction)}
 
 
@@ -151,7 +145,7 @@ class AttentionTransfer(Method):
         return self.teacher_features
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        teacher = _teacher(inputs, "at")
+        teacher = require_teacher(inputs, "at")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for s_name, t_name, w in zip(self.student_features, self.teacher_features, self.pair_weights):
             fs, ft = inputs.student.feature(s_name), teacher.feature(t_name)

@@ -12,23 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import StepInputs
+from distill.core.outputs import StepInputs, require_labels, require_teacher
 from distill.methods.logits import cross_entropy, kl_batchmean
 
 #: DKD's way of removing the target class from a softmax (mdistiller): subtract this from its logit / T.
 _DKD_MASK = 1000.0
-
-
-def _teacher_logits(inputs: StepInputs, method: str) -> torch.Tensor:
-    if inputs.teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
-    return inputs.teacher.logits
-
-
-def _labels(inputs: StepInputs, method: str) -> torch.Tensor:
-    if inputs.labels is None:
-        raise ValueError(f"method {method!r} needs labels, but the batch has none")
-    return inputs.labels
 
 
 def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -137,8 +125,8 @@ class DKD(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits
-        zt = _teacher_logits(inputs, "dkd")
-        labels = _labels(inputs, "dkd")
+        zt = require_teacher(inputs, "dkd").logits
+        labels = require_labels(inputs, "dkd")
         terms: dict[str, torch.Tensor] = {}
         if self.ce_weight != 0.0:
             terms["ce"] = self.ce_weight * cross_entropy(zs, labels)
@@ -226,7 +214,7 @@ class DIST(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits.float()
-        zt = _teacher_logits(inputs, "dist").float()
+        zt = require_teacher(inputs, "dist").logits.float()
         ys, yt = (zs / self.tau).softmax(dim=1), (zt / self.tau).softmax(dim=1)
         inter, intra = dist_relations(ys, yt, self.eps, self.eps_mode)
         t2 = self.tau * self.tau
@@ -290,7 +278,7 @@ class LogitStandardizedKD(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits
-        zt = _teacher_logits(inputs, "lskd")
+        zt = require_teacher(inputs, "lskd").logits
         t = self.temperature
         kl = kl_batchmean(standardize_logits(zs, self.eps), standardize_logits(zt, self.eps), t, self.reduction)
         if self.torchdistill_compat and (self.ce_weight == 0.0 or inputs.labels is None):
@@ -298,5 +286,5 @@ class LogitStandardizedKD(Method):
         terms = {"kl": self.kl_weight * t * t * kl}
         if self.ce_weight != 0.0:
             ce_red = "mean" if self.reduction == "batchmean" else self.reduction
-            terms["ce"] = self.ce_weight * cross_entropy(zs, _labels(inputs, "lskd"), reduction=ce_red)
+            terms["ce"] = self.ce_weight * cross_entropy(zs, require_labels(inputs, "lskd"), reduction=ce_red)
         return terms

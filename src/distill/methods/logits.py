@@ -8,19 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import StepInputs
-
-
-def _labels(inputs: StepInputs, method: str) -> torch.Tensor:
-    if inputs.labels is None:
-        raise ValueError(f"method {method!r} needs labels, but the batch has none")
-    return inputs.labels
-
-
-def _teacher_logits(inputs: StepInputs, method: str) -> torch.Tensor:
-    if inputs.teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
-    return inputs.teacher.logits
+from distill.core.outputs import StepInputs, require_labels, require_teacher
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
@@ -54,7 +42,7 @@ class CrossEntropy(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         logits = inputs.student.logits
-        labels = _labels(inputs, "ce")
+        labels = require_labels(inputs, "ce")
         loss = cross_entropy(logits, labels, self.label_smoothing)
         return {"loss": loss}
 
@@ -113,7 +101,7 @@ class KD(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits
-        zt = _teacher_logits(inputs, "kd")
+        zt = require_teacher(inputs, "kd").logits
         t = self.temperature
         kl = kl_batchmean(zs, zt, t, self.reduction)
         if self.torchdistill_compat and (self.ce_weight == 0.0 or inputs.labels is None):
@@ -121,6 +109,6 @@ class KD(Method):
         terms = {"kl": self.kl_weight * t * t * kl}
         if self.ce_weight != 0.0:
             ce_red = "mean" if self.reduction == "batchmean" else self.reduction
-            ce = cross_entropy(zs, _labels(inputs, "kd"), reduction=ce_red)
+            ce = cross_entropy(zs, require_labels(inputs, "kd"), reduction=ce_red)
             terms["ce"] = self.ce_weight * ce
         return terms

@@ -11,13 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
-
-
-def _teacher(inputs: StepInputs, method: str) -> ModelOutput:
-    if inputs.teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher, but none is configured")
-    return inputs.teacher
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -84,7 +78,7 @@ class SimilarityPreserving(Method):
         return self.teacher_features
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        teacher = _teacher(inputs, "sp")
+        teacher = require_teacher(inputs, "sp")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for s_name, t_name, w in zip(self.student_features, self.teacher_features, self.pair_weights):
             fs = _rows(inputs.student.feature(s_name))
@@ -212,7 +206,7 @@ class CorrelationCongruence(Method):
             raise RuntimeError("CorrelationCongruence.setup() must run before the first step (the trainer does this)")
         fs = self.embed(self.student_head, inputs.student.feature(self.student_feature))
         # the teacher feature is a constant; only the teacher-side head learns from this term
-        ft = self.embed(self.teacher_head, _teacher(inputs, "cc").feature(self.teacher_feature).detach())
+        ft = self.embed(self.teacher_head, require_teacher(inputs, "cc").feature(self.teacher_feature).detach())
         if self.variant == "repdistiller":
             return {"loss": cc_consecutive(fs, ft)}
         cs = correlation_matrix(fs, self.kernel, self.gamma, self.max_p)
@@ -298,7 +292,7 @@ class RelationalKD(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         xs = _rows(inputs.student.feature(self.student_feature))
-        xt = _rows(_teacher(inputs, "rkd").feature(self.teacher_feature))
+        xt = _rows(require_teacher(inputs, "rkd").feature(self.teacher_feature))
         terms: dict[str, torch.Tensor] = {}
         if self.distance_weight != 0:
             with torch.no_grad():
@@ -368,5 +362,5 @@ class ProbabilisticKT(Method):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         xs = _rows(inputs.student.feature(self.student_feature))
-        xt = _rows(_teacher(inputs, "pkt").feature(self.teacher_feature)).detach()
+        xt = _rows(require_teacher(inputs, "pkt").feature(self.teacher_feature)).detach()
         return {"loss": pkt_loss(xs, xt, self.eps)}

@@ -11,7 +11,7 @@ Two families share this file:
 * :class:`CifarResNetB`: the variant used by the knowledge-distillation benchmarks of CRD/RepDistiller
   (resnet8x4, resnet32x4): configurable stem and stage widths (32 and 64/128/256 for the "x4" models),
   "option B" shortcuts (1x1 convolution + BN) where the shape changes. Module names follow RepDistiller, so
-  its teacher checkpoints (``torch.load(...)["model"]``) load strictly as well.
+  its teacher checkpoints (a state dict saved under ``"model"``) load strictly as well.
 
 Paper: K. He, X. Zhang, S. Ren, J. Sun, "Deep Residual Learning for Image Recognition", CVPR 2016,
 arXiv:1512.03385. The "x4" widths: Y. Tian, D. Krishnan, P. Isola, "Contrastive Representation Distillation",
