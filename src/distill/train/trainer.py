@@ -203,6 +203,8 @@ class Trainer:
                 "train_examples": str(self.task.num_examples(self.train_data))}
 
     def _check_recipe(self, ckpt: Path, old: dict[str, str], new: dict[str, str]) -> None:
+        if not old:  # written before checkpoints carried their recipe: nothing to compare
+            return
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
