@@ -46,3 +46,21 @@ def test_eval_reports_student_and_teacher(tmp_path, capsys):
     assert main(["eval", str(path)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out) == {"student", "teacher"} and 0.0 <= out["student"]["accuracy"] <= 1.0
+
+
+def test_eval_uses_a_methods_inference_wrapper(tmp_path, capsys):
+    """DHO evaluates through its combined heads; `distill eval` must rebuild that from methods.safetensors."""
+    demo = str(ASSETS / "cifar10_demo.tar.gz")
+    raw = {"output_dir": str(tmp_path / "run"),
+           "data": {"train": demo, "eval": demo, "train_per_class": 4, "eval_per_class": 3, "val_per_class": 1},
+           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet20"},
+           "methods": [{"name": "dho", "temperature": 2.0}],
+           "train": {"epochs": 1, "batch_size": 10, "progress": False}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(path)]) == 0
+    trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"]
+    assert (tmp_path / "run" / "methods.safetensors").exists()
+    assert main(["eval", str(path)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["student"] == pytest.approx(trained)

@@ -59,7 +59,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     results = {}
     if weights.exists():
         load_weights_into(exp.student, weights)
-        results["student"] = evaluate_model(exp.student, exp.task, exp.eval_data)
+        model = exp.student
+        method_weights = weights.with_name("methods.safetensors")
+        if method_weights.exists():  # heads or combiners that a method's inference wrapper needs (DHO, LELP)
+            from distill.train.checkpoint import load_weights
+
+            exp.trainer.prepare_methods()
+            exp.methods.load_state_dict(load_weights(method_weights))
+            model = exp.module.inference_model()
+        results["student"] = evaluate_model(model, exp.task, exp.eval_data)
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     if exp.teacher is not None and hasattr(exp.teacher, "model"):

@@ -190,6 +190,17 @@ class Trainer:
                             derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
 
+    def prepare_methods(self) -> None:
+        """Let the methods build their shape-dependent parts from one example batch (before any state is loaded
+        into them, and before the optimiser exists)."""
+        module = self.module
+        n = self.task.num_examples(self.train_data)
+        info = RunInfo(num_train_examples=n, epochs=self.cfg.epochs, steps_per_epoch=self.steps_per_epoch,
+                       batch_size=self.cfg.batch_size, student=module.student, task=self.task,
+                       val_batch=self._val_batch if self.val_data is not None else None)
+        module.setup(self._micro_batches(0, 0)[0][0], info)
+        module.to(self.device)
+
     #: settings that may change between a run and its resumption (they do not change what is computed)
     RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
                          "log_every", "eval_every", "eval_batch_size")
@@ -248,12 +259,7 @@ class Trainer:
             module.student.to(memory_format=torch.channels_last)
             if module.teacher is not None:
                 module.teacher.to(memory_format=torch.channels_last)
-        n = self.task.num_examples(self.train_data)
-        info = RunInfo(num_train_examples=n, epochs=cfg.epochs, steps_per_epoch=self.steps_per_epoch,
-                       batch_size=cfg.batch_size, student=module.student, task=self.task,
-                       val_batch=self._val_batch if self.val_data is not None else None)
-        module.setup(self._micro_batches(0, 0)[0][0], info)
-        module.to(self.device)
+        self.prepare_methods()
         ckpt_root = self.run_dir / "checkpoints"
         ckpt = latest_checkpoint(ckpt_root) if resume else None
         if ckpt is None:
