@@ -364,3 +364,19 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
                       checkpoint_every=3, log_every=1)
     with pytest.raises(ValueError, match=r"different run \(lr: 0.05 -> 0.1\).*--restart"):
         Trainer(module, demo_subset("train", 8), demo_subset("test", 2), cfg, tmp_path / "run").fit()
+
+
+def test_adamw_groups_and_logs(tmp_path):
+    from distill.train.trainer import build_optimizer
+
+    model = TinyCNN()
+    params = list(model.parameters())
+    opt = build_optimizer(params, TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05))
+    assert isinstance(opt, torch.optim.AdamW)
+    decays = {p.ndim > 1: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decays == {True: 0.05, False: 0.0}  # no decay on biases and norm weights with AdamW
+    module = make_module()
+    cfg = TrainConfig(epochs=1, batch_size=20, optimizer="adamw", lr=1e-3, progress=False, log_every=1)
+    Trainer(module, demo_subset("train", 4), demo_subset("test", 1), cfg, tmp_path).fit()
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert (tmp_path / "summary.json").exists() and (tmp_path / "student.safetensors").exists()
