@@ -151,8 +151,9 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         mean = statistics.mean(accs)
         sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
         gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
-        ep = statistics.mean(r["epoch_time_s"] for r in rs if r["epoch_time_s"])
-        lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep:.1f} |")
+        times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
+        ep = f"{statistics.mean(times):.1f}" if times else "-"
+        lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} |")
     md = out_dir / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
