@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs, require_labels, require_teacher
-from distill.methods.logits import cross_entropy, kl_batchmean
+from distill.methods.logits import KD, cross_entropy
 
 #: DKD's way of removing the target class from a softmax (mdistiller): subtract this from its logit / T.
 _DKD_MASK = 1000.0
@@ -232,7 +232,7 @@ class DIST(Method):
     repo="https://github.com/sunshangquan/logit-standardization-KD",
     aliases=("logit_std_kd",),
 )
-class LogitStandardizedKD(Method):
+class LogitStandardizedKD(KD):
     """KD on z-scored logits (LS-KD): the student matches the teacher's logit relations, not their range.
 
     L = ce_weight * CE(z_s, y) + kl_weight * T^2 * KL(softmax(Z(z_t)/T) || softmax(Z(z_s)/T)), with
@@ -253,6 +253,8 @@ class LogitStandardizedKD(Method):
     no labels the loss is the bare KL (no T^2, no weight).
     """
 
+    method_name = "lskd"
+
     def __init__(
         self,
         temperature: float = 2.0,
@@ -262,29 +264,8 @@ class LogitStandardizedKD(Method):
         reduction: Literal["batchmean", "mean", "sum"] = "batchmean",
         torchdistill_compat: bool = False,
     ):
-        super().__init__()
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        self.temperature = float(temperature)
-        self.ce_weight = float(ce_weight)
-        self.kl_weight = float(kl_weight)
+        super().__init__(temperature, ce_weight, kl_weight, reduction, torchdistill_compat)
         self.eps = float(eps)
-        self.reduction = reduction
-        self.torchdistill_compat = torchdistill_compat
 
-    @property
-    def needs_labels(self) -> bool:  # type: ignore[override]
-        return self.ce_weight != 0.0
-
-    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        zs = inputs.student.logits
-        zt = require_teacher(inputs, "lskd").logits
-        t = self.temperature
-        kl = kl_batchmean(standardize_logits(zs, self.eps), standardize_logits(zt, self.eps), t, self.reduction)
-        if self.torchdistill_compat and (self.ce_weight == 0.0 or inputs.labels is None):
-            return {"kl": kl}
-        terms = {"kl": self.kl_weight * t * t * kl}
-        if self.ce_weight != 0.0:
-            ce_red = "mean" if self.reduction == "batchmean" else self.reduction
-            terms["ce"] = self.ce_weight * cross_entropy(zs, require_labels(inputs, "lskd"), reduction=ce_red)
-        return terms
+    def soft_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        return standardize_logits(logits, self.eps)

@@ -99,16 +99,23 @@ class KD(Method):
     def needs_labels(self) -> bool:  # type: ignore[override]
         return self.ce_weight != 0.0
 
+    #: the name used in error messages (subclasses that pre-process the logits set their own)
+    method_name = "kd"
+
+    def soft_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits the softened KL is computed on (the raw logits here; LS-KD standardises them)."""
+        return logits
+
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits
-        zt = require_teacher(inputs, "kd").logits
+        zt = require_teacher(inputs, self.method_name).logits
         t = self.temperature
-        kl = kl_batchmean(zs, zt, t, self.reduction)
+        kl = kl_batchmean(self.soft_logits(zs), self.soft_logits(zt), t, self.reduction)
         if self.torchdistill_compat and (self.ce_weight == 0.0 or inputs.labels is None):
             return {"kl": kl}
         terms = {"kl": self.kl_weight * t * t * kl}
         if self.ce_weight != 0.0:
             ce_red = "mean" if self.reduction == "batchmean" else self.reduction
-            ce = cross_entropy(zs, require_labels(inputs, "kd"), reduction=ce_red)
+            ce = cross_entropy(zs, require_labels(inputs, self.method_name), reduction=ce_red)
             terms["ce"] = self.ce_weight * ce
         return terms
