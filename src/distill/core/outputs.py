@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from distill.core.topk import TopKLogits
+
 
 @dataclass
 class ModelOutput:
@@ -15,10 +17,18 @@ class ModelOutput:
 
     ``logits`` is the model's main output (class logits, token logits, embeddings or scores, by task).
     ``features`` maps a tap name (a dotted module path, optionally suffixed ``:input``) to the captured tensor.
+    ``topk`` is set instead of (or beside) ``logits`` by teacher sources that keep only the k most likely classes
+    (a top-k cache); ``logits`` is then None, and only methods with ``accepts_topk_teacher`` may read it.
     """
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
+    topk: TopKLogits | None = None
+
+    @property
+    def is_sparse(self) -> bool:
+        """True when only top-k log-probabilities are known (no dense logits)."""
+        return self.logits is None and self.topk is not None
 
     def feature(self, name: str) -> torch.Tensor:
         """The feature captured under ``name``, with an error that lists what was captured."""
@@ -30,7 +40,9 @@ class ModelOutput:
             ) from None
 
     def detach(self) -> ModelOutput:
-        return ModelOutput(self.logits.detach(), {k: v.detach() for k, v in self.features.items()})
+        logits = None if self.logits is None else self.logits.detach()
+        topk = None if self.topk is None else self.topk.detach()
+        return ModelOutput(logits, {k: v.detach() for k, v in self.features.items()}, topk)  # type: ignore[arg-type]
 
 
 @dataclass

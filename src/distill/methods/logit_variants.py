@@ -254,6 +254,7 @@ class LogitStandardizedKD(KD):
     """
 
     method_name = "lskd"
+    accepts_topk_teacher = False  # standardising needs every teacher logit
 
     def __init__(
         self,

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs, require_labels, require_teacher
+from distill.core.topk import TopKLogits, bucket_kl, student_bucket_logprobs
 
 
 def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0,
@@ -76,7 +77,12 @@ class KD(Method):
     (CE 0.1, KD 0.9, T 4) is ``ce_weight=0.1, kl_weight=0.9``. With ``torchdistill_compat=True`` the quirk of
     ``KDLoss`` is reproduced: when ``ce_weight`` is 0 or the batch has no labels the loss is the bare KL, with
     neither T^2 nor ``kl_weight``. By default (False) T^2 * kl_weight always applies.
+
+    With a top-k teacher (a top-k cache) the KL is taken over k + 1 buckets, the kept classes and the tail
+    (:mod:`distill.core.topk`); it equals the dense KL when k is the number of classes.
     """
+
+    accepts_topk_teacher = True
 
     def __init__(
         self,
@@ -102,15 +108,28 @@ class KD(Method):
     #: the name used in error messages (subclasses that pre-process the logits set their own)
     method_name = "kd"
 
+    def sparse_kl(self, zs: torch.Tensor, topk: TopKLogits, t: float) -> torch.Tensor:
+        if type(self).soft_logits is not KD.soft_logits:
+            raise ValueError(f"{self.method_name} transforms the teacher's logits and needs them dense, not top-k")
+        per_row = bucket_kl(topk.bucket_logprobs(t), student_bucket_logprobs(zs, topk, t))
+        if self.reduction == "batchmean":
+            return per_row.sum() / zs.shape[0]
+        if self.reduction == "sum":
+            return per_row.sum()
+        return per_row.sum() / zs.numel()  # F.kl_div's "mean" divides by every element
+
     def soft_logits(self, logits: torch.Tensor) -> torch.Tensor:
         """The logits the softened KL is computed on (the raw logits here; LS-KD standardises them)."""
         return logits
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         zs = inputs.student.logits
-        zt = require_teacher(inputs, self.method_name).logits
+        teacher = require_teacher(inputs, self.method_name)
         t = self.temperature
-        kl = kl_batchmean(self.soft_logits(zs), self.soft_logits(zt), t, self.reduction)
+        if teacher.is_sparse:
+            kl = self.sparse_kl(zs, teacher.topk, t)
+        else:
+            kl = kl_batchmean(self.soft_logits(zs), self.soft_logits(teacher.logits), t, self.reduction)
         if self.torchdistill_compat and (self.ce_weight == 0.0 or inputs.labels is None):
             return {"kl": kl}
         terms = {"kl": self.kl_weight * t * t * kl}

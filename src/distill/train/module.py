@@ -45,7 +45,15 @@ class DistillModule(nn.Module):
     def run_teacher(self, batch: Batch) -> ModelOutput | None:
         if self.teacher is None or not self.methods.needs_teacher:
             return None
-        return self.teacher(batch, self.task, self._teacher_tap_names)
+        out = self.teacher(batch, self.task, self._teacher_tap_names)
+        if out.is_sparse:
+            dense_only = [n for n, m in self.methods.methods.items()
+                          if m.needs_teacher and not getattr(m, "accepts_topk_teacher", False)]
+            if dense_only:
+                raise ValueError(f"the teacher gives only top-{out.topk.k} log-probabilities (a top-k cache), but "
+                                 f"methods {dense_only} need dense logits: use a full-logits cache or a method "
+                                 "that accepts a top-k teacher")
+        return out
 
     @torch.no_grad()
     def setup(self, batch: Batch, info: RunInfo | None = None) -> None:
