@@ -165,6 +165,10 @@ class Trainer:
         use_cpu = config.cpu or not torch.cuda.is_available()
         ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
+                             f"(sharded parameters break feature taps and rank-0 checkpoints); launch with "
+                             f"plain data parallelism (accelerate launch --multi_gpu, or torchrun): see docs/ddp.md")
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
