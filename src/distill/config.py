@@ -143,6 +143,7 @@ class TrainSection(_Strict):
     # several processes and speed options (docs/ddp.md)
     find_unused_parameters: bool = True
     sync_batchnorm: bool = False
+    broadcast_buffers: bool = True
     teacher_inference_mode: bool = False
     compile_student: bool = False
 

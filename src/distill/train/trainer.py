@@ -76,6 +76,7 @@ class TrainConfig:
     # -- several processes (DDP) and speed options; see docs/ddp.md --
     find_unused_parameters: bool = True  # DDP: tolerate parameters without a gradient in a step (init stages)
     sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
+    broadcast_buffers: bool = True  # DDP: copy rank 0's buffers to every rank at each forward
     teacher_inference_mode: bool = False  # run the teacher under torch.inference_mode (outputs cloned out)
     compile_student: bool = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
 
@@ -163,7 +164,8 @@ class Trainer:
         self.val_data = val_data
         self.callbacks = callbacks or []
         use_cpu = config.cpu or not torch.cuda.is_available()
-        ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters,
+                                            broadcast_buffers=config.broadcast_buffers)
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
         if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
@@ -217,7 +219,11 @@ class Trainer:
 
     #: settings that may change between a run and its resumption (they do not change what is computed)
     RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
-                         "log_every", "eval_every", "eval_batch_size")
+                         "log_every", "eval_every", "eval_batch_size",
+                         # engine options (float rounding or per-process BatchNorm statistics at most); listing them
+                         # here also keeps checkpoints written before these keys existed resumable
+                         "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
+                         "compile_student")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
