@@ -56,7 +56,12 @@ class Arm:
 
     def __init__(self, name: str, teacher_state: dict[str, torch.Tensor], batch_size: int):
         self.name = name
-        channels_last = name == "channels_last"
+        features = set(name.split("+"))  # e.g. "channels_last+compile" combines two options
+        unknown = features - set(ARMS)
+        if unknown:
+            raise SystemExit(f"unknown arm option(s) {sorted(unknown)}; allowed: {ARMS} joined with '+'")
+        self.features = features
+        channels_last = "channels_last" in features
         self.task = ImageClassification(IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip(4), channels_last=channels_last)
         torch.manual_seed(0)
         student = build_model("resnet20", num_classes=10)
@@ -67,17 +72,17 @@ class Arm:
             teacher.to(memory_format=torch.channels_last)
         methods = Composite({"ce": CrossEntropy(), "kd": KD(temperature=4.0)}, {"ce": 0.1, "kd": 0.9})
         self.module = DistillModule(student, methods, FrozenTeacher(teacher), self.task)
-        self.module.teacher_inference_mode = name == "inference_mode"
+        self.module.teacher_inference_mode = "inference_mode" in features
         self.batch_size = batch_size
         self.autocast: Callable[[], contextlib.AbstractContextManager] = (
-            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name == "bf16" else contextlib.nullcontext)
+            (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if "bf16" in features else contextlib.nullcontext)
         self.optimizer: torch.optim.Optimizer | None = None
 
     def setup(self, data: Any) -> None:
         batch = self.batch(data, 0)
         self.module.setup(batch)
         self.optimizer = torch.optim.SGD(self.module.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        if self.name == "compile":
+        if "compile" in self.features:
             self.module.student.compile()
 
     def batch(self, data: Any, step: int):
@@ -164,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--name", default="step_profile", help="results file stem")
+    parser.add_argument("--skip-bf16-accuracy", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = parser.parse_args(argv)
     if args.quick:
@@ -192,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             failed[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             print(f"{name}: FAILED {failed[name]}", file=sys.stderr, flush=True)
             continue
-        if name == "compile":
+        if "compile" in arm.features:
             compile_s = time.perf_counter() - t0
         arms[name] = arm
         print(f"{name}: ready", file=sys.stderr, flush=True)
@@ -206,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         this = {}
         for name in names:
             # bf16 without native bf16 units is very slow: one step per round is enough to see it
-            this[name] = time_steps(arms[name], train, step, 1 if name == "bf16" else args.steps)
+            this[name] = time_steps(arms[name], train, step, 1 if "bf16" in arms[name].features else args.steps)
             seconds[name].append(this[name])
         step += args.steps
         for name in names:
@@ -218,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     data = {k: statistics.median(d[k] for d in data_times) for k in data_times[0]}
     base = statistics.median(seconds["baseline"])
     result: dict[str, Any] = {
-        "command": "python benchmarks/step_profile.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/step_profile.py", *(argv if argv is not None else sys.argv[1:])]),
         "torch": torch.__version__, "threads": args.threads, "batch_size": args.batch_size,
         "rounds": args.rounds, "steps_per_round": args.steps,
         "arms": {n: {"median_step_s": statistics.median(seconds[n]), "median_ratio": statistics.median(ratios[n]),
@@ -227,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "failed_arms": failed,
         "data_path": {**data, "share_of_baseline_step": sum(data.values()) / base},
     }
-    if "bf16" in names:  # (bf16 evaluation is slow here: a balanced 500 of the 1,000 test images)
+    if "bf16" in names and not args.skip_bf16_accuracy:  # (slow here: a balanced 500 of the 1,000 test images)
         result["bf16_accuracy"] = bf16_accuracy(teacher_state, test.balanced_subset(50, 0), train)
     fastest = min(names, key=lambda n: result["arms"][n]["median_ratio"])
     result["fastest"] = fastest
@@ -235,9 +242,9 @@ def main(argv: list[str] | None = None) -> int:
     if fastest != "baseline":
         profiles[fastest] = profile_table(arms[fastest], train)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "step_profile.json").write_text(json.dumps(result, indent=2))
-    (args.out / "step_profile.md").write_text(markdown(result, profiles))
-    print((args.out / "step_profile.md").read_text())
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(result, profiles))
+    print((args.out / f"{args.name}.md").read_text())
     return 0
 
 
