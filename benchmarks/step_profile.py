@@ -270,7 +270,7 @@ def markdown(result: dict[str, Any], profiles: dict[str, str]) -> str:
         lines.append(f"First compiled step (compilation included): {result['compile_first_step_s']:.1f} s.")
     if "bf16_accuracy" in result:
         b = result["bf16_accuracy"]
-        lines += ["", "bf16 autocast accuracy: teacher test accuracy ({b['test_images']} demo test images) "
+        lines += ["", f"bf16 autocast accuracy: teacher test accuracy ({b['test_images']} demo test images) "
                   f"{100 * b['teacher_acc_fp32']:.1f}% fp32 vs {100 * b['teacher_acc_bf16']:.1f}% bf16; one step's "
                   f"loss relative error {b['loss_rel_error']:.2e}, student-gradient relative error "
                   f"{b['grad_rel_error']:.2e} (cosine {b['grad_cosine']:.4f})."]
