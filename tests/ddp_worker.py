@@ -52,7 +52,7 @@ class PlainCNN(nn.Module):
 
 
 def methods_for(run: str) -> Composite:
-    if run in ("kd", "kd_accum"):
+    if run in ("kd", "kd_accum", "kd_resume"):
         return Composite({"ce": CrossEntropy(), "kd": KD(temperature=4.0), "fitnet": FitNet("pooled", "pooled")},
                          {"ce": 0.5, "kd": 0.5, "fitnet": 5.0})
     if run == "stateful":  # a memory bank (CRD) and an init stage whose step leaves the student unused (FT)
@@ -94,15 +94,19 @@ def main(out: Path, runs: list[str]) -> None:
     test = demo_subset("test", 1)
     task = ImageClassification(IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip(4))
     for run in runs:
-        torch.manual_seed(0)
-        student = PlainCNN(8)
-        teacher = FrozenTeacher(PlainCNN(16))
-        module = DistillModule(student, methods_for(run), teacher, task)
-        cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=2 if run == "kd_accum" else 1, lr=0.05,
-                          progress=False, log_every=1, seed=0, deterministic=True)
-        rank = distributed.rank()
-        trainer = Trainer(module, train, test, cfg, out / run / "run", val_data=test if run == "tgeo" else None)
-        summary = trainer.fit(resume=False)
+        # "kd_resume": the "kd" run stopped after 3 steps (checkpoint at step 2), then resumed by new processes'
+        # objects from the checkpoint rank 0 wrote
+        parts = [{"max_steps": 3, "checkpoint_every": 2}, {}] if run == "kd_resume" else [{}]
+        for i, extra in enumerate(parts):
+            torch.manual_seed(0)
+            student = PlainCNN(8)
+            teacher = FrozenTeacher(PlainCNN(16))
+            module = DistillModule(student, methods_for(run), teacher, task)
+            cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=2 if run == "kd_accum" else 1, lr=0.05,
+                              progress=False, log_every=1, seed=0, deterministic=True, **extra)
+            rank = distributed.rank()
+            trainer = Trainer(module, train, test, cfg, out / run / "run", val_data=test if run == "tgeo" else None)
+            summary = trainer.fit(resume=i > 0)
         state = module.state_dict()
         spread = distributed.max_abs_difference_across_ranks(list(state.values()))
         save_weights(out / run / f"rank{rank}.safetensors", state)

@@ -27,7 +27,7 @@ TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 TOLERANCE = 1e-4
 RUNS = ["kd", "kd_accum", "crd_bank"]
-TWO_PROCESS_ONLY = ["stateful", "tgeo"]
+TWO_PROCESS_ONLY = ["stateful", "tgeo", "kd_resume"]
 
 
 def free_port() -> int:
@@ -113,13 +113,25 @@ def test_stateful_methods_stay_identical_across_ranks(runs):
     """CRD's memory bank and FT's init stage (whose loss leaves the student without gradient: DDP needs
     find_unused_parameters), TGeo's look-ahead inside the DDP forward and its ω in buffers."""
     _, two = runs
-    for run in TWO_PROCESS_ONLY:
+    for run in ("stateful", "tgeo"):
         states = [load_file(two / run / f"rank{r}.safetensors") for r in (0, 1)]
         for k in states[0]:
             assert torch.equal(states[0][k], states[1][k]), (run, k)
         reports = [json.loads((two / run / f"rank{r}.json").read_text()) for r in (0, 1)]
         assert all(r["spread"] == 0.0 and r["world"] == 2 for r in reports)
         assert reports[0]["steps"] == (15 if run == "stateful" else 10)  # FT's init epoch, then 2 epochs
+
+
+def test_two_process_run_resumes_exactly(runs):
+    """Stopped after step 3 and resumed from rank 0's step-2 checkpoint by both ranks: the same weights as the
+    uninterrupted two-process run, bit for bit."""
+    _, two = runs
+    for rank in (0, 1):
+        full = load_file(two / "kd" / f"rank{rank}.safetensors")
+        resumed = load_file(two / "kd_resume" / f"rank{rank}.safetensors")
+        for k in full:
+            assert torch.equal(full[k], resumed[k]), (rank, k)
+    assert json.loads((two / "kd_resume" / "rank0.json").read_text())["steps"] == 10
 
 
 def test_only_rank_zero_writes_the_run_folder(runs):
