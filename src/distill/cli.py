@@ -28,8 +28,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     run_dir = exp.trainer.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 writes and reports
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     from distill.train.trainer import ResumeMismatchError
 
     try:
@@ -38,7 +40,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     final = summary.get("final", {})
-    print(json.dumps({"run_dir": str(run_dir), "final": final, "wall_time_s": round(summary["wall_time_s"], 1)}))
+    if main:
+        print(json.dumps({"run_dir": str(run_dir), "final": final,
+                          "wall_time_s": round(summary["wall_time_s"], 1)}))
     return 0
 
 

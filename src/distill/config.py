@@ -140,6 +140,12 @@ class TrainSection(_Strict):
     progress: bool = True
     max_steps: int | None = Field(None, gt=0)
     step_delay: float = Field(0.0, ge=0)
+    # several processes and speed options (docs/ddp.md)
+    find_unused_parameters: bool = True
+    sync_batchnorm: bool = False
+    broadcast_buffers: bool = True
+    teacher_inference_mode: bool = False
+    compile_student: bool = False
 
 
 class ExperimentConfig(_Strict):

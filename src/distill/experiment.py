@@ -21,6 +21,7 @@ from distill.methods import METHODS
 from distill.models import build_model
 from distill.models.weights import load_weights_into
 from distill.tasks.classification import ImageClassification
+from distill.train.distributed import main_process_first
 from distill.train.evaluate import evaluate_model
 from distill.train.module import DistillModule
 from distill.train.trainer import TrainConfig, Trainer, seed_everything
@@ -116,12 +117,11 @@ class Experiment:
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     seed_everything(cfg.seed, cfg.deterministic)
     d = cfg.data
-    train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
-    evald = None
-    if d.eval:
-        evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg)
-        if evald.classes != train.classes:
-            raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
+    with main_process_first():  # several processes: rank 0 decodes (and fills data.cache_dir), the others then read
+        train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
+        evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg) if d.eval else None
+    if evald is not None and evald.classes != train.classes:
+        raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
     val = None
     if d.val_per_class:
         val, train = train.split_off(d.val_per_class, d.subset_seed + 1)

@@ -43,3 +43,18 @@ class Batch:
         if isinstance(self.inputs, dict):
             return int(next(iter(self.inputs.values())).shape[0])
         raise TypeError("cannot infer the batch size")
+
+    def select(self, rows: torch.Tensor | slice) -> Batch:
+        """The batch restricted to ``rows`` (an index tensor or a slice of the first dimension): inputs, labels,
+        indices and every ``meta`` tensor with one row per example (e.g. augmentation parameters)."""
+        n = len(self)
+
+        def pick(x: Any) -> Any:
+            if isinstance(x, torch.Tensor) and x.ndim and x.shape[0] == n:
+                return x[rows]
+            if isinstance(x, dict):
+                return {k: pick(v) for k, v in x.items()}
+            return x
+
+        return replace(self, inputs=pick(self.inputs), labels=pick(self.labels), indices=pick(self.indices),
+                       meta=pick(self.meta))

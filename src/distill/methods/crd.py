@@ -12,6 +12,7 @@ from torch import nn
 from distill.core.batch import Batch
 from distill.core.method import Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.train.distributed import all_gather_cat, all_reduce_mean
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -239,15 +240,17 @@ class CRD(Method):
         (B x (K+1), column 0 = ``idx``); then the momentum update of the rows ``idx`` of both banks."""
         us = torch.exp(self._scores(self.memory_t, vs, contrast) / self.temperature)
         ut = torch.exp(self._scores(self.memory_s, vt, contrast) / self.temperature)
-        with torch.no_grad():
+        with torch.no_grad():  # (under DDP: the mean over the global batch, so every rank holds the same Z)
             if self.z[0] < 0:
-                self.z[0] = us.mean() * self.num_data
+                self.z[0] = all_reduce_mean(us.mean().detach().clone()) * self.num_data
             if self.z[1] < 0:
-                self.z[1] = ut.mean() * self.num_data
+                self.z[1] = all_reduce_mean(ut.mean().detach().clone()) * self.num_data
         zs, zt = float(self.z[0]), float(self.z[1])  # constants, as in the official code
         loss = nce_loss(us / zs, self.num_data, self.eps) + nce_loss(ut / zt, self.num_data, self.eps)
         with torch.no_grad():
+            # under DDP every rank applies the whole global batch's update, so the banks stay identical
+            idx, vs, vt = all_gather_cat(idx), all_gather_cat(vs.detach()), all_gather_cat(vt.detach())
             m = self.momentum
-            self.memory_s[idx] = l2_normalize(self.memory_s[idx] * m + vs.detach() * (1 - m))
-            self.memory_t[idx] = l2_normalize(self.memory_t[idx] * m + vt.detach() * (1 - m))
+            self.memory_s[idx] = l2_normalize(self.memory_s[idx] * m + vs * (1 - m))
+            self.memory_t[idx] = l2_normalize(self.memory_t[idx] * m + vt * (1 - m))
         return loss

@@ -20,6 +20,7 @@ from torch import nn
 from distill.core.batch import Batch
 from distill.core.method import Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.train.distributed import all_reduce_mean
 
 UNLABELED = -100
 OMEGA = ("w1", "b1", "w2", "b2")
@@ -138,8 +139,10 @@ class TGeoKD(Method):
     Franceschi et al. 2018 without solver details); and the defaults T = 4, Adam lr 1e-3 on ω, ``inner_lr=0.05``
     (the method cannot read the run's lr; 0.05 is the A0 CIFAR lr), ``update_every=1``, ``val_batch_size=0``
     (the run's batch size). Labels may be soft (B, C) targets (then T̄_y = g T̄); unlabelled rows are refused.
-    Single-process only: under DDP each rank would update its own ω, and DDP does not support the second-order
-    ``autograd.grad`` through its forward. :meth:`alpha` returns the current per-sample ratios for analysis.
+    Under DDP each rank takes the look-ahead on its shard of the batch and the ω gradients are averaged across
+    ranks before the Adam step, so ω stays identical on every rank (a first-order match of the one-process update,
+    not an exact one: each rank's look-ahead θ' uses its shard's gradient).
+    :meth:`alpha` returns the current per-sample ratios for analysis.
     No reference library implements TGeo-KD, so there is no option mapping; the look-ahead follows
     Meta-Weight-Net's convention (Shu et al., NeurIPS 2019).
     """
@@ -301,7 +304,10 @@ class TGeoKD(Method):
         if self.training and zs.requires_grad and step >= 0 and step % self.update_every == 0:
             with torch.enable_grad():
                 val = self._val_batch(step // self.update_every, self._meta_batch)
-                self.adam_step_(self.lookahead_grad(r, kl, ce, val))
+                grads = self.lookahead_grad(r, kl, ce, val)
+                for g in grads:  # under DDP: the mean over the ranks' shards, so every rank keeps the same ω
+                    all_reduce_mean(g)
+                self.adam_step_(grads)
         with torch.no_grad():
             alpha = mlp_alpha(r, *self.omega())
         return {"loss": fused_loss(alpha, kl, ce, self.temperature)}

@@ -17,6 +17,7 @@ from distill.core.compose import Composite
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.taps import FeatureTaps
 from distill.core.teachers import TeacherSource
+from distill.core.topk import TopKLogits
 
 
 class DistillModule(nn.Module):
@@ -32,6 +33,8 @@ class DistillModule(nn.Module):
         self._student_taps = FeatureTaps(student, methods.student_taps())
         self._teacher_tap_names = methods.teacher_taps()
         self._ready = False
+        #: run the teacher under ``torch.inference_mode`` (set by the trainer from ``teacher_inference_mode``)
+        self.teacher_inference_mode = False
 
     def run_student(self, batch: Batch) -> ModelOutput:
         with self._student_taps.capture() as feats:
@@ -45,7 +48,17 @@ class DistillModule(nn.Module):
     def run_teacher(self, batch: Batch) -> ModelOutput | None:
         if self.teacher is None or not self.methods.needs_teacher:
             return None
-        out = self.teacher(batch, self.task, self._teacher_tap_names)
+        if not self.teacher_inference_mode:
+            out = self.teacher(batch, self.task, self._teacher_tap_names)
+        else:
+            with torch.inference_mode():
+                out = self.teacher(batch, self.task, self._teacher_tap_names)
+            # inference tensors cannot be saved for backward; clones made outside inference mode are normal tensors
+            out = ModelOutput(None if out.logits is None else out.logits.clone(),
+                              {k: v.clone() for k, v in out.features.items()},
+                              None if out.topk is None else TopKLogits(out.topk.indices.clone(),
+                                                                       out.topk.logprobs.clone(),
+                                                                       out.topk.num_classes))
         if out.is_sparse:
             dense_only = [n for n, m in self.methods.methods.items()
                           if m.needs_teacher and not getattr(m, "accepts_topk_teacher", False)]
@@ -79,4 +92,7 @@ class DistillModule(nn.Module):
         inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)
         terms = self.methods(inputs, stage=stage)
         loss = torch.stack([v.float() for v in terms.values()]).sum()
-        return loss, terms, student
+        # the student output is returned detached: under DDP every tensor a forward returns is searched for the
+        # parameters that will get a gradient, and in a stage whose loss ignores the student (an init stage) its
+        # live logits would make DDP wait for gradients that never come
+        return loss, terms, student.detach()

@@ -25,6 +25,7 @@ from distill.core.batch import Batch
 from distill.core.method import EpochContext
 from distill.core.outputs import RunInfo
 from distill.core.teachers import run_with_taps
+from distill.train import distributed
 from distill.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -72,6 +73,12 @@ class TrainConfig:
     drop_last: bool = True
     max_steps: int | None = None
     step_delay: float = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
+    # -- several processes (DDP) and speed options; see docs/ddp.md --
+    find_unused_parameters: bool = True  # DDP: tolerate parameters without a gradient in a step (init stages)
+    sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
+    broadcast_buffers: bool = True  # DDP: copy rank 0's buffers to every rank at each forward
+    teacher_inference_mode: bool = False  # run the teacher under torch.inference_mode (outputs cloned out)
+    compile_student: bool = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
 
 
 class ResumeMismatchError(ValueError):
@@ -146,7 +153,7 @@ class Trainer:
         callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
         val_data: Any | None = None,
     ):
-        from accelerate import Accelerator
+        from accelerate import Accelerator, DistributedDataParallelKwargs
 
         self.cfg = config
         self.run_dir = Path(run_dir)
@@ -157,7 +164,13 @@ class Trainer:
         self.val_data = val_data
         self.callbacks = callbacks or []
         use_cpu = config.cpu or not torch.cuda.is_available()
-        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision)
+        ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters,
+                                            broadcast_buffers=config.broadcast_buffers)
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
+            raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
+                             f"(sharded parameters break feature taps and rank-0 checkpoints); launch with "
+                             f"plain data parallelism (accelerate launch --multi_gpu, or torchrun): see docs/ddp.md")
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -183,11 +196,14 @@ class Trainer:
         batches = []
         for micro in range(first, last):
             idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-            idx = idx[self.rank :: self.world]
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
-            raw = self.task.fetch(self.train_data, idx).to(self.device)
-            batches.append((self.task.prepare(raw, train=True, generator=gen),
-                            derived_generator(cfg.seed, epoch, micro, 0xB17)))
+            if self.world == 1:
+                prepared = self.task.prepare(self.task.fetch(self.train_data, idx).to(self.device), train=True,
+                                             generator=gen)
+            else:  # augment the global batch (the views one process would see), then keep this rank's rows
+                whole = self.task.prepare(self.task.fetch(self.train_data, idx), train=True, generator=gen)
+                prepared = whole.select(slice(self.rank, None, self.world)).to(self.device)
+            batches.append((prepared, derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
 
     def prepare_methods(self) -> None:
@@ -203,7 +219,11 @@ class Trainer:
 
     #: settings that may change between a run and its resumption (they do not change what is computed)
     RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
-                         "log_every", "eval_every", "eval_batch_size")
+                         "log_every", "eval_every", "eval_batch_size",
+                         # engine options (float rounding or per-process BatchNorm statistics at most); listing them
+                         # here also keeps checkpoints written before these keys existed resumable
+                         "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
+                         "compile_student")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
@@ -259,7 +279,9 @@ class Trainer:
             module.student.to(memory_format=torch.channels_last)
             if module.teacher is not None:
                 module.teacher.to(memory_format=torch.channels_last)
+        self._convert_batchnorm(module)
         self.prepare_methods()
+        module.teacher_inference_mode = cfg.teacher_inference_mode
         ckpt_root = self.run_dir / "checkpoints"
         ckpt = latest_checkpoint(ckpt_root) if resume else None
         if ckpt is None:
@@ -269,6 +291,8 @@ class Trainer:
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
         wrapped, optimizer = acc.prepare(module, optimizer)
+        if cfg.compile_student:
+            module.student.compile()
 
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_evals": 0, "stopped": False}
         recipe = self._recipe(module)
@@ -281,12 +305,13 @@ class Trainer:
             state.update(loaded["trainer"]["position"])
             set_rng_state(loaded["trainer"]["rng"])
         log = MetricLog(self.run_dir, resume_step=state["global_step"] if ckpt else None,
-                        tensorboard=acc.is_main_process)
+                        tensorboard=True) if acc.is_main_process else _NoLog()
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
         def checkpoint() -> None:
+            distributed.broadcast_buffers(module)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(
@@ -336,6 +361,8 @@ class Trainer:
                         for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
                         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / len(micro)
+                    if self.world > 1:  # the logged loss is the global batch's; every rank sees a NaN
+                        sums = _mean_across_ranks(sums, self.device)
                     if not math.isfinite(sums["loss"]):
                         raise FloatingPointError(
                             f"loss became {sums['loss']} at step {step}; terms: {sums}"
@@ -362,6 +389,7 @@ class Trainer:
                 main_epoch = epoch + 1 - init_epochs
                 record: dict[str, Any] = {"epoch": main_epoch, "stage": stage, "step": state["global_step"],
                                           "epoch_time": epoch_time}
+                distributed.broadcast_buffers(module)  # BatchNorm statistics: rank 0's, on every rank
                 if stage == "main":
                     module.methods.after_epoch(self._epoch_context(module, main_epoch))
                 if self.eval_data is not None and stage == "main" and (
@@ -381,6 +409,7 @@ class Trainer:
             progress.close()
             log.close()
         wall = time.perf_counter() - start
+        distributed.broadcast_buffers(module)
         if acc.is_main_process:
             save_weights(self.run_dir / "student.safetensors", module.student.state_dict())
             if module.methods.state_dict():  # heads, projectors and state an inference wrapper may need
@@ -391,6 +420,14 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _convert_batchnorm(self, module: DistillModule) -> None:
+        if not (self.cfg.sync_batchnorm and self.world > 1):
+            return
+        if self.device.type == "cpu":
+            raise ValueError("train.sync_batchnorm: torch's SyncBatchNorm runs on GPUs only; on CPU use a student "
+                             "without BatchNorm or leave it off (each process then normalises its own shard)")
+        module.student = nn.SyncBatchNorm.convert_sync_batchnorm(module.student)
 
     def _epoch_context(self, module: DistillModule, epoch: int) -> EpochContext:
         data = {"val": self.val_data, "eval": self.eval_data}
@@ -457,6 +494,23 @@ class Trainer:
             patience = self.cfg.early_stopping_patience
             if patience is not None and state["bad_evals"] >= patience:
                 state["stopped"] = True
+
+
+def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    distributed.all_reduce_mean(t)
+    return dict(zip(keys, t.tolist()))
+
+
+class _NoLog:
+    """The metric log of a rank other than 0: writes nothing."""
+
+    def log(self, *args: object, **kwargs: object) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 class _nullcontext:
