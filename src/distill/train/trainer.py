@@ -186,6 +186,7 @@ class Trainer:
             idx = idx[self.rank :: self.world]
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
             raw = self.task.fetch(self.train_data, idx).to(self.device)
+            raw.meta.setdefault("epoch", epoch)  # lets a task replay per-epoch augmentation (e.g. stored views)
             batches.append((self.task.prepare(raw, train=True, generator=gen),
                             derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
