@@ -90,7 +90,10 @@ def _state_hash(h: Any, model: nn.Module) -> None:
 
 
 def teacher_fingerprint(teacher: Any) -> str:
-    """sha256 of the teacher's weights and buffers (an ``nn.Module``, a FrozenTeacher or an EnsembleTeacher)."""
+    """sha256 of the teacher's weights and buffers (an ``nn.Module``, a FrozenTeacher or an EnsembleTeacher; for a
+    :class:`TeacherCache`, the fingerprint of the teacher it was built from)."""
+    if isinstance(teacher, TeacherCache):  # deriving a cache (top-k, fp16) from a full one: the same teacher
+        return str(teacher.store.manifest["fingerprint"]["teacher"])
     h = hashlib.sha256()
     if isinstance(teacher, nn.Module):
         _state_hash(h, teacher)
@@ -169,6 +172,8 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``teacher`` (an ``nn.Module`` or a teacher source) over ``data`` and write a cache at ``path``.
 
+    ``teacher`` may itself be a :class:`TeacherCache` built with the same augmentation replay (same seed and views),
+    to derive a top-k or half-precision cache from a full one without running the teacher again.
     Without augmentation (``task.augment`` is None) one view per example is stored: the teacher's output on the
     evaluation-style input. With augmentation, ``settings.views`` parameter sets per example are drawn from
     ``settings.seed`` and the teacher is run on each view (the task applies parameters preset in
@@ -194,6 +199,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
             raw = task.fetch(data, idx)
             if replay is not None:
                 raw.meta["augment"] = replay[idx, view]
+                raw.meta["view"] = torch.full((len(idx),), view, dtype=torch.long)
             batch = task.prepare(raw.to(device), train=replay is not None, generator=None)
             out = source(batch, task, taps)
             values: dict[str, torch.Tensor] = {}
