@@ -45,11 +45,19 @@ def build(path: Path, teacher: TinyCNN, task: ImageClassification, data, setting
     return TeacherCache(path, expected=cache_fingerprint(teacher, task, data, settings))
 
 
-def test_yaml_example_is_a_valid_teacher_section():
-    from distill.config import TeacherConfig
+def test_yaml_example_and_config_checks():
+    from distill.config import ConfigError, parse_config
 
-    cfg = TeacherConfig.model_validate(yaml.safe_load(YAML_EXAMPLES["teacher_cache"]))
-    assert cfg.cache.topk == 5 and cfg.cache.views == 4 and cfg.cache.features == ["layer3"]
+    raw = {"data": {"train": DEMO}, "student": {"arch": "resnet20"}, "methods": [{"name": "kd"}],
+           "teacher": yaml.safe_load(YAML_EXAMPLES["teacher_cache"])}
+    cfg = parse_config(raw).teacher.cache
+    assert cfg.topk == 5 and cfg.views == 4 and cfg.features == ["layer3"] and cfg.build == "if_missing"
+    raw["data"]["augment"] = None
+    with pytest.raises(ConfigError, match=r"^teacher\.cache\.views: 4 stored views need random augmentation"):
+        parse_config(raw)
+    raw["teacher"]["cache"]["dtype"] = "int8"
+    with pytest.raises(ConfigError, match=r"^teacher\.cache\.dtype: "):
+        parse_config(raw)
 
 
 def test_full_cache_serves_the_teachers_logits_and_features(tmp_path):
@@ -168,7 +176,7 @@ def _losses(run_dir: Path) -> list[float]:
 
 def test_full_cache_run_has_the_live_teachers_losses(tmp_path):
     teacher, data = make_teacher(), demo_subset("train", 4)
-    cfg = TrainConfig(epochs=2, batch_size=10, lr=0.05, progress=False, log_every=1, seed=3)
+    cfg = TrainConfig(epochs=1, batch_size=10, lr=0.05, progress=False, log_every=1, seed=3)
     live = _module(FrozenTeacher(teacher), make_task(False))
     Trainer(live, data, None, cfg, tmp_path / "live").fit()
     task = make_task(False)
@@ -176,7 +184,7 @@ def test_full_cache_run_has_the_live_teachers_losses(tmp_path):
     cached = _module(cache, task)
     Trainer(cached, data, None, cfg, tmp_path / "cached").fit()
     a, b = _losses(tmp_path / "live"), _losses(tmp_path / "cached")
-    assert len(a) == len(b) == 8
+    assert len(a) == len(b) == 4
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
     for (k, x), y in zip(live.student.state_dict().items(), cached.student.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5, msg=k)
@@ -190,13 +198,13 @@ def test_resume_with_a_k_view_cache_is_bit_identical(tmp_path):
 
     def run(name: str, max_steps: int | None = None) -> DistillModule:
         module = _module(cache, task, topk_ok=True)
-        cfg = TrainConfig(epochs=3, batch_size=10, lr=0.05, progress=False, deterministic=True, checkpoint_every=2,
+        cfg = TrainConfig(epochs=2, batch_size=10, lr=0.05, progress=False, deterministic=True, checkpoint_every=2,
                           max_steps=max_steps, log_every=1)
         Trainer(module, data, None, cfg, tmp_path / name).fit()
         return module
 
     full = run("full")
-    run("split", max_steps=7)
+    run("split", max_steps=5)  # resumes from step 4, then crosses into the next epoch (other views)
     resumed = run("split")
     for (k, x), y in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(x, y), k
@@ -247,3 +255,30 @@ def test_cli_build_verify_info_and_topk_config_check(tmp_path, capsys):
     # a method that needs dense logits cannot use a top-k cache: one line naming the key
     assert main(["cache", "build", str(cfg), "--set", "methods.0.name=dkd"]) == 2
     assert capsys.readouterr().err.startswith("config error: teacher.cache.topk: methods ['dkd'] need the")
+
+
+def _ddp_worker(rank: int, path: str, init: str) -> None:
+    import torch.distributed as dist
+
+    from distill.cache import ensure_teacher_cache
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=2)
+    try:
+        teacher, task, data = make_teacher(), make_task(False), demo_subset("train", 2)
+        built = []
+        cache = ensure_teacher_cache(path, teacher, task, data, CacheSettings(), batch_size=8,
+                                     log=lambda msg: built.append(msg))
+        batch = task.prepare(task.fetch(data, torch.arange(20)), train=False, generator=None)
+        torch.testing.assert_close(cache(batch, task, []).logits, teacher(batch.inputs), rtol=1e-5, atol=1e-5)
+        Path(path, f"rank{rank}.built").write_text(str(len(built)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (a few seconds on idle cores)
+def test_under_ddp_rank0_builds_and_every_rank_reads(tmp_path):
+    import torch.multiprocessing as mp
+
+    path = tmp_path / "c"
+    mp.spawn(_ddp_worker, args=(str(path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
+    assert (path / "rank0.built").read_text() == "1" and (path / "rank1.built").read_text() == "0"
