@@ -91,8 +91,8 @@ class Pair:
         self.builds: dict[str, dict[str, Any]] = {}
         self.args = args
 
-    def student(self) -> torch.nn.Module:
-        torch.manual_seed(0)
+    def student(self, seed: int = 0) -> torch.nn.Module:
+        torch.manual_seed(seed)
         return build_model(self.student_arch, num_classes=10)
 
     def build_caches(self, log, views: int) -> None:
@@ -117,20 +117,21 @@ class Pair:
             self.caches[label] = cache
             self.builds[label] = {"build_s": seconds, "bytes": cache.store.nbytes, "from": "full cache"}
 
-    def module(self, arm: str) -> DistillModule:
+    def module(self, arm: str, seed: int = 0) -> DistillModule:
         if arm == "student":
-            return DistillModule(self.student(), kd_methods(True), None, make_task())
+            return DistillModule(self.student(seed), kd_methods(True), None, make_task())
         if arm == "online":
-            return DistillModule(self.student(), kd_methods(False), FrozenTeacher(self.teacher), make_task())
+            return DistillModule(self.student(seed), kd_methods(False), FrozenTeacher(self.teacher), make_task())
         cache = self.caches[arm.removeprefix("cached-")]
-        return DistillModule(self.student(), kd_methods(False), cache, make_task(cache))
+        return DistillModule(self.student(seed), kd_methods(False), cache, make_task(cache))
 
 
-def run(module: DistillModule, train: Any, evald: Any | None, epochs: int, run_dir: Path) -> dict[str, Any]:
+def run(module: DistillModule, train: Any, evald: Any | None, epochs: int, run_dir: Path,
+        seed: int = 0) -> dict[str, Any]:
     """Train; the summary's history gets each epoch's CPU time of this process (``epoch_cpu``) beside the
     trainer's wall-clock ``epoch_time``: on a shared machine the CPU time is far less disturbed by other jobs."""
     cfg = TrainConfig(epochs=epochs, batch_size=64, lr=0.05, weight_decay=5e-4, schedule="cosine", progress=False,
-                      log_every=1000, eval_every=1000, seed=0, cpu=True)
+                      log_every=1000, eval_every=1000, seed=seed, cpu=True)
     shutil.rmtree(run_dir, ignore_errors=True)
     trainer = Trainer(module, train, evald, cfg, run_dir)
     marks: dict[str, float] = {}
@@ -185,15 +186,17 @@ def write_md(results: dict[str, Any], path: Path) -> None:
                   f"Teacher forward {p['teacher_forward_ms']:.0f} ms vs student forward "
                   f"{p['student_forward_ms']:.0f} ms "
                   f"per batch of 64 (teacher/student = {p['teacher_forward_ms'] / p['student_forward_ms']:.1f}x); "
-                  f"{p['train_examples']} training images, {p['views']} stored views per image.", "",
-                  "| arm | CPU s / epoch | / student alone (CPU) | / online KD (CPU) | wall s / epoch "
-                  "| / student alone (wall) |", "|---|---:|---:|---:|---:|---:|"]
+                  f"{p['train_examples']} training images, {p['views']} stored view(s) per image.", "",
+                  "| arm | CPU s / epoch | / student alone (CPU) | range over repeats | / online KD (CPU) "
+                  "| wall s / epoch | / student alone (wall) |", "|---|---:|---:|---:|---:|---:|---:|"]
+        base = p["timing"].get("student", {}).get("epoch_cpu_s", [])
         for arm, t in p["timing"].items():
             if not t["epoch_s"] or t.get("ratio_vs_online_cpu") is None:
                 continue
+            ratios = [x / b for x, b in zip(t["epoch_cpu_s"], base)]
             lines.append(f"| {arm} | {statistics.median(t['epoch_cpu_s']):.2f} | {t['ratio_vs_student_cpu']:.3f} | "
-                         f"{t['ratio_vs_online_cpu']:.3f} | {statistics.median(t['epoch_s']):.2f} | "
-                         f"{t['ratio_vs_student']:.3f} |")
+                         f"{min(ratios):.2f}-{max(ratios):.2f} | {t['ratio_vs_online_cpu']:.3f} | "
+                         f"{statistics.median(t['epoch_s']):.2f} | {t['ratio_vs_student']:.3f} |")
         lines += ["", "| cache | built from | build time (s) | size on disk |", "|---|---|---:|---:|"]
         for label, b in p["builds"].items():
             lines.append(f"| {label} | {b['from']} | {b['build_s']:.1f} | {b['bytes'] / 1024:.0f} KiB |")
@@ -201,10 +204,12 @@ def write_md(results: dict[str, Any], path: Path) -> None:
     acc = results.get("accuracy")
     if acc:
         lines += [f"## Accuracy after the same short schedule (r56->r20, {acc['epochs']} epochs, "
-                  f"{acc['train_examples']} training images, {acc['test_examples']} test images, seed 0)", "",
-                  "| arm | test accuracy |", "|---|---:|"]
+                  f"{acc['train_examples']} training images, {acc['test_examples']} test images, "
+                  f"{acc.get('seeds', 1)} seed(s))", "",
+                  "| arm | test accuracy (mean) | sd over seeds | per seed |", "|---|---:|---:|---|"]
         for arm, r in acc["arms"].items():
-            lines.append(f"| {arm} | {r['accuracy']:.3f} |")
+            per_seed = ", ".join(f"{x:.3f}" for x in r.get("per_seed", [r["accuracy"]]))
+            lines.append(f"| {arm} | {r['accuracy']:.3f} | {r.get('std', 0.0):.3f} | {per_seed} |")
         lines.append("")
     err = results.get("storage_error")
     if err:
@@ -225,13 +230,18 @@ def main() -> int:
     ap.add_argument("--big-views", type=int, default=1, help="stored views per image (expensive pair)")
     ap.add_argument("--per-class", type=int, default=50, help="training images per class (pretrained pair)")
     ap.add_argument("--big-per-class", type=int, default=32, help="training images per class (expensive pair)")
-    ap.add_argument("--accuracy-epochs", type=int, default=4)
+    ap.add_argument("--accuracy-epochs", type=int, default=6)
+    ap.add_argument("--accuracy-seeds", type=int, default=3)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--quick", action="store_true", help="tiny smoke run into a temp folder")
+    ap.add_argument("--report-only", action="store_true", help="rewrite speed.md from the existing speed.json")
     args = ap.parse_args()
+    if args.report_only:
+        write_md(json.loads((Path(args.out) / "speed.json").read_text()), Path(args.out) / "speed.md")
+        return 0
     if args.quick:
         args.repeats, args.views, args.big_views, args.per_class, args.big_per_class = 1, 2, 1, 7, 7
-        args.accuracy_epochs = 1
+        args.accuracy_epochs, args.accuracy_seeds = 1, 2
         args.out = tempfile.mkdtemp(prefix="speed-quick-")
     torch.set_num_threads(1)
     out = Path(args.out)
@@ -305,15 +315,20 @@ def main() -> int:
     acc_arms = ["student", "cached-full", *[f"cached-top{k}" for k in TOPK]]
     results["accuracy"] = {"epochs": args.accuracy_epochs, "train_examples": len(pair.train),
                            "test_examples": len(test), "arms": {}}
-    for arm in acc_arms:
-        module = pair.module(arm)
-        run(module, pair.train, None, args.accuracy_epochs, work / "acc" / arm)
-        metrics = evaluate_model(module.student, make_task(), test, 256, "cpu")
-        results["accuracy"]["arms"][arm] = metrics
-        log(f"accuracy {arm}: {metrics['accuracy']:.3f}")
-        save()
-    teacher_acc = evaluate_model(pair.teacher, make_task(), test, 256, "cpu")
-    results["accuracy"]["arms"]["(teacher itself)"] = teacher_acc
+    results["accuracy"]["seeds"] = args.accuracy_seeds
+    for seed in range(args.accuracy_seeds):
+        for arm in acc_arms:
+            module = pair.module(arm, seed)
+            run(module, pair.train, None, args.accuracy_epochs, work / "acc" / arm, seed=seed)
+            metrics = evaluate_model(module.student, make_task(), test, 256, "cpu")
+            entry = results["accuracy"]["arms"].setdefault(arm, {"per_seed": []})
+            entry["per_seed"].append(metrics["accuracy"])
+            entry["accuracy"] = statistics.mean(entry["per_seed"])
+            entry["std"] = statistics.stdev(entry["per_seed"]) if len(entry["per_seed"]) > 1 else 0.0
+            log(f"accuracy seed {seed} {arm}: {metrics['accuracy']:.3f}")
+            save()
+    teacher_acc = evaluate_model(pair.teacher, make_task(), test, 256, "cpu")["accuracy"]
+    results["accuracy"]["arms"]["(teacher itself)"] = {"accuracy": teacher_acc, "per_seed": [teacher_acc], "std": 0.0}
     results["wall_s"] = time.perf_counter() - started
     save()
     shutil.rmtree(work, ignore_errors=True)
