@@ -1,4 +1,4 @@
-"""The ``distill`` command line: train, eval, methods, demo."""
+"""The ``distill`` command line: train, eval, methods, demo, cache."""
 
 from __future__ import annotations
 
@@ -109,6 +109,50 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``distill cache build CONFIG`` | ``verify CONFIG_OR_DIR`` | ``info DIR``."""
+    from distill.cache import CacheError, TeacherCache, cache_info
+    from distill.config import ConfigError, load_config
+
+    if args.action == "info":
+        try:
+            print(json.dumps(cache_info(args.target), indent=2))
+        except CacheError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        return 0
+    target = Path(args.target)
+    try:
+        if args.action == "verify" and target.is_dir():  # checksums only: no config to compare fingerprints with
+            cache = TeacherCache(target)
+            print(json.dumps({"ok": True, "checked": "checksums", **_brief(cache.info())}))
+            return 0
+        cfg = load_config(target, args.set)
+        if cfg.teacher is None or cfg.teacher.cache is None:
+            return _fail("teacher.cache: required key is missing (where to build the cache and what to store)")
+        cfg.train.progress = False
+        if args.action == "build":
+            cfg.teacher.cache.build = "always" if args.force else "if_missing"
+        else:
+            cfg.teacher.cache.build = "never"
+            cfg.teacher.cache.verify = True
+        from distill.experiment import build_experiment
+
+        exp = build_experiment(cfg, args.output_dir)
+    except ConfigError as e:
+        return _fail(str(e))
+    except CacheError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    checked = "checksums and fingerprint" if args.action == "verify" else "built"
+    print(json.dumps({"ok": True, "checked": checked, **_brief(exp.teacher.info())}))
+    return 0
+
+
+def _brief(info: dict) -> dict:
+    return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: any teacher, any student.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +181,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("cache", help="teacher caches: build one from a YAML experiment (teacher.cache), verify, info")
+    p.add_argument("action", choices=["build", "verify", "info"])
+    p.add_argument("target", help="build: the experiment YAML; verify: the YAML (checksums and fingerprint) or "
+                                  "the cache directory (checksums only); info: the cache directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--force", action="store_true", help="build: rebuild even if a cache exists (stale or not)")
+    p.add_argument("--output-dir", default=None)
+    p.set_defaults(func=cmd_cache)
     return parser
 
 

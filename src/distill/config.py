@@ -68,6 +68,20 @@ class ModelConfig(_Strict):
         return v
 
 
+class TeacherCacheConfig(_Strict):
+    """``teacher.cache``: serve the teacher's outputs from a cache on disk (see docs/cache.md)."""
+
+    path: str
+    topk: int | None = Field(None, gt=0)
+    views: int = Field(1, gt=0)
+    features: list[str] = Field(default_factory=list)
+    seed: int = 0
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    build: Literal["never", "if_missing", "always"] = "if_missing"
+    batch_size: int = Field(256, gt=0)
+    verify: bool = True
+
+
 class TeacherConfig(_Strict):
     arch: str | None = None
     weights: str | None = None
@@ -75,6 +89,7 @@ class TeacherConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     ensemble: list[ModelConfig] | None = None
     reduce: Literal["logits", "probs"] = "logits"
+    cache: TeacherCacheConfig | None = None
 
     @field_validator("arch")
     @classmethod
@@ -240,10 +255,27 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and cfg.teacher is None:
         names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
+    if cfg.teacher is not None and cfg.teacher.cache is not None:
+        _check_cache(cfg)
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
+
+
+def _check_cache(cfg: ExperimentConfig) -> None:
+    from distill.methods import METHODS
+
+    cache = cfg.teacher.cache
+    if cache.views > 1 and cfg.data.augment is None:
+        raise ConfigError(f"teacher.cache.views: {cache.views} stored views need random augmentation, but "
+                          "data.augment is off")
+    if cache.topk is not None:
+        classes = {m.name: METHODS.get(m.name) for m in cfg.methods}
+        dense = [n for n, c in classes.items() if c.needs_teacher and not getattr(c, "accepts_topk_teacher", False)]
+        if dense:
+            raise ConfigError(f"teacher.cache.topk: methods {dense} need the teacher's dense logits; drop topk "
+                              "(a full-logits cache) or use methods that accept a top-k teacher (kd)")
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:

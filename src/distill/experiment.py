@@ -72,6 +72,30 @@ def build_teacher(cfg: ExperimentConfig, num_classes: int) -> TeacherSource | No
     return EnsembleTeacher(models, reduce=cfg.teacher.reduce)
 
 
+def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: ImageClassification,
+                       train: ImageArrays) -> TeacherSource:
+    """``teacher.cache``: open (building it first if missing, rank 0 only under DDP) the cache of ``teacher`` on
+    ``train``; a cache of augmented views also becomes the task's augmentation-parameter source."""
+    import os
+
+    import torch
+
+    from distill.cache import CacheSettings, ensure_teacher_cache
+
+    c = cfg.teacher.cache
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # start the process group so that rank 0 alone builds
+        from accelerate import PartialState
+
+        PartialState(cpu=cfg.train.cpu)
+    settings = CacheSettings(topk=c.topk, views=c.views, features=tuple(c.features), seed=c.seed, dtype=c.dtype)
+    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    cache = ensure_teacher_cache(Path(c.path).expanduser(), teacher, task, train, settings, build=c.build,
+                                 verify=c.verify, batch_size=c.batch_size, device=device)
+    if cache.augmented:
+        task.augment_source = cache
+    return cache
+
+
 def load_split(path: str, split: str, per_class: int | None, seed: int, cfg: ExperimentConfig) -> ImageArrays:
     d = cfg.data
     data = load_images(resolve_path(path, cfg.base_dir), split=split, image_size=d.image_size,
@@ -130,6 +154,8 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     task = build_task(cfg)
     student = build_model_from_config(cfg.student, train.num_classes, cfg.base_dir)
     teacher = build_teacher(cfg, train.num_classes)
+    if teacher is not None and cfg.teacher.cache is not None:
+        teacher = open_teacher_cache(cfg, teacher, task, train)
     methods = build_methods(cfg.methods)
     module = DistillModule(student, methods, teacher, task)
     run_dir = Path(output_dir or cfg.output_dir)

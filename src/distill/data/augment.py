@@ -9,10 +9,12 @@ therefore be replayed exactly, and a teacher and a student can be shown the very
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import torch
 
 __all__ = [
+    "AugmentParamsSource",
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "IMAGENET_MEAN",
@@ -27,6 +29,16 @@ CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
 #: The ImageNet statistics most pretrained models expect (RGB, pixel values in [0, 1]).
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+class AugmentParamsSource(Protocol):
+    """Supplies the augmentation parameters of training examples instead of fresh random draws (a replay).
+
+    ``augment_params(indices, epoch)`` returns the parameters for the examples (as from
+    :meth:`RandomCropFlip.sample`) and an int64 (N,) tensor naming the stored view each one is.
+    """
+
+    def augment_params(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class RandomCropFlip:

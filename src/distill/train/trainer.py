@@ -197,11 +197,12 @@ class Trainer:
         for micro in range(first, last):
             idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
+            raw = self.task.fetch(self.train_data, idx)
+            raw.meta.setdefault("epoch", epoch)  # lets a task replay per-epoch augmentation (e.g. stored views)
             if self.world == 1:
-                prepared = self.task.prepare(self.task.fetch(self.train_data, idx).to(self.device), train=True,
-                                             generator=gen)
+                prepared = self.task.prepare(raw.to(self.device), train=True, generator=gen)
             else:  # augment the global batch (the views one process would see), then keep this rank's rows
-                whole = self.task.prepare(self.task.fetch(self.train_data, idx), train=True, generator=gen)
+                whole = self.task.prepare(raw, train=True, generator=gen)
                 prepared = whole.select(slice(self.rank, None, self.world)).to(self.device)
             batches.append((prepared, derived_generator(cfg.seed, epoch, micro, 0xB17)))
         return batches
