@@ -7,6 +7,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     feature_transfer,
     features,
     lelp,
+    lm_divergences,
     logit_variants,
     logits,
     meal_v2,
