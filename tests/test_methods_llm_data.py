@@ -255,3 +255,33 @@ def test_smollm2_gguf_tokenizer_is_shared_by_student_and_teacher():
     assert check_same_tokenizer(tok, tok) == 49152
     with pytest.raises(ValueError, match="differ"):
         check_same_tokenizer(tok, make_tokenizer())
+
+
+def test_yaml_causal_lm_run_trains_and_reports_perplexity(tmp_path, tok):
+    import yaml
+
+    from distill.config import ConfigError, load_config, parse_config
+    from distill.experiment import build_experiment
+
+    tok.save_pretrained(tmp_path / "tok")
+    tiny_model(seed=11, hidden=32).save_pretrained(tmp_path / "teacher")
+    corpus(tmp_path, 400)
+    raw = {"task": "causal_lm", "output_dir": str(tmp_path / "run"),
+           "lm": {"tokenizer": "tok", "teacher": "teacher",
+                  "data": {"text": "input.txt", "block_size": 16, "val_fraction": 0.2},
+                  "student": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
+           "methods": [{"name": "lm_ce", "weight": 0.5}, {"name": "fkl", "weight": 0.5}],
+           "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "progress": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    exp = build_experiment(load_config(tmp_path / "run.yaml"))
+    before = exp.trainer.evaluate()
+    exp.fit()
+    after = exp.trainer.evaluate()
+    assert set(after) >= {"perplexity", "teacher_agreement"}
+    assert after["perplexity"] < before["perplexity"]
+    bad = dict(raw, lm=None)
+    with pytest.raises(ConfigError, match="lm: required"):
+        parse_config(bad)
+    image_cfg = {k: v for k, v in raw.items() if k not in ("task", "lm")}
+    with pytest.raises(ConfigError, match="data: required"):
+        parse_config(image_cfg)

@@ -203,8 +203,9 @@ class ForwardKL(TokenDivergence):
 
     name = "fkl"
 
-    def __init__(self, ce_form: bool = False, **kw):
-        super().__init__(**kw)
+    def __init__(self, ce_form: bool = False, temperature: float = 1.0, t2_scale: bool = False,
+                 reduction: Reduction = "token_mean"):
+        super().__init__(temperature, t2_scale, reduction)
         self.ce_form = bool(ce_form)
 
     def divergence(self, q_logp, p_logp):
@@ -235,8 +236,9 @@ class GeneralizedJSD(TokenDivergence):
 
     name = "gjsd"
 
-    def __init__(self, beta: float = 0.5, **kw):
-        super().__init__(**kw)
+    def __init__(self, beta: float = 0.5, temperature: float = 1.0, t2_scale: bool = False,
+                 reduction: Reduction = "token_mean"):
+        super().__init__(temperature, t2_scale, reduction)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")
         self.beta = float(beta)
@@ -268,8 +270,9 @@ class SkewForwardKL(TokenDivergence):
 
     name = "skl"
 
-    def __init__(self, alpha: float = 0.1, ce_form: bool = False, **kw):
-        super().__init__(**kw)
+    def __init__(self, alpha: float = 0.1, ce_form: bool = False, temperature: float = 1.0, t2_scale: bool = False,
+                 reduction: Reduction = "token_mean"):
+        super().__init__(temperature, t2_scale, reduction)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
@@ -286,8 +289,9 @@ class SkewReverseKL(TokenDivergence):
 
     name = "srkl"
 
-    def __init__(self, alpha: float = 0.1, **kw):
-        super().__init__(**kw)
+    def __init__(self, alpha: float = 0.1, temperature: float = 1.0, t2_scale: bool = False,
+                 reduction: Reduction = "token_mean"):
+        super().__init__(temperature, t2_scale, reduction)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)
