@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--train-blocks", type=int, default=64)
     ap.add_argument("--val-blocks", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=96)
+    ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--hidden", type=int, default=192)
     ap.add_argument("--layers", type=int, default=4)

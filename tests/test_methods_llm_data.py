@@ -285,3 +285,23 @@ def test_yaml_causal_lm_run_trains_and_reports_perplexity(tmp_path, tok):
     image_cfg = {k: v for k, v in raw.items() if k not in ("task", "lm")}
     with pytest.raises(ConfigError, match="data: required"):
         parse_config(image_cfg)
+
+
+def test_build_store_command_writes_a_store_the_run_can_serve(tmp_path, tok):
+    from distill.llm.build_store import main
+
+    tok.save_pretrained(tmp_path / "teacher")
+    tiny_model(seed=12).save_pretrained(tmp_path / "teacher")
+    text = corpus(tmp_path, 200)
+    main(["--teacher", str(tmp_path / "teacher"), "--text", str(text), "--block-size", "16", "--k", "4",
+          "--out", str(tmp_path / "store")])
+    store = TopKStore(tmp_path / "store")
+    train, _ = text_blocks(text, tok, block_size=16)
+    assert len(store) == len(train) and store.k == 4
+    assert torch.equal(store.rows(torch.tensor([0])).indices[0, :, 0],
+                       task_top1(tiny_model(seed=12), train))
+
+
+def task_top1(model, data):
+    with torch.no_grad():
+        return CausalLM(20).forward(model, CausalLM(20).fetch(data, torch.tensor([0])))[0].argmax(-1)
