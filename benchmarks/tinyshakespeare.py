@@ -38,6 +38,8 @@ from distill.core.batch import Batch
 from distill.core.compose import Composite
 from distill.core.method import METHODS
 from distill.core.outputs import ModelOutput, RunInfo
+from distill.core.teachers import FrozenTeacher
+from distill.llm.generation import teacher_sequences
 from distill.llm.models import load_gguf_model, load_gguf_tokenizer, small_llama
 from distill.llm.topk_store import (
     TopKStore,
@@ -68,7 +70,15 @@ ARMS: dict[str, dict[str, Any]] = {  # SRKL and TVD are implemented and tested b
     "fkl_dense": {"method": {"name": "fkl"}, "teacher": "dense"},
     "fkl_k8": {"method": {"name": "fkl"}, "teacher": "k8"},
     "fkl_k1": {"method": {"name": "fkl"}, "teacher": "k1"},
+    # sequence-level KD (Kim & Rush): CE on the teacher's own continuations of each block's first 32 tokens,
+    # sampled once at tau 1 (DistiLLM's SeqKD sampling) and cached; no teacher at training time
+    "seqkd_ce": {"method": {"name": "lm_ce"}, "teacher": None, "data": "seqkd"},
+    # on-policy GKD: with probability 0.5 a step trains on the student's own continuations (64-token prefix,
+    # 64 sampled tokens), scored by the live teacher; not in the default list (a live 135M teacher every step)
+    "gjsd_on_policy": {"method": {"name": "gjsd", "beta": 0.5}, "teacher": "live",
+                       "extra": [{"name": "on_policy", "lmbda": 0.5, "prefix_tokens": 64, "max_new_tokens": 64}]},
 }
+DEFAULT_ARMS = [a for a in ARMS if a != "gjsd_on_policy"]
 
 
 class DenseStoreTeacher:
@@ -101,8 +111,12 @@ def train_arm(name: str, spec: dict[str, Any], args: argparse.Namespace, task: C
                           intermediate_size=args.ffn, max_positions=args.block_size,
                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed)
     method = build_method(spec["method"])
+    methods = {m["name"]: build_method(m) for m in spec.get("extra", [])}
+    methods[spec["method"]["name"]] = method
     teacher = teachers[spec["teacher"]] if spec["teacher"] else None
-    module = DistillModule(student, Composite({spec["method"]["name"]: method}), teacher, task)
+    if spec.get("data") == "seqkd":
+        train = teachers["seqkd_data"]
+    module = DistillModule(student, Composite(methods), teacher, task)
     n = len(train)
     per_epoch = n // args.batch_size
     total = args.steps
@@ -181,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
     ap.add_argument("--work", default=str(REPO / "benchmarks" / "work" / "tinyshakespeare"),
                     help="where the teacher stores go (large: the dense store is 2 V bytes per token)")
-    ap.add_argument("--arms", default=",".join(ARMS))
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS))
     ap.add_argument("--block-size", type=int, default=128)
     ap.add_argument("--train-blocks", type=int, default=64)
     ap.add_argument("--val-blocks", type=int, default=8)
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     if args.quick:
         args.train_blocks, args.val_blocks, args.steps, args.block_size = 8, 2, 3, 32
-        args.arms = "ce,gjsd_0.5,taid,fkl_dense,fkl_k1"
+        args.arms = "ce,gjsd_0.5,taid,fkl_dense,fkl_k1,seqkd_ce,gjsd_on_policy"
         args.out = args.work = tempfile.mkdtemp(prefix="tinyshakespeare_")
     out_dir, work = Path(args.out), Path(args.work)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         f"cosine with 10% warm-up, clip 1.0, batch {args.batch_size} x {args.block_size} tokens, {args.steps} "
         f"steps (same token budget for every arm), seed {args.seed}, 1 CPU thread.")
 
-    teacher_model = None
+    teacher_model: Any = None
     fp_path = work / "fingerprint.txt"
     data_fp = train.fingerprint()
     k64_dir, dense_path = work / "store_k64", work / "dense_logprobs.npy"
@@ -257,7 +271,6 @@ def main(argv: list[str] | None = None) -> None:
         torch.save(top1, work / "val_teacher_top1.pt")
         res["teacher"] = {"val_perplexity": round(metrics["perplexity"], 3), "val_nll": round(metrics["nll"], 5)}
         json_path.write_text(json.dumps(res, indent=1))
-        del teacher_model
     fp = fp_path.read_text()
     val.meta["teacher_top1"] = torch.load(work / "val_teacher_top1.pt", weights_only=True)
     k64 = TopKStore(k64_dir, expected_fingerprint=fp)
@@ -276,6 +289,18 @@ def main(argv: list[str] | None = None) -> None:
                               "bytes_per_token": dense_bytes / ntok, "mean_tail_mass": None}
     teachers: dict[str, Any] = {key: TopKStoreTeacher(st) for key, st in stores.items()}
     teachers["dense"] = DenseStoreTeacher(dense_path)
+    todo = [a for a in args.arms.split(",") if a and a not in res["arms"]]
+    if any(ARMS.get(a, {}).get("teacher") == "live" or ARMS.get(a, {}).get("data") == "seqkd" for a in todo):
+        teacher_model = teacher_model or load_gguf_model(GGUF)
+        teachers["live"] = FrozenTeacher(teacher_model)
+        t0 = time.time()
+        teachers["seqkd_data"] = teacher_sequences(
+            teacher_model, train, work / "seqkd", pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, fingerprint=fp,
+            max_new_tokens=args.block_size - args.block_size // 4, do_sample=True, temperature=1.0,
+            prefix_tokens=args.block_size // 4, batch_size=16, seed=args.seed)
+        res["seqkd_generation_seconds"] = round(time.time() - t0, 1)
+        kept = teachers["seqkd_data"].labels != -100
+        res["seqkd_mean_generated_tokens"] = round(float(kept.sum(1).float().mean()), 1)
 
     for arm in [a for a in args.arms.split(",") if a]:
         if arm not in ARMS:
