@@ -253,3 +253,35 @@ def test_registered_with_provenance():
         if entry is not None:
             assert entry.provenance is not None and entry.provenance.paper
     assert METHODS.get("taid").accepts_topk_teacher and METHODS.get("fkl").accepts_topk_teacher
+
+
+@pytest.mark.parametrize("cls", [ForwardKL, ReverseKL, GeneralizedJSD, TotalVariation, SkewForwardKL,
+                                 SkewReverseKL, TAID])
+def test_gradients_stay_finite_with_empty_tail_buckets_and_masked_vocab_rows(cls):
+    # a top-k teacher whose kept probabilities sum to 1 (fp16 rounding): the tail bucket is empty although
+    # tokens remain; and logits with a -inf (padded) column in both models
+    zs = torch.tensor([[[1.0, 2.0, 0.0, 0.5, -math.inf], [0.0] * 4 + [-math.inf]]], requires_grad=True)
+    idx = torch.tensor([[[0, 2], [0, 1]]])
+    lp = torch.log(torch.tensor([[[0.6, 0.4], [0.5, 0.5]]]))
+    sparse = ModelOutput(None, topk=TopKLogits(idx, lp, 5))
+    zt = torch.tensor([[[3.0, 0.0, 1.0, 0.2, -math.inf], [0.0] * 4 + [-math.inf]]])
+    for teacher in (sparse, ModelOutput(zt)):
+        zs.grad = None
+        loss = cls()(StepInputs(ModelOutput(zs), teacher, None))["loss"]
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(zs.grad).all(), cls.__name__
+        assert zs.grad.abs().sum() > 0
+
+
+def test_reverse_kl_scores_student_mass_in_an_empty_teacher_tail():
+    idx = torch.tensor([[[0, 2], [0, 1]]])
+    lp = torch.log(torch.tensor([[[0.6, 0.4], [0.5, 0.5]]]))
+    sparse = ModelOutput(None, topk=TopKLogits(idx, lp, 4))
+    # a student that puts almost everything on the two tokens outside the teacher's top-2
+    zs = torch.tensor([[[-5.0, 5.0, -5.0, 5.0], [0.0] * 4]])
+    assert float(ReverseKL()(StepInputs(ModelOutput(zs), sparse, None))["loss"]) > 10.0
+
+
+def test_nan_student_logits_are_not_silently_masked():
+    zs = torch.full((1, 2, 3), float("nan"))
+    assert torch.isnan(ReverseKL()(StepInputs(ModelOutput(zs), ModelOutput(torch.zeros(1, 2, 3)), None))["loss"])

@@ -37,6 +37,8 @@ from distill.core.topk import TopKLogits, student_bucket_logprobs
 Reduction = Literal["token_mean", "sum", "batch_mean", "none"]
 REDUCTIONS = ("token_mean", "sum", "batch_mean", "none")
 IGNORE = -100
+#: smallest teacher tail mass of a top-k teacher with k < V (an fp16 store can round the tail to 0)
+TAIL_FLOOR = 1e-8
 
 
 # -- shifting and masking -------------------------------------------------------------------------------------
@@ -73,11 +75,19 @@ def reduce_tokens(d: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.
 
 
 # -- divergences on log-probabilities (last dim = vocabulary or buckets) ----------------------------------------
+def _usable(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
+    """Entries where neither log-probability is -inf (NaN is kept, so it propagates loudly)."""
+    return ~(torch.isneginf(a_logp) | torch.isneginf(b_logp))
+
+
 def _xlogy_diff(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
-    """Elementwise a * (log a - log b) with 0 where a = 0 or where either side is -inf (a masked vocab row)."""
-    valid = torch.isfinite(a_logp) & torch.isfinite(b_logp)
-    a = a_logp.exp()
-    return torch.where(valid, a * (a_logp - b_logp), torch.zeros_like(a))
+    """Elementwise a * (log a - log b) with 0 where either side is -inf (a = 0, or a masked vocab row / an empty
+    bucket, zeroed as DistiLLM does). Masked entries are replaced by 0 *before* the arithmetic, so no inf or NaN
+    enters the graph and the gradient stays finite."""
+    ok = _usable(a_logp, b_logp)
+    zero = torch.zeros_like(a_logp)
+    a_s, b_s = torch.where(ok, a_logp, zero), torch.where(ok, b_logp, zero)
+    return torch.where(ok, a_s.exp() * (a_s - b_s), zero)
 
 
 def kl(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
@@ -87,8 +97,15 @@ def kl(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy_form(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """-sum_v p_v log q_v (KL(p || q) + H(p): same gradient in q, different value)."""
-    valid = torch.isfinite(p_logp) & torch.isfinite(q_logp)
-    return -torch.where(valid, p_logp.exp() * q_logp, torch.zeros_like(q_logp)).sum(-1)
+    ok = _usable(p_logp, q_logp)
+    zero = torch.zeros_like(q_logp)
+    p_s, q_s = torch.where(ok, p_logp, zero), torch.where(ok, q_logp, zero)
+    return -torch.where(ok, p_s.exp() * q_s, zero).sum(-1)
+
+
+#: finite stand-in for -inf inside mixtures (exp underflows to exactly 0 in float32), so logaddexp of two
+#: masked entries has a finite gradient
+_FLOOR = -1.0e4
 
 
 def log_mixture(a_logp: torch.Tensor, b_logp: torch.Tensor, wa: float) -> torch.Tensor:
@@ -97,7 +114,7 @@ def log_mixture(a_logp: torch.Tensor, b_logp: torch.Tensor, wa: float) -> torch.
         return b_logp
     if wa >= 1.0:
         return a_logp
-    return torch.logaddexp(a_logp + math.log(wa), b_logp + math.log1p(-wa))
+    return torch.logaddexp(a_logp.clamp_min(_FLOOR) + math.log(wa), b_logp.clamp_min(_FLOOR) + math.log1p(-wa))
 
 
 def forward_kl(q_logp: torch.Tensor, p_logp: torch.Tensor, ce_form: bool = False) -> torch.Tensor:
@@ -167,8 +184,13 @@ class TokenDivergence(Method):
         zs = shift_logits(student.logits).float()
         if teacher.is_sparse:
             topk = shift_topk(teacher.topk)
-            return (student_bucket_logprobs(zs, topk, self.temperature),
-                    topk.bucket_logprobs(self.temperature).detach())
+            p_logp = topk.bucket_logprobs(self.temperature).detach()
+            if topk.k < topk.num_classes:
+                # a stored top-k whose probabilities round to a sum of 1 leaves an empty tail bucket although
+                # tokens remain; give it at least 1e-8 (DistillKit's clamp) so the student's tail is still scored
+                tail = p_logp[..., -1:].clamp_min(math.log(TAIL_FLOOR))
+                p_logp = torch.log_softmax(torch.cat([p_logp[..., :-1], tail], dim=-1), dim=-1)
+            return student_bucket_logprobs(zs, topk, self.temperature), p_logp
         zt = shift_logits(teacher.logits).detach().float()
         if zs.shape != zt.shape:
             raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ: align "
