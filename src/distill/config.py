@@ -163,14 +163,56 @@ class TrainSection(_Strict):
     compile_student: bool = False
 
 
+class LMDataConfig(_Strict):
+    """Causal-LM data: a plain-text corpus (``text``, chunked into blocks with a fixed train/val split) or
+    prompt/response JSONL files (``train_jsonl`` and optionally ``eval_jsonl``)."""
+
+    text: str | None = None
+    train_jsonl: str | None = None
+    eval_jsonl: str | None = None
+    block_size: int = Field(128, ge=2)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    max_tokens: int | None = Field(None, gt=0)
+    max_length: int = Field(256, ge=2)
+    train_blocks: int | None = Field(None, gt=0)
+    eval_blocks: int | None = Field(None, gt=0)
+
+
+class LMStudentConfig(_Strict):
+    """A small Llama student with the tokenizer's vocabulary (``distill.llm.models.small_llama`` options), or a
+    Hugging Face model directory (``path``). ``init_from_teacher`` copies teacher layers (equal widths only)."""
+
+    path: str | None = None
+    hidden_size: int = Field(256, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(704, gt=0)
+    max_positions: int = Field(256, gt=0)
+    init_from_teacher: bool = False
+    teacher_layers: list[int] | None = None
+
+
+class LMSection(_Strict):
+    """The ``lm:`` section of a ``task: causal_lm`` run. ``tokenizer`` and ``teacher`` are a GGUF file or a Hugging
+    Face model directory; ``topk_store`` serves a built offline top-k store instead of a live teacher."""
+
+    tokenizer: str
+    data: LMDataConfig
+    student: LMStudentConfig = LMStudentConfig()
+    teacher: str | None = None
+    topk_store: str | None = None
+    agreement: bool = True
+
+
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification"] = "image_classification"
+    task: Literal["image_classification", "causal_lm"] = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
-    data: DataConfig
-    student: ModelConfig
+    data: DataConfig | None = None
+    student: ModelConfig | None = None
     teacher: TeacherConfig | None = None
+    lm: LMSection | None = None
     methods: list[MethodConfig] = Field(min_length=1)
     train: TrainSection = TrainSection()
     base_dir: str | None = Field(None, exclude=True)
@@ -243,6 +285,15 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+    if cfg.task == "image_classification":
+        for key in ("data", "student"):
+            if getattr(cfg, key) is None:
+                raise ConfigError(f"{key}: required key is missing")
+    elif cfg.lm is None:
+        raise ConfigError("lm: required key is missing (task 'causal_lm' reads its tokenizer, data, student and "
+                          "teacher from the 'lm' section)")
+    elif not (cfg.lm.data.text or cfg.lm.data.train_jsonl):
+        raise ConfigError("lm.data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
     labels = set()
     for i, m in enumerate(cfg.methods):
         validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -252,7 +303,8 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         labels.add(label)
     from distill.methods import METHODS
 
-    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and cfg.teacher is None:
+    has_teacher = cfg.teacher is not None or (cfg.lm is not None and (cfg.lm.teacher or cfg.lm.topk_store))
+    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and not has_teacher:
         names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
     if cfg.teacher is not None and cfg.teacher.cache is not None:

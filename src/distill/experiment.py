@@ -139,6 +139,10 @@ class Experiment:
 
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
+    if cfg.task == "causal_lm":
+        from distill.llm.experiment import build_lm_experiment
+
+        return build_lm_experiment(cfg, output_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     d = cfg.data
     with main_process_first():  # several processes: rank 0 decodes (and fills data.cache_dir), the others then read

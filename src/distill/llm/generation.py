@@ -1,0 +1,199 @@
+"""Where training sequences come from: the dataset, the teacher (sequence-level KD) or the student (on-policy).
+
+* **Dataset (off-policy):** the :class:`~distill.tasks.causal_lm.LMData` as loaded.
+* **Teacher-generated (sequence-level KD, Kim & Rush 2016, arXiv 1606.07947):** :func:`teacher_sequences`
+  generates a completion for every prompt ONCE (greedy as an approximation of the beam-search mode, or sampling
+  as TRL's ``seq_kd`` and DistiLLM's SeqKD baseline do) and caches the result on disk (safetensors + a JSON
+  fingerprint of teacher, data and settings); training then runs on the cached data with CE or any divergence.
+* **Student-generated (on-policy, GKD):** the :class:`OnPolicy` method replaces a training batch, with
+  probability ``lmbda`` per step (TRL: ``random() <= lmbda``), by completions the student samples (no gradient
+  through sampling) from the batch's prompts; the teacher then runs on the new sequences, and whichever divergence
+  the run uses is computed on them. It uses only the Method hooks (``setup`` gets the student from
+  :class:`~distill.core.outputs.RunInfo`, ``transform_batch`` draws from the step's generator), so the trainer
+  knows nothing about it.
+
+Generation is batched: prompts are left-padded and ``model.generate`` runs with the KV cache. The new sequences are
+right-padded; their labels are -100 on the prompt, after the first EOS (the EOS itself is kept, as in TRL) and on
+padding. Plain-text blocks have no prompt: the first ``prefix_tokens`` tokens of each block serve as one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.batch import Batch
+from distill.core.method import Method, register_method
+from distill.core.outputs import RunInfo, StepInputs
+from distill.tasks.causal_lm import IGNORE, LMData
+
+
+def prompts_of(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor,
+               prefix_tokens: int) -> list[list[int]]:
+    """The prompt token lists of right-padded rows (the first ``prefix_tokens`` tokens where a row has none)."""
+    out = []
+    for i in range(input_ids.shape[0]):
+        n = int(prompt_lengths[i]) or min(prefix_tokens, int(attention_mask[i].sum()))
+        if n < 1:
+            raise ValueError(f"row {i} has an empty prompt: set prefix_tokens >= 1 for plain-text data")
+        out.append(input_ids[i, :n].tolist())
+    return out
+
+
+@torch.no_grad()
+def generate_completions(model: nn.Module, prompts: list[list[int]], *, pad_id: int, eos_id: int | None,
+                         max_new_tokens: int = 128, do_sample: bool = True, temperature: float = 1.0,
+                         top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> LMData:
+    """Complete every prompt with ``model.generate`` (one left-padded batch, KV cache on) and return right-padded
+    sequences with labels -100 on prompt, after the first EOS (kept) and on padding. ``seed`` makes sampling
+    reproducible without touching the global RNG."""
+    if not prompts:
+        raise ValueError("no prompts to complete")
+    device = next(model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad_id,
+                              "use_cache": True}
+    if eos_id is not None:
+        kwargs["eos_token_id"] = eos_id
+    if do_sample:
+        kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+    was_training = model.training
+    model.eval()
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kwargs)
+    model.train(was_training)
+    new = out[:, width:].cpu()
+    rows, labels, plens = [], [], []
+    for i, p in enumerate(prompts):
+        gen = new[i].tolist()
+        if eos_id is not None and eos_id in gen:
+            gen = gen[: gen.index(eos_id) + 1]
+        else:
+            while gen and gen[-1] == pad_id:  # a finished row is padded (only when pad != eos)
+                gen.pop()
+        rows.append(p + gen)
+        labels.append([IGNORE] * len(p) + gen)
+        plens.append(len(p))
+    length = max(len(r) for r in rows)
+    n = len(rows)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    lab = torch.full((n, length), IGNORE, dtype=torch.long)
+    att = torch.zeros((n, length), dtype=torch.long)
+    for i, (r, y) in enumerate(zip(rows, labels)):
+        input_ids[i, : len(r)] = torch.tensor(r)
+        lab[i, : len(y)] = torch.tensor(y)
+        att[i, : len(r)] = 1
+    return LMData(input_ids, att, lab, torch.tensor(plens))
+
+
+def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *, pad_id: int, eos_id: int | None,
+                      fingerprint: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
+                      top_k: int = 0, top_p: float = 1.0, prefix_tokens: int = 32, batch_size: int = 16,
+                      seed: int = 0) -> LMData:
+    """Sequence-level KD data: the teacher's completion of every prompt of ``data``, generated once and cached
+    in ``cache_dir`` (``sequences.safetensors`` + ``meta.json``). ``fingerprint`` identifies the teacher weights
+    and tokenizer (e.g. :func:`distill.llm.topk_store.model_fingerprint`); a cache made from another teacher,
+    data or settings is regenerated, never silently reused."""
+    from safetensors.torch import load_file, save_file
+
+    settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
+                "top_k": top_k, "top_p": top_p, "prefix_tokens": prefix_tokens, "seed": seed}
+    key = hashlib.sha256(json.dumps([fingerprint, data.fingerprint(), settings], sort_keys=True).encode()).hexdigest()
+    cache = Path(cache_dir)
+    meta_path, file = cache / "meta.json", cache / "sequences.safetensors"
+    if meta_path.is_file() and file.is_file() and json.loads(meta_path.read_text()).get("key") == key:
+        t = load_file(str(file))
+        return LMData(t["input_ids"], t["attention_mask"], t["labels"], t["prompt_lengths"])
+    prompts = prompts_of(data.input_ids, data.attention_mask, data.prompt_lengths, prefix_tokens)
+    parts = [generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,
+                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed + s)
+             for s in range(0, len(prompts), batch_size)]
+    length = max(p.input_ids.shape[1] for p in parts)
+
+    def cat(name: str, fill: int) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(getattr(p, name), (0, length - p.input_ids.shape[1]), value=fill)
+                          for p in parts])
+
+    out = LMData(cat("input_ids", pad_id), cat("attention_mask", 0), cat("labels", IGNORE),
+                 torch.cat([p.prompt_lengths for p in parts]))
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({"input_ids": out.input_ids.contiguous(), "attention_mask": out.attention_mask.contiguous(),
+               "labels": out.labels.contiguous(), "prompt_lengths": out.prompt_lengths.contiguous()}, str(file))
+    meta_path.write_text(json.dumps({"key": key, "teacher": fingerprint, "data": data.fingerprint(),
+                                     "settings": settings, "rows": len(out)}, indent=1))
+    return out
+
+
+@register_method("on_policy", family="llm", paper="On-Policy Distillation of Language Models: Learning from "
+                 "Self-Generated Mistakes (GKD)", year=2024, arxiv="2306.13649", venue="ICLR",
+                 repo="https://github.com/huggingface/trl", aliases=("gkd_on_policy",))
+class OnPolicy(Method):
+    """GKD's data mixing: each training step draws u ~ U[0, 1) from the step's generator; if u <= ``lmbda`` the
+    batch is replaced by the student's own samples (no gradient; TRL: temperature 0.9, top_k 0, top_p 1,
+    ``max_new_tokens`` 128) from the batch's prompts, else the batch is kept (dataset sequences, or teacher
+    sequences when the data comes from :func:`teacher_sequences`: TRL's ``seq_kd``). It adds no loss term: combine
+    it with a divergence (e.g. ``gjsd``), which the teacher then evaluates on the chosen sequences. A live teacher
+    is needed for generated batches (a top-k store only covers dataset rows).
+
+    Difference from TRL: with ``seq_kd`` TRL samples fresh teacher completions every step; here they are sampled
+    once and cached (the sequence-level KD data), which is what DistiLLM's SeqKD baseline does."""
+
+    needs_teacher = False
+
+    def __init__(self, lmbda: float = 0.5, max_new_tokens: int = 128, temperature: float = 0.9, top_k: int = 0,
+                 top_p: float = 1.0, prefix_tokens: int = 32, pad_id: int | None = None, eos_id: int | None = None):
+        super().__init__()
+        if not 0.0 <= lmbda <= 1.0:
+            raise ValueError(f"lmbda must be in [0, 1], got {lmbda}")
+        self.lmbda, self.max_new_tokens, self.temperature = float(lmbda), int(max_new_tokens), float(temperature)
+        self.top_k, self.top_p, self.prefix_tokens = int(top_k), float(top_p), int(prefix_tokens)
+        self.pad_id, self.eos_id = pad_id, eos_id
+        object.__setattr__(self, "_student", None)  # not a submodule: never in the state dict or the optimiser
+        self.generated_steps = 0
+
+    def setup(self, student, teacher, info: RunInfo) -> None:
+        if info.student is None:
+            raise ValueError("on_policy needs the student model (RunInfo.student) to sample from")
+        object.__setattr__(self, "_student", info.student)
+        cfg = getattr(info.student, "config", None)
+        if self.pad_id is None:
+            self.pad_id = getattr(cfg, "pad_token_id", None)
+        if self.eos_id is None:
+            self.eos_id = getattr(cfg, "eos_token_id", None)
+        if self.pad_id is None:
+            self.pad_id = self.eos_id if self.eos_id is not None else 0
+
+    def transform_batch(self, batch: Batch, generator: torch.Generator) -> Batch:
+        u = float(torch.rand((), generator=generator))
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator))
+        if u > self.lmbda or self._student is None:
+            return batch
+        inputs = batch.inputs
+        prompts = prompts_of(inputs["input_ids"], inputs["attention_mask"], inputs["prompt_lengths"],
+                             self.prefix_tokens)
+        data = generate_completions(self._student, prompts, pad_id=int(self.pad_id), eos_id=self.eos_id,
+                                    max_new_tokens=self.max_new_tokens, do_sample=True,
+                                    temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=seed)
+        self.generated_steps += 1
+        device = inputs["input_ids"].device
+        new_inputs = {"input_ids": data.input_ids.to(device), "attention_mask": data.attention_mask.to(device),
+                      "prompt_lengths": data.prompt_lengths.to(device)}
+        meta = {k: v for k, v in batch.meta.items() if k != "teacher_top1"}
+        meta["generated"] = True
+        return Batch(new_inputs, data.labels.to(device), None, meta)
+
+    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        return {}

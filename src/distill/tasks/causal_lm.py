@@ -1,0 +1,268 @@
+"""Causal language modelling: token-level distillation of Hugging Face decoder-only models.
+
+Data is a :class:`LMData` of right-padded token blocks: ``input_ids`` (N, L), ``attention_mask`` (N, L) and
+``labels`` (N, L), a copy of the ids with -100 where no loss applies (prompt tokens of prompt/response data,
+padding). Two loaders build it the way users bring text:
+
+* :func:`text_blocks`: a plain-text corpus (e.g. tinyshakespeare ``input.txt``) tokenised once, chunked into
+  fixed-length blocks, split into train/validation by a fixed contiguous cut (the last fraction is validation,
+  so no block straddles the split);
+* :func:`prompt_response_jsonl`: one JSON object a line with a prompt and a response (keys ``prompt`` and
+  ``response``, or ``completion``); prompt tokens are masked, an EOS is appended to the response and kept.
+
+The task returns logits (B, L, V) sliced to the tokenizer's real vocabulary (:func:`align_vocab`); methods shift
+them (position t predicts token t + 1). Evaluation: perplexity = exp(mean next-token NLL over valid tokens) and,
+when a teacher is given (or the batch carries its top-1 ids in ``meta["teacher_top1"]``), top-1 agreement with
+the teacher on the same valid tokens.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from distill.core.batch import Batch
+
+IGNORE = -100
+
+
+@dataclass
+class LMData:
+    """Right-padded token sequences. ``prompt_lengths`` (N,) counts the prompt tokens of each row (0 for plain
+    text), so generation can start from the prompt."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    prompt_lengths: torch.Tensor | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shapes = {tuple(t.shape) for t in (self.input_ids, self.attention_mask, self.labels)}
+        if len(shapes) != 1 or self.input_ids.dim() != 2:
+            raise ValueError(f"input_ids, attention_mask and labels must share one (N, L) shape, got {shapes}")
+        if self.prompt_lengths is None:
+            self.prompt_lengths = torch.zeros(len(self), dtype=torch.long)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def subset(self, idx: torch.Tensor | slice) -> LMData:
+        return LMData(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_lengths[idx],
+                      dict(self.meta))
+
+    def fingerprint(self) -> str:
+        """sha256 of the ids, mask and labels (what a teacher store built on this data must match)."""
+        h = hashlib.sha256()
+        for t in (self.input_ids, self.attention_mask, self.labels):
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.to(torch.int64).contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+
+# -- loaders --------------------------------------------------------------------------------------------------
+def text_blocks(source: str | Path, tokenizer: Any, block_size: int = 128, val_fraction: float = 0.1,
+                max_tokens: int | None = None) -> tuple[LMData, LMData]:
+    """Tokenise a plain UTF-8 text file, cut it into blocks of ``block_size`` tokens (the remainder dropped) and
+    split it: the first blocks train, the last ``val_fraction`` validate (a fixed, contiguous split).
+    ``max_tokens`` keeps only the first tokens of the corpus (to bound compute)."""
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"text corpus {path} not found")
+    if block_size < 2:
+        raise ValueError(f"block_size must be >= 2, got {block_size}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    text = path.read_text(encoding="utf-8")
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if max_tokens is not None:
+        ids = ids[:max_tokens]
+    n_blocks = len(ids) // block_size
+    n_val = max(1, int(round(n_blocks * val_fraction)))
+    if n_blocks - n_val < 1:
+        raise ValueError(f"{path} gives {n_blocks} blocks of {block_size} tokens: too few for a train/val split")
+    blocks = torch.tensor(ids[: n_blocks * block_size], dtype=torch.long).view(n_blocks, block_size)
+    ones = torch.ones_like(blocks)
+    data = LMData(blocks, ones, blocks.clone(), meta={"source": str(path), "block_size": block_size})
+    return data.subset(slice(0, n_blocks - n_val)), data.subset(slice(n_blocks - n_val, n_blocks))
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    return rows
+
+
+def prompt_response_jsonl(path: str | Path, tokenizer: Any, max_length: int = 256, prompt_key: str = "prompt",
+                          response_key: str | None = None) -> LMData:
+    """Load ``{"prompt": ..., "response": ...}`` lines (``completion`` is accepted for the response). The loss
+    covers the response and its EOS; prompt and padding tokens get label -100. Sequences longer than
+    ``max_length`` are cut (the prompt is kept whole when it fits)."""
+    rows = read_jsonl(path)
+    if not rows:
+        raise ValueError(f"{path} holds no examples")
+    eos = tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
+    ids_list, lab_list, plens = [], [], []
+    for i, row in enumerate(rows):
+        key = response_key or next((k for k in ("response", "completion") if k in row), None)
+        if prompt_key not in row or key is None or key not in row:
+            raise KeyError(f"{path} line {i + 1}: needs keys {prompt_key!r} and 'response' (or 'completion'); "
+                           f"has {sorted(row)}")
+        p = tokenizer(str(row[prompt_key]), add_special_tokens=False)["input_ids"]
+        r = tokenizer(str(row[key]), add_special_tokens=False)["input_ids"]
+        if eos is not None:
+            r = r + [eos]
+        seq = (p + r)[:max_length]
+        n_p = min(len(p), len(seq))
+        ids_list.append(seq)
+        lab_list.append([IGNORE] * n_p + seq[n_p:])
+        plens.append(n_p)
+    length = max(len(s) for s in ids_list)
+    n = len(ids_list)
+    input_ids = torch.full((n, length), pad, dtype=torch.long)
+    labels = torch.full((n, length), IGNORE, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(ids_list, lab_list)):
+        input_ids[i, : len(s)] = torch.tensor(s)
+        labels[i, : len(lab)] = torch.tensor(lab)
+        mask[i, : len(s)] = 1
+    return LMData(input_ids, mask, labels, torch.tensor(plens), meta={"source": str(path)})
+
+
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, falling back to EOS (decoder-only tokenizers often have no pad token)."""
+    for v in (getattr(tokenizer, "pad_token_id", None), getattr(tokenizer, "eos_token_id", None)):
+        if v is not None:
+            return int(v)
+    raise ValueError("the tokenizer has neither a pad nor an EOS token; set tokenizer.pad_token")
+
+
+# -- vocabularies ---------------------------------------------------------------------------------------------
+def vocab_fingerprint(tokenizer: Any) -> str:
+    """sha256 of the tokenizer's token -> id map (its contents, not only its size)."""
+    vocab = tokenizer.get_vocab()
+    items = sorted(vocab.items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()
+
+
+def real_vocab_size(tokenizer: Any) -> int:
+    """Number of ids the tokenizer can produce (its vocabulary incl. added tokens): ``len(tokenizer)``."""
+    return len(tokenizer)
+
+
+def check_same_tokenizer(student_tok: Any, teacher_tok: Any) -> int:
+    """Refuse to distil token distributions across different tokenizers; returns the shared real vocab size.
+
+    Compares the token -> id maps by hash, so two vocabularies of equal size but different contents are refused."""
+    a, b = vocab_fingerprint(student_tok), vocab_fingerprint(teacher_tok)
+    if a != b:
+        na = getattr(student_tok, "name_or_path", "") or type(student_tok).__name__
+        nb = getattr(teacher_tok, "name_or_path", "") or type(teacher_tok).__name__
+        raise ValueError(
+            f"the student tokenizer {na!r} ({len(student_tok)} tokens, vocab sha256 {a[:12]}) and the teacher "
+            f"tokenizer {nb!r} ({len(teacher_tok)} tokens, vocab sha256 {b[:12]}) differ: token-level distillation "
+            "needs one shared tokenizer (use sequence-level KD on decoded text instead)")
+    return real_vocab_size(student_tok)
+
+
+def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Slice (B, L, V_model) logits to the tokenizer's real ``vocab_size`` (models often pad their embedding
+    matrix to a multiple of 64 or 128); a head narrower than the tokenizer is padded with -inf columns (ids the
+    model cannot produce; the divergences zero such entries)."""
+    v = logits.shape[-1]
+    if v == vocab_size:
+        return logits
+    if v > vocab_size:
+        return logits[..., :vocab_size]
+    pad = logits.new_full((*logits.shape[:-1], vocab_size - v), -math.inf)
+    return torch.cat([logits, pad], dim=-1)
+
+
+# -- task -----------------------------------------------------------------------------------------------------
+class LMMetrics:
+    """Perplexity (exp of the mean next-token NLL) and top-1 agreement with the teacher, over valid tokens."""
+
+    def __init__(self, teacher: nn.Module | None = None, task: CausalLM | None = None) -> None:
+        self.teacher = teacher
+        self.task = task
+        self.nll = 0.0
+        self.tokens = 0
+        self.agree = 0
+        self.agree_tokens = 0
+
+    @torch.no_grad()
+    def update(self, outputs: torch.Tensor, batch: Batch) -> None:
+        z = outputs[:, :-1].float()
+        y = batch.labels[:, 1:]
+        valid = y != IGNORE
+        if not bool(valid.any()):
+            return
+        nll = torch.nn.functional.cross_entropy(z[valid], y[valid], reduction="sum")
+        self.nll += float(nll)
+        self.tokens += int(valid.sum())
+        top1 = batch.meta.get("teacher_top1")
+        if top1 is None and self.teacher is not None and self.task is not None:
+            self.teacher.eval()
+            top1 = self.task.forward(self.teacher, batch).argmax(-1)
+        if top1 is not None:
+            self.agree += int((z.argmax(-1) == top1[:, :-1])[valid].sum())
+            self.agree_tokens += int(valid.sum())
+
+    def compute(self) -> dict[str, float]:
+        out = {"nll": self.nll / max(self.tokens, 1)}
+        out["perplexity"] = math.exp(min(out["nll"], 50.0))
+        out["tokens"] = float(self.tokens)
+        if self.agree_tokens:
+            out["teacher_agreement"] = self.agree / self.agree_tokens
+        return out
+
+
+class CausalLM:
+    """The causal-LM task for Hugging Face models (anything called as ``model(input_ids=, attention_mask=)``
+    returning ``.logits`` or a tensor). ``vocab_size``: the tokenizer's real vocabulary (logits are sliced or
+    padded to it); ``agreement_teacher``: a model whose top-1 tokens evaluation compares with."""
+
+    primary_metric = "perplexity"
+    higher_is_better = False
+
+    def __init__(self, vocab_size: int, agreement_teacher: nn.Module | None = None):
+        self.vocab_size = int(vocab_size)
+        self.agreement_teacher = agreement_teacher
+
+    def num_examples(self, data: LMData) -> int:
+        return len(data)
+
+    def fetch(self, data: LMData, indices: torch.Tensor) -> Batch:
+        idx = indices.long().cpu()
+        inputs = {"input_ids": data.input_ids[idx], "attention_mask": data.attention_mask[idx],
+                  "prompt_lengths": data.prompt_lengths[idx]}
+        meta = {}
+        if "teacher_top1" in data.meta:
+            meta["teacher_top1"] = data.meta["teacher_top1"][idx]
+        return Batch(inputs, data.labels[idx], indices, meta)
+
+    def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
+        return batch
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        out = model(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"])
+        logits = out.logits if hasattr(out, "logits") else out
+        return align_vocab(logits, self.vocab_size)
+
+    def new_metrics(self) -> LMMetrics:
+        return LMMetrics(self.agreement_teacher, self)
