@@ -116,7 +116,7 @@ class TrainSection(_Strict):
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     grad_accum: int = Field(1, gt=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False

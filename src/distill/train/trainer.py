@@ -104,7 +104,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
                     overrides: list[tuple[list[nn.Parameter], dict[str, float]]] = ()) -> torch.optim.Optimizer:
-    """SGD or AdamW over ``params``. With AdamW, biases and norm weights get no weight decay (with SGD they do,
+    """SGD, AdamW or Adam over ``params``. With AdamW, biases and norm weights get no weight decay (with SGD they do,
     as in the CIFAR reference recipes). ``overrides`` (from methods) give some parameters their own
     ``lr_factor`` and ``weight_decay``."""
     special = {id(p): opts for group, opts in overrides for p in group}
@@ -117,7 +117,7 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
     no_decay = [p for p in plain if p.ndim <= 1]
     groups += [
         {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "sgd" else 0.0},
+        {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer in ("sgd", "adam") else 0.0},
     ]
     for group, opts in overrides:
         unknown_keys = set(opts) - {"lr_factor", "weight_decay"}
@@ -130,7 +130,9 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: sgd, adamw")
+    if cfg.optimizer == "adam":  # L2 added to the gradient (torch Adam), the GNN literature's optimiser
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: sgd, adamw, adam")
 
 
 class Trainer:
