@@ -55,14 +55,15 @@ def teacher_model(args: argparse.Namespace, graph: GraphData, seed: int) -> tupl
     """Train (or reload) the seed's GNN teacher."""
     arch = f"graph_{args.teacher}"
     model = GRAPH_MODELS[arch](graph.num_features, graph.num_classes, hidden=args.hidden, num_layers=args.layers)
-    weights = args.work / f"teacher_{args.teacher}_seed{seed}.safetensors"
+    weights = args.work / f"teacher_{args.teacher}_h{args.hidden}_l{args.layers}_seed{seed}.safetensors"
     if weights.exists():
         model.load_state_dict(read_state_dict(weights))
         return model, {}
     seed_everything(seed)
     model = GRAPH_MODELS[arch](graph.num_features, graph.num_classes, hidden=args.hidden, num_layers=args.layers)
     run = train_node_classifier(graph, model, Composite({"ce": CrossEntropy()}),
-                                graph_train_config(seed, epochs=args.epochs), args.work / f"runs/teacher{seed}")
+                                graph_train_config(seed, epochs=args.epochs),
+                                args.work / f"runs/h{args.hidden}/teacher{seed}")
     save_weights(weights, model.state_dict())
     return model, {"test_accuracy": run.test_accuracy, "val_accuracy": run.val_accuracy, "epochs": run.epochs,
                    "wall_time_s": run.wall_time_s}
@@ -86,7 +87,7 @@ def node_part(args: argparse.Namespace, graph: GraphData, results: dict[str, Any
                       "ffg2m": FFG2M(lam=args.lam, tau=args.tau)}[arm]
             run = train_node_classifier(graph, student, Composite({arm: method}),
                                         graph_train_config(seed, epochs=args.epochs),
-                                        args.work / f"runs/{arm}{seed}",
+                                        args.work / f"runs/h{args.hidden}/{arm}{seed}",
                                         teacher=None if arm == "mlp" else teacher,
                                         train_on="train" if arm == "mlp" else "all")
             node[key] = {"test_accuracy": run.test_accuracy, "val_accuracy": run.val_accuracy,

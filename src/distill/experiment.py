@@ -115,6 +115,10 @@ class Experiment:
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.task == "graph_node_classification":
+        from distill.graph.experiment import build_graph_experiment
+
+        return build_graph_experiment(cfg, output_dir)
     d = cfg.data
     train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
     evald = None

@@ -64,7 +64,8 @@ def graph_train_config(seed: int, epochs: int = 500, patience: int = 50, lr: flo
     """Adam (L2 in the gradient), constant lr, full batch, early stopping on validation accuracy."""
     return TrainConfig(epochs=epochs, optimizer="adam", lr=lr, weight_decay=weight_decay, schedule="constant",
                        seed=seed, early_stopping_patience=patience, early_stopping_metric="accuracy",
-                       early_stopping_min_delta=-1e-9, progress=False, log_every=10_000, **extra)
+                       early_stopping_min_delta=-1e-9, progress=False, log_every=10_000,
+                       checkpoint_every_epochs=50, **extra)
 
 
 def train_node_classifier(graph: GraphData, model: nn.Module, methods: Composite, cfg: TrainConfig,

@@ -9,9 +9,14 @@ input of the last layer (the penultimate node embedding).
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# the CSR input path is exact (tested against dense features); torch flags the layout as beta on every call
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
 
 
 def _require_pyg() -> None:

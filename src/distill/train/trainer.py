@@ -65,6 +65,8 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     checkpoint_every: int = 0
+    #: also checkpoint after every N-th epoch (and the last); full-batch graph runs take one step per epoch
+    checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 2
     mixed_precision: str = "no"
     cpu: bool = False
@@ -378,7 +380,9 @@ class Trainer:
                     cb(record)
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
-                checkpoint()
+                every = cfg.checkpoint_every_epochs
+                if every and (state["epoch"] % every == 0 or state["stopped"] or state["epoch"] == all_epochs):
+                    checkpoint()
         finally:
             progress.close()
             log.close()
