@@ -37,7 +37,7 @@ from distill.train.trainer import seed_everything
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_ARMS = ("teacher", "mlp", "glnn", "ffg2m")
-UNLEARN_ARMS = ("original", "retrain", "gradient_ascent", "d2dgn")
+UNLEARN_ARMS = ("original", "retrain", "gradient_ascent", "d2dgn", "d2dgn_warm")
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def unlearn_part(args: argparse.Namespace, graph: GraphData, results: dict[str, 
             if done == set(UNLEARN_ARMS):
                 continue
             cfg = UnlearningConfig(seed=seed, deletion=setting, d2dgn_epochs=args.d2dgn_epochs,
-                                   epochs=args.link_epochs)
+                                   epochs=args.link_epochs, warm_epochs=args.warm_epochs)
             for arm, record in run_unlearning(graph, cfg).items():
                 part[f"{setting}/{arm}/seed{seed}"] = record
                 print(f"[unlearn] {setting}/{arm}/seed{seed}: {record}", flush=True)
@@ -175,7 +175,8 @@ def main() -> int:
     p.add_argument("--tau", type=float, default=1.5, help="HFD temperature (FF-G2M Cora/GCN: 1.5)")
     p.add_argument("--deletion", nargs="+", choices=["random", "out"], default=["random"])
     p.add_argument("--link-epochs", type=int, default=300)
-    p.add_argument("--d2dgn-epochs", type=int, default=100)
+    p.add_argument("--d2dgn-epochs", type=int, default=100, help="D2DGN with a re-initialised student")
+    p.add_argument("--warm-epochs", type=int, default=60, help="D2DGN with the student started from the preserver")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
