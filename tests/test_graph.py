@@ -94,12 +94,12 @@ def test_trainer_trains_a_gcn_teacher_then_an_ffg2m_student(tmp_path):
     torch.manual_seed(0)
     g = two_communities()
     teacher = graph_gcn(6, 2, hidden=16, num_layers=2)
-    cfg = graph_train_config(0, epochs=30, patience=30)
+    cfg = graph_train_config(0, epochs=15, patience=15, lr=0.05)
     run = train_node_classifier(g, teacher, Composite({"ce": CrossEntropy()}), cfg, tmp_path / "t")
     assert run.test_accuracy >= 0.8  # the graph separates the communities
     student = graph_mlp(6, 2, hidden=16, num_layers=2)
     srun = train_node_classifier(g, student, Composite({"ffg2m": FFG2M(lam=0.4)}),
-                                 graph_train_config(0, epochs=10, patience=10), tmp_path / "s",
+                                 graph_train_config(0, epochs=4, patience=4), tmp_path / "s",
                                  teacher=teacher, train_on="all")
     assert 0.0 <= srun.test_accuracy <= 1.0 and srun.epochs >= 1
     assert (tmp_path / "s" / "best" / "student.safetensors").exists()
