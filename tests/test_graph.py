@@ -117,6 +117,7 @@ def test_yaml_graph_task_builds_and_rejects_mismatched_models(tmp_path):
            "train": {"optimizer": "adam", "lr": 0.01, "schedule": "constant", "epochs": 1}}
     exp = build_experiment(parse_config(raw), tmp_path)
     assert exp.trainer.cfg.batch_size == 2708 and isinstance(exp.task, GraphNodeClassification)
+    assert len(exp.eval_data) == 1000 and len(exp.trainer.eval_data) == 500  # test reported, val selects
     bad = dict(raw, student={"arch": "resnet20"})
     with pytest.raises(ConfigError, match="student.arch"):
         parse_config(bad)

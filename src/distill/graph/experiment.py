@@ -9,8 +9,9 @@
     train: {optimizer: adam, lr: 0.01, weight_decay: 5e-4, schedule: constant, epochs: 500,
             early_stopping_patience: 50}
 
-The trainer's evaluation split is the validation nodes (model selection, early stopping); ``distill eval`` or
-:func:`distill.graph.node.train_node_classifier` give the test accuracy of the best-validation weights.
+The trainer's evaluation split is the validation nodes (model selection, early stopping; the best weights are
+saved in ``<run>/best/student.safetensors``). ``distill eval CONFIG --weights <run>/best/student.safetensors``
+reports the test nodes' accuracy, as :func:`distill.graph.node.train_node_classifier` does.
 """
 
 from __future__ import annotations
@@ -65,4 +66,6 @@ def build_graph_experiment(cfg: ExperimentConfig, output_dir: str | Path | None 
     tc = train_config(cfg)
     tc.batch_size, tc.eval_batch_size, tc.drop_last = len(train), graph.num_nodes, False
     trainer = Trainer(module, train, val, tc, Path(output_dir or cfg.output_dir))
-    return Experiment(cfg, task, train, val, None, student, teacher, methods, module, trainer)  # type: ignore[arg-type]
+    test = GraphNodes.split(graph, "test")
+    # the trainer selects on the validation nodes; ``distill eval`` (Experiment.eval_data) reports the test nodes
+    return Experiment(cfg, task, train, test, val, student, teacher, methods, module, trainer)  # type: ignore[arg-type]
