@@ -107,7 +107,8 @@ def unlearn_part(args: argparse.Namespace, graph: GraphData, results: dict[str, 
             if done == set(UNLEARN_ARMS):
                 continue
             cfg = UnlearningConfig(seed=seed, deletion=setting, d2dgn_epochs=args.d2dgn_epochs,
-                                   epochs=args.link_epochs, warm_epochs=args.warm_epochs)
+                                   epochs=args.link_epochs, warm_epochs=args.warm_epochs,
+                                   warm_alpha=args.warm_alpha, warm_lr=args.warm_lr)
             for arm, record in run_unlearning(graph, cfg).items():
                 part[f"{setting}/{arm}/seed{seed}"] = record
                 print(f"[unlearn] {setting}/{arm}/seed{seed}: {record}", flush=True)
@@ -177,6 +178,8 @@ def main() -> int:
     p.add_argument("--link-epochs", type=int, default=300)
     p.add_argument("--d2dgn-epochs", type=int, default=100, help="D2DGN with a re-initialised student")
     p.add_argument("--warm-epochs", type=int, default=60, help="D2DGN with the student started from the preserver")
+    p.add_argument("--warm-alpha", type=float, default=0.8)
+    p.add_argument("--warm-lr", type=float, default=0.005)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
