@@ -137,5 +137,14 @@ def test_link_split_and_deletion_settings():
     assert split.test_pos.shape[1] > 0 and split.train.shape[1] > split.test_pos.shape[1]
     mask = choose_deleted(split, 0.1, "random", 0)
     assert int(mask.sum()) == round(0.1 * split.train.shape[1])
+    from torch_geometric.utils import k_hop_subgraph
+
+    out = choose_deleted(split, 0.05, "out", 0)
+    near = k_hop_subgraph(split.test_pos.flatten().unique(), 2, torch.cat([split.train, split.train.flip(0)], 1),
+                          num_nodes=g.num_nodes)[0]
+    inside = torch.zeros(g.num_nodes, dtype=torch.bool)
+    inside[near] = True
+    u, v = split.train[:, out]
+    assert int(out.sum()) >= 1 and not bool((inside[u] & inside[v]).any())
     with pytest.raises(ValueError, match="unknown deletion"):
         choose_deleted(split, 0.1, "inside", 0)

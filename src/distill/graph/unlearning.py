@@ -6,7 +6,7 @@ Pipeline (the demonstration of D2DGN, arXiv 2309.16173, on Planetoid Cora):
    (``hidden`` 128 -> ``out`` 64) with a dot decoder s(u, v) = z_u . z_v is trained with BCE against fresh
    uniform negatives every epoch, propagating over the training edges: the **original** model.
 2. A fraction (5%) of the undirected training edges is deleted (E_f): at random, or GNNDelete's ``out``
-   setting (edges outside the 2-hop neighbourhood of every test edge). The retained graph is E_r = E_train - E_f.
+   setting (edges not inside the 2-hop subgraph around the test edges, i.e. with at least one end outside). The retained graph is E_r = E_train - E_f.
 3. Unlearning arms, each timed (wall clock, after the original model exists):
    - **retrain**: the same recipe from scratch on E_r (the gold standard);
    - **gradient_ascent**: GNNDelete's baseline, ascending the BCE of the deleted edges as positives
@@ -113,7 +113,8 @@ def choose_deleted(split: LinkSplit, frac: float, mode: str, seed: int) -> torch
         near, _, _, _ = k_hop_subgraph(seeds, 2, undirected(split.train), num_nodes=split.num_nodes)
         inside = torch.zeros(split.num_nodes, dtype=torch.bool)
         inside[near] = True
-        candidates = (~inside[split.train[0]] & ~inside[split.train[1]]).nonzero().flatten()
+        # torch_geometric's k-hop edge mask keeps edges with both ends inside; GNNDelete's ``out`` is its complement
+        candidates = (~(inside[split.train[0]] & inside[split.train[1]])).nonzero().flatten()
         if candidates.numel() < k:
             raise ValueError(f"'out' deletion: only {candidates.numel()} training edges lie outside the 2-hop "
                              f"neighbourhood of the test edges, {k} requested")
