@@ -6,7 +6,8 @@ Pipeline (the demonstration of D2DGN, arXiv 2309.16173, on Planetoid Cora):
    (``hidden`` 128 -> ``out`` 64) with a dot decoder s(u, v) = z_u . z_v is trained with BCE against fresh
    uniform negatives every epoch, propagating over the training edges: the **original** model.
 2. A fraction (5%) of the undirected training edges is deleted (E_f): at random, or GNNDelete's ``out``
-   setting (edges not inside the 2-hop subgraph around the test edges, i.e. with at least one end outside). The retained graph is E_r = E_train - E_f.
+   setting (edges not inside the 2-hop subgraph around the test edges, i.e. with at least one end outside).
+   The retained graph is E_r = E_train - E_f.
 3. Unlearning arms, each timed (wall clock, after the original model exists):
    - **retrain**: the same recipe from scratch on E_r (the gold standard);
    - **gradient_ascent**: GNNDelete's baseline, ascending the BCE of the deleted edges as positives
