@@ -139,6 +139,10 @@ def test_link_split_and_deletion_settings():
     assert int(mask.sum()) == round(0.1 * split.train.shape[1])
     from torch_geometric.utils import k_hop_subgraph
 
+    with pytest.raises(ValueError, match="'out' deletion: only"):  # dense toy graph: everything is near a test edge
+        choose_deleted(split, 0.5, "out", 0)
+    g = load_planetoid(shared_path("data", "planetoid"))
+    split = link_split(g, seed=0)
     out = choose_deleted(split, 0.05, "out", 0)
     near = k_hop_subgraph(split.test_pos.flatten().unique(), 2, torch.cat([split.train, split.train.flip(0)], 1),
                           num_nodes=g.num_nodes)[0]
