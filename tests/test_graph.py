@@ -139,8 +139,8 @@ def test_link_split_and_deletion_settings():
     assert int(mask.sum()) == round(0.1 * split.train.shape[1])
     from torch_geometric.utils import k_hop_subgraph
 
-    with pytest.raises(ValueError, match="'out' deletion: only"):  # dense toy graph: everything is near a test edge
-        choose_deleted(split, 0.5, "out", 0)
+    with pytest.raises(ValueError, match="no training edge lies outside"):  # dense toy graph: all near a test edge
+        choose_deleted(split, 0.05, "out", 0)
     g = load_planetoid(shared_path("data", "planetoid"))
     split = link_split(g, seed=0)
     out = choose_deleted(split, 0.05, "out", 0)
@@ -150,5 +150,7 @@ def test_link_split_and_deletion_settings():
     inside[near] = True
     u, v = split.train[:, out]
     assert int(out.sum()) >= 1 and not bool((inside[u] & inside[v]).any())
+    everything = choose_deleted(split, 0.9, "out", 0)  # fewer 'out' edges than asked: all of them are taken
+    assert int(everything.sum()) == int((~(inside[split.train[0]] & inside[split.train[1]])).sum())
     with pytest.raises(ValueError, match="unknown deletion"):
         choose_deleted(split, 0.1, "inside", 0)
