@@ -45,6 +45,7 @@ from torch import nn
 from distill.core.outputs import ModelOutput, StepInputs
 from distill.data.planetoid import GraphData
 from distill.methods.graph_kd import D2DGN
+from distill.models.gnn import to_csr
 from distill.train.trainer import seed_everything
 
 
@@ -138,7 +139,7 @@ class LinkGCN(nn.Module):
         self.conv2 = GCNConv(hidden, out)
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        x = x.to_sparse_csr() if x.layout == torch.strided else x
+        x = to_csr(x) if x.layout == torch.strided else x
         return self.conv2(F.relu(self.conv1(x, edge_index)), edge_index)
 
     @staticmethod

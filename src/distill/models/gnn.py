@@ -15,8 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# the CSR input path is exact (tested against dense features); torch flags the layout as beta on every call
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+
+def to_csr(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as a sparse CSR tensor, without torch's "CSR support is in beta" warning (the CSR path is exact,
+    tested against dense features)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+        return x.to_sparse_csr()
 
 
 def _require_pyg() -> None:
@@ -41,7 +46,7 @@ class GraphStack(nn.Module):
         self.feature_taps = {"hidden": f"layers.{len(layers) - 1}:input"}
 
     def forward(self, x: torch.Tensor, edge_index: torch.Tensor | None = None) -> torch.Tensor:
-        h = x.to_sparse_csr() if self.sparse_input and x.layout == torch.strided and x.dim() == 2 else x
+        h = to_csr(x) if self.sparse_input and x.layout == torch.strided and x.dim() == 2 else x
         for i, layer in enumerate(self.layers):
             h = layer(h, edge_index) if self.uses_graph else layer(h)
             if i < len(self.layers) - 1:
