@@ -62,9 +62,10 @@ class ModelConfig(_Strict):
     @classmethod
     def _known_arch(cls, v: str) -> str:
         from distill.models import MODELS
+        from distill.models.gnn import GRAPH_MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted(MODELS))}")
+        if v not in MODELS and v not in GRAPH_MODELS:
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted([*MODELS, *GRAPH_MODELS]))}")
         return v
 
 
@@ -131,7 +132,7 @@ class TrainSection(_Strict):
     batch_size: int = Field(64, gt=0)
     eval_batch_size: int = Field(256, gt=0)
     grad_accum: int = Field(1, gt=0)
-    optimizer: Literal["sgd", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: float = Field(0.05, gt=0)
     momentum: float = Field(0.9, ge=0)
     nesterov: bool = False
@@ -149,6 +150,7 @@ class TrainSection(_Strict):
     eval_every: int = Field(1, gt=0)
     log_every: int = Field(10, gt=0)
     checkpoint_every: int = Field(0, ge=0)
+    checkpoint_every_epochs: int = Field(1, ge=0)
     keep_checkpoints: int = Field(2, gt=0)
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: bool = False
@@ -204,8 +206,19 @@ class LMSection(_Strict):
     agreement: bool = True
 
 
+class GraphSection(_Strict):
+    """The graph task (``task: graph_node_classification``): ``data.train`` is a folder of Planetoid raw files
+    (``ind.<dataset>.*``); teachers and students are ``graph_*`` models; training is full-batch on the nodes of
+    ``train_on`` (``all`` for distillation terms over every node, labels visible on the training split only)."""
+
+    dataset: Literal["cora", "citeseer", "pubmed"] = "cora"
+    normalize_features: bool = True
+    train_on: Literal["train", "all"] = "train"
+
+
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification", "causal_lm"] = "image_classification"
+    task: Literal["image_classification", "causal_lm", "graph_node_classification"] = "image_classification"
+    graph: GraphSection | None = None
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
@@ -311,6 +324,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         _check_cache(cfg)
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
+    _check_graph_task(cfg)
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
 
@@ -328,6 +342,26 @@ def _check_cache(cfg: ExperimentConfig) -> None:
         if dense:
             raise ConfigError(f"teacher.cache.topk: methods {dense} need the teacher's dense logits; drop topk "
                               "(a full-logits cache) or use methods that accept a top-k teacher (kd)")
+
+
+def _check_graph_task(cfg: ExperimentConfig) -> None:
+    from distill.models.gnn import GRAPH_MODELS
+
+    graph_task = cfg.task == "graph_node_classification"
+    if cfg.graph is not None and not graph_task:
+        raise ConfigError("graph: only used with task: graph_node_classification")
+    if graph_task and cfg.graph is None:
+        cfg.graph = GraphSection()
+    if cfg.task not in ("image_classification", "graph_node_classification") or cfg.student is None:
+        return
+    models = [("student.arch", cfg.student.arch)]
+    if cfg.teacher is not None:
+        models += [(f"teacher.ensemble[{i}].arch" if cfg.teacher.ensemble else "teacher.arch", m.arch)
+                   for i, m in enumerate(cfg.teacher.members())]
+    for where, arch in models:
+        if graph_task != (arch in GRAPH_MODELS):
+            allowed = sorted(GRAPH_MODELS) if graph_task else "an image model"
+            raise ConfigError(f"{where}: {arch!r} does not fit task {cfg.task!r}; allowed: {allowed}")
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:

@@ -144,6 +144,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
 
         return build_lm_experiment(cfg, output_dir)
     seed_everything(cfg.seed, cfg.deterministic)
+    if cfg.task == "graph_node_classification":
+        from distill.graph.experiment import build_graph_experiment
+
+        return build_graph_experiment(cfg, output_dir)
     d = cfg.data
     with main_process_first():  # several processes: rank 0 decodes (and fills data.cache_dir), the others then read
         train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)

@@ -7,6 +7,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     dual_head,
     feature_transfer,
     features,
+    graph_kd,
     lelp,
     lm_divergences,
     logit_variants,

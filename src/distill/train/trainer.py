@@ -66,6 +66,8 @@ class TrainConfig:
     eval_every: int = 1
     log_every: int = 10
     checkpoint_every: int = 0
+    #: also checkpoint after every N-th epoch (and the last); full-batch graph runs take one step per epoch
+    checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 2
     mixed_precision: str = "no"
     cpu: bool = False
@@ -111,7 +113,7 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
                     overrides: list[tuple[list[nn.Parameter], dict[str, float]]] = ()) -> torch.optim.Optimizer:
-    """SGD or AdamW over ``params``. With AdamW, biases and norm weights get no weight decay (with SGD they do,
+    """SGD, AdamW or Adam over ``params``. With AdamW, biases and norm weights get no weight decay (with SGD they do,
     as in the CIFAR reference recipes). ``overrides`` (from methods) give some parameters their own
     ``lr_factor`` and ``weight_decay``."""
     special = {id(p): opts for group, opts in overrides for p in group}
@@ -124,7 +126,7 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
     no_decay = [p for p in plain if p.ndim <= 1]
     groups += [
         {"params": decay, "weight_decay": cfg.weight_decay},
-        {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer == "sgd" else 0.0},
+        {"params": no_decay, "weight_decay": cfg.weight_decay if cfg.optimizer in ("sgd", "adam") else 0.0},
     ]
     for group, opts in overrides:
         unknown_keys = set(opts) - {"lr_factor", "weight_decay"}
@@ -137,7 +139,9 @@ def build_optimizer(params: list[nn.Parameter], cfg: TrainConfig,
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: sgd, adamw")
+    if cfg.optimizer == "adam":  # L2 added to the gradient (torch Adam), the GNN literature's optimiser
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: sgd, adamw, adam")
 
 
 class Trainer:
@@ -405,7 +409,9 @@ class Trainer:
                     cb(record)
                 state["epoch"] += 1
                 state["step_in_epoch"] = 0
-                checkpoint()
+                every = cfg.checkpoint_every_epochs
+                if every and (state["epoch"] % every == 0 or state["stopped"] or state["epoch"] == all_epochs):
+                    checkpoint()
         finally:
             progress.close()
             log.close()

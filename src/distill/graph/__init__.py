@@ -1,0 +1,1 @@
+"""Graph tasks: transductive node classification (GNN teachers, MLP students) and graph unlearning."""
