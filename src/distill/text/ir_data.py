@@ -133,7 +133,8 @@ def read_tsv_texts(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
                 key = str(rec.get("_id", rec.get("id")))
                 text = rec["text"]
             except (json.JSONDecodeError, KeyError, AttributeError) as e:
-                raise FormatError(f"{path}, line {lineno}: expected a JSON object with '_id' and 'text' ({e})") from None
+                raise FormatError(f"{path}, line {lineno}: expected a JSON object with '_id' and 'text' "
+                                  f"({e})") from None
             title = rec.get("title") or ""
         else:
             parts = line.split("\t")

@@ -46,10 +46,13 @@ def load_sentence_model(path: str | Path | None = None, device: str = "cpu") -> 
 
 
 def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None, normalize: bool = False,
-                      source: str | Path | None = None, max_seq_length: int = 256) -> nn.Module:
+                      source: str | Path | None = None, max_seq_length: int = 256,
+                      freeze_embeddings: bool = False) -> nn.Module:
     """The first ``num_layers`` layers of a BERT-style sentence model (default all-MiniLM-L6-v2), mean pooling,
     then optionally ``Dense(width -> projection_dim)`` initialised to the identity when square, then optionally
-    unit normalisation. Returns a SentenceTransformer."""
+    unit normalisation. ``freeze_embeddings`` keeps the (word, position, type) embedding tables fixed: they hold
+    most of the parameters (11.9M of MiniLM's 22.7M), and on a few thousand training texts updating them costs
+    time and overfits. Returns a SentenceTransformer."""
     st = _st()
     base = load_sentence_model(source)
     transformer = base[0]
@@ -60,6 +63,8 @@ def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None,
     bert.encoder.layer = nn.ModuleList(list(layers[:num_layers]))
     bert.config.num_hidden_layers = num_layers
     transformer.max_seq_length = max_seq_length
+    if freeze_embeddings:
+        bert.embeddings.requires_grad_(False)
     width = bert.config.hidden_size
     modules: list[nn.Module] = [transformer, st.models.Pooling(width, pooling_mode="mean")]
     if projection_dim is not None:
@@ -74,16 +79,51 @@ def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None,
     return st.SentenceTransformer(modules=modules, device="cpu")
 
 
+def _can_set_length(module: nn.Module) -> bool:
+    prop = getattr(type(module), "max_seq_length", None)
+    return hasattr(module, "max_seq_length") and (not isinstance(prop, property) or prop.fset is not None)
+
+
+def static_student(*, projection_dim: int | None = None, normalize: bool = True,
+                   source: str | Path | None = None) -> nn.Module:
+    """A static bag-of-words student: the mean of the teacher's *input* word embeddings (a trainable
+    ``StaticEmbedding`` initialised from them, same WordPiece tokenizer), then optionally ``Dense(384 ->
+    projection_dim)`` (identity-initialised when square) and unit normalisation. No attention: encoding costs a
+    table look-up per token, hundreds of times cheaper than the 6-layer teacher."""
+    st = _st()
+    from tokenizers import Tokenizer
+
+    base = load_sentence_model(source)
+    folder = Path(source) if source is not None else minilm_path()
+    weights = base[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    modules: list[nn.Module] = [st.models.StaticEmbedding(tokenizer, embedding_weights=weights)]
+    width = weights.shape[1]
+    if projection_dim is not None:
+        dense = st.models.Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
+        if projection_dim == width:
+            with torch.no_grad():
+                dense.linear.weight.copy_(torch.eye(width))
+                dense.linear.bias.zero_()
+        modules.append(dense)
+    if normalize:
+        modules.append(st.models.Normalize())
+    return st.SentenceTransformer(modules=modules, device="cpu")
+
+
 def tokenize(model: nn.Module, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
-    """Token tensors of ``texts`` for ``model`` (the ``modality`` entry dropped; :func:`embed` restores it)."""
-    transformer = model[0]
-    saved = transformer.max_seq_length
-    if max_length is not None:
-        transformer.max_seq_length = max_length
+    """Token tensors of ``texts`` for ``model`` (the ``modality`` entry dropped; :func:`embed` restores it).
+    ``max_length`` truncates for transformer models; a static bag-of-words model reads the whole text."""
+    first = model[0]
+    settable = max_length is not None and _can_set_length(first)
+    saved = first.max_seq_length if settable else None
+    if settable:
+        first.max_seq_length = max_length
     try:
         feats = model.preprocess(texts) if hasattr(model, "preprocess") else model.tokenize(texts)
     finally:
-        transformer.max_seq_length = saved
+        if settable:
+            first.max_seq_length = saved
     return {k: v for k, v in feats.items() if isinstance(v, torch.Tensor)}
 
 
