@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
 
     coll = load_cranfield(args.data)
     train_q, test_q = split_queries(list(coll.queries), 75, seed=0)
-    title_docs = list(coll.docs)
+    title_docs = [d for d in coll.docs if coll.titles.get(d)]
     random.Random(0).shuffle(title_docs)
     title_docs = title_docs[: (20 if quick else args.title_groups)]
     if quick:

@@ -224,3 +224,49 @@ def test_training_groups_exclude_relevant_negatives_and_self():
     train, test = split_queries([str(i) for i in range(10)], 3, seed=0)
     assert len(test) == 3 and sorted(train + test, key=int) == [str(i) for i in range(10)]
     assert split_queries([str(i) for i in range(10)], 3, seed=0) == (train, test)
+
+
+def test_yaml_text_tasks_build_train_and_save_a_sentence_transformers_folder(tmp_path):
+    import yaml
+
+    from distill.config import ConfigError, parse_config
+    from distill.experiment import build_experiment
+
+    (tmp_path / "texts.txt").write_text("\n".join(["the wing flutters", "heat flows in slabs", "shock waves",
+                                                   "a boundary layer", "buckling of shells", "to be or not"]))
+    (tmp_path / "docs.tsv").write_text("d1\tflutter of wings\nd2\theat in slabs\nd3\tshock waves\nd4\tthin shells\n")
+    (tmp_path / "queries.tsv").write_text("q1\twing flutter\nq2\tslab heating\n")
+    (tmp_path / "qrels.txt").write_text("q1 0 d1 1\nq2 0 d2 2\n")
+    write_score_file(tmp_path / "scores.tsv", {(q, d): float(q == "q1") + 0.1 * i for q in ("q1", "q2")
+                                               for i, d in enumerate(("d1", "d2", "d3", "d4"))})
+    train = "train: {epochs: 1, batch_size: 2, optimizer: adamw, lr: 0.001, progress: false}"
+    configs = {
+        "embedding": f"""
+task: embedding
+embedding: {{train_texts: texts.txt, teacher_cache: cache.safetensors, student: {{kind: static, projection_dim: 384}}}}
+methods: [{{name: leaf}}]
+{train}
+""",
+        "ranking": f"""
+task: ranking
+ranking: {{docs: docs.tsv, queries: queries.tsv, qrels: qrels.txt, teacher_scores: scores.tsv, num_negatives: 2}}
+methods: [{{name: margin_mse}}]
+{train}
+""",
+    }
+    for name, text in configs.items():
+        cfg = parse_config(yaml.safe_load(text), base_dir=tmp_path)
+        exp = build_experiment(cfg, tmp_path / f"run-{name}")
+        summary = exp.fit()
+        assert summary["steps"] >= 1
+        reloaded = st.SentenceTransformer(str(tmp_path / f"run-{name}" / "sentence_transformer"), device="cpu")
+        assert torch.allclose(torch.as_tensor(reloaded.encode(["wing flutter"])), encode(exp.student, ["wing flutter"]),
+                              atol=1e-5)
+    assert (tmp_path / "cache.safetensors").exists()
+    with pytest.raises(ConfigError, match=r"^ranking: required key is missing"):
+        parse_config({"task": "ranking", "methods": [{"name": "margin_mse"}]})
+    with pytest.raises(ConfigError, match=r"^ranking: give 'cranfield'"):
+        parse_config({"task": "ranking", "ranking": {"docs": "d.tsv"}, "methods": [{"name": "margin_mse"}]})
+    with pytest.raises(ConfigError, match=r"^data: not used with task: embedding"):
+        parse_config({"task": "embedding", "embedding": {"train_texts": "t.txt"}, "data": {"train": "x"},
+                      "methods": [{"name": "leaf"}]})

@@ -142,13 +142,57 @@ class TrainSection(_Strict):
     step_delay: float = Field(0.0, ge=0)
 
 
+class TextStudentConfig(_Strict):
+    """A sentence-transformers student built from a teacher folder (default: the shipped all-MiniLM-L6-v2):
+    ``static`` (its input word embeddings, mean-pooled) or ``truncated`` (its first ``num_layers`` layers)."""
+
+    kind: Literal["static", "truncated"] = "static"
+    num_layers: int = Field(2, ge=1)
+    projection_dim: int | None = Field(None, gt=0)
+    normalize: bool = True
+    source: str | None = None
+
+
+class EmbeddingSection(_Strict):
+    """``task: embedding``: regress a sentence-transformers teacher's embeddings of unlabelled text (LEAF).
+    Text files hold one text per line; the teacher's embeddings are computed once into ``teacher_cache``."""
+
+    train_texts: str
+    eval_texts: str | None = None
+    teacher: str | None = None
+    teacher_cache: str | None = None
+    student: TextStudentConfig = TextStudentConfig(projection_dim=384)
+    max_length: int = Field(128, gt=0)
+
+
+class RankingSection(_Strict):
+    """``task: ranking``: (query, positive, negatives) groups from a collection (``cranfield`` folder as shipped,
+    or ``docs``/``queries`` TSV or JSONL + TREC ``qrels``). With ``teacher_scores`` (lines ``qid docid score``)
+    the negatives of a query are drawn from its scored, non-relevant documents; without, from its BM25 top
+    ``bm25_depth``. ``train_queries`` is a file of query ids, one per line (default: every judged query)."""
+
+    cranfield: str | None = None
+    docs: str | None = None
+    queries: str | None = None
+    qrels: str | None = None
+    train_queries: str | None = None
+    teacher_scores: str | None = None
+    num_negatives: int = Field(3, gt=0)
+    bm25_depth: int = Field(30, gt=0)
+    student: TextStudentConfig = TextStudentConfig()
+    query_length: int = Field(64, gt=0)
+    doc_length: int = Field(256, gt=0)
+
+
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification"] = "image_classification"
+    task: Literal["image_classification", "embedding", "ranking"] = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
-    data: DataConfig
-    student: ModelConfig
+    data: DataConfig | None = None
+    student: ModelConfig | None = None
+    embedding: EmbeddingSection | None = None
+    ranking: RankingSection | None = None
     teacher: TeacherConfig | None = None
     methods: list[MethodConfig] = Field(min_length=1)
     train: TrainSection = TrainSection()
@@ -222,6 +266,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+    _check_task_sections(cfg)
     labels = set()
     for i, m in enumerate(cfg.methods):
         validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -231,13 +276,37 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         labels.add(label)
     from distill.methods import METHODS
 
-    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and cfg.teacher is None:
+    if cfg.task == "image_classification" and any(METHODS.get(m.name).needs_teacher for m in cfg.methods) \
+            and cfg.teacher is None:
         names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
+
+
+def _check_task_sections(cfg: ExperimentConfig) -> None:
+    """Each task reads its own sections: images need ``data`` and ``student``; text tasks their section."""
+    if cfg.task == "image_classification":
+        for key in ("data", "student"):
+            if getattr(cfg, key) is None:
+                raise ConfigError(f"{key}: required key is missing")
+        for key in ("embedding", "ranking"):
+            if getattr(cfg, key) is not None:
+                raise ConfigError(f"{key}: only used with 'task: {key}' (this config has task: image_classification)")
+        return
+    section = getattr(cfg, cfg.task)
+    if section is None:
+        raise ConfigError(f"{cfg.task}: required key is missing (task: {cfg.task} reads its settings there)")
+    for key in ("data", "student", "teacher", "embedding", "ranking"):
+        if key != cfg.task and getattr(cfg, key) is not None:
+            raise ConfigError(f"{key}: not used with task: {cfg.task}; its settings go under '{cfg.task}:'")
+    if cfg.task == "ranking":
+        r = cfg.ranking
+        assert r is not None
+        if r.cranfield is None and None in (r.docs, r.queries, r.qrels):
+            raise ConfigError("ranking: give 'cranfield' (a folder) or all of 'docs', 'queries' and 'qrels'")
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:
