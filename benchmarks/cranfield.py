@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--work", default=None, help="caches and run folders (default benchmarks/work/cranfield)")
     p.add_argument("--quick", action="store_true", help="a few queries and steps, to check the pipeline")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge the rows of these result files (e.g. seeds run in parallel with their own --out and "
+                        "--work) into --out, rewrite its Markdown, and exit")
     p.add_argument("--title-groups", type=int, default=400)
     p.add_argument("--max-positives", type=int, default=None, help="judged positives per training query")
     p.add_argument("--leaf-texts", type=int, default=5000)
@@ -194,6 +197,21 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work or REPO / "benchmarks" / "work" / f"cranfield{'-quick' if quick else ''}")
     out = Path(args.out or (work / "cranfield.json" if quick else REPO / "benchmarks" / "results" / "cranfield.json"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merged = json.loads(out.read_text())
+        for other in args.merge:
+            extra = json.loads(Path(other).read_text())
+            if extra["meta"]["setting"] != merged["meta"]["setting"]:
+                raise SystemExit(f"{other}: setting {extra['meta']['setting']!r} differs from {out}'s")
+            for row, runs in extra["rows"].items():
+                merged["rows"].setdefault(row, {}).update(runs)
+            for key, value in extra.get("info", {}).items():
+                merged["info"].setdefault(key, value)
+        merged["meta"]["seeds"] = sorted({int(s) for r in merged["rows"].values() for s in r if s != "all"})
+        out.write_text(json.dumps(merged, indent=1, sort_keys=True))
+        out.with_suffix(".md").write_text(markdown(merged))
+        log(f"merged {len(args.merge)} files into {out}")
+        return
 
     coll = load_cranfield(args.data)
     train_q, test_q = split_queries(list(coll.queries), 75, seed=0)
@@ -258,8 +276,9 @@ def main(argv: list[str] | None = None) -> None:
         res.data["info"]["params_M"] = {
             "teacher": round(sum(p.numel() for p in teacher_model.parameters()) / 1e6, 2),
             "student": round(sum(p.numel() for p in student0.parameters()) / 1e6, 2),
-            "student_non_embedding": round(sum(p.numel() for n, p in student0.named_parameters()
-                                               if "embeddings" not in n) / 1e6, 2)}
+            "student_outside_embedding_tables": round(sum(
+                p.numel() for m in student0.modules() if not isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                for p in m.parameters(recurse=False)) / 1e6, 3)}
         res.save()
 
     def student_eval(model: torch.nn.Module) -> tuple[dict, dict, torch.Tensor]:
@@ -275,7 +294,6 @@ def main(argv: list[str] | None = None) -> None:
     del student0
 
     # -- per seed: ranking groups + the teacher's score file, the three ranking students, then LEAF ------------
-    score_path = work / "teacher_scores.tsv"
     arms = {"label_only": lambda: RankingNLL(scale=LABEL_SCALE), "score_mse": lambda: ScoreMSE(),
             "margin_mse": lambda: MarginMSE()}
     texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else args.leaf_texts, seed=0)
@@ -297,6 +315,7 @@ def main(argv: list[str] | None = None) -> None:
             for i, q in enumerate(qkeys):
                 for d in by_query[q][1]:
                     pairs[(q, d)] = float(mat[i, col[d]])
+            score_path = work / f"teacher_scores-seed{seed}.tsv"
             write_score_file(score_path, pairs)
             data = to_ranking_groups(groups, coll.docs)
             res.data["info"]["ranking_groups"] = {"judged_query_groups": len(groups) - len(title_docs),
