@@ -11,11 +11,13 @@ Rows:
 - ``teacher``: the ranking teacher. There is no cross-encoder; candidates built from all-MiniLM-L6-v2 are
   (a) bi-encoder cosine and (b) cosine + beta * BM25 / max BM25 of the query, beta from a grid; the one with the
   best nDCG@10 on the *training* queries is the teacher (its scores on every training pair go to a score file).
-- ``student_untrained``: the student before training (MiniLM's first 2 layers, mean pooling, dot product).
+- ``student_untrained``: the student before training: a static bag of words (``StaticEmbedding`` initialised
+  with all-MiniLM-L6-v2's input word embeddings, mean over the text's WordPieces, normalised; scores are dot
+  products of unit vectors). No attention, so it encodes the collection in well under a second on one thread.
 - ``label_only``, ``score_mse``, ``margin_mse``: that student trained on the same groups (training queries with
   their judged positives and 3 BM25 hard negatives each; plus document titles as pseudo-queries) with the DPR
   contrastive loss on labels, pointwise MSE on teacher scores, or Margin-MSE on teacher scores.
-- ``leaf``: the LEAF student (MiniLM's first 2 layers + Dense 384->384 + normalisation) trained to regress the
+- ``leaf``: the LEAF student (the same static bag + Dense 384->384 + normalisation) trained to regress the
   teacher's embeddings of unlabelled text (Cranfield document sentences and titles, SST-2 sentences,
   tinyshakespeare lines; no Cranfield query), evaluated student/student (``leaf_sym``) and student query /
   teacher documents (``leaf_asym``). ``label_only_asym`` is the unaligned control: a student trained on the
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             for row, runs in extra["rows"].items():
                 merged["rows"].setdefault(row, {}).update(runs)
             for key, value in extra.get("info", {}).items():
-                merged["info"].setdefault(key, value)
+                merged["info"][key] = value  # the later files' notes win (same command, newer code)
         merged["meta"]["seeds"] = sorted({int(s) for r in merged["rows"].values() for s in r if s != "all"})
         out.write_text(json.dumps(merged, indent=1, sort_keys=True))
         out.with_suffix(".md").write_text(markdown(merged))

