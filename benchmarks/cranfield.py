@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title-groups", type=int, default=400)
     p.add_argument("--max-positives", type=int, default=None, help="judged positives per training query")
     p.add_argument("--leaf-texts", type=int, default=5000)
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=1e-3)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
