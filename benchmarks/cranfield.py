@@ -126,6 +126,17 @@ def markdown(data: dict[str, Any]) -> str:
         vals = list(runs.values())
         cells = [fmt([v[m] for v in vals]) for m in METRICS]
         lines.append(f"| {label} | {len(vals)} | " + " | ".join(cells) + " |")
+    leaf = data["rows"].get("leaf_asym", {})
+    cos = [v["query_cosine_to_teacher"] for v in leaf.values() if "query_cosine_to_teacher" in v]
+    if cos:
+        lines += ["", f"LEAF: mean cosine between the student's and the teacher's embedding of the 225 Cranfield "
+                      f"queries (never seen in training): {fmt(cos)}."]
+    secs = {row: [v["train_seconds"] for v in runs.values() if "train_seconds" in v]
+            for row, runs in data["rows"].items()}
+    secs = {row: v for row, v in secs.items() if v}
+    if secs:
+        lines += ["", "Training wall time per run (s, 1 thread on a shared machine): "
+                  + ", ".join(f"{row} {statistics.mean(v):.0f}" for row, v in secs.items()) + "."]
     info = data.get("info", {})
     if info:
         lines += ["", "Notes measured by the same run:", ""]
