@@ -216,14 +216,59 @@ class GraphSection(_Strict):
     train_on: Literal["train", "all"] = "train"
 
 
+class TextStudentConfig(_Strict):
+    """A sentence-transformers student built from a teacher folder (default: the shipped all-MiniLM-L6-v2):
+    ``static`` (its input word embeddings, mean-pooled) or ``truncated`` (its first ``num_layers`` layers)."""
+
+    kind: Literal["static", "truncated"] = "static"
+    num_layers: int = Field(2, ge=1)
+    projection_dim: int | None = Field(None, gt=0)
+    normalize: bool = True
+    source: str | None = None
+
+
+class EmbeddingSection(_Strict):
+    """``task: embedding``: regress a sentence-transformers teacher's embeddings of unlabelled text (LEAF).
+    Text files hold one text per line; the teacher's embeddings are computed once into ``teacher_cache``."""
+
+    train_texts: str
+    eval_texts: str | None = None
+    teacher: str | None = None
+    teacher_cache: str | None = None
+    student: TextStudentConfig = TextStudentConfig(projection_dim=384)
+    max_length: int = Field(128, gt=0)
+
+
+class RankingSection(_Strict):
+    """``task: ranking``: (query, positive, negatives) groups from a collection (``cranfield`` folder as shipped,
+    or ``docs``/``queries`` TSV or JSONL + TREC ``qrels``). With ``teacher_scores`` (lines ``qid docid score``)
+    the negatives of a query are drawn from its scored, non-relevant documents; without, from its BM25 top
+    ``bm25_depth``. ``train_queries`` is a file of query ids, one per line (default: every judged query)."""
+
+    cranfield: str | None = None
+    docs: str | None = None
+    queries: str | None = None
+    qrels: str | None = None
+    train_queries: str | None = None
+    teacher_scores: str | None = None
+    num_negatives: int = Field(3, gt=0)
+    bm25_depth: int = Field(30, gt=0)
+    student: TextStudentConfig = TextStudentConfig()
+    query_length: int = Field(64, gt=0)
+    doc_length: int = Field(256, gt=0)
+
+
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification", "causal_lm", "graph_node_classification"] = "image_classification"
+    task: Literal["image_classification", "graph_node_classification", "causal_lm", "embedding",
+                  "ranking"] = "image_classification"
     graph: GraphSection | None = None
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
     data: DataConfig | None = None
     student: ModelConfig | None = None
+    embedding: EmbeddingSection | None = None
+    ranking: RankingSection | None = None
     teacher: TeacherConfig | None = None
     lm: LMSection | None = None
     methods: list[MethodConfig] = Field(min_length=1)
@@ -298,15 +343,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    if cfg.task == "image_classification":
-        for key in ("data", "student"):
-            if getattr(cfg, key) is None:
-                raise ConfigError(f"{key}: required key is missing")
-    elif cfg.lm is None:
-        raise ConfigError("lm: required key is missing (task 'causal_lm' reads its tokenizer, data, student and "
-                          "teacher from the 'lm' section)")
-    elif not (cfg.lm.data.text or cfg.lm.data.train_jsonl):
-        raise ConfigError("lm.data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
+    _check_task_sections(cfg)
     labels = set()
     for i, m in enumerate(cfg.methods):
         validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -316,8 +353,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         labels.add(label)
     from distill.methods import METHODS
 
-    has_teacher = cfg.teacher is not None or (cfg.lm is not None and (cfg.lm.teacher or cfg.lm.topk_store))
-    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and not has_teacher:
+    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and not _has_teacher(cfg):
         names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
     if cfg.teacher is not None and cfg.teacher.cache is not None:
@@ -362,6 +398,45 @@ def _check_graph_task(cfg: ExperimentConfig) -> None:
         if graph_task != (arch in GRAPH_MODELS):
             allowed = sorted(GRAPH_MODELS) if graph_task else "an image model"
             raise ConfigError(f"{where}: {arch!r} does not fit task {cfg.task!r}; allowed: {allowed}")
+
+
+#: per task: the top-level sections it requires, and the ones it may have (every other section must be absent)
+TASK_SECTIONS: dict[str, tuple[set[str], set[str]]] = {
+    "image_classification": ({"data", "student"}, {"data", "student", "teacher"}),
+    "graph_node_classification": ({"data", "student"}, {"data", "student", "teacher", "graph"}),
+    "causal_lm": ({"lm"}, {"lm"}),
+    "embedding": ({"embedding"}, {"embedding"}),
+    "ranking": ({"ranking"}, {"ranking"}),
+}
+_ALL_SECTIONS = ("data", "student", "teacher", "graph", "lm", "embedding", "ranking")
+
+
+def _has_teacher(cfg: ExperimentConfig) -> bool:
+    if cfg.task == "causal_lm":
+        return cfg.lm is not None and bool(cfg.lm.teacher or cfg.lm.topk_store)
+    if cfg.task in ("embedding", "ranking"):
+        return True  # their sections name the teacher (default: the shipped all-MiniLM-L6-v2)
+    return cfg.teacher is not None
+
+
+def _check_task_sections(cfg: ExperimentConfig) -> None:
+    """Each task reads its own sections: say which required one is missing or which one does not belong."""
+    required, allowed = TASK_SECTIONS[cfg.task]
+    for key in _ALL_SECTIONS:
+        present = getattr(cfg, key) is not None
+        if key in required and not present:
+            raise ConfigError(f"{key}: required key is missing (task: {cfg.task} reads its settings there)")
+        if present and key not in allowed:
+            raise ConfigError(f"{key}: not used with task: {cfg.task}; its settings go under "
+                              f"{', '.join(sorted(required))}")
+    if cfg.task == "causal_lm" and not (cfg.lm.data.text or cfg.lm.data.train_jsonl):
+        raise ConfigError("lm.data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
+    if cfg.task == "ranking":
+        r = cfg.ranking
+        if r.cranfield is None and None in (r.docs, r.queries, r.qrels):
+            raise ConfigError("ranking: give 'cranfield' (a folder) or all of 'docs', 'queries' and 'qrels'")
+
+
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:

@@ -143,6 +143,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
         from distill.llm.experiment import build_lm_experiment
 
         return build_lm_experiment(cfg, output_dir)
+    if cfg.task in ("embedding", "ranking"):  # text tasks: distill.text.experiment (needs the 'retrieval' extra)
+        from distill.text.experiment import build_text_experiment
+
+        return build_text_experiment(cfg, output_dir)  # type: ignore[return-value]
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.task == "graph_node_classification":
         from distill.graph.experiment import build_graph_experiment

@@ -18,6 +18,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     nd_loss,
     pld,
     relations,
+    retrieval,
     reviewkd,
     tgeo,
 )

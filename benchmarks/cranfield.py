@@ -1,0 +1,386 @@
+"""Benchmark: ranking (Margin-MSE) and embedding (LEAF) distillation of all-MiniLM-L6-v2 on Cranfield.
+
+    python benchmarks/cranfield.py            # full run: writes benchmarks/results/cranfield.json and .md
+    python benchmarks/cranfield.py --quick    # a smoke run on a few queries, into benchmarks/work/cranfield-quick
+
+Fixed split of the 225 Cranfield queries (seed 0): 150 train, 75 test. Every number is measured on the 75 test
+queries over all 1,400 documents (nDCG@10, MAP@100, recall@100 by ir-measures / pytrec_eval).
+
+Rows:
+- ``bm25``: bm25s (Lucene BM25, k1 1.5, b 0.75, English stopwords, no stemming).
+- ``teacher``: the ranking teacher. There is no cross-encoder; candidates built from all-MiniLM-L6-v2 are
+  (a) bi-encoder cosine and (b) cosine + beta * BM25 / max BM25 of the query, beta from a grid; the one with the
+  best nDCG@10 on the *training* queries is the teacher (its scores on every training pair go to a score file).
+- ``student_untrained``: the student before training: a static bag of words (``StaticEmbedding`` initialised
+  with all-MiniLM-L6-v2's input word embeddings, mean over the text's WordPieces, normalised; scores are dot
+  products of unit vectors). No attention, so it encodes the collection in well under a second on one thread.
+- ``label_only``, ``score_mse``, ``margin_mse``: that student trained on the same groups (training queries with
+  their judged positives and 3 BM25 hard negatives each; plus document titles as pseudo-queries) with the DPR
+  contrastive loss on labels, pointwise MSE on teacher scores, or Margin-MSE on teacher scores.
+- ``leaf``: the LEAF student (the same static bag + Dense 384->384 + normalisation) trained to regress the
+  teacher's embeddings of unlabelled text (Cranfield document sentences and titles, SST-2 sentences,
+  tinyshakespeare lines; no Cranfield query), evaluated student/student (``leaf_sym``) and student query /
+  teacher documents (``leaf_asym``). ``label_only_asym`` is the unaligned control: a student trained on the
+  ranking labels, its queries scored against the teacher's documents.
+
+Several seeds (student training order and negatives sampling); the table gives mean and standard deviation.
+Results are written after every run, so an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from distill.core.compose import Composite  # noqa: E402
+from distill.methods.retrieval import LEAF, MarginMSE, RankingNLL, ScoreMSE  # noqa: E402
+from distill.tasks.text_retrieval import TextEmbedding, TextRanking, TextSet  # noqa: E402
+from distill.text.groups import query_groups, split_queries, title_groups, to_ranking_groups  # noqa: E402
+from distill.text.ir_data import RetrievalCollection, load_cranfield  # noqa: E402
+from distill.text.retrieval import BM25Index, dense_scores, evaluate_run, top_k  # noqa: E402
+from distill.text.st_models import encode, load_sentence_model, static_student  # noqa: E402
+from distill.text.teacher_sources import ScoreFileTeacher, TextEmbeddingCache, write_score_file  # noqa: E402
+from distill.train.module import DistillModule  # noqa: E402
+from distill.train.trainer import TrainConfig, Trainer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+METRICS = ("ndcg@10", "map@100", "recall@100")
+DOC_LEN = 256  # teacher documents (a static student reads whole texts)
+STUDENT_DOC_LEN = 256
+LABEL_SCALE = 20.0  # DPR loss scale for cosine scores (sentence-transformers' MultipleNegativesRankingLoss)
+BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+class Results:
+    """The JSON of results, rewritten (with the Markdown table) after every finished run."""
+
+    def __init__(self, path: Path, meta: dict[str, Any]):
+        self.path = path
+        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        if self.data.get("meta", {}).get("setting") not in (None, meta["setting"]):
+            raise SystemExit(f"{path} holds results of a different setting; remove it or use another --out")
+        self.data["meta"] = meta
+        self.data.setdefault("rows", {})
+        self.data.setdefault("info", {})
+
+    def has(self, row: str, seed: int | str) -> bool:
+        return str(seed) in self.data["rows"].get(row, {})
+
+    def put(self, row: str, seed: int | str, metrics: dict[str, float]) -> None:
+        self.data["rows"].setdefault(row, {})[str(seed)] = metrics
+        self.save()
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
+        self.path.with_suffix(".md").write_text(markdown(self.data))
+
+
+ROW_LABELS = {
+    "bm25": "BM25 (bm25s)",
+    "teacher": "teacher (all-MiniLM-L6-v2, see notes)",
+    "teacher_cosine": "all-MiniLM-L6-v2 bi-encoder cosine",
+    "student_untrained": "student, untrained (MiniLM input embeddings, mean)",
+    "label_only": "student, labels only (DPR contrastive)",
+    "score_mse": "student, pointwise MSE on teacher scores",
+    "margin_mse": "student, Margin-MSE on teacher scores",
+    "label_only_asym": "control: label-only student query / teacher docs",
+    "leaf_sym": "LEAF student / student",
+    "leaf_asym": "LEAF student query / teacher docs",
+}
+
+
+def fmt(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    meta = data["meta"]
+    lines = [f"# Cranfield: ranking and embedding distillation ({meta['setting']})", "",
+             f"Command: `{meta['command']}`", "",
+             f"{meta['num_test']} test queries (fixed split, seed 0), all {meta['num_docs']} documents. "
+             "Mean ± standard deviation over seeds (n = number of seeds finished).", "",
+             "| run | n | nDCG@10 | MAP@100 | recall@100 |", "|---|---|---|---|---|"]
+    for row, label in ROW_LABELS.items():
+        runs = data["rows"].get(row)
+        if not runs:
+            continue
+        vals = list(runs.values())
+        cells = [fmt([v[m] for v in vals]) for m in METRICS]
+        lines.append(f"| {label} | {len(vals)} | " + " | ".join(cells) + " |")
+    leaf = data["rows"].get("leaf_asym", {})
+    cos = [v["query_cosine_to_teacher"] for v in leaf.values() if "query_cosine_to_teacher" in v]
+    if cos:
+        lines += ["", f"LEAF: mean cosine between the student's and the teacher's embedding of the 225 Cranfield "
+                      f"queries (never seen in training): {fmt(cos)}."]
+    secs = {row: [v["train_seconds"] for v in runs.values() if "train_seconds" in v]
+            for row, runs in data["rows"].items()}
+    secs = {row: v for row, v in secs.items() if v}
+    if secs:
+        lines += ["", "Training wall time per run (s, 1 thread on a shared machine): "
+                  + ", ".join(f"{row} {statistics.mean(v):.0f}" for row, v in secs.items()) + "."]
+    info = data.get("info", {})
+    if info:
+        lines += ["", "Notes measured by the same run:", ""]
+        for key, value in sorted(info.items()):
+            lines.append(f"- {key}: {json.dumps(value) if not isinstance(value, str) else value}")
+    return "\n".join(lines) + "\n"
+
+
+def metrics_of(scores: torch.Tensor, qids: list[str], docids: list[str], coll: RetrievalCollection) -> dict:
+    return evaluate_run(top_k(scores, qids, docids, 100), coll.qrels)
+
+
+def bm25_normalised(raw: torch.Tensor) -> torch.Tensor:
+    return raw / raw.max(dim=1, keepdim=True).values.clamp_min(1e-9)
+
+
+def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int) -> list[str]:
+    """Unlabelled training text for LEAF: Cranfield document sentences and titles, SST-2 sentences and
+    tinyshakespeare lines (no Cranfield query), deduplicated, a seeded sample of ``n``."""
+    pool: list[str] = []
+    for doc in coll.docs.values():
+        pool += [s.strip() + " ." for s in doc.split(" . ") if len(s.split()) >= 4]
+    pool += [t for t in coll.titles.values() if t]
+    sst = shared / "sst" / "stsa.binary.train"
+    if sst.exists():
+        pool += [line.split(" ", 1)[1].strip() for line in sst.read_text().splitlines() if " " in line]
+    shakespeare = shared / "tinyshakespeare" / "input.txt"
+    if shakespeare.exists():
+        pool += [line.strip() for line in shakespeare.read_text().splitlines() if len(line.split()) >= 5]
+    queries = set(coll.queries.values())
+    pool = [t for t in dict.fromkeys(pool) if t not in queries]
+    random.Random(seed).shuffle(pool)
+    return pool[:n]
+
+
+def ranking_student() -> torch.nn.Module:
+    return static_student(normalize=True)
+
+
+def train(student: torch.nn.Module, method: torch.nn.Module, teacher: Any, task: Any, data: Any,
+          run_dir: Path, seed: int, epochs: int, batch_size: int, lr: float) -> float:
+    module = DistillModule(student, Composite({"m": method}, {"m": 1.0}), teacher, task)
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="adamw", lr=lr, weight_decay=0.01,
+                      schedule="cosine", warmup_epochs=0.1 * epochs, seed=seed, progress=False, log_every=50,
+                      cpu=True, clip_grad_norm=1.0)
+    start = time.time()
+    Trainer(module, data, None, cfg, run_dir).fit(resume=False)
+    return time.time() - start
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cranfield"))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/cranfield.json)")
+    p.add_argument("--work", default=None, help="caches and run folders (default benchmarks/work/cranfield)")
+    p.add_argument("--quick", action="store_true", help="a few queries and steps, to check the pipeline")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="merge the rows of these result files (e.g. seeds run in parallel with their own --out and "
+                        "--work) into --out, rewrite its Markdown, and exit")
+    p.add_argument("--title-groups", type=int, default=400)
+    p.add_argument("--max-positives", type=int, default=None, help="judged positives per training query")
+    p.add_argument("--leaf-texts", type=int, default=5000)
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--lr", type=float, default=1e-3)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    quick = args.quick
+    setting = "quick" if quick else "full"
+    work = Path(args.work or REPO / "benchmarks" / "work" / f"cranfield{'-quick' if quick else ''}")
+    out = Path(args.out or (work / "cranfield.json" if quick else REPO / "benchmarks" / "results" / "cranfield.json"))
+    work.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        merged = json.loads(out.read_text())
+        for other in args.merge:
+            extra = json.loads(Path(other).read_text())
+            if extra["meta"]["setting"] != merged["meta"]["setting"]:
+                raise SystemExit(f"{other}: setting {extra['meta']['setting']!r} differs from {out}'s")
+            for row, runs in extra["rows"].items():
+                merged["rows"].setdefault(row, {}).update(runs)
+            for key, value in extra.get("info", {}).items():
+                merged["info"][key] = value  # the later files' notes win (same command, newer code)
+        merged["meta"]["seeds"] = sorted({int(s) for r in merged["rows"].values() for s in r if s != "all"})
+        out.write_text(json.dumps(merged, indent=1, sort_keys=True))
+        out.with_suffix(".md").write_text(markdown(merged))
+        log(f"merged {len(args.merge)} files into {out}")
+        return
+
+    coll = load_cranfield(args.data)
+    train_q, test_q = split_queries(list(coll.queries), 75, seed=0)
+    title_docs = [d for d in coll.docs if coll.titles.get(d)]
+    random.Random(0).shuffle(title_docs)
+    title_docs = title_docs[: (20 if quick else args.title_groups)]
+    if quick:
+        train_q, test_q = train_q[:6], test_q[:8]
+    docids = list(coll.docs)
+    doc_texts = [coll.docs[d] for d in docids]
+    meta = {"setting": setting, "command": "python benchmarks/cranfield.py" + (" --quick" if quick else ""),
+            "num_test": len(test_q), "num_train": len(train_q), "num_docs": len(docids), "seeds": args.seeds,
+            "split": "split_queries(all 225 cranfield query positions, num_test=75, seed=0)"}
+    res = Results(out, meta)
+    res.data["info"]["test_qids"] = ",".join(test_q)
+
+    # -- teacher embeddings, computed once and cached by text ------------------------------------------------
+    log("loading teacher")
+    teacher_model = load_sentence_model()
+    cache_path = work / "teacher_embeddings.safetensors"
+    cache = TextEmbeddingCache.load(cache_path) if cache_path.exists() else TextEmbeddingCache()
+    cache.encoder = lambda texts: encode(teacher_model, texts, batch_size=32, max_length=DOC_LEN)
+    todo = doc_texts + list(coll.queries.values()) + [coll.titles[d] for d in title_docs]
+    if cache.fill(todo):
+        cache.save(cache_path)
+    t_docs = cache.lookup(doc_texts)
+    t_query = {q: e for q, e in zip(coll.queries, cache.lookup(list(coll.queries.values())))}
+
+    bm25 = BM25Index(coll.docs)
+    bm25_test = bm25.scores([coll.queries[q] for q in test_q])
+    if not res.has("bm25", "all"):
+        res.put("bm25", "all", metrics_of(bm25_test, test_q, docids, coll))
+
+    # -- the ranking teacher: pick (cosine [+ beta * normalised BM25]) on the training queries ------------------
+    def teacher_matrix(qids: list[str], texts: list[str] | None, beta: float) -> torch.Tensor:
+        q_emb = torch.stack([t_query[q] for q in qids]) if texts is None else cache.lookup(texts)
+        raw = bm25.scores(texts if texts is not None else [coll.queries[q] for q in qids])
+        return dense_scores(q_emb, t_docs) + beta * bm25_normalised(raw)
+
+    choice = {str(b): metrics_of(teacher_matrix(train_q, None, b), train_q, docids, coll)["ndcg@10"] for b in BETAS}
+    beta = float(max(choice, key=lambda b: choice[b]))
+    res.data["info"]["teacher_choice"] = {"train_ndcg@10_by_beta": choice, "chosen_beta": beta,
+                                          "teacher": "cosine of all-MiniLM-L6-v2 + beta * BM25/max BM25"}
+    if not res.has("teacher", "all"):
+        res.put("teacher", "all", metrics_of(teacher_matrix(test_q, None, beta), test_q, docids, coll))
+    if not res.has("teacher_cosine", "all"):
+        res.put("teacher_cosine", "all", metrics_of(teacher_matrix(test_q, None, 0.0), test_q, docids, coll))
+    log(f"teacher: beta={beta} train nDCG@10 by beta {choice}")
+
+    # -- cheap latency note: encode the test queries + 100 documents with teacher and student ------------------
+    sample = [coll.queries[q] for q in test_q] + doc_texts[:100]
+    student0 = ranking_student()
+    if "latency_s" not in res.data["info"]:
+        lat = {}
+        for name, model in (("teacher_6_layers", teacher_model), ("student_static", student0)):
+            start = time.time()
+            encode(model, sample, batch_size=32, max_length=DOC_LEN)
+            lat[name] = round(time.time() - start, 2)
+        lat["texts"] = len(sample)
+        lat["threads"] = args.threads
+        res.data["info"]["latency_s"] = lat
+        res.data["info"]["params_M"] = {
+            "teacher": round(sum(p.numel() for p in teacher_model.parameters()) / 1e6, 2),
+            "student": round(sum(p.numel() for p in student0.parameters()) / 1e6, 2),
+            "student_outside_embedding_tables": round(sum(
+                p.numel() for m in student0.modules() if not isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
+                for p in m.parameters(recurse=False)) / 1e6, 3)}
+        res.save()
+
+    def student_eval(model: torch.nn.Module) -> tuple[dict, dict, torch.Tensor]:
+        s_docs = encode(model, doc_texts, batch_size=32, max_length=STUDENT_DOC_LEN)
+        s_q = encode(model, [coll.queries[q] for q in test_q], batch_size=64, max_length=64)
+        sym = metrics_of(dense_scores(s_q, s_docs), test_q, docids, coll)
+        asym = metrics_of(dense_scores(s_q, t_docs), test_q, docids, coll)
+        return sym, asym, s_q
+
+    if not res.has("student_untrained", "all"):
+        sym, _, _ = student_eval(student0)
+        res.put("student_untrained", "all", sym)
+    del student0
+
+    # -- per seed: ranking groups + the teacher's score file, the three ranking students, then LEAF ------------
+    arms = {"label_only": lambda: RankingNLL(scale=LABEL_SCALE), "score_mse": lambda: ScoreMSE(),
+            "margin_mse": lambda: MarginMSE()}
+    texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else args.leaf_texts, seed=0)
+    res.data["info"]["leaf_texts"] = len(texts)
+    if cache.fill(texts):
+        cache.save(cache_path)
+    for seed in args.seeds:
+        if not all(res.has(a, seed) for a in arms):
+            groups = query_groups(coll, train_q, bm25, num_negatives=3, depth=30, seed=seed,
+                                  max_positives=args.max_positives)
+            groups += title_groups(coll, title_docs, bm25, num_negatives=3)
+            pairs: dict[tuple[str, str], float] = {}
+            by_query: dict[str, tuple[str, list[str]]] = {}
+            for qid, text, ds in groups:
+                by_query.setdefault(qid, (text, []))[1].extend(ds)
+            qkeys = list(by_query)
+            mat = teacher_matrix(qkeys, [by_query[q][0] for q in qkeys], beta)
+            col = {d: j for j, d in enumerate(docids)}
+            for i, q in enumerate(qkeys):
+                for d in by_query[q][1]:
+                    pairs[(q, d)] = float(mat[i, col[d]])
+            score_path = work / f"teacher_scores-seed{seed}.tsv"
+            write_score_file(score_path, pairs)
+            data = to_ranking_groups(groups, coll.docs)
+            res.data["info"]["ranking_groups"] = {"judged_query_groups": len(groups) - len(title_docs),
+                                                  "title_groups": len(title_docs), "negatives": 3,
+                                                  "max_positives_per_query": args.max_positives}
+            for arm, make in arms.items():
+                if res.has(arm, seed):
+                    continue
+                torch.manual_seed(seed)
+                student = ranking_student()
+                task = TextRanking(student, query_length=64, doc_length=STUDENT_DOC_LEN)
+                method = make()
+                teacher = ScoreFileTeacher(score_path) if method.needs_teacher else None
+                log(f"{arm} seed {seed}: training on {len(data)} groups")
+                secs = train(student, method, teacher, task, data, work / "runs" / f"{arm}-{seed}", seed,
+                             epochs=args.epochs, batch_size=8, lr=args.lr)
+                sym, asym, _ = student_eval(student)
+                sym["train_seconds"] = round(secs, 1)
+                if arm == "label_only":
+                    res.put("label_only_asym", seed, asym)
+                res.put(arm, seed, sym)
+                log(f"{arm} seed {seed}: {sym}")
+        if res.has("leaf_sym", seed) and res.has("leaf_asym", seed):
+            continue
+        torch.manual_seed(seed)
+        student = static_student(projection_dim=384, normalize=True)
+        leaf_cache = TextEmbeddingCache(table=cache.table)  # the teacher is the cache alone: no live model
+        task = TextEmbedding(student, max_length=128, eval_teacher=leaf_cache)
+        log(f"leaf seed {seed}: training on {len(texts)} texts")
+        secs = train(student, LEAF(), leaf_cache, task, TextSet(texts), work / "runs" / f"leaf-{seed}", seed,
+                     epochs=args.epochs, batch_size=32, lr=args.lr)
+        sym, asym, _ = student_eval(student)
+        all_q = list(coll.queries)
+        s_all = encode(student, [coll.queries[q] for q in all_q], batch_size=64, max_length=64)
+        t_all = torch.stack([t_query[q] for q in all_q])
+        cos = float(torch.nn.functional.cosine_similarity(s_all, t_all).mean())
+        sym["train_seconds"] = round(secs, 1)
+        asym["query_cosine_to_teacher"] = round(cos, 4)
+        if seed == args.seeds[0]:
+            folder = work / f"leaf-student-seed{seed}"
+            student.save(str(folder))
+            from sentence_transformers import SentenceTransformer
+
+            reloaded = SentenceTransformer(str(folder), device="cpu")
+            probe = [coll.queries[q] for q in test_q[:8]]
+            diff = (encode(reloaded, probe, max_length=64) - encode(student, probe, max_length=64)).abs().max()
+            res.data["info"]["leaf_saved_folder_roundtrip_max_abs_diff"] = float(diff)
+        res.put("leaf_sym", seed, sym)
+        res.put("leaf_asym", seed, asym)
+        log(f"leaf seed {seed}: sym {sym} asym {asym}")
+    log(f"done: {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

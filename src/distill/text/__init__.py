@@ -1,0 +1,1 @@
+"""Text embedding and ranking distillation: data formats, sentence-transformers models, retrieval evaluation."""

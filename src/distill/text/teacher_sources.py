@@ -1,0 +1,144 @@
+"""Teacher sources for text tasks whose teacher outputs are computed once and looked up afterwards.
+
+- :class:`TextEmbeddingCache`: teacher embeddings keyed by a hash of the text (so the same sentence in any
+  dataset or order finds its vector); filled once from a live model, saved to and loaded from safetensors.
+- :class:`ScoreFileTeacher`: ranking scores read from a plain score file, one ``qid docid score`` per line
+  (whitespace- or tab-separated), as published for MS MARCO teachers; looked up per (query, document) pair.
+
+Both follow the teacher-source protocol ``source(batch, task, taps) -> ModelOutput`` and never carry gradients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distill.core.batch import Batch
+from distill.core.outputs import ModelOutput
+
+
+def text_key(text: str) -> str:
+    """The cache key of a text: SHA-1 of its UTF-8 bytes."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+class TextEmbeddingCache:
+    """Teacher embeddings keyed by text hash; reads ``batch.meta["texts"]``.
+
+    ``encoder(texts) -> (N, d) tensor`` computes missing entries (e.g. a frozen sentence-transformers teacher);
+    without an encoder, a text that is not cached is an error naming it."""
+
+    def __init__(self, encoder: Callable[[list[str]], torch.Tensor] | None = None,
+                 table: dict[str, torch.Tensor] | None = None):
+        self.encoder = encoder
+        self.table: dict[str, torch.Tensor] = dict(table or {})
+        self.device: torch.device | str = "cpu"
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def fill(self, texts: Sequence[str], batch_size: int = 256) -> int:
+        """Compute and store the embeddings of texts not yet cached; returns how many were computed."""
+        missing = list(dict.fromkeys(t for t in texts if text_key(t) not in self.table))
+        if missing and self.encoder is None:
+            raise KeyError(f"{len(missing)} texts are not cached and no encoder is set, e.g. {missing[0][:60]!r}")
+        for start in range(0, len(missing), batch_size):
+            chunk = missing[start:start + batch_size]
+            with torch.no_grad():
+                emb = self.encoder(chunk).detach().float().cpu()  # type: ignore[misc]
+            for t, e in zip(chunk, emb):
+                self.table[text_key(t)] = e.clone()
+        return len(missing)
+
+    def lookup(self, texts: Sequence[str]) -> torch.Tensor:
+        self.fill(texts) if self.encoder is not None else None
+        try:
+            return torch.stack([self.table[text_key(t)] for t in texts])
+        except KeyError:
+            bad = next(t for t in texts if text_key(t) not in self.table)
+            raise KeyError(f"no cached teacher embedding for text {bad[:60]!r}") from None
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in self.table.items()}, str(path))
+
+    @classmethod
+    def load(cls, path: str | Path, encoder: Callable[[list[str]], torch.Tensor] | None = None) -> TextEmbeddingCache:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such embedding cache")
+        return cls(encoder, load_file(str(path)))
+
+    def to(self, device: Any = None, *args: object, **kwargs: object) -> TextEmbeddingCache:
+        if isinstance(device, (str, torch.device)):
+            self.device = device
+        return self
+
+    def __call__(self, batch: Batch, task: Any = None, taps: Sequence[str] = ()) -> ModelOutput:
+        if taps:
+            raise ValueError(f"an embedding cache has no features; requested taps {list(taps)}")
+        texts = batch.meta.get("texts")
+        if texts is None:
+            raise KeyError("TextEmbeddingCache needs batch.meta['texts'] (the text embedding task provides it)")
+        return ModelOutput(self.lookup(texts).to(self.device))
+
+
+def read_score_file(path: str | Path) -> dict[tuple[str, str], float]:
+    """``qid docid score`` lines (tabs or spaces; ``#`` comments and blank lines skipped)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such score file")
+    scores: dict[tuple[str, str], float] = {}
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            parts = line.split()
+            if not parts or parts[0].startswith("#"):
+                continue
+            if len(parts) != 3:
+                raise ValueError(f"{path}, line {lineno}: expected 'qid docid score', got {len(parts)} fields")
+            try:
+                scores[(parts[0], parts[1])] = float(parts[2])
+            except ValueError:
+                raise ValueError(f"{path}, line {lineno}: score {parts[2]!r} is not a number") from None
+    return scores
+
+
+def write_score_file(path: str | Path, scores: dict[tuple[str, str], float]) -> None:
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for (q, d), s in scores.items():
+            fh.write(f"{q}\t{d}\t{s:.6g}\n")
+
+
+class ScoreFileTeacher:
+    """Cached ranking-teacher scores; reads ``batch.meta["qids"]`` (B) and ``batch.meta["docids"]`` (B lists of
+    the group's documents, positive first) and returns the (B, group) raw teacher scores."""
+
+    def __init__(self, scores: dict[tuple[str, str], float] | str | Path):
+        self.source = str(scores) if isinstance(scores, (str, Path)) else "scores"
+        self.scores = read_score_file(scores) if isinstance(scores, (str, Path)) else dict(scores)
+        self.device: torch.device | str = "cpu"
+
+    def to(self, device: Any = None, *args: object, **kwargs: object) -> ScoreFileTeacher:
+        if isinstance(device, (str, torch.device)):
+            self.device = device
+        return self
+
+    def __call__(self, batch: Batch, task: Any = None, taps: Sequence[str] = ()) -> ModelOutput:
+        if taps:
+            raise ValueError(f"a score file has no features; requested taps {list(taps)}")
+        qids, docids = batch.meta["qids"], batch.meta["docids"]
+        rows = []
+        for q, docs in zip(qids, docids):
+            try:
+                rows.append([self.scores[(q, d)] for d in docs])
+            except KeyError:
+                d = next(d for d in docs if (q, d) not in self.scores)
+                raise KeyError(f"{self.source}: no teacher score for query {q!r}, document {d!r}") from None
+        return ModelOutput(torch.tensor(rows, dtype=torch.float32, device=self.device))
