@@ -9,6 +9,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     lelp,
     logit_variants,
     logits,
+    lsf_idm,
     meal_v2,
     mixup,
     nd_loss,

@@ -32,6 +32,7 @@ from .cifar_resnet import (
 from .cifar_shufflenetv2 import CifarShuffleNetV2, shufflenetv2
 from .cifar_vgg import CifarVGG, vgg8, vgg11, vgg13, vgg16, vgg19
 from .cifar_wrn import WideResNet, wrn, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
+from .text_students import BiLSTMClassifier, TextCNN, TransformerClassifier, bilstm, minilm, minilm_truncated, textcnn
 from .weights import _short, load_state_dict_checked, read_state_dict
 
 __all__ = [
@@ -39,7 +40,10 @@ __all__ = [
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarResNetB",
+    "BiLSTMClassifier",
     "CifarShuffleNetV2",
+    "TextCNN",
+    "TransformerClassifier",
     "CifarVGG",
     "WideResNet",
     "build_model",
@@ -67,6 +71,11 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg19": vgg19,
     "mobilenetv2": mobilenetv2,
     "shufflenetv2": shufflenetv2,
+    # text classification (inputs: token ids + attention mask)
+    "bilstm": bilstm,
+    "textcnn": textcnn,
+    "minilm": minilm,
+    "minilm_truncated": minilm_truncated,
 }
 
 

