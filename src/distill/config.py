@@ -52,6 +52,22 @@ class DataConfig(_Strict):
     channels_last: bool = True
 
 
+class TextDataConfig(_Strict):
+    """Data of ``task: text_classification``: labelled-sentence files (SST ``<label> <sentence>`` lines,
+    ``label<TAB>text`` TSV, or TSV/CSV with a header naming text/sentence and label columns), tokenised with a
+    local Hugging Face tokenizer (``minilm``: the one packaged with all-MiniLM-L6-v2)."""
+
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "sst", "tsv", "csv"] = "auto"
+    tokenizer: str = "minilm"
+    max_length: int = Field(64, ge=2)
+    #: compute the teacher's logits over the training set once and serve them by example index
+    precompute_teacher: bool = True
+    #: safetensors file to save the precomputed teacher logits to (and reuse when it exists)
+    teacher_cache: str | None = None
+
+
 class ModelConfig(_Strict):
     arch: str
     num_classes: int | None = Field(None, gt=0)
@@ -143,11 +159,12 @@ class TrainSection(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification"] = "image_classification"
+    task: Literal["image_classification", "text_classification"] = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
-    data: DataConfig
+    data: DataConfig | None = None
+    text: TextDataConfig | None = None
     student: ModelConfig
     teacher: TeacherConfig | None = None
     methods: list[MethodConfig] = Field(min_length=1)
@@ -222,6 +239,15 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
+    if cfg.task == "image_classification" and cfg.data is None:
+        raise ConfigError("data: required key is missing")
+    if cfg.task == "text_classification":
+        if cfg.text is None:
+            raise ConfigError("text: required key is missing (task text_classification reads its data from 'text')")
+        if cfg.data is not None:
+            raise ConfigError("data: not used by task text_classification; give the files under 'text'")
+    elif cfg.text is not None:
+        raise ConfigError(f"text: only used by task text_classification (this task is {cfg.task})")
     labels = set()
     for i, m in enumerate(cfg.methods):
         validate_method_options(m.name, m.options(), f"methods[{i}]")

@@ -114,6 +114,10 @@ class Experiment:
 
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
+    if cfg.task == "text_classification":
+        from distill.experiment_text import build_text_experiment
+
+        return build_text_experiment(cfg, output_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     d = cfg.data
     train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)

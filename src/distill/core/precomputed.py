@@ -63,16 +63,29 @@ class PrecomputedTeacher:
     @classmethod
     @torch.no_grad()
     def from_model(cls, model: nn.Module, task: Any, data: Any, batch_size: int = 256,
-                   device: torch.device | str = "cpu") -> PrecomputedTeacher:
-        """Run the frozen ``model`` over every example of ``data`` in order (eval mode, no augmentation)."""
-        from distill.train.evaluate import eval_batches
+                   device: torch.device | str = "cpu", order: torch.Tensor | None = None) -> PrecomputedTeacher:
+        """Run the frozen ``model`` over every example of ``data`` (eval mode, no augmentation).
 
+        ``order``: a permutation of the example indices to visit them in (e.g. sorted by sentence length, so
+        batches carry little padding); the stored rows are always in index order."""
+        n = task.num_examples(data)
+        order = torch.arange(n) if order is None else order.long().cpu()
+        if sorted(order.tolist()) != list(range(n)):
+            raise ValueError(f"order must be a permutation of 0..{n - 1}")
         freeze(model).to(device)
-        logits, sums = [], []
-        for batch in eval_batches(task, data, batch_size, device):
-            logits.append(task.forward(model, batch).float().cpu())
-            sums.append(input_checksum(batch.inputs).cpu())
-        return cls(torch.cat(logits), torch.cat(sums))
+        logits: torch.Tensor | None = None
+        sums = torch.zeros(n, dtype=torch.float64)
+        for start in range(0, n, batch_size):
+            idx = order[start:start + batch_size]
+            batch = task.prepare(task.fetch(data, idx).to(device), train=False, generator=None)
+            out = task.forward(model, batch).float().cpu()
+            if logits is None:
+                logits = torch.zeros((n, *out.shape[1:]))
+            logits[idx] = out
+            sums[idx] = input_checksum(batch.inputs).cpu()
+        if logits is None:
+            raise ValueError("cannot precompute teacher outputs on an empty dataset")
+        return cls(logits, sums)
 
     def save(self, path: str | Path, metadata: dict[str, str] | None = None) -> None:
         from safetensors.torch import save_file

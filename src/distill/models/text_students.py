@@ -61,8 +61,9 @@ class BiLSTMClassifier(nn.Module):
 
 class TextCNN(nn.Module):
     """Kim (2014) CNN: embedding -> parallel 1-D convolutions (widths ``kernel_sizes``) -> ReLU -> max over time
-    -> concatenation -> dropout -> linear. Padding ids embed to zero; sentences shorter than the widest kernel
-    are padded up to it."""
+    -> concatenation -> dropout -> linear. Padding embeds to zero and windows reaching into the padding are
+    ignored by the max (ReLU outputs are >= 0, so masked positions are set to 0); sentences shorter than the
+    widest kernel are padded up to it."""
 
     def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
                  kernel_sizes: Sequence[int] = (3, 4, 5), channels: int = 100, dropout: float = 0.5,
@@ -82,7 +83,17 @@ class TextCNN(nn.Module):
         x = x.transpose(1, 2)  # (B, E, L)
         if x.shape[-1] < self.max_kernel:
             x = nn.functional.pad(x, (0, self.max_kernel - x.shape[-1]))
-        pooled = torch.cat([torch.relu(conv(x)).amax(-1) for conv in self.convs], dim=1)
+        lengths = (attention_mask.sum(1) if attention_mask is not None
+                   else torch.full((x.shape[0],), input_ids.shape[1], device=x.device))
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(x))  # (B, C, L - k + 1)
+            k = conv.kernel_size[0]
+            # windows that reach into the padding are left out, so a sentence scores the same in any batch
+            last = (lengths.clamp(min=k) - k)[:, None, None]
+            valid = torch.arange(h.shape[-1], device=h.device)[None, None, :] <= last
+            pooled.append(h.masked_fill(~valid, 0.0).amax(-1))
+        pooled = torch.cat(pooled, dim=1)
         return self.classifier(self.dropout(pooled))
 
 
