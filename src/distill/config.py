@@ -77,10 +77,10 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from distill.models import MODELS
+        from distill.models import MODELS, TEXT_MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted(MODELS))}")
+        if v not in MODELS and v not in TEXT_MODELS:
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted(MODELS) + sorted(TEXT_MODELS))}")
         return v
 
 

@@ -37,6 +37,7 @@ from .weights import _short, load_state_dict_checked, read_state_dict
 
 __all__ = [
     "MODELS",
+    "TEXT_MODELS",
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarResNetB",
@@ -71,7 +72,10 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg19": vgg19,
     "mobilenetv2": mobilenetv2,
     "shufflenetv2": shufflenetv2,
-    # text classification (inputs: token ids + attention mask)
+}
+
+#: sentence classifiers, called as ``model(input_ids, attention_mask)`` (see :mod:`.text_students`)
+TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
     "bilstm": bilstm,
     "textcnn": textcnn,
     "minilm": minilm,
@@ -80,16 +84,15 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build_model`, sorted."""
+    """Image-model names accepted by :func:`build_model`, sorted (sentence classifiers: ``TEXT_MODELS``)."""
     return sorted(MODELS)
 
 
 def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with a ``num_classes``-way classifier; kwargs go to its builder."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}") from None
+    builder = MODELS.get(name) or TEXT_MODELS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models() + sorted(TEXT_MODELS))}")
     return builder(num_classes=num_classes, **kwargs)
 
 
