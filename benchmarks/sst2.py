@@ -242,6 +242,8 @@ def main() -> int:
     p.add_argument("--teacher-steps", type=int, default=100, help="stop the teacher's epoch after this many steps")
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--collect-only", action="store_true",
+                   help="train nothing: collect the finished runs, measure latency, write the table")
     p.add_argument("--skip-latency", action="store_true",
                    help="a helper process: train runs only (no latency, no result files; the main process writes them)")
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
@@ -321,6 +323,8 @@ def main() -> int:
             write_table(args, results)
 
     collect()
+    if args.collect_only:
+        args.students = []
     # distilled arms first: a parallel ``--arms scratch`` process can train the scratch twins meanwhile
     order = sorted(args.arms, key=lambda a: a == "scratch")
     for student in args.students:
