@@ -340,8 +340,8 @@ def main() -> int:
                 print(f"{student:16s} {arm:8s} seed {seed}: {100 * r['accuracy']:.2f}% "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
                 collect()
-    if scratch_only:
-        print("scratch runs done; run without --arms to collect the table")
+    if scratch_only or args.skip_latency:
+        print("runs done; run with --collect-only to measure latency and write the table")
         return 0
     md = write_table(args, results)
     print(md.read_text())
