@@ -145,6 +145,13 @@ def load_teacher(args: argparse.Namespace) -> torch.nn.Module:
     return model.eval()
 
 
+def run_name(student: str, arm: str, seed: int) -> str:
+    """The run folder; recipes changed with --epochs get their own (``-e<N>`` suffix)."""
+    spec = STUDENTS[student]
+    suffix = f"-e{spec['train']['epochs']}" if spec.get("epochs_changed") else ""
+    return f"{student}-{arm}-seed{seed}{suffix}"
+
+
 def claim(run_dir: Path) -> bool:
     """Mark ``run_dir`` as being trained by this process, unless a live process already does (several benchmark
     processes may share the work folder)."""
@@ -167,7 +174,7 @@ def claim(run_dir: Path) -> bool:
 def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, train: TokenizedText, dev: TokenizedText,
             teacher: PrecomputedTeacher | None) -> dict[str, Any] | None:
     spec = STUDENTS[student]
-    run_dir = args.work / "runs" / f"{student}-{arm}-seed{seed}"
+    run_dir = args.work / "runs" / run_name(student, arm, seed)
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
@@ -204,6 +211,8 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
         f"{lat.get('teacher', float('nan')):.2f} |",
     ]
     for student, spec in STUDENTS.items():
+        if student not in args.students:
+            continue
         scratch = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == "scratch"]
         base = statistics.mean(scratch) if scratch else None
         for arm in spec["arms"]:
@@ -219,7 +228,7 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
     lines += ["", "Recipes: " + "; ".join(
         f"{s}: {v['train']['epochs']} epochs, batch {v['train']['batch_size']}, AdamW lr {v['train']['lr']}"
         for s, v in STUDENTS.items()) + ". Arms: " + "; ".join(f"{a}: {m}" for a, m in ARMS.items()) + "."]
-    md = args.out / "sst2.md"
+    md = args.out / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
@@ -242,6 +251,9 @@ def main() -> int:
     p.add_argument("--teacher-steps", type=int, default=100, help="stop the teacher's epoch after this many steps")
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--epochs", nargs="+", default=[], metavar="STUDENT=N",
+                   help="train a student for N epochs instead of its default (own run folders), e.g. textcnn=5")
+    p.add_argument("--name", default="sst2", help="stem of the result files")
     p.add_argument("--collect-only", action="store_true",
                    help="train nothing: collect the finished runs, measure latency, write the table")
     p.add_argument("--skip-latency", action="store_true",
@@ -249,6 +261,12 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    for item in args.epochs:
+        student, _, n = item.partition("=")
+        if student not in STUDENTS or not n.isdigit() or int(n) < 1:
+            p.error(f"--epochs {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
+        STUDENTS[student]["train"] = {**STUDENTS[student]["train"], "epochs": int(n)}
+        STUDENTS[student]["epochs_changed"] = True
     train_file = args.train_file or args.data / "stsa.binary.train"
     dev_file = args.dev_file or args.data / "stsa.binary.dev"
     for f in (train_file, dev_file):
@@ -306,7 +324,7 @@ def main() -> int:
         del teacher_model
         print("latency (ms/sentence):", {k: round(v, 2) for k, v in results["latency_ms"].items()}, flush=True)
 
-    results_path = args.out / "sst2.json"
+    results_path = args.out / f"{args.name}.json"
 
     def collect() -> None:
         """Every finished run in the work folder (several processes may share it), then the files."""
@@ -314,7 +332,7 @@ def main() -> int:
         for student, spec in STUDENTS.items():
             for seed in args.seeds:
                 for arm in spec["arms"]:
-                    f = args.work / "runs" / f"{student}-{arm}-seed{seed}" / "result.json"
+                    f = args.work / "runs" / run_name(student, arm, seed) / "result.json"
                     if f.exists():
                         runs.append(json.loads(f.read_text()))
         results["runs"] = runs
@@ -323,11 +341,9 @@ def main() -> int:
             write_table(args, results)
 
     collect()
-    if args.collect_only:
-        args.students = []
     # distilled arms first: a parallel ``--arms scratch`` process can train the scratch twins meanwhile
     order = sorted(args.arms, key=lambda a: a == "scratch")
-    for student in args.students:
+    for student in [] if args.collect_only else args.students:
         for arm in order:
             if arm not in STUDENTS[student]["arms"]:
                 continue
