@@ -52,6 +52,22 @@ class DataConfig(_Strict):
     channels_last: bool = True
 
 
+class TextDataConfig(_Strict):
+    """Data of ``task: text_classification``: labelled-sentence files (SST ``<label> <sentence>`` lines,
+    ``label<TAB>text`` TSV, or TSV/CSV with a header naming text/sentence and label columns), tokenised with a
+    local Hugging Face tokenizer (``minilm``: the one packaged with all-MiniLM-L6-v2)."""
+
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "sst", "tsv", "csv"] = "auto"
+    tokenizer: str = "minilm"
+    max_length: int = Field(64, ge=2)
+    #: compute the teacher's logits over the training set once and serve them by example index
+    precompute_teacher: bool = True
+    #: safetensors file to save the precomputed teacher logits to (and reuse when it exists)
+    teacher_cache: str | None = None
+
+
 class ModelConfig(_Strict):
     arch: str
     num_classes: int | None = Field(None, gt=0)
@@ -61,11 +77,12 @@ class ModelConfig(_Strict):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, v: str) -> str:
-        from distill.models import MODELS
+        from distill.models import MODELS, TEXT_MODELS
         from distill.models.gnn import GRAPH_MODELS
 
-        if v not in MODELS and v not in GRAPH_MODELS:
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(sorted([*MODELS, *GRAPH_MODELS]))}")
+        if v not in MODELS and v not in TEXT_MODELS and v not in GRAPH_MODELS:
+            known = sorted([*MODELS, *TEXT_MODELS, *GRAPH_MODELS])
+            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(known)}")
         return v
 
 
@@ -259,13 +276,14 @@ class RankingSection(_Strict):
 
 
 class ExperimentConfig(_Strict):
-    task: Literal["image_classification", "graph_node_classification", "causal_lm", "embedding",
-                  "ranking"] = "image_classification"
+    task: Literal["image_classification", "text_classification", "graph_node_classification", "causal_lm",
+                  "embedding", "ranking"] = "image_classification"
     graph: GraphSection | None = None
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
     data: DataConfig | None = None
+    text: TextDataConfig | None = None
     student: ModelConfig | None = None
     embedding: EmbeddingSection | None = None
     ranking: RankingSection | None = None
@@ -404,11 +422,12 @@ def _check_graph_task(cfg: ExperimentConfig) -> None:
 TASK_SECTIONS: dict[str, tuple[set[str], set[str]]] = {
     "image_classification": ({"data", "student"}, {"data", "student", "teacher"}),
     "graph_node_classification": ({"data", "student"}, {"data", "student", "teacher", "graph"}),
+    "text_classification": ({"text", "student"}, {"text", "student", "teacher"}),
     "causal_lm": ({"lm"}, {"lm"}),
     "embedding": ({"embedding"}, {"embedding"}),
     "ranking": ({"ranking"}, {"ranking"}),
 }
-_ALL_SECTIONS = ("data", "student", "teacher", "graph", "lm", "embedding", "ranking")
+_ALL_SECTIONS = ("data", "student", "teacher", "text", "graph", "lm", "embedding", "ranking")
 
 
 def _has_teacher(cfg: ExperimentConfig) -> bool:

@@ -147,6 +147,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
         from distill.text.experiment import build_text_experiment
 
         return build_text_experiment(cfg, output_dir)  # type: ignore[return-value]
+    if cfg.task == "text_classification":
+        from distill.experiment_text import build_text_experiment as build_text_classification
+
+        return build_text_classification(cfg, output_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     if cfg.task == "graph_node_classification":
         from distill.graph.experiment import build_graph_experiment

@@ -12,6 +12,7 @@ from distill.methods import (  # noqa: F401  (imported for their registrations)
     lm_divergences,
     logit_variants,
     logits,
+    lsf_idm,
     makd,
     meal_v2,
     mixup,

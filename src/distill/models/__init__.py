@@ -32,14 +32,19 @@ from .cifar_resnet import (
 from .cifar_shufflenetv2 import CifarShuffleNetV2, shufflenetv2
 from .cifar_vgg import CifarVGG, vgg8, vgg11, vgg13, vgg16, vgg19
 from .cifar_wrn import WideResNet, wrn, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
+from .text_students import BiLSTMClassifier, TextCNN, TransformerClassifier, bilstm, minilm, minilm_truncated, textcnn
 from .weights import _short, load_state_dict_checked, read_state_dict
 
 __all__ = [
     "MODELS",
+    "TEXT_MODELS",
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarResNetB",
+    "BiLSTMClassifier",
     "CifarShuffleNetV2",
+    "TextCNN",
+    "TransformerClassifier",
     "CifarVGG",
     "WideResNet",
     "build_model",
@@ -69,18 +74,25 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "shufflenetv2": shufflenetv2,
 }
 
+#: sentence classifiers, called as ``model(input_ids, attention_mask)`` (see :mod:`.text_students`)
+TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "bilstm": bilstm,
+    "textcnn": textcnn,
+    "minilm": minilm,
+    "minilm_truncated": minilm_truncated,
+}
+
 
 def list_models() -> list[str]:
-    """Names accepted by :func:`build_model`, sorted."""
+    """Image-model names accepted by :func:`build_model`, sorted (sentence classifiers: ``TEXT_MODELS``)."""
     return sorted(MODELS)
 
 
 def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Build the registered model ``name`` with a ``num_classes``-way classifier; kwargs go to its builder."""
-    try:
-        builder = MODELS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models())}") from None
+    builder = MODELS.get(name) or TEXT_MODELS.get(name)
+    if builder is None:
+        raise ValueError(f"unknown model {name!r}; allowed: {', '.join(list_models() + sorted(TEXT_MODELS))}")
     return builder(num_classes=num_classes, **kwargs)
 
 

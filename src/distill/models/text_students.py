@@ -1,0 +1,179 @@
+"""Sentence classifiers over token ids: BiLSTM, TextCNN, and a (truncated) MiniLM transformer.
+
+Every model is called as ``model(input_ids, attention_mask)`` with (B, L) long tensors (mask 1 on real tokens,
+0 on padding) and returns (B, K) logits. ``feature_taps["pooled"]`` names the sentence vector fed to the
+classifier. The BiLSTM and TextCNN learn their embeddings from scratch over the teacher tokenizer's vocabulary
+(30,522 wordpieces for MiniLM), so teacher and student read the same ids.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+MINILM_VOCAB = 30522
+
+
+class BiLSTMClassifier(nn.Module):
+    """Embedding -> 1..n-layer bidirectional LSTM -> max (or mean) pooling over real tokens -> dropout -> linear.
+
+    Padding is skipped with packed sequences, so the cost follows the true sentence lengths. The LSF-IDM
+    demonstration setting is a 1-layer BiLSTM, hidden 256 per direction, max pooling.
+    """
+
+    def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
+                 hidden_size: int = 256, num_layers: int = 1, pooling: str = "max", dropout: float = 0.5,
+                 padding_idx: int = 0):
+        super().__init__()
+        if pooling not in ("max", "mean"):
+            raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
+        self.pooling = pooling
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(2 * hidden_size, num_classes)
+        self.feature_taps = {"pooled": "classifier:input", "embedding": "embedding"}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        lengths = attention_mask.sum(1).clamp(min=1)
+        x = self.dropout(self.embedding(input_ids))
+        if bool((lengths == input_ids.shape[1]).all()):  # no padding (e.g. one sentence): skip the packing
+            h, _ = self.lstm(x)
+        else:
+            packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
+            out, _ = self.lstm(packed)
+            h, _ = pad_packed_sequence(out, batch_first=True, total_length=input_ids.shape[1])
+        valid = (torch.arange(h.shape[1], device=h.device)[None, :] < lengths[:, None])[..., None]
+        if self.pooling == "max":
+            pooled = h.masked_fill(~valid, float("-inf")).amax(1)
+        else:
+            pooled = (h * valid).sum(1) / lengths[:, None].to(h.dtype)
+        return self.classifier(self.dropout(pooled))
+
+
+class TextCNN(nn.Module):
+    """Kim (2014) CNN: embedding -> parallel 1-D convolutions (widths ``kernel_sizes``) -> ReLU -> max over time
+    -> concatenation -> dropout -> linear. Padding embeds to zero and windows reaching into the padding are
+    ignored by the max (ReLU outputs are >= 0, so masked positions are set to 0); sentences shorter than the
+    widest kernel are padded up to it."""
+
+    def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
+                 kernel_sizes: Sequence[int] = (3, 4, 5), channels: int = 100, dropout: float = 0.5,
+                 padding_idx: int = 0):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k) for k in kernel_sizes)
+        self.max_kernel = max(kernel_sizes)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(channels * len(kernel_sizes), num_classes)
+        self.feature_taps = {"pooled": "classifier:input", "embedding": "embedding"}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.embedding(input_ids)
+        if attention_mask is not None:
+            x = x * attention_mask[..., None].to(x.dtype)
+        x = x.transpose(1, 2)  # (B, E, L)
+        if x.shape[-1] < self.max_kernel:
+            x = nn.functional.pad(x, (0, self.max_kernel - x.shape[-1]))
+        lengths = (attention_mask.sum(1) if attention_mask is not None
+                   else torch.full((x.shape[0],), input_ids.shape[1], device=x.device))
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(x))  # (B, C, L - k + 1)
+            k = conv.kernel_size[0]
+            # windows that reach into the padding are left out, so a sentence scores the same in any batch
+            last = (lengths.clamp(min=k) - k)[:, None, None]
+            valid = torch.arange(h.shape[-1], device=h.device)[None, None, :] <= last
+            pooled.append(h.masked_fill(~valid, 0.0).amax(-1))
+        pooled = torch.cat(pooled, dim=1)
+        return self.classifier(self.dropout(pooled))
+
+
+def masked_mean(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of token vectors over real tokens (sentence-transformers' mean pooling)."""
+    m = attention_mask[..., None].to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+class TransformerClassifier(nn.Module):
+    """A Hugging Face encoder -> mean pooling over real tokens -> dropout -> linear.
+
+    With all-MiniLM-L6-v2 and all 6 layers this is the teacher; with ``layers=k`` only the embeddings and the
+    first ``k`` encoder layers are kept (the truncated-transformer student).
+    """
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_classes: int = 2, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_classes)
+        layers = getattr(getattr(encoder, "config", None), "num_hidden_layers", 0)
+        self.feature_taps = {"pooled": "classifier:input", "embedding": "encoder.embeddings",
+                             **{f"layer{i}": f"encoder.encoder.layer.{i}" for i in range(layers)}}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.classifier(self.dropout(masked_mean(hidden, attention_mask)))
+
+
+def minilm(num_classes: int = 2, layers: int | None = None, model_dir: str = "minilm", pretrained: bool = True,
+           dropout: float = 0.1) -> TransformerClassifier:
+    """all-MiniLM-L6-v2 (or another local BERT-like folder) with mean pooling and a linear head.
+
+    ``layers``: keep only the first ``layers`` encoder layers (default: all). ``pretrained``: load the folder's
+    weights (else a random initialisation of the same architecture, e.g. before loading a fine-tuned state dict).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoConfig, AutoModel
+
+    from distill.data.text import resolve_model_dir
+
+    path = resolve_model_dir(model_dir)
+    config = AutoConfig.from_pretrained(str(path))
+    full = config.num_hidden_layers
+    if layers is not None:
+        if not 1 <= layers <= full:
+            raise ValueError(f"layers must be in 1..{full} for {Path(path).name}, got {layers}")
+        config.num_hidden_layers = layers
+    if pretrained:
+        import logging
+
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity(logging.ERROR)  # unused deeper layers are expected when truncating
+        try:
+            encoder = AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False)
+        finally:
+            hf_logging.set_verbosity(level)
+    else:
+        encoder = AutoModel.from_config(config, add_pooling_layer=False)
+    return TransformerClassifier(encoder, config.hidden_size, num_classes, dropout)
+
+
+def minilm_truncated(num_classes: int = 2, layers: int = 2, model_dir: str = "minilm", pretrained: bool = True,
+                     dropout: float = 0.1) -> TransformerClassifier:
+    """The first ``layers`` layers (default 2 of 6) of MiniLM with its embeddings, mean pooling and a linear head."""
+    return minilm(num_classes, layers, model_dir, pretrained, dropout)
+
+
+def bilstm(num_classes: int = 2, **kwargs: object) -> BiLSTMClassifier:
+    return BiLSTMClassifier(num_classes=num_classes, **kwargs)  # type: ignore[arg-type]
+
+
+def textcnn(num_classes: int = 2, **kwargs: object) -> TextCNN:
+    return TextCNN(num_classes=num_classes, **kwargs)  # type: ignore[arg-type]
+
+
+#: text models whose embedding is learnt from scratch and whose ``vocab_size`` follows the tokenizer
+VOCAB_MODELS = ("bilstm", "textcnn")
