@@ -380,3 +380,20 @@ def test_adamw_groups_and_logs(tmp_path):
     Trainer(module, demo_subset("train", 4), demo_subset("test", 1), cfg, tmp_path).fit()
     assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
     assert (tmp_path / "summary.json").exists() and (tmp_path / "student.safetensors").exists()
+
+
+def test_checkpoints_from_before_a_new_setting_stay_resumable(tmp_path):
+    from distill.train.trainer import _train_config_defaults
+
+    cfg = TrainConfig(epochs=1, batch_size=20, progress=False)
+    trainer = Trainer(make_module(), demo_subset("train", 4), None, cfg, tmp_path)
+    new = trainer._recipe(trainer.module)
+    # an older checkpoint's recipe lacks a key added later (here the optimiser's momentum): at its default, the run
+    # computes what the old code computed, so resuming is allowed
+    old = {k: v for k, v in new.items() if k != "momentum"}
+    assert new["momentum"] == _train_config_defaults()["momentum"]
+    trainer._check_recipe(tmp_path / "ckpt", old, new)
+    # the same missing key with a non-default value is a real change
+    changed = dict(new, momentum=repr(0.5))
+    with pytest.raises(ValueError, match=r"momentum: - -> 0.5"):
+        trainer._check_recipe(tmp_path / "ckpt", old, changed)

@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ class Trainer:
                          # engine options (float rounding or per-process BatchNorm statistics at most); listing them
                          # here also keeps checkpoints written before these keys existed resumable
                          "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
-                         "compile_student")
+                         "compile_student", "checkpoint_every_epochs")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
@@ -241,7 +241,11 @@ class Trainer:
     def _check_recipe(self, ckpt: Path, old: dict[str, str], new: dict[str, str]) -> None:
         if not old:  # written before checkpoints carried their recipe: nothing to compare
             return
-        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        defaults = _train_config_defaults()
+        # a setting the old checkpoint does not know was added to TrainConfig later: at its default it computes
+        # what the old code computed, so it is not a change
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
+                         and not (k not in old and k in defaults and new.get(k) == defaults[k]))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
             raise ResumeMismatchError(
@@ -501,6 +505,17 @@ class Trainer:
             patience = self.cfg.early_stopping_patience
             if patience is not None and state["bad_evals"] >= patience:
                 state["stopped"] = True
+
+
+def _train_config_defaults() -> dict[str, str]:
+    """``repr`` of every TrainConfig field's default, as recipes store them."""
+    out = {}
+    for f in fields(TrainConfig):
+        if f.default is not MISSING:
+            out[f.name] = repr(f.default)
+        elif f.default_factory is not MISSING:
+            out[f.name] = repr(f.default_factory())
+    return out
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
