@@ -282,3 +282,17 @@ def test_under_ddp_rank0_builds_and_every_rank_reads(tmp_path):
     path = tmp_path / "c"
     mp.spawn(_ddp_worker, args=(str(path), f"file://{tmp_path / 'rendezvous'}"), nprocs=2)
     assert (path / "rank0.built").read_text() == "1" and (path / "rank1.built").read_text() == "0"
+
+
+def test_resuming_against_a_rebuilt_cache_is_refused(tmp_path):
+    teacher, data = make_teacher(), demo_subset("train", 4)
+    task = make_task(False)
+    cfg = TrainConfig(epochs=1, batch_size=10, lr=0.05, progress=False, checkpoint_every=2, max_steps=2)
+    Trainer(_module(build(tmp_path / "c", teacher, task, data, CacheSettings(topk=3)), task, topk_ok=True), data,
+            None, cfg, tmp_path / "run").fit()
+    same = build(tmp_path / "c2", teacher, task, data, CacheSettings(topk=3))  # same content, other folder
+    cfg2 = TrainConfig(epochs=1, batch_size=10, lr=0.05, progress=False, checkpoint_every=2)
+    Trainer(_module(same, task, topk_ok=True), data, None, cfg2, tmp_path / "run").fit()  # resumes
+    other = build(tmp_path / "c3", teacher, task, data, CacheSettings(topk=5))
+    with pytest.raises(ValueError, match=r"different run \(teacher: "):
+        Trainer(_module(other, task, topk_ok=True), data, None, cfg2, tmp_path / "run").fit(resume=True)

@@ -22,6 +22,7 @@ than matched with the wrong teacher output.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -316,6 +317,13 @@ class TeacherCache:
         what = "full logits" if self.kind == "full" else f"top-{self.meta['k']}"
         return (f"TeacherCache({str(self.path)!r}, {what}, {self.store.num_examples} examples x {self.views} "
                 f"view(s), features={self.features})")
+
+    def identity(self) -> str:
+        """What the cache holds, as one string (sha256 of its fingerprint: teacher, data, transform and stored
+        settings, not where it lies or how long it took to build): a run's checkpoint
+        records it, so resuming against a cache rebuilt with other settings or for another teacher is refused."""
+        blob = json.dumps(self.store.manifest.get("fingerprint", {}), sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def to(self, *args: object, **kwargs: object) -> TeacherCache:
         """Serve tensors on the given device (dtype and memory-format arguments are ignored)."""

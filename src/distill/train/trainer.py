@@ -235,8 +235,12 @@ class Trainer:
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in self.RESUMABLE_CHANGES}
         methods = {label: f"{type(m).__name__} x{module.methods.weights[label]}"
                    for label, m in module.methods.methods.items()}
-        return {**{k: repr(v) for k, v in cfg.items()}, **{f"method:{k}": v for k, v in methods.items()},
-                "train_examples": str(self.task.num_examples(self.train_data))}
+        recipe = {**{k: repr(v) for k, v in cfg.items()}, **{f"method:{k}": v for k, v in methods.items()},
+                  "train_examples": str(self.task.num_examples(self.train_data))}
+        identity = getattr(module.teacher, "identity", None)  # teacher sources that can name what they serve
+        if callable(identity):
+            recipe["teacher"] = identity()
+        return recipe
 
     def _check_recipe(self, ckpt: Path, old: dict[str, str], new: dict[str, str]) -> None:
         if not old:  # written before checkpoints carried their recipe: nothing to compare
