@@ -67,6 +67,12 @@ def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None,
         bert.embeddings.requires_grad_(False)
     width = bert.config.hidden_size
     modules: list[nn.Module] = [transformer, st.models.Pooling(width, pooling_mode="mean")]
+    return _finish(st, modules, width, projection_dim, normalize)
+
+
+def _finish(st: Any, modules: list[nn.Module], width: int, projection_dim: int | None,
+            normalize: bool) -> nn.Module:
+    """Append the optional projection (identity-initialised when square) and unit normalisation; build the model."""
     if projection_dim is not None:
         dense = st.models.Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
         if projection_dim == width:
@@ -99,16 +105,7 @@ def static_student(*, projection_dim: int | None = None, normalize: bool = True,
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     modules: list[nn.Module] = [st.models.StaticEmbedding(tokenizer, embedding_weights=weights)]
     width = weights.shape[1]
-    if projection_dim is not None:
-        dense = st.models.Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
-        if projection_dim == width:
-            with torch.no_grad():
-                dense.linear.weight.copy_(torch.eye(width))
-                dense.linear.bias.zero_()
-        modules.append(dense)
-    if normalize:
-        modules.append(st.models.Normalize())
-    return st.SentenceTransformer(modules=modules, device="cpu")
+    return _finish(st, modules, width, projection_dim, normalize)
 
 
 def tokenize(model: nn.Module, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
