@@ -117,9 +117,9 @@ def finetune_teacher(args: argparse.Namespace, train: TokenizedText, dev: Tokeni
     recipe_path = args.teacher_dir / "minilm_sst2.json"
     if weights.exists() and recipe_path.exists():
         return json.loads(recipe_path.read_text())
-    # one cosine epoch (216 steps of 32) stopped after --teacher-steps (100) to fit a shared 2-core machine
-    recipe = {"epochs": 1, "batch_size": 32, "lr": 4e-5, "weight_decay": 0.01, "warmup_epochs": 0.1,
-              "max_steps": args.teacher_steps}
+    # --teacher-epochs cosine epochs of 216 steps of 32; --teacher-steps may stop it early on a busy machine
+    recipe = {"epochs": args.teacher_epochs, "batch_size": 32, "lr": 4e-5, "weight_decay": 0.01,
+              "warmup_epochs": 0.1, "max_steps": args.teacher_steps}
     seed_everything(0)
     model = build_model("minilm", num_classes=2)
     task = TextClassification()
@@ -248,7 +248,9 @@ def main() -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
                    help="'--arms scratch' needs no teacher and can run beside a distilling process")
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--teacher-steps", type=int, default=100, help="stop the teacher's epoch after this many steps")
+    p.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning epochs of the teacher")
+    p.add_argument("--teacher-steps", type=int, default=None,
+                   help="stop the teacher's fine-tuning after this many steps (default: all epochs)")
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", nargs="+", default=[], metavar="STUDENT=N",
