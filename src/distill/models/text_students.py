@@ -2,8 +2,10 @@
 
 Every model is called as ``model(input_ids, attention_mask)`` with (B, L) long tensors (mask 1 on real tokens,
 0 on padding) and returns (B, K) logits. ``feature_taps["pooled"]`` names the sentence vector fed to the
-classifier. The BiLSTM and TextCNN learn their embeddings from scratch over the teacher tokenizer's vocabulary
-(30,522 wordpieces for MiniLM), so teacher and student read the same ids.
+classifier. The BiLSTM and TextCNN read the teacher tokenizer's ids (30,522 wordpieces for MiniLM), so teacher
+and student read the same ids; their embeddings are learnt from scratch or, with ``embeddings="minilm"`` (or a
+local Hugging Face folder), start from that encoder's 384-d input word-embedding matrix (the "semantic" variant
+of the LSF-IDM demonstration).
 """
 
 from __future__ import annotations
@@ -19,6 +21,36 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 MINILM_VOCAB = 30522
 
 
+def word_embedding_matrix(model_dir: str | Path = "minilm") -> torch.Tensor:
+    """The (vocab, dim) input word-embedding matrix of a local BERT-like folder (``"minilm"``: the packaged
+    all-MiniLM-L6-v2), read from its safetensors weights."""
+    from safetensors import safe_open
+
+    from distill.data.text import resolve_model_dir
+
+    path = resolve_model_dir(model_dir) / "model.safetensors"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no safetensors weights to take word embeddings from")
+    with safe_open(str(path), "pt") as f:
+        keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
+        if len(keys) != 1:
+            raise KeyError(f"{path}: expected one '*embeddings.word_embeddings.weight' tensor, found {keys}")
+        return f.get_tensor(keys[0]).float()
+
+
+def make_embedding(vocab_size: int, embed_dim: int, padding_idx: int, embeddings: str | None,
+                   freeze: bool) -> nn.Embedding:
+    """A learnt embedding table, or one initialised from a pretrained encoder's word embeddings (then
+    ``vocab_size`` and ``embed_dim`` follow that matrix; a ``vocab_size`` that disagrees is refused)."""
+    if embeddings is None:
+        return nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+    matrix = word_embedding_matrix(embeddings)
+    if vocab_size not in (MINILM_VOCAB, matrix.shape[0]):
+        raise ValueError(f"vocab_size {vocab_size} differs from the {matrix.shape[0]} rows of {embeddings!r}'s "
+                         "word embeddings (the student must read the same tokenizer's ids)")
+    return nn.Embedding.from_pretrained(matrix.clone(), freeze=freeze, padding_idx=padding_idx)
+
+
 class BiLSTMClassifier(nn.Module):
     """Embedding -> 1..n-layer bidirectional LSTM -> max (or mean) pooling over real tokens -> dropout -> linear.
 
@@ -28,12 +60,13 @@ class BiLSTMClassifier(nn.Module):
 
     def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
                  hidden_size: int = 256, num_layers: int = 1, pooling: str = "max", dropout: float = 0.5,
-                 padding_idx: int = 0):
+                 padding_idx: int = 0, embeddings: str | None = None, freeze_embeddings: bool = False):
         super().__init__()
         if pooling not in ("max", "mean"):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
         self.pooling = pooling
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.embedding = make_embedding(vocab_size, embed_dim, padding_idx, embeddings, freeze_embeddings)
+        embed_dim = self.embedding.embedding_dim
         self.lstm = nn.LSTM(embed_dim, hidden_size, num_layers=num_layers, batch_first=True, bidirectional=True,
                             dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
@@ -67,9 +100,10 @@ class TextCNN(nn.Module):
 
     def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
                  kernel_sizes: Sequence[int] = (3, 4, 5), channels: int = 100, dropout: float = 0.5,
-                 padding_idx: int = 0):
+                 padding_idx: int = 0, embeddings: str | None = None, freeze_embeddings: bool = False):
         super().__init__()
-        self.embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=padding_idx)
+        self.embedding = make_embedding(vocab_size, embed_dim, padding_idx, embeddings, freeze_embeddings)
+        embed_dim = self.embedding.embedding_dim
         self.convs = nn.ModuleList(nn.Conv1d(embed_dim, channels, k) for k in kernel_sizes)
         self.max_kernel = max(kernel_sizes)
         self.dropout = nn.Dropout(dropout)
