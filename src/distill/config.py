@@ -52,6 +52,19 @@ class DataConfig(_Strict):
     channels_last: bool = True
 
 
+class TextAugmentConfig(_Strict):
+    """``text.augment``: a transfer set of augmented, teacher-labelled copies of the training sentences (Tang et
+    al. 2019; see :mod:`distill.data.text_augment`)."""
+
+    copies: int = Field(4, ge=1)
+    p_mask: float = Field(0.1, ge=0.0, le=1.0)
+    p_replace: float = Field(0.1, ge=0.0, le=1.0)
+    p_ngram: float = Field(0.25, ge=0.0, le=1.0)
+    ngram_min: int = Field(1, ge=1)
+    ngram_max: int = Field(5, ge=1)
+    seed: int = 0
+
+
 class TextDataConfig(_Strict):
     """Data of ``task: text_classification``: labelled-sentence files (SST ``<label> <sentence>`` lines,
     ``label<TAB>text`` TSV, or TSV/CSV with a header naming text/sentence and label columns), tokenised with a
@@ -66,6 +79,8 @@ class TextDataConfig(_Strict):
     precompute_teacher: bool = True
     #: safetensors file to save the precomputed teacher logits to (and reuse when it exists)
     teacher_cache: str | None = None
+    #: add augmented copies of the training sentences, labelled by the teacher only
+    augment: TextAugmentConfig | None = None
 
 
 class ModelConfig(_Strict):
@@ -379,15 +394,31 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     _check_graph_task(cfg)
+    _check_text_task(cfg)
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
+
+
+def _check_text_task(cfg: ExperimentConfig) -> None:
+    if cfg.task != "text_classification" or cfg.text is None or cfg.text.augment is None:
+        return
+    a = cfg.text.augment
+    if a.p_mask + a.p_replace > 1.0:
+        raise ConfigError(f"text.augment.p_mask: p_mask + p_replace must be <= 1, got {a.p_mask + a.p_replace}")
+    if a.ngram_min > a.ngram_max:
+        raise ConfigError(f"text.augment.ngram_min: {a.ngram_min} is above ngram_max {a.ngram_max}")
+    from distill.methods import METHODS
+
+    if not any(METHODS.get(m.name).needs_teacher for m in cfg.methods):
+        raise ConfigError("text.augment: the augmented copies carry no label, only a teacher's outputs; add a "
+                          "method that uses the teacher (e.g. kd or lsf_idm) or drop text.augment")
 
 
 def _check_cache(cfg: ExperimentConfig) -> None:
     from distill.methods import METHODS
 
     cache = cfg.teacher.cache
-    if cache.views > 1 and cfg.data.augment is None:
+    if cache.views > 1 and (cfg.data is None or cfg.data.augment is None):
         raise ConfigError(f"teacher.cache.views: {cache.views} stored views need random augmentation, but "
                           "data.augment is off")
     if cache.topk is not None:

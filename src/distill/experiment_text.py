@@ -9,20 +9,27 @@ Example (``distill train this.yaml``)::
               options: {pretrained: false}}
     methods: [{name: lsf_idm, alpha: 0.5, temperature: 2.0}]
     train: {epochs: 2, batch_size: 64, optimizer: adamw, lr: 0.002, weight_decay: 0.01}
+
+``text.augment`` trains on a transfer set: the labelled sentences plus augmented copies that only the teacher
+labels (:mod:`distill.data.text_augment`). ``teacher.cache`` serves the teacher's logits from the general teacher
+cache (sharded, fingerprinted, verified; docs/cache.md) instead of the in-memory ``PrecomputedTeacher``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from distill.config import ConfigError, ExperimentConfig, ModelConfig
 from distill.core.precomputed import PrecomputedTeacher
 from distill.core.teachers import FrozenTeacher, TeacherSource
 from distill.data.text import TextDataError, TokenizedText, load_text_classification, load_tokenizer, tokenize
+from distill.data.text_augment import AugmentConfig, augment_examples
 from distill.experiment import (
     Experiment,
     build_methods,
     build_model_from_config,
+    open_teacher_cache,
     resolve_path,
     train_config,
 )
@@ -32,7 +39,7 @@ from distill.train.module import DistillModule
 from distill.train.trainer import Trainer, seed_everything
 
 
-def load_text_split(path: str, cfg: ExperimentConfig, tokenizer: object, classes: list[str] | None,
+def load_text_split(path: str, cfg: ExperimentConfig, tokenizer: Any, classes: list[str] | None,
                     key: str) -> TokenizedText:
     t = cfg.text
     assert t is not None
@@ -40,6 +47,12 @@ def load_text_split(path: str, cfg: ExperimentConfig, tokenizer: object, classes
         examples = load_text_classification(resolve_path(path, cfg.base_dir), t.format, classes)
     except TextDataError as e:
         raise ConfigError(f"text.{key}: {e}") from None
+    if key == "train" and t.augment is not None:
+        a = t.augment
+        settings = AugmentConfig(copies=a.copies, p_mask=a.p_mask, p_replace=a.p_replace, p_ngram=a.p_ngram,
+                                 ngram_range=(a.ngram_min, a.ngram_max), seed=a.seed,
+                                 mask_token=getattr(tokenizer, "mask_token", None) or "[MASK]")
+        examples, _ = augment_examples(examples, settings)
     return tokenize(examples, tokenizer, t.max_length)
 
 
@@ -60,6 +73,8 @@ def build_text_teacher(cfg: ExperimentConfig, num_classes: int, vocab_size: int,
     model = build_model_from_config(text_model_config(members[0], vocab_size), num_classes, cfg.base_dir)
     t = cfg.text
     assert t is not None
+    if cfg.teacher.cache is not None:
+        return open_teacher_cache(cfg, FrozenTeacher(model), task, train)  # type: ignore[arg-type]
     if not t.precompute_teacher:
         return FrozenTeacher(model)
     cache = resolve_path(t.teacher_cache, cfg.base_dir) if t.teacher_cache else None
