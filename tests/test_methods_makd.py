@@ -147,6 +147,12 @@ def test_score_aspects_reads_the_next_token_logits_with_left_padding():
     texts, questions = ["a good film", "bad"], ["Is it positive?", "Is acting mentioned here at all?"]
     probs = score_aspects(model, tok, texts, questions, batch_size=3)
     assert probs.shape == (2, 2) and tok.padding_side == "right"
+    # the sentence's prompt start run once, its key/value cache reused for every question: same numbers
+    shared = score_aspects(model, tok, texts, questions, reuse_prefix=True)
+    assert torch.allclose(shared, probs, atol=1e-5)
+    # a text whose prompts exceed max_length falls back to the full prompts (truncated like them)
+    assert torch.allclose(score_aspects(model, tok, texts, questions, max_length=8, reuse_prefix=True),
+                          score_aspects(model, tok, texts, questions, max_length=8), atol=1e-5)
     # each entry equals a single unpadded forward of that prompt
     for i, t in enumerate(texts):
         for j, q in enumerate(questions):

@@ -16,6 +16,7 @@ this module does not offer them.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -201,36 +202,103 @@ def answer_token_ids(tokenizer: Any, word: str) -> list[int]:
 
 
 @torch.no_grad()
+def aspect_prompt(tokenizer: Any, text: str, question: str) -> str:
+    """The chat-template prompt asking ``question`` about ``text`` (one user message, then the generation
+    prompt), as the MaKD pipeline asks its MLLM."""
+    msg = [{"role": "user", "content": f"Sentence: \"{text}\"\n{question} Answer Yes or No."}]
+    return tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
+
+
+def _shared_prefix(prompts: Sequence[str]) -> str:
+    """The longest common start of ``prompts``, cut after its last newline (a token boundary for the usual BPE
+    and WordPiece tokenizers; :func:`score_aspects` checks it and falls back otherwise)."""
+    prefix = prompts[0]
+    for p in prompts[1:]:
+        n = 0
+        while n < min(len(prefix), len(p)) and prefix[n] == p[n]:
+            n += 1
+        prefix = prefix[:n]
+    cut = prefix.rfind("\n")
+    return prefix[:cut + 1] if cut >= 0 else ""
+
+
+@torch.no_grad()
+def _score_with_shared_prefix(model: nn.Module, tokenizer: Any, prompts: Sequence[str], yes: Sequence[int],
+                              no: Sequence[int], device: torch.device) -> torch.Tensor | None:
+    """P(yes) for prompts that share a start: the start runs once, its key/value cache serves every question.
+    Returns None when the prompts' tokens do not split at the shared start."""
+    prefix = _shared_prefix(prompts)
+    if not prefix:
+        return None
+    head = tokenizer.encode(prefix, add_special_tokens=False)
+    rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    if not head or any(r[:len(head)] != head or len(r) == len(head) for r in rows):
+        return None
+    tails = [r[len(head):] for r in rows]
+    out = model(input_ids=torch.tensor([head], device=device), use_cache=True)
+    cache = getattr(out, "cache", None) or out.past_key_values
+    # transformers >= 5.x names the argument ``cache``; earlier releases ``past_key_values``
+    cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    cache.batch_repeat_interleave(len(tails))
+    width = max(map(len, tails))
+    ids = torch.zeros(len(tails), width, dtype=torch.long, device=device)
+    mask = torch.zeros(len(tails), len(head) + width, dtype=torch.long, device=device)
+    mask[:, :len(head)] = 1
+    for i, t in enumerate(tails):  # right padding: a real token never attends to the padding after it
+        ids[i, :len(t)] = torch.tensor(t)
+        mask[i, len(head):len(head) + len(t)] = 1
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=True, **{cache_arg: cache}).logits
+    last = torch.tensor([len(t) - 1 for t in tails], device=device)
+    return yes_probability(logits[torch.arange(len(tails), device=device), last], yes, no).cpu()
+
+
 def score_aspects(model: nn.Module, tokenizer: Any, texts: Sequence[str], questions: Sequence[str],
-                  batch_size: int = 16, max_length: int = 256, progress: Any = None) -> torch.Tensor:
+                  batch_size: int = 16, max_length: int = 256, progress: Any = None,
+                  reuse_prefix: bool = False) -> torch.Tensor:
     """Ask a causal LM each question about each text; return the [N, Q] P(yes) matrix.
 
     The prompt is the tokenizer's chat template with one user message, the text, the question and "Answer Yes or
-    No.", and the generation prompt; P(yes) is read from the logits of the next (first answer) token."""
+    No.", and the generation prompt (:func:`aspect_prompt`); P(yes) is read from the logits of the next (first
+    answer) token. ``reuse_prefix``: run each text's shared prompt start (system turn, the sentence) once and
+    reuse its key/value cache for the Q questions (same numbers, a fraction of the compute when the sentence is
+    long next to the question); texts whose prompts do not split cleanly, or exceed ``max_length``, fall back
+    to full prompts."""
     yes, no = answer_token_ids(tokenizer, "Yes"), answer_token_ids(tokenizer, "No")
-    prompts = []
-    for text in texts:
-        for q in questions:
-            msg = [{"role": "user", "content": f"Sentence: \"{text}\"\n{q} Answer Yes or No."}]
-            prompts.append(tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True))
+    prompts = [aspect_prompt(tokenizer, text, q) for text in texts for q in questions]
+    model.eval()
+    device = next(model.parameters()).device
+    result: list[torch.Tensor | None] = [None] * len(texts)
+    if reuse_prefix:
+        q = len(questions)
+        for i in range(len(texts)):
+            group = prompts[i * q:(i + 1) * q]
+            if max(len(tokenizer.encode(p, add_special_tokens=False)) for p in group) <= max_length:
+                result[i] = _score_with_shared_prefix(model, tokenizer, group, yes, no, device)
+            if progress is not None:
+                progress((i + 1) * q, len(prompts))
+    todo = [i for i, r in enumerate(result) if r is None]
+    rest = [p for i in todo for p in prompts[i * len(questions):(i + 1) * len(questions)]]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # the next-token logits then sit at the last position of every row
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.eval()
-    device = next(model.parameters()).device
     out = []
     try:
-        for start in range(0, len(prompts), batch_size):
-            enc = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
-                            truncation=True, max_length=max_length, add_special_tokens=False).to(device)
-            logits = model(**enc).logits[:, -1]
-            out.append(yes_probability(logits, yes, no).cpu())
-            if progress is not None:
-                progress(min(start + batch_size, len(prompts)), len(prompts))
+        with torch.no_grad():
+            for start in range(0, len(rest), batch_size):
+                enc = tokenizer(rest[start:start + batch_size], return_tensors="pt", padding=True,
+                                truncation=True, max_length=max_length, add_special_tokens=False).to(device)
+                logits = model(**enc).logits[:, -1]
+                out.append(yes_probability(logits, yes, no).cpu())
+                if progress is not None and not reuse_prefix:
+                    progress(min(start + batch_size, len(rest)), len(rest))
     finally:
         tokenizer.padding_side = side
-    return torch.cat(out).view(len(texts), len(questions))
+    if out:
+        flat = torch.cat(out).view(len(todo), len(questions))
+        for k, i in enumerate(todo):
+            result[i] = flat[k]
+    return torch.stack([r for r in result if r is not None]) if texts else torch.zeros(0, len(questions))
 
 
 def aspect_report(probs: torch.Tensor, labels: torch.Tensor, questions: Sequence[str] = (),
