@@ -45,8 +45,10 @@ from typing import Any
 import torch
 
 from distill.config import parse_config
+from distill.core.taps import FeatureTaps
 from distill.data.images import UNLABELED, ImageArrays, load_images
 from distill.experiment import build_experiment, evaluate_model
+from distill.models import build_model
 from distill.report.plots import plot_runs
 from distill.train.checkpoint import save_weights
 from distill.train.trainer import Trainer
@@ -54,12 +56,44 @@ from distill.train.trainer import Trainer
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "distill" / "assets"
 
-def arms(epochs: int) -> dict[str, list[dict[str, Any]]]:
+def student_taps(student: str) -> dict[str, str]:
+    """The named feature taps (``f1``, ``f1_pre``, ``pooled``, ...) of a student architecture."""
+    return dict(getattr(build_model(student, num_classes=10), "feature_taps", {}))
+
+
+def feature_channels(arch: str, names: list[str]) -> dict[str, int]:
+    """Channels of the named features of ``arch`` on one 32x32 image."""
+    model = build_model(arch, num_classes=10).eval()
+    with torch.no_grad(), FeatureTaps(model, names).capture() as feats:
+        model(torch.zeros(1, 3, 32, 32))
+    return {name: int(f.shape[1]) for name, f in feats.items()}
+
+
+def inapplicable_arms(student: str, teacher: str = "resnet56") -> dict[str, str]:
+    """Arms that cannot run on this pair, with the reason: FSP matches Gram matrices between layer pairs, so
+    each pair needs the same channel counts in both networks (the CRD paper's cross-architecture table leaves
+    FSP out for that reason)."""
+    names = ["f0", "f1", "f2", "f3"]
+    cs, ct = feature_channels(student, names), feature_channels(teacher, names)
+    if cs != ct:
+        return {"fsp": f"FSP needs equal channels at f0..f3; {student} has {[cs[n] for n in names]}, "
+                       f"{teacher} {[ct[n] for n in names]}"}
+    return {}
+
+
+def arms(epochs: int, student: str = "resnet20") -> dict[str, list[dict[str, Any]]]:
     """Every classification method with the loss weights of the CIFAR tables (RepDistiller / mdistiller / the
     official repos; see each method's docstring). Warm-ups and initialisation stages are scaled to the short
-    schedule: warm-ups last a third of it, initialisation stages 2 epochs (officially 20 and 30 of 240)."""
+    schedule: warm-ups last a third of it, initialisation stages 2 epochs (officially 20 and 30 of 240).
+
+    Feature taps are the generic names every CIFAR model defines (``f1``..``f3``, ``pooled``). AB wants
+    pre-ReLU maps: the student's ``fK_pre`` where it has them (ResNets), else ``fK`` (MobileNetV2's block outputs
+    are linear bottlenecks, i.e. already pre-activation; ShuffleNetV2 has no separate pre-ReLU tap, as in
+    RepDistiller's heterogeneous AB runs, where the student's connector output is what the hinge sees)."""
     warm = max(1, epochs // 3)
     ce = {"name": "ce", "weight": 1.0}
+    taps = student_taps(student)
+    ab_student = [f"f{k}_pre" if f"f{k}_pre" in taps else f"f{k}" for k in (1, 2, 3)]
     return {
         "scratch": [ce],
         "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
@@ -70,7 +104,8 @@ def arms(epochs: int) -> dict[str, list[dict[str, Any]]]:
         "vid": [ce, {"name": "vid", "weight": 1.0, "student": ["f1", "f2", "f3"]}],
         "rkd": [ce, {"name": "rkd", "weight": 1.0}],
         "pkt": [ce, {"name": "pkt", "weight": 30000.0}],
-        "ab": [ce, {"name": "ab", "weight": 1.0, "init_epochs": 2}],
+        "ab": [ce, {"name": "ab", "weight": 1.0, "init_epochs": 2, "student": ab_student,
+                    "teacher": ["f1_pre", "f2_pre", "f3_pre"]}],
         "ft": [ce, {"name": "ft", "weight": 200.0, "init_epochs": 2}],
         "fsp": [ce, {"name": "fsp", "weight": 50.0, "init_epochs": 2}],
         "nst": [ce, {"name": "nst", "weight": 50.0}],
@@ -118,14 +153,27 @@ ENSEMBLE = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.t
 #: ``val_fraction`` / ``unlabeled_factor`` (times ``--per-class``) images per class come from the train split
 #: *outside* the training subset, so every arm trains on the same labelled images.
 PROTOCOLS: dict[str, dict[str, Any]] = {
-    "tgeo": {"val_fraction": 0.1, "note": "+10% (50/class) held-out validation images for the bilevel update"},
+    "tgeo": {"val_fraction": 0.1, "note": "+{val}/class held-out validation images for the bilevel update"},
     "dho": {"val_fraction": 0.1, "unlabeled_factor": 1.0,
-            "note": "+1x (500/class) unlabelled images (2x steps per epoch), +50/class validation for the "
-                    "combiner"},
-    "mealv2": {"teacher": "ensemble", "note": "teacher: ensemble of the 4 pretrained ResNets (20/32/44/56), "
-               "mean probabilities; no labels"},
-    "lelp": {"note": "few-class method (paper: binarised CIFAR); here 10 classes x 4 subclasses"},
+            "note": "+{unl}/class unlabelled images (more steps per epoch), +{val}/class validation images for "
+                    "the head combiner"},
+    "mealv2": {"teacher": "ensemble", "note": "teacher: the 4 pretrained ResNets (20/32/44/56), mean "
+               "probabilities; no labels"},
+    "lelp": {"note": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses"},
 }
+
+
+def extra_per_class(arm: str, per_class: int) -> tuple[int, int]:
+    """(validation, unlabelled) images per class an arm adds from outside the training subset."""
+    proto = PROTOCOLS.get(arm, {})
+    n_val = max(1, round(per_class * proto["val_fraction"])) if proto.get("val_fraction") else 0
+    n_unl = max(1, round(per_class * proto["unlabeled_factor"])) if proto.get("unlabeled_factor") else 0
+    return n_val, n_unl
+
+
+def arm_note(arm: str, per_class: int) -> str:
+    n_val, n_unl = extra_per_class(arm, per_class)
+    return PROTOCOLS.get(arm, {}).get("note", "").format(val=n_val, unl=n_unl)
 
 
 ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
@@ -182,9 +230,7 @@ def held_out_data(args: argparse.Namespace, train: ImageArrays, per_class: int, 
     """(training set, validation set) of an arm with extra data (``PROTOCOLS``): validation images and unlabelled
     images per class drawn from the train split outside the ``per_class`` training subset (``subset_seed`` 0),
     so ``train`` (the shared labelled subset) is kept as it is and only extended with unlabelled rows."""
-    proto = PROTOCOLS.get(arm, {})
-    n_val = max(1, round(per_class * proto["val_fraction"])) if proto.get("val_fraction") else 0
-    n_unl = max(1, round(per_class * proto["unlabeled_factor"])) if proto.get("unlabeled_factor") else 0
+    n_val, n_unl = extra_per_class(arm, per_class)
     if not (n_val or n_unl):
         return train, None
     full = load_images(args.data, split="train", cache_dir=args.work / "cache")
@@ -237,7 +283,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
                  **({"eval_per_class": 50} if args.quick else {})},
         "student": {"arch": args.student},
         "teacher": teacher_config(args, arm, teacher),
-        "methods": arms(epochs)[arm],
+        "methods": arms(epochs, args.student)[arm],
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "step", "milestones": [round(0.6 * epochs), round(0.8 * epochs)],
                   "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False},
@@ -254,7 +300,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
     times = [h["epoch_time"] for h in summary["history"]]
     return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
             "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
-            "methods": arms(epochs)[arm], **extra}
+            "methods": arms(epochs, args.student)[arm], **extra}
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
@@ -291,10 +337,12 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
         times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
         ep = f"{statistics.mean(times):.1f}" if times else "-"
-        note = PROTOCOLS.get(arm, {}).get("note", "")
+        note = arm_note(arm, args.per_class)
         lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} "
                      f"| {note} |")
-    if set(arms(1)) <= set(args.arms):
+    for arm, why in getattr(args, "skipped", {}).items():
+        lines += ["", f"Not applicable to this pair: {arm} ({why})."]
+    if getattr(args, "catalogue", False):
         lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which "
                   "no offline teacher here gives; class-level aspects would be an auxiliary-label ablation, not "
                   "MaKD. Its spec demonstrates it on SST-2 with a text LLM instead."]
@@ -335,8 +383,16 @@ def main() -> int:
         args.out = args.work / "results"
         args.seeds, args.epochs, args.per_class = [0], 2, min(args.per_class, 20)
     args.out.mkdir(parents=True, exist_ok=True)
-    if "all" in args.arms:
+    args.catalogue = "all" in args.arms
+    if args.catalogue:
         args.arms = list(arms(1))
+    args.skipped = {a: why for a, why in inapplicable_arms(args.student).items() if a in args.arms}
+    for arm, why in args.skipped.items():
+        if not args.catalogue:
+            print(f"--arms {arm}: not applicable to {args.student}: {why}", file=sys.stderr)
+            return 2
+        print(f"skipping {arm}: {why}", flush=True)
+    args.arms = [a for a in args.arms if a not in args.skipped]
     args.name = args.name or ("cifar10_kd" if args.student == "resnet20" else f"cifar10_kd_{args.student}")
     results_path = args.out / f"{args.name}.json"
     start = time.perf_counter()
