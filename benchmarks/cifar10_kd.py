@@ -22,6 +22,13 @@ Arms whose protocol differs (``PROTOCOLS``; the table's note column says so):
 - ``lelp`` is a few-class method (the paper's vision setting is binarised CIFAR); on CIFAR-10 it runs as
   specified (10 classes x 4 pseudo-subclasses, alpha = 0), which is not the regime it was designed for.
 
+Heterogeneous pair (``--student mobilenetv2`` or ``shufflenetv2``): every arm runs except FSP, which needs
+equal channel counts at its layer pairs and is reported as not applicable (``inapplicable_arms``). MobileNetV2
+(width 0.5) is the cheaper student: a from-scratch step costs about half of ResNet-20's, ShuffleNetV2's about
+twice. ReviewKD is the expensive arm there: its fusion width follows the official rule min(512, channels of the
+student's last feature), 512 for both (64 for ResNet-20), so its step costs about 2.5x (MobileNetV2) and 4.5x
+(ShuffleNetV2) ResNet-20's ReviewKD step.
+
 Not an arm: ``makd`` (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which no offline
 teacher here can give; class-level aspects would be an auxiliary-label ablation, not MaKD (its spec's SST-2
 analogue is where it is demonstrated).
@@ -297,6 +304,9 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
     if PROTOCOLS.get(arm, {}).get("teacher") == "ensemble":
         extra["teacher_accuracy"] = ensemble_recipe(args, exp)
     summary = exp.fit(resume=True)
+    if "dho" in exp.methods.methods:  # its inference combiner a softmax(z_ce) + (1 - a) softmax(z_kd / b), fitted
+        dho = exp.methods.methods["dho"]  # on the validation split after the last epoch
+        extra["combiner"] = {"a": dho.mix_a.item(), "b": dho.mix_b.item(), "val_accuracy": dho.val_accuracy.item()}
     times = [h["epoch_time"] for h in summary["history"]]
     return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
             "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
@@ -338,6 +348,9 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
         ep = f"{statistics.mean(times):.1f}" if times else "-"
         note = arm_note(arm, args.per_class)
+        fits = [r["combiner"] for r in rs if r.get("combiner")]
+        if fits:
+            note += "; fitted (a, b): " + ", ".join(f"({c['a']:.2f}, {c['b']:g})" for c in fits)
         lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} "
                      f"| {note} |")
     for arm, why in getattr(args, "skipped", {}).items():
