@@ -165,7 +165,7 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
             "note": "+{unl}/class unlabelled images (more steps per epoch), +{val}/class validation images for "
                     "the head combiner"},
     "mealv2": {"teacher": "ensemble", "note": "teacher: the 4 pretrained ResNets (20/32/44/56), mean "
-               "probabilities; no labels"},
+               "probabilities; no labels; shared schedule (official: weight decay 0, pretrained student)"},
     "lelp": {"note": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses"},
 }
 
