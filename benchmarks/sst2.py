@@ -31,6 +31,7 @@ Steps (each result is saved as soon as it exists, so an interrupted run resumes 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -83,11 +84,11 @@ FROZEN_MINILM = {"embeddings": "minilm", "freeze_embeddings": True}
 STUDENTS: dict[str, dict[str, Any]] = {
     "textcnn": {"arch": "textcnn", "options": FROZEN_MINILM, "arms": ["scratch", "kd", "lsf_idm", "scratch_aug"],
                 "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
-                "train_transfer": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
+                "train_transfer": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
                                    "warmup_epochs": 0.0}},
     "bilstm": {"arch": "bilstm", "options": FROZEN_MINILM, "arms": ["scratch", "kd", "lsf_idm"],
                "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
-               "train_transfer": {"epochs": 1, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
+               "train_transfer": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
                                   "warmup_epochs": 0.0}},
     "minilm_truncated": {"arch": "minilm_truncated", "options": {"layers": 1},
                          "arms": ["scratch", "kd"],
@@ -173,7 +174,11 @@ def load_teacher(args: argparse.Namespace) -> torch.nn.Module:
 def run_name(student: str, arm: str, seed: int) -> str:
     """The run folder; recipes changed with --epochs get their own (``-e<N>`` suffix)."""
     spec = STUDENTS[student]
-    suffix = f"-e{spec['train']['epochs']}" if spec.get("epochs_changed") else ""
+    suffix = f"-e{spec['train']['epochs']}" if spec.get("epochs_changed") and ARMS[arm]["data"] == "labelled" else ""
+    if spec.get("transfer_epochs_changed") and ARMS[arm]["data"] != "labelled":
+        suffix += f"-te{spec['train_transfer']['epochs']}"
+    if spec.get("options_changed"):
+        suffix += "-o" + hashlib.sha256(json.dumps(spec["options"], sort_keys=True).encode()).hexdigest()[:8]
     return f"{student}-{arm}-seed{seed}{suffix}"
 
 
@@ -311,6 +316,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--epochs", nargs="+", default=[], metavar="STUDENT=N",
                    help="train a student for N epochs instead of its default (own run folders), e.g. textcnn=5")
+    p.add_argument("--transfer-epochs", nargs="+", default=[], metavar="STUDENT=N",
+                   help="epochs over the transfer set for a student's distilled arms (own run folders)")
+    p.add_argument("--student-options", nargs="+", default=[], metavar="STUDENT=JSON",
+                   help='replace a student\'s model options, e.g. textcnn=\'{"embeddings": "minilm"}\' (own run '
+                        "folders; use a new --work folder or --name)")
     p.add_argument("--name", default="sst2", help="stem of the result files")
     p.add_argument("--collect-only", action="store_true",
                    help="train nothing: collect the finished runs, measure latency, write the table")
@@ -325,6 +335,22 @@ def main() -> int:
             p.error(f"--epochs {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
         STUDENTS[student]["train"] = {**STUDENTS[student]["train"], "epochs": int(n)}
         STUDENTS[student]["epochs_changed"] = True
+    for item in args.transfer_epochs:
+        student, _, n = item.partition("=")
+        if student not in STUDENTS or not n.isdigit() or int(n) < 1:
+            p.error(f"--transfer-epochs {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
+        STUDENTS[student]["train_transfer"] = {**STUDENTS[student]["train_transfer"], "epochs": int(n)}
+        STUDENTS[student]["transfer_epochs_changed"] = True
+    for item in args.student_options:
+        student, _, text = item.partition("=")
+        try:
+            options = json.loads(text)
+        except json.JSONDecodeError as e:
+            p.error(f"--student-options {item!r}: {e}")
+        if student not in STUDENTS or not isinstance(options, dict):
+            p.error(f"--student-options {item!r}: expected STUDENT=JSON-object with STUDENT in {list(STUDENTS)}")
+        STUDENTS[student]["options"] = options
+        STUDENTS[student]["options_changed"] = True
     train_file = args.train_file or args.data / "stsa.binary.train"
     dev_file = args.dev_file or args.data / "stsa.binary.dev"
     for f in (train_file, dev_file):
