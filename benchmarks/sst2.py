@@ -303,8 +303,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
-                   help="'--arms scratch' needs no teacher and can run beside a distilling process")
+    p.add_argument("--arms", nargs="+", default=["scratch", "kd", "lsf_idm"], choices=list(ARMS),
+                   help="'--arms scratch' needs no teacher and can run beside a distilling process; "
+                        "'scratch_aug' (TextCNN) is the augmentation-without-teacher control, not run by default")
     p.add_argument("--max-length", type=int, default=64)
     p.add_argument("--copies", type=int, default=4,
                    help="augmented copies of each training sentence in the transfer set (Tang et al. use 20; "
