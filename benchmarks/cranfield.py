@@ -43,6 +43,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 from distill.core.compose import Composite  # noqa: E402
 from distill.methods.retrieval import LEAF, MarginMSE, RankingNLL, ScoreMSE  # noqa: E402
@@ -135,18 +136,22 @@ def markdown(data: dict[str, Any]) -> str:
     if cos:
         lines += ["", f"LEAF: mean cosine between the student's and the teacher's embedding of the 225 Cranfield "
                       f"queries (never seen in training): {fmt(cos)}."]
-    secs = {row: [v["train_seconds"] for v in runs.values() if "train_seconds" in v]
+    secs = {row: [v.get("train_seconds", v.get("train_seconds_with_epoch_evals")) for v in runs.values()
+                  if "train_seconds" in v or "train_seconds_with_epoch_evals" in v]
             for row, runs in data["rows"].items()}
     secs = {row: v for row, v in secs.items() if v}
     if secs:
         lines += ["", "Training wall time per run (s, 1 thread on a shared machine): "
                   + ", ".join(f"{row} {statistics.mean(v):.0f}" for row, v in secs.items()) + "."]
     info = dict(data.get("info", {}))
-    chosen = info.get("selection", {}).get("chosen")
-    if chosen:
-        lines += ["", "lr and epochs per arm, chosen on the validation queries (part of the training queries): "
-                  + ", ".join(f"{a} lr {c['lr']:g}, {c['epochs']} epoch(s) (val nDCG@10 {c['val_ndcg@10']:.4f})"
-                              for a, c in chosen.items()) + "."]
+    picked = {row: [v["epoch_chosen"] for v in runs.values() if "epoch_chosen" in v]
+              for row, runs in data["rows"].items() if not row.endswith("_asym")}
+    picked = {row: v for row, v in picked.items() if v}
+    if picked:
+        sel = info.get("selection", {})
+        lines += ["", f"Epoch reported (early stopping on {len(sel.get('val_qids', '').split(','))} validation "
+                  "queries carved from the training queries; one entry per seed): "
+                  + ", ".join(f"{row} {v}" for row, v in picked.items()) + f"; lr {sel.get('lr')}."]
     if info:
         lines += ["", "Notes measured by the same run:", ""]
         for key, value in sorted(info.items()):
@@ -182,14 +187,15 @@ def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int) -> li
 
 
 # Per-student recipes. ``static`` is the first attempt, unchanged (its numbers are benchmarks/results/cranfield.*).
-# ``minilm2`` fixes lengths and data here; lr and epochs are chosen per arm on a validation split of the
-# *training* queries (grids below), and the choice is written to the results JSON.
+# ``minilm2`` fixes lengths and data here; epochs (and lr, when a grid has several values) are chosen per arm on
+# a validation split of the *training* queries, and the choice is written to the results JSON. The grids hold one
+# lr each, fixed beforehand: on the shared, overloaded 2-core machine a second lr per arm did not fit the budget.
 RECIPES: dict[str, dict[str, Any]] = {
     "static": {"query_len": 64, "doc_len": 256, "leaf_len": 128, "batch": 8, "leaf_batch": 32,
-               "title_groups": 400, "max_positives": None, "epochs": 1, "lr": 1e-3},
+               "title_groups": 400, "max_positives": None, "epochs": 1, "lr": 1e-3, "leaf_texts": 5000},
     "minilm2": {"query_len": 64, "doc_len": 128, "leaf_len": 64, "batch": 8, "leaf_batch": 32,
-                "title_groups": 0, "max_positives": 3, "max_epochs": 3, "val_queries": 30,
-                "lr_grid": [5e-5, 2e-4], "leaf_lr_grid": [1e-4, 5e-4]},
+                "title_groups": 0, "max_positives": 2, "max_epochs": 2, "leaf_max_epochs": 3, "val_queries": 30,
+                "lr_grid": [1e-4], "leaf_lr_grid": [2e-4], "leaf_texts": 3000},
 }
 RANKING_ARMS = ("label_only", "score_mse", "margin_mse")
 
@@ -243,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--title-groups", type=int, default=None, help="static: 400; minilm2: 0")
     p.add_argument("--max-positives", type=int, default=None, help="judged positives per training query "
                                                                    "(static: all; minilm2: 3)")
-    p.add_argument("--leaf-texts", type=int, default=5000)
+    p.add_argument("--leaf-texts", type=int, default=None, help="static: 5000; minilm2: 3000")
     p.add_argument("--epochs", type=int, default=None, help="static only (default 1); minilm2 chooses on validation")
     p.add_argument("--lr", type=float, default=None, help="static only (default 1e-3); minilm2 chooses on validation")
     args = p.parse_args(argv)
@@ -260,8 +266,10 @@ def main(argv: list[str] | None = None) -> None:
         recipe["title_groups"] = args.title_groups
     if args.max_positives is not None:
         recipe["max_positives"] = args.max_positives
-    if quick and kind != "static":  # one epoch and one lr per arm: a pipeline check, not a selection
-        recipe.update(max_epochs=1, lr_grid=recipe["lr_grid"][-1:], leaf_lr_grid=recipe["leaf_lr_grid"][-1:])
+    if args.leaf_texts is not None:
+        recipe["leaf_texts"] = args.leaf_texts
+    if quick and kind != "static":  # one epoch: a pipeline check
+        recipe.update(max_epochs=1, leaf_max_epochs=1)
     suffix = "" if kind == "static" else f"_{kind}"
     setting = ("quick" if quick else "full") + ("" if kind == "static" else f"-{kind}")
     work = Path(args.work or REPO / "benchmarks" / "work" / f"cranfield{suffix.replace('_', '-')}"
@@ -398,7 +406,7 @@ def main(argv: list[str] | None = None) -> None:
             "margin_mse": lambda: MarginMSE()}
     arms = {a: m for a, m in arms.items() if a in args.arms}
     do_leaf = "leaf" in args.arms
-    texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else args.leaf_texts, seed=0)
+    texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else recipe["leaf_texts"], seed=0)
     res.data["info"]["leaf_texts"] = len(texts)
     if cache.fill(texts):
         cache.save(cache_path)
@@ -424,69 +432,84 @@ def main(argv: list[str] | None = None) -> None:
                      batch_size=recipe["batch"], lr=lr, max_steps=max_steps, callbacks=callbacks)
         return student, secs
 
-    # -- minilm2: choose lr and epochs per arm on a validation split of the training queries ---------------------
-    chosen: dict[str, dict[str, Any]] = {}
-    if kind == "static":
-        chosen = {a: {"lr": recipe["lr"], "epochs": recipe["epochs"]} for a in [*arms, "leaf"]}
-    else:
+    # -- minilm2: early stopping on a validation split of the training queries -----------------------------------
+    # The students train on the other training queries for ``max_epochs`` epochs (cosine schedule); after every
+    # epoch the collection is encoded once and both the validation and the test queries are scored; the epoch
+    # with the best validation nDCG@10 (ranking arms: student/student; leaf: student query / teacher documents)
+    # is the one reported. The test numbers of the other epochs are kept in the JSON, never used for the choice.
+    fit_q, val_q = train_q, []
+    if kind != "static":
         n_val = 2 if quick else recipe["val_queries"]
         fit_q, val_q = split_queries(train_q, n_val, seed=1)
-        sel = res.data["info"].setdefault("selection", {})
-        sel.update({"fit_queries": len(fit_q), "val_qids": ",".join(val_q),
-                    "split": f"split_queries(the {len(train_q)} training queries, num_test={n_val}, seed=1)",
-                    "criterion": "nDCG@10 on the validation queries over all documents after each epoch of a "
-                                 f"{recipe['max_epochs']}-epoch cosine schedule (ranking arms: student/student; "
-                                 "leaf: student query / teacher documents); the final run uses the best (lr, epoch) "
-                                 "and stops after that epoch (same schedule)"})
-        curves = sel.setdefault("curves", {})
-        fit_data, fit_scores, _ = ranking_data(fit_q, 0, "select")
-        for arm in [*arms, *(["leaf"] if do_leaf else [])]:
-            grid = recipe["leaf_lr_grid"] if arm == "leaf" else recipe["lr_grid"]
-            for lr in grid:
-                key = f"{arm} lr={lr:g}"
-                if key in curves:
-                    continue
-                curve: dict[str, Any] = {}
-                holder: dict[str, torch.nn.Module] = {}
+        res.data["info"]["selection"] = {
+            "fit_queries": len(fit_q), "val_qids": ",".join(val_q),
+            "split": f"split_queries(the {len(train_q)} training queries, num_test={n_val}, seed=1)",
+            "lr": {"ranking arms": recipe["lr_grid"][0], "leaf": recipe["leaf_lr_grid"][0]},
+            "criterion": f"early stopping: of the {recipe['max_epochs']} epochs (leaf: {recipe['leaf_max_epochs']}; "
+                         "cosine schedule), the one with the "
+                         "best nDCG@10 of the validation queries over all documents (ranking arms: student/student; "
+                         "leaf: student query / teacher documents); ties go to the earlier epoch"}
 
-                def on_epoch(record: dict, arm: str = arm, lr: float = lr, curve: dict = curve,
-                             holder: dict = holder) -> None:
-                    model = holder["student"]
-                    if arm == "leaf":
-                        s_q = encode(model, [coll.queries[q] for q in val_q], batch_size=64, max_length=q_len)
-                        m = metrics_of(dense_scores(s_q, t_docs), val_q, docids, coll)
-                    else:
-                        m, _, _ = student_eval(model, val_q)
-                    curve[str(record["epoch"])] = round(m["ndcg@10"], 4)
-                    log(f"select {arm} lr={lr:g} epoch {record['epoch']}: val nDCG@10 {m['ndcg@10']:.4f}")
+    def staged_eval(model: torch.nn.Module, arm: str) -> dict[str, Any]:
+        """Validation criterion and test metrics of the current model (one encoding of the collection)."""
+        s_docs = encode(model, doc_texts, batch_size=32, max_length=d_len)
+        s_q = encode(model, [coll.queries[q] for q in val_q + test_q], batch_size=64, max_length=q_len)
+        v, t = s_q[:len(val_q)], s_q[len(val_q):]
+        val_docs = t_docs if arm == "leaf" else s_docs
+        out = {"val_ndcg@10": metrics_of(dense_scores(v, val_docs), val_q, docids, coll)["ndcg@10"],
+               "sym": metrics_of(dense_scores(t, s_docs), test_q, docids, coll),
+               "asym": metrics_of(dense_scores(t, t_docs), test_q, docids, coll)}
+        if arm == "leaf":
+            all_q = list(coll.queries)
+            s_all = encode(model, [coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
+            t_all = torch.stack([t_query[q] for q in all_q])
+            out["query_cosine_to_teacher"] = round(float(F.cosine_similarity(s_all, t_all).mean()), 4)
+        return out
 
-                _, secs = train_arm(arm, fit_data, fit_scores, work / "select" / f"{arm}-lr{lr:g}", 0, lr,
-                                    recipe["max_epochs"], None, holder, [on_epoch])
-                curves[key] = {"val_ndcg@10_by_epoch": curve, "train_seconds": round(secs, 1)}
-                res.save()
-        for arm in [*arms, *(["leaf"] if do_leaf else [])]:
-            grid = recipe["leaf_lr_grid"] if arm == "leaf" else recipe["lr_grid"]
-            best = max((curves[f"{arm} lr={lr:g}"]["val_ndcg@10_by_epoch"][e], -int(e), -lr, lr, int(e))
-                        for lr in grid for e in curves[f"{arm} lr={lr:g}"]["val_ndcg@10_by_epoch"])
-            chosen[arm] = {"lr": best[3], "epochs": best[4], "val_ndcg@10": best[0]}
-        sel.setdefault("chosen", {}).update(chosen)
-        res.save()
-        log(f"chosen: {chosen}")
-
-    def schedule(arm: str, n_examples: int) -> tuple[int, int | None]:
-        """(epochs of the schedule, max_steps): static trains its epochs; minilm2 follows the validated run."""
+    def run_arm(arm: str, data: Any, score_path: Path | None, seed: int) -> tuple[dict, dict, torch.nn.Module]:
+        """Train one arm for one seed; the (sym, asym) test metrics of the reported model, and the model."""
+        run_dir = work / "runs" / f"{arm}-{seed}"
         if kind == "static":
-            return chosen[arm]["epochs"], None
-        batch = recipe["leaf_batch"] if arm == "leaf" else recipe["batch"]
-        return recipe["max_epochs"], chosen[arm]["epochs"] * (n_examples // batch)
+            student, secs = train_arm(arm, data, score_path, run_dir, seed, recipe["lr"], recipe["epochs"], None)
+            sym, asym, s_q = student_eval(student)
+            if arm == "leaf":
+                all_q = list(coll.queries)
+                s_all = encode(student, [coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
+                t_all = torch.stack([t_query[q] for q in all_q])
+                asym["query_cosine_to_teacher"] = round(float(F.cosine_similarity(s_all, t_all).mean()), 4)
+            sym["train_seconds"] = round(secs, 1)
+            return sym, asym, student
+        holder: dict[str, torch.nn.Module] = {}
+        stages: list[dict[str, Any]] = []
+
+        def on_epoch(record: dict) -> None:
+            stages.append(staged_eval(holder["student"], arm))
+            log(f"{arm} seed {seed} epoch {record['epoch']}: val nDCG@10 {stages[-1]['val_ndcg@10']:.4f}")
+
+        lr = recipe["leaf_lr_grid"][0] if arm == "leaf" else recipe["lr_grid"][0]
+        start = time.time()
+        epochs = recipe["leaf_max_epochs"] if arm == "leaf" else recipe["max_epochs"]
+        student, _ = train_arm(arm, data, score_path, run_dir, seed, lr, epochs, None, holder, [on_epoch])
+        secs = time.time() - start
+        best = max(range(len(stages)), key=lambda i: (stages[i]["val_ndcg@10"], -i))
+        sym, asym = dict(stages[best]["sym"]), dict(stages[best]["asym"])
+        sym.update({"train_seconds_with_epoch_evals": round(secs, 1), "epoch_chosen": best + 1,
+                    "val_ndcg@10_by_epoch": [round(s["val_ndcg@10"], 4) for s in stages],
+                    "test_ndcg@10_by_epoch (not used for the choice)": [round(s["sym"]["ndcg@10"], 4) for s in stages]})
+        asym["epoch_chosen"] = best + 1
+        if arm == "leaf":
+            asym["query_cosine_to_teacher"] = stages[best]["query_cosine_to_teacher"]
+            asym["test_ndcg@10_by_epoch (not used for the choice)"] = [round(s["asym"]["ndcg@10"], 4) for s in stages]
+        return sym, asym, student
 
     # -- per seed: ranking groups + the teacher's score file, the three ranking students, then LEAF ------------
     for seed in args.seeds:
         if not all(res.has(a, seed) for a in arms):
-            data, score_path, groups = ranking_data(train_q, seed, f"seed{seed}")
+            data, score_path, groups = ranking_data(fit_q, seed, f"seed{seed}")
             res.data["info"]["ranking_groups"] = {"judged_query_groups": len(groups) - len(title_docs),
                                                   "title_groups": len(title_docs), "negatives": 3,
-                                                  "max_positives_per_query": recipe["max_positives"]}
+                                                  "max_positives_per_query": recipe["max_positives"],
+                                                  "training_queries": len(fit_q)}
             if kind != "static" and "score_scale" not in res.data["info"]:
                 # Margin-MSE is not scale-invariant: record the teacher's and the untrained student's margins
                 t_sc = ScoreFileTeacher(score_path)
@@ -504,31 +527,16 @@ def main(argv: list[str] | None = None) -> None:
             for arm in arms:
                 if res.has(arm, seed):
                     continue
-                epochs, max_steps = schedule(arm, len(data))
-                log(f"{arm} seed {seed}: training on {len(data)} groups, lr {chosen[arm]['lr']:g}, "
-                    f"{epochs} epochs{'' if max_steps is None else f' stopped at step {max_steps}'}")
-                student, secs = train_arm(arm, data, score_path, work / "runs" / f"{arm}-{seed}", seed,
-                                          chosen[arm]["lr"], epochs, max_steps)
-                sym, asym, _ = student_eval(student)
-                sym["train_seconds"] = round(secs, 1)
+                log(f"{arm} seed {seed}: training on {len(data)} groups")
+                sym, asym, _ = run_arm(arm, data, score_path, seed)
                 if arm == "label_only":
                     res.put("label_only_asym", seed, asym)
                 res.put(arm, seed, sym)
                 log(f"{arm} seed {seed}: {sym}")
         if not do_leaf or (res.has("leaf_sym", seed) and res.has("leaf_asym", seed)):
             continue
-        epochs, max_steps = schedule("leaf", len(texts))
-        log(f"leaf seed {seed}: training on {len(texts)} texts, lr {chosen['leaf']['lr']:g}, {epochs} epochs"
-            f"{'' if max_steps is None else f' stopped at step {max_steps}'}")
-        student, secs = train_arm("leaf", None, None, work / "runs" / f"leaf-{seed}", seed, chosen["leaf"]["lr"],
-                                  epochs, max_steps)
-        sym, asym, _ = student_eval(student)
-        all_q = list(coll.queries)
-        s_all = encode(student, [coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
-        t_all = torch.stack([t_query[q] for q in all_q])
-        cos = float(torch.nn.functional.cosine_similarity(s_all, t_all).mean())
-        sym["train_seconds"] = round(secs, 1)
-        asym["query_cosine_to_teacher"] = round(cos, 4)
+        log(f"leaf seed {seed}: training on {len(texts)} texts")
+        sym, asym, student = run_arm("leaf", None, None, seed)
         if seed == args.seeds[0]:
             folder = work / f"leaf-student-seed{seed}"
             student.save(str(folder))
