@@ -2,6 +2,7 @@
 
     python benchmarks/cranfield.py            # full run: writes benchmarks/results/cranfield.json and .md
     python benchmarks/cranfield.py --quick    # a smoke run on a few queries, into benchmarks/work/cranfield-quick
+    python benchmarks/cranfield.py --student minilm2   # the transformer student: results/cranfield_minilm2.*
 
 Fixed split of the 225 Cranfield queries (seed 0): 150 train, 75 test. Every number is measured on the 75 test
 queries over all 1,400 documents (nDCG@10, MAP@100, recall@100 by ir-measures / pytrec_eval).
@@ -22,6 +23,13 @@ Rows:
   tinyshakespeare lines; no Cranfield query), evaluated student/student (``leaf_sym``) and student query /
   teacher documents (``leaf_asym``). ``label_only_asym`` is the unaligned control: a student trained on the
   ranking labels, its queries scored against the teacher's documents.
+
+``--student minilm2`` (second attempt) replaces the bag of words by all-MiniLM-L6-v2's first 2 transformer layers
+(embedding tables frozen, mean pooling, normalised; + Dense 384->384 for LEAF) with its own recipe (``RECIPES``):
+queries 64 and documents 128 tokens, 2 judged positives per query, no title groups, and early stopping: 30 of the
+150 training queries are held out as a validation split, the students train on the other 120 and, after every
+epoch, the epoch with the best validation nDCG@10 is the one reported (the 75 test queries never take part in a
+choice). Its rows add ``student_untrained_asym`` (the untrained student's queries against the teacher's documents).
 
 Several seeds (student training order and negatives sampling); the table gives mean and standard deviation.
 Results are written after every run, so an interrupted benchmark resumes where it stopped.
@@ -404,7 +412,7 @@ def main(argv: list[str] | None = None) -> None:
 
     arms = {"label_only": lambda: RankingNLL(scale=LABEL_SCALE), "score_mse": lambda: ScoreMSE(),
             "margin_mse": lambda: MarginMSE()}
-    arms = {a: m for a, m in arms.items() if a in args.arms}
+    arms = {a: arms[a] for a in args.arms if a in arms}  # in the order given
     do_leaf = "leaf" in args.arms
     texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else recipe["leaf_texts"], seed=0)
     res.data["info"]["leaf_texts"] = len(texts)
