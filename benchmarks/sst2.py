@@ -332,18 +332,15 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    for item in args.epochs:
-        student, _, n = item.partition("=")
-        if student not in STUDENTS or not n.isdigit() or int(n) < 1:
-            p.error(f"--epochs {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
-        STUDENTS[student]["train"] = {**STUDENTS[student]["train"], "epochs": int(n)}
-        STUDENTS[student]["epochs_changed"] = True
-    for item in args.transfer_epochs:
-        student, _, n = item.partition("=")
-        if student not in STUDENTS or not n.isdigit() or int(n) < 1:
-            p.error(f"--transfer-epochs {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
-        STUDENTS[student]["train_transfer"] = {**STUDENTS[student]["train_transfer"], "epochs": int(n)}
-        STUDENTS[student]["transfer_epochs_changed"] = True
+    for flag, items, recipe, marker in (("--epochs", args.epochs, "train", "epochs_changed"),
+                                        ("--transfer-epochs", args.transfer_epochs, "train_transfer",
+                                         "transfer_epochs_changed")):
+        for item in items:
+            student, _, n = item.partition("=")
+            if student not in STUDENTS or not n.isdigit() or int(n) < 1:
+                p.error(f"{flag} {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
+            STUDENTS[student][recipe] = {**STUDENTS[student][recipe], "epochs": int(n)}
+            STUDENTS[student][marker] = True
     for item in args.student_options:
         student, _, text = item.partition("=")
         try:

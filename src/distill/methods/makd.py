@@ -223,15 +223,14 @@ def _shared_prefix(prompts: Sequence[str]) -> str:
 
 
 @torch.no_grad()
-def _score_with_shared_prefix(model: nn.Module, tokenizer: Any, prompts: Sequence[str], yes: Sequence[int],
-                              no: Sequence[int], device: torch.device) -> torch.Tensor | None:
-    """P(yes) for prompts that share a start: the start runs once, its key/value cache serves every question.
-    Returns None when the prompts' tokens do not split at the shared start."""
+def _score_with_shared_prefix(model: nn.Module, tokenizer: Any, prompts: Sequence[str], rows: Sequence[list[int]],
+                              yes: Sequence[int], no: Sequence[int], device: torch.device) -> torch.Tensor | None:
+    """P(yes) for prompts (tokenised as ``rows``) that share a start: the start runs once, its key/value cache
+    serves every question. Returns None when the prompts' tokens do not split at the shared start."""
     prefix = _shared_prefix(prompts)
     if not prefix:
         return None
     head = tokenizer.encode(prefix, add_special_tokens=False)
-    rows = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
     if not head or any(r[:len(head)] != head or len(r) == len(head) for r in rows):
         return None
     tails = [r[len(head):] for r in rows]
@@ -272,8 +271,9 @@ def score_aspects(model: nn.Module, tokenizer: Any, texts: Sequence[str], questi
         q = len(questions)
         for i in range(len(texts)):
             group = prompts[i * q:(i + 1) * q]
-            if max(len(tokenizer.encode(p, add_special_tokens=False)) for p in group) <= max_length:
-                result[i] = _score_with_shared_prefix(model, tokenizer, group, yes, no, device)
+            rows = [tokenizer.encode(p, add_special_tokens=False) for p in group]
+            if max(map(len, rows)) <= max_length:
+                result[i] = _score_with_shared_prefix(model, tokenizer, group, rows, yes, no, device)
             if progress is not None:
                 progress((i + 1) * q, len(prompts))
     todo = [i for i, r in enumerate(result) if r is None]
