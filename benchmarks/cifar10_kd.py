@@ -56,7 +56,7 @@ from distill.core.taps import FeatureTaps
 from distill.data.images import UNLABELED, ImageArrays, load_images
 from distill.experiment import build_experiment, evaluate_model
 from distill.models import build_model
-from distill.report.plots import plot_runs
+from distill.report.plots import plot_gains, plot_runs
 from distill.train.checkpoint import save_weights
 from distill.train.trainer import Trainer
 
@@ -280,9 +280,12 @@ def ensemble_recipe(args: argparse.Namespace, exp: Any) -> dict[str, Any]:
     return recipe
 
 
-def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dict[str, Any]:
+def arm_experiment(args: argparse.Namespace, arm: str, seed: int, teacher: Path, run_dir: Path,
+                   data: dict[str, Any] | None = None, train: dict[str, Any] | None = None
+                   ) -> tuple[Any, dict[str, Any]]:
+    """The experiment of one arm (shared schedule, the arm's methods, teacher and extra data; ``data`` and
+    ``train`` override config keys) and the extra facts its table row records."""
     epochs = args.epochs
-    run_dir = args.work / "runs" / f"{args.student}-e{epochs}-n{args.per_class}-{arm}-seed{seed}"
     raw = {
         "output_dir": str(run_dir),
         "seed": seed,
@@ -293,16 +296,23 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
         "methods": arms(epochs, args.student)[arm],
         "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "step", "milestones": [round(0.6 * epochs), round(0.8 * epochs)],
-                  "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False},
+                  "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False, **(train or {})},
     }
+    raw["data"].update(data or {})
     exp = build_experiment(parse_config(raw))
     extra: dict[str, Any] = {}
-    train, val = held_out_data(args, exp.train_data, args.per_class, arm)
-    if train is not exp.train_data or val is not None:  # the same experiment, on the extended data
-        exp.trainer = Trainer(exp.module, train, exp.eval_data, exp.trainer.cfg, run_dir, val_data=val)
-        extra = {"train_images": len(train), "val_images": len(val) if val is not None else 0}
+    train_data, val = held_out_data(args, exp.train_data, args.per_class, arm)
+    if train_data is not exp.train_data or val is not None:  # the same experiment, on the extended data
+        exp.trainer = Trainer(exp.module, train_data, exp.eval_data, exp.trainer.cfg, run_dir, val_data=val)
+        extra = {"train_images": len(train_data), "val_images": len(val) if val is not None else 0}
     if PROTOCOLS.get(arm, {}).get("teacher") == "ensemble":
         extra["teacher_accuracy"] = ensemble_recipe(args, exp)
+    return exp, extra
+
+
+def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dict[str, Any]:
+    run_dir = args.work / "runs" / f"{args.student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
+    exp, extra = arm_experiment(args, arm, seed, teacher, run_dir)
     summary = exp.fit(resume=True)
     if "dho" in exp.methods.methods:  # its inference combiner a softmax(z_ce) + (1 - a) softmax(z_kd / b), fitted
         dho = exp.methods.methods["dho"]  # on the validation split after the last epoch
@@ -310,7 +320,7 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
     times = [h["epoch_time"] for h in summary["history"]]
     return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
             "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
-            "methods": arms(epochs, args.student)[arm], **extra}
+            "methods": arms(args.epochs, args.student)[arm], **extra}
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
@@ -328,7 +338,7 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         f"Student {args.student} from scratch, {args.per_class * 10} training images (class-balanced), "
         f"{args.epochs} epochs, SGD lr 0.05 x0.1 at 60%/80%, batch 64, crop+flip; test on "
         f"{t['test_images'] if not args.quick else 'a subset of the'} test images; seeds "
-        f"{', '.join(str(s) for s in args.seeds)}.",
+        f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}.",
         "",
     ]
     ens = next((r["teacher_accuracy"] for r in rows if r.get("teacher_accuracy")), None)
@@ -336,10 +346,19 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         members = ", ".join(f"{arch} {100 * a:.2f}%" for arch, a in ens["members"].items())
         lines += [f"MEAL V2's teacher: the pretrained ResNets ({members} on {ens['test_images']} JPEG test images, "
                   f"not fine-tuned), mean probabilities {100 * ens['ensemble']:.2f}%.", ""]
-    lines += [
-        "| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
-        "|---|---|---|---|---|---|",
-    ]
+    cost_path = out_dir / f"catalogue_cost_{args.student}.json"
+    cost = json.loads(cost_path.read_text())["arms"] if cost_path.exists() and not args.quick else {}
+    if cost:
+        lines += [f"Cost columns from `python benchmarks/catalogue_cost.py --student {args.student}` "
+                  f"({cost_path.name}): time per training step relative to scratch, measured with every arm in "
+                  "one process in interleaved rounds, and the seconds per epoch of this table's runs that it "
+                  "implies. The accuracy runs' own epoch times (in the JSON) are not comparable between arms: "
+                  "the machine's load changed during the hours they took.", ""]
+        lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | step cost (x scratch) "
+                  "| s / epoch | note |", "|---|---|---|---|---|---|---|"]
+    else:
+        lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
+                  "|---|---|---|---|---|---|"]
     for arm, rs in by_arm.items():
         accs = [100 * r["accuracy"] for r in rs]
         mean = statistics.mean(accs)
@@ -347,6 +366,9 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
         times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
         ep = f"{statistics.mean(times):.1f}" if times else "-"
+        if cost:
+            c = cost.get(arm)
+            ep = f"{c['vs_scratch']:.2f} | {c['epoch_s']:.0f}" if c else "- | -"
         note = arm_note(arm, args.per_class)
         fits = [r["combiner"] for r in rs if r.get("combiner")]
         if fits:
@@ -380,6 +402,8 @@ def main() -> int:
     p.add_argument("--student", default="resnet20")
     p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
     p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
+    p.add_argument("--report-only", action="store_true",
+                   help="rewrite the Markdown table and the plots from the JSON of --name, without training")
     p.add_argument("--teacher", type=Path, default=None,
                    help="use this fine-tuned ResNet-56 (e.g. src/distill/assets/resnet56_cifar10_jpeg.safetensors)")
     args = p.parse_args()
@@ -408,6 +432,16 @@ def main() -> int:
     args.arms = [a for a in args.arms if a not in args.skipped]
     args.name = args.name or ("cifar10_kd" if args.student == "resnet20" else f"cifar10_kd_{args.student}")
     results_path = args.out / f"{args.name}.json"
+    if args.report_only:
+        if not results_path.exists():
+            print(f"--report-only: {results_path} does not exist", file=sys.stderr)
+            return 2
+        results = json.loads(results_path.read_text())
+        for key in ("student", "epochs", "per_class"):  # the table describes the runs, not this command line
+            setattr(args, key, results["args"].get(key, getattr(args, key)))
+        args.catalogue = args.catalogue or results["args"].get("catalogue", False)
+        args.skipped = inapplicable_arms(args.student) if args.catalogue else {}
+        return report(args, results)
     start = time.perf_counter()
     if args.teacher is not None:  # an already fine-tuned teacher, with its recipe JSON beside it
         teacher_weights = args.teacher
@@ -434,11 +468,34 @@ def main() -> int:
             print(f"{arm:8s} seed {seed}: {100 * r['accuracy']:.2f}%  ({time.perf_counter() - t0:.0f}s)", flush=True)
             results["runs"].append(r)
             results_path.write_text(json.dumps(results, indent=2))
-    md = write_table(args, results, args.out)
-    runs = {f"{r['arm']} (seed {r['seed']})": Path(r["run_dir"]) for r in results["runs"] if r["seed"] == args.seeds[0]}
-    plot_runs(runs, args.out / f"{args.name}.png", title=f"ResNet-56 -> {args.student}, CIFAR-10 JPEG")
-    print(md.read_text())
+    report(args, results)
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
+    return 0
+
+
+def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
+    """The Markdown table and the plots: learning curves of the first seed's runs, or for the catalogue the gain
+    of every arm over scratch, one bar colour per pair (every ``cifar10_catalogue*.json`` in the output folder)."""
+    md = write_table(args, results, args.out)
+    if args.catalogue:
+        groups = {}
+        for path in sorted(args.out.glob("cifar10_catalogue*.json")):
+            res = json.loads(path.read_text())
+            student = res.get("args", {}).get("student", "resnet20")
+            scores: dict[str, list[float]] = {}
+            for r in res.get("runs", []):
+                scores.setdefault(r["arm"], []).append(100 * r["accuracy"])
+            if "scratch" in scores:
+                groups[f"ResNet-56 -> {student}"] = scores
+        if groups:
+            plot_gains(groups, args.out / "cifar10_catalogue_gains.png", title="CIFAR-10 JPEG, 5,000 images, 15 "
+                       "epochs: gain over scratch",
+                       xlabel="test accuracy gain over scratch (points); dots: seeds")
+    else:
+        runs = {f"{r['arm']} (seed {r['seed']})": Path(r["run_dir"]) for r in results["runs"]
+                if r["seed"] == args.seeds[0] and Path(r["run_dir"]).exists()}
+        plot_runs(runs, args.out / f"{args.name}.png", title=f"ResNet-56 -> {args.student}, CIFAR-10 JPEG")
+    print(md.read_text())
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Curves of one or more runs, read from their ``metrics.csv``."""
+"""Curves of one or more runs, read from their ``metrics.csv``, and bar charts of benchmark gains."""
 
 from __future__ import annotations
 
@@ -40,6 +40,54 @@ def plot_runs(runs: dict[str, Path], out: Path, title: str = "") -> Path:
     ax2.legend()
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_gains(groups: dict[str, dict[str, list[float]]], out: Path, baseline: str = "scratch",
+               title: str = "", xlabel: str = "gain over the baseline (points)") -> Path:
+    """Horizontal bars of each method's mean score minus ``baseline``'s mean, one colour per group (for example
+    one per teacher/student pair), with the per-seed values as dots. ``groups`` maps group -> method -> scores
+    (one per seed); methods are ordered by their mean gain over the groups."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, scores in groups.items():
+        if baseline not in scores:
+            raise ValueError(f"plot_gains: group {name!r} has no {baseline!r} scores")
+
+    def gain(scores: dict[str, list[float]], method: str) -> list[float]:
+        base = sum(scores[baseline]) / len(scores[baseline])
+        return [v - base for v in scores[method]]
+
+    methods = sorted({m for g in groups.values() for m in g if m != baseline},
+                     key=lambda m: sum(sum(gain(g, m)) / len(g[m]) for g in groups.values() if m in g)
+                     / sum(m in g for g in groups.values()))
+    height = 0.8 / max(1, len(groups))
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(methods) * max(1, len(groups)) ** 0.5 + 1.5))
+    for k, (name, scores) in enumerate(groups.items()):
+        ys, means = [], []
+        for i, m in enumerate(methods):
+            if m not in scores:
+                continue
+            g = gain(scores, m)
+            y = i + (k - (len(groups) - 1) / 2) * height
+            ys.append(y)
+            means.append(sum(g) / len(g))
+            ax.scatter(g, [y] * len(g), color="black", s=6, zorder=3)
+        ax.barh(ys, means, height=height, label=name)
+    ax.set_yticks(range(len(methods)), methods)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right")
+    if title:
+        ax.set_title(title)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)

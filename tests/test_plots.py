@@ -1,0 +1,50 @@
+"""Benchmark reports: the gains bar chart and the catalogue table with its cost columns."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from distill.report.plots import plot_gains
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_plot_gains_writes_png_and_needs_baseline(tmp_path: Path) -> None:
+    groups = {"pair a": {"scratch": [60.0, 61.0], "kd": [63.0, 62.0], "fitnet": [75.0]},
+              "pair b": {"scratch": [50.0], "kd": [49.0]}}
+    out = plot_gains(groups, tmp_path / "gains.png", title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="pair c.*scratch"):
+        plot_gains({**groups, "pair c": {"kd": [1.0]}}, tmp_path / "bad.png")
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("cifar10_kd", REPO / "benchmarks" / "cifar10_kd.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_catalogue_report_uses_the_cost_benchmark(tmp_path: Path) -> None:
+    bench = load_bench()
+    teacher = {"test_accuracy_before": 0.8, "test_accuracy_after": 0.9, "train": {"epochs": 3},
+               "train_images": 50000, "test_images": 10000}
+    runs = [{"arm": a, "seed": s, "accuracy": acc, "epoch_time_s": 99.0, "run_dir": str(tmp_path / "none")}
+            for a, s, acc in [("scratch", 0, 0.60), ("scratch", 1, 0.62), ("kd", 0, 0.64), ("kd", 1, 0.63)]]
+    (tmp_path / "cifar10_catalogue.json").write_text(json.dumps(
+        {"teacher": teacher, "runs": runs, "args": {"student": "resnet20", "epochs": 15, "per_class": 500}}))
+    (tmp_path / "catalogue_cost_resnet20.json").write_text(json.dumps(
+        {"arms": {"scratch": {"vs_scratch": 1.0, "epoch_s": 20.0}, "kd": {"vs_scratch": 1.9, "epoch_s": 38.2}}}))
+    args = argparse.Namespace(out=tmp_path, student="resnet20", per_class=500, epochs=15, quick=False,
+                              catalogue=True, skipped={}, name="cifar10_catalogue", seeds=[0])
+    bench.report(args, json.loads((tmp_path / "cifar10_catalogue.json").read_text()))
+    md = (tmp_path / "cifar10_catalogue.md").read_text()
+    assert "seeds 0, 1." in md  # the seeds of the runs, not of the command line
+    assert "| kd | 63.50 ± 0.71 | +2.50 | 64.00, 63.00 | 1.90 | 38 |" in md
+    assert "99.0" not in md  # the runs' own epoch times are not shown once the cost benchmark exists
+    assert (tmp_path / "cifar10_catalogue_gains.png").exists()
