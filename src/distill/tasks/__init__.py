@@ -2,5 +2,6 @@
 
 from distill.tasks.base import Task
 from distill.tasks.classification import ImageClassification
+from distill.tasks.vectors import VectorClassification, vector_dataset
 
-__all__ = ["Task", "ImageClassification"]
+__all__ = ["Task", "ImageClassification", "VectorClassification", "vector_dataset"]
