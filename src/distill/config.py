@@ -81,6 +81,9 @@ class TextDataConfig(_Strict):
     teacher_cache: str | None = None
     #: add augmented copies of the training sentences, labelled by the teacher only
     augment: TextAugmentConfig | None = None
+    #: offline aspect answers, the teacher of method ``makd``: a safetensors file written by
+    #: ``distill.methods.makd.AspectTargets.save`` for the training texts in file order (checked by fingerprint)
+    aspects: str | None = None
 
 
 class ModelConfig(_Strict):
@@ -386,6 +389,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         labels.add(label)
     from distill.methods import METHODS
 
+    _check_text_task(cfg)
     if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and not _has_teacher(cfg):
         names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
@@ -394,13 +398,15 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     _check_graph_task(cfg)
-    _check_text_task(cfg)
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
 
 
 def _check_text_task(cfg: ExperimentConfig) -> None:
-    if cfg.task != "text_classification" or cfg.text is None or cfg.text.augment is None:
+    if cfg.task != "text_classification" or cfg.text is None:
+        return
+    _check_text_aspects(cfg)
+    if cfg.text.augment is None:
         return
     a = cfg.text.augment
     if a.p_mask + a.p_replace > 1.0:
@@ -412,6 +418,32 @@ def _check_text_task(cfg: ExperimentConfig) -> None:
     if not any(METHODS.get(m.name).needs_teacher for m in cfg.methods):
         raise ConfigError("text.augment: the augmented copies carry no label, only a teacher's outputs; add a "
                           "method that uses the teacher (e.g. kd or lsf_idm) or drop text.augment")
+
+
+def _check_text_aspects(cfg: ExperimentConfig) -> None:
+    """``text.aspects`` is the teacher of ``makd`` and of nothing else."""
+    from distill.methods import METHODS
+    from distill.methods.makd import MultiAspectKD
+
+    assert cfg.text is not None
+    makd = [m.name for m in cfg.methods if METHODS.get(m.name) is MultiAspectKD]
+    others = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher and m.name not in makd]
+    if makd and cfg.text.aspects is None:
+        raise ConfigError(f"text.aspects: required by method {makd[0]!r} (a file of aspect answers scored on the "
+                          "training texts; see docs/text.md)")
+    if cfg.text.aspects is None:
+        return
+    if not makd:
+        raise ConfigError("text.aspects: aspect answers are the teacher of method 'makd' only; add it or drop "
+                          "text.aspects")
+    if others:
+        raise ConfigError(f"text.aspects: methods {others} need a teacher model's logits, which aspect answers "
+                          "do not give; run them in another experiment")
+    if cfg.teacher is not None:
+        raise ConfigError("teacher: text.aspects already serves as makd's teacher; drop the teacher section")
+    if cfg.text.augment is not None:
+        raise ConfigError("text.augment: the augmented copies have no aspect answers; drop text.augment when "
+                          "text.aspects is set")
 
 
 def _check_cache(cfg: ExperimentConfig) -> None:
@@ -466,6 +498,8 @@ def _has_teacher(cfg: ExperimentConfig) -> bool:
         return cfg.lm is not None and bool(cfg.lm.teacher or cfg.lm.topk_store)
     if cfg.task in ("embedding", "ranking"):
         return True  # their sections name the teacher (default: the shipped all-MiniLM-L6-v2)
+    if cfg.task == "text_classification" and cfg.text is not None and cfg.text.aspects is not None:
+        return True
     return cfg.teacher is not None
 
 

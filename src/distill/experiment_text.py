@@ -13,6 +13,8 @@ Example (``distill train this.yaml``)::
 ``text.augment`` trains on a transfer set: the labelled sentences plus augmented copies that only the teacher
 labels (:mod:`distill.data.text_augment`). ``teacher.cache`` serves the teacher's logits from the general teacher
 cache (sharded, fingerprinted, verified; docs/cache.md) instead of the in-memory ``PrecomputedTeacher``.
+``text.aspects`` is the teacher of ``makd``: offline yes/no aspect answers for each training sentence; the
+student then gets C + Q outputs and is evaluated on the first C.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from distill.experiment import (
     resolve_path,
     train_config,
 )
+from distill.methods.makd import AspectTargets, texts_fingerprint
 from distill.models.text_students import VOCAB_MODELS
 from distill.tasks.text import TextClassification
 from distill.train.module import DistillModule
@@ -90,6 +93,24 @@ def build_text_teacher(cfg: ExperimentConfig, num_classes: int, vocab_size: int,
     return teacher
 
 
+def load_text_aspects(cfg: ExperimentConfig, train: TokenizedText) -> AspectTargets:
+    """The aspect answers of ``text.aspects``, checked against the training texts they were scored on."""
+    t = cfg.text
+    assert t is not None and t.aspects is not None
+    path = resolve_path(t.aspects, cfg.base_dir)
+    if not path.exists():
+        raise ConfigError(f"text.aspects: {path} does not exist (score it with distill.methods.makd.score_aspects "
+                          "and AspectTargets.save; see docs/text.md)")
+    texts = load_text_classification(resolve_path(t.train, cfg.base_dir), t.format).texts
+    try:
+        aspects = AspectTargets.load(path, expect_fingerprint=texts_fingerprint(texts))
+    except ValueError as e:
+        raise ConfigError(f"text.aspects: {e}") from None
+    if len(aspects.probs) != len(train):
+        raise ConfigError(f"text.aspects: {path} holds {len(aspects.probs)} rows, the training set {len(train)}")
+    return aspects
+
+
 def build_text_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     t = cfg.text
     if t is None:
@@ -103,9 +124,13 @@ def build_text_experiment(cfg: ExperimentConfig, output_dir: str | Path | None =
     evald = load_text_split(t.eval, cfg, tokenizer, train.classes, "eval") if t.eval else None
     task = TextClassification()
     vocab = len(tokenizer)
-    student = build_model_from_config(text_model_config(cfg.student, vocab), train.num_classes, cfg.base_dir)
+    aspects = load_text_aspects(cfg, train) if t.aspects is not None else None
+    outputs = train.num_classes + (aspects.probs.shape[1] if aspects is not None else 0)  # makd: C + Q
+    student = build_model_from_config(text_model_config(cfg.student, vocab), outputs, cfg.base_dir)
     methods = build_methods(cfg.methods)
-    teacher = build_text_teacher(cfg, train.num_classes, vocab, task, train) if methods.needs_teacher else None
+    teacher: Any = aspects
+    if aspects is None and methods.needs_teacher:
+        teacher = build_text_teacher(cfg, train.num_classes, vocab, task, train)
     module = DistillModule(student, methods, teacher, task)
     trainer = Trainer(module, train, evald, train_config(cfg), Path(output_dir or cfg.output_dir))
     return Experiment(cfg, task, train, evald, None, student, teacher, methods, module, trainer)  # type: ignore[arg-type]
