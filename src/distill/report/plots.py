@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 from distill.train.logs import read_metrics
 
@@ -15,6 +16,16 @@ def series(run_dir: Path, split: str, metric: str) -> tuple[list[float], list[fl
             xs.append(float(row["epoch"]) if split == "eval" else float(row["step"]))
             ys.append(float(row["value"]))
     return xs, ys
+
+
+def _save(fig: Any, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
 
 
 def plot_runs(runs: dict[str, Path], out: Path, title: str = "") -> Path:
@@ -40,11 +51,7 @@ def plot_runs(runs: dict[str, Path], out: Path, title: str = "") -> Path:
     ax2.legend()
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_gains(groups: dict[str, dict[str, list[float]]], out: Path, baseline: str = "scratch",
@@ -88,11 +95,7 @@ def plot_gains(groups: dict[str, dict[str, list[float]]], out: Path, baseline: s
     ax.legend(loc="lower right")
     if title:
         ax.set_title(title)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def final_metrics(run_dir: Path) -> dict[str, float]:
