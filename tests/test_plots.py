@@ -48,3 +48,16 @@ def test_catalogue_report_uses_the_cost_benchmark(tmp_path: Path) -> None:
     assert "| kd | 63.50 ± 0.71 | +2.50 | 64.00, 63.00 | 1.90 | 38 |" in md
     assert "99.0" not in md  # the runs' own epoch times are not shown once the cost benchmark exists
     assert (tmp_path / "cifar10_catalogue_gains.png").exists()
+
+
+def test_cost_summary_takes_each_arms_fastest_round() -> None:
+    spec = importlib.util.spec_from_file_location("catalogue_cost", REPO / "benchmarks" / "catalogue_cost.py")
+    cost = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cost)
+    rounds = {"scratch": [0.6, 0.4, 0.5], "kd": [0.9, 0.8, 1.2], "dho": [0.8, 1.0, 0.9]}
+    rows = cost.summarise(rounds, {"scratch": 960, "kd": 960, "dho": 1920}, per_class=96, full_per_class=500)
+    assert rows["kd"]["step_s"] == 0.8 and rows["kd"]["vs_scratch"] == pytest.approx(2.0)
+    assert rows["dho"]["vs_kd"] == pytest.approx(1.0)
+    assert rows["scratch"]["epoch_s"] == pytest.approx(0.4 * 79)  # 5,000 images / batch 64
+    assert rows["dho"]["epoch_s"] == pytest.approx(0.8 * 158)  # twice the images per epoch
+    assert rows["dho"]["rounds_step_s"] == [0.8, 1.0, 0.9]
