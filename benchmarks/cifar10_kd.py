@@ -350,11 +350,11 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     cost = json.loads(cost_path.read_text())["arms"] if cost_path.exists() and not args.quick else {}
     if cost:
         lines += [f"Cost columns from `python benchmarks/catalogue_cost.py --student {args.student}` "
-                  f"({cost_path.name}): time per training step relative to scratch, measured with every arm in "
-                  "one process in interleaved rounds, and the seconds per epoch of this table's runs that it "
-                  "implies. The accuracy runs' own epoch times (in the JSON) are not comparable between arms: "
-                  "the machine's load changed during the hours they took.", ""]
-        lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | step cost (x scratch) "
+                  f"({cost_path.name}): time per training step relative to scratch (every arm in one process, "
+                  "fastest of interleaved rounds), and the seconds per epoch of this table's runs that it implies "
+                  "on one CPU thread. The accuracy runs' own epoch times (in the JSON) do not compare arms: the "
+                  "machine's load changed during the hours they took.", ""]
+        lines += ["| method | test accuracy (%), mean ± sd | gain over scratch | per seed | step cost (x scratch) "
                   "| s / epoch | note |", "|---|---|---|---|---|---|---|"]
     else:
         lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
@@ -373,7 +373,8 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         fits = [r["combiner"] for r in rs if r.get("combiner")]
         if fits:
             note += "; fitted (a, b): " + ", ".join(f"({c['a']:.2f}, {c['b']:g})" for c in fits)
-        lines.append(f"| {arm} | {mean:.2f} ± {sd:.2f} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} "
+        acc = f"{mean:.2f} ± {sd:.2f}" if len(accs) > 1 else f"{mean:.2f}"
+        lines.append(f"| {arm} | {acc} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} "
                      f"| {note} |")
     for arm, why in getattr(args, "skipped", {}).items():
         lines += ["", f"Not applicable to this pair: {arm} ({why})."]
