@@ -379,6 +379,10 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     for arm, why in getattr(args, "skipped", {}).items():
         lines += ["", f"Not applicable to this pair: {arm} ({why})."]
     if getattr(args, "catalogue", False):
+        todo = [a for a in arms(1, args.student) if a not in by_arm and a not in getattr(args, "skipped", {})]
+        if todo:
+            lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
+    if getattr(args, "catalogue", False):
         lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which "
                   "no offline teacher here gives; class-level aspects would be an auxiliary-label ablation, not "
                   "MaKD. Its spec demonstrates it on SST-2 with a text LLM instead."]

@@ -61,3 +61,27 @@ def test_cost_summary_takes_each_arms_fastest_round() -> None:
     assert rows["scratch"]["epoch_s"] == pytest.approx(0.4 * 79)  # 5,000 images / batch 64
     assert rows["dho"]["epoch_s"] == pytest.approx(0.8 * 158)  # twice the images per epoch
     assert rows["dho"]["rounds_step_s"] == [0.8, 1.0, 0.9]
+
+
+def load_sync():
+    spec = importlib.util.spec_from_file_location("sync_readme_tables", REPO / "scripts" / "sync_readme_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_tables_are_the_committed_result_files() -> None:
+    sync = load_sync()
+    text = (REPO / "README.md").read_text()
+    assert "<!-- table: " in text
+    assert sync.sync(text, REPO) == text, "run python scripts/sync_readme_tables.py"
+
+
+def test_sync_replaces_a_block_and_separates_notes_from_the_table(tmp_path: Path) -> None:
+    sync = load_sync()
+    (tmp_path / "r.md").write_text("intro\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nNot applicable: x.\n")
+    doc = "before\n<!-- table: r.md -->\nold rows\n<!-- /table -->\nafter\n"
+    assert sync.sync(doc, tmp_path) == ("before\n<!-- table: r.md -->\n| a | b |\n|---|---|\n| 1 | 2 |\n\n"
+                                        "Not applicable: x.\n<!-- /table -->\nafter\n")
+    with pytest.raises(FileNotFoundError, match="missing.md"):
+        sync.sync("<!-- table: missing.md -->\n<!-- /table -->", tmp_path)

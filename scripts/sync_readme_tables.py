@@ -1,0 +1,64 @@
+"""Copy benchmark tables into the README (or any Markdown file) between markers, so quoted numbers stay the
+numbers of the committed result files:
+
+    <!-- table: benchmarks/results/cifar10_catalogue.md -->
+    ... replaced by the table rows (and "Not applicable" / "MEAL V2" lines) of that file ...
+    <!-- /table -->
+
+    python scripts/sync_readme_tables.py            # rewrites README.md in place
+    python scripts/sync_readme_tables.py --check    # exit 1 if a table block is out of date
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
+KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run")
+
+
+def table_lines(md: Path) -> str:
+    """The table rows and the notes around them, with a blank line wherever a table starts or ends (Markdown
+    would otherwise read a note right after a table as one more row)."""
+    out: list[str] = []
+    for line in md.read_text().splitlines():
+        if not line.startswith(KEEP):
+            continue
+        if out and out[-1].startswith("|") != line.startswith("|"):
+            out.append("")
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def sync(text: str, root: Path) -> str:
+    def replace(m: re.Match[str]) -> str:
+        md = root / m.group("path")
+        if not md.exists():
+            raise FileNotFoundError(f"{m.group('path')}: named by a table marker but missing")
+        return m.group(1) + table_lines(md) + m.group(4)
+
+    return BLOCK.sub(replace, text)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("file", nargs="?", type=Path, default=REPO / "README.md")
+    p.add_argument("--check", action="store_true")
+    args = p.parse_args()
+    text = args.file.read_text()
+    new = sync(text, REPO)
+    if args.check:
+        if new != text:
+            print(f"{args.file}: a table block differs from its result file; run scripts/sync_readme_tables.py")
+            return 1
+        return 0
+    args.file.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
