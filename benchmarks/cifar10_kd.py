@@ -382,7 +382,6 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         todo = [a for a in arms(1, args.student) if a not in by_arm and a not in getattr(args, "skipped", {})]
         if todo:
             lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
-    if getattr(args, "catalogue", False):
         lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which "
                   "no offline teacher here gives; class-level aspects would be an auxiliary-label ablation, not "
                   "MaKD. Its spec demonstrates it on SST-2 with a text LLM instead."]
