@@ -34,13 +34,16 @@ teacher here can give; class-level aspects would be an auxiliary-label ablation,
 analogue is where it is demonstrated).
 
 Results are appended to the JSON as each run finishes, so an interrupted benchmark
-resumes where it stopped. Data: ../shared/data/cifar10-jpeg.tar.gz (or --data: any CIFAR-10 in a format
+resumes where it stopped. ``--only ARM ...`` trains a part of ``--arms``, so that a catalogue can be split over
+processes that share one results file (each write re-reads the file under a lock and merges).
+Data: ../shared/data/cifar10-jpeg.tar.gz (or --data: any CIFAR-10 in a format
 ``distill.data.load_images`` reads).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import statistics
@@ -398,6 +401,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--arms", nargs="+", default=ISSUE2_ARMS, choices=["all", *arms(1)],
                    help="methods to compare ('all': the whole classification catalogue)")
+    p.add_argument("--only", nargs="+", default=None, choices=list(arms(1)),
+                   help="train only these of --arms (the table still covers all of --arms)")
     p.add_argument("--name", default=None, help="stem of the result files (default cifar10_kd[_STUDENT])")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     p.add_argument("--epochs", type=int, default=15)
@@ -465,16 +470,31 @@ def main() -> int:
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
     for seed in args.seeds:
         for arm in args.arms:
-            if (arm, seed) in done:
+            if (arm, seed) in done or (args.only and arm not in args.only):
                 continue
             t0 = time.perf_counter()
             r = run_arm(args, arm, seed, teacher_weights)
             print(f"{arm:8s} seed {seed}: {100 * r['accuracy']:.2f}%  ({time.perf_counter() - t0:.0f}s)", flush=True)
-            results["runs"].append(r)
-            results_path.write_text(json.dumps(results, indent=2))
+            save_run(results_path, results, r)
     report(args, results)
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
     return 0
+
+
+def save_run(results_path: Path, results: dict[str, Any], run: dict[str, Any]) -> None:
+    """Add ``run`` to the results file, merged with the runs other processes wrote there since we read it (under
+    an exclusive lock, replaced atomically so that a crash mid-write never leaves a broken file)."""
+    with open(results_path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        on_disk = json.loads(results_path.read_text()) if results_path.exists() else {}
+        merged = {(r["arm"], r["seed"]): r for r in on_disk.get("runs", [])
+                  if on_disk.get("args", {}).get("epochs") == results["args"]["epochs"]}
+        merged.update({(r["arm"], r["seed"]): r for r in results["runs"]})
+        merged[(run["arm"], run["seed"])] = run
+        results["runs"] = list(merged.values())
+        tmp = results_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(results_path)
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> int:
