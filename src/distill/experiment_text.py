@@ -101,9 +101,8 @@ def load_text_aspects(cfg: ExperimentConfig, train: TokenizedText) -> AspectTarg
     if not path.exists():
         raise ConfigError(f"text.aspects: {path} does not exist (score it with distill.methods.makd.score_aspects "
                           "and AspectTargets.save; see docs/text.md)")
-    texts = load_text_classification(resolve_path(t.train, cfg.base_dir), t.format).texts
     try:
-        aspects = AspectTargets.load(path, expect_fingerprint=texts_fingerprint(texts))
+        aspects = AspectTargets.load(path, expect_fingerprint=texts_fingerprint(train.texts))
     except ValueError as e:
         raise ConfigError(f"text.aspects: {e}") from None
     if len(aspects.probs) != len(train):

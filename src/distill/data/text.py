@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +176,7 @@ class TokenizedText:
     """Token ids padded to a common length, with the true lengths and the labels.
 
     ``input_ids`` is (N, L) with ``pad_id`` after each sentence's ``lengths[i]`` tokens; batches are cut to
-    their own longest sentence by the task.
+    their own longest sentence by the task. ``texts`` are the sentences as read (empty when built from ids).
     """
 
     input_ids: torch.Tensor
@@ -184,6 +184,7 @@ class TokenizedText:
     labels: torch.Tensor
     classes: list[str]
     pad_id: int = 0
+    texts: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -203,7 +204,7 @@ def tokenize(examples: TextExamples, tokenizer: Any, max_length: int = 64) -> To
     mask = enc["attention_mask"].long()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return TokenizedText(ids, mask.sum(1), torch.tensor(examples.labels, dtype=torch.long), list(examples.classes),
-                         int(pad_id))
+                         int(pad_id), list(examples.texts))
 
 
 def minilm_dir() -> Path:
