@@ -29,3 +29,15 @@ def test_catalogue_has_provenance(capsys):
     assert rows["at"]["provenance"]["arxiv"] == "1612.03928"
     for name, row in rows.items():
         assert row["provenance"] and row["provenance"]["paper"], name
+
+
+def test_methods_family_filter(capsys):
+    assert main(["methods", "--json", "--family", "relations"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows and {r["family"] for r in rows} == {"relations"}
+    assert {"sp", "rkd"} <= {r["name"] for r in rows}
+    assert main(["methods", "--family", "nope"]) == 2
+    assert "unknown family 'nope'" in capsys.readouterr().err
+    assert main(["methods", "--family", "logits"]) == 0
+    out = capsys.readouterr().out
+    assert "Decoupled Knowledge Distillation" in out  # piped output is not folded to 80 columns

@@ -84,6 +84,12 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from distill.methods import METHODS
 
     rows = [e.as_dict() for e in METHODS]
+    if args.family:
+        families = sorted({r["family"] for r in rows})
+        if args.family not in families:
+            print(f"--family: unknown family {args.family!r}; choose from {', '.join(families)}", file=sys.stderr)
+            return 2
+        rows = [r for r in rows if r["family"] == args.family]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -92,13 +98,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
     table = Table(title=f"distill methods ({len(rows)})")
     for col in ("name", "family", "paper", "year", "arXiv", "code"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "year", "arXiv"))
     for r in rows:
         p = r["provenance"] or {}
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
         table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
                       p.get("arxiv") or "", repo)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
+        console = Console(width=200)
+    console.print(table)
     return 0
 
 
@@ -173,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the method catalogue with provenance")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--family", default=None, help="only this family (e.g. logits, features, relations)")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
