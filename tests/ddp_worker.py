@@ -68,7 +68,7 @@ def crd_bank(out: Path) -> None:
     the banks after the update must be those of one process holding the whole batch."""
     rank, world = distributed.rank(), distributed.world_size()
     torch.manual_seed(0)
-    crd = CRD(feat_dim=4, num_negatives=3)
+    crd = CRD(feat_dim=4, num_negatives=3, negatives="other_indices")
     feats = ModelOutput(torch.zeros(6, 10), {"pooled": torch.randn(6, 5)})
     crd.setup(feats, feats, RunInfo(num_train_examples=6))
     g = torch.Generator().manual_seed(1)

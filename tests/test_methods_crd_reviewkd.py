@@ -65,7 +65,7 @@ def crd_inputs(fs, ft, idx):
 
 
 def built_crd(n, ds=6, dt=10, **kw):
-    method = CRD("p", "p", **kw)
+    method = CRD("p", "p", **{"negatives": "other_indices", **kw})  # uniform negatives: the reference's draw
     method.setup(ModelOutput(torch.zeros(2, 3), {"p": torch.zeros(2, ds)}),
                  ModelOutput(torch.zeros(2, 3), {"p": torch.zeros(2, dt)}), RunInfo(num_train_examples=n))
     return method
@@ -376,6 +376,8 @@ def test_gradients_reach_student_and_method_never_teacher():
     task = module.task
     batch = task.prepare(task.fetch(data, torch.arange(20)), train=True, generator=torch.Generator().manual_seed(0))
     module.setup(batch, RunInfo(num_train_examples=len(data.labels), batch_size=20))
+    labels = torch.as_tensor(data.labels).long()  # what the trainer's teacher pass records for other_classes
+    module.methods.methods["crd"].set_labels(torch.arange(len(labels)), labels)
     loss, terms, _ = module(batch, epoch=1)
     assert set(terms) == {"ce", "crd", "reviewkd"} and all(torch.isfinite(v) for v in terms.values())
     loss.backward()

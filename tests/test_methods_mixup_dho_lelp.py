@@ -35,7 +35,7 @@ YAML_EXAMPLES = {
     "mixup": "{name: mixup, strategy: fmu, beta: 1.0}",
     "mixstd": "{name: mixstd, weight: 1.0, ce_weight: 0.1, kl_weight: 0.9}",
     "mixkd": "{name: mixkd, strategy: pmu, partmixup: 0.9, pmu_sampling: with_replacement, beta: 1.0}",
-    "dho": "{name: dho, temperature: 2.0, ce_weight: 0.5, kd_weight: 0.5, kd_reduction: all, student: pooled}",
+    "dho": "{name: dho, temperature: 2.0, ce_weight: 0.5, kd_weight: 0.5, kd_reduction: split, student: pooled}",
     "lelp": "{name: lelp, subclasses: 4, beta: 1.0, targets: cached, assign: labels}",
 }
 
@@ -254,8 +254,9 @@ def test_dho_losses_match_kl_div_and_labelled_ce():
     x = torch.randn(6, 3, 8, 8)
     zt = torch.randn(6, 10) * 3
     y = torch.tensor([1, -100, 3, -100, -100, 7])
-    for reduction in ("all", "split"):
-        method = DHO(temperature=2.0, ce_weight=0.5, kd_weight=0.5, kd_reduction=reduction)
+    for reduction in ("all", "split", None):  # None: the default, the official KL(x_l) + KL(x_u)
+        method = DHO(temperature=2.0, ce_weight=0.5, kd_weight=0.5,
+                     **({} if reduction is None else {"kd_reduction": reduction}))
         torch.manual_seed(1)
         terms = dho_step(method, student, x, zt, y)
         with torch.no_grad(), FeatureTaps(student, ["pooled"]).capture() as f:

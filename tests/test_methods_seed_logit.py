@@ -12,7 +12,7 @@ import yaml
 from helpers import TinyCNN, demo_subset
 from torch import nn
 
-from distill.config import parse_config
+from distill.config import ConfigError, parse_config
 from distill.core.batch import Batch
 from distill.core.compose import Composite
 from distill.core.outputs import ModelOutput, StepInputs
@@ -64,6 +64,20 @@ def test_every_method_has_a_validated_yaml_example():
         assert isinstance(comp.methods[name], METHODS.get(name))
     assert METHODS.get("plackett_luce") is PLD and METHODS.get("nd_loss") is NormDirection
     assert METHODS.get("meal_v2") is MealV2
+
+
+def test_mealv2_refuses_an_ensemble_left_to_average_logits():
+    raw = {
+        "output_dir": "runs/x",
+        "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
+        "student": {"arch": "resnet20"},
+        "teacher": {"ensemble": [{"arch": "resnet20"}, {"arch": "resnet32"}]},
+        "methods": [{"name": "mealv2"}],
+    }
+    with pytest.raises(ConfigError, match=r"^teacher\.reduce: method 'mealv2' .* set reduce: probs"):
+        parse_config(raw)
+    assert parse_config({**raw, "teacher": {**raw["teacher"], "reduce": "logits"}}).teacher.reduce == "logits"
+    assert parse_config({**raw, "methods": [{"name": "kd"}]}).teacher.reduce == "logits"  # kd: either is fine
 
 
 # -- PLD ---------------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ METHOD_OPTIONS = {
     "dist": {},
     "nst": {"student": ["f1", "f2"]},
     "vid": {"student": ["f1", "f2"], "teacher": ["f1", "f2"]},
-    "crd": {"feat_dim": 8, "num_negatives": 4},
+    "crd": {"feat_dim": 8, "num_negatives": 4, "negatives": "other_indices"},  # no teacher pass here
 }
 
 

@@ -395,6 +395,8 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
     if cfg.teacher is not None and cfg.teacher.cache is not None:
         _check_cache(cfg)
+    if cfg.teacher is not None and cfg.teacher.ensemble:
+        _check_ensemble_reduce(cfg)
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     _check_graph_task(cfg)
@@ -444,6 +446,21 @@ def _check_text_aspects(cfg: ExperimentConfig) -> None:
     if cfg.text.augment is not None:
         raise ConfigError("text.augment: the augmented copies have no aspect answers; drop text.augment when "
                           "text.aspects is set")
+
+
+def _check_ensemble_reduce(cfg: ExperimentConfig) -> None:
+    """A method that needs one way of combining ensemble members (MEAL V2: mean probabilities) is not left to the
+    default; an explicit other choice is respected."""
+    from distill.methods import METHODS
+
+    assert cfg.teacher is not None
+    if "reduce" in cfg.teacher.model_fields_set:
+        return
+    for m in cfg.methods:
+        want = METHODS.get(m.name).ensemble_reduce
+        if want is not None and want != cfg.teacher.reduce:
+            raise ConfigError(f"teacher.reduce: method {m.name!r} distils the ensemble's mean {want}; set "
+                              f"reduce: {want} (the default, {cfg.teacher.reduce}, averages logits)")
 
 
 def _check_cache(cfg: ExperimentConfig) -> None:

@@ -34,6 +34,9 @@ class Method(nn.Module):
     #: True when the method also works with a sparse teacher (``ModelOutput.topk`` set, ``logits`` None), as
     #: served by a top-k teacher cache; other methods are refused such a teacher with a clear error
     accepts_topk_teacher: ClassVar[bool] = False
+    #: how a teacher ensemble must combine its members for this method (``"probs"``: the mean of their
+    #: probabilities), or None when either is fine; configs that leave ``teacher.reduce`` unset are refused
+    ensemble_reduce: ClassVar[str | None] = None
     #: epochs of an initialisation stage run before the main training (0: none). During it the optimiser
     #: minimises only :meth:`init_loss` of the methods that have one, at the base learning rate. This is how
     #: RepDistiller's pre-training of AB connectors, FT's paraphraser or FSP works, with no trainer special case.

@@ -110,11 +110,11 @@ class CRD(Method):
     (1-m) v_s) and M_t[y] likewise with v_t (score-then-update order, as in the official code). No labels.
 
     Negatives (:func:`sample_negatives`) are drawn with the global torch RNG, which the trainer checkpoints,
-    so a resumed run draws the same ones. ``negatives="other_indices"`` (the default) draws K indices
-    uniformly among the other N-1 training examples and needs no labels. ``"other_classes"`` is the official
-    'exact' mode (RepDistiller/mdistiller ``CIFAR100InstanceSample``, torchdistill ``CRDDatasetWrapper``):
-    negatives come from other classes; the labels of all N examples are read once in a teacher pass over the
-    training set (kept in the buffer ``labels``).
+    so a resumed run draws the same ones. ``negatives="other_classes"`` (the default) is the official 'exact'
+    mode (RepDistiller/mdistiller ``CIFAR100InstanceSample``, torchdistill ``CRDDatasetWrapper``): negatives come
+    from other classes; the labels of all N examples are read once in a teacher pass over the training set (kept
+    in the buffer ``labels``). ``"other_indices"`` draws K indices uniformly among the other N-1 training
+    examples and needs no labels (for unlabelled transfer sets).
 
     Mapping onto the references: ``num_negatives`` = RepDistiller ``--nce_k`` / mdistiller ``CRD.NCE.K`` /
     torchdistill ``num_negative_samples`` (official 16384); ``temperature`` = ``--nce_t`` (0.07); ``momentum`` =
@@ -136,7 +136,7 @@ class CRD(Method):
         temperature: float = 0.07,
         momentum: float = 0.5,
         eps: float = 1e-7,
-        negatives: Literal["other_indices", "other_classes"] = "other_indices",
+        negatives: Literal["other_indices", "other_classes"] = "other_classes",
     ):
         super().__init__()
         if feat_dim <= 0 or num_negatives <= 0:
@@ -191,7 +191,8 @@ class CRD(Method):
         """Record the label of every training example (only the ``other_classes`` mode asks for this pass)."""
         for batch, _ in outputs:
             if batch.labels is None or batch.indices is None:
-                raise ValueError("crd: negatives='other_classes' needs labels and indices in the training batches")
+                raise ValueError("crd: negatives='other_classes' (the default) needs labels and indices in the "
+                                 "training batches; for unlabelled data set negatives: other_indices")
             self.set_labels(batch.indices, batch.labels)
 
     def set_labels(self, indices: torch.Tensor, labels: torch.Tensor) -> None:

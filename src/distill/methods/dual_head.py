@@ -93,8 +93,10 @@ class DHO(Method):
         L = ce_weight * CE(z_ce[labelled], y) + kd_weight * T^2 * KL(softmax(z_t / T) || softmax(z_kd / T)),
 
     CE over the labelled rows only (label -100 = unlabelled; 0 when a batch has none), the KL over all rows.
-    ``kd_reduction="all"``: one batchmean over every row; ``"split"``: batchmean over the labelled rows plus
-    batchmean over the unlabelled rows, the official KL(x_l) + KL(x_u) of two equal-size loaders. Gradient
+    ``kd_reduction="split"`` (default): batchmean over the labelled rows plus batchmean over the unlabelled rows,
+    the official KL(x_l) + KL(x_u) of two equal-size loaders (a batch with no unlabelled rows gets one batchmean);
+    ``"all"``: one batchmean over every row, which halves the KD weight against the official loss when the two
+    groups are of equal size. Gradient
     routing comes from the structure: the KD terms never reach the CE head, CE never reaches the KD head, the
     backbone gets both. ``kd_head="normalized"`` is the ImageNet-semi variant z_kd = 100 (W_kd phi/||phi|| + b).
 
@@ -118,7 +120,7 @@ class DHO(Method):
         temperature: float = 2.0,
         ce_weight: float = 0.5,
         kd_weight: float = 0.5,
-        kd_reduction: Literal["all", "split"] = "all",
+        kd_reduction: Literal["all", "split"] = "split",
         kd_head: Literal["linear", "normalized"] = "linear",
         fit_combiner: bool = True,
         combine_a: float = 0.5,

@@ -87,7 +87,8 @@ class MealV2(Method):
     L_sim = -(1/B) sum_i sum_c pbar_ic log softmax(z_s,i)_c at T = 1, with pbar = softmax(teacher logits).
     **The target must be the mean of the members' probabilities**: use ``EnsembleTeacher(models, reduce="probs")``
     (YAML ``teacher: {ensemble: [...], reduce: probs}``), whose logits are log pbar, so softmax gives pbar
-    exactly. With ``reduce="logits"`` the target would be softmax of the mean logits, which is not MEAL V2; a
+    exactly. With ``reduce="logits"`` the target would be softmax of the mean logits, which is not MEAL V2 (a YAML
+    ensemble that leaves ``reduce`` unset is refused; an explicit ``reduce: logits`` is taken as an ablation); a
     single teacher gives plain soft-CE distillation. No hard labels are used (soft-CE = KL(pbar || p_s) + H(pbar)).
 
     Discriminator (``discriminator=True``, official): D maps a logit vector through 1x1 convolutions
@@ -111,6 +112,8 @@ class MealV2(Method):
     ``d_lr_factor`` gives D its own learning rate, ``lr * d_lr_factor``, following the run's schedule (the
     intended d_lr = 1e-4 at lr 0.01 is ``d_lr_factor: 0.01``).
     """
+
+    ensemble_reduce = "probs"
 
     def __init__(
         self,
