@@ -331,7 +331,8 @@ def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dic
 def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
     rows = results["runs"]
     by_arm: dict[str, list[dict[str, Any]]] = {}
-    for r in rows:
+    order = {arm: i for i, arm in enumerate(arms(1))}  # catalogue order, whichever process finished first
+    for r in sorted(rows, key=lambda r: (order.get(r["arm"], len(order)), r["seed"])):
         by_arm.setdefault(r["arm"], []).append(r)
     base = statistics.mean(r["accuracy"] for r in by_arm.get("scratch", [])) if "scratch" in by_arm else None
     t = results["teacher"]
