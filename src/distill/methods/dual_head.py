@@ -96,9 +96,9 @@ class DHO(Method):
     ``kd_reduction="split"`` (default): batchmean over the labelled rows plus batchmean over the unlabelled rows,
     the official KL(x_l) + KL(x_u) of two equal-size loaders (a batch with no unlabelled rows gets one batchmean);
     ``"all"``: one batchmean over every row, which halves the KD weight against the official loss when the two
-    groups are of equal size. Gradient
-    routing comes from the structure: the KD terms never reach the CE head, CE never reaches the KD head, the
-    backbone gets both. ``kd_head="normalized"`` is the ImageNet-semi variant z_kd = 100 (W_kd phi/||phi|| + b).
+    groups are of equal size. Gradient routing comes from the structure: the KD terms never reach the CE head, CE
+    never reaches the KD head, the backbone gets both. ``kd_head="normalized"`` is the ImageNet-semi variant
+    z_kd = 100 (W_kd phi/||phi|| + b).
 
     Inference (:meth:`inference_model`): p = a softmax(z_ce) + (1 - a) softmax(z_kd / b); the wrapper returns
     log p so arg-max and CE are meaningful. With ``fit_combiner`` (a, b) are re-fitted after every epoch on the
