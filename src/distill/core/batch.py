@@ -7,6 +7,10 @@ from typing import Any
 
 import torch
 
+#: The label of an example (or token) that no supervised loss sees: unlabelled images and graph nodes, prompt and
+#: padding tokens. The one definition in the package; PyTorch's ``cross_entropy`` ignores it by default.
+IGNORE_INDEX = -100
+
 
 @dataclass
 class Batch:
