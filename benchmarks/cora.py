@@ -98,7 +98,7 @@ def node_part(args: argparse.Namespace, graph: GraphData, results: dict[str, Any
 
 
 def unlearn_part(args: argparse.Namespace, graph: GraphData, results: dict[str, Any], out: Path) -> None:
-    from distill.graph.unlearning import UnlearningConfig, run_unlearning
+    from distill.pipelines.graph_unlearning import UnlearningConfig, run_unlearning
 
     part = results.setdefault("unlearn", {})
     for setting in args.deletion:

@@ -119,14 +119,22 @@ def all_examples() -> dict[str, str]:
 
 
 def test_every_method_has_a_validated_yaml_example():
+    """Each example's options validate against the method's signature and build the method; a method trained by a
+    pipeline is refused from a methods list with the pipeline named."""
+    from distill.config import MethodConfig, validate_method_options
     from distill.methods import METHODS
 
     examples = all_examples()
     missing = set(METHODS.names()) - {METHODS.canonical(k) for k in examples}
     assert not missing, f"no YAML example for {sorted(missing)}"
     for name in METHODS.names():
-        raw = base()
         line = next(v for k, v in examples.items() if METHODS.canonical(k) == name)
-        raw["methods"] = [yaml.safe_load(line)]
-        comp = build_methods(parse_config(raw).methods)
+        method = MethodConfig.model_validate(yaml.safe_load(line))
+        validate_method_options(method.name, method.options(), "methods[0]")
+        comp = build_methods([method])
         assert isinstance(next(iter(comp.methods.values())), METHODS.get(name)), name
+        if METHODS.get(name).pipeline is not None:
+            raw = base()
+            raw["methods"] = [yaml.safe_load(line)]
+            with pytest.raises(ConfigError, match=rf"^methods\[0\]\.name: '{name}' is trained by the pipeline "):
+                parse_config(raw)

@@ -15,10 +15,10 @@ from conftest import shared_path  # noqa: E402
 from distill.core.compose import Composite  # noqa: E402
 from distill.data.planetoid import GraphData, load_planetoid  # noqa: E402
 from distill.graph.node import graph_train_config, train_node_classifier  # noqa: E402
-from distill.graph.unlearning import auroc, choose_deleted, df_auroc, link_split  # noqa: E402
 from distill.methods.graph_kd import FFG2M  # noqa: E402
 from distill.methods.logits import CrossEntropy  # noqa: E402
 from distill.models.gnn import graph_gat, graph_gcn, graph_mlp, graph_sage  # noqa: E402
+from distill.pipelines.graph_unlearning import auroc, choose_deleted, df_auroc, link_split  # noqa: E402
 from distill.tasks.graph import UNLABELED, GraphNodeClassification, GraphNodes  # noqa: E402
 
 
@@ -109,8 +109,8 @@ def test_yaml_graph_task_builds_and_rejects_mismatched_models(tmp_path):
     from distill.config import ConfigError, parse_config
     from distill.experiment import build_experiment
 
-    raw = {"task": "graph_node_classification", "data": {"train": str(shared_path("data", "planetoid"))},
-           "graph": {"dataset": "cora", "train_on": "all"},
+    raw = {"task": "graph_node_classification",
+           "data": {"path": str(shared_path("data", "planetoid")), "dataset": "cora", "train_on": "all"},
            "student": {"arch": "graph_mlp", "options": {"hidden": 16, "num_layers": 2}},
            "teacher": {"arch": "graph_gcn", "options": {"hidden": 16, "num_layers": 2}},
            "methods": [{"name": "ffg2m", "lam": 0.4, "tau": 1.5}],

@@ -267,9 +267,10 @@ def test_yaml_causal_lm_run_trains_and_reports_perplexity(tmp_path, tok):
     tiny_model(seed=11, hidden=32).save_pretrained(tmp_path / "teacher")
     corpus(tmp_path, 400)
     raw = {"task": "causal_lm", "output_dir": str(tmp_path / "run"),
-           "lm": {"tokenizer": "tok", "teacher": "teacher",
-                  "data": {"text": "input.txt", "block_size": 16, "val_fraction": 0.2},
-                  "student": {"hidden_size": 16, "num_layers": 1, "num_heads": 2, "intermediate_size": 32}},
+           "data": {"tokenizer": "tok", "text": "input.txt", "block_size": 16, "val_fraction": 0.2},
+           "student": {"arch": "llama", "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                                    "intermediate_size": 32}},
+           "teacher": {"path": "teacher"},
            "methods": [{"name": "lm_ce", "weight": 0.5}, {"name": "fkl", "weight": 0.5}],
            "train": {"epochs": 1, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "progress": False}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
@@ -279,27 +280,45 @@ def test_yaml_causal_lm_run_trains_and_reports_perplexity(tmp_path, tok):
     after = exp.trainer.evaluate()
     assert set(after) >= {"perplexity", "teacher_agreement"}
     assert after["perplexity"] < before["perplexity"]
-    bad = dict(raw, lm=None)
-    with pytest.raises(ConfigError, match="lm: required"):
+    bad = {k: v for k, v in raw.items() if k != "data"}
+    with pytest.raises(ConfigError, match="^data: required"):
         parse_config(bad)
-    image_cfg = {k: v for k, v in raw.items() if k not in ("task", "lm")}
-    with pytest.raises(ConfigError, match="data: required"):
+    image_cfg = {k: v for k, v in raw.items() if k != "task"}
+    with pytest.raises(ConfigError, match=r"^data\.train: required key is missing"):
         parse_config(image_cfg)
 
 
-def test_build_store_command_writes_a_store_the_run_can_serve(tmp_path, tok):
-    from distill.llm.build_store import main
+def test_cache_build_command_writes_a_topk_cache_the_run_serves(tmp_path, tok, capsys):
+    """``distill cache build`` stores the teacher's top-k log-probabilities of a causal_lm config (the command that
+    replaced ``python -m distill.llm.build_store``); the run then serves them instead of running the teacher."""
+    import json
+
+    import yaml
+
+    from distill.cache import TeacherCache
+    from distill.cli import main
+    from distill.config import load_config
+    from distill.experiment import build_experiment
 
     tok.save_pretrained(tmp_path / "teacher")
     tiny_model(seed=12).save_pretrained(tmp_path / "teacher")
     text = corpus(tmp_path, 200)
-    main(["--teacher", str(tmp_path / "teacher"), "--text", str(text), "--block-size", "16", "--k", "4",
-          "--out", str(tmp_path / "store")])
-    store = TopKStore(tmp_path / "store")
+    raw = {"task": "causal_lm", "output_dir": str(tmp_path / "run"),
+           "data": {"tokenizer": "teacher", "text": "input.txt", "block_size": 16},
+           "student": {"arch": "llama", "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                                    "intermediate_size": 32}},
+           "teacher": {"path": "teacher", "cache": {"path": "store", "topk": 4}},
+           "methods": [{"name": "fkl"}], "train": {"epochs": 1, "batch_size": 4, "progress": False}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["cache", "build", str(tmp_path / "run.yaml")]) == 0
+    out = json.loads(capsys.readouterr().out)
     train, _ = text_blocks(text, tok, block_size=16)
-    assert len(store) == len(train) and store.k == 4
-    assert torch.equal(store.rows(torch.tensor([0])).indices[0, :, 0],
-                       task_top1(tiny_model(seed=12), train))
+    assert out["examples"] == len(train) and out["meta"]["kind"] == "topk" and out["meta"]["k"] == 4
+    exp = build_experiment(load_config(tmp_path / "run.yaml"))
+    assert isinstance(exp.teacher, TeacherCache)
+    task = exp.task
+    served = exp.teacher(task.fetch(exp.train_data, torch.tensor([0])), task).topk
+    assert torch.equal(served.indices[0, :, 0], task_top1(tiny_model(seed=12), train))
 
 
 def task_top1(model, data):

@@ -120,7 +120,7 @@ def test_gradients_reach_the_student_never_the_teacher(precompute):
 
 
 def test_yaml_example_builds_in_a_text_config():
-    raw = {"task": "text_classification", "text": {"train": "train.tsv", "eval": "dev.tsv"},
+    raw = {"task": "text_classification", "data": {"train": "train.tsv", "eval": "dev.tsv"},
            "student": {"arch": "bilstm"}, "teacher": {"arch": "minilm"},
            "methods": [yaml.safe_load(YAML_EXAMPLES["lsf_idm"])], "train": {"epochs": 1}}
     comp = build_methods(parse_config(raw).methods)

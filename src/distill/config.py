@@ -1,5 +1,11 @@
 """YAML experiment files, validated into the same objects the Python API builds.
 
+Every experiment has the same top level: ``task`` (which family), ``output_dir``, ``seed``, ``deterministic``,
+``data`` (the family's own section), ``student``, ``teacher``, ``methods`` and ``train``. The ``data`` section and
+the model sections are validated against the classes the family declares (:mod:`distill.tasks`); ``train`` is
+validated from :class:`distill.train.trainer.TrainConfig` itself and ``teacher.cache`` from
+:class:`distill.cache.CacheSettings`, so each setting is declared once, where it is used.
+
 A bad file fails with one line that names the key and what is allowed, e.g.
 ``config error: methods[1].temprature: unknown option for method 'kd'; allowed: ce_weight, kl_weight, ...``.
 Components are chosen from registries by name; a config never imports code.
@@ -16,128 +22,66 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from distill.cache.settings import CacheSettings
+from distill.core.family import FAMILIES
+from distill.train.config import TrainConfig
+
 
 class ConfigError(ValueError):
     """A one-line, user-facing configuration error."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are refused."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class NormalizeConfig(_Strict):
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+ASSETS = Path(__file__).resolve().parent / "assets"
 
 
-class AugmentConfig(_Strict):
-    crop_padding: int = Field(4, ge=0)
-    flip: bool = True
+def resolve_path(value: str, base_dir: str | None = None) -> Path:
+    """``builtin:NAME`` is a file shipped in the package; a relative path is looked up next to the config
+    file first, then in the working directory."""
+    if value.startswith("builtin:"):
+        path = ASSETS / value.removeprefix("builtin:")
+        if not path.exists():
+            shipped = ", ".join(sorted(p.name for p in ASSETS.iterdir() if not p.name.startswith(".")))
+            raise ConfigError(f"{value}: no such built-in file; shipped: {shipped}")
+        return path
+    path = Path(value).expanduser()
+    if not path.is_absolute() and base_dir is not None and (Path(base_dir) / path).exists():
+        return Path(base_dir) / path
+    return path
 
 
-class DataConfig(_Strict):
-    train: str
-    eval: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
-    train_per_class: int | None = Field(None, gt=0)
-    eval_per_class: int | None = Field(None, gt=0)
-    val_per_class: int | None = Field(None, gt=0)
-    labeled_per_class: int | None = Field(None, gt=0)
-    subset_seed: int = 0
-    image_size: int | None = Field(None, gt=0)
-    normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
-    augment: AugmentConfig | None = AugmentConfig()
-    cache_dir: str | None = None
-    channels_last: bool = True
+class ModelConfig(Strict):
+    """A model of the run's family: ``arch`` names a built-in architecture of the family (``distill methods``
+    does not list them; the error for an unknown one does), ``path`` a local model folder or file where the family
+    reads one (a Hugging Face or sentence-transformers folder, a GGUF file), ``weights`` a safetensors or
+    weights-only checkpoint loaded into it, ``options`` the builder's keyword arguments."""
 
-
-class TextAugmentConfig(_Strict):
-    """``text.augment``: a transfer set of augmented, teacher-labelled copies of the training sentences (Tang et
-    al. 2019; see :mod:`distill.data.text_augment`)."""
-
-    copies: int = Field(4, ge=1)
-    p_mask: float = Field(0.1, ge=0.0, le=1.0)
-    p_replace: float = Field(0.1, ge=0.0, le=1.0)
-    p_ngram: float = Field(0.25, ge=0.0, le=1.0)
-    ngram_min: int = Field(1, ge=1)
-    ngram_max: int = Field(5, ge=1)
-    seed: int = 0
-
-
-class TextDataConfig(_Strict):
-    """Data of ``task: text_classification``: labelled-sentence files (SST ``<label> <sentence>`` lines,
-    ``label<TAB>text`` TSV, or TSV/CSV with a header naming text/sentence and label columns), tokenised with a
-    local Hugging Face tokenizer (``minilm``: the one packaged with all-MiniLM-L6-v2)."""
-
-    train: str
-    eval: str | None = None
-    format: Literal["auto", "sst", "tsv", "csv"] = "auto"
-    tokenizer: str = "minilm"
-    max_length: int = Field(64, ge=2)
-    #: compute the teacher's logits over the training set once and serve them by example index
-    precompute_teacher: bool = True
-    #: safetensors file to save the precomputed teacher logits to (and reuse when it exists)
-    teacher_cache: str | None = None
-    #: add augmented copies of the training sentences, labelled by the teacher only
-    augment: TextAugmentConfig | None = None
-    #: offline aspect answers, the teacher of method ``makd``: a safetensors file written by
-    #: ``distill.methods.makd.AspectTargets.save`` for the training texts in file order (checked by fingerprint)
-    aspects: str | None = None
-
-
-class ModelConfig(_Strict):
-    arch: str
-    num_classes: int | None = Field(None, gt=0)
-    weights: str | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, v: str) -> str:
-        from distill.models import MODELS, TEXT_MODELS
-        from distill.models.gnn import GRAPH_MODELS
-
-        if v not in MODELS and v not in TEXT_MODELS and v not in GRAPH_MODELS:
-            known = sorted([*MODELS, *TEXT_MODELS, *GRAPH_MODELS])
-            raise ValueError(f"unknown model {v!r}; allowed: {', '.join(known)}")
-        return v
-
-
-class TeacherCacheConfig(_Strict):
-    """``teacher.cache``: serve the teacher's outputs from a cache on disk (see docs/cache.md)."""
-
-    path: str
-    topk: int | None = Field(None, gt=0)
-    views: int = Field(1, gt=0)
-    features: list[str] = Field(default_factory=list)
-    seed: int = 0
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    build: Literal["never", "if_missing", "always"] = "if_missing"
-    batch_size: int = Field(256, gt=0)
-    verify: bool = True
-
-
-class TeacherConfig(_Strict):
     arch: str | None = None
-    weights: str | None = None
+    path: str | None = None
     num_classes: int | None = Field(None, gt=0)
+    weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TeacherConfig(ModelConfig):
+    """The teacher: one model (the keys of :class:`ModelConfig`), an ``ensemble`` of them combined by ``reduce``,
+    and optionally ``cache``: its outputs computed once and served from disk (docs/cache.md)."""
+
     ensemble: list[ModelConfig] | None = None
     reduce: Literal["logits", "probs"] = "logits"
-    cache: TeacherCacheConfig | None = None
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, v: str | None) -> str | None:
-        return ModelConfig._known_arch(v) if v is not None else v
+    cache: CacheSettings | None = None
 
     def members(self) -> list[ModelConfig]:
         if self.ensemble:
             return list(self.ensemble)
-        if self.arch is None:
-            raise ConfigError("teacher: give 'arch' (and usually 'weights') or an 'ensemble' list")
-        return [ModelConfig(arch=self.arch, weights=self.weights, num_classes=self.num_classes,
+        if self.arch is None and self.path is None:
+            raise ConfigError("teacher: give 'arch' (and usually 'weights'), 'path' or an 'ensemble' list")
+        return [ModelConfig(arch=self.arch, path=self.path, weights=self.weights, num_classes=self.num_classes,
                             options=self.options)]
 
 
@@ -162,154 +106,35 @@ class MethodConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
-class TrainSection(_Strict):
-    epochs: int = Field(10, gt=0)
-    batch_size: int = Field(64, gt=0)
-    eval_batch_size: int = Field(256, gt=0)
-    grad_accum: int = Field(1, gt=0)
-    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.9, ge=0)
-    nesterov: bool = False
-    weight_decay: float = Field(5e-4, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
-    milestones: list[float] = Field(default_factory=list)
-    gamma: float = Field(0.1, gt=0)
-    warmup_epochs: float = Field(0.0, ge=0)
-    min_lr_factor: float = Field(0.0, ge=0, le=1)
-    clip_grad_norm: float | None = Field(None, gt=0)
-    early_stopping_patience: int | None = Field(None, gt=0)
-    early_stopping_metric: str | None = None
-    early_stopping_min_delta: float = Field(0.0, ge=0)
-    eval_every: int = Field(1, gt=0)
-    log_every: int = Field(10, gt=0)
-    checkpoint_every: int = Field(0, ge=0)
-    checkpoint_every_epochs: int = Field(1, ge=0)
-    keep_checkpoints: int = Field(2, gt=0)
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False
-    progress: bool = True
-    max_steps: int | None = Field(None, gt=0)
-    step_delay: float = Field(0.0, ge=0)
-    # several processes and speed options (docs/ddp.md)
-    find_unused_parameters: bool = True
-    sync_batchnorm: bool = False
-    broadcast_buffers: bool = True
-    teacher_inference_mode: bool = False
-    compile_student: bool = False
+class ExperimentConfig(Strict):
+    """The top level of every experiment. ``data``, ``student`` and ``teacher`` hold the family's own section
+    classes after :func:`parse_config`."""
 
-
-class LMDataConfig(_Strict):
-    """Causal-LM data: a plain-text corpus (``text``, chunked into blocks with a fixed train/val split) or
-    prompt/response JSONL files (``train_jsonl`` and optionally ``eval_jsonl``)."""
-
-    text: str | None = None
-    train_jsonl: str | None = None
-    eval_jsonl: str | None = None
-    block_size: int = Field(128, ge=2)
-    val_fraction: float = Field(0.1, gt=0, lt=1)
-    max_tokens: int | None = Field(None, gt=0)
-    max_length: int = Field(256, ge=2)
-    train_blocks: int | None = Field(None, gt=0)
-    eval_blocks: int | None = Field(None, gt=0)
-
-
-class LMStudentConfig(_Strict):
-    """A small Llama student with the tokenizer's vocabulary (``distill.llm.models.small_llama`` options), or a
-    Hugging Face model directory (``path``). ``init_from_teacher`` copies teacher layers (equal widths only)."""
-
-    path: str | None = None
-    hidden_size: int = Field(256, gt=0)
-    num_layers: int = Field(4, gt=0)
-    num_heads: int = Field(4, gt=0)
-    intermediate_size: int = Field(704, gt=0)
-    max_positions: int = Field(256, gt=0)
-    init_from_teacher: bool = False
-    teacher_layers: list[int] | None = None
-
-
-class LMSection(_Strict):
-    """The ``lm:`` section of a ``task: causal_lm`` run. ``tokenizer`` and ``teacher`` are a GGUF file or a Hugging
-    Face model directory; ``topk_store`` serves a built offline top-k store instead of a live teacher."""
-
-    tokenizer: str
-    data: LMDataConfig
-    student: LMStudentConfig = LMStudentConfig()
-    teacher: str | None = None
-    topk_store: str | None = None
-    agreement: bool = True
-
-
-class GraphSection(_Strict):
-    """The graph task (``task: graph_node_classification``): ``data.train`` is a folder of Planetoid raw files
-    (``ind.<dataset>.*``); teachers and students are ``graph_*`` models; training is full-batch on the nodes of
-    ``train_on`` (``all`` for distillation terms over every node, labels visible on the training split only)."""
-
-    dataset: Literal["cora", "citeseer", "pubmed"] = "cora"
-    normalize_features: bool = True
-    train_on: Literal["train", "all"] = "train"
-
-
-class TextStudentConfig(_Strict):
-    """A sentence-transformers student built from a teacher folder (default: the shipped all-MiniLM-L6-v2):
-    ``static`` (its input word embeddings, mean-pooled) or ``truncated`` (its first ``num_layers`` layers)."""
-
-    kind: Literal["static", "truncated"] = "static"
-    num_layers: int = Field(2, ge=1)
-    projection_dim: int | None = Field(None, gt=0)
-    normalize: bool = True
-    source: str | None = None
-
-
-class EmbeddingSection(_Strict):
-    """``task: embedding``: regress a sentence-transformers teacher's embeddings of unlabelled text (LEAF).
-    Text files hold one text per line; the teacher's embeddings are computed once into ``teacher_cache``."""
-
-    train_texts: str
-    eval_texts: str | None = None
-    teacher: str | None = None
-    teacher_cache: str | None = None
-    student: TextStudentConfig = TextStudentConfig(projection_dim=384)
-    max_length: int = Field(128, gt=0)
-
-
-class RankingSection(_Strict):
-    """``task: ranking``: (query, positive, negatives) groups from a collection (``cranfield`` folder as shipped,
-    or ``docs``/``queries`` TSV or JSONL + TREC ``qrels``). With ``teacher_scores`` (lines ``qid docid score``)
-    the negatives of a query are drawn from its scored, non-relevant documents; without, from its BM25 top
-    ``bm25_depth``. ``train_queries`` is a file of query ids, one per line (default: every judged query)."""
-
-    cranfield: str | None = None
-    docs: str | None = None
-    queries: str | None = None
-    qrels: str | None = None
-    train_queries: str | None = None
-    teacher_scores: str | None = None
-    num_negatives: int = Field(3, gt=0)
-    bm25_depth: int = Field(30, gt=0)
-    student: TextStudentConfig = TextStudentConfig()
-    query_length: int = Field(64, gt=0)
-    doc_length: int = Field(256, gt=0)
-
-
-class ExperimentConfig(_Strict):
-    task: Literal["image_classification", "text_classification", "graph_node_classification", "causal_lm",
-                  "embedding", "ranking"] = "image_classification"
-    graph: GraphSection | None = None
+    task: str = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
     deterministic: bool = False
-    data: DataConfig | None = None
-    text: TextDataConfig | None = None
-    student: ModelConfig | None = None
-    embedding: EmbeddingSection | None = None
-    ranking: RankingSection | None = None
-    teacher: TeacherConfig | None = None
-    lm: LMSection | None = None
+    data: Any = None
+    student: Any = None
+    teacher: Any = None
     methods: list[MethodConfig] = Field(min_length=1)
-    train: TrainSection = TrainSection()
+    train: TrainConfig = Field(default_factory=TrainConfig)
     base_dir: str | None = Field(None, exclude=True)
+
+    @property
+    def family(self) -> Any:
+        return FAMILIES.get(self.task)
+
+
+@cache
+def _family_model(task: str) -> type[ExperimentConfig]:
+    """The experiment model of one family: its own ``data``, ``student`` and ``teacher`` classes."""
+    fam = FAMILIES.get(task)
+    student = fam.student_section or ModelConfig
+    teacher = fam.teacher_section or TeacherConfig
+    return create_model(
+        f"{fam.name}_experiment", __base__=ExperimentConfig,
+        data=(fam.data_section | None, None), student=(student | None, None), teacher=(teacher | None, None))
 
 
 # -- method options, validated against each method's own constructor ------------------------------------------
@@ -353,6 +178,8 @@ def _loc(loc: tuple[Any, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
+        elif isinstance(part, str) and (part.startswith("function-") or "[" in part):
+            continue  # pydantic's names of union branches and validators, not keys of the file
         else:
             out += ("." if out else "") + str(part)
     return out
@@ -361,9 +188,9 @@ def _loc(loc: tuple[Any, ...]) -> str:
 def format_validation_error(e: ValidationError) -> str:
     err = e.errors()[0]
     where = _loc(tuple(err["loc"])) or "(top level)"
-    if err["type"] == "extra_forbidden":
+    if err["type"] in ("extra_forbidden", "unexpected_keyword_argument"):
         return f"{where}: unknown key"
-    if err["type"] == "missing":
+    if err["type"] in ("missing", "missing_argument"):
         return f"{where}: required key is missing"
     msg = _clean(err["msg"])
     if "input" in err and err["type"] not in ("value_error",) and not isinstance(err["input"], dict):
@@ -371,15 +198,61 @@ def format_validation_error(e: ValidationError) -> str:
     return f"{where}: {msg}"
 
 
+#: keys of earlier releases, refused with where their setting lives now
+MOVED_KEYS: dict[str, str] = {
+    "text": "task text_classification reads 'data:' (its old 'text:' keys), 'student:' and 'teacher:'",
+    "graph": "task graph_node_classification reads 'data:' (dataset, normalize_features, train_on go there)",
+    "lm": "task causal_lm reads 'data:' (tokenizer and corpus), 'student:' and 'teacher:' (lm.teacher -> "
+          "teacher.path, lm.topk_store -> teacher.cache with topk)",
+    "embedding": "task embedding reads 'data:' (train, eval, max_length), 'student:' and 'teacher:' "
+                 "(embedding.teacher_cache -> teacher.cache)",
+    "ranking": "task ranking reads 'data:' (collection and groups), 'student:' and 'teacher:'",
+}
+#: stored-teacher spellings of earlier releases: ``teacher.cache`` is the only one
+OLD_CACHE_KEYS = ("precompute_teacher", "teacher_cache", "topk_store")
+
+
+def _refuse_old_keys(raw: dict[str, Any]) -> None:
+    for key, where in MOVED_KEYS.items():
+        if key in raw:
+            sub = raw[key] if isinstance(raw[key], dict) else {}
+            for old in OLD_CACHE_KEYS:
+                if old in sub:
+                    raise ConfigError(f"{key}.{old}: replaced by teacher.cache (the one stored teacher of every "
+                                      "family; see docs/cache.md)")
+            raise ConfigError(f"{key}: not a key any more; {where}")
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for old in OLD_CACHE_KEYS:
+            if old in data:
+                raise ConfigError(f"data.{old}: replaced by teacher.cache (the one stored teacher of every family; "
+                                  "see docs/cache.md)")
+    train = raw.get("train")
+    if isinstance(train, dict):
+        for key in ("seed", "deterministic"):
+            if key in train:
+                raise ConfigError(f"train.{key}: set '{key}' at the top level of the file")
+
+
 def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> ExperimentConfig:
     """Validate a dict (from YAML or Python) into an :class:`ExperimentConfig`, or raise :class:`ConfigError`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"(top level): a config is a mapping of keys, got {type(raw).__name__}")
+    task = raw.get("task", "image_classification")
+    if task not in FAMILIES:
+        raise ConfigError(f"task: unknown task {task!r}; allowed: {', '.join(FAMILIES.names())}")
+    family = FAMILIES.get(task)
+    _refuse_old_keys(raw)
     try:
-        cfg = ExperimentConfig.model_validate(raw)
+        cfg = _family_model(family.name).model_validate(raw)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e)) from None
-    _check_task_sections(cfg)
+    cfg.base_dir = str(base_dir) if base_dir is not None else None
+    if cfg.data is None and family.data_required:
+        raise ConfigError(f"data: required key is missing (task: {cfg.task} reads its data settings there)")
+    if cfg.student is None and family.student_required:
+        raise ConfigError(f"student: required key is missing (task: {cfg.task})")
+    _check_archs(cfg, family)
     labels = set()
     for i, m in enumerate(cfg.methods):
         validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -389,63 +262,43 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         labels.add(label)
     from distill.methods import METHODS
 
-    _check_text_task(cfg)
-    if any(METHODS.get(m.name).needs_teacher for m in cfg.methods) and not _has_teacher(cfg):
-        names = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
-        raise ConfigError(f"teacher: required key is missing (methods {names} need a teacher)")
+    for i, m in enumerate(cfg.methods):  # rules of a method about the rest of the file live on the method
+        pipeline = METHODS.get(m.name).pipeline
+        if pipeline is not None:
+            raise ConfigError(f"methods[{i}].name: {m.name!r} is trained by the pipeline {pipeline}, not from a "
+                              "methods list (see its docstring)")
+        try:
+            METHODS.get(m.name).check_experiment(cfg, i)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    needs = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
+    if needs and not family.has_teacher(cfg):
+        raise ConfigError(f"teacher: required key is missing (methods {needs} need a teacher)")
     if cfg.teacher is not None and cfg.teacher.cache is not None:
         _check_cache(cfg)
-    if cfg.teacher is not None and cfg.teacher.ensemble:
+    if cfg.teacher is not None and getattr(cfg.teacher, "ensemble", None):
         _check_ensemble_reduce(cfg)
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
-    _check_graph_task(cfg)
-    cfg.base_dir = str(base_dir) if base_dir is not None else None
+    try:
+        family.check(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return cfg
 
 
-def _check_text_task(cfg: ExperimentConfig) -> None:
-    if cfg.task != "text_classification" or cfg.text is None:
-        return
-    _check_text_aspects(cfg)
-    if cfg.text.augment is None:
-        return
-    a = cfg.text.augment
-    if a.p_mask + a.p_replace > 1.0:
-        raise ConfigError(f"text.augment.p_mask: p_mask + p_replace must be <= 1, got {a.p_mask + a.p_replace}")
-    if a.ngram_min > a.ngram_max:
-        raise ConfigError(f"text.augment.ngram_min: {a.ngram_min} is above ngram_max {a.ngram_max}")
-    from distill.methods import METHODS
-
-    if not any(METHODS.get(m.name).needs_teacher for m in cfg.methods):
-        raise ConfigError("text.augment: the augmented copies carry no label, only a teacher's outputs; add a "
-                          "method that uses the teacher (e.g. kd or lsf_idm) or drop text.augment")
-
-
-def _check_text_aspects(cfg: ExperimentConfig) -> None:
-    """``text.aspects`` is the teacher of ``makd`` and of nothing else."""
-    from distill.methods import METHODS
-    from distill.methods.makd import MultiAspectKD
-
-    assert cfg.text is not None
-    makd = [m.name for m in cfg.methods if METHODS.get(m.name) is MultiAspectKD]
-    others = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher and m.name not in makd]
-    if makd and cfg.text.aspects is None:
-        raise ConfigError(f"text.aspects: required by method {makd[0]!r} (a file of aspect answers scored on the "
-                          "training texts; see docs/text.md)")
-    if cfg.text.aspects is None:
-        return
-    if not makd:
-        raise ConfigError("text.aspects: aspect answers are the teacher of method 'makd' only; add it or drop "
-                          "text.aspects")
-    if others:
-        raise ConfigError(f"text.aspects: methods {others} need a teacher model's logits, which aspect answers "
-                          "do not give; run them in another experiment")
+def _check_archs(cfg: ExperimentConfig, family: Any) -> None:
+    allowed = family.model_archs()
+    models = [("student", cfg.student)] if cfg.student is not None else []
     if cfg.teacher is not None:
-        raise ConfigError("teacher: text.aspects already serves as makd's teacher; drop the teacher section")
-    if cfg.text.augment is not None:
-        raise ConfigError("text.augment: the augmented copies have no aspect answers; drop text.augment when "
-                          "text.aspects is set")
+        if cfg.teacher.ensemble:
+            models += [(f"teacher.ensemble[{i}]", m) for i, m in enumerate(cfg.teacher.ensemble)]
+        else:
+            models.append(("teacher", cfg.teacher))
+    for key, m in models:
+        if m.arch is not None and allowed and m.arch not in allowed:
+            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))} "
+                              f"(task {cfg.task})")
 
 
 def _check_ensemble_reduce(cfg: ExperimentConfig) -> None:
@@ -453,7 +306,6 @@ def _check_ensemble_reduce(cfg: ExperimentConfig) -> None:
     default; an explicit other choice is respected."""
     from distill.methods import METHODS
 
-    assert cfg.teacher is not None
     if "reduce" in cfg.teacher.model_fields_set:
         return
     for m in cfg.methods:
@@ -467,77 +319,17 @@ def _check_cache(cfg: ExperimentConfig) -> None:
     from distill.methods import METHODS
 
     cache = cfg.teacher.cache
-    if cache.views > 1 and (cfg.data is None or cfg.data.augment is None):
+    if cache.path is None:
+        raise ConfigError("teacher.cache.path: required key is missing (the folder the cache is written to)")
+    if cache.views > 1 and not cfg.family.augments(cfg):
         raise ConfigError(f"teacher.cache.views: {cache.views} stored views need random augmentation, but "
-                          "data.augment is off")
+                          "the run does not augment (data.augment)")
     if cache.topk is not None:
         classes = {m.name: METHODS.get(m.name) for m in cfg.methods}
         dense = [n for n, c in classes.items() if c.needs_teacher and not getattr(c, "accepts_topk_teacher", False)]
         if dense:
             raise ConfigError(f"teacher.cache.topk: methods {dense} need the teacher's dense logits; drop topk "
                               "(a full-logits cache) or use methods that accept a top-k teacher (kd)")
-
-
-def _check_graph_task(cfg: ExperimentConfig) -> None:
-    from distill.models.gnn import GRAPH_MODELS
-
-    graph_task = cfg.task == "graph_node_classification"
-    if cfg.graph is not None and not graph_task:
-        raise ConfigError("graph: only used with task: graph_node_classification")
-    if graph_task and cfg.graph is None:
-        cfg.graph = GraphSection()
-    if cfg.task not in ("image_classification", "graph_node_classification") or cfg.student is None:
-        return
-    models = [("student.arch", cfg.student.arch)]
-    if cfg.teacher is not None:
-        models += [(f"teacher.ensemble[{i}].arch" if cfg.teacher.ensemble else "teacher.arch", m.arch)
-                   for i, m in enumerate(cfg.teacher.members())]
-    for where, arch in models:
-        if graph_task != (arch in GRAPH_MODELS):
-            allowed = sorted(GRAPH_MODELS) if graph_task else "an image model"
-            raise ConfigError(f"{where}: {arch!r} does not fit task {cfg.task!r}; allowed: {allowed}")
-
-
-#: per task: the top-level sections it requires, and the ones it may have (every other section must be absent)
-TASK_SECTIONS: dict[str, tuple[set[str], set[str]]] = {
-    "image_classification": ({"data", "student"}, {"data", "student", "teacher"}),
-    "graph_node_classification": ({"data", "student"}, {"data", "student", "teacher", "graph"}),
-    "text_classification": ({"text", "student"}, {"text", "student", "teacher"}),
-    "causal_lm": ({"lm"}, {"lm"}),
-    "embedding": ({"embedding"}, {"embedding"}),
-    "ranking": ({"ranking"}, {"ranking"}),
-}
-_ALL_SECTIONS = ("data", "student", "teacher", "text", "graph", "lm", "embedding", "ranking")
-
-
-def _has_teacher(cfg: ExperimentConfig) -> bool:
-    if cfg.task == "causal_lm":
-        return cfg.lm is not None and bool(cfg.lm.teacher or cfg.lm.topk_store)
-    if cfg.task in ("embedding", "ranking"):
-        return True  # their sections name the teacher (default: the shipped all-MiniLM-L6-v2)
-    if cfg.task == "text_classification" and cfg.text is not None and cfg.text.aspects is not None:
-        return True
-    return cfg.teacher is not None
-
-
-def _check_task_sections(cfg: ExperimentConfig) -> None:
-    """Each task reads its own sections: say which required one is missing or which one does not belong."""
-    required, allowed = TASK_SECTIONS[cfg.task]
-    for key in _ALL_SECTIONS:
-        present = getattr(cfg, key) is not None
-        if key in required and not present:
-            raise ConfigError(f"{key}: required key is missing (task: {cfg.task} reads its settings there)")
-        if present and key not in allowed:
-            raise ConfigError(f"{key}: not used with task: {cfg.task}; its settings go under "
-                              f"{', '.join(sorted(required))}")
-    if cfg.task == "causal_lm" and not (cfg.lm.data.text or cfg.lm.data.train_jsonl):
-        raise ConfigError("lm.data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
-    if cfg.task == "ranking":
-        r = cfg.ranking
-        if r.cranfield is None and None in (r.docs, r.queries, r.qrels):
-            raise ConfigError("ranking: give 'cranfield' (a folder) or all of 'docs', 'queries' and 'qrels'")
-
-
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:
@@ -560,16 +352,21 @@ def set_override(raw: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError(f"{path}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    raw = read_yaml(path)
     raw = raw if raw is not None else {}
     for assignment in overrides or []:
         set_override(raw, assignment)

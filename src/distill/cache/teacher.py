@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.cache.settings import CacheSettings
 from distill.cache.store import CacheError, TensorSpec, TensorStore, TensorStoreWriter, read_manifest
 from distill.core.batch import Batch
 from distill.core.outputs import ModelOutput
@@ -43,31 +44,6 @@ __all__ = ["CacheError", "CacheSettings", "TeacherCache", "build_teacher_cache",
            "data_fingerprint", "ensure_teacher_cache", "teacher_fingerprint"]
 
 FEATURE_PREFIX = "feature:"
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """What a cache stores. ``topk=None`` keeps full logits; ``views``: augmented views per example (used
-    when the task augments); ``features``: teacher taps to store; ``dtype``: float storage type."""
-
-    topk: int | None = None
-    views: int = 1
-    features: tuple[str, ...] = ()
-    seed: int = 0
-    dtype: str = "float32"
-
-    def __post_init__(self) -> None:
-        if self.topk is not None and self.topk < 1:
-            raise ValueError(f"topk must be >= 1 or None (full logits), got {self.topk}")
-        if self.views < 1:
-            raise ValueError(f"views must be >= 1, got {self.views}")
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {self.dtype!r}")
-        object.__setattr__(self, "features", tuple(self.features))
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"topk": self.topk, "views": self.views, "features": sorted(self.features), "seed": self.seed,
-                "dtype": self.dtype}
 
 
 # -- fingerprints ----------------------------------------------------------------------------------------------
@@ -104,6 +80,8 @@ def teacher_fingerprint(teacher: Any) -> str:
         h.update(f"ensemble:{teacher.reduce}".encode())
         for m in teacher.members:
             _state_hash(h, m.model)
+    elif isinstance(getattr(teacher, "model", None), nn.Module):  # other live sources of one frozen model
+        _state_hash(h, teacher.model)
     else:
         raise TypeError(f"cannot fingerprint a teacher of type {type(teacher).__name__}; pass its nn.Module")
     return h.hexdigest()
@@ -151,12 +129,43 @@ def cache_fingerprint(teacher: Any, task: Any, data: Any, settings: CacheSetting
 
 
 # -- build -----------------------------------------------------------------------------------------------------
-def _input_stats(inputs: Any) -> torch.Tensor | None:
-    """(N, 2) float64 sums of x and x^2 per example, or None for non-tensor inputs."""
-    if not isinstance(inputs, torch.Tensor) or not inputs.is_floating_point():
-        return None
-    x = inputs.detach().reshape(inputs.shape[0], -1).double()
+def guarded_inputs(task: Any, batch: Batch) -> Any:
+    """What the input guard compares: ``task.guard_inputs(batch)`` where the task defines it (a graph task: the
+    node ids), else the batch's inputs (images, token ids, feature rows)."""
+    fn = getattr(task, "guard_inputs", None)
+    return fn(batch) if callable(fn) else batch.inputs
+
+
+def _leaf_stats(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().reshape(x.shape[0], -1).double()
     return torch.stack([x.sum(1), (x * x).sum(1)], dim=1)
+
+
+def _input_stats(inputs: Any, n: int) -> torch.Tensor | None:
+    """(n, 2) float64 sums of x and x^2 per example over the inputs a teacher saw: a float tensor (images,
+    features), an integer tensor (token or node ids; the sums are exact), or a mapping of such tensors summed over
+    its entries (``input_ids`` with its ``attention_mask``; an entry with k rows per example, such as the documents
+    of a ranking group, counts its k rows for the example). None when there is nothing per-example to compare."""
+    leaves = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+    stats = []
+    for v in leaves:
+        if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.dtype == torch.bool or v.is_complex():
+            continue
+        if n and v.shape[0] % n == 0 and v.numel():
+            stats.append(_leaf_stats(v.reshape(n, -1)))
+    return torch.stack(stats).sum(0) if stats else None
+
+
+def _row_width(inputs: Any, n: int) -> int:
+    leaves = inputs.values() if isinstance(inputs, Mapping) else [inputs]
+    return max(sum(int(v.numel()) // max(n, 1) for v in leaves if isinstance(v, torch.Tensor)), 1)
+
+
+def cache_index(task: Any, batch: Batch) -> torch.Tensor | None:
+    """The rows of the cache a batch reads: ``task.cache_index(batch)`` where the task defines it (a graph task
+    whose ``batch.indices`` are node ids), else ``batch.indices`` (positions in the training set)."""
+    fn = getattr(task, "cache_index", None)
+    return fn(batch) if callable(fn) else batch.indices
 
 
 def _replay_generator(seed: int, salt: int) -> torch.Generator:
@@ -168,7 +177,7 @@ def _as_source(teacher: Any) -> Any:
 
 
 @torch.no_grad()
-def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, settings: CacheSettings = CacheSettings(),
+def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, settings: CacheSettings | None = None,
                         *, batch_size: int = 256, shard_size: int = 8192, device: str | torch.device = "cpu",
                         log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run ``teacher`` (an ``nn.Module`` or a teacher source) over ``data`` and write a cache at ``path``.
@@ -180,6 +189,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     ``settings.seed`` and the teacher is run on each view (the task applies parameters preset in
     ``batch.meta["augment"]``). Returns the manifest.
     """
+    settings = settings if settings is not None else CacheSettings()
     start_time = time.perf_counter()
     source = _as_source(teacher)
     source.to(device)
@@ -213,7 +223,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
             num_classes = int(logits.shape[-1])
             for name in taps:
                 values[FEATURE_PREFIX + name] = out.feature(name).float()
-            stats = _input_stats(batch.inputs)
+            stats = _input_stats(guarded_inputs(task, batch), len(idx))
             if stats is not None:
                 values["input_stats"] = stats
             if replay is not None:
@@ -364,7 +374,11 @@ class TeacherCache:
 
     @torch.no_grad()
     def __call__(self, batch: Batch, task: Any, taps: Sequence[str] = ()) -> ModelOutput:
-        if batch.indices is None:
+        if batch.meta.get("generated"):
+            raise CacheError(f"{self.path}: a teacher cache serves only the training rows it was built on; this batch "
+                             "was generated during training (on-policy): use a live teacher for it")
+        index = cache_index(task, batch)
+        if index is None:
             raise CacheError("a teacher cache looks outputs up by example index, but the batch has no indices")
         missing = [t for t in taps if t not in self.features]
         if missing:
@@ -373,19 +387,20 @@ class TeacherCache:
         views = self._views_for(batch)
         names = ["topk_indices", "topk_logprobs"] if self.kind == "topk" else ["logits"]
         names += [FEATURE_PREFIX + t for t in taps]
-        stats = _input_stats(batch.inputs) if self.check_inputs else None
+        guarded = guarded_inputs(task, batch)
+        stats = _input_stats(guarded, len(index)) if self.check_inputs else None
         if stats is not None and "input_stats" in self.store.specs:
             names.append("input_stats")
         if self.augmented:
             names.append("augment")
-        got = self.store.get(batch.indices, views, names)
+        got = self.store.get(index, views, names)
         if self.augmented and "augment" in batch.meta:
             shown = torch.as_tensor(batch.meta["augment"]).cpu().to(got["augment"].dtype)
             if not torch.equal(shown, got["augment"]):
                 raise CacheError(f"{self.path}: the batch's augmentation parameters differ from the stored ones of "
                                  "the views it claims to show")
         if "input_stats" in got:
-            self._check_inputs(stats.cpu(), got["input_stats"], batch.indices, batch.inputs[0].numel())
+            self._check_inputs(stats.cpu(), got["input_stats"], index, _row_width(guarded, len(index)))
         dev = self._dev.device
         feats = {t: got[FEATURE_PREFIX + t].to(dev, torch.float32, non_blocking=True) for t in taps}
         if self.kind == "topk":

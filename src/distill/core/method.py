@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -41,6 +41,15 @@ class Method(nn.Module):
     #: minimises only :meth:`init_loss` of the methods that have one, at the base learning rate. This is how
     #: RepDistiller's pre-training of AB connectors, FT's paraphraser or FSP works, with no trainer special case.
     init_epochs: int = 0
+    #: the pipeline that trains this method (a module of :mod:`distill.pipelines`) when it cannot run from a
+    #: methods list (its teacher or data are built by the pipeline); None for ordinary methods
+    pipeline: ClassVar[str | None] = None
+
+    @classmethod
+    def check_experiment(cls, cfg: Any, index: int) -> None:
+        """Rules this method sets on the rest of an experiment file (``cfg`` is the validated
+        :class:`distill.config.ExperimentConfig`, ``index`` this method's position in ``methods``): raise
+        ``ValueError`` with a message that starts with the key at fault. Most methods have none."""
 
     def student_taps(self) -> list[str]:
         """Names of student features this method reads (aliases such as ``f2`` or dotted module paths)."""

@@ -37,6 +37,8 @@ from typing import Any, BinaryIO
 import numpy as np
 import torch
 
+from distill.core.batch import IGNORE_INDEX
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageArrays",
@@ -68,7 +70,7 @@ def _default_workers() -> int:
 
 
 #: the label of an unlabelled example (PyTorch's default ``ignore_index``, so cross-entropy skips it)
-UNLABELED = -100
+UNLABELED = IGNORE_INDEX
 
 
 @dataclass

@@ -24,21 +24,28 @@ import random
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Annotated
 
+from pydantic import ConfigDict, Field
+
+from distill.core.batch import IGNORE_INDEX
 from distill.data.text import TextExamples
 
 #: the label of an example that only a teacher labels (``ce`` skips these rows)
-UNLABELED = -100
+UNLABELED = IGNORE_INDEX
 
 
 @dataclass
 class AugmentConfig:
-    copies: int = 20
-    p_mask: float = 0.1
-    p_replace: float = 0.1
-    p_ngram: float = 0.25
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    copies: Annotated[int, Field(ge=0)] = 20
+    p_mask: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    p_replace: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    p_ngram: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
     ngram_range: tuple[int, int] = (1, 5)
-    mask_token: str = "[MASK]"
+    #: None: the tokenizer's mask token (``[MASK]`` when it has none)
+    mask_token: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -63,7 +70,7 @@ def augment_sentence(words: Sequence[str], cfg: AugmentConfig, rng: random.Rando
     for w in words:
         x = rng.random()
         if x < cfg.p_mask:
-            out.append(cfg.mask_token)
+            out.append(cfg.mask_token or "[MASK]")
         elif x < cfg.p_mask + cfg.p_replace and vocabulary:
             out.append(rng.choices(vocabulary, cum_weights=cumulative, k=1)[0])
         else:

@@ -8,6 +8,8 @@ the full-batch setting of the paper (every node in one batch) it sees every edge
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 
@@ -207,7 +209,7 @@ class D2DGN(Method):
 
     The teacher output of a row is P's for retained rows and D's for forgotten rows; which rows are forgotten
     comes from the teacher source as the feature ``"forget"`` (a bool/0-1 per row), see
-    :class:`distill.graph.unlearning.PreserverDestroyer`.
+    :class:`distill.pipelines.graph_unlearning.PreserverDestroyer`.
 
     **Reconstructed, no official code exists.** Taken from the abstract and a third-party summary (two
     teachers, KL, L = alpha L_r + (1 - alpha) L_f) and a third-party re-implementation (OpenGU ``D2DGN``:
@@ -215,6 +217,10 @@ class D2DGN(Method):
     per-element means of L_r and L_f, and the student propagating over the retained graph (as GNNDelete's
     evaluation does) are our choices; the paper's feature (MSE) variant is not implemented here.
     """
+
+    #: trained inside the edge-unlearning pipeline (its preserver/destroyer teacher is built there), not from a
+    #: methods list of a YAML run
+    pipeline: ClassVar[str | None] = "distill.pipelines.graph_unlearning"
 
     needs_teacher = True
     needs_labels = False

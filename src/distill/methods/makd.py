@@ -19,7 +19,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -73,6 +73,16 @@ class MultiAspectKD(Method):
     """
 
     needs_labels = True
+
+    #: its teacher is the run's file of aspect answers (``data.aspects``), not a model
+    reads_aspects: ClassVar[bool] = True
+
+    @classmethod
+    def check_experiment(cls, cfg: Any, index: int) -> None:
+        """MaKD's teacher is the file of offline aspect answers ``data.aspects`` of a text-classification run."""
+        if cfg.task != "text_classification" or cfg.data is None or cfg.data.aspects is None:
+            raise ValueError(f"data.aspects: required by method {cfg.methods[index].name!r} (a file of aspect "
+                             "answers scored on the training texts of a text_classification run; see docs/text.md)")
 
     def __init__(self, num_classes: int, alpha: float = 4.0, ce_weight: float = 1.0):
         super().__init__()

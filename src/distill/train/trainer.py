@@ -13,7 +13,7 @@ import os
 import random
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,53 +34,11 @@ from distill.train.checkpoint import (
     save_weights,
     set_rng_state,
 )
+from distill.train.config import TrainConfig
 from distill.train.evaluate import eval_batches, evaluate_model
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
 from distill.train.schedules import lr_factor
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    grad_accum: int = 1
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    schedule: str = "cosine"
-    milestones: list[float] = field(default_factory=list)
-    gamma: float = 0.1
-    warmup_epochs: float = 0.0
-    min_lr_factor: float = 0.0
-    clip_grad_norm: float | None = None
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping_patience: int | None = None
-    early_stopping_metric: str | None = None
-    early_stopping_min_delta: float = 0.0
-    eval_every: int = 1
-    log_every: int = 10
-    checkpoint_every: int = 0
-    #: also checkpoint after every N-th epoch (and the last); full-batch graph runs take one step per epoch
-    checkpoint_every_epochs: int = 1
-    keep_checkpoints: int = 2
-    mixed_precision: str = "no"
-    cpu: bool = False
-    progress: bool = True
-    drop_last: bool = True
-    max_steps: int | None = None
-    step_delay: float = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
-    # -- several processes (DDP) and speed options; see docs/ddp.md --
-    find_unused_parameters: bool = True  # DDP: tolerate parameters without a gradient in a step (init stages)
-    sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
-    broadcast_buffers: bool = True  # DDP: copy rank 0's buffers to every rank at each forward
-    teacher_inference_mode: bool = False  # run the teacher under torch.inference_mode (outputs cloned out)
-    compile_student: bool = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
 
 
 class ResumeMismatchError(ValueError):

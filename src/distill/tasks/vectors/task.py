@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill.core.batch import Batch
-from distill.tasks.classification import ClassificationMetrics
+from distill.tasks.metrics import ClassificationMetrics
 
 
 def vector_dataset(features: torch.Tensor, labels: torch.Tensor) -> TensorDataset:

@@ -28,9 +28,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.core.batch import Batch
+from distill.core.batch import IGNORE_INDEX, Batch
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 
 
 @dataclass

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.batch import Batch
+from distill.core.batch import IGNORE_INDEX, Batch
 from distill.data.planetoid import GraphData
 
-UNLABELED = -100
+UNLABELED = IGNORE_INDEX
 
 
 @dataclass
@@ -92,7 +92,18 @@ class GraphNodeClassification:
         labels = torch.where(data.labelled[indices], self.graph.y[nodes], torch.full_like(nodes, UNLABELED))
         # node ids first: Batch.__len__ reads the first entry of a dict input
         return Batch(inputs={"nodes": nodes, "x": self.graph.x, "edge_index": self.graph.edge_index},
-                     labels=labels, indices=nodes)
+                     labels=labels, indices=nodes, meta={"positions": indices})
+
+    def cache_index(self, batch: Batch) -> torch.Tensor:
+        """A teacher cache stores node set positions; ``batch.indices`` are node ids (what FF-G2M reads)."""
+        return batch.meta["positions"]
+
+    def guard_inputs(self, batch: Batch) -> torch.Tensor:
+        """The cache's input guard compares node ids (the graph itself is part of the data fingerprint)."""
+        return batch.inputs["nodes"]
+
+    def describe(self) -> dict[str, str]:
+        return {"task": "graph_node_classification"}
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
         return batch

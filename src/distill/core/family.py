@@ -1,0 +1,163 @@
+"""Task families: one plugin per ``task:`` value.
+
+A family is one folder under ``distill/tasks/`` with the same parts in each (``section.py``: its ``data:`` section;
+``data.py``: loading; ``task.py``: the adapter that says how a model is called on a batch, the supervised loss and
+the metrics; ``models.py``: its model builders; ``build.py``: the :class:`Family` subclass, registered by name). The
+one builder, :func:`distill.experiment.build_experiment`, does the shared steps (seed, paths, student, teacher:
+frozen, ensemble or cached; methods; module; trainer) and asks the family only for what differs.
+
+Built-in families are imported by module name on first use (no import statement ties this registry to them);
+installed packages add theirs through the ``distill.families`` entry-point group, each entry naming a module
+that registers a family when imported. A config picks a family by name and never imports code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+#: modules that register the built-in families
+BUILTIN_FAMILIES = (
+    "distill.tasks.image.build",
+    "distill.tasks.text_classification.build",
+    "distill.tasks.embedding.build",
+    "distill.tasks.ranking.build",
+    "distill.tasks.causal_lm.build",
+    "distill.tasks.graph.build",
+    "distill.tasks.vectors.build",
+)
+
+
+@dataclass
+class Loaded:
+    """What a family's :meth:`Family.load` returns: the datasets, the task adapter and what the models need to
+    know about the data (``eval``: what the trainer evaluates and selects on; ``num_outputs``: the student's
+    output width, e.g. the number of classes; ``info``: family-specific facts such as the vocabulary size or the
+    graph's feature width)."""
+
+    task: Any
+    train: Any
+    eval: Any | None = None
+    val: Any | None = None
+    num_outputs: int | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    #: what ``distill eval`` reports on when it is not ``eval`` (the graph family selects on the
+    #: validation nodes during training and reports the test nodes)
+    report: Any | None = None
+
+
+class Family:
+    """The parts of a task family. Subclasses set the class attributes and override what differs."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    #: the pydantic class of the ``data:`` section
+    data_section: ClassVar[type] = object
+    #: the pydantic classes of ``student:`` and ``teacher:`` (None: ``distill.config.ModelConfig`` /
+    #: ``TeacherConfig``)
+    student_section: ClassVar[type | None] = None
+    teacher_section: ClassVar[type | None] = None
+    data_required: ClassVar[bool] = True
+    student_required: ClassVar[bool] = True
+
+    # -- config -------------------------------------------------------------------------------------------------
+    def check(self, cfg: Any) -> None:
+        """Rules between sections that validation cannot see (raise ``ValueError`` naming the key)."""
+
+    def model_archs(self) -> list[str]:
+        """The names ``student.arch`` / ``teacher.arch`` may take in this family (checked when the file is read)."""
+        return []
+
+    def has_teacher(self, cfg: Any) -> bool:
+        """Whether the config gives the methods a teacher."""
+        return cfg.teacher is not None
+
+    def augments(self, cfg: Any) -> bool:
+        """Whether training inputs are randomly augmented (stored teachers then keep several views)."""
+        return False
+
+    # -- build --------------------------------------------------------------------------------------------------
+    def load(self, cfg: Any) -> Loaded:
+        raise NotImplementedError
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> Any:
+        """Build the model of ``model_cfg`` (the section at config key ``key``: ``student``, ``teacher`` or
+        ``teacher.ensemble[i]``), with its weights loaded."""
+        raise NotImplementedError
+
+    def build_student(self, cfg: Any, loaded: Loaded) -> Any:
+        return self.build_model(cfg.student, loaded, cfg, "student")
+
+    def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
+        """The teacher source (before any cache): a frozen model or an ensemble of them."""
+        from distill.core.teachers import EnsembleTeacher, FrozenTeacher
+
+        if cfg.teacher is None:
+            return None
+        members = cfg.teacher.members()
+        keys = ([f"teacher.ensemble[{i}]" for i in range(len(members))] if cfg.teacher.ensemble
+                else ["teacher"])
+        models = [self.build_model(m, loaded, cfg, k) for m, k in zip(members, keys, strict=True)]
+        if len(models) == 1 and not cfg.teacher.ensemble:
+            return FrozenTeacher(models[0])
+        return EnsembleTeacher(models, reduce=cfg.teacher.reduce)
+
+    def train_config(self, cfg: Any, loaded: Loaded) -> Any:
+        """The trainer's settings: the ``train:`` section with the top-level seed and determinism."""
+        from dataclasses import replace
+
+        return replace(cfg.train, seed=cfg.seed, deterministic=cfg.deterministic)
+
+    def after_fit(self, experiment: Any) -> None:
+        """What the family exports after training, beside ``student.safetensors`` (e.g. a model folder)."""
+
+
+class FamilyRegistry:
+    """``task:`` name -> :class:`Family` instance."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, Family] = {}
+        self._loaded = False
+
+    def register(self, cls: type[Family]) -> type[Family]:
+        if not cls.name:
+            raise ValueError(f"{cls.__name__}: a family needs a name")
+        if cls.name in self._families and type(self._families[cls.name]) is not cls:
+            raise ValueError(f"task family {cls.name!r} is registered twice")
+        self._families[cls.name] = cls()
+        return cls
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for module in BUILTIN_FAMILIES:
+            importlib.import_module(module)
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group="distill.families"):
+            importlib.import_module(ep.value.partition(":")[0])
+
+    def get(self, name: str) -> Family:
+        self._load()
+        if name not in self._families:
+            raise KeyError(f"unknown task {name!r}; allowed: {', '.join(self.names())}")
+        return self._families[name]
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._families)
+
+    def __contains__(self, name: object) -> bool:
+        self._load()
+        return isinstance(name, str) and name in self._families
+
+    def __iter__(self) -> Iterator[Family]:
+        self._load()
+        return iter(self._families[n] for n in self.names())
+
+
+FAMILIES = FamilyRegistry()
+register_family = FAMILIES.register

@@ -1,0 +1,69 @@
+"""``task: causal_lm``: token-level distillation of a causal language model (GGUF or Hugging Face teacher; a small
+Llama or Hugging Face student; ``teacher.cache`` with ``topk`` stores the teacher's top-k log-probabilities)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.config import ConfigError, resolve_path
+from distill.core.family import Family, Loaded, register_family
+from distill.llm.models import init_from_teacher
+from distill.tasks.causal_lm.data import load_lm_data
+from distill.tasks.causal_lm.models import build_lm_model, load_lm_tokenizer
+from distill.tasks.causal_lm.section import LMData, LMStudent
+from distill.tasks.causal_lm.task import CausalLM, check_same_tokenizer
+
+
+@register_family
+class CausalLMFamily(Family):
+    name = "causal_lm"
+    summary = "token sequences -> next-token logits (plain text blocks or prompt/response JSONL)"
+    data_section = LMData
+    student_section = LMStudent
+
+    def model_archs(self) -> list[str]:
+        from distill.tasks.causal_lm.models import ARCHS
+
+        return list(ARCHS)
+
+    def check(self, cfg: Any) -> None:
+        d = cfg.data
+        if not (d.text or d.train_jsonl):
+            raise ValueError("data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
+        if cfg.teacher is not None and cfg.teacher.ensemble:
+            raise ValueError("teacher.ensemble: not supported for causal_lm yet; give one teacher")
+        if cfg.student.init_from_teacher and cfg.teacher is None:
+            raise ValueError("student.init_from_teacher: needs a teacher")
+
+    def load(self, cfg: Any) -> Loaded:
+        tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
+        train, evald = load_lm_data(cfg, tok)
+        return Loaded(CausalLM(len(tok)), train, evald, info={"tokenizer": tok})
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        model = build_lm_model(model_cfg, loaded.info["tokenizer"], cfg.seed, cfg.base_dir, key)
+        if model_cfg.path is not None and key == "student":
+            folder = resolve_path(model_cfg.path, cfg.base_dir)
+            if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
+                try:
+                    check_same_tokenizer(load_lm_tokenizer(model_cfg.path, cfg.base_dir, f"{key}.path"),
+                                         loaded.info["tokenizer"])
+                except ValueError as e:
+                    raise ConfigError(f"{key}.path: {e}") from None
+        return model
+
+    def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
+        teacher = super().build_teacher(cfg, loaded)
+        if teacher is not None and cfg.data.agreement:
+            loaded.task.agreement_teacher = teacher.model
+        loaded.info["teacher_model"] = teacher.model if teacher is not None else None
+        return teacher
+
+    def build_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
+        student = self.build_model(cfg.student, loaded, cfg, "student")
+        student.train()
+        if cfg.student.init_from_teacher:
+            init_from_teacher(student, loaded.info["teacher_model"], cfg.student.teacher_layers)
+        return student

@@ -1,0 +1,28 @@
+"""Loading the causal-LM family's corpus: text blocks or prompt/response JSONL."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill.config import ConfigError
+from distill.tasks.causal_lm.task import LMData, prompt_response_jsonl, text_blocks
+from distill.tasks.common import existing_file
+
+
+def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
+    d = cfg.data
+    if d.text:
+        path = existing_file(d.text, cfg.base_dir, "data.text")
+        train, evald = text_blocks(path, tok, d.block_size, d.val_fraction, d.max_tokens)
+    else:
+        train = prompt_response_jsonl(existing_file(d.train_jsonl, cfg.base_dir, "data.train_jsonl"), tok,
+                                      d.max_length)
+        evald = (prompt_response_jsonl(existing_file(d.eval_jsonl, cfg.base_dir, "data.eval_jsonl"), tok,
+                                       d.max_length) if d.eval_jsonl else None)
+    if d.train_blocks:
+        train = train.subset(slice(0, d.train_blocks))
+    if d.eval_blocks and evald is not None:
+        evald = evald.subset(slice(0, d.eval_blocks))
+    if len(train) == 0:
+        raise ConfigError("data: the training corpus gives no examples")
+    return train, evald

@@ -1,0 +1,36 @@
+"""The ``data:`` and ``student:`` sections of ``task: causal_lm``."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from distill.config import ModelConfig, Strict
+
+
+class LMData(Strict):
+    """``tokenizer``: a GGUF file or a Hugging Face model folder. The corpus: a plain-text file ``text`` (chunked
+    into ``block_size`` blocks, the last ``val_fraction`` held out) or prompt/response JSONL files
+    (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
+    ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
+    agreement with the live teacher during evaluation."""
+
+    tokenizer: str
+    text: str | None = None
+    train_jsonl: str | None = None
+    eval_jsonl: str | None = None
+    block_size: int = Field(128, ge=2)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    max_tokens: int | None = Field(None, gt=0)
+    max_length: int = Field(256, ge=2)
+    train_blocks: int | None = Field(None, gt=0)
+    eval_blocks: int | None = Field(None, gt=0)
+    agreement: bool = True
+
+
+class LMStudent(ModelConfig):
+    """``arch: llama`` builds a small Llama with the tokenizer's vocabulary (``options``: hidden_size, num_layers,
+    num_heads, intermediate_size, max_positions, tie_embeddings); ``path`` loads a Hugging Face causal-LM folder.
+    ``init_from_teacher`` copies the teacher's layers ``teacher_layers`` (equal widths only)."""
+
+    init_from_teacher: bool = False
+    teacher_layers: list[int] | None = None

@@ -1,0 +1,1 @@
+"""Sentence embeddings (task: embedding): a family folder (section, data, task, models, build)."""

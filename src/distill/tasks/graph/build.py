@@ -1,0 +1,57 @@
+"""``task: graph_node_classification``: transductive node classification on a Planetoid graph.
+
+The protocol of the GNN-to-MLP papers (GLNN, FF-G2M): full-batch training (one optimiser step per epoch, the batch
+being every node of ``data.train_on``), model selection on the validation nodes (the trainer's evaluation split;
+early stopping; the best weights in ``<run>/best/student.safetensors``). ``distill eval CONFIG --weights
+<run>/best/student.safetensors`` reports the test nodes' accuracy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from torch import nn
+
+from distill.core.family import Family, Loaded, register_family
+from distill.tasks.graph.data import load_graph
+from distill.tasks.graph.models import build_graph_model
+from distill.tasks.graph.section import GraphDataSection
+from distill.tasks.graph.task import GraphNodeClassification, GraphNodes
+from distill.train.config import TrainConfig
+
+
+@register_family
+class GraphFamily(Family):
+    name = "graph_node_classification"
+    summary = "nodes of one graph -> class logits (Planetoid raw files; full-batch training)"
+    data_section = GraphDataSection
+
+    def model_archs(self) -> list[str]:
+        from distill.models.gnn import GRAPH_MODELS
+
+        return list(GRAPH_MODELS)
+
+    def check(self, cfg: Any) -> None:
+        default = TrainConfig()
+        for key in ("batch_size", "eval_batch_size"):
+            if getattr(cfg.train, key) != getattr(default, key):
+                raise ValueError(f"train.{key}: {self.name} trains and evaluates full-batch (every node of "
+                                 "data.train_on per step); drop this key")
+
+    def load(self, cfg: Any) -> Loaded:
+        graph = load_graph(cfg)
+        train = GraphNodes.split(graph, cfg.data.train_on, labelled_split="train")
+        # the trainer selects on the validation nodes; ``distill eval`` (Experiment.eval_data) reports the test nodes
+        val = GraphNodes.split(graph, "val")
+        test = GraphNodes.split(graph, "test")
+        return Loaded(GraphNodeClassification(graph), train, val, None, num_outputs=graph.num_classes,
+                      info={"graph": graph}, report=test)
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        return build_graph_model(model_cfg, loaded.info["graph"].num_features, loaded.num_outputs, cfg.base_dir, key)
+
+    def train_config(self, cfg: Any, loaded: Loaded) -> Any:
+        tc = super().train_config(cfg, loaded)
+        return replace(tc, batch_size=len(loaded.train), eval_batch_size=loaded.info["graph"].num_nodes,
+                       drop_last=False)

@@ -1,0 +1,48 @@
+"""Loading the image family's data from its ``data:`` section."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distill.config import ConfigError, resolve_path
+from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+from distill.data.images import ImageArrays, load_images
+from distill.tasks.image.section import ImageData
+from distill.tasks.image.task import ImageClassification
+from distill.train.distributed import main_process_first
+
+
+def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
+               key: str) -> ImageArrays:
+    file = resolve_path(path, base_dir)
+    if not file.exists():
+        raise ConfigError(f"data.{key}: {file} does not exist")
+    data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+    return data.balanced_subset(per_class, d.subset_seed) if per_class else data
+
+
+def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArrays | None]:
+    """(train, eval, val): several processes let rank 0 decode first (and fill ``data.cache_dir``)."""
+    d: ImageData = cfg.data
+    with main_process_first():
+        train = load_split(d, d.train, d.train_split, d.train_per_class, cfg.base_dir, "train")
+        evald = load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval") if d.eval else None
+    if evald is not None and evald.classes != train.classes:
+        raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
+    val = None
+    if d.val_per_class:
+        val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
+    if d.labeled_per_class:
+        train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
+    return train, evald, val
+
+
+def build_image_task(d: ImageData) -> ImageClassification:
+    if d.normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    elif d.normalize == "cifar10":
+        mean, std = CIFAR10_MEAN, CIFAR10_STD
+    else:
+        mean, std = d.normalize.mean, d.normalize.std
+    augment = RandomCropFlip(padding=d.augment.crop_padding, flip=d.augment.flip) if d.augment else None
+    return ImageClassification(mean, std, augment, channels_last=d.channels_last)

@@ -1,0 +1,44 @@
+"""The ``data:`` section of ``task: image_classification``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distill.config import Strict
+
+
+class NormalizeConfig(Strict):
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+class AugmentConfig(Strict):
+    """Random crop with zero padding and horizontal flip (:class:`distill.data.augment.RandomCropFlip`)."""
+
+    crop_padding: int = Field(4, ge=0)
+    flip: bool = True
+
+
+class ImageData(Strict):
+    """Images from CIFAR python batches, image folders, tar archives or npz files; ``train_split`` /
+    ``eval_split`` pick the split inside a file that holds several. ``train_per_class`` / ``eval_per_class`` take a
+    class-balanced subset (drawn with ``subset_seed``); ``val_per_class`` holds a validation split out of training;
+    ``labeled_per_class`` keeps that many labels per class and hides the rest (semi-supervised methods);
+    ``image_size`` resizes; ``cache_dir`` keeps decoded images as npz."""
+
+    train: str
+    eval: str | None = None
+    train_split: str = "train"
+    eval_split: str = "test"
+    train_per_class: int | None = Field(None, gt=0)
+    eval_per_class: int | None = Field(None, gt=0)
+    val_per_class: int | None = Field(None, gt=0)
+    labeled_per_class: int | None = Field(None, gt=0)
+    subset_seed: int = 0
+    image_size: int | None = Field(None, gt=0)
+    normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
+    augment: AugmentConfig | None = AugmentConfig()
+    cache_dir: str | None = None
+    channels_last: bool = True

@@ -1,0 +1,1 @@
+"""Ranking (task: ranking): a family folder (section, data, task, models, build)."""

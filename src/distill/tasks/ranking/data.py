@@ -1,0 +1,62 @@
+"""Loading a ranking collection and making the training groups."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from distill.config import ConfigError, resolve_path
+from distill.tasks.common import existing_file
+from distill.tasks.embedding.data import read_text_lines
+from distill.text.groups import query_groups, to_ranking_groups
+from distill.text.ir_data import RetrievalCollection, load_collection, load_cranfield
+from distill.text.retrieval import BM25Index
+
+
+def load_ranking_collection(cfg: Any) -> RetrievalCollection:
+    d = cfg.data
+    if d.cranfield:
+        folder = resolve_path(d.cranfield, cfg.base_dir)
+        if not folder.is_dir():
+            raise ConfigError(f"data.cranfield: {folder} is not a folder")
+        return load_cranfield(folder)
+    files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in ("docs", "queries", "qrels")]
+    return load_collection(*files)
+
+
+def score_file_groups(coll: RetrievalCollection, qids: list[str], scores: dict[tuple[str, str], float],
+                      num_negatives: int, seed: int) -> list[tuple[str, str, list[str]]]:
+    """Groups whose documents all have teacher scores: judged positives, negatives drawn from the query's
+    scored non-relevant documents (queries with too few scored negatives are skipped)."""
+    rng = random.Random(seed)
+    scored: dict[str, list[str]] = {}
+    for q, d in scores:
+        scored.setdefault(q, []).append(d)
+    out = []
+    for q in qids:
+        rel = {d for d, g in coll.qrels.get(q, {}).items() if g > 0}
+        pool = sorted(d for d in scored.get(q, []) if d not in rel)
+        if len(pool) < num_negatives:
+            continue
+        for pos in sorted(d for d in rel if (q, d) in scores):
+            out.append((q, coll.queries[q], [pos, *rng.sample(pool, num_negatives)]))
+    return out
+
+
+def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str, str], float] | None) -> Any:
+    d = cfg.data
+    if d.train_queries:
+        qids = read_text_lines(existing_file(d.train_queries, cfg.base_dir, "data.train_queries"),
+                               "data.train_queries")
+    else:
+        qids = coll.judged_queries()
+    unknown = [q for q in qids if q not in coll.queries]
+    if unknown:
+        raise ConfigError(f"data.train_queries: query ids not in the collection: {unknown[:5]}")
+    if scores is not None:
+        groups = score_file_groups(coll, qids, scores, d.num_negatives, cfg.seed)
+    else:
+        groups = query_groups(coll, qids, BM25Index(coll.docs), d.num_negatives, d.bm25_depth, cfg.seed)
+    if not groups:
+        raise ConfigError("data: no training groups (no judged positive with enough scored negatives)")
+    return to_ranking_groups(groups, coll.docs)

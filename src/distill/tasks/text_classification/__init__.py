@@ -1,0 +1,1 @@
+"""Text classification (task: text_classification): a family folder (section, data, task, models, build)."""

@@ -1,0 +1,77 @@
+"""``task: text_classification``: labelled sentences -> class logits; optional transfer set and aspect teacher."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.core.family import Family, Loaded, register_family
+from distill.tasks.text_classification.data import load_aspects, load_text_split, read_tokenizer
+from distill.tasks.text_classification.models import build_text_model
+from distill.tasks.text_classification.section import TextClassificationData
+from distill.tasks.text_classification.task import TextClassification
+
+
+@register_family
+class TextClassificationFamily(Family):
+    name = "text_classification"
+    summary = "sentences -> class logits (SST lines, TSV, CSV; a local Hugging Face tokenizer)"
+    data_section = TextClassificationData
+
+    def model_archs(self) -> list[str]:
+        from distill.models import TEXT_MODELS
+
+        return list(TEXT_MODELS)
+
+    def has_teacher(self, cfg: Any) -> bool:
+        return cfg.teacher is not None or (cfg.data is not None and cfg.data.aspects is not None)
+
+    def check(self, cfg: Any) -> None:
+        from distill.methods import METHODS
+
+        if cfg.data.aspects is not None:
+            _check_aspects(cfg)
+        if cfg.teacher is not None and cfg.teacher.ensemble:
+            raise ValueError("teacher.ensemble: not supported for text_classification yet; give one teacher")
+        if cfg.data.augment is not None and not any(METHODS.get(m.name).needs_teacher for m in cfg.methods):
+            raise ValueError("data.augment: the augmented copies carry no label, only a teacher's outputs; add a "
+                             "method that uses the teacher (e.g. kd or lsf_idm) or drop data.augment")
+
+    def load(self, cfg: Any) -> Loaded:
+        tokenizer = read_tokenizer(cfg)
+        train = load_text_split(cfg, "train", tokenizer, None)
+        evald = load_text_split(cfg, "eval", tokenizer, train.classes) if cfg.data.eval else None
+        aspects = load_aspects(cfg, train) if cfg.data.aspects else None
+        outputs = train.num_classes + (aspects.probs.shape[1] if aspects is not None else 0)  # makd: C + Q
+        info = {"vocab_size": len(tokenizer), "num_classes": train.num_classes, "aspects": aspects,
+                "tokenizer": tokenizer}
+        return Loaded(TextClassification(), train, evald, None, num_outputs=outputs, info=info)
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        outputs = loaded.num_outputs if key == "student" else loaded.info["num_classes"]
+        return build_text_model(model_cfg, outputs, loaded.info["vocab_size"], cfg.base_dir, key)
+
+    def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
+        if loaded.info["aspects"] is not None:  # makd's teacher: offline aspect answers
+            return loaded.info["aspects"]
+        return super().build_teacher(cfg, loaded)
+
+
+def _check_aspects(cfg: Any) -> None:
+    """``data.aspects`` is the teacher of a method that reads aspect answers (``makd``) and of nothing else."""
+    from distill.methods import METHODS
+
+    readers = [m.name for m in cfg.methods if getattr(METHODS.get(m.name), "reads_aspects", False)]
+    others = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher and m.name not in readers]
+    if not readers:
+        raise ValueError("data.aspects: aspect answers are the teacher of method 'makd' only; add it or drop "
+                         "data.aspects")
+    if others:
+        raise ValueError(f"data.aspects: methods {others} need a teacher model's logits, which aspect answers do "
+                         "not give; run them in another experiment")
+    if cfg.teacher is not None:
+        raise ValueError("teacher: data.aspects already serves as makd's teacher; drop the teacher section")
+    if cfg.data.augment is not None:
+        raise ValueError("data.augment: the augmented copies have no aspect answers; drop data.augment when "
+                         "data.aspects is set")

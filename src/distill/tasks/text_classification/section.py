@@ -1,0 +1,27 @@
+"""The ``data:`` section of ``task: text_classification``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distill.config import Strict
+from distill.data.text_augment import AugmentConfig
+
+
+class TextClassificationData(Strict):
+    """Labelled-sentence files (SST ``<label> <sentence>`` lines, ``label<TAB>text`` TSV, or TSV/CSV with a header
+    naming text/sentence and label columns), tokenised with a local Hugging Face tokenizer (``minilm``: the one
+    packaged with all-MiniLM-L6-v2). ``augment`` adds augmented copies of the training sentences labelled by the
+    teacher only (a transfer set, :mod:`distill.data.text_augment`). ``aspects`` is the teacher of method ``makd``:
+    a safetensors file written by ``distill.methods.makd.AspectTargets.save`` for the training texts in file order
+    (checked by fingerprint)."""
+
+    train: str
+    eval: str | None = None
+    format: Literal["auto", "sst", "tsv", "csv"] = "auto"
+    tokenizer: str = "minilm"
+    max_length: int = Field(64, ge=2)
+    augment: AugmentConfig | None = None
+    aspects: str | None = None

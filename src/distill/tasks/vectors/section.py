@@ -1,0 +1,16 @@
+"""The ``data:`` section of ``task: vector_classification``."""
+
+from __future__ import annotations
+
+from distill.config import Strict
+
+
+class VectorData(Strict):
+    """Rows of numbers with an integer label: an ``.npz`` file with arrays ``x`` (N, d) and ``y`` (N,), or a CSV
+    file with a header whose ``label`` column is the label and every other column a feature. ``standardize``:
+    scale every column by the training rows' mean and standard deviation."""
+
+    train: str
+    eval: str | None = None
+    label: str = "label"
+    standardize: bool = True

@@ -1,0 +1,63 @@
+"""The trainer's settings: one dataclass, used by the Python API and validated as the ``train:`` section of a
+YAML file (pydantic reads the constraints from the annotations below; unknown keys are refused)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Literal
+
+from pydantic import ConfigDict, Field
+
+Positive = Annotated[int, Field(gt=0)]
+NonNegative = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+
+
+@dataclass
+class TrainConfig:
+    """How the student is trained. ``seed`` and ``deterministic`` are set at the top level of a YAML file."""
+
+    __pydantic_config__ = ConfigDict(extra="forbid")
+
+    epochs: Positive = 10
+    batch_size: Positive = 64
+    eval_batch_size: Positive = 256
+    grad_accum: Positive = 1
+    optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
+    lr: PositiveFloat = 0.05
+    momentum: NonNegativeFloat = 0.9
+    nesterov: bool = False
+    weight_decay: NonNegativeFloat = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    #: epochs (may be fractional) at which the 'step' schedule multiplies the lr by ``gamma``
+    milestones: list[float] = field(default_factory=list)
+    gamma: PositiveFloat = 0.1
+    warmup_epochs: NonNegativeFloat = 0.0
+    min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0
+    clip_grad_norm: PositiveFloat | None = None
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping_patience: Positive | None = None
+    early_stopping_metric: str | None = None
+    early_stopping_min_delta: float = 0.0
+    eval_every: Positive = 1
+    log_every: Positive = 10
+    #: also checkpoint every N optimiser steps (0: at epoch ends only)
+    checkpoint_every: NonNegative = 0
+    #: also checkpoint after every N-th epoch (and the last); full-batch graph runs take one step per epoch
+    checkpoint_every_epochs: NonNegative = 1
+    keep_checkpoints: Positive = 2
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    cpu: bool = False
+    progress: bool = True
+    drop_last: bool = True
+    max_steps: Positive | None = None
+    step_delay: NonNegativeFloat = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
+    # -- several processes (DDP) and speed options; see docs/ddp.md --
+    find_unused_parameters: bool = True  # DDP: tolerate parameters without a gradient in a step (init stages)
+    sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
+    broadcast_buffers: bool = True  # DDP: copy rank 0's buffers to every rank at each forward
+    teacher_inference_mode: bool = False  # run the teacher under torch.inference_mode (outputs cloned out)
+    compile_student: bool = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
