@@ -87,7 +87,7 @@ def test_every_result_table_is_on_the_benchmark_page() -> None:
     for md in sorted((REPO / "benchmarks" / "results").glob("*.md")):
         path = md.relative_to(REPO).as_posix()
         named = path in page or path.removesuffix(".md") + ".{json,md}" in page
-        assert path in quoted or named, f"{path}: neither quoted between table markers nor named in benchmarks/README.md"
+        assert path in quoted or named, f"{path}: neither quoted between markers nor named in benchmarks/README.md"
 
 
 def test_sync_replaces_a_block_and_separates_notes_from_the_table(tmp_path: Path) -> None:
