@@ -1,4 +1,4 @@
-"""Print the method catalogue as a Markdown table (pasted into the README): python scripts/catalogue_md.py"""
+"""Print the method catalogue as a Markdown table (docs/methods.md): python scripts/catalogue_md.py"""
 
 from distill.methods import METHODS
 

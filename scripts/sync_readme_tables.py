@@ -1,12 +1,15 @@
-"""Copy benchmark tables into the README (or any Markdown file) between markers, so quoted numbers stay the
-numbers of the committed result files:
+"""Copy benchmark tables into benchmarks/README.md (and any other Markdown file that has markers) between
+markers, so quoted numbers stay the numbers of the committed result files:
 
     <!-- table: benchmarks/results/cifar10_catalogue.md -->
     ... replaced by the table rows (and "Not applicable" / "MEAL V2" lines) of that file ...
     <!-- /table -->
 
-    python scripts/sync_readme_tables.py            # rewrites README.md in place
-    python scripts/sync_readme_tables.py --check    # exit 1 if a table block is out of date
+    python scripts/sync_readme_tables.py                 # rewrites benchmarks/README.md and README.md in place
+    python scripts/sync_readme_tables.py FILE.md         # only that file
+    python scripts/sync_readme_tables.py --check         # exit 1 if a table block is out of date
+
+Marker paths are relative to the repository root, whichever file holds the marker.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: the files synced when none is named: the benchmark page holds the tables; the front page may quote one too
+DEFAULT_FILES = (REPO / "benchmarks" / "README.md", REPO / "README.md")
 BLOCK = re.compile(r"(<!-- table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
 KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run")
 
@@ -46,18 +51,20 @@ def sync(text: str, root: Path) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("file", nargs="?", type=Path, default=REPO / "README.md")
+    p.add_argument("files", nargs="*", type=Path, default=list(DEFAULT_FILES))
     p.add_argument("--check", action="store_true")
     args = p.parse_args()
-    text = args.file.read_text()
-    new = sync(text, REPO)
-    if args.check:
-        if new != text:
-            print(f"{args.file}: a table block differs from its result file; run scripts/sync_readme_tables.py")
-            return 1
-        return 0
-    args.file.write_text(new)
-    return 0
+    stale = 0
+    for file in args.files:
+        text = file.read_text()
+        new = sync(text, REPO)
+        if args.check:
+            if new != text:
+                print(f"{file}: a table block differs from its result file; run scripts/sync_readme_tables.py")
+                stale += 1
+        elif new != text:
+            file.write_text(new)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Every complete YAML config shown in the README and docs/ passes the config validation, so the documentation
-cannot drift from the schema unnoticed."""
+"""Every complete YAML config shown in the README, benchmarks/README.md and docs/ passes the config validation, so
+the documentation cannot drift from the schema unnoticed."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ import yaml
 from distill.config import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
+DOCUMENTS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def yaml_blocks() -> list[tuple[str, str]]:
     found = []
-    for f in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+    for f in DOCUMENTS:
         for i, block in enumerate(re.findall(r"```yaml\n(.*?)```", f.read_text(), re.S)):
-            found.append((f"{f.name}#{i}", block))
+            found.append((f"{f.relative_to(ROOT).as_posix()}#{i}", block))
     return found
 
 

@@ -70,11 +70,24 @@ def load_sync():
     return module
 
 
-def test_readme_tables_are_the_committed_result_files() -> None:
+def test_benchmark_page_tables_are_the_committed_result_files() -> None:
+    """benchmarks/README.md holds the tables; README.md is checked too wherever it still quotes one."""
     sync = load_sync()
-    text = (REPO / "README.md").read_text()
-    assert "<!-- table: " in text
-    assert sync.sync(text, REPO) == text, "run python scripts/sync_readme_tables.py"
+    assert (REPO / "benchmarks" / "README.md") in sync.DEFAULT_FILES and (REPO / "README.md") in sync.DEFAULT_FILES
+    assert "<!-- table: " in (REPO / "benchmarks" / "README.md").read_text()
+    for md in sync.DEFAULT_FILES:
+        text = md.read_text()
+        assert sync.sync(text, REPO) == text, f"{md.relative_to(REPO)}: run python scripts/sync_readme_tables.py"
+
+
+def test_every_result_table_is_on_the_benchmark_page() -> None:
+    """Every result file is quoted between table markers or named on the benchmark page."""
+    page = (REPO / "benchmarks" / "README.md").read_text()
+    quoted = {m.group("path") for m in load_sync().BLOCK.finditer(page)}
+    for md in sorted((REPO / "benchmarks" / "results").glob("*.md")):
+        path = md.relative_to(REPO).as_posix()
+        named = path in page or path.removesuffix(".md") + ".{json,md}" in page
+        assert path in quoted or named, f"{path}: neither quoted between markers nor named in benchmarks/README.md"
 
 
 def test_sync_replaces_a_block_and_separates_notes_from_the_table(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ Data: a class-balanced subset of those JPEGs (250 training and 100 test images p
 archive of the image-folder layout. Student: a ResNet-20 from random initialisation, trained twice on the same
 budget and seed, once on labels alone (scratch) and once with a FitNet hint from the teacher (CE + 100 x the
 MSE between a learned 1x1-conv regression of the student's stage-2 features and the teacher's): on this small
-data set feature hints transfer far more than softened logits (see the README's benchmark table).
+data set feature hints transfer far more than softened logits (see the benchmark tables in benchmarks/README.md).
 """
 
 from __future__ import annotations
