@@ -1,5 +1,9 @@
 """An offline store of a teacher's top-k next-token log-probabilities for LM data (DistillKit-style).
 
+Deprecated: kept for one release for the tinyshakespeare benchmark's recorded runs and Python users. From YAML the
+stored teacher of a ``causal_lm`` run is ``teacher.cache`` with ``topk`` (:mod:`distill.cache`), built by
+``distill cache build CONFIG``.
+
 Layout of a store directory (memory-mapped ``.npy`` arrays, readable without this package):
 
 * ``indices.npy``: int32 (N, L, k), the k most likely token ids per position, in decreasing probability;
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from distill.cache.store import sha256_file
 from distill.core.batch import Batch
 from distill.core.outputs import ModelOutput
 from distill.core.topk import TopKLogits
@@ -46,12 +51,7 @@ def store_fingerprint(teacher: str, data: str, tokenizer: str) -> str:
     return hashlib.sha256(f"{teacher}|{data}|{tokenizer}".encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+file_sha256 = sha256_file  # the one checksum helper (distill.cache.store)
 
 
 class TopKStore:
