@@ -44,6 +44,11 @@ class DataConfig(_Strict):
     eval_per_class: int | None = Field(None, gt=0)
     val_per_class: int | None = Field(None, gt=0)
     labeled_per_class: int | None = Field(None, gt=0)
+    #: validation images per class drawn from the rest of ``train_split`` (outside the ``train_per_class`` subset)
+    extra_val_per_class: int | None = Field(None, gt=0)
+    #: images per class from the rest of ``train_split`` (outside the subset and the extra validation images)
+    #: appended to the training set with their labels hidden (semi-supervised methods)
+    extra_unlabeled_per_class: int | None = Field(None, gt=0)
     subset_seed: int = 0
     image_size: int | None = Field(None, gt=0)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
@@ -400,8 +405,21 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     if cfg.train.schedule == "step" and not cfg.train.milestones:
         raise ConfigError("train.milestones: the 'step' schedule needs milestones (epochs), e.g. [30, 40]")
     _check_graph_task(cfg)
+    _check_extra_splits(cfg)
     cfg.base_dir = str(base_dir) if base_dir is not None else None
     return cfg
+
+
+def _check_extra_splits(cfg: ExperimentConfig) -> None:
+    """``data.extra_*_per_class`` draw from outside the training subset, so there must be one."""
+    d = cfg.data
+    if d is None or not (d.extra_val_per_class or d.extra_unlabeled_per_class):
+        return
+    key = "extra_val_per_class" if d.extra_val_per_class else "extra_unlabeled_per_class"
+    if d.train_per_class is None:
+        raise ConfigError(f"data.{key}: draws from outside the training subset; set data.train_per_class")
+    if d.extra_val_per_class and d.val_per_class:
+        raise ConfigError("data.extra_val_per_class: give one validation split, this or data.val_per_class")
 
 
 def _check_text_task(cfg: ExperimentConfig) -> None:
@@ -560,17 +578,58 @@ def set_override(raw: dict[str, Any], assignment: str) -> None:
         node[last] = value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file")
+def _read_yaml(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
         raise ConfigError(f"{path}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+
+
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, any other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML experiment file, with its ``base:`` chain merged in (not validated).
+
+    ``base: RELATIVE.yaml`` names another YAML file, relative to the file that names it; that file is read
+    (``yaml.safe_load``, nothing imported) and deep-merged under this one (:func:`deep_merge`). Paths inside
+    either file keep being resolved next to the file given to :func:`load_config`."""
+    path = Path(path)
+    if not path.exists():
+        where = f"{_chain[-1]}: base" if _chain else str(path)
+        raise ConfigError(f"{where}: {path}: no such file")
+    raw = _read_yaml(path)
     raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): a config is a mapping of keys, got {type(raw).__name__}")
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or Path(base).is_absolute() or Path(base).suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: base: a relative path to another .yaml file, got {base!r}")
+    target = (path.parent / base).resolve()
+    chain = (*_chain, path.resolve())
+    if target in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(target):], target))
+        raise ConfigError(f"{path}: base: {base!r} makes a cycle ({cycle})")
+    return deep_merge(load_raw(target, chain), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    raw = load_raw(path)
     for assignment in overrides or []:
         set_override(raw, assignment)
     return parse_config(raw, base_dir=path.parent)
