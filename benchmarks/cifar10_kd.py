@@ -331,7 +331,8 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     else:
         lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
                   "|---|---|---|---|---|---|"]
-    files = recipes(args.configs)
+    folder = getattr(args, "configs", None) or PAIRS.get(args.student)
+    files = recipes(folder) if folder is not None else {}
     for s in summaries:
         rs = sorted((r for r in rows if r["arm"] == s.arm), key=lambda r: r["seed"])
         times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
