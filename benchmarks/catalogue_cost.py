@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from distill.config import load_raw
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_kd as bench  # noqa: E402
 
@@ -89,8 +91,9 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--teacher", type=Path, default=REPO / "src" / "distill" / "assets"
                    / "resnet56_cifar10_jpeg.safetensors")
-    p.add_argument("--student", default="resnet20")
-    p.add_argument("--arms", nargs="+", default=["all"], choices=["all", *bench.arms(1)])
+    p.add_argument("--student", default="resnet20", help="picks the pair's recipe folder (resnet20, mobilenetv2)")
+    p.add_argument("--configs", type=Path, default=None, help="the recipe folder (default: the student's pair)")
+    p.add_argument("--arms", nargs="+", default=["all"], choices=["all", *bench.CATALOGUE])
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=2, help="short epochs per timing run (the last one is timed)")
     p.add_argument("--per-class", type=int, default=96, help="images per class of a timing run (96: 15 steps)")
@@ -106,17 +109,21 @@ def main() -> int:
         print(f"data not found: {args.data} (pass --data or put ../shared beside the repo)", file=sys.stderr)
         return 2
     args.quick = False
+    error = bench.resolve_pair(args)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
     args.name = args.name or f"catalogue_cost_{args.student}"
-    names = list(bench.arms(1)) if "all" in args.arms else list(dict.fromkeys(["scratch", "kd", *args.arms]))
+    names = list(bench.CATALOGUE) if "all" in args.arms else list(dict.fromkeys(["scratch", "kd", *args.arms]))
     skipped = bench.inapplicable_arms(args.student)
-    names = [a for a in names if a not in skipped]
+    names = [a for a in names if a not in skipped and a in args.arms_files]
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"{args.name}.json"
     if args.report_only:
         result = json.loads(path.read_text())
         rounds = {a: r["rounds_step_s"] for a, r in result["arms"].items()}
         n = result["per_class"]  # files written before train_images was recorded: the protocol's counts
-        images = {a: r.get("train_images", 10 * (n + bench.extra_per_class(a, n)[1]))
+        images = {a: r.get("train_images", 10 * (n + bench.extra_per_class(load_raw(args.arms_files[a]), n)[1]))
                   for a, r in result["arms"].items()}
         result["arms"] = summarise(rounds, images, result["per_class"], args.full_per_class)
         path.write_text(json.dumps(result, indent=2))

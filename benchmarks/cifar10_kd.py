@@ -4,30 +4,36 @@
     python benchmarks/cifar10_kd.py --quick              # a few minutes, for CI (writes to a temp folder)
     python benchmarks/cifar10_kd.py --arms all --name cifar10_catalogue \
         --teacher src/distill/assets/resnet56_cifar10_jpeg.safetensors   # the whole classification catalogue
-    ... --student mobilenetv2 (or shufflenetv2)           # the heterogeneous pair, same arms, seeds and schedule
+    ... --student mobilenetv2                             # the heterogeneous pair, same arms, seeds and schedule
 
-Arms (same seeds, data subset and schedule): by default scratch (CE), KD, FitNet and AT; ``--arms all`` runs
-the whole classification catalogue. Loss weights are those of the RepDistiller/mdistiller CIFAR tables (KD: CE
-0.1 + KD 0.9 at T=4; FitNet: CE + 100 * hint on f2; AT: CE + 1000 * AT on f1..f3; see ``arms``).
+Every arm is a recipe file: ``configs/cifar10/<arm>.yaml`` (ResNet-20 student) or
+``configs/cifar10_mobilenetv2/<arm>.yaml`` (MobileNetV2, width 0.5), each a complete ``distill train`` experiment
+(``--configs DIR`` runs another folder of recipes). The benchmark runs them through :mod:`sweep` with only its own
+``--set`` overrides: seed, run folder, decoded-image cache, the teacher it fine-tuned or was given (``--teacher``),
+``--data``/``--shared`` when they differ from the recipe's paths, and when asked, ``--epochs`` (milestones at
+60%/80%, evaluation every fifth of the run, method warm-ups a third of it; initialisation stages stay 2 epochs)
+and ``--per-class`` (the extra validation/unlabelled images scale with it). ``--arms all`` is every recipe of the
+folder, in the catalogue order (``CATALOGUE``); by default scratch (CE), KD, FitNet and AT.
 
-Arms whose protocol differs (``PROTOCOLS``; the table's note column says so):
+Arms whose protocol differs (their recipes say how; the table's note column says so):
 
 - ``tgeo``: its bilevel solver needs a validation split: 50 labelled images per class held out from the rest of
-  the train split (outside the 5,000 training images, which stay the same as every other arm's).
+  the train split (``data.extra_val_per_class``; outside the 5,000 training images, which stay the same as every
+  other arm's).
 - ``dho``: semi-supervised: the same 5,000 labelled images plus 500 per class from the rest of the train split
-  with their labels hidden (so an epoch has twice the steps), and 50 per class held out for its head combiner.
+  with their labels hidden (``data.extra_unlabeled_per_class``; an epoch has twice the steps), and 50 per class
+  held out for its head combiner.
 - ``mealv2``: the teacher is the ensemble of the four pretrained akamaster ResNets (20/32/44/56, not fine-tuned
   on the JPEGs) averaged in probability space; no hard labels. Its accuracy is measured and printed above the
   table.
 - ``lelp`` is a few-class method (the paper's vision setting is binarised CIFAR); on CIFAR-10 it runs as
   specified (10 classes x 4 pseudo-subclasses, alpha = 0), which is not the regime it was designed for.
 
-Heterogeneous pair (``--student mobilenetv2`` or ``shufflenetv2``): every arm runs except FSP, which needs
-equal channel counts at its layer pairs and is reported as not applicable (``inapplicable_arms``). MobileNetV2
-(width 0.5) is the cheaper student: a from-scratch step costs about half of ResNet-20's, ShuffleNetV2's about
-twice. ReviewKD is the expensive arm there: its fusion width follows the official rule min(512, channels of the
-student's last feature), 512 for both (64 for ResNet-20), so its step costs about 2.5x (MobileNetV2) and 4.5x
-(ShuffleNetV2) ResNet-20's ReviewKD step.
+Heterogeneous pair (``--student mobilenetv2``): every arm runs except FSP, which needs equal channel counts at its
+layer pairs: it has no recipe there and is reported as not applicable (``inapplicable_arms``). MobileNetV2
+(width 0.5) is the cheaper student: a from-scratch step costs about half of ResNet-20's. ReviewKD is the expensive
+arm there: its fusion width follows the official rule min(512, channels of the student's last feature), 512
+(64 for ResNet-20), so its step costs about 2.5x ResNet-20's ReviewKD step.
 
 Not an arm: ``makd`` (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which no offline
 teacher here can give; class-level aspects would be an auxiliary-label ablation, not MaKD (its spec's SST-2
@@ -43,7 +49,7 @@ Data: ../shared/data/cifar10-jpeg.tar.gz (or --data: any CIFAR-10 in a format
 from __future__ import annotations
 
 import argparse
-import fcntl
+import copy
 import json
 import shutil
 import statistics
@@ -54,21 +60,45 @@ from typing import Any
 
 import torch
 
-from distill.config import parse_config
+from distill.config import load_raw, parse_config, set_override
 from distill.core.taps import FeatureTaps
-from distill.data.images import UNLABELED, ImageArrays, load_images
-from distill.experiment import build_experiment, evaluate_model
+from distill.experiment import Experiment, build_experiment, evaluate_model, resolve_path
 from distill.models import build_model
 from distill.report.plots import plot_gains, plot_runs
 from distill.train.checkpoint import save_weights
-from distill.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sweep import (  # noqa: E402
+    Sweep,
+    discover_arms,
+    format_diff,
+    format_mean,
+    load_recipe,
+    previous_runs,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "distill" / "assets"
+CONFIGS = REPO / "configs"
 
-def student_taps(student: str) -> dict[str, str]:
-    """The named feature taps (``f1``, ``f1_pre``, ``pooled``, ...) of a student architecture."""
-    return dict(getattr(build_model(student, num_classes=10), "feature_taps", {}))
+#: the catalogue order of the arms (tables, ``--arms all``); a recipe folder holds the applicable ones
+CATALOGUE = ["scratch", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "dkd",
+             "dist", "lskd", "reviewkd", "pld", "nd", "mixup", "mixup_t1", "mixstd", "mixkd", "tgeo", "dho", "lelp",
+             "mealv2"]
+#: student -> its recipe folder (the ResNet-56 teacher's pairs)
+PAIRS = {"resnet20": CONFIGS / "cifar10", "mobilenetv2": CONFIGS / "cifar10_mobilenetv2"}
+ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
+
+#: the table's note for arms whose protocol differs; {val} / {unl}: the extra images per class of the run
+NOTES = {
+    "tgeo": "+{val}/class held-out validation images for the bilevel update",
+    "dho": "+{unl}/class unlabelled images (more steps per epoch), +{val}/class validation images for the head "
+           "combiner",
+    "mealv2": "teacher: the 4 pretrained ResNets (20/32/44/56), mean probabilities; no labels; shared schedule "
+              "(official: weight decay 0, pretrained student)",
+    "lelp": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses",
+}
 
 
 def feature_channels(arch: str, names: list[str]) -> dict[str, int]:
@@ -91,104 +121,88 @@ def inapplicable_arms(student: str, teacher: str = "resnet56") -> dict[str, str]
     return {}
 
 
-def arms(epochs: int, student: str = "resnet20") -> dict[str, list[dict[str, Any]]]:
-    """Every classification method with the loss weights of the CIFAR tables (RepDistiller / mdistiller / the
-    official repos; see each method's docstring). Warm-ups and initialisation stages are scaled to the short
-    schedule: warm-ups last a third of it, initialisation stages 2 epochs (officially 20 and 30 of 240).
+def recipes(folder: Path) -> dict[str, Path]:
+    """``{arm: recipe file}`` of a pair's folder, in catalogue order."""
+    return discover_arms(folder, CATALOGUE)
 
-    Feature taps are the generic names every CIFAR model defines (``f1``..``f3``, ``pooled``). AB wants
-    pre-ReLU maps: the student's ``fK_pre`` where it has them (ResNets), else ``fK`` (MobileNetV2's block outputs
-    are linear bottlenecks, i.e. already pre-activation; ShuffleNetV2 has no separate pre-ReLU tap, as in
-    RepDistiller's heterogeneous AB runs, where the student's connector output is what the hinge sees)."""
+
+def recipe_student(folder: Path) -> str:
+    """The student architecture of a folder's recipes (they share it)."""
+    return str(load_raw(next(iter(recipes(folder).values())))["student"]["arch"])
+
+
+def schedule_overrides(raw: dict[str, Any], epochs: int) -> list[str]:
+    """The recipe's schedule scaled to ``epochs`` as the catalogue scales it: milestones at 60%/80%, evaluation
+    every fifth of the run, method warm-ups (``warmup``, ``warmup_epochs``) a third; initialisation stages stay."""
+    if epochs == raw["train"]["epochs"]:
+        return []
     warm = max(1, epochs // 3)
-    ce = {"name": "ce", "weight": 1.0}
-    taps = student_taps(student)
-    ab_student = [f"f{k}_pre" if f"f{k}_pre" in taps else f"f{k}" for k in (1, 2, 3)]
-    return {
-        "scratch": [ce],
-        "kd": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4.0}],
-        "fitnet": [ce, {"name": "fitnet", "weight": 100.0, "student": "f2", "teacher": "f2"}],
-        "at": [ce, {"name": "at", "weight": 1000.0, "student": ["f1", "f2", "f3"]}],
-        "sp": [ce, {"name": "sp", "weight": 3000.0, "student": ["f3"]}],
-        "cc": [ce, {"name": "cc", "weight": 0.02, "variant": "repdistiller"}],
-        "vid": [ce, {"name": "vid", "weight": 1.0, "student": ["f1", "f2", "f3"]}],
-        "rkd": [ce, {"name": "rkd", "weight": 1.0}],
-        "pkt": [ce, {"name": "pkt", "weight": 30000.0}],
-        "ab": [ce, {"name": "ab", "weight": 1.0, "init_epochs": 2, "student": ab_student,
-                    "teacher": ["f1_pre", "f2_pre", "f3_pre"]}],
-        "ft": [ce, {"name": "ft", "weight": 500.0, "init_epochs": 2}],  # the paper factor's beta (200: RepDistiller's)
-        "fsp": [ce, {"name": "fsp", "weight": 50.0, "init_epochs": 2}],
-        "nst": [ce, {"name": "nst", "weight": 50.0}],
-        "crd": [ce, {"name": "crd", "weight": 0.8, "num_negatives": 4096, "negatives": "other_classes"}],
-        "dkd": [ce, {"name": "dkd", "alpha": 1.0, "beta": 2.0, "temperature": 4.0, "warmup": warm}],
-        "dist": [ce, {"name": "dist", "weight": 2.0, "tau": 4.0}],
-        "lskd": [{"name": "lskd", "temperature": 2.0, "kl_weight": 9.0, "ce_weight": 0.1}],
-        # ReviewKD: 0.6 is the official weight for this teacher (resnet56 -> resnet20, CIFAR-100/script/reviewKD.sh);
-        # the official script has no MobileNetV2 student, so the heterogeneous pair keeps the teacher's value.
-        "reviewkd": [ce, {"name": "reviewkd", "weight": 0.6, "warmup_epochs": warm}],
-        "pld": [{"name": "pld", "tau": 1.0}],
-        "nd": [{"name": "nd", "nd_weight": 2.0, "ce_weight": 1.0, "kd_weight": 1.0, "temperature": 4.0,
-                "warmup_epochs": warm}],
-        # MIX-KD (hchoi71/MIX-KD): the KD arm's loss on FMU-mixed batches (per-sample lambda ~ Beta(1, 1)) at the
-        # KD arm's T = 4 and at the T = 1 the paper recommends under mixup; MIXSTD alone (no mixup); and the
-        # official recipe mixkd = PMU (partmixup 0.9, with-replacement) + MIXSTD (gamma 0.1, alpha 0.9).
-        "mixup": [{"name": "mixup", "strategy": "fmu", "beta": 1.0}, {"name": "ce", "weight": 0.1},
-                  {"name": "kd", "weight": 0.9, "temperature": 4.0}],
-        "mixup_t1": [{"name": "mixup", "strategy": "fmu", "beta": 1.0}, {"name": "ce", "weight": 0.1},
-                     {"name": "kd", "weight": 0.9, "temperature": 1.0}],
-        "mixstd": [{"name": "mixstd", "ce_weight": 0.1, "kl_weight": 0.9}],
-        "mixkd": [{"name": "mixkd", "strategy": "pmu", "partmixup": 0.9, "pmu_sampling": "with_replacement",
-                   "beta": 1.0, "ce_weight": 0.1, "kl_weight": 0.9}],
-        # TGeo-KD (reconstruction, no official code): its loss holds both CE and KD; omega learned every step by
-        # a one-step look-ahead on the held-out validation split (PROTOCOLS); inner_lr = the run's lr 0.05.
-        "tgeo": [{"name": "tgeo", "temperature": 4.0, "hidden": 64, "meta_lr": 1e-3, "inner_lr": 0.05,
-                  "update_every": 1}],
-        # DHO (erjui/DHO few-shot script): T = 2, CE and KD weights 0.5/0.5, KL of labelled + KL of unlabelled
-        # rows ("split", the official two-loader sum); (a, b) fitted on the validation split after every epoch.
-        "dho": [{"name": "dho", "temperature": 2.0, "ce_weight": 0.5, "kd_weight": 0.5, "kd_reduction": "split",
-                 "student": "pooled"}],
-        # LELP (reconstruction): S = 4 pseudo-subclasses, beta 1, alpha = 0 (no CE) as in the paper, targets
-        # fitted once on the unaugmented training set and served by index.
-        "lelp": [{"name": "lelp", "subclasses": 4, "beta": 1.0, "targets": "cached", "assign": "labels",
-                  "ce_weight": 0.0}],
-        # MEAL V2: soft CE to the ensemble's mean probabilities (teacher: PROTOCOLS) + the jointly trained logit
-        # discriminator on the mean logits, official joint mode; no hard labels.
-        "mealv2": [{"name": "mealv2", "discriminator": True, "mode": "joint", "discriminator_input": "mean_logits"}],
-    }
+    out = [f"train.epochs={epochs}", f"train.milestones=[{round(0.6 * epochs)}, {round(0.8 * epochs)}]",
+           f"train.eval_every={max(1, epochs // 5)}"]
+    for i, m in enumerate(raw["methods"]):
+        out += [f"methods.{i}.{key}={warm}" for key in ("warmup", "warmup_epochs") if key in m]
+    return out
 
 
-#: pretrained akamaster CIFAR-10 ResNets in ../shared/models/resnet-cifar10 (MEAL V2's teacher ensemble)
-ENSEMBLE = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
-            "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
-
-#: arms whose data or teacher differs from the shared protocol (built by ``run_arm``), with the table's note.
-#: ``val_fraction`` / ``unlabeled_factor`` (times ``--per-class``) images per class come from the train split
-#: *outside* the training subset, so every arm trains on the same labelled images.
-PROTOCOLS: dict[str, dict[str, Any]] = {
-    "tgeo": {"val_fraction": 0.1, "note": "+{val}/class held-out validation images for the bilevel update"},
-    "dho": {"val_fraction": 0.1, "unlabeled_factor": 1.0,
-            "note": "+{unl}/class unlabelled images (more steps per epoch), +{val}/class validation images for "
-                    "the head combiner"},
-    "mealv2": {"teacher": "ensemble", "note": "teacher: the 4 pretrained ResNets (20/32/44/56), mean "
-               "probabilities; no labels; shared schedule (official: weight decay 0, pretrained student)"},
-    "lelp": {"note": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses"},
-}
+def subset_overrides(raw: dict[str, Any], per_class: int) -> list[str]:
+    """``per_class`` training images per class; an arm's extra validation/unlabelled images scale with it."""
+    d = raw["data"]
+    old = d["train_per_class"]
+    if per_class == old:
+        return []
+    out = [f"data.train_per_class={per_class}"]
+    for key in ("extra_val_per_class", "extra_unlabeled_per_class"):
+        if d.get(key):
+            out.append(f"data.{key}={max(1, round(d[key] * per_class / old))}")
+    return out
 
 
-def extra_per_class(arm: str, per_class: int) -> tuple[int, int]:
-    """(validation, unlabelled) images per class an arm adds from outside the training subset."""
-    proto = PROTOCOLS.get(arm, {})
-    n_val = max(1, round(per_class * proto["val_fraction"])) if proto.get("val_fraction") else 0
-    n_unl = max(1, round(per_class * proto["unlabeled_factor"])) if proto.get("unlabeled_factor") else 0
-    return n_val, n_unl
+def _path(value: Path | str) -> str:
+    return json.dumps(str(value))  # a YAML string, whatever the characters
 
 
-def arm_note(arm: str, per_class: int) -> str:
-    n_val, n_unl = extra_per_class(arm, per_class)
-    return PROTOCOLS.get(arm, {}).get("note", "").format(val=n_val, unl=n_unl)
+def run_overrides(args: argparse.Namespace, arm: str, seed: int, teacher: Path | None, run_dir: Path) -> list[str]:
+    """The sweep's own ``--set`` assignments for one run of ``arm``."""
+    path = args.arms_files[arm]
+    raw = load_raw(path)
+    out = [f"seed={seed}", f"output_dir={_path(run_dir)}", f"data.cache_dir={_path(args.work / 'cache')}"]
+    for key in ("train", "eval"):
+        if raw["data"].get(key) and resolve_path(raw["data"][key], str(path.parent)).resolve() != args.data.resolve():
+            out.append(f"data.{key}={_path(args.data)}")
+    out += subset_overrides(raw, args.per_class) + schedule_overrides(raw, args.epochs)
+    if args.quick:
+        out.append("data.eval_per_class=50")
+    members = raw["teacher"].get("ensemble") or []
+    for i, m in enumerate(members):  # MEAL V2's pretrained ResNets: from --shared
+        want = args.shared / "models" / "resnet-cifar10" / Path(m["weights"]).name
+        if resolve_path(m["weights"], str(path.parent)).resolve() != want.resolve():
+            out.append(f"teacher.ensemble.{i}.weights={_path(want)}")
+    if teacher is not None and not members:
+        out.append(f"teacher.weights={_path(teacher)}")
+    return out
 
 
-ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
+def run_dir_of(args: argparse.Namespace, arm: str, seed: int) -> Path:
+    return args.work / "runs" / f"{args.student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
+
+
+def extra_per_class(raw: dict[str, Any], per_class: int) -> tuple[int, int]:
+    """(validation, unlabelled) images per class a recipe adds from outside the training subset, at ``per_class``
+    training images per class."""
+    scaled = load_recipe_raw(raw, subset_overrides(raw, per_class))["data"]
+    return scaled.get("extra_val_per_class") or 0, scaled.get("extra_unlabeled_per_class") or 0
+
+
+def load_recipe_raw(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(raw)
+    for assignment in overrides:
+        set_override(out, assignment)
+    return out
+
+
+def arm_note(arm: str, raw: dict[str, Any]) -> str:
+    d = raw.get("data", {})
+    return NOTES.get(arm, "").format(val=d.get("extra_val_per_class") or 0, unl=d.get("extra_unlabeled_per_class") or 0)
 
 
 def base_data(args: argparse.Namespace) -> dict[str, Any]:
@@ -228,48 +242,15 @@ def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
     return recipe
 
 
-def teacher_config(args: argparse.Namespace, arm: str, teacher: Path) -> dict[str, Any]:
-    """The fine-tuned ResNet-56, or (MEAL V2) the ensemble of the four pretrained ResNets in probability space."""
-    if PROTOCOLS.get(arm, {}).get("teacher") == "ensemble":
-        folder = args.shared / "models" / "resnet-cifar10"
-        return {"ensemble": [{"arch": arch, "weights": str(folder / name)} for arch, name in ENSEMBLE.items()],
-                "reduce": "probs"}
-    return {"arch": "resnet56", "weights": str(teacher)}
 
-
-def held_out_data(args: argparse.Namespace, train: ImageArrays, per_class: int, arm: str
-                  ) -> tuple[ImageArrays, ImageArrays | None]:
-    """(training set, validation set) of an arm with extra data (``PROTOCOLS``): validation images and unlabelled
-    images per class drawn from the train split outside the ``per_class`` training subset (``subset_seed`` 0),
-    so ``train`` (the shared labelled subset) is kept as it is and only extended with unlabelled rows."""
-    n_val, n_unl = extra_per_class(arm, per_class)
-    if not (n_val or n_unl):
-        return train, None
-    full = load_images(args.data, split="train", cache_dir=args.work / "cache")
-    chosen = full.balanced_indices(per_class, 0)  # the subset build_experiment drew (subset_seed 0)
-    if not torch.equal(full.labels[chosen], train.labels):
-        raise RuntimeError("held_out_data: the training subset does not match the experiment's")
-    rest = torch.ones(len(full), dtype=torch.bool)
-    rest[chosen] = False
-    pool = full.subset(rest.nonzero().flatten())
-    val = None
-    if n_val:
-        val, pool = pool.split_off(n_val, 1)
-    if n_unl:
-        unl = pool.subset(pool.balanced_indices(n_unl, 2))
-        hidden = torch.full_like(unl.labels, UNLABELED)
-        train = ImageArrays(torch.cat([train.images, unl.images]), torch.cat([train.labels, hidden]),
-                            list(train.classes), f"{train.source} + {n_unl} unlabelled per class")
-    return train, val
-
-
-def ensemble_recipe(args: argparse.Namespace, exp: Any) -> dict[str, Any]:
+def ensemble_recipe(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]:
     """Test accuracy of each member of MEAL V2's ensemble and of their mean probabilities (measured once)."""
     path = args.work / "ensemble.json"
     if path.exists():
         return json.loads(path.read_text())
     members = exp.teacher.members
-    accs = {arch: evaluate_model(m.model, exp.task, exp.eval_data)["accuracy"] for arch, m in zip(ENSEMBLE, members)}
+    archs = [m.arch for m in exp.config.teacher.members()]
+    accs = {arch: evaluate_model(m.model, exp.task, exp.eval_data)["accuracy"] for arch, m in zip(archs, members)}
 
     class MeanProbs(torch.nn.Module):
         def __init__(self) -> None:
@@ -285,56 +266,41 @@ def ensemble_recipe(args: argparse.Namespace, exp: Any) -> dict[str, Any]:
     return recipe
 
 
-def arm_experiment(args: argparse.Namespace, arm: str, seed: int, teacher: Path, run_dir: Path,
-                   data: dict[str, Any] | None = None, train: dict[str, Any] | None = None
-                   ) -> tuple[Any, dict[str, Any]]:
-    """The experiment of one arm (shared schedule, the arm's methods, teacher and extra data; ``data`` and
-    ``train`` override config keys) and the extra facts its table row records."""
-    epochs = args.epochs
-    raw = {
-        "output_dir": str(run_dir),
-        "seed": seed,
-        "data": {**base_data(args), "train_per_class": args.per_class, "subset_seed": 0,
-                 **({"eval_per_class": 50} if args.quick else {})},
-        "student": {"arch": args.student},
-        "teacher": teacher_config(args, arm, teacher),
-        "methods": arms(epochs, args.student)[arm],
-        "train": {"epochs": epochs, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
-                  "schedule": "step", "milestones": [round(0.6 * epochs), round(0.8 * epochs)],
-                  "eval_every": max(1, epochs // 5), "log_every": 20, "progress": False, **(train or {})},
-    }
-    raw["data"].update(data or {})
-    exp = build_experiment(parse_config(raw))
+def run_facts(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]:
+    """Facts a table row records before training: the extended data's sizes, MEAL V2's teacher accuracy."""
     extra: dict[str, Any] = {}
-    train_data, val = held_out_data(args, exp.train_data, args.per_class, arm)
-    if train_data is not exp.train_data or val is not None:  # the same experiment, on the extended data
-        exp.trainer = Trainer(exp.module, train_data, exp.eval_data, exp.trainer.cfg, run_dir, val_data=val)
-        extra = {"train_images": len(train_data), "val_images": len(val) if val is not None else 0}
-    if PROTOCOLS.get(arm, {}).get("teacher") == "ensemble":
+    d = exp.config.data
+    if d.extra_val_per_class or d.extra_unlabeled_per_class:
+        extra = {"train_images": len(exp.train_data), "val_images": len(exp.val_data) if exp.val_data else 0}
+    if exp.config.teacher is not None and exp.config.teacher.ensemble:
         extra["teacher_accuracy"] = ensemble_recipe(args, exp)
-    return exp, extra
+    return extra
 
 
-def run_arm(args: argparse.Namespace, arm: str, seed: int, teacher: Path) -> dict[str, Any]:
-    run_dir = args.work / "runs" / f"{args.student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
-    exp, extra = arm_experiment(args, arm, seed, teacher, run_dir)
-    summary = exp.fit(resume=True)
-    if "dho" in exp.methods.methods:  # its inference combiner a softmax(z_ce) + (1 - a) softmax(z_kd / b), fitted
-        dho = exp.methods.methods["dho"]  # on the validation split after the last epoch
-        extra["combiner"] = {"a": dho.mix_a.item(), "b": dho.mix_b.item(), "val_accuracy": dho.val_accuracy.item()}
-    times = [h["epoch_time"] for h in summary["history"]]
-    return {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
-            "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(run_dir),
-            "methods": arms(args.epochs, args.student)[arm], **extra}
+def trained_facts(exp: Experiment) -> dict[str, Any]:
+    """DHO's inference combiner a softmax(z_ce) + (1 - a) softmax(z_kd / b), fitted on the validation split after
+    the last epoch."""
+    if "dho" not in exp.methods.methods:
+        return {}
+    dho = exp.methods.methods["dho"]
+    return {"combiner": {"a": dho.mix_a.item(), "b": dho.mix_b.item(), "val_accuracy": dho.val_accuracy.item()}}
+
+
+def arm_experiment(args: argparse.Namespace, arm: str, seed: int, teacher: Path | None, run_dir: Path,
+                   data: dict[str, Any] | None = None, train: dict[str, Any] | None = None
+                   ) -> tuple[Experiment, dict[str, Any]]:
+    """The experiment of one arm: its recipe with the sweep's overrides (``data`` and ``train`` override more
+    config keys), and the extra facts its table row records."""
+    extra = [f"{section}.{k}={json.dumps(v)}" for section, d in (("data", data), ("train", train)) for k, v in
+             (d or {}).items()]
+    _, cfg = load_recipe(args.arms_files[arm], run_overrides(args, arm, seed, teacher, run_dir) + extra)
+    exp = build_experiment(cfg)
+    return exp, run_facts(args, exp)
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path) -> Path:
     rows = results["runs"]
-    by_arm: dict[str, list[dict[str, Any]]] = {}
-    order = {arm: i for i, arm in enumerate(arms(1))}  # catalogue order, whichever process finished first
-    for r in sorted(rows, key=lambda r: (order.get(r["arm"], len(order)), r["seed"])):
-        by_arm.setdefault(r["arm"], []).append(r)
-    base = statistics.mean(r["accuracy"] for r in by_arm.get("scratch", [])) if "scratch" in by_arm else None
+    summaries = summarise(rows, "accuracy", baseline="scratch", order=CATALOGUE)
     t = results["teacher"]
     lines = [
         f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
@@ -365,27 +331,30 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     else:
         lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
                   "|---|---|---|---|---|---|"]
-    for arm, rs in by_arm.items():
-        accs = [100 * r["accuracy"] for r in rs]
-        mean = statistics.mean(accs)
-        sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
-        gain = "" if base is None or arm == "scratch" else f"{mean - 100 * base:+.2f}"
+    folder = getattr(args, "configs", None) or PAIRS.get(args.student)
+    files = recipes(folder) if folder is not None else {}
+    for s in summaries:
+        rs = sorted((r for r in rows if r["arm"] == s.arm), key=lambda r: r["seed"])
         times = [r["epoch_time_s"] for r in rs if r["epoch_time_s"]]  # None for a run resumed after its end
         ep = f"{statistics.mean(times):.1f}" if times else "-"
         if cost:
-            c = cost.get(arm)
+            c = cost.get(s.arm)
             ep = f"{c['vs_scratch']:.2f} | {c['epoch_s']:.0f}" if c else "- | -"
-        note = arm_note(arm, args.per_class)
+        raw = load_raw(files[s.arm]) if s.arm in files else {}
+        note = arm_note(s.arm, load_recipe_raw(raw, subset_overrides(raw, args.per_class)) if raw else {})
         fits = [r["combiner"] for r in rs if r.get("combiner")]
         if fits:
             note += "; fitted (a, b): " + ", ".join(f"({c['a']:.2f}, {c['b']:g})" for c in fits)
-        acc = f"{mean:.2f} ± {sd:.2f}" if len(accs) > 1 else f"{mean:.2f}"
-        lines.append(f"| {arm} | {acc} | {gain} | {', '.join(f'{a:.2f}' for a in accs)} | {ep} "
-                     f"| {note} |")
+        lines.append(f"| {s.arm} | {format_mean(s)} | {format_diff(s)} | "
+                     f"{', '.join(f'{a:.2f}' for a in s.values.values())} | {ep} | {note} |")
+    if any(s.ci for s in summaries):
+        lines += ["", "Gain: the mean paired difference to scratch over the seeds both ran; brackets: its 95% "
+                  "t-interval."]
     for arm, why in getattr(args, "skipped", {}).items():
         lines += ["", f"Not applicable to this pair: {arm} ({why})."]
     if getattr(args, "catalogue", False):
-        todo = [a for a in arms(1, args.student) if a not in by_arm and a not in getattr(args, "skipped", {})]
+        done = {s.arm for s in summaries}
+        todo = [a for a in files if a not in done and a not in getattr(args, "skipped", {})]
         if todo:
             lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
         lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which "
@@ -396,22 +365,44 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     return md
 
 
+def resolve_pair(args: argparse.Namespace) -> str | None:
+    """Set ``args.configs`` (the recipe folder), ``args.student`` (its recipes' student) and ``args.arms_files``;
+    an error message, or None."""
+    if args.configs is None:
+        student = args.student or "resnet20"
+        if student not in PAIRS:
+            return (f"--student {student}: no recipe folder for it (pairs: {', '.join(PAIRS)}); pass --configs DIR "
+                    "with recipes for that student")
+        args.configs = PAIRS[student]
+    args.arms_files = recipes(args.configs)
+    if not args.arms_files:
+        return f"{args.configs}: no recipe files"
+    student = recipe_student(args.configs)
+    if args.student is not None and args.student != student:
+        return f"--student {args.student}: the recipes in {args.configs} train {student}"
+    args.student = student
+    return None
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     p.add_argument("--data", type=Path, default=None, help="CIFAR-10 in any supported format")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=ISSUE2_ARMS, choices=["all", *arms(1)],
-                   help="methods to compare ('all': the whole classification catalogue)")
-    p.add_argument("--only", nargs="+", default=None, choices=list(arms(1)),
+    p.add_argument("--configs", type=Path, default=None,
+                   help="the recipe folder (default: configs/cifar10, or configs/cifar10_mobilenetv2 with --student "
+                        "mobilenetv2)")
+    p.add_argument("--arms", nargs="+", default=ISSUE2_ARMS, metavar="ARM",
+                   help="recipes to compare, by file stem ('all': every recipe of the folder)")
+    p.add_argument("--only", nargs="+", default=None, metavar="ARM",
                    help="train only these of --arms (the table still covers all of --arms)")
     p.add_argument("--name", default=None, help="stem of the result files (default cifar10_kd[_STUDENT])")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipes' (15)")
     p.add_argument("--teacher-epochs", type=int, default=3)
-    p.add_argument("--per-class", type=int, default=500)
-    p.add_argument("--student", default="resnet20")
+    p.add_argument("--per-class", type=int, default=None, help="training images per class (default: the recipes')")
+    p.add_argument("--student", default=None, help="picks the pair's recipe folder (resnet20, mobilenetv2)")
     p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
     p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
     p.add_argument("--report-only", action="store_true",
@@ -420,6 +411,13 @@ def main() -> int:
                    help="use this fine-tuned ResNet-56 (e.g. src/distill/assets/resnet56_cifar10_jpeg.safetensors)")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    error = resolve_pair(args)
+    if error:
+        print(error, file=sys.stderr)
+        return 2
+    first = load_raw(next(iter(args.arms_files.values())))
+    args.epochs = args.epochs or first["train"]["epochs"]
+    args.per_class = args.per_class or first["data"]["train_per_class"]
     args.data = args.data or args.shared / "data" / "cifar10-jpeg.tar.gz"
     if not args.data.exists():
         print(f"data not found: {args.data} (pass --data or put ../shared beside the repo)", file=sys.stderr)
@@ -434,14 +432,19 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.catalogue = "all" in args.arms
     if args.catalogue:
-        args.arms = list(arms(1))
-    args.skipped = {a: why for a, why in inapplicable_arms(args.student).items() if a in args.arms}
-    for arm, why in args.skipped.items():
-        if not args.catalogue:
-            print(f"--arms {arm}: not applicable to {args.student}: {why}", file=sys.stderr)
+        args.arms = list(args.arms_files)
+    inapplicable = inapplicable_arms(args.student)
+    args.skipped = {a: why for a, why in inapplicable.items() if a in CATALOGUE and a not in args.arms_files}
+    for arm in [*args.arms, *(args.only or [])]:
+        if arm not in args.arms_files:
+            why = inapplicable.get(arm)
+            print(f"--arms {arm}: not applicable to {args.student}: {why}" if why else
+                  f"--arms {arm}: no recipe {args.configs}/{arm}.yaml; recipes: {', '.join(args.arms_files)}",
+                  file=sys.stderr)
             return 2
-        print(f"skipping {arm}: {why}", flush=True)
-    args.arms = [a for a in args.arms if a not in args.skipped]
+    for arm, why in args.skipped.items():
+        if args.catalogue:
+            print(f"skipping {arm}: {why}", flush=True)
     args.name = args.name or ("cifar10_kd" if args.student == "resnet20" else f"cifar10_kd_{args.student}")
     results_path = args.out / f"{args.name}.json"
     if args.report_only:
@@ -451,6 +454,8 @@ def main() -> int:
         results = json.loads(results_path.read_text())
         for key in ("student", "epochs", "per_class"):  # the table describes the runs, not this command line
             setattr(args, key, results["args"].get(key, getattr(args, key)))
+        recorded = Path(results["args"].get("configs") or "-")  # older files: the student's pair
+        args.configs = recorded if recorded.is_dir() else PAIRS.get(args.student, args.configs)
         args.catalogue = args.catalogue or results["args"].get("catalogue", False)
         args.skipped = inapplicable_arms(args.student) if args.catalogue else {}
         return report(args, results)
@@ -465,38 +470,18 @@ def main() -> int:
         shutil.copy(teacher_weights, ASSETS / teacher_weights.name)
         (ASSETS / "resnet56_cifar10_jpeg.json").write_text(json.dumps(teacher, indent=2))
     results: dict[str, Any] = {"teacher": teacher, "runs": [], "args": {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
-    if results_path.exists() and not args.quick:
-        old = json.loads(results_path.read_text())
-        if old.get("args", {}).get("epochs") == args.epochs:
-            results["runs"] = old.get("runs", [])
-    done = {(r["arm"], r["seed"]) for r in results["runs"]}
-    for seed in args.seeds:
-        for arm in args.arms:
-            if (arm, seed) in done or (args.only and arm not in args.only):
-                continue
-            t0 = time.perf_counter()
-            r = run_arm(args, arm, seed, teacher_weights)
-            print(f"{arm:8s} seed {seed}: {100 * r['accuracy']:.2f}%  ({time.perf_counter() - t0:.0f}s)", flush=True)
-            save_run(results_path, results, r)
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "arms_files"}}
+    if not args.quick:
+        results["runs"] = previous_runs(results_path, results, ("epochs",))
+    sweep = Sweep({a: args.arms_files[a] for a in args.arms}, args.seeds, results_path,
+                  overrides=lambda arm, seed: run_overrides(args, arm, seed, teacher_weights,
+                                                            run_dir_of(args, arm, seed)),
+                  before_fit=lambda arm, exp: run_facts(args, exp), after_fit=lambda arm, exp: trained_facts(exp),
+                  repo=REPO)
+    sweep.run(results, only=args.only)
     report(args, results)
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")
     return 0
-
-
-def save_run(results_path: Path, results: dict[str, Any], run: dict[str, Any]) -> None:
-    """Add ``run`` to the runs in the results file as it is now (other processes may have written there since we
-    read it), under an exclusive lock, replaced atomically so that a crash mid-write never leaves a broken file."""
-    with open(results_path.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        on_disk = json.loads(results_path.read_text()) if results_path.exists() else {}
-        merged = {(r["arm"], r["seed"]): r for r in on_disk.get("runs", [])
-                  if on_disk.get("args", {}).get("epochs") == results["args"]["epochs"]}
-        merged[(run["arm"], run["seed"])] = run
-        results["runs"] = list(merged.values())
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(results_path)
 
 
 def report(args: argparse.Namespace, results: dict[str, Any]) -> int:

@@ -1,16 +1,13 @@
-"""Every arm of the CIFAR benchmark trains for a few steps through the config path, on both student kinds."""
+"""Every recipe of the CIFAR benchmark (configs/cifar10*/) trains for a few steps through the config path."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from pathlib import Path
 
 import pytest
-import torch
 
-from distill.config import parse_config
-from distill.data.images import UNLABELED, load_images
+from distill.config import load_raw
 from distill.experiment import build_experiment
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,52 +23,53 @@ def load_bench():
 
 
 BENCH = load_bench()
-ARMS = BENCH.arms(3)
+RESNET20 = BENCH.recipes(BENCH.PAIRS["resnet20"])
+MOBILENET = BENCH.recipes(BENCH.PAIRS["mobilenetv2"])
 #: arms with taps or heads that depend on the student's architecture
 HETEROGENEOUS_ARMS = ["ab", "at", "fitnet", "reviewkd", "dho"]
 
 
-def arm_config(arm: str, student: str, out: Path) -> dict:
-    """The benchmark's arm on the shipped demo images; the library's own val split stands in for the benchmark's
-    held-out images, and a two-member ensemble of the shipped teacher for MEAL V2's four pretrained ResNets."""
-    proto = BENCH.PROTOCOLS.get(arm, {})
-    teacher = {"arch": "resnet56", "weights": TEACHER}
-    if proto.get("teacher") == "ensemble":
-        teacher = {"ensemble": [{"arch": "resnet56", "weights": TEACHER}] * 2, "reduce": "probs"}
-    return {
-        "output_dir": str(out),
-        "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 1,
-                 **({"val_per_class": 1} if proto.get("val_fraction") else {})},
-        "student": {"arch": student},
-        "teacher": teacher,
-        "methods": BENCH.arms(3, student)[arm],
-        "train": {"epochs": 3, "batch_size": 10, "max_steps": 3, "progress": False, "eval_every": 3,
-                  "log_every": 1},
-    }
+def demo_overrides(path: Path, out: Path, student: str | None = None) -> list[str]:
+    """The recipe on the shipped demo images, 3 steps; a two-member ensemble of the shipped teacher stands in for
+    MEAL V2's four pretrained ResNets (``--set`` replaces the list), and the extra splits shrink to what the demo
+    holds (the demo has 50 train images per class)."""
+    raw = load_raw(path)
+    out_sets = [f"output_dir={out}", f"data.train={DEMO}", f"data.eval={DEMO}", "data.train_per_class=2",
+                "data.eval_per_class=1", "data.cache_dir=null", "train.epochs=3", "train.milestones=[2]",
+                "train.batch_size=10", "train.max_steps=3", "train.eval_every=3", "train.log_every=1"]
+    out_sets += [f"data.{k}=1" for k in ("extra_val_per_class", "extra_unlabeled_per_class") if raw["data"].get(k)]
+    if raw["teacher"].get("ensemble"):
+        member = f"{{arch: resnet56, weights: '{TEACHER}'}}"
+        out_sets.append(f"teacher.ensemble=[{member}, {member}]")
+    if student:
+        out_sets.append(f"student.arch={student}")
+    return out_sets
 
 
-def train_three_steps(arm: str, student: str, out: Path) -> None:
-    exp = build_experiment(parse_config(arm_config(arm, student, out)))
+def train_three_steps(path: Path, out: Path, student: str | None = None) -> None:
+    _, cfg = BENCH.load_recipe(path, demo_overrides(path, out, student))
+    exp = build_experiment(cfg)
     summary = exp.fit()
     assert summary["steps"] == 3
     rows = (out / "metrics.csv").read_text().splitlines()
     assert len(rows) > 1
 
 
-@pytest.mark.parametrize("arm", sorted(ARMS))
+@pytest.mark.parametrize("arm", sorted(RESNET20))
 def test_arm_trains(arm, tmp_path):
-    train_three_steps(arm, "resnet20", tmp_path / arm)
+    train_three_steps(RESNET20[arm], tmp_path / arm)
 
 
 @pytest.mark.parametrize("student", ["mobilenetv2", "shufflenetv2"])
 @pytest.mark.parametrize("arm", HETEROGENEOUS_ARMS)
 def test_feature_arms_train_on_heterogeneous_students(arm, student, tmp_path):
-    train_three_steps(arm, student, tmp_path / arm)
+    """The MobileNetV2 recipes, and (student swapped by ``--set``) ShuffleNetV2, which has no pre-ReLU taps either."""
+    train_three_steps(MOBILENET[arm], tmp_path / arm, student if student != "mobilenetv2" else None)
 
 
 def test_ab_taps_follow_the_student():
-    resnet = BENCH.arms(3, "resnet20")["ab"][1]
-    mobile = BENCH.arms(3, "mobilenetv2")["ab"][1]
+    resnet = load_raw(RESNET20["ab"])["methods"][1]
+    mobile = load_raw(MOBILENET["ab"])["methods"][1]
     assert resnet["student"] == ["f1_pre", "f2_pre", "f3_pre"]
     assert mobile["student"] == ["f1", "f2", "f3"]
     assert resnet["teacher"] == mobile["teacher"] == ["f1_pre", "f2_pre", "f3_pre"]
@@ -81,24 +79,15 @@ def test_fsp_is_inapplicable_only_when_channels_differ():
     assert BENCH.inapplicable_arms("resnet20") == {}
     skipped = BENCH.inapplicable_arms("mobilenetv2")
     assert list(skipped) == ["fsp"] and "equal channels" in skipped["fsp"]
+    assert "fsp" in RESNET20 and "fsp" not in MOBILENET
 
 
-def test_held_out_images_come_from_outside_the_training_subset(tmp_path):
-    args = argparse.Namespace(data=Path(DEMO), work=tmp_path)
-    per_class = 20
-    full = load_images(DEMO, split="train")
-    train = full.balanced_subset(per_class, 0)
-    extended, val = BENCH.held_out_data(args, train, per_class, "dho")
-    n_val, n_unl = BENCH.extra_per_class("dho", per_class)
-    assert (n_val, n_unl) == (2, 20)
-    # the shared labelled subset is kept first and unchanged; the added rows are unlabelled
-    assert torch.equal(extended.images[: len(train)], train.images)
-    assert torch.equal(extended.labels[: len(train)], train.labels)
-    assert len(extended) == len(train) + 10 * n_unl
-    assert bool((extended.labels[len(train):] == UNLABELED).all())
-    assert len(val) == 10 * n_val and torch.equal(val.labels.bincount(), torch.full((10,), n_val))
-    # no image is in two of: training subset, unlabelled rows, validation split
-    rows = [bytes(x.numpy()) for x in torch.cat([extended.images, val.images])]
-    assert len(set(rows)) == len(rows)
-    same, none = BENCH.held_out_data(args, train, per_class, "kd")
-    assert same is train and none is None
+def test_sweep_overrides_scale_the_schedule_and_the_extra_images():
+    raw = load_raw(RESNET20["dho"])
+    assert BENCH.schedule_overrides(raw, 15) == [] and BENCH.subset_overrides(raw, 500) == []
+    assert BENCH.subset_overrides(raw, 20) == ["data.train_per_class=20", "data.extra_val_per_class=2",
+                                               "data.extra_unlabeled_per_class=20"]
+    assert BENCH.extra_per_class(raw, 8) == (1, 8)
+    dkd = load_raw(RESNET20["dkd"])
+    assert BENCH.schedule_overrides(dkd, 2) == ["train.epochs=2", "train.milestones=[1, 2]", "train.eval_every=1",
+                                                "methods.1.warmup=1"]

@@ -45,7 +45,8 @@ def test_catalogue_report_uses_the_cost_benchmark(tmp_path: Path) -> None:
     bench.report(args, json.loads((tmp_path / "cifar10_catalogue.json").read_text()))
     md = (tmp_path / "cifar10_catalogue.md").read_text()
     assert "seeds 0, 1." in md  # the seeds of the runs, not of the command line
-    assert "| kd | 63.50 ± 0.71 | +2.50 | 64.00, 63.00 | 1.90 | 38 |" in md
+    # the gain is the paired difference over the common seeds, with its 95% t-interval
+    assert "| kd | 63.50 ± 0.71 | +2.50 [-16.56, +21.56] | 64.00, 63.00 | 1.90 | 38 |" in md
     assert "99.0" not in md  # the runs' own epoch times are not shown once the cost benchmark exists
     assert (tmp_path / "cifar10_catalogue_gains.png").exists()
 

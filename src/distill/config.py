@@ -364,10 +364,49 @@ def read_yaml(path: str | Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """``child`` over ``base``: mappings merge key by key, any other value (lists included) replaces."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The mapping of a YAML experiment file, with its ``base:`` chain merged in (not validated).
+
+    ``base: RELATIVE.yaml`` names another YAML file, relative to the file that names it; that file is read
+    (``yaml.safe_load``, nothing imported) and deep-merged under this one (:func:`deep_merge`). Paths inside
+    either file keep being resolved next to the file given to :func:`load_config`."""
     path = Path(path)
+    if not path.exists():
+        where = f"{_chain[-1]}: base" if _chain else str(path)
+        raise ConfigError(f"{where}: {path}: no such file")
     raw = read_yaml(path)
     raw = raw if raw is not None else {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: (top level): a config is a mapping of keys, got {type(raw).__name__}")
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or Path(base).is_absolute() or Path(base).suffix not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: base: a relative path to another .yaml file, got {base!r}")
+    target = (path.parent / base).resolve()
+    chain = (*_chain, path.resolve())
+    if target in chain:
+        cycle = " -> ".join(p.name for p in (*chain[chain.index(target):], target))
+        raise ConfigError(f"{path}: base: {base!r} makes a cycle ({cycle})")
+    return deep_merge(load_raw(target, chain), raw)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    raw = load_raw(path)
     for assignment in overrides or []:
         set_override(raw, assignment)
     return parse_config(raw, base_dir=path.parent)

@@ -23,6 +23,17 @@ class ImageFamily(Family):
 
         return list(MODELS)
 
+    def check(self, cfg: Any) -> None:
+        """``data.extra_*_per_class`` draw from outside the training subset, so there must be one."""
+        d = cfg.data
+        if not (d.extra_val_per_class or d.extra_unlabeled_per_class):
+            return
+        key = "extra_val_per_class" if d.extra_val_per_class else "extra_unlabeled_per_class"
+        if d.train_per_class is None:
+            raise ValueError(f"data.{key}: draws from outside the training subset; set data.train_per_class")
+        if d.extra_val_per_class and d.val_per_class:
+            raise ValueError("data.extra_val_per_class: give one validation split, this or data.val_per_class")
+
     def augments(self, cfg: Any) -> bool:
         return cfg.data is not None and cfg.data.augment is not None
 

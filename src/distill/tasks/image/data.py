@@ -34,7 +34,38 @@ def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArr
         val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
     if d.labeled_per_class:
         train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
+    if d.extra_val_per_class or d.extra_unlabeled_per_class:
+        with main_process_first():
+            train, extra_val = add_extra_splits(cfg, train)
+        val = extra_val if extra_val is not None else val
     return train, evald, val
+
+
+def add_extra_splits(cfg: Any, train: ImageArrays) -> tuple[ImageArrays, ImageArrays | None]:
+    """``data.extra_val_per_class`` / ``extra_unlabeled_per_class``: (training set, validation set or None), the
+    extra images drawn from the rest of the train split, outside the ``train_per_class`` subset (seed
+    ``subset_seed``). The validation images come first (seed ``subset_seed + 1``), then the unlabelled ones from
+    what is left (seed ``subset_seed + 2``), appended to ``train`` with ``UNLABELED`` labels; ``train`` itself (the
+    labelled subset every arm shares) is kept unchanged and first."""
+    import torch
+
+    from distill.data.images import UNLABELED
+
+    d: ImageData = cfg.data
+    full = load_split(d, d.train, d.train_split, None, cfg.base_dir, "train")
+    rest = torch.ones(len(full), dtype=torch.bool)
+    rest[full.balanced_indices(d.train_per_class, d.subset_seed)] = False
+    pool = full.subset(rest.nonzero().flatten())
+    val = None
+    if d.extra_val_per_class:
+        val, pool = pool.split_off(d.extra_val_per_class, d.subset_seed + 1)
+    if d.extra_unlabeled_per_class:
+        n = d.extra_unlabeled_per_class
+        unl = pool.subset(pool.balanced_indices(n, d.subset_seed + 2))
+        hidden = torch.full_like(unl.labels, UNLABELED)
+        train = ImageArrays(torch.cat([train.images, unl.images]), torch.cat([train.labels, hidden]),
+                            list(train.classes), f"{train.source} + {n} unlabelled per class")
+    return train, val
 
 
 def build_image_task(d: ImageData) -> ImageClassification:

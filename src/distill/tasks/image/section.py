@@ -36,6 +36,11 @@ class ImageData(Strict):
     eval_per_class: int | None = Field(None, gt=0)
     val_per_class: int | None = Field(None, gt=0)
     labeled_per_class: int | None = Field(None, gt=0)
+    #: validation images per class drawn from the rest of ``train_split`` (outside the ``train_per_class`` subset)
+    extra_val_per_class: int | None = Field(None, gt=0)
+    #: images per class from the rest of ``train_split`` (outside the subset and the extra validation images)
+    #: appended to the training set with their labels hidden (semi-supervised methods)
+    extra_unlabeled_per_class: int | None = Field(None, gt=0)
     subset_seed: int = 0
     image_size: int | None = Field(None, gt=0)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
