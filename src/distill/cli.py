@@ -47,6 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from distill.config import ConfigError, load_config
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
@@ -74,8 +76,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results["student"] = evaluate_model(model, exp.task, exp.eval_data)
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
-    if exp.teacher is not None and hasattr(exp.teacher, "model"):
-        results["teacher"] = evaluate_model(exp.teacher.model, exp.task, exp.eval_data)
+    teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
+    if teacher is not None and isinstance(getattr(teacher, "model", None), torch.nn.Module):
+        results["teacher"] = evaluate_model(teacher.model, exp.task, exp.eval_data)
     print(json.dumps(results, indent=2))
     return 0
 
