@@ -47,9 +47,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from distill.config import ConfigError, load_config
+    from distill.core.teachers import FrozenTeacher
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
 
@@ -77,7 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
-    if teacher is not None and isinstance(getattr(teacher, "model", None), torch.nn.Module):
+    if isinstance(teacher, FrozenTeacher):
         results["teacher"] = evaluate_model(teacher.model, exp.task, exp.eval_data)
     print(json.dumps(results, indent=2))
     return 0
