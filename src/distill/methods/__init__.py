@@ -3,27 +3,25 @@
 One file per registered method, named after its canonical registry name, in a folder chosen by the family the
 method is registered with (``distill methods`` prints each method's file):
 
-==================  ================  ==========================================================================
-family              folder            methods
-==================  ================  ==========================================================================
-``logits``          ``logits/``       kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
-                                      tgeo
-``supervised``      ``logits/``       ce, lm_ce (label losses on the student's logits)
-``features``        ``features/``     fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd
-``relations``       ``relations/``    sp, cc, rkd, pkt
-``llm``             ``llm/``          fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy
-``graph``           ``graph/``        ffg2m, glnn
-``graph-unlearning`` ``graph/``       d2dgn (the hyphen is not valid in a module path)
-``ranking``         ``ranking/``      margin_mse, score_mse, ranking_nll
-``embedding``       ``embedding/``    leaf
-``augmentation``    ``augmentation/`` mixup
-==================  ================  ==========================================================================
+* ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
+  tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
+* ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd);
+* ``relations/``: family ``relations`` (sp, cc, rkd, pkt);
+* ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
+* ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
+* ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
+* ``embedding/``: family ``embedding`` (leaf);
+* ``augmentation/``: family ``augmentation`` (mixup).
+
+:data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
 Maths shared by several methods lives in modules not named like a method: ``features/adapters.py`` (FitNet's
 regressor, spatial matching), ``features/stages.py`` (initialisation-stage options), ``relations/rows.py``,
 ``logits/losses.py`` (cross-entropy, batch-mean KL, logit standardisation), ``augmentation/mixing.py`` (mixup
-sampling), ``llm/divergences.py`` (token-level divergences), ``graph/base.py`` and ``ranking/scores.py``. The base
-class for methods that read feature taps is :class:`distill.core.method.TapMethod`.
+sampling), ``llm/divergences.py`` (token-level divergences), ``graph/base.py`` and ``ranking/scores.py``. The tap
+declaration, tap-list checks and set-up teacher check of the feature and relation methods are in
+:class:`distill.core.method.TapMethod` (:class:`~distill.core.method.FeaturePair`,
+:class:`~distill.core.method.FeaturePairs`).
 
 The old module paths (``distill.methods.feature_transfer``, ``lm_divergences``, ``logit_variants``, ``crd``, ...)
 are thin re-exporting shims kept for one release.

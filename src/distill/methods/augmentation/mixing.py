@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from distill.core.batch import IGNORE_INDEX, Batch
 
-_PROVENANCE = dict(
+MIX_PROVENANCE = dict(
     paper="Understanding the Role of Mixup in Knowledge Distillation: An Empirical Study",
     year=2023,
     arxiv="2211.03946",

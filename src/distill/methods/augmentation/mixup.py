@@ -28,10 +28,10 @@ import torch
 from distill.core.batch import Batch
 from distill.core.method import Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
-from distill.methods.augmentation.mixing import _PROVENANCE, mix_batch, sample_mixing
+from distill.methods.augmentation.mixing import MIX_PROVENANCE, mix_batch, sample_mixing
 
 
-@register_method("mixup", family="augmentation", **_PROVENANCE)
+@register_method("mixup", family="augmentation", **MIX_PROVENANCE)
 class Mixup(Method):
     """MIX-KD's batch mixup, as a transform only (returns no loss terms)."""
 

@@ -28,7 +28,7 @@ from torch import nn
 from distill.core.method import FeaturePairs, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import conv_regressor
-from distill.methods.features.stages import _check_stage_options
+from distill.methods.features.stages import check_stage_options
 
 
 def ab_hinge(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
@@ -100,7 +100,7 @@ class ActivationBoundaries(FeaturePairs):
         self.reduction = reduction
         self.connector_style = connector
         self.init_epochs = int(init_epochs)
-        self.main_stage = _check_stage_options("ab", self.init_epochs, main_stage)
+        self.main_stage = check_stage_options("ab", self.init_epochs, main_stage)
         self.connectors = nn.ModuleList()
 
     def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo | None = None) -> None:

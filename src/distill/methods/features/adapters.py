@@ -49,8 +49,3 @@ def match_spatial(a: torch.Tensor, b: torch.Tensor, pool: str = "avg") -> tuple[
     if tuple(b.shape[-2:]) != size:
         b = fn(b, size)
     return a, b
-
-
-def _as_map(x: torch.Tensor) -> torch.Tensor:
-    """(B, D) vectors as (B, D, 1, 1) maps, so 1x1-conv adapters also apply to pooled features."""
-    return x[:, :, None, None] if x.dim() == 2 else x

@@ -25,7 +25,7 @@ import torch
 from distill.core.method import TapMethod, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import match_spatial
-from distill.methods.features.stages import _check_stage_options
+from distill.methods.features.stages import check_stage_options
 
 
 def fsp_matrix(first: torch.Tensor, second: torch.Tensor, pool: str = "avg") -> torch.Tensor:
@@ -73,7 +73,7 @@ class FSP(TapMethod):
         self.mode = mode
         self.pool = pool
         self.init_epochs = int(init_epochs)
-        self.main_stage = _check_stage_options("fsp", self.init_epochs, main_stage)
+        self.main_stage = check_stage_options("fsp", self.init_epochs, main_stage)
 
     def student_taps(self) -> list[str]:
         return list(dict.fromkeys(self.first + self.second))

@@ -8,7 +8,7 @@ the main stage runs with the whole composition.
 from __future__ import annotations
 
 
-def _check_stage_options(method: str, init_epochs: int, main_stage: bool | None) -> bool:
+def check_stage_options(method: str, init_epochs: int, main_stage: bool | None) -> bool:
     if init_epochs < 0:
         raise ValueError(f"{method}: init_epochs must be >= 0, got {init_epochs}")
     active = (init_epochs == 0) if main_stage is None else bool(main_stage)

@@ -25,7 +25,12 @@ from torch import nn
 
 from distill.core.method import FeaturePairs, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
-from distill.methods.features.adapters import _as_map, match_spatial
+from distill.methods.features.adapters import match_spatial
+
+
+def _as_map(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) vectors as (B, D, 1, 1) maps, so 1x1-conv adapters also apply to pooled features."""
+    return x[:, :, None, None] if x.dim() == 2 else x
 
 
 def vid_nll(mean: torch.Tensor, var: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ def batch_edges(edge_index: torch.Tensor, nodes: torch.Tensor, num_nodes: int) -
     return mapped[:, (mapped >= 0).all(dim=0)]
 
 
-class _GraphKD(Method):
+class GraphKD(Method):
     needs_teacher = True
     needs_labels = True
     method_name = "graph_kd"

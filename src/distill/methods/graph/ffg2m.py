@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from distill.core.method import register_method
 from distill.core.outputs import StepInputs
-from distill.methods.graph.base import _GraphKD, kl_rows
+from distill.methods.graph.base import GraphKD, kl_rows
 
 
 def lfd_loss(zs: torch.Tensor, zt: torch.Tensor, edges: torch.Tensor, self_loops: bool = True) -> torch.Tensor:
@@ -62,7 +62,7 @@ def hfd_loss(zs: torch.Tensor, zt: torch.Tensor, edges: torch.Tensor, tau: float
     venue="AAAI",
     aliases=("ff_g2m",),
 )
-class FFG2M(_GraphKD):
+class FFG2M(GraphKD):
     """FF-G2M: GNN-to-MLP distillation of low- and high-frequency knowledge (Wu et al., AAAI 2023)."""
 
     method_name = "ffg2m"

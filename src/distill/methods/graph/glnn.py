@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from distill.core.method import register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
-from distill.methods.graph.base import _GraphKD, kl_rows
+from distill.methods.graph.base import GraphKD, kl_rows
 
 
 @register_method(
@@ -29,8 +29,9 @@ from distill.methods.graph.base import _GraphKD, kl_rows
     repo="https://github.com/snap-research/graphless-neural-networks",
     venue="ICLR",
 )
-class GLNN(_GraphKD):
-    """GLNN: an MLP trained on a GNN's soft labels of every node plus the hard labels of the training nodes"""
+class GLNN(GraphKD):
+    """GLNN: an MLP trained on a GNN's soft labels of every node plus the hard labels of the training nodes
+    (Zhang et al., ICLR 2022):"""
 
     method_name = "glnn"
 

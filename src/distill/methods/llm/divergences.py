@@ -218,9 +218,9 @@ class TokenDivergence(Method):
         return {"loss": loss}
 
 
-_SURVEY = dict(family="llm", paper="A Survey on Knowledge Distillation of Large Language Models", year=2024,
+SURVEY = dict(family="llm", paper="A Survey on Knowledge Distillation of Large Language Models", year=2024,
                arxiv="2402.13116")
 
 
-_DISTILLM = dict(family="llm", paper="DistiLLM: Towards Streamlined Distillation for Large Language Models",
+DISTILLM = dict(family="llm", paper="DistiLLM: Towards Streamlined Distillation for Large Language Models",
                  year=2024, arxiv="2402.03898", venue="ICML", repo="https://github.com/jongwooko/distillm")

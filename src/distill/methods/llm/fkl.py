@@ -10,10 +10,10 @@ https://github.com/huggingface/trl.
 from __future__ import annotations
 
 from distill.core.method import register_method
-from distill.methods.llm.divergences import _SURVEY, Reduction, TokenDivergence, forward_kl
+from distill.methods.llm.divergences import SURVEY, Reduction, TokenDivergence, forward_kl
 
 
-@register_method("fkl", **_SURVEY, repo="https://github.com/huggingface/trl", aliases=("forward_kl",))
+@register_method("fkl", **SURVEY, repo="https://github.com/huggingface/trl", aliases=("forward_kl",))
 class ForwardKL(TokenDivergence):
     """Forward KL per token: D = KL(p || q) = sum_v p_v (log p_v - log q_v), mode covering."""
 

@@ -19,7 +19,10 @@ from distill.methods.llm.divergences import Reduction, TokenDivergence, generali
                  "Self-Generated Mistakes (GKD)", year=2024, arxiv="2306.13649", venue="ICLR",
                  repo="https://github.com/huggingface/trl", aliases=("jsd", "generalized_jsd"))
 class GeneralizedJSD(TokenDivergence):
-    """Generalised Jensen-Shannon divergence in TRL's convention (``GKDTrainer.generalized_jsd_loss`` since PR"""
+    """Generalised Jensen-Shannon divergence in TRL's convention (``GKDTrainer.generalized_jsd_loss`` since PR
+    #3043): with M = beta p + (1 - beta) q (probability space, not detached),
+    D = beta KL(p || M) + (1 - beta) KL(q || M) for 0 < beta < 1; beta = 0 is KL(p || q) (forward) and beta = 1 is
+    KL(q || p) (reverse) exactly."""
 
     name = "gjsd"
 

@@ -1,9 +1,9 @@
 """GKD's data mixing: each training step draws u ~ U[0, 1) from the step's generator; if u <= ``lmbda`` the
 batch is replaced by the student's own samples (no gradient; TRL: temperature 0.9, top_k 0, top_p 1,
 ``max_new_tokens`` 128) from the batch's prompts, else the batch is kept (dataset sequences, or teacher
-sequences when the data comes from :func:`teacher_sequences`: TRL's ``seq_kd``). It adds no loss term: combine
-it with a divergence (e.g. ``gjsd``), which the teacher then evaluates on the chosen sequences. A live teacher
-is needed for generated batches (a top-k store only covers dataset rows).
+sequences when the data comes from :func:`~distill.llm.generation.teacher_sequences`: TRL's ``seq_kd``). It adds
+no loss term: combine it with a divergence (e.g. ``gjsd``), which the teacher then evaluates on the chosen
+sequences. A live teacher is needed for generated batches (a top-k store only covers dataset rows).
 
 Difference from TRL: with ``seq_kd`` TRL samples fresh teacher completions every step; here they are sampled
 once and cached (the sequence-level KD data), which is what DistiLLM's SeqKD baseline does.
@@ -26,7 +26,11 @@ from distill.llm.generation import generate_completions, prompts_of
                  "Self-Generated Mistakes (GKD)", year=2024, arxiv="2306.13649", venue="ICLR",
                  repo="https://github.com/huggingface/trl", aliases=("gkd_on_policy",))
 class OnPolicy(Method):
-    """GKD's data mixing: each training step draws u ~ U[0, 1) from the step's generator; if u <= ``lmbda`` the"""
+    """GKD's data mixing: each training step draws u ~ U[0, 1) from the step's generator; if u <= ``lmbda`` the
+    batch is replaced by the student's own samples (no gradient; TRL: temperature 0.9, top_k 0, top_p 1,
+    ``max_new_tokens`` 128) from the batch's prompts, else the batch is kept (dataset sequences, or teacher
+    sequences when the data comes from :func:`~distill.llm.generation.teacher_sequences`: TRL's
+    ``seq_kd``)."""
 
     needs_teacher = False
 

@@ -8,10 +8,10 @@ https://github.com/huggingface/trl.
 from __future__ import annotations
 
 from distill.core.method import register_method
-from distill.methods.llm.divergences import _SURVEY, TokenDivergence, reverse_kl
+from distill.methods.llm.divergences import SURVEY, TokenDivergence, reverse_kl
 
 
-@register_method("rkl", **_SURVEY, repo="https://github.com/huggingface/trl", aliases=("reverse_kl",))
+@register_method("rkl", **SURVEY, repo="https://github.com/huggingface/trl", aliases=("reverse_kl",))
 class ReverseKL(TokenDivergence):
     """Reverse KL per token: D = KL(q || p) = sum_v q_v (log q_v - log p_v), mode seeking."""
 

@@ -9,12 +9,13 @@ https://github.com/jongwooko/distillm.
 from __future__ import annotations
 
 from distill.core.method import register_method
-from distill.methods.llm.divergences import _DISTILLM, Reduction, TokenDivergence, skew_forward_kl
+from distill.methods.llm.divergences import DISTILLM, Reduction, TokenDivergence, skew_forward_kl
 
 
-@register_method("skl", **_DISTILLM, aliases=("skew_kl", "skew_forward_kl"))
+@register_method("skl", **DISTILLM, aliases=("skew_kl", "skew_forward_kl"))
 class SkewForwardKL(TokenDivergence):
-    """DistiLLM's skew KL: D = KL(p || alpha p + (1 - alpha) q), alpha in [0, 1] (default 0.1); the mixture is in"""
+    """DistiLLM's skew KL: D = KL(p || alpha p + (1 - alpha) q), alpha in [0, 1] (default 0.1); the mixture is in
+    probability space and not detached."""
 
     name = "skl"
 

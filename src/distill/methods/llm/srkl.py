@@ -8,10 +8,10 @@ https://github.com/jongwooko/distillm.
 from __future__ import annotations
 
 from distill.core.method import register_method
-from distill.methods.llm.divergences import _DISTILLM, Reduction, TokenDivergence, skew_reverse_kl
+from distill.methods.llm.divergences import DISTILLM, Reduction, TokenDivergence, skew_reverse_kl
 
 
-@register_method("srkl", **_DISTILLM, aliases=("skew_rkl", "skew_reverse_kl"))
+@register_method("srkl", **DISTILLM, aliases=("skew_rkl", "skew_reverse_kl"))
 class SkewReverseKL(TokenDivergence):
     """DistiLLM's skew reverse KL: D = KL(q || (1 - alpha) p + alpha q), alpha in [0, 1] (default 0.1)."""
 

@@ -8,12 +8,13 @@ https://github.com/arcee-ai/DistillKit.
 from __future__ import annotations
 
 from distill.core.method import register_method
-from distill.methods.llm.divergences import _SURVEY, TokenDivergence, total_variation
+from distill.methods.llm.divergences import SURVEY, TokenDivergence, total_variation
 
 
-@register_method("tvd", **_SURVEY, repo="https://github.com/arcee-ai/DistillKit", aliases=("total_variation",))
+@register_method("tvd", **SURVEY, repo="https://github.com/arcee-ai/DistillKit", aliases=("total_variation",))
 class TotalVariation(TokenDivergence):
-    """Total variation distance per token: D = 1/2 sum_v |p_v - q_v| (DistillKit multiplies by tau^2:"""
+    """Total variation distance per token: D = 1/2 sum_v |p_v - q_v| (DistillKit multiplies by tau^2:
+    ``t2_scale=True``)."""
 
     name = "tvd"
 

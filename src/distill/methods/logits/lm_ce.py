@@ -16,7 +16,8 @@ from distill.methods.llm.divergences import shift_logits
 @register_method("lm_ce", family="supervised", paper="Next-token cross-entropy on the data (causal LM)",
                  aliases=("next_token_ce",))
 class NextTokenCE(Method):
-    """L = -(1/N) sum_{valid (b, t)} log q(y_{b, t+1} | y_{b, <=t}): shifted next-token cross-entropy with the"""
+    """L = -(1/N) sum_{valid (b, t)} log q(y_{b, t+1} | y_{b, <=t}): shifted next-token cross-entropy with the
+    -100 labels (prompt, padding) skipped."""
 
     needs_teacher = False
     needs_labels = True

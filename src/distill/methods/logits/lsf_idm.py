@@ -49,7 +49,8 @@ def fused_target(labels: torch.Tensor, teacher_logits: torch.Tensor, alpha: floa
     aliases=("lsfidm",),
 )
 class LSFIDM(KD):
-    """LSF-IDM semantic-fusion distillation (Li et al., 2023, arXiv 2308.01237): a BERT teacher's output"""
+    """LSF-IDM semantic-fusion distillation (Li et al., 2023, arXiv 2308.01237): a BERT teacher's output
+    distribution and the hard label form the target of a lightweight BiLSTM student."""
 
     method_name = "lsf_idm"
 

@@ -16,14 +16,16 @@ import torch
 from distill.core.batch import Batch
 from distill.core.method import register_method
 from distill.core.outputs import ModelOutput, RunInfo
-from distill.methods.augmentation.mixing import _PROVENANCE
+from distill.methods.augmentation.mixing import MIX_PROVENANCE
 from distill.methods.augmentation.mixup import Mixup
 from distill.methods.logits.mixstd import MixSTD
 
 
-@register_method("mixkd", family="logits", aliases=("mix_kd",), **_PROVENANCE)
+@register_method("mixkd", family="logits", aliases=("mix_kd",), **MIX_PROVENANCE)
 class MixKD(MixSTD):
-    """MIX-KD's recipe: the mixup transform of :class:`Mixup` (default PMU, partmixup 0.9, Beta(1, 1), official"""
+    """MIX-KD's recipe: the mixup transform of :class:`Mixup` (default PMU, partmixup 0.9, Beta(1, 1), official
+    with-replacement sampling) feeding the same mixed batch to teacher and student, plus the :class:`MixSTD`
+    loss (gamma 0.1, alpha 0.9)."""
 
     needs_labels = True
 

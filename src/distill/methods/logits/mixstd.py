@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs
-from distill.methods.augmentation.mixing import _PROVENANCE
+from distill.methods.augmentation.mixing import MIX_PROVENANCE
 from distill.methods.logits.losses import cross_entropy
 
 
@@ -45,7 +45,7 @@ def mixstd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targ
     return terms
 
 
-@register_method("mixstd", family="logits", **_PROVENANCE)
+@register_method("mixstd", family="logits", **MIX_PROVENANCE)
 class MixSTD(Method):
     """MIXSTD loss of MIX-KD: KD with a per-sample scale instead of a temperature."""
 

@@ -17,7 +17,7 @@ import torch
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs
-from distill.methods.ranking.scores import _group_scores
+from distill.methods.ranking.scores import group_scores
 
 
 def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -39,5 +39,5 @@ class MarginMSE(Method):
     """Margin-MSE: match the student's positive-minus-negative score margins to the teacher's."""
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        s, t = _group_scores(inputs, "margin_mse")
+        s, t = group_scores(inputs, "margin_mse")
         return {"loss": margin_mse(s, t)}

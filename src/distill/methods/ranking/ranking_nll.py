@@ -28,7 +28,9 @@ from distill.core.outputs import StepInputs, require_labels
     aliases=("label_contrastive",),
 )
 class RankingNLL(Method):
-    """Label-only contrastive ranking loss (DPR with hard negatives), no teacher:"""
+    """Label-only contrastive ranking loss (DPR with hard negatives), no teacher:
+    L = -(1/B) sum_b log [exp(scale * s_{b,y_b}) / sum_j exp(scale * s_bj)] over each (1 + n) group, y_b the
+    positive's column (0 for :class:`~distill.tasks.text_retrieval.TextRanking`)."""
 
     needs_teacher = False
     needs_labels = True

@@ -11,7 +11,7 @@ import torch
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs
-from distill.methods.ranking.scores import _group_scores
+from distill.methods.ranking.scores import group_scores
 
 
 @register_method(
@@ -25,8 +25,9 @@ from distill.methods.ranking.scores import _group_scores
     aliases=("pointwise_mse",),
 )
 class ScoreMSE(Method):
-    """Pointwise score regression, the baseline Margin-MSE is compared against: L = mean_{b,j} (s_bj - t_bj)^2"""
+    """Pointwise score regression, the baseline Margin-MSE is compared against: L = mean_{b,j} (s_bj - t_bj)^2
+    over all (B, 1 + n) scores."""
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        s, t = _group_scores(inputs, "score_mse")
+        s, t = group_scores(inputs, "score_mse")
         return {"loss": ((s - t) ** 2).mean()}

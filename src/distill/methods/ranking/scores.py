@@ -11,7 +11,7 @@ import torch
 from distill.core.outputs import StepInputs, require_teacher
 
 
-def _group_scores(inputs: StepInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def group_scores(inputs: StepInputs, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     s = inputs.student.logits.float()
     t = require_teacher(inputs, name).logits.detach().float().to(s.device)
     if s.shape != t.shape or s.dim() != 2 or s.shape[1] < 2:

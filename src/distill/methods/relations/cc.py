@@ -30,7 +30,7 @@ from torch import nn
 
 from distill.core.method import FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
-from distill.methods.relations.rows import _rows
+from distill.methods.relations.rows import flat_rows
 
 
 def correlation_matrix(f: torch.Tensor, kernel: str = "gaussian", gamma: float = 0.4, max_p: int = 2) -> torch.Tensor:
@@ -118,7 +118,7 @@ class CorrelationCongruence(FeaturePair):
         self.teacher_head = nn.Linear(t[0].numel(), self.out_dim).to(s.device)
 
     def embed(self, head: nn.Linear, feature: torch.Tensor) -> torch.Tensor:
-        f = head(_rows(feature))
+        f = head(flat_rows(feature))
         return F.normalize(f, dim=1) if self.normalize else f
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:

@@ -19,7 +19,7 @@ import torch
 
 from distill.core.method import FeaturePair, register_method
 from distill.core.outputs import StepInputs
-from distill.methods.relations.rows import _rows
+from distill.methods.relations.rows import flat_rows
 
 
 def pkt_probabilities(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
@@ -61,5 +61,5 @@ class ProbabilisticKT(FeaturePair):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         fs, ft = self.step_features(inputs)
-        xs, xt = _rows(fs), _rows(ft).detach()
+        xs, xt = flat_rows(fs), flat_rows(ft).detach()
         return {"loss": pkt_loss(xs, xt, self.eps)}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from distill.core.method import FeaturePair, register_method
 from distill.core.outputs import StepInputs
-from distill.methods.relations.rows import _rows
+from distill.methods.relations.rows import flat_rows
 
 
 def rkd_distances(x: torch.Tensor, squared: bool = False, eps: float = 1e-12) -> torch.Tensor:
@@ -86,7 +86,7 @@ class RelationalKD(FeaturePair):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         fs, ft = self.step_features(inputs)
-        xs, xt = _rows(fs), _rows(ft)
+        xs, xt = flat_rows(fs), flat_rows(ft)
         terms: dict[str, torch.Tensor] = {}
         if self.distance_weight != 0:
             with torch.no_grad():

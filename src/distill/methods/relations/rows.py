@@ -5,6 +5,6 @@ from __future__ import annotations
 import torch
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
+def flat_rows(x: torch.Tensor) -> torch.Tensor:
     """One float32 row per example: (B, ...) -> (B, D)."""
     return x.float().flatten(1)

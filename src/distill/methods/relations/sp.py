@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from distill.core.method import FeaturePairs, register_method
 from distill.core.outputs import StepInputs, require_teacher
-from distill.methods.relations.rows import _rows
+from distill.methods.relations.rows import flat_rows
 
 
 def similarity_matrix(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -65,7 +65,7 @@ class SimilarityPreserving(FeaturePairs):
         teacher = require_teacher(inputs, "sp")
         total = inputs.student.logits.new_zeros((), dtype=torch.float32)
         for s_name, t_name, w in zip(self.student_features, self.teacher_features, self.pair_weights):
-            fs = _rows(inputs.student.feature(s_name))
-            ft = _rows(teacher.feature(t_name)).detach()
+            fs = flat_rows(inputs.student.feature(s_name))
+            ft = flat_rows(teacher.feature(t_name)).detach()
             total = total + w * sp_loss(fs, ft, self.reduction)
         return {"loss": total}
