@@ -93,7 +93,6 @@ class Method(nn.Module):
         raise NotImplementedError
 
 
-
 class TapMethod(Method):
     """Base of the methods that read named student and teacher features (taps), and may build parameters at set-up
     from the first batch's feature shapes: :class:`FeaturePair` reads one pair, :class:`FeaturePairs` a list.

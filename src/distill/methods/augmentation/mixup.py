@@ -4,7 +4,8 @@ FMU: x~_i = lam_i x_rp1(i) + (1 - lam_i) x_rp2(i), y~_i = lam_i e_{y_rp1(i)} + (
 with two random permutations rp1, rp2 and lam_i ~ Beta(beta, beta) drawn per sample (not per batch, unlike
 Zhang et al.'s mixup, arXiv 1710.09412). PMU (partial mixup): as FMU, with lam = 1 on floor(B * partmixup)
 row indices (``pmu_sampling="with_replacement"``, the official ``randint``, leaves about 1 - e^-0.9 = 59 % of
-rows unmixed at partmixup 0.9; ``"exact"`` leaves exactly that fraction). See :func:`sample_mixing`.
+rows unmixed at partmixup 0.9; ``"exact"`` leaves exactly that fraction). See
+:func:`~distill.methods.augmentation.mixing.sample_mixing`.
 
 The mixed batch goes to the teacher and the student alike, and the targets become (B, K) soft labels, which
 ``ce``, ``kd`` (its CE term) and ``mixstd`` accept. Unlike the official plain-KD branch (which scored CE

@@ -42,7 +42,7 @@ def ab_connector(s_shape: torch.Size, t_shape: torch.Size, style: str = "repdist
     """Connector from a student pre-activation map to the teacher's.
 
     ``repdistiller``: identity when channels and height match, else FitNet's conv regressor + BN without ReLU
-    (:func:`~distill.methods.features.conv_regressor`). ``official`` (bhheo/AB_distillation): identity when the
+    (:func:`~distill.methods.features.adapters.conv_regressor`). ``official`` (bhheo/AB_distillation): identity when the
     channels match, else a bias-free 1x1 conv (weights N(0, 2 / (k^2 C_out))) + BN (weight 1, bias 0).
     """
     if len(s_shape) != 4 or len(t_shape) != 4:

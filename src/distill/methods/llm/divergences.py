@@ -19,7 +19,8 @@ exact). That is the divergence between coarsened distributions: a lower bound of
 inequality), exact when student and teacher are proportional inside the tail, with an exact gradient for the
 student's bucket masses. TAID's target is a *geometric* mixture of student and teacher, which does not commute with
 coarsening; with a top-k teacher TAID uses the densified teacher (tail mass spread evenly over the other tokens,
-:meth:`TopKLogits.dense_logprobs`), an approximation stated in :class:`TAID`.
+:meth:`TopKLogits.dense_logprobs`), an approximation stated in
+:class:`~distill.methods.llm.taid.TAID`.
 
 This module holds the divergences and the token-level base class shared by ``fkl``, ``rkl``, ``gjsd``,
 ``tvd``, ``skl``, ``srkl`` and ``taid`` (one module each; ``lm_ce`` is in :mod:`distill.methods.logits.lm_ce`).

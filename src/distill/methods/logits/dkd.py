@@ -16,8 +16,9 @@ weight; CE is never warmed up). Defaults are ``cfg.DKD``'s (alpha 1, beta 8, T 4
 which we leave to the ``ce`` method (``ce_weight=0``). The CIFAR-100 configs set beta per pair
 (ResNet56 -> ResNet20: 2; ResNet32x4 -> ResNet8x4: 8).
 
-``standardize=True`` z-scores both logit vectors first (:func:`standardize_logits`, eps ``eps``), as the
-LS-KD repository's DKD does with ``--logit-stand``; CE still uses the raw logits. That repository's
+``standardize=True`` z-scores both logit vectors first
+(:func:`~distill.methods.logits.losses.standardize_logits`, eps ``eps``), as the LS-KD repository's DKD does
+with ``--logit-stand``; CE still uses the raw logits. That repository's
 ``--kd-weight w --base-temp T`` multiplies alpha and beta by w and sets the temperature to T, i.e.
 ``alpha=w*alpha, beta=w*beta, temperature=T`` here (or a method weight of w).
 

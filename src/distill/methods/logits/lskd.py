@@ -1,7 +1,8 @@
 """KD on z-scored logits (LS-KD): the student matches the teacher's logit relations, not their range.
 
 L = ce_weight * CE(z_s, y) + kl_weight * T^2 * KL(softmax(Z(z_t)/T) || softmax(Z(z_s)/T)), with
-Z = :func:`standardize_logits` (unbiased std, ``eps`` 1e-7 added to it) and CE on the **raw** student logits.
+Z = :func:`~distill.methods.logits.losses.standardize_logits` (unbiased std, ``eps`` 1e-7 added to it) and CE
+on the **raw** student logits.
 Equivalently each sample gets its own temperature T * std(z). The KL is averaged over the batch
 (``batchmean``; other reductions are passed to both terms, as for ``kd``).
 
