@@ -99,16 +99,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     table = Table(title=f"distill methods ({len(rows)})")
-    for col in ("name", "family", "paper", "year", "arXiv", "code"):
-        table.add_column(col, overflow="fold", no_wrap=col in ("name", "year", "arXiv"))
+    for col in ("name", "family", "paper", "year", "arXiv", "code", "file"):
+        table.add_column(col, overflow="fold", no_wrap=col in ("name", "year", "arXiv", "file"))
     for r in rows:
         p = r["provenance"] or {}
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
         table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
-                      p.get("arxiv") or "", repo)
+                      p.get("arxiv") or "", repo, r["file"])
     console = Console()
     if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
-        console = Console(width=200)
+        console = Console(width=240)
     console.print(table)
     return 0
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.core.registry import Registry
 
 
@@ -100,6 +100,81 @@ class Method(nn.Module):
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+
+class TapMethod(Method):
+    """Base of the methods that read named student and teacher features (taps), and may build parameters at set-up
+    from the first batch's feature shapes: :class:`FeaturePair` reads one pair, :class:`FeaturePairs` a list.
+
+    A subclass sets ``method_name`` (its registered name, used in messages); in :meth:`Method.setup`,
+    :meth:`setup_teacher` refuses a run without a teacher.
+    """
+
+    #: the registered name, used in error messages
+    method_name: ClassVar[str] = ""
+
+    def setup_teacher(self, teacher: ModelOutput | None) -> ModelOutput:
+        """The teacher's outputs at set-up; a run without a teacher is refused."""
+        if teacher is None:
+            raise ValueError(f"method {self.method_name!r} needs a teacher, but none is configured")
+        return teacher
+
+
+class FeaturePair(TapMethod):
+    """A :class:`TapMethod` that reads one student feature and one teacher feature; ``__init__`` calls
+    :meth:`tap_pair`."""
+
+    student_feature: str
+    teacher_feature: str
+
+    def tap_pair(self, student: str, teacher: str) -> None:
+        """Read the student feature ``student`` and the teacher feature ``teacher``."""
+        self.student_feature = student
+        self.teacher_feature = teacher
+
+    def student_taps(self) -> list[str]:
+        return [self.student_feature]
+
+    def teacher_taps(self) -> list[str]:
+        return [self.teacher_feature]
+
+    def setup_features(self, student: ModelOutput, teacher: ModelOutput | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two features on the set-up batch (a run without a teacher is refused)."""
+        t = self.setup_teacher(teacher)
+        return student.feature(self.student_feature), t.feature(self.teacher_feature)
+
+    def step_features(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two features of a training step."""
+        s = inputs.student.feature(self.student_feature)
+        return s, require_teacher(inputs, self.method_name).feature(self.teacher_feature)
+
+
+class FeaturePairs(TapMethod):
+    """A :class:`TapMethod` that reads pairs of features with one weight each; ``__init__`` calls
+    :meth:`tap_pairs`."""
+
+    student_features: list[str]
+    teacher_features: list[str]
+    pair_weights: list[float]
+
+    def tap_pairs(self, student: list[str] | None, teacher: list[str] | None, weights: list[float] | None,
+                  default: list[str]) -> None:
+        """Read the student features ``student`` (default ``default``) and the teacher features ``teacher``
+        (default: the student's names), weighted by ``weights`` (default 1 per pair); one entry per pair each."""
+        s = list(student or default)
+        t = list(teacher or s)
+        if len(s) != len(t):
+            raise ValueError(f"{self.method_name}: student and teacher feature lists must have the same length")
+        w = [float(x) for x in (weights or [1.0] * len(s))]
+        if len(w) != len(s):
+            raise ValueError(f"{self.method_name}: one weight per feature pair is needed")
+        self.student_features, self.teacher_features, self.pair_weights = s, t, w
+
+    def student_taps(self) -> list[str]:
+        return self.student_features
+
+    def teacher_taps(self) -> list[str]:
+        return self.teacher_features
 
 
 @dataclass

@@ -6,6 +6,7 @@ Each entry carries its provenance (paper title, year, arXiv id, official reposit
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any, Generic, TypeVar
@@ -38,12 +39,24 @@ class Entry(Generic[T]):
     family: str = ""
     summary: str = ""
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: the source file that defines ``obj``, relative to its top-level package (``methods/features/ft.py``)
+    file: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "family": self.family, "summary": self.summary}
         out["aliases"] = list(self.aliases)
+        out["file"] = self.file
         out["provenance"] = asdict(self.provenance) if self.provenance else None
         return out
+
+
+def module_file(module: str) -> str:
+    """The file of module ``module`` relative to its top-level package: ``distill.methods.features.ft`` ->
+    ``methods/features/ft.py`` (``.../__init__.py`` for a package)."""
+    parts = module.split(".")[1:]
+    if hasattr(sys.modules.get(module), "__path__"):
+        parts.append("__init__")
+    return "/".join(parts) + ".py"
 
 
 class Registry(Generic[T]):
@@ -72,7 +85,8 @@ class Registry(Generic[T]):
             prov = Provenance(paper, year, arxiv, repo, venue) if paper else None
             doc = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             summary = doc[0].strip() if doc else ""
-            self._entries[name] = Entry(name, obj, prov, family, summary, tuple(aliases))
+            file = module_file(getattr(obj, "__module__", "") or "")
+            self._entries[name] = Entry(name, obj, prov, family, summary, tuple(aliases), file)
             for alias in aliases:
                 self._alias[alias] = name
             return obj

@@ -1,27 +1,70 @@
-"""The method catalogue. Importing this package registers every built-in method in ``METHODS``."""
+"""The method catalogue. Importing this package registers every built-in method in ``METHODS``.
+
+One file per registered method, named after its canonical registry name, in a folder chosen by the family the
+method is registered with (``distill methods`` prints each method's file):
+
+* ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
+  tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
+* ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd);
+* ``relations/``: family ``relations`` (sp, cc, rkd, pkt);
+* ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
+* ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
+* ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
+* ``embedding/``: family ``embedding`` (leaf);
+* ``augmentation/``: family ``augmentation`` (mixup).
+
+:data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
+
+Maths shared by several methods lives in modules not named like a method: ``features/adapters.py`` (FitNet's
+regressor, spatial matching), ``features/stages.py`` (initialisation-stage options), ``relations/rows.py``,
+``logits/losses.py`` (cross-entropy, batch-mean KL, logit standardisation), ``augmentation/mixing.py`` (mixup
+sampling), ``llm/divergences.py`` (token-level divergences), ``graph/base.py`` and ``ranking/scores.py``. The tap
+declaration, tap-list checks and set-up teacher check of the feature and relation methods are in
+:class:`distill.core.method.TapMethod` (:class:`~distill.core.method.FeaturePair`,
+:class:`~distill.core.method.FeaturePairs`).
+
+The old module paths (``distill.methods.feature_transfer``, ``lm_divergences``, ``logit_variants``, ``crd``, ...)
+are thin re-exporting shims kept for one release.
+"""
 
 from distill.core.method import METHODS, Method
-from distill.llm import generation as _generation  # noqa: F401,E402  (registers the on-policy method)
-from distill.methods import (  # noqa: F401  (imported for their registrations)
-    crd,
-    dual_head,
-    feature_transfer,
-    features,
-    graph_kd,
+from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
+from distill.methods.embedding import leaf  # noqa: F401
+from distill.methods.features import ab, at, crd, fitnet, fsp, ft, nd, nst, reviewkd, vid  # noqa: F401
+from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
+from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd  # noqa: F401
+from distill.methods.logits import (  # noqa: F401
+    ce,
+    dho,
+    dist,
+    dkd,
+    kd,
     lelp,
-    lm_divergences,
-    logit_variants,
-    logits,
+    lm_ce,
     lsf_idm,
+    lskd,
     makd,
-    meal_v2,
-    mixup,
-    nd_loss,
+    mealv2,
+    mixkd,
+    mixstd,
     pld,
-    relations,
-    retrieval,
-    reviewkd,
     tgeo,
 )
+from distill.methods.ranking import margin_mse, ranking_nll, score_mse  # noqa: F401
+from distill.methods.relations import cc, pkt, rkd, sp  # noqa: F401
 
-__all__ = ["METHODS", "Method"]
+#: the folder of each family's methods (families whose name is no valid module name, or that share a folder)
+FAMILY_FOLDERS: dict[str, str] = {
+    "logits": "logits",
+    "supervised": "logits",
+    "features": "features",
+    "relations": "relations",
+    "llm": "llm",
+    "graph": "graph",
+    "graph-unlearning": "graph",
+    "ranking": "ranking",
+    "embedding": "embedding",
+    "augmentation": "augmentation",
+}
+
+__all__ = ["FAMILY_FOLDERS", "METHODS", "Method"]

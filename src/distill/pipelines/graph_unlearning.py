@@ -12,7 +12,7 @@ Pipeline (the demonstration of D2DGN, arXiv 2309.16173, on Planetoid Cora):
    - **retrain**: the same recipe from scratch on E_r (the gold standard);
    - **gradient_ascent**: GNNDelete's baseline, ascending the BCE of the deleted edges as positives
      (propagating over E_f only, as GNNDelete's ``GradientAscentTrainer`` does);
-   - **d2dgn**: :class:`distill.methods.graph_kd.D2DGN` with OpenGU's choices. Preserver = the original model,
+   - **d2dgn**: :class:`distill.methods.graph.d2dgn.D2DGN` with OpenGU's choices. Preserver = the original model,
      destroyer = an untrained random-initialised copy, both frozen, their node embeddings computed once on the
      training graph. The re-initialised student propagates over E_r and distils P on E_r plus a fixed negative
      set of size |E_train| (drawn once, as OpenGU does) and D on E_f plus |E_f| fixed negatives, alpha = 0.5;
@@ -44,7 +44,7 @@ from torch import nn
 
 from distill.core.outputs import ModelOutput, StepInputs
 from distill.data.planetoid import GraphData
-from distill.methods.graph_kd import D2DGN
+from distill.methods.graph.d2dgn import D2DGN
 from distill.models.gnn import to_csr
 from distill.train.trainer import seed_everything
 

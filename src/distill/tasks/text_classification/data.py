@@ -35,7 +35,7 @@ def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | Non
 
 def load_aspects(cfg: Any, train: TokenizedText) -> Any:
     """The aspect answers of ``data.aspects``, checked against the training texts they were scored on."""
-    from distill.methods.makd import AspectTargets, texts_fingerprint
+    from distill.methods.logits.makd import AspectTargets, texts_fingerprint
 
     path = existing_file(cfg.data.aspects, cfg.base_dir, "data.aspects")
     try:

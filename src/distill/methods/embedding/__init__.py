@@ -1,0 +1,1 @@
+"""Distillation of text embeddings (family ``embedding``): one module per method."""

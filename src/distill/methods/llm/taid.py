@@ -1,0 +1,96 @@
+"""TAID as SakanaAI/TAID's ``src/distil_losses/taid.py`` computes it.
+
+Target: p_t = softmax((1 - t) sg(z_S) + t z_T) (a geometric mixture q^(1-t) p^t in logit space, the student
+detached, fp32, tau = 1). Loss (forward direction, cross-entropy form of KL(p_t || q)):
+J = -(1/N) sum_{valid (b, t)} sum_v p_t,v log q_v.
+
+Update of t after each *training* batch, with J.detach() (the batch itself used the old t):
+first call: prev <- J; then delta = (prev - J) / (prev + 1e-15), m <- beta m + (1 - beta) delta,
+Delta = alpha sigmoid(m) (1 - t), t_lin = t_start + (t_end - t_start) * step / total_steps and
+t <- min(t_end, max(t_lin, t + Delta)); prev <- J. ``disable_adaptive``: t = t_lin. step / total_steps is the
+trainer's ``progress`` (optimiser steps done / total). t, m and prev are buffers, saved with checkpoints.
+
+Deviation from the official code: there the update also runs on validation batches; here only in training
+mode (``self.training``). Teacher log-probs may replace teacher logits (the softmax cancels a per-row shift);
+with a top-k teacher the densified distribution (tail spread evenly) is used, an approximation.
+
+Paper: TAID: Temporally Adaptive Interpolated Distillation for Efficient Knowledge Transfer in Language Models, ICLR
+2025, arXiv:2501.16937; code: https://github.com/SakanaAI/TAID.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from distill.core.method import Method, register_method
+from distill.core.outputs import StepInputs, require_teacher
+from distill.methods.llm.divergences import cross_entropy_form, reduce_tokens, shift_logits, shift_topk, token_mask
+
+
+@register_method("taid", family="llm", paper="TAID: Temporally Adaptive Interpolated Distillation for Efficient "
+                 "Knowledge Transfer in Language Models", year=2025, arxiv="2501.16937", venue="ICLR",
+                 repo="https://github.com/SakanaAI/TAID")
+class TAID(Method):
+    """TAID as SakanaAI/TAID's ``src/distil_losses/taid.py`` computes it."""
+
+    needs_teacher = True
+    accepts_topk_teacher = True
+
+    def __init__(self, t_start: float = 0.4, t_end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99,
+                 disable_adaptive: bool = False):
+        super().__init__()
+        if not 0.0 <= t_start < 1.0:
+            raise ValueError(f"t_start must be in [0, 1), got {t_start}")
+        if not 0.0 < t_end <= 1.0:
+            raise ValueError(f"t_end must be in (0, 1], got {t_end}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.t_start, self.t_end, self.alpha, self.beta = float(t_start), float(t_end), float(alpha), float(beta)
+        self.disable_adaptive = bool(disable_adaptive)
+        self.register_buffer("t", torch.tensor(float(t_start), dtype=torch.float64))
+        self.register_buffer("m", torch.tensor(0.0, dtype=torch.float64))
+        self.register_buffer("prev", torch.tensor(math.nan, dtype=torch.float64))
+
+    @staticmethod
+    def interpolated_target(zs: torch.Tensor, teacher_logp: torch.Tensor, t: float) -> torch.Tensor:
+        """log p_t = log_softmax((1 - t) sg(z_S) + t z_T) (teacher logits or log-probs)."""
+        return F.log_softmax((1.0 - t) * zs.detach().float() + t * teacher_logp.float(), dim=-1)
+
+    def update(self, loss: float, progress: float) -> None:
+        """The official update of t, m and prev after a training batch with loss J = ``loss``."""
+        t_lin = self.t_start + (self.t_end - self.t_start) * float(progress)
+        if self.disable_adaptive:
+            self.t.fill_(min(self.t_end, t_lin))
+            self.prev.fill_(loss)
+            return
+        if math.isnan(float(self.prev)):
+            self.prev.fill_(loss)
+            return
+        prev = float(self.prev)
+        delta = (prev - loss) / (prev + 1e-15)
+        m = self.beta * float(self.m) + (1.0 - self.beta) * delta
+        t = float(self.t)
+        step = self.alpha * (1.0 / (1.0 + math.exp(-m))) * (1.0 - t)
+        self.m.fill_(m)
+        self.t.fill_(min(self.t_end, max(t_lin, t + step)))
+        self.prev.fill_(loss)
+
+    def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        teacher = require_teacher(inputs, "taid")
+        zs = shift_logits(inputs.student.logits).float()
+        if teacher.is_sparse:
+            zt = shift_topk(teacher.topk).dense_logprobs()
+        else:
+            zt = shift_logits(teacher.logits).detach().float()
+        t = float(self.t)
+        target = self.interpolated_target(zs, zt.detach(), t)
+        q_logp = F.log_softmax(zs, dim=-1)
+        d = cross_entropy_form(target, q_logp)
+        b, n = inputs.student.logits.shape[:2]
+        loss = reduce_tokens(d, token_mask(inputs.labels, b, n, zs.device), "token_mean")
+        if self.training:
+            self.update(float(loss.detach()), inputs.progress)
+        return {"loss": loss}
