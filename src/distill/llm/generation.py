@@ -137,8 +137,8 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
 def __getattr__(name: str) -> Any:
     """``OnPolicy`` moved to :mod:`distill.methods.llm.on_policy`; the old path works for one release (imported on
     first use, so this module never imports ``distill.methods``)."""
-    if name == "OnPolicy":
-        from distill.methods.llm.on_policy import OnPolicy
+    if name == "OnPolicy":  # looked up by name at run time: the method module imports this one, not the reverse
+        import importlib
 
-        return OnPolicy
+        return importlib.import_module("distill.methods.llm.on_policy").OnPolicy
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

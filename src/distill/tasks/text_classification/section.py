@@ -15,8 +15,8 @@ class TextClassificationData(Strict):
     naming text/sentence and label columns), tokenised with a local Hugging Face tokenizer (``minilm``: the one
     packaged with all-MiniLM-L6-v2). ``augment`` adds augmented copies of the training sentences labelled by the
     teacher only (a transfer set, :mod:`distill.data.text_augment`). ``aspects`` is the teacher of method ``makd``:
-    a safetensors file written by ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in file order
-    (checked by fingerprint)."""
+    a safetensors file written by ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in
+    file order (checked by fingerprint)."""
 
     train: str
     eval: str | None = None
