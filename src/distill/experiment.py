@@ -14,6 +14,7 @@ from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, MethodConfig, ModelConfig
 from distill.core.compose import Composite
+from distill.core.safe_pickle import config_key
 from distill.core.teachers import EnsembleTeacher, FrozenTeacher, TeacherSource
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from distill.data.images import ImageArrays, load_images
@@ -56,17 +57,30 @@ def build_methods(cfgs: list[MethodConfig]) -> Composite:
     return Composite(methods, weights)
 
 
-def build_model_from_config(cfg: ModelConfig, num_classes: int, base_dir: str | None) -> nn.Module:
-    model = build_model(cfg.arch, num_classes=cfg.num_classes or num_classes, **cfg.options)
+def build_model_from_config(cfg: ModelConfig, num_classes: int, base_dir: str | None,
+                            key: str = "model") -> nn.Module:
+    """``key`` is where ``cfg`` sits in the config (``student``, ``teacher``, ``teacher.ensemble[1]``): a refused
+    file is reported as ``<key>.weights: <file>: <reason>`` (``<key>: ...`` for a model folder named in options)."""
+    with config_key(key):
+        model = build_model(cfg.arch, num_classes=cfg.num_classes or num_classes, **cfg.options)
     if cfg.weights:
-        load_weights_into(model, resolve_path(cfg.weights, base_dir))
+        with config_key(f"{key}.weights"):
+            load_weights_into(model, resolve_path(cfg.weights, base_dir))
     return model
+
+
+def teacher_keys(cfg: ExperimentConfig) -> list[str]:
+    """The config key of each teacher member: ``teacher``, or ``teacher.ensemble[i]``."""
+    assert cfg.teacher is not None
+    return [f"teacher.ensemble[{i}]" for i in range(len(cfg.teacher.ensemble))] if cfg.teacher.ensemble \
+        else ["teacher"]
 
 
 def build_teacher(cfg: ExperimentConfig, num_classes: int) -> TeacherSource | None:
     if cfg.teacher is None:
         return None
-    models = [build_model_from_config(m, num_classes, cfg.base_dir) for m in cfg.teacher.members()]
+    models = [build_model_from_config(m, num_classes, cfg.base_dir, key)
+              for m, key in zip(cfg.teacher.members(), teacher_keys(cfg), strict=True)]
     if len(models) == 1 and not cfg.teacher.ensemble:
         return FrozenTeacher(models[0])
     return EnsembleTeacher(models, reduce=cfg.teacher.reduce)
@@ -158,8 +172,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
         return build_graph_experiment(cfg, output_dir)
     d = cfg.data
     with main_process_first():  # several processes: rank 0 decodes (and fills data.cache_dir), the others then read
-        train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
-        evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg) if d.eval else None
+        with config_key("data.train"):
+            train = load_split(d.train, d.train_split, d.train_per_class, d.subset_seed, cfg)
+        with config_key("data.eval"):
+            evald = load_split(d.eval, d.eval_split, d.eval_per_class, d.subset_seed, cfg) if d.eval else None
     if evald is not None and evald.classes != train.classes:
         raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
     val = None
@@ -168,7 +184,7 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     if d.labeled_per_class:
         train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
     task = build_task(cfg)
-    student = build_model_from_config(cfg.student, train.num_classes, cfg.base_dir)
+    student = build_model_from_config(cfg.student, train.num_classes, cfg.base_dir, "student")
     teacher = build_teacher(cfg, train.num_classes)
     if teacher is not None and cfg.teacher.cache is not None:
         teacher = open_teacher_cache(cfg, teacher, task, train)

@@ -24,6 +24,7 @@ from typing import Any
 
 from distill.config import ConfigError, ExperimentConfig, ModelConfig
 from distill.core.precomputed import PrecomputedTeacher
+from distill.core.safe_pickle import config_key
 from distill.core.teachers import FrozenTeacher, TeacherSource
 from distill.data.text import TextDataError, TokenizedText, load_text_classification, load_tokenizer, tokenize
 from distill.data.text_augment import AugmentConfig, augment_examples
@@ -73,7 +74,8 @@ def build_text_teacher(cfg: ExperimentConfig, num_classes: int, vocab_size: int,
     members = cfg.teacher.members()
     if len(members) != 1:
         raise ConfigError("teacher.ensemble: not supported for text_classification yet; give one teacher")
-    model = build_model_from_config(text_model_config(members[0], vocab_size), num_classes, cfg.base_dir)
+    model = build_model_from_config(text_model_config(members[0], vocab_size), num_classes, cfg.base_dir,
+                                    "teacher")
     t = cfg.text
     assert t is not None
     if cfg.teacher.cache is not None:
@@ -82,7 +84,8 @@ def build_text_teacher(cfg: ExperimentConfig, num_classes: int, vocab_size: int,
         return FrozenTeacher(model)
     cache = resolve_path(t.teacher_cache, cfg.base_dir) if t.teacher_cache else None
     if cache is not None and cache.exists():
-        teacher = PrecomputedTeacher.load(cache)
+        with config_key("text.teacher_cache"):
+            teacher = PrecomputedTeacher.load(cache)
         if len(teacher) != len(train):
             raise ConfigError(f"text.teacher_cache: {cache} holds {len(teacher)} examples, the training set "
                               f"{len(train)}; delete it or point elsewhere")
@@ -125,7 +128,7 @@ def build_text_experiment(cfg: ExperimentConfig, output_dir: str | Path | None =
     vocab = len(tokenizer)
     aspects = load_text_aspects(cfg, train) if t.aspects is not None else None
     outputs = train.num_classes + (aspects.probs.shape[1] if aspects is not None else 0)  # makd: C + Q
-    student = build_model_from_config(text_model_config(cfg.student, vocab), outputs, cfg.base_dir)
+    student = build_model_from_config(text_model_config(cfg.student, vocab), outputs, cfg.base_dir, "student")
     methods = build_methods(cfg.methods)
     teacher: Any = aspects
     if aspects is None and methods.needs_teacher:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from distill.config import ExperimentConfig, ModelConfig
+from distill.core.safe_pickle import config_key
 from distill.data.planetoid import load_planetoid
 from distill.models.gnn import GRAPH_MODELS
 from distill.models.weights import load_weights_into
@@ -33,32 +34,35 @@ if TYPE_CHECKING:
     from distill.experiment import Experiment
 
 
-def build_graph_model(cfg: ModelConfig, in_channels: int, num_classes: int, base_dir: str | None) -> nn.Module:
+def build_graph_model(cfg: ModelConfig, in_channels: int, num_classes: int, base_dir: str | None,
+                      key: str = "model") -> nn.Module:
     from distill.experiment import resolve_path
 
     model = GRAPH_MODELS[cfg.arch](in_channels, cfg.num_classes or num_classes, **cfg.options)
     if cfg.weights:
-        load_weights_into(model, resolve_path(cfg.weights, base_dir))
+        with config_key(f"{key}.weights"):  # a refused file: "<key>.weights: <file>: <reason>"
+            load_weights_into(model, resolve_path(cfg.weights, base_dir))
     return model
 
 
 def build_graph_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     from distill.core.teachers import EnsembleTeacher, FrozenTeacher
-    from distill.experiment import Experiment, build_methods, resolve_path, train_config
+    from distill.experiment import Experiment, build_methods, resolve_path, teacher_keys, train_config
 
     g = cfg.graph
     assert g is not None
-    graph = load_planetoid(resolve_path(cfg.data.train, cfg.base_dir), g.dataset)
+    with config_key("data.train"):
+        graph = load_planetoid(resolve_path(cfg.data.train, cfg.base_dir), g.dataset)
     if g.normalize_features:
         graph = graph.row_normalized()
     task = GraphNodeClassification(graph)
     train = GraphNodes.split(graph, g.train_on, labelled_split="train")
     val = GraphNodes.split(graph, "val")
-    student = build_graph_model(cfg.student, graph.num_features, graph.num_classes, cfg.base_dir)
+    student = build_graph_model(cfg.student, graph.num_features, graph.num_classes, cfg.base_dir, "student")
     teacher = None
     if cfg.teacher is not None:
-        members = [build_graph_model(m, graph.num_features, graph.num_classes, cfg.base_dir)
-                   for m in cfg.teacher.members()]
+        members = [build_graph_model(m, graph.num_features, graph.num_classes, cfg.base_dir, key)
+                   for m, key in zip(cfg.teacher.members(), teacher_keys(cfg), strict=True)]
         teacher = (FrozenTeacher(members[0]) if len(members) == 1 and not cfg.teacher.ensemble
                    else EnsembleTeacher(members, reduce=cfg.teacher.reduce))
     methods = build_methods(cfg.methods)

@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig
+from distill.core.safe_pickle import config_key, hf_folder_guard
 from distill.core.teachers import FrozenTeacher
 from distill.llm.models import init_from_teacher, load_gguf_model, load_gguf_tokenizer, small_llama
 from distill.llm.topk_store import TopKStore, TopKStoreTeacher
@@ -55,7 +56,8 @@ def load_causal_lm(path: Path, what: str) -> nn.Module:
 
     if not path.exists():
         raise ConfigError(f"{what}: {path} not found")
-    return AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    with config_key(what), hf_folder_guard(path):  # a refused weight file: one line naming the key and the file
+        return AutoModelForCausalLM.from_pretrained(str(path)).eval()
 
 
 def load_lm_data(cfg: ExperimentConfig, tok: Any) -> tuple[LMData, LMData | None]:

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, TextStudentConfig
+from distill.core.safe_pickle import config_key
 from distill.core.teachers import TeacherSource
 from distill.tasks.text_retrieval import RankingGroups, TextEmbedding, TextRanking, TextSet
 from distill.text.groups import query_groups, to_ranking_groups
@@ -103,17 +104,21 @@ def build_text_experiment(cfg: ExperimentConfig, output_dir: str | Path | None =
     if cfg.task == "embedding":
         e = cfg.embedding
         assert e is not None
-        student = build_text_student(e.student, cfg.base_dir)
+        with config_key("embedding.student.source"):
+            student = build_text_student(e.student, cfg.base_dir)
         train_data = TextSet(read_text_lines(resolve_path(e.train_texts, cfg.base_dir)))
         if e.eval_texts:
             eval_data = TextSet(read_text_lines(resolve_path(e.eval_texts, cfg.base_dir)))
         cache_path = resolve_path(e.teacher_cache, cfg.base_dir) if e.teacher_cache else None
         if cache_path is not None and not cache_path.is_absolute() and cfg.base_dir and not cache_path.exists():
             cache_path = Path(cfg.base_dir) / cache_path  # a new cache is written next to the config
-        teacher = TextEmbeddingCache.load(cache_path) if cache_path and cache_path.exists() else TextEmbeddingCache()
+        with config_key("embedding.teacher_cache"):
+            teacher = TextEmbeddingCache.load(cache_path) if cache_path and cache_path.exists() \
+                else TextEmbeddingCache()
         all_texts = train_data.texts + (eval_data.texts if eval_data else [])
         if any(text_key(t) not in teacher.table for t in all_texts):  # computed once, with the live teacher
-            model = load_sentence_model(resolve_path(e.teacher, cfg.base_dir) if e.teacher else None)
+            with config_key("embedding.teacher"):
+                model = load_sentence_model(resolve_path(e.teacher, cfg.base_dir) if e.teacher else None)
             teacher.encoder = lambda texts: encode(model, texts, batch_size=64)
             if teacher.fill(all_texts) and cache_path is not None:
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,7 +128,8 @@ def build_text_experiment(cfg: ExperimentConfig, output_dir: str | Path | None =
     else:
         r = cfg.ranking
         assert r is not None
-        student = build_text_student(r.student, cfg.base_dir)
+        with config_key("ranking.student.source"):
+            student = build_text_student(r.student, cfg.base_dir)
         coll = load_ranking_collection(cfg)
         qids = (read_text_lines(resolve_path(r.train_queries, cfg.base_dir)) if r.train_queries
                 else coll.judged_queries())
