@@ -453,3 +453,26 @@ def test_cli_resume_from_tampered_checkpoint(tmp_path):
     proc = run_cli("train", str(cfg))
     assert_one_line_refusal(proc, str(bad), "not a safetensors or weights-only checkpoint")
     assert not marker.exists()
+
+
+def test_npy_stores_refuse_object_arrays(tmp_path):
+    """The LM top-k store and the teacher cache memory-map .npy files: an object array (pickle) is refused."""
+    import json
+
+    from distill.llm.topk_store import FORMAT, TopKStore
+
+    marker = tmp_path / "marker"
+    store = tmp_path / "store"
+    store.mkdir()
+    evil = np.array([Evil(marker)], dtype=object)
+    np.save(store / "indices.npy", evil, allow_pickle=True)
+    np.load(store / "indices.npy", allow_pickle=True)  # the payload is live under allow_pickle=True
+    assert marker.exists()
+    marker.unlink()
+    np.save(store / "logprobs.npy", np.zeros((1, 1), np.float32))
+    (store / "meta.json").write_text(json.dumps({"format": FORMAT, "rows_done": 1, "shape": [1, 1],
+                                                 "fingerprint": "x"}))
+    with pytest.raises(UnsafeFileError) as info:
+        TopKStore(store, verify=False)
+    one_line(info.value, str(store / "indices.npy"), "object arrays need pickle")
+    assert not marker.exists()

@@ -103,8 +103,9 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Imag
         PartialState(cpu=cfg.train.cpu)
     settings = CacheSettings(topk=c.topk, views=c.views, features=tuple(c.features), seed=c.seed, dtype=c.dtype)
     device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
-    cache = ensure_teacher_cache(Path(c.path).expanduser(), teacher, task, train, settings, build=c.build,
-                                 verify=c.verify, batch_size=c.batch_size, device=device)
+    with config_key("teacher.cache.path"):
+        cache = ensure_teacher_cache(Path(c.path).expanduser(), teacher, task, train, settings, build=c.build,
+                                     verify=c.verify, batch_size=c.batch_size, device=device)
     if cache.augmented:
         task.augment_source = cache
     return cache

@@ -41,6 +41,7 @@ __all__ = [
     "UnsafePickleError",
     "config_key",
     "hf_folder_guard",
+    "load_npy",
     "load_safetensors",
     "load_torch_weights_only",
     "pickle_globals",
@@ -164,16 +165,22 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             raise UnsafePickleError(
                 self._what, f"contains a callable or class that is not allowed: {module}.{name} "
-                f"({self._kind} files need only {_describe(self._allowed)}; refused before running anything)"
+                f"({self._kind} files hold only {_describe(self._allowed, self._kind)}; refused before running "
+                "anything)"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
         raise UnsafePickleError(self._what, f"uses pickle persistent ids, which {self._kind} files never need")
 
 
-def _describe(allowed: AllowedGlobals) -> str:
-    modules = sorted({m.split(".")[0] for m, _ in allowed})
-    return "the data types of " + ", ".join(modules)
+_NEEDS = {"Planetoid": "numpy arrays, scipy CSR matrices and defaultdict(list)",
+          "CIFAR": "dicts, lists, byte strings and numpy arrays"}
+
+
+def _describe(allowed: AllowedGlobals, kind: str) -> str:
+    if kind in _NEEDS:
+        return _NEEDS[kind]
+    return "the data types of " + ", ".join(sorted({m.split(".")[0] for m, _ in allowed}))
 
 
 def restricted_load(file: BinaryIO, allowed: AllowedGlobals, what: str | Path, kind: str,
@@ -267,10 +274,11 @@ def load_torch_weights_only(path: str | Path) -> Any:
             detail = f": contains a callable or class that is not allowed: {bad}" if bad else \
                 " (torch.load(weights_only=True) refused it)"
             raise UnsafeFileError(path, NOT_WEIGHTS + detail) from None
-        except (RuntimeError, EOFError, OSError, ValueError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise UnsafeFileError(path, f"{NOT_WEIGHTS} (unreadable as a PyTorch file: {e})") from None
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001 - corrupt or foreign bytes fail in many ways inside torch.load
+            raise UnsafeFileError(path, f"{NOT_WEIGHTS} (unreadable as a PyTorch file: "
+                                        f"{type(e).__name__}: {e})") from None
 
 
 def load_safetensors(path: str | Path) -> dict[str, Any]:
@@ -293,6 +301,21 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
         what = "a pickle named .safetensors (refused: pickles can run code)" if _looks_like_pickle(head) else \
             f"not a safetensors file ({e})"
         raise UnsafeFileError(path, f"{NOT_WEIGHTS}: {what}") from None
+
+
+def load_npy(path: str | Path, mmap_mode: str | None = None) -> Any:
+    """``np.load(path, mmap_mode=..., allow_pickle=False)`` of a ``.npy`` file: numeric/str arrays only. An object
+    array (which would need pickle) or a file that is not ``.npy`` raises :class:`UnsafeFileError` naming it."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # type: ignore[arg-type]
+    except FileNotFoundError:
+        raise
+    except (ValueError, OSError, EOFError) as e:
+        raise UnsafeFileError(path, f"not a plain numpy array file (object arrays need pickle, never allowed): "
+                                    f"{e}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -99,7 +99,8 @@ def build_lm_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = N
         init_from_teacher(student, teacher_model, s.teacher_layers)
     task = CausalLM(len(tok), agreement_teacher=teacher_model if lm.agreement else None)
     if lm.topk_store:
-        store = TopKStore(_resolve(lm.topk_store, cfg.base_dir))
+        with config_key("lm.topk_store"):
+            store = TopKStore(_resolve(lm.topk_store, cfg.base_dir))
         if len(store) != len(train):
             raise ConfigError(f"lm.topk_store: {len(store)} rows, but the training data has {len(train)}")
         teacher = TopKStoreTeacher(store)
