@@ -191,7 +191,7 @@ def restricted_load(file: BinaryIO, allowed: AllowedGlobals, what: str | Path, k
         return RestrictedUnpickler(file, allowed, what, kind, encoding=encoding).load()
     except UnsafeFileError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except Exception as e:  # noqa: BLE001 - truncated or corrupt bytes, or allowed types given nonsense arguments
         raise UnsafeFileError(what, f"not a valid {kind} pickle ({type(e).__name__}: {e})") from None
 
 
