@@ -14,6 +14,12 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _error(message: object) -> int:
+    """One line on stderr, exit status 2 (refused files, missing files, bad values: never a traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from distill.config import ConfigError, load_config
 
@@ -24,21 +30,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         exp = build_experiment(cfg, args.output_dir)
     except ConfigError as e:
         return _fail(str(e))
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file: "<path>: <reason>")
+        return _error(e)
     run_dir = exp.trainer.run_dir
     main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 writes and reports
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+    from distill.core.safe_pickle import UnsafeFileError
     from distill.train.trainer import ResumeMismatchError
 
     try:
         summary = exp.fit(resume=not args.restart)
-    except ResumeMismatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (ResumeMismatchError, UnsafeFileError) as e:  # e.g. a tampered checkpoint file met when resuming
+        return _error(e)
     final = summary.get("final", {})
     if main:
         print(json.dumps({"run_dir": str(run_dir), "final": final,
@@ -48,6 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from distill.config import ConfigError, load_config
+    from distill.core.safe_pickle import UnsafeFileError
     from distill.core.teachers import FrozenTeacher
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
@@ -58,19 +64,27 @@ def cmd_eval(args: argparse.Namespace) -> int:
         exp = build_experiment(cfg, args.output_dir)
     except ConfigError as e:
         return _fail(str(e))
+    except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError
+        return _error(e)
     if exp.eval_data is None:
         return _fail("data.eval: required to evaluate")
     weights = Path(args.weights) if args.weights else exp.trainer.run_dir / "student.safetensors"
     results = {}
     if weights.exists():
-        load_weights_into(exp.student, weights)
+        try:
+            load_weights_into(exp.student, weights)
+        except UnsafeFileError as e:
+            return _error(f"--weights: {e}")
         model = exp.student
         method_weights = weights.with_name("methods.safetensors")
         if method_weights.exists():  # heads or combiners that a method's inference wrapper needs (DHO, LELP)
             from distill.train.checkpoint import load_weights
 
             exp.trainer.prepare_methods()
-            exp.methods.load_state_dict(load_weights(method_weights))
+            try:
+                exp.methods.load_state_dict(load_weights(method_weights))
+            except UnsafeFileError as e:
+                return _error(f"--weights (methods.safetensors beside it): {e}")
             model = exp.module.inference_model()
         results["student"] = evaluate_model(model, exp.task, exp.eval_data)
     else:
@@ -156,6 +170,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
     except CacheError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file)
+        return _error(e)
     checked = "checksums and fingerprint" if args.action == "verify" else "built"
     print(json.dumps({"ok": True, "checked": checked, **_brief(parts.teacher.info())}))
     return 0

@@ -23,12 +23,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
 from distill.cache.settings import CacheSettings
+from distill.core.errors import ConfigError  # noqa: F401  (public here: distill.config.ConfigError)
 from distill.core.family import FAMILIES
 from distill.train.config import TrainConfig
-
-
-class ConfigError(ValueError):
-    """A one-line, user-facing configuration error."""
 
 
 class Strict(BaseModel):

@@ -16,6 +16,7 @@ from torch import nn
 from distill.config import ExperimentConfig, MethodConfig, resolve_path
 from distill.core.compose import Composite
 from distill.core.family import FAMILIES, Family, Loaded
+from distill.core.safe_pickle import config_key
 from distill.core.teachers import TeacherSource
 from distill.methods import METHODS
 from distill.train.evaluate import evaluate_model
@@ -51,8 +52,9 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
         path = beside if beside.exists() or not path.exists() else path
-    cache = ensure_teacher_cache(path, teacher, task, train, c, build=c.build, verify=c.verify,
-                                 batch_size=c.batch_size, device=device)
+    with config_key("teacher.cache.path"):
+        cache = ensure_teacher_cache(path, teacher, task, train, c, build=c.build, verify=c.verify,
+                                     batch_size=c.batch_size, device=device)
     if cache.augmented:
         task.augment_source = cache
     return cache

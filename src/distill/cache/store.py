@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from distill.core.safe_pickle import load_npy
+
 FORMAT = "distill-tensor-cache"
 VERSION = 1
 MANIFEST = "manifest.json"
@@ -210,7 +212,7 @@ class TensorStore:
         self.specs = {n: TensorSpec(tuple(t["shape"]), t["dtype"]) for n, t in manifest["tensors"].items()}
         self.in_memory = in_memory
         shards = manifest["shards"]
-        self._maps = [{n: np.load(path / s["files"][n]["file"], mmap_mode="r") for n in self.specs} for s in shards]
+        self._maps = [{n: load_npy(path / s["files"][n]["file"], mmap_mode="r") for n in self.specs} for s in shards]
         for s, maps in zip(shards, self._maps):
             for n, arr in maps.items():
                 want = (s["stop"] - s["start"], self.views, *self.specs[n].shape)

@@ -98,12 +98,12 @@ class PrecomputedTeacher:
 
     @classmethod
     def load(cls, path: str | Path) -> PrecomputedTeacher:
-        from safetensors.torch import load_file
+        from distill.core.safe_pickle import load_safetensors
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"precomputed teacher outputs {path} do not exist")
-        tensors = load_file(str(path), device="cpu")
+        tensors = load_safetensors(path)  # safetensors only; anything else is an UnsafeFileError
         if "logits" not in tensors:
             raise ValueError(f"{path}: no 'logits' tensor (found {sorted(tensors)})")
         return cls(tensors["logits"], tensors.get("checksums"))

@@ -24,7 +24,6 @@ import inspect
 import io
 import json
 import os
-import pickle
 import re
 import tarfile
 import tempfile
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from distill.core.batch import IGNORE_INDEX
+from distill.core.safe_pickle import NUMPY_ARRAY_GLOBALS, UnsafeFileError, UnsafePickleError, restricted_load
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -241,58 +241,14 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 # --------------------------------------------------------------------------------------------------------------
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle asked for a global (a function or class) that the restricted unpickler does not allow."""
-
-
-def _numpy_reconstruction_globals() -> dict[tuple[str, str], Any]:
-    """The only globals a pickled numpy array needs, under both numpy 1 (``numpy.core``) and 2 (``numpy._core``)."""
-    try:
-        from numpy._core import multiarray, numeric
-    except ImportError:  # numpy < 1.26 has no numpy._core
-        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
-    allowed: dict[tuple[str, str], Any] = {("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
-    for pkg in ("numpy.core", "numpy._core"):
-        allowed[(f"{pkg}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        # protocol-5 pickles of arrays rebuild them with _frombuffer(bytes, dtype, shape, order)
-        allowed[(f"{pkg}.numeric", "_frombuffer")] = numeric._frombuffer
-    return allowed
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Unpickler whose ``find_class`` refuses every global but numpy's array reconstruction.
-
-    The CIFAR pickles hold only dicts, lists, ints, byte strings and numpy arrays, so this is all they need;
-    a pickle that asks for anything else (``os.system``, ``builtins.eval``, ...) is refused before any of it runs.
-    """
-
-    _allowed: dict[tuple[str, str], Any] | None = None
-
-    def __init__(self, file: BinaryIO, what: str) -> None:
-        super().__init__(file, encoding="bytes")
-        self._what = what
-        if _RestrictedUnpickler._allowed is None:
-            _RestrictedUnpickler._allowed = _numpy_reconstruction_globals()
-
-    def find_class(self, module: str, name: str) -> Any:
-        allowed = _RestrictedUnpickler._allowed or {}
-        try:
-            return allowed[(module, name)]
-        except KeyError:
-            raise UnsafePickleError(
-                f"refusing to unpickle {self._what}: it asks for the global {module}.{name}, but CIFAR pickles "
-                "only need numpy's array reconstruction (this file is not an official CIFAR batch, or was "
-                "tampered with)"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> Any:
-        raise UnsafePickleError(f"refusing to unpickle {self._what}: it uses persistent ids")
+# The restricted unpickler lives in distill.core.safe_pickle (shared with the Planetoid reader); CIFAR batches
+# need only NUMPY_ARRAY_GLOBALS: they hold dicts, lists, ints, byte strings and numpy arrays.
 
 
 def _unpickle(f: BinaryIO, what: str) -> dict[str, Any]:
-    obj = _RestrictedUnpickler(f, what).load()
+    obj = restricted_load(f, NUMPY_ARRAY_GLOBALS, what, "CIFAR")
     if not isinstance(obj, dict):
-        raise ValueError(f"{what} is not a CIFAR batch: it holds a {type(obj).__name__}, not a dict")
+        raise UnsafeFileError(what, f"not a CIFAR batch: it holds a {type(obj).__name__}, not a dict")
     return {k.decode("latin-1") if isinstance(k, bytes) else str(k): v for k, v in obj.items()}
 
 
@@ -921,6 +877,9 @@ def load_npz(
     try:
         z = np.load(path, allow_pickle=False)
     except Exception as e:
+        if "pickled" in str(e):  # a pickle (e.g. named .npz): np.load refused it, and so do we
+            raise UnsafeFileError(path, "a pickle, not a numpy .npz archive (pickles are never loaded: they can "
+                                        "run code)") from None
         raise ValueError(f"cannot read {where} as a numpy .npz archive: {e}") from e
     with z:
         files = list(z.files)
@@ -958,7 +917,8 @@ def load_npz(
             ckey = _find_key(files, _NPZ_CLASS_KEYS) if classes is None else None
             raw_classes = z[ckey] if ckey is not None else None
         except ValueError as e:  # object arrays need pickle, which is never allowed
-            raise ValueError(f"cannot read {where}: {e} (store plain numeric/str arrays, not object arrays)") from e
+            raise UnsafeFileError(path, f"holds object arrays, which need pickle (never allowed: it can run code); "
+                                        f"store plain numeric/str arrays ({e})") from None
     images = _to_uint8_nchw(raw_images, layout, f"{where}[{ikey!r}]")
     labels = _to_labels(raw_labels, images.shape[0], f"{where}[{lkey!r}]")
     if classes is not None:

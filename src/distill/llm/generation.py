@@ -103,7 +103,9 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
     in ``cache_dir`` (``sequences.safetensors`` + ``meta.json``). ``fingerprint`` identifies the teacher weights
     and tokenizer (e.g. :func:`distill.llm.topk_store.model_fingerprint`); a cache made from another teacher,
     data or settings is regenerated, never silently reused."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
+
+    from distill.core.safe_pickle import load_safetensors
 
     settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
                 "top_k": top_k, "top_p": top_p, "prefix_tokens": prefix_tokens, "seed": seed}
@@ -111,7 +113,7 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
     cache = Path(cache_dir)
     meta_path, file = cache / "meta.json", cache / "sequences.safetensors"
     if meta_path.is_file() and file.is_file() and json.loads(meta_path.read_text()).get("key") == key:
-        t = load_file(str(file))
+        t = load_safetensors(file)
         return LMData(t["input_ids"], t["attention_mask"], t["labels"], t["prompt_lengths"])
     prompts = prompts_of(data.input_ids, data.attention_mask, data.prompt_lengths, prefix_tokens)
     parts = [generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,

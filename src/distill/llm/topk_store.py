@@ -32,6 +32,7 @@ from torch import nn
 from distill.cache.store import sha256_file
 from distill.core.batch import Batch
 from distill.core.outputs import ModelOutput
+from distill.core.safe_pickle import load_npy
 from distill.core.topk import TopKLogits
 
 FORMAT = "distill-topk-lm/1"
@@ -76,8 +77,8 @@ class TopKStore:
                 got = file_sha256(self.path / f"{name}.npy")
                 if got != self.meta["sha256"][name]:
                     raise ValueError(f"{self.path / (name + '.npy')}: checksum mismatch (corrupt or modified)")
-        self.indices = np.load(self.path / "indices.npy", mmap_mode="r")
-        self.logprobs = np.load(self.path / "logprobs.npy", mmap_mode="r")
+        self.indices = load_npy(self.path / "indices.npy", mmap_mode="r")
+        self.logprobs = load_npy(self.path / "logprobs.npy", mmap_mode="r")
 
     @property
     def k(self) -> int:
@@ -151,8 +152,8 @@ def build_topk_store(teacher: nn.Module, task: Any, data: Any, path: str | Path,
         if meta.get("fingerprint") != fingerprint or meta.get("shape") != shape or meta.get("dtype") != dtype:
             raise ValueError(f"{path} holds a different top-k store (fingerprint/shape/dtype differ); "
                              "remove it or choose another path")
-        idx_arr = np.load(path / "indices.npy", mmap_mode="r+")
-        lp_arr = np.load(path / "logprobs.npy", mmap_mode="r+")
+        idx_arr = load_npy(path / "indices.npy", mmap_mode="r+")
+        lp_arr = load_npy(path / "logprobs.npy", mmap_mode="r+")
     else:
         meta = {"format": FORMAT, "k": k, "vocab_size": vocab, "shape": shape, "dtype": dtype, "rows_done": 0,
                 "fingerprint": fingerprint, "sha256": {}}
@@ -163,7 +164,7 @@ def build_topk_store(teacher: nn.Module, task: Any, data: Any, path: str | Path,
     if dense_path is not None:
         dp = Path(dense_path)
         if dp.is_file() and meta["rows_done"] > 0:
-            dense = np.load(dp, mmap_mode="r+")
+            dense = load_npy(dp, mmap_mode="r+")
         else:
             dense = np.lib.format.open_memmap(dp, mode="w+", dtype=np.float16, shape=(n, length, vocab))
             meta["rows_done"] = 0

@@ -24,18 +24,22 @@ MINILM_VOCAB = 30522
 def word_embedding_matrix(model_dir: str | Path = "minilm") -> torch.Tensor:
     """The (vocab, dim) input word-embedding matrix of a local BERT-like folder (``"minilm"``: the packaged
     all-MiniLM-L6-v2), read from its safetensors weights."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
+    from distill.core.safe_pickle import UnsafeFileError
     from distill.data.text import resolve_model_dir
 
     path = resolve_model_dir(model_dir) / "model.safetensors"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no safetensors weights to take word embeddings from")
-    with safe_open(str(path), "pt") as f:
-        keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
-        if len(keys) != 1:
-            raise KeyError(f"{path}: expected one '*embeddings.word_embeddings.weight' tensor, found {keys}")
-        return f.get_tensor(keys[0]).float()
+    try:
+        with safe_open(str(path), "pt") as f:
+            keys = [k for k in f.keys() if k.endswith("embeddings.word_embeddings.weight")]
+            if len(keys) != 1:
+                raise KeyError(f"{path}: expected one '*embeddings.word_embeddings.weight' tensor, found {keys}")
+            return f.get_tensor(keys[0]).float()
+    except SafetensorError as e:  # e.g. a pickle named model.safetensors: never handed to a pickle reader
+        raise UnsafeFileError(path, f"not a safetensors file ({e})") from None
 
 
 def make_embedding(vocab_size: int, embed_dim: int, padding_idx: int, embeddings: str | None,
@@ -187,7 +191,10 @@ def minilm(num_classes: int = 2, layers: int | None = None, model_dir: str = "mi
         level = hf_logging.get_verbosity()
         hf_logging.set_verbosity(logging.ERROR)  # unused deeper layers are expected when truncating
         try:
-            encoder = AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False)
+            from distill.core.safe_pickle import hf_folder_guard
+
+            with hf_folder_guard(path):  # safetensors or torch.load(weights_only=True); refusals in one line
+                encoder = AutoModel.from_pretrained(str(path), config=config, add_pooling_layer=False)
         finally:
             hf_logging.set_verbosity(level)
     else:

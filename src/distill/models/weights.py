@@ -1,4 +1,9 @@
-"""Load weights into a model from safetensors or a weights-only PyTorch checkpoint."""
+"""Load weights into a model from safetensors or a weights-only PyTorch checkpoint.
+
+Only two readers are used: safetensors (no code in the format) and ``torch.load(weights_only=True)`` (tensors and
+plain containers). A file either refuses, e.g. a pickle payload or a pickle renamed ``.safetensors``, raises
+:class:`distill.core.safe_pickle.UnsafeFileError` (one line: the file and the reason).
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,28 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.core.safe_pickle import UnsafeFileError, load_safetensors, load_torch_weights_only
+
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict: ``.safetensors``, or a torch file holding one (optionally under ``state_dict`` or
-    ``model``), loaded with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped."""
+    ``model``), loaded with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped.
+
+    Raises:
+        FileNotFoundError: no such file.
+        UnsafeFileError: the file is neither safetensors nor a weights-only PyTorch file (a pickle that needs any
+            other global is refused before it runs), or holds something other than a state dict."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj: Any = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights_only(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict (or a dict holding one under 'state_dict')")
+        raise UnsafeFileError(path, "not a state dict (nor a dict holding one under 'state_dict' or 'model')")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 

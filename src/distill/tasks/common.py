@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import ConfigError, resolve_path
+from distill.core.safe_pickle import config_key
 from distill.models.weights import load_weights_into
 
 
@@ -18,8 +19,11 @@ def load_model_weights(model: nn.Module, model_cfg: Any, base_dir: str | None, k
     if not path.is_file():
         raise ConfigError(f"{key}.weights: {path} is not a file")
     try:
-        return load_weights_into(model, path)
+        with config_key(f"{key}.weights"):
+            return load_weights_into(model, path)
     except (ValueError, RuntimeError, OSError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key}.weights: {path}: {str(e).splitlines()[0]}") from None
 
 

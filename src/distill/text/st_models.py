@@ -42,7 +42,10 @@ def load_sentence_model(path: str | Path | None = None, device: str = "cpu") -> 
     path = Path(path) if path is not None else minilm_path()
     if not (path / "modules.json").exists():
         raise FileNotFoundError(f"{path}: not a sentence-transformers folder (no modules.json)")
-    return st.SentenceTransformer(str(path), device=device, local_files_only=True)
+    from distill.core.safe_pickle import hf_folder_guard
+
+    with hf_folder_guard(path):  # safetensors or torch.load(weights_only=True); a refusal becomes one line
+        return st.SentenceTransformer(str(path), device=device, local_files_only=True)
 
 
 def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None, normalize: bool = False,

@@ -69,12 +69,12 @@ class TextEmbeddingCache:
 
     @classmethod
     def load(cls, path: str | Path, encoder: Callable[[list[str]], torch.Tensor] | None = None) -> TextEmbeddingCache:
-        from safetensors.torch import load_file
+        from distill.core.safe_pickle import load_safetensors
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such embedding cache")
-        return cls(encoder, load_file(str(path)))
+        return cls(encoder, load_safetensors(path))  # safetensors only; anything else is an UnsafeFileError
 
     def to(self, device: Any = None, *args: object, **kwargs: object) -> TextEmbeddingCache:
         if isinstance(device, (str, torch.device)):

@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from distill.core.safe_pickle import load_safetensors, load_torch_weights_only
 
 LATEST = "latest"
 
@@ -56,7 +58,9 @@ def save_weights(path: Path, state: dict[str, torch.Tensor], metadata: dict[str,
 
 
 def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
-    return load_file(str(path), device="cpu")
+    """A safetensors file as CPU tensors; anything else (e.g. a renamed pickle) raises
+    :class:`~distill.core.safe_pickle.UnsafeFileError` naming the file."""
+    return load_safetensors(path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -143,10 +147,13 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The four parts of a checkpoint folder: the two safetensors files, and the optimiser and trainer state read
+    with ``torch.load(weights_only=True)``. A tampered part raises
+    :class:`~distill.core.safe_pickle.UnsafeFileError` naming the file (no code in it runs)."""
     path = Path(path)
     return {
         "student": load_weights(path / "student.safetensors"),
         "methods": load_weights(path / "methods.safetensors"),
-        "optimizer": torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True),
-        "trainer": torch.load(path / "trainer.pt", map_location="cpu", weights_only=True),
+        "optimizer": load_torch_weights_only(path / "optimizer.pt"),
+        "trainer": load_torch_weights_only(path / "trainer.pt"),
     }

@@ -167,11 +167,16 @@ class AspectTargets:
     def load(cls, path: str | Path, expect_fingerprint: str | None = None) -> AspectTargets:
         import json
 
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            probs = f.get_tensor("probs")
+        from distill.core.safe_pickle import UnsafeFileError
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                probs = f.get_tensor("probs")
+        except SafetensorError as e:  # e.g. a pickle named .safetensors: never handed to a pickle reader
+            raise UnsafeFileError(path, f"not a safetensors file ({e})") from None
         fp = meta.get("fingerprint", "")
         if expect_fingerprint is not None and fp != expect_fingerprint:
             raise ValueError(f"{path}: aspect targets were scored on other texts (fingerprint {fp[:12] or 'none'}, "

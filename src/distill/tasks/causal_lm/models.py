@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import ConfigError, resolve_path
+from distill.core.safe_pickle import config_key, hf_folder_guard
 from distill.llm.models import load_gguf_model, load_gguf_tokenizer, small_llama
 from distill.tasks.common import load_model_weights
 
@@ -26,6 +27,8 @@ def load_lm_tokenizer(value: str, base_dir: str | None, key: str = "data.tokeniz
 
         tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0]}") from None
     if tok.pad_token_id is None and tok.eos_token_id is not None:
         tok.pad_token = tok.eos_token
@@ -36,12 +39,16 @@ def load_causal_lm(path: Path, key: str) -> nn.Module:
     if not path.exists():
         raise ConfigError(f"{key}: {path} does not exist")
     try:
-        if path.suffix == ".gguf":
-            return load_gguf_model(path)
-        from transformers import AutoModelForCausalLM
+        with config_key(key):
+            if path.suffix == ".gguf":
+                return load_gguf_model(path)
+            from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+            with hf_folder_guard(path):
+                return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
     except (OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0]}") from None
 
 

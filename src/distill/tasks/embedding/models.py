@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import ConfigError, resolve_path
+from distill.core.safe_pickle import config_key
 from distill.tasks.common import load_model_weights
 from distill.text.st_models import load_sentence_model, static_student, truncated_student
 
@@ -39,8 +40,11 @@ def build_sentence_student(model_cfg: Any, base_dir: str | None, key: str,
         if not source.is_dir():
             raise ConfigError(f"{key}.path: {source} is not a folder")
     try:
-        model = builder(source=source, **options)
+        with config_key(f"{key}.path"):
+            model = builder(source=source, **options)
     except (FileNotFoundError, OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     return load_model_weights(model, model_cfg, base_dir, key) if model_cfg is not None else model
 
@@ -53,8 +57,11 @@ def load_sentence_teacher(model_cfg: Any, base_dir: str | None, key: str) -> nn.
     if path is not None and not path.is_dir():
         raise ConfigError(f"{key}.path: {path} is not a folder")
     try:
-        model = load_sentence_model(path)
+        with config_key(f"{key}.path"):
+            model = load_sentence_model(path)
     except (FileNotFoundError, OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"{key}.path: {str(e).splitlines()[0]}") from None
     return load_model_weights(model, model_cfg, base_dir, key)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from distill.config import ConfigError, resolve_path
+from distill.core.safe_pickle import config_key
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from distill.data.images import ImageArrays, load_images
 from distill.tasks.image.section import ImageData
@@ -17,7 +18,8 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
     file = resolve_path(path, base_dir)
     if not file.exists():
         raise ConfigError(f"data.{key}: {file} does not exist")
-    data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+    with config_key(f"data.{key}"):
+        data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
     return data.balanced_subset(per_class, d.subset_seed) if per_class else data
 
 

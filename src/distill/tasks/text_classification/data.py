@@ -15,6 +15,8 @@ def read_tokenizer(cfg: Any) -> Any:
     try:
         return load_tokenizer(cfg.data.tokenizer)
     except (FileNotFoundError, ImportError, OSError, ValueError) as e:
+        if isinstance(e, ConfigError):
+            raise
         raise ConfigError(f"data.tokenizer: {str(e).splitlines()[0]}") from None
 
 
