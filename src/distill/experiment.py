@@ -24,7 +24,7 @@ from distill.train.module import DistillModule
 from distill.train.trainer import Trainer, seed_everything
 
 __all__ = ["Experiment", "build_experiment", "build_methods", "build_parts", "evaluate_model", "open_teacher_cache",
-           "resolve_path", "train_config"]
+           "resolve_path", "train_config", "assemble"]
 
 
 def build_method(cfg: MethodConfig) -> nn.Module:
@@ -115,17 +115,24 @@ class Experiment:
         return summary
 
 
+def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: TeacherSource | None, train_cfg: Any,
+             run_dir: str | Path, *, cfg: ExperimentConfig | None = None, family: Family | None = None,
+             live_teacher: TeacherSource | None = None) -> Experiment:
+    """The last, shared step of every run, from a config or from Python objects: module and trainer over the
+    family's data (``loaded``)."""
+    module = DistillModule(student, methods, teacher, loaded.task)
+    trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, Path(run_dir), val_data=loaded.val)
+    report = loaded.report if loaded.report is not None else loaded.eval
+    val = loaded.val if loaded.report is None else loaded.eval
+    return Experiment(cfg, loaded.task, loaded.train, report, val, student, teacher, methods, module,  # type: ignore[arg-type]
+                      trainer, family, live_teacher, dict(loaded.info))
+
+
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     """Build every object of the run described by ``cfg`` (see the module docstring)."""
     parts = build_parts(cfg)
     family, loaded = parts.family, parts.loaded
     student = family.build_student(cfg, loaded)
     methods = build_methods(cfg.methods)
-    module = DistillModule(student, methods, parts.teacher, loaded.task)
-    run_dir = Path(output_dir or cfg.output_dir)
-    trainer = Trainer(module, loaded.train, loaded.eval, family.train_config(cfg, loaded), run_dir,
-                      val_data=loaded.val)
-    report = loaded.report if loaded.report is not None else loaded.eval
-    val = loaded.val if loaded.report is None else loaded.eval
-    return Experiment(cfg, loaded.task, loaded.train, report, val, student, parts.teacher, methods, module, trainer,
-                      family, parts.live_teacher, dict(loaded.info))
+    return assemble(loaded, student, methods, parts.teacher, family.train_config(cfg, loaded),
+                    output_dir or cfg.output_dir, cfg=cfg, family=family, live_teacher=parts.live_teacher)

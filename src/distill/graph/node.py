@@ -26,8 +26,7 @@ from distill.data.planetoid import GraphData
 from distill.models.weights import read_state_dict
 from distill.tasks.graph import GraphNodeClassification, GraphNodes
 from distill.train.evaluate import evaluate_model
-from distill.train.module import DistillModule
-from distill.train.trainer import TrainConfig, Trainer
+from distill.train.trainer import TrainConfig
 
 
 class CachedNodeTeacher:
@@ -75,18 +74,19 @@ def train_node_classifier(graph: GraphData, model: nn.Module, methods: Composite
 
     ``train_on="train"`` draws the labelled training nodes; ``"all"`` draws every node, labels visible on the
     training nodes only (for distillation terms over the whole graph). The batch is the whole node set."""
+    from distill.core.family import Loaded
+    from distill.experiment import assemble
+
     task = GraphNodeClassification(graph)
     train = GraphNodes.split(graph, train_on, labelled_split="train")
     val = GraphNodes.split(graph, "val")
     test = GraphNodes.split(graph, "test")
-    full = len(train)
-    cfg.batch_size = full
+    cfg.batch_size = len(train)
     cfg.eval_batch_size = max(graph.num_nodes, cfg.eval_batch_size)
     cfg.drop_last = False
     source = CachedNodeTeacher(teacher, graph) if teacher is not None else None
-    module = DistillModule(model, methods, source, task)
-    trainer = Trainer(module, train, val, cfg, run_dir)
-    summary = trainer.fit()
+    loaded = Loaded(task, train, val, None, num_outputs=graph.num_classes, report=test)
+    summary = assemble(loaded, model, methods, source, cfg, run_dir).fit()
     best = Path(run_dir) / "best" / "student.safetensors"
     if best.exists():
         model.load_state_dict(read_state_dict(best))
