@@ -20,9 +20,66 @@ def test_bucket_logprobs_hand_values():
     top = TopKLogits.from_logits(p.log(), 2)
     assert top.indices.tolist() == [[0, 1]]
     assert torch.allclose(top.bucket_logprobs().exp(), torch.tensor([[0.5, 0.3, 0.2]]), atol=1e-6)
-    # at T = 2, tail assumed even (0.1 each): weights sqrt(.5), sqrt(.3), 2*sqrt(.1)
+    # "spread" at T = 2: the tail assumed even (0.1 each), each re-tempered: weights sqrt(.5), sqrt(.3), 2*sqrt(.1)
     w = torch.tensor([math.sqrt(0.5), math.sqrt(0.3), 2 * math.sqrt(0.1)])
+    assert torch.allclose(top.bucket_logprobs(2.0, "spread").exp()[0], w / w.sum(), atol=1e-6)
+    # the default (DistillKit's symmetric_uniform) re-tempers the tail as one bucket: sqrt(.2)
+    w = torch.tensor([math.sqrt(0.5), math.sqrt(0.3), math.sqrt(0.2)])
     assert torch.allclose(top.bucket_logprobs(2.0).exp()[0], w / w.sum(), atol=1e-6)
+
+
+def test_distillkit_sparse_case_of_the_spec():
+    """../shared/methods/llm.md, test 5: V = 5, p = (.5, .3, .1, .06, .04), q = (.3, .3, .2, .1, .1), top-2."""
+    from distill.core.outputs import StepInputs
+    from distill.methods.llm.fkl import ForwardKL
+    from distill.methods.llm.tvd import TotalVariation
+
+    p = torch.tensor([0.5, 0.3, 0.1, 0.06, 0.04])
+    q = torch.tensor([0.3, 0.3, 0.2, 0.1, 0.1])
+    top = TopKLogits.from_logits(p.log()[None], 2)
+    zs = q.log()[None]
+    kl = {m: bucket_kl(top.bucket_logprobs(1.0, m), student_bucket_logprobs(zs, top)).item()
+          for m in ("zero", "symmetric_uniform")}
+    assert kl["zero"] == pytest.approx(0.542410, abs=1e-6)
+    assert kl["symmetric_uniform"] == pytest.approx(0.116783, abs=1e-6)
+    # through the LM methods: (B, T, V) with T = 2 (the last position is shifted out)
+    teacher = ModelOutput(None, topk=TopKLogits(top.indices[None].repeat(1, 2, 1), top.logprobs[None].repeat(1, 2, 1),
+                                                5))
+    student = ModelOutput(zs[None].repeat(1, 2, 1))
+    step = StepInputs(student=student, teacher=teacher, labels=None)
+    for mode, want_kl, want_tvd in (("zero", 0.542410, 0.4), ("symmetric_uniform", 0.116783, 0.2)):
+        assert ForwardKL(missing=mode)(step)["loss"].item() == pytest.approx(want_kl, abs=1e-5)
+        assert TotalVariation(missing=mode)(step)["loss"].item() == pytest.approx(want_tvd, abs=1e-5)
+    # with p = (.5, .3, .1, .1) and q = (.4, .2, .2, .2) the tails are proportional: symmetric is the exact KL
+    p2, q2 = torch.tensor([0.5, 0.3, 0.1, 0.1]), torch.tensor([0.4, 0.2, 0.2, 0.2])
+    top2 = TopKLogits.from_logits(p2.log()[None], 2)
+    exact = float((p2 * (p2 / q2).log()).sum())
+    assert exact == pytest.approx(0.094582, abs=1e-6)
+    got = bucket_kl(top2.bucket_logprobs(), student_bucket_logprobs(q2.log()[None], top2)).item()
+    assert got == pytest.approx(exact, abs=1e-6)
+
+
+def test_distillkit_retempering_of_the_spec():
+    """Stored (0.5, 0.3) with a 0.2 tail, a = T_gen / T_distill = 0.5 (T = 2)."""
+    top = TopKLogits(torch.tensor([[0, 1]]), torch.tensor([[0.5, 0.3]]).log(), 5)
+    sym = top.bucket_logprobs(2.0, "symmetric_uniform").exp()[0]
+    assert torch.allclose(sym, torch.tensor([0.415446, 0.321803, 0.262751]), atol=1e-6)
+    zero = top.bucket_logprobs(2.0, "zero").exp()[0]
+    assert torch.allclose(zero[:2], torch.tensor([0.563508, 0.436492]), atol=1e-6) and zero[2] == 0
+    with pytest.raises(ValueError, match="missing must be one of"):
+        top.bucket_logprobs(2.0, "uniform")
+
+
+def test_zero_mode_is_refused_where_the_student_tail_would_meet_log_zero():
+    from distill.methods.llm.gjsd import GeneralizedJSD
+    from distill.methods.llm.rkl import ReverseKL
+    from distill.methods.llm.srkl import SkewReverseKL
+
+    for build in (lambda: ReverseKL(missing="zero"), lambda: GeneralizedJSD(beta=1.0, missing="zero"),
+                  lambda: SkewReverseKL(alpha=0.0, missing="zero")):
+        with pytest.raises(ValueError, match="missing: 'zero'"):
+            build()
+    GeneralizedJSD(beta=0.5, missing="zero")  # M keeps half the student's tail: finite
 
 
 def test_student_buckets_and_kl_match_hand_computation():

@@ -7,17 +7,23 @@ outcomes, the k kept classes and one "tail" bucket holding everything else. For 
 exact (``logsumexp`` of its logits outside the kept classes); for the teacher it is ``1 - sum(top-k probs)``.
 At temperature 1 the bucketed divergence is exact for the coarsened distributions and tends to the dense one as
 k grows (by the data-processing inequality, KL on buckets <= dense KL). At another temperature the teacher's
-tail would need the unknown individual tail probabilities; we assume the tail mass is spread evenly over the
-``num_classes - k`` classes outside the top k, which is exact when they are equal and otherwise an
-approximation stated here.
+tail would need the unknown individual tail probabilities. The default follows DistillKit (arcee-ai), whose
+``missing`` modes we implement: ``symmetric_uniform`` re-tempers the tail as one bucket (exact when both tails
+are proportional over the missing ids), ``zero`` renormalises the teacher over the kept classes; ``spread``
+(each missing class holding tail / (V - k), re-tempered alone) is kept as an option.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+#: what a top-k teacher puts on the classes it did not keep (see :meth:`TopKLogits.bucket_logprobs`)
+Missing = Literal["symmetric_uniform", "zero", "spread"]
+MISSING_MODES: tuple[str, ...] = ("symmetric_uniform", "zero", "spread")
 
 
 @dataclass
@@ -63,39 +69,55 @@ class TopKLogits:
         """1 - sum of the kept probabilities, (...,), clamped to [0, 1]."""
         return (1.0 - self.logprobs.float().exp().sum(-1)).clamp(0.0, 1.0)
 
-    def bucket_logprobs(self, temperature: float = 1.0) -> torch.Tensor:
+    def bucket_logprobs(self, temperature: float = 1.0, missing: Missing = "symmetric_uniform") -> torch.Tensor:
         """Teacher log-probabilities over the k + 1 buckets (kept classes, then the tail), at ``temperature``.
 
+        ``missing`` says what the teacher puts on the classes it did not keep (DistillKit's ``missing`` modes;
+        a = 1 / temperature re-tempers the stored probabilities, which were taken at temperature 1):
+
+        - ``symmetric_uniform``: the tail P_tail = 1 - sum_K p_i is one bucket, re-tempered as one value:
+          p_i^a / (sum_K p_j^a + P_tail^a). Exact when both models' tails are proportional over the missing ids.
+        - ``zero``: the teacher is renormalised over the kept classes, p_i^a / sum_K p_j^a; the tail bucket is
+          empty (``-inf``), so a divergence compares the student's tail mass with nothing (KL: no tail term;
+          TVD: + 1/2 (1 - sum_K q_i); JSD: the student's tail against half of itself).
+        - ``spread``: the tail mass is spread evenly over the V - k missing classes and each of them is
+          re-tempered on its own (the convention of this library before DistillKit's was adopted; equal to
+          ``symmetric_uniform`` at temperature 1).
+
         The tail bucket is ``-inf`` when nothing is left (k == num_classes or zero tail mass)."""
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
         lp = self.logprobs.float()
-        rest = self.num_classes - self.k
-        tail = self.tail_mass()
-        if rest == 0:
-            log_tail = torch.full_like(tail, -math.inf)
-        else:
-            log_tail = torch.where(tail > 0, tail.clamp_min(1e-45).log(), torch.full_like(tail, -math.inf))
-        if temperature == 1.0:
-            buckets = torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1)
-            return buckets - torch.logsumexp(buckets, dim=-1, keepdim=True)
-        # each of the `rest` tail classes is assumed to hold tail / rest; tempering raises each to 1/T
         t = float(temperature)
-        if rest:
-            log_tail_t = math.log(rest) + (log_tail - math.log(rest)) / t
+        rest = self.num_classes - self.k
+        if missing == "zero" or rest == 0:
+            kept = torch.log_softmax(lp / t, dim=-1)
+            return torch.cat([kept, torch.full_like(kept[..., :1], -math.inf)], dim=-1)
+        tail = self.tail_mass()
+        log_tail = torch.where(tail > 0, tail.clamp_min(1e-45).log(), torch.full_like(tail, -math.inf))
+        if missing == "spread" and t != 1.0:
+            log_tail = math.log(rest) + (log_tail - math.log(rest)) / t  # each missing class re-tempered alone
+            buckets = torch.cat([lp / t, log_tail.unsqueeze(-1)], dim=-1)
         else:
-            log_tail_t = log_tail
-        buckets = torch.cat([lp / t, log_tail_t.unsqueeze(-1)], dim=-1)
+            buckets = torch.cat([lp, log_tail.unsqueeze(-1)], dim=-1) / t
         return buckets - torch.logsumexp(buckets, dim=-1, keepdim=True)
 
-    def dense_logprobs(self) -> torch.Tensor:
-        """A dense (..., V) log-probability tensor with the tail mass spread evenly over the other classes."""
+    def dense_logprobs(self, missing: Missing = "symmetric_uniform") -> torch.Tensor:
+        """A dense (..., V) log-probability tensor (DistillKit's densify): the kept log-probabilities, and on the
+        missing classes the tail mass spread evenly (``symmetric_uniform`` / ``spread``) or ``-inf`` with the kept
+        ones renormalised (``zero``)."""
+        if missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {missing!r}")
         rest = self.num_classes - self.k
         shape = (*self.indices.shape[:-1], self.num_classes)
-        if rest:
+        kept = self.logprobs.float()
+        if rest and missing != "zero":
             fill = (self.tail_mass().clamp_min(1e-45) / rest).log()
         else:
             fill = torch.full(shape[:-1], -math.inf, device=self.logprobs.device)
+            kept = torch.log_softmax(kept, dim=-1)
         out = fill.unsqueeze(-1).expand(shape).clone()
-        return out.scatter(-1, self.indices.long(), self.logprobs.float())
+        return out.scatter(-1, self.indices.long(), kept)
 
 
 def student_bucket_logprobs(student_logits: torch.Tensor, topk: TopKLogits, temperature: float = 1.0) -> torch.Tensor:

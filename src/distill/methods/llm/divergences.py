@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from distill.core.batch import IGNORE_INDEX
 from distill.core.method import Method
 from distill.core.outputs import ModelOutput, StepInputs, require_teacher
-from distill.core.topk import TopKLogits, student_bucket_logprobs
+from distill.core.topk import Missing, TopKLogits, student_bucket_logprobs
 
 Reduction = Literal["token_mean", "sum", "batch_mean", "none"]
 
@@ -172,10 +172,18 @@ class TokenDivergence(Method):
     accepts_topk_teacher = True
     name = "divergence"
 
-    def __init__(self, temperature: float = 1.0, t2_scale: bool = False, reduction: Reduction = "token_mean"):
+    #: the divergences that stay finite when the teacher's tail bucket is empty (``missing: zero``)
+    zero_tail_ok: bool = True
+
+    def __init__(self, temperature: float = 1.0, t2_scale: bool = False, reduction: Reduction = "token_mean",
+                 missing: Missing = "symmetric_uniform"):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if missing == "zero" and not self.zero_tail_ok:
+            raise ValueError(f"missing: 'zero' leaves the teacher no tail, where {self.name} weighs the student's "
+                             "tail by log(q / 0); use 'symmetric_uniform'")
+        self.missing = missing
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
         self.temperature = float(temperature)
@@ -191,8 +199,8 @@ class TokenDivergence(Method):
         zs = shift_logits(student.logits).float()
         if teacher.is_sparse:
             topk = shift_topk(teacher.topk)
-            p_logp = topk.bucket_logprobs(self.temperature).detach()
-            if topk.k < topk.num_classes:
+            p_logp = topk.bucket_logprobs(self.temperature, self.missing).detach()
+            if topk.k < topk.num_classes and self.missing != "zero":
                 # a stored top-k whose probabilities round to a sum of 1 leaves an empty tail bucket although
                 # tokens remain; give it at least 1e-8 (DistillKit's clamp) so the student's tail is still scored
                 tail = p_logp[..., -1:].clamp_min(math.log(TAIL_FLOOR))

@@ -10,6 +10,7 @@ https://github.com/huggingface/trl.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.core.topk import Missing
 from distill.methods.llm.divergences import SURVEY, Reduction, TokenDivergence, forward_kl
 
 
@@ -20,8 +21,8 @@ class ForwardKL(TokenDivergence):
     name = "fkl"
 
     def __init__(self, ce_form: bool = False, temperature: float = 1.0, t2_scale: bool = False,
-                 reduction: Reduction = "token_mean"):
-        super().__init__(temperature, t2_scale, reduction)
+                 reduction: Reduction = "token_mean", missing: Missing = "symmetric_uniform"):
+        super().__init__(temperature, t2_scale, reduction, missing)
         self.ce_form = bool(ce_form)
 
     def divergence(self, q_logp, p_logp):

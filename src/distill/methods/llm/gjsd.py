@@ -12,6 +12,7 @@ arXiv:2306.13649; code: https://github.com/huggingface/trl.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.core.topk import Missing
 from distill.methods.llm.divergences import Reduction, TokenDivergence, generalized_jsd
 
 
@@ -27,10 +28,13 @@ class GeneralizedJSD(TokenDivergence):
     name = "gjsd"
 
     def __init__(self, beta: float = 0.5, temperature: float = 1.0, t2_scale: bool = False,
-                 reduction: Reduction = "token_mean"):
-        super().__init__(temperature, t2_scale, reduction)
+                 reduction: Reduction = "token_mean", missing: Missing = "symmetric_uniform"):
+        super().__init__(temperature, t2_scale, reduction, missing)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"beta must be in [0, 1], got {beta}")
+        if missing == "zero" and beta == 1.0:
+            raise ValueError("missing: 'zero' with beta = 1 (reverse KL) weighs the student's tail by log(q / 0); use "
+                             "'symmetric_uniform' or beta < 1")
         self.beta = float(beta)
 
     def divergence(self, q_logp, p_logp):

@@ -17,5 +17,7 @@ class ReverseKL(TokenDivergence):
 
     name = "rkl"
 
+    zero_tail_ok = False
+
     def divergence(self, q_logp, p_logp):
         return reverse_kl(q_logp, p_logp)

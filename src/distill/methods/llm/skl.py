@@ -9,6 +9,7 @@ https://github.com/jongwooko/distillm.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.core.topk import Missing
 from distill.methods.llm.divergences import DISTILLM, Reduction, TokenDivergence, skew_forward_kl
 
 
@@ -20,8 +21,8 @@ class SkewForwardKL(TokenDivergence):
     name = "skl"
 
     def __init__(self, alpha: float = 0.1, ce_form: bool = False, temperature: float = 1.0, t2_scale: bool = False,
-                 reduction: Reduction = "token_mean"):
-        super().__init__(temperature, t2_scale, reduction)
+                 reduction: Reduction = "token_mean", missing: Missing = "symmetric_uniform"):
+        super().__init__(temperature, t2_scale, reduction, missing)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.alpha = float(alpha)

@@ -8,6 +8,7 @@ https://github.com/jongwooko/distillm.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.core.topk import Missing
 from distill.methods.llm.divergences import DISTILLM, Reduction, TokenDivergence, skew_reverse_kl
 
 
@@ -18,10 +19,13 @@ class SkewReverseKL(TokenDivergence):
     name = "srkl"
 
     def __init__(self, alpha: float = 0.1, temperature: float = 1.0, t2_scale: bool = False,
-                 reduction: Reduction = "token_mean"):
-        super().__init__(temperature, t2_scale, reduction)
+                 reduction: Reduction = "token_mean", missing: Missing = "symmetric_uniform"):
+        super().__init__(temperature, t2_scale, reduction, missing)
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        if missing == "zero" and alpha == 0.0:
+            raise ValueError("missing: 'zero' with alpha = 0 (reverse KL) weighs the student's tail by log(q / 0); "
+                             "use 'symmetric_uniform' or alpha > 0")
         self.alpha = float(alpha)
 
     def divergence(self, q_logp, p_logp):

@@ -11,7 +11,9 @@ Mapping onto the references: torchdistill ``KDLoss(temperature=T, alpha=a, beta=
 neither T^2 nor ``kl_weight``. By default (False) T^2 * kl_weight always applies.
 
 With a top-k teacher (a top-k cache) the KL is taken over k + 1 buckets, the kept classes and the tail
-(:mod:`distill.core.topk`); it equals the dense KL when k is the number of classes.
+(:mod:`distill.core.topk`); it equals the dense KL when k is the number of classes. ``missing`` picks DistillKit's
+convention for the classes the teacher did not keep (``symmetric_uniform``: the tail is one bucket, re-tempered
+as one; ``zero``: the teacher renormalised over the kept classes; ``spread``: see :mod:`distill.core.topk`).
 
 Paper: Distilling the Knowledge in a Neural Network, NIPS Deep Learning Workshop 2015, arXiv:1503.02531.
 """
@@ -24,7 +26,7 @@ import torch
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs, require_labels, require_teacher
-from distill.core.topk import TopKLogits, bucket_kl, student_bucket_logprobs
+from distill.core.topk import Missing, TopKLogits, bucket_kl, student_bucket_logprobs
 from distill.methods.logits.losses import cross_entropy, kl_batchmean
 
 
@@ -49,10 +51,12 @@ class KD(Method):
         kl_weight: float = 1.0,
         reduction: Literal["batchmean", "mean", "sum"] = "batchmean",
         torchdistill_compat: bool = False,
+        missing: Missing = "symmetric_uniform",
     ):
         super().__init__()
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
+        self.missing = missing
         self.temperature = float(temperature)
         self.ce_weight = float(ce_weight)
         self.kl_weight = float(kl_weight)
@@ -69,7 +73,7 @@ class KD(Method):
     def sparse_kl(self, zs: torch.Tensor, topk: TopKLogits, t: float) -> torch.Tensor:
         if type(self).soft_logits is not KD.soft_logits:
             raise ValueError(f"{self.method_name} transforms the teacher's logits and needs them dense, not top-k")
-        per_row = bucket_kl(topk.bucket_logprobs(t), student_bucket_logprobs(zs, topk, t))
+        per_row = bucket_kl(topk.bucket_logprobs(t, self.missing), student_bucket_logprobs(zs, topk, t))
         if self.reduction == "batchmean":
             return per_row.sum() / zs.shape[0]
         if self.reduction == "sum":
