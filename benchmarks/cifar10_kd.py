@@ -244,10 +244,17 @@ def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def ensemble_recipe(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]:
-    """Test accuracy of each member of MEAL V2's ensemble and of their mean probabilities (measured once)."""
+    """Test accuracy of each member of MEAL V2's ensemble and of their mean probabilities, measured on the run's own
+    evaluation set. Kept in ``ensemble.json`` keyed by the fingerprints of the members' weights and of that set: a
+    file measured on another set (an earlier run's 10 test images) or for other members is measured again."""
+    from distill.cache import data_fingerprint, teacher_fingerprint
+
     path = args.work / "ensemble.json"
+    key = {"eval_fingerprint": data_fingerprint(exp.eval_data), "teacher_fingerprint": teacher_fingerprint(exp.teacher)}
     if path.exists():
-        return json.loads(path.read_text())
+        stored = json.loads(path.read_text())
+        if all(stored.get(k) == v for k, v in key.items()):
+            return stored
     members = exp.teacher.members
     archs = [m.arch for m in exp.config.teacher.members()]
     accs = {arch: evaluate_model(m.model, exp.task, exp.eval_data)["accuracy"] for arch, m in zip(archs, members)}
@@ -261,7 +268,7 @@ def ensemble_recipe(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]
             return torch.stack([m(x).softmax(-1) for m in self.models]).mean(0).log()
 
     recipe = {"members": accs, "ensemble": evaluate_model(MeanProbs(), exp.task, exp.eval_data)["accuracy"],
-              "test_images": len(exp.eval_data)}
+              "test_images": len(exp.eval_data), **key}
     path.write_text(json.dumps(recipe, indent=2))
     return recipe
 
