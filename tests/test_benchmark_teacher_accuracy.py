@@ -9,10 +9,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+from helpers import TinyCNN, demo_subset
 
 from distill.core.teachers import EnsembleTeacher
 from distill.tasks.image.task import ImageClassification
-from helpers import TinyCNN, demo_subset
 
 REPO = Path(__file__).resolve().parents[1]
 
