@@ -15,16 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from distill.export.card import model_card
-from distill.export.run import CONFIG_NAME, RunFolder, RunFolderError, write_run_files
+from distill.export.run import CONFIG_NAME, ExportError, RunFolder, RunFolderError, write_run_files
 
 FORMATS = ("hf", "sentence-transformers", "safetensors", "onnx")
 
 __all__ = ["FORMATS", "ExportError", "RunFolder", "RunFolderError", "export_run", "rebuild_student",
            "write_run_files"]
-
-
-class ExportError(ValueError):
-    """A format that does not fit the run's student, or an export that failed its check (one line)."""
 
 
 def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any, Any]:

@@ -39,6 +39,12 @@ class ArgsModule(nn.Module):
 def export_onnx(spec: OnnxSpec, path: Path, opset: int = 17) -> None:
     """Write ``spec.module`` to ``path`` (the TorchScript-based exporter, which needs no extra package; torch's
     newer exporter, which needs onnxscript, when the former is gone)."""
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        from distill.export.run import ExportError
+
+        raise ExportError("--format onnx: needs the onnx package: pip install 'distill[export]'") from None
     module = spec.module.eval()
     args = tuple(spec.inputs.values())
     kwargs: dict[str, Any] = {"input_names": list(spec.inputs), "output_names": list(spec.output_names),

@@ -27,6 +27,10 @@ class RunFolderError(ValueError):
     """A run folder that cannot be read back (one line naming the file)."""
 
 
+class ExportError(ValueError):
+    """A format that does not fit the run's student, or an export that failed its check (one line)."""
+
+
 def command_line() -> str:
     """The command this process was started with, as a shell line (``python -m distill ...`` shows as ``distill``)."""
     argv = list(sys.argv)
