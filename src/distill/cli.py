@@ -1,4 +1,4 @@
-"""The ``distill`` command line: train, eval, methods, demo, cache."""
+"""The ``distill`` command line: train, eval, methods, demo, cache, export, report."""
 
 from __future__ import annotations
 
@@ -34,14 +34,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _error(e)
     run_dir = exp.trainer.run_dir
     main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 writes and reports
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     from distill.core.safe_pickle import UnsafeFileError
+    from distill.train.checkpoint import latest_checkpoint
+    from distill.train.runlog import print_teacher_evaluation
     from distill.train.trainer import ResumeMismatchError
 
+    teacher_metrics = None
+    fresh = args.restart or latest_checkpoint(run_dir / "checkpoints") is None
+    if main and fresh:  # once, before the first epoch (a resumed run printed it when it started)
+        teacher_metrics = print_teacher_evaluation(exp)
     try:
-        summary = exp.fit(resume=not args.restart)
+        summary = exp.fit(resume=not args.restart, teacher_metrics=teacher_metrics)  # writes distill_config.json
     except (ResumeMismatchError, UnsafeFileError) as e:  # e.g. a tampered checkpoint file met when resuming
         return _error(e)
     final = summary.get("final", {})
@@ -177,6 +180,36 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``distill export RUN --format F [--out DIR]``: the run's student in another format, with a model card."""
+    from distill.config import ConfigError
+    from distill.core.safe_pickle import UnsafeFileError
+    from distill.export import export_run
+
+    try:
+        out = export_run(args.run, args.format, args.out, args.weights)
+    except ConfigError as e:
+        return _fail(str(e))
+    except (FileNotFoundError, ValueError, UnsafeFileError) as e:  # ExportError, RunFolderError: one line
+        return _error(e)
+    print(json.dumps({"format": args.format, "out": str(out),
+                      "files": sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """``distill report RUN [RUN ...] --out report.html``: one self-contained HTML page comparing runs."""
+    from distill.export.run import RunFolderError
+    from distill.report.html import write_report
+
+    try:
+        out = write_report(args.runs, args.out, title=args.title)
+    except (FileNotFoundError, RunFolderError) as e:
+        return _error(e)
+    print(json.dumps({"report": str(out), "runs": len(args.runs), "bytes": out.stat().st_size}))
+    return 0
+
+
 def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
@@ -219,6 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="build: rebuild even if a cache exists (stale or not)")
     p.add_argument("--output-dir", default=None)
     p.set_defaults(func=cmd_cache)
+
+    from distill.export import FORMATS
+
+    p = sub.add_parser("export", help="a run's student as a Hugging Face / sentence-transformers folder, safetensors "
+                                      "+ JSON, or ONNX, with a model card")
+    p.add_argument("run", help="the run folder (output_dir of distill train)")
+    p.add_argument("--format", required=True, choices=FORMATS, metavar="{" + ",".join(FORMATS) + "}")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/export-FORMAT)")
+    p.add_argument("--weights", default=None, help="student weights (default: RUN/student.safetensors; e.g. "
+                                                    "RUN/best/student.safetensors)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="one self-contained HTML page: configs, final metrics and curves of runs")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", default="report.html")
+    p.add_argument("--title", default="distill report")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

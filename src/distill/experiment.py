@@ -107,10 +107,32 @@ class Experiment:
     family: Family | None = None
     live_teacher: TeacherSource | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    #: what the family loaded (its facts are saved for ``distill export``)
+    loaded: Loaded | None = None
 
-    def fit(self, resume: bool = True) -> dict[str, Any]:
-        summary = self.trainer.fit(resume=resume)
-        if self.family is not None and self.trainer.accelerator.is_main_process:
+    def fit(self, resume: bool = True, teacher_metrics: dict[str, float] | None = None) -> dict[str, Any]:
+        """Train (resuming from the run folder's checkpoints unless ``resume`` is False). Also writes the files
+        ``distill export`` reads (``distill_config.json``, ``student_spec.json``) and logs hyperparameters,
+        throughput and ``teacher_metrics`` (if given) beside the trainer's metrics (:mod:`distill.train.runlog`)."""
+        from distill.export.run import write_run_files
+        from distill.train.runlog import RunLog
+
+        main = self.trainer.accelerator.is_main_process
+        if self.config is None:  # assembled from Python objects (no config to save or log)
+            summary = self.trainer.fit(resume=resume)
+            if self.family is not None and main:
+                self.family.after_fit(self)
+            return summary
+        if main:
+            write_run_files(self)
+        runlog = RunLog(self.trainer, self.config, teacher_metrics)
+        self.trainer.callbacks.append(runlog)
+        try:
+            summary = self.trainer.fit(resume=resume)
+        finally:
+            self.trainer.callbacks.remove(runlog)
+            runlog.close()
+        if self.family is not None and main:
             self.family.after_fit(self)
         return summary
 
@@ -125,7 +147,7 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
     report = loaded.report if loaded.report is not None else loaded.eval
     val = loaded.val if loaded.report is None else loaded.eval
     return Experiment(cfg, loaded.task, loaded.train, report, val, student, teacher, methods, module,  # type: ignore[arg-type]
-                      trainer, family, live_teacher, dict(loaded.info))
+                      trainer, family, live_teacher, dict(loaded.info), loaded)
 
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:

@@ -113,6 +113,29 @@ class Family:
     def after_fit(self, experiment: Any) -> None:
         """What the family exports after training, beside ``student.safetensors`` (e.g. a model folder)."""
 
+    # -- export (``distill export``: the student rebuilt from the run folder, without its data) ------------------
+    def export_formats(self, cfg: Any) -> list[str]:
+        """The ``distill export --format`` values that fit this family's student (``safetensors`` fits all)."""
+        return ["safetensors"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        """What the student's builder read from the data (JSON values), saved at train time in
+        ``<run>/student_spec.json`` so that :meth:`export_loaded` can rebuild the student without the data."""
+        return {"num_outputs": loaded.num_outputs}
+
+    def export_loaded(self, cfg: Any, facts: dict[str, Any]) -> Loaded:
+        """A :class:`Loaded` with no data that :meth:`export_student` can build the student from."""
+        return Loaded(task=None, train=None, num_outputs=facts.get("num_outputs"), info=dict(facts))
+
+    def export_student(self, cfg: Any, loaded: Loaded) -> Any:
+        """The student's architecture (its own weights are loaded afterwards; no teacher is built)."""
+        return self.build_model(cfg.student, loaded, cfg, "student")
+
+    def onnx_inputs(self, cfg: Any, loaded: Loaded, student: Any) -> Any:
+        """For ``--format onnx``: an :class:`distill.export.onnx.OnnxSpec` (the module to trace, named example
+        inputs, dynamic axes), or None when the family's students are not exported to ONNX."""
+        return None
+
 
 class FamilyRegistry:
     """``task:`` name -> :class:`Family` instance."""

@@ -54,6 +54,21 @@ class CausalLMFamily(Family):
                     raise ConfigError(f"{key}.path: {e}") from None
         return model
 
+    def export_formats(self, cfg: Any) -> list[str]:
+        return ["hf", "safetensors"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        return {"vocab_size": len(loaded.info["tokenizer"])}
+
+    def export_loaded(self, cfg: Any, facts: dict[str, Any]) -> Loaded:
+        """The tokenizer (``data.tokenizer``, a local file or folder: no training text is read)."""
+        tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
+        return Loaded(task=None, train=None, info={**facts, "tokenizer": tok})
+
+    def export_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
+        """No ``init_from_teacher`` (the trained weights replace it) and no teacher."""
+        return self.build_model(cfg.student, loaded, cfg, "student")
+
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
         teacher = super().build_teacher(cfg, loaded)
         if teacher is not None and cfg.data.agreement:

@@ -48,6 +48,15 @@ class SentenceFamily(Family):
     def teacher_config(self, cfg: Any) -> Any:
         return cfg.teacher if cfg.teacher is not None else ModelConfig()
 
+    def export_formats(self, cfg: Any) -> list[str]:
+        return ["sentence-transformers", "safetensors"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        return {}
+
+    def export_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
+        return build_sentence_student(cfg.student, cfg.base_dir, "student", self.student_defaults)
+
     def after_fit(self, experiment: Any) -> None:
         experiment.student.save(str(experiment.trainer.run_dir / "sentence_transformer"))
 

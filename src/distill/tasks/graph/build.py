@@ -51,6 +51,36 @@ class GraphFamily(Family):
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         return build_graph_model(model_cfg, loaded.info["graph"].num_features, loaded.num_outputs, cfg.base_dir, key)
 
+    def export_formats(self, cfg: Any) -> list[str]:
+        return ["safetensors", "onnx"] if cfg.student.arch == "graph_mlp" else ["safetensors"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        g = loaded.info["graph"]
+        return {"num_outputs": loaded.num_outputs, "num_features": g.num_features, "num_nodes": g.num_nodes}
+
+    def export_loaded(self, cfg: Any, facts: dict[str, Any]) -> Loaded:
+        from types import SimpleNamespace
+
+        graph = SimpleNamespace(num_features=facts["num_features"], num_nodes=facts.get("num_nodes"))
+        return Loaded(task=None, train=None, num_outputs=facts["num_outputs"], info={**facts, "graph": graph})
+
+    def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
+        """MLP students only (they read node features, not edges: the point of GNN-to-MLP distillation)."""
+        import copy
+
+        import torch
+
+        from distill.export.onnx import ArgsModule, OnnxSpec
+
+        d = loaded.info["num_features"]
+        note = (f"`x`: float32 N x {d} node features (as the Planetoid reader gives them); output `logits`: "
+                f"N x {loaded.num_outputs}; no edges needed")
+        dense = copy.deepcopy(student)
+        if hasattr(dense, "sparse_input"):
+            dense.sparse_input = False  # the CSR shortcut (same values) has no ONNX operator
+        return OnnxSpec(ArgsModule(dense, lambda m, x: m(x)), {"x": torch.rand(3, d)},
+                        {"x": {0: "nodes"}, "logits": {0: "nodes"}}, note=note)
+
     def train_config(self, cfg: Any, loaded: Loaded) -> Any:
         tc = super().train_config(cfg, loaded)
         return replace(tc, batch_size=len(loaded.train), eval_batch_size=loaded.info["graph"].num_nodes,

@@ -52,6 +52,30 @@ class TextClassificationFamily(Family):
         outputs = loaded.num_outputs if key == "student" else loaded.info["num_classes"]
         return build_text_model(model_cfg, outputs, loaded.info["vocab_size"], cfg.base_dir, key)
 
+    def export_formats(self, cfg: Any) -> list[str]:
+        return ["safetensors", "onnx"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        return {"num_outputs": loaded.num_outputs, "vocab_size": loaded.info["vocab_size"],
+                "num_classes": loaded.info["num_classes"], "classes": list(loaded.train.classes)}
+
+    def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
+        """Token ids and attention mask in (padded to ``data.max_length``; traced at that length)."""
+        import torch
+
+        from distill.export.onnx import OnnxSpec
+
+        n = cfg.data.max_length
+        g = torch.Generator().manual_seed(0)
+        ids = torch.randint(1, int(loaded.info["vocab_size"]), (2, n), generator=g)
+        mask = torch.ones(2, n, dtype=torch.long)
+        mask[1, n // 2:] = 0
+        ids[1, n // 2:] = 0
+        note = (f"`input_ids`, `attention_mask`: int64 N x {n} from the tokenizer `{cfg.data.tokenizer}` "
+                f"(padding='max_length', max_length={n}, truncation=True); output `logits`: N x {loaded.num_outputs}")
+        axes = {"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}, "logits": {0: "batch"}}
+        return OnnxSpec(student, {"input_ids": ids, "attention_mask": mask}, axes, note=note)
+
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
         if loaded.info["aspects"] is not None:  # makd's teacher: offline aspect answers
             return loaded.info["aspects"]

@@ -43,3 +43,30 @@ class VectorFamily(Family):
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         return build_vector_model(model_cfg, loaded.info["in_features"], loaded.num_outputs, cfg.base_dir, key)
+
+    def export_formats(self, cfg: Any) -> list[str]:
+        return ["safetensors", "onnx"]
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        task = loaded.task
+        standardizer = None if task.mean is None else {"mean": task.mean.tolist(), "std": task.std.tolist()}
+        return {"num_outputs": loaded.num_outputs, "in_features": loaded.info["in_features"],
+                "standardizer": standardizer}
+
+    def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
+        """The raw feature rows in: the training set's standardisation (if any) is part of the exported graph."""
+        import torch
+
+        from distill.export.onnx import ArgsModule, OnnxSpec
+
+        d = loaded.info["in_features"]
+        st = loaded.info.get("standardizer")
+        if st is not None:
+            mean, std = torch.tensor(st["mean"]), torch.tensor(st["std"])
+            module: nn.Module = ArgsModule(student, lambda m, x: m((x - mean) / std))
+        else:
+            module = student
+        note = (f"`features`: float32 N x {d} raw rows ({'standardised inside the graph' if st else 'as trained'}); "
+                f"output `logits`: N x {loaded.num_outputs}")
+        return OnnxSpec(module, {"features": torch.randn(2, d)}, {"features": {0: "batch"}, "logits": {0: "batch"}},
+                        note=note)
