@@ -144,9 +144,12 @@ class Sweep:
         extra.update(self.after_fit(arm, exp) if self.after_fit else {})
         times = [h["epoch_time"] for h in summary.get("history", []) if "epoch_time" in h]
         recipe = path.resolve().relative_to(self.repo) if self.repo else path
-        return {"arm": arm, "seed": seed, self.metric: summary["final"][self.metric],
-                "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(exp.trainer.run_dir),
-                "recipe": str(recipe), "methods": raw["methods"], **extra}
+        record = {"arm": arm, "seed": seed, self.metric: summary["final"].get(self.metric),
+                  "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(exp.trainer.run_dir),
+                  "recipe": str(recipe), "methods": raw["methods"], **extra}  # a hook may measure the metric
+        if record[self.metric] is None:
+            raise KeyError(f"{arm} seed {seed}: no {self.metric!r} in the run's final evaluation or the hooks")
+        return record
 
     def run(self, results: dict[str, Any], only: Sequence[str] | None = None) -> dict[str, Any]:
         """Run every (arm, seed) not yet in ``results["runs"]`` (seed-major, so a first seed of every arm comes
