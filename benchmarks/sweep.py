@@ -133,6 +133,8 @@ class Sweep:
     before_fit: Hook | None = None
     after_fit: Hook | None = None
     repo: Path | None = None  # recipe paths are recorded relative to this folder
+    scale: float = 100.0  # the metric as logged: value * scale, then unit
+    unit: str = "%"
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
     def run_one(self, arm: str, seed: int) -> dict[str, Any]:
@@ -161,7 +163,8 @@ class Sweep:
                     continue
                 t0 = time.perf_counter()
                 r = self.run_one(arm, seed)
-                self.log(f"{arm:8s} seed {seed}: {100 * r[self.metric]:.2f}%  ({time.perf_counter() - t0:.0f}s)")
+                self.log(f"{arm:8s} seed {seed}: {self.scale * r[self.metric]:.2f}{self.unit}  "
+                         f"({time.perf_counter() - t0:.0f}s)")
                 save_run(self.results_path, results, r, self.match_args)
         return results
 
