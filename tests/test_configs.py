@@ -265,6 +265,8 @@ def test_every_path_of_a_recipe_exists_or_is_made_by_a_stage_recipe(path):
         if resolve_path(value, cfg.base_dir).exists():
             continue
         made = [stem for out, stem in stages.items() if out and value.startswith(out + "/")]
+        if value in MADE_BY_BENCHMARK.get(path.parent.name, ()):
+            continue
         if made:
             assert made[0] != path.stem, f"{value}: made by the recipe that reads it"
             continue
@@ -275,12 +277,21 @@ def test_every_path_of_a_recipe_exists_or_is_made_by_a_stage_recipe(path):
         pytest.skip(f"{absent_shared[0]} not present: the ../shared data folder is not beside the repo")
 
 
+#: files a benchmark writes before its runs that no recipe makes (Cranfield's teacher is a choice among scorers
+#: evaluated on the training queries, not a trained model; LEAF's texts are a seeded sample of several corpora)
+MADE_BY_BENCHMARK = {"cranfield": ("runs/cranfield/teacher_scores.tsv", "runs/cranfield/leaf_texts.txt"),
+                     "cranfield_minilm2": ("runs/cranfield_minilm2/teacher_scores.tsv",
+                                           "runs/cranfield_minilm2/leaf_texts.txt")}
+
+
 #: the arms of each benchmark and its stage recipes (``teacher``), exactly the files of its folder
 FOLDERS = {
     "sst2": {"teacher", "textcnn_scratch", "textcnn_kd", "textcnn_lsf_idm", "textcnn_scratch_aug", "bilstm_scratch",
              "bilstm_lsf_idm", "minilm_truncated_scratch", "minilm_truncated_kd"},
     "cora": {"teacher", "mlp", "glnn", "ffg2m"},
     "digits": {"teacher", "ce", "kd_t1", "kd_t4", "lelp_s2", "lelp_s5", "oracle"},
+    "cranfield": {"label_only", "score_mse", "margin_mse", "leaf"},
+    "cranfield_minilm2": {"label_only", "score_mse", "margin_mse", "leaf"},
     "tinyshakespeare": {"ce", "fkl", "rkl", "gjsd_0.5", "skl_0.1", "taid", "fkl_dense", "fkl_k8", "fkl_k1", "seqkd_ce",
                         "gjsd_on_policy"},
 }
@@ -574,3 +585,91 @@ def test_tinyshakespeare_sequence_kd_recipe_trains_two_steps(tmp_path):
     assert (tmp_path / "seqkd" / "meta.json").stat().st_mtime_ns == stamp  # reused, not generated again
     with pytest.raises(ConfigError, match="data.sequence_kd: the continuations are the teacher's"):
         load_config(CONFIGS / "tinyshakespeare" / "seqkd_ce.yaml", [*sets, "teacher=null"])
+
+
+# benchmarks/cranfield.py before its arms became files: RECIPES, make_student, train() and the method per arm
+CRANFIELD = {"static": {"query_len": 64, "doc_len": 256, "leaf_len": 128, "batch": 8, "leaf_batch": 32,
+                        "title_groups": 400, "max_positives": None, "epochs": 1, "lr": 1e-3, "leaf_epochs": 1,
+                        "leaf_lr": 1e-3, "train_queries": "train"},
+             "minilm2": {"query_len": 64, "doc_len": 128, "leaf_len": 64, "batch": 8, "leaf_batch": 32,
+                         "title_groups": 0, "max_positives": 2, "epochs": 2, "lr": 5e-4, "leaf_epochs": 3,
+                         "leaf_lr": 2e-4, "train_queries": "fit"}}
+CRANFIELD_METHODS = {"label_only": [{"name": "ranking_nll", "scale": 20.0}], "score_mse": [{"name": "score_mse"}],
+                     "margin_mse": [{"name": "margin_mse"}], "leaf": [{"name": "leaf"}]}
+
+
+@pytest.mark.parametrize("kind", list(CRANFIELD))
+def test_cranfield_recipes_equal_what_the_benchmark_ran(kind):
+    folder = CONFIGS / ("cranfield" if kind == "static" else "cranfield_minilm2")
+    r = CRANFIELD[kind]
+    student = ({"arch": "static", "options": {"normalize": True}} if kind == "static" else
+               {"arch": "truncated", "options": {"num_layers": 2, "normalize": True, "freeze_embeddings": True,
+                                                 "max_seq_length": 128}})
+    for arm, methods in CRANFIELD_METHODS.items():
+        cfg, raw = load_config(folder / f"{arm}.yaml"), load_raw(folder / f"{arm}.yaml")
+        assert raw["methods"] == methods, arm
+        leaf = arm == "leaf"
+        epochs, lr = (r["leaf_epochs"], r["leaf_lr"]) if leaf else (r["epochs"], r["lr"])
+        want = old_train(epochs=epochs, batch_size=r["leaf_batch"] if leaf else r["batch"], optimizer="adamw", lr=lr,
+                         weight_decay=0.01, schedule="cosine", warmup_epochs=0.1 * epochs, progress=False,
+                         log_every=50, cpu=True, clip_grad_norm=1.0)
+        got = train_dict(cfg)
+        if kind == "minilm2":  # a checkpoint per epoch kept for the benchmark's choice on the validation queries
+            assert (got.pop("checkpoint_every_epochs"), got.pop("keep_checkpoints")) == (1, 3)
+            want.pop("checkpoint_every_epochs"), want.pop("keep_checkpoints")
+        want["warmup_epochs"] = round(want["warmup_epochs"], 9)  # 0.1 * 3 = 0.30000000000000004 before
+        assert got == want, arm
+        options = dict(student["options"], **({"projection_dim": 384} if leaf else {}))
+        assert (cfg.student.arch, cfg.student.options) == (student["arch"], options), arm
+        if leaf:
+            assert (cfg.task, cfg.data.max_length, cfg.teacher.path) == ("embedding", r["leaf_len"], None)
+            continue
+        d = cfg.data
+        assert (d.query_length, d.doc_length, d.num_negatives, d.bm25_depth, d.negatives) == \
+            (r["query_len"], r["doc_len"], 3, 30, "bm25"), arm
+        assert (d.title_groups, d.title_seed, d.max_positives) == (r["title_groups"], 0, r["max_positives"]), arm
+        assert d.train_queries.endswith(f"benchmarks/data/cranfield/{r['train_queries']}_qids.txt")
+        assert (cfg.teacher is None) == (arm == "label_only"), arm
+
+
+def test_cranfield_split_files_are_the_benchmark_split():
+    from distill.text.groups import split_queries
+
+    qids = [str(i) for i in range(1, 226)]  # Cranfield's query ids: positions 1..225 (cranqrel's numbering)
+    train, test = split_queries(qids, 75, seed=0)
+    fit, val = split_queries(train, 30, seed=1)
+    for name, want in (("train", train), ("test", test), ("fit", fit), ("val", val)):
+        assert (BENCH / "data" / "cranfield" / f"{name}_qids.txt").read_text().split() == want, name
+
+
+def test_ranking_bm25_negatives_with_a_score_file_are_the_benchmark_groups(tmp_path):
+    """data.negatives: bm25 + title_groups + max_positives build the groups benchmarks/cranfield.py built by hand
+    (query_groups + title_groups), and every pair must have a teacher score."""
+    pytest.importorskip("bm25s")
+    folder = REPO.parent / "shared" / "data" / "cranfield"
+    if not folder.is_dir():
+        pytest.skip("../shared/data/cranfield not present: the ../shared data folder is not beside the repo")
+    import random
+
+    from distill.tasks.ranking.data import load_ranking_collection, training_groups
+    from distill.text.groups import query_groups, title_groups
+    from distill.text.retrieval import BM25Index
+
+    qids = (BENCH / "data" / "cranfield" / "train_qids.txt").read_text().split()[:10]
+    (tmp_path / "q.txt").write_text("\n".join(qids))
+    raw = {"task": "ranking", "seed": 2, "data": {"cranfield": str(folder), "train_queries": str(tmp_path / "q.txt"),
+                                                  "negatives": "bm25", "title_groups": 5, "max_positives": 2},
+           "methods": [{"name": "ranking_nll"}]}
+    cfg = parse_config(raw)
+    coll = load_ranking_collection(cfg)
+    bm25 = BM25Index(coll.docs)
+    titled = [d for d in coll.docs if coll.titles.get(d)]
+    random.Random(0).shuffle(titled)
+    want = query_groups(coll, qids, bm25, 3, 30, seed=2, max_positives=2) + title_groups(coll, titled[:5], bm25, 3)
+    groups = training_groups(cfg, coll, None)
+    assert groups.qids == [g[0] for g in want] and groups.docids == [g[2] for g in want]
+    scores = {(q, d): 1.0 for q, _, ds in want for d in ds}
+    assert training_groups(cfg, coll, scores).docids == groups.docids  # the same groups with a score file
+    del scores[next(iter(scores))]
+    with pytest.raises(ConfigError, match="teacher.scores: no score for 1 .query, document. pairs"):
+        training_groups(cfg, coll, scores)
