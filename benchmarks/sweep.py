@@ -35,13 +35,13 @@ Overrides = Callable[[str, int], list[str]]
 Hook = Callable[[str, Experiment], dict[str, Any]]
 
 
-def discover_arms(folder: str | Path, order: Sequence[str] = ()) -> dict[str, Path]:
-    """``{arm: file}`` of every ``*.yaml`` in ``folder`` (not ``_*.yaml`` bases): the arms named in ``order``
-    first, in that order, then any others by name."""
+def discover_arms(folder: str | Path, order: Sequence[str] = (), stages: Sequence[str] = ()) -> dict[str, Path]:
+    """``{arm: file}`` of every ``*.yaml`` in ``folder`` (not ``_*.yaml`` bases, nor the stage recipes named in
+    ``stages``, e.g. ``teacher``): the arms named in ``order`` first, in that order, then any others by name."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such recipe folder")
-    files = {p.stem: p for p in sorted(folder.glob("*.yaml")) if not p.name.startswith("_")}
+    files = {p.stem: p for p in sorted(folder.glob("*.yaml")) if not p.name.startswith("_") and p.stem not in stages}
     ranked = [a for a in order if a in files] + sorted(a for a in files if a not in order)
     return {a: files[a] for a in ranked}
 
@@ -54,6 +54,37 @@ def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict[s
     for assignment in overrides:
         set_override(raw, assignment)
     return raw, parse_config(copy.deepcopy(raw), base_dir=path.parent)
+
+
+@dataclass
+class Stage:
+    """A finished stage recipe: a run whose output another arm reads (a fine-tuned teacher); ``summary`` is its
+    ``summary.json``, ``weights`` its ``student.safetensors``."""
+
+    path: Path
+    run_dir: Path
+    summary: dict[str, Any]
+    trained: bool  # False: an earlier run's output was reused
+
+    @property
+    def weights(self) -> Path:
+        return self.run_dir / "student.safetensors"
+
+
+def run_stage(path: str | Path, overrides: Iterable[str] = (), log: Callable[[str], None] = print) -> Stage:
+    """Run a stage recipe through :func:`build_experiment` once: when its output folder already holds
+    ``student.safetensors`` and ``summary.json`` (a finished run) nothing is trained and that run is reused;
+    otherwise it trains (resuming from its last checkpoint)."""
+    path = Path(path)
+    _, cfg = load_recipe(path, overrides)
+    run_dir = Path(cfg.output_dir)
+    done = run_dir / "summary.json"
+    if done.exists() and (run_dir / "student.safetensors").exists():
+        return Stage(path, run_dir, json.loads(done.read_text()), trained=False)
+    t0 = time.perf_counter()
+    summary = build_experiment(cfg).fit(resume=True)
+    log(f"stage {path.stem}: {summary.get('final')} ({time.perf_counter() - t0:.0f}s) -> {run_dir}")
+    return Stage(path, run_dir, summary, trained=True)
 
 
 # -- resumable results ---------------------------------------------------------------------------------------
@@ -102,6 +133,8 @@ class Sweep:
     before_fit: Hook | None = None
     after_fit: Hook | None = None
     repo: Path | None = None  # recipe paths are recorded relative to this folder
+    scale: float = 100.0  # the metric as logged: value * scale, then unit
+    unit: str = "%"
     log: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
 
     def run_one(self, arm: str, seed: int) -> dict[str, Any]:
@@ -113,9 +146,12 @@ class Sweep:
         extra.update(self.after_fit(arm, exp) if self.after_fit else {})
         times = [h["epoch_time"] for h in summary.get("history", []) if "epoch_time" in h]
         recipe = path.resolve().relative_to(self.repo) if self.repo else path
-        return {"arm": arm, "seed": seed, self.metric: summary["final"][self.metric],
-                "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(exp.trainer.run_dir),
-                "recipe": str(recipe), "methods": raw["methods"], **extra}
+        record = {"arm": arm, "seed": seed, self.metric: summary["final"].get(self.metric),
+                  "epoch_time_s": statistics.median(times) if times else None, "run_dir": str(exp.trainer.run_dir),
+                  "recipe": str(recipe), "methods": raw["methods"], **extra}  # a hook may measure the metric
+        if record[self.metric] is None:
+            raise KeyError(f"{arm} seed {seed}: no {self.metric!r} in the run's final evaluation or the hooks")
+        return record
 
     def run(self, results: dict[str, Any], only: Sequence[str] | None = None) -> dict[str, Any]:
         """Run every (arm, seed) not yet in ``results["runs"]`` (seed-major, so a first seed of every arm comes
@@ -127,7 +163,8 @@ class Sweep:
                     continue
                 t0 = time.perf_counter()
                 r = self.run_one(arm, seed)
-                self.log(f"{arm:8s} seed {seed}: {100 * r[self.metric]:.2f}%  ({time.perf_counter() - t0:.0f}s)")
+                self.log(f"{arm:8s} seed {seed}: {self.scale * r[self.metric]:.2f}{self.unit}  "
+                         f"({time.perf_counter() - t0:.0f}s)")
                 save_run(self.results_path, results, r, self.match_args)
         return results
 

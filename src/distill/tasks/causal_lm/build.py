@@ -10,7 +10,7 @@ from torch import nn
 from distill.config import ConfigError, resolve_path
 from distill.core.family import Family, Loaded, register_family
 from distill.llm.models import init_from_teacher
-from distill.tasks.causal_lm.data import load_lm_data
+from distill.tasks.causal_lm.data import load_lm_data, sequence_kd_data
 from distill.tasks.causal_lm.models import build_lm_model, load_lm_tokenizer
 from distill.tasks.causal_lm.section import LMData, LMStudent
 from distill.tasks.causal_lm.task import CausalLM, check_same_tokenizer
@@ -36,13 +36,29 @@ class CausalLMFamily(Family):
             raise ValueError("teacher.ensemble: not supported for causal_lm yet; give one teacher")
         if cfg.student.init_from_teacher and cfg.teacher is None:
             raise ValueError("student.init_from_teacher: needs a teacher")
+        if d.sequence_kd is not None:
+            if cfg.teacher is None:
+                raise ValueError("data.sequence_kd: the continuations are the teacher's; give a teacher section")
+            if not d.text:
+                raise ValueError("data.sequence_kd: continues the blocks of data.text (prompt/response JSONL has "
+                                 "its own responses)")
+            if cfg.teacher.cache is not None:
+                raise ValueError("teacher.cache: data.sequence_kd trains on generated rows, which a cache of the "
+                                 "teacher's outputs on data.text does not cover; drop teacher.cache")
 
     def load(self, cfg: Any) -> Loaded:
         tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
         train, evald = load_lm_data(cfg, tok)
-        return Loaded(CausalLM(len(tok)), train, evald, info={"tokenizer": tok})
+        info: dict[str, Any] = {"tokenizer": tok}
+        if cfg.data.sequence_kd is not None:  # the teacher writes the training rows; built once, reused below
+            teacher = build_lm_model(cfg.teacher, tok, cfg.seed, cfg.base_dir, "teacher")
+            train = sequence_kd_data(cfg, tok, train, teacher)
+            info["sequence_kd_teacher"] = teacher
+        return Loaded(CausalLM(len(tok)), train, evald, info=info)
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        if key == "teacher" and loaded.info.get("sequence_kd_teacher") is not None:
+            return loaded.info["sequence_kd_teacher"]
         model = build_lm_model(model_cfg, loaded.info["tokenizer"], cfg.seed, cfg.base_dir, key)
         if model_cfg.path is not None and key == "student":
             folder = resolve_path(model_cfg.path, cfg.base_dir)

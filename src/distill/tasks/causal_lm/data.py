@@ -26,3 +26,21 @@ def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
     if len(train) == 0:
         raise ConfigError("data: the training corpus gives no examples")
     return train, evald
+
+
+def sequence_kd_data(cfg: Any, tok: Any, train: LMData, teacher: Any) -> LMData:
+    """``data.sequence_kd``: the teacher's continuations of ``train`` (generated once into its folder)."""
+    import hashlib
+
+    from distill.cache import teacher_fingerprint
+    from distill.config import resolve_path
+    from distill.llm.generation import teacher_sequences
+    from distill.tasks.causal_lm.task import vocab_fingerprint
+
+    s = cfg.data.sequence_kd
+    # the teacher and its vocabulary; teacher_sequences adds the data and the settings to its key
+    fingerprint = hashlib.sha256(f"{teacher_fingerprint(teacher)}|{vocab_fingerprint(tok)}".encode()).hexdigest()
+    return teacher_sequences(teacher, train, resolve_path(s.path, cfg.base_dir), pad_id=tok.pad_token_id,
+                             eos_id=tok.eos_token_id, fingerprint=fingerprint, max_new_tokens=s.max_new_tokens,
+                             do_sample=s.do_sample, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                             prefix_tokens=s.prefix_tokens, batch_size=s.batch_size, seed=s.seed)

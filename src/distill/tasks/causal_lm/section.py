@@ -7,12 +7,31 @@ from pydantic import Field
 from distill.config import ModelConfig, Strict
 
 
+class SequenceKD(Strict):
+    """Sequence-level KD data (Kim & Rush 2016): the teacher's own continuation of the first ``prefix_tokens``
+    tokens of every training row (``max_new_tokens`` new tokens, sampled at ``temperature`` when ``do_sample``),
+    generated once into the folder ``path`` and reused while the teacher, data and settings are the same
+    (:func:`distill.llm.generation.teacher_sequences`). The run then trains on these rows (loss on the generated
+    tokens); its evaluation split is unchanged."""
+
+    path: str
+    prefix_tokens: int = Field(32, ge=1)
+    max_new_tokens: int = Field(96, ge=1)
+    do_sample: bool = True
+    temperature: float = Field(1.0, gt=0)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    seed: int = 0
+    batch_size: int = Field(16, ge=1)
+
+
 class LMData(Strict):
     """``tokenizer``: a GGUF file or a Hugging Face model folder. The corpus: a plain-text file ``text`` (chunked
     into ``block_size`` blocks, the last ``val_fraction`` held out) or prompt/response JSONL files
     (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
     ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
-    agreement with the live teacher during evaluation."""
+    agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
+    training rows instead (:class:`SequenceKD`)."""
 
     tokenizer: str
     text: str | None = None
@@ -25,6 +44,7 @@ class LMData(Strict):
     train_blocks: int | None = Field(None, gt=0)
     eval_blocks: int | None = Field(None, gt=0)
     agreement: bool = True
+    sequence_kd: SequenceKD | None = None
 
 
 class LMStudent(ModelConfig):

@@ -8,7 +8,7 @@ from typing import Any
 from distill.config import ConfigError, resolve_path
 from distill.tasks.common import existing_file
 from distill.tasks.embedding.data import read_text_lines
-from distill.text.groups import query_groups, to_ranking_groups
+from distill.text.groups import query_groups, title_groups, to_ranking_groups
 from distill.text.ir_data import RetrievalCollection, load_collection, load_cranfield
 from distill.text.retrieval import BM25Index
 
@@ -53,10 +53,25 @@ def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str,
     unknown = [q for q in qids if q not in coll.queries]
     if unknown:
         raise ConfigError(f"data.train_queries: query ids not in the collection: {unknown[:5]}")
-    if scores is not None:
+    scored = scores is not None and d.negatives != "bm25"
+    if d.negatives == "scored" and scores is None:
+        raise ConfigError("data.negatives: 'scored' draws negatives from teacher.scores, which is not set")
+    bm25 = BM25Index(coll.docs) if not scored or d.title_groups else None
+    if scored:
         groups = score_file_groups(coll, qids, scores, d.num_negatives, cfg.seed)
+        if d.max_positives is not None:
+            raise ConfigError("data.max_positives: applies to BM25 negatives (data.negatives: bm25)")
     else:
-        groups = query_groups(coll, qids, BM25Index(coll.docs), d.num_negatives, d.bm25_depth, cfg.seed)
+        groups = query_groups(coll, qids, bm25, d.num_negatives, d.bm25_depth, cfg.seed, d.max_positives)
+    if d.title_groups:
+        titled = [doc for doc in coll.docs if coll.titles.get(doc)]
+        random.Random(d.title_seed).shuffle(titled)
+        groups += title_groups(coll, titled[: d.title_groups], bm25, d.num_negatives)
+    if scores is not None and not scored:
+        missing = [(q, doc) for q, _, docs in groups for doc in docs if (q, doc) not in scores]
+        if missing:
+            raise ConfigError(f"teacher.scores: no score for {len(missing)} (query, document) pairs of the training "
+                              f"groups, e.g. {missing[0]}; data.negatives: bm25 needs every pair scored")
     if not groups:
         raise ConfigError("data: no training groups (no judged positive with enough scored negatives)")
     return to_ranking_groups(groups, coll.docs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from distill.config import Strict, TeacherConfig
@@ -10,8 +12,12 @@ from distill.config import Strict, TeacherConfig
 class RankingData(Strict):
     """(query, positive, negatives) groups from a collection: ``cranfield`` (the folder as shipped) or ``docs`` /
     ``queries`` (TSV or JSONL) with TREC ``qrels``. ``train_queries``: a file of query ids, one per line (default:
-    every judged query). Negatives: with ``teacher.scores``, drawn from each query's scored non-relevant documents;
-    otherwise from its BM25 top ``bm25_depth``."""
+    every judged query). Negatives (``negatives: auto``): with ``teacher.scores``, drawn from each query's scored
+    non-relevant documents; otherwise from its BM25 top ``bm25_depth``; ``negatives: bm25`` draws from the BM25 top
+    with a score file too (every pair must then be scored). ``max_positives``: the most relevant judged positives
+    per query (default all). ``title_groups``: also N pseudo-queries made of document titles (Cranfield), the
+    document as positive and its BM25 top non-self documents as negatives; the titled documents are drawn with
+    ``title_seed``."""
 
     cranfield: str | None = None
     docs: str | None = None
@@ -22,6 +28,10 @@ class RankingData(Strict):
     bm25_depth: int = Field(30, gt=0)
     query_length: int = Field(64, gt=0)
     doc_length: int = Field(256, gt=0)
+    negatives: Literal["auto", "bm25", "scored"] = "auto"
+    max_positives: int | None = Field(None, gt=0)
+    title_groups: int = Field(0, ge=0)
+    title_seed: int = 0
 
 
 class RankingTeacher(TeacherConfig):

@@ -34,9 +34,14 @@ class TextClassificationFamily(Family):
             _check_aspects(cfg)
         if cfg.teacher is not None and cfg.teacher.ensemble:
             raise ValueError("teacher.ensemble: not supported for text_classification yet; give one teacher")
-        if cfg.data.augment is not None and not any(METHODS.get(m.name).needs_teacher for m in cfg.methods):
+        teaches = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
+        source_labels = cfg.data.augment_labels == "source"
+        if cfg.data.augment is not None and not teaches and not source_labels:
             raise ValueError("data.augment: the augmented copies carry no label, only a teacher's outputs; add a "
-                             "method that uses the teacher (e.g. kd or lsf_idm) or drop data.augment")
+                             "method that uses the teacher (e.g. kd or lsf_idm), set data.augment_labels: source "
+                             "(each copy labelled like its source sentence) or drop data.augment")
+        if source_labels and cfg.data.augment is None:
+            raise ValueError("data.augment_labels: labels the augmented copies of data.augment, which is not set")
 
     def load(self, cfg: Any) -> Loaded:
         tokenizer = read_tokenizer(cfg)

@@ -6,7 +6,14 @@ from dataclasses import replace
 from typing import Any
 
 from distill.config import ConfigError
-from distill.data.text import TextDataError, TokenizedText, load_text_classification, load_tokenizer, tokenize
+from distill.data.text import (
+    TextDataError,
+    TextExamples,
+    TokenizedText,
+    load_text_classification,
+    load_tokenizer,
+    tokenize,
+)
 from distill.data.text_augment import augment_examples
 from distill.tasks.common import existing_file
 
@@ -31,7 +38,11 @@ def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | Non
         settings = d.augment
         if settings.mask_token is None:
             settings = replace(settings, mask_token=getattr(tokenizer, "mask_token", None) or "[MASK]")
-        examples, _ = augment_examples(examples, settings)
+        augmented, source = augment_examples(examples, settings)
+        if d.augment_labels == "source":  # every copy carries the label of the sentence it was made from
+            augmented = TextExamples(augmented.texts, [examples.labels[i] for i in source], augmented.classes,
+                                     augmented.source)
+        examples = augmented
     return tokenize(examples, tokenizer, d.max_length)
 
 

@@ -14,9 +14,10 @@ class TextClassificationData(Strict):
     """Labelled-sentence files (SST ``<label> <sentence>`` lines, ``label<TAB>text`` TSV, or TSV/CSV with a header
     naming text/sentence and label columns), tokenised with a local Hugging Face tokenizer (``minilm``: the one
     packaged with all-MiniLM-L6-v2). ``augment`` adds augmented copies of the training sentences labelled by the
-    teacher only (a transfer set, :mod:`distill.data.text_augment`). ``aspects`` is the teacher of method ``makd``:
-    a safetensors file written by ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in
-    file order (checked by fingerprint)."""
+    teacher only (a transfer set, :mod:`distill.data.text_augment`); ``augment_labels: source`` gives every copy its
+    source sentence's label instead (augmentation without a teacher: the control of a transfer-set run).
+    ``aspects`` is the teacher of method ``makd``: a safetensors file written by
+    ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in file order (checked by fingerprint)."""
 
     train: str
     eval: str | None = None
@@ -24,4 +25,5 @@ class TextClassificationData(Strict):
     tokenizer: str = "minilm"
     max_length: int = Field(64, ge=2)
     augment: AugmentConfig | None = None
+    augment_labels: Literal["teacher", "source"] = "teacher"
     aspects: str | None = None
