@@ -45,6 +45,9 @@ def input_checksum(inputs: Any) -> torch.Tensor:
 class PrecomputedTeacher:
     """Teacher outputs held in memory, one row per training example, served by ``batch.indices``.
 
+    Deprecated, kept for one release for Python users: the stored teacher of every family is ``teacher.cache``
+    (:mod:`distill.cache`); no benchmark or YAML path uses this class any more.
+
     Build with :meth:`from_model` (one no-grad pass over ``data`` through ``task``) or :meth:`load`. Only the
     logits are stored: methods that tap teacher features need a live teacher (``FrozenTeacher``).
     """

@@ -31,7 +31,10 @@ from distill.train.trainer import TrainConfig
 
 class CachedNodeTeacher:
     """A frozen node classifier whose all-node logits are computed once (eval mode, full graph) and then read
-    by node id, the way the GNN-to-MLP papers use their teacher (its logits are constants)."""
+    by node id, the way the GNN-to-MLP papers use their teacher (its logits are constants).
+
+    Deprecated, kept for one release for Python users: the stored teacher of every family is ``teacher.cache``
+    (:mod:`distill.cache`); no benchmark or YAML path uses this class any more."""
 
     def __init__(self, model: nn.Module, graph: GraphData):
         self.model = freeze(model)

@@ -29,6 +29,9 @@ def text_key(text: str) -> str:
 class TextEmbeddingCache:
     """Teacher embeddings keyed by text hash; reads ``batch.meta["texts"]``.
 
+    Deprecated, kept for one release for Python users: the stored teacher of every family is ``teacher.cache``
+    (:mod:`distill.cache`); no benchmark or YAML path uses this class any more.
+
     ``encoder(texts) -> (N, d) tensor`` computes missing entries (e.g. a frozen sentence-transformers teacher);
     without an encoder, a text that is not cached is an error naming it."""
 
