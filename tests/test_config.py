@@ -91,7 +91,7 @@ def test_cli_prints_one_line_without_traceback(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines == ["config error: methods[1].temprature: unknown option for method 'kd'; allowed: weight, label, "
-                     "temperature, ce_weight, kl_weight, reduction, torchdistill_compat"]
+                     "temperature, ce_weight, kl_weight, reduction, torchdistill_compat, missing"]
     assert "Traceback" not in proc.stderr
 
 
