@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config import ExperimentConfig, MethodConfig, resolve_path
+from distill.config import ConfigError, ExperimentConfig, MethodConfig, method_error, resolve_path
 from distill.core.compose import Composite
 from distill.core.family import FAMILIES, Family, Loaded
 from distill.core.teachers import TeacherSource
@@ -26,12 +26,16 @@ __all__ = ["Experiment", "build_experiment", "build_methods", "build_parts", "ev
            "resolve_path", "train_config"]
 
 
-def build_method(cfg: MethodConfig) -> nn.Module:
-    return METHODS.get(cfg.name)(**cfg.options())
+def build_method(cfg: MethodConfig, where: str = "methods") -> nn.Module:
+    """The method of ``cfg``; what its constructor refuses is a :class:`ConfigError` naming ``where.OPTION``."""
+    try:
+        return METHODS.get(cfg.name)(**cfg.options())
+    except (ValueError, TypeError, OverflowError) as e:
+        raise method_error(cfg.name, where, e) from None
 
 
 def build_methods(cfgs: list[MethodConfig]) -> Composite:
-    methods = {(m.label or m.name): build_method(m) for m in cfgs}
+    methods = {(m.label or m.name): build_method(m, f"methods[{i}]") for i, m in enumerate(cfgs)}
     weights = {(m.label or m.name): m.weight for m in cfgs}
     return Composite(methods, weights)
 
@@ -121,8 +125,15 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     methods = build_methods(cfg.methods)
     module = DistillModule(student, methods, parts.teacher, loaded.task)
     run_dir = Path(output_dir or cfg.output_dir)
-    trainer = Trainer(module, loaded.train, loaded.eval, family.train_config(cfg, loaded), run_dir,
-                      val_data=loaded.val)
+    tc = family.train_config(cfg, loaded)
+    n = loaded.task.num_examples(loaded.train)
+    if tc.drop_last and n < tc.batch_size:
+        raise ConfigError(f"train.batch_size: {tc.batch_size}, but the training set has {n} examples (fewer than "
+                          "one batch); lower train.batch_size or add data")
+    try:
+        trainer = Trainer(module, loaded.train, loaded.eval, tc, run_dir, val_data=loaded.val)
+    except ValueError as e:  # the trainer's rules about its settings (e.g. the batch across processes)
+        raise ConfigError(f"train: {str(e).splitlines()[0]}") from None
     report = loaded.report if loaded.report is not None else loaded.eval
     val = loaded.val if loaded.report is None else loaded.eval
     return Experiment(cfg, loaded.task, loaded.train, report, val, student, parts.teacher, methods, module, trainer,

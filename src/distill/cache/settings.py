@@ -17,7 +17,7 @@ class CacheSettings:
     finished cache; ``always``: rebuild; ``never``: only open), ``batch_size`` of the build, ``verify`` (check every
     shard's sha256 on opening). Only the first five are part of the cache's fingerprint."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     topk: Annotated[int, Field(gt=0)] | None = None
     views: Annotated[int, Field(gt=0)] = 1

@@ -8,17 +8,20 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-Positive = Annotated[int, Field(gt=0)]
-NonNegative = Annotated[int, Field(ge=0)]
+#: counts are bounded so that a typo (1e30 epochs, a batch of 10**12) is refused rather than run or allocated
+MAX_COUNT = 10**9
+Positive = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+NonNegative = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 @dataclass
 class TrainConfig:
     """How the student is trained. ``seed`` and ``deterministic`` are set at the top level of a YAML file."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: Positive = 10
     batch_size: Positive = 64
@@ -29,10 +32,10 @@ class TrainConfig:
     momentum: NonNegativeFloat = 0.9
     nesterov: bool = False
     weight_decay: NonNegativeFloat = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     #: epochs (may be fractional) at which the 'step' schedule multiplies the lr by ``gamma``
-    milestones: list[float] = field(default_factory=list)
+    milestones: list[NonNegativeFloat] = field(default_factory=list)
     gamma: PositiveFloat = 0.1
     warmup_epochs: NonNegativeFloat = 0.0
     min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0

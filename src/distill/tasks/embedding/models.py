@@ -9,13 +9,12 @@ from (default: the shipped all-MiniLM-L6-v2). Teachers (``teacher.path``): a sen
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
 
 from distill.config import ConfigError, resolve_path
-from distill.tasks.common import load_model_weights
+from distill.tasks.common import load_model_weights, validate_model_options
 from distill.text.st_models import load_sentence_model, static_student, truncated_student
 
 STUDENTS = {"static": static_student, "truncated": truncated_student}
@@ -29,10 +28,7 @@ def build_sentence_student(model_cfg: Any, base_dir: str | None, key: str,
                           f"{', '.join(STUDENTS)}")
     builder = STUDENTS[arch]
     options = {**(defaults or {}), **(model_cfg.options if model_cfg is not None else {})}
-    allowed = [p for p in inspect.signature(builder).parameters if p != "source"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{key}.options.{unknown[0]}: unknown option for {arch!r}; allowed: {', '.join(allowed)}")
+    options = validate_model_options(builder, options, f"{key}.options", arch, ("source",))
     source = model_cfg.path if model_cfg is not None else None
     if source is not None:
         source = resolve_path(source, base_dir)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+import tarfile
+import zipfile
 from typing import Any
 
-from distill.config import ConfigError, resolve_path
+from distill.config import ConfigError
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from distill.data.images import ImageArrays, load_images
+from distill.tasks.common import existing_path
 from distill.tasks.image.section import ImageData
 from distill.tasks.image.task import ImageClassification
 from distill.train.distributed import main_process_first
@@ -14,10 +18,17 @@ from distill.train.distributed import main_process_first
 
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
                key: str) -> ImageArrays:
-    file = resolve_path(path, base_dir)
-    if not file.exists():
-        raise ConfigError(f"data.{key}: {file} does not exist")
-    data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+    file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
+    try:
+        data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, RuntimeError, tarfile.TarError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"data.{key}: {file}: {first}") from None
+    if len(data) == 0:
+        raise ConfigError(f"data.{key}: {file}: no images in split {split!r}")
     return data.balanced_subset(per_class, d.subset_seed) if per_class else data
 
 
