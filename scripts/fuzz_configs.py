@@ -268,7 +268,7 @@ def mutate(family: str, raw: dict[str, Any], rng: random.Random, fx: dict[str, P
         return Case(f"{'.'.join(map(str, path))} = {choice}", family, dump(r), must, kind)
     if kind == "duplicate":
         text = dump(r)
-        choice = rng.choice(["train", "methods", "data", "seed"])
+        choice = rng.choice([k for k in ("train", "methods", "data", "seed") if k in r] or ["methods"])
         extra = {"train": "train:\n  epochs: 200\n", "methods": "methods:\n- {name: ce}\n",
                  "data": "data: {train: x}\n", "seed": "seed: 3\n"}[choice]
         return Case(f"duplicate {choice}", family, text + extra, True, kind)

@@ -171,7 +171,8 @@ def test_graph_cache_equals_live_teacher(tmp_path):
 task: graph_node_classification
 data: {{path: {folder}, train_on: all}}
 student: {{arch: graph_mlp, options: {{hidden: 16, num_layers: 2}}}}
-teacher: {{arch: graph_gcn, weights: random, options: {{hidden: 16, num_layers: 2}}, cache: {{path: {tmp_path}/c, batch_size: 512}}}}
+teacher: {{arch: graph_gcn, weights: random, options: {{hidden: 16, num_layers: 2}},
+          cache: {{path: {tmp_path}/c, batch_size: 512}}}}
 methods: [{{name: kd}}]
 """, tmp_path)
     parts = assert_cache_equals_live(cfg, batch_size=300)

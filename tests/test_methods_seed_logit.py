@@ -56,7 +56,8 @@ def test_every_method_has_a_validated_yaml_example():
             "output_dir": "runs/x",
             "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
             "student": {"arch": "resnet20"},
-            "teacher": {"ensemble": [{"arch": "resnet20", "weights": "random"}, {"arch": "resnet32", "weights": "random"}], "reduce": "probs"},
+            "teacher": {"ensemble": [{"arch": "resnet20", "weights": "random"},
+                                     {"arch": "resnet32", "weights": "random"}], "reduce": "probs"},
             "methods": [yaml.safe_load(line)],
             "train": {"epochs": 1, "batch_size": 8},
         }

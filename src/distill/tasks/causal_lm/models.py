@@ -7,9 +7,9 @@ from typing import Any
 
 from torch import nn
 
-from distill.config import ConfigError, resolve_path
+from distill.config import ConfigError
 from distill.llm.models import load_gguf_model, load_gguf_tokenizer, small_llama
-from distill.tasks.common import call_builder, load_model_weights, validate_model_options
+from distill.tasks.common import call_builder, existing_path, load_model_weights, validate_model_options
 
 ARCHS = ("llama",)
 #: what the family passes to the builder itself
@@ -17,9 +17,7 @@ SUPPLIED = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "seed"
 
 
 def load_lm_tokenizer(value: str, base_dir: str | None, key: str = "data.tokenizer") -> Any:
-    path = resolve_path(value, base_dir)
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist")
+    path = existing_path(value, base_dir, key)
     try:
         if path.suffix == ".gguf":
             return load_gguf_tokenizer(path)
@@ -50,7 +48,7 @@ def build_lm_model(model_cfg: Any, tokenizer: Any, seed: int, base_dir: str | No
     if model_cfg.path is not None:
         if model_cfg.arch is not None:
             raise ConfigError(f"{key}.arch: give 'arch' or 'path', not both")
-        model = load_causal_lm(resolve_path(model_cfg.path, base_dir), f"{key}.path")
+        model = load_causal_lm(existing_path(model_cfg.path, base_dir, f"{key}.path"), f"{key}.path")
     else:
         if model_cfg.arch not in ARCHS:
             raise ConfigError(f"{key}.arch: unknown model {model_cfg.arch!r} for task causal_lm; allowed: "
