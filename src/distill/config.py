@@ -354,8 +354,9 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
         if builder is not None:
             fn, supplied = builder
             validate_model_options(fn, m.options, f"{key}.options", m.arch or "model", supplied)
-        elif m.options and m.path is not None and m.arch is None:
-            raise ConfigError(f"{key}.options: a model loaded from 'path' takes no options")
+        elif m.options and m.arch is None and (m.path is not None or key.startswith("teacher")):
+            raise ConfigError(f"{key}.options: a model loaded from a folder or file ('path', or the family's "
+                              "default teacher) takes no options")
         if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
             raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
