@@ -443,7 +443,8 @@ class Runner:
         self.stop()
 
 
-def fuzz(n: int, seed: int, timeout: float = 60.0, mem_gb: float = 8.0, log: Any = None) -> list[dict[str, Any]]:
+def fuzz(n: int, seed: int, timeout: float = 60.0, mem_gb: float = 8.0, log: Any = None,
+         start: int = 0) -> list[dict[str, Any]]:
     import distill.config  # noqa: F401  (imported before forking, so the worker starts warm)
     import distill.experiment  # noqa: F401
 
@@ -453,6 +454,8 @@ def fuzz(n: int, seed: int, timeout: float = 60.0, mem_gb: float = 8.0, log: Any
         runner = Runner(timeout, mem_gb)
         try:
             for i, case in enumerate(cases):
+                if i < start:
+                    continue
                 outcome, msg = runner.run(case.text)
                 if outcome == "accepted" and case.must_refuse:
                     outcome = "accepted_bad"
@@ -472,10 +475,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60.0)
     p.add_argument("--mem-gb", type=float, default=8.0)
+    p.add_argument("--start", type=int, default=0, help="skip the first cases (to split a run over processes)")
     p.add_argument("--json", type=Path)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    results = fuzz(args.n, args.seed, args.timeout, args.mem_gb, None if args.quiet else sys.stdout)
+    results = fuzz(args.n, args.seed, args.timeout, args.mem_gb, None if args.quiet else sys.stdout, args.start)
     counts = Counter(r["outcome"] for r in results)
     print(json.dumps(dict(sorted(counts.items()))))
     if args.json:

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import Strict as StrictFlag
 
 from distill.cache.settings import CacheSettings
 from distill.core.family import FAMILIES
-from distill.train.config import TrainConfig
+from distill.train.config import Flag, TrainConfig
 
 
 class ConfigError(ValueError):
@@ -120,7 +122,7 @@ class ExperimentConfig(Strict):
     task: str = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
-    deterministic: bool = False
+    deterministic: Flag = False
     data: Any = None
     student: Any = None
     teacher: Any = None
@@ -160,6 +162,58 @@ def method_options_model(name: str) -> type[BaseModel]:
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (hints.get(pname, Any), default)
     return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+def _strict_bools(hint: Any) -> Any:
+    """``bool`` (also inside ``X | None``) as a strict bool: ``"yes"`` or ``1`` for a switch is a mistake."""
+    if hint is bool:
+        return Annotated[bool, StrictFlag()]
+    args = typing.get_args(hint)
+    if type(None) in args and bool in args and len(args) == 2:
+        return Annotated[bool, StrictFlag()] | None
+    return hint
+
+
+@cache
+def builder_options_model(builder: Callable[..., Any], supplied: frozenset[str]) -> type[BaseModel]:
+    """A pydantic model of the keyword arguments of ``builder`` (a function or a class) that a config may set:
+    every parameter but ``supplied`` (what the family passes itself, e.g. ``num_classes``), with its annotation
+    (``Annotated[int, Field(gt=0)]`` bounds included) and default."""
+    target = builder.__init__ if inspect.isclass(builder) else builder  # type: ignore[misc]
+    sig = inspect.signature(builder)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except (NameError, TypeError):
+        hints = {}
+    fields: dict[str, Any] = {}
+    for name, param in sig.parameters.items():
+        if name in supplied or name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[name] = (_strict_bools(hints.get(name, Any)), default)
+    label = getattr(builder, "__name__", "model")
+    return create_model(f"{label}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+def validate_model_options(builder: Callable[..., Any], options: dict[str, Any], where: str, arch: str,
+                           supplied: Iterable[str] = ()) -> dict[str, Any]:
+    """``options`` checked against ``builder``'s signature; returns them converted (``where``: the config key of
+    the options, e.g. ``student.options``). Unknown names, wrong types and values out of their domain are refused
+    with the option's key: ``student.options.nu_mlayers: unknown option for 'graph_gcn'; allowed: ...``."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: a mapping of option names to values, got {type(options).__name__}")
+    model = builder_options_model(builder, frozenset(supplied))
+    try:
+        parsed = model.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields) or "none"
+            raise ConfigError(f"{where}.{key}: unknown option for {arch!r}; allowed: {allowed}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}.{key}: {msg} (got {err.get('input')!r})") from None
+    return {k: getattr(parsed, k) for k in options}
 
 
 def validate_method_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -347,8 +401,6 @@ def model_sections(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
 def _check_models(cfg: ExperimentConfig, family: Any) -> None:
     """Each model's ``options`` against its builder's signature (:meth:`Family.model_builder`), and a teacher
     built from an architecture has trained weights unless ``weights: random`` says otherwise."""
-    from distill.tasks.common import validate_model_options
-
     for key, m in model_sections(cfg):
         builder = family.model_builder(m, key)
         if builder is not None:

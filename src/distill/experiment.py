@@ -55,6 +55,8 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
         path = beside if beside.exists() or not path.exists() else path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"teacher.cache.path: {path} is a file, not a cache folder")
     cache = ensure_teacher_cache(path, teacher, task, train, c, build=c.build, verify=c.verify,
                                  batch_size=c.batch_size, device=device)
     if cache.augmented:
@@ -125,6 +127,8 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     methods = build_methods(cfg.methods)
     module = DistillModule(student, methods, parts.teacher, loaded.task)
     run_dir = Path(output_dir or cfg.output_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir: {run_dir} is a file, not a folder")
     tc = family.train_config(cfg, loaded)
     n = loaded.task.num_examples(loaded.train)
     if tc.drop_last and n < tc.batch_size:

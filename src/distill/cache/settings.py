@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from distill.train.config import Flag
+
 
 @dataclass(frozen=True)
 class CacheSettings:
@@ -27,7 +29,7 @@ class CacheSettings:
     path: str | None = None
     build: Literal["never", "if_missing", "always"] = "if_missing"
     batch_size: Annotated[int, Field(gt=0)] = 256
-    verify: bool = True
+    verify: Flag = True
 
     def __post_init__(self) -> None:
         if self.topk is not None and self.topk < 1:

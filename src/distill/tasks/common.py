@@ -4,76 +4,25 @@ config; every refusal is a one-line :class:`ConfigError` naming the key."""
 
 from __future__ import annotations
 
-import inspect
 import pickle
-import typing
 import zipfile
-from collections.abc import Callable, Iterable
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
-from pydantic import Strict as StrictFlag
 from torch import nn
 
-from distill.config import RANDOM_WEIGHTS, ConfigError, resolve_path
+from distill.config import (  # noqa: F401 - validate_model_options is part of this module's API
+    RANDOM_WEIGHTS,
+    ConfigError,
+    builder_options_model,
+    resolve_path,
+    validate_model_options,
+)
 from distill.models.weights import load_weights_into
 
 #: errors a model builder raises for arguments it refuses, or the allocator for a model too large
 BUILD_ERRORS = (TypeError, ValueError, RuntimeError, MemoryError, OverflowError, KeyError)
-
-
-def _strict_bools(hint: Any) -> Any:
-    """``bool`` (also inside ``X | None``) as a strict bool: ``"yes"`` or ``1`` for a switch is a mistake."""
-    if hint is bool:
-        return Annotated[bool, StrictFlag()]
-    args = typing.get_args(hint)
-    if type(None) in args and bool in args and len(args) == 2:
-        return Annotated[bool, StrictFlag()] | None
-    return hint
-
-
-@cache
-def builder_options_model(builder: Callable[..., Any], supplied: frozenset[str]) -> type[BaseModel]:
-    """A pydantic model of the keyword arguments of ``builder`` (a function or a class) that a config may set:
-    every parameter but ``supplied`` (what the family passes itself, e.g. ``num_classes``), with its annotation
-    (``Annotated[int, Field(gt=0)]`` bounds included) and default."""
-    target = builder.__init__ if inspect.isclass(builder) else builder  # type: ignore[misc]
-    sig = inspect.signature(builder)
-    try:
-        hints = typing.get_type_hints(target, include_extras=True)
-    except (NameError, TypeError):
-        hints = {}
-    fields: dict[str, Any] = {}
-    for name, param in sig.parameters.items():
-        if name in supplied or name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
-            continue
-        default = ... if param.default is inspect.Parameter.empty else param.default
-        fields[name] = (_strict_bools(hints.get(name, Any)), default)
-    label = getattr(builder, "__name__", "model")
-    return create_model(f"{label}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
-
-
-def validate_model_options(builder: Callable[..., Any], options: dict[str, Any], where: str, arch: str,
-                           supplied: Iterable[str] = ()) -> dict[str, Any]:
-    """``options`` checked against ``builder``'s signature; returns them converted (``where``: the config key of
-    the options, e.g. ``student.options``). Unknown names, wrong types and values out of their domain are refused
-    with the option's key: ``student.options.nu_mlayers: unknown option for 'graph_gcn'; allowed: ...``."""
-    if not isinstance(options, dict):
-        raise ConfigError(f"{where}: a mapping of option names to values, got {type(options).__name__}")
-    model = builder_options_model(builder, frozenset(supplied))
-    try:
-        parsed = model.model_validate(options)
-    except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(model.model_fields) or "none"
-            raise ConfigError(f"{where}.{key}: unknown option for {arch!r}; allowed: {allowed}") from None
-        msg = err["msg"].removeprefix("Value error, ")
-        raise ConfigError(f"{where}.{key}: {msg} (got {err.get('input')!r})") from None
-    return {k: getattr(parsed, k) for k in options}
 
 
 def call_builder(builder: Callable[..., Any], key: str, *args: Any, **kwargs: Any) -> nn.Module:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 import tarfile
 import zipfile
+from pathlib import Path
 from typing import Any
 
 from distill.config import ConfigError
@@ -19,6 +20,8 @@ from distill.train.distributed import main_process_first
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
                key: str) -> ImageArrays:
     file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
+    if d.cache_dir is not None and Path(d.cache_dir).expanduser().is_file():
+        raise ConfigError(f"data.cache_dir: {d.cache_dir} is a file, not a folder")
     try:
         data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
     except ConfigError:
