@@ -125,7 +125,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     family, loaded = parts.family, parts.loaded
     student = family.build_student(cfg, loaded)
     methods = build_methods(cfg.methods)
-    module = DistillModule(student, methods, parts.teacher, loaded.task)
+    try:
+        module = DistillModule(student, methods, parts.teacher, loaded.task)
+    except ValueError as e:  # e.g. a feature tap a method names that the model does not have
+        raise ConfigError(f"methods: {str(e).splitlines()[0]}") from None
     run_dir = Path(output_dir or cfg.output_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir: {run_dir} is a file, not a folder")

@@ -37,7 +37,7 @@ class TrainConfig:
     betas: tuple[Beta, Beta] = (0.9, 0.999)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     #: epochs (may be fractional) at which the 'step' schedule multiplies the lr by ``gamma``
-    milestones: list[NonNegativeFloat] = field(default_factory=list)
+    milestones: list[Annotated[float, Field(ge=0, le=MAX_COUNT)]] = field(default_factory=list)
     gamma: PositiveFloat = 0.1
     warmup_epochs: NonNegativeFloat = 0.0
     min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0

@@ -32,7 +32,10 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
         raise ConfigError(f"data.{key}: {file}: {first}") from None
     if len(data) == 0:
         raise ConfigError(f"data.{key}: {file}: no images in split {split!r}")
-    return data.balanced_subset(per_class, d.subset_seed) if per_class else data
+    try:
+        return data.balanced_subset(per_class, d.subset_seed) if per_class else data
+    except ValueError as e:
+        raise ConfigError(f"data.{key}_per_class: {str(e).splitlines()[0]}") from None
 
 
 def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArrays | None]:
@@ -44,14 +47,22 @@ def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArr
     if evald is not None and evald.classes != train.classes:
         raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
     val = None
-    if d.val_per_class:
-        val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
-    if d.labeled_per_class:
-        train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
-    if d.extra_val_per_class or d.extra_unlabeled_per_class:
-        with main_process_first():
-            train, extra_val = add_extra_splits(cfg, train)
-        val = extra_val if extra_val is not None else val
+    key = "data.val_per_class"
+    try:
+        if d.val_per_class:
+            val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
+        key = "data.labeled_per_class"
+        if d.labeled_per_class:
+            train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
+        key = "data.extra_val_per_class" if d.extra_val_per_class else "data.extra_unlabeled_per_class"
+        if d.extra_val_per_class or d.extra_unlabeled_per_class:
+            with main_process_first():
+                train, extra_val = add_extra_splits(cfg, train)
+            val = extra_val if extra_val is not None else val
+    except ValueError as e:  # too few images per class for the splits asked for
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     return train, evald, val
 
 
