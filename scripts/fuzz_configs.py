@@ -264,6 +264,8 @@ def mutate(family: str, raw: dict[str, Any], rng: random.Random, fx: dict[str, P
         must = kind == "nonfinite" or (isinstance(v, int) and new in (1e30, 10**12, 2.5, 1e-30, -1e30))
         if path[-1] in ("seed", "subset_seed") and new in (-1, 0, 10**12):
             must = False
+        if "milestones" in path and new in (2.5, 1e-30):  # epochs, fractional ones allowed
+            must = False
         return Case(f"{'.'.join(map(str, path))} = {new!r}", family, dump(r), must, kind)
     if kind == "missing":
         path, _ = rng.choice(lv)
