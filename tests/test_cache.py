@@ -250,7 +250,7 @@ def test_cli_build_verify_info_and_topk_config_check(tmp_path, capsys):
     assert main(["cache", "info", str(tmp_path / "cache")]) == 0
     assert json.loads(capsys.readouterr().out)["meta"]["num_classes"] == 10
     # another teacher: the same cache is refused as stale
-    assert main(["cache", "verify", str(cfg), "--set", "teacher.weights=null"]) == 2
+    assert main(["cache", "verify", str(cfg), "--set", "teacher.weights=random"]) == 2
     assert "stale cache" in capsys.readouterr().err
     # a method that needs dense logits cannot use a top-k cache: one line naming the key
     assert main(["cache", "build", str(cfg), "--set", "methods.0.name=dkd"]) == 2

@@ -23,7 +23,7 @@ def base() -> dict:
         "output_dir": "runs/x",
         "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
         "student": {"arch": "resnet20"},
-        "teacher": {"arch": "resnet20"},
+        "teacher": {"arch": "resnet20", "weights": "random"},
         "methods": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9, "temperature": 4}],
         "train": {"epochs": 1, "batch_size": 8},
     }

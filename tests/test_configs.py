@@ -194,7 +194,8 @@ def test_extra_splits_come_from_outside_the_training_subset(tmp_path):
     per_class = 20
     raw = {"output_dir": str(tmp_path), "data": {"train": str(DEMO), "train_per_class": per_class,
                                                   "extra_val_per_class": 2, "extra_unlabeled_per_class": 20},
-           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet56"}, "methods": [{"name": "ce"}]}
+           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet56", "weights": "random"},
+           "methods": [{"name": "ce"}]}
     exp = build_experiment(parse_config(raw))
     train = load_images(DEMO, split="train").balanced_subset(per_class, 0)
     extended, val = exp.train_data, exp.val_data

@@ -23,7 +23,7 @@ def write_config(path: Path, out: Path, step_delay: float) -> Path:
         "deterministic": True,
         "data": {"train": DEMO, "eval": DEMO, "train_per_class": 8, "eval_per_class": 2},
         "student": {"arch": "resnet20"},
-        "teacher": {"arch": "resnet20"},
+        "teacher": {"arch": "resnet20", "weights": "random"},
         "methods": [{"name": "ce", "weight": 0.1}, {"name": "kd", "weight": 0.9},
                     {"name": "fitnet", "weight": 10, "student": "f2", "teacher": "f2"}],
         "train": {"epochs": 3, "batch_size": 16, "lr": 0.05, "schedule": "cosine", "checkpoint_every": 2,

@@ -37,7 +37,7 @@ def test_eval_reports_student_and_teacher(tmp_path, capsys):
     demo = str(ASSETS / "cifar10_demo.tar.gz")
     raw = {"output_dir": str(tmp_path / "run"),
            "data": {"train": demo, "eval": demo, "train_per_class": 2, "eval_per_class": 3},
-           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet20"},
+           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet20", "weights": "random"},
            "methods": [{"name": "kd"}], "train": {"epochs": 1, "batch_size": 10, "progress": False}}
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -53,7 +53,7 @@ def test_eval_uses_a_methods_inference_wrapper(tmp_path, capsys):
     demo = str(ASSETS / "cifar10_demo.tar.gz")
     raw = {"output_dir": str(tmp_path / "run"),
            "data": {"train": demo, "eval": demo, "train_per_class": 4, "eval_per_class": 3, "val_per_class": 1},
-           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet20"},
+           "student": {"arch": "resnet20"}, "teacher": {"arch": "resnet20", "weights": "random"},
            "methods": [{"name": "dho", "temperature": 2.0}],
            "train": {"epochs": 1, "batch_size": 10, "progress": False}}
     path = tmp_path / "c.yaml"

@@ -86,14 +86,14 @@ def test_vector_family_trains_from_npz_and_its_cache_equals_live(tmp_path):
 task: vector_classification
 data: {{train: train.npz, eval: test.npz}}
 student: {{arch: mlp, options: {{hidden: 16}}}}
-teacher: {{arch: mlp, options: {{hidden: 32}}, cache: {{path: {tmp_path}/c}}}}
+teacher: {{arch: mlp, weights: random, options: {{hidden: 32}}, cache: {{path: {tmp_path}/c}}}}
 methods: [{{name: ce}}, {{name: kd, temperature: 2}}]
 train: {{epochs: 2, batch_size: 8, optimizer: adamw, lr: 0.01, progress: false}}
 """
     assert_cache_equals_live(cfg_of(text, tmp_path))
     summary = build_experiment(cfg_of(text, tmp_path), tmp_path / "run").fit()
     assert summary["steps"] == 10 and "accuracy" in summary["final"]
-    with pytest.raises(ConfigError, match=r"^student\.options: "):
+    with pytest.raises(ConfigError, match=r"^student\.options\.hiden: unknown option for .mlp."):
         build_experiment(cfg_of(text.replace("hidden: 16", "hiden: 16"), tmp_path), tmp_path / "run2")
     with pytest.raises(ConfigError, match=r"^data\.train: .*missing\.npz does not exist"):
         build_experiment(cfg_of(text.replace("train.npz", "missing.npz"), tmp_path), tmp_path / "run3")
@@ -108,7 +108,7 @@ def test_text_classification_cache_covers_token_ids(tmp_path):
 task: text_classification
 data: {{train: train.txt, max_length: 16}}
 student: {{arch: textcnn}}
-teacher: {{arch: bilstm, cache: {{path: {tmp_path}/c}}}}
+teacher: {{arch: bilstm, weights: random, cache: {{path: {tmp_path}/c}}}}
 methods: [{{name: kd}}]
 """, tmp_path)
     parts = assert_cache_equals_live(cfg)
@@ -171,7 +171,8 @@ def test_graph_cache_equals_live_teacher(tmp_path):
 task: graph_node_classification
 data: {{path: {folder}, train_on: all}}
 student: {{arch: graph_mlp, options: {{hidden: 16, num_layers: 2}}}}
-teacher: {{arch: graph_gcn, options: {{hidden: 16, num_layers: 2}}, cache: {{path: {tmp_path}/c, batch_size: 512}}}}
+teacher: {{arch: graph_gcn, weights: random, options: {{hidden: 16, num_layers: 2}},
+          cache: {{path: {tmp_path}/c, batch_size: 512}}}}
 methods: [{{name: kd}}]
 """, tmp_path)
     parts = assert_cache_equals_live(cfg, batch_size=300)

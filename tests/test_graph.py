@@ -112,7 +112,7 @@ def test_yaml_graph_task_builds_and_rejects_mismatched_models(tmp_path):
     raw = {"task": "graph_node_classification",
            "data": {"path": str(shared_path("data", "planetoid")), "dataset": "cora", "train_on": "all"},
            "student": {"arch": "graph_mlp", "options": {"hidden": 16, "num_layers": 2}},
-           "teacher": {"arch": "graph_gcn", "options": {"hidden": 16, "num_layers": 2}},
+           "teacher": {"arch": "graph_gcn", "weights": "random", "options": {"hidden": 16, "num_layers": 2}},
            "methods": [{"name": "ffg2m", "lam": 0.4, "tau": 1.5}],
            "train": {"optimizer": "adam", "lr": 0.01, "schedule": "constant", "epochs": 1}}
     exp = build_experiment(parse_config(raw), tmp_path)

@@ -43,7 +43,7 @@ def test_yaml_examples_validate_and_build():
             "output_dir": "runs/x",
             "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
             "student": {"arch": "resnet20"},
-            "teacher": {"arch": "resnet56"},
+            "teacher": {"arch": "resnet56", "weights": "random"},
             "methods": [yaml.safe_load(line)],
             "train": {"epochs": 1, "batch_size": 8},
         }

@@ -306,7 +306,7 @@ def base_config() -> dict:
         "output_dir": "runs/x",
         "data": {"train": str(DEMO), "eval": str(DEMO), "train_per_class": 2, "eval_per_class": 2},
         "student": {"arch": "resnet20"},
-        "teacher": {"arch": "resnet20"},
+        "teacher": {"arch": "resnet20", "weights": "random"},
         "methods": [],
         "train": {"epochs": 1, "batch_size": 8},
     }

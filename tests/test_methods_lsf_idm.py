@@ -121,7 +121,7 @@ def test_gradients_reach_the_student_never_the_teacher(precompute):
 
 def test_yaml_example_builds_in_a_text_config():
     raw = {"task": "text_classification", "data": {"train": "train.tsv", "eval": "dev.tsv"},
-           "student": {"arch": "bilstm"}, "teacher": {"arch": "minilm"},
+           "student": {"arch": "bilstm"}, "teacher": {"arch": "minilm", "weights": "random"},
            "methods": [yaml.safe_load(YAML_EXAMPLES["lsf_idm"])], "train": {"epochs": 1}}
     comp = build_methods(parse_config(raw).methods)
     method = comp.methods["lsf_idm"]

@@ -56,7 +56,8 @@ def test_every_method_has_a_validated_yaml_example():
             "output_dir": "runs/x",
             "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
             "student": {"arch": "resnet20"},
-            "teacher": {"ensemble": [{"arch": "resnet20"}, {"arch": "resnet32"}], "reduce": "probs"},
+            "teacher": {"ensemble": [{"arch": "resnet20", "weights": "random"},
+                                     {"arch": "resnet32", "weights": "random"}], "reduce": "probs"},
             "methods": [yaml.safe_load(line)],
             "train": {"epochs": 1, "batch_size": 8},
         }
@@ -71,7 +72,7 @@ def test_mealv2_refuses_an_ensemble_left_to_average_logits():
         "output_dir": "runs/x",
         "data": {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 2},
         "student": {"arch": "resnet20"},
-        "teacher": {"ensemble": [{"arch": "resnet20"}, {"arch": "resnet32"}]},
+        "teacher": {"ensemble": [{"arch": "resnet20", "weights": "random"}, {"arch": "resnet32", "weights": "random"}]},
         "methods": [{"name": "mealv2"}],
     }
     with pytest.raises(ConfigError, match=r"^teacher\.reduce: method 'mealv2' .* set reduce: probs"):

@@ -76,7 +76,7 @@ def test_teacher_outputs_under_inference_mode_are_ordinary_tensors():
 
 def base_config(**train) -> dict:
     return {"data": {"train": DEMO, "train_per_class": 2}, "student": {"arch": "resnet20"},
-            "teacher": {"arch": "resnet20"}, "methods": [{"name": "kd"}], "train": train}
+            "teacher": {"arch": "resnet20", "weights": "random"}, "methods": [{"name": "kd"}], "train": train}
 
 
 def test_config_keys_reach_the_trainer():

@@ -175,7 +175,7 @@ def text_config(tmp_path) -> dict:
         "task": "text_classification", "output_dir": str(tmp_path / "run"),
         "data": {"train": "train.tsv", "eval": "dev.csv", "max_length": 16},
         "student": {"arch": "bilstm", "options": {"embed_dim": 8, "hidden_size": 4}},
-        "teacher": {"arch": "textcnn", "options": {"embed_dim": 8, "channels": 4}},
+        "teacher": {"arch": "textcnn", "weights": "random", "options": {"embed_dim": 8, "channels": 4}},
         "methods": [{"name": "lsf_idm", "alpha": 0.5, "temperature": 2.0}],
         "train": {"epochs": 1, "batch_size": 8, "optimizer": "adamw", "lr": 0.01, "progress": False},
     }
@@ -291,7 +291,7 @@ def test_yaml_makd_run_reads_aspects_checked_against_the_texts(tmp_path):
     (lambda r: r["data"].pop("aspects"), r"^data\.aspects: required by method 'makd'"),
     (lambda r: r.update(methods=[{"name": "ce"}]), r"^data\.aspects: aspect answers are the teacher of method"),
     (lambda r: r["methods"].append({"name": "kd"}), r"^data\.aspects: methods \['kd'\] need a teacher model"),
-    (lambda r: r.update(teacher={"arch": "textcnn"}), r"^teacher: data\.aspects already serves"),
+    (lambda r: r.update(teacher={"arch": "textcnn", "weights": "random"}), r"^teacher: data\.aspects already serves"),
     (lambda r: r["data"].update(augment={"copies": 2}), r"^data\.augment: the augmented copies have no aspect"),
 ])
 def test_makd_config_errors(tmp_path, mutate, expected):

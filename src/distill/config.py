@@ -15,35 +15,44 @@ from __future__ import annotations
 
 import inspect
 import typing
+from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
+from pydantic import Strict as StrictFlag
 
 from distill.cache.settings import CacheSettings
 from distill.core.errors import ConfigError  # noqa: F401  (public here: distill.config.ConfigError)
 from distill.core.family import FAMILIES
-from distill.train.config import TrainConfig
+from distill.train.config import Flag, TrainConfig
 
 
 class Strict(BaseModel):
-    """Base of every config section: unknown keys are refused."""
+    """Base of every config section: unknown keys are refused, numbers must be finite."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 ASSETS = Path(__file__).resolve().parent / "assets"
+#: the largest YAML file read (a config is a few kilobytes)
+MAX_CONFIG_BYTES = 1 << 20
+#: ``weights: random``: an untrained teacher, on purpose
+RANDOM_WEIGHTS = "random"
 
 
 def resolve_path(value: str, base_dir: str | None = None) -> Path:
-    """``builtin:NAME`` is a file shipped in the package; a relative path is looked up next to the config
-    file first, then in the working directory."""
+    """``builtin:NAME`` is a file shipped in the package (never outside its assets folder); a relative path is
+    looked up next to the config file first, then in the working directory."""
     if value.startswith("builtin:"):
-        path = ASSETS / value.removeprefix("builtin:")
+        name = value.removeprefix("builtin:")
+        path = (ASSETS / name).resolve()
+        shipped = ", ".join(sorted(p.name for p in ASSETS.iterdir() if not p.name.startswith(".")))
+        if not name or Path(name).is_absolute() or not path.is_relative_to(ASSETS) or path == ASSETS:
+            raise ConfigError(f"{value}: a built-in file is one of the package's assets; shipped: {shipped}")
         if not path.exists():
-            shipped = ", ".join(sorted(p.name for p in ASSETS.iterdir() if not p.name.startswith(".")))
             raise ConfigError(f"{value}: no such built-in file; shipped: {shipped}")
         return path
     path = Path(value).expanduser()
@@ -60,7 +69,7 @@ class ModelConfig(Strict):
 
     arch: str | None = None
     path: str | None = None
-    num_classes: int | None = Field(None, gt=0)
+    num_classes: int | None = Field(None, gt=0, le=1_000_000)
     weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
 
@@ -85,9 +94,9 @@ class TeacherConfig(ModelConfig):
 class MethodConfig(BaseModel):
     """``name`` picks a registered method; ``weight`` scales it; other keys are the method's options."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
     name: str
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0)
     label: str | None = None
 
     @field_validator("name")
@@ -110,7 +119,7 @@ class ExperimentConfig(Strict):
     task: str = "image_classification"
     output_dir: str = "runs/experiment"
     seed: int = 0
-    deterministic: bool = False
+    deterministic: Flag = False
     data: Any = None
     student: Any = None
     teacher: Any = None
@@ -149,7 +158,59 @@ def method_options_model(name: str) -> type[BaseModel]:
             continue
         default = ... if param.default is inspect.Parameter.empty else param.default
         fields[pname] = (hints.get(pname, Any), default)
-    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid"), **fields)
+    return create_model(f"{name}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+def _strict_bools(hint: Any) -> Any:
+    """``bool`` (also inside ``X | None``) as a strict bool: ``"yes"`` or ``1`` for a switch is a mistake."""
+    if hint is bool:
+        return Annotated[bool, StrictFlag()]
+    args = typing.get_args(hint)
+    if type(None) in args and bool in args and len(args) == 2:
+        return Annotated[bool, StrictFlag()] | None
+    return hint
+
+
+@cache
+def builder_options_model(builder: Callable[..., Any], supplied: frozenset[str]) -> type[BaseModel]:
+    """A pydantic model of the keyword arguments of ``builder`` (a function or a class) that a config may set:
+    every parameter but ``supplied`` (what the family passes itself, e.g. ``num_classes``), with its annotation
+    (``Annotated[int, Field(gt=0)]`` bounds included) and default."""
+    target = builder.__init__ if inspect.isclass(builder) else builder  # type: ignore[misc]
+    sig = inspect.signature(builder)
+    try:
+        hints = typing.get_type_hints(target, include_extras=True)
+    except (NameError, TypeError):
+        hints = {}
+    fields: dict[str, Any] = {}
+    for name, param in sig.parameters.items():
+        if name in supplied or name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[name] = (_strict_bools(hints.get(name, Any)), default)
+    label = getattr(builder, "__name__", "model")
+    return create_model(f"{label}_options", __config__=ConfigDict(extra="forbid", allow_inf_nan=False), **fields)
+
+
+def validate_model_options(builder: Callable[..., Any], options: dict[str, Any], where: str, arch: str,
+                           supplied: Iterable[str] = ()) -> dict[str, Any]:
+    """``options`` checked against ``builder``'s signature; returns them converted (``where``: the config key of
+    the options, e.g. ``student.options``). Unknown names, wrong types and values out of their domain are refused
+    with the option's key: ``student.options.nu_mlayers: unknown option for 'graph_gcn'; allowed: ...``."""
+    if not isinstance(options, dict):
+        raise ConfigError(f"{where}: a mapping of option names to values, got {type(options).__name__}")
+    model = builder_options_model(builder, frozenset(supplied))
+    try:
+        parsed = model.model_validate(options)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(model.model_fields) or "none"
+            raise ConfigError(f"{where}.{key}: unknown option for {arch!r}; allowed: {allowed}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}.{key}: {msg} (got {err.get('input')!r})") from None
+    return {k: getattr(parsed, k) for k in options}
 
 
 def validate_method_options(name: str, options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -164,6 +225,34 @@ def validate_method_options(name: str, options: dict[str, Any], where: str) -> d
             raise ConfigError(f"{where}.{key}: unknown option for method {name!r}; allowed: {allowed}") from None
         raise ConfigError(f"{where}.{key}: {_clean(err['msg'])} (got {err.get('input')!r})") from None
     return {k: getattr(parsed, k) for k in options}
+
+
+def method_error(name: str, where: str, e: Exception) -> ConfigError:
+    """A method constructor's ``ValueError`` ("alpha must be in [0, 1], got 1e+30", "pkt: eps must be >= 0") as a
+    one-line error naming ``methods[i].OPTION`` (the first option the message names), else ``methods[i]``."""
+    import re
+
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = msg.removeprefix(f"{name}: ")
+    try:
+        options = list(method_options_model(name).model_fields)
+    except Exception:  # noqa: BLE001 - an unknown method is reported elsewhere
+        options = []
+    found = [(m.start(), opt) for opt in options for m in [re.search(rf"(?<![\w.]){re.escape(opt)}(?!\w)", msg)] if m]
+    if found:
+        return ConfigError(f"{where}.{min(found)[1]}: {msg}")
+    return ConfigError(f"{where} ({name}): {msg}")
+
+
+def check_method(name: str, options: dict[str, Any], where: str) -> None:
+    """Build the method once to run the checks of its constructor (domains of its options) while the file is
+    read; a refusal names the option."""
+    from distill.methods import METHODS
+
+    try:
+        METHODS.get(name)(**options)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise method_error(name, where, e) from None
 
 
 def _clean(msg: str) -> str:
@@ -250,9 +339,12 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     if cfg.student is None and family.student_required:
         raise ConfigError(f"student: required key is missing (task: {cfg.task})")
     _check_archs(cfg, family)
+    _check_models(cfg, family)
+    _check_mixed_precision(cfg)
     labels = set()
     for i, m in enumerate(cfg.methods):
-        validate_method_options(m.name, m.options(), f"methods[{i}]")
+        options = validate_method_options(m.name, m.options(), f"methods[{i}]")
+        check_method(m.name, options, f"methods[{i}]")
         label = m.label or m.name
         if label in labels:
             raise ConfigError(f"methods[{i}].label: {label!r} is used twice; give each repeated method a label")
@@ -286,16 +378,48 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
 
 def _check_archs(cfg: ExperimentConfig, family: Any) -> None:
     allowed = family.model_archs()
-    models = [("student", cfg.student)] if cfg.student is not None else []
-    if cfg.teacher is not None:
-        if cfg.teacher.ensemble:
-            models += [(f"teacher.ensemble[{i}]", m) for i, m in enumerate(cfg.teacher.ensemble)]
-        else:
-            models.append(("teacher", cfg.teacher))
-    for key, m in models:
+    for key, m in model_sections(cfg):
         if m.arch is not None and allowed and m.arch not in allowed:
             raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))} "
                               f"(task {cfg.task})")
+
+
+def model_sections(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
+    """``(key, section)`` of every model of the file: the student, the teacher or each ensemble member."""
+    models = [("student", cfg.student)] if cfg.student is not None else []
+    if cfg.teacher is not None:
+        if getattr(cfg.teacher, "ensemble", None):
+            models += [(f"teacher.ensemble[{i}]", m) for i, m in enumerate(cfg.teacher.ensemble)]
+        else:
+            models.append(("teacher", cfg.teacher))
+    return models
+
+
+def _check_models(cfg: ExperimentConfig, family: Any) -> None:
+    """Each model's ``options`` against its builder's signature (:meth:`Family.model_builder`), and a teacher
+    built from an architecture has trained weights unless ``weights: random`` says otherwise."""
+    for key, m in model_sections(cfg):
+        builder = family.model_builder(m, key)
+        if builder is not None:
+            fn, supplied = builder
+            validate_model_options(fn, m.options, f"{key}.options", m.arch or "model", supplied)
+        elif m.options and m.arch is None and (m.path is not None or key.startswith("teacher")):
+            raise ConfigError(f"{key}.options: a model loaded from a folder or file ('path', or the family's "
+                              "default teacher) takes no options")
+        if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
+            raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
+                              f"{RANDOM_WEIGHTS} for an untrained teacher)")
+
+
+def _check_mixed_precision(cfg: ExperimentConfig) -> None:
+    """fp16 autocast needs a GPU (accelerate refuses it on a CPU); bf16 autocast runs on CPUs too."""
+    if cfg.train.mixed_precision != "fp16":
+        return
+    import torch
+
+    if cfg.train.cpu or not torch.cuda.is_available():
+        where = "train.cpu is set" if cfg.train.cpu else "no CUDA device here"
+        raise ConfigError(f"train.mixed_precision: fp16 needs a GPU ({where}); use bf16 (CPU autocast) or no")
 
 
 def _check_ensemble_reduce(cfg: ExperimentConfig) -> None:
@@ -334,31 +458,94 @@ def set_override(raw: dict[str, Any], assignment: str) -> None:
     if "=" not in assignment:
         raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE")
     key, _, text = assignment.partition("=")
-    value = yaml.safe_load(text)
+    value = parse_yaml(text, f"--set {key}")
     parts = key.strip().split(".")
     node: Any = raw
-    for part in parts[:-1]:
+    try:
+        for part in parts[:-1]:
+            if isinstance(node, list):
+                node = node[int(part)]
+            elif isinstance(node, dict):
+                node = node.setdefault(part, {})
+            else:
+                raise TypeError
+        last = parts[-1]
         if isinstance(node, list):
-            node = node[int(part)]
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
         else:
-            node = node.setdefault(part, {})
-    last = parts[-1]
-    if isinstance(node, list):
-        node[int(last)] = value
-    else:
-        node[last] = value
+            raise TypeError
+    except (ValueError, IndexError, TypeError):
+        raise ConfigError(f"--set {key}: no such place in the config (list items by index: methods.0.weight)") from None
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses what a config never needs and a mistake or an attack produces: a key given
+    twice in one mapping (PyYAML keeps the last silently) and anchors/aliases (``&a`` / ``*a``: an alias bomb
+    expands to billions of nodes from a few lines)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, f"alias *{event.anchor} refused (configs take no anchors or aliases; repeat the value)",
+                event.start_mark)
+        event = self.peek_event()
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"anchor &{anchor} refused (configs take no anchors or aliases; repeat the value)",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"a mapping key must be a scalar, got {type(key).__name__}",
+                    key_node.start_mark) from None
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first given on line {seen[key].line + 1}); give each key "
+                    "once", key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` read with :class:`ConfigLoader`; any YAML problem is a one-line :class:`ConfigError` naming
+    ``where`` and the line."""
+    if len(text.encode("utf-8", "surrogateescape")) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a small file")
+    try:
+        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = str(getattr(e, "problem", None) or e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply") from None
 
 
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a small file")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
-        raise ConfigError(f"{path}: not valid YAML at {where}: {getattr(e, 'problem', e)}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as text ({type(e).__name__})") from None
+    return parse_yaml(text, str(path))
 
 
 def deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:

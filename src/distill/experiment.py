@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from distill.config import ExperimentConfig, MethodConfig, resolve_path
+from distill.config import ConfigError, ExperimentConfig, MethodConfig, method_error, resolve_path
 from distill.core.compose import Composite
 from distill.core.family import FAMILIES, Family, Loaded
 from distill.core.safe_pickle import config_key
@@ -27,12 +27,16 @@ __all__ = ["Experiment", "build_experiment", "build_methods", "build_parts", "ev
            "resolve_path", "train_config", "assemble"]
 
 
-def build_method(cfg: MethodConfig) -> nn.Module:
-    return METHODS.get(cfg.name)(**cfg.options())
+def build_method(cfg: MethodConfig, where: str = "methods") -> nn.Module:
+    """The method of ``cfg``; what its constructor refuses is a :class:`ConfigError` naming ``where.OPTION``."""
+    try:
+        return METHODS.get(cfg.name)(**cfg.options())
+    except (ValueError, TypeError, OverflowError) as e:
+        raise method_error(cfg.name, where, e) from None
 
 
 def build_methods(cfgs: list[MethodConfig]) -> Composite:
-    methods = {(m.label or m.name): build_method(m) for m in cfgs}
+    methods = {(m.label or m.name): build_method(m, f"methods[{i}]") for i, m in enumerate(cfgs)}
     weights = {(m.label or m.name): m.weight for m in cfgs}
     return Composite(methods, weights)
 
@@ -52,6 +56,8 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
         path = beside if beside.exists() or not path.exists() else path
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"teacher.cache.path: {path} is a file, not a cache folder")
     with config_key("teacher.cache.path"):
         cache = ensure_teacher_cache(path, teacher, task, train, c, build=c.build, verify=c.verify,
                                      batch_size=c.batch_size, device=device)
@@ -142,8 +148,21 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
              live_teacher: TeacherSource | None = None) -> Experiment:
     """The last, shared step of every run, from a config or from Python objects: module and trainer over the
     family's data (``loaded``)."""
-    module = DistillModule(student, methods, teacher, loaded.task)
-    trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, Path(run_dir), val_data=loaded.val)
+    try:
+        module = DistillModule(student, methods, teacher, loaded.task)
+    except ValueError as e:  # e.g. a feature tap a method names that the model does not have
+        raise ConfigError(f"methods: {str(e).splitlines()[0]}") from None
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir: {run_dir} is a file, not a folder")
+    n = loaded.task.num_examples(loaded.train)
+    if train_cfg.drop_last and n < train_cfg.batch_size:
+        raise ConfigError(f"train.batch_size: {train_cfg.batch_size}, but the training set has {n} examples (fewer "
+                          "than one batch); lower train.batch_size or add data")
+    try:
+        trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, run_dir, val_data=loaded.val)
+    except ValueError as e:  # the trainer's rules about its settings (e.g. the batch across processes)
+        raise ConfigError(f"train: {str(e).splitlines()[0]}") from None
     report = loaded.report if loaded.report is not None else loaded.eval
     val = loaded.val if loaded.report is None else loaded.eval
     return Experiment(cfg, loaded.task, loaded.train, report, val, student, teacher, methods, module,  # type: ignore[arg-type]

@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
+from distill.train.config import Flag
+
 
 @dataclass(frozen=True)
 class CacheSettings:
@@ -17,7 +19,7 @@ class CacheSettings:
     finished cache; ``always``: rebuild; ``never``: only open), ``batch_size`` of the build, ``verify`` (check every
     shard's sha256 on opening). Only the first five are part of the cache's fingerprint."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     topk: Annotated[int, Field(gt=0)] | None = None
     views: Annotated[int, Field(gt=0)] = 1
@@ -27,7 +29,7 @@ class CacheSettings:
     path: str | None = None
     build: Literal["never", "if_missing", "always"] = "if_missing"
     batch_size: Annotated[int, Field(gt=0)] = 256
-    verify: bool = True
+    verify: Flag = True
 
     def __post_init__(self) -> None:
         if self.topk is not None and self.topk < 1:

@@ -70,6 +70,13 @@ class Family:
         """The names ``student.arch`` / ``teacher.arch`` may take in this family (checked when the file is read)."""
         return []
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        """The builder of ``model_cfg`` (a function or class whose keyword arguments its ``options`` are) and
+        the arguments the family passes itself (e.g. ``num_classes``); the options are validated against its
+        signature when the file is read. None: the model takes no options (e.g. loaded from ``path``) or its
+        ``arch`` is refused elsewhere."""
+        return None
+
     def has_teacher(self, cfg: Any) -> bool:
         """Whether the config gives the methods a teacher."""
         return cfg.teacher is not None

@@ -37,13 +37,13 @@ UNLABELED = IGNORE_INDEX
 
 @dataclass
 class AugmentConfig:
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    copies: Annotated[int, Field(ge=0)] = 20
+    copies: Annotated[int, Field(ge=0, le=1000)] = 20
     p_mask: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     p_replace: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
     p_ngram: Annotated[float, Field(ge=0.0, le=1.0)] = 0.25
-    ngram_range: tuple[int, int] = (1, 5)
+    ngram_range: tuple[Annotated[int, Field(gt=0, le=1000)], Annotated[int, Field(gt=0, le=1000)]] = (1, 5)
     #: None: the tokenizer's mask token (``[MASK]`` when it has none)
     mask_token: str | None = None
     seed: int = 0

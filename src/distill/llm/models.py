@@ -9,10 +9,13 @@ teacher when the widths agree (:func:`init_from_teacher`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from distill.models.bounds import Layers, Width
 
 
 def _require_gguf() -> None:
@@ -48,8 +51,10 @@ def load_gguf_model(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def small_llama(vocab_size: int, hidden_size: int = 256, num_layers: int = 4, num_heads: int = 4,
-                intermediate_size: int = 704, max_positions: int = 256, tie_embeddings: bool = True,
+def small_llama(vocab_size: int, hidden_size: Width = 256, num_layers: Layers = 4,
+                num_heads: Annotated[int, Field(gt=0, le=256)] = 4,
+                intermediate_size: Annotated[int, Field(gt=0, le=32768)] = 704,
+                max_positions: Annotated[int, Field(gt=0, le=131072)] = 256, tie_embeddings: bool = True,
                 bos_token_id: int | None = None, eos_token_id: int | None = None, pad_token_id: int | None = None,
                 seed: int = 0) -> nn.Module:
     """A small Llama student with the given vocabulary, randomly initialised (seeded)."""

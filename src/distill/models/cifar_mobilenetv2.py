@@ -12,8 +12,13 @@ Module names follow RepDistiller (``conv1``, ``blocks.i.j.conv.k``, ``conv2``, `
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
+from pydantic import Field
 from torch import nn
+
+from .bounds import Multiplier
 
 __all__ = ["CifarMobileNetV2", "InvertedResidual", "mobilenetv2"]
 
@@ -126,6 +131,7 @@ class CifarMobileNetV2(nn.Module):
         return self.classifier(out)
 
 
-def mobilenetv2(num_classes: int = 10, width_mult: float = 0.5, expand_ratio: int = 6) -> CifarMobileNetV2:
+def mobilenetv2(num_classes: int = 10, width_mult: Multiplier = 0.5,
+                expand_ratio: Annotated[int, Field(gt=0, le=16)] = 6) -> CifarMobileNetV2:
     """MobileNetV2, CIFAR form; defaults = RepDistiller's ``mobile_half`` (width 0.5, t = 6), 0.81M params."""
     return CifarMobileNetV2(num_classes=num_classes, width_mult=width_mult, expand_ratio=expand_ratio)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bounds import Width
+
 __all__ = [
     "CifarResNet",
     "CifarResNetB",
@@ -233,36 +235,36 @@ class CifarResNetB(nn.Module):
         return self.fc(out)
 
 
-def resnet20(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet20(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-20 (3 blocks per stage), option-A shortcuts; 0.27M parameters."""
-    return CifarResNet(20, num_classes=num_classes, **kwargs)
+    return CifarResNet(20, num_classes=num_classes, widths=widths)
 
 
-def resnet32(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet32(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-32 (5 blocks per stage), option-A shortcuts; 0.46M parameters."""
-    return CifarResNet(32, num_classes=num_classes, **kwargs)
+    return CifarResNet(32, num_classes=num_classes, widths=widths)
 
 
-def resnet44(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet44(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-44 (7 blocks per stage), option-A shortcuts; 0.66M parameters."""
-    return CifarResNet(44, num_classes=num_classes, **kwargs)
+    return CifarResNet(44, num_classes=num_classes, widths=widths)
 
 
-def resnet56(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet56(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-56 (9 blocks per stage), option-A shortcuts; 0.85M parameters."""
-    return CifarResNet(56, num_classes=num_classes, **kwargs)
+    return CifarResNet(56, num_classes=num_classes, widths=widths)
 
 
-def resnet110(num_classes: int = 10, **kwargs) -> CifarResNet:
+def resnet110(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-110 (18 blocks per stage), option-A shortcuts; 1.73M parameters."""
-    return CifarResNet(110, num_classes=num_classes, **kwargs)
+    return CifarResNet(110, num_classes=num_classes, widths=widths)
 
 
-def resnet8x4(num_classes: int = 10, **kwargs) -> CifarResNetB:
+def resnet8x4(num_classes: int = 10) -> CifarResNetB:
     """ResNet-8x4 (1 block per stage, widths 32/64/128/256), option-B shortcuts; 1.23M params (100 cl.)."""
-    return CifarResNetB(8, num_classes=num_classes, widths=(32, 64, 128, 256), **kwargs)
+    return CifarResNetB(8, num_classes=num_classes, widths=(32, 64, 128, 256))
 
 
-def resnet32x4(num_classes: int = 10, **kwargs) -> CifarResNetB:
+def resnet32x4(num_classes: int = 10) -> CifarResNetB:
     """ResNet-32x4 (5 blocks per stage, widths 32/64/128/256), option-B shortcuts; 7.43M params (100 cl.)."""
-    return CifarResNetB(32, num_classes=num_classes, widths=(32, 64, 128, 256), **kwargs)
+    return CifarResNetB(32, num_classes=num_classes, widths=(32, 64, 128, 256))

@@ -13,6 +13,8 @@ Module names follow RepDistiller (``conv1``, ``bn1``, ``layerK.j.convI``/``bnI``
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,6 +135,6 @@ class CifarShuffleNetV2(nn.Module):
         return self.linear(out)
 
 
-def shufflenetv2(num_classes: int = 10, net_size: float = 1.0) -> CifarShuffleNetV2:
+def shufflenetv2(num_classes: int = 10, net_size: Literal[0.5, 1.0, 1.5, 2.0] = 1.0) -> CifarShuffleNetV2:
     """ShuffleNetV2, CIFAR form; default net size 1 (RepDistiller ``ShuffleV2``); 1.36M params (100 cl.)."""
     return CifarShuffleNetV2(num_classes=num_classes, net_size=net_size)

@@ -94,26 +94,26 @@ class CifarVGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def vgg8(num_classes: int = 10, **kwargs) -> CifarVGG:
+def vgg8(num_classes: int = 10) -> CifarVGG:
     """VGG-8 with BN (one conv per block); 3.96M parameters (100 classes)."""
-    return CifarVGG("vgg8", num_classes=num_classes, **kwargs)
+    return CifarVGG("vgg8", num_classes=num_classes)
 
 
-def vgg11(num_classes: int = 10, **kwargs) -> CifarVGG:
+def vgg11(num_classes: int = 10) -> CifarVGG:
     """VGG-11 with BN."""
-    return CifarVGG("vgg11", num_classes=num_classes, **kwargs)
+    return CifarVGG("vgg11", num_classes=num_classes)
 
 
-def vgg13(num_classes: int = 10, **kwargs) -> CifarVGG:
+def vgg13(num_classes: int = 10) -> CifarVGG:
     """VGG-13 with BN (two convs per block); 9.46M parameters (100 classes)."""
-    return CifarVGG("vgg13", num_classes=num_classes, **kwargs)
+    return CifarVGG("vgg13", num_classes=num_classes)
 
 
-def vgg16(num_classes: int = 10, **kwargs) -> CifarVGG:
+def vgg16(num_classes: int = 10) -> CifarVGG:
     """VGG-16 with BN."""
-    return CifarVGG("vgg16", num_classes=num_classes, **kwargs)
+    return CifarVGG("vgg16", num_classes=num_classes)
 
 
-def vgg19(num_classes: int = 10, **kwargs) -> CifarVGG:
+def vgg19(num_classes: int = 10) -> CifarVGG:
     """VGG-19 with BN."""
-    return CifarVGG("vgg19", num_classes=num_classes, **kwargs)
+    return CifarVGG("vgg19", num_classes=num_classes)

@@ -11,9 +11,14 @@ global average pooling and a linear classifier. Module names follow RepDistiller
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from .bounds import Rate
 
 __all__ = ["WideResNet", "wrn", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
 
@@ -121,26 +126,27 @@ class WideResNet(nn.Module):
         return self.fc(out)
 
 
-def wrn(depth: int = 16, widen_factor: int = 2, num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn(depth: Annotated[int, Field(ge=10, le=100)] = 16, widen_factor: Annotated[int, Field(gt=0, le=16)] = 2,
+        num_classes: int = 10, drop_rate: Rate = 0.0) -> WideResNet:
     """Generic WRN-depth-widen_factor (defaults: WRN-16-2)."""
-    return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, **kwargs)
+    return WideResNet(depth=depth, widen_factor=widen_factor, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def wrn_16_1(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn_16_1(num_classes: int = 10, drop_rate: Rate = 0.0) -> WideResNet:
     """WRN-16-1: 2 blocks per group, widths 16/32/64."""
-    return WideResNet(16, 1, num_classes=num_classes, **kwargs)
+    return WideResNet(16, 1, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def wrn_16_2(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn_16_2(num_classes: int = 10, drop_rate: Rate = 0.0) -> WideResNet:
     """WRN-16-2: 2 blocks per group, widths 32/64/128; 0.70M parameters (100 classes)."""
-    return WideResNet(16, 2, num_classes=num_classes, **kwargs)
+    return WideResNet(16, 2, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def wrn_40_1(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn_40_1(num_classes: int = 10, drop_rate: Rate = 0.0) -> WideResNet:
     """WRN-40-1: 6 blocks per group, widths 16/32/64."""
-    return WideResNet(40, 1, num_classes=num_classes, **kwargs)
+    return WideResNet(40, 1, num_classes=num_classes, drop_rate=drop_rate)
 
 
-def wrn_40_2(num_classes: int = 10, **kwargs) -> WideResNet:
+def wrn_40_2(num_classes: int = 10, drop_rate: Rate = 0.0) -> WideResNet:
     """WRN-40-2: 6 blocks per group, widths 32/64/128; 2.26M parameters (100 classes)."""
-    return WideResNet(40, 2, num_classes=num_classes, **kwargs)
+    return WideResNet(40, 2, num_classes=num_classes, drop_rate=drop_rate)

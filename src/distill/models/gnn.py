@@ -10,10 +10,14 @@ input of the last layer (the penultimate node embedding).
 from __future__ import annotations
 
 import warnings
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from .bounds import Layers, Rate, Width
 
 
 def to_csr(x: torch.Tensor) -> torch.Tensor:
@@ -61,15 +65,15 @@ def _dims(in_channels: int, hidden: int, num_classes: int, num_layers: int) -> l
     return list(zip(sizes[:-1], sizes[1:]))
 
 
-def graph_mlp(in_channels: int, num_classes: int, hidden: int = 512, num_layers: int = 3,
-              dropout: float = 0.6) -> GraphStack:
+def graph_mlp(in_channels: int, num_classes: int, hidden: Width = 512, num_layers: Layers = 3,
+              dropout: Rate = 0.6) -> GraphStack:
     """The MLP student (no message passing)."""
     return GraphStack([nn.Linear(a, b) for a, b in _dims(in_channels, hidden, num_classes, num_layers)],
                       dropout, uses_graph=False)
 
 
-def graph_gcn(in_channels: int, num_classes: int, hidden: int = 512, num_layers: int = 3,
-              dropout: float = 0.5) -> GraphStack:
+def graph_gcn(in_channels: int, num_classes: int, hidden: Width = 512, num_layers: Layers = 3,
+              dropout: Rate = 0.5) -> GraphStack:
     """GCN (Kipf & Welling 2017) with symmetric normalisation and self-loops (PyG ``GCNConv`` defaults, which
     equal DGL ``GraphConv(norm='both')`` on a graph with self-loops added)."""
     _require_pyg()
@@ -79,8 +83,8 @@ def graph_gcn(in_channels: int, num_classes: int, hidden: int = 512, num_layers:
                       dropout, uses_graph=True)
 
 
-def graph_sage(in_channels: int, num_classes: int, hidden: int = 512, num_layers: int = 3,
-               dropout: float = 0.5) -> GraphStack:
+def graph_sage(in_channels: int, num_classes: int, hidden: Width = 512, num_layers: Layers = 3,
+               dropout: Rate = 0.5) -> GraphStack:
     """GraphSAGE with mean aggregation (PyG ``SAGEConv``)."""
     _require_pyg()
     from torch_geometric.nn import SAGEConv
@@ -89,8 +93,8 @@ def graph_sage(in_channels: int, num_classes: int, hidden: int = 512, num_layers
                       dropout, uses_graph=True, sparse_input=False)  # SAGEConv rejects sparse features
 
 
-def graph_gat(in_channels: int, num_classes: int, hidden: int = 64, num_layers: int = 2, heads: int = 8,
-              dropout: float = 0.6) -> GraphStack:
+def graph_gat(in_channels: int, num_classes: int, hidden: Width = 64, num_layers: Layers = 2,
+              heads: Annotated[int, Field(gt=0, le=64)] = 8, dropout: Rate = 0.6) -> GraphStack:
     """GAT: hidden layers with ``heads`` concatenated attention heads of ``hidden // heads`` channels, one head
     in the output layer (PyG ``GATConv``)."""
     _require_pyg()

@@ -13,12 +13,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .bounds import Layers, Rate, Size, Width
+
 MINILM_VOCAB = 30522
+#: convolution kernel widths of the TextCNN
+Kernels = Annotated[Sequence[Annotated[int, Field(gt=0, le=64)]], Field(min_length=1, max_length=16)]
 
 
 def word_embedding_matrix(model_dir: str | Path = "minilm") -> torch.Tensor:
@@ -62,9 +68,10 @@ class BiLSTMClassifier(nn.Module):
     demonstration setting is a 1-layer BiLSTM, hidden 256 per direction, max pooling.
     """
 
-    def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
-                 hidden_size: int = 256, num_layers: int = 1, pooling: str = "max", dropout: float = 0.5,
-                 padding_idx: int = 0, embeddings: str | None = None, freeze_embeddings: bool = False):
+    def __init__(self, num_classes: int = 2, vocab_size: Size = MINILM_VOCAB, embed_dim: Width = 128,
+                 hidden_size: Width = 256, num_layers: Layers = 1, pooling: Literal["max", "mean"] = "max",
+                 dropout: Rate = 0.5, padding_idx: Annotated[int, Field(ge=0)] = 0, embeddings: str | None = None,
+                 freeze_embeddings: bool = False):
         super().__init__()
         if pooling not in ("max", "mean"):
             raise ValueError(f"pooling must be 'max' or 'mean', got {pooling!r}")
@@ -102,9 +109,10 @@ class TextCNN(nn.Module):
     ignored by the max (ReLU outputs are >= 0, so masked positions are set to 0); sentences shorter than the
     widest kernel are padded up to it."""
 
-    def __init__(self, num_classes: int = 2, vocab_size: int = MINILM_VOCAB, embed_dim: int = 128,
-                 kernel_sizes: Sequence[int] = (3, 4, 5), channels: int = 100, dropout: float = 0.5,
-                 padding_idx: int = 0, embeddings: str | None = None, freeze_embeddings: bool = False):
+    def __init__(self, num_classes: int = 2, vocab_size: Size = MINILM_VOCAB, embed_dim: Width = 128,
+                 kernel_sizes: Kernels = (3, 4, 5), channels: Width = 100, dropout: Rate = 0.5,
+                 padding_idx: Annotated[int, Field(ge=0)] = 0,
+                 embeddings: str | None = None, freeze_embeddings: bool = False):
         super().__init__()
         self.embedding = make_embedding(vocab_size, embed_dim, padding_idx, embeddings, freeze_embeddings)
         embed_dim = self.embedding.embedding_dim
@@ -164,8 +172,8 @@ class TransformerClassifier(nn.Module):
         return self.classifier(self.dropout(masked_mean(hidden, attention_mask)))
 
 
-def minilm(num_classes: int = 2, layers: int | None = None, model_dir: str = "minilm", pretrained: bool = True,
-           dropout: float = 0.1) -> TransformerClassifier:
+def minilm(num_classes: int = 2, layers: Layers | None = None, model_dir: str = "minilm", pretrained: bool = True,
+           dropout: Rate = 0.1) -> TransformerClassifier:
     """all-MiniLM-L6-v2 (or another local BERT-like folder) with mean pooling and a linear head.
 
     ``layers``: keep only the first ``layers`` encoder layers (default: all). ``pretrained``: load the folder's
@@ -202,8 +210,8 @@ def minilm(num_classes: int = 2, layers: int | None = None, model_dir: str = "mi
     return TransformerClassifier(encoder, config.hidden_size, num_classes, dropout)
 
 
-def minilm_truncated(num_classes: int = 2, layers: int = 2, model_dir: str = "minilm", pretrained: bool = True,
-                     dropout: float = 0.1) -> TransformerClassifier:
+def minilm_truncated(num_classes: int = 2, layers: Layers = 2, model_dir: str = "minilm",
+                     pretrained: bool = True, dropout: Rate = 0.1) -> TransformerClassifier:
     """The first ``layers`` layers (default 2 of 6) of MiniLM with its embeddings, mean pooling and a linear head."""
     return minilm(num_classes, layers, model_dir, pretrained, dropout)
 

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from distill.models.bounds import Layers, Width
 
 
 def _st() -> Any:
@@ -48,8 +51,8 @@ def load_sentence_model(path: str | Path | None = None, device: str = "cpu") -> 
         return st.SentenceTransformer(str(path), device=device, local_files_only=True)
 
 
-def truncated_student(num_layers: int = 2, *, projection_dim: int | None = None, normalize: bool = False,
-                      source: str | Path | None = None, max_seq_length: int = 256,
+def truncated_student(num_layers: Layers = 2, *, projection_dim: Width | None = None, normalize: bool = False,
+                      source: str | Path | None = None, max_seq_length: Annotated[int, Field(gt=0, le=8192)] = 256,
                       freeze_embeddings: bool = False) -> nn.Module:
     """The first ``num_layers`` layers of a BERT-style sentence model (default all-MiniLM-L6-v2), mean pooling,
     then optionally ``Dense(width -> projection_dim)`` initialised to the identity when square, then optionally
@@ -93,7 +96,7 @@ def _can_set_length(module: nn.Module) -> bool:
     return hasattr(module, "max_seq_length") and (not isinstance(prop, property) or prop.fset is not None)
 
 
-def static_student(*, projection_dim: int | None = None, normalize: bool = True,
+def static_student(*, projection_dim: Width | None = None, normalize: bool = True,
                    source: str | Path | None = None) -> nn.Module:
     """A static bag-of-words student: the mean of the teacher's *input* word embeddings (a trainable
     ``StaticEmbedding`` initialised from them, same WordPiece tokenizer), then optionally ``Dense(384 ->

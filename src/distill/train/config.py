@@ -6,19 +6,24 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, Strict
 
-Positive = Annotated[int, Field(gt=0)]
-NonNegative = Annotated[int, Field(ge=0)]
+#: counts are bounded so that a typo (1e30 epochs, a batch of 10**12) is refused rather than run or allocated
+MAX_COUNT = 10**9
+Positive = Annotated[int, Field(gt=0, le=MAX_COUNT)]
+NonNegative = Annotated[int, Field(ge=0, le=MAX_COUNT)]
 PositiveFloat = Annotated[float, Field(gt=0)]
 NonNegativeFloat = Annotated[float, Field(ge=0)]
+Beta = Annotated[float, Field(ge=0, lt=1)]
+#: a switch: true or false only (pydantic would also take "yes", "off" or 1)
+Flag = Annotated[bool, Strict()]
 
 
 @dataclass
 class TrainConfig:
     """How the student is trained. ``seed`` and ``deterministic`` are set at the top level of a YAML file."""
 
-    __pydantic_config__ = ConfigDict(extra="forbid")
+    __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: Positive = 10
     batch_size: Positive = 64
@@ -27,18 +32,18 @@ class TrainConfig:
     optimizer: Literal["sgd", "adamw", "adam"] = "sgd"
     lr: PositiveFloat = 0.05
     momentum: NonNegativeFloat = 0.9
-    nesterov: bool = False
+    nesterov: Flag = False
     weight_decay: NonNegativeFloat = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     schedule: Literal["cosine", "step", "constant"] = "cosine"
     #: epochs (may be fractional) at which the 'step' schedule multiplies the lr by ``gamma``
-    milestones: list[float] = field(default_factory=list)
+    milestones: list[Annotated[float, Field(ge=0, le=MAX_COUNT)]] = field(default_factory=list)
     gamma: PositiveFloat = 0.1
     warmup_epochs: NonNegativeFloat = 0.0
     min_lr_factor: Annotated[float, Field(ge=0, le=1)] = 0.0
     clip_grad_norm: PositiveFloat | None = None
     seed: int = 0
-    deterministic: bool = False
+    deterministic: Flag = False
     early_stopping_patience: Positive | None = None
     early_stopping_metric: str | None = None
     early_stopping_min_delta: float = 0.0
@@ -50,14 +55,14 @@ class TrainConfig:
     checkpoint_every_epochs: NonNegative = 1
     keep_checkpoints: Positive = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    cpu: bool = False
-    progress: bool = True
-    drop_last: bool = True
+    cpu: Flag = False
+    progress: Flag = True
+    drop_last: Flag = True
     max_steps: Positive | None = None
     step_delay: NonNegativeFloat = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
     # -- several processes (DDP) and speed options; see docs/ddp.md --
-    find_unused_parameters: bool = True  # DDP: tolerate parameters without a gradient in a step (init stages)
-    sync_batchnorm: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
-    broadcast_buffers: bool = True  # DDP: copy rank 0's buffers to every rank at each forward
-    teacher_inference_mode: bool = False  # run the teacher under torch.inference_mode (outputs cloned out)
-    compile_student: bool = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
+    find_unused_parameters: Flag = True  # DDP: tolerate parameters without a gradient in a step (init stages)
+    sync_batchnorm: Flag = False  # DDP on GPUs: BatchNorm statistics over the global batch (not on CPU)
+    broadcast_buffers: Flag = True  # DDP: copy rank 0's buffers to every rank at each forward
+    teacher_inference_mode: Flag = False  # run the teacher under torch.inference_mode (outputs cloned out)
+    compile_student: Flag = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)

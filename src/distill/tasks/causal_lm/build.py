@@ -9,7 +9,7 @@ from torch import nn
 
 from distill.config import ConfigError, resolve_path
 from distill.core.family import Family, Loaded, register_family
-from distill.llm.models import init_from_teacher
+from distill.llm.models import init_from_teacher, small_llama
 from distill.tasks.causal_lm.data import load_lm_data, sequence_kd_data
 from distill.tasks.causal_lm.models import build_lm_model, load_lm_tokenizer
 from distill.tasks.causal_lm.section import LMData, LMStudent
@@ -27,6 +27,11 @@ class CausalLMFamily(Family):
         from distill.tasks.causal_lm.models import ARCHS
 
         return list(ARCHS)
+
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.tasks.causal_lm.models import SUPPLIED
+
+        return (small_llama, SUPPLIED) if model_cfg.arch == "llama" and model_cfg.path is None else None
 
     def check(self, cfg: Any) -> None:
         d = cfg.data

@@ -11,14 +11,21 @@ from distill.tasks.common import existing_file
 
 def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
     d = cfg.data
-    if d.text:
-        path = existing_file(d.text, cfg.base_dir, "data.text")
-        train, evald = text_blocks(path, tok, d.block_size, d.val_fraction, d.max_tokens)
-    else:
-        train = prompt_response_jsonl(existing_file(d.train_jsonl, cfg.base_dir, "data.train_jsonl"), tok,
-                                      d.max_length)
-        evald = (prompt_response_jsonl(existing_file(d.eval_jsonl, cfg.base_dir, "data.eval_jsonl"), tok,
-                                       d.max_length) if d.eval_jsonl else None)
+    key = "data.text" if d.text else "data.train_jsonl"
+    try:
+        if d.text:
+            path = existing_file(d.text, cfg.base_dir, "data.text")
+            train, evald = text_blocks(path, tok, d.block_size, d.val_fraction, d.max_tokens)
+        else:
+            train = prompt_response_jsonl(existing_file(d.train_jsonl, cfg.base_dir, "data.train_jsonl"), tok,
+                                          d.max_length)
+            key = "data.eval_jsonl"
+            evald = (prompt_response_jsonl(existing_file(d.eval_jsonl, cfg.base_dir, "data.eval_jsonl"), tok,
+                                           d.max_length) if d.eval_jsonl else None)
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # ConfigError is a ValueError: kept as is
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     if d.train_blocks:
         train = train.subset(slice(0, d.train_blocks))
     if d.eval_blocks and evald is not None:

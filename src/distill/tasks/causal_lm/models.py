@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from distill.config import ConfigError, resolve_path
+from distill.config import ConfigError
 from distill.core.safe_pickle import config_key, hf_folder_guard
 from distill.llm.models import load_gguf_model, load_gguf_tokenizer, small_llama
-from distill.tasks.common import load_model_weights
+from distill.tasks.common import call_builder, existing_path, load_model_weights, validate_model_options
 
 ARCHS = ("llama",)
+#: what the family passes to the builder itself
+SUPPLIED = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "seed")
 
 
 def load_lm_tokenizer(value: str, base_dir: str | None, key: str = "data.tokenizer") -> Any:
-    path = resolve_path(value, base_dir)
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist")
+    path = existing_path(value, base_dir, key)
     try:
         if path.suffix == ".gguf":
             return load_gguf_tokenizer(path)
@@ -56,16 +55,15 @@ def build_lm_model(model_cfg: Any, tokenizer: Any, seed: int, base_dir: str | No
     if model_cfg.path is not None:
         if model_cfg.arch is not None:
             raise ConfigError(f"{key}.arch: give 'arch' or 'path', not both")
-        model = load_causal_lm(resolve_path(model_cfg.path, base_dir), f"{key}.path")
+        model = load_causal_lm(existing_path(model_cfg.path, base_dir, f"{key}.path"), f"{key}.path")
     else:
         if model_cfg.arch not in ARCHS:
             raise ConfigError(f"{key}.arch: unknown model {model_cfg.arch!r} for task causal_lm; allowed: "
                               f"{', '.join(ARCHS)} (or give 'path': a GGUF file or a Hugging Face folder)")
-        allowed = [p for p in inspect.signature(small_llama).parameters
-                   if p not in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "seed")]
-        unknown = sorted(set(model_cfg.options) - set(allowed))
-        if unknown:
-            raise ConfigError(f"{key}.options.{unknown[0]}: unknown option for 'llama'; allowed: {', '.join(allowed)}")
-        model = small_llama(len(tokenizer), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                            seed=seed, **model_cfg.options)
+        options = validate_model_options(small_llama, model_cfg.options, f"{key}.options", "llama", SUPPLIED)
+        if options.get("hidden_size", 256) % options.get("num_heads", 4):
+            raise ConfigError(f"{key}.options.num_heads: hidden_size ({options.get('hidden_size', 256)}) must divide "
+                              f"by num_heads ({options.get('num_heads', 4)})")
+        model = call_builder(small_llama, key, len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                             pad_token_id=tokenizer.pad_token_id, seed=seed, **options)
     return load_model_weights(model, model_cfg, base_dir, key)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from distill.config import ModelConfig, Strict
+from distill.train.config import Flag
 
 
 class SequenceKD(Strict):
@@ -43,7 +44,7 @@ class LMData(Strict):
     max_length: int = Field(256, ge=2)
     train_blocks: int | None = Field(None, gt=0)
     eval_blocks: int | None = Field(None, gt=0)
-    agreement: bool = True
+    agreement: Flag = True
     sequence_kd: SequenceKD | None = None
 
 
@@ -52,5 +53,5 @@ class LMStudent(ModelConfig):
     num_heads, intermediate_size, max_positions, tie_embeddings); ``path`` loads a Hugging Face causal-LM folder.
     ``init_from_teacher`` copies the teacher's layers ``teacher_layers`` (equal widths only)."""
 
-    init_from_teacher: bool = False
+    init_from_teacher: Flag = False
     teacher_layers: list[int] | None = None

@@ -29,6 +29,14 @@ class SentenceFamily(Family):
 
         return list(STUDENTS)
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.tasks.embedding.models import STUDENTS
+
+        if key != "student":
+            return None
+        arch = model_cfg.arch or "static"
+        return (STUDENTS[arch], ("source",)) if arch in STUDENTS else None
+
     def has_teacher(self, cfg: Any) -> bool:
         return True  # the default teacher is the shipped all-MiniLM-L6-v2
 

@@ -9,7 +9,11 @@ from distill.tasks.common import existing_file
 
 
 def read_text_lines(path: Any, key: str = "data.train") -> list[str]:
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{key}: {path} is not UTF-8 text (byte {e.start}); one text per line expected") from None
+    texts = [line.strip() for line in text.splitlines() if line.strip()]
     if not texts:
         raise ConfigError(f"{key}: {path} holds no texts (one text per line expected)")
     return texts

@@ -9,14 +9,13 @@ from (default: the shipped all-MiniLM-L6-v2). Teachers (``teacher.path``): a sen
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
 
-from distill.config import ConfigError, resolve_path
+from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
-from distill.tasks.common import load_model_weights
+from distill.tasks.common import existing_path, load_model_weights, validate_model_options
 from distill.text.st_models import load_sentence_model, static_student, truncated_student
 
 STUDENTS = {"static": static_student, "truncated": truncated_student}
@@ -30,13 +29,10 @@ def build_sentence_student(model_cfg: Any, base_dir: str | None, key: str,
                           f"{', '.join(STUDENTS)}")
     builder = STUDENTS[arch]
     options = {**(defaults or {}), **(model_cfg.options if model_cfg is not None else {})}
-    allowed = [p for p in inspect.signature(builder).parameters if p != "source"]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ConfigError(f"{key}.options.{unknown[0]}: unknown option for {arch!r}; allowed: {', '.join(allowed)}")
+    options = validate_model_options(builder, options, f"{key}.options", arch, ("source",))
     source = model_cfg.path if model_cfg is not None else None
     if source is not None:
-        source = resolve_path(source, base_dir)
+        source = existing_path(source, base_dir, f"{key}.path")
         if not source.is_dir():
             raise ConfigError(f"{key}.path: {source} is not a folder")
     try:
@@ -53,7 +49,7 @@ def load_sentence_teacher(model_cfg: Any, base_dir: str | None, key: str) -> nn.
     if model_cfg.arch is not None:
         raise ConfigError(f"{key}.arch: a sentence-embedding teacher is a folder: give 'path' (default: the shipped "
                           "all-MiniLM-L6-v2)")
-    path = resolve_path(model_cfg.path, base_dir) if model_cfg.path else None
+    path = existing_path(model_cfg.path, base_dir, f"{key}.path") if model_cfg.path else None
     if path is not None and not path.is_dir():
         raise ConfigError(f"{key}.path: {path} is not a folder")
     try:

@@ -32,6 +32,12 @@ class GraphFamily(Family):
 
         return list(GRAPH_MODELS)
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.models.gnn import GRAPH_MODELS
+        from distill.tasks.graph.models import SUPPLIED
+
+        return (GRAPH_MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in GRAPH_MODELS else None
+
     def check(self, cfg: Any) -> None:
         default = TrainConfig()
         for key in ("batch_size", "eval_batch_size"):

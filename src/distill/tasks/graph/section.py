@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from distill.config import Strict
+from distill.train.config import Flag
 
 
 class GraphDataSection(Strict):
@@ -14,5 +15,5 @@ class GraphDataSection(Strict):
 
     path: str
     dataset: Literal["cora", "citeseer", "pubmed"] = "cora"
-    normalize_features: bool = True
+    normalize_features: Flag = True
     train_on: Literal["train", "all"] = "train"

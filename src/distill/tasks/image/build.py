@@ -23,6 +23,12 @@ class ImageFamily(Family):
 
         return list(MODELS)
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.models import MODELS
+        from distill.tasks.image.models import SUPPLIED
+
+        return (MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in MODELS else None
+
     def check(self, cfg: Any) -> None:
         """``data.extra_*_per_class`` draw from outside the training subset, so there must be one."""
         d = cfg.data

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
 from typing import Any
 
-from distill.config import ConfigError, resolve_path
+from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from distill.data.images import ImageArrays, load_images
+from distill.tasks.common import existing_path
 from distill.tasks.image.section import ImageData
 from distill.tasks.image.task import ImageClassification
 from distill.train.distributed import main_process_first
@@ -15,12 +20,24 @@ from distill.train.distributed import main_process_first
 
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
                key: str) -> ImageArrays:
-    file = resolve_path(path, base_dir)
-    if not file.exists():
-        raise ConfigError(f"data.{key}: {file} does not exist")
-    with config_key(f"data.{key}"):
-        data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
-    return data.balanced_subset(per_class, d.subset_seed) if per_class else data
+    file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
+    if d.cache_dir is not None and Path(d.cache_dir).expanduser().is_file():
+        raise ConfigError(f"data.cache_dir: {d.cache_dir} is a file, not a folder")
+    try:
+        with config_key(f"data.{key}"):
+            data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, RuntimeError, tarfile.TarError,
+            zipfile.BadZipFile, pickle.UnpicklingError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"data.{key}: {file}: {first}") from None
+    if len(data) == 0:
+        raise ConfigError(f"data.{key}: {file}: no images in split {split!r}")
+    try:
+        return data.balanced_subset(per_class, d.subset_seed) if per_class else data
+    except ValueError as e:
+        raise ConfigError(f"data.{key}_per_class: {str(e).splitlines()[0]}") from None
 
 
 def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArrays | None]:
@@ -32,14 +49,22 @@ def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArr
     if evald is not None and evald.classes != train.classes:
         raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
     val = None
-    if d.val_per_class:
-        val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
-    if d.labeled_per_class:
-        train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
-    if d.extra_val_per_class or d.extra_unlabeled_per_class:
-        with main_process_first():
-            train, extra_val = add_extra_splits(cfg, train)
-        val = extra_val if extra_val is not None else val
+    key = "data.val_per_class"
+    try:
+        if d.val_per_class:
+            val, train = train.split_off(d.val_per_class, d.subset_seed + 1)
+        key = "data.labeled_per_class"
+        if d.labeled_per_class:
+            train = train.hide_labels(d.labeled_per_class, d.subset_seed + 2)
+        key = "data.extra_val_per_class" if d.extra_val_per_class else "data.extra_unlabeled_per_class"
+        if d.extra_val_per_class or d.extra_unlabeled_per_class:
+            with main_process_first():
+                train, extra_val = add_extra_splits(cfg, train)
+            val = extra_val if extra_val is not None else val
+    except ValueError as e:  # too few images per class for the splits asked for
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     return train, evald, val
 
 

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from distill.config import Strict
+from distill.train.config import Flag
 
 
 class NormalizeConfig(Strict):
@@ -18,7 +19,7 @@ class AugmentConfig(Strict):
     """Random crop with zero padding and horizontal flip (:class:`distill.data.augment.RandomCropFlip`)."""
 
     crop_padding: int = Field(4, ge=0)
-    flip: bool = True
+    flip: Flag = True
 
 
 class ImageData(Strict):
@@ -46,4 +47,4 @@ class ImageData(Strict):
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
     augment: AugmentConfig | None = AugmentConfig()
     cache_dir: str | None = None
-    channels_last: bool = True
+    channels_last: Flag = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.config import ConfigError
 from distill.core.family import Loaded, register_family
 from distill.tasks.common import existing_file
 from distill.tasks.embedding.build import SentenceFamily
@@ -39,7 +40,12 @@ class RankingFamily(SentenceFamily):
         coll = load_ranking_collection(cfg)
         scores = None
         if cfg.teacher is not None and cfg.teacher.scores:
-            scores = ScoreFileTeacher(existing_file(cfg.teacher.scores, cfg.base_dir, "teacher.scores"))
+            path = existing_file(cfg.teacher.scores, cfg.base_dir, "teacher.scores")
+            try:
+                scores = ScoreFileTeacher(path)
+            except (ValueError, OSError, IndexError, KeyError) as e:  # UnicodeDecodeError is a ValueError
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise ConfigError(f"teacher.scores: {path}: {first}") from None
         groups = training_groups(cfg, coll, scores.scores if scores is not None else None)
         task = TextRanking(None, cfg.data.query_length, cfg.data.doc_length)  # type: ignore[arg-type]
         return Loaded(task, groups, None, info={"collection": coll, "score_teacher": scores})

@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from distill.config import ConfigError, resolve_path
-from distill.tasks.common import existing_file
+from distill.config import ConfigError
+from distill.tasks.common import existing_file, existing_path
 from distill.tasks.embedding.data import read_text_lines
 from distill.text.groups import query_groups, title_groups, to_ranking_groups
 from distill.text.ir_data import RetrievalCollection, load_collection, load_cranfield
@@ -16,12 +16,20 @@ from distill.text.retrieval import BM25Index
 def load_ranking_collection(cfg: Any) -> RetrievalCollection:
     d = cfg.data
     if d.cranfield:
-        folder = resolve_path(d.cranfield, cfg.base_dir)
+        folder = existing_path(d.cranfield, cfg.base_dir, "data.cranfield")
         if not folder.is_dir():
             raise ConfigError(f"data.cranfield: {folder} is not a folder")
-        return load_cranfield(folder)
+        try:
+            return load_cranfield(folder)
+        except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+            raise ConfigError(f"data.cranfield: {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                from None
     files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in ("docs", "queries", "qrels")]
-    return load_collection(*files)
+    try:
+        return load_collection(*files)
+    except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
+        raise ConfigError(f"data (docs, queries, qrels): {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
 
 
 def score_file_groups(coll: RetrievalCollection, qids: list[str], scores: dict[tuple[str, str], float],

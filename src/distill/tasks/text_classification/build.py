@@ -24,6 +24,12 @@ class TextClassificationFamily(Family):
 
         return list(TEXT_MODELS)
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.models import TEXT_MODELS
+        from distill.tasks.text_classification.models import SUPPLIED, text_builder
+
+        return (text_builder(model_cfg.arch), SUPPLIED) if model_cfg.arch in TEXT_MODELS else None
+
     def has_teacher(self, cfg: Any) -> bool:
         return cfg.teacher is not None or (cfg.data is not None and cfg.data.aspects is not None)
 

@@ -29,6 +29,11 @@ class VectorFamily(Family):
 
         return list(VECTOR_MODELS)
 
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.tasks.vectors.models import SUPPLIED, VECTOR_MODELS
+
+        return (VECTOR_MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in VECTOR_MODELS else None
+
     def load(self, cfg: Any) -> Loaded:
         d = cfg.data
         train = read_vectors(existing_file(d.train, cfg.base_dir, "data.train"), d.label, "data.train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,7 @@ def read_vectors(path: Path, label: str, key: str) -> TensorDataset:
         else:
             raise ConfigError(f"{key}: {path}: expected a .npz or .csv file")
         return vector_dataset(torch.as_tensor(x), torch.as_tensor(y))
-    except ValueError as e:
+    except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

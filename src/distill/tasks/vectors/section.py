@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from distill.config import Strict
+from distill.train.config import Flag
 
 
 class VectorData(Strict):
@@ -13,4 +14,4 @@ class VectorData(Strict):
     train: str
     eval: str | None = None
     label: str = "label"
-    standardize: bool = True
+    standardize: Flag = True
