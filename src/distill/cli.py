@@ -32,17 +32,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file: "<path>: <reason>")
         return _error(e)
-    run_dir = exp.trainer.run_dir
-    main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 writes and reports
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.train.trainer import ResumeMismatchError
+    from distill.train.checkpoint import CheckpointError
+    from distill.train.lock import RunLock, RunLockedError
+    from distill.train.trainer import NonFiniteError, ResumeMismatchError
 
+    run_dir = exp.trainer.run_dir
+    main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 locks, writes and reports
     try:
-        summary = exp.fit(resume=not args.restart)
-    except (ResumeMismatchError, UnsafeFileError) as e:  # e.g. a tampered checkpoint file met when resuming
+        with RunLock(run_dir, enabled=main):  # before config.json: a second run on the folder changes nothing
+            if main:
+                (run_dir / "config.json").write_text(cfg.model_dump_json(indent=2))
+            summary = exp.fit(resume=not args.restart)
+    except RunLockedError as e:
+        return _error(e)
+    except (ResumeMismatchError, UnsafeFileError, CheckpointError) as e:  # a damaged or tampered checkpoint
+        return _error(e)
+    except NonFiniteError as e:  # a NaN/inf loss term, parameter or buffer: the last good checkpoint stays
         return _error(e)
     final = summary.get("final", {})
     if main:
