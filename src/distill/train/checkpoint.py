@@ -133,9 +133,16 @@ def checkpoint_folders(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def _digest(body: dict[str, Any]) -> str:
+    """sha256 of the checksum list itself (canonical JSON without its ``self`` key)."""
+    rest = {k: v for k, v in body.items() if k != "self"}
+    return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def _write_checksums(folder: Path) -> None:
     files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in PARTS}
-    body = {"format": "distill-checkpoint", "version": 1, "files": files}
+    body: dict[str, Any] = {"format": "distill-checkpoint", "version": 1, "files": files}
+    body["self"] = _digest(body)
     path = folder / CHECKSUMS
     with open(path, "w") as f:
         json.dump(body, f, indent=1, sort_keys=True)
@@ -169,7 +176,7 @@ def save_checkpoint(
     save_file(tensors_for_safetensors(student), str(tmp / "student.safetensors"))
     save_file(tensors_for_safetensors(methods), str(tmp / "methods.safetensors"))
     torch.save(optimizer, tmp / "optimizer.pt")
-    torch.save(trainer, tmp / "trainer.pt")
+    torch.save({**trainer, "checksummed": True}, tmp / "trainer.pt")  # so a lost checksums.json is noticed
     for part in PARTS:
         _fsync_file(tmp / part)
     _hook("before_checksums", name)
@@ -218,16 +225,21 @@ def verify_checkpoint(path: Path) -> None:
         for part in PARTS:
             if not (path / part).is_file():
                 raise CheckpointError(f"{path / part}: checkpoint file is missing")
+        trainer = load_torch_weights_only(path / "trainer.pt")
+        if isinstance(trainer, dict) and trainer.get("checksummed"):
+            raise CheckpointError(f"{sums_file}: checkpoint file is missing")
         return
     try:
         body = json.loads(sums_file.read_bytes().decode("utf-8"))
+        if body["self"] != _digest(body):
+            raise ValueError("its own checksum differs")
         files = body["files"]
         if set(files) != set(PARTS):
             raise KeyError(sorted(set(PARTS) ^ set(files)))
         expected = {k: (int(v["bytes"]), str(v["sha256"])) for k, v in files.items()}
     except Exception as e:  # noqa: BLE001 - a damaged JSON file fails in many ways
-        raise CheckpointError(f"{sums_file}: unreadable checksum list ({type(e).__name__}); the checkpoint is "
-                              "damaged") from None
+        raise CheckpointError(f"{sums_file}: damaged checksum list ({type(e).__name__}: {_one_line(e)[:80]})") \
+            from None
     for part, (size, digest) in expected.items():
         file = path / part
         if not file.is_file():
