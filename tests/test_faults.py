@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -378,7 +379,7 @@ def test_cli_damaged_latest_checkpoint_falls_back_then_refuses(tmp_path):
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 def test_cli_second_run_on_a_folder_is_refused_and_a_killed_run_resumes(tmp_path):
     out = tmp_path / "run"
-    cfg = cli_config(tmp_path / "a.yaml", out, step_delay=0.5)
+    cfg = cli_config(tmp_path / "a.yaml", out, step_delay=3.0)  # still running when the second run starts
     first = cli(cfg, wait=False)
     deadline = time.time() + 240
     while not (out / "checkpoints" / LATEST).exists():
@@ -402,9 +403,10 @@ def test_cli_second_run_on_a_folder_is_refused_and_a_killed_run_resumes(tmp_path
 
 def test_cli_nan_loss_stops_with_the_step_and_term_named(tmp_path):
     out = tmp_path / "run"
-    proc = cli(cli_config(tmp_path / "c.yaml", out, optimizer="adamw", lr=1e6, weight_decay=0.0, epochs=4))
+    """AdamW at a huge learning rate: BatchNorm statistics overflow (lr 1e6 took longer runs to get there)."""
+    proc = cli(cli_config(tmp_path / "c.yaml", out, optimizer="adamw", lr=1e12, weight_decay=0.0, epochs=4))
     line = error_line(proc)
-    assert "non-finite" in line and " at step " in line and "(epoch " in line
+    assert re.search(r"non-finite (loss term|parameter|buffer) '[\w.]+'.* at step \d+ \(epoch \d+\)", line), line
     root = out / "checkpoints"
     if (root / LATEST).exists():  # the last good checkpoint is intact and finite
         folder, loaded = find_checkpoint(root)

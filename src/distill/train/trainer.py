@@ -509,9 +509,9 @@ def _check_terms(sums: dict[str, float], where: str) -> None:
     if math.isfinite(sums["loss"]) and all(math.isfinite(v) for v in sums.values()):
         return
     bad = [k for k, v in sums.items() if k != "loss" and not math.isfinite(v)]
-    name = bad[0] if bad else "loss"
-    raise NonFiniteError(f"non-finite loss term {name!r} ({sums[name]}) at {where}; the run stopped and the last "
-                         "good checkpoint is kept (lower the learning rate, or clip gradients: train.clip_grad_norm)")
+    what = f"loss term {bad[0]!r} ({sums[bad[0]]})" if bad else f"total loss ({sums['loss']}; every term is finite)"
+    raise NonFiniteError(f"non-finite {what} at {where}; the run stopped and the last good checkpoint is kept "
+                         "(lower the learning rate, or clip gradients: train.clip_grad_norm)")
 
 
 def _state_tensors(module: DistillModule):
