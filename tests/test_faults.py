@@ -413,3 +413,12 @@ def test_cli_nan_loss_stops_with_the_step_and_term_named(tmp_path):
         assert folder.name == (root / LATEST).read_text().strip()
         assert all(torch.isfinite(t).all() for t in loaded["student"].values() if t.is_floating_point())
     assert not (out / "student.safetensors").exists()
+
+
+def test_starting_over_removes_the_old_runs_checkpoints(tmp_path):
+    """Otherwise a fallback (or name order) could resume the old run's newer checkpoint."""
+    tiny_run(tmp_path, Composite({"ce": CrossEntropy()}), checkpoint_every=1).fit()
+    assert (tmp_path / "checkpoints" / "step-00000006-2").is_dir()
+    tiny_run(tmp_path, Composite({"ce": CrossEntropy()}), checkpoint_every=1, max_steps=2).fit(resume=False)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["latest", "step-00000001", "step-00000002"]

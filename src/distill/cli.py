@@ -195,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", default=None)
-    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument("--restart", action="store_true", help="start over: remove the run folder's checkpoints first")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")

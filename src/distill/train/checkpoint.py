@@ -339,6 +339,17 @@ def _one_line(e: object) -> str:
     return " ".join(str(e).split())
 
 
+def clear_checkpoints(root: Path) -> None:
+    """Remove every checkpoint under ``root`` (a run started over: its checkpoints must not mix with older ones)."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    (root / LATEST).unlink(missing_ok=True)
+    _fsync_dir(root)
+    for folder in [*checkpoint_folders(root), *root.glob(".tmp-step-*")]:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def latest_checkpoint(root: Path) -> Path | None:
     """The folder of the newest intact checkpoint under ``root`` (see :func:`find_checkpoint`), or None."""
     found = find_checkpoint(root)

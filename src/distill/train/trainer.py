@@ -28,6 +28,7 @@ from distill.core.outputs import RunInfo
 from distill.core.teachers import run_with_taps
 from distill.train import distributed
 from distill.train.checkpoint import (
+    clear_checkpoints,
     find_checkpoint,
     rng_state,
     save_checkpoint,
@@ -270,6 +271,8 @@ class Trainer:
         if resume:
             with acc.main_process_first():  # rank 0 settles a leftover .tmp-* folder before the others look
                 found = find_checkpoint(ckpt_root, warn=_warn if acc.is_main_process else _quiet)
+        elif acc.is_main_process:  # started over: the old run's checkpoints must not be resumed or fallen back to
+            clear_checkpoints(ckpt_root)
         ckpt = found[0] if found is not None else None
         if ckpt is None:
             self._teacher_passes(module)
