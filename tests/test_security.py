@@ -455,10 +455,11 @@ def test_cli_resume_from_tampered_checkpoint(tmp_path):
     assert not marker.exists()
     import json
 
-    from distill.train.checkpoint import CHECKSUMS, sha256_file
+    from distill.train.checkpoint import CHECKSUMS, checksums_digest, sha256_file
 
     sums = json.loads((ckpts[-1] / CHECKSUMS).read_text())  # a tamperer who also rewrites the checksums
     sums["files"]["optimizer.pt"] = {"bytes": bad.stat().st_size, "sha256": sha256_file(bad)}
+    sums["self"] = checksums_digest(sums)
     (ckpts[-1] / CHECKSUMS).write_text(json.dumps(sums))
     proc = run_cli("train", str(cfg))
     assert_one_line_refusal(proc, str(bad), "not a safetensors or weights-only checkpoint")

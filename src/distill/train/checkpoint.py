@@ -133,7 +133,7 @@ def checkpoint_folders(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _digest(body: dict[str, Any]) -> str:
+def checksums_digest(body: dict[str, Any]) -> str:
     """sha256 of the checksum list itself (canonical JSON without its ``self`` key)."""
     rest = {k: v for k, v in body.items() if k != "self"}
     return hashlib.sha256(json.dumps(rest, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -142,7 +142,7 @@ def _digest(body: dict[str, Any]) -> str:
 def _write_checksums(folder: Path) -> None:
     files = {name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)} for name in PARTS}
     body: dict[str, Any] = {"format": "distill-checkpoint", "version": 1, "files": files}
-    body["self"] = _digest(body)
+    body["self"] = checksums_digest(body)
     path = folder / CHECKSUMS
     with open(path, "w") as f:
         json.dump(body, f, indent=1, sort_keys=True)
@@ -231,7 +231,7 @@ def verify_checkpoint(path: Path) -> None:
         return
     try:
         body = json.loads(sums_file.read_bytes().decode("utf-8"))
-        if body["self"] != _digest(body):
+        if body["self"] != checksums_digest(body):
             raise ValueError("its own checksum differs")
         files = body["files"]
         if set(files) != set(PARTS):
