@@ -300,10 +300,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
+        by_design = _non_finite_at_start(module)  # after any resume: what the checkpoint restored counts as start
+
         def checkpoint() -> None:
             distributed.broadcast_buffers(module)
             _check_state(module, f"step {state['global_step']} (epoch {state['epoch'] + (state['step_in_epoch'] > 0)}"
-                                 f", before its checkpoint)", self.world)
+                                 f", before its checkpoint)", self.world, by_design)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(
@@ -361,7 +363,7 @@ class Trainer:
                         acc.clip_grad_norm_(params, cfg.clip_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                    _check_state(module, where, self.world)  # parameters and buffers (BatchNorm statistics)
+                    _check_state(module, where, self.world, by_design)  # parameters and buffers (BatchNorm statistics)
                     state["step_in_epoch"] += 1
                     state["global_step"] += 1
                     if acc.is_main_process and (state["global_step"] % cfg.log_every == 0):
@@ -526,11 +528,12 @@ def _state_tensors(module: DistillModule):
 
 
 @torch.no_grad()
-def _check_state(module: DistillModule, where: str, world: int = 1) -> None:
+def _check_state(module: DistillModule, where: str, world: int = 1, ignore: frozenset[str] = frozenset()) -> None:
     """Stop when a trainable parameter or a buffer of the student or the methods holds a NaN or an infinity (one
     device sync: the sum of all of them is checked first, each tensor only when that sum is not finite). With
-    several processes the sums are averaged first, so every rank stops together."""
-    tensors = [(n, t) for n, t in _state_tensors(module) if t.is_floating_point() and t.numel()]
+    several processes the sums are averaged first, so every rank stops together. ``ignore``: tensors that held
+    non-finite values before training (e.g. a mask buffer of -inf), see :func:`_non_finite_at_start`."""
+    tensors = [(n, t) for n, t in _state_tensors(module) if t.is_floating_point() and t.numel() and n not in ignore]
     if not tensors and world == 1:
         return
     device = tensors[0][1].device if tensors else torch.device("cpu")
@@ -549,6 +552,13 @@ def _check_state(module: DistillModule, where: str, world: int = 1) -> None:
             raise NonFiniteError(f"non-finite {kind} {name!r} at {where}; the run stopped and the last good "
                                  "checkpoint is kept (lower the learning rate, or clip gradients: "
                                  "train.clip_grad_norm)")
+
+
+@torch.no_grad()
+def _non_finite_at_start(module: DistillModule) -> frozenset[str]:
+    """Names of the student's and methods' tensors that hold NaN or inf before any step (by design: masks)."""
+    return frozenset(n for n, t in _state_tensors(module)
+                     if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()))
 
 
 def _warn(message: str) -> None:
