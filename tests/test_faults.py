@@ -422,3 +422,16 @@ def test_starting_over_removes_the_old_runs_checkpoints(tmp_path):
     tiny_run(tmp_path, Composite({"ce": CrossEntropy()}), checkpoint_every=1, max_steps=2).fit(resume=False)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["latest", "step-00000001", "step-00000002"]
+
+
+def test_metric_log_cut_by_a_kill_or_damaged_rewinds_cleanly(tmp_path):
+    from distill.train.logs import FIELDS, MetricLog, read_metrics
+
+    (tmp_path / "metrics.csv").write_bytes(b"step,epoch,split,metric,value\n1,0,train,loss,2.5\n\xff\x00garbage\n"
+                                           b"2,0,train,loss,2.4\n3,0,train,lo")
+    log = MetricLog(tmp_path, resume_step=2, tensorboard=False)
+    log.log(3, 0, "train", {"loss": 2.3})
+    log.close()
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r["value"]) for r in rows] == [("1", "2.5"), ("2", "2.4"), ("3", "2.3")]
+    assert list(rows[0]) == FIELDS
