@@ -1,4 +1,5 @@
-"""A training process killed with SIGKILL resumes from its last checkpoint to the same final weights."""
+"""A training process killed with SIGKILL (between checkpoints, or while writing one) resumes from its last
+checkpoint to the same final weights."""
 
 from __future__ import annotations
 
@@ -37,17 +38,53 @@ def train_cmd(cfg: Path) -> list[str]:
     return [sys.executable, "-m", "distill.cli", "train", str(cfg)]
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e["OMP_NUM_THREADS"] = "1"  # the same thread count in every process keeps CPU kernels bit-identical
+    e.pop("DISTILL_TEST_CHECKPOINT_KILL", None)
+    e.update(extra)
     return e
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
-    full = tmp_path / "full"
-    subprocess.run(train_cmd(write_config(tmp_path / "full.yaml", full, 0.0)), check=True, env=env(),
+@pytest.fixture(scope="module")
+def full(tmp_path_factory) -> Path:
+    """The uninterrupted run's folder."""
+    tmp = tmp_path_factory.mktemp("full")
+    subprocess.run(train_cmd(write_config(tmp / "full.yaml", tmp / "run", 0.0)), check=True, env=env(),
                    capture_output=True)
+    return tmp / "run"
+
+
+def assert_same_weights(full: Path, crash: Path) -> None:
+    a = load_file(str(full / "student.safetensors"))
+    b = load_file(str(crash / "student.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+@pytest.mark.parametrize("point", ["before_checksums", "before_rename", "before_pointer"])
+def test_sigkill_while_writing_a_checkpoint_then_resume_matches_uninterrupted(tmp_path, full, point):
+    """Killed while writing the second checkpoint of step 10 (a checkpoint_every step that also ends epoch 2: the
+    case where the old code had removed the folder ``latest`` named before moving the new one in)."""
+    crash = tmp_path / "crash"
+    cfg = write_config(tmp_path / "crash.yaml", crash, 0.0)
+    proc = subprocess.run(train_cmd(cfg), env=env(DISTILL_TEST_CHECKPOINT_KILL=f"{point}:step-00000010-2"),
+                          capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    root = crash / "checkpoints"
+    assert (root / "step-00000010").is_dir()  # what latest names is never touched
+    assert (root / "latest").read_text().strip() == "step-00000010"
+    resumed = subprocess.run(train_cmd(cfg), env=env(), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "warning" not in resumed.stderr and "Traceback" not in resumed.stderr
+    assert not list(root.glob(".tmp-*"))
+    assert_same_weights(full, crash)
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, full):
 
     crash = tmp_path / "crash"
     cfg = write_config(tmp_path / "crash.yaml", crash, 0.3)
@@ -70,8 +107,4 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
     assert not (crash / "student.safetensors").exists()
 
     subprocess.run(train_cmd(cfg), check=True, env=env(), capture_output=True)
-    a = load_file(str(full / "student.safetensors"))
-    b = load_file(str(crash / "student.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert (a[k] == b[k]).all(), k
+    assert_same_weights(full, crash)

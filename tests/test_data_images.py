@@ -236,8 +236,10 @@ def test_cifar_bad_arguments(tmp_path: Path) -> None:
         load_cifar_pickle(tmp_path / "missing")
     with pytest.raises(ValueError, match="split"):
         load_images(tmp_path, split=None)
-    with pytest.raises(TypeError, match="image_size"):
-        load_images(tmp_path, split="train", image_size=16)
+    # arrays (CIFAR, npz) are resized after loading, as image files are when decoded (this used to be a TypeError)
+    assert load_images(tmp_path, split="train", image_size=16).images.shape[1:] == (3, 16, 16)
+    with pytest.raises(TypeError, match="no option"):
+        load_images(tmp_path, split="train", num_workers=2)
 
 
 class _Evil:
@@ -687,3 +689,63 @@ def test_shared_cifar10_jpeg_test_split() -> None:
     assert torch.bincount(data.labels, minlength=10).tolist() == [1000] * 10
     mean = data.images.float().mean(dim=(0, 2, 3)) / 255
     torch.testing.assert_close(mean, torch.tensor(CIFAR10_MEAN), atol=0.01, rtol=0)
+
+
+# -- every README format as data.train from YAML (issue 23: image_size=None reached loaders without the option) ---
+def _yaml_formats(tmp_path: Path) -> dict[str, tuple[Path, int]]:
+    """{format: (path, training examples)} for each format the README lists for data.train."""
+    write_cifar10(tmp_path / "c10")
+    write_cifar100(tmp_path / "c100")
+    arrays = np.random.default_rng(5).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "x.npz", images=arrays, labels=np.array([0, 1, 2, 0, 1, 2]))
+    np.savez(tmp_path / "split.npz", x_train=arrays, y_train=np.arange(6) % 3, x_test=arrays[:3],
+             y_test=np.arange(3))
+    write_image_folder(tmp_path / "folder", {"train": 2, "test": 1})
+    tar_folder(tmp_path / "folder", tmp_path / "images.tar.gz", "images")
+    return {
+        "cifar10_folder": (tmp_path / "c10" / "cifar-10-batches-py", 30),
+        "cifar10_archive": (tar_folder(tmp_path / "c10" / "cifar-10-batches-py", tmp_path / "cifar-10-python.tar.gz",
+                                       "cifar-10-batches-py"), 30),
+        "cifar100_folder": (tmp_path / "c100", 9),
+        "npz": (tmp_path / "x.npz", 6),
+        "npz_splits": (tmp_path / "split.npz", 6),
+        "image_folder": (tmp_path / "folder", 6),
+        "image_tar": (tmp_path / "images.tar.gz", 6),
+    }
+
+
+@pytest.mark.parametrize("fmt", ["cifar10_folder", "cifar10_archive", "cifar100_folder", "npz", "npz_splits",
+                                 "image_folder", "image_tar"])
+@pytest.mark.parametrize("image_size", [None, 12])
+def test_every_readme_format_loads_from_yaml(tmp_path: Path, fmt: str, image_size: int | None) -> None:
+    import yaml
+
+    from distill.config import load_config
+    from distill.tasks.image.data import load_image_data
+
+    path, n = _yaml_formats(tmp_path)[fmt]
+    data: dict[str, object] = {"train": str(path), "eval": str(path),
+                               "eval_split": "train" if fmt == "npz" else "test"}  # plain npz: no splits
+    if image_size is not None:
+        data["image_size"] = image_size
+    if fmt.startswith("image"):
+        data["cache_dir"] = str(tmp_path / "decoded")
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run"), "data": data,
+                                        "student": {"arch": "resnet20"}, "methods": [{"name": "ce"}]}))
+    train, test, _ = load_image_data(load_config(cfg_file))
+    assert len(train) == n and test is not None and len(test) > 0
+    side = image_size or {"image_folder": 6, "image_tar": 6, "npz": 8, "npz_splits": 8}.get(fmt, 32)
+    assert train.images.shape[2] == side and test.images.shape[2] == side
+    if image_size is None and fmt == "npz_splits":
+        assert torch.equal(train.images, torch.from_numpy(np.load(path)["x_train"]).permute(0, 3, 1, 2))
+
+
+def test_resize_of_arrays_matches_the_image_decoder(tmp_path: Path) -> None:
+    """npz/CIFAR arrays resized after loading equal images decoded from files with the same image_size."""
+    write_image_folder(tmp_path / "f", {"train": 2}, size=(8, 6))
+    decoded = load_images(tmp_path / "f", split="train", image_size=5)
+    raw = load_images(tmp_path / "f", split="train")
+    from distill.data.images import resize_images
+
+    assert torch.equal(resize_images(raw, 5).images, decoded.images)

@@ -450,6 +450,17 @@ def test_cli_resume_from_tampered_checkpoint(tmp_path):
     bad = write_payload(ckpts[-1] / "optimizer.pt", marker, protocol=4)
     raw["train"]["max_steps"] = 2
     cfg.write_text(yaml.safe_dump(raw))
+    proc = run_cli("train", str(cfg))  # the checksum list refuses the changed file before it is read
+    assert_one_line_refusal(proc, str(bad), "checksums.json")
+    assert not marker.exists()
+    import json
+
+    from distill.train.checkpoint import CHECKSUMS, checksums_digest, sha256_file
+
+    sums = json.loads((ckpts[-1] / CHECKSUMS).read_text())  # a tamperer who also rewrites the checksums
+    sums["files"]["optimizer.pt"] = {"bytes": bad.stat().st_size, "sha256": sha256_file(bad)}
+    sums["self"] = checksums_digest(sums)
+    (ckpts[-1] / CHECKSUMS).write_text(json.dumps(sums))
     proc = run_cli("train", str(cfg))
     assert_one_line_refusal(proc, str(bad), "not a safetensors or weights-only checkpoint")
     assert not marker.exists()

@@ -32,20 +32,26 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _fail(str(e))
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file: "<path>: <reason>")
         return _error(e)
-    run_dir = exp.trainer.run_dir
-    main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 writes and reports
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.train.checkpoint import latest_checkpoint
+    from distill.train.checkpoint import CheckpointError, latest_checkpoint
+    from distill.train.lock import RunLock, RunLockedError
     from distill.train.runlog import print_teacher_evaluation
-    from distill.train.trainer import ResumeMismatchError
+    from distill.train.trainer import NonFiniteError, ResumeMismatchError
 
-    teacher_metrics = None
-    fresh = args.restart or latest_checkpoint(run_dir / "checkpoints") is None
-    if main and fresh:  # once, before the first epoch (a resumed run printed it when it started)
-        teacher_metrics = print_teacher_evaluation(exp)
+    run_dir = exp.trainer.run_dir
+    main = exp.trainer.accelerator.is_main_process  # several processes: rank 0 locks, writes and reports
     try:
-        summary = exp.fit(resume=not args.restart, teacher_metrics=teacher_metrics)  # writes distill_config.json
-    except (ResumeMismatchError, UnsafeFileError) as e:  # e.g. a tampered checkpoint file met when resuming
+        with RunLock(run_dir, enabled=main):  # before anything is written: a second run on the folder changes nothing
+            teacher_metrics = None
+            fresh = args.restart or latest_checkpoint(run_dir / "checkpoints") is None
+            if main and fresh:  # once, before the first epoch (a resumed run printed it when it started)
+                teacher_metrics = print_teacher_evaluation(exp)
+            summary = exp.fit(resume=not args.restart, teacher_metrics=teacher_metrics)  # writes distill_config.json
+    except RunLockedError as e:
+        return _error(e)
+    except (ResumeMismatchError, UnsafeFileError, CheckpointError) as e:  # a damaged or tampered checkpoint
+        return _error(e)
+    except NonFiniteError as e:  # a NaN/inf loss term, parameter or buffer: the last good checkpoint stays
         return _error(e)
     final = summary.get("final", {})
     if main:
@@ -222,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", default=None)
-    p.add_argument("--restart", action="store_true", help="ignore existing checkpoints and start over")
+    p.add_argument("--restart", action="store_true", help="start over: remove the run folder's checkpoints first")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")

@@ -32,6 +32,8 @@ from distill.core.safe_pickle import load_npy
 FORMAT = "distill-tensor-cache"
 VERSION = 1
 MANIFEST = "manifest.json"
+#: the manifest's own checksum: sha256 of its other keys as canonical JSON (a flipped bit anywhere in it is refused)
+SELF_SUM = "manifest_sha256"
 
 #: stored dtypes; bfloat16 has no NumPy type and is stored as its 16-bit pattern (uint16)
 _NUMPY = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16, "float64": np.float64,
@@ -78,6 +80,11 @@ def _to_torch(a: np.ndarray, dtype: str) -> torch.Tensor:
 
 def _shard_file(shard: int, tensor: int) -> str:
     return f"shard-{shard:05d}.t{tensor}.npy"
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != SELF_SUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
@@ -158,6 +165,7 @@ class TensorStoreWriter:
             "tensors": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in self.specs.items()},
             "shards": shards, "fingerprint": dict(fingerprint), "meta": dict(meta),
         }
+        manifest[SELF_SUM] = _manifest_digest(manifest)
         _write_json_atomic(self.path / MANIFEST, manifest)
         return manifest
 
@@ -171,13 +179,50 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CacheError(f"{path}: no {MANIFEST}; the cache is missing or its build did not finish "
                          "(rebuild it with `distill cache build`)")
     try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise CacheError(f"{file}: not valid JSON ({e}); the manifest is damaged, rebuild the cache") from None
+        manifest = json.loads(file.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CacheError(f"{file}: not valid JSON ({' '.join(str(e).split())}); the manifest is damaged, rebuild "
+                         "the cache") from None
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{file}: not a {FORMAT} manifest (a JSON {type(manifest).__name__}); rebuild the cache")
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise CacheError(f"{file}: not a {FORMAT} v{VERSION} manifest (format {manifest.get('format')!r}, "
                          f"version {manifest.get('version')!r})")
+    if SELF_SUM in manifest and manifest[SELF_SUM] != _manifest_digest(manifest):
+        raise CacheError(f"{file}: checksum mismatch ({SELF_SUM} differs from the manifest's content): the manifest "
+                         "is corrupted; rebuild the cache")
+    try:
+        _check_manifest(manifest)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CacheError(f"{file}: malformed manifest ({type(e).__name__}: {' '.join(str(e).split())}); rebuild "
+                         "the cache") from None
     return manifest
+
+
+def _check_manifest(m: dict[str, Any]) -> None:
+    """The fields every reader uses, with their types (a manifest without its own checksum, or edited by hand)."""
+    n, views, size = int(m["num_examples"]), int(m["views"]), int(m["shard_size"])
+    if n <= 0 or views <= 0 or size <= 0:
+        raise ValueError("num_examples, views and shard_size must be positive")
+    tensors = m["tensors"]
+    for t in tensors.values():
+        TensorSpec(tuple(int(d) for d in t["shape"]), str(t["dtype"]))
+    shards = m["shards"]
+    if len(shards) != -(-n // size):
+        raise ValueError(f"{len(shards)} shards for {n} examples in shards of {size}")
+    for i, shard in enumerate(shards):
+        if int(shard["start"]) != i * size or int(shard["stop"]) != min((i + 1) * size, n):
+            raise ValueError(f"shard {i} covers [{shard['start']}, {shard['stop']})")
+        if set(shard["files"]) != set(tensors):
+            raise ValueError(f"shard {i} has files for {sorted(shard['files'])}, not {sorted(tensors)}")
+        for f in shard["files"].values():
+            name = f["file"]
+            if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+                raise ValueError(f"shard {i}: bad file name {name!r}")
+            int(f["bytes"])
+            str(f["sha256"])
+    if not isinstance(m["fingerprint"], dict) or not isinstance(m["meta"], dict):
+        raise TypeError("fingerprint and meta must be objects")
 
 
 def describe_mismatch(expected: Mapping[str, Any], found: Mapping[str, Any]) -> list[str]:

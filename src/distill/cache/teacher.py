@@ -312,11 +312,19 @@ class TeacherCache:
         self.store = TensorStore.open(self.path, expected=expected, verify=verify, in_memory=in_memory)
         meta = self.store.manifest["meta"]
         self.meta = meta
-        self.kind: str = meta["kind"]
-        self.num_classes: int = int(meta["num_classes"])
-        self.views: int = int(meta["views"])
-        self.augmented: bool = bool(meta["augmented"])
-        self.features: list[str] = list(meta["features"])
+        try:
+            self.kind: str = str(meta["kind"])
+            self.num_classes: int = int(meta["num_classes"])
+            self.views: int = int(meta["views"])
+            self.augmented: bool = bool(meta["augmented"])
+            self.features: list[str] = [str(f) for f in meta["features"]]
+            int(meta["seed"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise CacheError(f"{self.path / 'manifest.json'}: malformed manifest meta ({type(e).__name__}: {e}); "
+                             "rebuild the cache") from None
+        if self.kind not in ("full", "topk") or self.views != self.store.views:
+            raise CacheError(f"{self.path / 'manifest.json'}: malformed manifest meta (kind {self.kind!r}, "
+                             f"{self.views} views); rebuild the cache")
         self.check_inputs = check_inputs
         self._dev = _Device()
         offsets = torch.randint(0, self.views, (self.store.num_examples,),

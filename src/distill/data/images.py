@@ -996,6 +996,25 @@ def _read_cache(file: Path) -> ImageArrays | None:
         return None
 
 
+def resize_images(data: ImageArrays, image_size: int) -> ImageArrays:
+    """Every image resized to ``image_size`` x ``image_size`` with Pillow's bilinear filter, channel by channel (the
+    filter the image-file loaders use); images already of that size are returned unchanged."""
+    from PIL import Image
+
+    _check_image_size(image_size)
+    n, c, h, w = data.images.shape
+    if (h, w) == (image_size, image_size):
+        return data
+    src = data.images.numpy()
+    out = np.empty((n, c, image_size, image_size), dtype=np.uint8)
+    for i in range(n):
+        for ch in range(c):
+            im = Image.fromarray(np.ascontiguousarray(src[i, ch]))  # 2-D uint8: mode "L"
+            out[i, ch] = np.asarray(im.resize((image_size, image_size), Image.Resampling.BILINEAR))
+    return ImageArrays(torch.from_numpy(out), data.labels, list(data.classes),
+                       f"{data.source} (resized to {image_size}x{image_size})")
+
+
 def load_images(
     path: str | os.PathLike[str],
     split: str | None = "train",
@@ -1035,6 +1054,12 @@ def load_images(
         "folder": load_image_folder,
     }[fmt]
     accepted = [p for p in inspect.signature(loader).parameters if p not in ("path", "root", "split")]
+    resize = None
+    if fmt in ("npz", "cifar") and "image_size" in kw:  # arrays, not encoded images: resized after loading
+        resize = kw.pop("image_size")
+        _check_image_size(resize)
+    for key in [k for k, v in kw.items() if v is None and k not in accepted]:
+        del kw[key]  # an option left at None (from a config section shared by every format) asks for nothing
     bad = sorted(set(kw) - set(accepted))
     if bad:
         raise TypeError(f"{path} is loaded by {loader.__name__}, which takes no option {bad}; it takes {accepted}")
@@ -1043,7 +1068,8 @@ def load_images(
     kw["split"] = split
 
     if cache_dir is None or fmt not in ("tar", "folder"):
-        return loader(path, **kw)
+        data = loader(path, **kw)
+        return resize_images(data, resize) if resize is not None else data
     params = {
         "split": split,
         "image_size": kw.get("image_size"),

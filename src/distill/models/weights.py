@@ -17,9 +17,37 @@ from torch import nn
 from distill.core.safe_pickle import UnsafeFileError, load_safetensors, load_torch_weights_only
 
 
+def verify_sidecar(path: Path) -> None:
+    """When ``<file>.sha256`` lies beside a weights file (``sha256sum`` output, or the bare hex digest), check the
+    file against it: a flipped bit in the tensor data is otherwise undetectable (safetensors and torch files carry
+    no checksum; their readers only catch a damaged header, truncation or zero-fill). Raises
+    :class:`UnsafeFileError` naming the file on a mismatch or an unreadable sidecar."""
+    import hashlib
+
+    sidecar = path.with_name(path.name + ".sha256")
+    if not sidecar.is_file():
+        return
+    try:
+        want = sidecar.read_text().split()[0].lower()
+        int(want, 16)
+        if len(want) != 64:
+            raise ValueError(want)
+    except (OSError, UnicodeDecodeError, IndexError, ValueError):
+        raise UnsafeFileError(sidecar, "unreadable checksum file (expected a 64-digit sha256, as sha256sum "
+                                       "writes it)") from None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    if h.hexdigest() != want:
+        raise UnsafeFileError(path, f"checksum mismatch: its sha256 is not the one in {sidecar.name} (the file is "
+                                    "corrupted or was replaced)")
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict: ``.safetensors``, or a torch file holding one (optionally under ``state_dict`` or
-    ``model``), loaded with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped.
+    ``model``), loaded with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped. A ``<file>.sha256``
+    beside it is checked first (:func:`verify_sidecar`).
 
     Raises:
         FileNotFoundError: no such file.
@@ -28,6 +56,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"weights file {path} does not exist")
+    verify_sidecar(path)
     obj: Any = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights_only(path)
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model"):

@@ -34,9 +34,15 @@ class MetricLog:
                 self._tb = None
 
     def _rewind(self, step: int) -> None:
-        with open(self.path, newline="") as f:
-            rows = list(csv.reader(f))
-        keep = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        """Keep the rows up to ``step``; a row cut short by a kill, or otherwise damaged, is dropped (the log is a
+        record, not state: nothing is resumed from it)."""
+        with open(self.path, newline="", errors="replace") as f:
+            rows = [r for r in csv.reader(line.replace("\0", "") for line in f)]
+
+        def kept(r: list[str]) -> bool:
+            return len(r) == len(FIELDS) and r[0].isdigit() and int(r[0]) <= step and _is_number(r[4])
+
+        keep = [FIELDS] + [r for r in rows[1:] if kept(r)]
         tmp = self.path.with_suffix(".tmp")
         with open(tmp, "w", newline="") as f:
             csv.writer(f).writerows(keep)
@@ -53,6 +59,14 @@ class MetricLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import MISSING, asdict, fields
@@ -27,8 +28,8 @@ from distill.core.outputs import RunInfo
 from distill.core.teachers import run_with_taps
 from distill.train import distributed
 from distill.train.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
+    clear_checkpoints,
+    find_checkpoint,
     rng_state,
     save_checkpoint,
     save_weights,
@@ -36,6 +37,7 @@ from distill.train.checkpoint import (
 )
 from distill.train.config import TrainConfig
 from distill.train.evaluate import eval_batches, evaluate_model
+from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
 from distill.train.schedules import lr_factor
@@ -43,6 +45,11 @@ from distill.train.schedules import lr_factor
 
 class ResumeMismatchError(ValueError):
     """A checkpoint exists in the run folder but was written with other settings."""
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss term, parameter or buffer became NaN or infinite; ``str(e)`` is one line naming it, the step and the
+    epoch. The run stops before the step's state is checkpointed, so the last good checkpoint stays ``latest``."""
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -239,6 +246,12 @@ class Trainer:
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
+        """Train (resuming from the newest intact checkpoint in ``run_dir/checkpoints`` when ``resume``), holding the
+        run folder's lock (``run_dir/.lock``, rank 0 only): a second run on the same folder is refused."""
+        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
         acc = self.accelerator
         seed_everything(cfg.seed, cfg.deterministic)
@@ -254,7 +267,13 @@ class Trainer:
         self.prepare_methods()
         module.teacher_inference_mode = cfg.teacher_inference_mode
         ckpt_root = self.run_dir / "checkpoints"
-        ckpt = latest_checkpoint(ckpt_root) if resume else None
+        found = None
+        if resume:
+            with acc.main_process_first():  # rank 0 settles a leftover .tmp-* folder before the others look
+                found = find_checkpoint(ckpt_root, warn=_warn if acc.is_main_process else _quiet)
+        elif acc.is_main_process:  # started over: the old run's checkpoints must not be resumed or fallen back to
+            clear_checkpoints(ckpt_root)
+        ckpt = found[0] if found is not None else None
         if ckpt is None:
             self._teacher_passes(module)
         params = [p for p in module.parameters() if p.requires_grad]
@@ -267,8 +286,8 @@ class Trainer:
 
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "bad_evals": 0, "stopped": False}
         recipe = self._recipe(module)
-        if ckpt is not None:
-            loaded = load_checkpoint(ckpt)
+        if found is not None:
+            ckpt, loaded = found
             self._check_recipe(ckpt, loaded["trainer"].get("recipe", {}), recipe)
             module.student.load_state_dict(loaded["student"])
             module.methods.load_state_dict(loaded["methods"])
@@ -281,8 +300,12 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
 
+        by_design = _non_finite_at_start(module)  # after any resume: what the checkpoint restored counts as start
+
         def checkpoint() -> None:
             distributed.broadcast_buffers(module)
+            _check_state(module, f"step {state['global_step']} (epoch {state['epoch'] + (state['step_in_epoch'] > 0)}"
+                                 f", before its checkpoint)", self.world, by_design)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(
@@ -334,14 +357,13 @@ class Trainer:
                         sums["loss"] = sums.get("loss", 0.0) + float(loss.detach()) / len(micro)
                     if self.world > 1:  # the logged loss is the global batch's; every rank sees a NaN
                         sums = _mean_across_ranks(sums, self.device)
-                    if not math.isfinite(sums["loss"]):
-                        raise FloatingPointError(
-                            f"loss became {sums['loss']} at step {step}; terms: {sums}"
-                        )
+                    where = self._where(state, epoch, init_epochs)
+                    _check_terms(sums, where)
                     if cfg.clip_grad_norm:
                         acc.clip_grad_norm_(params, cfg.clip_grad_norm)
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
+                    _check_state(module, where, self.world, by_design)  # parameters and buffers (BatchNorm statistics)
                     state["step_in_epoch"] += 1
                     state["global_step"] += 1
                     if acc.is_main_process and (state["global_step"] % cfg.log_every == 0):
@@ -393,6 +415,13 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    @staticmethod
+    def _where(state: dict[str, Any], epoch: int, init_epochs: int) -> str:
+        """``step N (epoch E)`` of the optimiser step being taken (both counted from 1, as checkpoints are)."""
+        if epoch < init_epochs:
+            return f"step {state['global_step'] + 1} (init epoch {epoch + 1})"
+        return f"step {state['global_step'] + 1} (epoch {epoch + 1 - init_epochs})"
 
     def _convert_batchnorm(self, module: DistillModule) -> None:
         if not (self.cfg.sync_batchnorm and self.world > 1):
@@ -478,6 +507,66 @@ def _train_config_defaults() -> dict[str, str]:
         elif f.default_factory is not MISSING:
             out[f.name] = repr(f.default_factory())
     return out
+
+
+def _check_terms(sums: dict[str, float], where: str) -> None:
+    """Stop on a non-finite loss, naming the first non-finite term (or the total when every term is finite)."""
+    if math.isfinite(sums["loss"]) and all(math.isfinite(v) for v in sums.values()):
+        return
+    bad = [k for k, v in sums.items() if k != "loss" and not math.isfinite(v)]
+    what = f"loss term {bad[0]!r} ({sums[bad[0]]})" if bad else f"total loss ({sums['loss']}; every term is finite)"
+    raise NonFiniteError(f"non-finite {what} at {where}; the run stopped and the last good checkpoint is kept "
+                         "(lower the learning rate, or clip gradients: train.clip_grad_norm)")
+
+
+def _state_tensors(module: DistillModule):
+    for prefix, part in (("student", module.student), ("methods", module.methods)):
+        for name, t in part.named_parameters():
+            yield f"{prefix}.{name}", t
+        for name, t in part.named_buffers():
+            yield f"{prefix}.{name}", t
+
+
+@torch.no_grad()
+def _check_state(module: DistillModule, where: str, world: int = 1, ignore: frozenset[str] = frozenset()) -> None:
+    """Stop when a trainable parameter or a buffer of the student or the methods holds a NaN or an infinity (one
+    device sync: the sum of all of them is checked first, each tensor only when that sum is not finite). With
+    several processes the sums are averaged first, so every rank stops together. ``ignore``: tensors that held
+    non-finite values before training (e.g. a mask buffer of -inf), see :func:`_non_finite_at_start`."""
+    tensors = [(n, t) for n, t in _state_tensors(module) if t.is_floating_point() and t.numel() and n not in ignore]
+    if not tensors and world == 1:
+        return
+    device = tensors[0][1].device if tensors else torch.device("cpu")
+    total = torch.stack([t.detach().float().sum() for _, t in tensors]).sum() if tensors else \
+        torch.zeros((), device=device)
+    if world > 1:
+        total = total.double().reshape(1)
+        distributed.all_reduce_mean(total)
+    if bool(torch.isfinite(total).all()):
+        return
+    if world > 1 and all(bool(torch.isfinite(t).all()) for _, t in tensors):
+        raise NonFiniteError(f"non-finite parameters or buffers on another process at {where}; the run stopped")
+    for name, t in tensors:
+        if not bool(torch.isfinite(t).all()):
+            kind = "buffer" if not isinstance(t, nn.Parameter) else "parameter"
+            raise NonFiniteError(f"non-finite {kind} {name!r} at {where}; the run stopped and the last good "
+                                 "checkpoint is kept (lower the learning rate, or clip gradients: "
+                                 "train.clip_grad_norm)")
+
+
+@torch.no_grad()
+def _non_finite_at_start(module: DistillModule) -> frozenset[str]:
+    """Names of the student's and methods' tensors that hold NaN or inf before any step (by design: masks)."""
+    return frozenset(n for n, t in _state_tensors(module)
+                     if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()))
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+def _quiet(message: str) -> None:
+    return None
 
 
 def _mean_across_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
