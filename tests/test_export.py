@@ -36,7 +36,7 @@ def vector_run(tmp_path: Path) -> Path:
 task: vector_classification
 data: {train: train.npz, eval: test.npz, standardize: true}
 student: {arch: mlp, options: {hidden: 16}}
-teacher: {arch: mlp, options: {hidden: 32}}
+teacher: {arch: mlp, weights: random, options: {hidden: 32}}
 methods: [{name: ce}, {name: kd, temperature: 2}]
 train: {epochs: 2, batch_size: 8, optimizer: adamw, lr: 0.01, progress: false}
 """, tmp_path)

@@ -40,7 +40,7 @@ task: vector_classification
 output_dir: {tmp_path / 'vec'}
 data: {{train: train.npz, eval: test.npz}}
 student: {{arch: mlp, options: {{hidden: 16}}}}
-teacher: {{arch: mlp, options: {{hidden: 32}}}}
+teacher: {{arch: mlp, weights: random, options: {{hidden: 32}}}}
 methods: [{{name: ce, weight: 0.5}}, {{name: kd, temperature: 2}}]
 train: {{epochs: 2, batch_size: 8, optimizer: adamw, lr: 0.01, progress: false, log_every: 1}}
 """)

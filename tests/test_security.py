@@ -259,13 +259,14 @@ def test_weights_key_is_attached_by_the_experiment_builder(tmp_path):
     bad = write_payload(tmp_path / "t.th", marker)
     raw = {"output_dir": str(tmp_path / "run"), "data": {"train": str(DEMO), "train_per_class": 1},
            "student": {"arch": "resnet20"},
-           "teacher": {"ensemble": [{"arch": "resnet20"}, {"arch": "resnet20", "weights": str(bad)}]},
+           "teacher": {"ensemble": [{"arch": "resnet20", "weights": "random"},
+                                    {"arch": "resnet20", "weights": str(bad)}]},
            "methods": [{"name": "kd"}], "train": {"epochs": 1, "progress": False}}
     with pytest.raises(ConfigError) as info:
         build_experiment(parse_config(raw))
     assert not marker.exists()
     one_line(info.value, f"teacher.ensemble[1].weights: {bad}: ")
-    raw["teacher"] = {"arch": "resnet20"}
+    raw["teacher"] = {"arch": "resnet20", "weights": "random"}
     raw["student"] = {"arch": "resnet20", "weights": str(bad)}
     with pytest.raises(ConfigError) as info:
         build_experiment(parse_config(raw))
