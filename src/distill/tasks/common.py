@@ -80,36 +80,28 @@ def load_model_weights(model: nn.Module, model_cfg: Any, base_dir: str | None, k
 
 
 # -- paths ---------------------------------------------------------------------------------------------------------
-def existing_file(value: str, base_dir: str | None, key: str) -> Path:
+def existing_path(value: str, base_dir: str | None, key: str) -> Path:
+    """A file or a folder that exists (``key`` names the config key in every refusal)."""
     try:
         path = resolve_path(value, base_dir)
     except ConfigError as e:
         raise ConfigError(f"{key}: {e}") from None
     if not path.exists():
         raise ConfigError(f"{key}: {path} does not exist")
+    return path
+
+
+def existing_file(value: str, base_dir: str | None, key: str) -> Path:
+    """A file that exists."""
+    path = existing_path(value, base_dir, key)
     if not path.is_file():
         raise ConfigError(f"{key}: {path} is a folder, not a file" if path.is_dir() else f"{key}: {path} is not a file")
     return path
 
 
 def existing_folder(value: str, base_dir: str | None, key: str) -> Path:
-    try:
-        path = resolve_path(value, base_dir)
-    except ConfigError as e:
-        raise ConfigError(f"{key}: {e}") from None
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist")
+    """A folder that exists."""
+    path = existing_path(value, base_dir, key)
     if not path.is_dir():
         raise ConfigError(f"{key}: {path} is a file, not a folder")
-    return path
-
-
-def existing_path(value: str, base_dir: str | None, key: str) -> Path:
-    """A file or a folder that exists."""
-    try:
-        path = resolve_path(value, base_dir)
-    except ConfigError as e:
-        raise ConfigError(f"{key}: {e}") from None
-    if not path.exists():
-        raise ConfigError(f"{key}: {path} does not exist")
     return path
