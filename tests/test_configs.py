@@ -526,7 +526,7 @@ def test_sst2_recipe_trains_two_steps_from_the_transfer_set(tmp_path):
         lines = (sst / f"stsa.binary.{name}").read_text(encoding="latin-1").splitlines(keepends=True)[:16]
         (tmp_path / name).write_text("".join(lines), encoding="latin-1")
     cmd = ["-m", "distill", "train", str(CONFIGS / "sst2" / "textcnn_kd.yaml"), "--set", f"data.train={tmp_path}/train",
-           "--set", f"data.eval={tmp_path}/dev", "--set", "teacher.weights=null",
+           "--set", f"data.eval={tmp_path}/dev", "--set", "teacher.weights=random",
            "--set", f"teacher.cache.path={tmp_path}/cache", "--set", f"output_dir={tmp_path}/run",
            "--set", "train.max_steps=2", "--set", "train.batch_size=8", "--set", "train.checkpoint_every=0"]
     proc = run_script(cmd)
@@ -547,7 +547,7 @@ def test_sst2_augment_labels_source_labels_every_copy(tmp_path):
     with pytest.raises(ConfigError, match="data.augment: the augmented copies carry no label"):
         parse_config(base)
     source = parse_config({**base, "data": {**base["data"], "augment_labels": "source"}})
-    teacher = parse_config({**base, "methods": [{"name": "kd"}], "teacher": {"arch": "textcnn"}})
+    teacher = parse_config({**base, "methods": [{"name": "kd"}], "teacher": {"arch": "textcnn", "weights": "random"}})
     from distill.core.family import FAMILIES
 
     a = FAMILIES.get("text_classification").load(source).train

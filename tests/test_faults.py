@@ -386,11 +386,11 @@ def test_cli_second_run_on_a_folder_is_refused_and_a_killed_run_resumes(tmp_path
         assert first.poll() is None, first.communicate()
         assert time.time() < deadline
         time.sleep(0.1)
-    config_before = (out / "config.json").read_text()
+    config_before = (out / "distill_config.json").read_text()
     other = cli_config(tmp_path / "b.yaml", out, step_delay=0.0, epochs=3)
     line = error_line(cli(other))
     assert str(out.resolve()) in line and f"pid {first.pid}" in line
-    assert (out / "config.json").read_text() == config_before  # the refused run changed nothing
+    assert (out / "distill_config.json").read_text() == config_before  # the refused run changed nothing
     first.kill()
     first.communicate()
     assert (out / lock.LOCK).exists()  # left by the killed run

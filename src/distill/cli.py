@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file: "<path>: <reason>")
         return _error(e)
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.train.checkpoint import CheckpointError, latest_checkpoint
+    from distill.train.checkpoint import CheckpointError
     from distill.train.lock import RunLock, RunLockedError
     from distill.train.runlog import print_teacher_evaluation
     from distill.train.trainer import NonFiniteError, ResumeMismatchError
@@ -43,7 +43,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         with RunLock(run_dir, enabled=main):  # before anything is written: a second run on the folder changes nothing
             teacher_metrics = None
-            fresh = args.restart or latest_checkpoint(run_dir / "checkpoints") is None
+            fresh = args.restart or not any((run_dir / "checkpoints").glob("step-*"))  # no check, no warning twice
             if main and fresh:  # once, before the first epoch (a resumed run printed it when it started)
                 teacher_metrics = print_teacher_evaluation(exp)
             summary = exp.fit(resume=not args.restart, teacher_metrics=teacher_metrics)  # writes distill_config.json

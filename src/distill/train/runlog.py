@@ -162,7 +162,8 @@ def print_teacher_evaluation(experiment: Any) -> dict[str, float] | None:
     """``distill train``: the teacher's metrics on the eval split, printed once before the first epoch."""
     metrics, why = teacher_evaluation(experiment)
     if metrics is None:
-        print(f"note: teacher not evaluated before training ({why})", file=sys.stderr)
+        if experiment.teacher is not None and experiment.trainer.eval_data is not None:  # else nothing to say
+            print(f"note: teacher not evaluated before training ({why})", file=sys.stderr)
         return None
     shown = {k: round(float(v), 6) for k, v in metrics.items()}
     print(json.dumps({"teacher_eval": shown, "split": "eval", "teacher": why}), file=sys.stderr)
