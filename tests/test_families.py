@@ -12,7 +12,7 @@ from conftest import shared_path
 from distill.cache import TeacherCache
 from distill.config import ConfigError, parse_config
 from distill.core.family import FAMILIES
-from distill.experiment import build_experiment, build_parts
+from distill.experiment import build_experiment, build_parts, student_builder
 
 DEMO = "builtin:cifar10_demo.tar.gz"
 
@@ -23,7 +23,7 @@ def cfg_of(text: str, tmp_path):
 
 def assert_cache_equals_live(cfg, n_batches: int = 2, batch_size: int = 4, atol: float = 1e-5):
     """Build the cache, then compare what it serves with the live teacher's outputs on the same batches."""
-    parts = build_parts(cfg)
+    parts = build_parts(cfg, student=student_builder(cfg))  # as `distill cache build` does
     assert isinstance(parts.teacher, TeacherCache)
     task, train, live = parts.loaded.task, parts.loaded.train, parts.live_teacher
     n = task.num_examples(train)

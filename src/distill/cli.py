@@ -171,9 +171,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
             cfg.teacher.cache = replace(cache_cfg, build="always" if args.force else "if_missing")
         else:
             cfg.teacher.cache = replace(cache_cfg, build="never", verify=True)
-        from distill.experiment import build_parts
+        from distill.experiment import build_parts, student_builder
 
-        parts = build_parts(cfg, need_teacher=True)  # data, task and teacher only: no student, no trainer
+        # data, task and teacher, no trainer; the student is built (not trained) so that the random numbers a
+        # teacher without weights draws are those of `distill train`
+        parts = build_parts(cfg, need_teacher=True, student=student_builder(cfg))
     except ConfigError as e:
         return _fail(str(e))
     except CacheError as e:

@@ -84,11 +84,16 @@ class Parts:
     live_teacher: TeacherSource | None = None
 
 
-def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None) -> Parts:
-    """Seed, load the family's data and build the teacher (frozen, ensemble or cached)."""
+def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
+                student: Any = None) -> Parts:
+    """Seed, load the family's data and build the teacher (frozen, ensemble or cached). ``student``: a callable
+    ``(family, loaded) -> student`` run between the data and the teacher (the order every builder used before
+    the families were merged, so a seed gives the student the same initial weights as it did then)."""
     family = FAMILIES.get(cfg.task)
     seed_everything(cfg.seed, cfg.deterministic)
     loaded = family.load(cfg)
+    if student is not None:
+        loaded.info["student"] = student(family, loaded)
     if need_teacher is None:
         need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
     live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
@@ -96,6 +101,11 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None) -> P
     if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
         teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
     return Parts(family, loaded, teacher, live)
+
+
+def student_builder(cfg: ExperimentConfig) -> Any:
+    """The ``student`` argument of :func:`build_parts`: the family builds the config's student."""
+    return lambda family, loaded: family.build_student(cfg, loaded)
 
 
 @dataclass
@@ -171,9 +181,10 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     """Build every object of the run described by ``cfg`` (see the module docstring)."""
-    parts = build_parts(cfg)
+    parts = build_parts(cfg, student=student_builder(cfg))
     family, loaded = parts.family, parts.loaded
-    student = family.build_student(cfg, loaded)
+    student = loaded.info.pop("student")
+    family.prepare_student(student, parts.live_teacher, cfg, loaded)
     methods = build_methods(cfg.methods)
     return assemble(loaded, student, methods, parts.teacher, family.train_config(cfg, loaded),
                     output_dir or cfg.output_dir, cfg=cfg, family=family, live_teacher=parts.live_teacher)

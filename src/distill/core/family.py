@@ -97,6 +97,10 @@ class Family:
     def build_student(self, cfg: Any, loaded: Loaded) -> Any:
         return self.build_model(cfg.student, loaded, cfg, "student")
 
+    def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
+        """After the teacher exists: what the student takes from it (e.g. copied layers). The student is built
+        before the teacher, so a seed gives it the same initial weights whatever the teacher is."""
+
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
         """The teacher source (before any cache): a frozen model or an ensemble of them."""
         from distill.core.teachers import EnsembleTeacher, FrozenTeacher

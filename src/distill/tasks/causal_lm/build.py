@@ -100,6 +100,8 @@ class CausalLMFamily(Family):
     def build_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
         student = self.build_model(cfg.student, loaded, cfg, "student")
         student.train()
+        return student
+
+    def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
         if cfg.student.init_from_teacher:
             init_from_teacher(student, loaded.info["teacher_model"], cfg.student.teacher_layers)
-        return student
