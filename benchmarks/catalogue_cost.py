@@ -34,6 +34,7 @@ from distill.config import load_raw
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cifar10_kd as bench  # noqa: E402
+from portable import write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -126,7 +127,7 @@ def main() -> int:
         images = {a: r.get("train_images", 10 * (n + bench.extra_per_class(load_raw(args.arms_files[a]), n)[1]))
                   for a, r in result["arms"].items()}
         result["arms"] = summarise(rounds, images, result["per_class"], args.full_per_class)
-        path.write_text(json.dumps(result, indent=2))
+        write_json(path, result)
         print(write_table(args, result).read_text())
         return 0
     times: dict[str, list[float]] = {a: [] for a in names}
@@ -146,7 +147,7 @@ def main() -> int:
               "per_class": args.per_class, "skipped": skipped,
               "arms": summarise(times, images, args.per_class, args.full_per_class),
               "wall_time_s": time.perf_counter() - start}
-    path.write_text(json.dumps(result, indent=2))
+    write_json(path, result)
     print(write_table(args, result).read_text())
     return 0
 

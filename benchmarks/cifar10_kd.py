@@ -68,6 +68,7 @@ from distill.report.plots import plot_gains, plot_runs
 from distill.train.checkpoint import save_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portable import write_json  # noqa: E402
 from sweep import (  # noqa: E402
     Sweep,
     discover_arms,
@@ -238,7 +239,7 @@ def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
     recipe = {"source": str(pretrained), "data": str(args.data), "test_accuracy_before": before,
               "test_accuracy_after": after, "train": raw["train"], "wall_time_s": summary["wall_time_s"],
               "test_images": len(exp.eval_data), "train_images": len(exp.train_data)}
-    recipe_path.write_text(json.dumps(recipe, indent=2))
+    write_json(recipe_path, recipe)
     return recipe
 
 
@@ -269,7 +270,7 @@ def ensemble_recipe(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]
 
     recipe = {"members": accs, "ensemble": evaluate_model(MeanProbs(), exp.task, exp.eval_data)["accuracy"],
               "test_images": len(exp.eval_data), **key}
-    path.write_text(json.dumps(recipe, indent=2))
+    write_json(path, recipe)
     return recipe
 
 
@@ -475,7 +476,7 @@ def main() -> int:
         teacher_weights = args.work / "teacher" / "resnet56_cifar10_jpeg.safetensors"
     if args.ship_teacher:
         shutil.copy(teacher_weights, ASSETS / teacher_weights.name)
-        (ASSETS / "resnet56_cifar10_jpeg.json").write_text(json.dumps(teacher, indent=2))
+        write_json(ASSETS / "resnet56_cifar10_jpeg.json", teacher)
     results: dict[str, Any] = {"teacher": teacher, "runs": [], "args": {
         k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "arms_files"}}
     if not args.quick:

@@ -20,7 +20,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import TinyCNN, demo_subset  # noqa: E402
+from portable import write_json  # noqa: E402
 
 from distill.core.compose import Composite  # noqa: E402
 from distill.core.teachers import FrozenTeacher  # noqa: E402
@@ -59,7 +61,7 @@ def main() -> int:
         "graph_breaks": dict(dynamo_utils.counters["graph_break"]),
     }
     out = REPO / "benchmarks" / "results" / "compile_check.json"
-    out.write_text(json.dumps(result, indent=2))
+    write_json(out, result)
     print(json.dumps(result, indent=2))
     return 0
 

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from portable import write_json  # noqa: E402
 from sweep import Stage, Sweep, discover_arms, load_recipe, run_stage, save_run  # noqa: E402
 
 from distill.config import resolve_path  # noqa: E402
@@ -54,9 +54,7 @@ def load(path: Path) -> dict[str, Any]:
 
 def save(path: Path, results: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2, sort_keys=True))
-    tmp.replace(path)
+    write_json(path, results, sort_keys=True)
 
 
 def best_val_record(exp: Experiment) -> dict[str, Any]:

@@ -52,7 +52,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
 
 from distill.experiment import Experiment, resolve_path  # noqa: E402
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
         res["info"]["params_M"] = {
             "teacher": round(sum(p.numel() for p in teacher_model.parameters()) / 1e6, 2),
             "student": round(sum(p.numel() for p in student0.parameters()) / 1e6, 2)}
-    out.write_text(json.dumps(res, indent=1, sort_keys=True))
+    write_json(out, res, indent=1, sort_keys=True)
 
     def overrides(arm: str, seed: int) -> list[str]:
         o = [f"seed={seed}", f"output_dir={work / 'runs' / f'{arm}-{seed}'}"]
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> None:
                   repo=REPO, log=log)
     sweep.run(res)
     res["rows"] = results_rows(res)
-    out.write_text(json.dumps(res, indent=1, sort_keys=True))
+    write_json(out, res, indent=1, sort_keys=True)
     out.with_suffix(".md").write_text(markdown(res))
     log(f"done: {out}")
 

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, previous_runs, run_stage  # noqa: E402
 
 from distill import FeatureTaps  # noqa: E402
@@ -182,7 +182,7 @@ def main() -> int:
                   after_fit=lambda arm, exp: evaluate_run(arm, exp, int(exp.config.seed)), repo=REPO)
     sweep.run(results)
     results["wall_time_s"] = time.perf_counter() - start
-    results_path.write_text(json.dumps(results, indent=2))
+    write_json(results_path, results)
     print(write_table(args, results).read_text())
     print(f"total {results['wall_time_s']:.0f}s")
     return 0

@@ -38,6 +38,9 @@ from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portable import write_json  # noqa: E402
+
 from distill.cache import CacheSettings, TeacherCache, build_teacher_cache, cache_fingerprint
 from distill.core.compose import Composite
 from distill.core.teachers import FrozenTeacher
@@ -293,7 +296,7 @@ def main() -> int:
                     t["ratio_vs_student" + suffix] = statistics.median(x / b for x, b in zip(t[key], base))
                     t["ratio_vs_online" + suffix] = (statistics.median(x / o for x, o in zip(t[key], onl))
                                                      if onl else None)
-        (out / "speed.json").write_text(json.dumps(results, indent=2))
+        write_json(out / "speed.json", results)
         write_md(results, out / "speed.md")
 
     for name, pair in pairs.items():  # untimed warm-up (first-call allocations, caches of the allocator)

@@ -40,7 +40,7 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from portable import write_json  # noqa: E402
 from sweep import Stage, Sweep, discover_arms, load_recipe, run_stage  # noqa: E402
 
 from distill.data.text import TokenizedText, load_text_classification, tokenize  # noqa: E402
@@ -288,7 +288,7 @@ def main() -> int:
     if results_path.exists():  # the runs other processes saved meanwhile
         on_disk = {(r["arm"], r["seed"]): r for r in json.loads(results_path.read_text()).get("runs", [])}
         results["runs"] = list({**on_disk, **{(r["arm"], r["seed"]): r for r in results["runs"]}}.values())
-    results_path.write_text(json.dumps(results, indent=2))
+    write_json(results_path, results)
     md = write_table(args, results)
     print(md.read_text())
     print(f"total {time.perf_counter() - start:.0f}s; results in {args.out}")

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
 
 from distill.data.text import load_text_classification  # noqa: E402
@@ -192,7 +192,7 @@ def main() -> int:
         arms = discover_arms(args.configs, ARMS)
         Sweep(arms, args.seeds, results_path, overrides(args, subset), match_args=("sentences", "epochs"),
               repo=REPO).run(result)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / f"{args.name}.json", result)
     print(write_table(args, result).read_text())
     if not complete:
         print(f"scored {len(probs)} of {len(ex)} sentences; rerun without --gate-only to score the rest")

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portable import write_json  # noqa: E402
 
 from distill.core.compose import Composite
 from distill.core.teachers import FrozenTeacher
@@ -242,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     if fastest != "baseline":
         profiles[fastest] = profile_table(arms[fastest], train)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    write_json(args.out / f"{args.name}.json", result)
     (args.out / f"{args.name}.md").write_text(markdown(result, profiles))
     print((args.out / f"{args.name}.md").read_text())
     return 0

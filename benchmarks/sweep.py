@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from portable import write_json
+
 from distill.config import load_raw, parse_config, set_override
 from distill.experiment import Experiment, build_experiment
 
@@ -114,9 +116,7 @@ def save_run(results_path: Path, results: dict[str, Any], run: dict[str, Any],
         merged = {(r["arm"], r["seed"]): r for r in on_disk.get("runs", []) if keep}
         merged[(run["arm"], run["seed"])] = run
         results["runs"] = list(merged.values())
-        tmp = results_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        tmp.replace(results_path)
+        write_json(results_path, results)
 
 
 # -- running -------------------------------------------------------------------------------------------------

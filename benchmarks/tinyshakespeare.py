@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
 
 from distill.core.family import FAMILIES  # noqa: E402
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     sweep = Sweep(arms, [args.seed], json_path, overrides, metric="val_perplexity", match_args=("sets", "seed"),
                   after_fit=after_fit, repo=REPO, log=log, scale=1.0, unit="")
     sweep.run(res)
-    json_path.write_text(json.dumps(res, indent=1))
+    write_json(json_path, res, indent=1)
     write_markdown(res, out_dir / f"{name}.md", command)
     log(f"wrote {json_path}")
 
