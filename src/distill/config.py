@@ -523,7 +523,11 @@ def parse_yaml(text: str, where: str) -> Any:
     if len(text.encode("utf-8", "surrogateescape")) > MAX_CONFIG_BYTES:
         raise ConfigError(f"{where}: larger than {MAX_CONFIG_BYTES // 1024} KiB; a config is a small file")
     try:
-        return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+        loader = ConfigLoader(text)  # a yaml.SafeLoader that also refuses duplicate keys and aliases
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -6,28 +6,18 @@ the metrics; ``models.py``: its model builders; ``build.py``: the :class:`Family
 one builder, :func:`distill.experiment.build_experiment`, does the shared steps (seed, paths, student, teacher:
 frozen, ensemble or cached; methods; module; trainer) and asks the family only for what differs.
 
-Built-in families are imported by module name on first use (no import statement ties this registry to them);
-installed packages add theirs through the ``distill.families`` entry-point group, each entry naming a module
-that registers a family when imported. A config picks a family by name and never imports code.
+Built-in families are imported by module name on first use (by :mod:`distill.plugins`, the one place that
+imports by name; no import statement ties this registry to them); installed packages add theirs through the
+``distill.families`` entry-point group, each entry naming a module that registers a family when imported. A config picks a family by name and never imports code.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-#: modules that register the built-in families
-BUILTIN_FAMILIES = (
-    "distill.tasks.image.build",
-    "distill.tasks.text_classification.build",
-    "distill.tasks.embedding.build",
-    "distill.tasks.ranking.build",
-    "distill.tasks.causal_lm.build",
-    "distill.tasks.graph.build",
-    "distill.tasks.vectors.build",
-)
+from distill.plugins import load_families
 
 
 @dataclass
@@ -167,12 +157,7 @@ class FamilyRegistry:
         if self._loaded:
             return
         self._loaded = True
-        for module in BUILTIN_FAMILIES:
-            importlib.import_module(module)
-        from importlib.metadata import entry_points
-
-        for ep in entry_points(group="distill.families"):
-            importlib.import_module(ep.value.partition(":")[0])
+        load_families()
 
     def get(self, name: str) -> Family:
         self._load()

@@ -2,8 +2,8 @@
 
 A pickle is a small program: the ``GLOBAL``/``STACK_GLOBAL`` opcodes import any module attribute and ``REDUCE``
 calls it, so ``pickle.load`` of a tampered file can run ``os.system(...)``. ``distill`` therefore never calls
-plain ``pickle.load`` (nor ``torch.load(weights_only=False)``, nor ``np.load(allow_pickle=True)``). What it
-reads instead:
+plain ``pickle.load`` (nor PyTorch's loader with its weights-only guard switched off, nor numpy's with pickles
+allowed). What it reads instead:
 
 * safetensors files (:func:`load_safetensors`): a JSON header and raw tensor bytes, no code at all;
 * PyTorch ``.pt``/``.pth``/``.th``/``.bin`` files with ``torch.load(weights_only=True)``

@@ -140,7 +140,7 @@ def __getattr__(name: str) -> Any:
     """``OnPolicy`` moved to :mod:`distill.methods.llm.on_policy`; the old path works for one release (imported on
     first use, so this module never imports ``distill.methods``)."""
     if name == "OnPolicy":  # looked up by name at run time: the method module imports this one, not the reverse
-        import importlib
+        from distill.plugins import moved
 
-        return importlib.import_module("distill.methods.llm.on_policy").OnPolicy
+        return moved("distill.methods.llm.on_policy", "OnPolicy")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
