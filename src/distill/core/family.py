@@ -8,7 +8,8 @@ frozen, ensemble or cached; methods; module; trainer) and asks the family only f
 
 Built-in families are imported by module name on first use (by :mod:`distill.plugins`, the one place that
 imports by name; no import statement ties this registry to them); installed packages add theirs through the
-``distill.families`` entry-point group, each entry naming a module that registers a family when imported. A config picks a family by name and never imports code.
+``distill.families`` entry-point group, each entry naming a module that registers a family when imported.
+A config picks a family by name and never imports code.
 """
 
 from __future__ import annotations
