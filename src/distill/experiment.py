@@ -75,13 +75,15 @@ def train_config(cfg: ExperimentConfig) -> Any:
 
 @dataclass
 class Parts:
-    """What :func:`build_parts` returns: the family, its data and task, and the teacher source (cached when the
-    config says so). Enough to build or verify a teacher cache without a student or a trainer."""
+    """What :func:`build_parts` returns: the family, its data and task, the teacher source (cached when the
+    config says so) and the student when one was asked for. Enough to build or verify a teacher cache without a
+    trainer."""
 
     family: Family
     loaded: Loaded
     teacher: TeacherSource | None
     live_teacher: TeacherSource | None = None
+    student: nn.Module | None = None
 
 
 def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
@@ -92,15 +94,14 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
     family = FAMILIES.get(cfg.task)
     seed_everything(cfg.seed, cfg.deterministic)
     loaded = family.load(cfg)
-    if student is not None:
-        loaded.info["student"] = student(family, loaded)
+    built = student(family, loaded) if student is not None else None
     if need_teacher is None:
         need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
     live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
     teacher = live
     if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
         teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
-    return Parts(family, loaded, teacher, live)
+    return Parts(family, loaded, teacher, live, built)
 
 
 def student_builder(cfg: ExperimentConfig) -> Any:
@@ -183,7 +184,7 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     """Build every object of the run described by ``cfg`` (see the module docstring)."""
     parts = build_parts(cfg, student=student_builder(cfg))
     family, loaded = parts.family, parts.loaded
-    student = loaded.info.pop("student")
+    student = parts.student
     family.prepare_student(student, parts.live_teacher, cfg, loaded)
     methods = build_methods(cfg.methods)
     return assemble(loaded, student, methods, parts.teacher, family.train_config(cfg, loaded),
