@@ -15,7 +15,8 @@ from distill.tasks.image.section import ImageData
 @register_family
 class ImageFamily(Family):
     name = "image_classification"
-    summary = "images -> class logits (CIFAR folders, tar archives, npz, CIFAR python batches)"
+    summary = ("images -> class logits (CIFAR folders, tar archives, npz, CIFAR python batches; image folders, "
+               "parquet, JSONL, CSV, Arrow through datasets)")
     data_section = ImageData
 
     def model_archs(self) -> list[str]:
@@ -32,6 +33,12 @@ class ImageFamily(Family):
     def check(self, cfg: Any) -> None:
         """``data.extra_*_per_class`` draw from outside the training subset, so there must be one."""
         d = cfg.data
+        if d.streaming and d.format == "auto":
+            raise ValueError("data.streaming: reads images per batch from a Hugging Face datasets table; set "
+                             "data.format to one of imagefolder, parquet, jsonl, csv, arrow")
+        if d.streaming and d.extra_unlabeled_per_class:
+            raise ValueError("data.extra_unlabeled_per_class: not available with data.streaming (the unlabelled "
+                             "images are appended in memory); turn data.streaming off")
         if not (d.extra_val_per_class or d.extra_unlabeled_per_class):
             return
         key = "extra_val_per_class" if d.extra_val_per_class else "extra_unlabeled_per_class"

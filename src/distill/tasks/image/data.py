@@ -11,21 +11,44 @@ from typing import Any
 from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
+from distill.data.image_tables import TableImages
 from distill.data.images import ImageArrays, load_images
 from distill.tasks.common import existing_path
 from distill.tasks.image.section import ImageData
 from distill.tasks.image.task import ImageClassification
 from distill.train.distributed import main_process_first
 
+#: what the family trains on: images in memory, or read per batch from a ``datasets`` table (``data.streaming``)
+Images = ImageArrays | TableImages
+
+
+def read_image_table(d: ImageData, file: Path, split: str, key: str,
+                     classes: list[str] | None) -> ImageArrays | TableImages:
+    """``data.format`` other than ``auto``: the images of a ``datasets`` table, decoded per batch when
+    ``data.streaming`` is on, else all at once."""
+    from distill.data.image_tables import table_images
+    from distill.data.tables import read_table
+
+    table = read_table(file, d.format, f"data.{key}", split=split, split_key=f"data.{key}_split",
+                       cache_dir=d.cache_dir)
+    images = table_images(table, file, image_column=d.image_column, label_column=d.label_column, key=f"data.{key}",
+                          image_size=d.image_size, classes=classes)
+    if len(images):
+        images.image_shape()  # an unreadable first image is refused now, naming the key
+    return images if d.streaming else images.to_arrays()
+
 
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
-               key: str) -> ImageArrays:
+               key: str, classes: list[str] | None = None) -> ImageArrays | TableImages:
     file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
     if d.cache_dir is not None and Path(d.cache_dir).expanduser().is_file():
         raise ConfigError(f"data.cache_dir: {d.cache_dir} is a file, not a folder")
     try:
         with config_key(f"data.{key}"):
-            data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+            if d.format == "auto":
+                data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+            else:
+                data = read_image_table(d, file, split, key, classes)
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, RuntimeError, tarfile.TarError,
@@ -40,12 +63,13 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
         raise ConfigError(f"data.{key}_per_class: {str(e).splitlines()[0]}") from None
 
 
-def load_image_data(cfg: Any) -> tuple[ImageArrays, ImageArrays | None, ImageArrays | None]:
+def load_image_data(cfg: Any) -> tuple[Images, Images | None, Images | None]:
     """(train, eval, val): several processes let rank 0 decode first (and fill ``data.cache_dir``)."""
     d: ImageData = cfg.data
     with main_process_first():
         train = load_split(d, d.train, d.train_split, d.train_per_class, cfg.base_dir, "train")
-        evald = load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval") if d.eval else None
+        evald = (load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval", train.classes)
+                 if d.eval else None)
     if evald is not None and evald.classes != train.classes:
         raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
     val = None

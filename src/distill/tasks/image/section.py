@@ -27,7 +27,14 @@ class ImageData(Strict):
     ``eval_split`` pick the split inside a file that holds several. ``train_per_class`` / ``eval_per_class`` take a
     class-balanced subset (drawn with ``subset_seed``); ``val_per_class`` holds a validation split out of training;
     ``labeled_per_class`` keeps that many labels per class and hides the rest (semi-supervised methods);
-    ``image_size`` resizes; ``cache_dir`` keeps decoded images as npz."""
+    ``image_size`` resizes; ``cache_dir`` keeps decoded images as npz (and the Arrow files of ``datasets``).
+
+    ``format``: ``auto`` tells the formats above apart by the path; the others read ``train`` / ``eval`` with
+    Hugging Face ``datasets`` (docs/data.md): ``imagefolder`` (class-named subfolders, split folders picked by
+    ``train_split`` / ``eval_split``), ``parquet``, ``jsonl``, ``csv`` (a file or a folder of shards) or ``arrow``
+    (a ``save_to_disk`` folder), with the images in ``image_column`` (``Image`` values, paths or bytes) and the
+    labels in ``label_column``. ``streaming`` decodes each batch's images from there instead of holding every image
+    in memory."""
 
     train: str
     eval: str | None = None
@@ -48,3 +55,7 @@ class ImageData(Strict):
     augment: AugmentConfig | None = AugmentConfig()
     cache_dir: str | None = None
     channels_last: Flag = True
+    format: Literal["auto", "imagefolder", "parquet", "jsonl", "csv", "arrow"] = "auto"
+    image_column: str = "image"
+    label_column: str = "label"
+    streaming: Flag = False

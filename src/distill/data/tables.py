@@ -1,0 +1,196 @@
+"""Local data files read with Hugging Face ``datasets``, for every family's loader.
+
+A *table* is one of: a CSV, JSONL or parquet file (or a folder of such shards, read in name order), an Arrow folder
+written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (read in place, memory-mapped), or, for images,
+an image folder (``<class>/<image>`` or ``<split>/<class>/<image>``, the ``imagefolder`` builder: the table holds
+the file paths, the pixels stay in the files). Nothing is downloaded: the package is switched to offline mode
+before it is imported, and only its packaged builders are used.
+
+The Arrow files that ``datasets`` writes when it converts CSV, JSONL, parquet or an image folder go to a cache
+folder: the ``cache_dir`` a family passes (a ``data.cache_dir`` key), else ``HF_DATASETS_CACHE`` when the user set
+it, else a temporary folder of this process, removed when it exits. Never the user's home: a run's data should not
+leave copies behind it, and an Arrow folder (``format: arrow``) needs no copy at all.
+
+Errors are one-line :class:`ConfigError` messages that name the config key, the file and, for a missing column,
+the columns the file has.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from distill.core.errors import ConfigError
+
+#: the ``format`` values read through ``datasets`` (besides ``imagefolder``, which only images have)
+TABLE_FORMATS = ("csv", "jsonl", "parquet", "arrow")
+TableFormat = Literal["csv", "jsonl", "parquet", "arrow"]
+#: file name endings of each file format (a folder given for one of them is read as its shards)
+SUFFIXES = {"csv": (".csv",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+_BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet", "imagefolder": "imagefolder"}
+
+_temp_cache: Path | None = None
+
+
+def import_datasets(key: str) -> Any:
+    """The ``datasets`` module, imported offline; a one-line error naming ``key`` when it is not installed."""
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import datasets
+    except ImportError:
+        raise ConfigError(f"{key}: this format is read with the Hugging Face 'datasets' package, which is not "
+                          "installed; pip install 'distill[data]'") from None
+    datasets.disable_progress_bars()
+    return datasets
+
+
+def cache_folder(cache_dir: str | Path | None = None) -> str:
+    """Where ``datasets`` writes its Arrow files (see the module docstring)."""
+    global _temp_cache
+    if cache_dir is not None:
+        return str(Path(cache_dir).expanduser() / "datasets")
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return os.environ["HF_DATASETS_CACHE"]
+    if _temp_cache is None or not _temp_cache.is_dir():
+        _temp_cache = Path(tempfile.mkdtemp(prefix="distill-datasets-"))
+        atexit.register(shutil.rmtree, _temp_cache, True)
+    return str(_temp_cache)
+
+
+def _data_files(path: Path, fmt: str, key: str) -> list[str]:
+    if path.is_file():
+        return [str(path)]
+    shards = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(SUFFIXES[fmt]))
+    if not shards:
+        raise ConfigError(f"{key}: {path} is a folder without {'/'.join(SUFFIXES[fmt])} files (format: {fmt})")
+    return [str(p) for p in shards]
+
+
+def read_table(path: Path, fmt: str, key: str, *, split: str | None = None, split_key: str | None = None,
+               cache_dir: str | Path | None = None) -> Any:
+    """The ``datasets.Dataset`` of ``path`` read as ``fmt`` (``csv``, ``jsonl``, ``parquet``, ``arrow`` or
+    ``imagefolder``). ``split`` picks a split of an image folder or of a saved ``DatasetDict`` (``split_key``: the
+    config key that set it); a file is one split and ignores it. ``key``: the config key of ``path``."""
+    datasets = import_datasets(key)
+    if fmt in ("arrow", "imagefolder") and not path.is_dir():
+        raise ConfigError(f"{key}: {path} is a file; format {fmt} reads a folder"
+                          + (" written by save_to_disk" if fmt == "arrow" else " of class-named subfolders"))
+    try:
+        if fmt == "arrow":
+            table = datasets.load_from_disk(str(path))
+        elif fmt == "imagefolder":
+            table = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_folder(cache_dir))
+        else:
+            files = _data_files(path, fmt, key)
+            table = datasets.load_dataset(_BUILDERS[fmt], data_files={"train": files}, split="train",
+                                          cache_dir=cache_folder(cache_dir))
+            split = None
+    except ConfigError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, IndexError, RuntimeError, datasets.exceptions.DatasetsError) \
+            as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{key}: {path}: cannot read it as {fmt}: {first}") from None
+    if isinstance(table, datasets.DatasetDict):
+        table = _pick_split(table, split, path, key, split_key)
+    if not isinstance(table, datasets.Dataset):
+        raise ConfigError(f"{key}: {path}: expected a table, got a {type(table).__name__}")
+    return table
+
+
+def _pick_split(tables: Any, split: str | None, path: Path, key: str, split_key: str | None) -> Any:
+    names = list(tables)
+    if split in names:
+        return tables[split]
+    if split is None and len(names) == 1:
+        return tables[names[0]]
+    # one split only: it is the training data, never silently the evaluation set
+    if split == "train" and len(names) == 1 and names[0] not in ("test", "validation", "val", "eval"):
+        return tables[names[0]]
+    raise ConfigError(f"{split_key or key}: {path} has no split {split!r}; its splits: {names}")
+
+
+def check_columns(table: Any, wanted: dict[str, str | None], path: Path) -> None:
+    """Every ``{config key: column name}`` of ``wanted`` (None: not asked for) is a column of ``table``."""
+    for key, name in wanted.items():
+        if name is not None and name not in table.column_names:
+            raise ConfigError(f"{key}: no column {name!r} in {path}; its columns: {table.column_names}")
+
+
+def pick_column(table: Any, given: str | None, candidates: tuple[str, ...], key: str, path: Path) -> str:
+    """``given`` (checked), or the first of ``candidates`` the table has (case-insensitive)."""
+    if given is not None:
+        check_columns(table, {key: given}, path)
+        return given
+    lowered = {c.lower(): c for c in table.column_names}
+    for name in candidates:
+        if name in lowered:
+            return lowered[name]
+    raise ConfigError(f"{key}: {path} has none of the columns {list(candidates)}; name one of its columns "
+                      f"{table.column_names}")
+
+
+def column_values(table: Any, name: str) -> list[Any]:
+    """The values of one column as Python objects (read through Arrow: the other columns are not touched)."""
+    return table.select_columns([name]).with_format("arrow")[:].column(0).to_pylist()
+
+
+def column_array(table: Any, name: str) -> np.ndarray:
+    """One column of scalars as a numpy array (zero-copy where Arrow allows)."""
+    return table.select_columns([name]).with_format("arrow")[:].column(0).to_numpy()
+
+
+def labels_of(table: Any, column: str, key: str, path: Path,
+              classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """(int64 labels, class names) of a label column: a ``ClassLabel`` column (its names), integers ``0..K-1``
+    (named ``"0"..."K-1"``) or class names (sorted). With ``classes`` (e.g. the training split's), labels are
+    mapped onto them by name, integers being taken as indices."""
+    feature = table.features[column]
+    names = list(getattr(feature, "names", None) or [])
+    if names:
+        values = column_array(table, column).astype(np.int64)
+        if classes is not None and names != classes:
+            lookup = {c: i for i, c in enumerate(classes)}
+            missing = [n for n in names if n not in lookup]
+            if missing:
+                raise ConfigError(f"{key}: {path}: classes {missing[:5]} are not among the training classes "
+                                  f"{classes[:10]}")
+            values = np.array([lookup[n] for n in names], dtype=np.int64)[values]
+        return values, list(classes if classes is not None else names)
+    raw = column_values(table, column)
+    if any(v is None for v in raw):
+        raise ConfigError(f"{key}: {path}: column {column!r} has empty labels (row {raw.index(None)})")
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in raw):
+        values = np.asarray(raw, dtype=np.int64)
+        if values.size and int(values.min()) < 0:
+            raise ConfigError(f"{key}: {path}: column {column!r} has a negative label {int(values.min())}; labels "
+                              "are 0..K-1 or class names")
+        k = int(values.max()) + 1 if values.size else 0
+        if classes is None:
+            return values, [str(i) for i in range(k)]
+        if k > len(classes):
+            raise ConfigError(f"{key}: {path}: label {k - 1} is out of range for {len(classes)} classes")
+        return values, list(classes)
+    text = [str(v) for v in raw]
+    names = sorted(set(text)) if classes is None else list(classes)
+    lookup = {c: i for i, c in enumerate(names)}
+    unknown = sorted(set(text) - set(lookup))
+    if unknown:
+        raise ConfigError(f"{key}: {path}: labels {unknown[:5]} are not among the training classes {names[:10]}")
+    return np.array([lookup[t] for t in text], dtype=np.int64), names
+
+
+def texts_of(table: Any, column: str, key: str, path: Path) -> list[str]:
+    """A column of strings (empty cells refused, naming the row)."""
+    values = column_values(table, column)
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}: {path}: column {column!r} row {i} is {type(v).__name__}, not text")
+    return values
