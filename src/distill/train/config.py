@@ -66,3 +66,6 @@ class TrainConfig:
     broadcast_buffers: Flag = True  # DDP: copy rank 0's buffers to every rank at each forward
     teacher_inference_mode: Flag = False  # run the teacher under torch.inference_mode (outputs cloned out)
     compile_student: Flag = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
+    #: DataLoader worker processes that fetch (read, decode) batches ahead of the step; 0: fetched in the training
+    #: process. The batches are the same with any number (docs/data.md)
+    num_workers: Annotated[int, Field(ge=0, le=64)] = 0

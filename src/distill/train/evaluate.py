@@ -12,25 +12,34 @@ from torch import nn
 from distill.core.batch import Batch
 
 
-def eval_batches(task: Any, data: Any, batch_size: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
-    """The dataset in order, prepared for evaluation (no augmentation), on ``device``."""
+def eval_batches(task: Any, data: Any, batch_size: int, device: torch.device | str = "cpu", *,
+                 num_workers: int = 0) -> Iterator[Batch]:
+    """The dataset in order, prepared for evaluation (no augmentation), on ``device``; fetched ahead by
+    ``num_workers`` worker processes when there are any."""
+    from distill.train.loader import fetch_batches
+
     n = task.num_examples(data)
-    for start in range(0, n, batch_size):
-        idx = torch.arange(start, min(start + batch_size, n))
-        yield task.prepare(task.fetch(data, idx).to(device), train=False, generator=None)
+    chunks = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    fetched = fetch_batches(task, data, chunks, num_workers)
+    try:
+        for raw in fetched:
+            yield task.prepare(raw.to(device), train=False, generator=None)
+    finally:
+        fetched.close()
 
 
 @torch.no_grad()
 def evaluate_model(model: nn.Module, task: Any, data: Any, batch_size: int = 256,
                    device: torch.device | str | None = None,
-                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None) -> dict[str, float]:
+                   autocast: Callable[[], contextlib.AbstractContextManager] | None = None, *,
+                   num_workers: int = 0) -> dict[str, float]:
     """The task's metrics of ``model`` on ``data`` (model in eval mode; its train/eval state is restored)."""
     device = device if device is not None else next(model.parameters()).device
     was_training = model.training
     model.eval()
     metrics = task.new_metrics()
     with (autocast or contextlib.nullcontext)():
-        for batch in eval_batches(task, data, batch_size, device):
+        for batch in eval_batches(task, data, batch_size, device, num_workers=num_workers):
             metrics.update(task.forward(model, batch), batch)
     model.train(was_training)
     return metrics.compute()

@@ -13,7 +13,7 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from distill.train.checkpoint import (
 )
 from distill.train.config import TrainConfig
 from distill.train.evaluate import eval_batches, evaluate_model
+from distill.train.loader import fetch_batches
 from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
@@ -155,18 +156,34 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * config.epochs
 
     # -- data -------------------------------------------------------------------------------------------------
-    def _micro_batches(self, epoch: int, opt_step: int) -> list[tuple[Batch, torch.Generator]]:
-        """The prepared micro-batches of one optimiser step, each with the generator its methods may use to
-        transform it (mixup and the like); both are functions of (seed, epoch, step) alone."""
+    def _epoch_fetches(self, epoch: int, opt_step: int) -> Iterator[Batch]:
+        """The raw (fetched, unprepared) micro-batches of ``epoch`` from optimiser step ``opt_step`` on, fetched
+        ahead by ``train.num_workers`` worker processes when there are any. The epoch's order and the position
+        in it (both saved in checkpoints) say which examples come next, so a resumed run fetches what an
+        uninterrupted one would."""
         cfg = self.cfg
         order = epoch_order(self.task.num_examples(self.train_data), cfg.seed, epoch)
+        chunks = [order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+                  for micro in range(opt_step * cfg.grad_accum, self.micro_per_epoch)]
+        seed = derived_generator(cfg.seed, epoch, opt_step, 0x10AD).initial_seed()
+        return fetch_batches(self.task, self.train_data, chunks, cfg.num_workers, seed)
+
+    def _micro_batches(self, epoch: int, opt_step: int,
+                       fetched: Iterator[Batch] | None = None) -> list[tuple[Batch, torch.Generator]]:
+        """The prepared micro-batches of one optimiser step, each with the generator its methods may use to
+        transform it (mixup and the like); both are functions of (seed, epoch, step) alone. ``fetched``: the
+        epoch's raw micro-batches from this step on (:meth:`_epoch_fetches`); by default they are fetched here."""
+        cfg = self.cfg
+        order = epoch_order(self.task.num_examples(self.train_data), cfg.seed, epoch) if fetched is None else None
         first = opt_step * cfg.grad_accum
         last = min(first + cfg.grad_accum, self.micro_per_epoch)
         batches = []
         for micro in range(first, last):
-            idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
-            raw = self.task.fetch(self.train_data, idx)
+            if fetched is None:
+                raw = self.task.fetch(self.train_data, order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size])
+            else:
+                raw = next(fetched)
             raw.meta.setdefault("epoch", epoch)  # lets a task replay per-epoch augmentation (e.g. stored views)
             if self.world == 1:
                 prepared = self.task.prepare(raw.to(self.device), train=True, generator=gen)
@@ -193,7 +210,7 @@ class Trainer:
                          # engine options (float rounding or per-process BatchNorm statistics at most); listing them
                          # here also keeps checkpoints written before these keys existed resumable
                          "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
-                         "compile_student", "checkpoint_every_epochs")
+                         "compile_student", "checkpoint_every_epochs", "num_workers")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
@@ -234,7 +251,7 @@ class Trainer:
         return self.task.prepare(raw, train=False, generator=None)
 
     def _eval_batches(self, data: Any):
-        return eval_batches(self.task, data, self.cfg.eval_batch_size, self.device)
+        return eval_batches(self.task, data, self.cfg.eval_batch_size, self.device, num_workers=self.cfg.num_workers)
 
     def evaluate(self, model: nn.Module | None = None, data: Any | None = None) -> dict[str, float]:
         """Metrics of ``model`` (default: the student, through any method's inference wrapper) on ``data``
@@ -242,7 +259,7 @@ class Trainer:
         model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
         return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
-                              self.accelerator.autocast)
+                              self.accelerator.autocast, num_workers=self.cfg.num_workers)
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
@@ -332,6 +349,7 @@ class Trainer:
                 stage = "init" if epoch < init_epochs else "main"
                 module.train()
                 epoch_start = time.perf_counter()
+                fetched = self._epoch_fetches(epoch, state["step_in_epoch"])
                 while state["step_in_epoch"] < self.steps_per_epoch:
                     if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
                         state["stopped"] = True
@@ -342,7 +360,7 @@ class Trainer:
                         warmup, cfg.min_lr_factor)
                     for group in optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * factor
-                    micro = self._micro_batches(epoch, state["step_in_epoch"])
+                    micro = self._micro_batches(epoch, state["step_in_epoch"], fetched)
                     sums: dict[str, float] = {}
                     for i, (batch, batch_gen) in enumerate(micro):
                         sync = i == len(micro) - 1
@@ -376,6 +394,7 @@ class Trainer:
                         checkpoint()
                     if cfg.step_delay:
                         time.sleep(cfg.step_delay)
+                fetched.close()
                 if state["stopped"]:
                     break
                 epoch_time = time.perf_counter() - epoch_start

@@ -1,0 +1,65 @@
+"""Fetching batches (``task.fetch``: reading, decoding, slicing), in this process or ahead of the step in DataLoader
+worker processes (``train.num_workers``).
+
+Which examples make a batch is decided before they are fetched (the trainer's epoch order, a function of the seed,
+the epoch and the step), and the randomness of a training batch (augmentation) is drawn afterwards in the main
+process, so the batches are the same with any number of workers. Workers are seeded all the same: the loader's
+generator is seeded from the ``seed`` given, torch seeds worker ``i`` with its draw plus ``i``, and
+:func:`seed_worker` gives ``random`` and numpy that seed too, so a fetch that draws random numbers draws the same
+ones on every run.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distill.core.batch import Batch
+
+
+class _Fetches(Dataset):
+    """Item ``i``: ``task.fetch(data, chunks[i])``."""
+
+    def __init__(self, task: Any, data: Any, chunks: Sequence[torch.Tensor]):
+        self.task, self.data, self.chunks = task, data, chunks
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def __getitem__(self, i: int) -> Batch:
+        return self.task.fetch(self.data, self.chunks[i])
+
+
+def seed_worker(worker_id: int) -> None:
+    """``random`` and numpy seeded like the worker's torch generator (which the DataLoader seeded)."""
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def _as_is(batch: Batch) -> Batch:
+    return batch
+
+
+def fetch_batches(task: Any, data: Any, chunks: Sequence[torch.Tensor], num_workers: int = 0,
+                  seed: int = 0) -> Iterator[Batch]:
+    """``task.fetch(data, chunk)`` for each of ``chunks`` (index tensors), in order. With ``num_workers`` the
+    batches are fetched in that many worker processes, two batches ahead each; closing the iterator (or letting it
+    go) stops them."""
+    if num_workers == 0 or len(chunks) <= 1:
+        for chunk in chunks:
+            yield task.fetch(data, chunk)
+        return
+    loader = DataLoader(_Fetches(task, data, chunks), batch_size=None, shuffle=False,
+                        num_workers=min(num_workers, len(chunks)), collate_fn=_as_is, worker_init_fn=seed_worker,
+                        generator=torch.Generator().manual_seed(int(seed) % 2**63), prefetch_factor=2)
+    batches = iter(loader)
+    try:
+        yield from batches
+    finally:
+        del batches  # shuts the workers down when the consumer stops early
