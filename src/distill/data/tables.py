@@ -73,11 +73,13 @@ def _data_files(path: Path, fmt: str, key: str) -> list[str]:
     return [str(p) for p in shards]
 
 
-def read_table(path: Path, fmt: str, key: str, *, split: str | None = None, split_key: str | None = None,
+def read_table(path: Path, fmt: str, key: str, *, split: str | tuple[str, ...] | None = None,
+               split_key: str | None = None,
                cache_dir: str | Path | None = None) -> Any:
     """The ``datasets.Dataset`` of ``path`` read as ``fmt`` (``csv``, ``jsonl``, ``parquet``, ``arrow`` or
-    ``imagefolder``). ``split`` picks a split of an image folder or of a saved ``DatasetDict`` (``split_key``: the
-    config key that set it); a file is one split and ignores it. ``key``: the config key of ``path``."""
+    ``imagefolder``). ``split`` picks a split of an image folder or of a saved ``DatasetDict`` (the first of a
+    tuple that it has; ``split_key``: the config key that set it); a file is one split and ignores it. ``key``: the
+    config key of ``path``."""
     datasets = import_datasets(key)
     if fmt in ("arrow", "imagefolder") and not path.is_dir():
         raise ConfigError(f"{key}: {path} is a file; format {fmt} reads a folder"
@@ -105,10 +107,21 @@ def read_table(path: Path, fmt: str, key: str, *, split: str | None = None, spli
     return table
 
 
-def _pick_split(tables: Any, split: str | None, path: Path, key: str, split_key: str | None) -> Any:
+#: the splits a saved ``DatasetDict`` may hold an ``eval`` file's rows in, by preference (families without split keys)
+HELD_OUT = ("validation", "test", "eval", "dev", "val")
+
+
+def split_for(key: str) -> str | tuple[str, ...]:
+    """The split of a saved ``DatasetDict`` that config key ``data.train`` / ``data.eval`` reads."""
+    return HELD_OUT if key.endswith("eval") else "train"
+
+
+def _pick_split(tables: Any, split: str | tuple[str, ...] | None, path: Path, key: str,
+                split_key: str | None) -> Any:
     names = list(tables)
-    if split in names:
-        return tables[split]
+    for name in (split,) if not isinstance(split, tuple) else split:
+        if name in names:
+            return tables[name]
     if split is None and len(names) == 1:
         return tables[names[0]]
     # one split only: it is the training data, never silently the evaluation set

@@ -13,7 +13,9 @@ def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
     d = cfg.data
     key = "data.text" if d.text else "data.train_jsonl"
     try:
-        if d.text:
+        if d.text and d.text_format != "text":
+            train, evald = table_text_blocks(cfg, tok)
+        elif d.text:
             path = existing_file(d.text, cfg.base_dir, "data.text")
             train, evald = text_blocks(path, tok, d.block_size, d.val_fraction, d.max_tokens)
         else:
@@ -32,6 +34,30 @@ def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
         evald = evald.subset(slice(0, d.eval_blocks))
     if len(train) == 0:
         raise ConfigError("data: the training corpus gives no examples")
+    return train, evald
+
+
+def table_text_blocks(cfg: Any, tok: Any) -> tuple[LMData, LMData]:
+    """``data.text_format`` other than ``text``: the rows of column ``data.text_column`` of a ``datasets`` table,
+    joined by newlines, cut into blocks as a plain-text file with those lines would be."""
+    import tempfile
+    from pathlib import Path
+
+    from distill.data.tables import read_table, split_for, texts_of
+    from distill.tasks.common import existing_path
+
+    d = cfg.data
+    path = existing_path(d.text, cfg.base_dir, "data.text")
+    table = read_table(path, d.text_format, "data.text", split=split_for("train"))
+    if d.text_column not in table.column_names:
+        raise ConfigError(f"data.text_column: no column {d.text_column!r} in {path}; its columns: "
+                          f"{table.column_names}")
+    with tempfile.TemporaryDirectory(prefix="distill-corpus-") as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(texts_of(table, d.text_column, "data.text", path)) + "\n", encoding="utf-8")
+        train, evald = text_blocks(corpus, tok, d.block_size, d.val_fraction, d.max_tokens)
+    for part in (train, evald):
+        part.meta["source"] = str(path)
     return train, evald
 
 

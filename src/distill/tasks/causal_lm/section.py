@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from distill.config import ModelConfig, Strict
@@ -32,10 +34,14 @@ class LMData(Strict):
     (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
     ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
     agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
-    training rows instead (:class:`SequenceKD`)."""
+    training rows instead (:class:`SequenceKD`). ``text_format``: ``text`` (a plain-text file) or a table read with
+    Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) whose ``text_column`` rows,
+    joined by newlines, are the corpus."""
 
     tokenizer: str
     text: str | None = None
+    text_format: Literal["text", "csv", "jsonl", "parquet", "arrow"] = "text"
+    text_column: str = "text"
     train_jsonl: str | None = None
     eval_jsonl: str | None = None
     block_size: int = Field(128, ge=2)

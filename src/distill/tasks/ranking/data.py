@@ -24,12 +24,60 @@ def load_ranking_collection(cfg: Any) -> RetrievalCollection:
         except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
             raise ConfigError(f"data.cranfield: {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
                 from None
+    if d.format != "auto":
+        return table_collection(cfg)
     files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in ("docs", "queries", "qrels")]
     try:
         return load_collection(*files)
     except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
         raise ConfigError(f"data (docs, queries, qrels): {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
+
+
+def table_texts(cfg: Any, key: str) -> tuple[dict[str, str], dict[str, str]]:
+    """(texts, titles) by id from the ``datasets`` table of ``data.<key>``, joined as the TSV/JSONL reader does
+    (a title goes before its text)."""
+    from distill.data.tables import column_values, pick_column, read_table, split_for, texts_of
+
+    d = cfg.data
+    path = existing_path(getattr(d, key), cfg.base_dir, f"data.{key}")
+    table = read_table(path, d.format, f"data.{key}", split=split_for("train"))
+    id_col = pick_column(table, d.id_column, ("_id", "id"), "data.id_column", path)
+    text_col = pick_column(table, d.text_column, (), "data.text_column", path)
+    title_col = d.title_column if d.title_column is not None else ("title" if "title" in table.column_names else None)
+    if title_col is not None:
+        pick_column(table, title_col, (), "data.title_column", path)
+    ids = [str(v).strip() for v in column_values(table, id_col)]
+    texts_in = texts_of(table, text_col, f"data.{key}", path)
+    titles_in = column_values(table, title_col) if title_col else [None] * len(ids)
+    texts: dict[str, str] = {}
+    titles: dict[str, str] = {}
+    for row, (i, text, title) in enumerate(zip(ids, texts_in, titles_in)):
+        if i in texts:
+            raise ConfigError(f"data.{key}: {path}: id {i!r} appears twice (row {row})")
+        texts[i] = " ".join(f"{title} {text}".split()) if title else text.strip()
+        if title:
+            titles[i] = str(title).strip()
+    if not texts:
+        raise ConfigError(f"data.{key}: {path}: no records")
+    return texts, titles
+
+
+def table_collection(cfg: Any) -> RetrievalCollection:
+    """``docs`` and ``queries`` from ``datasets`` tables, ``qrels`` from its TREC file."""
+    from distill.text.ir_data import read_qrels
+
+    docs, titles = table_texts(cfg, "docs")
+    queries, _ = table_texts(cfg, "queries")
+    qrels = existing_file(cfg.data.qrels, cfg.base_dir, "data.qrels")
+    try:
+        judged = read_qrels(qrels)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"data.qrels: {str(e).splitlines()[0]}") from None
+    unknown = sorted({doc for q in judged.values() for doc in q} - set(docs))
+    if unknown:
+        raise ConfigError(f"data.qrels: judged documents not in data.docs: {unknown[:5]}")
+    return RetrievalCollection(docs, queries, judged, titles)
 
 
 def score_file_groups(coll: RetrievalCollection, qids: list[str], scores: dict[tuple[str, str], float],

@@ -17,11 +17,18 @@ class RankingData(Strict):
     with a score file too (every pair must then be scored). ``max_positives``: the most relevant judged positives
     per query (default all). ``title_groups``: also N pseudo-queries made of document titles (Cranfield), the
     document as positive and its BM25 top non-self documents as negatives; the titled documents are drawn with
-    ``title_seed``."""
+    ``title_seed``. ``format``: how ``docs`` and ``queries`` are read: ``auto`` (TSV, or JSONL by the name) or a
+    table read with Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) with the
+    ids in ``id_column`` (default ``_id`` or ``id``), the texts in ``text_column`` and optional titles in
+    ``title_column`` (default ``title`` when there is one)."""
 
     cranfield: str | None = None
     docs: str | None = None
     queries: str | None = None
+    format: Literal["auto", "csv", "jsonl", "parquet", "arrow"] = "auto"
+    id_column: str | None = None
+    text_column: str = "text"
+    title_column: str | None = None
     qrels: str | None = None
     train_queries: str | None = None
     num_negatives: int = Field(3, gt=0)

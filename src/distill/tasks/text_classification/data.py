@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from distill.config import ConfigError
 from distill.data.text import (
+    LABEL_COLUMNS,
+    TEXT_COLUMNS,
     TextDataError,
     TextExamples,
     TokenizedText,
@@ -15,7 +18,7 @@ from distill.data.text import (
     tokenize,
 )
 from distill.data.text_augment import augment_examples
-from distill.tasks.common import existing_file
+from distill.tasks.common import existing_file, existing_path
 
 
 def read_tokenizer(cfg: Any) -> Any:
@@ -27,13 +30,33 @@ def read_tokenizer(cfg: Any) -> Any:
         raise ConfigError(f"data.tokenizer: {str(e).splitlines()[0]}") from None
 
 
+def uses_table(d: Any) -> bool:
+    """Whether ``data.format`` reads the files with ``datasets`` (CSV only when a column is named; otherwise the
+    CSV reader of :mod:`distill.data.text` finds the columns itself)."""
+    return d.format in ("jsonl", "parquet", "arrow") or (d.format == "csv" and bool(d.text_column or d.label_column))
+
+
+def read_text_table(d: Any, path: Path, key: str, classes: list[str] | None) -> TextExamples:
+    """The labelled texts of a ``datasets`` table (columns ``data.text_column`` / ``data.label_column``)."""
+    from distill.data.tables import labels_of, pick_column, read_table, split_for, texts_of
+
+    table = read_table(path, d.format, f"data.{key}", split=split_for(key))
+    text = pick_column(table, d.text_column, TEXT_COLUMNS, "data.text_column", path)
+    label = pick_column(table, d.label_column, LABEL_COLUMNS, "data.label_column", path)
+    labels, names = labels_of(table, label, f"data.{key}", path, classes)
+    return TextExamples(texts_of(table, text, f"data.{key}", path), labels.tolist(), names, f"table {path}")
+
+
 def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | None) -> TokenizedText:
     d = cfg.data
-    path = existing_file(getattr(d, key), cfg.base_dir, f"data.{key}")
-    try:
-        examples = load_text_classification(path, d.format, classes)
-    except TextDataError as e:
-        raise ConfigError(f"data.{key}: {e}") from None
+    if uses_table(d):
+        examples = read_text_table(d, existing_path(getattr(d, key), cfg.base_dir, f"data.{key}"), key, classes)
+    else:
+        path = existing_file(getattr(d, key), cfg.base_dir, f"data.{key}")
+        try:
+            examples = load_text_classification(path, d.format, classes)
+        except TextDataError as e:
+            raise ConfigError(f"data.{key}: {e}") from None
     if key == "train" and d.augment is not None:
         settings = d.augment
         if settings.mask_token is None:

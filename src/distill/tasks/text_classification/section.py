@@ -17,11 +17,17 @@ class TextClassificationData(Strict):
     teacher only (a transfer set, :mod:`distill.data.text_augment`); ``augment_labels: source`` gives every copy its
     source sentence's label instead (augmentation without a teacher: the control of a transfer-set run).
     ``aspects`` is the teacher of method ``makd``: a safetensors file written by
-    ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in file order (checked by fingerprint)."""
+    ``distill.methods.logits.makd.AspectTargets.save`` for the training texts in file order (checked by fingerprint).
+
+    ``format: jsonl | parquet | arrow`` (and ``csv`` when a column is named) read the files with Hugging Face
+    ``datasets`` (docs/data.md): the texts in ``text_column`` and the labels in ``label_column`` (by default the
+    first column named like text/sentence and label/labels)."""
 
     train: str
     eval: str | None = None
-    format: Literal["auto", "sst", "tsv", "csv"] = "auto"
+    format: Literal["auto", "sst", "tsv", "csv", "jsonl", "parquet", "arrow"] = "auto"
+    text_column: str | None = None
+    label_column: str | None = None
     tokenizer: str = "minilm"
     max_length: int = Field(64, ge=2)
     augment: AugmentConfig | None = None

@@ -11,8 +11,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.family import Family, Loaded, register_family
-from distill.tasks.common import existing_file
-from distill.tasks.vectors.data import read_vectors
+from distill.tasks.vectors.data import load_vectors
 from distill.tasks.vectors.models import build_vector_model
 from distill.tasks.vectors.section import VectorData
 from distill.tasks.vectors.task import VectorClassification
@@ -36,8 +35,8 @@ class VectorFamily(Family):
 
     def load(self, cfg: Any) -> Loaded:
         d = cfg.data
-        train = read_vectors(existing_file(d.train, cfg.base_dir, "data.train"), d.label, "data.train")
-        evald = read_vectors(existing_file(d.eval, cfg.base_dir, "data.eval"), d.label, "data.eval") if d.eval else None
+        train = load_vectors(cfg, "train")
+        evald = load_vectors(cfg, "eval") if d.eval else None
         task = VectorClassification(*VectorClassification.fit_standardizer(train)) if d.standardize \
             else VectorClassification()
         labels = train.tensors[1]

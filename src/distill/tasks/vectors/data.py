@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
 from distill.config import ConfigError
+from distill.tasks.common import existing_file, existing_path
 from distill.tasks.vectors.task import vector_dataset
 
 
@@ -37,3 +39,30 @@ def read_vectors(path: Path, label: str, key: str) -> TensorDataset:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+
+
+def read_vector_table(path: Path, fmt: str, label: str, key: str) -> TensorDataset:
+    """Rows of a ``datasets`` table: column ``label`` (integers, or class names taken in sorted order) and every
+    other column a feature (numbers, or equal-length lists of numbers)."""
+    from distill.data.tables import check_columns, labels_of, read_table, split_for
+
+    table = read_table(path, fmt, key, split=split_for(key))
+    check_columns(table, {"data.label": label}, path)
+    labels, _ = labels_of(table, label, key, path)
+    columns = [c for c in table.column_names if c != label]
+    if not columns:
+        raise ConfigError(f"{key}: {path} has no feature column beside {label!r}")
+    try:
+        parts = [np.asarray(table.select_columns([c]).with_format("numpy")[:][c], dtype=np.float32) for c in columns]
+        x = np.concatenate([p.reshape(len(labels), -1) for p in parts], axis=1)
+        return vector_dataset(torch.as_tensor(x), torch.as_tensor(labels))
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {path}: feature columns {columns[:5]}: {str(e).splitlines()[0]}") from None
+
+
+def load_vectors(cfg: Any, key: str) -> TensorDataset:
+    d = cfg.data
+    if d.format == "auto":
+        return read_vectors(existing_file(getattr(d, key), cfg.base_dir, f"data.{key}"), d.label, f"data.{key}")
+    return read_vector_table(existing_path(getattr(d, key), cfg.base_dir, f"data.{key}"), d.format, d.label,
+                             f"data.{key}")

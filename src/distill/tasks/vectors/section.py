@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from distill.config import Strict
 from distill.train.config import Flag
 
@@ -9,9 +11,12 @@ from distill.train.config import Flag
 class VectorData(Strict):
     """Rows of numbers with an integer label: an ``.npz`` file with arrays ``x`` (N, d) and ``y`` (N,), or a CSV
     file with a header whose ``label`` column is the label and every other column a feature. ``standardize``:
-    scale every column by the training rows' mean and standard deviation."""
+    scale every column by the training rows' mean and standard deviation. ``format``: ``auto`` (by the file name)
+    or, read with Hugging Face ``datasets`` (docs/data.md), ``csv``, ``jsonl``, ``parquet`` or ``arrow``: the
+    ``label`` column and every other column a feature (a number, or a list of numbers spread over several)."""
 
     train: str
     eval: str | None = None
     label: str = "label"
     standardize: Flag = True
+    format: Literal["auto", "csv", "jsonl", "parquet", "arrow"] = "auto"
