@@ -1,8 +1,8 @@
 """Peak memory of an image run that holds its images in memory vs one that decodes each batch from the files
 (``data.streaming``), on two image folders of different sizes (docs/data.md).
 
-Two folders of random 64 x 64 PNGs (``--small`` and ``--large`` images, 10 classes) are written to a temporary
-folder; the same short run (``--steps`` optimiser steps of batch 32, a resnet8x4 student, cross-entropy) is trained
+Two folders of random 96 x 96 PNGs (``--small`` and ``--large`` images, 10 classes) are written to a temporary
+folder; the same short run (``--steps`` optimiser steps of batch 16, a resnet8x4 student, cross-entropy) is trained
 on each, with ``format: imagefolder`` and streaming off, then on, each in its own single-thread process, which
 reports its peak resident memory (``ru_maxrss``). Streamed, the peak should not grow with the folder.
 
@@ -53,8 +53,8 @@ def child(args: argparse.Namespace) -> None:
     raw = {"task": "image_classification", "output_dir": str(args.out), "seed": 0,
            "data": {"train": args.folder, "format": "imagefolder", "streaming": args.streaming, "augment": None},
            "student": {"arch": "resnet8x4"}, "methods": [{"name": "ce"}],
-           "train": {"epochs": 1, "batch_size": 32, "max_steps": args.steps, "progress": False, "cpu": True,
-                     "checkpoint_every_epochs": 0}}
+           "train": {"epochs": 1, "batch_size": args.batch_size, "max_steps": args.steps, "progress": False,
+                     "cpu": True, "checkpoint_every_epochs": 0}}
     start = time.perf_counter()
     exp = build_experiment(parse_config(raw))
     loaded = time.perf_counter() - start
@@ -68,8 +68,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--small", type=int, default=1000)
     p.add_argument("--large", type=int, default=8000)
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--size", type=int, default=96, help="image side in pixels")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--out", type=Path, default=RESULT)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--folder", help=argparse.SUPPRESS)
@@ -85,6 +86,7 @@ def main() -> None:
         for n, folder in folders.items():
             for streaming in (False, True):
                 cmd = [sys.executable, __file__, "--child", "--folder", str(folder), "--steps", str(args.steps),
+                       "--batch-size", str(args.batch_size),
                        "--out", str(Path(tmp) / f"run{n}{streaming}")] + (["--streaming"] if streaming else [])
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
                 result = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -94,7 +96,7 @@ def main() -> None:
     ratios = {mode: peak[(args.large, mode)] / peak[(args.small, mode)] for mode in ("in memory", "streaming")}
     write_json(args.out, {
         "benchmark": "benchmarks/streaming_memory.py",
-        "setup": {"image_size": args.size, "classes": 10, "batch_size": 32, "steps": args.steps,
+        "setup": {"image_size": args.size, "classes": 10, "batch_size": args.batch_size, "steps": args.steps,
                   "student": "resnet8x4", "format": "imagefolder", "threads": 1,
                   "decoded_mb": {str(n): n * 3 * args.size ** 2 / 2**20 for n in folders}},
         "machine": {"python": platform.python_version(), "platform": platform.platform()},

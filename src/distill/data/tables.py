@@ -2,9 +2,9 @@
 
 A *table* is one of: a CSV, JSONL or parquet file (or a folder of such shards, read in name order), an Arrow folder
 written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (read in place, memory-mapped), or, for images,
-an image folder (``<class>/<image>`` or ``<split>/<class>/<image>``, the ``imagefolder`` builder: the table holds
-the file paths, the pixels stay in the files). Nothing is downloaded: the package is switched to offline mode
-before it is imported, and only its packaged builders are used.
+an image folder (``<class>/<image>`` or ``<split>/<class>/<image>``, listed into a table of file paths and labels,
+the columns of the ``imagefolder`` builder; the pixels stay in the files). Nothing is downloaded: the package is
+switched to offline mode before it is imported, and only its packaged builders are used.
 
 The Arrow files that ``datasets`` writes when it converts CSV, JSONL, parquet or an image folder go to a cache
 folder: the ``cache_dir`` a family passes (a ``data.cache_dir`` key), else ``HF_DATASETS_CACHE`` when the user set
@@ -21,6 +21,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,7 +34,7 @@ TABLE_FORMATS = ("csv", "jsonl", "parquet", "arrow")
 TableFormat = Literal["csv", "jsonl", "parquet", "arrow"]
 #: file name endings of each file format (a folder given for one of them is read as its shards)
 SUFFIXES = {"csv": (".csv",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
-_BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet", "imagefolder": "imagefolder"}
+_BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}
 
 _temp_cache: Path | None = None
 
@@ -88,7 +89,7 @@ def read_table(path: Path, fmt: str, key: str, *, split: str | tuple[str, ...] |
         if fmt == "arrow":
             table = datasets.load_from_disk(str(path))
         elif fmt == "imagefolder":
-            table = datasets.load_dataset("imagefolder", data_dir=str(path), cache_dir=cache_folder(cache_dir))
+            return image_folder_table(datasets, path, split, split_key or key, cache_dir)
         else:
             files = _data_files(path, fmt, key)
             table = datasets.load_dataset(_BUILDERS[fmt], data_files={"train": files}, split="train",
@@ -114,6 +115,58 @@ HELD_OUT = ("validation", "test", "eval", "dev", "val")
 def split_for(key: str) -> str | tuple[str, ...]:
     """The split of a saved ``DatasetDict`` that config key ``data.train`` / ``data.eval`` reads."""
     return HELD_OUT if key.endswith("eval") else "train"
+
+
+def _folders(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+
+
+def _folder_rows(root: str, classes: tuple[str, ...], state: str) -> Iterator[dict[str, Any]]:
+    """(path, label) rows of an image folder, by class then file name; one class folder listed at a time.
+    ``state`` only keys the ``datasets`` cache (the folders' modification times)."""
+    from distill.data.images import IMAGE_EXTENSIONS
+
+    for label, name in enumerate(classes):
+        files = sorted(e.name for e in os.scandir(Path(root, name))
+                       if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_EXTENSIONS))
+        for file in files:
+            yield {"image": str(Path(root, name, file)), "label": label}
+
+
+def image_folder_table(datasets: Any, path: Path, split: str | tuple[str, ...] | None, split_key: str,
+                       cache_dir: str | Path | None) -> Any:
+    """An image folder (``<class>/<image>`` or ``<split>/<class>/<image>``) as a ``datasets`` table with the
+    ``imagefolder`` builder's columns: ``image`` (the file paths, as ``Image`` values) and ``label``
+    (``ClassLabel``, the sorted class folder names). The files are listed one class folder at a time and written
+    to Arrow in batches, so memory does not grow with the number of images (the ``imagefolder`` builder lists every
+    file first). A folder of class folders is the ``train`` split only."""
+    names = _folders(path)
+    wanted = split if isinstance(split, str) else None
+    if wanted is not None and wanted in names and _folders(path / wanted):
+        root = path / wanted
+    elif set(names) & set(SPLIT_NAMES):
+        splits = [n for n in names if n in SPLIT_NAMES]
+        raise ConfigError(f"{split_key}: {path} has no split {split!r}; its splits: {splits}")
+    elif wanted in (None, "train"):
+        root = path
+    else:
+        raise ConfigError(f"{split_key}: {path} has no split {split!r}; its splits: ['train'] (one set of class "
+                          "folders)")
+    classes = _folders(root)
+    if not classes:
+        raise ConfigError(f"{split_key}: {root} has no class folders (<class>/<image>)")
+    state = ";".join(f"{c}:{os.stat(root / c).st_mtime_ns}" for c in classes)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
+    table = datasets.Dataset.from_generator(_folder_rows, features=features, cache_dir=cache_folder(cache_dir),
+                                            # a tuple: datasets would shard a list over several generator calls
+                                            gen_kwargs={"root": str(root), "classes": tuple(classes), "state": state})
+    if len(table) == 0:
+        raise ConfigError(f"{split_key}: {root} holds no images in its class folders")
+    return table
+
+
+#: folder names an image folder's split folders have
+SPLIT_NAMES = ("train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval")
 
 
 def _pick_split(tables: Any, split: str | tuple[str, ...] | None, path: Path, key: str,
