@@ -84,6 +84,18 @@ def test_every_image_format_loads_the_images_the_folder_reader_does(tmp_path, im
     assert list(streamed.images.shape) == list(data.images.shape)
 
 
+def test_relative_folders_and_paths_are_read_from_the_working_folder(tmp_path, images, monkeypatch):
+    root, data = images
+    monkeypatch.chdir(root)
+    family = FAMILIES.get("image_classification")
+    for fmt, name, columns in (("imagefolder", "folder", {}), ("jsonl", "train.jsonl", {"image_column": "file"})):
+        raw = {"task": "image_classification", "output_dir": str(tmp_path / "run"),
+               "data": {"train": name, "format": fmt, "streaming": True, **columns},
+               "student": {"arch": "resnet8x4"}, "methods": [{"name": "ce"}]}
+        streamed = family.load(parse_config(raw, base_dir=".")).train
+        assert torch.equal(streamed.images[torch.arange(4)], data.images[:4]), fmt
+
+
 def test_streamed_images_keep_the_class_balanced_subsets(tmp_path, images):
     root, data = images
     family = FAMILIES.get("image_classification")

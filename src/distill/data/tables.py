@@ -140,6 +140,7 @@ def image_folder_table(datasets: Any, path: Path, split: str | tuple[str, ...] |
     (``ClassLabel``, the sorted class folder names). The files are listed one class folder at a time and written
     to Arrow in batches, so memory does not grow with the number of images (the ``imagefolder`` builder lists every
     file first). A folder of class folders is the ``train`` split only."""
+    path = path.resolve()  # the table holds absolute paths, whatever folder the run starts in
     names = _folders(path)
     wanted = split if isinstance(split, str) else None
     if wanted is not None and wanted in names and _folders(path / wanted):
