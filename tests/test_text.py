@@ -233,7 +233,8 @@ def test_yaml_text_run_on_a_transfer_set_with_the_teacher_cache(tmp_path):
     (lambda r: r["data"].update(augment={"ngram_range": [4, 2]}), r"^data\.augment: ngram_range must be \(lo, hi\)"),
     (lambda r: r["data"].update(augment={"copies": -1}), r"^data\.augment\.copies: .*greater than or equal to 0"),
     (lambda r: r.update(text={"train": "x"}), r"^text: not a key any more; task text_classification reads 'data:'"),
-    (lambda r: r["data"].update(format="xml"), r"^data\.format: Input should be 'auto', 'sst', 'tsv' or 'csv'"),
+    (lambda r: r["data"].update(format="xml"),
+     r"^data\.format: Input should be 'auto', 'sst', 'tsv', 'csv', 'jsonl', 'parquet' or 'arrow'"),
     (lambda r: r["data"].update(max_length=1), r"^data\.max_length: .*greater than or equal to 2"),
     (lambda r: r.update(task="image_classification"), r"^data\.max_length: unknown key"),
 ])
