@@ -164,6 +164,26 @@ def test_workers_fetch_the_same_batches(tmp_path, images, full_streamed):
         assert torch.equal(v, with_workers[k]), k
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_streamed_image_stops_the_run_with_one_line(tmp_path, images, workers):
+    import shutil
+
+    from distill.data.image_tables import DataReadError
+
+    root = tmp_path / "copy"
+    shutil.copytree(images[0] / "folder", root)
+    bad = sorted(root.glob("*/*.png"))[-1]
+    bad.write_bytes(b"not a png")
+    raw = {"task": "image_classification", "output_dir": str(tmp_path / "run"),
+           "data": {"train": str(root), "format": "imagefolder", "streaming": True},
+           "student": {"arch": "resnet8x4"}, "methods": [{"name": "ce"}],
+           "train": {"epochs": 1, "batch_size": 30, "progress": False, "num_workers": workers}}
+    exp = build_experiment(cfg_of(raw, tmp_path))
+    with pytest.raises(DataReadError, match=r"^data: table .*, row 29: cannot decode image .*\.png") as e:
+        exp.fit()
+    assert len(str(e.value).splitlines()) == 1
+
+
 class RandomFetch:
     """A task whose fetch draws random numbers (as a fetch with random cropping would)."""
 

@@ -33,6 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file: "<path>: <reason>")
         return _error(e)
     from distill.core.safe_pickle import UnsafeFileError
+    from distill.data.image_tables import DataReadError
     from distill.train.checkpoint import CheckpointError
     from distill.train.lock import RunLock, RunLockedError
     from distill.train.runlog import print_teacher_evaluation
@@ -52,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ResumeMismatchError, UnsafeFileError, CheckpointError) as e:  # a damaged or tampered checkpoint
         return _error(e)
     except NonFiniteError as e:  # a NaN/inf loss term, parameter or buffer: the last good checkpoint stays
+        return _error(e)
+    except DataReadError as e:  # a streamed image that cannot be decoded: the last checkpoint stays
         return _error(e)
     final = summary.get("final", {})
     if main:

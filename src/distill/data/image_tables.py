@@ -22,6 +22,11 @@ from distill.data.images import UNLABELED, ImageArrays, _decode_image
 from distill.data.tables import check_columns, import_datasets, labels_of
 
 
+class DataReadError(ValueError):
+    """An image of a streamed set that cannot be read or decoded when its batch is fetched; one line naming the
+    file (or the table row)."""
+
+
 class LazyImages:
     """``images[indices]`` of a :class:`TableImages`: decodes the rows asked for into N x C x H x W uint8."""
 
@@ -101,16 +106,21 @@ class TableImages:
         values = self.table[rows][self.image_column] if rows else []
         arrays = []
         for row, value in zip(rows, values):
-            data, name = self._blob(value, row)
-            arrays.append(_decode_image(data, name, self.image_size))
+            try:
+                data, name = self._blob(value, row)
+                arrays.append(_decode_image(data, name, self.image_size))
+            except (OSError, ValueError) as e:
+                first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                raise DataReadError(f"data: {self.source}, row {row}: {first}") from None
         if not arrays:
             c, h, w = self.image_shape() if len(self) else (3, 0, 0)
             return torch.zeros((0, c, h, w), dtype=torch.uint8)
         first = arrays[0].shape
         for row, arr in zip(rows, arrays):
             if arr.shape != first:
-                raise ValueError(f"images differ in size: row {rows[0]} is {first[1]}x{first[0]}, row {row} is "
-                                 f"{arr.shape[1]}x{arr.shape[0]}; set data.image_size to resize them all")
+                raise DataReadError(f"data: {self.source}: images differ in size: row {rows[0]} is "
+                                    f"{first[1]}x{first[0]}, row {row} is {arr.shape[1]}x{arr.shape[0]}; set "
+                                    "data.image_size to resize them all")
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def with_rows(self, positions: torch.Tensor, labels: torch.Tensor | None = None, note: str = "") -> TableImages:

@@ -31,8 +31,19 @@ class _Fetches(Dataset):
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def __getitem__(self, i: int) -> Batch:
-        return self.task.fetch(self.data, self.chunks[i])
+    def __getitem__(self, i: int) -> Batch | _Failed:
+        try:
+            return self.task.fetch(self.data, self.chunks[i])
+        except Exception as e:  # noqa: BLE001 - handed to the training process and raised there unchanged
+            return _Failed(e)
+
+
+class _Failed:
+    """A fetch that raised in a worker: the exception itself (DataLoader would re-raise a copy with the worker's
+    traceback in its message, and the command line would no longer print one line)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
 
 
 def seed_worker(worker_id: int) -> None:
@@ -60,6 +71,9 @@ def fetch_batches(task: Any, data: Any, chunks: Sequence[torch.Tensor], num_work
                         generator=torch.Generator().manual_seed(int(seed) % 2**63), prefetch_factor=2)
     batches = iter(loader)
     try:
-        yield from batches
+        for batch in batches:
+            if isinstance(batch, _Failed):
+                raise batch.error
+            yield batch
     finally:
         del batches  # shuts the workers down when the consumer stops early
