@@ -255,6 +255,9 @@ def run_description(run_dir: Path) -> dict[str, Any]:
         desc.update(student=cfg.student.arch, options=dict(cfg.student.options or {}))
     else:
         raise ValueError(f"{run_dir}: no distill_config.json, and its name is not <student>-e<E>-n<N>-<arm>-seed<S>")
+    if not desc.get("arm"):
+        raise ValueError(f"{run_dir}: the arm is named by the folder (<student>-e<E>-n<N>-<arm>-seed<S>), as "
+                         "benchmarks/cifar10_kd.py names its runs")
     desc["options"] = desc.get("options") or {}
     for key in ("seed", "epochs", "per_class"):
         if desc.get(key) is not None:
