@@ -65,7 +65,7 @@ from distill.models import build_model
 from distill.models.weights import load_weights_into
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from portable import write_json  # noqa: E402
+from portable import portable, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "src" / "distill" / "assets" / "cifar10_demo.tar.gz"
@@ -294,6 +294,15 @@ def repo_relative(run_dir: Path) -> str:
     return str(run_dir)
 
 
+def portable_arg(arg: str) -> str:
+    """A command-line argument as the result file records it: run folders and other absolute paths
+    repository-relative."""
+    if not arg.startswith("/"):
+        return arg
+    where = repo_relative(Path(arg))
+    return where if where != arg else str(portable(arg))
+
+
 def model_taps(model: torch.nn.Module, wanted: Iterable[str]) -> list[str]:
     names = getattr(model, "feature_taps", {})
     return [t for t in dict.fromkeys(wanted) if t in names]
@@ -355,7 +364,7 @@ def main() -> int:
                                               if not k.startswith("cka:")), flush=True)
     result = {"images": len(y), "data": str(args.data.resolve()), "split": "test", "batch": BATCH,
               "teacher": {"weights": str(args.teacher.resolve()), "arch": args.teacher_arch, **teacher_facts},
-              "command": "python benchmarks/probes.py " + " ".join(sys.argv[1:]),
+              "command": "python benchmarks/probes.py " + " ".join(portable_arg(a) for a in sys.argv[1:]),
               "init": init_cache, "runs": sorted(records.values(), key=lambda r: r["run_dir"]),
               "wall_time_s": round(time.perf_counter() - start, 1)}
     if not teacher_facts and old.get("teacher"):

@@ -1,6 +1,6 @@
 """Verdicts: every benchmark row judged against its spec's "Works if" criterion (issue 17, Protocol rule 10).
 
-    python benchmarks/verdicts.py            # writes benchmarks/results/verdicts.{md,json} from the result files
+    python benchmarks/verdicts.py            # benchmarks/results/verdicts.{md,json}, verdicts_summary.md
     python benchmarks/verdicts.py --check    # exit 1 if verdicts.md differs from what the result files give
 
 Each method row of a benchmark has a :class:`Criterion`: the spec's words (``quote``, with the section it comes
@@ -752,13 +752,16 @@ HEADER = ("Verdicts against each spec's \"Works if\" criterion, from the result 
           "rows are not counted.")
 
 
-def render(results: Path = RESULTS) -> tuple[str, dict[str, Any]]:
-    """(``verdicts.md``'s text, ``verdicts.json``'s content) from the result files in ``results``."""
+def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, Any]]:
+    """({file name: text} of ``verdicts.md`` (counts and every row) and ``verdicts_summary.md`` (the counts, for the
+    front page), ``verdicts.json``'s content) from the result files in ``results``."""
     everything = all_verdicts(results)
-    text = "\n".join([HEADER, "", *summary_lines(everything), "", *detail_lines(everything)]) + "\n"
+    summary = summary_lines(everything)
+    texts = {"verdicts.md": "\n".join([HEADER, "", *summary, "", *detail_lines(everything)]) + "\n",
+             "verdicts_summary.md": "\n".join([HEADER, "", *summary]) + "\n"}
     data = {name: {row: {"status": v.status, "detail": v.detail, "text": str(v)} for row, v in verdicts.items()}
             for name, verdicts in everything.items()}
-    return text, data
+    return texts, data
 
 
 def main() -> int:
@@ -766,16 +769,16 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--check", action="store_true", help="exit 1 if verdicts.md is out of date")
     args = p.parse_args()
-    md = args.results / "verdicts.md"
-    text, data = render(args.results)
+    texts, data = render(args.results)
     if args.check:
-        if not md.exists() or md.read_text() != text:
-            print(f"{md}: out of date; run python benchmarks/verdicts.py")
-            return 1
-        return 0
-    md.write_text(text)
+        stale = [n for n, t in texts.items() if not (args.results / n).exists() or (args.results / n).read_text() != t]
+        for n in stale:
+            print(f"{args.results / n}: out of date; run python benchmarks/verdicts.py")
+        return 1 if stale else 0
+    for name, text in texts.items():
+        (args.results / name).write_text(text)
     write_json(args.results / "verdicts.json", data)
-    print(text)
+    print(texts["verdicts.md"])
     return 0
 
 

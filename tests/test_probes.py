@@ -128,6 +128,7 @@ def test_probe_script_on_a_tiny_run_folder(tmp_path):
                    env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     data = json.loads((out / "probes_t.json").read_text())
     assert data["images"] == 20 and data["data"] == "src/distill/assets/cifar10_demo.tar.gz"
+    assert str(run) not in json.dumps(data)  # the run folder repository-relative, in the command line too
     (rec,) = data["runs"]
     assert rec["run_dir"] == "benchmarks/work/runs/resnet20-e1-n10-fitnet-seed0" and rec["arm"] == "fitnet"
     q = rec["quantities"]
