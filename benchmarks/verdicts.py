@@ -346,7 +346,7 @@ CKA_TAPS: dict[str, dict[str, list[tuple[str, str]]]] = {
 CKA_TAPS["mobilenetv2"] = {k: v for k, v in CKA_TAPS["resnet20"].items() if k != "fsp"}
 
 
-def cka_key(method: str, student: str = "resnet20") -> str:
+def cka_key(method: str) -> str:
     """The probe quantity of a method judged by CKA: the mean of ``cka:<s>/<t>`` over its tap pairs
     (:func:`add_mean_cka` computes it into the probes)."""
     return f"cka_{method}"
@@ -652,6 +652,10 @@ def cranfield_verdicts(data: dict[str, Any], seeds: int = 3) -> dict[str, Verdic
     return judge_all(crit, ev, [r for r in values])
 
 
+def monotone(xs: Sequence[float]) -> bool:
+    return all(b >= a for a, b in zip(xs, xs[1:]))
+
+
 def tinyshakespeare_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """tinyshakespeare LLM rows (rows 16 and 42; validation perplexity, lower is better)."""
     seed = int(data.get("setup", {}).get("seed", 0))
@@ -669,13 +673,13 @@ def tinyshakespeare_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
                                       label="top-64 vs dense")))
     crit["taid"] = Criterion("validation perplexity of TAID <= FKL within 1 seed standard deviation, or better; t "
                              "is monotone and reaches >= 0.95 by the end.", "llm.md row 42", 3,
-                             (not_below("taid", "fkl", k=1.0), fact_check(
-                                 "taid_t_end", lambda t: t >= 0.95, lambda t: f"t ends at {t:.2f}"),
+                             (not_below("taid", "fkl", k=1.0),
+                              fact_check("taid_t", lambda t: t[-1] >= 0.95 and monotone(t),
+                                         lambda t: f"t ends at {t[-1]:.2f}, {'' if monotone(t) else 'not '}monotone"),
                               missing("control arm: TAID with disable_adaptive")))
     t = data["arms"].get("taid", {}).get("t_curve")
     if t:
-        last = t[-1]
-        ev.facts["taid_t_end"] = float(last[-1] if isinstance(last, (list, tuple)) else last)
+        ev.facts["taid_t"] = [float(x[-1] if isinstance(x, (list, tuple)) else x) for x in t]
     return judge_all(crit, ev, list(values))
 
 
