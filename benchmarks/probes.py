@@ -326,7 +326,7 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"probes_{args.name}.json"
     old = json.loads(path.read_text()) if path.exists() else {}
-    same = old.get("images") == len(y) and old.get("data") == str(args.data.resolve())
+    same = old.get("images") == len(y) and old.get("data") == portable(str(args.data.resolve()))
     records = {r["run_dir"]: r for r in old.get("runs", [])} if same else {}
     init_cache: dict[str, dict[str, float]] = dict(old.get("init", {})) if same else {}
     teacher_feats: dict[str, dict[str, torch.Tensor]] = {}
@@ -364,7 +364,8 @@ def main() -> int:
                                               if not k.startswith("cka:")), flush=True)
     result = {"images": len(y), "data": str(args.data.resolve()), "split": "test", "batch": BATCH,
               "teacher": {"weights": str(args.teacher.resolve()), "arch": args.teacher_arch, **teacher_facts},
-              "command": "python benchmarks/probes.py " + " ".join(portable_arg(a) for a in sys.argv[1:]),
+              "commands": [*(old.get("commands", []) if same else []),
+                           "python benchmarks/probes.py " + " ".join(portable_arg(a) for a in sys.argv[1:])],
               "init": init_cache, "runs": sorted(records.values(), key=lambda r: r["run_dir"]),
               "wall_time_s": round(time.perf_counter() - start, 1)}
     if not teacher_facts and old.get("teacher"):

@@ -137,3 +137,10 @@ def test_probe_script_on_a_tiny_run_folder(tmp_path):
         assert key in q and math.isfinite(q[key]), key
     assert data["init"]["resnet20/seed0"]["hint"] == pytest.approx(q["hint"])  # these weights are an initialisation
     assert 0.0 <= data["teacher"]["accuracy"] <= 1.0
+    run2 = run.with_name("resnet20-e1-n10-fitnet-seed1")  # a second call adds its runs to the file
+    run2.mkdir()
+    save_weights(run2 / "student.safetensors", build_model("resnet20", num_classes=10).state_dict())
+    subprocess.run(cmd[:-1] + [str(run2)], check=True, cwd=REPO, capture_output=True, text=True,
+                   env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+    data = json.loads((out / "probes_t.json").read_text())
+    assert [r["seed"] for r in data["runs"]] == [0, 1] and len(data["commands"]) == 2
