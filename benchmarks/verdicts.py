@@ -302,6 +302,14 @@ class Criterion:
     def arms(self) -> list[str]:
         return list(dict.fromkeys(a for c in self.checks for a in getattr(c, "arms", ())))
 
+    def needed(self, ev: Evidence, arm: str) -> int:
+        """Seeds ``arm`` needs: the criterion's, and a third where 2 suffice unless the first two differ by more
+        than a point (Protocol rule 4)."""
+        vals = [v for _, v in sorted(ev.values.get(arm, {}).items())][:2]
+        if self.seeds == 2 and len(vals) == 2 and abs(vals[0] - vals[1]) > 1.0:
+            return 3
+        return self.seeds
+
     def judge(self, ev: Evidence) -> Verdict:
         """Pending while an arm the checks compare has fewer seeds than the criterion asks (whatever the other
         checks say); then missed if a check failed (a part still unmeasured cannot rescue a conjunction whose
@@ -310,7 +318,8 @@ class Criterion:
             return Verdict(ROLE, self.role)
         if self.na:
             return Verdict(NA, self.na)
-        few = [f"{a} {ev.seeds(a)} of {self.seeds}" for a in self.arms() if a in ev.values and ev.seeds(a) < self.seeds]
+        few = [f"{a} {ev.seeds(a)} of {self.needed(ev, a)}" for a in self.arms()
+               if a in ev.values and ev.seeds(a) < self.needed(ev, a)]
         if few:
             return Verdict(PENDING, "seeds: " + ", ".join(few) + (f" ({self.seeds_note})" if self.seeds_note else ""))
         results = [c(ev, self.seeds) for c in self.checks]
@@ -509,11 +518,16 @@ def cifar_verdicts(data: dict[str, Any], results: Path = RESULTS) -> dict[str, V
     return judge_all(cifar_criteria(student), ev, rows)
 
 
+SST2_STUDENTS = ("minilm_truncated", "textcnn", "bilstm")
+
+
 def sst2_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """SST-2 (row 8, LSF-IDM; dev accuracy, %): rows ``<student>/<arm>``."""
     values: dict[str, dict[int, float]] = {}
     for r in data["runs"]:
-        values.setdefault(f"{r['student']}/{r['arm']}", {})[int(r["seed"])] = 100.0 * float(r["accuracy"])
+        student = r.get("student") or next((s for s in SST2_STUDENTS if r["arm"].startswith(s + "_")), "?")
+        arm = r["arm"].removeprefix(f"{student}_")  # recipe stems (textcnn_kd) or plain arm names (kd)
+        values.setdefault(f"{student}/{arm}", {})[int(r["seed"])] = 100.0 * float(r["accuracy"])
     lat = data.get("latency_ms", {})
     facts: dict[str, Any] = {"teacher_accuracy": 100.0 * data["teacher"]["dev_accuracy"]}
     for s in ("textcnn", "bilstm", "minilm_truncated"):

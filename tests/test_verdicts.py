@@ -118,6 +118,14 @@ def test_row_with_too_few_seeds_is_pending_even_if_a_check_would_miss():
     assert fact.judge(e).status == V.PENDING
 
 
+def test_two_seed_rows_need_a_third_when_the_two_differ_by_more_than_a_point():
+    row = V.Criterion("q", "spec", 2, (V.margin("a", "b", 1.0),))
+    assert row.judge(ev(a=[63, 63.5], b=[60, 60.4])).status == V.WORKS
+    v = row.judge(ev(a=[63, 65], b=[60, 60.4]))  # a's seeds differ by 2 points: Protocol rule 4 asks a third
+    assert v.status == V.PENDING and "a 2 of 3" in v.detail
+    assert row.judge(ev(a=[63, 65, 64], b=[60, 60.4, 60.2])).status == V.WORKS
+
+
 def test_row_without_control_arm_is_pending_and_a_measured_miss_decides():
     row = V.Criterion("q", "spec", 3, (V.margin("dho", "dho_single_head", 0.5),))
     v = row.judge(ev(dho=[70, 71, 72], scratch=[60, 61, 62]))
@@ -204,3 +212,18 @@ def test_current_results_one_seed_rows_are_pending_and_the_file_is_current():
     texts, _ = V.render()
     for name, text in texts.items():
         assert (REPO / "benchmarks" / "results" / name).read_text() == text, "run python benchmarks/verdicts.py"
+
+
+def test_sst2_rows_read_either_record_form():
+    old = [{"student": "bilstm", "arm": a, "seed": s, "accuracy": v} for a, s, v in
+           [("scratch", 0, .80), ("scratch", 1, .81), ("scratch", 2, .80), ("lsf_idm", 0, .83), ("lsf_idm", 1, .84),
+            ("lsf_idm", 2, .83)]]
+    new = [{"arm": f"{r['student']}_{r['arm']}", "seed": r["seed"], "accuracy": r["accuracy"]} for r in old]
+    data = {"teacher": {"dev_accuracy": 0.86}, "latency_ms": {"teacher": 15.0, "bilstm": 2.9}}
+    for runs in (old, new):
+        v = V.sst2_verdicts(data | {"runs": runs})
+        assert set(v) == {"bilstm/scratch", "bilstm/lsf_idm"}
+        assert v["bilstm/lsf_idm"].status == V.PENDING and "bilstm/scratch_aug" in v["bilstm/lsf_idm"].detail
+    runs = old + [{"student": "bilstm", "arm": "scratch_aug", "seed": s, "accuracy": .83} for s in range(3)]
+    v = V.sst2_verdicts(data | {"runs": runs})["bilstm/lsf_idm"]  # +3 over scratch, 5.2x faster, below the teacher,
+    assert v.status == V.MISSED and "scratch_aug" in v.detail  # but not above the same data without a teacher
