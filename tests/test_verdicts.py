@@ -60,6 +60,16 @@ def test_margin_needs_the_interval_above_zero_for_a_claimed_gain():
     assert strict(ev(a=[1, 2, 3], b=[1, 2, 3]), 3).status == V.MISSED  # equal is not "beats"
 
 
+def test_margin_against_the_best_control():
+    check = V.margin_best("tgeo", ["kd_a3", "kd_a5"], -0.2)
+    assert "kd_a5" in check(ev(tgeo=[60, 61, 62], kd_a3=[59, 60, 61]), 3).detail  # pending until all have run
+    e = ev(tgeo=[60, 61, 62], kd_a3=[59, 60, 61], kd_a5=[60.1, 61.1, 62.1])  # best: alpha 0.5, -0.1 >= -0.2
+    v = check(e, 3)
+    assert v.status == V.WORKS and "kd_a5" in v.detail
+    e.values["kd_a5"] = {0: 60.5, 1: 61.5, 2: 62.5}  # -0.5 against the best
+    assert check(e, 3).status == V.MISSED
+
+
 def test_lower_is_better_metrics_flip_the_direction():
     e = V.Evidence({"fkl": {0: 700.0, 1: 710.0, 2: 690.0}, "ce": {0: 2400.0, 1: 2300.0, 2: 2500.0}}, higher=False)
     assert V.beats_spread("fkl", "ce")(e, 3).status == V.WORKS
