@@ -128,6 +128,12 @@ def _paired(ev: Evidence, arm: str, base: str) -> tuple[float, tuple[float, floa
     return float(diff or 0.0), ci, n
 
 
+def _minus(ev: Evidence, arm: str, base: str) -> str:
+    """How a paired difference reads: ``arm - base``, or ``base - arm`` where lower is better (positive = arm
+    better either way)."""
+    return f"{arm} - {base}" if ev.higher else f"{base} - {arm}"
+
+
 # -- checks ------------------------------------------------------------------------------------------------------
 def beats_spread(arm: str, base: str, k: float = 2.0) -> Check:
     """``arm`` better than ``base`` by more than k x the seed spread (the larger sample sd of the two)."""
@@ -137,7 +143,7 @@ def beats_spread(arm: str, base: str, k: float = 2.0) -> Check:
             return wait
         diff, _, n = _paired(ev, arm, base)
         spread = max(_sd(ev.values[arm]), _sd(ev.values[base]))
-        text = f"{arm} - {base} {fmt(diff)} over {n} seeds vs {k:g}x seed spread {k * spread:.2f}"
+        text = f"{_minus(ev, arm, base)} {fmt(diff)} over {n} seeds vs {k:g}x seed spread {k * spread:.2f}"
         return Verdict(WORKS if diff > k * spread else MISSED, text)
     return with_arms(check, *(arm, base))
 
@@ -152,7 +158,7 @@ def margin(arm: str, base: str, d: float = 0.0, strict: bool = False, label: str
         diff, ci, n = _paired(ev, arm, base)
         need = f"{'>' if strict else '>='} {d:+.2f}" if d else ("> 0" if strict else ">= 0")
         ci_text = f" [95% CI {ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
-        text = f"{label or arm} - {base} {fmt(diff)}{ci_text} over {n} seeds (needs {need})"
+        text = f"{_minus(ev, label or arm, base)} {fmt(diff)}{ci_text} over {n} seeds (needs {need})"
         cleared = diff > d if strict else diff >= d
         if not cleared:
             return Verdict(MISSED, text)
@@ -184,7 +190,7 @@ def not_below(arm: str, base: str, k: float = 2.0) -> Check:
             return wait
         diff, _, n = _paired(ev, arm, base)
         noise = k * max(_sd(ev.values[arm]), _sd(ev.values[base]))
-        text = f"accuracy {arm} - {base} {fmt(diff)} over {n} seeds (noise {k:g}x spread {noise:.2f})"
+        text = f"{_minus(ev, arm, base)} {fmt(diff)} over {n} seeds (noise {k:g}x spread {noise:.2f})"
         return Verdict(WORKS if diff >= -noise else MISSED, text)
     return with_arms(check, *(arm, base))
 
@@ -652,7 +658,7 @@ def unlearn_verdicts(data: dict[str, Any], tuned_on: Sequence[int] = (0,)) -> di
             margin(arm, "retrain", -2.0, label=f"Dt-AUROC {arm}"),
             on("df", margin(arm, "retrain", 0.0, label=f"Df-AUROC {arm}")),
             on("df", margin(arm, "original", 0.0, strict=True, label=f"Df-AUROC {arm}")),
-            on("wall", margin(arm, "retrain", 0.0, strict=True, label=f"wall time (s, lower) {arm}"))))
+            on("wall", margin(arm, "retrain", 0.0, strict=True, label=f"wall time (s) {arm}"))))
 
     rows = list(metrics["dt_auroc"])
     crit: dict[str, Criterion] = {"original": baseline("reference (the trained model)"),
