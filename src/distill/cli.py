@@ -313,8 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def line_buffered_logs() -> None:
+    """Off a terminal (``nohup``, SLURM, CI, a pipe) stdout and stderr write every line as it is printed, so a log
+    file shows the run as it goes instead of in blocks (or only at the end)."""
+    for stream in (sys.stdout, sys.stderr):
+        isatty = getattr(stream, "isatty", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(isatty) and callable(reconfigure) and not isatty():
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # a closed or detached stream: nothing to buffer
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    line_buffered_logs()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

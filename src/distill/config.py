@@ -341,6 +341,12 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     _check_archs(cfg, family)
     _check_models(cfg, family)
     _check_mixed_precision(cfg)
+    if cfg.train.trackers:
+        from distill.train.trackers import missing_tracker
+
+        missing = missing_tracker(list(cfg.train.trackers))
+        if missing:
+            raise ConfigError(f"train.{missing}")
     labels = set()
     for i, m in enumerate(cfg.methods):
         options = validate_method_options(m.name, m.options(), f"methods[{i}]")

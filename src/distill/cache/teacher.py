@@ -189,6 +189,8 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     ``settings.seed`` and the teacher is run on each view (the task applies parameters preset in
     ``batch.meta["augment"]``). Returns the manifest.
     """
+    from distill.train.progress import Progress
+
     settings = settings if settings is not None else CacheSettings()
     start_time = time.perf_counter()
     source = _as_source(teacher)
@@ -204,6 +206,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     taps = list(settings.features)
     writer: TensorStoreWriter | None = None
     num_classes = None
+    bar = Progress("cache build", n * k_views)
     for view in range(k_views):
         for lo in range(0, n, batch_size):
             idx = torch.arange(lo, min(lo + batch_size, n))
@@ -242,8 +245,10 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                     specs[name] = TensorSpec(tuple(v.shape[1:]), dtype)
                 writer = TensorStoreWriter(path, n, k_views, specs, shard_size=shard_size)
             writer.write(idx, view, values)
+            bar.update(len(idx))
         if log:
             log(f"view {view + 1}/{k_views} done ({time.perf_counter() - start_time:.1f} s)")
+    bar.close()
     assert writer is not None
     meta = {"kind": "full" if settings.topk is None else "topk", "k": settings.topk, "num_classes": num_classes,
             "features": taps, "views": k_views, "augmented": replay is not None, "seed": settings.seed,
