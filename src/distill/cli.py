@@ -200,6 +200,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
         if args.action == "build":
             cfg.teacher.cache = replace(cache_cfg, build="always" if args.force else "if_missing")
+            cfg.train.progress = True  # asked for a long step: show it even where training runs quietly
         else:
             cfg.teacher.cache = replace(cache_cfg, build="never", verify=True)
         from distill.experiment import build_parts, student_builder
