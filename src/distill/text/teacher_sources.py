@@ -52,8 +52,9 @@ class TextEmbeddingCache:
         from distill.train.progress import track
 
         starts = range(0, len(missing), batch_size)
+        shown = None if len(missing) > batch_size else False  # one batch (e.g. a training step's texts): no bar
         for start in track(starts, "teacher embeddings", len(missing),
-                           size=lambda s: min(batch_size, len(missing) - s)):
+                           size=lambda s: min(batch_size, len(missing) - s), enabled=shown):
             chunk = missing[start:start + batch_size]
             with torch.no_grad():
                 emb = self.encoder(chunk).detach().float().cpu()  # type: ignore[misc]
