@@ -65,10 +65,17 @@ def test_notes_and_switching_off():
     assert out.getvalue() == "epoch 1/1: loss 0.5\n"
 
 
-def test_a_terminal_gets_a_rich_bar():
+def test_a_terminal_gets_one_rich_bar_at_a_time():
     out = io.StringIO()
-    bar = Progress("cache build", 4, stream=out, tty=True, enabled=True)
+    bar = Progress("training", 4, stream=out, tty=True, enabled=True)
     assert bar.bar is not None
+    inner = Progress("teacher embeddings (eval)", 2, stream=out, tty=True, enabled=True)
+    assert inner.bar is None and not inner.enabled  # inside another bar: silent
+    inner.update(2)
+    inner.close()
     bar.update(4)
     bar.close()
-    assert "cache build" in out.getvalue() and "4/4" in out.getvalue()
+    assert "training" in out.getvalue() and "4/4" in out.getvalue() and "teacher" not in out.getvalue()
+    after = Progress("cache build", 1, stream=out, tty=True, enabled=True)
+    assert after.bar is not None
+    after.close()

@@ -26,6 +26,9 @@ T = TypeVar("T")
 DEFAULT_EVERY = 10.0
 _ENABLED: ContextVar[bool] = ContextVar("distill_progress", default=True)
 _EVERY: ContextVar[float] = ContextVar("distill_progress_every", default=DEFAULT_EVERY)
+#: the bars drawn now: a terminal shows one at a time, so a step inside another's (an evaluation's teacher
+#: embeddings during training) stays silent
+_LIVE: list[Progress] = []
 
 
 @contextmanager
@@ -80,7 +83,10 @@ class Progress:
             tty = bool(isatty()) if callable(isatty) else False
         self.tty = tty
         if self.enabled and self.tty:
-            self._start_bar()
+            if _LIVE:
+                self.enabled = False
+            else:
+                self._start_bar()
 
     def _start_bar(self) -> None:
         from rich.console import Console
@@ -97,6 +103,7 @@ class Progress:
                        TextColumn("ETA"), TimeRemainingColumn(), console=Console(file=self.stream),
                        transient=False)
         self.bar.start()
+        _LIVE.append(self)
         self.task_id = self.bar.add_task(self.label, total=self.total, completed=self.done)
 
     def line(self) -> str:
@@ -146,6 +153,7 @@ class Progress:
         self.closed = True
         if self.bar is not None:
             self.bar.stop()
+            _LIVE.remove(self)
         elif self.enabled and self.done != self.written:
             self._write(self.line())  # stopped early, or no total: say where it ended
 
