@@ -40,7 +40,7 @@ from distill.train.evaluate import eval_batches, evaluate_model
 from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
-from distill.train.progress import Progress, track
+from distill.train.progress import Progress, progress_enabled, track
 from distill.train.schedules import lr_factor
 from distill.train.trackers import TrackedLog, accelerator_kwargs, missing_tracker, start_trackers
 
@@ -247,15 +247,20 @@ class Trainer:
         (default: the evaluation set)."""
         model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
-        return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
-                              self.accelerator.autocast)
+        with self._progress_setting():
+            return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
+                                  self.accelerator.autocast)
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
         """Train (resuming from the newest intact checkpoint in ``run_dir/checkpoints`` when ``resume``), holding the
         run folder's lock (``run_dir/.lock``, rank 0 only): a second run on the same folder is refused."""
-        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process):
+        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process), self._progress_setting():
             return self._fit(resume)
+
+    def _progress_setting(self) -> Any:
+        """Progress of the steps inside training and evaluation (e.g. teacher embeddings) follows ``progress``."""
+        return progress_enabled(self.cfg.progress and self.accelerator.is_main_process, self.cfg.progress_every)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
