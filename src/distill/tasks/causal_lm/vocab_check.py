@@ -73,8 +73,9 @@ def check_shared_vocab(model: nn.Module, tokenizer: Any, key: str, model_tokeniz
                               f"and no tokenizer is stored beside the {key} to check that its first {size} ids are "
                               f"the same tokens; save the {key}'s tokenizer in {loaded_from} (or use it as "
                               "data.tokenizer)")
+        same = "which are the same" if model_tokenizer is not None else "its tokens not compared (no tokenizer)"
         return (f"{key}: logits {width} wide (embedding padded past the tokenizer); sliced to data.tokenizer's "
-                f"{size} tokens, which are the same")
+                f"{size} tokens, {same}")
     return None
 
 
