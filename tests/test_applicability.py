@@ -111,3 +111,23 @@ def test_methods_task_refuses_an_unknown_task(capsys):
     err = capsys.readouterr().err
     assert err.strip() == ("--task: unknown task 'images'; allowed: causal_lm, embedding, graph_node_classification, "
                            "image_classification, ranking, text_classification, vector_classification")
+
+
+def test_a_plugin_family_can_take_the_methods_of_a_built_in_task(monkeypatch):
+    from distill.config import applicability_error
+    from distill.core.family import Family
+
+    class Tabular(Family):
+        name = "tabular_plugin"
+        methods_as = "vector_classification"
+
+    class Other(Family):
+        name = "other_plugin"
+
+    monkeypatch.setitem(FAMILIES._families, "tabular_plugin", Tabular())
+    monkeypatch.setitem(FAMILIES._families, "other_plugin", Other())
+    assert applicability_error("kd", "tabular_plugin") is None
+    assert applicability_error("mixup", "tabular_plugin") is None
+    assert applicability_error("at", "tabular_plugin") == ("'at' applies to task image_classification; this run is "
+                                                          "tabular_plugin")
+    assert applicability_error("kd", "other_plugin").endswith("; this run is other_plugin")

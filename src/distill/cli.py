@@ -135,8 +135,10 @@ def cmd_methods(args: argparse.Namespace) -> int:
         if args.task not in FAMILIES:
             print(f"--task: unknown task {args.task!r}; allowed: {', '.join(FAMILIES.names())}", file=sys.stderr)
             return 2
+        from distill.config import applicability_error
+
         rows = [{**r, "options": method_options(METHODS.get(r["name"]))} for r in rows
-                if r["tasks"] is None or args.task in r["tasks"]]
+                if applicability_error(r["name"], args.task) is None]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -390,7 +390,7 @@ def applicability_error(name: str, task: str) -> str | None:
     from distill.methods import METHODS
 
     tasks = METHODS.get(name).tasks
-    if tasks is None or task in tasks:
+    if tasks is None or task in tasks or (task in FAMILIES and FAMILIES.get(task).methods_as in tasks):
         return None
     listed = ", ".join(sorted(tasks))
     return f"{name!r} applies to task{'s' if len(tasks) > 1 else ''} {listed}; this run is {task}"
