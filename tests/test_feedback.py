@@ -110,6 +110,21 @@ def test_tensorboard_tracker_gets_the_metrics_of_metrics_csv(tmp_path):
     assert len(scalars["train/loss"]) == 10  # log_every 1: every step of 2 epochs x 5 batches
 
 
+def test_trackers_also_get_what_the_run_log_adds(tmp_path):
+    """``distill train``'s run log (teacher metrics, throughput) reaches the trackers too."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(vector_config(tmp_path, trackers=["tensorboard"])))
+    assert main(["train", str(tmp_path / "run.yaml")]) == 0
+    tags = set()
+    for events in (tmp_path / "run" / "trackers").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events.parent))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    assert {"teacher/accuracy", "train/examples_per_s", "eval/accuracy", "train/loss"} <= tags
+
+
 def test_a_tracker_that_is_not_installed_is_refused_naming_its_package(tmp_path, monkeypatch):
     from accelerate.utils import imports
 
