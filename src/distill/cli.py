@@ -105,22 +105,58 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def method_options(cls: type) -> dict[str, str]:
+    """The options of a method class (its constructor's keyword arguments) with their defaults, as text."""
+    import inspect
+
+    out = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = "required" if param.default is inspect.Parameter.empty else repr(param.default)
+    return out
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
+    from distill.core.family import FAMILIES
     from distill.methods import METHODS
 
-    rows = [e.as_dict() for e in METHODS]
+    rows = []
+    for e in METHODS:
+        tasks = e.obj.tasks
+        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None})
     if args.family:
         families = sorted({r["family"] for r in rows})
         if args.family not in families:
             print(f"--family: unknown family {args.family!r}; choose from {', '.join(families)}", file=sys.stderr)
             return 2
         rows = [r for r in rows if r["family"] == args.family]
+    if args.task:
+        if args.task not in FAMILIES:
+            print(f"--task: unknown task {args.task!r}; allowed: {', '.join(FAMILIES.names())}", file=sys.stderr)
+            return 2
+        from distill.config import applicability_error
+
+        rows = [{**r, "options": method_options(METHODS.get(r["name"]))} for r in rows
+                if applicability_error(r["name"], args.task) is None]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
+        console = Console(width=240)
+    if args.task:
+        table = Table(title=f"methods for task {args.task} ({len(rows)})")
+        for col in ("name", "family", "options (default)", "summary"):
+            table.add_column(col, overflow="fold", no_wrap=col == "name")
+        for r in rows:
+            opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+            table.add_row(r["name"], r["family"], opts, r["summary"])
+        console.print(table)
+        return 0
     table = Table(title=f"distill methods ({len(rows)})")
     for col in ("name", "family", "paper", "year", "arXiv", "code", "file"):
         table.add_column(col, overflow="fold", no_wrap=col in ("name", "year", "arXiv", "file"))
@@ -129,9 +165,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
         table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
                       p.get("arxiv") or "", repo, r["file"])
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
-        console = Console(width=240)
     console.print(table)
     return 0
 
@@ -169,6 +202,7 @@ def cmd_cache(args: argparse.Namespace) -> int:
 
         if args.action == "build":
             cfg.teacher.cache = replace(cache_cfg, build="always" if args.force else "if_missing")
+            cfg.train.progress = True  # asked for a long step: show it even where training runs quietly
         else:
             cfg.teacher.cache = replace(cache_cfg, build="never", verify=True)
         from distill.experiment import build_parts, student_builder
@@ -243,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("methods", help="list the method catalogue with provenance")
     p.add_argument("--json", action="store_true")
     p.add_argument("--family", default=None, help="only this family (e.g. logits, features, relations)")
+    p.add_argument("--task", default=None, help="only the methods that apply to this task (e.g. ranking), with "
+                                                "their options and defaults")
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
@@ -280,8 +316,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def line_buffered_logs() -> None:
+    """Off a terminal (``nohup``, SLURM, CI, a pipe) stdout and stderr write every line as it is printed, so a log
+    file shows the run as it goes instead of in blocks (or only at the end)."""
+    for stream in (sys.stdout, sys.stderr):
+        isatty = getattr(stream, "isatty", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(isatty) and callable(reconfigure) and not isatty():
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # a closed or detached stream: nothing to buffer
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    line_buffered_logs()
     args = build_parser().parse_args(argv)
     return int(args.func(args) or 0)
 

@@ -341,6 +341,12 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     _check_archs(cfg, family)
     _check_models(cfg, family)
     _check_mixed_precision(cfg)
+    if cfg.train.trackers:
+        from distill.train.trackers import missing_tracker
+
+        missing = missing_tracker(list(cfg.train.trackers))
+        if missing:
+            raise ConfigError(f"train.{missing}")
     labels = set()
     for i, m in enumerate(cfg.methods):
         options = validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -356,6 +362,9 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         if pipeline is not None:
             raise ConfigError(f"methods[{i}].name: {m.name!r} is trained by the pipeline {pipeline}, not from a "
                               "methods list (see its docstring)")
+        refusal = applicability_error(m.name, cfg.task)
+        if refusal:
+            raise ConfigError(f"methods[{i}].name: {refusal}")
         try:
             METHODS.get(m.name).check_experiment(cfg, i)
         except ValueError as e:
@@ -374,6 +383,17 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     except ValueError as e:
         raise ConfigError(str(e)) from None
     return cfg
+
+
+def applicability_error(name: str, task: str) -> str | None:
+    """Why method ``name`` does not apply to ``task`` (its declared ``tasks``), or None when it does."""
+    from distill.methods import METHODS
+
+    tasks = METHODS.get(name).tasks
+    if tasks is None or task in tasks or (task in FAMILIES and FAMILIES.get(task).methods_as in tasks):
+        return None
+    listed = ", ".join(sorted(tasks))
+    return f"{name!r} applies to task{'s' if len(tasks) > 1 else ''} {listed}; this run is {task}"
 
 
 def _check_archs(cfg: ExperimentConfig, family: Any) -> None:

@@ -91,16 +91,20 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
     """Seed, load the family's data and build the teacher (frozen, ensemble or cached). ``student``: a callable
     ``(family, loaded) -> student`` run between the data and the teacher (the order every builder used before
     the families were merged, so a seed gives the student the same initial weights as it did then)."""
+    from distill.train.progress import progress_enabled
+
     family = FAMILIES.get(cfg.task)
     seed_everything(cfg.seed, cfg.deterministic)
-    loaded = family.load(cfg)
-    built = student(family, loaded) if student is not None else None
-    if need_teacher is None:
-        need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
-    live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
-    teacher = live
-    if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
-        teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
+    shown = cfg.train.progress and os.environ.get("RANK", "0") == "0"  # long steps report on rank 0 only
+    with progress_enabled(shown, cfg.train.progress_every):
+        loaded = family.load(cfg)
+        built = student(family, loaded) if student is not None else None
+        if need_teacher is None:
+            need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
+        live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
+        teacher = live
+        if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
+            teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
     return Parts(family, loaded, teacher, live, built)
 
 

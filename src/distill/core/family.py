@@ -52,6 +52,9 @@ class Family:
     teacher_section: ClassVar[type | None] = None
     data_required: ClassVar[bool] = True
     student_required: ClassVar[bool] = True
+    #: a task whose methods apply to this family too (``Method.tasks`` names the built-in families; a plugin
+    #: family whose models give class logits sets e.g. ``"vector_classification"``); None: only its own name
+    methods_as: ClassVar[str | None] = None
 
     # -- config -------------------------------------------------------------------------------------------------
     def check(self, cfg: Any) -> None:

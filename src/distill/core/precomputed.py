@@ -78,7 +78,9 @@ class PrecomputedTeacher:
         freeze(model).to(device)
         logits: torch.Tensor | None = None
         sums = torch.zeros(n, dtype=torch.float64)
-        for start in range(0, n, batch_size):
+        from distill.train.progress import track
+
+        for start in track(range(0, n, batch_size), "teacher pass", n, size=lambda s: min(batch_size, n - s)):
             idx = order[start:start + batch_size]
             batch = task.prepare(task.fetch(data, idx).to(device), train=False, generator=None)
             out = task.forward(model, batch).float().cpu()

@@ -116,10 +116,14 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
         t = load_safetensors(file)
         return LMData(t["input_ids"], t["attention_mask"], t["labels"], t["prompt_lengths"])
     prompts = prompts_of(data.input_ids, data.attention_mask, data.prompt_lengths, prefix_tokens)
+    from distill.train.progress import track
+
+    starts = track(range(0, len(prompts), batch_size), "teacher generation", len(prompts),
+                   size=lambda s: min(batch_size, len(prompts) - s))
     parts = [generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,
                                   max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed + s)
-             for s in range(0, len(prompts), batch_size)]
+             for s in starts]
     length = max(p.input_ids.shape[1] for p in parts)
 
     def cat(name: str, fill: int) -> torch.Tensor:

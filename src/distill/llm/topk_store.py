@@ -170,7 +170,9 @@ def build_topk_store(teacher: nn.Module, task: Any, data: Any, path: str | Path,
             meta["rows_done"] = 0
     teacher.eval()
     start = int(meta["rows_done"])
-    for s in range(start, n, batch_size):
+    from distill.train.progress import track
+
+    for s in track(range(start, n, batch_size), "top-k store", n - start, size=lambda s: min(batch_size, n - s)):
         rows = torch.arange(s, min(s + batch_size, n))
         batch = task.fetch(data, rows)
         logits = task.forward(teacher, batch)

@@ -84,6 +84,8 @@ class RunLog:
             for name, value in values.items():
                 tb.add_scalar(f"{split}/{name}", float(value), step)
             tb.flush()
+        if self.trainer.cfg.trackers and split != "hparams":  # the settings went to the trackers when they opened
+            self.trainer.accelerator.log({f"{split}/{k}": float(v) for k, v in values.items()}, step=step)
 
     def _already_logged(self, split: str) -> bool:
         path = self.run_dir / "metrics.csv"

@@ -40,7 +40,9 @@ from distill.train.evaluate import eval_batches, evaluate_model
 from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
+from distill.train.progress import Progress, progress_enabled, track
 from distill.train.schedules import lr_factor
+from distill.train.trackers import TrackedLog, accelerator_kwargs, missing_tracker, start_trackers
 
 
 class ResumeMismatchError(ValueError):
@@ -135,7 +137,11 @@ class Trainer:
         use_cpu = config.cpu or not torch.cuda.is_available()
         ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters,
                                             broadcast_buffers=config.broadcast_buffers)
-        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+        missing = missing_tracker(list(config.trackers))
+        if missing:
+            raise ValueError(missing)
+        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp],
+                                       **accelerator_kwargs(list(config.trackers), self.run_dir))
         if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
                              f"(sharded parameters break feature taps and rank-0 checkpoints); launch with "
@@ -189,7 +195,7 @@ class Trainer:
 
     #: settings that may change between a run and its resumption (they do not change what is computed)
     RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
-                         "log_every", "eval_every", "eval_batch_size",
+                         "log_every", "eval_every", "eval_batch_size", "progress_every", "trackers",
                          # engine options (float rounding or per-process BatchNorm statistics at most); listing them
                          # here also keeps checkpoints written before these keys existed resumable
                          "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
@@ -241,15 +247,20 @@ class Trainer:
         (default: the evaluation set)."""
         model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
-        return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
-                              self.accelerator.autocast)
+        with self._progress_setting():
+            return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
+                                  self.accelerator.autocast)
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
         """Train (resuming from the newest intact checkpoint in ``run_dir/checkpoints`` when ``resume``), holding the
         run folder's lock (``run_dir/.lock``, rank 0 only): a second run on the same folder is refused."""
-        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process):
+        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process), self._progress_setting():
             return self._fit(resume)
+
+    def _progress_setting(self) -> Any:
+        """Progress of the steps inside training and evaluation (e.g. teacher embeddings) follows ``progress``."""
+        return progress_enabled(self.cfg.progress and self.accelerator.is_main_process, self.cfg.progress_every)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
@@ -296,6 +307,9 @@ class Trainer:
             set_rng_state(loaded["trainer"]["rng"])
         log = MetricLog(self.run_dir, resume_step=state["global_step"] if ckpt else None,
                         tensorboard=True) if acc.is_main_process else _NoLog()
+        if cfg.trackers and acc.is_main_process:
+            start_trackers(acc, cfg, self.run_dir)
+            log = TrackedLog(log, acc)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
@@ -324,7 +338,8 @@ class Trainer:
         init_steps = init_epochs * self.steps_per_epoch
         metric_name = cfg.early_stopping_metric or self.task.primary_metric
         start = time.perf_counter()
-        progress = _Progress(cfg.progress and acc.is_main_process, self.total_steps + init_steps, state["global_step"])
+        progress = Progress("training", self.total_steps + init_steps, done=state["global_step"],
+                            enabled=cfg.progress and acc.is_main_process, every=cfg.progress_every)
         history: list[dict[str, Any]] = []
         try:
             while state["epoch"] < all_epochs and not state["stopped"]:
@@ -371,7 +386,7 @@ class Trainer:
                                 {**sums, "lr": cfg.lr * factor})
                     label = (f"init {epoch + 1}/{init_epochs}" if stage == "init"
                              else f"epoch {epoch + 1 - init_epochs}/{cfg.epochs}")
-                    progress.advance(f"{label} loss {sums['loss']:.4f}")
+                    progress.update(1, f"{label} loss {sums['loss']:.4f}")
                     if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                         checkpoint()
                     if cfg.step_delay:
@@ -391,6 +406,8 @@ class Trainer:
                     record.update(metrics)
                     if acc.is_main_process:
                         log.log(state["global_step"], main_epoch, "eval", {**metrics, "epoch_time": epoch_time})
+                    progress.note(f"epoch {main_epoch}/{cfg.epochs}: " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float)))
                     self._early_stopping(state, metrics, metric_name, module)
                 history.append(record)
                 for cb in self.callbacks:
@@ -471,9 +488,13 @@ class Trainer:
                 raise ValueError(f"{type(method).__name__} needs a pass of the teacher, but none is configured")
             taps = method.teacher_taps()
 
-            def outputs(taps: list[str] = taps):
+            def outputs(taps: list[str] = taps, name: str = type(method).__name__):
+                batches = track(self._eval_batches(self.train_data), f"teacher pass ({name})",
+                                total=self.task.num_examples(self.train_data), size=len,
+                                enabled=self.cfg.progress and self.accelerator.is_main_process,
+                                every=self.cfg.progress_every)
                 with torch.no_grad():
-                    for batch in self._eval_batches(self.train_data):
+                    for batch in batches:
                         yield batch, module.teacher(batch, self.task, taps)
 
             method.teacher_pass(outputs())
@@ -592,32 +613,3 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-class _Progress:
-    """A rich progress bar with ETA, or nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-            self.bar.start()
-            self.task_id = self.bar.add_task("training", total=total, completed=done)
-
-    def advance(self, description: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task_id, advance=1, description=description)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

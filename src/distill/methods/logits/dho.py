@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX
-from distill.core.method import EpochContext, Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, EpochContext, Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.taps import FeatureTaps
 from distill.methods.logits.losses import cross_entropy, kl_batchmean
@@ -118,6 +118,8 @@ class DualHeadInference(nn.Module):
 )
 class DHO(Method):
     """Dual-head optimisation: CE on the student's own head, KD on a second head of the method's own."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
 

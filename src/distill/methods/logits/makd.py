@@ -76,6 +76,8 @@ class FirstLogits(nn.Module):
 class MultiAspectKD(Method):
     """MaKD: cross-entropy on the class logits plus BCE of the aspect logits towards offline aspect answers."""
 
+    tasks = frozenset({"text_classification"})
+
     needs_labels = True
     #: its teacher is the run's file of aspect answers (``data.aspects``), not a model
     reads_aspects: ClassVar[bool] = True

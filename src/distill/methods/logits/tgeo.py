@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX, Batch
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.train.distributed import all_reduce_mean
 
@@ -153,6 +153,8 @@ class _TaskCall(nn.Module):
 )
 class TGeoKD(Method):
     """TGeo-KD (reconstruction; no official code): a learned per-sample fusion ratio alpha_i between KD and CE."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
     wants_teacher_pass = True
