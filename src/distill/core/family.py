@@ -52,6 +52,10 @@ class Family:
     teacher_section: ClassVar[type | None] = None
     data_required: ClassVar[bool] = True
     student_required: ClassVar[bool] = True
+    #: whether ``student.lora`` (LoRA adapters through PEFT) fits the family's students, and the modules trained
+    #: in full beside the adapters unless ``student.lora.modules_to_save`` says otherwise (a new head)
+    lora_students: ClassVar[bool] = False
+    lora_modules_to_save: ClassVar[tuple[str, ...]] = ()
 
     # -- config -------------------------------------------------------------------------------------------------
     def check(self, cfg: Any) -> None:

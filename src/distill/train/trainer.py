@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -133,13 +133,26 @@ class Trainer:
         self.val_data = val_data
         self.callbacks = callbacks or []
         use_cpu = config.cpu or not torch.cuda.is_available()
+        precision, note = launcher_precision(config.mixed_precision, use_cpu)
+        if precision != config.mixed_precision:
+            config = self.cfg = replace(config, mixed_precision=precision)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters,
                                             broadcast_buffers=config.broadcast_buffers)
+        refuse_sharding(use_cpu)
         self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
+        if note and self.accelerator.is_main_process:
+            print(note, file=sys.stderr)
         if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
             raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
                              f"(sharded parameters break feature taps and rank-0 checkpoints); launch with "
                              f"plain data parallelism (accelerate launch --multi_gpu, or torchrun): see docs/ddp.md")
+        if config.gradient_checkpointing:
+            from distill.train.recompute import enable_gradient_checkpointing
+
+            try:
+                enable_gradient_checkpointing(module.student)
+            except ValueError as e:
+                raise ValueError(f"train.gradient_checkpointing: {e}") from None
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -193,7 +206,7 @@ class Trainer:
                          # engine options (float rounding or per-process BatchNorm statistics at most); listing them
                          # here also keeps checkpoints written before these keys existed resumable
                          "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
-                         "compile_student", "checkpoint_every_epochs")
+                         "compile_student", "checkpoint_every_epochs", "gradient_checkpointing")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
@@ -496,6 +509,43 @@ class Trainer:
             patience = self.cfg.early_stopping_patience
             if patience is not None and state["bad_evals"] >= patience:
                 state["stopped"] = True
+
+
+#: what ``accelerate launch --mixed_precision`` and ``accelerate config`` put in the environment
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+
+
+def launcher_precision(configured: str, cpu: bool) -> tuple[str, str | None]:
+    """The autocast precision of the run and a note to print when the launcher decided it.
+
+    ``accelerate launch --mixed_precision X`` sets ``ACCELERATE_MIXED_PRECISION``; an explicit ``Accelerator``
+    argument would silently override it. Here the launcher's request is followed when ``train.mixed_precision`` is
+    left at ``no`` (with a note), the config's value is kept when the launcher says ``no`` (its default), and two
+    different precisions are refused with a ``ValueError`` naming both."""
+    asked = os.environ.get(LAUNCHER_PRECISION, "").strip().lower()
+    if not asked or asked == configured:
+        return configured, None
+    if asked not in ("no", "bf16", "fp16"):
+        raise ValueError(f"{LAUNCHER_PRECISION}={asked} (from accelerate launch --mixed_precision): this trainer "
+                         "autocasts to no, bf16 or fp16 (train.mixed_precision)")
+    if asked == "no":
+        return configured, None
+    if configured != "no":
+        raise ValueError(f"train.mixed_precision is {configured} but the launcher asks for {asked} "
+                         f"(accelerate launch --mixed_precision {asked}, {LAUNCHER_PRECISION}); make them agree")
+    if asked == "fp16" and cpu:
+        raise ValueError(f"train.mixed_precision: the launcher asks for fp16 ({LAUNCHER_PRECISION}), which needs a "
+                         "GPU; launch with --mixed_precision bf16 or no on CPUs")
+    return asked, (f"note: train.mixed_precision follows the launcher: {asked} ({LAUNCHER_PRECISION}; the config "
+                   "says no)")
+
+
+def refuse_sharding(cpu: bool) -> None:
+    """Accelerate 1.16 turns ``ACCELERATE_USE_FSDP`` into FSDP only on accelerators: on CPUs it silently runs plain
+    data parallelism instead. Refuse that, so a run asked to shard is never quietly replicated."""
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("FSDP (accelerate launch --use_fsdp, ACCELERATE_USE_FSDP) shards over GPUs only: Accelerate "
+                         "runs CPU processes as plain data parallelism; drop --use_fsdp on CPUs (see docs/scale.md)")
 
 
 def _train_config_defaults() -> dict[str, str]:

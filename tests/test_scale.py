@@ -1,0 +1,192 @@
+"""Scaling one run up on one engine (docs/scale.md): gradient checkpointing, LoRA students, the teacher's precision,
+the launcher's mixed precision, and where one-off teacher passes run."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from distill.config import ConfigError, parse_config
+from distill.core.teachers import FrozenTeacher
+from distill.experiment import build_experiment
+from distill.models.cifar_resnet import CifarResNet
+from distill.train.recompute import enable_gradient_checkpointing
+from distill.train.trainer import launcher_precision, refuse_sharding
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_llama(seed: int = 0) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      num_key_value_heads=2, intermediate_size=32, max_position_embeddings=32)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def grads_of(model: nn.Module, loss_fn) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    loss_fn(model).backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+# -- gradient checkpointing -----------------------------------------------------------------------------------------
+def test_gradient_checkpointing_keeps_gradients_and_batchnorm_statistics_of_a_resnet():
+    torch.manual_seed(0)
+    plain = CifarResNet(8, num_classes=3, widths=(4, 8, 16)).train()
+    ckpt = copy.deepcopy(plain)
+    assert "3 blocks" in enable_gradient_checkpointing(ckpt)
+    x = torch.randn(4, 3, 16, 16)
+    y = torch.tensor([0, 1, 2, 0])
+
+    def loss(m):
+        return nn.functional.cross_entropy(m(x), y)
+
+    ref, got = grads_of(plain, loss), grads_of(ckpt, loss)
+    assert ref.keys() == got.keys() and len(ref) == len(list(plain.parameters()))
+    for k in ref:
+        assert torch.allclose(ref[k], got[k], atol=1e-6), k
+    # the recomputed blocks did not update their BatchNorm statistics a second time
+    for (k, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), k
+    moved = plain.layer1[0].bn1.running_mean.abs().max()
+    assert float(moved) > 0  # the statistics did move once
+
+
+def test_gradient_checkpointing_of_a_hugging_face_student_keeps_gradients():
+    plain = tiny_llama().train()
+    ckpt = copy.deepcopy(plain)
+    assert "Hugging Face" in enable_gradient_checkpointing(ckpt)
+    assert ckpt.is_activation_checkpointing and not plain.is_activation_checkpointing
+    ids = torch.randint(0, 40, (2, 12), generator=torch.Generator().manual_seed(1))
+
+    def loss(m):
+        return m(input_ids=ids, labels=ids).loss
+
+    ref, got = grads_of(plain, loss), grads_of(ckpt, loss)
+    assert ref.keys() == got.keys()
+    for k in ref:
+        assert torch.allclose(ref[k], got[k], atol=1e-6), k
+
+
+def vector_raw(tmp_path: Path, **train: object) -> dict:
+    import numpy as np
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(24, 4)).astype("float32")
+    y = (x[:, 0] > 0).astype("int64")
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    return yaml.safe_load(f"""
+task: vector_classification
+output_dir: {tmp_path / 'run'}
+data: {{train: train.npz, eval: train.npz}}
+student: {{arch: mlp, options: {{hidden: 8}}}}
+teacher: {{arch: mlp, weights: random, options: {{hidden: 16}}}}
+methods: [{{name: ce}}, {{name: kd, temperature: 2}}]
+train: {{epochs: 1, batch_size: 8, optimizer: adamw, lr: 0.01, progress: false}}
+""") | ({"train": {"epochs": 1, "batch_size": 8, "progress": False, **train}} if train else {})
+
+
+def test_gradient_checkpointing_refused_for_a_student_without_a_way(tmp_path):
+    cfg = parse_config(vector_raw(tmp_path, gradient_checkpointing=True), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"^train\.gradient_checkpointing: the student \(\w+\) has no way"):
+        build_experiment(cfg)
+
+
+# -- teacher precision ------------------------------------------------------------------------------------------------
+class ImageTask:
+    def forward(self, model: nn.Module, batch) -> torch.Tensor:
+        return model(batch.inputs)
+
+
+def test_bf16_teacher_is_cast_once_and_gives_float32_logits_close_to_fp32():
+    from distill.core.batch import Batch
+
+    torch.manual_seed(0)
+    model = CifarResNet(8, num_classes=5, widths=(4, 8, 16))
+    fp32 = FrozenTeacher(copy.deepcopy(model))
+    bf16 = FrozenTeacher(model, precision="bf16")
+    assert {p.dtype for p in bf16.model.parameters()} == {torch.bfloat16}
+    batch = Batch(torch.randn(6, 3, 16, 16))
+    ref = fp32(batch, ImageTask(), ["layer3"])
+    got = bf16(batch, ImageTask(), ["layer3"])
+    assert got.logits.dtype == torch.float32 and got.features["layer3"].dtype == torch.float32
+    scale = ref.logits.abs().max()
+    assert float((got.logits - ref.logits).abs().max()) <= 0.05 * float(scale)
+    assert not torch.equal(got.logits, ref.logits)  # it did run in bf16
+
+
+def test_teacher_precision_from_yaml_and_its_refusals(tmp_path):
+    raw = vector_raw(tmp_path)
+    raw["teacher"]["precision"] = "bf16"
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    assert {p.dtype for p in exp.live_teacher.model.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in exp.student.parameters()} == {torch.float32}
+    summary = exp.fit()
+    assert summary["steps"] == 3
+    if not torch.cuda.is_available():
+        raw["teacher"]["precision"] = "fp16"
+        with pytest.raises(ConfigError, match=r"^teacher\.precision: fp16 needs a GPU"):
+            parse_config(raw, base_dir=tmp_path)
+    raw["teacher"]["precision"] = "fp8"
+    with pytest.raises(ConfigError, match=r"^teacher\.precision: "):
+        parse_config(raw, base_dir=tmp_path)
+
+
+# -- the launcher's mixed precision -----------------------------------------------------------------------------------
+def test_launcher_precision_rules(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    assert launcher_precision("bf16", cpu=True) == ("bf16", None)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # the launcher's default: the config decides
+    assert launcher_precision("bf16", cpu=True) == ("bf16", None)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    precision, note = launcher_precision("no", cpu=True)
+    assert precision == "bf16" and "follows the launcher: bf16" in note
+    with pytest.raises(ValueError, match=r"train\.mixed_precision is fp16 but the launcher asks for bf16"):
+        launcher_precision("fp16", cpu=False)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    with pytest.raises(ValueError, match=r"^train\.mixed_precision: the launcher asks for fp16.*needs a GPU"):
+        launcher_precision("no", cpu=True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(ValueError, match=r"ACCELERATE_MIXED_PRECISION=fp8"):
+        launcher_precision("no", cpu=True)
+
+
+def test_trainer_follows_accelerate_launch_mixed_precision(tmp_path):
+    """In a fresh process (Accelerate's state is one per process): the launcher's bf16 is what autocast uses and
+    what the run records."""
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(vector_raw(tmp_path)))
+    code = ("import json, sys\n"
+            "from distill.config import load_config\n"
+            "from distill.experiment import build_experiment\n"
+            f"exp = build_experiment(load_config({str(tmp_path / 'run.yaml')!r}))\n"
+            "exp.fit()\n"
+            "print(json.dumps([exp.trainer.cfg.mixed_precision, exp.trainer.accelerator.mixed_precision]))\n")
+    env = {**os.environ, "ACCELERATE_MIXED_PRECISION": "bf16", "PYTHONPATH": str(REPO / "src"),
+           "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["bf16", "bf16"]
+    assert "note: train.mixed_precision follows the launcher: bf16" in out.stderr
+    recorded = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert recorded["mixed_precision"] == "bf16"
+
+
+def test_fsdp_on_cpus_is_refused_not_silently_replicated(monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"^FSDP \(accelerate launch --use_fsdp, ACCELERATE_USE_FSDP\) shards over "
+                                         r"GPUs only"):
+        refuse_sharding(cpu=True)
+    refuse_sharding(cpu=False)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    refuse_sharding(cpu=True)
