@@ -5,12 +5,10 @@ is done here once. Everything it builds is also public and can be built by hand 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, MethodConfig, method_error, resolve_path
@@ -45,13 +43,10 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     """``teacher.cache``: open (building it first if missing, rank 0 only under DDP) the cache of ``teacher`` on
     ``train``; a cache of augmented views also becomes the task's augmentation-parameter source."""
     from distill.cache import ensure_teacher_cache
+    from distill.train.distributed import run_device
 
     c = cfg.teacher.cache
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # start the process group so that rank 0 alone builds
-        from accelerate import PartialState
-
-        PartialState(cpu=cfg.train.cpu)
-    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    device = run_device(cfg.train.cpu)  # under a launcher this also starts the process group: rank 0 alone builds
     path = Path(c.path).expanduser()
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
