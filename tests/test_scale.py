@@ -20,7 +20,7 @@ from distill.core.teachers import FrozenTeacher
 from distill.experiment import build_experiment
 from distill.models.cifar_resnet import CifarResNet
 from distill.train.recompute import enable_gradient_checkpointing
-from distill.train.trainer import launcher_precision, refuse_sharding
+from distill.train.trainer import launcher_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,16 +180,6 @@ def test_trainer_follows_accelerate_launch_mixed_precision(tmp_path):
     assert "note: train.mixed_precision follows the launcher: bf16" in out.stderr
     recorded = json.loads((tmp_path / "run" / "train_config.json").read_text())
     assert recorded["mixed_precision"] == "bf16"
-
-
-def test_fsdp_on_cpus_is_refused_not_silently_replicated(monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ValueError, match=r"^FSDP \(accelerate launch --use_fsdp, ACCELERATE_USE_FSDP\) shards over "
-                                         r"GPUs only"):
-        refuse_sharding(cpu=True)
-    refuse_sharding(cpu=False)
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
-    refuse_sharding(cpu=True)
 
 
 # -- LoRA students ---------------------------------------------------------------------------------------------------
