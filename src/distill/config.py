@@ -61,6 +61,19 @@ def resolve_path(value: str, base_dir: str | None = None) -> Path:
     return path
 
 
+class LoraSettings(Strict):
+    """``student.lora``: train low-rank adapters (LoRA, through the optional package ``peft``) instead of the
+    student's own weights. ``target_modules``: names of the Linear layers that get adapters (default: PEFT's
+    choice for the model type, e.g. ``q_proj``/``v_proj`` of a Llama); ``modules_to_save``: modules trained in full
+    beside them (default: the family's new head, e.g. the classifier of a text classifier)."""
+
+    r: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1)
+    modules_to_save: list[str] | None = None
+
+
 class ModelConfig(Strict):
     """A model of the run's family: ``arch`` names a built-in architecture of the family (``distill methods``
     does not list them; the error for an unknown one does), ``path`` a local model folder or file where the family
@@ -72,6 +85,8 @@ class ModelConfig(Strict):
     num_classes: int | None = Field(None, gt=0, le=1_000_000)
     weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    #: the student only: LoRA adapters (:class:`LoraSettings`)
+    lora: LoraSettings | None = None
 
 
 class TeacherConfig(ModelConfig):
@@ -81,6 +96,8 @@ class TeacherConfig(ModelConfig):
     ensemble: list[ModelConfig] | None = None
     reduce: Literal["logits", "probs"] = "logits"
     cache: CacheSettings | None = None
+    #: the frozen live teacher's weights cast once to this dtype (its outputs come back as float32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def members(self) -> list[ModelConfig]:
         if self.ensemble:
@@ -340,6 +357,7 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         raise ConfigError(f"student: required key is missing (task: {cfg.task})")
     _check_archs(cfg, family)
     _check_models(cfg, family)
+    _check_lora(cfg, family)
     _check_mixed_precision(cfg)
     if cfg.train.trackers:
         from distill.train.trackers import missing_tracker
@@ -431,13 +449,31 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
 
 
-def _check_mixed_precision(cfg: ExperimentConfig) -> None:
-    """fp16 autocast needs a GPU (accelerate refuses it on a CPU); bf16 autocast runs on CPUs too."""
-    if cfg.train.mixed_precision != "fp16":
+def _check_lora(cfg: ExperimentConfig, family: Any) -> None:
+    """LoRA adapters train a student, of a family whose students are Hugging Face models."""
+    for key, m in model_sections(cfg):
+        if key != "student" and getattr(m, "lora", None) is not None:
+            raise ConfigError(f"{key}.lora: LoRA adapters train the student; a teacher is frozen (drop it)")
+    if cfg.student is None or getattr(cfg.student, "lora", None) is None:
         return
+    if not family.lora_students:
+        allowed = ", ".join(f.name for f in FAMILIES if f.lora_students)
+        raise ConfigError(f"student.lora: LoRA students are for tasks whose students are Hugging Face models "
+                          f"({allowed}); task {cfg.task} has none")
+
+
+def _check_mixed_precision(cfg: ExperimentConfig) -> None:
+    """fp16 autocast needs a GPU (accelerate refuses it on a CPU); bf16 autocast runs on CPUs too. The same for a
+    teacher cast to fp16 (``teacher.precision``): CPU kernels for half precision are missing or slow."""
     import torch
 
-    if cfg.train.cpu or not torch.cuda.is_available():
+    on_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if getattr(cfg.teacher, "precision", "fp32") == "fp16" and on_cpu:
+        where = "train.cpu is set" if cfg.train.cpu else "no CUDA device here"
+        raise ConfigError(f"teacher.precision: fp16 needs a GPU ({where}); use bf16 (runs on CPUs) or fp32")
+    if cfg.train.mixed_precision != "fp16":
+        return
+    if on_cpu:
         where = "train.cpu is set" if cfg.train.cpu else "no CUDA device here"
         raise ConfigError(f"train.mixed_precision: fp16 needs a GPU ({where}); use bf16 (CPU autocast) or no")
 

@@ -55,6 +55,10 @@ class Family:
     #: a task whose methods apply to this family too (``Method.tasks`` names the built-in families; a plugin
     #: family whose models give class logits sets e.g. ``"vector_classification"``); None: only its own name
     methods_as: ClassVar[str | None] = None
+    #: whether ``student.lora`` (LoRA adapters through PEFT) fits the family's students, and the modules trained
+    #: in full beside the adapters unless ``student.lora.modules_to_save`` says otherwise (a new head)
+    lora_students: ClassVar[bool] = False
+    lora_modules_to_save: ClassVar[tuple[str, ...]] = ()
 
     # -- config -------------------------------------------------------------------------------------------------
     def check(self, cfg: Any) -> None:

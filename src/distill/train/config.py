@@ -72,3 +72,5 @@ class TrainConfig:
     broadcast_buffers: Flag = True  # DDP: copy rank 0's buffers to every rank at each forward
     teacher_inference_mode: Flag = False  # run the teacher under torch.inference_mode (outputs cloned out)
     compile_student: Flag = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
+    #: recompute the student's activations in the backward pass instead of keeping them (docs/scale.md)
+    gradient_checkpointing: Flag = False

@@ -22,6 +22,7 @@ class CausalLMFamily(Family):
     summary = "token sequences -> next-token logits (plain text blocks or prompt/response JSONL)"
     data_section = LMData
     student_section = LMStudent
+    lora_students = True
 
     def model_archs(self) -> list[str]:
         from distill.tasks.causal_lm.models import ARCHS

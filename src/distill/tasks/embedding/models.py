@@ -75,6 +75,12 @@ class SentenceTeacher:
         self.model.to(*args, **kwargs)
         return self
 
+    def set_precision(self, precision: str) -> None:
+        """``teacher.precision``: the weights cast once (its inputs are token ids; embeddings come back float32)."""
+        from distill.core.teachers import PRECISIONS
+
+        self.model.to(PRECISIONS[precision])
+
     def __call__(self, batch: Any, task: Any, taps: Any = ()) -> Any:
         import torch
 
@@ -85,4 +91,4 @@ class SentenceTeacher:
         self.model.eval()
         with torch.no_grad():
             out = task.teacher_forward(self.model, batch)
-        return ModelOutput(out.to(next(self.model.parameters()).device))
+        return ModelOutput(out.to(next(self.model.parameters()).device).float())

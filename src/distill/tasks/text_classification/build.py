@@ -18,6 +18,8 @@ class TextClassificationFamily(Family):
     name = "text_classification"
     summary = "sentences -> class logits (SST lines, TSV, CSV; a local Hugging Face tokenizer)"
     data_section = TextClassificationData
+    lora_students = True
+    lora_modules_to_save = ("classifier",)  # the new class head of the built-in sentence classifiers
 
     def model_archs(self) -> list[str]:
         from distill.models import TEXT_MODELS
