@@ -41,6 +41,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_CONFIG_BYTES = 1 << 20
 #: ``weights: random``: an untrained teacher, on purpose
 RANDOM_WEIGHTS = "random"
+#: ``weights: new_head``: a model folder (``path``) whose task head is new (initialised at random): its body only
+NEW_HEAD = "new_head"
 
 
 def resolve_path(value: str, base_dir: str | None = None) -> Path:
@@ -409,6 +411,9 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
         if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
             raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
+        if m.weights == NEW_HEAD and m.path is None:
+            raise ConfigError(f"{key}.weights: {NEW_HEAD} puts a new head on a model folder; give {key}.path (a "
+                              f"model built from 'arch' is random unless its weights are given)")
 
 
 def _check_mixed_precision(cfg: ExperimentConfig) -> None:
