@@ -381,8 +381,10 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
 def _check_archs(cfg: ExperimentConfig, family: Any) -> None:
     allowed = family.model_archs()
     for key, m in model_sections(cfg):
-        if m.arch is not None and allowed and m.arch not in allowed:
-            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))} "
+        prefixes = tuple(getattr(family, "arch_prefixes", ()))
+        if m.arch is not None and allowed and m.arch not in allowed and not m.arch.startswith(prefixes):
+            more = "".join(f", {p}<name>" for p in prefixes)
+            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))}{more} "
                               f"(task {cfg.task})")
 
 

@@ -50,6 +50,9 @@ class Family:
     #: ``TeacherConfig``)
     student_section: ClassVar[type | None] = None
     teacher_section: ClassVar[type | None] = None
+    #: ``arch`` values that start with one of these are names for another library (``timm:resnet18``), checked
+    #: when the model is built
+    arch_prefixes: ClassVar[tuple[str, ...]] = ()
     data_required: ClassVar[bool] = True
     student_required: ClassVar[bool] = True
 

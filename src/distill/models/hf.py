@@ -175,6 +175,9 @@ def check_image_processor(path: Path, mean: tuple[float, ...], std: tuple[float,
     if not file.is_file():
         return
     proc = read_json(file)
+    if not proc.get("do_rescale", True) or abs(float(proc.get("rescale_factor", 1 / 255)) - 1 / 255) > 1e-6:
+        raise FolderError(f"{file.name}: the model reads pixels not scaled to [0, 1] (do_rescale / rescale_factor); "
+                          "the run scales them by 1/255 before normalising")
     if proc.get("do_normalize", True) and "image_mean" in proc and "image_std" in proc:
         want_mean = [float(v) for v in proc["image_mean"]]
         want_std = [float(v) for v in proc["image_std"]]
