@@ -32,8 +32,8 @@ def timm_create_model(key: str) -> Any:
         try:
             import timm
         except ImportError:
-            raise ConfigError(f"{key}.arch: timm is not installed: pip install timm (arch 'timm:<name>' builds timm models; "
-                              "install a timm wheel that matches your torch)") from None
+            raise ConfigError(f"{key}.arch: timm is not installed: pip install timm (arch 'timm:<name>' builds "
+                              "timm models; install a timm wheel that matches your torch)") from None
     return timm.create_model
 
 
