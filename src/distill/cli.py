@@ -222,6 +222,23 @@ def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
 
+def _plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first (installed or on PYTHONPATH) so that the models and methods it "
+                        "registers can be named in the config; repeatable")
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Installed packages' entry points (``distill.families``, ``distill.models``, ``distill.methods``), then each
+    ``--plugin`` module, before any config is read."""
+    from distill.core.family import FAMILIES
+    from distill.plugins import import_plugin
+
+    FAMILIES.names()
+    for module in modules:
+        import_plugin(module)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: any teacher, any student.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -231,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--restart", action="store_true", help="start over: remove the run folder's checkpoints first")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")
@@ -238,11 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="student weights (default: RUN_DIR/student.safetensors)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("methods", help="list the method catalogue with provenance")
     p.add_argument("--json", action="store_true")
     p.add_argument("--family", default=None, help="only this family (e.g. logits, features, relations)")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
@@ -259,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="build: rebuild even if a cache exists (stale or not)")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_cache)
 
     from distill.export import FORMATS
@@ -270,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN/export-FORMAT)")
     p.add_argument("--weights", default=None, help="student weights (default: RUN/student.safetensors; e.g. "
                                                     "RUN/best/student.safetensors)")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="one self-contained HTML page: configs, final metrics and curves of runs")
@@ -283,6 +305,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     args = build_parser().parse_args(argv)
+    if hasattr(args, "plugin"):
+        from distill.plugins import PluginError
+
+        try:
+            load_plugins(args.plugin)
+        except PluginError as e:
+            return _error(e)
     return int(args.func(args) or 0)
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distill.plugins import load_families
+from distill.plugins import load_entry_point_plugins, load_families
 
 
 @dataclass
@@ -63,6 +63,11 @@ class Family:
     def model_archs(self) -> list[str]:
         """The names ``student.arch`` / ``teacher.arch`` may take in this family (checked when the file is read)."""
         return []
+
+    def model_table(self) -> dict[str, Any] | None:
+        """The table of this family's named model builders (``arch`` name -> builder) that
+        :func:`distill.models.register_model` adds to; None when the family's models are not chosen from one."""
+        return None
 
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         """The builder of ``model_cfg`` (a function or class whose keyword arguments its ``options`` are) and
@@ -162,6 +167,7 @@ class FamilyRegistry:
             return
         self._loaded = True
         load_families()
+        load_entry_point_plugins()
 
     def get(self, name: str) -> Family:
         self._load()

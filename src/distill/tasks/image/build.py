@@ -24,6 +24,11 @@ class ImageFamily(Family):
 
         return list(MODELS)
 
+    def model_table(self) -> dict[str, Any]:
+        from distill.models import MODELS
+
+        return MODELS
+
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         from distill.models import MODELS
         from distill.tasks.image.models import SUPPLIED

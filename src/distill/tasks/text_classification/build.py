@@ -24,6 +24,11 @@ class TextClassificationFamily(Family):
 
         return list(TEXT_MODELS)
 
+    def model_table(self) -> dict[str, Any]:
+        from distill.models import TEXT_MODELS
+
+        return TEXT_MODELS
+
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         from distill.config import ConfigError
         from distill.models import TEXT_MODELS
