@@ -61,11 +61,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from distill.config import ConfigError, load_config
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.core.teachers import FrozenTeacher
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
+    from distill.train.runlog import evaluate_teacher
 
     try:
         cfg = load_config(args.config, args.set)
@@ -99,8 +101,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
-    if isinstance(teacher, FrozenTeacher):
-        results["teacher"] = evaluate_model(teacher.model, exp.task, exp.eval_data)
+    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    teacher_metrics = evaluate_teacher(teacher, exp.task, exp.eval_data, cfg.train.eval_batch_size, device) \
+        if teacher is not None else None
+    if teacher_metrics is not None:
+        results["teacher"] = teacher_metrics
+    elif teacher is not None:
+        print(f"note: the teacher ({type(teacher).__name__}) is not a model run on the eval inputs; not evaluated",
+              file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 0
 
