@@ -124,6 +124,14 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
                                     {"path": str(root / "clf")}))
     assert exp.student.model.classifier.out_features == 2
     assert exp.fit()["steps"] == 2
+    # distill export rebuilds it the same way (a new head, then the run's weights)
+    from distill.export import rebuild_student
+    from distill.export.run import RunFolder
+
+    rebuilt = rebuild_student(RunFolder.open(exp.trainer.run_dir))[3]
+    ids = torch.tensor([[101, 2204, 102]])
+    exp.student.eval()
+    torch.testing.assert_close(rebuilt(ids, torch.ones_like(ids)), exp.student(ids, torch.ones_like(ids)))
 
 
 def test_hf_modules_from_python_need_no_wrapper(tmp_path, folders):

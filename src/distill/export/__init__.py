@@ -25,6 +25,7 @@ __all__ = ["FORMATS", "ExportError", "RunFolder", "RunFolderError", "export_run"
 
 def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any, Any]:
     """``(cfg, family, loaded, student)``: the student of ``run`` with its trained weights loaded, in eval mode."""
+    from distill.config import NEW_HEAD, RANDOM_WEIGHTS
     from distill.core.family import FAMILIES
     from distill.models.weights import load_weights_into
 
@@ -36,8 +37,8 @@ def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, A
         facts = family.export_facts(family.load(cfg))
     loaded = family.export_loaded(cfg, facts)
     student_cfg = cfg.student
-    if student_cfg is not None and getattr(student_cfg, "weights", None) is not None:
-        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace them
+    if student_cfg is not None and getattr(student_cfg, "weights", None) not in (None, NEW_HEAD, RANDOM_WEIGHTS):
+        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace the file
     student = family.export_student(cfg, loaded)
     cfg.student = student_cfg
     weights = Path(weights) if weights is not None else run.path / "student.safetensors"

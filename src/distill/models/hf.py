@@ -214,13 +214,9 @@ class SentenceClassifier(nn.Module):
         if not width:
             raise FolderError("the sentence-transformers model does not report its embedding width")
         self.classifier = nn.Linear(int(width), num_classes)
-        self.feature_taps = {"pooled": "classifier:input"}
-        first = encoder[0]
-        body = getattr(first, "auto_model", None)
-        if body is not None:
-            self.feature_taps.update(hf_feature_taps(body, "encoder.0.auto_model."))
-            self.feature_taps.pop("pooled", None)
-            self.feature_taps["pooled"] = "classifier:input"
+        body = getattr(encoder[0], "auto_model", None)
+        layers = hf_feature_taps(body, "encoder.0.auto_model.") if body is not None else {}
+        self.feature_taps = {**layers, "pooled": "classifier:input"}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         from distill.text.st_models import embed
