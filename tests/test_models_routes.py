@@ -119,6 +119,16 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
         text_cfg(tmp_path, TEXTCNN, {"arch": "minilm", "path": str(root / "clf")})
     with pytest.raises(ConfigError, match=r"^student\.weights: new_head puts a new head on a model folder"):
         text_cfg(tmp_path, {"arch": "textcnn", "weights": "new_head"}, None, [{"name": "ce"}])
+    other = tmp_path / "other-tokenizer"
+    import shutil
+
+    shutil.copytree(root / "clf", other)
+    tok = transformers.AutoTokenizer.from_pretrained(str(other))
+    tok.add_tokens(["zzqxword"])
+    tok.save_pretrained(other)
+    with pytest.raises(ConfigError, match=r"^teacher\.path: .*its tokenizer \(30523 tokens\) differs from "
+                                          r"data\.tokenizer \(30522 tokens\); set data\.tokenizer to this folder"):
+        build_experiment(text_cfg(tmp_path, TEXTCNN, {"path": str(other)}))
     # the explicit opt-in: a new 2-way head on the bare encoder, trained as the student
     exp = build_experiment(text_cfg(tmp_path, {"path": str(root / "enc"), "weights": "new_head"},
                                     {"path": str(root / "clf")}))
@@ -190,6 +200,26 @@ def test_hf_image_classifier_folder_checks_its_processor(tmp_path):
     with pytest.raises(ConfigError, match=r"^teacher\.path: preprocessor_config\.json: the model reads 32x32 images, "
                                           r"but the run's are 48x48; set data\.image_size: 32"):
         build_parts(parse_config(raw, base_dir=tmp_path))
+
+
+def test_an_ensemble_teacher_is_evaluated_before_training(tmp_path):
+    from distill.train.runlog import teacher_evaluation
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(20, 4)).astype("float32")
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    member = {"arch": "mlp", "weights": "random", "options": {"hidden": 8}}
+    exp = build_experiment(parse_config({
+        "task": "vector_classification", "output_dir": str(tmp_path / "run"),
+        "data": {"train": "d.npz", "eval": "d.npz"}, "student": {"arch": "mlp"},
+        "teacher": {"ensemble": [member, member]}, "methods": [{"name": "kd"}],
+        "train": {"epochs": 1, "batch_size": 5, "progress": False}}, base_dir=tmp_path))
+    metrics, why = teacher_evaluation(exp)
+    batch = exp.task.prepare(exp.task.fetch(exp.eval_data, torch.arange(20)), train=False, generator=None)
+    with torch.no_grad():
+        logits = torch.stack([m.model(batch.inputs) for m in exp.teacher.members]).mean(0)
+    assert why == "live teacher"
+    assert metrics["accuracy"] == pytest.approx(float((logits.argmax(1) == batch.labels).float().mean()))
 
 
 def test_timm_arch_without_and_with_timm(tmp_path, monkeypatch):
