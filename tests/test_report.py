@@ -76,13 +76,16 @@ def test_train_prints_teacher_metric_and_logs_hparams_and_throughput(tmp_path, c
     assert sum(r["split"] == "hparams" for r in again) == len(hp)
 
 
-def test_train_notes_that_a_cached_teacher_is_not_evaluated(tmp_path, capsys):
+def test_train_evaluates_the_live_model_behind_a_cached_teacher(tmp_path, capsys):
     cfg = vector_yaml(tmp_path)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path / "live")]) == 0
+    live = json.loads(next(line for line in capsys.readouterr().err.splitlines() if line.startswith('{"teacher_')))
     text = cfg.read_text().replace("hidden: 32}}", f"hidden: 32}}, cache: {{path: {tmp_path / 'c'}}}}}")
     cfg.write_text(text)
     assert main(["train", str(cfg)]) == 0
-    assert "note: teacher not evaluated before training (the teacher is served from a cache" in \
-        capsys.readouterr().err
+    cached = json.loads(next(line for line in capsys.readouterr().err.splitlines() if line.startswith('{"teacher_')))
+    assert cached["teacher"] == "live teacher (training reads its cache)"
+    assert cached["teacher_eval"] == live["teacher_eval"]
 
 
 @pytest.fixture(scope="module")

@@ -61,11 +61,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from distill.config import ConfigError, load_config
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.core.teachers import FrozenTeacher
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
+    from distill.train.runlog import evaluate_teacher
 
     try:
         cfg = load_config(args.config, args.set)
@@ -99,8 +101,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
-    if isinstance(teacher, FrozenTeacher):
-        results["teacher"] = evaluate_model(teacher.model, exp.task, exp.eval_data)
+    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    teacher_metrics = evaluate_teacher(teacher, exp.task, exp.eval_data, cfg.train.eval_batch_size, device) \
+        if teacher is not None else None
+    if teacher_metrics is not None:
+        results["teacher"] = teacher_metrics
+    elif teacher is not None:
+        print(f"note: the teacher ({type(teacher).__name__}) is not a model run on the eval inputs; not evaluated",
+              file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 0
 
@@ -256,6 +264,23 @@ def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
 
+def _plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first (installed or on PYTHONPATH) so that the models and methods it "
+                        "registers can be named in the config; repeatable")
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Installed packages' entry points (``distill.families``, ``distill.models``, ``distill.methods``), then each
+    ``--plugin`` module, before any config is read."""
+    from distill.core.family import FAMILIES
+    from distill.plugins import import_plugin
+
+    FAMILIES.names()
+    for module in modules:
+        import_plugin(module)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: any teacher, any student.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -265,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--restart", action="store_true", help="start over: remove the run folder's checkpoints first")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")
@@ -272,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="student weights (default: RUN_DIR/student.safetensors)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("methods", help="list the method catalogue with provenance")
@@ -279,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--family", default=None, help="only this family (e.g. logits, features, relations)")
     p.add_argument("--task", default=None, help="only the methods that apply to this task (e.g. ranking), with "
                                                 "their options and defaults")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
@@ -295,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="build: rebuild even if a cache exists (stale or not)")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_cache)
 
     from distill.export import FORMATS
@@ -306,6 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN/export-FORMAT)")
     p.add_argument("--weights", default=None, help="student weights (default: RUN/student.safetensors; e.g. "
                                                     "RUN/best/student.safetensors)")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="one self-contained HTML page: configs, final metrics and curves of runs")
@@ -333,6 +363,13 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     line_buffered_logs()
     args = build_parser().parse_args(argv)
+    if hasattr(args, "plugin"):
+        from distill.plugins import PluginError
+
+        try:
+            load_plugins(args.plugin)
+        except PluginError as e:
+            return _error(e)
     return int(args.func(args) or 0)
 
 

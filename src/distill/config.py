@@ -41,6 +41,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_CONFIG_BYTES = 1 << 20
 #: ``weights: random``: an untrained teacher, on purpose
 RANDOM_WEIGHTS = "random"
+#: ``weights: new_head``: a model folder (``path``) whose task head is new (initialised at random): its body only
+NEW_HEAD = "new_head"
 
 
 def resolve_path(value: str, base_dir: str | None = None) -> Path:
@@ -417,8 +419,10 @@ def applicability_error(name: str, task: str) -> str | None:
 def _check_archs(cfg: ExperimentConfig, family: Any) -> None:
     allowed = family.model_archs()
     for key, m in model_sections(cfg):
-        if m.arch is not None and allowed and m.arch not in allowed:
-            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))} "
+        prefixes = tuple(getattr(family, "arch_prefixes", ()))
+        if m.arch is not None and allowed and m.arch not in allowed and not m.arch.startswith(prefixes):
+            more = "".join(f", {p}<name>" for p in prefixes)
+            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))}{more} "
                               f"(task {cfg.task})")
 
 
@@ -447,6 +451,9 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
         if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
             raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
+        if m.weights == NEW_HEAD and m.path is None:
+            raise ConfigError(f"{key}.weights: {NEW_HEAD} puts a new head on a model folder; give {key}.path (a "
+                              f"model built from 'arch' is random unless its weights are given)")
 
 
 def _check_lora(cfg: ExperimentConfig, family: Any) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.core.outputs import ModelOutput
+from distill.core.outputs import ModelOutput, logits_of
 from distill.core.taps import FeatureTaps
 
 
@@ -32,10 +32,10 @@ class TeacherSource(Protocol):
 def run_with_taps(model: nn.Module, task: RunsModels, batch: Batch, taps: Sequence[str]) -> ModelOutput:
     """Run ``model`` on ``batch`` through the task, capturing the named features."""
     if not taps:
-        return ModelOutput(task.forward(model, batch))
+        return ModelOutput(logits_of(task.forward(model, batch)))
     tapper = FeatureTaps(model, taps)
     with tapper.capture() as feats:
-        logits = task.forward(model, batch)
+        logits = logits_of(task.forward(model, batch))
     return ModelOutput(logits, dict(feats))
 
 

@@ -36,6 +36,7 @@ def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, A
 
 def _rebuild(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any, Any, Any]:
     """:func:`rebuild_student` before any merge; the last item is the ``peft.PeftModel`` of a LoRA student."""
+    from distill.config import NEW_HEAD, RANDOM_WEIGHTS
     from distill.core.family import FAMILIES
     from distill.models.weights import load_weights_into
 
@@ -47,8 +48,8 @@ def _rebuild(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any
         facts = family.export_facts(family.load(cfg))
     loaded = family.export_loaded(cfg, facts)
     student_cfg = cfg.student
-    if student_cfg is not None and getattr(student_cfg, "weights", None) is not None:
-        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace them
+    if student_cfg is not None and getattr(student_cfg, "weights", None) not in (None, NEW_HEAD, RANDOM_WEIGHTS):
+        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace the file
     student = family.export_student(cfg, loaded)
     cfg.student = student_cfg
     weights = Path(weights) if weights is not None else run.path / "student.safetensors"
