@@ -78,6 +78,7 @@ from sweep import (  # noqa: E402
     previous_runs,
     summarise,
 )
+from verdicts import cifar_verdicts, counts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ASSETS = REPO / "src" / "distill" / "assets"
@@ -335,10 +336,11 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
                   "on one CPU thread. The accuracy runs' own epoch times (in the JSON) do not compare arms: the "
                   "machine's load changed during the hours they took.", ""]
         lines += ["| method | test accuracy (%), mean ± sd | gain over scratch | per seed | step cost (x scratch) "
-                  "| s / epoch | note |", "|---|---|---|---|---|---|---|"]
+                  "| s / epoch | note | verdict |", "|---|---|---|---|---|---|---|---|"]
     else:
-        lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["| method | test accuracy (%) mean ± sd | gain over scratch | per-seed | s / epoch | note "
+                  "| verdict |", "|---|---|---|---|---|---|---|"]
+    verdicts = cifar_verdicts(results, out_dir)
     folder = getattr(args, "configs", None) or PAIRS.get(args.student)
     files = recipes(folder) if folder is not None else {}
     for s in summaries:
@@ -353,8 +355,12 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         fits = [r["combiner"] for r in rs if r.get("combiner")]
         if fits:
             note += "; fitted (a, b): " + ", ".join(f"({c['a']:.2f}, {c['b']:g})" for c in fits)
+        verdict = str(verdicts[s.arm]).replace("|", "/") if s.arm in verdicts else ""
         lines.append(f"| {s.arm} | {format_mean(s)} | {format_diff(s)} | "
-                     f"{', '.join(f'{a:.2f}' for a in s.values.values())} | {ep} | {note} |")
+                     f"{', '.join(f'{a:.2f}' for a in s.values.values())} | {ep} | {note} | {verdict} |")
+    c = counts(verdicts)
+    lines += ["", f"Verdicts (each spec's criterion, `benchmarks/verdicts.py`; baseline rows not counted): "
+              f"{c['works']} works, {c['missed']} missed, {c['pending']} pending, {c['n.a.']} not applicable here."]
     if any(s.ci for s in summaries):
         lines += ["", "Gain: the mean paired difference to scratch over the seeds both ran; brackets: its 95% "
                   "t-interval."]

@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -241,11 +241,15 @@ def format_diff(s: ArmSummary) -> str:
 
 
 def markdown_table(summaries: Sequence[ArmSummary], metric: str = "accuracy (%)",
-                   baseline: str | None = None) -> list[str]:
-    """A generic Markdown table: arm | mean ± sd | paired difference to ``baseline`` (95% CI) | per seed."""
+                   baseline: str | None = None, verdicts: Mapping[str, object] | None = None) -> list[str]:
+    """A generic Markdown table: arm | mean ± sd | paired difference to ``baseline`` (95% CI) | per seed, and a
+    verdict column when ``verdicts`` (arm -> verdict, e.g. :func:`verdicts.judge_all`'s) is given."""
     diff = f"vs {baseline}, paired (95% CI)" if baseline else "difference"
-    lines = [f"| arm | {metric}, mean ± sd | {diff} | per seed |", "|---|---|---|---|"]
+    extra = " verdict |" if verdicts is not None else ""
+    lines = [f"| arm | {metric}, mean ± sd | {diff} | per seed |{extra}",
+             "|---|---|---|---|" + ("---|" if extra else "")]
     for s in summaries:
         per_seed = ", ".join(f"{v:.2f}" for v in s.values.values())
-        lines.append(f"| {s.arm} | {format_mean(s)} | {format_diff(s)} | {per_seed} |")
+        cell = f" {str(verdicts.get(s.arm, '')).replace('|', '/')} |" if verdicts is not None else ""
+        lines.append(f"| {s.arm} | {format_mean(s)} | {format_diff(s)} | {per_seed} |{cell}")
     return lines

@@ -2,7 +2,7 @@
 markers, so quoted numbers stay the numbers of the committed result files:
 
     <!-- table: benchmarks/results/cifar10_catalogue.md -->
-    ... replaced by the table rows (and "Not applicable" / "MEAL V2" lines) of that file ...
+    ... replaced by the table rows (and "Not applicable" / "MEAL V2" / "Verdicts" lines) of that file ...
     <!-- /table -->
 
     python scripts/sync_readme_tables.py                 # rewrites benchmarks/README.md and README.md in place
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: the files synced when none is named: the benchmark page holds the tables; the front page may quote one too
 DEFAULT_FILES = (REPO / "benchmarks" / "README.md", REPO / "README.md")
 BLOCK = re.compile(r"(<!-- table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
-KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run")
+KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run", "Verdicts")
 
 
 def table_lines(md: Path) -> str:

@@ -1,0 +1,239 @@
+"""benchmarks/verdicts.py: each criterion kind on synthetic results, the seed and control-arm gates, the CIFAR
+catalogue's coverage, the layers its CKA criteria read, and the verdict file being up to date."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+import sweep  # noqa: E402
+import verdicts as V  # noqa: E402
+
+
+def ev(**arms: list[float]) -> V.Evidence:
+    return V.Evidence({a: dict(enumerate(vals)) for a, vals in arms.items()})
+
+
+# -- the 2x seed-spread rule (classic C0 (b), C1) ------------------------------------------------------------------
+def test_beats_spread_works_missed_and_pending():
+    check = V.beats_spread("kd", "scratch")
+    assert check(ev(kd=[65, 66, 67], scratch=[60, 61, 62]), 3).status == V.WORKS  # +5 > 2 x 1
+    missed = check(ev(kd=[61, 62.5, 60.5], scratch=[60, 61, 62]), 3)
+    assert missed.status == V.MISSED and "+0.33" in missed.detail
+    assert check(ev(kd=[70], scratch=[60]), 3).status == V.PENDING  # one seed: never works, whatever the gap
+    no_control = check(ev(kd=[65, 66, 67]), 3)
+    assert no_control.status == V.PENDING and "control arm scratch" in no_control.detail
+
+
+def test_two_x_spread_uses_the_larger_sd_and_the_factor_two():
+    # kd sd 1, scratch sd 2: spread 2, the bar is a gain of 4
+    scratch = [58, 60, 62]
+    assert V.beats_spread("kd", "scratch")(ev(kd=[63.5, 64.5, 65.5], scratch=scratch), 3).status == V.WORKS  # +4.5
+    # +2.5 would clear 2x kd's own sd (2) but not 2x the larger one (4)
+    assert V.beats_spread("kd", "scratch")(ev(kd=[61.5, 62.5, 63.5], scratch=scratch), 3).status == V.MISSED
+
+
+def test_two_x_spread_bar_exactly():
+    scratch = [59.0, 60.0, 61.0]  # sd 1, kd sd 1: bar 2
+    assert V.beats_spread("kd", "scratch")(ev(kd=[61.1, 62.1, 63.1], scratch=scratch), 3).status == V.WORKS
+    assert V.beats_spread("kd", "scratch")(ev(kd=[60.5, 61.5, 62.5], scratch=scratch), 3).status == V.MISSED
+    # 1.5 spreads is not enough with the spec's factor 2, enough with k = 1
+    assert V.beats_spread("kd", "scratch", k=1.0)(ev(kd=[60.5, 61.5, 62.5], scratch=scratch), 3).status == V.WORKS
+
+
+# -- margins, noise, probes -----------------------------------------------------------------------------------------
+def test_margin_needs_the_interval_above_zero_for_a_claimed_gain():
+    gain = V.margin("dho", "kd", 0.5)
+    assert gain(ev(dho=[61, 62, 63], kd=[60, 61, 62]), 3).status == V.WORKS  # +1 every seed: interval above 0
+    shaky = gain(ev(dho=[63, 60, 64], kd=[60, 61, 62]), 3)  # mean +1.33, differences 3, -1, 2
+    assert shaky.status == V.MISSED and "not established" in shaky.detail
+    assert gain(ev(dho=[60.2, 61.2, 62.2], kd=[60, 61, 62]), 3).status == V.MISSED  # +0.2 < 0.5
+    # non-inferiority: PLD >= KD - 0.2 holds at -0.1 without any interval condition
+    assert V.margin("pld", "kd", -0.2)(ev(pld=[59.9, 61.2, 61.6], kd=[60, 61, 62]), 3).status == V.WORKS
+    assert V.margin("pld", "kd", -0.2)(ev(pld=[59.5, 60.5, 61.5], kd=[60, 61, 62]), 3).status == V.MISSED
+    strict = V.margin("a", "b", 0.0, strict=True)
+    assert strict(ev(a=[1, 2, 3], b=[1, 2, 3]), 3).status == V.MISSED  # equal is not "beats"
+
+
+def test_margin_against_the_best_control():
+    check = V.margin_best("tgeo", ["kd_a3", "kd_a5"], -0.2)
+    assert "kd_a5" in check(ev(tgeo=[60, 61, 62], kd_a3=[59, 60, 61]), 3).detail  # pending until all have run
+    e = ev(tgeo=[60, 61, 62], kd_a3=[59, 60, 61], kd_a5=[60.1, 61.1, 62.1])  # best: alpha 0.5, -0.1 >= -0.2
+    v = check(e, 3)
+    assert v.status == V.WORKS and "kd_a5" in v.detail
+    e.values["kd_a5"] = {0: 60.5, 1: 61.5, 2: 62.5}  # -0.5 against the best
+    assert check(e, 3).status == V.MISSED
+
+
+def test_lower_is_better_metrics_flip_the_direction():
+    e = V.Evidence({"fkl": {0: 700.0, 1: 710.0, 2: 690.0}, "ce": {0: 2400.0, 1: 2300.0, 2: 2500.0}}, higher=False)
+    assert V.beats_spread("fkl", "ce")(e, 3).status == V.WORKS
+    assert V.beats_spread("ce", "fkl")(e, 3).status == V.MISSED
+
+
+def test_not_below_within_noise():
+    assert V.not_below("at", "scratch")(ev(at=[59, 60, 61], scratch=[60, 61, 62]), 2).status == V.WORKS  # -1 vs 2
+    assert V.not_below("at", "scratch")(ev(at=[55, 56, 57], scratch=[60, 61, 62]), 2).status == V.MISSED
+
+
+def probes(arm_values: dict[str, list[float]], quantity: str) -> dict[str, dict[int, dict[str, float]]]:
+    return {a: {i: {quantity: v} for i, v in enumerate(vals)} for a, vals in arm_values.items()}
+
+
+def test_probe_toward_the_teacher():
+    e = ev(sp=[68, 69], scratch=[60, 61])
+    check = V.probe_toward("sp", "scratch", "sp")
+    assert check(e, 2).status == V.PENDING  # no probe yet
+    e.probes = probes({"sp": [0.001, 0.002]}, "sp")
+    assert "probe sp on scratch" in check(e, 2).detail  # the baseline's probe is missing
+    e.probes = probes({"sp": [0.001, 0.002], "scratch": [0.003, 0.004]}, "sp")
+    assert check(e, 2).status == V.WORKS
+    e.probes = probes({"sp": [0.005, 0.006], "scratch": [0.003, 0.004]}, "sp")
+    assert check(e, 2).status == V.MISSED
+    higher = V.probe_toward("ab", "scratch", "agree", lower=False)
+    e2 = ev(ab=[1, 2], scratch=[1, 2])
+    e2.probes = probes({"ab": [0.7, 0.8], "scratch": [0.5, 0.6]}, "agree")
+    assert higher(e2, 2).status == V.WORKS
+
+
+def test_probe_vs_init_and_teacher():
+    e = ev(fitnet=[75, 76])
+    e.probes = probes({"fitnet": [0.2, 0.3]}, "hint")
+    assert V.probe_vs_init("fitnet", "hint")(e, 2).status == V.PENDING  # no value at initialisation
+    e.probes["@init"] = {0: {"hint": 1.0}, 1: {"hint": 1.0}}
+    assert V.probe_vs_init("fitnet", "hint", 0.5)(e, 2).status == V.WORKS  # 0.25x
+    assert V.probe_vs_init("fitnet", "hint", 0.2)(e, 2).status == V.MISSED
+    e.probes = probes({"nd": [6.0, 7.0]}, "pooled_norm")
+    e.values["nd"] = {0: 1.0, 1: 2.0}
+    assert V.probe_vs_teacher("nd", "pooled_norm")(e, 2).status == V.PENDING
+    e.facts["teacher_probe"] = {"pooled_norm": 6.4}
+    assert V.probe_vs_teacher("nd", "pooled_norm")(e, 2).status == V.WORKS
+    e.facts["teacher_probe"] = {"pooled_norm": 6.6}
+    assert V.probe_vs_teacher("nd", "pooled_norm")(e, 2).status == V.MISSED
+
+
+# -- rows: the seed gate, control arms, conjunctions ------------------------------------------------------------------
+def test_row_with_too_few_seeds_is_pending_even_if_a_check_would_miss():
+    row = V.Criterion("q", "spec", 3, (V.beats_spread("kd", "scratch"),))
+    v = row.judge(ev(kd=[50], scratch=[60]))  # -10 on one seed
+    assert v.status == V.PENDING and "kd 1 of 3" in v.detail
+    fact = V.Criterion("q", "spec", 3, (V.margin("a", "b"), V.fact_check("cos", lambda x: x > 0.9, str)))
+    e = ev(a=[1, 2], b=[0, 1])
+    e.facts["cos"] = 0.5  # a failed fact does not decide a row whose arms lack seeds
+    assert fact.judge(e).status == V.PENDING
+
+
+def test_two_seed_rows_need_a_third_when_the_two_differ_by_more_than_a_point():
+    row = V.Criterion("q", "spec", 2, (V.margin("a", "b", 1.0),))
+    assert row.judge(ev(a=[63, 63.5], b=[60, 60.4])).status == V.WORKS
+    v = row.judge(ev(a=[63, 65], b=[60, 60.4]))  # a's seeds differ by 2 points: Protocol rule 4 asks a third
+    assert v.status == V.PENDING and "a 2 of 3" in v.detail
+    assert row.judge(ev(a=[63, 65, 64], b=[60, 60.4, 60.2])).status == V.WORKS
+
+
+def test_row_without_control_arm_is_pending_and_a_measured_miss_decides():
+    row = V.Criterion("q", "spec", 3, (V.margin("dho", "dho_single_head", 0.5),))
+    v = row.judge(ev(dho=[70, 71, 72], scratch=[60, 61, 62]))
+    assert v.status == V.PENDING and "dho_single_head" in v.detail
+    both = V.Criterion("q", "spec", 3, (V.margin("mixup_t1", "mixup", 0.0), V.missing("the Mix-T teacher")))
+    assert both.judge(ev(mixup_t1=[60, 61, 62], mixup=[60, 61, 62])).status == V.PENDING
+    failed = both.judge(ev(mixup_t1=[58, 59, 60], mixup=[60, 61, 62]))  # the measured half fails
+    assert failed.status == V.MISSED and "-2.00" in failed.detail
+    works = V.Criterion("q", "spec", 2, (V.margin("a", "b", 1.0), V.not_below("a", "b")))
+    v = works.judge(ev(a=[63, 64], b=[60, 61]))
+    assert v.status == V.WORKS and str(v).startswith("works (")
+
+
+def test_verdict_text():
+    assert str(V.Verdict(V.MISSED, "x -1")) == "missed: x -1"
+    assert str(V.Verdict(V.PENDING, "seeds")) == "pending: seeds"
+    assert str(V.Verdict(V.NA, "why")) == "not applicable here: why"
+    assert V.counts({"a": V.Verdict(V.WORKS), "b": V.Verdict(V.ROLE, "baseline"), "c": V.Verdict(V.NA, "x")}) == \
+        {"works": 1, "missed": 0, "pending": 0, "n.a.": 1}
+
+
+# -- the CIFAR catalogue ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("folder, student", [("cifar10", "resnet20"), ("cifar10_mobilenetv2", "mobilenetv2")])
+def test_every_cifar_arm_has_a_criterion_or_an_explicit_entry(folder, student):
+    arms = sweep.discover_arms(REPO / "configs" / folder)
+    crit = V.cifar_criteria(student)
+    assert set(arms) <= set(crit), f"arms without a verdict entry: {sorted(set(arms) - set(crit))}"
+    for arm in arms:
+        c = crit[arm]
+        assert c.role or c.na or (c.checks and c.quote and c.spec and c.seeds >= 2), arm
+        if c.na.startswith("no criterion in the spec"):
+            assert len(c.na) > len("no criterion in the spec: ")  # says why
+    assert crit["kd"].seeds == 3 and crit["at"].seeds == 2  # logit 3, feature 2 (Protocol rule 4)
+    assert crit["scratch"].role
+
+
+@pytest.mark.parametrize("student, folder", [("resnet20", "cifar10"), ("mobilenetv2", "cifar10_mobilenetv2")])
+def test_cka_criteria_read_the_layers_the_methods_read(student, folder):
+    from distill.methods import METHODS
+
+    for arm, pairs in V.CKA_TAPS[student].items():
+        _, cfg = sweep.load_recipe(REPO / "configs" / folder / f"{arm}.yaml")
+        (m,) = [m for m in cfg.methods if m.name == arm]
+        method = METHODS.get(m.name)(**m.options())
+        assert list(zip(method.student_taps(), method.teacher_taps())) == pairs, arm
+
+
+def test_cifar_evidence_takes_probes_of_the_same_schedule_only(tmp_path):
+    runs = [{"arm": a, "seed": s, "accuracy": acc} for a, s, acc in
+            [("scratch", 0, 0.60), ("scratch", 1, 0.61), ("sp", 0, 0.62), ("sp", 1, 0.625)]]
+    data = {"runs": runs, "args": {"student": "resnet20", "epochs": 30, "per_class": 500}}
+    rec = lambda arm, seed, sp, epochs=30: {"arm": arm, "seed": seed, "student": "resnet20", "epochs": epochs,  # noqa
+                                            "per_class": 500, "quantities": {"sp": sp}}
+    (tmp_path / "probes_a.json").write_text(json.dumps({"teacher": {}, "init": {}, "runs": [
+        rec("scratch", 0, 0.004), rec("scratch", 1, 0.005), rec("sp", 0, 0.001), rec("sp", 1, 0.002),
+        rec("sp", 0, 0.9, epochs=15)]}))
+    e = V.cifar_evidence(data, tmp_path)
+    assert e.probes["sp"][0]["sp"] == 0.001  # the 15-epoch run's probe is not this table's
+    verdict = V.cifar_verdicts(data, tmp_path)["sp"]
+    assert verdict.status == V.WORKS and "SP Gram distance" in verdict.detail
+
+
+def test_markdown_table_verdict_column():
+    rows = sweep.summarise([{"arm": "kd", "seed": 0, "accuracy": 0.6}, {"arm": "scratch", "seed": 0, "accuracy": 0.5}],
+                           baseline="scratch", order=["scratch"])
+    table = sweep.markdown_table(rows, baseline="scratch", verdicts={"kd": V.Verdict(V.PENDING, "seeds | 1")})
+    assert table[0].endswith("| verdict |") and table[1].count("---") == 5
+    assert table[3].endswith("| pending: seeds / 1 |") and table[2].endswith("|  |")
+    assert sweep.markdown_table(rows)[0].endswith("| per seed |")
+
+
+# -- the result files ------------------------------------------------------------------------------------------------
+def test_current_results_one_seed_rows_are_pending_and_the_file_is_current():
+    everything = V.all_verdicts()
+    catalogue = everything["cifar10_catalogue"]  # one seed per arm: nothing may be decided
+    assert all(v.status in (V.PENDING, V.NA, V.ROLE) for v in catalogue.values())
+    assert catalogue["kd"].status == V.PENDING and "seeds" in catalogue["kd"].detail
+    assert everything["sst2_makd"]["makd"].status == V.NA
+    ffg2m = everything["cora"]["ffg2m"]  # 5 seeds, +0.26 over GLNN against the spec's > 0.5
+    assert ffg2m.status == V.MISSED and "+0.26" in ffg2m.detail
+    warm = everything["cora_unlearn"]["d2dgn_warm"]  # its settings were chosen on seed 0: 4 clean seeds of 5
+    assert warm.status == V.PENDING and "4 of 5" in warm.detail
+    assert everything["digits_lelp"]["lelp_s2"].status == V.MISSED
+    texts, _ = V.render()
+    for name, text in texts.items():
+        assert (REPO / "benchmarks" / "results" / name).read_text() == text, "run python benchmarks/verdicts.py"
+
+
+def test_sst2_rows_read_either_record_form():
+    old = [{"student": "bilstm", "arm": a, "seed": s, "accuracy": v} for a, s, v in
+           [("scratch", 0, .80), ("scratch", 1, .81), ("scratch", 2, .80), ("lsf_idm", 0, .83), ("lsf_idm", 1, .84),
+            ("lsf_idm", 2, .83)]]
+    new = [{"arm": f"{r['student']}_{r['arm']}", "seed": r["seed"], "accuracy": r["accuracy"]} for r in old]
+    data = {"teacher": {"dev_accuracy": 0.86}, "latency_ms": {"teacher": 15.0, "bilstm": 2.9}}
+    for runs in (old, new):
+        v = V.sst2_verdicts(data | {"runs": runs})
+        assert set(v) == {"bilstm/scratch", "bilstm/lsf_idm"}
+        assert v["bilstm/lsf_idm"].status == V.PENDING and "bilstm/scratch_aug" in v["bilstm/lsf_idm"].detail
+    runs = old + [{"student": "bilstm", "arm": "scratch_aug", "seed": s, "accuracy": .83} for s in range(3)]
+    v = V.sst2_verdicts(data | {"runs": runs})["bilstm/lsf_idm"]  # +3 over scratch, 5.2x faster, below the teacher,
+    assert v.status == V.MISSED and "scratch_aug" in v.detail  # but not above the same data without a teacher
