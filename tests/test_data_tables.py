@@ -321,7 +321,7 @@ def test_causal_lm_table_corpus_gives_the_blocks_of_the_text_file(tmp_path):
 
     def load(**data):
         cfg = cfg_of({"task": "causal_lm", "data": {"tokenizer": "tok", "block_size": 8, **data},
-                      "student": {"arch": "llama"}, "methods": [{"name": "ce"}]}, tmp_path)
+                      "student": {"arch": "llama"}, "methods": [{"name": "lm_ce"}]}, tmp_path)
         return load_lm_data(cfg, tok)
 
     ref_train, ref_eval = load(text="corpus.txt")
