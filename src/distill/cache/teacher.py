@@ -80,6 +80,11 @@ def teacher_fingerprint(teacher: Any) -> str:
         h.update(f"ensemble:{teacher.reduce}".encode())
         for m in teacher.members:
             _state_hash(h, m.model)
+    elif callable(getattr(teacher, "fingerprint_parts", None)):  # a mixture: how it combines, then each member
+        label, members = teacher.fingerprint_parts()
+        h.update(label.encode())
+        for m in members:
+            h.update(teacher_fingerprint(m).encode())
     elif isinstance(getattr(teacher, "model", None), nn.Module):  # other live sources of one frozen model
         _state_hash(h, teacher.model)
     else:

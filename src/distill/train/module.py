@@ -30,6 +30,9 @@ class DistillModule(nn.Module):
         if methods.needs_teacher and teacher is None:
             names = [n for n, m in methods.methods.items() if m.needs_teacher]
             raise ValueError(f"methods {names} need a teacher, but none is configured")
+        trainable = getattr(teacher, "trainable", None)  # a teacher source with learned parts (a mixture's router)
+        if isinstance(trainable, nn.Module):  # trained with the methods: optimiser, checkpoints, methods.safetensors
+            methods.add_module("teacher_router", trainable)
         self._student_taps = FeatureTaps(student, methods.student_taps())
         self._teacher_tap_names = methods.teacher_taps()
         self._ready = False
@@ -45,10 +48,14 @@ class DistillModule(nn.Module):
         """What evaluation and export use: the student, or a method's wrapper around it."""
         return self.methods.inference_model(self.student)
 
-    def run_teacher(self, batch: Batch) -> ModelOutput | None:
+    def run_teacher(self, batch: Batch, student: ModelOutput | None = None) -> ModelOutput | None:
+        """The teacher's output; ``student``: the student's output of the batch, for a teacher source that reads it
+        (``reads_student``: a mixture whose router reads the student)."""
         if self.teacher is None or not self.methods.needs_teacher:
             return None
-        if not self.teacher_inference_mode:
+        if getattr(self.teacher, "reads_student", False):
+            out = self.teacher(batch, self.task, self._teacher_tap_names, student=student)
+        elif not self.teacher_inference_mode or getattr(self.teacher, "trainable", None) is not None:
             out = self.teacher(batch, self.task, self._teacher_tap_names)
         else:
             with torch.inference_mode():
@@ -74,7 +81,7 @@ class DistillModule(nn.Module):
         was_training = self.student.training
         self.student.eval()
         student = self.run_student(batch)
-        teacher = self.run_teacher(batch)
+        teacher = self.run_teacher(batch, student)
         self.student.train(was_training)
         self.methods.setup(student, teacher, info or RunInfo(num_train_examples=len(batch), batch_size=len(batch)))
         self._ready = True
@@ -87,10 +94,17 @@ class DistillModule(nn.Module):
             raise RuntimeError("DistillModule.setup(batch) must be called once before training")
         if generator is not None:
             batch = self.methods.transform_batch(batch, generator)
-        teacher = self.run_teacher(batch)
-        student = self.run_student(batch)
+        if getattr(self.teacher, "reads_student", False):
+            student = self.run_student(batch)
+            teacher = self.run_teacher(batch, student)
+        else:
+            teacher = self.run_teacher(batch)
+            student = self.run_student(batch)
         inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)
         terms = self.methods(inputs, stage=stage)
+        take = getattr(self.teacher, "take_terms", None)  # the teacher source's own terms (a router's balance)
+        if callable(take) and teacher is not None:
+            terms.update({f"teacher.{k}": v for k, v in take().items()})
         loss = torch.stack([v.float() for v in terms.values()]).sum()
         # the student output is returned detached: under DDP every tensor a forward returns is searched for the
         # parameters that will get a gradient, and in a stage whose loss ignores the student (an init stage) its

@@ -55,8 +55,10 @@ class LMData:
         return int(self.input_ids.shape[0])
 
     def subset(self, idx: torch.Tensor | slice) -> LMData:
-        return LMData(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_lengths[idx],
-                      dict(self.meta))
+        n = len(self)  # per-row meta tensors (a mixture's route column) are cut with the rows
+        meta = {k: v[idx] if k == "route" and isinstance(v, torch.Tensor) and v.shape[:1] == (n,) else v
+                for k, v in self.meta.items()}
+        return LMData(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_lengths[idx], meta)
 
     def fingerprint(self) -> str:
         """sha256 of the ids, mask and labels (what a teacher store built on this data must match)."""
@@ -254,6 +256,8 @@ class CausalLM:
         meta = {}
         if "teacher_top1" in data.meta:
             meta["teacher_top1"] = data.meta["teacher_top1"][idx]
+        if "route" in data.meta:  # each row's mixture member (teacher.mixture, route: column)
+            meta["route"] = data.meta["route"][idx]
         return Batch(inputs, data.labels[idx], indices, meta)
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:

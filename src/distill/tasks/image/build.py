@@ -17,6 +17,7 @@ class ImageFamily(Family):
     name = "image_classification"
     summary = "images -> class logits (CIFAR folders, tar archives, npz, CIFAR python batches)"
     data_section = ImageData
+    teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.models import MODELS
