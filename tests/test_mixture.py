@@ -404,3 +404,30 @@ def test_learned_mixture_on_a_causal_lm_reads_member_outputs_pooled_over_valid_t
     assert all(p.grad is None for m in exp.teacher.members for p in m.model.parameters())
     out = exp.teacher(batch, exp.task)
     assert isinstance(out, ModelOutput) and torch.isfinite(out.logits).all()
+
+
+@pytest.mark.slow  # two spawned processes
+def test_two_processes_train_a_routed_and_a_learned_mixture_as_one_process_does(tmp_path):
+    """Routing is per example, so DDP's sharded batches change nothing: a column mixture and a learned router
+    (no balance term: its batch mean is per process) train the same student and router in two processes (gloo,
+    CPU) as in one; the router is the same on both ranks."""
+    import ddp_worker
+    from safetensors.torch import load_file
+    from test_distributed import TOLERANCE, launch
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    runs = ["mix_column", "mix_learned"]
+    finish = launch(two, runs)
+    ddp_worker.main(one, runs)
+    finish()
+    for run in runs:
+        ref = load_file(one / run / "rank0.safetensors")
+        if run == "mix_learned":
+            assert any(k.startswith("methods.teacher_router.") for k in ref)
+        for rank in (0, 1):
+            got = load_file(two / run / f"rank{rank}.safetensors")
+            assert got.keys() == ref.keys()
+            assert max(float((got[k] - ref[k]).abs().max()) for k in ref) <= TOLERANCE, (run, rank)
+        assert json.loads((two / run / "rank0.json").read_text())["spread"] == 0.0
