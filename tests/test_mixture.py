@@ -125,14 +125,22 @@ def test_learned_router_gets_gradients_and_the_teachers_never_do(route):
         assert torch.allclose(out, (gate[:, :, None] * z).sum(1), atol=1e-6)
 
 
-def test_only_the_kd_term_teaches_a_balance_free_router_and_a_uniform_gate_has_zero_balance():
+def test_a_uniform_gate_has_zero_balance_and_a_saturated_gate_still_learns_from_it():
     a, b = Seen(1), Seen(2)
     mix = MixtureTeacher([a, b], route="learned", num_outputs=3, balance=1.0)
-    nn.init.zeros_(mix.router.net[2].weight)
-    nn.init.zeros_(mix.router.net[2].bias)  # every gate is (1/2, 1/2): balance KL(u || mean g) = 0
+    nn.init.zeros_(mix.router.net[-1].weight)
+    nn.init.zeros_(mix.router.net[-1].bias)  # every gate is (1/2, 1/2): balance KL(u || mean g) = 0
     mix(batch_of(8), VecTask())
     assert abs(float(mix.take_terms()["balance"].detach())) < 1e-7
     assert mix.take_terms() == {}
+    nn.init.constant_(mix.router.net[-1].bias, 0.0)
+    with torch.no_grad():
+        mix.router.net[-1].bias[0] = 60.0  # every example to member 0: the batch mean gate of member 1 is ~e^-60
+    mix(batch_of(8), VecTask())
+    balance = mix.take_terms()["balance"]
+    assert 25 < float(balance.detach()) < 35  # (log 1/2 - log 1 + log 1/2 + 60) / 2 ~ 29.3
+    balance.backward()
+    assert mix.router.net[-1].bias.grad[0] > 0 > mix.router.net[-1].bias.grad[1]  # pushes towards balance
 
 
 def test_student_input_router_reads_the_student_after_it_ran():

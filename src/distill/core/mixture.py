@@ -79,14 +79,17 @@ def route_indices(values: Any, names: Sequence[str | None], key: str) -> torch.T
 
 
 class Router(nn.Module):
-    """Member scores from one feature vector per example: Linear -> ReLU -> Linear (``hidden`` units)."""
+    """Member scores from one feature vector per example: LayerNorm -> Linear -> ReLU -> Linear (``hidden``
+    units). The LayerNorm keeps the scores in range whatever the scale of the logits it reads (a saturated gate
+    stops learning)."""
 
     def __init__(self, in_features: int, num_members: int, hidden: int = 64):
         super().__init__()
         if in_features < 1 or num_members < 2 or hidden < 1:
             raise ValueError(f"a router needs in_features >= 1, hidden >= 1 and >= 2 members, got {in_features}, "
                              f"{hidden}, {num_members}")
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, num_members))
+        self.net = nn.Sequential(nn.LayerNorm(in_features), nn.Linear(in_features, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_members))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -244,7 +247,8 @@ class MixtureTeacher:
                 raise ValueError("teacher.mixture: a learned route blends dense outputs; a member gives only top-k "
                                  "log-probabilities (use a full-logits member cache)")
         logits = torch.stack([o.logits.float() for o in outs], dim=1)  # (B, M, ...)
-        gate = torch.softmax(self.router(self._router_features(batch, outs, student)).float(), dim=-1)  # (B, M)
+        log_gate = torch.log_softmax(self.router(self._router_features(batch, outs, student)).float(), dim=-1)
+        gate = log_gate.exp()  # (B, M)
         if self.route == "learned":
             top = gate.argmax(-1)
             self.counts += torch.bincount(top.detach().cpu(), minlength=len(self.members))
@@ -273,11 +277,11 @@ class MixtureTeacher:
                 raise ValueError(f"teacher.mixture: members give feature {name!r} different shapes {sorted(shapes)}")
             feats[name] = combine(torch.stack([o.features[name].float() for o in outs], dim=1))
         if self.balance > 0 and torch.is_grad_enabled():
-            mean = gate.mean(0)
             m = len(self.members)
-            # KL(u || mean gate) with u uniform: sum_e u_e (log u_e - log mean_e)
-            self.pending_terms["balance"] = self.balance * (math.log(1.0 / m) - torch.log(mean.clamp_min(1e-12))
-                                                            ).mean()
+            # KL(u || mean gate) with u uniform: sum_e u_e (log u_e - log mean_e); the log of the batch mean taken
+            # in log space, so a saturated gate (mean_e ~ 0) still has a gradient
+            log_mean = torch.logsumexp(log_gate, dim=0) - math.log(log_gate.shape[0])
+            self.pending_terms["balance"] = self.balance * (math.log(1.0 / m) - log_mean).mean()
         return ModelOutput(out, feats)
 
     def _router_features(self, batch: Batch, outs: list[ModelOutput], student: ModelOutput | None) -> torch.Tensor:
