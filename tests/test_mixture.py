@@ -439,3 +439,26 @@ def test_two_processes_train_a_routed_and_a_learned_mixture_as_one_process_does(
             assert got.keys() == ref.keys()
             assert max(float((got[k] - ref[k]).abs().max()) for k in ref) <= TOLERANCE, (run, rank)
         assert json.loads((two / run / "rank0.json").read_text())["spread"] == 0.0
+
+
+def test_a_resumed_run_continues_the_learned_router_from_its_checkpoint(tmp_path):
+    """The router is saved with the methods in each checkpoint: stopped after step 2 and resumed by new objects,
+    the run ends with the router (and student) of the uninterrupted run, bit for bit."""
+    from distill.experiment import build_experiment
+
+    write_images(tmp_path)
+    mixture = {"route": "learned", "members": MEMBERS, "router": {"hidden": 8, "balance": 1.0}}
+    raw = image_raw(tmp_path, mixture)
+    raw["deterministic"] = True
+    full = build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "full")
+    initial = {k: v.clone() for k, v in full.teacher.router.state_dict().items()}
+    full.fit()
+    assert any(not torch.equal(v, full.teacher.router.state_dict()[k]) for k, v in initial.items())
+    stopped = {**raw, "train": {**raw["train"], "max_steps": 2, "checkpoint_every": 1}}
+    build_experiment(parse_config(stopped, base_dir=tmp_path), tmp_path / "part").fit()
+    resumed = build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "part")
+    resumed.fit()
+    for k, v in full.teacher.router.state_dict().items():
+        assert torch.equal(v, resumed.teacher.router.state_dict()[k]), k
+    for k, v in full.student.state_dict().items():
+        assert torch.equal(v, resumed.student.state_dict()[k]), k
