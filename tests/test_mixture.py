@@ -462,3 +462,44 @@ def test_a_resumed_run_continues_the_learned_router_from_its_checkpoint(tmp_path
         assert torch.equal(v, resumed.teacher.router.state_dict()[k]), k
     for k, v in full.student.state_dict().items():
         assert torch.equal(v, resumed.student.state_dict()[k]), k
+
+
+def test_aggregate_with_probs_is_the_log_of_the_weighted_mean_probability():
+    a, b = Seen(1), Seen(2)
+    mix = MixtureTeacher([a, b], route="aggregate", num_outputs=3, reduce="probs")
+    batch = batch_of(5)
+    out = mix(batch, VecTask()).logits
+    with torch.no_grad():
+        z = torch.stack([a.lin(batch.inputs) * 3, b.lin(batch.inputs) * 3], 1)
+        feats = torch.cat([torch.log_softmax(z[:, 0], -1), torch.log_softmax(z[:, 1], -1)], -1)
+        gate = torch.softmax(mix.router(feats), -1)
+    want = torch.log((gate[:, :, None] * torch.softmax(z, -1)).sum(1))
+    assert torch.allclose(out, want, atol=1e-5)
+    assert torch.allclose(out.exp().sum(-1), torch.ones(5), atol=1e-5)
+
+
+def test_column_routing_over_top_k_member_caches_serves_each_rows_own_members_top_k(tmp_path):
+    from distill.core.topk import TopKLogits
+    from distill.experiment import build_experiment
+
+    domains = write_lm(tmp_path)
+    members = [{**m, "cache": {"path": f"{m['name']}_topk", "topk": 4}} for m in LM_MEMBERS]
+    exp = build_experiment(parse_config(lm_raw(tmp_path, {"route": "column", "column": "task", "members": members}),
+                                        base_dir=tmp_path))
+    batch = exp.task.fetch(exp.train_data, torch.arange(len(domains)))
+    out = exp.teacher(batch, exp.task)
+    assert out.logits is None and isinstance(out.topk, TopKLogits) and out.topk.num_classes == len(WORDS)
+    models = [tiny_llama(11).eval(), tiny_llama(22).eval()]
+    with torch.no_grad():
+        for i, d in enumerate(domains):
+            logits = exp.task.forward(models[0 if d == "poetry" else 1], batch.select(torch.tensor([i])))[0]
+            want = TopKLogits.from_logits(logits, 4)
+            assert torch.equal(out.topk.indices[i], want.indices)
+            assert torch.allclose(out.topk.logprobs[i], want.logprobs, atol=1e-5)
+    exp.fit()  # fkl takes a top-k teacher
+    members[1].pop("cache")  # one member dense, the other top-k: refused, not mixed
+    with pytest.raises(ConfigError, match=r"^teacher.mixture.members\[0\].cache.topk: every member then gives"):
+        parse_config(lm_raw(tmp_path, {"route": "column", "column": "task", "members": members}))
+    dense = MixtureTeacher([exp.teacher.members[0], FrozenTeacher(models[1])], route="column")
+    with pytest.raises(ValueError, match="dense logits for some examples and only top-k"):
+        dense(batch, exp.task)

@@ -548,6 +548,11 @@ def _check_mixture(cfg: ExperimentConfig, family: Any) -> None:
                           "routed outputs; give one or the other")
     for i in member_caches:
         _check_cache(cfg, mix.members[i].cache, f"teacher.mixture.members[{i}].cache")
+    topk = [m.cache is not None and m.cache.topk is not None for m in mix.members]
+    if any(topk) and not all(topk):
+        i = topk.index(True)
+        raise ConfigError(f"teacher.mixture.members[{i}].cache.topk: every member then gives top-k log-probabilities "
+                          "(a mixture serves one kind of output); give each member a top-k cache, or none")
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:
