@@ -503,3 +503,44 @@ def test_column_routing_over_top_k_member_caches_serves_each_rows_own_members_to
     dense = MixtureTeacher([exp.teacher.members[0], FrozenTeacher(models[1])], route="column")
     with pytest.raises(ValueError, match="dense logits for some examples and only top-k"):
         dense(batch, exp.task)
+
+
+def test_yaml_column_mixture_on_digits_vectors_from_an_npz_array_and_a_csv_column(tmp_path):
+    """The vector family: the route column is an array beside x and y (scikit-learn digits, routed by the parity of
+    the original digit), or a CSV column, which is then not a feature."""
+    from pathlib import Path
+
+    from distill.experiment import build_experiment
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "digits" / "split0"
+    z, digits = np.load(root / "train.npz"), np.load(root / "train_digits.npz")
+    x, y, parity = z["x"][:96], z["y"][:96], np.where(digits["y"][:96] % 2 == 0, "even", "odd")
+    np.savez(tmp_path / "digits.npz", x=x, y=y, parity=parity)
+    members = [{"name": "even", "arch": "mlp", "options": {"hidden": 32}, "weights": "random"},
+               {"name": "odd", "arch": "mlp", "options": {"hidden": 32}, "weights": "random"}]
+    raw = {"task": "vector_classification", "output_dir": str(tmp_path / "run"),
+           "data": {"train": "digits.npz", "eval": "digits.npz"}, "student": {"arch": "mlp", "options": {"hidden": 8}},
+           "teacher": {"mixture": {"route": "column", "column": "parity", "members": members}},
+           "methods": [{"name": "kd", "ce_weight": 0.5, "kl_weight": 0.5}],
+           "train": {"epochs": 2, "batch_size": 16, "lr": 0.05, "progress": False, "cpu": True}}
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    batch = exp.task.prepare(exp.task.fetch(exp.train_data, torch.arange(96)), train=True, generator=None)
+    assert batch.meta["route"].tolist() == [0 if p == "even" else 1 for p in parity]
+    routed = exp.teacher(batch, exp.task).logits
+    with torch.no_grad():
+        both = [exp.task.forward(m.model, batch) for m in exp.teacher.members]
+    want = torch.where(batch.meta["route"][:, None] == 0, both[0], both[1])
+    assert torch.allclose(routed, want, atol=1e-6) and not torch.allclose(both[0], both[1])
+    exp.fit()
+    # the same rows as CSV: the route column is read as routes, not as a 65th feature
+    header = [f"f{i}" for i in range(64)] + ["label", "parity"]
+    lines = [",".join(header)] + [",".join([*map(str, r), str(int(lab)), p]) for r, lab, p in zip(x, y, parity)]
+    (tmp_path / "digits.csv").write_text("\n".join(lines) + "\n")
+    raw["data"] = {"train": "digits.csv"}
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "run_csv")
+    assert exp.extras["in_features"] == 64
+    assert exp.train_data.tensors[2].tolist() == [0 if p == "even" else 1 for p in parity]
+    lines[5] = lines[5].rsplit(",", 1)[0] + ",seven"
+    (tmp_path / "digits.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=r"^teacher.mixture.column: example 4 is routed to 'seven'.*even, odd"):
+        build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "run_bad")

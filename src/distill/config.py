@@ -504,7 +504,8 @@ def _check_mixture(cfg: ExperimentConfig, family: Any) -> None:
     column routing and nowhere else, unique member names, caches where they can serve."""
     t, mix = cfg.teacher, cfg.teacher.mixture
     if not getattr(family, "teacher_mixture", False):
-        raise ConfigError(f"teacher.mixture: not supported for task {cfg.task} yet (image_classification, causal_lm)")
+        raise ConfigError(f"teacher.mixture: not supported for task {cfg.task} yet (image_classification, "
+                          "vector_classification, causal_lm)")
     if t.ensemble:
         raise ConfigError("teacher.mixture: give a mixture or an ensemble, not both")
     for k in ("arch", "path", "weights", "num_classes"):

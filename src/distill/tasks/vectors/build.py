@@ -23,6 +23,7 @@ class VectorFamily(Family):
     name = "vector_classification"
     summary = "feature vectors -> class logits (.npz x/y or CSV with a label column)"
     data_section = VectorData
+    teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.tasks.vectors.models import VECTOR_MODELS
@@ -36,7 +37,9 @@ class VectorFamily(Family):
 
     def load(self, cfg: Any) -> Loaded:
         d = cfg.data
-        train = read_vectors(existing_file(d.train, cfg.base_dir, "data.train"), d.label, "data.train")
+        mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        route = mix if mix is not None and mix.route == "column" else None  # its column: each row's member
+        train = read_vectors(existing_file(d.train, cfg.base_dir, "data.train"), d.label, "data.train", route)
         evald = read_vectors(existing_file(d.eval, cfg.base_dir, "data.eval"), d.label, "data.eval") if d.eval else None
         task = VectorClassification(*VectorClassification.fit_standardizer(train)) if d.standardize \
             else VectorClassification()
