@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 
 from distill.config import ConfigError, parse_config
@@ -544,3 +545,20 @@ def test_yaml_column_mixture_on_digits_vectors_from_an_npz_array_and_a_csv_colum
     (tmp_path / "digits.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match=r"^teacher.mixture.column: example 4 is routed to 'seven'.*even, odd"):
         build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "run_bad")
+
+
+def test_cache_build_command_builds_a_mixtures_member_caches(tmp_path, capsys):
+    from distill.cache import TeacherCache
+    from distill.cli import main
+    from distill.experiment import build_experiment
+
+    write_images(tmp_path)
+    mixture = {"route": "aggregate", "members": [{**MEMBERS[0], "cache": {"path": "photo_cache"}}, MEMBERS[1]]}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(image_raw(tmp_path, mixture)))
+    assert main(["cache", "build", str(tmp_path / "run.yaml")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [m["member"] for m in out["members"]] == [0] and out["members"][0]["name"] == "photo"
+    assert out["members"][0]["examples"] == 24 and (tmp_path / "photo_cache" / "manifest.json").exists()
+    assert main(["cache", "verify", str(tmp_path / "run.yaml")]) == 0
+    exp = build_experiment(parse_config(image_raw(tmp_path, mixture), base_dir=tmp_path))
+    assert isinstance(exp.teacher.members[0], TeacherCache) and isinstance(exp.teacher.members[1], FrozenTeacher)
