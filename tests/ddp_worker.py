@@ -30,7 +30,7 @@ from distill.methods.features import FitNet  # noqa: E402
 from distill.methods.logits import KD, CrossEntropy  # noqa: E402
 from distill.methods.tgeo import TGeoKD  # noqa: E402
 from distill.tasks.classification import ImageClassification  # noqa: E402
-from distill.train import distributed  # noqa: E402
+from distill.train import distributed, sharding  # noqa: E402
 from distill.train.checkpoint import save_weights  # noqa: E402
 from distill.train.module import DistillModule  # noqa: E402
 from distill.train.trainer import TrainConfig, Trainer  # noqa: E402
@@ -52,7 +52,7 @@ class PlainCNN(nn.Module):
 
 
 def methods_for(run: str) -> Composite:
-    if run in ("kd", "kd_accum", "kd_resume"):
+    if run in ("kd", "kd_accum", "kd_resume", "fsdp", "fsdp_resume"):
         return Composite({"ce": CrossEntropy(), "kd": KD(temperature=4.0), "fitnet": FitNet("pooled", "pooled")},
                          {"ce": 0.5, "kd": 0.5, "fitnet": 5.0})
     if run == "stateful":  # a memory bank (CRD) and an init stage whose step leaves the student unused (FT)
@@ -87,6 +87,28 @@ def crd_bank(out: Path) -> None:
                   "memory_s_before": before})
 
 
+class CpuFSDPTrainer(Trainer):
+    """The trainer under Accelerate's FSDP (version 2) on CPU processes. Accelerate 1.16 makes FSDP of
+    ``ACCELERATE_USE_FSDP`` on accelerators only (on CPUs it runs plain data parallelism, which the trainer refuses);
+    here its state is set to FSDP by hand after it is built, so the trainer's FSDP path (Accelerate's FSDP2
+    prepare, gathered checkpoints, resume into shards) runs over gloo. The student's two stages (``Sequential``)
+    become FSDP units of their own; the rest (the head, the methods' projector) is sharded by the root unit."""
+
+    @staticmethod
+    def _accelerator(cpu: bool, mixed_precision: str, ddp: object, **kwargs: object) -> object:
+        from accelerate import Accelerator, FullyShardedDataParallelPlugin
+        from accelerate.state import AcceleratorState
+        from accelerate.utils import DistributedType
+
+        accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp], **kwargs)
+        state = AcceleratorState()
+        state.distributed_type = DistributedType.FSDP
+        state.fsdp_plugin = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
+                                                           transformer_cls_names_to_wrap=["Sequential"],
+                                                           reshard_after_forward=True)
+        return accelerator
+
+
 def main(out: Path, runs: list[str]) -> None:
     torch.set_num_threads(1)
     if "crd_bank" in runs:
@@ -98,7 +120,8 @@ def main(out: Path, runs: list[str]) -> None:
     for run in runs:
         # "kd_resume": the "kd" run stopped after 3 steps (checkpoint at step 2), then resumed by new processes'
         # objects from the checkpoint rank 0 wrote
-        parts = [{"max_steps": 3, "checkpoint_every": 2}, {}] if run == "kd_resume" else [{}]
+        parts = [{"max_steps": 3, "checkpoint_every": 2}, {}] if run.endswith("_resume") else [{}]
+        trainer_class = CpuFSDPTrainer if run.startswith("fsdp") else Trainer
         for i, extra in enumerate(parts):
             torch.manual_seed(0)
             student = PlainCNN(8)
@@ -116,9 +139,13 @@ def main(out: Path, runs: list[str]) -> None:
             cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=2 if run == "kd_accum" else 1, lr=0.05,
                               progress=False, log_every=1, seed=0, deterministic=True, **extra)
             rank = distributed.rank()
-            trainer = Trainer(module, data, test, cfg, out / run / "run", val_data=test if run == "tgeo" else None)
+            trainer = trainer_class(module, data, test, cfg, out / run / "run",
+                                    val_data=test if run == "tgeo" else None)
             summary = trainer.fit(resume=i > 0)
-        state = module.state_dict()
+        state = sharding.full_state(module)  # whole tensors (gathered from every rank under FSDP)
+        if trainer.sharded:
+            report_sharded = {k: list(sharding.local(v).shape) for k, v in module.state_dict().items()}
+            (out / run / f"rank{distributed.rank()}_shards.json").write_text(json.dumps(report_sharded))
         spread = distributed.max_abs_difference_across_ranks(list(state.values()))
         save_weights(out / run / f"rank{rank}.safetensors", state)
         report = {"rank": rank, "world": trainer.world, "spread": spread, "final": summary["final"],

@@ -28,6 +28,8 @@ REPO = TESTS.parent
 TOLERANCE = 1e-4
 RUNS = ["kd", "kd_accum", "crd_bank"]
 TWO_PROCESS_ONLY = ["stateful", "tgeo", "kd_resume"]
+#: FSDP runs, in processes of their own (Accelerate's state is set to FSDP by hand there)
+FSDP_RUNS = ["fsdp", "fsdp_resume"]
 
 
 def free_port() -> int:
@@ -140,6 +142,84 @@ def test_only_rank_zero_writes_the_run_folder(runs):
     assert rows[0] == "step,epoch,split,metric,value"
     assert len([r for r in rows if r.startswith("1,0,train,loss,")]) == 1  # one writer, not two
     assert (two / "kd" / "run" / "student.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def fsdp_runs(tmp_path_factory):
+    two = tmp_path_factory.mktemp("fsdp_two_processes")
+    launch(two, FSDP_RUNS)()
+    return two
+
+
+def test_fsdp_shards_and_trains_the_same_weights_as_one_process(runs, fsdp_runs):
+    """FSDP (version 2, Accelerate's plugin; see ddp_worker.CpuFSDPTrainer): each rank holds half of every
+    parameter, the student's and the methods' (FitNet's projector), yet trains what one process does, and the
+    files hold whole tensors gathered on rank 0."""
+    one, two = runs[0], fsdp_runs
+    ref = load_file(one / "kd" / "rank0.safetensors")
+    for rank in (0, 1):
+        got = load_file(two / "fsdp" / f"rank{rank}.safetensors")
+        assert got.keys() == ref.keys()
+        worst = max(float((got[k] - ref[k]).abs().max()) for k in ref)
+        assert worst <= TOLERANCE, (rank, worst)
+        shards = json.loads((two / "fsdp" / f"rank{rank}_shards.json").read_text())
+        assert shards["student.stage2.0.weight"] == [8, 8, 3, 3]  # 16 output channels, half on each rank
+        assert shards["methods.methods.fitnet.regressor.weight"][0] * 2 == ref[
+            "methods.methods.fitnet.regressor.weight"].shape[0]
+    run = two / "fsdp" / "run"
+    student = load_file(run / "student.safetensors")
+    assert {k: tuple(v.shape) for k, v in student.items()} == {
+        k.removeprefix("student."): tuple(v.shape) for k, v in ref.items() if k.startswith("student.")}
+    assert all(torch.equal(v, load_file(two / "fsdp" / "rank0.safetensors")[f"student.{k}"])
+               for k, v in student.items())
+    methods = load_file(run / "methods.safetensors")
+    assert tuple(methods["methods.fitnet.regressor.weight"].shape) == tuple(
+        ref["methods.methods.fitnet.regressor.weight"].shape)
+    ckpt = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    optimizer = torch.load(ckpt / "optimizer.pt", weights_only=True)
+    momenta = [s["momentum_buffer"] for s in optimizer["state"].values()]
+    assert sorted(tuple(m.shape) for m in momenta) == sorted(
+        tuple(v.shape) for k, v in ref.items() if not k.endswith("num_batches_tracked"))
+    summary = [json.loads((two / "fsdp" / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(s["world"] == 2 and s["spread"] == 0.0 for s in summary)
+    assert summary[0]["final"] == summary[1]["final"]
+
+
+def test_fsdp_run_resumes_from_its_gathered_checkpoint(fsdp_runs):
+    """Stopped after step 3, resumed by new processes from rank 0's whole-tensor step-2 checkpoint (re-sharded
+    on load, optimiser state included): the weights of the uninterrupted FSDP run."""
+    for rank in (0, 1):
+        full = load_file(fsdp_runs / "fsdp" / f"rank{rank}.safetensors")
+        resumed = load_file(fsdp_runs / "fsdp_resume" / f"rank{rank}.safetensors")
+        for k in full:
+            assert torch.allclose(full[k], resumed[k], atol=1e-7, rtol=0), (rank, k)
+    assert json.loads((fsdp_runs / "fsdp_resume" / "rank0.json").read_text())["steps"] == 10
+
+
+def test_fsdp_refusals(monkeypatch):
+    """On CPUs Accelerate would run ``--use_fsdp`` as plain data parallelism: refused. A size-based wrap policy
+    that would shard a module container (the methods' ModuleDict) is refused naming it."""
+    from types import SimpleNamespace
+
+    from distill.train.sharding import check_wrap_policy
+    from distill.train.trainer import refuse_sharding
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ValueError, match=r"^FSDP \(accelerate launch --use_fsdp, ACCELERATE_USE_FSDP\) shards "
+                                         r"over GPUs only"):
+        refuse_sharding(cpu=True)
+    refuse_sharding(cpu=False)
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    model = torch.nn.Module()
+    model.methods = torch.nn.ModuleDict({"proj": torch.nn.Linear(8, 8)})
+    model.head = torch.nn.Linear(8, 2)
+    small = SimpleNamespace(auto_wrap_policy=size_based_auto_wrap_policy, min_num_params=10)
+    with pytest.raises(ValueError, match=r"size-based wrap policy \(min_num_params 10\) would shard the module "
+                                         r"container 'methods'"):
+        check_wrap_policy(model, small)
+    check_wrap_policy(model, SimpleNamespace(auto_wrap_policy=size_based_auto_wrap_policy, min_num_params=1000))
+    check_wrap_policy(model, SimpleNamespace(auto_wrap_policy=None, min_num_params=0))
 
 
 def test_helpers_are_no_ops_in_one_process():

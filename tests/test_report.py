@@ -1,9 +1,11 @@
-"""``distill report``: one self-contained HTML page for runs of three families, rendered by a real headless
-browser; and what every run logs beside its losses (hyperparameters, throughput, the teacher's metric)."""
+"""``distill report``: one self-contained HTML page for runs of four families (image, causal LM, vectors, and a graph
+where ../shared's Cora is present), rendered by a real headless browser; and what every run logs beside its losses
+(hyperparameters, throughput, the teacher's metric)."""
 
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import re
@@ -14,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from conftest import SHARED
 from helpers import DEMO
 
 from distill.cli import main
@@ -76,13 +79,16 @@ def test_train_prints_teacher_metric_and_logs_hparams_and_throughput(tmp_path, c
     assert sum(r["split"] == "hparams" for r in again) == len(hp)
 
 
-def test_train_notes_that_a_cached_teacher_is_not_evaluated(tmp_path, capsys):
+def test_train_evaluates_the_live_model_behind_a_cached_teacher(tmp_path, capsys):
     cfg = vector_yaml(tmp_path)
+    assert main(["train", str(cfg), "--output-dir", str(tmp_path / "live")]) == 0
+    live = json.loads(next(line for line in capsys.readouterr().err.splitlines() if line.startswith('{"teacher_')))
     text = cfg.read_text().replace("hidden: 32}}", f"hidden: 32}}, cache: {{path: {tmp_path / 'c'}}}}}")
     cfg.write_text(text)
     assert main(["train", str(cfg)]) == 0
-    assert "note: teacher not evaluated before training (the teacher is served from a cache" in \
-        capsys.readouterr().err
+    cached = json.loads(next(line for line in capsys.readouterr().err.splitlines() if line.startswith('{"teacher_')))
+    assert cached["teacher"] == "live teacher (training reads its cache)"
+    assert cached["teacher_eval"] == live["teacher_eval"]
 
 
 @pytest.fixture(scope="module")
@@ -109,17 +115,28 @@ methods: [{name: lm_ce}]
 train: {epochs: 2, batch_size: 4, optimizer: adamw, lr: 0.001, progress: false, log_every: 1}
 """, tmp_path, "lm")
     assert main(["train", str(vector_yaml(tmp_path))]) == 0  # the command line also logs the teacher's metric
-    return [image, lm, tmp_path / "vec"]
+    runs = [image, lm, tmp_path / "vec"]
+    planetoid = SHARED / "data" / "planetoid"
+    if planetoid.exists() and importlib.util.find_spec("torch_geometric") is not None:
+        runs.append(train(f"""
+task: graph_node_classification
+data: {{path: {planetoid}, train_on: train}}
+student: {{arch: graph_mlp, options: {{hidden: 16, num_layers: 2}}}}
+teacher: {{arch: graph_gcn, weights: random, options: {{hidden: 16, num_layers: 2}}}}
+methods: [{{name: ce}}, {{name: kd}}]
+train: {{epochs: 2, optimizer: adam, lr: 0.01, progress: false, log_every: 1}}
+""", tmp_path, "graph"))
+    return runs
 
 
 def test_report_is_one_self_contained_page_with_every_logged_metric(three_runs, tmp_path, capsys):
     out = tmp_path / "report.html"
     assert main(["report", *map(str, three_runs), "--out", str(out)]) == 0
-    assert json.loads(capsys.readouterr().out)["runs"] == 3
+    assert json.loads(capsys.readouterr().out)["runs"] == len(three_runs)
     html = out.read_text()
     assert not re.search(r"(src|href)=['\"](?!data:)", html)  # nothing to fetch: every image is inline
     images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(images) == 3
+    assert len(images) == len(three_runs)  # a plot per run
     from PIL import Image
 
     for b64 in images:
@@ -128,6 +145,8 @@ def test_report_is_one_self_contained_page_with_every_logged_metric(three_runs, 
                  "vector_classification", "resnet20", "llama", "kd x1", "perplexity", "accuracy",
                  "teacher accuracy", "examples/s (mean)"):
         assert text in html, text
+    if len(three_runs) == 4:  # the graph run (../shared's Cora present)
+        assert "<th>graph</th>" in html and "graph_node_classification" in html and "graph_mlp" in html
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r2.html")]) == 2
     assert "not a run folder" in capsys.readouterr().err
 

@@ -62,11 +62,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    import torch
+
     from distill.config import ConfigError, load_config
     from distill.core.safe_pickle import UnsafeFileError
-    from distill.core.teachers import FrozenTeacher
     from distill.experiment import build_experiment, evaluate_model
     from distill.models.weights import load_weights_into
+    from distill.train.runlog import evaluate_teacher
 
     try:
         cfg = load_config(args.config, args.set)
@@ -100,28 +102,70 @@ def cmd_eval(args: argparse.Namespace) -> int:
     else:
         print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
-    if isinstance(teacher, FrozenTeacher):
-        results["teacher"] = evaluate_model(teacher.model, exp.task, exp.eval_data)
+    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    teacher_metrics = evaluate_teacher(teacher, exp.task, exp.eval_data, cfg.train.eval_batch_size, device) \
+        if teacher is not None else None
+    if teacher_metrics is not None:
+        results["teacher"] = teacher_metrics
+    elif teacher is not None:
+        print(f"note: the teacher ({type(teacher).__name__}) is not a model run on the eval inputs; not evaluated",
+              file=sys.stderr)
     print(json.dumps(results, indent=2))
     return 0
 
 
+def method_options(cls: type) -> dict[str, str]:
+    """The options of a method class (its constructor's keyword arguments) with their defaults, as text."""
+    import inspect
+
+    out = {}
+    for name, param in inspect.signature(cls.__init__).parameters.items():
+        if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        out[name] = "required" if param.default is inspect.Parameter.empty else repr(param.default)
+    return out
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
+    from distill.core.family import FAMILIES
     from distill.methods import METHODS
 
-    rows = [e.as_dict() for e in METHODS]
+    rows = []
+    for e in METHODS:
+        tasks = e.obj.tasks
+        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None})
     if args.family:
         families = sorted({r["family"] for r in rows})
         if args.family not in families:
             print(f"--family: unknown family {args.family!r}; choose from {', '.join(families)}", file=sys.stderr)
             return 2
         rows = [r for r in rows if r["family"] == args.family]
+    if args.task:
+        if args.task not in FAMILIES:
+            print(f"--task: unknown task {args.task!r}; allowed: {', '.join(FAMILIES.names())}", file=sys.stderr)
+            return 2
+        from distill.config import applicability_error
+
+        rows = [{**r, "options": method_options(METHODS.get(r["name"]))} for r in rows
+                if applicability_error(r["name"], args.task) is None]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
+    console = Console()
+    if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
+        console = Console(width=240)
+    if args.task:
+        table = Table(title=f"methods for task {args.task} ({len(rows)})")
+        for col in ("name", "family", "options (default)", "summary"):
+            table.add_column(col, overflow="fold", no_wrap=col == "name")
+        for r in rows:
+            opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+            table.add_row(r["name"], r["family"], opts, r["summary"])
+        console.print(table)
+        return 0
     table = Table(title=f"distill methods ({len(rows)})")
     for col in ("name", "family", "paper", "year", "arXiv", "code", "file"):
         table.add_column(col, overflow="fold", no_wrap=col in ("name", "year", "arXiv", "file"))
@@ -130,9 +174,6 @@ def cmd_methods(args: argparse.Namespace) -> int:
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
         table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
                       p.get("arxiv") or "", repo, r["file"])
-    console = Console()
-    if not console.is_terminal:  # piped or redirected: rich would assume 80 columns and fold every title
-        console = Console(width=240)
     console.print(table)
     return 0
 
@@ -175,6 +216,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
                 return replace(c, build="always" if args.force else "if_missing")
             return replace(c, build="never", verify=True)
 
+        if args.action == "build":
+            cfg.train.progress = True  # asked for a long step: show it even where training runs quietly
         if cache_cfg is not None:
             cfg.teacher.cache = settle(cache_cfg)
         for m in members:  # a mixture's member caches (teacher.mixture.members[i].cache)
@@ -235,6 +278,23 @@ def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
 
+def _plugin_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                   help="import this module first (installed or on PYTHONPATH) so that the models and methods it "
+                        "registers can be named in the config; repeatable")
+
+
+def load_plugins(modules: list[str]) -> None:
+    """Installed packages' entry points (``distill.families``, ``distill.models``, ``distill.methods``), then each
+    ``--plugin`` module, before any config is read."""
+    from distill.core.family import FAMILIES
+    from distill.plugins import import_plugin
+
+    FAMILIES.names()
+    for module in modules:
+        import_plugin(module)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Knowledge distillation: any teacher, any student.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -244,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--output-dir", default=None)
     p.add_argument("--restart", action="store_true", help="start over: remove the run folder's checkpoints first")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a trained student (and the teacher) on the config's eval data")
@@ -251,11 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="student weights (default: RUN_DIR/student.safetensors)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("methods", help="list the method catalogue with provenance")
     p.add_argument("--json", action="store_true")
     p.add_argument("--family", default=None, help="only this family (e.g. logits, features, relations)")
+    p.add_argument("--task", default=None, help="only the methods that apply to this task (e.g. ranking), with "
+                                                "their options and defaults")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_methods)
 
     p = sub.add_parser("demo", help="distil a pretrained ResNet-56 into a ResNet-20 on shipped CIFAR-10 images "
@@ -272,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--force", action="store_true", help="build: rebuild even if a cache exists (stale or not)")
     p.add_argument("--output-dir", default=None)
+    _plugin_flag(p)
     p.set_defaults(func=cmd_cache)
 
     from distill.export import FORMATS
@@ -283,6 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: RUN/export-FORMAT)")
     p.add_argument("--weights", default=None, help="student weights (default: RUN/student.safetensors; e.g. "
                                                     "RUN/best/student.safetensors)")
+    _plugin_flag(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="one self-contained HTML page: configs, final metrics and curves of runs")
@@ -293,9 +360,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def line_buffered_logs() -> None:
+    """Off a terminal (``nohup``, SLURM, CI, a pipe) stdout and stderr write every line as it is printed, so a log
+    file shows the run as it goes instead of in blocks (or only at the end)."""
+    for stream in (sys.stdout, sys.stderr):
+        isatty = getattr(stream, "isatty", None)
+        reconfigure = getattr(stream, "reconfigure", None)
+        if callable(isatty) and callable(reconfigure) and not isatty():
+            try:
+                reconfigure(line_buffering=True)
+            except (ValueError, OSError):  # a closed or detached stream: nothing to buffer
+                pass
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    line_buffered_logs()
     args = build_parser().parse_args(argv)
+    if hasattr(args, "plugin"):
+        from distill.plugins import PluginError
+
+        try:
+            load_plugins(args.plugin)
+        except PluginError as e:
+            return _error(e)
     return int(args.func(args) or 0)
 
 

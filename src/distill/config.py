@@ -41,6 +41,8 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 MAX_CONFIG_BYTES = 1 << 20
 #: ``weights: random``: an untrained teacher, on purpose
 RANDOM_WEIGHTS = "random"
+#: ``weights: new_head``: a model folder (``path``) whose task head is new (initialised at random): its body only
+NEW_HEAD = "new_head"
 
 
 def resolve_path(value: str, base_dir: str | None = None) -> Path:
@@ -61,6 +63,19 @@ def resolve_path(value: str, base_dir: str | None = None) -> Path:
     return path
 
 
+class LoraSettings(Strict):
+    """``student.lora``: train low-rank adapters (LoRA, through the optional package ``peft``) instead of the
+    student's own weights. ``target_modules``: names of the Linear layers that get adapters (default: PEFT's
+    choice for the model type, e.g. ``q_proj``/``v_proj`` of a Llama); ``modules_to_save``: modules trained in full
+    beside them (default: the family's new head, e.g. the classifier of a text classifier)."""
+
+    r: int = Field(8, gt=0, le=4096)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | None = Field(None, min_length=1)
+    modules_to_save: list[str] | None = None
+
+
 class ModelConfig(Strict):
     """A model of the run's family: ``arch`` names a built-in architecture of the family (``distill methods``
     does not list them; the error for an unknown one does), ``path`` a local model folder or file where the family
@@ -72,6 +87,8 @@ class ModelConfig(Strict):
     num_classes: int | None = Field(None, gt=0, le=1_000_000)
     weights: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    #: the student only: LoRA adapters (:class:`LoraSettings`)
+    lora: LoraSettings | None = None
 
 
 class MixtureMember(ModelConfig):
@@ -121,6 +138,8 @@ class TeacherConfig(ModelConfig):
     reduce: Literal["logits", "probs"] = "logits"
     mixture: MixtureConfig | None = None
     cache: CacheSettings | None = None
+    #: the frozen live teacher's weights cast once to this dtype (its outputs come back as float32)
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def members(self) -> list[ModelConfig]:
         if self.mixture is not None:
@@ -382,7 +401,14 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         raise ConfigError(f"student: required key is missing (task: {cfg.task})")
     _check_archs(cfg, family)
     _check_models(cfg, family)
+    _check_lora(cfg, family)
     _check_mixed_precision(cfg)
+    if cfg.train.trackers:
+        from distill.train.trackers import missing_tracker
+
+        missing = missing_tracker(list(cfg.train.trackers))
+        if missing:
+            raise ConfigError(f"train.{missing}")
     labels = set()
     for i, m in enumerate(cfg.methods):
         options = validate_method_options(m.name, m.options(), f"methods[{i}]")
@@ -398,6 +424,9 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
         if pipeline is not None:
             raise ConfigError(f"methods[{i}].name: {m.name!r} is trained by the pipeline {pipeline}, not from a "
                               "methods list (see its docstring)")
+        refusal = applicability_error(m.name, cfg.task)
+        if refusal:
+            raise ConfigError(f"methods[{i}].name: {refusal}")
         try:
             METHODS.get(m.name).check_experiment(cfg, i)
         except ValueError as e:
@@ -420,11 +449,24 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     return cfg
 
 
+def applicability_error(name: str, task: str) -> str | None:
+    """Why method ``name`` does not apply to ``task`` (its declared ``tasks``), or None when it does."""
+    from distill.methods import METHODS
+
+    tasks = METHODS.get(name).tasks
+    if tasks is None or task in tasks or (task in FAMILIES and FAMILIES.get(task).methods_as in tasks):
+        return None
+    listed = ", ".join(sorted(tasks))
+    return f"{name!r} applies to task{'s' if len(tasks) > 1 else ''} {listed}; this run is {task}"
+
+
 def _check_archs(cfg: ExperimentConfig, family: Any) -> None:
     allowed = family.model_archs()
     for key, m in model_sections(cfg):
-        if m.arch is not None and allowed and m.arch not in allowed:
-            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))} "
+        prefixes = tuple(getattr(family, "arch_prefixes", ()))
+        if m.arch is not None and allowed and m.arch not in allowed and not m.arch.startswith(prefixes):
+            more = "".join(f", {p}<name>" for p in prefixes)
+            raise ConfigError(f"{key}.arch: unknown model {m.arch!r}; allowed: {', '.join(sorted(allowed))}{more} "
                               f"(task {cfg.task})")
 
 
@@ -455,15 +497,36 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
         if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
             raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
+        if m.weights == NEW_HEAD and m.path is None:
+            raise ConfigError(f"{key}.weights: {NEW_HEAD} puts a new head on a model folder; give {key}.path (a "
+                              f"model built from 'arch' is random unless its weights are given)")
+
+
+def _check_lora(cfg: ExperimentConfig, family: Any) -> None:
+    """LoRA adapters train a student, of a family whose students are Hugging Face models."""
+    for key, m in model_sections(cfg):
+        if key != "student" and getattr(m, "lora", None) is not None:
+            raise ConfigError(f"{key}.lora: LoRA adapters train the student; a teacher is frozen (drop it)")
+    if cfg.student is None or getattr(cfg.student, "lora", None) is None:
+        return
+    if not family.lora_students:
+        allowed = ", ".join(f.name for f in FAMILIES if f.lora_students)
+        raise ConfigError(f"student.lora: LoRA students are for tasks whose students are Hugging Face models "
+                          f"({allowed}); task {cfg.task} has none")
 
 
 def _check_mixed_precision(cfg: ExperimentConfig) -> None:
-    """fp16 autocast needs a GPU (accelerate refuses it on a CPU); bf16 autocast runs on CPUs too."""
-    if cfg.train.mixed_precision != "fp16":
-        return
+    """fp16 autocast needs a GPU (accelerate refuses it on a CPU); bf16 autocast runs on CPUs too. The same for a
+    teacher cast to fp16 (``teacher.precision``): CPU kernels for half precision are missing or slow."""
     import torch
 
-    if cfg.train.cpu or not torch.cuda.is_available():
+    on_cpu = cfg.train.cpu or not torch.cuda.is_available()
+    if getattr(cfg.teacher, "precision", "fp32") == "fp16" and on_cpu:
+        where = "train.cpu is set" if cfg.train.cpu else "no CUDA device here"
+        raise ConfigError(f"teacher.precision: fp16 needs a GPU ({where}); use bf16 (runs on CPUs) or fp32")
+    if cfg.train.mixed_precision != "fp16":
+        return
+    if on_cpu:
         where = "train.cpu is set" if cfg.train.cpu else "no CUDA device here"
         raise ConfigError(f"train.mixed_precision: fp16 needs a GPU ({where}); use bf16 (CPU autocast) or no")
 

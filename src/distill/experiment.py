@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, MethodConfig, method_error, resolve_path
@@ -47,13 +46,10 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     it first if missing, rank 0 only under DDP) the cache of ``teacher`` on ``train``; a cache of augmented views
     also becomes the task's augmentation-parameter source."""
     from distill.cache import ensure_teacher_cache
+    from distill.train.distributed import run_device
 
     c = cfg.teacher.cache if settings is None else settings
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # start the process group so that rank 0 alone builds
-        from accelerate import PartialState
-
-        PartialState(cpu=cfg.train.cpu)
-    device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
+    device = run_device(cfg.train.cpu)  # under a launcher this also starts the process group: rank 0 alone builds
     path = Path(c.path).expanduser()
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
@@ -93,22 +89,34 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
     """Seed, load the family's data and build the teacher (frozen, ensemble or cached). ``student``: a callable
     ``(family, loaded) -> student`` run between the data and the teacher (the order every builder used before
     the families were merged, so a seed gives the student the same initial weights as it did then)."""
+    from distill.train.progress import progress_enabled
+
     family = FAMILIES.get(cfg.task)
     seed_everything(cfg.seed, cfg.deterministic)
-    loaded = family.load(cfg)
-    built = student(family, loaded) if student is not None else None
-    if need_teacher is None:
-        need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
-    live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
-    teacher = live
-    mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
-    if live is not None and mixture is not None and any(m.cache is not None for m in mixture.members):
-        teacher = live.with_members([  # each member with a cache of its own is served from it
-            open_teacher_cache(cfg, member, loaded.task, loaded.train, m.cache, f"teacher.mixture.members[{i}].cache")
-            if m.cache is not None else member for i, (m, member) in enumerate(zip(mixture.members, live.members,
-                                                                                   strict=True))])
-    if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
-        teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
+    shown = cfg.train.progress and os.environ.get("RANK", "0") == "0"  # long steps report on rank 0 only
+    with progress_enabled(shown, cfg.train.progress_every):
+        loaded = family.load(cfg)
+        built = student(family, loaded) if student is not None else None
+        if need_teacher is None:
+            need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
+        live = family.build_teacher(cfg, loaded) if need_teacher or cfg.teacher is not None else None
+        precision = getattr(cfg.teacher, "precision", "fp32")
+        if live is not None and precision != "fp32":
+            from distill.core.teachers import set_teacher_precision
+
+            try:
+                set_teacher_precision(live, precision)
+            except ValueError as e:
+                raise ConfigError(f"teacher.precision: {e}") from None
+        teacher = live
+        mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        if live is not None and mixture is not None and any(m.cache is not None for m in mixture.members):
+            teacher = live.with_members([  # each member with a cache of its own is served from it
+                open_teacher_cache(cfg, member, loaded.task, loaded.train, m.cache,
+                                   f"teacher.mixture.members[{i}].cache") if m.cache is not None else member
+                for i, (m, member) in enumerate(zip(mixture.members, live.members, strict=True))])
+        if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
+            teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
     return Parts(family, loaded, teacher, live, built)
 
 
@@ -181,7 +189,8 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
     try:
         trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, run_dir, val_data=loaded.val)
     except ValueError as e:  # the trainer's rules about its settings (e.g. the batch across processes)
-        raise ConfigError(f"train: {str(e).splitlines()[0]}") from None
+        msg = str(e).splitlines()[0]
+        raise ConfigError(msg if msg.startswith("train.") else f"train: {msg}") from None
     report = loaded.report if loaded.report is not None else loaded.eval
     val = loaded.val if loaded.report is None else loaded.eval
     return Experiment(cfg, loaded.task, loaded.train, report, val, student, teacher, methods, module,  # type: ignore[arg-type]
@@ -194,6 +203,10 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     family, loaded = parts.family, parts.loaded
     student = parts.student
     family.prepare_student(student, parts.live_teacher, cfg, loaded)
+    if getattr(cfg.student, "lora", None) is not None:  # after prepare_student: its copies are the frozen base
+        from distill.models.lora import add_lora
+
+        add_lora(student, cfg.student.lora, family.lora_modules_to_save)
     methods = build_methods(cfg.methods)
     return assemble(loaded, student, methods, parts.teacher, family.train_config(cfg, loaded),
                     output_dir or cfg.output_dir, cfg=cfg, family=family, live_teacher=parts.live_teacher)

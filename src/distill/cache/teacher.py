@@ -194,6 +194,8 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     ``settings.seed`` and the teacher is run on each view (the task applies parameters preset in
     ``batch.meta["augment"]``). Returns the manifest.
     """
+    from distill.train.progress import Progress
+
     settings = settings if settings is not None else CacheSettings()
     start_time = time.perf_counter()
     source = _as_source(teacher)
@@ -209,46 +211,48 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     taps = list(settings.features)
     writer: TensorStoreWriter | None = None
     num_classes = None
-    for view in range(k_views):
-        for lo in range(0, n, batch_size):
-            idx = torch.arange(lo, min(lo + batch_size, n))
-            raw = task.fetch(data, idx)
-            if replay is not None:
-                raw.meta["augment"] = replay[idx, view]
-                raw.meta["view"] = torch.full((len(idx),), view, dtype=torch.long)
-            batch = task.prepare(raw.to(device), train=replay is not None, generator=None)
-            out = source(batch, task, taps)
-            values: dict[str, torch.Tensor] = {}
-            logits = out.logits.float()
-            if settings.topk is None:
-                values["logits"] = logits
-            else:
-                top = TopKLogits.from_logits(logits, settings.topk)
-                values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
-            num_classes = int(logits.shape[-1])
-            for name in taps:
-                values[FEATURE_PREFIX + name] = out.feature(name).float()
-            stats = _input_stats(guarded_inputs(task, batch), len(idx))
-            if stats is not None:
-                values["input_stats"] = stats
-            if replay is not None:
-                values["augment"] = replay[idx, view]
-            if writer is None:
-                specs = {}
-                for name, v in values.items():
-                    if name == "topk_indices":
-                        dtype = "int16" if num_classes <= 32767 else "int32"
-                    elif name == "input_stats":
-                        dtype = "float64"
-                    elif name == "augment":
-                        dtype = "int32"
-                    else:
-                        dtype = settings.dtype
-                    specs[name] = TensorSpec(tuple(v.shape[1:]), dtype)
-                writer = TensorStoreWriter(path, n, k_views, specs, shard_size=shard_size)
-            writer.write(idx, view, values)
-        if log:
-            log(f"view {view + 1}/{k_views} done ({time.perf_counter() - start_time:.1f} s)")
+    with Progress("cache build", n * k_views) as bar:
+        for view in range(k_views):
+            for lo in range(0, n, batch_size):
+                idx = torch.arange(lo, min(lo + batch_size, n))
+                raw = task.fetch(data, idx)
+                if replay is not None:
+                    raw.meta["augment"] = replay[idx, view]
+                    raw.meta["view"] = torch.full((len(idx),), view, dtype=torch.long)
+                batch = task.prepare(raw.to(device), train=replay is not None, generator=None)
+                out = source(batch, task, taps)
+                values: dict[str, torch.Tensor] = {}
+                logits = out.logits.float()
+                if settings.topk is None:
+                    values["logits"] = logits
+                else:
+                    top = TopKLogits.from_logits(logits, settings.topk)
+                    values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
+                num_classes = int(logits.shape[-1])
+                for name in taps:
+                    values[FEATURE_PREFIX + name] = out.feature(name).float()
+                stats = _input_stats(guarded_inputs(task, batch), len(idx))
+                if stats is not None:
+                    values["input_stats"] = stats
+                if replay is not None:
+                    values["augment"] = replay[idx, view]
+                if writer is None:
+                    specs = {}
+                    for name, v in values.items():
+                        if name == "topk_indices":
+                            dtype = "int16" if num_classes <= 32767 else "int32"
+                        elif name == "input_stats":
+                            dtype = "float64"
+                        elif name == "augment":
+                            dtype = "int32"
+                        else:
+                            dtype = settings.dtype
+                        specs[name] = TensorSpec(tuple(v.shape[1:]), dtype)
+                    writer = TensorStoreWriter(path, n, k_views, specs, shard_size=shard_size)
+                writer.write(idx, view, values)
+                bar.update(len(idx))
+            if log:
+                log(f"view {view + 1}/{k_views} done ({time.perf_counter() - start_time:.1f} s)")
     assert writer is not None
     meta = {"kind": "full" if settings.topk is None else "topk", "k": settings.topk, "num_classes": num_classes,
             "features": taps, "views": k_views, "augmented": replay is not None, "seed": settings.seed,

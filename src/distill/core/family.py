@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from distill.plugins import load_families
+from distill.plugins import load_entry_point_plugins, load_families
 
 
 @dataclass
@@ -50,8 +50,18 @@ class Family:
     #: ``TeacherConfig``)
     student_section: ClassVar[type | None] = None
     teacher_section: ClassVar[type | None] = None
+    #: ``arch`` values that start with one of these are names for another library (``timm:resnet18``), checked
+    #: when the model is built
+    arch_prefixes: ClassVar[tuple[str, ...]] = ()
     data_required: ClassVar[bool] = True
     student_required: ClassVar[bool] = True
+    #: a task whose methods apply to this family too (``Method.tasks`` names the built-in families; a plugin
+    #: family whose models give class logits sets e.g. ``"vector_classification"``); None: only its own name
+    methods_as: ClassVar[str | None] = None
+    #: whether ``student.lora`` (LoRA adapters through PEFT) fits the family's students, and the modules trained
+    #: in full beside the adapters unless ``student.lora.modules_to_save`` says otherwise (a new head)
+    lora_students: ClassVar[bool] = False
+    lora_modules_to_save: ClassVar[tuple[str, ...]] = ()
     #: whether ``teacher.mixture`` works here (batches select per example; for ``route: column`` the family's
     #: loader puts the column in ``batch.meta["route"]``)
     teacher_mixture: ClassVar[bool] = False
@@ -63,6 +73,11 @@ class Family:
     def model_archs(self) -> list[str]:
         """The names ``student.arch`` / ``teacher.arch`` may take in this family (checked when the file is read)."""
         return []
+
+    def model_table(self) -> dict[str, Any] | None:
+        """The table of this family's named model builders (``arch`` name -> builder) that
+        :func:`distill.models.register_model` adds to; None when the family's models are not chosen from one."""
+        return None
 
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         """The builder of ``model_cfg`` (a function or class whose keyword arguments its ``options`` are) and
@@ -177,6 +192,7 @@ class FamilyRegistry:
             return
         self._loaded = True
         load_families()
+        load_entry_point_plugins()
 
     def get(self, name: str) -> Family:
         self._load()

@@ -20,6 +20,14 @@ from distill.core.batch import Batch
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.core.registry import Registry
 
+#: the task families whose models give one row of class logits per example (``kd`` and its kin apply to all four)
+CLASSIFICATION_TASKS: frozenset[str] = frozenset(
+    {"image_classification", "text_classification", "vector_classification", "graph_node_classification"})
+#: convolutional feature maps (B, C, H, W): the families whose students are CNNs
+IMAGE_TASKS: frozenset[str] = frozenset({"image_classification"})
+#: inputs that are one float tensor per example, which mixup can blend (not token ids, not graph nodes)
+MIXABLE_TASKS: frozenset[str] = frozenset({"image_classification", "vector_classification"})
+
 
 class Method(nn.Module):
     """Base class of every distillation method.
@@ -44,6 +52,9 @@ class Method(nn.Module):
     #: the pipeline that trains this method (a module of :mod:`distill.pipelines`) when it cannot run from a
     #: methods list (its teacher or data are built by the pipeline); None for ordinary methods
     pipeline: ClassVar[str | None] = None
+    #: the ``task:`` values this method applies to (a config pairing it with another task is refused when read);
+    #: None: any task. Every built-in method sets it (``distill methods --task NAME`` lists them by task)
+    tasks: ClassVar[frozenset[str] | None] = None
 
     @classmethod
     def check_experiment(cls, cfg: Any, index: int) -> None:

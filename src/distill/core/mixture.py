@@ -183,6 +183,20 @@ class MixtureTeacher:
         """Whether a call needs the student's output of the batch (``student=``)."""
         return self.router is not None and self.router_input == "student"
 
+    @property
+    def evaluable(self) -> bool:
+        """Whether the mixture can be run on evaluation inputs alone (no route column, no student)."""
+        return self.route != "column" and not self.reads_student
+
+    def set_precision(self, precision: str) -> None:
+        """``teacher.precision``: cast every (live) member; the router stays float32 (it is trained)."""
+        for m in self.members:
+            setter = getattr(m, "set_precision", None)
+            if setter is None:
+                raise ValueError(f"a mixture member is a {type(m).__name__}, not a live model whose weights can be "
+                                 "cast")
+            setter(precision)
+
     def take_terms(self) -> dict[str, torch.Tensor]:
         terms, self.pending_terms = self.pending_terms, {}
         return terms

@@ -11,6 +11,17 @@ import torch
 from distill.core.topk import TopKLogits
 
 
+def logits_of(out: Any) -> Any:
+    """A model's main output as a tensor: a Hugging Face model returns an output object whose ``logits`` is the
+    tensor (``SequenceClassifierOutput``, ``ImageClassifierOutput``, ``CausalLMOutput``); anything else is
+    returned as it is. Applied wherever a student's or teacher's output is read, so such a model needs no
+    wrapper."""
+    if out is None or isinstance(out, torch.Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    return logits if isinstance(logits, torch.Tensor) else out
+
+
 @dataclass
 class ModelOutput:
     """Output of a student or teacher on one batch.

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.core.outputs import ModelOutput
+from distill.core.outputs import ModelOutput, logits_of
 from distill.core.teachers import RunsModels, freeze
 
 
@@ -78,10 +78,12 @@ class PrecomputedTeacher:
         freeze(model).to(device)
         logits: torch.Tensor | None = None
         sums = torch.zeros(n, dtype=torch.float64)
-        for start in range(0, n, batch_size):
+        from distill.train.progress import track
+
+        for start in track(range(0, n, batch_size), "teacher pass", n, size=lambda s: min(batch_size, n - s)):
             idx = order[start:start + batch_size]
             batch = task.prepare(task.fetch(data, idx).to(device), train=False, generator=None)
-            out = task.forward(model, batch).float().cpu()
+            out = logits_of(task.forward(model, batch)).float().cpu()
             if logits is None:
                 logits = torch.zeros((n, *out.shape[1:]))
             logits[idx] = out

@@ -53,7 +53,7 @@ class Entry(Generic[T]):
 def module_file(module: str) -> str:
     """The file of module ``module`` relative to its top-level package: ``distill.methods.features.ft`` ->
     ``methods/features/ft.py`` (``.../__init__.py`` for a package)."""
-    parts = module.split(".")[1:]
+    parts = module.split(".")[1:] if "." in module else [module]  # a plugin's top-level module: its own file
     if hasattr(sys.modules.get(module), "__path__"):
         parts.append("__init__")
     return "/".join(parts) + ".py"

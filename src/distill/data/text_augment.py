@@ -96,7 +96,9 @@ def augment_examples(examples: TextExamples, cfg: AugmentConfig | None = None) -
         cumulative.append(total)
     texts, labels = list(examples.texts), list(examples.labels)
     source = list(range(len(examples)))
-    for i, sentence in enumerate(examples.texts):
+    from distill.train.progress import track
+
+    for i, sentence in enumerate(track(examples.texts, "text augmentation")):
         words = sentence.split()
         seen = {" ".join(words)}
         for _ in range(cfg.copies):

@@ -24,7 +24,19 @@ __all__ = ["FORMATS", "ExportError", "RunFolder", "RunFolderError", "export_run"
 
 
 def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any, Any]:
-    """``(cfg, family, loaded, student)``: the student of ``run`` with its trained weights loaded, in eval mode."""
+    """``(cfg, family, loaded, student)``: the student of ``run`` with its trained weights loaded, in eval mode (a
+    LoRA student with its adapters merged into the base weights)."""
+    cfg, family, loaded, student, adapters = _rebuild(run, weights)
+    if adapters is not None:
+        from distill.models.lora import merged
+
+        student = merged(adapters).eval()
+    return cfg, family, loaded, student
+
+
+def _rebuild(run: RunFolder, weights: Path | None = None) -> tuple[Any, Any, Any, Any, Any]:
+    """:func:`rebuild_student` before any merge; the last item is the ``peft.PeftModel`` of a LoRA student."""
+    from distill.config import NEW_HEAD, RANDOM_WEIGHTS
     from distill.core.family import FAMILIES
     from distill.models.weights import load_weights_into
 
@@ -36,15 +48,24 @@ def rebuild_student(run: RunFolder, weights: Path | None = None) -> tuple[Any, A
         facts = family.export_facts(family.load(cfg))
     loaded = family.export_loaded(cfg, facts)
     student_cfg = cfg.student
-    if student_cfg is not None and getattr(student_cfg, "weights", None) is not None:
-        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace them
+    if student_cfg is not None and getattr(student_cfg, "weights", None) not in (None, NEW_HEAD, RANDOM_WEIGHTS):
+        cfg.student = student_cfg.model_copy(update={"weights": None})  # the run's own weights replace the file
     student = family.export_student(cfg, loaded)
     cfg.student = student_cfg
     weights = Path(weights) if weights is not None else run.path / "student.safetensors"
     if not weights.exists():
         raise ExportError(f"{weights}: no student weights (did the run finish?)")
-    load_weights_into(student, weights)
-    return cfg, family, loaded, student.eval()
+    adapters = None
+    lora = getattr(student_cfg, "lora", None)
+    if lora is not None:  # the weights carry the adapters under the names of the injected student
+        from distill.models.lora import lora_export_model
+
+        adapters = lora_export_model(student, lora)
+        load_weights_into(adapters.base_model.model, weights)
+        adapters.eval()
+    else:
+        load_weights_into(student, weights)
+    return cfg, family, loaded, student.eval(), adapters
 
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
@@ -61,9 +82,14 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         raise ExportError(f"--format {fmt}: not available for task {cfg0.task} "
                           f"(student {cfg0.student.arch if cfg0.student is not None else 'default'}); "
                           f"allowed: {', '.join(allowed)}")
-    cfg, family, loaded, student = rebuild_student(run, Path(weights) if weights else None)
+    cfg, family, loaded, student, adapters = _rebuild(run, Path(weights) if weights else None)
     out = Path(out) if out is not None else run.path / f"export-{fmt}"
     out.mkdir(parents=True, exist_ok=True)
+    if adapters is not None:  # a LoRA student: its adapter folder, then the merged model in the asked format
+        from distill.models.lora import merged, save_adapter
+
+        save_adapter(adapters, out / "adapter")
+        student = merged(adapters).eval()
     writer = {"hf": _hf, "sentence-transformers": _sentence_transformers, "safetensors": _safetensors,
               "onnx": _onnx}[fmt]
     usage, note = writer(run, cfg, family, loaded, student, out)

@@ -98,11 +98,26 @@ def generate_completions(model: nn.Module, prompts: list[list[int]], *, pad_id: 
 def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *, pad_id: int, eos_id: int | None,
                       fingerprint: str, max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                       top_k: int = 0, top_p: float = 1.0, prefix_tokens: int = 32, batch_size: int = 16,
-                      seed: int = 0) -> LMData:
+                      seed: int = 0, device: str | torch.device | None = None) -> LMData:
     """Sequence-level KD data: the teacher's completion of every prompt of ``data``, generated once and cached
     in ``cache_dir`` (``sequences.safetensors`` + ``meta.json``). ``fingerprint`` identifies the teacher weights
     and tokenizer (e.g. :func:`distill.llm.topk_store.model_fingerprint`); a cache made from another teacher,
-    data or settings is regenerated, never silently reused."""
+    data or settings is regenerated, never silently reused. ``device``: where the teacher generates (it is moved
+    there; default: where it is). Under several processes the main process generates while the others wait, then
+    they read its files."""
+    from distill.train.distributed import main_process_first
+
+    with main_process_first():
+        return _teacher_sequences(teacher, data, cache_dir, pad_id=pad_id, eos_id=eos_id, fingerprint=fingerprint,
+                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, prefix_tokens=prefix_tokens, batch_size=batch_size,
+                                  seed=seed, device=device)
+
+
+def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *, pad_id: int, eos_id: int | None,
+                       fingerprint: str, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
+                       top_p: float, prefix_tokens: int, batch_size: int, seed: int,
+                       device: str | torch.device | None) -> LMData:
     from safetensors.torch import save_file
 
     from distill.core.safe_pickle import load_safetensors
@@ -116,10 +131,16 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
         t = load_safetensors(file)
         return LMData(t["input_ids"], t["attention_mask"], t["labels"], t["prompt_lengths"])
     prompts = prompts_of(data.input_ids, data.attention_mask, data.prompt_lengths, prefix_tokens)
+    if device is not None:
+        teacher.to(device)
+    from distill.train.progress import track
+
+    starts = track(range(0, len(prompts), batch_size), "teacher generation", len(prompts),
+                   size=lambda s: min(batch_size, len(prompts) - s))
     parts = [generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,
                                   max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed + s)
-             for s in range(0, len(prompts), batch_size)]
+             for s in starts]
     length = max(p.input_ids.shape[1] for p in parts)
 
     def cat(name: str, fill: int) -> torch.Tensor:

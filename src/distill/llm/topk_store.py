@@ -31,7 +31,7 @@ from torch import nn
 
 from distill.cache.store import sha256_file
 from distill.core.batch import Batch
-from distill.core.outputs import ModelOutput
+from distill.core.outputs import ModelOutput, logits_of
 from distill.core.safe_pickle import load_npy
 from distill.core.topk import TopKLogits
 
@@ -170,10 +170,12 @@ def build_topk_store(teacher: nn.Module, task: Any, data: Any, path: str | Path,
             meta["rows_done"] = 0
     teacher.eval()
     start = int(meta["rows_done"])
-    for s in range(start, n, batch_size):
+    from distill.train.progress import track
+
+    for s in track(range(start, n, batch_size), "top-k store", n - start, size=lambda s: min(batch_size, n - s)):
         rows = torch.arange(s, min(s + batch_size, n))
         batch = task.fetch(data, rows)
-        logits = task.forward(teacher, batch)
+        logits = logits_of(task.forward(teacher, batch))
         topk = TopKLogits.from_logits(logits, k)
         if dense is not None:
             dense[s:s + len(rows)] = torch.log_softmax(logits.float(), -1).numpy().astype(np.float16)

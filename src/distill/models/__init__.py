@@ -50,6 +50,7 @@ __all__ = [
     "build_model",
     "list_models",
     "load_pretrained_cifar_resnet",
+    "register_model",
 ]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -81,6 +82,35 @@ TEXT_MODELS: dict[str, Callable[..., nn.Module]] = {
     "minilm": minilm,
     "minilm_truncated": minilm_truncated,
 }
+
+
+def register_model(task: str, name: str, builder: Callable[..., nn.Module] | None = None) -> Any:
+    """Add ``builder`` under ``name`` to the models of task family ``task`` (``image_classification``,
+    ``text_classification``, ``vector_classification``, ``graph_node_classification``), so that ``arch: NAME``
+    builds it. The builder is called like the family's own models (image: ``builder(num_classes=K, **options)``;
+    text: ``builder(num_classes=K, **options)`` called with ``(input_ids, attention_mask)``; vectors:
+    ``builder(in_features, num_classes, **options)``; graph: ``builder(in_channels, num_classes, **options)``) and
+    its keyword arguments are the config's ``options``. Without ``builder``: a decorator. Refused
+    (``ValueError``): an unknown task, a family without named models, a name already taken."""
+    from distill.core.family import FAMILIES
+
+    if task not in FAMILIES:
+        raise ValueError(f"register_model: unknown task {task!r}; allowed: {', '.join(FAMILIES.names())}")
+    table = FAMILIES.get(task).model_table()
+    if table is None:
+        with_tables = [f.name for f in FAMILIES if f.model_table() is not None]
+        raise ValueError(f"register_model: task {task!r} does not choose its models by name; allowed: "
+                         f"{', '.join(with_tables)}")
+
+    def add(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        if not callable(fn):
+            raise ValueError(f"register_model({task!r}, {name!r}): the builder must be callable")
+        if name in table and table[name] is not fn:
+            raise ValueError(f"register_model: {task} model {name!r} is registered already")
+        table[name] = fn
+        return fn
+
+    return add(builder) if builder is not None else add
 
 
 def list_models() -> list[str]:

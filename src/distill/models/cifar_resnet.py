@@ -124,6 +124,9 @@ class CifarResNet(nn.Module):
     Paper: "Deep Residual Learning for Image Recognition", arXiv:1512.03385.
     """
 
+    #: stages whose blocks ``train.gradient_checkpointing`` recomputes (distill.train.recompute)
+    checkpoint_stages = ("layer1", "layer2", "layer3")
+
     feature_taps: dict[str, str]
 
     def __init__(self, depth: int = 20, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64)):
@@ -197,6 +200,9 @@ class CifarResNetB(nn.Module):
     Parameters with 100 classes: resnet8x4 1.23M, resnet32x4 7.43M. Papers: "Deep Residual Learning for Image
     Recognition", arXiv:1512.03385; "Contrastive Representation Distillation", arXiv:1910.10699.
     """
+
+    #: stages whose blocks ``train.gradient_checkpointing`` recomputes (distill.train.recompute)
+    checkpoint_stages = ("layer1", "layer2", "layer3")
 
     feature_taps: dict[str, str]
 

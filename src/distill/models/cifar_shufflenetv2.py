@@ -98,6 +98,9 @@ class CifarShuffleNetV2(nn.Module):
     Parameters with 100 classes at size 1: 1.36M. Paper: arXiv:1807.11164.
     """
 
+    #: stages whose blocks ``train.gradient_checkpointing`` recomputes (distill.train.recompute)
+    checkpoint_stages = ("layer1", "layer2", "layer3")
+
     feature_taps: dict[str, str] = {
         "f0": "layer1:input",
         "f1": "layer1",

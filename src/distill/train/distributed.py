@@ -4,7 +4,7 @@ Everything here is a no-op in a single process, so library code can call these h
 
 - :func:`main_process_first` -- rank 0 runs the block first (e.g. builds a cache on disk) while the other ranks
   wait at a barrier; then they run it (and find the cache ready).
-- :func:`barrier`, :func:`rank`, :func:`world_size`, :func:`is_main_process`.
+- :func:`barrier`, :func:`rank`, :func:`world_size`, :func:`is_main_process`, :func:`run_device`.
 - :func:`all_gather_cat` -- concatenate a tensor's rows from every rank (in rank order), e.g. the memory-bank
   updates of a contrastive method, so every rank applies the whole global batch's update.
 - :func:`all_reduce_mean` -- average a tensor in place across ranks (e.g. gradients of state kept in buffers).
@@ -40,6 +40,16 @@ def _ensure_group() -> None:
         from accelerate import PartialState
 
         PartialState(cpu=not torch.cuda.is_available())
+
+
+def run_device(cpu: bool = False) -> torch.device:
+    """The device of this process's work: its own GPU under a launcher (Accelerate's choice by local rank), else the
+    GPU when there is one and ``cpu`` is not set, else the CPU."""
+    if launched_distributed():
+        from accelerate import PartialState
+
+        return PartialState(cpu=cpu or not torch.cuda.is_available()).device
+    return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
 def world_size() -> int:

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
+from distill.core.outputs import logits_of
 
 
 def eval_batches(task: Any, data: Any, batch_size: int, device: torch.device | str = "cpu") -> Iterator[Batch]:
@@ -31,6 +32,6 @@ def evaluate_model(model: nn.Module, task: Any, data: Any, batch_size: int = 256
     metrics = task.new_metrics()
     with (autocast or contextlib.nullcontext)():
         for batch in eval_batches(task, data, batch_size, device):
-            metrics.update(task.forward(model, batch), batch)
+            metrics.update(logits_of(task.forward(model, batch)), batch)
     model.train(was_training)
     return metrics.compute()

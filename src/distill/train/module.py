@@ -14,7 +14,7 @@ from torch import nn
 
 from distill.core.batch import Batch
 from distill.core.compose import Composite
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, logits_of
 from distill.core.taps import FeatureTaps
 from distill.core.teachers import TeacherSource
 from distill.core.topk import TopKLogits
@@ -41,7 +41,7 @@ class DistillModule(nn.Module):
 
     def run_student(self, batch: Batch) -> ModelOutput:
         with self._student_taps.capture() as feats:
-            logits = self.task.forward(self.student, batch)
+            logits = logits_of(self.task.forward(self.student, batch))
         return ModelOutput(logits, dict(feats))
 
     def inference_model(self) -> nn.Module:

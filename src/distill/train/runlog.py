@@ -84,6 +84,8 @@ class RunLog:
             for name, value in values.items():
                 tb.add_scalar(f"{split}/{name}", float(value), step)
             tb.flush()
+        if self.trainer.cfg.trackers and split != "hparams":  # the settings went to the trackers when they opened
+            self.trainer.accelerator.log({f"{split}/{k}": float(v) for k, v in values.items()}, step=step)
 
     def _already_logged(self, split: str) -> bool:
         path = self.run_dir / "metrics.csv"
@@ -134,28 +136,48 @@ class RunLog:
             self._tb = None
 
 
-def teacher_evaluation(experiment: Any) -> tuple[dict[str, float] | None, str]:
-    """The live teacher's metrics on the trainer's evaluation split, or None and why not (a cache, a score file,
-    an ensemble or a sentence teacher has no single model the task's metrics apply to)."""
+def evaluate_teacher(teacher: Any, task: Any, data: Any, batch_size: int = 256,
+                     device: str = "cpu") -> dict[str, float] | None:
+    """The task's metrics of a live teacher source on ``data``: one frozen model (through the task, as a student
+    is evaluated), an ensemble or a sentence-transformers teacher (through the source itself, as training reads
+    it). None for a teacher that is no model run on the inputs (a cache, a score file, aspect answers)."""
     from distill.core.teachers import FrozenTeacher
-    from distill.train.evaluate import evaluate_model
+    from distill.train.evaluate import eval_batches, evaluate_model
 
+    if isinstance(teacher, FrozenTeacher):
+        metrics = evaluate_model(teacher.model, task, data, batch_size, device)
+        teacher.model.to("cpu")
+        return metrics
+    models = [m.model for m in getattr(teacher, "members", []) if hasattr(m, "model")] or [getattr(teacher, "model",
+                                                                                                 None)]
+    if any(not isinstance(m, torch.nn.Module) for m in models) or not getattr(teacher, "evaluable", True):
+        return None  # (a mixture routed by a data column, or reading the student: not on eval inputs alone)
+    teacher.to(device)
+    metrics = task.new_metrics()
+    with torch.no_grad():
+        for batch in eval_batches(task, data, batch_size, device):
+            metrics.update(teacher(batch, task, ()).logits, batch)
+    teacher.to("cpu")
+    return metrics.compute()
+
+
+def teacher_evaluation(experiment: Any) -> tuple[dict[str, float] | None, str]:
+    """The live teacher's metrics on the trainer's evaluation split, or None and why not. A teacher served from a
+    cache is evaluated through the live model the cache was built from."""
     data = experiment.trainer.eval_data
     if data is None:
         return None, "no eval split (data.eval) to evaluate the teacher on"
     teacher = experiment.teacher
     if teacher is None:
         return None, "no teacher"
+    why = "live teacher"
     if experiment.live_teacher is not None and teacher is not experiment.live_teacher:
-        return None, ("the teacher is served from a cache (teacher.cache); `distill eval CONFIG` evaluates the "
-                      "live teacher")
-    if not isinstance(teacher, FrozenTeacher):
-        return None, f"the teacher is a {type(teacher).__name__}, not one live model"
+        teacher, why = experiment.live_teacher, "live teacher (training reads its cache)"
     device = "cuda" if torch.cuda.is_available() and not experiment.trainer.cfg.cpu else "cpu"
-    metrics = evaluate_model(teacher.model, experiment.task, data, experiment.trainer.cfg.eval_batch_size,
-                             device)
-    teacher.model.to("cpu")
-    return metrics, "live teacher"
+    metrics = evaluate_teacher(teacher, experiment.task, data, experiment.trainer.cfg.eval_batch_size, device)
+    if metrics is None:
+        return None, f"the teacher is a {type(teacher).__name__}, not a model run on the eval inputs"
+    return metrics, why
 
 
 def print_teacher_evaluation(experiment: Any) -> dict[str, float] | None:

@@ -14,7 +14,7 @@ import random
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import MISSING, asdict, fields
+from dataclasses import MISSING, asdict, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from distill.core.batch import Batch
 from distill.core.method import EpochContext
 from distill.core.outputs import RunInfo
 from distill.core.teachers import run_with_taps
-from distill.train import distributed
+from distill.train import distributed, sharding
 from distill.train.checkpoint import (
     clear_checkpoints,
     find_checkpoint,
@@ -40,7 +40,9 @@ from distill.train.evaluate import eval_batches, evaluate_model
 from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
+from distill.train.progress import Progress, progress_enabled, track
 from distill.train.schedules import lr_factor
+from distill.train.trackers import TrackedLog, accelerator_kwargs, missing_tracker, start_trackers
 
 
 class ResumeMismatchError(ValueError):
@@ -122,7 +124,7 @@ class Trainer:
         callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
         val_data: Any | None = None,
     ):
-        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate import DistributedDataParallelKwargs
 
         self.cfg = config
         self.run_dir = Path(run_dir)
@@ -133,13 +135,35 @@ class Trainer:
         self.val_data = val_data
         self.callbacks = callbacks or []
         use_cpu = config.cpu or not torch.cuda.is_available()
+        precision, note = launcher_precision(config.mixed_precision, use_cpu)
+        if precision != config.mixed_precision:
+            config = self.cfg = replace(config, mixed_precision=precision)
         ddp = DistributedDataParallelKwargs(find_unused_parameters=config.find_unused_parameters,
                                             broadcast_buffers=config.broadcast_buffers)
-        self.accelerator = Accelerator(cpu=use_cpu, mixed_precision=config.mixed_precision, kwargs_handlers=[ddp])
-        if self.accelerator.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-            raise ValueError(f"{self.accelerator.distributed_type.value} is not supported by the distill trainer "
-                             f"(sharded parameters break feature taps and rank-0 checkpoints); launch with "
-                             f"plain data parallelism (accelerate launch --multi_gpu, or torchrun): see docs/ddp.md")
+        missing = missing_tracker(list(config.trackers))
+        if missing:
+            raise ValueError(missing)
+        self.accelerator = self._accelerator(use_cpu, config.mixed_precision, ddp,
+                                             **accelerator_kwargs(list(config.trackers), self.run_dir))
+        if note and self.accelerator.is_main_process:
+            print(note, file=sys.stderr)
+        kind = self.accelerator.distributed_type.value
+        if kind in ("DEEPSPEED", "MEGATRON_LM"):
+            raise ValueError(f"{kind} is not supported by the distill trainer; launch with plain data parallelism "
+                             "(accelerate launch --multi_gpu, or torchrun) or FSDP (accelerate launch --use_fsdp "
+                             "--fsdp_version 2): see docs/ddp.md and docs/scale.md")
+        #: FSDP: the student's and the methods' parameters are sharded across the processes (docs/scale.md)
+        self.sharded = kind == "FSDP"
+        if self.sharded and not getattr(self.accelerator, "is_fsdp2", False):
+            raise ValueError("FSDP version 1 is not supported by the distill trainer (its checkpoints gather "
+                             "DTensor shards); launch with --fsdp_version 2 (accelerate config: fsdp_version: 2)")
+        if config.gradient_checkpointing:
+            from distill.train.recompute import enable_gradient_checkpointing
+
+            try:
+                enable_gradient_checkpointing(module.student)
+            except ValueError as e:
+                raise ValueError(f"train.gradient_checkpointing: {e}") from None
         self.device = self.accelerator.device
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
@@ -153,6 +177,15 @@ class Trainer:
             raise ValueError(f"the training set has {n} examples, fewer than one batch of {config.batch_size}")
         self.steps_per_epoch = math.ceil(self.micro_per_epoch / config.grad_accum)
         self.total_steps = self.steps_per_epoch * config.epochs
+
+    @staticmethod
+    def _accelerator(cpu: bool, mixed_precision: str, ddp: Any, **kwargs: Any) -> Any:
+        """The run's ``Accelerator`` (FSDP, data parallelism or one process: what the launcher's environment
+        says)."""
+        from accelerate import Accelerator
+
+        refuse_sharding(cpu)
+        return Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp], **kwargs)
 
     # -- data -------------------------------------------------------------------------------------------------
     def _micro_batches(self, epoch: int, opt_step: int) -> list[tuple[Batch, torch.Generator]]:
@@ -189,11 +222,11 @@ class Trainer:
 
     #: settings that may change between a run and its resumption (they do not change what is computed)
     RESUMABLE_CHANGES = ("progress", "max_steps", "step_delay", "checkpoint_every", "keep_checkpoints",
-                         "log_every", "eval_every", "eval_batch_size",
+                         "log_every", "eval_every", "eval_batch_size", "progress_every", "trackers",
                          # engine options (float rounding or per-process BatchNorm statistics at most); listing them
                          # here also keeps checkpoints written before these keys existed resumable
                          "find_unused_parameters", "sync_batchnorm", "broadcast_buffers", "teacher_inference_mode",
-                         "compile_student", "checkpoint_every_epochs")
+                         "compile_student", "checkpoint_every_epochs", "gradient_checkpointing")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
         """What a checkpoint must agree on to be resumed: the training settings and the methods."""
@@ -202,6 +235,8 @@ class Trainer:
                    for label, m in module.methods.methods.items()}
         recipe = {**{k: repr(v) for k, v in cfg.items()}, **{f"method:{k}": v for k, v in methods.items()},
                   "train_examples": str(self.task.num_examples(self.train_data))}
+        if self.sharded:  # its optimiser state is keyed and gathered differently
+            recipe["sharding"] = "fsdp2"
         identity = getattr(module.teacher, "identity", None)  # teacher sources that can name what they serve
         if callable(identity):
             recipe["teacher"] = identity()
@@ -241,15 +276,24 @@ class Trainer:
         (default: the evaluation set)."""
         model = model if model is not None else self.accelerator.unwrap_model(self.module).inference_model()
         data = data if data is not None else self.eval_data
-        return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
-                              self.accelerator.autocast)
+        with self._progress_setting(), self._whole():
+            return evaluate_model(model, self.task, data, self.cfg.eval_batch_size, self.device,
+                                  self.accelerator.autocast)
+
+    def _whole(self) -> Any:
+        """Under FSDP: the student's and methods' whole parameters for calls outside the training forward."""
+        return sharding.gathered(self.module) if self.sharded else _nullcontext()
 
     # -- training ---------------------------------------------------------------------------------------------
     def fit(self, resume: bool = True) -> dict[str, Any]:
         """Train (resuming from the newest intact checkpoint in ``run_dir/checkpoints`` when ``resume``), holding the
         run folder's lock (``run_dir/.lock``, rank 0 only): a second run on the same folder is refused."""
-        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process):
+        with RunLock(self.run_dir, enabled=self.accelerator.is_main_process), self._progress_setting():
             return self._fit(resume)
+
+    def _progress_setting(self) -> Any:
+        """Progress of the steps inside training and evaluation (e.g. teacher embeddings) follows ``progress``."""
+        return progress_enabled(self.cfg.progress and self.accelerator.is_main_process, self.cfg.progress_every)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.cfg
@@ -280,7 +324,12 @@ class Trainer:
         optimizer = build_optimizer(params, cfg, module.methods.optimizer_overrides())
         for group in optimizer.param_groups:
             group["initial_lr"] = group["lr"]
+        if self.sharded:
+            if getattr(module.student, "_no_split_modules", None):  # FSDP units: the student's layer classes
+                module._no_split_modules = list(module.student._no_split_modules)
+            sharding.check_wrap_policy(module, acc.state.fsdp_plugin)
         wrapped, optimizer = acc.prepare(module, optimizer)
+        params = [p for p in module.parameters() if p.requires_grad]  # under FSDP: the sharded parameters
         if cfg.compile_student:
             module.student.compile()
 
@@ -289,13 +338,16 @@ class Trainer:
         if found is not None:
             ckpt, loaded = found
             self._check_recipe(ckpt, loaded["trainer"].get("recipe", {}), recipe)
-            module.student.load_state_dict(loaded["student"])
-            module.methods.load_state_dict(loaded["methods"])
-            optimizer.load_state_dict(loaded["optimizer"])
+            sharding.load_full_state(module.student, loaded["student"])
+            sharding.load_full_state(module.methods, loaded["methods"])
+            sharding.load_full_optimizer_state(optimizer, loaded["optimizer"])
             state.update(loaded["trainer"]["position"])
             set_rng_state(loaded["trainer"]["rng"])
         log = MetricLog(self.run_dir, resume_step=state["global_step"] if ckpt else None,
                         tensorboard=True) if acc.is_main_process else _NoLog()
+        if cfg.trackers and acc.is_main_process:
+            start_trackers(acc, cfg, self.run_dir)
+            log = TrackedLog(log, acc)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "train_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
@@ -306,14 +358,15 @@ class Trainer:
             distributed.broadcast_buffers(module)
             _check_state(module, f"step {state['global_step']} (epoch {state['epoch'] + (state['step_in_epoch'] > 0)}"
                                  f", before its checkpoint)", self.world, by_design)
+            gather = self.sharded or acc.is_main_process  # gathering shards takes every process
+            parts = ((sharding.full_state(module.student), sharding.full_state(module.methods),
+                      sharding.full_optimizer_state(optimizer)) if gather else None)
             acc.wait_for_everyone()
             if acc.is_main_process:
                 save_checkpoint(
                     ckpt_root,
                     state["global_step"],
-                    module.student.state_dict(),
-                    module.methods.state_dict(),
-                    optimizer.state_dict(),
+                    *parts,
                     {"position": dict(state), "rng": rng_state(), "recipe": recipe},
                     keep=cfg.keep_checkpoints,
                 )
@@ -324,7 +377,8 @@ class Trainer:
         init_steps = init_epochs * self.steps_per_epoch
         metric_name = cfg.early_stopping_metric or self.task.primary_metric
         start = time.perf_counter()
-        progress = _Progress(cfg.progress and acc.is_main_process, self.total_steps + init_steps, state["global_step"])
+        progress = Progress("training", self.total_steps + init_steps, done=state["global_step"],
+                            enabled=cfg.progress and acc.is_main_process, every=cfg.progress_every)
         history: list[dict[str, Any]] = []
         try:
             while state["epoch"] < all_epochs and not state["stopped"]:
@@ -371,7 +425,7 @@ class Trainer:
                                 {**sums, "lr": cfg.lr * factor})
                     label = (f"init {epoch + 1}/{init_epochs}" if stage == "init"
                              else f"epoch {epoch + 1 - init_epochs}/{cfg.epochs}")
-                    progress.advance(f"{label} loss {sums['loss']:.4f}")
+                    progress.update(1, f"{label} loss {sums['loss']:.4f}")
                     if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
                         checkpoint()
                     if cfg.step_delay:
@@ -391,6 +445,8 @@ class Trainer:
                     record.update(metrics)
                     if acc.is_main_process:
                         log.log(state["global_step"], main_epoch, "eval", {**metrics, "epoch_time": epoch_time})
+                    progress.note(f"epoch {main_epoch}/{cfg.epochs}: " + ", ".join(
+                        f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, int | float)))
                     self._early_stopping(state, metrics, metric_name, module)
                 history.append(record)
                 for cb in self.callbacks:
@@ -405,10 +461,12 @@ class Trainer:
             log.close()
         wall = time.perf_counter() - start
         distributed.broadcast_buffers(module)
+        if self.sharded or acc.is_main_process:
+            student_state, methods_state = sharding.full_state(module.student), sharding.full_state(module.methods)
         if acc.is_main_process:
-            save_weights(self.run_dir / "student.safetensors", module.student.state_dict())
-            if module.methods.state_dict():  # heads, projectors and state an inference wrapper may need
-                save_weights(self.run_dir / "methods.safetensors", module.methods.state_dict())
+            save_weights(self.run_dir / "student.safetensors", student_state)
+            if methods_state:  # heads, projectors and state an inference wrapper may need
+                save_weights(self.run_dir / "methods.safetensors", methods_state)
         final = self.evaluate() if self.eval_data is not None else {}
         summary = {"final": final, "best": state["best"], "steps": state["global_step"],
                    "epochs_done": state["epoch"], "wall_time_s": wall, "history": history}
@@ -446,8 +504,9 @@ class Trainer:
             was_training = student.training
             student.eval()
             try:
-                for batch in self._eval_batches(pick(split)):
-                    yield batch, run_with_taps(student, self.task, batch, taps)
+                with self._whole():
+                    for batch in self._eval_batches(pick(split)):
+                        yield batch, run_with_taps(student, self.task, batch, taps)
             finally:
                 student.train(was_training)
 
@@ -471,9 +530,13 @@ class Trainer:
                 raise ValueError(f"{type(method).__name__} needs a pass of the teacher, but none is configured")
             taps = method.teacher_taps()
 
-            def outputs(taps: list[str] = taps):
+            def outputs(taps: list[str] = taps, name: str = type(method).__name__):
+                batches = track(self._eval_batches(self.train_data), f"teacher pass ({name})",
+                                total=self.task.num_examples(self.train_data), size=len,
+                                enabled=self.cfg.progress and self.accelerator.is_main_process,
+                                every=self.cfg.progress_every)
                 with torch.no_grad():
-                    for batch in self._eval_batches(self.train_data):
+                    for batch in batches:
                         yield batch, module.teacher(batch, self.task, taps)
 
             method.teacher_pass(outputs())
@@ -489,13 +552,52 @@ class Trainer:
         if better:
             state["best"] = value
             state["bad_evals"] = 0
+            if self.sharded or self.accelerator.is_main_process:
+                best = sharding.full_state(module.student)
             if self.accelerator.is_main_process:
-                save_weights(self.run_dir / "best" / "student.safetensors", module.student.state_dict())
+                save_weights(self.run_dir / "best" / "student.safetensors", best)
         else:
             state["bad_evals"] += 1
             patience = self.cfg.early_stopping_patience
             if patience is not None and state["bad_evals"] >= patience:
                 state["stopped"] = True
+
+
+#: what ``accelerate launch --mixed_precision`` and ``accelerate config`` put in the environment
+LAUNCHER_PRECISION = "ACCELERATE_MIXED_PRECISION"
+
+
+def launcher_precision(configured: str, cpu: bool) -> tuple[str, str | None]:
+    """The autocast precision of the run and a note to print when the launcher decided it.
+
+    ``accelerate launch --mixed_precision X`` sets ``ACCELERATE_MIXED_PRECISION``; an explicit ``Accelerator``
+    argument would silently override it. Here the launcher's request is followed when ``train.mixed_precision`` is
+    left at ``no`` (with a note), the config's value is kept when the launcher says ``no`` (its default), and two
+    different precisions are refused with a ``ValueError`` naming both."""
+    asked = os.environ.get(LAUNCHER_PRECISION, "").strip().lower()
+    if not asked or asked == configured:
+        return configured, None
+    if asked not in ("no", "bf16", "fp16"):
+        raise ValueError(f"{LAUNCHER_PRECISION}={asked} (from accelerate launch --mixed_precision): this trainer "
+                         "autocasts to no, bf16 or fp16 (train.mixed_precision)")
+    if asked == "no":
+        return configured, None
+    if configured != "no":
+        raise ValueError(f"train.mixed_precision is {configured} but the launcher asks for {asked} "
+                         f"(accelerate launch --mixed_precision {asked}, {LAUNCHER_PRECISION}); make them agree")
+    if asked == "fp16" and cpu:
+        raise ValueError(f"train.mixed_precision: the launcher asks for fp16 ({LAUNCHER_PRECISION}), which needs a "
+                         "GPU; launch with --mixed_precision bf16 or no on CPUs")
+    return asked, (f"note: train.mixed_precision follows the launcher: {asked} ({LAUNCHER_PRECISION}; the config "
+                   "says no)")
+
+
+def refuse_sharding(cpu: bool) -> None:
+    """Accelerate 1.16 turns ``ACCELERATE_USE_FSDP`` into FSDP only on accelerators: on CPUs it silently runs plain
+    data parallelism instead. Refuse that, so a run asked to shard is never quietly replicated."""
+    if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        raise ValueError("FSDP (accelerate launch --use_fsdp, ACCELERATE_USE_FSDP) shards over GPUs only: Accelerate "
+                         "runs CPU processes as plain data parallelism; drop --use_fsdp on CPUs (see docs/scale.md)")
 
 
 def _train_config_defaults() -> dict[str, str]:
@@ -522,9 +624,9 @@ def _check_terms(sums: dict[str, float], where: str) -> None:
 def _state_tensors(module: DistillModule):
     for prefix, part in (("student", module.student), ("methods", module.methods)):
         for name, t in part.named_parameters():
-            yield f"{prefix}.{name}", t
+            yield f"{prefix}.{name}", sharding.local(t)
         for name, t in part.named_buffers():
-            yield f"{prefix}.{name}", t
+            yield f"{prefix}.{name}", sharding.local(t)
 
 
 @torch.no_grad()
@@ -592,32 +694,3 @@ class _nullcontext:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-class _Progress:
-    """A rich progress bar with ETA, or nothing when disabled."""
-
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.bar = None
-        if enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
-            self.bar.start()
-            self.task_id = self.bar.add_task("training", total=total, completed=done)
-
-    def advance(self, description: str) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task_id, advance=1, description=description)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 
 from distill.core.batch import Batch
-from distill.core.method import Method, register_method
+from distill.core.method import MIXABLE_TASKS, Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.methods.augmentation.mixing import MIX_PROVENANCE, mix_batch, sample_mixing
 
@@ -35,6 +35,8 @@ from distill.methods.augmentation.mixing import MIX_PROVENANCE, mix_batch, sampl
 @register_method("mixup", family="augmentation", **MIX_PROVENANCE)
 class Mixup(Method):
     """MIX-KD's batch mixup, as a transform only (returns no loss terms)."""
+
+    tasks = MIXABLE_TASKS
 
     needs_teacher = False
     needs_labels = True

@@ -44,6 +44,8 @@ def embedding_regression(student: torch.Tensor, teacher: torch.Tensor, reduction
 class LEAF(Method):
     """LEAF: regress the teacher's embedding of each unlabelled text, so the student lives in the teacher's space."""
 
+    tasks = frozenset({"embedding"})
+
     def __init__(self, projection: bool = False, normalize: bool = False,
                  reduction: Literal["sum", "mean"] = "sum"):
         super().__init__()

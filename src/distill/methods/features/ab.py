@@ -25,7 +25,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import IMAGE_TASKS, FeaturePairs, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import conv_regressor
 from distill.methods.features.stages import check_stage_options
@@ -73,6 +73,8 @@ def ab_connector(s_shape: torch.Size, t_shape: torch.Size, style: str = "repdist
 )
 class ActivationBoundaries(FeaturePairs):
     """Activation-boundary transfer: a margin hinge that teaches the student which neurons are on or off."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "ab"
 

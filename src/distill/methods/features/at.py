@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import IMAGE_TASKS, FeaturePairs, register_method
 from distill.core.outputs import StepInputs, require_teacher
 
 
@@ -39,6 +39,8 @@ def attention_map(feature: torch.Tensor, p: float = 2.0, eps: float = 1e-12) -> 
 )
 class AttentionTransfer(FeaturePairs):
     """Attention transfer over feature pairs j with weights w_j."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "at"
 

@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.train.distributed import all_gather_cat, all_reduce_mean
 
@@ -131,6 +131,8 @@ def sample_negatives(anchors: torch.Tensor, num_data: int, k: int, labels: torch
 )
 class CRD(FeaturePair):
     """Contrastive representation distillation with momentum memory banks (RepDistiller's ``CRDLoss``)."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "crd"
 

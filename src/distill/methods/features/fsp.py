@@ -22,7 +22,7 @@ from typing import Literal
 
 import torch
 
-from distill.core.method import TapMethod, register_method
+from distill.core.method import IMAGE_TASKS, TapMethod, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import match_spatial
 from distill.methods.features.stages import check_stage_options
@@ -44,6 +44,8 @@ def fsp_matrix(first: torch.Tensor, second: torch.Tensor, pool: str = "avg") -> 
 )
 class FSP(TapMethod):
     """Flow-of-solution-procedure (FSP) matrices: Gram matrices between pairs of layers, matched to the teacher's."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "fsp"
 

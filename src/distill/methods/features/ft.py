@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import IMAGE_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import match_spatial
 
@@ -87,6 +87,8 @@ def repdistiller_factor(f: torch.Tensor) -> torch.Tensor:
 )
 class FactorTransfer(FeaturePair):
     """Factor transfer: a paraphraser compresses the teacher map into factors, a translator mimics them."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "ft"
 

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX, Batch
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.methods.logits.losses import cross_entropy, kl_batchmean
 
@@ -80,6 +80,8 @@ def nd_loss(e_s: torch.Tensor, e_t: torch.Tensor, centers: torch.Tensor) -> torc
 )
 class NormDirection(FeaturePair):
     """ND loss (the "++" of KD++, DKD++, ...): pull the student embedding toward the teacher's class mean."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "nd"
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import IMAGE_TASKS, FeaturePairs, register_method
 from distill.core.outputs import StepInputs, require_teacher
 from distill.methods.features.adapters import match_spatial
 
@@ -45,6 +45,8 @@ def nst_mmd(fs: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
 )
 class NST(FeaturePairs):
     """Neuron selectivity transfer: MMD between the teacher's and the student's distributions of channel maps."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "nst"
 

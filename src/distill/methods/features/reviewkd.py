@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import IMAGE_TASKS, FeaturePairs, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 
 
@@ -111,6 +111,8 @@ class ABF(nn.Module):
 )
 class ReviewKD(FeaturePairs):
     """Knowledge review: L = w(e) * sum_i HCL(o_i, t_i), with o_i the ABF outputs fused from student levels i..L."""
+
+    tasks = IMAGE_TASKS
 
     method_name = "reviewkd"
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePairs, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.adapters import match_spatial
 
@@ -55,6 +55,8 @@ def _conv1x1(cin: int, cout: int) -> nn.Conv2d:
 )
 class VID(FeaturePairs):
     """Variational information distillation: a Gaussian likelihood of the teacher feature given the student's."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "vid"
 

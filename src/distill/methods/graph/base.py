@@ -31,6 +31,7 @@ def batch_edges(edge_index: torch.Tensor, nodes: torch.Tensor, num_nodes: int) -
 
 
 class GraphKD(Method):
+    tasks = frozenset({"graph_node_classification"})
     needs_teacher = True
     needs_labels = True
     method_name = "graph_kd"

@@ -49,6 +49,8 @@ def binary_log_probs(scores: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 class D2DGN(Method):
     """D2DGN: unlearn part of a graph by distilling a student GNN from two frozen teachers (Sinha et al., 2023)."""
 
+    tasks = frozenset({"graph_node_classification"})
+
     needs_teacher = True
     #: trained inside the edge-unlearning pipeline (its preserver/destroyer teacher is built there), not from a
     #: methods list of a YAML run

@@ -168,6 +168,8 @@ class TokenDivergence(Method):
     ``temperature`` divides both logits (TRL applies no tau^2 factor; DistillKit does: ``t2_scale=True``).
     """
 
+    tasks = frozenset({"causal_lm"})
+
     needs_teacher = True
     accepts_topk_teacher = True
     name = "divergence"

@@ -32,6 +32,8 @@ class OnPolicy(Method):
     sequences when the data comes from :func:`~distill.llm.generation.teacher_sequences`: TRL's
     ``seq_kd``)."""
 
+    tasks = frozenset({"causal_lm"})
+
     needs_teacher = False
 
     def __init__(self, lmbda: float = 0.5, max_new_tokens: int = 128, temperature: float = 0.9, top_k: int = 0,

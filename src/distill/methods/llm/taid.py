@@ -36,6 +36,8 @@ from distill.methods.llm.divergences import cross_entropy_form, reduce_tokens, s
 class TAID(Method):
     """TAID as SakanaAI/TAID's ``src/distil_losses/taid.py`` computes it."""
 
+    tasks = frozenset({"causal_lm"})
+
     needs_teacher = True
     accepts_topk_teacher = True
 

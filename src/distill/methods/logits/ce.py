@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs, require_labels
 from distill.methods.logits.losses import cross_entropy
 
@@ -16,6 +16,8 @@ from distill.methods.logits.losses import cross_entropy
 @register_method("ce", family="supervised", paper="Cross-entropy on ground-truth labels", aliases=("cross_entropy",))
 class CrossEntropy(Method):
     """Cross-entropy with the labels: L = -(1/B) sum_b log softmax(z_s)[b, y_b]."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_teacher = False
     needs_labels = True

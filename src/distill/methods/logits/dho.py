@@ -40,8 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX
-from distill.core.method import EpochContext, Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.core.method import CLASSIFICATION_TASKS, EpochContext, Method, register_method
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, logits_of
 from distill.core.taps import FeatureTaps
 from distill.methods.logits.losses import cross_entropy, kl_batchmean
 
@@ -102,7 +102,7 @@ class DualHeadInference(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with self.taps.capture() as feats:
-            z_ce = self.student(x)
+            z_ce = logits_of(self.student(x))
         z_kd = self.method.kd_logits(feats[self.method.student_feature])
         return combine_heads(z_ce, z_kd, self.method.mix_a, self.method.mix_b)
 
@@ -118,6 +118,8 @@ class DualHeadInference(nn.Module):
 )
 class DHO(Method):
     """Dual-head optimisation: CE on the student's own head, KD on a second head of the method's own."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
 

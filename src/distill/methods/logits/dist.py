@@ -23,7 +23,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs, require_teacher
 
 
@@ -64,6 +64,8 @@ def dist_relations(ys: torch.Tensor, yt: torch.Tensor, eps: float = 1e-8,
 )
 class DIST(Method):
     """DIST: match the teacher's inter- and intra-class relations by Pearson correlation, not exact probabilities."""
+
+    tasks = CLASSIFICATION_TASKS
 
     def __init__(
         self,

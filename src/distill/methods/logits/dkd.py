@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.core.batch import IGNORE_INDEX
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs, require_labels, require_teacher
 from distill.methods.logits.losses import cross_entropy, standardize_logits
 
@@ -84,6 +84,8 @@ def dkd_warmup_factor(epoch: int, warmup: int) -> float:
 )
 class DKD(Method):
     """Decoupled knowledge distillation: KD split into a target-class and a non-target-class term."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
 

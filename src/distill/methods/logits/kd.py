@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs, require_labels, require_teacher
 from distill.core.topk import Missing, TopKLogits, bucket_kl, student_bucket_logprobs
 from distill.methods.logits.losses import cross_entropy, kl_batchmean
@@ -41,6 +41,8 @@ from distill.methods.logits.losses import cross_entropy, kl_batchmean
 )
 class KD(Method):
     """Hinton knowledge distillation with temperature."""
+
+    tasks = CLASSIFICATION_TASKS
 
     accepts_topk_teacher = True
 

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX, Batch
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.taps import FeatureTaps
 from distill.methods.logits.losses import cross_entropy
@@ -115,6 +115,8 @@ class SubclassInference(nn.Module):
 )
 class LELP(FeaturePair):
     """LELP (reconstruction; no official code): distil S pseudo-subclasses per class into a C * S student head."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "lelp"
 

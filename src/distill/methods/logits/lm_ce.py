@@ -19,6 +19,8 @@ class NextTokenCE(Method):
     """L = -(1/N) sum_{valid (b, t)} log q(y_{b, t+1} | y_{b, <=t}): shifted next-token cross-entropy with the
     -100 labels (prompt, padding) skipped."""
 
+    tasks = frozenset({"causal_lm"})
+
     needs_teacher = False
     needs_labels = True
 

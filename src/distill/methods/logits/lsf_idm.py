@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import register_method
+from distill.core.method import CLASSIFICATION_TASKS, register_method
 from distill.methods.logits.kd import KD
 
 
@@ -51,6 +51,8 @@ def fused_target(labels: torch.Tensor, teacher_logits: torch.Tensor, alpha: floa
 class LSFIDM(KD):
     """LSF-IDM semantic-fusion distillation (Li et al., 2023, arXiv 2308.01237): a BERT teacher's output
     distribution and the hard label form the target of a lightweight BiLSTM student."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "lsf_idm"
 

@@ -28,7 +28,7 @@ from typing import Literal
 
 import torch
 
-from distill.core.method import register_method
+from distill.core.method import CLASSIFICATION_TASKS, register_method
 from distill.methods.logits.kd import KD
 from distill.methods.logits.losses import standardize_logits
 
@@ -45,6 +45,8 @@ from distill.methods.logits.losses import standardize_logits
 )
 class LogitStandardizedKD(KD):
     """KD on z-scored logits (LS-KD): the student matches the teacher's logit relations, not their range."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "lskd"
     accepts_topk_teacher = False  # standardising needs every teacher logit

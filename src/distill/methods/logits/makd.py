@@ -42,7 +42,7 @@ from torch import nn
 
 from distill.core.batch import Batch
 from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_labels, require_teacher
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, logits_of, require_labels, require_teacher
 from distill.methods.logits.losses import cross_entropy
 
 ASPECT_FEATURE = "aspect_probs"
@@ -60,7 +60,7 @@ class FirstLogits(nn.Module):
         self.num_classes = num_classes
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        return self.model(*args, **kwargs)[..., : self.num_classes]
+        return logits_of(self.model(*args, **kwargs))[..., : self.num_classes]
 
 
 @register_method(
@@ -75,6 +75,8 @@ class FirstLogits(nn.Module):
 )
 class MultiAspectKD(Method):
     """MaKD: cross-entropy on the class logits plus BCE of the aspect logits towards offline aspect answers."""
+
+    tasks = frozenset({"text_classification"})
 
     needs_labels = True
     #: its teacher is the run's file of aspect answers (``data.aspects``), not a model

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 
 #: teacher tap on the whole model: its output, i.e. each member's logits; EnsembleTeacher averages features
@@ -117,6 +117,8 @@ def discriminator_batch(
 )
 class MealV2(Method):
     """MEAL V2: match the ensemble's mean probabilities with a soft cross-entropy, plus an optional discriminator."""
+
+    tasks = CLASSIFICATION_TASKS
 
     ensemble_reduce = "probs"
 

@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 
 from distill.core.batch import Batch
-from distill.core.method import register_method
+from distill.core.method import MIXABLE_TASKS, register_method
 from distill.core.outputs import ModelOutput, RunInfo
 from distill.methods.augmentation.mixing import MIX_PROVENANCE
 from distill.methods.augmentation.mixup import Mixup
@@ -26,6 +26,8 @@ class MixKD(MixSTD):
     """MIX-KD's recipe: the mixup transform of :class:`Mixup` (default PMU, partmixup 0.9, Beta(1, 1), official
     with-replacement sampling) feeding the same mixed batch to teacher and student, plus the :class:`MixSTD`
     loss (gamma 0.1, alpha 0.9)."""
+
+    tasks = MIXABLE_TASKS
 
     needs_labels = True
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs
 from distill.methods.augmentation.mixing import MIX_PROVENANCE
 from distill.methods.logits.losses import cross_entropy
@@ -48,6 +48,8 @@ def mixstd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targ
 @register_method("mixstd", family="logits", **MIX_PROVENANCE)
 class MixSTD(Method):
     """MIXSTD loss of MIX-KD: KD with a per-sample scale instead of a temperature."""
+
+    tasks = CLASSIFICATION_TASKS
 
     def __init__(self, ce_weight: float = 0.1, kl_weight: float = 0.9):
         super().__init__()

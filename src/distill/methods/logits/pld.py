@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.core.batch import IGNORE_INDEX
-from distill.core.method import Method, register_method
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
 from distill.core.outputs import StepInputs
 
 Weighting = Literal["teacher", "uniform", "onehot", "normalized_teacher"]
@@ -100,6 +100,8 @@ def pld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels:
 )
 class PLD(Method):
     """Plackett-Luce distillation: one weighted list-wise loss that replaces CE + KD."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
 

@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX, Batch
-from distill.core.method import Method, register_method
-from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.core.method import CLASSIFICATION_TASKS, Method, register_method
+from distill.core.outputs import ModelOutput, RunInfo, StepInputs, logits_of
 from distill.train.distributed import all_reduce_mean
 
 OMEGA = ("w1", "b1", "w2", "b2")
@@ -139,7 +139,7 @@ class _TaskCall(nn.Module):
         object.__setattr__(self, "task", task)
 
     def forward(self, batch: Batch) -> torch.Tensor:
-        return self.task.forward(self.student, batch)
+        return logits_of(self.task.forward(self.student, batch))
 
 
 @register_method(
@@ -153,6 +153,8 @@ class _TaskCall(nn.Module):
 )
 class TGeoKD(Method):
     """TGeo-KD (reconstruction; no official code): a learned per-sample fusion ratio alpha_i between KD and CE."""
+
+    tasks = CLASSIFICATION_TASKS
 
     needs_labels = True
     wants_teacher_pass = True

@@ -38,6 +38,8 @@ def margin_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
 class MarginMSE(Method):
     """Margin-MSE: match the student's positive-minus-negative score margins to the teacher's."""
 
+    tasks = frozenset({"ranking"})
+
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         s, t = group_scores(inputs, "margin_mse")
         return {"loss": margin_mse(s, t)}

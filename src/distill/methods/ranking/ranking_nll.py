@@ -32,6 +32,8 @@ class RankingNLL(Method):
     L = -(1/B) sum_b log [exp(scale * s_{b,y_b}) / sum_j exp(scale * s_bj)] over each (1 + n) group, y_b the
     positive's column (0 for :class:`~distill.tasks.text_retrieval.TextRanking`)."""
 
+    tasks = frozenset({"ranking"})
+
     needs_teacher = False
     needs_labels = True
 

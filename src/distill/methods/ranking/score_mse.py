@@ -28,6 +28,8 @@ class ScoreMSE(Method):
     """Pointwise score regression, the baseline Margin-MSE is compared against: L = mean_{b,j} (s_bj - t_bj)^2
     over all (B, 1 + n) scores."""
 
+    tasks = frozenset({"ranking"})
+
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         s, t = group_scores(inputs, "score_mse")
         return {"loss": ((s - t) ** 2).mean()}

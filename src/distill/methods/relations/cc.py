@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.relations.rows import flat_rows
 
@@ -79,6 +79,8 @@ def cc_consecutive(es: torch.Tensor, et: torch.Tensor) -> torch.Tensor:
 )
 class CorrelationCongruence(FeaturePair):
     """Correlation congruence: match the kernel correlations between the batch's embeddings."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "cc"
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import StepInputs
 from distill.methods.relations.rows import flat_rows
 
@@ -49,6 +49,8 @@ def pkt_loss(xs: torch.Tensor, xt: torch.Tensor, eps: float = 1e-7) -> torch.Ten
 )
 class ProbabilisticKT(FeaturePair):
     """Probabilistic knowledge transfer: match the batch's cosine-affinity distributions."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "pkt"
 

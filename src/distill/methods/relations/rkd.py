@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
 from distill.core.outputs import StepInputs
 from distill.methods.relations.rows import flat_rows
 
@@ -63,6 +63,8 @@ def rkd_angles(x: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
 )
 class RelationalKD(FeaturePair):
     """Relational KD: transfer the distances and angles among the batch's embeddings."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "rkd"
 

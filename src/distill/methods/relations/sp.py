@@ -19,7 +19,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from distill.core.method import FeaturePairs, register_method
+from distill.core.method import CLASSIFICATION_TASKS, FeaturePairs, register_method
 from distill.core.outputs import StepInputs, require_teacher
 from distill.methods.relations.rows import flat_rows
 
@@ -47,6 +47,8 @@ def sp_loss(fs: torch.Tensor, ft: torch.Tensor, reduction: str = "batchmean") ->
 )
 class SimilarityPreserving(FeaturePairs):
     """Similarity-preserving KD: the student keeps the teacher's pairwise similarities within a batch."""
+
+    tasks = CLASSIFICATION_TASKS
 
     method_name = "sp"
 

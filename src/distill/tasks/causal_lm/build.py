@@ -7,13 +7,14 @@ from typing import Any
 
 from torch import nn
 
-from distill.config import ConfigError, resolve_path
+from distill.core.errors import ConfigError
 from distill.core.family import Family, Loaded, register_family
 from distill.llm.models import init_from_teacher, small_llama
 from distill.tasks.causal_lm.data import load_lm_data, sequence_kd_data
 from distill.tasks.causal_lm.models import build_lm_model, load_lm_tokenizer
 from distill.tasks.causal_lm.section import LMData, LMStudent
-from distill.tasks.causal_lm.task import CausalLM, check_same_tokenizer
+from distill.tasks.causal_lm.task import CausalLM
+from distill.tasks.causal_lm.vocab_check import check_lm_model
 
 
 @register_family
@@ -22,6 +23,7 @@ class CausalLMFamily(Family):
     summary = "token sequences -> next-token logits (plain text blocks or prompt/response JSONL)"
     data_section = LMData
     student_section = LMStudent
+    lora_students = True
     teacher_mixture = True
 
     def model_archs(self) -> list[str]:
@@ -75,6 +77,7 @@ class CausalLMFamily(Family):
         info: dict[str, Any] = {"tokenizer": tok}
         if cfg.data.sequence_kd is not None:  # the teacher writes the training rows; built once, reused below
             teacher = build_lm_model(cfg.teacher, tok, cfg.seed, cfg.base_dir, "teacher")
+            check_lm_model(teacher, cfg.teacher, tok, cfg.base_dir, cfg.data.tokenizer, "teacher")
             train = sequence_kd_data(cfg, tok, train, teacher)
             info["sequence_kd_teacher"] = teacher
         return Loaded(CausalLM(len(tok)), train, evald, info=info)
@@ -83,14 +86,7 @@ class CausalLMFamily(Family):
         if key == "teacher" and loaded.info.get("sequence_kd_teacher") is not None:
             return loaded.info["sequence_kd_teacher"]
         model = build_lm_model(model_cfg, loaded.info["tokenizer"], cfg.seed, cfg.base_dir, key)
-        if model_cfg.path is not None and key == "student":
-            folder = resolve_path(model_cfg.path, cfg.base_dir)
-            if (folder / "tokenizer.json").exists() or (folder / "tokenizer_config.json").exists():
-                try:
-                    check_same_tokenizer(load_lm_tokenizer(model_cfg.path, cfg.base_dir, f"{key}.path"),
-                                         loaded.info["tokenizer"])
-                except ValueError as e:
-                    raise ConfigError(f"{key}.path: {e}") from None
+        check_lm_model(model, model_cfg, loaded.info["tokenizer"], cfg.base_dir, cfg.data.tokenizer, key)
         return model
 
     def export_formats(self, cfg: Any) -> list[str]:

@@ -43,6 +43,7 @@ def sequence_kd_data(cfg: Any, tok: Any, train: LMData, teacher: Any) -> LMData:
     from distill.config import resolve_path
     from distill.llm.generation import teacher_sequences
     from distill.tasks.causal_lm.task import vocab_fingerprint
+    from distill.train.distributed import run_device
 
     s = cfg.data.sequence_kd
     # the teacher and its vocabulary; teacher_sequences adds the data and the settings to its key
@@ -50,4 +51,5 @@ def sequence_kd_data(cfg: Any, tok: Any, train: LMData, teacher: Any) -> LMData:
     return teacher_sequences(teacher, train, resolve_path(s.path, cfg.base_dir), pad_id=tok.pad_token_id,
                              eos_id=tok.eos_token_id, fingerprint=fingerprint, max_new_tokens=s.max_new_tokens,
                              do_sample=s.do_sample, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                             prefix_tokens=s.prefix_tokens, batch_size=s.batch_size, seed=s.seed)
+                             prefix_tokens=s.prefix_tokens, batch_size=s.batch_size, seed=s.seed,
+                             device=run_device(cfg.train.cpu))

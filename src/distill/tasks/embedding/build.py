@@ -30,11 +30,11 @@ class SentenceFamily(Family):
         return list(STUDENTS)
 
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
-        from distill.tasks.embedding.models import STUDENTS
+        from distill.tasks.embedding.models import STUDENTS, student_arch
 
         if key != "student":
             return None
-        arch = model_cfg.arch or "static"
+        arch = student_arch(model_cfg)
         return (STUDENTS[arch], ("source",)) if arch in STUDENTS else None
 
     def has_teacher(self, cfg: Any) -> bool:
@@ -75,6 +75,23 @@ class EmbeddingFamily(SentenceFamily):
     summary = "unlabelled texts -> sentence embeddings regressed onto a sentence-transformers teacher's"
     data_section = EmbeddingData
     student_defaults = {"projection_dim": 384}
+
+    def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
+        """Embeddings are regressed: the student's width must be the teacher's unless a method projects them."""
+        from distill.text.st_models import embedding_dim
+
+        model = getattr(teacher, "model", None)
+        if model is None:
+            return
+        d_s, d_t = embedding_dim(student), embedding_dim(model)
+        projects = any(m.options().get("projection") for m in cfg.methods)
+        if d_s and d_t and d_s != d_t and not projects:
+            fix = ("set student.options.projection_dim: " + str(d_t) if cfg.student is None or cfg.student.arch
+                   or cfg.student.path is None else "give a teacher of the same width, or a leaf method with "
+                   "projection: true")
+            from distill.config import ConfigError
+
+            raise ConfigError(f"student: its embeddings have {d_s} dimensions, the teacher's {d_t}; {fix}")
 
     def load(self, cfg: Any) -> Loaded:
         train = TextSet(load_texts(cfg, "train"))

@@ -16,20 +16,29 @@ from torch import nn
 from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
 from distill.tasks.common import existing_path, load_model_weights, validate_model_options
-from distill.text.st_models import load_sentence_model, static_student, truncated_student
+from distill.text.st_models import folder_student, load_sentence_model, static_student, truncated_student
 
 STUDENTS = {"static": static_student, "truncated": truncated_student}
 
 
+def student_arch(model_cfg: Any) -> str | None:
+    """The student's arch: ``static`` by default; None for ``path`` alone (the folder's model as it is)."""
+    if model_cfg is None:
+        return "static"
+    if model_cfg.arch is None:
+        return None if model_cfg.path is not None else "static"
+    return model_cfg.arch
+
+
 def build_sentence_student(model_cfg: Any, base_dir: str | None, key: str,
                            defaults: dict[str, Any] | None = None) -> nn.Module:
-    arch = model_cfg.arch if model_cfg is not None else "static"
-    if arch not in STUDENTS:
+    arch = student_arch(model_cfg)
+    if arch is not None and arch not in STUDENTS:
         raise ConfigError(f"{key}.arch: unknown model {arch!r} for a sentence-embedding task; allowed: "
-                          f"{', '.join(STUDENTS)}")
-    builder = STUDENTS[arch]
-    options = {**(defaults or {}), **(model_cfg.options if model_cfg is not None else {})}
-    options = validate_model_options(builder, options, f"{key}.options", arch, ("source",))
+                          f"{', '.join(STUDENTS)} (or give 'path' alone: a sentence-transformers folder)")
+    builder = STUDENTS[arch] if arch is not None else folder_student
+    options = {**(defaults or {}), **(model_cfg.options if model_cfg is not None else {})} if arch else {}
+    options = validate_model_options(builder, options, f"{key}.options", arch or "path", ("source",))
     source = model_cfg.path if model_cfg is not None else None
     if source is not None:
         source = existing_path(source, base_dir, f"{key}.path")
@@ -75,6 +84,12 @@ class SentenceTeacher:
         self.model.to(*args, **kwargs)
         return self
 
+    def set_precision(self, precision: str) -> None:
+        """``teacher.precision``: the weights cast once (its inputs are token ids; embeddings come back float32)."""
+        from distill.core.teachers import PRECISIONS
+
+        self.model.to(PRECISIONS[precision])
+
     def __call__(self, batch: Any, task: Any, taps: Any = ()) -> Any:
         import torch
 
@@ -85,4 +100,4 @@ class SentenceTeacher:
         self.model.eval()
         with torch.no_grad():
             out = task.teacher_forward(self.model, batch)
-        return ModelOutput(out.to(next(self.model.parameters()).device))
+        return ModelOutput(out.to(next(self.model.parameters()).device).float())

@@ -48,8 +48,12 @@ class EvalTargets:
         from distill.core.outputs import ModelOutput
 
         if self.table is None:
+            from distill.train.progress import track
+
             rows = []
-            for lo in range(0, len(self.data), self.batch_size):
+            starts = range(0, len(self.data), self.batch_size)
+            for lo in track(starts, "teacher embeddings (eval)", len(self.data),
+                            size=lambda lo: min(self.batch_size, len(self.data) - lo)):
                 idx = torch.arange(lo, min(lo + self.batch_size, len(self.data)))
                 model = getattr(self.teacher, "model", None)
                 device = next(model.parameters()).device if model is not None else torch.device("cpu")

@@ -32,6 +32,11 @@ class GraphFamily(Family):
 
         return list(GRAPH_MODELS)
 
+    def model_table(self) -> dict[str, Any]:
+        from distill.models.gnn import GRAPH_MODELS
+
+        return GRAPH_MODELS
+
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         from distill.models.gnn import GRAPH_MODELS
         from distill.tasks.graph.models import SUPPLIED

@@ -17,12 +17,18 @@ class ImageFamily(Family):
     name = "image_classification"
     summary = "images -> class logits (CIFAR folders, tar archives, npz, CIFAR python batches)"
     data_section = ImageData
+    arch_prefixes = ("timm:",)
     teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.models import MODELS
 
         return list(MODELS)
+
+    def model_table(self) -> dict[str, Any]:
+        from distill.models import MODELS
+
+        return MODELS
 
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         from distill.models import MODELS
@@ -49,7 +55,7 @@ class ImageFamily(Family):
         return Loaded(build_image_task(cfg.data), train, evald, val, num_outputs=train.num_classes)
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
-        return build_image_model(model_cfg, loaded.num_outputs, cfg.base_dir, key)
+        return build_image_model(model_cfg, loaded.num_outputs, cfg.base_dir, key, loaded)
 
     def export_formats(self, cfg: Any) -> list[str]:
         return ["safetensors", "onnx"]

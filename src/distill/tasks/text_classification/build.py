@@ -18,16 +18,28 @@ class TextClassificationFamily(Family):
     name = "text_classification"
     summary = "sentences -> class logits (SST lines, TSV, CSV; a local Hugging Face tokenizer)"
     data_section = TextClassificationData
+    lora_students = True
+    lora_modules_to_save = ("classifier",)  # the new class head of the built-in sentence classifiers
 
     def model_archs(self) -> list[str]:
         from distill.models import TEXT_MODELS
 
         return list(TEXT_MODELS)
 
+    def model_table(self) -> dict[str, Any]:
+        from distill.models import TEXT_MODELS
+
+        return TEXT_MODELS
+
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.config import ConfigError
         from distill.models import TEXT_MODELS
         from distill.tasks.text_classification.models import SUPPLIED, text_builder
 
+        if isinstance(model_cfg.options, dict) and "model_dir" in model_cfg.options:
+            raise ConfigError(f"{key}.options.model_dir: replaced by {key}.path (a local folder: alone, a Hugging "
+                              "Face classifier loaded with its trained head; with arch minilm, a new head on its "
+                              "encoder; see docs/models.md)")
         return (text_builder(model_cfg.arch), SUPPLIED) if model_cfg.arch in TEXT_MODELS else None
 
     def has_teacher(self, cfg: Any) -> bool:
@@ -40,6 +52,11 @@ class TextClassificationFamily(Family):
             _check_aspects(cfg)
         if cfg.teacher is not None and cfg.teacher.ensemble:
             raise ValueError("teacher.ensemble: not supported for text_classification yet; give one teacher")
+        t = cfg.teacher
+        if t is not None and t.arch is not None and t.path is not None and not t.weights:
+            raise ValueError(f"teacher.weights: required: arch {t.arch} puts a new, untrained head on the encoder of "
+                             "teacher.path; give 'path' alone to load the folder's own trained classifier, or "
+                             "weights (the trained teacher's file)")
         teaches = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
         source_labels = cfg.data.augment_labels == "source"
         if cfg.data.augment is not None and not teaches and not source_labels:
@@ -61,7 +78,9 @@ class TextClassificationFamily(Family):
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         outputs = loaded.num_outputs if key == "student" else loaded.info["num_classes"]
-        return build_text_model(model_cfg, outputs, loaded.info["vocab_size"], cfg.base_dir, key)
+        classes = list(loaded.train.classes) if loaded.train is not None else None
+        return build_text_model(model_cfg, outputs, loaded.info["vocab_size"], cfg.base_dir, key,
+                                loaded.info.get("tokenizer"), classes)
 
     def export_formats(self, cfg: Any) -> list[str]:
         return ["safetensors", "onnx"]

@@ -30,6 +30,11 @@ class VectorFamily(Family):
 
         return list(VECTOR_MODELS)
 
+    def model_table(self) -> dict[str, Any]:
+        from distill.tasks.vectors.models import VECTOR_MODELS
+
+        return VECTOR_MODELS
+
     def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
         from distill.tasks.vectors.models import SUPPLIED, VECTOR_MODELS
 
