@@ -562,3 +562,15 @@ def test_cache_build_command_builds_a_mixtures_member_caches(tmp_path, capsys):
     assert main(["cache", "verify", str(tmp_path / "run.yaml")]) == 0
     exp = build_experiment(parse_config(image_raw(tmp_path, mixture), base_dir=tmp_path))
     assert isinstance(exp.teacher.members[0], TeacherCache) and isinstance(exp.teacher.members[1], FrozenTeacher)
+
+
+def test_teacher_precision_casts_every_member_and_keeps_the_router_float32(tmp_path):
+    from distill.experiment import build_experiment
+
+    write_images(tmp_path)
+    mixture = {"route": "learned", "members": MEMBERS}
+    exp = build_experiment(parse_config(image_raw(tmp_path, mixture, precision="bf16"), base_dir=tmp_path))
+    assert all(next(m.model.parameters()).dtype == torch.bfloat16 for m in exp.teacher.members)
+    assert all(p.dtype == torch.float32 for p in exp.teacher.router.parameters())
+    batch = exp.task.prepare(exp.task.fetch(exp.train_data, torch.arange(4)), train=False, generator=None)
+    assert exp.teacher(batch, exp.task).logits.dtype == torch.float32
