@@ -338,11 +338,10 @@ class MixtureTeacher:
                 if name not in feats:
                     feats[name] = f.new_zeros((n, *f.shape[1:]), dtype=torch.float32)
                 feats[name] = _put(feats[name], rows_dev, f.float(), f"feature {name!r}")
-        kinds = {self.members[j].__class__.__name__ for j in route.unique().tolist()}
-        dense_rows = logits is not None
-        if dense_rows and top_idx is not None:
-            raise ValueError(f"teacher.mixture: members ({', '.join(sorted(kinds))}) give dense logits for some "
-                             "examples and only top-k log-probabilities for others; give every member the same kind")
+        if logits is not None and top_idx is not None:
+            kinds = sorted({type(self.members[j]).__name__ for j in route.unique().tolist()})
+            raise ValueError(f"teacher.mixture: members ({', '.join(kinds)}) give dense logits for some examples and "
+                             "only top-k log-probabilities for others; give every member the same kind")
         topk = TopKLogits(top_idx, top_lp, num_classes) if top_idx is not None else None
         return ModelOutput(logits, feats, topk)  # type: ignore[arg-type]
 
