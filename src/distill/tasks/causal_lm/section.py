@@ -32,7 +32,9 @@ class LMData(Strict):
     (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
     ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
     agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
-    training rows instead (:class:`SequenceKD`)."""
+    training rows instead (:class:`SequenceKD`). ``chunk_tokens``: compute the losses and metrics from the models'
+    final hidden states and output heads, this many token rows at a time, never holding a (batch, tokens,
+    vocabulary) tensor (exact; see docs/llm.md); unset: full logits."""
 
     tokenizer: str
     text: str | None = None
@@ -46,6 +48,7 @@ class LMData(Strict):
     eval_blocks: int | None = Field(None, gt=0)
     agreement: Flag = True
     sequence_kd: SequenceKD | None = None
+    chunk_tokens: int | None = Field(None, ge=1, le=1_000_000)
 
 
 class LMStudent(ModelConfig):
