@@ -28,8 +28,10 @@ class SequenceKD(Strict):
 
 class LMData(Strict):
     """``tokenizer``: a GGUF file or a Hugging Face model folder. The corpus: a plain-text file ``text`` (chunked
-    into ``block_size`` blocks, the last ``val_fraction`` held out) or prompt/response JSONL files
-    (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
+    into ``block_size`` blocks, the last ``val_fraction`` held out) or JSONL files (``train_jsonl``, optionally
+    ``eval_jsonl``; sequences up to ``max_length`` tokens): prompt/response rows (loss on the response) or chat rows
+    ``{"messages": [{"role", "content"}, ...]}`` rendered through the tokenizer's chat template (loss on the
+    assistant's turns). Training batches are padded to their own longest row.
     ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
     agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
     training rows instead (:class:`SequenceKD`). ``chunk_tokens``: compute the losses and metrics from the models'
