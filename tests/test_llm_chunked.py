@@ -214,3 +214,51 @@ def test_chunked_reduction_none_and_dense_only_methods_are_refused():
                            FrozenTeacher(tiny_lm(seed=15)), task)
     with pytest.raises(ValueError, match=r"methods \['kd'\] need full logits"):
         module.run_student(batch)
+
+
+def test_a_teacher_under_inference_mode_serves_its_hidden_states():
+    student, teacher = tiny_lm(seed=16), tiny_lm(seed=17)
+    batch = padded_batch()
+    losses = []
+    for inference_mode in (False, True):
+        module = DistillModule(student, Composite({"rkl": METHODS.get("rkl")()}, {"rkl": 1.0}),
+                               FrozenTeacher(teacher), CausalLM(VOCAB, chunk_tokens=6))
+        module.teacher_inference_mode = inference_mode
+        module.setup(batch)
+        loss, _, _ = module(batch)
+        loss.backward()
+        losses.append(float(loss))
+    assert losses[0] > 0 and losses[1] == pytest.approx(losses[0], rel=1e-6)
+
+
+def test_a_top_k_cache_built_through_the_chunked_task_equals_the_dense_one_and_serves_trimmed_batches(tmp_path):
+    from distill.cache import CacheSettings, TeacherCache, build_teacher_cache
+
+    teacher = tiny_lm(seed=18).eval()
+    rows = padded_batch(lengths=(10, 6, 8, 3), prompts=(1, 1, 0, 0))
+    data = LMData(rows.inputs["input_ids"], rows.inputs["attention_mask"], rows.labels, rows.inputs["prompt_lengths"])
+    stored = {}
+    for chunk in (None, 3):
+        task = CausalLM(VOCAB, chunk_tokens=chunk)
+        build_teacher_cache(tmp_path / str(chunk), teacher, task, data, CacheSettings(topk=5), batch_size=3)
+        cache = TeacherCache(tmp_path / str(chunk))
+        batch = task.prepare(task.fetch(data, torch.tensor([1, 3])), train=True, generator=None)
+        assert batch.inputs["input_ids"].shape[1] == 6  # cut to the longest of the two rows; the guard accepts it
+        stored[chunk] = cache(batch, task).topk
+    assert stored[None].indices.shape == (2, 10, 5)
+    assert torch.equal(stored[3].indices, stored[None].indices)
+    assert torch.allclose(stored[3].logprobs, stored[None].logprobs, atol=1e-5)
+
+
+def test_chunk_tokens_with_a_dense_only_method_is_refused_when_the_config_is_read():
+    from distill.config import ConfigError, parse_config
+
+    raw = {"task": "causal_lm", "output_dir": "run", "data": {"tokenizer": "tok", "text": "input.txt",
+                                                             "chunk_tokens": 256},
+           "student": {"arch": "llama"}, "teacher": {"path": "teacher"},
+           "methods": [{"name": "fkl"}, {"name": "kd"}], "train": {"epochs": 1}}
+    with pytest.raises(ConfigError, match=r"^data\.chunk_tokens: methods \['kd'\] need full logits") as e:
+        parse_config(raw)
+    assert "\n" not in str(e.value)
+    raw["methods"] = [{"name": "fkl"}, {"name": "lm_ce"}, {"name": "on_policy"}]
+    assert parse_config(raw).data.chunk_tokens == 256

@@ -7,6 +7,7 @@ the student and the teacher, the taps collect what the methods need, the methods
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -68,11 +69,12 @@ class DistillModule(nn.Module):
             with torch.inference_mode():
                 out = self.teacher(batch, self.task, self._teacher_tap_names)
             # inference tensors cannot be saved for backward; clones made outside inference mode are normal tensors
+            hidden = None if out.hidden is None else replace(out.hidden, hidden=out.hidden.hidden.clone())
             out = ModelOutput(None if out.logits is None else out.logits.clone(),
                               {k: v.clone() for k, v in out.features.items()},
                               None if out.topk is None else TopKLogits(out.topk.indices.clone(),
                                                                        out.topk.logprobs.clone(),
-                                                                       out.topk.num_classes))
+                                                                       out.topk.num_classes), hidden)
         if out.is_sparse:
             dense_only = [n for n, m in self.methods.methods.items()
                           if m.needs_teacher and not getattr(m, "accepts_topk_teacher", False)]

@@ -341,8 +341,9 @@ class CausalLM:
     def guard_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
         """What a teacher cache compares (its input guard): the tokens of each row with padding zeroed, so a
         training batch cut to its longest row matches the rows stored at the dataset's width."""
-        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
-        return {"input_ids": ids * (mask != 0), "attention_mask": mask}
+        guarded = dict(batch.inputs)
+        guarded["input_ids"] = guarded["input_ids"] * (guarded["attention_mask"] != 0)
+        return guarded
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor | HiddenStates:
         if self.chunk_tokens is not None:
