@@ -136,7 +136,7 @@ def test_accumulated_micro_batches_equal_one_big_batch(tmp_path, chunk):
     """Micro-batches of very different token counts (padding, prompts): with grad_accum 2 x batch 2 the step equals
     batch 4 (token mean over the step's tokens, not the mean of the micro-batch means)."""
     n, width = 4, 14
-    lengths, prompts = torch.tensor([14, 3, 12, 4]), torch.tensor([0, 1, 2, 2])
+    lengths, prompts = torch.tensor([14, 3, 4, 13]), torch.tensor([0, 1, 2, 0])  # micro-batches: 4 and 25 tokens
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(3, VOCAB, (n, width), generator=g)
     pos = torch.arange(width)
