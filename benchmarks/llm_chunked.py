@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from portable import write_json  # noqa: E402
+from portable import portable, write_json  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -160,8 +160,8 @@ def main() -> None:
              "command": " ".join(["python", "benchmarks/llm_chunked.py", *sys.argv[1:]])}
     result = {"setup": setup, "arms": arms}
     write_json(out / "llm_chunked.json", result)
-    (out / "llm_chunked.md").write_text(markdown(result))
-    print(markdown(result))
+    (out / "llm_chunked.md").write_text(markdown(portable(result)))
+    print(markdown(portable(result)))
     print(f"written to {out}")
 
 
