@@ -378,6 +378,9 @@ def test_causal_lm_mixture_rules(tmp_path):
     text = {**raw, "data": {"tokenizer": "tok", "text": "input.txt"}}
     with pytest.raises(ConfigError, match=r"^teacher.mixture.column: 'task' is a field of the data.train_jsonl rows"):
         parse_config(text)
+    chunked = {**raw, "data": {**raw["data"], "chunk_tokens": 64}}
+    with pytest.raises(ConfigError, match=r"^data.chunk_tokens: a mixture combines its members' logits"):
+        parse_config(chunked)
     init = {**raw, "student": {**raw["student"], "init_from_teacher": True}}
     with pytest.raises(ConfigError, match=r"^student.init_from_teacher: copies one teacher's layers"):
         parse_config(init)

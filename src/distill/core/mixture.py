@@ -322,6 +322,8 @@ class MixtureTeacher:
                 continue
             rows_dev = rows.to(route.device)
             sub = member(batch.select(rows_dev), task, taps)
+            if getattr(sub, "hidden", None) is not None:
+                raise ValueError("teacher.mixture: a member gave hidden states (chunked losses), not logits")
             if sub.logits is not None:
                 if logits is None:
                     logits = sub.logits.new_zeros((n, *sub.logits.shape[1:]), dtype=torch.float32)

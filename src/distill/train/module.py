@@ -7,6 +7,7 @@ the student and the teacher, the taps collect what the methods need, the methods
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -42,7 +43,21 @@ class DistillModule(nn.Module):
     def run_student(self, batch: Batch) -> ModelOutput:
         with self._student_taps.capture() as feats:
             logits = logits_of(self.task.forward(self.student, batch))
-        return ModelOutput(logits, dict(feats))
+        out = ModelOutput.of(logits, dict(feats))
+        if out.hidden is not None:
+            self._check_hidden()
+        return out
+
+    def _check_hidden(self) -> None:
+        dense_only = [n for n, m in self.methods.methods.items() if not getattr(m, "accepts_hidden_states", False)]
+        if dense_only:
+            raise ValueError(f"the task gives hidden states and the output head (chunked losses), but methods "
+                             f"{dense_only} need full logits: drop data.chunk_tokens or those methods")
+
+    def transform(self, batch: Batch, generator: torch.Generator | None) -> Batch:
+        """The training batch the methods make of ``batch`` (e.g. mixup, on-policy samples) before both models
+        see it; the trainer calls it before counting the step's loss-bearing tokens."""
+        return batch if generator is None else self.methods.transform_batch(batch, generator)
 
     def inference_model(self) -> nn.Module:
         """What evaluation and export use: the student, or a method's wrapper around it."""
@@ -61,11 +76,12 @@ class DistillModule(nn.Module):
             with torch.inference_mode():
                 out = self.teacher(batch, self.task, self._teacher_tap_names)
             # inference tensors cannot be saved for backward; clones made outside inference mode are normal tensors
+            hidden = None if out.hidden is None else replace(out.hidden, hidden=out.hidden.hidden.clone())
             out = ModelOutput(None if out.logits is None else out.logits.clone(),
                               {k: v.clone() for k, v in out.features.items()},
                               None if out.topk is None else TopKLogits(out.topk.indices.clone(),
                                                                        out.topk.logprobs.clone(),
-                                                                       out.topk.num_classes))
+                                                                       out.topk.num_classes), hidden)
         if out.is_sparse:
             dense_only = [n for n, m in self.methods.methods.items()
                           if m.needs_teacher and not getattr(m, "accepts_topk_teacher", False)]
@@ -88,19 +104,20 @@ class DistillModule(nn.Module):
 
     def forward(
         self, batch: Batch, progress: float = 0.0, epoch: int = 0, step: int = 0, stage: str = "main",
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, num_tokens: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor], ModelOutput]:
+        """``generator``: transform the batch first (:meth:`transform`); ``num_tokens``: see
+        :attr:`StepInputs.num_tokens`."""
         if not self._ready:
             raise RuntimeError("DistillModule.setup(batch) must be called once before training")
-        if generator is not None:
-            batch = self.methods.transform_batch(batch, generator)
+        batch = self.transform(batch, generator)
         if getattr(self.teacher, "reads_student", False):
             student = self.run_student(batch)
             teacher = self.run_teacher(batch, student)
         else:
             teacher = self.run_teacher(batch)
             student = self.run_student(batch)
-        inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices)
+        inputs = StepInputs(student, teacher, batch.labels, progress, epoch, step, batch.indices, num_tokens)
         terms = self.methods(inputs, stage=stage)
         take = getattr(self.teacher, "take_terms", None)  # the teacher source's own terms (a router's balance)
         if callable(take) and teacher is not None:

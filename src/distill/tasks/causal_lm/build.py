@@ -42,6 +42,13 @@ class CausalLMFamily(Family):
             raise ValueError("data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
         if cfg.teacher is not None and cfg.teacher.ensemble:
             raise ValueError("teacher.ensemble: not supported for causal_lm yet; give one teacher")
+        if d.chunk_tokens is not None:
+            from distill.methods import METHODS
+
+            dense = [m.name for m in cfg.methods if not getattr(METHODS.get(m.name), "accepts_hidden_states", False)]
+            if dense:
+                raise ValueError(f"data.chunk_tokens: methods {dense} need full logits; chunked losses are "
+                                 "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
         if cfg.student.init_from_teacher and cfg.teacher is None:
             raise ValueError("student.init_from_teacher: needs a teacher")
         mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
@@ -50,6 +57,9 @@ class CausalLMFamily(Family):
                 raise ValueError("student.init_from_teacher: copies one teacher's layers; teacher.mixture has several")
             if d.sequence_kd is not None:
                 raise ValueError("data.sequence_kd: generates with one teacher; teacher.mixture has several")
+            if d.chunk_tokens is not None:
+                raise ValueError("data.chunk_tokens: a mixture combines its members' logits, and chunked losses "
+                                 "never form them; drop chunk_tokens with teacher.mixture")
             if mix.route == "column" and not d.train_jsonl:
                 raise ValueError(f"teacher.mixture.column: {mix.column!r} is a field of the data.train_jsonl rows; "
                                  "data.text has no rows (give train_jsonl, or route: learned)")
@@ -80,7 +90,7 @@ class CausalLMFamily(Family):
             check_lm_model(teacher, cfg.teacher, tok, cfg.base_dir, cfg.data.tokenizer, "teacher")
             train = sequence_kd_data(cfg, tok, train, teacher)
             info["sequence_kd_teacher"] = teacher
-        return Loaded(CausalLM(len(tok)), train, evald, info=info)
+        return Loaded(CausalLM(len(tok), chunk_tokens=cfg.data.chunk_tokens), train, evald, info=info)
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         if key == "teacher" and loaded.info.get("sequence_kd_teacher") is not None:
