@@ -58,6 +58,8 @@ def methods_for(run: str) -> Composite:
     if run == "stateful":  # a memory bank (CRD) and an init stage whose step leaves the student unused (FT)
         return Composite({"ce": CrossEntropy(), "crd": CRD(feat_dim=16, num_negatives=8),
                           "ft": FactorTransfer("f2", "f2", init_epochs=1)}, {"crd": 0.8, "ft": 10.0})
+    if run.startswith("mix_"):  # a mixture of two teachers (teacher_for), routed per example
+        return Composite({"ce": CrossEntropy(), "kd": KD(temperature=4.0)}, {"ce": 0.5, "kd": 0.5})
     if run == "tgeo":  # fusion-ratio MLP kept in buffers, updated by a look-ahead step
         return Composite({"tgeo": TGeoKD(hidden=8)})
     raise ValueError(f"unknown run {run!r}")
@@ -124,11 +126,20 @@ def main(out: Path, runs: list[str]) -> None:
             torch.manual_seed(0)
             student = PlainCNN(8)
             teacher = FrozenTeacher(PlainCNN(16))
+            data = train
+            if run.startswith("mix_"):  # "mix_column": routed by a column (label parity); "mix_learned": a router
+                from distill.core.mixture import MixtureTeacher
+                from distill.tasks.image.data import RoutedImages
+
+                route = "column" if run == "mix_column" else "learned"
+                teacher = MixtureTeacher([PlainCNN(16), PlainCNN(12)], ["even", "odd"], route, num_outputs=10,
+                                         hidden=8)
+                data = RoutedImages(train.images, train.labels, train.classes, train.source, train.labels % 2)
             module = DistillModule(student, methods_for(run), teacher, task)
             cfg = TrainConfig(epochs=2, batch_size=8, grad_accum=2 if run == "kd_accum" else 1, lr=0.05,
                               progress=False, log_every=1, seed=0, deterministic=True, **extra)
             rank = distributed.rank()
-            trainer = trainer_class(module, train, test, cfg, out / run / "run",
+            trainer = trainer_class(module, data, test, cfg, out / run / "run",
                                     val_data=test if run == "tgeo" else None)
             summary = trainer.fit(resume=i > 0)
         state = sharding.full_state(module)  # whole tensors (gathered from every rank under FSDP)

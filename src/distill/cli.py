@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _fail(message: str) -> int:
@@ -207,15 +208,23 @@ def cmd_cache(args: argparse.Namespace) -> int:
             return 0
         cfg = load_config(target, args.set)
         cache_cfg = getattr(cfg.teacher, "cache", None) if cfg.teacher is not None else None
-        if cache_cfg is None:
+        mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        members = [m for m in mixture.members if m.cache is not None] if mixture is not None else []
+        if cache_cfg is None and not members:
             return _fail("teacher.cache: required key is missing (where to build the cache and what to store)")
         from dataclasses import replace
 
+        def settle(c: Any) -> Any:
+            if args.action == "build":
+                return replace(c, build="always" if args.force else "if_missing")
+            return replace(c, build="never", verify=True)
+
         if args.action == "build":
-            cfg.teacher.cache = replace(cache_cfg, build="always" if args.force else "if_missing")
             cfg.train.progress = True  # asked for a long step: show it even where training runs quietly
-        else:
-            cfg.teacher.cache = replace(cache_cfg, build="never", verify=True)
+        if cache_cfg is not None:
+            cfg.teacher.cache = settle(cache_cfg)
+        for m in members:  # a mixture's member caches (teacher.mixture.members[i].cache)
+            m.cache = settle(m.cache)
         from distill.experiment import build_parts, student_builder
 
         # data, task and teacher, no trainer; the student is built (not trained) so that the random numbers a
@@ -229,6 +238,11 @@ def cmd_cache(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError (a refused file)
         return _error(e)
     checked = "checksums and fingerprint" if args.action == "verify" else "built"
+    if cache_cfg is None:  # member caches only: one line of facts per cached member
+        cached = [{"member": i, "name": mixture.members[i].name, **_brief(t.info())}
+                  for i, t in enumerate(parts.teacher.members) if mixture.members[i].cache is not None]
+        print(json.dumps({"ok": True, "checked": checked, "members": cached}))
+        return 0
     print(json.dumps({"ok": True, "checked": checked, **_brief(parts.teacher.info())}))
     return 0
 

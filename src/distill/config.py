@@ -91,17 +91,59 @@ class ModelConfig(Strict):
     lora: LoraSettings | None = None
 
 
+class MixtureMember(ModelConfig):
+    """One teacher of a mixture: a model (the keys of :class:`ModelConfig`), its ``name`` (what a route column may
+    hold besides its index) and optionally its own ``cache`` (its outputs on the whole training set, served from
+    disk instead of running it)."""
+
+    name: str | None = Field(None, min_length=1, max_length=200)
+    cache: CacheSettings | None = None
+
+
+class RouterConfig(Strict):
+    """The learned router of ``route: learned`` / ``aggregate``: it reads the members' outputs (``input:
+    teachers``) or the student's (``input: student``), through ``hidden`` units; ``balance`` weighs MST-Distill's
+    load-balance term (added to the loss as ``teacher.balance``)."""
+
+    input: Literal["teachers", "student"] = "teachers"
+    hidden: int = Field(64, gt=0, le=65536)
+    balance: float = Field(0.0, ge=0)
+
+
+class MixtureConfig(Strict):
+    """Several teachers, one per example (docs/teachers.md): ``route: column`` takes each example's member from the
+    data's field ``column`` (a member name or index); ``learned`` picks the top-1 member with a trained router
+    (MST-Distill); ``aggregate`` blends the members with trained per-example softmax weights (Meta-DMoE), combined
+    by ``reduce``."""
+
+    members: list[MixtureMember] = Field(min_length=2, max_length=64)
+    route: Literal["column", "learned", "aggregate"] = "column"
+    column: str | None = Field(None, min_length=1, max_length=200)
+    router: RouterConfig | None = None
+    reduce: Literal["logits", "probs"] = "logits"
+
+    def names(self) -> list[str | None]:
+        return [m.name for m in self.members]
+
+    def router_settings(self) -> RouterConfig:
+        return self.router if self.router is not None else RouterConfig()
+
+
 class TeacherConfig(ModelConfig):
     """The teacher: one model (the keys of :class:`ModelConfig`), an ``ensemble`` of them combined by ``reduce``,
-    and optionally ``cache``: its outputs computed once and served from disk (docs/cache.md)."""
+    or a ``mixture`` of them chosen per example (docs/teachers.md); optionally ``cache``: its outputs computed once
+    and served from disk (docs/cache.md)."""
 
     ensemble: list[ModelConfig] | None = None
     reduce: Literal["logits", "probs"] = "logits"
+    mixture: MixtureConfig | None = None
     cache: CacheSettings | None = None
     #: the frozen live teacher's weights cast once to this dtype (its outputs come back as float32)
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
 
     def members(self) -> list[ModelConfig]:
+        if self.mixture is not None:
+            return list(self.mixture.members)
         if self.ensemble:
             return list(self.ensemble)
         if self.arch is None and self.path is None:
@@ -392,6 +434,8 @@ def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> Exp
     needs = [m.name for m in cfg.methods if METHODS.get(m.name).needs_teacher]
     if needs and not family.has_teacher(cfg):
         raise ConfigError(f"teacher: required key is missing (methods {needs} need a teacher)")
+    if cfg.teacher is not None and getattr(cfg.teacher, "mixture", None) is not None:
+        _check_mixture(cfg, family)
     if cfg.teacher is not None and cfg.teacher.cache is not None:
         _check_cache(cfg)
     if cfg.teacher is not None and getattr(cfg.teacher, "ensemble", None):
@@ -430,7 +474,9 @@ def model_sections(cfg: ExperimentConfig) -> list[tuple[str, Any]]:
     """``(key, section)`` of every model of the file: the student, the teacher or each ensemble member."""
     models = [("student", cfg.student)] if cfg.student is not None else []
     if cfg.teacher is not None:
-        if getattr(cfg.teacher, "ensemble", None):
+        if getattr(cfg.teacher, "mixture", None) is not None:
+            models += [(f"teacher.mixture.members[{i}]", m) for i, m in enumerate(cfg.teacher.mixture.members)]
+        elif getattr(cfg.teacher, "ensemble", None):
             models += [(f"teacher.ensemble[{i}]", m) for i, m in enumerate(cfg.teacher.ensemble)]
         else:
             models.append(("teacher", cfg.teacher))
@@ -499,21 +545,78 @@ def _check_ensemble_reduce(cfg: ExperimentConfig) -> None:
                               f"reduce: {want} (the default, {cfg.teacher.reduce}, averages logits)")
 
 
-def _check_cache(cfg: ExperimentConfig) -> None:
+def _check_cache(cfg: ExperimentConfig, cache: Any = None, key: str = "teacher.cache") -> None:
     from distill.methods import METHODS
 
-    cache = cfg.teacher.cache
+    cache = cfg.teacher.cache if cache is None else cache
     if cache.path is None:
-        raise ConfigError("teacher.cache.path: required key is missing (the folder the cache is written to)")
+        raise ConfigError(f"{key}.path: required key is missing (the folder the cache is written to)")
     if cache.views > 1 and not cfg.family.augments(cfg):
-        raise ConfigError(f"teacher.cache.views: {cache.views} stored views need random augmentation, but "
+        raise ConfigError(f"{key}.views: {cache.views} stored views need random augmentation, but "
                           "the run does not augment (data.augment)")
     if cache.topk is not None:
         classes = {m.name: METHODS.get(m.name) for m in cfg.methods}
         dense = [n for n, c in classes.items() if c.needs_teacher and not getattr(c, "accepts_topk_teacher", False)]
         if dense:
-            raise ConfigError(f"teacher.cache.topk: methods {dense} need the teacher's dense logits; drop topk "
+            raise ConfigError(f"{key}.topk: methods {dense} need the teacher's dense logits; drop topk "
                               "(a full-logits cache) or use methods that accept a top-k teacher (kd)")
+
+
+def _check_mixture(cfg: ExperimentConfig, family: Any) -> None:
+    """``teacher.mixture`` beside the rest of the file: alone in its section, a family that routes, a column for
+    column routing and nowhere else, unique member names, caches where they can serve."""
+    t, mix = cfg.teacher, cfg.teacher.mixture
+    if not getattr(family, "teacher_mixture", False):
+        raise ConfigError(f"teacher.mixture: not supported for task {cfg.task} yet (image_classification, "
+                          "vector_classification, causal_lm)")
+    if t.ensemble:
+        raise ConfigError("teacher.mixture: give a mixture or an ensemble, not both")
+    for k in ("arch", "path", "weights", "num_classes"):
+        if getattr(t, k) is not None:
+            raise ConfigError(f"teacher.{k}: a mixture's models are its members (teacher.mixture.members[i].{k})")
+    if t.options:
+        raise ConfigError("teacher.options: a mixture's models are its members (teacher.mixture.members[i].options)")
+    if "reduce" in t.model_fields_set:
+        raise ConfigError("teacher.reduce: combines an ensemble; a mixture's is teacher.mixture.reduce")
+    seen: dict[str, int] = {}
+    for i, m in enumerate(mix.members):
+        if m.name is None:
+            continue
+        if m.name.strip().lstrip("-").isdigit():
+            raise ConfigError(f"teacher.mixture.members[{i}].name: {m.name!r} is a number; numbers route by "
+                              "position, give a word")
+        if m.name in seen:
+            raise ConfigError(f"teacher.mixture.members[{i}].name: {m.name!r} is also members[{seen[m.name]}]'s "
+                              "name; give each member its own")
+        seen[m.name] = i
+    if mix.route == "column":
+        if mix.column is None:
+            raise ConfigError("teacher.mixture.column: required with route: column (the data field that names each "
+                              "example's member)")
+        if mix.router is not None:
+            raise ConfigError("teacher.mixture.router: only read with route: learned or aggregate")
+        if "reduce" in mix.model_fields_set:
+            raise ConfigError("teacher.mixture.reduce: only read with route: aggregate")
+    else:
+        if mix.column is not None:
+            raise ConfigError(f"teacher.mixture.column: only read with route: column (route: {mix.route} learns "
+                              "its choice)")
+        if mix.route == "learned" and "reduce" in mix.model_fields_set:
+            raise ConfigError("teacher.mixture.reduce: only read with route: aggregate")
+        if t.cache is not None:
+            raise ConfigError(f"teacher.cache: the output of route: {mix.route} changes as its router learns; "
+                              "cache the members instead (teacher.mixture.members[i].cache)")
+    member_caches = [i for i, m in enumerate(mix.members) if m.cache is not None]
+    if t.cache is not None and member_caches:
+        raise ConfigError(f"teacher.mixture.members[{member_caches[0]}].cache: teacher.cache already stores the "
+                          "routed outputs; give one or the other")
+    for i in member_caches:
+        _check_cache(cfg, mix.members[i].cache, f"teacher.mixture.members[{i}].cache")
+    topk = [m.cache is not None and m.cache.topk is not None for m in mix.members]
+    if any(topk) and not all(topk):
+        i = topk.index(True)
+        raise ConfigError(f"teacher.mixture.members[{i}].cache.topk: every member then gives top-k log-probabilities "
+                          "(a mixture serves one kind of output); give each member a top-k cache, or none")
 
 
 def set_override(raw: dict[str, Any], assignment: str) -> None:

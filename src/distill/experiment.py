@@ -40,21 +40,23 @@ def build_methods(cfgs: list[MethodConfig]) -> Composite:
     return Composite(methods, weights)
 
 
-def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any, train: Any) -> TeacherSource:
-    """``teacher.cache``: open (building it first if missing, rank 0 only under DDP) the cache of ``teacher`` on
-    ``train``; a cache of augmented views also becomes the task's augmentation-parameter source."""
+def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any, train: Any, settings: Any = None,
+                       key: str = "teacher.cache") -> TeacherSource:
+    """``teacher.cache`` (or the cache ``settings`` at config key ``key``, e.g. a mixture member's): open (building
+    it first if missing, rank 0 only under DDP) the cache of ``teacher`` on ``train``; a cache of augmented views
+    also becomes the task's augmentation-parameter source."""
     from distill.cache import ensure_teacher_cache
     from distill.train.distributed import run_device
 
-    c = cfg.teacher.cache
+    c = cfg.teacher.cache if settings is None else settings
     device = run_device(cfg.train.cpu)  # under a launcher this also starts the process group: rank 0 alone builds
     path = Path(c.path).expanduser()
     if not path.is_absolute() and cfg.base_dir is not None:  # next to the config file, unless only the working
         beside = Path(cfg.base_dir) / path                      # directory holds a cache of that name
         path = beside if beside.exists() or not path.exists() else path
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"teacher.cache.path: {path} is a file, not a cache folder")
-    with config_key("teacher.cache.path"):
+        raise ConfigError(f"{key}.path: {path} is a file, not a cache folder")
+    with config_key(f"{key}.path"):
         cache = ensure_teacher_cache(path, teacher, task, train, c, build=c.build, verify=c.verify,
                                      batch_size=c.batch_size, device=device)
     if cache.augmented:
@@ -107,6 +109,12 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
             except ValueError as e:
                 raise ConfigError(f"teacher.precision: {e}") from None
         teacher = live
+        mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        if live is not None and mixture is not None and any(m.cache is not None for m in mixture.members):
+            teacher = live.with_members([  # each member with a cache of its own is served from it
+                open_teacher_cache(cfg, member, loaded.task, loaded.train, m.cache,
+                                   f"teacher.mixture.members[{i}].cache") if m.cache is not None else member
+                for i, (m, member) in enumerate(zip(mixture.members, live.members, strict=True))])
         if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
             teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
     return Parts(family, loaded, teacher, live, built)

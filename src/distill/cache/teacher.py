@@ -80,6 +80,11 @@ def teacher_fingerprint(teacher: Any) -> str:
         h.update(f"ensemble:{teacher.reduce}".encode())
         for m in teacher.members:
             _state_hash(h, m.model)
+    elif callable(getattr(teacher, "fingerprint_parts", None)):  # a mixture: how it combines, then each member
+        label, members = teacher.fingerprint_parts()
+        h.update(label.encode())
+        for m in members:
+            h.update(teacher_fingerprint(m).encode())
     elif isinstance(getattr(teacher, "model", None), nn.Module):  # other live sources of one frozen model
         _state_hash(h, teacher.model)
     else:
@@ -217,13 +222,18 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                 batch = task.prepare(raw.to(device), train=replay is not None, generator=None)
                 out = source(batch, task, taps)
                 values: dict[str, torch.Tensor] = {}
-                logits = out.logits.float()
-                if settings.topk is None:
-                    values["logits"] = logits
-                else:
-                    top = TopKLogits.from_logits(logits, settings.topk)
+                if out.hidden is not None and settings.topk is not None:  # hidden states and head: top-k by chunks
+                    top = out.hidden.topk(settings.topk)
                     values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
-                num_classes = int(logits.shape[-1])
+                    num_classes = top.num_classes
+                else:
+                    logits = (out.logits if out.hidden is None else out.hidden.dense()).float()
+                    if settings.topk is None:
+                        values["logits"] = logits
+                    else:
+                        top = TopKLogits.from_logits(logits, settings.topk)
+                        values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
+                    num_classes = int(logits.shape[-1])
                 for name in taps:
                     values[FEATURE_PREFIX + name] = out.feature(name).float()
                 stats = _input_stats(guarded_inputs(task, batch), len(idx))

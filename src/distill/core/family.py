@@ -62,6 +62,9 @@ class Family:
     #: in full beside the adapters unless ``student.lora.modules_to_save`` says otherwise (a new head)
     lora_students: ClassVar[bool] = False
     lora_modules_to_save: ClassVar[tuple[str, ...]] = ()
+    #: whether ``teacher.mixture`` works here (batches select per example; for ``route: column`` the family's
+    #: loader puts the column in ``batch.meta["route"]``)
+    teacher_mixture: ClassVar[bool] = False
 
     # -- config -------------------------------------------------------------------------------------------------
     def check(self, cfg: Any) -> None:
@@ -113,6 +116,8 @@ class Family:
 
         if cfg.teacher is None:
             return None
+        if getattr(cfg.teacher, "mixture", None) is not None:
+            return self.build_mixture(cfg, loaded)
         members = cfg.teacher.members()
         keys = ([f"teacher.ensemble[{i}]" for i in range(len(members))] if cfg.teacher.ensemble
                 else ["teacher"])
@@ -120,6 +125,19 @@ class Family:
         if len(models) == 1 and not cfg.teacher.ensemble:
             return FrozenTeacher(models[0])
         return EnsembleTeacher(models, reduce=cfg.teacher.reduce)
+
+    def build_mixture(self, cfg: Any, loaded: Loaded) -> Any:
+        """``teacher.mixture``: its members built like teachers (keys ``teacher.mixture.members[i]``), combined by
+        :class:`distill.core.mixture.MixtureTeacher` (a learned router reads outputs of the task's width)."""
+        from distill.core.mixture import MixtureTeacher
+
+        mix = cfg.teacher.mixture
+        models = [self.build_model(m, loaded, cfg, f"teacher.mixture.members[{i}]")
+                  for i, m in enumerate(mix.members)]
+        router = mix.router_settings()
+        width = loaded.num_outputs or getattr(loaded.task, "vocab_size", None)
+        return MixtureTeacher(models, mix.names(), mix.route, router_input=router.input, num_outputs=width,
+                              hidden=router.hidden, balance=router.balance, reduce=mix.reduce)
 
     def train_config(self, cfg: Any, loaded: Loaded) -> Any:
         """The trainer's settings: the ``train:`` section with the top-level seed and determinism."""

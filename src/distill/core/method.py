@@ -42,6 +42,9 @@ class Method(nn.Module):
     #: True when the method also works with a sparse teacher (``ModelOutput.topk`` set, ``logits`` None), as
     #: served by a top-k teacher cache; other methods are refused such a teacher with a clear error
     accepts_topk_teacher: ClassVar[bool] = False
+    #: True when the method reads a language model's final hidden states and head instead of its logits
+    #: (``ModelOutput.hidden``, produced by ``data.chunk_tokens`` of ``task: causal_lm``), or no model output at all
+    accepts_hidden_states: ClassVar[bool] = False
     #: how a teacher ensemble must combine its members for this method (``"probs"``: the mean of their
     #: probabilities), or None when either is fine; configs that leave ``teacher.reduce`` unset are refused
     ensemble_reduce: ClassVar[str | None] = None

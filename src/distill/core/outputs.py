@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from distill.core.hidden import HiddenStates
 from distill.core.topk import TopKLogits
 
 
@@ -30,11 +31,14 @@ class ModelOutput:
     ``features`` maps a tap name (a dotted module path, optionally suffixed ``:input``) to the captured tensor.
     ``topk`` is set instead of (or beside) ``logits`` by teacher sources that keep only the k most likely classes
     (a top-k cache); ``logits`` is then None, and only methods with ``accepts_topk_teacher`` may read it.
+    ``hidden`` is set instead of ``logits`` by a task that returns a language model's final hidden states and head
+    (``data.chunk_tokens`` of ``task: causal_lm``); only methods with ``accepts_hidden_states`` may read it.
     """
 
     logits: torch.Tensor
     features: dict[str, torch.Tensor] = field(default_factory=dict)
     topk: TopKLogits | None = None
+    hidden: HiddenStates | None = None
 
     @property
     def is_sparse(self) -> bool:
@@ -53,7 +57,16 @@ class ModelOutput:
     def detach(self) -> ModelOutput:
         logits = None if self.logits is None else self.logits.detach()
         topk = None if self.topk is None else self.topk.detach()
-        return ModelOutput(logits, {k: v.detach() for k, v in self.features.items()}, topk)  # type: ignore[arg-type]
+        hidden = None if self.hidden is None else self.hidden.detach()
+        return ModelOutput(logits, {k: v.detach() for k, v in self.features.items()}, topk,  # type: ignore[arg-type]
+                           hidden)
+
+    @classmethod
+    def of(cls, out: torch.Tensor | HiddenStates, features: dict[str, torch.Tensor] | None = None) -> ModelOutput:
+        """What a task's ``forward`` returned (logits, or :class:`HiddenStates`) as an output."""
+        if isinstance(out, HiddenStates):
+            return cls(None, dict(features or {}), hidden=out)  # type: ignore[arg-type]
+        return cls(out, dict(features or {}))
 
 
 @dataclass
@@ -71,6 +84,11 @@ class StepInputs:
     epoch: int = 0
     step: int = 0
     indices: torch.Tensor | None = None
+    #: the mean number of loss-bearing tokens per micro-batch of this optimiser step, over all its micro-batches
+    #: and processes (set by the trainer when the task counts them: ``task.loss_tokens(batch)``). Token-mean
+    #: losses divide their sum by it, so accumulated or sharded micro-batches give one big batch's gradient;
+    #: None: each batch's own count
+    num_tokens: float | None = None
 
 
 @dataclass

@@ -32,11 +32,11 @@ class TeacherSource(Protocol):
 def run_with_taps(model: nn.Module, task: RunsModels, batch: Batch, taps: Sequence[str]) -> ModelOutput:
     """Run ``model`` on ``batch`` through the task, capturing the named features."""
     if not taps:
-        return ModelOutput(logits_of(task.forward(model, batch)))
+        return ModelOutput.of(logits_of(task.forward(model, batch)))
     tapper = FeatureTaps(model, taps)
     with tapper.capture() as feats:
         logits = logits_of(task.forward(model, batch))
-    return ModelOutput(logits, dict(feats))
+    return ModelOutput.of(logits, dict(feats))
 
 
 def freeze(model: nn.Module) -> nn.Module:

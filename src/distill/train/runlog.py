@@ -148,9 +148,10 @@ def evaluate_teacher(teacher: Any, task: Any, data: Any, batch_size: int = 256,
         metrics = evaluate_model(teacher.model, task, data, batch_size, device)
         teacher.model.to("cpu")
         return metrics
-    models = [m.model for m in getattr(teacher, "members", [])] or [getattr(teacher, "model", None)]
-    if any(not isinstance(m, torch.nn.Module) for m in models):
-        return None
+    models = [m.model for m in getattr(teacher, "members", []) if hasattr(m, "model")] or [getattr(teacher, "model",
+                                                                                                 None)]
+    if any(not isinstance(m, torch.nn.Module) for m in models) or not getattr(teacher, "evaluable", True):
+        return None  # (a mixture routed by a data column, or reading the student: not on eval inputs alone)
     teacher.to(device)
     metrics = task.new_metrics()
     with torch.no_grad():

@@ -415,14 +415,17 @@ class Trainer:
                     for group in optimizer.param_groups:
                         group["lr"] = group["initial_lr"] * factor
                     micro = self._micro_batches(epoch, state["step_in_epoch"], fetched)
+                    with acc.autocast():  # the methods' own batches (mixup, on-policy samples) before counting
+                        micro = [module.transform(batch, batch_gen) for batch, batch_gen in micro]
+                    num_tokens = self._tokens_per_micro_batch(micro)
                     sums: dict[str, float] = {}
-                    for i, (batch, batch_gen) in enumerate(micro):
+                    for i, batch in enumerate(micro):
                         sync = i == len(micro) - 1
                         ctx = acc.no_sync(wrapped) if not sync else _nullcontext()
                         with ctx, acc.autocast():
                             loss, terms, _ = wrapped(batch, progress=max(step, 0) / self.total_steps,
                                                      epoch=epoch - init_epochs if stage == "main" else epoch,
-                                                     step=step, stage=stage, generator=batch_gen)
+                                                     step=step, stage=stage, num_tokens=num_tokens)
                             acc.backward(loss / len(micro))
                         for k, v in terms.items():
                             sums[k] = sums.get(k, 0.0) + float(v.detach()) / len(micro)
@@ -492,6 +495,19 @@ class Trainer:
         if acc.is_main_process:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+    def _tokens_per_micro_batch(self, micro: list[Batch]) -> float | None:
+        """The mean number of loss-bearing tokens per micro-batch of one optimiser step, over its micro-batches and
+        every process (``task.loss_tokens``; None for tasks that do not count tokens). Token-mean losses divide
+        their sums by it: the trainer divides each micro-batch's loss by their number and DDP averages over the
+        processes, so the step's gradient is that of the sum over all tokens divided by their total count."""
+        count = getattr(self.task, "loss_tokens", None)
+        if count is None or not micro:
+            return None
+        total = torch.tensor([float(sum(int(count(b)) for b in micro))], dtype=torch.float64, device=self.device)
+        if self.world > 1:
+            distributed.all_reduce_mean(total)
+        return float(total) / len(micro)
 
     @staticmethod
     def _where(state: dict[str, Any], epoch: int, init_epochs: int) -> str:

@@ -38,6 +38,7 @@ from distill.core.batch import IGNORE_INDEX
 from distill.core.method import Method
 from distill.core.outputs import ModelOutput, StepInputs, require_teacher
 from distill.core.topk import Missing, TopKLogits, student_bucket_logprobs
+from distill.methods.llm.chunked import chunked_token_sum, normaliser, teacher_rows
 
 Reduction = Literal["token_mean", "sum", "batch_mean", "none"]
 
@@ -69,10 +70,14 @@ def token_mask(labels: torch.Tensor | None, batch: int, length: int, device: tor
     return labels[:, 1:] != IGNORE_INDEX
 
 
-def reduce_tokens(d: torch.Tensor, mask: torch.Tensor, reduction: str) -> torch.Tensor:
-    """Reduce a per-token map d (B, T') over the valid tokens ``mask``."""
+def reduce_tokens(d: torch.Tensor, mask: torch.Tensor, reduction: str,
+                  num_tokens: float | None = None) -> torch.Tensor:
+    """Reduce a per-token map d (B, T') over the valid tokens ``mask``. ``num_tokens``: what ``token_mean``
+    divides by instead of this batch's count (:attr:`distill.core.outputs.StepInputs.num_tokens`)."""
     d = torch.where(mask, d, torch.zeros_like(d))
     if reduction == "token_mean":
+        if num_tokens is not None:
+            return d.sum() / max(float(num_tokens), 1.0)
         return d.sum() / mask.sum().clamp_min(1)
     if reduction == "sum":
         return d.sum()
@@ -172,6 +177,7 @@ class TokenDivergence(Method):
 
     needs_teacher = True
     accepts_topk_teacher = True
+    accepts_hidden_states = True
     name = "divergence"
 
     #: the divergences that stay finite when the teacher's tail bucket is empty (``missing: zero``)
@@ -195,24 +201,29 @@ class TokenDivergence(Method):
     def divergence(self, q_logp: torch.Tensor, p_logp: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def log_probs(self, student: ModelOutput, teacher: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
-        """Shifted student and teacher log-probabilities at the temperature: over the vocabulary, or over the
-        k + 1 buckets of a top-k teacher."""
-        zs = shift_logits(student.logits).float()
-        if teacher.is_sparse:
-            topk = shift_topk(teacher.topk)
-            p_logp = topk.bucket_logprobs(self.temperature, self.missing).detach()
-            if topk.k < topk.num_classes and self.missing != "zero":
+    def pair_log_probs(self, zs: torch.Tensor, teacher: torch.Tensor | TopKLogits) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student and teacher log-probabilities at the temperature, from student logits ``zs`` (..., V) and the
+        teacher's logits (..., V) or top-k (..., k) at the same positions: over the vocabulary, or over the k + 1
+        buckets of a top-k teacher."""
+        zs = zs.float()
+        if isinstance(teacher, TopKLogits):
+            p_logp = teacher.bucket_logprobs(self.temperature, self.missing).detach()
+            if teacher.k < teacher.num_classes and self.missing != "zero":
                 # a stored top-k whose probabilities round to a sum of 1 leaves an empty tail bucket although
                 # tokens remain; give it at least 1e-8 (DistillKit's clamp) so the student's tail is still scored
                 tail = p_logp[..., -1:].clamp_min(math.log(TAIL_FLOOR))
                 p_logp = torch.log_softmax(torch.cat([p_logp[..., :-1], tail], dim=-1), dim=-1)
-            return student_bucket_logprobs(zs, topk, self.temperature), p_logp
-        zt = shift_logits(teacher.logits).detach().float()
+            return student_bucket_logprobs(zs, teacher, self.temperature), p_logp
+        zt = teacher.detach().float()
         if zs.shape != zt.shape:
             raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ: align "
                              "the vocabularies (distill.tasks.causal_lm.align_vocab) first")
         return F.log_softmax(zs / self.temperature, -1), F.log_softmax(zt / self.temperature, -1)
+
+    def log_probs(self, student: ModelOutput, teacher: ModelOutput) -> tuple[torch.Tensor, torch.Tensor]:
+        """Shifted student and teacher log-probabilities at the temperature (dense logits)."""
+        zs = shift_logits(student.logits)
+        return self.pair_log_probs(zs, shifted_teacher(teacher, zs.shape[1] + 1))
 
     def token_divergence(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor]:
         teacher = require_teacher(inputs, self.name)
@@ -222,11 +233,37 @@ class TokenDivergence(Method):
         return self.divergence(q_logp, p_logp), mask
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
-        d, mask = self.token_divergence(inputs)
-        loss = reduce_tokens(d, mask, self.reduction)
+        if inputs.student.hidden is not None:
+            loss = self.chunked_loss(inputs)
+        else:
+            d, mask = self.token_divergence(inputs)
+            loss = reduce_tokens(d, mask, self.reduction, inputs.num_tokens)
         if self.t2_scale:
             loss = loss * self.temperature**2
         return {"loss": loss}
+
+    def chunked_loss(self, inputs: StepInputs) -> torch.Tensor:
+        """The reduced loss from the student's hidden states and head, chunk by chunk (:mod:`.chunked`)."""
+        teacher = require_teacher(inputs, self.name)
+        student = inputs.student.hidden
+        b, t, _ = student.shape
+        mask = token_mask(inputs.labels, b, t, student.hidden.device)
+        scale = normaliser(mask, self.reduction, inputs.num_tokens)
+        rows = teacher_rows(teacher, t, mask)
+        total = chunked_token_sum(student, mask, lambda z, part: self.divergence(*self.pair_log_probs(z, rows(part))))
+        return total / scale
+
+
+def shifted_teacher(teacher: ModelOutput, length: int) -> torch.Tensor | TopKLogits:
+    """The teacher's logits (B, length - 1, V) or top-k at the shifted positions of a student sequence of
+    ``length`` tokens (a teacher stored at the dataset's width is cut to the batch's)."""
+    n = length - 1
+    if teacher.is_sparse:
+        top = teacher.topk
+        return TopKLogits(top.indices[:, :n], top.logprobs[:, :n], top.num_classes)
+    if teacher.hidden is not None:
+        return teacher.hidden.dense()[:, :n].detach()
+    return teacher.logits[:, :n].detach()
 
 
 SURVEY = dict(family="llm", paper="A Survey on Knowledge Distillation of Large Language Models", year=2024,

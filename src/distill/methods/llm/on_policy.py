@@ -35,6 +35,7 @@ class OnPolicy(Method):
     tasks = frozenset({"causal_lm"})
 
     needs_teacher = False
+    accepts_hidden_states = True  # reads no model output
 
     def __init__(self, lmbda: float = 0.5, max_new_tokens: int = 128, temperature: float = 0.9, top_k: int = 0,
                  top_p: float = 1.0, prefix_tokens: int = 32, pad_id: int | None = None, eos_id: int | None = None):

@@ -27,7 +27,15 @@ import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs, require_teacher
-from distill.methods.llm.divergences import cross_entropy_form, reduce_tokens, shift_logits, shift_topk, token_mask
+from distill.core.topk import TopKLogits
+from distill.methods.llm.chunked import chunked_token_sum, normaliser, teacher_rows
+from distill.methods.llm.divergences import (
+    cross_entropy_form,
+    reduce_tokens,
+    shift_logits,
+    shifted_teacher,
+    token_mask,
+)
 
 
 @register_method("taid", family="llm", paper="TAID: Temporally Adaptive Interpolated Distillation for Efficient "
@@ -40,6 +48,7 @@ class TAID(Method):
 
     needs_teacher = True
     accepts_topk_teacher = True
+    accepts_hidden_states = True
 
     def __init__(self, t_start: float = 0.4, t_end: float = 1.0, alpha: float = 5e-4, beta: float = 0.99,
                  disable_adaptive: bool = False):
@@ -80,19 +89,29 @@ class TAID(Method):
         self.t.fill_(min(self.t_end, max(t_lin, t + step)))
         self.prev.fill_(loss)
 
+    def row_loss(self, zs: torch.Tensor, teacher: torch.Tensor | TopKLogits, t: float) -> torch.Tensor:
+        """Per-token -sum_v p_t,v log q_v from student logits ``zs`` (..., V) and the teacher's logits or top-k at
+        the same positions (a top-k teacher densified: its tail spread evenly)."""
+        zs = zs.float()
+        zt = teacher.dense_logprobs() if isinstance(teacher, TopKLogits) else teacher.detach().float()
+        target = self.interpolated_target(zs, zt.detach(), t)
+        return cross_entropy_form(target, F.log_softmax(zs, dim=-1))
+
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         teacher = require_teacher(inputs, "taid")
-        zs = shift_logits(inputs.student.logits).float()
-        if teacher.is_sparse:
-            zt = shift_topk(teacher.topk).dense_logprobs()
-        else:
-            zt = shift_logits(teacher.logits).detach().float()
         t = float(self.t)
-        target = self.interpolated_target(zs, zt.detach(), t)
-        q_logp = F.log_softmax(zs, dim=-1)
-        d = cross_entropy_form(target, q_logp)
-        b, n = inputs.student.logits.shape[:2]
-        loss = reduce_tokens(d, token_mask(inputs.labels, b, n, zs.device), "token_mean")
+        if inputs.student.hidden is not None:
+            student = inputs.student.hidden
+            b, n, _ = student.shape
+            mask = token_mask(inputs.labels, b, n, student.hidden.device)
+            rows = teacher_rows(teacher, n, mask)
+            total = chunked_token_sum(student, mask, lambda z, part: self.row_loss(z, rows(part), t))
+            loss = total / normaliser(mask, "token_mean", inputs.num_tokens)
+        else:
+            zs = shift_logits(inputs.student.logits)
+            d = self.row_loss(zs, shifted_teacher(teacher, zs.shape[1] + 1), t)
+            b, n = inputs.student.logits.shape[:2]
+            loss = reduce_tokens(d, token_mask(inputs.labels, b, n, zs.device), "token_mean", inputs.num_tokens)
         if self.training:
             self.update(float(loss.detach()), inputs.progress)
         return {"loss": loss}

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from distill.core.batch import IGNORE_INDEX
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs
+from distill.methods.llm.chunked import chunked_token_sum, normaliser
 from distill.methods.llm.divergences import shift_logits
 
 
@@ -23,10 +24,21 @@ class NextTokenCE(Method):
 
     needs_teacher = False
     needs_labels = True
+    accepts_hidden_states = True
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
         if inputs.labels is None:
             raise ValueError("method 'lm_ce' needs token labels, but the batch has none")
+        y = inputs.labels[:, 1:]
+        if inputs.student.hidden is not None:
+            mask = y != IGNORE_INDEX
+            targets = y[mask]
+            total = chunked_token_sum(inputs.student.hidden, mask,
+                                      lambda z, part: F.cross_entropy(z, targets[part], reduction="none"))
+            return {"loss": total / normaliser(mask, "token_mean", inputs.num_tokens)}
+        if inputs.num_tokens is not None:
+            total = next_token_ce(inputs.student.logits, inputs.labels, reduction="sum")
+            return {"loss": total / max(float(inputs.num_tokens), 1.0)}
         return {"loss": next_token_ce(inputs.student.logits, inputs.labels)}
 
 

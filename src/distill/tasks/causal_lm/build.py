@@ -7,6 +7,7 @@ from typing import Any
 
 from torch import nn
 
+from distill.core.errors import ConfigError
 from distill.core.family import Family, Loaded, register_family
 from distill.llm.models import init_from_teacher, small_llama
 from distill.tasks.causal_lm.data import load_lm_data, sequence_kd_data
@@ -23,6 +24,7 @@ class CausalLMFamily(Family):
     data_section = LMData
     student_section = LMStudent
     lora_students = True
+    teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.tasks.causal_lm.models import ARCHS
@@ -40,8 +42,27 @@ class CausalLMFamily(Family):
             raise ValueError("data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
         if cfg.teacher is not None and cfg.teacher.ensemble:
             raise ValueError("teacher.ensemble: not supported for causal_lm yet; give one teacher")
+        if d.chunk_tokens is not None:
+            from distill.methods import METHODS
+
+            dense = [m.name for m in cfg.methods if not getattr(METHODS.get(m.name), "accepts_hidden_states", False)]
+            if dense:
+                raise ValueError(f"data.chunk_tokens: methods {dense} need full logits; chunked losses are "
+                                 "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
         if cfg.student.init_from_teacher and cfg.teacher is None:
             raise ValueError("student.init_from_teacher: needs a teacher")
+        mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        if mix is not None:
+            if cfg.student.init_from_teacher:
+                raise ValueError("student.init_from_teacher: copies one teacher's layers; teacher.mixture has several")
+            if d.sequence_kd is not None:
+                raise ValueError("data.sequence_kd: generates with one teacher; teacher.mixture has several")
+            if d.chunk_tokens is not None:
+                raise ValueError("data.chunk_tokens: a mixture combines its members' logits, and chunked losses "
+                                 "never form them; drop chunk_tokens with teacher.mixture")
+            if mix.route == "column" and not d.train_jsonl:
+                raise ValueError(f"teacher.mixture.column: {mix.column!r} is a field of the data.train_jsonl rows; "
+                                 "data.text has no rows (give train_jsonl, or route: learned)")
         if d.sequence_kd is not None:
             if cfg.teacher is None:
                 raise ValueError("data.sequence_kd: the continuations are the teacher's; give a teacher section")
@@ -55,13 +76,21 @@ class CausalLMFamily(Family):
     def load(self, cfg: Any) -> Loaded:
         tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
         train, evald = load_lm_data(cfg, tok)
+        mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        if mix is not None and mix.route == "column":  # each row's member, from its field teacher.mixture.column
+            train.meta["route"] = jsonl_routes(cfg, mix, "data.train_jsonl", cfg.data.train_jsonl)[:len(train)]
+            if evald is not None and cfg.data.eval_jsonl:
+                evald.meta["route"] = jsonl_routes(cfg, mix, "data.eval_jsonl", cfg.data.eval_jsonl,
+                                                   required=False)[:len(evald)]
+                if not len(evald.meta["route"]):
+                    del evald.meta["route"]
         info: dict[str, Any] = {"tokenizer": tok}
         if cfg.data.sequence_kd is not None:  # the teacher writes the training rows; built once, reused below
             teacher = build_lm_model(cfg.teacher, tok, cfg.seed, cfg.base_dir, "teacher")
             check_lm_model(teacher, cfg.teacher, tok, cfg.base_dir, cfg.data.tokenizer, "teacher")
             train = sequence_kd_data(cfg, tok, train, teacher)
             info["sequence_kd_teacher"] = teacher
-        return Loaded(CausalLM(len(tok)), train, evald, info=info)
+        return Loaded(CausalLM(len(tok), chunk_tokens=cfg.data.chunk_tokens), train, evald, info=info)
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         if key == "teacher" and loaded.info.get("sequence_kd_teacher") is not None:
@@ -87,9 +116,10 @@ class CausalLMFamily(Family):
 
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
         teacher = super().build_teacher(cfg, loaded)
-        if teacher is not None and cfg.data.agreement:
-            loaded.task.agreement_teacher = teacher.model
-        loaded.info["teacher_model"] = teacher.model if teacher is not None else None
+        model = getattr(teacher, "model", None)  # None for a mixture: no single teacher to agree with
+        if model is not None and cfg.data.agreement:
+            loaded.task.agreement_teacher = model
+        loaded.info["teacher_model"] = model
         return teacher
 
     def build_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
@@ -100,3 +130,22 @@ class CausalLMFamily(Family):
     def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
         if cfg.student.init_from_teacher:
             init_from_teacher(student, loaded.info["teacher_model"], cfg.student.teacher_layers)
+
+
+def jsonl_routes(cfg: Any, mix: Any, key: str, value: str, required: bool = True) -> Any:
+    """The field ``teacher.mixture.column`` of every row of the JSONL file at ``key`` as member indices (an empty
+    tensor when no row has it and it is not ``required``)."""
+    import torch
+
+    from distill.core.mixture import route_indices
+    from distill.tasks.causal_lm.task import read_jsonl
+    from distill.tasks.common import existing_file
+
+    rows = read_jsonl(existing_file(value, cfg.base_dir, key))
+    missing = [i for i, r in enumerate(rows) if not isinstance(r, dict) or mix.column not in r]
+    if missing and (required or len(missing) < len(rows)):
+        raise ConfigError(f"teacher.mixture.column: {key} row {missing[0] + 1} has no field {mix.column!r} (every "
+                          "row names its teacher)")
+    if missing:
+        return torch.zeros(0, dtype=torch.long)
+    return route_indices([r[mix.column] for r in rows], mix.names(), f"teacher.mixture.column ({key})")

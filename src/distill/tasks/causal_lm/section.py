@@ -30,13 +30,17 @@ class SequenceKD(Strict):
 
 class LMData(Strict):
     """``tokenizer``: a GGUF file or a Hugging Face model folder. The corpus: a plain-text file ``text`` (chunked
-    into ``block_size`` blocks, the last ``val_fraction`` held out) or prompt/response JSONL files
-    (``train_jsonl``, optionally ``eval_jsonl``; sequences up to ``max_length`` tokens, loss on the response).
+    into ``block_size`` blocks, the last ``val_fraction`` held out) or JSONL files (``train_jsonl``, optionally
+    ``eval_jsonl``; sequences up to ``max_length`` tokens): prompt/response rows (loss on the response) or chat rows
+    ``{"messages": [{"role", "content"}, ...]}`` rendered through the tokenizer's chat template (loss on the
+    assistant's turns). Training batches are padded to their own longest row.
     ``train_blocks`` / ``eval_blocks`` keep the first rows only; ``agreement``: also report the student's top-1
     agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
-    training rows instead (:class:`SequenceKD`). ``text_format``: ``text`` (a plain-text file) or a table read with
-    Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) whose ``text_column`` rows,
-    joined by newlines, are the corpus."""
+    training rows instead (:class:`SequenceKD`). ``chunk_tokens``: compute the losses and metrics from the models'
+    final hidden states and output heads, this many token rows at a time, never holding a (batch, tokens,
+    vocabulary) tensor (exact; see docs/llm.md); unset: full logits. ``text_format``: ``text`` (a plain-text file)
+    or a table read with Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) whose
+    ``text_column`` rows, joined by newlines, are the corpus."""
 
     tokenizer: str
     text: str | None = None
@@ -52,6 +56,7 @@ class LMData(Strict):
     eval_blocks: int | None = Field(None, gt=0)
     agreement: Flag = True
     sequence_kd: SequenceKD | None = None
+    chunk_tokens: int | None = Field(None, ge=1, le=1_000_000)
 
 
 class LMStudent(ModelConfig):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import IGNORE_INDEX, Batch
+from distill.core.hidden import HiddenStates
 
 IGNORE = IGNORE_INDEX
 
@@ -55,8 +57,10 @@ class LMData:
         return int(self.input_ids.shape[0])
 
     def subset(self, idx: torch.Tensor | slice) -> LMData:
-        return LMData(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_lengths[idx],
-                      dict(self.meta))
+        n = len(self)  # per-row meta tensors (a mixture's route column) are cut with the rows
+        meta = {k: v[idx] if k == "route" and isinstance(v, torch.Tensor) and v.shape[:1] == (n,) else v
+                for k, v in self.meta.items()}
+        return LMData(self.input_ids[idx], self.attention_mask[idx], self.labels[idx], self.prompt_lengths[idx], meta)
 
     def fingerprint(self) -> str:
         """sha256 of the ids, mask and labels (what a teacher store built on this data must match)."""
@@ -193,6 +197,41 @@ def align_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.cat([logits, pad], dim=-1)
 
 
+def trim_padding(batch: Batch) -> Batch:
+    """The batch cut to its longest row (right padding: the last position any attention mask covers), with its
+    labels and per-token ``meta`` (``teacher_top1``); a function of the rows alone, so a resumed run sees the same
+    batches."""
+    ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+    covered = mask.ne(0).any(0)
+    width = int(covered.nonzero().max()) + 1 if bool(covered.any()) else 1
+    width = max(width, 2)  # a shifted loss needs two positions
+    if width >= ids.shape[1]:
+        return batch
+    inputs = {k: (v[:, :width] if isinstance(v, torch.Tensor) and v.dim() == 2 else v)
+              for k, v in batch.inputs.items()}
+    meta = dict(batch.meta)
+    if isinstance(meta.get("teacher_top1"), torch.Tensor):
+        meta["teacher_top1"] = meta["teacher_top1"][:, :width]
+    labels = batch.labels[:, :width] if batch.labels is not None else None
+    return Batch(inputs, labels, batch.indices, meta)
+
+
+@torch.no_grad()
+def check_head(model: nn.Module, decoder: nn.Module, head: nn.Linear, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    """Refuse a model whose logits are not its head applied to its decoder's output (e.g. a final soft-cap or
+    a logit scale): compared once, in eval mode, on the first row's first tokens."""
+    was_training = model.training
+    model.eval()
+    try:
+        want = model(input_ids=ids, attention_mask=mask).logits.float()
+        got = head(decoder(input_ids=ids, attention_mask=mask).last_hidden_state).float()
+    finally:
+        model.train(was_training)
+    if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-5):
+        raise ValueError(f"chunk_tokens: {type(model).__name__}'s logits are not its output head applied to its "
+                         "decoder's hidden states (a logit scale or soft-cap?); drop data.chunk_tokens for it")
+
+
 # -- task -----------------------------------------------------------------------------------------------------
 class LMMetrics:
     """Perplexity (exp of the mean next-token NLL) and top-1 agreement with the teacher, over valid tokens."""
@@ -206,7 +245,10 @@ class LMMetrics:
         self.agree_tokens = 0
 
     @torch.no_grad()
-    def update(self, outputs: torch.Tensor, batch: Batch) -> None:
+    def update(self, outputs: torch.Tensor | HiddenStates, batch: Batch) -> None:
+        if isinstance(outputs, HiddenStates):
+            self._update_chunked(outputs, batch)
+            return
         z = outputs[:, :-1].float()
         y = batch.labels[:, 1:]
         valid = y != IGNORE
@@ -223,6 +265,29 @@ class LMMetrics:
             self.agree += int((z.argmax(-1) == top1[:, :-1])[valid].sum())
             self.agree_tokens += int(valid.sum())
 
+    def _update_chunked(self, outputs: HiddenStates, batch: Batch) -> None:
+        """The same sums from hidden states and head, a chunk of valid tokens at a time."""
+        y = batch.labels[:, 1:]
+        valid = y != IGNORE
+        if not bool(valid.any()):
+            return
+        rows = outputs.hidden[:, :-1][valid]
+        targets = y[valid]
+        top1 = batch.meta.get("teacher_top1")
+        if top1 is None and self.teacher is not None and self.task is not None:
+            self.teacher.eval()
+            t_out = self.task.forward(self.teacher, batch)
+            top1 = t_out.argmax() if isinstance(t_out, HiddenStates) else t_out.argmax(-1)
+        top1_rows = None if top1 is None else top1[:, :-1][valid]
+        for part, z in outputs.chunks(rows):
+            z = z.float()
+            self.nll += float(torch.nn.functional.cross_entropy(z, targets[part], reduction="sum"))
+            if top1_rows is not None:
+                self.agree += int((z.argmax(-1) == top1_rows[part]).sum())
+        self.tokens += int(valid.sum())
+        if top1_rows is not None:
+            self.agree_tokens += int(valid.sum())
+
     def compute(self) -> dict[str, float]:
         out = {"nll": self.nll / max(self.tokens, 1)}
         out["perplexity"] = math.exp(min(out["nll"], 50.0))
@@ -235,14 +300,26 @@ class LMMetrics:
 class CausalLM:
     """The causal-LM task for Hugging Face models (anything called as ``model(input_ids=, attention_mask=)``
     returning ``.logits`` or a tensor). ``vocab_size``: the tokenizer's real vocabulary (logits are sliced or
-    padded to it); ``agreement_teacher``: a model whose top-1 tokens evaluation compares with."""
+    padded to it); ``agreement_teacher``: a model whose top-1 tokens evaluation compares with.
+
+    ``chunk_tokens``: return the models' final hidden states and output heads (:class:`HiddenStates`) instead of
+    logits, so the losses and metrics compute logits ``chunk_tokens`` token rows at a time (Hugging Face causal LMs
+    only: ``get_decoder()`` and ``get_output_embeddings()``). ``pad_to_batch``: cut every training batch to its
+    longest row (the data is padded to the dataset's longest); evaluation and cache builds keep the stored width.
+    """
 
     primary_metric = "perplexity"
     higher_is_better = False
 
-    def __init__(self, vocab_size: int, agreement_teacher: nn.Module | None = None):
+    def __init__(self, vocab_size: int, agreement_teacher: nn.Module | None = None, chunk_tokens: int | None = None,
+                 pad_to_batch: bool = True):
         self.vocab_size = int(vocab_size)
         self.agreement_teacher = agreement_teacher
+        if chunk_tokens is not None and chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
+        self.chunk_tokens = chunk_tokens
+        self.pad_to_batch = bool(pad_to_batch)
+        self._heads_checked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def num_examples(self, data: LMData) -> int:
         return len(data)
@@ -254,15 +331,44 @@ class CausalLM:
         meta = {}
         if "teacher_top1" in data.meta:
             meta["teacher_top1"] = data.meta["teacher_top1"][idx]
+        if "route" in data.meta:  # each row's mixture member (teacher.mixture, route: column)
+            meta["route"] = data.meta["route"][idx]
         return Batch(inputs, data.labels[idx], indices, meta)
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
-        return batch
+        return trim_padding(batch) if train and self.pad_to_batch else batch
 
-    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+    def loss_tokens(self, batch: Batch) -> int:
+        """The batch's loss-bearing tokens: shifted labels that are not -100 (what token means divide by)."""
+        return 0 if batch.labels is None else int((batch.labels[:, 1:] != IGNORE).sum())
+
+    def guard_inputs(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """What a teacher cache compares (its input guard): the tokens of each row with padding zeroed, so a
+        training batch cut to its longest row matches the rows stored at the dataset's width."""
+        guarded = dict(batch.inputs)
+        guarded["input_ids"] = guarded["input_ids"] * (guarded["attention_mask"] != 0)
+        return guarded
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor | HiddenStates:
+        if self.chunk_tokens is not None:
+            return self.hidden_states(model, batch)
         out = model(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"])
         logits = out.logits if hasattr(out, "logits") else out
         return align_vocab(logits, self.vocab_size)
+
+    def hidden_states(self, model: nn.Module, batch: Batch) -> HiddenStates:
+        """The model's final hidden states and output head (its decoder's output; no logits computed)."""
+        get_decoder = getattr(model, "get_decoder", None)
+        head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+        if not callable(get_decoder) or not isinstance(head, nn.Linear):
+            raise ValueError(f"chunk_tokens needs a Hugging Face causal LM (get_decoder() and a linear "
+                             f"get_output_embeddings()); {type(model).__name__} has not both")
+        ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        if model not in self._heads_checked:
+            check_head(model, get_decoder(), head, ids[:1, :8], mask[:1, :8])
+            self._heads_checked.add(model)
+        hidden = get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        return HiddenStates(hidden, head.weight, head.bias, self.vocab_size, self.chunk_tokens)
 
     def new_metrics(self) -> LMMetrics:
         return LMMetrics(self.agreement_teacher, self)

@@ -19,6 +19,7 @@ class ImageFamily(Family):
                "parquet, JSONL, CSV, Arrow through datasets)")
     data_section = ImageData
     arch_prefixes = ("timm:",)
+    teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.models import MODELS

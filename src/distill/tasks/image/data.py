@@ -5,8 +5,12 @@ from __future__ import annotations
 import pickle
 import tarfile
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
@@ -38,8 +42,61 @@ def read_image_table(d: ImageData, file: Path, split: str, key: str,
     return images if d.streaming else images.to_arrays()
 
 
+@dataclass
+class RoutedImages(ImageArrays):
+    """Images with each one's mixture member (``routes``: (N,) long, ``teacher.mixture`` with ``route: column``);
+    subsets and label hiding keep each image's route."""
+
+    routes: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.routes is None or self.routes.shape != (len(self),) or self.routes.dtype != torch.int64:
+            raise ValueError(f"RoutedImages.routes must be an int64 tensor of shape ({len(self)},)")
+
+    def subset(self, indices: Any) -> RoutedImages:
+        out = super().subset(indices)
+        idx = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(np.asarray(indices))
+        idx = idx.nonzero().flatten() if idx.dtype == torch.bool else idx.to(torch.int64)
+        return RoutedImages(out.images, out.labels, out.classes, out.source, self.routes.index_select(0, idx))
+
+    def hide_labels(self, keep_per_class: int, seed: int) -> RoutedImages:
+        out = super().hide_labels(keep_per_class, seed)
+        return RoutedImages(out.images, out.labels, out.classes, out.source, self.routes)
+
+
+def read_routes(cfg: Any, file: Path, split: str, n: int) -> torch.Tensor:
+    """``teacher.mixture.column``: the array of that name (or ``NAME_SPLIT``) in the ``data.train`` npz file, one
+    member name or index per image, as member indices."""
+    from distill.core.mixture import route_indices
+
+    column = cfg.teacher.mixture.column
+    if file.suffix.lower() != ".npz":
+        raise ConfigError(f"teacher.mixture.column: {column!r} is read from an .npz data.train file (an array beside "
+                          f"the images), and {file.name} is not one")
+    with np.load(file, allow_pickle=False) as z:
+        names = [k for k in (f"{column}_{split}", column) if k in z.files]
+        if not names:
+            raise ConfigError(f"teacher.mixture.column: {file.name} has no array {column!r}; its arrays: "
+                              f"{', '.join(z.files)}")
+        try:
+            values = z[names[0]]
+        except ValueError:
+            raise ConfigError(f"teacher.mixture.column: {file.name}[{names[0]!r}] is an object array (needs pickle, "
+                              "never loaded); store ints or strings") from None
+    if values.reshape(-1).shape[0] != n:
+        raise ConfigError(f"teacher.mixture.column: {file.name}[{names[0]!r}] has {values.size} values for {n} "
+                          "images; give one per image")
+    return route_indices(values, cfg.teacher.mixture.names(), "teacher.mixture.column")
+
+
+def route_column(cfg: Any) -> bool:
+    mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+    return mix is not None and mix.route == "column"
+
+
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
-               key: str, classes: list[str] | None = None) -> ImageArrays | TableImages:
+               key: str, cfg: Any = None, classes: list[str] | None = None) -> ImageArrays | TableImages:
     file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
     if d.cache_dir is not None and Path(d.cache_dir).expanduser().is_file():
         raise ConfigError(f"data.cache_dir: {d.cache_dir} is a file, not a folder")
@@ -57,6 +114,9 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
         raise ConfigError(f"data.{key}: {file}: {first}") from None
     if len(data) == 0:
         raise ConfigError(f"data.{key}: {file}: no images in split {split!r}")
+    if cfg is not None and route_column(cfg):
+        data = RoutedImages(data.images, data.labels, data.classes, data.source,
+                            read_routes(cfg, file, split, len(data)))
     try:
         return data.balanced_subset(per_class, d.subset_seed) if per_class else data
     except ValueError as e:
@@ -67,8 +127,8 @@ def load_image_data(cfg: Any) -> tuple[Images, Images | None, Images | None]:
     """(train, eval, val): several processes let rank 0 decode first (and fill ``data.cache_dir``)."""
     d: ImageData = cfg.data
     with main_process_first():
-        train = load_split(d, d.train, d.train_split, d.train_per_class, cfg.base_dir, "train")
-        evald = (load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval", train.classes)
+        train = load_split(d, d.train, d.train_split, d.train_per_class, cfg.base_dir, "train", cfg)
+        evald = (load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval", classes=train.classes)
                  if d.eval else None)
     if evald is not None and evald.classes != train.classes:
         raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
@@ -103,7 +163,7 @@ def add_extra_splits(cfg: Any, train: ImageArrays) -> tuple[ImageArrays, ImageAr
     from distill.data.images import UNLABELED
 
     d: ImageData = cfg.data
-    full = load_split(d, d.train, d.train_split, None, cfg.base_dir, "train")
+    full = load_split(d, d.train, d.train_split, None, cfg.base_dir, "train", cfg)
     rest = torch.ones(len(full), dtype=torch.bool)
     rest[full.balanced_indices(d.train_per_class, d.subset_seed)] = False
     pool = full.subset(rest.nonzero().flatten())
@@ -114,8 +174,12 @@ def add_extra_splits(cfg: Any, train: ImageArrays) -> tuple[ImageArrays, ImageAr
         n = d.extra_unlabeled_per_class
         unl = pool.subset(pool.balanced_indices(n, d.subset_seed + 2))
         hidden = torch.full_like(unl.labels, UNLABELED)
-        train = ImageArrays(torch.cat([train.images, unl.images]), torch.cat([train.labels, hidden]),
-                            list(train.classes), f"{train.source} + {n} unlabelled per class")
+        parts = (torch.cat([train.images, unl.images]), torch.cat([train.labels, hidden]), list(train.classes),
+                 f"{train.source} + {n} unlabelled per class")
+        if isinstance(train, RoutedImages) and isinstance(unl, RoutedImages):
+            train = RoutedImages(*parts, torch.cat([train.routes, unl.routes]))
+        else:
+            train = ImageArrays(*parts)
     return train, val
 
 

@@ -48,7 +48,9 @@ class ImageClassification:
         return len(data)
 
     def fetch(self, data: ImageArrays, indices: torch.Tensor) -> Batch:
-        return Batch(inputs=data.images[indices], labels=data.labels[indices], indices=indices)
+        routes = getattr(data, "routes", None)  # each image's mixture member (teacher.mixture, route: column)
+        meta = {"route": routes[indices]} if routes is not None else {}
+        return Batch(inputs=data.images[indices], labels=data.labels[indices], indices=indices, meta=meta)
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
         images = batch.inputs

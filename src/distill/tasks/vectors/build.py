@@ -22,6 +22,7 @@ class VectorFamily(Family):
     name = "vector_classification"
     summary = "feature vectors -> class logits (.npz x/y or CSV with a label column)"
     data_section = VectorData
+    teacher_mixture = True
 
     def model_archs(self) -> list[str]:
         from distill.tasks.vectors.models import VECTOR_MODELS
@@ -40,7 +41,9 @@ class VectorFamily(Family):
 
     def load(self, cfg: Any) -> Loaded:
         d = cfg.data
-        train = load_vectors(cfg, "train")
+        mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+        route = mix if mix is not None and mix.route == "column" else None  # its column: each row's member
+        train = load_vectors(cfg, "train", route)
         evald = load_vectors(cfg, "eval") if d.eval else None
         task = VectorClassification(*VectorClassification.fit_standardizer(train)) if d.standardize \
             else VectorClassification()

@@ -16,25 +16,42 @@ from distill.tasks.common import existing_file, existing_path
 from distill.tasks.vectors.task import vector_dataset
 
 
-def read_vectors(path: Path, label: str, key: str) -> TensorDataset:
+def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorDataset:
+    """``route``: a ``teacher.mixture`` with ``route: column``: its column (an npz array, or a CSV column that is
+    then not a feature) becomes a third tensor of member indices, one per row."""
+    column = route.column if route is not None else None
     try:
+        routes = None
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in ("x", "y") if k not in z.files]
+                missing = [k for k in ("x", "y", *([column] if column else [])) if k not in z.files]
                 if missing:
-                    raise ConfigError(f"{key}: {path} has no array {missing[0]!r} (arrays: {z.files})")
+                    where = "teacher.mixture.column" if missing[0] == column else key
+                    raise ConfigError(f"{where}: {path} has no array {missing[0]!r} (arrays: {z.files})")
                 x, y = z["x"], z["y"]
+                routes = z[column] if column else None
         elif path.suffix == ".csv":
             with path.open(newline="") as f:
                 rows = list(csv.DictReader(f))
             if not rows or label not in rows[0]:
                 raise ConfigError(f"{key}: {path} has no column {label!r} (data.label names it)")
-            cols = [c for c in rows[0] if c != label]
+            if column and column not in rows[0]:
+                raise ConfigError(f"teacher.mixture.column: {path} has no column {column!r}")
+            cols = [c for c in rows[0] if c not in (label, column)]
             x = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
             y = np.array([int(r[label]) for r in rows])
+            routes = [r[column] for r in rows] if column else None
         else:
             raise ConfigError(f"{key}: {path}: expected a .npz or .csv file")
-        return vector_dataset(torch.as_tensor(x), torch.as_tensor(y))
+        data = vector_dataset(torch.as_tensor(x), torch.as_tensor(y))
+        if routes is None:
+            return data
+        from distill.core.mixture import route_indices
+
+        ids = route_indices(routes, route.names(), "teacher.mixture.column")
+        if ids.shape[0] != len(data):
+            raise ConfigError(f"teacher.mixture.column: {path} has {ids.shape[0]} route values for {len(data)} rows")
+        return TensorDataset(*data.tensors, ids)
     except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ConfigError):
             raise
@@ -60,9 +77,14 @@ def read_vector_table(path: Path, fmt: str, label: str, key: str) -> TensorDatas
         raise ConfigError(f"{key}: {path}: feature columns {columns[:5]}: {str(e).splitlines()[0]}") from None
 
 
-def load_vectors(cfg: Any, key: str) -> TensorDataset:
+def load_vectors(cfg: Any, key: str, route: Any = None) -> TensorDataset:
+    """``route``: see :func:`read_vectors` (npz and CSV files read by ``format: auto`` only)."""
     d = cfg.data
     if d.format == "auto":
-        return read_vectors(existing_file(getattr(d, key), cfg.base_dir, f"data.{key}"), d.label, f"data.{key}")
+        return read_vectors(existing_file(getattr(d, key), cfg.base_dir, f"data.{key}"), d.label, f"data.{key}",
+                            route)
+    if route is not None:
+        raise ConfigError(f"teacher.mixture.column: read from an .npz or .csv data.train (data.format: auto), not "
+                          f"with data.format: {d.format}")
     return read_vector_table(existing_path(getattr(d, key), cfg.base_dir, f"data.{key}"), d.format, d.label,
                              f"data.{key}")

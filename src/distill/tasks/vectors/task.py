@@ -55,7 +55,8 @@ class VectorClassification:
 
     def fetch(self, data: TensorDataset, indices: torch.Tensor) -> Batch:
         features, labels = data.tensors[:2]
-        return Batch(inputs=features[indices], labels=labels[indices], indices=indices)
+        meta = {"route": data.tensors[2][indices]} if len(data.tensors) > 2 else {}  # a mixture's route column
+        return Batch(inputs=features[indices], labels=labels[indices], indices=indices, meta=meta)
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
         x = batch.inputs.float()
