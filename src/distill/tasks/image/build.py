@@ -65,7 +65,9 @@ class ImageFamily(Family):
         return build_image_model(model_cfg, loaded.num_outputs, cfg.base_dir, key, loaded)
 
     def export_formats(self, cfg: Any) -> list[str]:
-        return ["safetensors", "onnx"]
+        from distill.export import hf_folder_student
+
+        return ["safetensors", "onnx"] + (["hf"] if hf_folder_student(cfg) else [])
 
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
         return {"num_outputs": loaded.num_outputs, "input_shape": list(loaded.train.images.shape[1:]),

@@ -83,7 +83,9 @@ class TextClassificationFamily(Family):
                                 loaded.info.get("tokenizer"), classes)
 
     def export_formats(self, cfg: Any) -> list[str]:
-        return ["safetensors", "onnx"]
+        from distill.export import hf_folder_student
+
+        return ["safetensors", "onnx"] + (["hf"] if hf_folder_student(cfg) else [])
 
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
         return {"num_outputs": loaded.num_outputs, "vocab_size": loaded.info["vocab_size"],
