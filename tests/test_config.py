@@ -138,3 +138,29 @@ def test_every_method_has_a_validated_yaml_example():
             raw["methods"] = [yaml.safe_load(line)]
             with pytest.raises(ConfigError, match=rf"^methods\[0\]\.name: '{name}' is trained by the pipeline "):
                 parse_config(raw)
+
+
+def test_a_run_folders_config_reruns_from_any_working_directory(tmp_path, monkeypatch):
+    import numpy as np
+
+    src = tmp_path / "project"
+    src.mkdir()
+    g = np.random.default_rng(0)
+    x = g.normal(size=(24, 4)).astype("float32")
+    np.savez(src / "rows.npz", x=x, y=(x[:, 0] > 0).astype("int64"))
+    (src / "vec.yaml").write_text(f"""
+task: vector_classification
+output_dir: {tmp_path / 'run'}
+data: {{train: rows.npz, eval: rows.npz}}
+student: {{arch: mlp, options: {{hidden: 8}}}}
+methods: [{{name: ce}}]
+train: {{epochs: 1, batch_size: 8, progress: false}}
+""")
+    monkeypatch.chdir(src)
+    assert main(["train", "vec.yaml"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(tmp_path / "run" / "distill_config.json")
+    assert cfg.base_dir == str(src.resolve())
+    assert main(["eval", str(tmp_path / "run" / "distill_config.json")]) == 0

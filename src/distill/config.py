@@ -14,6 +14,7 @@ Components are chosen from registries by name; a config never imports code.
 from __future__ import annotations
 
 import inspect
+import json
 import typing
 from collections.abc import Callable, Iterable
 from functools import cache
@@ -763,4 +764,17 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
     raw = load_raw(path)
     for assignment in overrides or []:
         set_override(raw, assignment)
-    return parse_config(raw, base_dir=path.parent)
+    return parse_config(raw, base_dir=run_base_dir(path) or path.parent)
+
+
+def run_base_dir(path: Path) -> str | None:
+    """For a run folder's ``distill_config.json``: the folder of the config file the run was started from (kept
+    in ``student_spec.json`` beside it), against which its relative data and weight paths resolve; else None."""
+    spec = path.parent / "student_spec.json"
+    if path.name != "distill_config.json" or not spec.is_file():
+        return None
+    try:
+        base = json.loads(spec.read_text()).get("base_dir")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    return base if isinstance(base, str) and Path(base).is_dir() else None
