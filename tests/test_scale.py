@@ -258,8 +258,8 @@ def test_lora_refusals(tmp_path):
         parse_config(raw, base_dir=tmp_path)
     image = vector_raw(tmp_path)
     image["student"]["lora"] = {"r": 2}
-    with pytest.raises(ConfigError, match=r"^student\.lora: LoRA students are for tasks .*causal_lm.*; task "
-                                          r"vector_classification has none"):
+    with pytest.raises(ConfigError, match=r"^student\.lora: LoRA students are supported for tasks .*causal_lm.*; "
+                                          r"not yet for task vector_classification"):
         parse_config(image, base_dir=tmp_path)
 
 

@@ -512,8 +512,9 @@ def _check_lora(cfg: ExperimentConfig, family: Any) -> None:
         return
     if not family.lora_students:
         allowed = ", ".join(f.name for f in FAMILIES if f.lora_students)
-        raise ConfigError(f"student.lora: LoRA students are for tasks whose students are Hugging Face models "
-                          f"({allowed}); task {cfg.task} has none")
+        raise ConfigError(f"student.lora: LoRA students are supported for tasks {allowed}; not yet for task "
+                          f"{cfg.task} (train the whole student, or use train.gradient_checkpointing / "
+                          f"teacher.precision to save memory)")
 
 
 def _check_mixed_precision(cfg: ExperimentConfig) -> None:
