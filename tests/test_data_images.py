@@ -354,7 +354,7 @@ def test_image_tar_round_trip(tmp_path: Path, fmt: int) -> None:
     plain = tar_folder(tmp_path / "imgs" / "test", tmp_path / "flat.tar", "only-classes", fmt)
     assert_same(load_image_tar(plain), *expected["test"], CLASSES)
     assert_same(load_images(plain), *expected["test"], CLASSES)  # split="train" on a source without splits
-    with pytest.raises(ValueError, match="pass split=None"):
+    with pytest.raises(ValueError, match=r"give the split as null"):
         load_images(plain, split="val")
 
 
@@ -436,7 +436,7 @@ def test_npz_layouts_and_keys(tmp_path: Path) -> None:
     assert_same(load_npz(tmp_path / "splits.npz", split="test"), nchw[:2], labels[:2], ["0", "1", "2"])
     assert_same(load_images(tmp_path / "splits.npz", split="test"), nchw[:2], labels[:2], ["0", "1", "2"])
     assert_same(load_images(tmp_path / "nhwc.npz"), nchw, labels, ["0", "1", "2"])
-    with pytest.raises(ValueError, match="pass split=None"):
+    with pytest.raises(ValueError, match=r"give the split as null"):
         load_images(tmp_path / "nhwc.npz", split="test")
     with pytest.raises(KeyError, match=r"cannot find the labels array .*\['x_val'\]"):
         np.savez(tmp_path / "nolabels.npz", x_val=nchw)
@@ -749,3 +749,24 @@ def test_resize_of_arrays_matches_the_image_decoder(tmp_path: Path) -> None:
     from distill.data.images import resize_images
 
     assert torch.equal(resize_images(raw, 5).images, decoded.images)
+
+
+def test_a_flat_class_folder_is_the_eval_set_with_eval_split_null(tmp_path):
+    from PIL import Image
+
+    from distill.config import ConfigError, parse_config
+    from distill.experiment import build_experiment
+
+    for root in ("train", "flat"):
+        for c, colour in (("cat", 0), ("dog", 255)):
+            (tmp_path / root / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (8, 8), (colour, i * 10, 0)).save(tmp_path / root / c / f"{i}.png")
+    raw = {"output_dir": str(tmp_path / "run"), "data": {"train": "train", "eval": "flat"},
+           "student": {"arch": "resnet8x4"}, "methods": [{"name": "ce"}],
+           "train": {"epochs": 1, "batch_size": 4, "progress": False}}
+    with pytest.raises(ConfigError, match=r"^data\.eval: .*give the split as null"):
+        build_experiment(parse_config(raw, base_dir=tmp_path))
+    raw["data"]["eval_split"] = None
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    assert len(exp.eval_data) == 6

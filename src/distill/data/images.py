@@ -564,7 +564,8 @@ def _choose_group(rests: Iterable[tuple[str, ...]], split: str | None, where: st
             return rest
         raise ValueError(
             f"{where} has no split folder {split!r}: it holds one set of class folders"
-            f"{' (in ' + '/'.join(rest) + ')' if rest else ''}; pass split=None to load all of it"
+            f"{' (in ' + '/'.join(rest) + ')' if rest else ''}; give the split as null to load all of it "
+            "(data.train_split / data.eval_split: null; split=None in Python)"
         )
     names = ["/".join(r) or "." for r in groups]
     if len({len(r) for r in groups}) != 1 or len({r[:-1] for r in groups}) != 1:
@@ -896,8 +897,9 @@ def load_npz(
                 found = _find_key(files, _split_keys(kind, split))
                 if found is None and _find_key(files, generic) is not None and split != "train":
                     raise ValueError(
-                        f"{where} has no {split!r} arrays (its arrays are {files}); pass split=None to load the "
-                        f"whole file, or name the arrays with images_key= / labels_key="
+                        f"{where} has no {split!r} arrays (its arrays are {files}); give the split as null "
+                        "(data.*_split: null; split=None in Python) to load the whole file, or name the arrays with "
+                        "images_key= / labels_key="
                     )
             if found is None:
                 found = _find_key(files, generic)

@@ -24,8 +24,9 @@ class AugmentConfig(Strict):
 
 class ImageData(Strict):
     """Images from CIFAR python batches, image folders, tar archives or npz files; ``train_split`` /
-    ``eval_split`` pick the split inside a file that holds several. ``train_per_class`` / ``eval_per_class`` take a
-    class-balanced subset (drawn with ``subset_seed``); ``val_per_class`` holds a validation split out of training;
+    ``eval_split`` pick the split inside a file that holds several (null: the whole file or folder).
+    ``train_per_class`` / ``eval_per_class`` take a class-balanced subset (drawn with ``subset_seed``);
+    ``val_per_class`` holds a validation split out of training;
     ``labeled_per_class`` keeps that many labels per class and hides the rest (semi-supervised methods);
     ``image_size`` resizes; ``cache_dir`` keeps decoded images as npz (and the Arrow files of ``datasets``).
 
@@ -38,8 +39,8 @@ class ImageData(Strict):
 
     train: str
     eval: str | None = None
-    train_split: str = "train"
-    eval_split: str = "test"
+    train_split: str | None = "train"
+    eval_split: str | None = "test"
     train_per_class: int | None = Field(None, gt=0)
     eval_per_class: int | None = Field(None, gt=0)
     val_per_class: int | None = Field(None, gt=0)
