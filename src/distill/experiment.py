@@ -5,6 +5,8 @@ is done here once. Everything it builds is also public and can be built by hand 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,116 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
     if cache.augmented:
         task.augment_source = cache
     return cache
+
+
+#: keys that only say where something is kept, not what is computed: a teacher cache's location and build options
+#: (the cache's own fingerprint is in the recipe) and the data's download folder
+_CACHE_ONLY = ("path", "build", "batch_size", "verify")
+
+
+def _where_only(key: str) -> bool:
+    parts = key.split(".")
+    return (key == "data.cache_dir"
+            or (parts[0] == "teacher" and len(parts) > 2 and parts[-2] == "cache" and parts[-1] in _CACHE_ONLY))
+
+
+_HASH_LIMIT = 256 << 20  # weights files up to this size are hashed; larger ones are named by size and mtime
+
+
+def _plain(section: Any) -> Any:
+    """A config section as plain JSON values, without the fields left at their defaults."""
+    if section is None:
+        return None
+    if hasattr(section, "model_dump"):
+        return section.model_dump(mode="json", exclude_defaults=True)
+    try:
+        from pydantic import TypeAdapter
+
+        return TypeAdapter(type(section)).dump_python(section, mode="json", exclude_defaults=True)
+    except Exception:  # noqa: BLE001 - not a pydantic type: its repr names it
+        return repr(section)
+
+
+def _flatten(value: Any, key: str, out: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in sorted(value.items()):
+            if not _where_only(f"{key}.{k}"):
+                _flatten(v, f"{key}.{k}", out)
+        if not value:
+            out[key] = "{}"
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _flatten(v, f"{key}[{i}]", out)
+        if not value:
+            out[key] = "[]"
+    else:
+        text = json.dumps(value, sort_keys=True, default=repr)
+        out[key] = text if len(text) <= 96 else f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _file_identity(value: str, base_dir: str | None) -> str | None:
+    """Size and sha256 (or mtime, for a large file) of the weights file ``value`` names; None when it is no file."""
+    try:
+        path = resolve_path(value, base_dir)
+        if not path.is_file():
+            return None
+        st = path.stat()
+        if st.st_size > _HASH_LIMIT:
+            return f"{st.st_size} bytes, mtime {st.st_mtime_ns}"
+        from distill.train.checkpoint import sha256_file
+
+        return f"{st.st_size} bytes, sha256 {sha256_file(path)[:16]}"
+    except (ConfigError, OSError, ValueError):
+        return None
+
+
+def _method_options(m: MethodConfig) -> dict[str, Any]:
+    """``m``'s options without those given at their constructor default (so ``temperature: 4`` equals leaving
+    it out when 4 is the default)."""
+    import inspect
+
+    try:
+        params = inspect.signature(METHODS.get(m.name)).parameters
+    except (TypeError, ValueError, KeyError):
+        params = {}
+    out = {}
+    for k, v in m.options().items():
+        p = params.get(k)
+        if p is not None and p.default is not inspect.Parameter.empty:
+            try:
+                if bool(p.default == v) and type(p.default) is type(v):
+                    continue
+            except Exception:  # noqa: BLE001 - incomparable: keep it
+                pass
+        out[k] = v
+    return out
+
+
+def run_identity(cfg: ExperimentConfig) -> dict[str, str]:
+    """What a resumed run must agree on besides the training settings: each method's options, the student, the
+    teacher (with the size and checksum of the weights files it names) and the data, as ``section.key: value``
+    strings (long values as a short hash). Leaves out where things are kept (a teacher cache's path, the data's
+    download folder) and the output, progress and logging settings."""
+    out: dict[str, str] = {"identity": "1"}
+    for i, m in enumerate(cfg.methods):
+        _flatten(_method_options(m), f"methods[{i}]", out)
+        out.pop(f"methods[{i}]", None)  # no options: nothing to compare
+    for name in ("student", "teacher", "data"):
+        if getattr(cfg, name) is None:  # absent: its keys are missing (a section given later is a change)
+            continue
+        section: dict[str, str] = {}
+        _flatten(_plain(getattr(cfg, name)), name, section)
+        if name in section:  # an empty section, or one that is not a mapping
+            whole = section.pop(name)
+            if whole != "{}":
+                section[f"{name}.value"] = whole
+        for key, value in list(section.items()):
+            if name != "data" and key.rsplit(".", 1)[-1] in ("weights", "path") and value.startswith('"'):
+                found = _file_identity(json.loads(value), cfg.base_dir)
+                if found is not None:
+                    section[f"{key}#file"] = found
+        out.update(section)
+    return out
 
 
 def train_config(cfg: ExperimentConfig) -> Any:
@@ -187,7 +299,8 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
         raise ConfigError(f"train.batch_size: {train_cfg.batch_size}, but the training set has {n} examples (fewer "
                           "than one batch); lower train.batch_size or add data")
     try:
-        trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, run_dir, val_data=loaded.val)
+        trainer = Trainer(module, loaded.train, loaded.eval, train_cfg, run_dir, val_data=loaded.val,
+                          identity=run_identity(cfg) if cfg is not None else None)
     except ValueError as e:  # the trainer's rules about its settings (e.g. the batch across processes)
         msg = str(e).splitlines()[0]
         raise ConfigError(msg if msg.startswith("train.") else f"train: {msg}") from None

@@ -124,7 +124,10 @@ class Trainer:
         run_dir: str | Path,
         callbacks: list[Callable[[dict[str, Any]], None]] | None = None,
         val_data: Any | None = None,
+        identity: dict[str, str] | None = None,
     ):
+        """``identity``: what else a checkpoint must agree on to be resumed (``section.key: value`` strings, e.g.
+        :func:`distill.experiment.run_identity` of the config: method options, student, teacher, data)."""
         from accelerate import DistributedDataParallelKwargs
 
         self.cfg = config
@@ -135,6 +138,7 @@ class Trainer:
         self.eval_data = eval_data
         self.val_data = val_data
         self.callbacks = callbacks or []
+        self.identity = dict(identity or {})
         use_cpu = config.cpu or not torch.cuda.is_available()
         precision, note = launcher_precision(config.mixed_precision, use_cpu)
         if precision != config.mixed_precision:
@@ -246,7 +250,8 @@ class Trainer:
                          "compile_student", "checkpoint_every_epochs", "gradient_checkpointing", "num_workers")
 
     def _recipe(self, module: DistillModule) -> dict[str, str]:
-        """What a checkpoint must agree on to be resumed: the training settings and the methods."""
+        """What a checkpoint must agree on to be resumed: the training settings, the methods and the experiment's
+        identity (when given: method options, student, teacher, data)."""
         cfg = {k: v for k, v in asdict(self.cfg).items() if k not in self.RESUMABLE_CHANGES}
         methods = {label: f"{type(m).__name__} x{module.methods.weights[label]}"
                    for label, m in module.methods.methods.items()}
@@ -257,6 +262,7 @@ class Trainer:
         identity = getattr(module.teacher, "identity", None)  # teacher sources that can name what they serve
         if callable(identity):
             recipe["teacher"] = identity()
+        recipe.update(self.identity)
         return recipe
 
     def _check_recipe(self, ckpt: Path, old: dict[str, str], new: dict[str, str]) -> None:
@@ -265,10 +271,16 @@ class Trainer:
         defaults = _train_config_defaults()
         # a setting the old checkpoint does not know was added to TrainConfig later: at its default it computes
         # what the old code computed, so it is not a change
+        # the experiment's identity (keys after the "identity" marker) is compared when both runs carry one: a
+        # checkpoint written before it existed, or a Trainer built without one, compares the rest only
+        both = "identity" in old and "identity" in new
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
-                         and not (k not in old and k in defaults and new.get(k) == defaults[k]))
+                         and not (k not in old and k in defaults and new.get(k) == defaults[k])
+                         and (both or not _identity_key(k)))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
+            if len(changed) > 4:
+                detail += f", and {len(changed) - 4} more"
             raise ResumeMismatchError(
                 f"the checkpoint {ckpt} was written by a different run ({detail}); resume with the same settings, "
                 f"or start over with --restart (Trainer.fit(resume=False)) or another output_dir"
@@ -355,8 +367,8 @@ class Trainer:
         if found is not None:
             ckpt, loaded = found
             self._check_recipe(ckpt, loaded["trainer"].get("recipe", {}), recipe)
-            sharding.load_full_state(module.student, loaded["student"])
-            sharding.load_full_state(module.methods, loaded["methods"])
+            _load_resumed(ckpt, "student", module.student, loaded["student"])
+            _load_resumed(ckpt, "methods", module.methods, loaded["methods"])
             sharding.load_full_optimizer_state(optimizer, loaded["optimizer"])
             state.update(loaded["trainer"]["position"])
             set_rng_state(loaded["trainer"]["rng"])
@@ -633,6 +645,39 @@ def refuse_sharding(cpu: bool) -> None:
     if cpu and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
         raise ValueError("FSDP (accelerate launch --use_fsdp, ACCELERATE_USE_FSDP) shards over GPUs only: Accelerate "
                          "runs CPU processes as plain data parallelism; drop --use_fsdp on CPUs (see docs/scale.md)")
+
+
+def _load_resumed(ckpt: Path, part: str, model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a checkpoint's ``part`` into ``model``; a tensor of another shape, or a missing or extra one (a student
+    or method built differently from the run that wrote it) is a one-line :class:`ResumeMismatchError`."""
+    current = model.state_dict()
+    problem = None
+    for name, tensor in current.items():  # in the model's order: its first tensor that differs
+        if name in state and tuple(tensor.shape) != tuple(state[name].shape):
+            problem = (f"{part}.{name} is {list(state[name].shape)} in the checkpoint but {list(tensor.shape)} "
+                       "in this run")
+            break
+    if problem is None:
+        missing = [k for k in current if k not in state]
+        extra = [k for k in state if k not in current]
+        if missing or extra:
+            problem = (f"{part}.{missing[0]} is missing from the checkpoint" if missing
+                       else f"the checkpoint has {part}.{extra[0]}, which this run does not")
+    if problem is None:
+        try:
+            sharding.load_full_state(model, state)
+            return
+        except RuntimeError as e:
+            problem = f"{part}: {str(e).strip().splitlines()[-1].strip()}"
+    raise ResumeMismatchError(
+        f"the checkpoint {ckpt} does not fit this run's model ({problem}): it was written by a different run; "
+        "resume with the same settings, or start over with --restart (Trainer.fit(resume=False)) or another output_dir"
+    )
+
+
+def _identity_key(key: str) -> bool:
+    """A recipe key from the experiment's identity (see ``Trainer(identity=...)``), not the trainer's own."""
+    return key == "identity" or key.startswith(("methods[", "student.", "teacher.", "data."))
 
 
 def _train_config_defaults() -> dict[str, str]:
