@@ -119,6 +119,12 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
         text_cfg(tmp_path, TEXTCNN, {"arch": "minilm", "path": str(root / "clf")})
     with pytest.raises(ConfigError, match=r"^student\.weights: new_head puts a new head on a model folder"):
         text_cfg(tmp_path, {"arch": "textcnn", "weights": "new_head"}, None, [{"name": "ce"}])
+    # a frozen teacher with a fresh head would teach at chance: refused for a teacher and an ensemble member
+    with pytest.raises(ConfigError, match=r"^teacher\.weights: new_head gives a randomly initialised head.*chance"):
+        text_cfg(tmp_path, TEXTCNN, {"path": str(root / "enc"), "weights": "new_head"})
+    with pytest.raises(ConfigError, match=r"^teacher\.ensemble\[1\]\.weights: new_head gives a randomly"):
+        text_cfg(tmp_path, TEXTCNN, {"ensemble": [{"path": str(root / "clf")},
+                                                  {"path": str(root / "enc"), "weights": "new_head"}]})
     other = tmp_path / "other-tokenizer"
     import shutil
 
