@@ -150,6 +150,43 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
     torch.testing.assert_close(rebuilt(ids, torch.ones_like(ids)), exp.student(ids, torch.ones_like(ids)))
 
 
+def test_hf_folder_class_order_must_be_the_datas(tmp_path, folders):
+    """A folder whose id2label names real classes must list the data's class names in the data's order."""
+    import shutil
+
+    root, _ = folders
+    text_files(tmp_path)
+    for name in ("train", "dev"):  # named labels: sorted, the data's classes are [neg, pos]
+        lines = (tmp_path / f"{name}.txt").read_text().splitlines()
+        rows = "".join(("pos" if ln[0] == "1" else "neg") + "\t" + ln[2:] + "\n" for ln in lines)
+        (tmp_path / f"{name}.tsv").write_text("label\ttext\n" + rows)
+
+    def folder(name: str, id2label: dict[int, str]) -> dict:
+        path = tmp_path / name
+        shutil.copytree(root / "clf", path)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["id2label"] = {str(k): v for k, v in id2label.items()}
+        cfg["label2id"] = {v: k for k, v in id2label.items()}
+        (path / "config.json").write_text(json.dumps(cfg))
+        return {"path": str(path)}
+
+    def build(teacher: dict):
+        raw = {"task": "text_classification", "output_dir": str(tmp_path / "run"),
+               "data": {"train": "train.tsv", "eval": "dev.tsv", "tokenizer": "minilm", "max_length": 16},
+               "student": TEXTCNN, "teacher": teacher, "methods": [{"name": "kd"}],
+               "train": {"epochs": 1, "batch_size": 8, "progress": False, "cpu": True}}
+        return build_experiment(parse_config(raw, base_dir=tmp_path))
+
+    with pytest.raises(ConfigError, match=r"^teacher\.path: .*id2label \(config\.json\) has the data's classes in "
+                                          r"another order \(from index 0: folder POS, Neg; data neg, pos\)"):
+        build(folder("reversed", {0: "POS", 1: "Neg"}))
+    with pytest.raises(ConfigError, match=r"^teacher\.path: .*names other classes than the data's \(folder cat, "
+                                          r"dog; data neg, pos\)"):
+        build(folder("other", {0: "cat", 1: "dog"}))
+    assert build(folder("same", {0: "Neg", 1: "pos"})).teacher is not None  # case is ignored
+    assert build({"path": str(root / "clf")}).teacher is not None  # LABEL_0, LABEL_1: nothing to compare
+
+
 def test_hf_modules_from_python_need_no_wrapper(tmp_path, folders):
     """A Hugging Face classifier (output: an object with ``.logits``) as student and teacher, built by hand; a
     feature method hooks its layers by their module names."""
