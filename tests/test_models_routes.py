@@ -416,7 +416,7 @@ register_method("half_ce", family="plugin")(HalfCE)
     assert "a module name (dotted identifiers" in capsys.readouterr().err
 
 
-def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_path, monkeypatch):
+def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_path, monkeypatch, capsys):
     """A package on sys.path whose dist-info declares ``distill.models`` and ``distill.methods`` entry points; the
     registries are copies for this test only."""
     import importlib.metadata
@@ -446,13 +446,30 @@ def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_pa
 
     exp = build_experiment(load_config(cfg))
     assert 0.0 <= exp.fit()["final"]["accuracy"] <= 1.0
-    # a broken entry point is one line naming it (a stand-in list of entry points)
-    broken = importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Thing", plugins.METHOD_GROUP)
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [broken] if group == plugins.METHOD_GROUP else [])
+    # a broken entry point (of any group) is one warning line naming it, and skipped: the other commands still run
+    # (a stand-in list of entry points)
+    eps = {group: [importlib.metadata.EntryPoint(f"broken_{group[8:]}", "no_such_module_xyz:Thing", group)]
+           for group in (plugins.METHOD_GROUP, plugins.MODEL_GROUP, "distill.families")}
+    eps[plugins.MODEL_GROUP].append(importlib.metadata.EntryPoint("not_callable", "math:pi", plugins.MODEL_GROUP))
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps.get(group, []))
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
-    with pytest.raises(plugins.PluginError, match=r"^entry point 'broken' = 'no_such_module_xyz:Thing' \(group "
-                                                  r"distill\.methods\): cannot be loaded \(ModuleNotFoundError"):
-        plugins.load_entry_point_plugins()
+    monkeypatch.setattr(plugins, "SKIPPED", {})
+    capsys.readouterr()
+    plugins.load_entry_point_plugins()
+    plugins.load_families()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: entry point 'broken_models' = 'no_such_module_xyz:Thing' (group distill.models): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped",
+        "warning: entry point 'not_callable' = 'math:pi' (group distill.models): is float, not a callable that "
+        "registers models; skipped",
+        "warning: entry point 'broken_methods' = 'no_such_module_xyz:Thing' (group distill.methods): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped",
+        "warning: entry point 'broken_families' = 'no_such_module_xyz:Thing' (group distill.families): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped"]
+    # a config naming the skipped method gets the unknown-name error, which lists what exists
+    with pytest.raises(ConfigError, match=r"broken_methods.*half_ce"):
+        load_config(vector_run(tmp_path, "broken_methods"))
 
 
 def test_register_model_refusals():
