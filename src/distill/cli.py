@@ -136,7 +136,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for e in METHODS:
         tasks = e.obj.tasks
-        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None})
+        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None,
+                     "pipeline": getattr(e.obj, "pipeline", None)})
     if args.family:
         families = sorted({r["family"] for r in rows})
         if args.family not in families:
@@ -166,7 +167,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold", no_wrap=col == "name")
         for r in rows:
             opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
-            table.add_row(r["name"], r["family"], opts, r["summary"])
+            table.add_row(r["name"], r["family"], opts, _pipeline_note(r) + r["summary"])
         console.print(table)
         return 0
     table = Table(title=f"distill methods ({len(rows)})")
@@ -175,10 +176,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         p = r["provenance"] or {}
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
-        table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
+        paper = _pipeline_note(r) + (p.get("paper") or r["summary"])
+        table.add_row(r["name"], r["family"], paper, str(p.get("year") or ""),
                       p.get("arxiv") or "", repo, r["file"])
     console.print(table)
     return 0
+
+
+def _pipeline_note(row: dict) -> str:
+    """A method trained only by a pipeline (not from a methods list) says so before its summary."""
+    return f"(pipeline: {row['pipeline']}; not for a methods list) " if row.get("pipeline") else ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
