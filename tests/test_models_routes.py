@@ -294,6 +294,29 @@ def test_timm_arch_without_and_with_timm(tmp_path, monkeypatch):
 
 
 # -- sentence-transformers folders -----------------------------------------------------------------------------
+def test_distill_eval_honours_train_progress_false(tmp_path, folders, capsys):
+    """``train.progress: false`` switches every bar off, the evaluation's too (the teacher's eval embeddings)."""
+    import yaml
+
+    from distill.cli import main
+
+    root, _ = folders
+    (tmp_path / "texts.txt").write_text("the wing flutters\nheat flows in slabs\nshock waves\nthin shells\n")
+    raw = {"task": "embedding", "data": {"train": "texts.txt", "eval": "texts.txt"},
+           "teacher": {"path": str(root / "st")}, "student": {"arch": "static", "options": {"projection_dim": 32}},
+           "methods": [{"name": "leaf"}], "output_dir": str(tmp_path / "run"),
+           "train": {"epochs": 1, "batch_size": 2, "progress": False}}
+    build_experiment(parse_config(raw, base_dir=tmp_path)).fit()
+    for progress in (True, False):
+        raw["train"]["progress"] = progress
+        (tmp_path / "emb.yaml").write_text(yaml.safe_dump(raw))
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / "emb.yaml")]) == 0
+        out, err = capsys.readouterr()
+        assert "cosine_to_teacher" in out
+        assert ("teacher embeddings (eval)" in err) == progress, err
+
+
 def test_sentence_transformers_folder_as_student_and_teacher(tmp_path, folders):
     """A folder saved by the installed sentence-transformers: embedding student (as it is, and truncated) and
     teacher, ranking student and teacher, text_classification student with a new head (refused as a teacher)."""

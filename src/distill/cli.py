@@ -65,22 +65,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
     from distill.config import ConfigError, load_config
-    from distill.core.safe_pickle import UnsafeFileError
-    from distill.experiment import build_experiment, evaluate_model
-    from distill.models.weights import load_weights_into
-    from distill.train.runlog import evaluate_teacher
+    from distill.experiment import build_experiment
+    from distill.train.progress import progress_enabled
 
     try:
         cfg = load_config(args.config, args.set)
+        shown = cfg.train.progress  # train.progress: false switches the evaluation's bars off too (docs/feedback.md)
         cfg.train.progress = False
         exp = build_experiment(cfg, args.output_dir)
     except ConfigError as e:
         return _fail(str(e))
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError
         return _error(e)
+    with progress_enabled(shown, cfg.train.progress_every):
+        return _evaluate(args, cfg, exp)
+
+
+def _evaluate(args: argparse.Namespace, cfg: Any, exp: Any) -> int:
+    import torch
+
+    from distill.core.safe_pickle import UnsafeFileError
+    from distill.experiment import evaluate_model
+    from distill.models.weights import load_weights_into
+    from distill.train.runlog import evaluate_teacher
+
     if exp.eval_data is None:
         return _fail("data.eval: required to evaluate")
     weights = Path(args.weights) if args.weights else exp.trainer.run_dir / "student.safetensors"
