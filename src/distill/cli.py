@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ResumeMismatchError, UnsafeFileError, CheckpointError) as e:  # a damaged or tampered checkpoint
         return _error(e)
     except NonFiniteError as e:  # a NaN/inf loss term, parameter or buffer: the last good checkpoint stays
-        return _error(e)
+        return _error(non_finite_message(e, run_dir))
     except DataReadError as e:  # a streamed image that cannot be decoded: the last checkpoint stays
         return _error(e)
     final = summary.get("final", {})
@@ -62,6 +62,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({"run_dir": str(run_dir), "final": final,
                           "wall_time_s": round(summary["wall_time_s"], 1)}))
     return 0
+
+
+def non_finite_message(e: BaseException, run_dir: Path) -> str:
+    """The trainer's non-finite stop line, without its "last good checkpoint is kept" when none was written."""
+    message = str(e)
+    if not any((run_dir / "checkpoints").glob("step-*")):
+        message = message.replace("the last good checkpoint is kept", "no checkpoint was written yet")
+    return message
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
