@@ -10,7 +10,9 @@ def main() -> None:
         p = entry.provenance
         repo = (p.repo or "").removeprefix("https://github.com/") if p else ""
         aliases = f" ({', '.join(entry.aliases)})" if entry.aliases else ""
-        print(f"| `{entry.name}`{aliases} | {entry.family} | {p.paper if p else entry.summary} | "
+        pipeline = getattr(entry.obj, "pipeline", None)
+        note = f" (pipeline: `{pipeline}`; not for a methods list)" if pipeline else ""
+        print(f"| `{entry.name}`{aliases}{note} | {entry.family} | {p.paper if p else entry.summary} | "
               f"{(p.year or '') if p else ''} | {(p.arxiv or '') if p else ''} | {repo} |")
 
 

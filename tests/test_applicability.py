@@ -106,6 +106,20 @@ def test_methods_task_lists_what_applies_with_options_and_defaults(capsys):
     assert " kd " not in table and "margin_mse" not in table
 
 
+def test_methods_task_marks_the_pipeline_only_methods(capsys):
+    """d2dgn applies to graph tasks but runs only as a pipeline (a methods list refuses it): the listing says so."""
+    assert main(["methods", "--task", "graph_node_classification", "--json"]) == 0
+    rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert rows["d2dgn"]["pipeline"] == "distill.pipelines.graph_unlearning" and rows["glnn"]["pipeline"] is None
+    assert main(["methods", "--task", "graph_node_classification"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    d2dgn = next(ln for ln in lines if " d2dgn " in ln)
+    assert "(pipeline: distill.pipelines.graph_unlearning; not for a methods list)" in d2dgn.replace("│", " ")
+    assert not any("(pipeline:" in ln for ln in lines if " glnn " in ln)
+    with pytest.raises(ConfigError, match=r"trained by the pipeline distill\.pipelines\.graph_unlearning"):
+        parse_config(config("graph_node_classification", {"name": "d2dgn"}))
+
+
 def test_methods_task_refuses_an_unknown_task(capsys):
     assert main(["methods", "--task", "images"]) == 2
     err = capsys.readouterr().err

@@ -216,6 +216,23 @@ def test_nan_loss_term_is_named_and_the_last_good_checkpoint_stays(tmp_path):
     assert not (tmp_path / lock.LOCK).exists()  # released on the way out
 
 
+def test_the_non_finite_line_says_when_no_checkpoint_was_written(tmp_path):
+    """A stop at the first step has no last good checkpoint to keep: ``distill train`` says so instead."""
+    from distill.cli import non_finite_message
+
+    first = tiny_run(tmp_path / "first", Composite({"ce": CrossEntropy(), "boom": Boom(at_step=0)}), checkpoint_every=1)
+    with pytest.raises(NonFiniteError) as caught:
+        first.fit()
+    assert not list((tmp_path / "first").glob("checkpoints/step-*"))
+    line = non_finite_message(caught.value, tmp_path / "first")
+    assert "no checkpoint was written yet" in line and "last good checkpoint" not in line
+    later = tiny_run(tmp_path / "later", Composite({"ce": CrossEntropy(), "boom": Boom(at_step=4)}), checkpoint_every=1)
+    with pytest.raises(NonFiniteError) as caught:
+        later.fit()
+    line = non_finite_message(caught.value, tmp_path / "later")
+    assert "the last good checkpoint is kept" in line and "no checkpoint" not in line
+
+
 def test_exploding_batchnorm_statistics_stop_the_run(tmp_path):
     """AdamW at lr 1e6 used to finish with exit 0 and infinite BatchNorm statistics."""
     trainer = tiny_run(tmp_path, Composite({"ce": CrossEntropy()}), optimizer="adamw", lr=1e20, weight_decay=0.0,

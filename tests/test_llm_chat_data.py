@@ -92,6 +92,27 @@ def test_chat_rows_without_a_chat_template_or_with_bad_messages_are_refused_in_o
         IGNORE_INDEX] * 2 + ids("good night <eos>")
 
 
+def test_a_jsonl_row_without_its_keys_is_one_unquoted_line_naming_the_key(tmp_path):
+    """Mixed rows (a chat file with a prompt/response row, and the reverse): ``data.train_jsonl: <file> line N:
+    needs ...`` with no quotes around the message (a KeyError's repr)."""
+    from types import SimpleNamespace
+
+    from distill.tasks.causal_lm.data import load_lm_data
+
+    chat = write_chat(tmp_path / "mixed.jsonl")
+    with chat.open("a") as f:
+        f.write(json.dumps({"prompt": "my lord", "response": "good night"}) + "\n")
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "my lord", "response": "good night"}) + "\n"
+                     + json.dumps({"messages": CONVERSATIONS[0]}) + "\n")
+    for path, message in [(chat, "line 3: needs the key 'messages' (a chat file); has ['prompt', 'response']"),
+                          (pairs, "line 2: needs keys 'prompt' and 'response' (or 'completion'); has ['messages']")]:
+        data = SimpleNamespace(text=None, train_jsonl=str(path), eval_jsonl=None, max_length=64)
+        with pytest.raises(ConfigError) as e:
+            load_lm_data(SimpleNamespace(data=data, base_dir=str(tmp_path)), chat_tokenizer())
+        assert str(e.value) == f"data.train_jsonl: {path} {message}"
+
+
 def test_training_batches_are_padded_to_their_longest_row_and_the_loss_is_unchanged(tmp_path):
     from distill.core.outputs import ModelOutput, StepInputs
     from distill.llm.models import small_llama

@@ -120,6 +120,12 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
         text_cfg(tmp_path, TEXTCNN, {"arch": "minilm", "path": str(root / "clf")})
     with pytest.raises(ConfigError, match=r"^student\.weights: new_head puts a new head on a model folder"):
         text_cfg(tmp_path, {"arch": "textcnn", "weights": "new_head"}, None, [{"name": "ce"}])
+    # a frozen teacher with a fresh head would teach at chance: refused for a teacher and an ensemble member
+    with pytest.raises(ConfigError, match=r"^teacher\.weights: new_head gives a randomly initialised head.*chance"):
+        text_cfg(tmp_path, TEXTCNN, {"path": str(root / "enc"), "weights": "new_head"})
+    with pytest.raises(ConfigError, match=r"^teacher\.ensemble\[1\]\.weights: new_head gives a randomly"):
+        text_cfg(tmp_path, TEXTCNN, {"ensemble": [{"path": str(root / "clf")},
+                                                  {"path": str(root / "enc"), "weights": "new_head"}]})
     other = tmp_path / "other-tokenizer"
     import shutil
 
@@ -143,6 +149,43 @@ def test_hf_folder_refusals_name_the_key(tmp_path, folders):
     ids = torch.tensor([[101, 2204, 102]])
     exp.student.eval()
     torch.testing.assert_close(rebuilt(ids, torch.ones_like(ids)), exp.student(ids, torch.ones_like(ids)))
+
+
+def test_hf_folder_class_order_must_be_the_datas(tmp_path, folders):
+    """A folder whose id2label names real classes must list the data's class names in the data's order."""
+    import shutil
+
+    root, _ = folders
+    text_files(tmp_path)
+    for name in ("train", "dev"):  # named labels: sorted, the data's classes are [neg, pos]
+        lines = (tmp_path / f"{name}.txt").read_text().splitlines()
+        rows = "".join(("pos" if ln[0] == "1" else "neg") + "\t" + ln[2:] + "\n" for ln in lines)
+        (tmp_path / f"{name}.tsv").write_text("label\ttext\n" + rows)
+
+    def folder(name: str, id2label: dict[int, str]) -> dict:
+        path = tmp_path / name
+        shutil.copytree(root / "clf", path)
+        cfg = json.loads((path / "config.json").read_text())
+        cfg["id2label"] = {str(k): v for k, v in id2label.items()}
+        cfg["label2id"] = {v: k for k, v in id2label.items()}
+        (path / "config.json").write_text(json.dumps(cfg))
+        return {"path": str(path)}
+
+    def build(teacher: dict):
+        raw = {"task": "text_classification", "output_dir": str(tmp_path / "run"),
+               "data": {"train": "train.tsv", "eval": "dev.tsv", "tokenizer": "minilm", "max_length": 16},
+               "student": TEXTCNN, "teacher": teacher, "methods": [{"name": "kd"}],
+               "train": {"epochs": 1, "batch_size": 8, "progress": False, "cpu": True}}
+        return build_experiment(parse_config(raw, base_dir=tmp_path))
+
+    with pytest.raises(ConfigError, match=r"^teacher\.path: .*id2label \(config\.json\) has the data's classes in "
+                                          r"another order \(from index 0: folder POS, Neg; data neg, pos\)"):
+        build(folder("reversed", {0: "POS", 1: "Neg"}))
+    with pytest.raises(ConfigError, match=r"^teacher\.path: .*names other classes than the data's \(folder cat, "
+                                          r"dog; data neg, pos\)"):
+        build(folder("other", {0: "cat", 1: "dog"}))
+    assert build(folder("same", {0: "Neg", 1: "pos"})).teacher is not None  # case is ignored
+    assert build({"path": str(root / "clf")}).teacher is not None  # LABEL_0, LABEL_1: nothing to compare
 
 
 def test_hf_modules_from_python_need_no_wrapper(tmp_path, folders):
@@ -252,6 +295,29 @@ def test_timm_arch_without_and_with_timm(tmp_path, monkeypatch):
 
 
 # -- sentence-transformers folders -----------------------------------------------------------------------------
+def test_distill_eval_honours_train_progress_false(tmp_path, folders, capsys):
+    """``train.progress: false`` switches every bar off, the evaluation's too (the teacher's eval embeddings)."""
+    import yaml
+
+    from distill.cli import main
+
+    root, _ = folders
+    (tmp_path / "texts.txt").write_text("the wing flutters\nheat flows in slabs\nshock waves\nthin shells\n")
+    raw = {"task": "embedding", "data": {"train": "texts.txt", "eval": "texts.txt"},
+           "teacher": {"path": str(root / "st")}, "student": {"arch": "static", "options": {"projection_dim": 32}},
+           "methods": [{"name": "leaf"}], "output_dir": str(tmp_path / "run"),
+           "train": {"epochs": 1, "batch_size": 2, "progress": False}}
+    build_experiment(parse_config(raw, base_dir=tmp_path)).fit()
+    for progress in (True, False):
+        raw["train"]["progress"] = progress
+        (tmp_path / "emb.yaml").write_text(yaml.safe_dump(raw))
+        capsys.readouterr()
+        assert main(["eval", str(tmp_path / "emb.yaml")]) == 0
+        out, err = capsys.readouterr()
+        assert "cosine_to_teacher" in out
+        assert ("teacher embeddings (eval)" in err) == progress, err
+
+
 def test_sentence_transformers_folder_as_student_and_teacher(tmp_path, folders):
     """A folder saved by the installed sentence-transformers: embedding student (as it is, and truncated) and
     teacher, ranking student and teacher, text_classification student with a new head (refused as a teacher)."""
@@ -374,7 +440,7 @@ register_method("half_ce", family="plugin")(HalfCE)
     assert "a module name (dotted identifiers" in capsys.readouterr().err
 
 
-def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_path, monkeypatch):
+def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_path, monkeypatch, capsys):
     """A package on sys.path whose dist-info declares ``distill.models`` and ``distill.methods`` entry points; the
     registries are copies for this test only."""
     import importlib.metadata
@@ -404,13 +470,30 @@ def test_entry_points_of_an_installed_package_register_models_and_methods(tmp_pa
 
     exp = build_experiment(load_config(cfg))
     assert 0.0 <= exp.fit()["final"]["accuracy"] <= 1.0
-    # a broken entry point is one line naming it (a stand-in list of entry points)
-    broken = importlib.metadata.EntryPoint("broken", "no_such_module_xyz:Thing", plugins.METHOD_GROUP)
-    monkeypatch.setattr(plugins, "entry_points", lambda group: [broken] if group == plugins.METHOD_GROUP else [])
+    # a broken entry point (of any group) is one warning line naming it, and skipped: the other commands still run
+    # (a stand-in list of entry points)
+    eps = {group: [importlib.metadata.EntryPoint(f"broken_{group[8:]}", "no_such_module_xyz:Thing", group)]
+           for group in (plugins.METHOD_GROUP, plugins.MODEL_GROUP, "distill.families")}
+    eps[plugins.MODEL_GROUP].append(importlib.metadata.EntryPoint("not_callable", "math:pi", plugins.MODEL_GROUP))
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps.get(group, []))
     monkeypatch.setattr(plugins, "_entry_points_loaded", False)
-    with pytest.raises(plugins.PluginError, match=r"^entry point 'broken' = 'no_such_module_xyz:Thing' \(group "
-                                                  r"distill\.methods\): cannot be loaded \(ModuleNotFoundError"):
-        plugins.load_entry_point_plugins()
+    monkeypatch.setattr(plugins, "SKIPPED", {})
+    capsys.readouterr()
+    plugins.load_entry_point_plugins()
+    plugins.load_families()
+    err = capsys.readouterr().err.splitlines()
+    assert err == [
+        "warning: entry point 'broken_models' = 'no_such_module_xyz:Thing' (group distill.models): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped",
+        "warning: entry point 'not_callable' = 'math:pi' (group distill.models): is float, not a callable that "
+        "registers models; skipped",
+        "warning: entry point 'broken_methods' = 'no_such_module_xyz:Thing' (group distill.methods): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped",
+        "warning: entry point 'broken_families' = 'no_such_module_xyz:Thing' (group distill.families): cannot be "
+        "loaded (ModuleNotFoundError: No module named 'no_such_module_xyz'); skipped"]
+    # a config naming the skipped method gets the unknown-name error, which lists what exists
+    with pytest.raises(ConfigError, match=r"broken_methods.*half_ce"):
+        load_config(vector_run(tmp_path, "broken_methods"))
 
 
 def test_register_model_refusals():

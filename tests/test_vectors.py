@@ -39,6 +39,17 @@ def test_standardisation_uses_the_training_statistics() -> None:
     assert torch.equal(batch.labels, torch.tensor([0, 0])) and torch.equal(batch.indices, torch.tensor([0, 2]))
 
 
+def test_a_column_constant_in_training_gets_scale_one() -> None:
+    """A column constant in the training rows but not in eval must not be multiplied by 1/eps (1e6)."""
+    train = vector_dataset(torch.tensor([[1.0, 10.0], [3.0, 10.0], [5.0, 10.0]]), torch.tensor([0, 1, 0]))
+    mean, std = VectorClassification.fit_standardizer(train)
+    assert torch.equal(std[1], torch.tensor(1.0)) and torch.equal(mean[1], torch.tensor(10.0))
+    task = VectorClassification(mean, std)
+    held_out = vector_dataset(torch.tensor([[3.0, 13.0], [3.0, 9.0]]), torch.tensor([0, 1]))
+    batch = task.prepare(task.fetch(held_out, torch.tensor([0, 1])), train=False, generator=None)
+    assert torch.allclose(batch.inputs[:, 1], torch.tensor([3.0, -1.0]))  # shifted, not scaled by 1e6
+
+
 def blobs(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Two classes, each made of two sub-clusters in 6 dimensions."""
     centres = torch.tensor([[3.0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0], [0, 0, 3.0, 0, 0, 0], [0, 0, 0, 3.0, 0, 0]])

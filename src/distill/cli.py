@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (ResumeMismatchError, UnsafeFileError, CheckpointError) as e:  # a damaged or tampered checkpoint
         return _error(e)
     except NonFiniteError as e:  # a NaN/inf loss term, parameter or buffer: the last good checkpoint stays
-        return _error(e)
+        return _error(non_finite_message(e, run_dir))
     except DataReadError as e:  # a streamed image that cannot be decoded: the last checkpoint stays
         return _error(e)
     final = summary.get("final", {})
@@ -64,23 +64,40 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    import torch
+def non_finite_message(e: BaseException, run_dir: Path) -> str:
+    """The trainer's non-finite stop line, without its "last good checkpoint is kept" when none was written."""
+    message = str(e)
+    if not any((run_dir / "checkpoints").glob("step-*")):
+        message = message.replace("the last good checkpoint is kept", "no checkpoint was written yet")
+    return message
 
+
+def cmd_eval(args: argparse.Namespace) -> int:
     from distill.config import ConfigError, load_config
-    from distill.core.safe_pickle import UnsafeFileError
-    from distill.experiment import build_experiment, evaluate_model
-    from distill.models.weights import load_weights_into
-    from distill.train.runlog import evaluate_teacher
+    from distill.experiment import build_experiment
+    from distill.train.progress import progress_enabled
 
     try:
         cfg = load_config(args.config, args.set)
+        shown = cfg.train.progress  # train.progress: false switches the evaluation's bars off too (docs/feedback.md)
         cfg.train.progress = False
         exp = build_experiment(cfg, args.output_dir)
     except ConfigError as e:
         return _fail(str(e))
     except (FileNotFoundError, ValueError) as e:  # includes UnsafeFileError
         return _error(e)
+    with progress_enabled(shown, cfg.train.progress_every):
+        return _evaluate(args, cfg, exp)
+
+
+def _evaluate(args: argparse.Namespace, cfg: Any, exp: Any) -> int:
+    import torch
+
+    from distill.core.safe_pickle import UnsafeFileError
+    from distill.experiment import evaluate_model
+    from distill.models.weights import load_weights_into
+    from distill.train.runlog import evaluate_teacher
+
     if exp.eval_data is None:
         return _fail("data.eval: required to evaluate")
     weights = Path(args.weights) if args.weights else exp.trainer.run_dir / "student.safetensors"
@@ -136,7 +153,8 @@ def cmd_methods(args: argparse.Namespace) -> int:
     rows = []
     for e in METHODS:
         tasks = e.obj.tasks
-        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None})
+        rows.append({**e.as_dict(), "tasks": sorted(tasks) if tasks is not None else None,
+                     "pipeline": getattr(e.obj, "pipeline", None)})
     if args.family:
         families = sorted({r["family"] for r in rows})
         if args.family not in families:
@@ -166,7 +184,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
             table.add_column(col, overflow="fold", no_wrap=col == "name")
         for r in rows:
             opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
-            table.add_row(r["name"], r["family"], opts, r["summary"])
+            table.add_row(r["name"], r["family"], opts, _pipeline_note(r) + r["summary"])
         console.print(table)
         return 0
     table = Table(title=f"distill methods ({len(rows)})")
@@ -175,10 +193,16 @@ def cmd_methods(args: argparse.Namespace) -> int:
     for r in rows:
         p = r["provenance"] or {}
         repo = (p.get("repo") or "").removeprefix("https://github.com/")
-        table.add_row(r["name"], r["family"], p.get("paper") or r["summary"], str(p.get("year") or ""),
+        paper = _pipeline_note(r) + (p.get("paper") or r["summary"])
+        table.add_row(r["name"], r["family"], paper, str(p.get("year") or ""),
                       p.get("arxiv") or "", repo, r["file"])
     console.print(table)
     return 0
+
+
+def _pipeline_note(row: dict) -> str:
+    """A method trained only by a pipeline (not from a methods list) says so before its summary."""
+    return f"(pipeline: {row['pipeline']}; not for a methods list) " if row.get("pipeline") else ""
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

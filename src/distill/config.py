@@ -498,6 +498,9 @@ def _check_models(cfg: ExperimentConfig, family: Any) -> None:
         if key.startswith("teacher") and m.arch is not None and m.path is None and not m.weights:
             raise ConfigError(f"{key}.weights: required (give the trained teacher's weights, or weights: "
                               f"{RANDOM_WEIGHTS} for an untrained teacher)")
+        if key.startswith("teacher") and m.weights == NEW_HEAD:
+            raise ConfigError(f"{key}.weights: {NEW_HEAD} gives a randomly initialised head, and a teacher is frozen, "
+                              "so it would teach at chance; give a fine-tuned classifier folder (or its weights)")
         if m.weights == NEW_HEAD and m.path is None:
             raise ConfigError(f"{key}.weights: {NEW_HEAD} puts a new head on a model folder; give {key}.path (a "
                               f"model built from 'arch' is random unless its weights are given)")

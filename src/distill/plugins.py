@@ -7,6 +7,7 @@ command line) turns a module name into an import."""
 from __future__ import annotations
 
 import importlib
+import sys
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -28,7 +29,11 @@ def load_families() -> None:
     for module in BUILTIN_FAMILIES:
         importlib.import_module(module)
     for ep in entry_points(group="distill.families"):
-        importlib.import_module(ep.value.partition(":")[0])
+        where = _where(ep)
+        try:
+            importlib.import_module(ep.value.partition(":")[0])
+        except Exception as e:  # noqa: BLE001 - one broken package must not break every command
+            _skip(where, f"cannot be loaded ({type(e).__name__}: {_first_line(e)})")
 
 
 #: entry-point groups of installed packages: a callable that registers models (``distill.models.register_model``)
@@ -43,13 +48,24 @@ class PluginError(ValueError):
 
 _entry_points_loaded = False
 
+#: entry points of installed packages that failed to load: ``where`` -> why (each skipped with a warning on stderr)
+SKIPPED: dict[str, str] = {}
+
+
+def _skip(where: str, why: str) -> None:
+    """A broken entry point of an installed package: one warning line naming it, and it is skipped (a config that
+    names what it would have registered then gets the unknown-name error, which lists what exists)."""
+    if where not in SKIPPED:
+        SKIPPED[where] = why
+        print(f"warning: {where}: {why}; skipped", file=sys.stderr)
+
 
 def _first_line(e: BaseException) -> str:
     return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def _load_entry_point(ep: Any) -> Any:
-    where = f"entry point {ep.name!r} = {ep.value!r} (group {ep.group})"
+    where = _where(ep)
     try:
         return ep.load()
     except Exception as e:  # noqa: BLE001 - any failure of third-party code becomes one line naming it
@@ -97,20 +113,38 @@ def load_entry_point_plugins() -> None:
     importlib.import_module("distill.methods")  # the built-in methods first: a plugin's name may not take theirs
 
     for ep in entry_points(group=MODEL_GROUP):
-        fn = _load_entry_point(ep)
-        source = f"entry point {ep.name!r} = {ep.value!r} (group {MODEL_GROUP})"
-        if not callable(fn):
-            raise PluginError(f"{source}: is {type(fn).__name__}, not a callable that registers models")
         try:
-            result = fn()
-        except PluginError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            raise PluginError(f"{source}: failed ({type(e).__name__}: {_first_line(e)})") from None
-        register_models_from(source, result)
+            _load_models_entry_point(ep)
+        except PluginError as e:
+            _skip_error(ep, e)
     for ep in entry_points(group=METHOD_GROUP):
-        register_method_from(f"entry point {ep.name!r} = {ep.value!r} (group {METHOD_GROUP})", ep.name,
-                             _load_entry_point(ep))
+        try:
+            register_method_from(_where(ep), ep.name, _load_entry_point(ep))
+        except PluginError as e:
+            _skip_error(ep, e)
+
+
+def _where(ep: Any) -> str:
+    return f"entry point {ep.name!r} = {ep.value!r} (group {ep.group})"
+
+
+def _skip_error(ep: Any, e: PluginError) -> None:
+    where, message = _where(ep), str(e)
+    _skip(where, message[len(where) + 2:] if message.startswith(where + ": ") else message)
+
+
+def _load_models_entry_point(ep: Any) -> None:
+    fn = _load_entry_point(ep)
+    source = _where(ep)
+    if not callable(fn):
+        raise PluginError(f"{source}: is {type(fn).__name__}, not a callable that registers models")
+    try:
+        result = fn()
+    except PluginError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise PluginError(f"{source}: failed ({type(e).__name__}: {_first_line(e)})") from None
+    register_models_from(source, result)
 
 
 def import_plugin(module: str) -> None:

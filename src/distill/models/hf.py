@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,39 @@ AUTO_CLASSES = {
 def _short(names: list[str], n: int = 4) -> str:
     more = f" (+{len(names) - n} more)" if len(names) > n else ""
     return ", ".join(names[:n]) + more
+
+
+def _placeholder_names(names: list[str]) -> bool:
+    """Names that say nothing of a class: transformers' default ``LABEL_0``.., or bare indices."""
+    return all(re.fullmatch(r"(label_)?\d+", n.strip().lower()) for n in names)
+
+
+def _same_name(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", name.strip().lower())
+
+
+def check_class_order(path: Path, id2label: dict[Any, str] | None, class_names: list[str]) -> None:
+    """A folder whose ``id2label`` names real classes must list the data's classes in the data's order: otherwise its
+    logits would be read under other classes (names compared ignoring case, spaces, ``_`` and ``-``)."""
+    if not id2label or not class_names:
+        return
+    try:
+        folder = [str(id2label[k]) for k in sorted(id2label, key=int)]
+    except (TypeError, ValueError):
+        return
+    if len(folder) != len(class_names) or _placeholder_names(folder) or _placeholder_names(class_names):
+        return
+    mine, theirs = [_same_name(n) for n in folder], [_same_name(n) for n in class_names]
+    if mine == theirs:
+        return
+    if sorted(mine) == sorted(theirs):
+        first = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        raise FolderError(f"{path}: its id2label (config.json) has the data's classes in another order (from index "
+                          f"{first}: folder {_short(folder[first:])}; data {_short(class_names[first:])}): its logits "
+                          "would be read under the wrong classes; give a folder trained in the data's class order")
+    raise FolderError(f"{path}: its id2label (config.json) names other classes than the data's (folder "
+                      f"{_short(folder)}; data {_short(class_names)}); give a folder trained on these classes, or "
+                      "weights: new_head for a student with a new head on its body")
 
 
 def hf_feature_taps(model: nn.Module, prefix: str = "") -> dict[str, str]:
@@ -121,6 +155,8 @@ def load_hf_classifier(path: Path, task: str, num_classes: int, *, new_head: boo
         raise FolderError(f"{path}: its head has num_labels {config.num_labels} (config.json), but the data has "
                           f"{num_classes} classes; give a folder trained on these classes, or weights: new_head for "
                           "a new head on its body")
+    elif not weights_given and class_names:
+        check_class_order(path, getattr(config, "id2label", None), class_names)
     level = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the missing-head warning is turned into a refusal below
     try:

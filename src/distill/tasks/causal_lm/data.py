@@ -33,7 +33,8 @@ def load_lm_data(cfg: Any, tok: Any) -> tuple[LMData, LMData | None]:
     except (ValueError, UnicodeDecodeError, KeyError, TypeError) as e:  # ConfigError is a ValueError: kept as is
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(f"{key}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)  # a KeyError's str() is its repr
+        raise ConfigError(f"{key}: {text.splitlines()[0] if text else type(e).__name__}") from None
     if d.train_blocks:
         train = train.subset(slice(0, d.train_blocks))
     if d.eval_blocks and evald is not None:
@@ -163,7 +164,7 @@ def chat_jsonl(path: str | Path, tokenizer: Any, max_length: int = 256) -> LMDat
     for i, row in enumerate(rows):
         where = f"{path} line {i + 1}"
         if not isinstance(row, dict) or "messages" not in row:
-            raise KeyError(f"{where}: needs the key 'messages' (a chat file); has "
+            raise ValueError(f"{where}: needs the key 'messages' (a chat file); has "
                            f"{sorted(row) if isinstance(row, dict) else type(row).__name__}")
         _check_messages(row["messages"], where)
         text, spans = chat_spans(tokenizer, row["messages"], where)

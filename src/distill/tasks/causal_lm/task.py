@@ -125,7 +125,7 @@ def prompt_response_jsonl(path: str | Path, tokenizer: Any, max_length: int = 25
     for i, row in enumerate(rows):
         key = response_key or next((k for k in ("response", "completion") if k in row), None)
         if prompt_key not in row or key is None or key not in row:
-            raise KeyError(f"{path} line {i + 1}: needs keys {prompt_key!r} and 'response' (or 'completion'); "
+            raise ValueError(f"{path} line {i + 1}: needs keys {prompt_key!r} and 'response' (or 'completion'); "
                            f"has {sorted(row)}")
         p = tokenizer(str(row[prompt_key]), add_special_tokens=False)["input_ids"]
         r = tokenizer(str(row[key]), add_special_tokens=False)["input_ids"]

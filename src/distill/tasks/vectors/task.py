@@ -43,9 +43,13 @@ class VectorClassification:
 
     @staticmethod
     def fit_standardizer(data: TensorDataset, eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-column mean and standard deviation of the features (``eps`` keeps constant columns finite)."""
-        x = data.tensors[0]
-        return x.mean(0), x.std(0, unbiased=False).clamp_min(eps)
+        """Per-column mean and standard deviation of the features.
+
+        A column whose standard deviation is below ``eps`` (constant in the training rows) gets scale 1, as
+        sklearn's ``StandardScaler`` does: dividing by a tiny floor would blow up any eval row that differs."""
+        x = data.tensors[0].float()
+        std = x.std(0, unbiased=False)
+        return x.mean(0), torch.where(std < eps, torch.ones_like(std), std)
 
     def describe(self) -> dict[str, str]:
         return {"task": type(self).__name__, "standardised": str(self.mean is not None)}
