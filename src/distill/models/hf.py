@@ -180,6 +180,11 @@ def load_hf_classifier(path: Path, task: str, num_classes: int, *, new_head: boo
     return HFLogits(model.eval())
 
 
+#: files whose presence says a model folder keeps its own tokenizer (fast, WordPiece, BPE or sentencepiece)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
 def check_folder_tokenizer(path: Path, tokenizer: Any, model: HFLogits | None = None) -> None:
     """A text model folder must read the ids of the run's tokenizer (``data.tokenizer``): when the folder holds a
     tokenizer its vocabulary must be the same; the model's embedding table must hold every id."""
@@ -187,7 +192,7 @@ def check_folder_tokenizer(path: Path, tokenizer: Any, model: HFLogits | None = 
 
     if tokenizer is None:  # rebuilt without its data (``distill export``): checked when it was trained
         return
-    if (path / "tokenizer.json").is_file() or (path / "vocab.txt").is_file():
+    if any((path / f).is_file() for f in TOKENIZER_FILES):
         from transformers import AutoTokenizer
 
         try:
