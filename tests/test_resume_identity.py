@@ -98,3 +98,19 @@ def test_unchanged_or_progress_changed_rerun_resumes_bit_identically(data):
     build_experiment(cfg(data, progress="true", extra=", log_every: 2, progress_every: 7"), run).fit()
     a, b = load_file(str(full / "student.safetensors")), load_file(str(run / "student.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_wall_time_adds_up_over_resumes(data, monkeypatch):
+    """summary.json's wall time is the training time of every session (a no-op resume of a finished run keeps it),
+    carried in the checkpoints."""
+    run = interrupted(data)
+    first = latest_checkpoint(run / "checkpoints")
+    from distill.train.checkpoint import load_checkpoint
+
+    before = load_checkpoint(first)["trainer"]["position"]["wall_s"]
+    assert before > 0
+    summary = build_experiment(cfg(data), run).fit()
+    assert summary["wall_time_s"] > before
+    newest = load_checkpoint(latest_checkpoint(run / "checkpoints"))["trainer"]["position"]["wall_s"]
+    again = build_experiment(cfg(data), run).fit()  # resumes from the newest checkpoint: little left to train
+    assert again["steps"] == summary["steps"] and again["wall_time_s"] > newest >= before

@@ -372,6 +372,7 @@ class Trainer:
             sharding.load_full_optimizer_state(optimizer, loaded["optimizer"])
             state.update(loaded["trainer"]["position"])
             set_rng_state(loaded["trainer"]["rng"])
+        wall_before = float(state.pop("wall_s", 0.0))  # training time of the sessions before a resume
         log = MetricLog(self.run_dir, resume_step=state["global_step"] if ckpt else None,
                         tensorboard=True) if acc.is_main_process else _NoLog()
         if cfg.trackers and acc.is_main_process:
@@ -396,7 +397,8 @@ class Trainer:
                     ckpt_root,
                     state["global_step"],
                     *parts,
-                    {"position": dict(state), "rng": rng_state(), "recipe": recipe},
+                    {"position": {**state, "wall_s": wall_before + time.perf_counter() - start}, "rng": rng_state(),
+                     "recipe": recipe},
                     keep=cfg.keep_checkpoints,
                 )
 
@@ -493,7 +495,7 @@ class Trainer:
         finally:
             progress.close()
             log.close()
-        wall = time.perf_counter() - start
+        wall = wall_before + time.perf_counter() - start
         distributed.broadcast_buffers(module)
         if self.sharded or acc.is_main_process:
             student_state, methods_state = sharding.full_state(module.student), sharding.full_state(module.methods)
