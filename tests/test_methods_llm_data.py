@@ -89,7 +89,7 @@ def test_prompt_response_jsonl_masks_prompt_and_padding(tmp_path, tok):
     assert data.labels[1, :2].tolist() == [-100, -100] and data.labels[1, -1].item() == 1
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "x"}) + "\n")
-    with pytest.raises(KeyError, match="bad.jsonl line 1"):
+    with pytest.raises(ValueError, match="bad.jsonl line 1"):
         prompt_response_jsonl(bad, tok)
 
 
