@@ -53,6 +53,7 @@ def test_changed_method_option_is_refused_naming_it(data):
         build_experiment(cfg(data, kd=", temperature: 8"), run).fit()
     # the option given at its default is the same run
     assert run_identity(cfg(data, kd=", temperature: 4.0")) == run_identity(cfg(data))
+    assert run_identity(cfg(data, kd=", temperature: 4")) == run_identity(cfg(data))  # an int for a float
 
 
 def test_changed_teacher_options_are_refused(data):
@@ -114,3 +115,22 @@ def test_wall_time_adds_up_over_resumes(data, monkeypatch):
     newest = load_checkpoint(latest_checkpoint(run / "checkpoints"))["trainer"]["position"]["wall_s"]
     again = build_experiment(cfg(data), run).fit()  # resumes from the newest checkpoint: little left to train
     assert again["steps"] == summary["steps"] and again["wall_time_s"] > newest >= before
+
+
+def test_changed_data_file_is_refused_naming_it(data):
+    run = interrupted(data)
+    x = np.load(data / "train.npz")
+    np.savez(data / "train.npz", x=x["x"] * 2, y=x["y"])  # same name, other contents
+    with pytest.raises(ResumeMismatchError, match=r"data\.train#file"):
+        build_experiment(cfg(data), run).fit()
+
+
+def test_checkpoint_without_file_identities_still_resumes(data):
+    """A checkpoint written before data files were part of the identity (no ``#file`` keys) is not refused."""
+    run = interrupted(data)
+    folder = latest_checkpoint(run / "checkpoints")
+    state = torch.load(folder / "trainer.pt", weights_only=False)
+    state["recipe"] = {k: v for k, v in state["recipe"].items() if not k.endswith("#file")}
+    torch.save(state, folder / "trainer.pt")
+    _write_checksums(folder)
+    assert build_experiment(cfg(data), run).fit()["steps"] > 3

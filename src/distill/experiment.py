@@ -141,7 +141,8 @@ def _method_options(m: MethodConfig) -> dict[str, Any]:
         p = params.get(k)
         if p is not None and p.default is not inspect.Parameter.empty:
             try:
-                if bool(p.default == v) and type(p.default) is type(v):
+                numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in (p.default, v))
+                if bool(p.default == v) and (type(p.default) is type(v) or numbers):
                     continue
             except Exception:  # noqa: BLE001 - incomparable: keep it
                 pass
@@ -151,7 +152,8 @@ def _method_options(m: MethodConfig) -> dict[str, Any]:
 
 def run_identity(cfg: ExperimentConfig) -> dict[str, str]:
     """What a resumed run must agree on besides the training settings: each method's options, the student, the
-    teacher (with the size and checksum of the weights files it names) and the data, as ``section.key: value``
+    teacher (with the size and checksum of the weights files it names) and the data (with the same for each data
+    file it names; a folder is named only), as ``section.key: value``
     strings (long values as a short hash). Leaves out where things are kept (a teacher cache's path, the data's
     download folder) and the output, progress and logging settings."""
     out: dict[str, str] = {"identity": "1"}
@@ -168,7 +170,7 @@ def run_identity(cfg: ExperimentConfig) -> dict[str, str]:
             if whole != "{}":
                 section[f"{name}.value"] = whole
         for key, value in list(section.items()):
-            if name != "data" and key.rsplit(".", 1)[-1] in ("weights", "path") and value.startswith('"'):
+            if (name == "data" or key.rsplit(".", 1)[-1] in ("weights", "path")) and value.startswith('"'):
                 found = _file_identity(json.loads(value), cfg.base_dir)
                 if found is not None:
                     section[f"{key}#file"] = found

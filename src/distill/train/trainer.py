@@ -270,12 +270,14 @@ class Trainer:
             return
         defaults = _train_config_defaults()
         # a setting the old checkpoint does not know was added to TrainConfig later: at its default it computes
-        # what the old code computed, so it is not a change
+        # what the old code computed, so it is not a change; likewise a file's identity (``key#file``) that an
+        # older checkpoint did not record
         # the experiment's identity (keys after the "identity" marker) is compared when both runs carry one: a
         # checkpoint written before it existed, or a Trainer built without one, compares the rest only
         both = "identity" in old and "identity" in new
         changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)
                          and not (k not in old and k in defaults and new.get(k) == defaults[k])
+                         and not (k not in old and k.endswith("#file"))
                          and (both or not _identity_key(k)))
         if changed:
             detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
