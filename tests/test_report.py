@@ -171,3 +171,11 @@ def test_report_renders_in_headless_chromium(three_runs, tmp_path):
     img = Image.open(shot).convert("RGB")
     assert img.size == (1280, 2400) and shot.stat().st_size > 20_000
     assert len(img.getcolors(maxcolors=1 << 20) or []) > 50  # text, tables and plots, not a blank page
+
+
+def test_run_shorter_than_log_every_still_logs_its_training_loss(tmp_path):
+    """The last step is always logged, so the report's loss panel of a short run is not empty."""
+    text = vector_yaml(tmp_path).read_text().replace("log_every: 1", "log_every: 1000")
+    run = train(text, tmp_path, "short")
+    rows = [r for r in read_metrics(run) if r["split"] == "train" and r["metric"] == "loss"]
+    assert [int(r["step"]) for r in rows] == [10]  # 2 epochs x 5 batches: the final step only

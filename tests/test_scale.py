@@ -162,6 +162,13 @@ def test_launcher_precision_rules(monkeypatch):
         launcher_precision("no", cpu=True)
 
 
+def test_launcher_fp16_on_cpu_is_refused_before_any_model_is_loaded(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    monkeypatch.setattr("distill.experiment.build_parts", lambda *a, **k: pytest.fail("loaded before refusing"))
+    with pytest.raises(ValueError, match=r"launcher asks for fp16"):
+        build_experiment(parse_config(vector_raw(tmp_path), base_dir=tmp_path), tmp_path / "run")
+
+
 def test_trainer_follows_accelerate_launch_mixed_precision(tmp_path):
     """In a fresh process (Accelerate's state is one per process): the launcher's bf16 is what autocast uses and
     what the run records."""

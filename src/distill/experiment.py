@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from distill.config import ConfigError, ExperimentConfig, MethodConfig, method_error, resolve_path
@@ -314,6 +315,11 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
 
 def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None) -> Experiment:
     """Build every object of the run described by ``cfg`` (see the module docstring)."""
+    from distill.train.trainer import launcher_precision, refuse_sharding
+
+    cpu = cfg.train.cpu or not torch.cuda.is_available()  # the launcher's settings are refused before any loading
+    launcher_precision(cfg.train.mixed_precision, cpu)
+    refuse_sharding(cpu)
     parts = build_parts(cfg, student=student_builder(cfg))
     family, loaded = parts.family, parts.loaded
     student = parts.student

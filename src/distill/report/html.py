@@ -132,7 +132,7 @@ def final_metrics(run: RunFolder, rows: list[dict[str, str]]) -> dict[str, float
             if r["split"] == "eval":
                 final[r["metric"]] = float(r["value"])
     for r in rows:
-        if r["split"] == "teacher":
+        if r["split"] == "teacher" and not r["metric"].startswith("teacher_"):  # not the teacher against itself
             final[f"teacher {r['metric']}"] = float(r["value"])
     return final
 

@@ -76,7 +76,7 @@ def plot_runs(runs: dict[str, Path], out: Path, title: str = "", metric: str | N
                 drawn[ax1] += 1
         x, y = series(run_dir, "train", "loss") if has_log else ([], [])
         if x:
-            ax2.plot(x, y, label=label, alpha=0.8)
+            ax2.plot(x, y, label=label, alpha=0.8, marker="o" if len(x) < 3 else None)
             drawn[ax2] += 1
     ax1.set_xlabel("epoch")
     ax1.set_ylabel(f"evaluation {metric}" + (" (%)" if scale != 1.0 else "") if metric else "evaluation")

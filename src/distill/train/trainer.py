@@ -457,7 +457,8 @@ class Trainer:
                     _check_state(module, where, self.world, by_design)  # parameters and buffers (BatchNorm statistics)
                     state["step_in_epoch"] += 1
                     state["global_step"] += 1
-                    if acc.is_main_process and (state["global_step"] % cfg.log_every == 0):
+                    last = state["global_step"] == self.total_steps + init_steps  # short runs log too
+                    if acc.is_main_process and (state["global_step"] % cfg.log_every == 0 or last):
                         log.log(state["global_step"], epoch, stage if stage == "init" else "train",
                                 {**sums, "lr": cfg.lr * factor})
                     label = (f"init {epoch + 1}/{init_epochs}" if stage == "init"
