@@ -248,28 +248,44 @@ def experts_for(args: argparse.Namespace, domains: dict[str, Any]) -> list[torch
     return experts
 
 
-def run_seed(args: argparse.Namespace, seed: int, domains: dict[str, Any], experts: list[torch.nn.Module],
-             s_tokens: dict[str, torch.Tensor], t_tokens: dict[str, torch.Tensor]) -> dict[str, Any]:
+def run_seed(args: argparse.Namespace, seed: int, domains: dict[str, Any], s_tokens: dict[str, torch.Tensor],
+             t_tokens: dict[str, torch.Tensor], partial: dict[str, Any], save: Any) -> dict[str, Any]:
+    """One seed, stage by stage: each finished stage's weights are kept in the work folder and its scores in
+    ``partial`` (saved through ``save()``), so a killed run resumes at the stage where it stopped."""
     import copy
 
+    from safetensors.torch import load_file, save_file
+
+    folder = args.work / f"seed{seed}"
+    folder.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    torch.manual_seed(seed)
     target = domains["target"]
     student = pretrained_resnet20(args.shared)
-    xs = torch.cat([domains["source"][n][0] for n in SOURCES])
     ys = torch.cat([domains["source"][n][1] for n in SOURCES])
-    sgd_train(student, xs, ys, args.erm_epochs, args.erm_lr, args.batch, seed)
-    res: dict[str, Any] = {"erm": {n: accuracy(student, *target[n]) for n in TARGETS}}
+    if (folder / "erm.safetensors").exists():
+        student.load_state_dict(load_file(str(folder / "erm.safetensors")))
+    else:
+        torch.manual_seed(seed)
+        xs = torch.cat([domains["source"][n][0] for n in SOURCES])
+        sgd_train(student, xs, ys, args.erm_epochs, args.erm_lr, args.batch, seed)
+        save_file(student.state_dict(), str(folder / "erm.safetensors"))
+    student.eval()
+    partial.setdefault("erm", {n: accuracy(student, *target[n]) for n in TARGETS})
+    torch.manual_seed(seed)
     agg = FeatureAggregator(64, heads=4, hidden=128, dropout=0.1, num_classes=10)
-    pretrain_aggregator(agg, torch.cat([s_tokens[n] for n in SOURCES]), ys, args.agg_epochs, seed)
-    res["adapt_no_meta"] = adapted_accuracy(student, agg, target, t_tokens, args.ilr, args.sup)
+    pretrain_aggregator(agg, torch.cat([s_tokens[n] for n in SOURCES]), ys, args.agg_epochs, seed)  # seconds
+    partial.setdefault("adapt_no_meta", adapted_accuracy(student, agg, target, t_tokens, args.ilr, args.sup))
+    save()
     for arm, mask in (("meta_dmoe", True), ("meta_dmoe_nomask", False)):
+        if arm in partial:
+            continue
         s, a = copy.deepcopy(student), copy.deepcopy(agg)
         meta_train(s, a, domains["source"], s_tokens, args, seed, mask)
-        res[arm] = adapted_accuracy(s, a, target, t_tokens, args.ilr, args.sup)
-        res[arm + "_unadapted"] = {n: accuracy(s, *target[n]) for n in TARGETS}
-    res["seconds"] = time.time() - t0
-    return res
+        partial[arm + "_unadapted"] = {n: accuracy(s, *target[n]) for n in TARGETS}
+        partial[arm] = adapted_accuracy(s, a, target, t_tokens, args.ilr, args.sup)
+        save()
+    partial["seconds"] = partial.get("seconds", 0.0) + time.time() - t0
+    return partial
 
 
 def mean_over_targets(r: dict[str, float]) -> float:
@@ -359,11 +375,15 @@ def main() -> None:
             n: 100.0 * float((torch.stack([torch.cat([e(x[s:s + 250]) for s in range(0, len(x), 250)])
                                            for e in experts]).mean(0).argmax(1) == y).float().mean())
             for n, (x, y) in domains["target"].items()}
+    results.setdefault("partial", {})
     for seed in args.seeds:
         if str(seed) in results["seeds"]:
             continue
         print(f"seed {seed}", flush=True)
-        results["seeds"][str(seed)] = run_seed(args, seed, domains, experts, s_tokens, t_tokens)
+        partial = results["partial"].setdefault(str(seed), {})
+        done = run_seed(args, seed, domains, s_tokens, t_tokens, partial, lambda: write_json(args.out, results))
+        results["seeds"][str(seed)] = done
+        results["partial"].pop(str(seed), None)
         print(report(results, args.out), flush=True)
     print(report(results, args.out))
 
