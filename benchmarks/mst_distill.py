@@ -142,6 +142,17 @@ def train_ce(model: nn.Module, data: tuple[torch.Tensor, ...], epochs: int, g: t
     model.eval()
 
 
+class Averaged(nn.Module):
+    """The mean of two teachers' logits."""
+
+    def __init__(self, a: nn.Module, b: nn.Module):
+        super().__init__()
+        self.a, self.b = a, b
+
+    def forward(self, gray: torch.Tensor, thumb: torch.Tensor) -> torch.Tensor:
+        return (self.a(gray, thumb) + self.b(gray, thumb)) / 2
+
+
 def frozen(m: nn.Module) -> nn.Module:
     m.eval()
     for p in m.parameters():
@@ -234,9 +245,7 @@ def run_seed(args: argparse.Namespace, seed: int, data: tuple[torch.Tensor, ...]
             elif arm == "kd_a":
                 source = teacher("A")
             elif arm == "kd_avg":
-                ta, aa = teacher("T"), teacher("A")
-                def source(gr: torch.Tensor, th: torch.Tensor) -> torch.Tensor:
-                    return (ta(gr, th) + aa(gr, th)) / 2
+                source = Averaged(teacher("T"), teacher("A"))
             train_ce(s, data, epochs, g, args.lr, args.batch, teacher=source, tau=args.tau)
         partial[arm] = {"accuracy": accuracy(s, args.test), "seconds": time.time() - t0, **extra}
         print(f"seed {seed} {arm}: {partial[arm]['accuracy']:.2f}%", flush=True)
