@@ -6,7 +6,7 @@ method is registered with (``distill methods`` prints each method's file):
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
   tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
 * ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd, ofa);
-* ``relations/``: family ``relations`` (sp, cc, rkd, pkt);
+* ``relations/``: family ``relations`` (sp, cc, rkd, pkt, trg);
 * ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
@@ -52,7 +52,7 @@ from distill.methods.logits import (  # noqa: F401
     tgeo,
 )
 from distill.methods.ranking import margin_mse, ranking_nll, score_mse  # noqa: F401
-from distill.methods.relations import cc, pkt, rkd, sp  # noqa: F401
+from distill.methods.relations import cc, pkt, rkd, sp, trg  # noqa: F401
 
 #: the folder of each family's methods (families whose name is no valid module name, or that share a folder)
 FAMILY_FOLDERS: dict[str, str] = {
