@@ -162,3 +162,26 @@ def test_recipes_validate(recipe):
         assert ofa.eps == [1.5 if recipe == "ofa_e15" else 1.0] * 5
     assert set(build_model("vit_micro").feature_taps) >= {"f1", "f2", "f3", "f4", "pooled"}
     assert yaml.safe_load((REPO / "configs" / "cifar10_vit" / f"{recipe}.yaml").read_text())["base"] == "_base.yaml"
+
+
+def test_homogeneous_recipe_builds_three_cnn_exits_on_resnet20():
+    from distill.config import load_raw
+    from distill.core.taps import FeatureTaps
+
+    raw = load_raw(REPO / "configs" / "cifar10_rows" / "ofa.yaml")
+    ofa = build_methods(parse_config(raw, base_dir=str(REPO / "configs" / "cifar10_rows")).methods).methods["ofa"]
+    student, teacher = build_model("resnet20"), build_model("resnet56")
+    x = torch.randn(2, 3, 32, 32)
+    with FeatureTaps(student, [student.feature_taps[n] for n in ofa.stages]).capture() as fs:
+        zs = student(x)
+    with FeatureTaps(teacher, [teacher.feature_taps["pooled"]]).capture() as ft:
+        zt = teacher(x)
+    out_s = ModelOutput(zs, {n: fs[student.feature_taps[n]] for n in ofa.stages})
+    out_t = ModelOutput(zt, {"pooled": ft[teacher.feature_taps["pooled"]]})
+    ofa.setup(out_s, out_t, RunInfo())
+    assert all(isinstance(e, CnnExit) for e in ofa.exits)
+    sepconvs = [sum(1 for m in e.body if not isinstance(m, torch.nn.Conv2d)) for e in ofa.exits]
+    assert sepconvs == [2, 1, 0]  # S - s SepConv blocks, the last stage a 1x1 conv
+    assert all(e.fc.in_features == 64 for e in ofa.exits)  # max(C_s_last, C_t_last) = 64
+    terms = ofa(StepInputs(out_s, out_t, torch.tensor([3, 4])))
+    assert all(torch.isfinite(v) for v in terms.values())

@@ -142,12 +142,12 @@ def test_gradients_reach_student_and_projection_never_teacher():
 
 
 def test_recipe_validates_and_bad_options_are_named():
-    raw = load_raw(REPO / "configs" / "cifar10" / "trg.yaml")
-    cfg = parse_config(raw, base_dir=str(REPO / "configs" / "cifar10"))
+    raw = load_raw(REPO / "configs" / "cifar10_rows" / "trg.yaml")
+    cfg = parse_config(raw, base_dir=str(REPO / "configs" / "cifar10_rows"))
     trg = build_methods(cfg.methods).methods["trg"]
     assert (trg.student_feature, trg.teacher_feature, trg.n, trg.k) == ("f3", "f3", 4, 8)
     raw["methods"][2]["neighbours"] = 8
     with pytest.raises(ValueError, match="neighbours"):
-        parse_config(raw, base_dir=str(REPO / "configs" / "cifar10"))
+        parse_config(raw, base_dir=str(REPO / "configs" / "cifar10_rows"))
     with pytest.raises(ValueError, match="k must"):
         TRG(k=0)
