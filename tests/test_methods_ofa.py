@@ -26,6 +26,9 @@ from distill.train.module import DistillModule
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "src" / "distill" / "assets" / "cifar10_demo.tar.gz")
+#: one validated recipe line per method of this file (tests/test_config.py checks every method has one)
+YAML_EXAMPLES = {"ofa": "{name: ofa, student: [f1, f2, f3], eps: 1.5, temperature: 1.0, kd_weight: 1.0, "
+                        "ofa_weight: 1.0}"}
 
 
 def test_eps_one_is_soft_target_cross_entropy_on_a_two_class_hand_case():

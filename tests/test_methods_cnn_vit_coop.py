@@ -15,6 +15,10 @@ from distill.methods.features.cnn_vit_coop import CnnVitCoop, bsd_masks, pixel_b
 from distill.tasks.classification import ImageClassification
 from distill.train.module import DistillModule
 
+#: one validated recipe line per method of this file (tests/test_config.py checks every method has one)
+YAML_EXAMPLES = {"cnn_vit_coop": "{name: cnn_vit_coop, peer: vit_micro, input_tap: 'conv1:input', low: f1, high: f3, "
+                                 "regions: 4, selection: reliable}"}
+
 
 def test_identical_students_transfer_nothing():
     z = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))

@@ -30,6 +30,9 @@ from distill.tasks.classification import ImageClassification
 from distill.train.module import DistillModule
 
 REPO = Path(__file__).resolve().parents[1]
+#: one validated recipe line per method of this file (tests/test_config.py checks every method has one)
+YAML_EXAMPLES = {"trg": "{name: trg, student: f3, tokens_per_image: 4, k: 8, alpha: 1.0, beta: 1.0, gamma: 1.0, "
+                        "tau_start: 1.0, tau_end: 0.1}"}
 
 
 def test_knn_mask_on_four_points_on_a_line():
