@@ -5,8 +5,9 @@ method is registered with (``distill methods`` prints each method's file):
 
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
   tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
-* ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd);
-* ``relations/``: family ``relations`` (sp, cc, rkd, pkt);
+* ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd, ofa,
+  cnn_vit_coop);
+* ``relations/``: family ``relations`` (sp, cc, rkd, pkt, trg);
 * ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
@@ -31,7 +32,20 @@ are thin re-exporting shims kept for one release.
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
 from distill.methods.embedding import leaf  # noqa: F401
-from distill.methods.features import ab, at, crd, fitnet, fsp, ft, nd, nst, reviewkd, vid  # noqa: F401
+from distill.methods.features import (  # noqa: F401
+    ab,
+    at,
+    cnn_vit_coop,
+    crd,
+    fitnet,
+    fsp,
+    ft,
+    nd,
+    nst,
+    ofa,
+    reviewkd,
+    vid,
+)
 from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
 from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd  # noqa: F401
 from distill.methods.logits import (  # noqa: F401
@@ -52,7 +66,7 @@ from distill.methods.logits import (  # noqa: F401
     tgeo,
 )
 from distill.methods.ranking import margin_mse, ranking_nll, score_mse  # noqa: F401
-from distill.methods.relations import cc, pkt, rkd, sp  # noqa: F401
+from distill.methods.relations import cc, pkt, rkd, sp, trg  # noqa: F401
 
 #: the folder of each family's methods (families whose name is no valid module name, or that share a folder)
 FAMILY_FOLDERS: dict[str, str] = {

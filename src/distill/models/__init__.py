@@ -33,6 +33,7 @@ from .cifar_shufflenetv2 import CifarShuffleNetV2, shufflenetv2
 from .cifar_vgg import CifarVGG, vgg8, vgg11, vgg13, vgg16, vgg19
 from .cifar_wrn import WideResNet, wrn, wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 from .text_students import BiLSTMClassifier, TextCNN, TransformerClassifier, bilstm, minilm, minilm_truncated, textcnn
+from .vit import VisionTransformer, vit, vit_micro, vit_tiny
 from .weights import _short, load_state_dict_checked, read_state_dict
 
 __all__ = [
@@ -45,6 +46,7 @@ __all__ = [
     "CifarShuffleNetV2",
     "TextCNN",
     "TransformerClassifier",
+    "VisionTransformer",
     "CifarVGG",
     "WideResNet",
     "build_model",
@@ -73,6 +75,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg19": vgg19,
     "mobilenetv2": mobilenetv2,
     "shufflenetv2": shufflenetv2,
+    "vit": vit,
+    "vit_tiny": vit_tiny,
+    "vit_micro": vit_micro,
 }
 
 #: sentence classifiers, called as ``model(input_ids, attention_mask)`` (see :mod:`.text_students`)
