@@ -126,3 +126,25 @@ def test_resume_after_sigkill_mid_task_is_exact(name, tmp_path):
     import json
 
     assert json.loads((tmp_path / "killed" / "metrics.json").read_text())["tasks"] == ref["tasks"]
+
+
+def test_domain_run_reports_every_domain_after_each_task(tmp_path):
+    raw = {"stream": {"kind": "domains", "domains": ["identity", "blur"], "heldout": ["invert"]},
+           "learner": {"name": "dynamic_ykd", "options": {"width": 8, "feature_dim": 16, "grow_branches": False,
+                                                          "distill_weight": 0.0}},
+           "train": {"batch_size": 128, "lr": 3e-3}, "output_dir": str(tmp_path)}
+    out = run_config(parse_stream_config(raw), resume=False)["tasks"]
+    assert [r["name"] for r in out] == ["identity", "blur"]
+    for r in out:
+        assert set(r["domain_accuracy"]) == {"identity", "blur", "invert"}
+        assert r["mean_heldout_domains"] == r["domain_accuracy"]["invert"]
+    assert out[0]["mean_seen_domains"] == out[0]["domain_accuracy"]["identity"]
+
+
+def test_novel_class_run_reports_clustering_accuracy(tmp_path):
+    raw = {"stream": {"kind": "novel_classes", "known": [0, 1, 2], "novel": [3, 4]},
+           "learner": {"name": "crkd", "options": {"width": 8, "feature_dim": 16, "heads": 2, "hidden": 16}},
+           "train": {"batch_size": 128, "lr": 3e-3}, "output_dir": str(tmp_path)}
+    out = run_config(parse_stream_config(raw), resume=False)["tasks"]
+    assert "novel_clustering_accuracy" not in out[0] and 0 <= out[0]["known_accuracy"] <= 1
+    assert 0.5 <= out[1]["novel_clustering_accuracy"] <= 1  # 2 clusters: Hungarian accuracy is at least 1/2

@@ -179,8 +179,8 @@ class ContinualRunner:
         return {"tasks": results}
 
 
-def run_config(cfg: Any, resume: bool = True, dataset: Any = None) -> dict[str, Any]:
-    """Build the stream and learner of a validated :class:`~distill.streams.section.StreamConfig` and run it."""
+def build_runner(cfg: Any, dataset: Any = None) -> ContinualRunner:
+    """The runner of a validated :class:`~distill.streams.section.StreamConfig` (its stream and learner built)."""
     from distill.streams.data import load_dataset
     from distill.streams.registry import LEARNERS
     from distill.streams.stream import class_incremental, domain_stream, novel_class_stream
@@ -197,4 +197,9 @@ def run_config(cfg: Any, resume: bool = True, dataset: Any = None) -> dict[str, 
     runner = ContinualRunner(stream, lambda: cls(num_classes=stream.num_classes, channels=ds.channels,
                                                  **cfg.learner.options),
                              cfg.train, cfg.seed, cfg.output_dir, cfg.deterministic)
-    return runner.run(resume=resume)
+    return runner
+
+
+def run_config(cfg: Any, resume: bool = True, dataset: Any = None) -> dict[str, Any]:
+    """Build the stream and learner of a validated :class:`~distill.streams.section.StreamConfig` and run it."""
+    return build_runner(cfg, dataset).run(resume=resume)
