@@ -251,7 +251,9 @@ class OnPro(Learner):
                     classes, p = prototypes(bz1.detach(), bz2.detach(), by)
                     self.protos[classes] = p
                     self.proto_valid[classes] = True
-        if self.use_apf and self.task.index > 0:
+        if self.use_apf and self.task.index == 0:
+            return terms  # OnPro's task 0: CE on the current batch only; the buffer feeds the contrastive terms
+        if self.use_apf:
             mx, ya, yb, lam = self.apf_batch(n_b, g)
             logits = self.head(self.encoder(mx))
             ce = (1 - lam) * F.cross_entropy(logits, ya, reduction="none") + lam * F.cross_entropy(
