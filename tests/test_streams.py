@@ -148,3 +148,22 @@ def test_novel_class_run_reports_clustering_accuracy(tmp_path):
     out = run_config(parse_stream_config(raw), resume=False)["tasks"]
     assert "novel_clustering_accuracy" not in out[0] and 0 <= out[0]["known_accuracy"] <= 1
     assert 0.5 <= out[1]["novel_clustering_accuracy"] <= 1  # 2 clusters: Hungarian accuracy is at least 1/2
+
+
+def test_cifar10_jpeg_stream_from_the_shipped_subset():
+    raw = {"stream": {"dataset": "cifar10_jpeg", "kind": "domains", "domains": ["identity", "grayscale"],
+                      "heldout": ["jitter"],
+                      "dataset_options": {"path": "builtin:cifar10_demo.tar.gz", "train_per_class": 6,
+                                          "test_per_class": 4}},
+           "learner": {"name": "dynamic_ykd"}}
+    cfg = parse_stream_config(raw)
+    from distill.streams.data import load_dataset
+
+    ds = load_dataset(cfg.stream.dataset, 0, cfg.stream.dataset_options)
+    assert ds.x_train.shape == (60, 3, 32, 32) and ds.x_test.shape == (40, 3, 32, 32)
+    assert torch.bincount(ds.y_train).tolist() == [6] * 10
+    s = domain_stream(ds, ["identity", "grayscale"], ["jitter"])
+    gray = s.eval_sets(0)["grayscale"][0]
+    assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
+    with pytest.raises(ConfigError, match="stream.dataset_options.train_per_clas"):
+        parse_stream_config({**raw, "stream": {**raw["stream"], "dataset_options": {"train_per_clas": 3}}})

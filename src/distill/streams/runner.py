@@ -186,7 +186,7 @@ def build_runner(cfg: Any, dataset: Any = None) -> ContinualRunner:
     from distill.streams.stream import class_incremental, domain_stream, novel_class_stream
 
     s = cfg.stream
-    ds = dataset if dataset is not None else load_dataset(s.dataset, s.data_seed)
+    ds = dataset if dataset is not None else load_dataset(s.dataset, s.data_seed, s.dataset_options)
     if s.kind == "class_incremental":
         stream = class_incremental(ds, s.tasks, seed=cfg.seed)
     elif s.kind == "domains":

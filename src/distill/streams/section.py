@@ -28,6 +28,8 @@ from distill.streams.transforms import IMAGE_DOMAINS
 
 class StreamSection(Strict):
     dataset: str = "digits"
+    #: keyword options of the dataset's loader (e.g. ``path``, ``train_per_class`` of ``cifar10_jpeg``)
+    dataset_options: dict[str, Any] = {}
     #: the seed of the dataset's train/test split (fixed across run seeds)
     data_seed: int = 0
     kind: Literal["class_incremental", "domains", "novel_classes"]
@@ -94,6 +96,15 @@ def parse_stream_config(raw: Any) -> StreamConfig:
         cfg = StreamConfig.model_validate(raw)
     except ValidationError as e:  # a section validator's "key: ..." joins the section's name: "stream.key: ..."
         raise ConfigError(re.sub(r"^(\w+): (\w+): ", r"\1.\2: ", format_validation_error(e))) from None
+    from distill.streams.data import DATASETS
+
+    if cfg.stream.dataset not in DATASETS:
+        raise ConfigError(f"stream.dataset: unknown dataset {cfg.stream.dataset!r}; allowed: {', '.join(DATASETS)}")
+    loader = builder_options_model(DATASETS[cfg.stream.dataset], frozenset({"data_seed"}))
+    try:
+        cfg.stream.dataset_options = loader.model_validate(cfg.stream.dataset_options).model_dump(exclude_unset=True)
+    except ValidationError as e:
+        raise ConfigError("stream.dataset_options." + format_validation_error(e)) from None
     if cfg.learner.name not in LEARNERS:
         raise ConfigError(f"learner.name: unknown learner {cfg.learner.name!r}; allowed: {', '.join(sorted(LEARNERS))}")
     model = builder_options_model(LEARNERS[cfg.learner.name], frozenset({"num_classes", "channels"}))
