@@ -167,3 +167,11 @@ def test_cifar10_jpeg_stream_from_the_shipped_subset():
     assert torch.equal(gray[:, 0], gray[:, 1]) and torch.equal(gray[:, 1], gray[:, 2])
     with pytest.raises(ConfigError, match="stream.dataset_options.train_per_clas"):
         parse_stream_config({**raw, "stream": {**raw["stream"], "dataset_options": {"train_per_clas": 3}}})
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "continual").glob("*.yaml")), ids=lambda p: p.name)
+def test_continual_recipes_validate(path):
+    from distill.streams.section import load_stream_config
+
+    cfg = load_stream_config(path)
+    assert cfg.output_dir.startswith("runs/") and cfg.deterministic
