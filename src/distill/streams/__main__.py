@@ -1,0 +1,40 @@
+"""``python -m distill.streams CONFIG.yaml [--restart] [--set key=value ...]``: run a stream config (continual,
+domain-shift or novel-class run), resuming from its newest checkpoint unless ``--restart``; prints the metrics after
+each task as JSON lines."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from distill.config import set_override
+from distill.core.errors import ConfigError
+
+
+def main(argv: list[str] | None = None) -> int:
+    from distill.config import read_yaml
+    from distill.streams.runner import run_config
+    from distill.streams.section import parse_stream_config
+
+    p = argparse.ArgumentParser(prog="python -m distill.streams")
+    p.add_argument("config")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    args = p.parse_args(argv)
+    try:
+        raw = read_yaml(args.config)
+        for assignment in args.set:
+            set_override(raw, assignment)
+        cfg = parse_stream_config(raw)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    out = run_config(cfg, resume=not args.restart)
+    for row in out["tasks"]:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
