@@ -49,9 +49,11 @@ def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
 
 
 def ssim_y(sr: torch.Tensor, hr: torch.Tensor, border: int = 0) -> torch.Tensor:
-    """Per-image Y-channel SSIM (B,) over the valid region of an 11 x 11 Gaussian window (sigma 1.5)."""
+    """Per-image Y-channel SSIM (B,) over the valid region of an 11 x 11 Gaussian window (sigma 1.5); an image
+    smaller than 11 pixels (after the border) gets the largest odd window that fits."""
     ys, yh = _prepare(sr, hr, border)
-    win = _gaussian_window().to(ys.device)
+    size = min(11, ys.shape[-2], ys.shape[-1])
+    win = _gaussian_window(size - (size % 2 == 0)).to(ys.device)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     mu_x, mu_y = F.conv2d(ys, win), F.conv2d(yh, win)
     sxx = F.conv2d(ys * ys, win) - mu_x**2
