@@ -33,7 +33,8 @@ def test_delta_is_the_row_major_reshape_of_b_times_a_scaled_by_alpha_over_r() ->
     expected = (torch.ones(9, 6) @ (torch.arange(36.0).view(6, 6) / 36)).reshape(3, 2, 3, 3) * 3.0
     assert torch.allclose(layer.delta(), expected)
     # row 0 of B @ A is the column sums of A: its first 6 entries fill W[0, 0, :, :2] in row-major order
-    assert math.isclose(float(layer.delta()[0, 0, 0, 0].detach()), 3.0 * float(layer.lora_A[:, 0].sum().detach()), rel_tol=1e-6)
+    first, col = float(layer.delta()[0, 0, 0, 0].detach()), float(layer.lora_A[:, 0].sum().detach())
+    assert math.isclose(first, 3.0 * col, rel_tol=1e-6)
 
 
 def test_with_b_zero_the_layer_equals_its_base() -> None:

@@ -19,7 +19,8 @@ method is registered with (``distill methods`` prints each method's file):
 Maths shared by several methods lives in modules not named like a method: ``features/adapters.py`` (FitNet's
 regressor, spatial matching), ``features/stages.py`` (initialisation-stage options), ``relations/rows.py``,
 ``logits/losses.py`` (cross-entropy, batch-mean KL, logit standardisation), ``augmentation/mixing.py`` (mixup
-sampling), ``llm/divergences.py`` (token-level divergences), ``llm/chunked.py`` (those
+sampling), ``llm/divergences.py`` (token-level divergences), ``dense/affinity.py`` (FAKD spatial affinity),
+``llm/chunked.py`` (those
 losses from hidden states and heads, chunk by chunk), ``graph/base.py`` and ``ranking/scores.py``. The tap
 declaration, tap-list checks and set-up teacher check of the feature and relation methods are in
 :class:`distill.core.method.TapMethod` (:class:`~distill.core.method.FeaturePair`,

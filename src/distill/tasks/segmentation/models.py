@@ -89,13 +89,13 @@ def seg_resnet(num_classes: Annotated[int, Field(gt=0)], widths: Width4 = (16, 3
 
 @validate_call
 def seg_resnet_teacher(num_classes: Annotated[int, Field(gt=0)]) -> nn.Module:
-    """The teacher size: widths 32/64/128/256, two blocks per stage, decoder 128 (about 2.9 M parameters)."""
-    return SegResNet(num_classes, (32, 64, 128, 256), (2, 2, 2, 2), 128)
+    """The teacher size: widths 32/64/128/256, one block per stage (two in stage 3), decoder 96."""
+    return SegResNet(num_classes, (32, 64, 128, 256), (1, 1, 2, 1), 96)
 
 
 @validate_call
 def seg_resnet_student(num_classes: Annotated[int, Field(gt=0)]) -> nn.Module:
-    """The student size: widths 16/32/64/128, one block per stage, decoder 64 (about 0.36 M parameters)."""
+    """The student size: widths 16/32/64/128, one block per stage, decoder 64."""
     return SegResNet(num_classes, (16, 32, 64, 128), (1, 1, 1, 1), 64)
 
 
