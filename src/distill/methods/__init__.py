@@ -12,7 +12,7 @@ method is registered with (``distill methods`` prints each method's file):
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
 * ``augmentation/``: family ``augmentation`` (mixup);
-* ``dense/``: family ``dense`` (l1, dsclora: super-resolution).
+* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -32,7 +32,7 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
-from distill.methods.dense import dsclora, l1  # noqa: F401
+from distill.methods.dense import dsclora, l1, transkd  # noqa: F401
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import ab, at, crd, fitnet, fsp, ft, nd, nst, reviewkd, vid  # noqa: F401
 from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
