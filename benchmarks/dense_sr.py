@@ -1,15 +1,15 @@
 """Benchmark: DSCLoRA on x2 super-resolution, the demonstration of its spec (methods/dense.md row 2).
 
-    python benchmarks/dense_sr.py                 # background: nice -n 10; about 40 min on 2 shared CPU cores
+    python benchmarks/dense_sr.py                 # background, nice -n 10; a CPU pilot (about an hour, shared CPU)
     python benchmarks/dense_sr.py --table-only    # rebuild the table from benchmarks/results/dense_sr.json
 
-Data: CIFAR-10 (JPEG) as HR 32 x 32, LR 16 x 16 by antialiased bicubic; 2,400 training images, 2,000 test images
-(configs/super_resolution/_base.yaml); second domain: 600 texture crops 64 -> 32 of scikit-image's brick, grass
+Data: CIFAR-10 (JPEG) as HR 32 x 32, LR 16 x 16 by antialiased bicubic; 1,600 training images, 1,000 test images
+(configs/super_resolution/_base.yaml); second domain: 200 texture crops 64 -> 32 of scikit-image's brick, grass
 and gravel (test rows 320-511). Every run is `distill train configs/super_resolution/<recipe>.yaml` in its own
 single-thread process (results as they finish in benchmarks/results/dense_sr.json; rerunning skips finished runs):
 
-- stages, once: ``base`` (SPAN-26, L1, N = 300 steps) and ``teacher`` (SPAN-48, L1, 2N = 600 steps), run side by side;
-- arms at equal steps (150) and learning rate (5e-4) from the base, seeds 0-2: (a) ``finetune_l1`` full fine-tune,
+- stages, once: ``base`` (SPAN-26, L1, N = 100 steps) and ``teacher`` (SPAN-48, L1, 2N = 200 steps), run side by side;
+- arms at equal steps (100) and learning rate (5e-4) from the base, seeds 0-2: (a) ``finetune_l1`` full fine-tune,
   (b) ``convlora_l1`` ConvLoRA with L1 only, (c) ``dsclora`` (teacher SPAN-48, cached), and ``dsclora_self``
   (teacher = the base).
 
@@ -41,6 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "super_resolution"
 ARMS = ["finetune_l1", "convlora_l1", "dsclora", "dsclora_self"]
 LORA_ARMS = {"convlora_l1", "dsclora", "dsclora_self"}
+#: texture test crops (64 -> 32) of the second domain
+TEX_N = 200
 
 
 def train(config: Path, out: Path, sets: list[str]) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def texture_and_merge(run: Path, lora: bool) -> dict[str, Any]:
     from distill.tasks.super_resolution.task import psnr_y, ssim_y
 
     torch.set_num_threads(1)
-    crops = texture_crops(600, 12345, "test", textures=("brick", "grass", "gravel"), hr_size=64, split_row=320)
+    crops = texture_crops(TEX_N, 12345, "test", textures=("brick", "grass", "gravel"), hr_size=64, split_row=320)
     pairs = make_pairs(crops, 2, "textures")
     x, hr = pairs.lr.float() / 255.0, pairs.hr.float() / 255.0
     out: dict[str, Any] = {}
@@ -82,7 +84,7 @@ def texture_and_merge(run: Path, lora: bool) -> dict[str, Any]:
     state = load_file(str(run / "student.safetensors"))
     model.load_state_dict(state)
     model.train()  # unmerged forward (no BatchNorm in SPAN, so train mode changes nothing else)
-    sr = torch.cat([model(c) for c in x.split(100)])
+    sr = torch.cat([model(c) for c in x.split(50)])
     out["tex_psnr"] = float(psnr_y(sr, hr, 2).mean())
     out["tex_ssim"] = float(ssim_y(sr, hr, 2).mean())
     if lora:
@@ -93,7 +95,7 @@ def texture_and_merge(run: Path, lora: bool) -> dict[str, Any]:
         out["merged_params"] = sum(p.numel() for p in plain.parameters())
         out["base_params"] = base_params
         out["merged_params_inplace"] = sum(p.numel() for p in merged.parameters())
-        out["merge_max_abs_diff"] = float(max((plain(c) - m).abs().max() for c, m in zip(x.split(100), sr.split(100))))
+        out["merge_max_abs_diff"] = float(max((plain(c) - m).abs().max() for c, m in zip(x.split(50), sr.split(50))))
     return out
 
 
@@ -104,7 +106,7 @@ def bicubic_reference() -> dict[str, float]:
     from distill.tasks.super_resolution.data import make_pairs, texture_crops
     from distill.tasks.super_resolution.task import psnr_y
 
-    crops = texture_crops(600, 12345, "test", textures=("brick", "grass", "gravel"), hr_size=64, split_row=320)
+    crops = texture_crops(TEX_N, 12345, "test", textures=("brick", "grass", "gravel"), hr_size=64, split_row=320)
     p = make_pairs(crops, 2, "textures")
     up = F.interpolate(p.lr.float() / 255.0, scale_factor=2, mode="bicubic", align_corners=False)
     return {"tex_psnr": float(psnr_y(up, p.hr.float() / 255.0, 2).mean())}
@@ -119,11 +121,11 @@ def write_table(results: dict[str, Any], out: Path) -> str:
     by = {a: sorted((r for r in runs if r["arm"] == a), key=lambda r: r["seed"]) for a in ARMS}
     st = results.get("stages", {})
     lines = [
-        "x2 SR, CIFAR-10 JPEG HR 32 px / LR 16 px (antialiased bicubic), 2,400 train / 2,000 test images; Y-channel "
-        "PSNR (dB) and SSIM, 2-px border. Base SPAN-26 (L1, 300 steps): "
-        f"{st.get('base', {}).get('psnr', float('nan')):.3f} dB; teacher SPAN-48 (L1, 600 steps): "
-        f"{st.get('teacher', {}).get('psnr', float('nan')):.3f} dB. Arms: 150 steps from the base, Adam lr 5e-4 "
-        "cosine, batch 32. Texture = 600 crops 64 -> 32 of brick/grass/gravel (test rows); bicubic there: "
+        "x2 SR, CIFAR-10 JPEG HR 32 px / LR 16 px (antialiased bicubic), 1,600 train / 1,000 test images; Y-channel "
+        "PSNR (dB) and SSIM, 2-px border. Base SPAN-26 (L1, 100 steps): "
+        f"{st.get('base', {}).get('psnr', float('nan')):.3f} dB; teacher SPAN-48 (L1, 200 steps): "
+        f"{st.get('teacher', {}).get('psnr', float('nan')):.3f} dB. Arms: 100 steps from the base, Adam lr 5e-4 "
+        "cosine, batch 32. Texture = 200 crops 64 -> 32 of brick/grass/gravel (test rows); bicubic there: "
         f"{results.get('bicubic', {}).get('tex_psnr', float('nan')):.3f} dB.",
         "",
         "| arm | CIFAR PSNR mean ± sd | SSIM | vs (b) convlora_l1, paired | vs (a) finetune_l1, paired | texture PSNR "
@@ -207,9 +209,12 @@ def main() -> int:
         return s + args.sets
 
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
-    # seed by seed, so that whole seeds finish first; a cached-teacher arm's first run builds its cache long before
-    # its next seed starts (four runs later)
-    queue = [(a, s) for s in args.seeds for a in args.arms if (a, s) not in done]
+    # seed by seed over the three compared arms, so that whole seeds finish first (a cached-teacher arm's first run
+    # builds its cache long before its next seed starts), then the self-teacher variant
+    compared = [a for a in args.arms if a != "dsclora_self"]
+    queue = [(a, s) for s in args.seeds for a in compared if (a, s) not in done]
+    if "dsclora_self" in args.arms:
+        queue += [("dsclora_self", s) for s in args.seeds if ("dsclora_self", s) not in done]
 
     def one(arm: str, seed: int) -> dict[str, Any]:
         run = work / f"seed{seed}" / arm

@@ -151,3 +151,29 @@ def test_distill_train_on_a_tiny_real_texmosaic_with_a_cached_teacher(tmp_path: 
     assert (tmp_path / "cache" / "manifest.json").exists()
     manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
     assert "feature:f3" in json.dumps(manifest)
+
+
+def test_teacher_cache_serves_what_the_live_teacher_computes(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    import yaml
+
+    from distill.cache import TeacherCache
+    from distill.config import parse_config
+    from distill.experiment import build_parts, student_builder
+
+    text = f"""
+task: semantic_segmentation
+data: {{texmosaic: {{train_size: 8, eval_size: 4, size: 32}}}}
+student: {{arch: seg_resnet_student}}
+teacher: {{arch: seg_resnet_teacher, weights: random, cache: {{path: {tmp_path}/c, features: [f3]}}}}
+methods: [{{name: ce}}, {{name: fitnet, student: f3, teacher: f3}}]
+train: {{epochs: 1, batch_size: 4, progress: false}}
+"""
+    cfg = parse_config(yaml.safe_load(text), base_dir=tmp_path)
+    parts = build_parts(cfg, student=student_builder(cfg))
+    assert isinstance(parts.teacher, TeacherCache)
+    task, train = parts.loaded.task, parts.loaded.train
+    batch = task.prepare(task.fetch(train, torch.arange(4)), train=False, generator=None)
+    cached, live = parts.teacher(batch, task, ["f3"]), parts.live_teacher(batch, task, ["f3"])
+    torch.testing.assert_close(cached.logits, live.logits.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.feature("f3"), live.feature("f3").float(), atol=1e-5, rtol=0)

@@ -149,3 +149,30 @@ def test_bad_config_is_refused_with_the_key(tmp_path: Path, missing: str) -> Non
         from distill.experiment import build_experiment
 
         build_experiment(load_config(str(cfg)), tmp_path / "run")
+
+
+def test_teacher_cache_serves_what_the_live_teacher_computes(tmp_path: Path) -> None:
+    pytest.importorskip("skimage")
+    import yaml
+
+    from distill.cache import TeacherCache
+    from distill.config import parse_config
+    from distill.experiment import build_parts, student_builder
+
+    text = f"""
+task: super_resolution
+data: {{source: textures, textures: {{train_size: 8, eval_size: 4, hr_size: 16}}}}
+student: {{arch: span, options: {{channels: 8, num_blocks: 2}}}}
+teacher: {{arch: span, weights: random, options: {{channels: 12, num_blocks: 3}},
+          cache: {{path: {tmp_path}/c, features: [b1, b2]}}}}
+methods: [{{name: l1}}]
+train: {{epochs: 1, batch_size: 4, progress: false}}
+"""
+    cfg = parse_config(yaml.safe_load(text), base_dir=tmp_path)
+    parts = build_parts(cfg, student=student_builder(cfg))
+    assert isinstance(parts.teacher, TeacherCache)
+    task, train = parts.loaded.task, parts.loaded.train
+    batch = task.prepare(task.fetch(train, torch.arange(4)), train=False, generator=None)
+    cached, live = parts.teacher(batch, task, ["b1", "b2"]), parts.live_teacher(batch, task, ["b1", "b2"])
+    torch.testing.assert_close(cached.logits, live.logits.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(cached.feature("b2"), live.feature("b2").float(), atol=1e-5, rtol=0)
