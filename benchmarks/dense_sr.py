@@ -125,7 +125,7 @@ def write_table(results: dict[str, Any], out: Path) -> str:
         "PSNR (dB) and SSIM, 2-px border. Base SPAN-26 (L1, 100 steps): "
         f"{st.get('base', {}).get('psnr', float('nan')):.3f} dB; teacher SPAN-48 (L1, 200 steps): "
         f"{st.get('teacher', {}).get('psnr', float('nan')):.3f} dB. Arms: 100 steps from the base, Adam lr 5e-4 "
-        "cosine, batch 32. Texture = 200 crops 64 -> 32 of brick/grass/gravel (test rows); bicubic there: "
+        "cosine, batch 16. Texture = 200 crops 64 -> 32 of brick/grass/gravel (test rows); bicubic there: "
         f"{results.get('bicubic', {}).get('tex_psnr', float('nan')):.3f} dB.",
         "",
         "| arm | CIFAR PSNR mean ± sd | SSIM | vs (b) convlora_l1, paired | vs (a) finetune_l1, paired | texture PSNR "
