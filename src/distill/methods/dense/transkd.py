@@ -21,10 +21,12 @@ e^_i = w_i Lin_i(e^S_i) + w_{i+4} EA_i with learnable w initialised to 0.1 (j + 
 
 Paper: Liu et al., "TransKD: Transformer Knowledge Distillation for Efficient Semantic Segmentation",
 arXiv:2202.13393 (journal version IEEE T-ITS 2024, venue unverified); code: github.com/RuipingL/TransKD
-(``train/CSF.py``, ``CSF_GLMixer.py``, ``CSF_EA.py``). Re-implemented from the spec (methods/dense.md row 3), not
-from a line-by-line read of the code. Choices marked **(R)**: the GL-Mixer scalars a, c start at 1.0 (the code
-leaves them uninitialised); the SK block keeps its BatchNorm at every batch size (the code drops it at batch 1);
-the teacher's features are detached (its forward is not under no_grad in the code).
+(``train/CSF.py``, ``CSF_GLMixer.py``, ``CSF_EA.py``). Re-implemented from the spec (methods/dense.md row 3); the SK
+fusion block, its initialisation and HCL were checked against ``train/CSF.py``, the PEA, GL-Mixer and EA heads
+follow the spec without a line-by-line read of their files. Choices marked **(R)**: the GL-Mixer scalars a, c start
+at 1.0 (the code leaves them uninitialised); the SK block keeps its BatchNorm at every batch size (the code
+switches to a BN-free fc at batch 1); the teacher's features are detached (its forward is not under no_grad in
+the code).
 """
 
 from __future__ import annotations
