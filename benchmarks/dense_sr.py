@@ -27,6 +27,7 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -41,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "super_resolution"
 ARMS = ["finetune_l1", "convlora_l1", "dsclora", "dsclora_self"]
 LORA_ARMS = {"convlora_l1", "dsclora", "dsclora_self"}
+#: the teacher cache of each cached-teacher arm (under the work folder)
+CACHES = {"dsclora": "teacher_cache", "dsclora_self": "self_teacher_cache"}
 #: texture test crops (64 -> 32) of the second domain
 TEX_N = 200
 
@@ -57,6 +60,14 @@ def train(config: Path, out: Path, sets: list[str]) -> dict[str, Any]:
     with open(out.parent / f"{out.name}.log", "w") as log:
         subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
     return json.loads((out / "summary.json").read_text())
+
+
+def wait_summary(run: Path, poll_s: float = 20.0) -> dict[str, Any]:
+    """The summary of a run started by another process (``--stages-running``), once it has finished."""
+    while not ((run / "summary.json").exists() and (run / "student.safetensors").exists()):
+        time.sleep(poll_s)
+    time.sleep(1.0)
+    return json.loads((run / "summary.json").read_text())
 
 
 @torch.no_grad()
@@ -178,6 +189,8 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--table-only", action="store_true")
+    p.add_argument("--stages-running", action="store_true",
+                   help="the stages were started by an earlier invocation that was stopped: wait for their results")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="applied to every run (a smoke test: --set data.train_size=64 --set train.epochs=1)")
     args = p.parse_args()
@@ -192,20 +205,24 @@ def main() -> int:
     start = time.perf_counter()
     base_w = work / "base" / "student.safetensors"
     teacher_w = work / "teacher" / "student.safetensors"
-    with ThreadPoolExecutor(args.jobs) as pool:  # the two stages side by side
-        futs = {name: pool.submit(train, CONFIGS / f"{name}.yaml", work / name, args.sets)
-                for name in ("base", "teacher")}
-        for name, f in futs.items():
-            s = f.result()
-            results["stages"][name] = {**s["final"], "steps": s["steps"], "wall_time_s": s["wall_time_s"]}
-    write_json(path, results)
+    stage_futs = {}
+    stage_pool = ThreadPoolExecutor(2)  # the two stages side by side, unless they are already running elsewhere
+    for name in ("base", "teacher"):
+        if args.stages_running:
+            stage_futs[name] = stage_pool.submit(wait_summary, work / name)
+        else:
+            stage_futs[name] = stage_pool.submit(train, CONFIGS / f"{name}.yaml", work / name, args.sets)
+
+    def stage(name: str) -> None:
+        s = stage_futs[name].result()
+        results["stages"][name] = {**s["final"], "steps": s["steps"], "wall_time_s": s["wall_time_s"]}
 
     def sets(arm: str, seed: int) -> list[str]:
         s = [f"seed={seed}", f"student.weights={base_w}"]
         if arm == "dsclora":
-            s += [f"teacher.weights={teacher_w}", f"teacher.cache.path={work / 'teacher_cache'}"]
+            s += [f"teacher.weights={teacher_w}", f"teacher.cache.path={work / CACHES['dsclora']}"]
         if arm == "dsclora_self":
-            s += [f"teacher.weights={base_w}", f"teacher.cache.path={work / 'self_teacher_cache'}"]
+            s += [f"teacher.weights={base_w}", f"teacher.cache.path={work / CACHES['dsclora_self']}"]
         return s + args.sets
 
     done = {(r["arm"], r["seed"]) for r in results["runs"]}
@@ -216,9 +233,20 @@ def main() -> int:
     if "dsclora_self" in args.arms:
         queue += [("dsclora_self", s) for s in args.seeds if ("dsclora_self", s) not in done]
 
+    cache_locks = {a: threading.Lock() for a in CACHES}
+
     def one(arm: str, seed: int) -> dict[str, Any]:
+        stage("base")  # every arm starts from the base; only dsclora waits for the teacher
+        if arm == "dsclora":
+            stage("teacher")
         run = work / f"seed{seed}" / arm
-        s = train(CONFIGS / f"{arm}.yaml", run, sets(arm, seed))
+        s = None
+        if arm in cache_locks:  # the first run of a cached-teacher arm builds the cache; its other seeds wait for it
+            with cache_locks[arm]:
+                if not (work / CACHES[arm] / "manifest.json").exists():
+                    s = train(CONFIGS / f"{arm}.yaml", run, sets(arm, seed))
+        if s is None:
+            s = train(CONFIGS / f"{arm}.yaml", run, sets(arm, seed))
         rec = {"arm": arm, "seed": seed, **s["final"], "steps": s["steps"], "wall_time_s": s["wall_time_s"]}
         rec.update(texture_and_merge(run, arm in LORA_ARMS))
         return rec
@@ -228,6 +256,9 @@ def main() -> int:
             results["runs"].append(rec)
             write_json(path, results)
             print(f"{rec['arm']} seed {rec['seed']}: {rec['psnr']:.3f} dB", flush=True)
+    stage("base")
+    stage("teacher")
+    stage_pool.shutdown()
     results["wall_time_s"] = results.get("wall_time_s", 0.0) + time.perf_counter() - start
     write_json(path, results)
     print(write_table(results, args.out))

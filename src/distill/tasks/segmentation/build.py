@@ -55,21 +55,6 @@ class SegmentationFamily(Family):
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         return build_segmentation_model(model_cfg, loaded.num_outputs, cfg.base_dir, key)
 
-    def export_formats(self, cfg: Any) -> list[str]:
-        return ["safetensors", "onnx"]
-
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
         return {"num_outputs": loaded.num_outputs, "input_shape": list(loaded.train.images.shape[1:]),
                 "mean": list(loaded.task.normalize.mean), "std": list(loaded.task.normalize.std)}
-
-    def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
-        import torch
-
-        from distill.export.onnx import OnnxSpec
-
-        shape = loaded.info.get("input_shape") or [3, 64, 64]
-        note = (f"`pixels`: float32 N x {' x '.join(map(str, shape))}, scaled to [0, 1] then normalised with mean "
-                f"{loaded.info.get('mean')} and std {loaded.info.get('std')}; output `logits`: N x "
-                f"{loaded.num_outputs} x H x W")
-        return OnnxSpec(student, {"pixels": torch.rand(2, *shape)}, {"pixels": {0: "batch"}, "logits": {0: "batch"}},
-                        note=note)
