@@ -30,6 +30,11 @@ BASES = {
     "ranking": {"task": "ranking", "data": {"docs": "d.tsv", "queries": "q.tsv", "qrels": "r.txt"},
                 "teacher": {"path": "t"}},
     "embedding": {"task": "embedding", "data": {"train": "t.txt"}, "teacher": {"path": "t"}},
+    "semantic_segmentation": {"task": "semantic_segmentation", "student": {"arch": "seg_resnet_student"},
+                              "teacher": {"arch": "seg_resnet_teacher", "weights": "random"}},
+    "super_resolution": {"task": "super_resolution", "data": {"source": "textures"},
+                         "student": {"arch": "span", "conv_lora": {"conv_2": {"rank": 2, "alpha": 2}}},
+                         "teacher": {"arch": "span", "weights": "random"}},
 }
 
 
@@ -48,6 +53,8 @@ def test_every_method_declares_registered_tasks():
     assert {"kd", "ce", "dkd", "fitnet", "rkd"} <= by_task["vector_classification"]
     assert by_task["ranking"] == {"margin_mse", "score_mse", "ranking_nll"}
     assert by_task["causal_lm"] == {"fkl", "rkl", "gjsd", "tvd", "skl", "srkl", "taid", "on_policy", "lm_ce"}
+    assert by_task["super_resolution"] == {"l1", "dsclora", "fitnet"}
+    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd"}
     maps_only = by_task["image_classification"] - by_task["text_classification"]
     assert {"at", "ab", "ft", "fsp", "nst", "reviewkd"} <= maps_only
 
@@ -124,7 +131,8 @@ def test_methods_task_refuses_an_unknown_task(capsys):
     assert main(["methods", "--task", "images"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("--task: unknown task 'images'; allowed: causal_lm, embedding, graph_node_classification, "
-                           "image_classification, ranking, text_classification, vector_classification")
+                           "image_classification, ranking, semantic_segmentation, super_resolution, "
+                           "text_classification, vector_classification")
 
 
 def test_a_plugin_family_can_take_the_methods_of_a_built_in_task(monkeypatch):

@@ -19,7 +19,8 @@ PACKAGE = Path(distill.__file__).parent
 METHODS_DIR = PACKAGE / "methods"
 #: modules of the method folders that hold maths or bases shared by several methods (not methods themselves)
 SHARED = {"features/adapters.py", "features/stages.py", "relations/rows.py", "logits/losses.py",
-          "augmentation/mixing.py", "llm/divergences.py", "llm/chunked.py", "graph/base.py", "ranking/scores.py"}
+          "augmentation/mixing.py", "llm/divergences.py", "llm/chunked.py", "graph/base.py", "ranking/scores.py",
+          "dense/affinity.py"}
 #: the module paths of before the one-file-per-method layout, kept as shims for one release
 SHIMS = ["crd", "dual_head", "feature_transfer", "graph_kd", "lelp", "lm_divergences", "logit_variants", "lsf_idm",
          "makd", "meal_v2", "mixup", "nd_loss", "pld", "retrieval", "reviewkd", "tgeo"]

@@ -20,6 +20,8 @@ BUILTIN_FAMILIES = (
     "distill.tasks.causal_lm.build",
     "distill.tasks.graph.build",
     "distill.tasks.vectors.build",
+    "distill.tasks.segmentation.build",
+    "distill.tasks.super_resolution.build",
 )
 
 

@@ -25,6 +25,8 @@ CLASSIFICATION_TASKS: frozenset[str] = frozenset(
     {"image_classification", "text_classification", "vector_classification", "graph_node_classification"})
 #: convolutional feature maps (B, C, H, W): the families whose students are CNNs
 IMAGE_TASKS: frozenset[str] = frozenset({"image_classification"})
+#: dense prediction: one output per pixel (class logits (B, K, H, W), or an image), CNN feature maps (B, C, H, W)
+DENSE_TASKS: frozenset[str] = frozenset({"semantic_segmentation", "super_resolution"})
 #: inputs that are one float tensor per example, which mixup can blend (not token ids, not graph nodes)
 MIXABLE_TASKS: frozenset[str] = frozenset({"image_classification", "vector_classification"})
 

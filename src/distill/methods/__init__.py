@@ -12,14 +12,16 @@ method is registered with (``distill methods`` prints each method's file):
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
-* ``augmentation/``: family ``augmentation`` (mixup).
+* ``augmentation/``: family ``augmentation`` (mixup);
+* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
 Maths shared by several methods lives in modules not named like a method: ``features/adapters.py`` (FitNet's
 regressor, spatial matching), ``features/stages.py`` (initialisation-stage options), ``relations/rows.py``,
 ``logits/losses.py`` (cross-entropy, batch-mean KL, logit standardisation), ``augmentation/mixing.py`` (mixup
-sampling), ``llm/divergences.py`` (token-level divergences), ``llm/chunked.py`` (those
+sampling), ``llm/divergences.py`` (token-level divergences), ``dense/affinity.py`` (FAKD spatial affinity),
+``llm/chunked.py`` (those
 losses from hidden states and heads, chunk by chunk), ``graph/base.py`` and ``ranking/scores.py``. The tap
 declaration, tap-list checks and set-up teacher check of the feature and relation methods are in
 :class:`distill.core.method.TapMethod` (:class:`~distill.core.method.FeaturePair`,
@@ -31,6 +33,7 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
+from distill.methods.dense import dsclora, l1, transkd  # noqa: F401
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import (  # noqa: F401
     ab,
@@ -80,6 +83,7 @@ FAMILY_FOLDERS: dict[str, str] = {
     "ranking": "ranking",
     "embedding": "embedding",
     "augmentation": "augmentation",
+    "dense": "dense",
 }
 
 __all__ = ["FAMILY_FOLDERS", "METHODS", "Method"]

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.core.method import CLASSIFICATION_TASKS, FeaturePair, register_method
+from distill.core.method import CLASSIFICATION_TASKS, DENSE_TASKS, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.methods.features.adapters import conv_regressor
 
@@ -33,7 +33,7 @@ from distill.methods.features.adapters import conv_regressor
 class FitNet(FeaturePair):
     """FitNet hint loss: L = MSE(r(f_s), f_t), with r a learned regressor and f_t constant."""
 
-    tasks = CLASSIFICATION_TASKS
+    tasks = CLASSIFICATION_TASKS | DENSE_TASKS
 
     method_name = "fitnet"
 

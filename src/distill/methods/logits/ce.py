@@ -1,5 +1,7 @@
 """Cross-entropy with the labels: L = -(1/B) sum_b log softmax(z_s)[b, y_b].
 
+For ``task: semantic_segmentation`` the mean runs over the labelled pixels (logits (B, K, H, W), labels (B, H, W)).
+
 ``label_smoothing`` follows ``torch.nn.functional.cross_entropy``. Unlabelled examples (label -100) are
 skipped; soft targets (B, K) give -(1/B) sum_b sum_k y_bk log softmax(z_s)[b, k].
 """
@@ -17,7 +19,7 @@ from distill.methods.logits.losses import cross_entropy
 class CrossEntropy(Method):
     """Cross-entropy with the labels: L = -(1/B) sum_b log softmax(z_s)[b, y_b]."""
 
-    tasks = CLASSIFICATION_TASKS
+    tasks = CLASSIFICATION_TASKS | {"semantic_segmentation"}  # per pixel: logits (B, K, H, W), labels (B, H, W)
 
     needs_teacher = False
     needs_labels = True

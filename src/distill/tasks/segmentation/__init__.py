@@ -1,0 +1,1 @@
+"""Semantic segmentation (task: semantic_segmentation): a family folder."""

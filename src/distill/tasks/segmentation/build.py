@@ -1,0 +1,60 @@
+"""``task: semantic_segmentation``: images -> per-pixel class logits (TexMosaic from scikit-image's textures, or
+folders of images and mask PNGs), mean IoU."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.core.family import Family, Loaded, register_family
+from distill.tasks.segmentation.data import load_segmentation_data
+from distill.tasks.segmentation.models import build_segmentation_model
+from distill.tasks.segmentation.section import SegmentationData
+from distill.tasks.segmentation.task import SemanticSegmentation, normalize_stats
+
+
+@register_family
+class SegmentationFamily(Family):
+    name = "semantic_segmentation"
+    summary = "images -> per-pixel class logits (TexMosaic textures, or images/ + masks/ PNG folders), mIoU"
+    data_section = SegmentationData
+
+    def model_archs(self) -> list[str]:
+        from distill.tasks.segmentation.models import SEGMENTATION_MODELS
+
+        return list(SEGMENTATION_MODELS)
+
+    def model_table(self) -> dict[str, Any]:
+        from distill.tasks.segmentation.models import SEGMENTATION_MODELS
+
+        return SEGMENTATION_MODELS
+
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.tasks.segmentation.models import SEGMENTATION_MODELS, SUPPLIED
+
+        return (SEGMENTATION_MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in SEGMENTATION_MODELS else None
+
+    def check(self, cfg: Any) -> None:
+        d = cfg.data
+        if d.source == "folders" and not d.train:
+            raise ValueError("data.train: source: folders needs a folder holding images/ and masks/")
+        if d.source == "texmosaic" and (d.train or d.eval):
+            raise ValueError("data.train: TexMosaic is built from scikit-image's textures; set data.source: folders "
+                             "to read images/ and masks/ folders")
+        if d.texmosaic.min_regions > d.texmosaic.max_regions:
+            raise ValueError("data.texmosaic.min_regions: larger than data.texmosaic.max_regions")
+
+    def load(self, cfg: Any) -> Loaded:
+        train, evald = load_segmentation_data(cfg)
+        mean, std = normalize_stats(cfg.data.normalize)
+        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=cfg.data.channels_last)
+        return Loaded(task, train, evald, num_outputs=train.num_classes,
+                      info={"input_shape": list(train.images.shape[1:])})
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        return build_segmentation_model(model_cfg, loaded.num_outputs, cfg.base_dir, key)
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        return {"num_outputs": loaded.num_outputs, "input_shape": list(loaded.train.images.shape[1:]),
+                "mean": list(loaded.task.normalize.mean), "std": list(loaded.task.normalize.std)}

@@ -1,0 +1,175 @@
+"""Loading segmentation data: TexMosaic (built from scikit-image's texture photographs) or folders of images and
+mask PNGs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from distill.config import ConfigError
+from distill.data.textures import load_textures, row_split
+from distill.tasks.common import existing_folder
+
+#: the label of a pixel without one (as for unlabelled examples everywhere in the library)
+IGNORE_INDEX = -100
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+@dataclass
+class SegmentationArrays:
+    """Images (uint8, N x C x H x W) and their per-pixel labels (int64, N x H x W; ``IGNORE_INDEX`` = no label)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    num_classes: int
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.masks.dim() != 3 or self.masks.shape[0] != self.images.shape[0] \
+                or self.masks.shape[1:] != self.images.shape[2:]:
+            raise ValueError(f"masks must be N x H x W matching the images {tuple(self.images.shape)}, got "
+                             f"{tuple(self.masks.shape)}")
+        self.masks = self.masks.long()
+        bad = (self.masks != IGNORE_INDEX) & ((self.masks < 0) | (self.masks >= self.num_classes))
+        if bool(bad.any()):
+            raise ValueError(f"mask values must be in [0, {self.num_classes}) or {IGNORE_INDEX}; found "
+                             f"{int(self.masks[bad][0])}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+# -- TexMosaic -------------------------------------------------------------------------------------------------
+def texmosaic(n: int, seed: int, split: str, *, textures: tuple[str, ...] = ("brick", "grass", "gravel"),
+              size: int = 64, min_regions: int = 2, max_regions: int = 4, split_row: int = 320,
+              sources: dict[str, np.ndarray] | None = None) -> SegmentationArrays:
+    """``n`` TexMosaic samples of ``split`` (``train``: crops from rows [0, split_row) of each photograph; ``test``:
+    rows [split_row, H)). Each sample: k ~ U{min_regions..max_regions} seed points uniform on the canvas; every pixel
+    belongs to its nearest seed (a Voronoi partition); each region gets a texture drawn uniformly and is filled from
+    its own random ``size`` x ``size`` crop of that texture. The gray value is copied to 3 channels."""
+    if not 1 <= min_regions <= max_regions:
+        raise ValueError(f"need 1 <= min_regions <= max_regions, got {min_regions}, {max_regions}")
+    photos = sources if sources is not None else load_textures(textures)
+    parts = []
+    for name in textures:
+        img = photos[name]
+        if img.ndim == 3:
+            img = img.mean(-1)
+        part = row_split(img, split, split_row)
+        if part.shape[0] < size or part.shape[1] < size:
+            raise ValueError(f"texture {name!r}: the {split} rows ({part.shape[0]} x {part.shape[1]}) are smaller "
+                             f"than one {size} x {size} crop")
+        parts.append(np.round(part * 255.0).astype(np.uint8))
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    images = np.empty((n, size, size), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=np.int64)
+    for i in range(n):
+        k = int(rng.integers(min_regions, max_regions + 1))
+        pts = rng.uniform(0, size, size=(k, 2))
+        d2 = (yy[None] - pts[:, 0, None, None]) ** 2 + (xx[None] - pts[:, 1, None, None]) ** 2
+        region = d2.argmin(0)
+        cls = rng.integers(0, len(textures), size=k)
+        canvas = np.empty((size, size), dtype=np.uint8)
+        for r in range(k):
+            src = parts[int(cls[r])]
+            y0 = int(rng.integers(0, src.shape[0] - size + 1))
+            x0 = int(rng.integers(0, src.shape[1] - size + 1))
+            crop = src[y0:y0 + size, x0:x0 + size]
+            sel = region == r
+            canvas[sel] = crop[sel]
+        images[i] = canvas
+        masks[i] = cls[region]
+    imgs = torch.from_numpy(images)[:, None].expand(-1, 3, -1, -1).contiguous()
+    return SegmentationArrays(imgs, torch.from_numpy(masks), len(textures),
+                              f"TexMosaic {split} ({n} mosaics, seed {seed}, textures {', '.join(textures)})")
+
+
+# -- folders of images and masks -----------------------------------------------------------------------------------
+def _files(folder: Path) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+
+
+def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
+                      num_classes: int | None = None) -> SegmentationArrays:
+    """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
+    by file stem. Images become RGB; a mask that is not single-channel is refused."""
+    from PIL import Image
+
+    img_dir, mask_dir = root / "images", root / "masks"
+    for sub in (img_dir, mask_dir):
+        if not sub.is_dir():
+            raise ConfigError(f"{key}: {root} needs the subfolders images/ and masks/ ({sub.name}/ is missing)")
+    imgs, masks = _files(img_dir), _files(mask_dir)
+    if not imgs:
+        raise ConfigError(f"{key}: {img_dir} holds no images")
+    missing = sorted(set(imgs) - set(masks))
+    if missing:
+        raise ConfigError(f"{key}: no mask in {mask_dir} for image(s) {', '.join(missing[:5])}")
+    xs, ys = [], []
+    for stem, path in imgs.items():
+        try:
+            with Image.open(path) as im:
+                rgb = im.convert("RGB")
+            with Image.open(masks[stem]) as mk:
+                if mk.mode not in ("L", "P", "I", "I;16", "1"):
+                    raise ConfigError(f"{key}: mask {masks[stem].name} has mode {mk.mode}; a mask is one class "
+                                      "index per pixel (a single-channel or palette PNG)")
+                mask = mk.copy()
+        except OSError as e:
+            raise ConfigError(f"{key}: {path.name}: {e}") from None
+        if rgb.size != mask.size:
+            raise ConfigError(f"{key}: {path.name} is {rgb.size} but its mask is {mask.size}")
+        if image_size is not None:
+            rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+            mask = mask.resize((image_size, image_size), Image.NEAREST)
+        xs.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
+        ys.append(np.asarray(mask, dtype=np.int64))
+    shapes = {x.shape for x in xs}
+    if len(shapes) > 1:
+        raise ConfigError(f"{key}: the images have several sizes ({sorted(shapes)[:3]}...); set data.image_size")
+    y = np.stack(ys)
+    if ignore_value is not None:
+        y[y == ignore_value] = IGNORE_INDEX
+    found = int(y.max()) + 1 if (y >= 0).any() else 1
+    classes = num_classes or found
+    if found > classes:
+        raise ConfigError(f"data.num_classes: {classes}, but {key} has mask value {found - 1}")
+    return SegmentationArrays(torch.from_numpy(np.stack(xs)), torch.from_numpy(y), classes, f"{root}")
+
+
+def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays, SegmentationArrays | None]:
+    d = cfg.data
+    if d.source == "texmosaic":
+        t = d.texmosaic
+        if t.min_regions > t.max_regions:
+            raise ConfigError("data.texmosaic.min_regions: larger than data.texmosaic.max_regions")
+        kw = dict(textures=tuple(t.textures), size=t.size, min_regions=t.min_regions, max_regions=t.max_regions,
+                  split_row=t.split_row)
+        try:
+            sources = load_textures(t.textures)
+        except ValueError as e:
+            raise ConfigError(f"data.texmosaic.textures: {e}") from None
+        try:
+            train = texmosaic(t.train_size, t.train_seed, "train", sources=sources, **kw)
+            evald = texmosaic(t.eval_size, t.eval_seed, "test", sources=sources, **kw)
+        except ValueError as e:
+            raise ConfigError(f"data.texmosaic: {e}") from None
+        return train, evald
+    if d.train is None:
+        raise ConfigError("data.train: source: folders needs a folder with images/ and masks/")
+    kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes)
+    train = read_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", **kw2)
+    evald = None
+    if d.eval:
+        kw2["num_classes"] = d.num_classes or train.num_classes
+        evald = read_mask_folders(existing_folder(d.eval, cfg.base_dir, "data.eval"), "data.eval", **kw2)
+        if evald.num_classes > train.num_classes:
+            train.num_classes = evald.num_classes
+    return train, evald

@@ -1,0 +1,50 @@
+"""The ``data:`` section of ``task: semantic_segmentation``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from distill.config import Strict
+from distill.tasks.image.section import NormalizeConfig
+from distill.train.config import Flag
+
+
+class TexMosaicConfig(Strict):
+    """TexMosaic (docs/data.md, spec group D): ``size`` x ``size`` canvases split into ``min_regions`` to
+    ``max_regions`` Voronoi regions, each filled from a random crop of one scikit-image texture (the label of a pixel
+    is its texture's index in ``textures``). Training crops come from rows [0, ``split_row``) of each photograph and
+    test crops from rows [``split_row``, 512). ``train_size`` mosaics drawn with ``train_seed``; ``eval_size`` with
+    ``eval_seed`` (fixed: the test set is the same for every run)."""
+
+    textures: list[str] = Field(default_factory=lambda: ["brick", "grass", "gravel"], min_length=2)
+    size: int = Field(64, ge=8, le=512)
+    min_regions: int = Field(2, ge=1)
+    max_regions: int = Field(4, ge=1)
+    split_row: int = Field(320, gt=0)
+    train_size: int = Field(2000, gt=0)
+    eval_size: int = Field(500, gt=0)
+    train_seed: int = 0
+    eval_seed: int = 12345
+
+
+class SegmentationData(Strict):
+    """Images with one class label per pixel.
+
+    ``source: texmosaic`` builds the TexMosaic data from scikit-image's texture photographs (``texmosaic``: its
+    settings). ``source: folders``: ``train`` (and ``eval``) are folders holding ``images/`` and ``masks/``, one mask
+    PNG per image with the same file stem, each mask pixel a class index (``ignore_value``, e.g. 255, marks pixels
+    without a label); ``num_classes`` is read from the masks unless given. ``image_size`` resizes (images
+    bilinear, masks nearest); without it every image must have the same size. ``normalize``: as in
+    ``image_classification`` (``imagenet``: the ResNet mean/std)."""
+
+    source: Literal["texmosaic", "folders"] = "texmosaic"
+    texmosaic: TexMosaicConfig = TexMosaicConfig()
+    train: str | None = None
+    eval: str | None = None
+    num_classes: int | None = Field(None, gt=0, le=10_000)
+    ignore_value: int | None = 255
+    image_size: int | None = Field(None, gt=0, le=4096)
+    normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
+    channels_last: Flag = False

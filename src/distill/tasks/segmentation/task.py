@@ -1,0 +1,102 @@
+"""Semantic segmentation: uint8 images in memory, per-pixel class logits (B, K, H, W), mean IoU."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from distill.core.batch import Batch
+from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
+from distill.tasks.segmentation.data import IGNORE_INDEX, SegmentationArrays
+
+
+def normalize_stats(spec: object) -> tuple[Sequence[float], Sequence[float]]:
+    """The mean and std of a ``normalize`` setting (``imagenet``, ``cifar10`` or explicit)."""
+    if spec == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if spec == "cifar10":
+        return CIFAR10_MEAN, CIFAR10_STD
+    return spec.mean, spec.std  # type: ignore[attr-defined]
+
+
+def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) int64 counts: row = true class, column = predicted class, over pixels whose label is not ignored."""
+    pred = logits.argmax(1)
+    keep = labels != IGNORE_INDEX
+    idx = labels[keep] * num_classes + pred[keep]
+    return torch.bincount(idx.flatten().cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """mIoU = mean over classes c with a non-empty union of TP_c / (TP_c + FP_c + FN_c); also the per-class IoU
+    (NaN where the class is neither present nor predicted)."""
+    c = confusion.double()
+    tp = c.diag()
+    union = c.sum(0) + c.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
+    valid = ~torch.isnan(iou)
+    return (float(iou[valid].mean()) if bool(valid.any()) else 0.0), iou
+
+
+class SegmentationMetrics:
+    """Running confusion matrix: ``miou``, pixel ``accuracy`` and the mean per-pixel cross-entropy ``loss``."""
+
+    def __init__(self, num_classes: int):
+        self.num_classes = num_classes
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+        self.loss_sum = 0.0
+        self.n = 0
+
+    def update(self, outputs: torch.Tensor, batch: Batch) -> None:
+        labels = batch.labels
+        assert labels is not None
+        outputs = outputs.float()
+        self.confusion += confusion_matrix(outputs, labels, self.num_classes)
+        self.loss_sum += float(F.cross_entropy(outputs, labels, ignore_index=IGNORE_INDEX, reduction="sum"))
+        self.n += int((labels != IGNORE_INDEX).sum())
+
+    def compute(self) -> dict[str, float]:
+        miou, _ = mean_iou(self.confusion)
+        total = int(self.confusion.sum())
+        acc = float(self.confusion.diag().sum()) / total if total else 0.0
+        return {"miou": miou, "accuracy": acc, "loss": self.loss_sum / max(self.n, 1)}
+
+
+class SemanticSegmentation:
+    """Segment images held as uint8 tensors (a :class:`SegmentationArrays`): the model maps a normalised batch
+    (B, 3, H, W) to logits (B, K, H, W); labels are (B, H, W) with ``IGNORE_INDEX`` (-100) for unlabelled pixels.
+    Inputs are not augmented, so a teacher cache stores one view per image."""
+
+    primary_metric = "miou"
+    higher_is_better = True
+    augment = None
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], num_classes: int, channels_last: bool = False):
+        self.normalize = Normalize(mean, std)
+        self.num_classes = int(num_classes)
+        self.channels_last = channels_last
+
+    def describe(self) -> dict[str, str]:
+        """How stored images become model inputs (part of a teacher cache's fingerprint)."""
+        return {"task": type(self).__name__, "normalize": repr(self.normalize), "classes": str(self.num_classes)}
+
+    def num_examples(self, data: SegmentationArrays) -> int:
+        return len(data)
+
+    def fetch(self, data: SegmentationArrays, indices: torch.Tensor) -> Batch:
+        return Batch(inputs=data.images[indices], labels=data.masks[indices], indices=indices, meta={})
+
+    def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
+        x = self.normalize(batch.inputs)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return Batch(inputs=x, labels=batch.labels, indices=batch.indices, meta=dict(batch.meta))
+
+    def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return model(batch.inputs)
+
+    def new_metrics(self) -> SegmentationMetrics:
+        return SegmentationMetrics(self.num_classes)

@@ -1,0 +1,1 @@
+"""Single-image super-resolution (task: super_resolution): a family folder."""

@@ -1,0 +1,70 @@
+"""``task: super_resolution``: low-resolution images -> high-resolution images (CIFAR-10 and other image sets,
+image folders or hr/ + lr/ pairs, texture crops), Y-channel PSNR and SSIM; ConvLoRA students (``student.conv_lora``)
+are also saved merged."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from distill.core.family import Family, Loaded, register_family
+from distill.tasks.super_resolution.data import load_sr_data
+from distill.tasks.super_resolution.models import build_sr_model
+from distill.tasks.super_resolution.section import SuperResolutionData, SuperResolutionStudent
+from distill.tasks.super_resolution.task import SuperResolution
+
+
+@register_family
+class SuperResolutionFamily(Family):
+    name = "super_resolution"
+    summary = "low-resolution -> high-resolution images (bicubic pairs: CIFAR-10, folders, textures), PSNR/SSIM"
+    data_section = SuperResolutionData
+    student_section = SuperResolutionStudent
+
+    def model_archs(self) -> list[str]:
+        from distill.tasks.super_resolution.models import SR_MODELS
+
+        return list(SR_MODELS)
+
+    def model_table(self) -> dict[str, Any]:
+        from distill.tasks.super_resolution.models import SR_MODELS
+
+        return SR_MODELS
+
+    def model_builder(self, model_cfg: Any, key: str) -> tuple[Any, tuple[str, ...]] | None:
+        from distill.tasks.super_resolution.models import SR_MODELS, SUPPLIED
+
+        return (SR_MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in SR_MODELS else None
+
+    def check(self, cfg: Any) -> None:
+        d = cfg.data
+        if d.source in ("images", "folders") and not d.train:
+            raise ValueError(f"data.train: source: {d.source} needs a path")
+        if d.source == "textures" and (d.train or d.eval):
+            raise ValueError("data.train: texture crops come from scikit-image; set data.source: images or folders "
+                             "to read files")
+
+    def load(self, cfg: Any) -> Loaded:
+        train, evald = load_sr_data(cfg)
+        task = SuperResolution(cfg.data.scale, cfg.data.border)
+        return Loaded(task, train, evald, num_outputs=None,
+                      info={"scale": cfg.data.scale, "input_shape": list(train.lr.shape[1:])})
+
+    def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
+        return build_sr_model(model_cfg, int(loaded.info.get("scale") or cfg.data.scale), cfg.base_dir, key)
+
+    def after_fit(self, experiment: Any) -> None:
+        """With ``student.conv_lora``: ``student_merged.safetensors``, the base architecture with W + dW."""
+        from distill.models.conv_lora import ConvLoRA, merged_state_dict
+
+        student = experiment.student
+        if not any(isinstance(m, ConvLoRA) for m in student.modules()):
+            return
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().cpu().contiguous() for k, v in merged_state_dict(student).items()}
+        save_file(state, str(experiment.trainer.run_dir / "student_merged.safetensors"))
+
+    def export_facts(self, loaded: Loaded) -> dict[str, Any]:
+        return {"num_outputs": None, "scale": loaded.info.get("scale"), "input_shape": loaded.info.get("input_shape")}
