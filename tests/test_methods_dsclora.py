@@ -16,6 +16,12 @@ from distill.models.conv_lora import apply_conv_lora
 from distill.tasks.super_resolution.models import span
 
 
+YAML_EXAMPLES = {
+    "dsclora": "{name: dsclora, lambda_gt: 0.5, lambda_teacher: 0.5, lambda_affinity: 10.0, student: [b1, b2, b3]}",
+    "l1": "{name: l1}",
+}
+
+
 def test_affinity_hand_case() -> None:
     """Positions (1, 0) and (1, 1): A = [[1, 1/sqrt 2], [1/sqrt 2, 1]]."""
     f = torch.tensor([[1.0, 1.0], [0.0, 1.0]]).view(1, 2, 1, 2)  # C = 2 channels, 1 x 2 positions

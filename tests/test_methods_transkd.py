@@ -16,6 +16,9 @@ from distill.methods.features.reviewkd import hcl
 from distill.tasks.segmentation.models import MiniMiT
 
 
+YAML_EXAMPLES = {"transkd": "{name: transkd, variant: base}"}
+
+
 def tiny(widths: tuple[int, ...]) -> MiniMiT:
     return MiniMiT(3, widths, (1, 1, 1, 1), (1, 1, 1, 1), (4, 2, 2, 1), decoder=16)
 
