@@ -15,7 +15,6 @@ from distill.methods.dense.dsclora import DSCF_TARGETS, DSCLoRA
 from distill.models.conv_lora import apply_conv_lora
 from distill.tasks.super_resolution.models import span
 
-
 YAML_EXAMPLES = {
     "dsclora": "{name: dsclora, lambda_gt: 0.5, lambda_teacher: 0.5, lambda_affinity: 10.0, student: [b1, b2, b3]}",
     "l1": "{name: l1}",

@@ -15,7 +15,6 @@ from distill.methods.dense.transkd import CSFBlock, TransKD
 from distill.methods.features.reviewkd import hcl
 from distill.tasks.segmentation.models import MiniMiT
 
-
 YAML_EXAMPLES = {"transkd": "{name: transkd, variant: base}"}
 
 
