@@ -62,10 +62,12 @@ class FakeServer:
     distribution after token i, n entries); ``fail``: request numbers answered 503; ``hang``: request numbers
     answered only after ``hang_s``; ``server_tok``: the tokenizer behind /tokenize."""
 
-    def __init__(self, convention="aligned", server_tok=None, fail=(), hang=(), hang_s=2.0, keys="text"):
+    def __init__(self, convention="aligned", server_tok=None, fail=(), hang=(), hang_s=2.0, keys="text",
+                 tokenize=True):
         self.tok = CharTokenizer()
         self.server_tok = server_tok or self.tok
         self.convention, self.fail, self.hang, self.hang_s, self.keys = convention, set(fail), set(hang), hang_s, keys
+        self.tokenize = tokenize
         self.count = 0
         self.lock = threading.Lock()
         outer = self
@@ -76,7 +78,7 @@ class FakeServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                if self.path == "/tokenize":
+                if self.path == "/tokenize" and outer.tokenize:
                     return self._send(200, {"tokens": outer.server_tok(body["content"])["input_ids"]})
                 if self.path != "/v1/completions":
                     return self._send(404, {"detail": "Not Found"})
@@ -241,12 +243,13 @@ def test_a_server_with_another_tokenizer_is_refused():
     other = CharTokenizer(ALPHABET[::-1])  # same size, other ids
     with FakeServer("aligned", server_tok=other) as server:
         teacher = ServedTeacher(settings(server.url), tok, len(tok), k=3)
-        with pytest.raises(ServedTeacherError, match=r"tokenizer is not the student's \(data.tokenizer, 31 tokens\)"
-                                                     r".*first difference at token 0 \('t' in data.tokenizer\): server id 11, data.tokenizer id 19") as e:
+        want = (r"tokenizer is not the student's \(data.tokenizer, 31 tokens\).*first difference at token 0 "
+                r"\('t' in data.tokenizer\): server id 11, data.tokenizer id 19")
+        with pytest.raises(ServedTeacherError, match=want) as e:
             teacher.rows([[1, 2]], ["row 0"])
         assert "\n" not in str(e.value)
-    # a text prompt whose text the server splits otherwise (here: 'x' is outside the server's alphabet)
-    with FakeServer("aligned", server_tok=CharTokenizer(ALPHABET.replace("x", "#"))) as server:
+    # no /tokenize: the echoed tokens of the probe tell (here 'x' is outside the server's alphabet)
+    with FakeServer("aligned", tokenize=False) as server:
         server.tok = CharTokenizer(ALPHABET.replace("x", "#"))
         teacher = ServedTeacher(settings(server.url, prompt="text"), tok, len(tok), k=3)
         with pytest.raises(ServedTeacherError, match="server's tokens for the probe text are not the student's"):

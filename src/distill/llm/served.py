@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
 import time
 import urllib.error
 import urllib.parse
@@ -57,6 +56,10 @@ from distill.core.topk import TopKLogits
 
 #: a text both tokenizers must split into the same ids (letters, digits, punctuation, accents, a dash)
 PROBE_TEXT = "The quick brown fox jumps over the lazy dog: 1,234 naive cafes, Straße, naïve — done!\nThe end."
+
+
+#: the top-k (ids, log-probabilities) after each token of a row
+Scored = tuple[list[list[int]], list[list[float]]]
 
 
 class ServedTeacherError(ValueError):
@@ -132,11 +135,11 @@ class Client:
             if e.code == 429 or e.code >= 500:
                 raise _Retryable(f"HTTP {e.code}: {detail}") from None
             raise ServedTeacherError(f"teacher.served: {url} refused the request (HTTP {e.code}: {detail})") from None
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             raise _Retryable(f"no answer within timeout_s = {self.settings.timeout_s:g} s") from None
         except urllib.error.URLError as e:
             reason = e.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
+            if isinstance(reason, TimeoutError):
                 raise _Retryable(f"no answer within timeout_s = {self.settings.timeout_s:g} s") from None
             raise _Retryable(f"cannot reach the server ({reason})") from None
         except (ConnectionError, OSError) as e:  # reset or closed mid-answer
@@ -391,7 +394,7 @@ class ServedTeacher:
                                      f"{theirs!r}, data.tokenizer {mine!r}{hint}")
 
     # scoring
-    def score(self, ids: Sequence[int], row: str = "a row") -> tuple[list[list[int]], list[list[float]]]:
+    def score(self, ids: Sequence[int], row: str = "a row") -> Scored:
         """Top-k (ids, logprobs) after each token of ``ids`` (one entry per token)."""
         if self.alignment is None:
             self.check_tokenizer()
@@ -411,7 +414,8 @@ class ServedTeacher:
         out = [self._entry(e, f"{row}, position {t}") for t, e in enumerate(entries)]
         return [o[0] for o in out], [o[1] for o in out]
 
-    def rows(self, rows: Sequence[Sequence[int]], names: Sequence[str]) -> list[tuple[list[list[int]], list[list[float]]]]:
+    def rows(self, rows: Sequence[Sequence[int]], names: Sequence[str]) -> list[Scored]:
+        """:meth:`score` of every row, ``concurrency`` requests in flight at once."""
         if self.alignment is None:
             self.check_tokenizer()
         workers = min(self.settings.concurrency, max(len(rows), 1))
