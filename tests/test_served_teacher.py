@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from distill.cache import TeacherCache, build_teacher_cache, ensure_teacher_cache
+from distill.cache import CacheError, TeacherCache, build_teacher_cache, ensure_teacher_cache
 from distill.cache.settings import CacheSettings
 from distill.llm.served import ServedSettings, ServedTeacher, ServedTeacherError
 from distill.tasks.causal_lm.task import CausalLM, LMData
@@ -204,7 +204,7 @@ def test_stored_teacher_is_built_from_the_server_and_opens_without_it(tmp_path):
             assert torch.allclose(top.logprobs[r, n:], torch.full_like(top.logprobs[r, n:], -math.log(len(tok))))
     # another served model is another teacher: refused, naming what differs
     other = ServedTeacher(ServedSettings(url=server.url, model="other"), tok, len(tok), k=4)
-    with pytest.raises(Exception, match="teacher"):
+    with pytest.raises(CacheError, match=r"stale cache, built for something else: teacher \("):
         ensure_teacher_cache(tmp_path / "c", other, task, data, cache_settings, build="never")
 
 

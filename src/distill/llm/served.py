@@ -42,6 +42,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -314,6 +315,10 @@ class ServedTeacher:
         for key, value in top.items():
             i = self.text.key_id(str(key))
             if i is None or value is None:
+                if not self.dropped:
+                    warnings.warn(f"teacher.served: the answer key {key!r} at {where} maps to no single id of "
+                                  "data.tokenizer; such entries are dropped, their mass joining the tail "
+                                  "(ServedTeacher.dropped counts them)", stacklevel=2)
                 self.dropped += 1
                 continue
             v = float(value)
