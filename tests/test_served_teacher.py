@@ -266,6 +266,14 @@ def test_served_settings_in_a_config_are_checked():
            "methods": [{"name": "fkl"}], "train": {"epochs": 1}}
     cfg = parse_config(raw)
     assert cfg.teacher.served.model == "smollm2" and cfg.teacher.served.retries == 3
+    # where the server is and how it is asked are no part of a resumed run's identity; the model is
+    from distill.experiment import run_identity
+
+    moved = json.loads(json.dumps(raw))
+    moved["teacher"]["served"].update(url="http://127.0.0.2:9000/v1", timeout_s=5, concurrency=16)
+    assert run_identity(parse_config(moved)) == run_identity(cfg)
+    moved["teacher"]["served"]["model"] = "other"
+    assert run_identity(parse_config(moved))["teacher.served.model"] == '"other"'
     bad = json.loads(json.dumps(raw))
     del bad["teacher"]["cache"]["topk"]
     with pytest.raises(ConfigError, match=r"^teacher\.cache\.topk: required with teacher\.served"):
