@@ -334,7 +334,8 @@ def llama_server(shared):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--host", "127.0.0.1",
-                             "--port", str(port), "--n_ctx", "512", "--n_threads", "2", "--model_alias", "smollm2",
+                             "--port", str(port), "--n_ctx", "512", "--n_threads", "1", "--n_threads_batch", "1",
+                             "--model_alias", "smollm2",
                              "--verbose", "False"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
@@ -368,31 +369,37 @@ def test_a_real_llama_cpp_server_gives_the_ggufs_own_topk(llama_server, shared, 
     tok = LlamaTokenizerAdapter(gguf)
     text = shared("data", "tinyshakespeare", "input.txt").read_text()[:2000]
     ids = tok(text)["input_ids"]
-    rows = [ids[i * 24:(i + 1) * 24] for i in range(4)]
-    stable = [r for r in rows if tok(tok.decode(r))["input_ids"] == r]
+    rows = [ids[i * 16:(i + 1) * 16] for i in range(3)]
+    stable = [r for r in rows if tok(tok.decode(r))["input_ids"] == r]  # text prompts: rows that encode back
     assert len(stable) >= 2
     k = 8
     task = CausalLM(len(tok))
     data, _ = lm_data_ids(stable)
-    teacher = ServedTeacher(ServedSettings(url=url, model="smollm2", prompt="text", timeout_s=60, concurrency=2),
+    teacher = ServedTeacher(ServedSettings(url=url, model="smollm2", prompt="text", timeout_s=120, concurrency=2),
                             tok, len(tok), k=k)
     build_teacher_cache(tmp_path / "c", teacher, task, data, CacheSettings(topk=k), batch_size=2)
     assert teacher.alignment == "shifted"  # llama-cpp-python, a model without BOS
     top = TeacherCache(tmp_path / "c")(task.fetch(data, torch.arange(len(stable))), task).topk
 
-    local = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=2, logits_all=True, verbose=False)
+    mappable = set(teacher.text.by_text().values())  # special tokens have no text in the answers: dropped
+    local = llama_cpp.Llama(model_path=str(gguf), n_ctx=512, n_threads=1, n_threads_batch=1, logits_all=True,
+                            verbose=False)
     for r, row in enumerate(stable):
         local.reset()
         local.eval(row)
-        logits = torch.tensor(local.scores[: len(row)], dtype=torch.float64)
-        want = torch.log_softmax(logits, -1).topk(k)
-        got_ids, got_lp = top.indices[r], top.logprobs[r].double()
-        # the same top-k ids at every position (an exact tie may swap neighbours), the same log-probabilities
-        assert (got_ids[:, 0] == want.indices[:, 0]).all()
-        assert torch.allclose(got_lp, want.values, atol=2e-3)
+        logp = torch.log_softmax(torch.tensor(local.scores[: len(row)], dtype=torch.float64), -1)
         for t in range(len(row)):
-            assert set(got_ids[t].tolist()) == set(want.indices[t].tolist()) or \
-                float(want.values[t, -1] - want.values[t, -2]) < 2e-3
+            got = [(int(i), float(v)) for i, v in zip(top.indices[r, t], top.logprobs[r, t]) if v > -math.inf]
+            values, idx = logp[t].topk(k)
+            assert got[0][0] == int(idx[0]), (r, t)  # the same most likely token
+            for i, v in got:  # every stored value is the GGUF's own log-probability of that token
+                assert abs(v - float(logp[t, i])) < 2e-3, (r, t, i)
+            kept = {i for i, _ in got}
+            floor = min(v for _, v in got)
+            missing = [int(i) for i, v in zip(idx, values) if int(i) in mappable and int(i) not in kept
+                       and float(v) > floor + 2e-3]
+            assert not missing, (r, t, missing)  # no more likely (and nameable) token was left out
+            assert len(got) >= k - sum(int(i) not in mappable for i in idx)
     # a student whose tokenizer is not the GGUF's is refused
     char_teacher = ServedTeacher(ServedSettings(url=url, model="smollm2", prompt="text"), CharTokenizer(), 31, k=3)
     with pytest.raises(ServedTeacherError, match="tokenizer is not the student's"):

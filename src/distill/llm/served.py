@@ -56,7 +56,7 @@ from distill.core.outputs import ModelOutput
 from distill.core.topk import TopKLogits
 
 #: a text both tokenizers must split into the same ids (letters, digits, punctuation, accents, a dash)
-PROBE_TEXT = "The quick brown fox jumps over the lazy dog: 1,234 naive cafes, Straße, naïve — done!\nThe end."
+PROBE_TEXT = "The quick brown fox, 1,234 naïve cafés — Straße!\nEnd."
 
 
 #: the top-k (ids, log-probabilities) after each token of a row
