@@ -12,7 +12,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   .venv/bin/python -m pip install -q "torch==2.13.0"
 fi
 .venv/bin/python -m pip install -q -e ".[dev]"
-# The served-teacher test's real server: llama-cpp-python compiles llama.cpp from source (BUILD_MINUTES on 2 cores
+# The served-teacher test's real server: llama-cpp-python compiles llama.cpp from source (about 45 min on 2 cores
 # the first time; pip keeps the wheel for later runs). Its failure is not the set-up's: that test then skips with
 # its reason. DISTILL_NO_SERVED=1 leaves it out.
 if [ "${DISTILL_NO_SERVED:-0}" != 1 ] && ! .venv/bin/python -c "import llama_cpp.server.app" >/dev/null 2>&1; then
