@@ -362,7 +362,6 @@ def llama_server(shared):
             proc.wait()
 
 
-@pytest.mark.filterwarnings("ignore:teacher.served. the answer key")  # special tokens have no text: dropped
 def test_a_real_llama_cpp_server_gives_the_ggufs_own_topk(llama_server, shared, tmp_path):
     import llama_cpp
 

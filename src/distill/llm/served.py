@@ -38,11 +38,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -315,10 +315,9 @@ class ServedTeacher:
         for key, value in top.items():
             i = self.text.key_id(str(key))
             if i is None or value is None:
-                if not self.dropped:
-                    warnings.warn(f"teacher.served: the answer key {key!r} at {where} maps to no single id of "
-                                  "data.tokenizer; such entries are dropped, their mass joining the tail "
-                                  "(ServedTeacher.dropped counts them)", stacklevel=2)
+                if not self.dropped:  # once: special tokens and partial characters have no text of their own
+                    print(f"note: teacher.served: the answer key {key!r} at {where} maps to no single id of "
+                          "data.tokenizer; such entries are dropped, their mass joining the tail", file=sys.stderr)
                 self.dropped += 1
                 continue
             v = float(value)
