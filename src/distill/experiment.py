@@ -68,14 +68,16 @@ def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any,
 
 
 #: keys that only say where something is kept, not what is computed: a teacher cache's location and build options
-#: (the cache's own fingerprint is in the recipe) and the data's download folder
+#: (the cache's own fingerprint is in the recipe), how a served teacher is reached (its ``model`` names it) and
+#: the data's download folder
 _CACHE_ONLY = ("path", "build", "batch_size", "verify")
 
 
 def _where_only(key: str) -> bool:
     parts = key.split(".")
     return (key == "data.cache_dir"
-            or (parts[0] == "teacher" and len(parts) > 2 and parts[-2] == "cache" and parts[-1] in _CACHE_ONLY))
+            or (parts[0] == "teacher" and len(parts) > 2 and parts[-2] == "cache" and parts[-1] in _CACHE_ONLY)
+            or (parts[:2] == ["teacher", "served"] and len(parts) > 2 and parts[2] != "model"))
 
 
 _HASH_LIMIT = 256 << 20  # weights files up to this size are hashed; larger ones are named by size and mtime

@@ -87,6 +87,8 @@ def teacher_fingerprint(teacher: Any) -> str:
             h.update(teacher_fingerprint(m).encode())
     elif isinstance(getattr(teacher, "model", None), nn.Module):  # other live sources of one frozen model
         _state_hash(h, teacher.model)
+    elif callable(getattr(teacher, "fingerprint", None)):  # a source without weights here (a served teacher)
+        h.update(str(teacher.fingerprint()).encode())
     else:
         raise TypeError(f"cannot fingerprint a teacher of type {type(teacher).__name__}; pass its nn.Module")
     return h.hexdigest()
@@ -222,7 +224,14 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                 batch = task.prepare(raw.to(device), train=replay is not None, generator=None)
                 out = source(batch, task, taps)
                 values: dict[str, torch.Tensor] = {}
-                if out.hidden is not None and settings.topk is not None:  # hidden states and head: top-k by chunks
+                if out.logits is None and out.hidden is None and out.topk is not None:  # a source of top-k only
+                    if settings.topk is None or settings.topk > out.topk.k:
+                        raise CacheError(f"the teacher gives only its top-{out.topk.k} log-probabilities: set "
+                                         f"teacher.cache.topk (at most {out.topk.k})")
+                    values["topk_indices"] = out.topk.indices[..., :settings.topk]
+                    values["topk_logprobs"] = out.topk.logprobs[..., :settings.topk]
+                    num_classes = out.topk.num_classes
+                elif out.hidden is not None and settings.topk is not None:  # hidden states and head: top-k by chunks
                     top = out.hidden.topk(settings.topk)
                     values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
                     num_classes = top.num_classes

@@ -12,7 +12,7 @@ from distill.core.family import Family, Loaded, register_family
 from distill.llm.models import init_from_teacher, small_llama
 from distill.tasks.causal_lm.data import load_lm_data, sequence_kd_data
 from distill.tasks.causal_lm.models import build_lm_model, load_lm_tokenizer
-from distill.tasks.causal_lm.section import LMData, LMStudent
+from distill.tasks.causal_lm.section import LMData, LMStudent, LMTeacher
 from distill.tasks.causal_lm.task import CausalLM
 from distill.tasks.causal_lm.vocab_check import check_lm_model
 
@@ -23,6 +23,7 @@ class CausalLMFamily(Family):
     summary = "token sequences -> next-token logits (plain text blocks or prompt/response JSONL)"
     data_section = LMData
     student_section = LMStudent
+    teacher_section = LMTeacher
     lora_students = True
     teacher_mixture = True
 
@@ -49,6 +50,8 @@ class CausalLMFamily(Family):
             if dense:
                 raise ValueError(f"data.chunk_tokens: methods {dense} need full logits; chunked losses are "
                                  "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
+        if cfg.teacher is not None and cfg.teacher.served is not None:
+            check_served(cfg)
         if cfg.student.init_from_teacher and cfg.teacher is None:
             raise ValueError("student.init_from_teacher: needs a teacher")
         mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
@@ -115,6 +118,12 @@ class CausalLMFamily(Family):
         return self.build_model(cfg.student, loaded, cfg, "student")
 
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
+        if cfg.teacher is not None and cfg.teacher.served is not None:  # asked once, into teacher.cache
+            from distill.llm.served import ServedTeacher
+
+            loaded.info["teacher_model"] = None
+            return ServedTeacher(cfg.teacher.served, loaded.info["tokenizer"], loaded.task.vocab_size,
+                                 cfg.teacher.cache.topk)
         teacher = super().build_teacher(cfg, loaded)
         model = getattr(teacher, "model", None)  # None for a mixture: no single teacher to agree with
         if model is not None and cfg.data.agreement:
@@ -149,3 +158,22 @@ def jsonl_routes(cfg: Any, mix: Any, key: str, value: str, required: bool = True
     if missing:
         return torch.zeros(0, dtype=torch.long)
     return route_indices([r[mix.column] for r in rows], mix.names(), f"teacher.mixture.column ({key})")
+
+
+def check_served(cfg: Any) -> None:
+    """``teacher.served`` beside the rest of the file: the server is the only teacher, its answers are stored in
+    ``teacher.cache`` with ``topk`` (how many log-probabilities it is asked for), and nothing needs its weights."""
+    t = cfg.teacher
+    for k in ("arch", "path", "weights", "num_classes"):
+        if getattr(t, k) is not None:
+            raise ValueError(f"teacher.{k}: the served teacher is the server's model; give teacher.served or a "
+                             "model, not both")
+    if t.ensemble or t.mixture is not None:
+        raise ValueError("teacher.served: one served teacher; drop teacher.ensemble / teacher.mixture")
+    if t.cache is None or t.cache.topk is None:
+        raise ValueError("teacher.cache.topk: required with teacher.served (the server's top-k log-probabilities "
+                         "are stored in teacher.cache, which training reads; topk says how many per position)")
+    if cfg.student.init_from_teacher:
+        raise ValueError("student.init_from_teacher: a served teacher has no weights here to copy")
+    if cfg.data.sequence_kd is not None:
+        raise ValueError("data.sequence_kd: generates with a local teacher; teacher.served only scores sequences")

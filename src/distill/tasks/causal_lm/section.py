@@ -6,7 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from distill.config import ModelConfig, Strict
+from distill.config import ModelConfig, Strict, TeacherConfig
+from distill.llm.served import ServedSettings
 from distill.train.config import Flag
 
 
@@ -66,3 +67,12 @@ class LMStudent(ModelConfig):
 
     init_from_teacher: Flag = False
     teacher_layers: list[int] | None = None
+
+
+class LMTeacher(TeacherConfig):
+    """The causal-LM teacher: a model (the keys of :class:`~distill.config.TeacherConfig`), or ``served``: a teacher
+    behind an OpenAI-compatible completions server (:class:`~distill.llm.served.ServedSettings`), asked once for
+    the top-k log-probabilities of every training position and stored in ``teacher.cache`` (with ``topk``), which
+    training reads; a run then resumes without the server (docs/llm.md)."""
+
+    served: ServedSettings | None = None
