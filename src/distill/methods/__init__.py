@@ -33,7 +33,7 @@ from distill.methods.augmentation import mixup  # noqa: F401  (the imports below
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import ab, at, crd, fitnet, fsp, ft, nd, nst, reviewkd, vid  # noqa: F401
 from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
-from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd  # noqa: F401
+from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd, uld  # noqa: F401
 from distill.methods.logits import (  # noqa: F401
     ce,
     dho,
