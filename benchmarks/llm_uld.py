@@ -128,8 +128,9 @@ def main(argv: list[str] | None = None) -> None:
 
     def overrides(arm: str, seed: int) -> list[str]:
         o = [f"seed={seed}", f"output_dir={work / 'runs' / f'{arm}{tag_dir}_s{seed}'}"]
-        if arm != BASELINE:
-            o.append(f"data.cross_tokenizer.cache={work / 'teacher_char_store'}")
+        if arm != BASELINE:  # one store per alignment and k, shared by every seed and variant that reads it
+            form = "_".join(a.split(".")[-1].replace("=", "-") for a in sets if a.startswith("data.cross_tokenizer."))
+            o.append(f"data.cross_tokenizer.cache={work / ('teacher_char_store' + (f'_{form}' if form else ''))}")
         return o + sets
 
     sweep = Sweep(arms, seeds, json_path, overrides, metric="val_bpc", match_args=("sets", "tag", "quick"),
@@ -143,8 +144,10 @@ def main(argv: list[str] | None = None) -> None:
     write_json(summary_path, {"metric": "held-out bits per character (lower is better)", "seeds": seeds,
                               "arms": verdicts}, indent=1)
     md = ["# Cross-tokenizer distillation (ULD): SmolLM2-135M (BPE) -> a character-level student", "",
-          f"Command: `python benchmarks/{Path(__file__).name} {' '.join(argv if argv is not None else sys.argv[1:])}`"
-          " (variants: `--tag`).", "", *lines, ""]
+          "Command: `nice -n 10 bash benchmarks/llm_uld_queue.sh` (`python benchmarks/llm_uld.py`, then each variant "
+          "with `--tag`; resumable). Held-out bits per character of the character-level student after 240 steps, "
+          "lower is better; `uld_char[tag]` rows are the variants (see the queue script for their settings).", "",
+          *lines, ""]
     (out_dir / "llm_uld.md").write_text("\n".join(md))
     log(f"wrote {json_path} and {out_dir / 'llm_uld.md'}")
     for line in lines:
