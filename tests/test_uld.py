@@ -216,3 +216,30 @@ def test_without_cross_tokenizer_a_teacher_of_another_vocabulary_is_still_refuse
                         eos_token_id=0, pad_token_id=0, seed=0)
     with pytest.raises(ConfigError, match="distilling across tokenizers is a separate method"):
         check_shared_vocab(model, a, "teacher", b)
+
+
+def test_a_char_student_trains_from_a_word_level_teacher_live_and_from_the_store(tmp_path, pair):
+    from distill.experiment import build_experiment
+
+    text, _, t_tok, teacher = pair
+    (tmp_path / "input.txt").write_text(" ".join([text] * 12))
+    t_tok.save_pretrained(tmp_path / "teacher")
+    teacher.save_pretrained(tmp_path / "teacher")
+    for mode, cache in (("live", None), ("store", str(tmp_path / "store"))):
+        raw = {"task": "causal_lm", "output_dir": str(tmp_path / mode), "seed": 0,
+               "data": {"tokenizer": "chars", "text": "input.txt", "block_size": 32, "val_fraction": 0.2,
+                        "agreement": False, "cross_tokenizer": {"topk": 4, "cache": cache, "batch_size": 4}},
+               "student": {"arch": "llama", "options": {"hidden_size": 16, "num_layers": 1, "num_heads": 2,
+                                                        "intermediate_size": 32, "max_positions": 32}},
+               "teacher": {"path": "teacher"},
+               "methods": [{"name": "lm_ce"}, {"name": "uld", "weight": 1.5}],
+               "train": {"epochs": 1, "max_steps": 2, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3,
+                         "progress": False, "cpu": True}}
+        exp = build_experiment(parse_config(raw, base_dir=str(tmp_path)))
+        assert len(exp.task.new_metrics().compute()) and exp.task.vocab_size == len(set(text)) + 1
+        batch = exp.task.fetch(exp.train_data, torch.arange(4))
+        out = exp.teacher(batch, exp.task, [])
+        assert out.topk.num_classes == len(t_tok) and out.features["aligned"].any()
+        summary = exp.fit(resume=False)
+        assert math.isfinite(summary["final"]["nll"])
+    assert (tmp_path / "store" / "manifest.json").exists()
