@@ -89,7 +89,9 @@ def table(json_paths: list[Path], seeds: list[int]) -> tuple[list[str], dict[str
         elif s.diff is None or s.common < len(seeds):
             verdict = f"incomplete ({s.common}/{len(seeds)} seeds)"
         else:
-            verdict = "beats its twin" if s.diff < 0 else "misses (not below its twin)"
+            verdict = "beats its twin on the mean" if s.diff < 0 else "misses (not below its twin)"
+            if s.ci is not None and s.ci[0] <= 0 <= s.ci[1]:
+                verdict += "; 95% CI includes 0 (not significant)"
         verdicts[s.arm] = {"mean": s.mean, "sd": s.sd, "diff": s.diff, "ci": s.ci, "seeds": s.values,
                            "verdict": verdict}
         diff = "" if s.diff is None else f"{s.diff:+.4f}" + (f" [{s.ci[0]:+.4f}, {s.ci[1]:+.4f}]" if s.ci else "")
