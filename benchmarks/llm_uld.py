@@ -70,9 +70,10 @@ def after_fit(arm: str, exp: Experiment) -> dict[str, Any]:
 def table(json_paths: list[Path], seeds: list[int]) -> tuple[list[str], dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     for p in json_paths:
-        if p.exists():
-            tag = json.loads(p.read_text()).get("args", {}).get("tag")
-            for r in json.loads(p.read_text())["runs"]:
+        content = json.loads(p.read_text()) if p.exists() else {}
+        if "runs" in content:
+            tag = content.get("args", {}).get("tag")
+            for r in content["runs"]:
                 if r["seed"] in seeds:
                     runs.append({**r, "arm": r["arm"] if not tag or r["arm"] == BASELINE else f"{r['arm']}[{tag}]"})
     # a variant file may rerun the baseline; keep one record per (arm, seed), the first (main file) wins
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
     main_json = out_dir / "llm_uld.json"
     files = [main_json, *sorted(p for p in out_dir.glob("llm_uld_*.json"))]
     lines, verdicts = table(files, seeds)
-    summary_path = out_dir / "llm_uld_summary.json"
+    summary_path = out_dir / "llm_uld.summary.json"
     write_json(summary_path, {"metric": "held-out bits per character (lower is better)", "seeds": seeds,
                               "arms": verdicts}, indent=1)
     md = ["# Cross-tokenizer distillation (ULD): SmolLM2-135M (BPE) -> a character-level student", "",
