@@ -298,7 +298,7 @@ FOLDERS = {
     "cranfield": {"label_only", "score_mse", "margin_mse", "leaf"},
     "cranfield_minilm2": {"label_only", "score_mse", "margin_mse", "leaf"},
     "tinyshakespeare": {"ce", "fkl", "rkl", "gjsd_0.5", "skl_0.1", "taid", "fkl_dense", "fkl_k8", "fkl_k1", "seqkd_ce",
-                        "gjsd_on_policy"},
+                        "gjsd_on_policy", "ce_char", "uld_char"},  # the last two: benchmarks/llm_uld.py
 }
 
 

@@ -30,6 +30,7 @@ YAML_EXAMPLES = {
     "srkl": "{name: srkl, weight: 1.0, alpha: 0.1}",
     "taid": "{name: taid, weight: 1.0, t_start: 0.4, t_end: 1.0, alpha: 5.0e-4, beta: 0.99}",
     "lm_ce": "{name: lm_ce, weight: 1.0}",
+    "uld": "{name: uld, weight: 1.5, student_temperature: 1.0, teacher_temperature: 1.0}",
 }
 
 ZS = [1.0, 2.0, 0.0]

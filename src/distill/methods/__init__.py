@@ -50,7 +50,7 @@ from distill.methods.features import (  # noqa: F401
     vid,
 )
 from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
-from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd  # noqa: F401
+from distill.methods.llm import fkl, gjsd, on_policy, rkl, skl, srkl, taid, tvd, uld  # noqa: F401
 from distill.methods.logits import (  # noqa: F401
     ce,
     dho,

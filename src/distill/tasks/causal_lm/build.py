@@ -52,6 +52,8 @@ class CausalLMFamily(Family):
                                  "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
         if cfg.teacher is not None and cfg.teacher.served is not None:
             check_served(cfg)
+        if d.cross_tokenizer is not None:
+            check_cross_tokenizer(cfg)
         if cfg.student.init_from_teacher and cfg.teacher is None:
             raise ValueError("student.init_from_teacher: needs a teacher")
         mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
@@ -77,7 +79,7 @@ class CausalLMFamily(Family):
                                  "teacher's outputs on data.text does not cover; drop teacher.cache")
 
     def load(self, cfg: Any) -> Loaded:
-        tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
+        tok = data_tokenizer(cfg)
         train, evald = load_lm_data(cfg, tok)
         mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
         if mix is not None and mix.route == "column":  # each row's member, from its field teacher.mixture.column
@@ -109,8 +111,9 @@ class CausalLMFamily(Family):
         return {"vocab_size": len(loaded.info["tokenizer"])}
 
     def export_loaded(self, cfg: Any, facts: dict[str, Any]) -> Loaded:
-        """The tokenizer (``data.tokenizer``, a local file or folder: no training text is read)."""
-        tok = load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
+        """The tokenizer (``data.tokenizer``, a local file or folder: no training text is read, except the corpus's
+        characters for ``tokenizer: chars``)."""
+        tok = data_tokenizer(cfg)
         return Loaded(task=None, train=None, info={**facts, "tokenizer": tok})
 
     def export_student(self, cfg: Any, loaded: Loaded) -> nn.Module:
@@ -124,6 +127,8 @@ class CausalLMFamily(Family):
             loaded.info["teacher_model"] = None
             return ServedTeacher(cfg.teacher.served, loaded.info["tokenizer"], loaded.task.vocab_size,
                                  cfg.teacher.cache.topk)
+        if cfg.teacher is not None and cfg.data.cross_tokenizer is not None:
+            return cross_tokenizer_teacher(cfg, loaded)
         teacher = super().build_teacher(cfg, loaded)
         model = getattr(teacher, "model", None)  # None for a mixture: no single teacher to agree with
         if model is not None and cfg.data.agreement:
@@ -139,6 +144,70 @@ class CausalLMFamily(Family):
     def prepare_student(self, student: Any, teacher: Any, cfg: Any, loaded: Loaded) -> None:
         if cfg.student.init_from_teacher:
             init_from_teacher(student, loaded.info["teacher_model"], cfg.student.teacher_layers)
+
+
+def data_tokenizer(cfg: Any) -> Any:
+    """``data.tokenizer``: a GGUF file or Hugging Face folder, or ``chars`` (one token per character of
+    ``data.text``)."""
+    if cfg.data.tokenizer == "chars":
+        from distill.llm.char_tokenizer import corpus_char_tokenizer
+        from distill.tasks.common import existing_file
+
+        if not cfg.data.text or cfg.data.text_format != "text":
+            raise ConfigError("data.tokenizer: 'chars' builds its alphabet from a plain-text data.text; give one")
+        return corpus_char_tokenizer(existing_file(cfg.data.text, cfg.base_dir, "data.text"))
+    return load_lm_tokenizer(cfg.data.tokenizer, cfg.base_dir)
+
+
+def check_cross_tokenizer(cfg: Any) -> None:
+    """``data.cross_tokenizer``: a teacher, and only methods that need no shared vocabulary (the token-level
+    divergences keep the shared-vocabulary refusal)."""
+    from distill.methods import METHODS
+    from distill.tasks.causal_lm.vocab_check import CROSS_TOKENIZER
+
+    if cfg.teacher is None:
+        raise ConfigError("data.cross_tokenizer: describes the teacher's tokenizer; give a teacher section")
+    for i, m in enumerate(cfg.methods):
+        cls = METHODS.get(m.name)
+        if getattr(cls, "needs_teacher", False) and not getattr(cls, "cross_tokenizer", False):
+            raise ConfigError(f"methods[{i}]: {m.name!r} compares the teacher's and the student's distributions token "
+                              f"id by token id, and data.cross_tokenizer says their tokenizers differ: "
+                              f"{CROSS_TOKENIZER} (use 'uld')")
+    for key, bad in (("teacher.cache", cfg.teacher.cache is not None),
+                     ("teacher.ensemble", bool(cfg.teacher.ensemble)),
+                     ("teacher.mixture", getattr(cfg.teacher, "mixture", None) is not None),
+                     ("data.sequence_kd", cfg.data.sequence_kd is not None),
+                     ("student.init_from_teacher", bool(cfg.student.init_from_teacher))):
+        if bad:
+            hint = " (its outputs are stored in data.cross_tokenizer.cache)" if key == "teacher.cache" else ""
+            raise ConfigError(f"{key}: not supported with data.cross_tokenizer{hint}")
+
+
+def cross_tokenizer_teacher(cfg: Any, loaded: Loaded) -> Any:
+    """The teacher model checked against its own tokenizer, wrapped to serve its distributions at the student's
+    positions (:class:`~distill.tasks.causal_lm.cross_tokenizer.CrossTokenizerTeacher`), from its store when
+    ``data.cross_tokenizer.cache`` is set."""
+    from distill.config import resolve_path
+    from distill.tasks.causal_lm.cross_tokenizer import CrossTokenizerTeacher
+    from distill.tasks.causal_lm.vocab_check import check_shared_vocab, own_tokenizer
+
+    ct = cfg.data.cross_tokenizer
+    if ct.tokenizer is not None:
+        t_tok = load_lm_tokenizer(ct.tokenizer, cfg.base_dir, "data.cross_tokenizer.tokenizer")
+    else:
+        t_tok = (own_tokenizer(resolve_path(cfg.teacher.path, cfg.base_dir), "teacher")
+                 if cfg.teacher.path is not None else None)
+        if t_tok is None:
+            raise ConfigError("data.cross_tokenizer.tokenizer: the teacher keeps no tokenizer beside it; give its "
+                              "tokenizer here")
+    model = build_lm_model(cfg.teacher, t_tok, cfg.seed, cfg.base_dir, "teacher")
+    check_shared_vocab(model, t_tok, "teacher")  # the teacher against its own tokenizer
+    source = CrossTokenizerTeacher(model, t_tok, loaded.info["tokenizer"], ct.alignment, ct.topk, ct.batch_size)
+    if ct.cache is not None:
+        source.use_store(resolve_path(ct.cache, cfg.base_dir), loaded.train,
+                         log=lambda m: print(m, flush=True))
+    loaded.info["teacher_model"] = None  # no top-1 agreement across vocabularies
+    return source
 
 
 def jsonl_routes(cfg: Any, mix: Any, key: str, value: str, required: bool = True) -> Any:

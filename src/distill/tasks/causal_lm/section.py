@@ -29,6 +29,22 @@ class SequenceKD(Strict):
     batch_size: int = Field(16, ge=1)
 
 
+class CrossTokenizer(Strict):
+    """The teacher reads and writes another tokenizer than ``data.tokenizer`` (``tokenizer``: its tokenizer, a GGUF
+    file or a Hugging Face folder; unset: the one stored with the teacher). Its distributions are placed at the
+    student's positions by ``alignment`` (``token_end``: where both tokens end at the same character; ``index``:
+    the official ULD code's i-th with i-th), kept as their ``topk`` log-probabilities, and stored once in the folder
+    ``cache`` (unset: the teacher runs every step); ``batch_size``: rows per teacher pass.
+    Only methods that need no shared vocabulary accept it (``uld``); see
+    :mod:`distill.tasks.causal_lm.cross_tokenizer`."""
+
+    tokenizer: str | None = None
+    alignment: Literal["token_end", "index"] = "token_end"
+    topk: int = Field(128, ge=1)
+    cache: str | None = None
+    batch_size: int = Field(8, ge=1)
+
+
 class LMData(Strict):
     """``tokenizer``: a GGUF file or a Hugging Face model folder. The corpus: a plain-text file ``text`` (chunked
     into ``block_size`` blocks, the last ``val_fraction`` held out) or JSONL files (``train_jsonl``, optionally
@@ -41,7 +57,9 @@ class LMData(Strict):
     final hidden states and output heads, this many token rows at a time, never holding a (batch, tokens,
     vocabulary) tensor (exact; see docs/llm.md); unset: full logits. ``text_format``: ``text`` (a plain-text file)
     or a table read with Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) whose
-    ``text_column`` rows, joined by newlines, are the corpus."""
+    ``text_column`` rows, joined by newlines, are the corpus. ``tokenizer: chars``: a character-level tokenizer
+    built from ``data.text`` (:mod:`distill.llm.char_tokenizer`). ``cross_tokenizer``: the teacher has another
+    tokenizer (:class:`CrossTokenizer`)."""
 
     tokenizer: str
     text: str | None = None
@@ -58,6 +76,7 @@ class LMData(Strict):
     agreement: Flag = True
     sequence_kd: SequenceKD | None = None
     chunk_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    cross_tokenizer: CrossTokenizer | None = None
 
 
 class LMStudent(ModelConfig):
