@@ -49,6 +49,9 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+from portable import portable, write_json  # noqa: E402
+
 SHARED = REPO.parent / "shared"
 GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 TEXT = SHARED / "data" / "tinyshakespeare" / "input.txt"
@@ -65,14 +68,17 @@ def peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def summary(arm: str, times: list[float], losses: list[float], before: float, warmup: int, batch: int,
-            tokens: int) -> dict[str, Any]:
+def summary(arm: str, times: list[float], cpu: list[float], losses: list[float], before: float, warmup: int,
+            batch: int, tokens: int) -> dict[str, Any]:
+    """``times``: wall seconds per step; ``cpu``: the process's CPU seconds per step (all its threads), which a
+    shared, oversubscribed machine distorts far less than wall time."""
     peak = peak_mb()
     med = statistics.median(times[warmup:])
     return {"arm": arm, "rss_before_step_mb": round(before, 1), "peak_rss_mb": round(peak, 1),
             "step_peak_mb": round(peak - before, 1), "step_seconds_median": round(med, 3),
             "tokens_per_second": round(batch * tokens / med, 1), "step_seconds": [round(t, 3) for t in times],
-            "losses": losses}
+            "cpu_seconds_median": round(statistics.median(cpu[warmup:]), 3),
+            "cpu_seconds": [round(t, 3) for t in cpu], "losses": losses}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -172,16 +178,17 @@ def run_distill(arm: str, work: Path, args: argparse.Namespace) -> dict[str, Any
     module.setup(batch(0))
     optimizer = torch.optim.AdamW(student.parameters(), lr=LR, weight_decay=0.0)
     before = rss_mb()
-    times, losses = [], []
+    times, cpu, losses = [], [], []
     for i in range(args.warmup + args.steps):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         loss, _, _ = module(batch(i))
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         losses.append(float(loss))
-    return summary(arm, times, losses, before, args.warmup, args.batch, args.tokens)
+    return summary(arm, times, cpu, losses, before, args.warmup, args.batch, args.tokens)
 
 
 def run_trl(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -211,17 +218,18 @@ def run_trl(work: Path, args: argparse.Namespace) -> dict[str, Any]:
         ids = torch.tensor([r["input_ids"] for r in rows], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
-    state: dict[str, Any] = {"times": [], "losses": [], "before": None}
+    state: dict[str, Any] = {"times": [], "cpu": [], "losses": [], "before": None}
 
     class Timer(TrainerCallback):
         def on_train_begin(self, a, s, c, **kw):  # type: ignore[no-untyped-def]
             state["before"] = rss_mb()
 
         def on_step_begin(self, a, s, c, **kw):  # type: ignore[no-untyped-def]
-            state["start"] = time.perf_counter()
+            state["start"], state["start_cpu"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, a, s, c, **kw):  # type: ignore[no-untyped-def]
             state["times"].append(time.perf_counter() - state["start"])
+            state["cpu"].append(time.process_time() - state["start_cpu"])
 
         def on_log(self, a, s, c, logs=None, **kw):  # type: ignore[no-untyped-def]
             if logs and "loss" in logs:
@@ -239,7 +247,8 @@ def run_trl(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     # the same batches in the same order as the other arms
     trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(data)  # type: ignore[method-assign]
     trainer.train()
-    out = summary("trl", state["times"], state["losses"], state["before"], args.warmup, args.batch, args.tokens)
+    out = summary("trl", state["times"], state["cpu"], state["losses"], state["before"], args.warmup, args.batch,
+                  args.tokens)
     out["trl_version"] = trl.__version__
     import transformers
 
@@ -256,16 +265,31 @@ def ratio(a: float, b: float) -> float:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    med = {k: round(statistics.median(r[k] for r in runs), 3) for k in
-           ("step_seconds_median", "tokens_per_second", "peak_rss_mb", "step_peak_mb")}
+    keys = ["step_seconds_median", "tokens_per_second", "peak_rss_mb", "step_peak_mb"]
+    if all("cpu_seconds_median" in r for r in runs):
+        keys.append("cpu_seconds_median")
+    med = {k: round(statistics.median(r[k] for r in runs), 3) for k in keys}
     return {**med, "repeats": len(runs), "first_loss": runs[0]["losses"][0] if runs[0]["losses"] else None}
+
+
+def summarise(entry: dict[str, Any]) -> None:
+    """An entry's per-arm figures (medians over its repeats) and their ratios to the TRL arm, from its runs."""
+    entry["arms"] = {a: aggregate(rs) for a, rs in entry["runs"].items() if rs}
+    trl = entry["arms"].get("trl")
+    if trl:
+        for v in entry["arms"].values():
+            v["vs_trl"] = {"time": ratio(v["step_seconds_median"], trl["step_seconds_median"]),
+                           "peak_rss": ratio(v["peak_rss_mb"], trl["peak_rss_mb"]),
+                           "step_peak": ratio(v["step_peak_mb"], trl["step_peak_mb"])}
+            if "cpu_seconds_median" in v and "cpu_seconds_median" in trl:
+                v["vs_trl"]["cpu_time"] = ratio(v["cpu_seconds_median"], trl["cpu_seconds_median"])
 
 
 def markdown(result: dict[str, Any]) -> str:
     s = result["setup"]
-    rows = ["| tokens x batch | arm | s/step | tokens/s | peak RSS (MB) | step peak (MB) | time vs TRL "
-            "| peak RSS vs TRL | step peak vs TRL | first loss |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| tokens x batch | arm | s/step | tokens/s | CPU s/step | peak RSS (MB) | step peak (MB) | time vs TRL "
+            "| CPU time vs TRL | peak RSS vs TRL | step peak vs TRL | first loss |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for shape in result["shapes"]:
         arms = shape["arms"]
         trl = arms.get("trl")
@@ -274,9 +298,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f"{a['step_seconds_median'] / trl['step_seconds_median']:.2f}x",
                 f"{a['peak_rss_mb'] / trl['peak_rss_mb']:.2f}x", f"{a['step_peak_mb'] / trl['step_peak_mb']:.2f}x")
             loss = "-" if a["first_loss"] is None else f"{a['first_loss']:.4f}"
+            cpu = f"{a['cpu_seconds_median']:.1f}" if "cpu_seconds_median" in a else "-"
+            cpu_vs = (f"{a['cpu_seconds_median'] / trl['cpu_seconds_median']:.2f}x"
+                      if trl is not None and "cpu_seconds_median" in a and "cpu_seconds_median" in trl else "-")
             rows.append(f"| {shape['tokens']} x {shape['batch']} | {name} | {a['step_seconds_median']:.2f} | "
-                        f"{a['tokens_per_second']:.0f} | {a['peak_rss_mb']:.0f} | {a['step_peak_mb']:.0f} | "
-                        f"{vs[0]} | {vs[1]} | {vs[2]} | {loss} |")
+                        f"{a['tokens_per_second']:.0f} | {cpu} | {a['peak_rss_mb']:.0f} | {a['step_peak_mb']:.0f} | "
+                        f"{vs[0]} | {cpu_vs} | {vs[1]} | {vs[2]} | {loss} |")
     head = (f"Teacher {s['teacher']}, student {s['student']}; forward KL, live teacher, fp32, AdamW lr {s['lr']}; "
             f"TRL {s.get('trl_version', '?')} GKDTrainer (lmbda 0, beta 0, seq_kd off) vs distill; median of "
             f"{s['steps']} steps after {s['warmup']} warm-up, median over {s['repeats']} interleaved repeats; "
@@ -296,6 +323,11 @@ def main() -> None:
     p.add_argument("--trl-python", default=str(TRL_PYTHON))
     p.add_argument("--out", default=None, help="results folder (default: benchmarks/results, or a temp folder)")
     p.add_argument("--work", default=None, help="models and batches (default: benchmarks/work/llm_vs_trl)")
+    p.add_argument("--collect-only", action="store_true",
+                   help="rewrite the Markdown table from the results JSON (e.g. of an interrupted run)")
+    p.add_argument("--merge", nargs="*", default=None,
+                   help="with --collect-only: results JSON files of several runs (e.g. one shape each), their "
+                        "shapes joined in this order into the results folder's llm_vs_trl.json")
     p.add_argument("--arm", default=None, help=argparse.SUPPRESS)  # internal: run one arm, print its JSON
     p.add_argument("--tokens", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
@@ -312,6 +344,19 @@ def main() -> None:
         return
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp()) if args.quick else REPO / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
+    if args.collect_only:
+        if args.merge:
+            parts = [json.loads(Path(f).read_text()) for f in args.merge]
+            result = {"setup": {**parts[0]["setup"], "commands": [x["setup"]["command"] for x in parts]},
+                      "shapes": [e for x in parts for e in x["shapes"]]}
+        else:
+            result = json.loads((out / "llm_vs_trl.json").read_text())
+        for entry in result["shapes"]:
+            summarise(entry)
+        write_json(out / "llm_vs_trl.json", result)
+        (out / "llm_vs_trl.md").write_text(markdown(result))
+        print((out / "llm_vs_trl.md").read_text())
+        return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
            "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
@@ -352,21 +397,9 @@ def main() -> None:
                 print(f"  {r['step_seconds_median']:.2f} s/step, {r['tokens_per_second']:.0f} tok/s, peak "
                       f"{r['peak_rss_mb']:.0f} MB (step {r['step_peak_mb']:.0f} MB), losses "
                       f"{[round(x, 4) for x in r['losses']]}", flush=True)
-                entry["arms"] = {a: aggregate(rs) for a, rs in runs.items() if rs}
-                trl = entry["arms"].get("trl")
-                if trl:
-                    for v in entry["arms"].values():
-                        v["vs_trl"] = {"time": ratio(v["step_seconds_median"], trl["step_seconds_median"]),
-                                       "peak_rss": ratio(v["peak_rss_mb"], trl["peak_rss_mb"]),
-                                       "step_peak": ratio(v["step_peak_mb"], trl["step_peak_mb"])}
+                summarise(entry)
                 if not args.quick:  # written as it goes
-                    sys.path.insert(0, str(HERE))
-                    from portable import write_json
-
                     write_json(out / "llm_vs_trl.json", result)
-    sys.path.insert(0, str(HERE))
-    from portable import portable, write_json
-
     write_json(out / "llm_vs_trl.json", result)
     (out / "llm_vs_trl.md").write_text(markdown(portable(result)))
     print(markdown(portable(result)))
