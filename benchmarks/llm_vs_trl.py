@@ -301,7 +301,8 @@ def markdown(result: dict[str, Any]) -> str:
             cpu = f"{a['cpu_seconds_median']:.1f}" if "cpu_seconds_median" in a else "-"
             cpu_vs = (f"{a['cpu_seconds_median'] / trl['cpu_seconds_median']:.2f}x"
                       if trl is not None and "cpu_seconds_median" in a and "cpu_seconds_median" in trl else "-")
-            rows.append(f"| {shape['tokens']} x {shape['batch']} | {name} | {a['step_seconds_median']:.2f} | "
+            label = f"{shape['tokens']} x {shape['batch']}" + (f" (run {shape['run']})" if "run" in shape else "")
+            rows.append(f"| {label} | {name} | {a['step_seconds_median']:.2f} | "
                         f"{a['tokens_per_second']:.0f} | {cpu} | {a['peak_rss_mb']:.0f} | {a['step_peak_mb']:.0f} | "
                         f"{vs[0]} | {cpu_vs} | {vs[1]} | {vs[2]} | {loss} |")
     head = (f"Teacher {s['teacher']}, student {s['student']}; forward KL, live teacher, fp32, AdamW lr {s['lr']}; "
@@ -348,7 +349,7 @@ def main() -> None:
         if args.merge:
             parts = [json.loads(Path(f).read_text()) for f in args.merge]
             result = {"setup": {**parts[0]["setup"], "commands": [x["setup"]["command"] for x in parts]},
-                      "shapes": [e for x in parts for e in x["shapes"]]}
+                      "shapes": [{**e, "run": i + 1} for i, x in enumerate(parts) for e in x["shapes"]]}
         else:
             result = json.loads((out / "llm_vs_trl.json").read_text())
         for entry in result["shapes"]:
