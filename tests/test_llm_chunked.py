@@ -267,3 +267,84 @@ def test_chunk_tokens_with_a_dense_only_method_is_refused_when_the_config_is_rea
     assert "\n" not in str(e.value)
     raw["methods"] = [{"name": "fkl"}, {"name": "lm_ce"}, {"name": "on_policy"}]
     assert parse_config(raw).data.chunk_tokens == 256
+
+
+@pytest.mark.parametrize("fn", ["kl", "cross_entropy_form"])
+def test_the_unmasked_divergence_path_equals_the_masked_one_and_masks_still_apply(monkeypatch, fn):
+    """Without -inf entries the divergences skip their masks (a large share of a step's time over a 49k
+    vocabulary): the value and the gradient must be exactly those of the masked formula; with a -inf (padded)
+    column the masked formula must still be used (finite, that column contributing nothing)."""
+    from distill.methods.llm import divergences as dv
+
+    g = torch.Generator().manual_seed(0)
+    za, zb = torch.randn(6, 50, generator=g), torch.randn(6, 50, generator=g)
+
+    def value_and_grad(masked: bool, a_logits: torch.Tensor, b_logits: torch.Tensor):
+        monkeypatch.setattr(dv, "_no_neginf", (lambda a, b: False) if masked else dv_no_neginf)
+        a = a_logits.clone().requires_grad_(True)
+        b = b_logits.clone().requires_grad_(True)
+        d = getattr(dv, fn)(torch.log_softmax(a, -1), torch.log_softmax(b, -1))
+        (d * torch.arange(1.0, 7.0)).sum().backward()
+        return d.detach(), a.grad, b.grad
+
+    dv_no_neginf = dv._no_neginf
+    assert dv_no_neginf(torch.log_softmax(za, -1), torch.log_softmax(zb, -1))
+    fast, masked = value_and_grad(False, za, zb), value_and_grad(True, za, zb)
+    for x, y in zip(fast, masked, strict=True):
+        assert torch.equal(x, y)
+    # a padded column (-inf in both models' logits): the masked path, finite, equal to the unpadded vocabulary
+    pad = torch.full((6, 1), -torch.inf)
+    a_pad, b_pad = torch.cat([za, pad], -1), torch.cat([zb, pad], -1)
+    assert not dv_no_neginf(torch.log_softmax(a_pad, -1), torch.log_softmax(b_pad, -1))
+    d_pad, ga, gb = value_and_grad(False, a_pad, b_pad)
+    assert torch.isfinite(ga).all() and torch.isfinite(gb).all()
+    torch.testing.assert_close(d_pad, fast[0])
+    torch.testing.assert_close(ga[:, :-1], fast[1])
+    assert (ga[:, -1] == 0).all()
+
+
+def test_chunk_tokens_auto_chunks_large_vocabularies_when_every_method_reads_hidden_states(monkeypatch):
+    """The default, ``auto``: chunks for a large vocabulary (where logits dominate a step), full logits for a
+    small one, for a method that needs logits, for a teacher mixture, and whenever the file says ``null``."""
+    from distill.config import parse_config
+    from distill.methods import METHODS
+    from distill.tasks.causal_lm.build import AUTO_CHUNK_MIN_VOCAB, AUTO_CHUNK_TOKENS, resolve_chunk_tokens
+
+    monkeypatch.setattr(METHODS.get("kd"), "tasks", None)
+    raw = {"task": "causal_lm", "output_dir": "run", "data": {"tokenizer": "tok", "text": "input.txt"},
+           "student": {"arch": "llama"}, "teacher": {"path": "teacher"},
+           "methods": [{"name": "fkl"}, {"name": "lm_ce"}], "train": {"epochs": 1}}
+    cfg = parse_config(raw)
+    assert cfg.data.chunk_tokens == "auto"
+    assert resolve_chunk_tokens(cfg, AUTO_CHUNK_MIN_VOCAB) == AUTO_CHUNK_TOKENS
+    assert resolve_chunk_tokens(cfg, AUTO_CHUNK_MIN_VOCAB - 1) is None
+    with_kd = parse_config({**raw, "methods": [{"name": "fkl"}, {"name": "kd"}]})  # no error: auto falls back
+    assert resolve_chunk_tokens(with_kd, 49152) is None
+    off = parse_config({**raw, "data": {**raw["data"], "chunk_tokens": None}})
+    assert resolve_chunk_tokens(off, 49152) is None
+    fixed = parse_config({**raw, "data": {**raw["data"], "chunk_tokens": 64}})
+    assert resolve_chunk_tokens(fixed, 100) == 64
+
+
+def test_auto_chunks_give_full_logits_for_a_model_whose_head_check_fails():
+    """Under ``auto`` (strict_chunks False) a model with a logit scale is served by its full logits instead of
+    being refused, and the loss with the other model's hidden states equals the all-dense loss."""
+    teacher, student = tiny_lm(seed=13), tiny_lm(seed=18)
+    plain_forward = teacher.forward
+
+    def scaled(*args, **kwargs):
+        out = plain_forward(*args, **kwargs)
+        out.logits = out.logits * 2.0
+        return out
+
+    teacher.forward = scaled
+    batch = padded_batch()
+    auto = CausalLM(VOCAB, chunk_tokens=4, strict_chunks=False)
+    t_out = auto.forward(teacher, batch)
+    assert isinstance(t_out, torch.Tensor) and t_out.shape == (4, 12, VOCAB)
+    assert isinstance(auto.forward(student, batch), HiddenStates)
+    method = METHODS.get("fkl")()
+    dense_task = CausalLM(VOCAB)
+    dense = loss_and_grads(method, student, ModelOutput.of(dense_task.forward(teacher, batch)), dense_task, batch)
+    chunked = loss_and_grads(method, student, ModelOutput.of(auto.forward(teacher, batch)), auto, batch)
+    assert_same(dense, chunked)

@@ -93,10 +93,19 @@ def _usable(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
     return ~(torch.isneginf(a_logp) | torch.isneginf(b_logp))
 
 
+def _no_neginf(a_logp: torch.Tensor, b_logp: torch.Tensor) -> bool:
+    """True when neither tensor holds -inf (nor NaN or +inf), checked by two sums (no tensor of the inputs' size
+    is allocated): then the guarded formulas below equal the plain ones value for value, and the plain ones skip
+    the masks, which cost as much as the divergence itself over a large vocabulary."""
+    return bool(torch.isfinite(a_logp.detach().sum() + b_logp.detach().sum()))
+
+
 def _xlogy_diff(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
     """Elementwise a * (log a - log b) with 0 where either side is -inf (a = 0, or a masked vocab row / an empty
     bucket, zeroed as DistiLLM does). Masked entries are replaced by 0 *before* the arithmetic, so no inf or NaN
-    enters the graph and the gradient stays finite."""
+    enters the graph and the gradient stays finite. Without any -inf entry: the plain product (the same values)."""
+    if _no_neginf(a_logp, b_logp):
+        return a_logp.exp() * (a_logp - b_logp)
     ok = _usable(a_logp, b_logp)
     zero = torch.zeros_like(a_logp)
     a_s, b_s = torch.where(ok, a_logp, zero), torch.where(ok, b_logp, zero)
@@ -110,6 +119,8 @@ def kl(a_logp: torch.Tensor, b_logp: torch.Tensor) -> torch.Tensor:
 
 def cross_entropy_form(p_logp: torch.Tensor, q_logp: torch.Tensor) -> torch.Tensor:
     """-sum_v p_v log q_v (KL(p || q) + H(p): same gradient in q, different value)."""
+    if _no_neginf(p_logp, q_logp):
+        return -(p_logp.exp() * q_logp).sum(-1)
     ok = _usable(p_logp, q_logp)
     zero = torch.zeros_like(q_logp)
     p_s, q_s = torch.where(ok, p_logp, zero), torch.where(ok, q_logp, zero)

@@ -16,6 +16,30 @@ from distill.tasks.causal_lm.section import LMData, LMStudent, LMTeacher
 from distill.tasks.causal_lm.task import CausalLM
 from distill.tasks.causal_lm.vocab_check import check_lm_model
 
+#: ``data.chunk_tokens: auto``: chunks of this many token rows once the vocabulary has AUTO_CHUNK_MIN_VOCAB tokens
+#: (benchmarks/llm_vs_trl.py: at SmolLM2's 49,152 tokens chunked steps take less time and a fraction of the memory)
+AUTO_CHUNK_TOKENS = 256
+AUTO_CHUNK_MIN_VOCAB = 16_384
+
+
+def dense_only_methods(cfg: Any) -> list[str]:
+    """The configured methods that need full logits (not computable from hidden states and the head)."""
+    from distill.methods import METHODS
+
+    return [m.name for m in cfg.methods if not getattr(METHODS.get(m.name), "accepts_hidden_states", False)]
+
+
+def resolve_chunk_tokens(cfg: Any, vocab_size: int) -> int | None:
+    """``data.chunk_tokens`` as the task uses it: a number or None as given; ``auto``: AUTO_CHUNK_TOKENS when the
+    vocabulary is large and every method reads hidden states (no teacher mixture), else None (full logits)."""
+    chunk = cfg.data.chunk_tokens
+    if chunk != "auto":
+        return chunk
+    mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
+    if vocab_size < AUTO_CHUNK_MIN_VOCAB or mixture is not None or dense_only_methods(cfg):
+        return None
+    return AUTO_CHUNK_TOKENS
+
 
 @register_family
 class CausalLMFamily(Family):
@@ -43,10 +67,8 @@ class CausalLMFamily(Family):
             raise ValueError("data: give 'text' (a plain-text corpus) or 'train_jsonl' (prompt/response lines)")
         if cfg.teacher is not None and cfg.teacher.ensemble:
             raise ValueError("teacher.ensemble: not supported for causal_lm yet; give one teacher")
-        if d.chunk_tokens is not None:
-            from distill.methods import METHODS
-
-            dense = [m.name for m in cfg.methods if not getattr(METHODS.get(m.name), "accepts_hidden_states", False)]
+        if isinstance(d.chunk_tokens, int):
+            dense = dense_only_methods(cfg)
             if dense:
                 raise ValueError(f"data.chunk_tokens: methods {dense} need full logits; chunked losses are "
                                  "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
@@ -62,7 +84,7 @@ class CausalLMFamily(Family):
                 raise ValueError("student.init_from_teacher: copies one teacher's layers; teacher.mixture has several")
             if d.sequence_kd is not None:
                 raise ValueError("data.sequence_kd: generates with one teacher; teacher.mixture has several")
-            if d.chunk_tokens is not None:
+            if isinstance(d.chunk_tokens, int):
                 raise ValueError("data.chunk_tokens: a mixture combines its members' logits, and chunked losses "
                                  "never form them; drop chunk_tokens with teacher.mixture")
             if mix.route == "column" and not d.train_jsonl:
@@ -95,7 +117,9 @@ class CausalLMFamily(Family):
             check_lm_model(teacher, cfg.teacher, tok, cfg.base_dir, cfg.data.tokenizer, "teacher")
             train = sequence_kd_data(cfg, tok, train, teacher)
             info["sequence_kd_teacher"] = teacher
-        return Loaded(CausalLM(len(tok), chunk_tokens=cfg.data.chunk_tokens), train, evald, info=info)
+        chunk = resolve_chunk_tokens(cfg, len(tok))
+        return Loaded(CausalLM(len(tok), chunk_tokens=chunk, strict_chunks=cfg.data.chunk_tokens != "auto"),
+                      train, evald, info=info)
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         if key == "teacher" and loaded.info.get("sequence_kd_teacher") is not None:

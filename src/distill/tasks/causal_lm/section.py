@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -55,7 +55,9 @@ class LMData(Strict):
     agreement with the live teacher during evaluation; ``sequence_kd``: train on the teacher's continuations of the
     training rows instead (:class:`SequenceKD`). ``chunk_tokens``: compute the losses and metrics from the models'
     final hidden states and output heads, this many token rows at a time, never holding a (batch, tokens,
-    vocabulary) tensor (exact; see docs/llm.md); unset: full logits. ``text_format``: ``text`` (a plain-text file)
+    vocabulary) tensor (exact; see docs/llm.md); ``auto`` (the default): 256 rows when the vocabulary has at least
+    16,384 tokens and every method reads hidden states (no teacher mixture), else full logits; ``null``: always
+    full logits. ``text_format``: ``text`` (a plain-text file)
     or a table read with Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) whose
     ``text_column`` rows, joined by newlines, are the corpus. ``tokenizer: chars``: a character-level tokenizer
     built from ``data.text`` (:mod:`distill.llm.char_tokenizer`). ``cross_tokenizer``: the teacher has another
@@ -75,7 +77,7 @@ class LMData(Strict):
     eval_blocks: int | None = Field(None, gt=0)
     agreement: Flag = True
     sequence_kd: SequenceKD | None = None
-    chunk_tokens: int | None = Field(None, ge=1, le=1_000_000)
+    chunk_tokens: Annotated[int, Field(ge=1, le=1_000_000)] | Literal["auto"] | None = "auto"
     cross_tokenizer: CrossTokenizer | None = None
 
 

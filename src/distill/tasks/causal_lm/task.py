@@ -306,20 +306,25 @@ class CausalLM:
     logits, so the losses and metrics compute logits ``chunk_tokens`` token rows at a time (Hugging Face causal LMs
     only: ``get_decoder()`` and ``get_output_embeddings()``). ``pad_to_batch``: cut every training batch to its
     longest row (the data is padded to the dataset's longest); evaluation and cache builds keep the stored width.
+    ``strict_chunks``: refuse a model whose logits are not its head on its hidden states (a soft-cap, a logit
+    scale); False (``data.chunk_tokens: auto``): give that model's full logits instead (the losses accept a
+    teacher's or a student's logits beside the other model's hidden states).
     """
 
     primary_metric = "perplexity"
     higher_is_better = False
 
     def __init__(self, vocab_size: int, agreement_teacher: nn.Module | None = None, chunk_tokens: int | None = None,
-                 pad_to_batch: bool = True):
+                 pad_to_batch: bool = True, strict_chunks: bool = True):
         self.vocab_size = int(vocab_size)
         self.agreement_teacher = agreement_teacher
         if chunk_tokens is not None and chunk_tokens < 1:
             raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
         self.chunk_tokens = chunk_tokens
         self.pad_to_batch = bool(pad_to_batch)
+        self.strict_chunks = bool(strict_chunks)
         self._heads_checked: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+        self._dense_models: weakref.WeakSet[nn.Module] = weakref.WeakSet()  # failed the head check, not strict
 
     def num_examples(self, data: LMData) -> int:
         return len(data)
@@ -350,8 +355,13 @@ class CausalLM:
         return guarded
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor | HiddenStates:
-        if self.chunk_tokens is not None:
-            return self.hidden_states(model, batch)
+        if self.chunk_tokens is not None and model not in self._dense_models:
+            try:
+                return self.hidden_states(model, batch)
+            except ValueError:
+                if self.strict_chunks:
+                    raise
+                self._dense_models.add(model)
         out = model(input_ids=batch.inputs["input_ids"], attention_mask=batch.inputs["attention_mask"])
         logits = out.logits if hasattr(out, "logits") else out
         return align_vocab(logits, self.vocab_size)
