@@ -11,7 +11,8 @@ method is registered with (``distill methods`` prints each method's file):
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
-* ``augmentation/``: family ``augmentation`` (mixup).
+* ``augmentation/``: family ``augmentation`` (mixup);
+* ``dense/``: family ``dense`` (reverse_distillation).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -30,6 +31,7 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
+from distill.methods.dense import reverse_distillation  # noqa: F401
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import ab, at, crd, fitnet, fsp, ft, nd, nst, reviewkd, vid  # noqa: F401
 from distill.methods.graph import d2dgn, ffg2m, glnn  # noqa: F401
@@ -66,6 +68,7 @@ FAMILY_FOLDERS: dict[str, str] = {
     "ranking": "ranking",
     "embedding": "embedding",
     "augmentation": "augmentation",
+    "dense": "dense",
 }
 
 __all__ = ["FAMILY_FOLDERS", "METHODS", "Method"]

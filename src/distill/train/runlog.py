@@ -170,6 +170,8 @@ def teacher_evaluation(experiment: Any) -> tuple[dict[str, float] | None, str]:
     teacher = experiment.teacher
     if teacher is None:
         return None, "no teacher"
+    if not getattr(experiment.task, "teacher_evaluable", True):  # e.g. a frozen encoder that feeds the student
+        return None, "the teacher is a feature source, not a model of the task's outputs"
     why = "live teacher"
     if experiment.live_teacher is not None and teacher is not experiment.live_teacher:
         teacher, why = experiment.live_teacher, "live teacher (training reads its cache)"

@@ -1,0 +1,1 @@
+"""Methods of dense prediction (anomaly maps, segmentation): family ``dense``."""
