@@ -4,7 +4,7 @@ One file per registered method, named after its canonical registry name, in a fo
 method is registered with (``distill methods`` prints each method's file):
 
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
-  tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
+  random_teachers, tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
 * ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd);
 * ``relations/``: family ``relations`` (sp, cc, rkd, pkt);
 * ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
@@ -51,6 +51,7 @@ from distill.methods.logits import (  # noqa: F401
     mixkd,
     mixstd,
     pld,
+    random_teachers,
     tgeo,
 )
 from distill.methods.ranking import margin_mse, ranking_nll, score_mse  # noqa: F401
