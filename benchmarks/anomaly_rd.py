@@ -183,10 +183,18 @@ def main() -> None:
     p.add_argument("--eval-normal", type=int, default=200)
     p.add_argument("--eval-defect", type=int, default=200)
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--table", action="store_true", help="only rewrite the table from the results file")
+    p.add_argument("--table", action="store_true", help="only rewrite the table (merging --inputs into --out)")
+    p.add_argument("--inputs", type=Path, nargs="*", default=[], help="result files of parallel runs to merge")
     args = p.parse_args()
     torch.set_num_threads(1)
     results: dict[str, Any] = json.loads(args.out.read_text())["runs"] if args.out.exists() else {}
+    config = {}
+    for extra in args.inputs:  # parallel processes (one per seed) write their own files
+        other = json.loads(extra.read_text())
+        results.update(other["runs"])
+        config = other["config"]
+    if args.inputs:
+        write_json(args.out, {"config": config, "runs": results}, sort_keys=True)
     if not args.table:
         encoder = MODELS["resnet56"](num_classes=10)
         load_weights_into(encoder, TEACHER)

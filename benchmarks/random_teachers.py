@@ -63,15 +63,23 @@ def main() -> None:
     p.add_argument("--train-per-class", type=int)
     p.add_argument("--epochs", type=float)
     p.add_argument("--probe-per-class", type=int)
+    p.add_argument("--data", help="another copy of CIFAR-10 (e.g. the package's demo subset, for a smoke run)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "random_teachers.json")
-    p.add_argument("--table", action="store_true")
+    p.add_argument("--table", action="store_true", help="only rewrite the table (merging --inputs into --out)")
+    p.add_argument("--inputs", type=Path, nargs="*", default=[], help="result files of parallel runs to merge")
     args = p.parse_args()
     torch.set_num_threads(1)
     cfg = read_config(args.config, train_per_class=args.train_per_class, epochs=args.epochs,
-                      probe_train_per_class=args.probe_per_class, probe_test_per_class=args.probe_per_class)
+                      probe_train_per_class=args.probe_per_class, probe_test_per_class=args.probe_per_class,
+                      data=args.data)
     saved = json.loads(args.out.read_text()) if args.out.exists() else {}
     runs: dict[str, Any] = saved.get("runs", {})
-    budget = {"train_images": cfg.train_per_class * 10, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+    for extra in args.inputs:  # parallel processes (one per seed) write their own files
+        other = json.loads(extra.read_text())
+        saved.setdefault("budget", other["budget"])
+        runs.update(other["runs"])
+    budget = {"data": Path(cfg.data).name, "train_images": cfg.train_per_class * 10, "epochs": cfg.epochs,
+              "batch_size": cfg.batch_size,
               "probe_train": cfg.probe_train_per_class * 10, "probe_test": cfg.probe_test_per_class * 10}
     if saved and saved.get("budget") != budget:
         sys.exit(f"{args.out} holds runs of another budget {saved.get('budget')}; use --out")
@@ -83,7 +91,9 @@ def main() -> None:
         ptrain = train_all.balanced_subset(cfg.probe_train_per_class, cfg.subset_seed + 1)
         ptest = test_all.balanced_subset(cfg.probe_test_per_class, cfg.subset_seed)
         ptrain_t, ptest_t = (ptrain.images, ptrain.labels), (ptest.images, ptest.labels)
-        tpath = WORK / f"random_teacher_seed{cfg.teacher_seed}.safetensors"
+        m = cfg.model
+        name = f"random_teacher_d{m.depth}_{m.hidden}_{m.bottleneck}_{m.out_dim}_seed{cfg.teacher_seed}"
+        tpath = WORK / f"{name}.safetensors"
         if not tpath.exists():  # the teacher is drawn once and kept
             save_teacher(build_teacher(cfg), tpath)
         teacher = load_teacher(cfg, tpath)
@@ -110,6 +120,8 @@ def main() -> None:
                 self_distill(teacher, student, train.images, arm_cfg, seed, log)
                 result = probe(student, ptrain_t, ptest_t, cfg, seed=seed)
                 record(key, {**result, "train_s": time.perf_counter() - t0, "loss": log})
+    if args.inputs:
+        write_json(args.out, {"budget": budget, "runs": runs}, sort_keys=True)
     write_table(args.out, runs, budget)
 
 
