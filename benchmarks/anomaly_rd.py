@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -128,7 +129,7 @@ def load_texture(name: str, args: argparse.Namespace, encoder: torch.nn.Module) 
     tex = {"x_train": x_train, "f_train": features(encoder, x_train), "x_eval": x_eval, "f_eval": f_eval,
            "masks": ev.masks, "encoder_ms": encoder_ms}
     WORK.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_suffix(f".{os.getpid()}.tmp")  # one per process: parallel seeds may race
     torch.save(tex, tmp)
     tmp.replace(cache)
     return tex
