@@ -144,6 +144,8 @@ def evaluate_teacher(teacher: Any, task: Any, data: Any, batch_size: int = 256,
     from distill.core.teachers import FrozenTeacher
     from distill.train.evaluate import eval_batches, evaluate_model
 
+    if not getattr(task, "teacher_evaluable", True):  # the teacher only feeds the student (anomaly detection)
+        return None
     if isinstance(teacher, FrozenTeacher):
         metrics = evaluate_model(teacher.model, task, data, batch_size, device)
         teacher.model.to("cpu")
