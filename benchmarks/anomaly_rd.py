@@ -161,15 +161,19 @@ def table(results: dict[str, Any]) -> str:
     out = ["\n".join(lines), ""]
     for arm in ("dbfad", "rd4ad"):
         got = [(t, *verdict_rows[(t, arm)]) for t in TEXTURES if (t, arm) in verdict_rows]
-        if len(got) < 3 or any(n < 3 for *_, n in got):
-            out.append(f"- {arm}: incomplete ({sum(n for *_, n in got)} of 9 runs); no verdict")
-            continue
-        high = [t for t, a, _, _ in got if a >= 0.90]
-        beats = [t for t, _, d, _ in got if d > 0]
-        ok = len(high) >= 2 and len(beats) >= 2
-        out.append(f"- {arm}: image AUROC >= 0.90 on {len(high)}/3 textures ({', '.join(high) or 'none'}); beats "
-                   f"no_student (mean paired difference > 0) on {len(beats)}/3 ({', '.join(beats) or 'none'}) -> "
-                   f"**{'works' if ok else 'missed'}**")
+        done = [(t, a, d) for t, a, d, n in got if n >= 3]  # textures with all 3 seeds
+        high = [t for t, a, _ in done if a >= 0.90]
+        low = [t for t, a, _ in done if a < 0.90]
+        beats = [t for t, _, d in done if d > 0]
+        if len(high) >= 2 and len([t for t in beats if t in high]) >= 2:
+            verdict = "**works**"
+        elif len(low) >= 2:
+            verdict = "**missed** (2 of the 3 textures can no longer reach 0.90)"
+        else:
+            verdict = "incomplete"
+        out.append(f"- {arm}: {len(done)} of 3 textures finished (3 seeds); image AUROC >= 0.90 on "
+                   f"{', '.join(high) or 'none'}; below on {', '.join(low) or 'none'}; beats no_student on "
+                   f"{', '.join(beats) or 'none'} -> {verdict}")
     return "\n".join(out) + "\n"
 
 
