@@ -105,6 +105,8 @@ EXAMPLES = {
     "kd": "{name: kd, weight: 0.9, temperature: 4}",
     "fitnet": "{name: fitnet, weight: 100, student: f2, teacher: f2}",
     "at": "{name: at, weight: 1000, student: [f1, f2, f3], mode: code}",
+    "reverse_distillation": "{name: reverse_distillation, weight: 1.0, mode: rd4ad, student: [out1, out2, out3]}",
+    "random_teachers": "{name: random_teachers, weight: 1.0, student_temp: 1.0, teacher_temp: 1.0}",
 }
 
 

@@ -41,15 +41,15 @@ def assert_cache_equals_live(cfg, n_batches: int = 2, batch_size: int = 4, atol:
 
 
 def test_every_builtin_family_is_registered_with_its_parts():
-    assert FAMILIES.names() == ["causal_lm", "embedding", "graph_node_classification", "image_classification",
-                                "ranking", "semantic_segmentation", "super_resolution", "text_classification",
-                                "vector_classification"]
+    assert FAMILIES.names() == ["anomaly_detection", "causal_lm", "embedding", "graph_node_classification",
+                                "image_classification", "ranking", "semantic_segmentation", "super_resolution",
+                                "text_classification", "vector_classification"]
     for fam in FAMILIES:
         assert fam.data_section is not object and fam.summary
 
 
 def test_unknown_task_and_old_sections_are_refused_by_key():
-    with pytest.raises(ConfigError, match=r"^task: unknown task 'imgae'; allowed: causal_lm, "):
+    with pytest.raises(ConfigError, match=r"^task: unknown task 'imgae'; allowed: anomaly_detection, causal_lm, "):
         parse_config({"task": "imgae", "methods": [{"name": "ce"}]})
     for old, msg in [({"task": "causal_lm", "lm": {"topk_store": "s"}},
                       r"^lm\.topk_store: replaced by teacher\.cache"),

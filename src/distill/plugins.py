@@ -20,6 +20,7 @@ BUILTIN_FAMILIES = (
     "distill.tasks.causal_lm.build",
     "distill.tasks.graph.build",
     "distill.tasks.vectors.build",
+    "distill.tasks.anomaly.build",
     "distill.tasks.segmentation.build",
     "distill.tasks.super_resolution.build",
 )

@@ -4,7 +4,7 @@ One file per registered method, named after its canonical registry name, in a fo
 method is registered with (``distill methods`` prints each method's file):
 
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
-  tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
+  random_teachers, tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
 * ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd, ofa,
   cnn_vit_coop);
 * ``relations/``: family ``relations`` (sp, cc, rkd, pkt, trg);
@@ -13,7 +13,8 @@ method is registered with (``distill methods`` prints each method's file):
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
 * ``augmentation/``: family ``augmentation`` (mixup);
-* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation).
+* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; reverse_distillation:
+  anomaly maps).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -33,7 +34,7 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
-from distill.methods.dense import dsclora, l1, transkd  # noqa: F401
+from distill.methods.dense import dsclora, l1, reverse_distillation, transkd  # noqa: F401
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import (  # noqa: F401
     ab,
@@ -66,6 +67,7 @@ from distill.methods.logits import (  # noqa: F401
     mixkd,
     mixstd,
     pld,
+    random_teachers,
     tgeo,
 )
 from distill.methods.ranking import margin_mse, ranking_nll, score_mse  # noqa: F401

@@ -144,6 +144,8 @@ def evaluate_teacher(teacher: Any, task: Any, data: Any, batch_size: int = 256,
     from distill.core.teachers import FrozenTeacher
     from distill.train.evaluate import eval_batches, evaluate_model
 
+    if not getattr(task, "teacher_evaluable", True):  # the teacher only feeds the student (anomaly detection)
+        return None
     if isinstance(teacher, FrozenTeacher):
         metrics = evaluate_model(teacher.model, task, data, batch_size, device)
         teacher.model.to("cpu")
@@ -170,6 +172,8 @@ def teacher_evaluation(experiment: Any) -> tuple[dict[str, float] | None, str]:
     teacher = experiment.teacher
     if teacher is None:
         return None, "no teacher"
+    if not getattr(experiment.task, "teacher_evaluable", True):  # e.g. a frozen encoder that feeds the student
+        return None, "the teacher is a feature source, not a model of the task's outputs"
     why = "live teacher"
     if experiment.live_teacher is not None and teacher is not experiment.live_teacher:
         teacher, why = experiment.live_teacher, "live teacher (training reads its cache)"

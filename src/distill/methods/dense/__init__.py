@@ -1,2 +1,2 @@
-"""Dense-prediction methods (family ``dense``): super-resolution and segmentation losses, one module per method;
-``affinity.py`` holds the spatial-affinity maths they share."""
+"""Dense-prediction methods (family ``dense``): super-resolution, segmentation and anomaly-map losses, one module
+per method; ``affinity.py`` holds the spatial-affinity maths they share."""

@@ -1,0 +1,1 @@
+"""Anomaly detection (task: anomaly_detection): a family folder."""
