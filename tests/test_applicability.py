@@ -54,7 +54,8 @@ def test_every_method_declares_registered_tasks():
     by_task = {t: {e.name for e in METHODS if t in e.obj.tasks} for t in names}
     assert {"kd", "ce", "dkd", "fitnet", "rkd"} <= by_task["vector_classification"]
     assert by_task["ranking"] == {"margin_mse", "score_mse", "ranking_nll"}
-    assert by_task["causal_lm"] == {"fkl", "rkl", "gjsd", "tvd", "skl", "srkl", "taid", "on_policy", "lm_ce"}
+    assert by_task["causal_lm"] == {"fkl", "rkl", "gjsd", "tvd", "skl", "srkl", "taid", "on_policy", "lm_ce",
+                                    "uld"}
     assert by_task["anomaly_detection"] == {"reverse_distillation"}
     assert by_task["super_resolution"] == {"l1", "dsclora", "fitnet"}
     assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd"}
@@ -112,7 +113,7 @@ def test_methods_task_lists_what_applies_with_options_and_defaults(capsys):
     assert rows[1]["options"] == {"scale": "1.0"} and rows[1]["tasks"] == ["ranking"]
     assert main(["methods", "--task", "causal_lm"]) == 0
     table = capsys.readouterr().out
-    assert "methods for task causal_lm (9)" in table and "temperature=1.0" in table
+    assert "methods for task causal_lm (10)" in table and "temperature=1.0" in table
     assert " kd " not in table and "margin_mse" not in table
 
 
