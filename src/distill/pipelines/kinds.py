@@ -76,7 +76,8 @@ def build_cifar_model(spec: TeacherSpec, ctx: StageContext, num_classes: int) ->
     from distill.models.weights import load_state_dict_checked, read_state_dict
 
     if spec.arch not in MODELS:
-        raise ConfigError(f"{ctx.name}: teacher.arch: unknown model {spec.arch!r}; allowed: {', '.join(sorted(MODELS))}")
+        raise ConfigError(f"{ctx.name}: teacher.arch: unknown model {spec.arch!r}; allowed: "
+                          f"{', '.join(sorted(MODELS))}")
     model = MODELS[spec.arch](num_classes=num_classes, **spec.options)
     if spec.weights != "random":
         path = ctx.resolve(spec.weights)

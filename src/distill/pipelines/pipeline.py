@@ -321,6 +321,11 @@ def write_artefact(path: Path, stage: str, kind: str, fingerprint: dict[str, str
     return open_artefact(path)
 
 
+def _changes(diff: list[str], was: str) -> str:
+    """``describe_mismatch`` lines in this module's words: ``KEY (<was> OLD, now NEW)``."""
+    return "; ".join(d.replace("(cache ", f"({was} ").replace(", expected ", ", now ") for d in diff)
+
+
 def open_artefact(path: str | Path, expected: Mapping[str, str] | None = None) -> Artefact:
     """Open and verify a stored stage output (every table's checksums); ``expected``: the fingerprint it must
     have (a :class:`StaleArtefactError` names each key that differs)."""
@@ -340,7 +345,7 @@ def open_artefact(path: str | Path, expected: Mapping[str, str] | None = None) -
         diff = describe_mismatch(dict(expected), rec["fingerprint"])
         if diff:
             raise StaleArtefactError(f"stage {rec['stage']!r}: stale artefact, its inputs changed: "
-                                     f"{'; '.join(d.replace('(cache ', '(artefact ').replace(', expected ', ', now ') for d in diff)}")
+                                     f"{_changes(diff, 'artefact')}")
     stores = {}
     for tname, msum in rec["tables"].items():
         try:
@@ -390,7 +395,8 @@ class StageContext:
         return torch.load(self._state, map_location="cpu", weights_only=True)
 
 
-def stage_fingerprint(pipe: Pipeline, st: StageConfig, inputs: dict[str, Artefact], ctx: StageContext) -> dict[str, str]:
+def stage_fingerprint(pipe: Pipeline, st: StageConfig, inputs: dict[str, Artefact],
+                      ctx: StageContext) -> dict[str, str]:
     kind = STAGE_KINDS[st.kind]()
     opts = pipe.options[st.name]
     out: dict[str, str] = {"kind": st.kind, "seed": str(pipe.config.seed)}
@@ -440,7 +446,8 @@ def run_pipeline(pipe: Pipeline, rebuild: list[str] | None = None, log: Callable
             try:
                 art = open_artefact(art_dir, expected=fp)
             except StaleArtefactError as e:
-                raise StaleArtefactError(f"{e}. Rerun with --rebuild {st.name} to rebuild it (and what follows it)") from None
+                raise StaleArtefactError(f"{e}. Rerun with --rebuild {st.name} to rebuild it (and what follows "
+                                         "it)") from None
             status = "reused"
             log(f"[{st.name}] up to date ({art.digest[:12]}), skipped")
         else:
@@ -452,7 +459,7 @@ def run_pipeline(pipe: Pipeline, rebuild: list[str] | None = None, log: Callable
                 if diff:
                     raise StaleArtefactError(
                         f"stage {st.name!r}: an interrupted run was started with other inputs: "
-                        f"{'; '.join(d.replace('(cache ', '(interrupted run ').replace(', expected ', ', now ') for d in diff)}"
+                        f"{_changes(diff, 'interrupted run')}"
                         f". Rerun with --rebuild {st.name} to start it again")
                 status = "resumed"
                 log(f"[{st.name}] resuming an interrupted run")
