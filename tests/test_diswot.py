@@ -100,8 +100,8 @@ def test_s1_space_params_and_macs():
 
 def test_evolution_finds_the_target_and_respects_the_budget():
     choices = [[1, 3, 5, 7]] * 3
+    target = (5, 1, 7)
     for seed in range(3):
-        target = (5, 1, 7)
         best, score, history = evolve(choices, lambda a: -sum(abs(u - v) for u, v in zip(a, target)), cycles=200,
                                       population=10, sample=3, seed=seed)
         assert best == target and score == 0
@@ -111,10 +111,10 @@ def test_evolution_finds_the_target_and_respects_the_budget():
 
 
 def test_diswot_stage_ranks_and_feeds_a_training_stage(tmp_path):
+    from conftest import REPO
+
     from distill.config import read_yaml
     from distill.pipelines.pipeline import load_stage, parse_pipeline, run_pipeline, stage_dataset
-
-    from conftest import REPO
 
     raw = read_yaml(REPO / "configs" / "pipelines" / "tiny_diswot.yaml")
     raw["output_dir"] = str(tmp_path / "out")

@@ -279,6 +279,7 @@ class Artefact:
     fingerprint: dict[str, str]
     meta: dict[str, Any]
     stores: dict[str, TensorStore]
+    columns: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def digest(self) -> str:
@@ -292,7 +293,9 @@ class Artefact:
         if name not in self.stores:
             raise PipelineError(f"stage {self.stage!r} has no table {name!r}; it has {sorted(self.stores)}")
         store = self.stores[name]
-        return store.get(torch.arange(store.num_examples), 0)
+        cols = store.get(torch.arange(store.num_examples), 0)
+        order = self.columns.get(name, sorted(cols))
+        return {c: cols[c] for c in order}
 
 
 def write_artefact(path: Path, stage: str, kind: str, fingerprint: dict[str, str], out: StageOutput) -> Artefact:
@@ -315,7 +318,8 @@ def write_artefact(path: Path, stage: str, kind: str, fingerprint: dict[str, str
         manifest = w.close({"stage": stage, "table": tname, "stage_fingerprint": digest(fingerprint)}, {})
         sums[tname] = manifest["manifest_sha256"]
     record = {"format": FORMAT, "version": 1, "stage": stage, "kind": kind, "fingerprint": fingerprint,
-              "meta": out.meta, "tables": sums, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "meta": out.meta, "tables": sums, "columns": {t: list(c) for t, c in out.tables.items()},
+              "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     record["record_sha256"] = digest({k: v for k, v in record.items() if k != "written"})
     _write_json_atomic(path / RECORD, record)
     return open_artefact(path)
@@ -356,7 +360,7 @@ def open_artefact(path: str | Path, expected: Mapping[str, str] | None = None) -
         if store.manifest.get("manifest_sha256") != msum:
             raise PipelineError(f"{path / tname}: the table was replaced after the stage completed; rebuild it")
         stores[tname] = store
-    return Artefact(path, rec["stage"], rec["kind"], rec["fingerprint"], rec["meta"], stores)
+    return Artefact(path, rec["stage"], rec["kind"], rec["fingerprint"], rec["meta"], stores, rec.get("columns", {}))
 
 
 # ------------------------------------------------------------------------------------------------------ running
