@@ -139,3 +139,15 @@ def test_strategies_differ_on_the_same_pool():
         o = PCoreSetOptions(strategy=s, rounds=1, per_round=5, steps=3, batch_size=4, widths=[4, 8], seed=0)
         picks[s] = set(active_kd(x, y, t, xt, yt, o)["labelled"][10:].tolist())
     assert picks["random"] != picks["pcoreset"] or picks["entropy"] != picks["pcoreset"]
+
+
+def test_teacher_space_selects_from_the_teacher_probabilities():
+    x, y, t, xt, yt = _tiny_problem()
+    o = PCoreSetOptions(rounds=1, per_round=4, steps=2, batch_size=4, widths=[4, 8], seed=0, space="teacher")
+    got = active_kd(x, y, t, xt, yt, o)
+    lab = got["labelled"][:10]
+    mask = torch.ones(len(x), dtype=torch.bool)
+    mask[lab] = False
+    unl = mask.nonzero().flatten()
+    probs = t[:, 0].double().softmax(-1)
+    assert got["labelled"][10:].tolist() == unl[pcoreset_select(probs[unl], probs[lab], 4)].tolist()

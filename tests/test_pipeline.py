@@ -242,3 +242,17 @@ def test_stage_outputs_are_datasets(full):
     curve = stage_dataset(sel, "curve")
     assert curve.columns == ["round", "labels", "accuracy"] and len(curve) == 4
     assert yaml.safe_load(TINY.read_text())["stages"][1]["options"]["rounds"] == 3
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "pipelines").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_pipeline_recipes_validate(path):
+    """Every shipped pipeline parses (kinds, inputs, options) and its train stages' configs validate too."""
+    from distill.pipelines.kinds import Train
+    from distill.pipelines.pipeline import StageContext, load_pipeline
+
+    p = load_pipeline(path)
+    assert p.config.output_dir.startswith("runs/pipelines/")
+    for st in p.config.stages:
+        if st.kind == "train":
+            cfg = Train().config(StageContext(st.name, path.parent, 0, p.config.base_dir), p.options[st.name])
+            assert cfg.methods

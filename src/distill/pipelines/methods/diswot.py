@@ -40,7 +40,7 @@ from pydantic import Field
 from torch import nn
 
 from distill.config import Strict
-from distill.pipelines.pipeline import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
+from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
 
 __all__ = ["DisWOTOptions", "count_macs", "diswot_reinit", "evolve", "net_signals", "relation_metric",
            "s1_space", "score_candidates", "semantic_metric"]
@@ -243,7 +243,7 @@ class DisWOTSearch(StageKind):
     Options = DisWOTOptions
 
     def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
-        from distill.pipelines.kinds import ImageSource, TeacherSpec, file_identity, source_identity
+        from distill.pipelines.images import ImageSource, TeacherSpec, file_identity, source_identity
 
         out = source_identity(ctx, ImageSource.model_validate(options.data))
         w = TeacherSpec.model_validate(options.teacher).weights
@@ -252,7 +252,7 @@ class DisWOTSearch(StageKind):
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         from distill.models import MODELS
-        from distill.pipelines.kinds import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
+        from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
 
         src = ImageSource.model_validate(options.data)
         data, _ = load_source(ctx, src, "train")

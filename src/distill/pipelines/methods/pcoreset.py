@@ -19,6 +19,7 @@ ActiveKD round r (labelled set L_r, unlabelled pool U_r, teacher logits z_T cach
   - **entropy**: the q largest H(p(x)) = -sum_k p_k log p_k;
   - **random**: q uniformly drawn pool images.
   Selection features and probabilities come from un-augmented images (the code's validation transform).
+  ``space: teacher`` uses the teacher's softmax instead of the student's p (the paper's wording; off by default).
 
 Adaptation here (spec F0/row 35, *reconstructed* where marked): a CIFAR ResNet stands in for the VLM teacher
 (its cached logits for the image and its horizontal flip replace the online teacher on augmented batches); the
@@ -38,7 +39,7 @@ from pydantic import Field
 from torch import nn
 
 from distill.config import Strict
-from distill.pipelines.pipeline import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
+from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
 
 __all__ = ["DualHeadCNN", "PCoreSetOptions", "active_kd", "coreset_select", "dho_loss", "dho_predict",
            "entropy_select", "pcoreset_select", "random_select"]
@@ -147,6 +148,9 @@ def dho_loss(z_ce_l: torch.Tensor, y: torch.Tensor, z_kd_l: torch.Tensor, t_l: t
 
 class PCoreSetOptions(Strict):
     strategy: Literal["pcoreset", "coreset", "entropy", "random"] = "pcoreset"
+    #: whose probabilities PCoreSet and entropy use: the distilled ``student``'s p (the official code) or the
+    #: ``teacher``'s softmax (the paper's wording)
+    space: Literal["student", "teacher"] = "student"
     initial_per_class: int = Field(1, gt=0)
     rounds: int = Field(8, ge=0)
     per_round: int = Field(10, gt=0)
@@ -242,6 +246,8 @@ def active_kd(x: torch.Tensor, labels: torch.Tensor, t_logits: torch.Tensor, x_t
                 pick = random_select(len(unl), o.per_round, torch.Generator().manual_seed(o.seed * 7919 + r))
             else:
                 probs, feats = _pool_outputs(model, x, o)
+                if o.space == "teacher":
+                    probs = t_logits[:, 0].double().softmax(-1)
                 if o.strategy == "pcoreset":
                     pick = pcoreset_select(probs[unl], probs[lab], o.per_round)
                 elif o.strategy == "coreset":
@@ -275,7 +281,7 @@ class PCoreSetSelect(StageKind):
     inputs = {"teacher": "a teacher_logits stage (tables pool and test)"}
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
-        from distill.pipelines.kinds import ImageSource, load_source, normalise
+        from distill.pipelines.images import ImageSource, load_source, normalise
 
         teacher = inputs["teacher"]
         src = ImageSource.model_validate(teacher.meta["data"])
