@@ -256,3 +256,17 @@ def test_shipped_pipeline_recipes_validate(path):
         if st.kind == "train":
             cfg = Train().config(StageContext(st.name, path.parent, 0, p.config.base_dir), p.options[st.name])
             assert cfg.methods
+
+
+def test_a_subset_input_needs_the_whole_training_split(tmp_path):
+    from types import SimpleNamespace
+
+    from distill.pipelines.kinds import Train, TrainOptions
+    from distill.pipelines.pipeline import StageContext
+
+    demo = str(REPO / "src" / "distill" / "assets" / "cifar10_demo.tar.gz")
+    opts = TrainOptions(config={"data": {"train": demo, "train_per_class": 5}, "student": {"arch": "resnet20"},
+                                "methods": [{"name": "ce"}], "train": {"epochs": 1}})
+    sel = SimpleNamespace(table=lambda name: {"index": torch.tensor([0, 1])}, stage="select")
+    with pytest.raises(PipelineError, match="data.train_per_class is set, but the 'subset' input"):
+        Train().run(StageContext("distil", tmp_path, 0, None), opts, {"subset": sel})

@@ -140,6 +140,11 @@ class Train(StageKind):
                 raise PipelineError(f"stage {ctx.name!r}: input 'subset' table {options.subset_table!r} has no "
                                     "'index' column")
 
+            for key in ("train_per_class", "val_per_class", "labeled_per_class", "extra_val_per_class"):
+                if getattr(cfg.data, key, None):
+                    raise PipelineError(f"stage {ctx.name!r}: data.{key} is set, but the 'subset' input indexes the "
+                                        "whole training split: remove it from the training config")
+
         def student(family: Any, loaded: Any) -> Any:
             if subset is not None:
                 n = len(loaded.train)

@@ -290,7 +290,6 @@ class PCoreSetSelect(StageKind):
         test, test_idx = load_source(ctx, src, "test")
         if not (torch.equal(pool_idx, pool_t["index"]) and torch.equal(test_idx, test_t["index"])):
             raise ValueError(f"stage {ctx.name!r}: the data no longer matches the teacher stage's indices")
-        torch.set_num_threads(max(1, torch.get_num_threads()))
         state = active_kd(normalise(pool.images), pool.labels, pool_t["logits"].float(), normalise(test.images),
                           test.labels, options, ctx)
         lab = state["labelled"]
