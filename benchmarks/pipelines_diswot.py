@@ -161,15 +161,13 @@ def ground_truth(args: argparse.Namespace, meta: dict, load_stage: Any) -> None:
     rank0 = ranking("search_s0")
     order = sorted(rank0, key=lambda a: -rank0[a]["score"])
     winner = tuple(meta["search_s0"]["winner"])
-    chosen = [winner, (3, 3, 3)]
-    for i in range(args.archs - 2):
-        pos = round(i * (len(order) - 1) / max(1, args.archs - 3))
-        cand = order[pos]
-        j = pos
-        while cand in chosen:
+    chosen = list(dict.fromkeys([winner, (3, 3, 3)]))  # the winner may be ResNet-20 itself
+    spread = args.archs - len(chosen)
+    for i in range(spread):  # evenly over the seed-0 ranking, best and worst included
+        j = round(i * (len(order) - 1) / max(1, spread - 1))
+        while order[j] in chosen:
             j = (j + 1) % len(order)
-            cand = order[j]
-        chosen.append(cand)
+        chosen.append(order[j])
     # the ground truth: KD accuracy, one arch at a time, kept in a resumable file
     gt_file = Path(args.out) / f"ground_truth_{args.per_class}pc_{args.epochs}ep.json"
     gt = json.loads(gt_file.read_text()) if gt_file.exists() else {}

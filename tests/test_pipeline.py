@@ -270,3 +270,12 @@ def test_a_subset_input_needs_the_whole_training_split(tmp_path):
     sel = SimpleNamespace(table=lambda name: {"index": torch.tensor([0, 1])}, stage="select")
     with pytest.raises(PipelineError, match="data.train_per_class is set, but the 'subset' input"):
         Train().run(StageContext("distil", tmp_path, 0, None), opts, {"subset": sel})
+
+
+def test_an_option_added_later_at_its_default_is_not_a_change():
+    from distill.pipelines.pipeline import comparable, option_defaults
+
+    assert option_defaults(Counter) == {"options.n": "3"}
+    old = {"kind": "test_counter", "seed": "0"}  # made before the kind had the option n
+    assert comparable({**old, "options.n": "3"}, old, Counter) == old
+    assert comparable({**old, "options.n": "4"}, old, Counter) == {**old, "options.n": "4"}

@@ -201,6 +201,26 @@ def stage_fingerprint(pipe: Pipeline, st: StageConfig, inputs: dict[str, Artefac
     return out
 
 
+def option_defaults(kind: type[StageKind]) -> dict[str, str]:
+    """The fingerprint keys of ``kind``'s options at their defaults (``options.rounds: '8'``)."""
+    out: dict[str, str] = {}
+    for name, f in kind.Options.model_fields.items():
+        if f.is_required():
+            continue
+        value = f.get_default(call_default_factory=True)
+        if hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        _flat(json.loads(json.dumps(value, default=repr)), f"options.{name}", out)
+    return out
+
+
+def comparable(fp: dict[str, str], stored: dict[str, Any], kind: type[StageKind]) -> dict[str, str]:
+    """``fp`` without the option keys that ``stored`` lacks and that hold their default: an option added to a kind
+    after an artefact was made, left at the value that reproduces the old behaviour, does not make it stale."""
+    defaults = option_defaults(kind)
+    return {k: v for k, v in fp.items() if k in stored or defaults.get(k) != v}
+
+
 def _downstream(pipe: Pipeline, names: set[str]) -> set[str]:
     out = set(names)
     for st in pipe.config.stages:
@@ -237,7 +257,8 @@ def run_pipeline(pipe: Pipeline, rebuild: list[str] | None = None, log: Callable
         status = "built"
         if (art_dir / RECORD).exists():
             try:
-                art = open_artefact(art_dir, expected=fp)
+                stored = json.loads((art_dir / RECORD).read_text()).get("fingerprint", {})
+                art = open_artefact(art_dir, expected=comparable(fp, stored, STAGE_KINDS[st.kind]))
             except StaleArtefactError as e:
                 raise StaleArtefactError(f"{e}. Rerun with --rebuild {st.name} to rebuild it (and what follows "
                                          "it)") from None
@@ -248,7 +269,7 @@ def run_pipeline(pipe: Pipeline, rebuild: list[str] | None = None, log: Callable
             mark = work / "fingerprint.json"
             if mark.exists():
                 before = json.loads(mark.read_text())
-                diff = describe_mismatch(fp, before)
+                diff = describe_mismatch(comparable(fp, before, STAGE_KINDS[st.kind]), before)
                 if diff:
                     raise StaleArtefactError(
                         f"stage {st.name!r}: an interrupted run was started with other inputs: "
