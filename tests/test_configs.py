@@ -19,11 +19,12 @@ from distill.experiment import build_experiment, resolve_path
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
 DEMO = REPO / "src" / "distill" / "assets" / "cifar10_demo.tar.gz"
-#: experiment recipes (configs/continual/ holds stream configs: tests/test_streams.py validates those; a recipe with a
-#: top-level ``pipeline:`` key is read and validated by its pipeline: configs/random_teachers/ by
+#: experiment recipes (configs/continual/ holds stream configs: tests/test_streams.py validates those;
+#: configs/pipelines/ holds pipeline files: tests/test_pipeline.py validates those; a recipe with a top-level
+#: ``pipeline:`` key is read and validated by its own runner: configs/random_teachers/ by
 #: distill.pipelines.random_teachers, tested in tests/test_random_teachers.py)
 YAMLS = sorted(p for p in CONFIGS.rglob("*.y*ml")
-               if not p.name.startswith("_") and p.parent.name != "continual"
+               if not p.name.startswith("_") and p.parent.name != "continual" and "pipelines" not in p.parts
                and not re.search(r"^pipeline:", p.read_text(), re.M))
 PAIRS = {"resnet20": CONFIGS / "cifar10", "mobilenetv2": CONFIGS / "cifar10_mobilenetv2"}
 

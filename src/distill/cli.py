@@ -1,4 +1,4 @@
-"""The ``distill`` command line: train, eval, methods, demo, cache, export, report."""
+"""The ``distill`` command line: train, eval, methods, demo, cache, export, report, pipeline."""
 
 from __future__ import annotations
 
@@ -301,6 +301,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pipeline(args: argparse.Namespace) -> int:
+    """``distill pipeline CONFIG [--rebuild STAGE]``: run a pipeline's stages (docs/pipelines.md)."""
+    from distill.config import ConfigError
+    from distill.pipelines.pipeline import PipelineError, load_pipeline, run_pipeline
+
+    try:
+        pipe = load_pipeline(args.config, args.set)
+        report = run_pipeline(pipe, rebuild=args.rebuild)
+    except ConfigError as e:
+        return _fail(str(e))
+    except (PipelineError, FileNotFoundError, ValueError) as e:  # a stale or damaged artefact: the keys named
+        return _error(e)
+    print(json.dumps({"output_dir": str(pipe.output_dir),
+                      "stages": {r["stage"]: r["status"] for r in report["stages"]}}))
+    return 0
+
+
 def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
@@ -384,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="report.html")
     p.add_argument("--title", default="distill report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("pipeline", help="run a pipeline of stages (training runs, selections, searches) from a YAML "
+                                        "file; resumes, skips completed stages, refuses stale artefacts")
+    p.add_argument("config")
+    p.add_argument("--rebuild", action="append", default=[], metavar="STAGE",
+                   help="rebuild this stage (and every stage after it that uses it) even if it is stored; repeatable")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="override a stage's option (or a top-level key such as seed=1)")
+    p.set_defaults(func=cmd_pipeline)
     return parser
 
 

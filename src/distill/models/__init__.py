@@ -21,6 +21,7 @@ from .cifar_mobilenetv2 import CifarMobileNetV2, mobilenetv2
 from .cifar_resnet import (
     CifarResNet,
     CifarResNetB,
+    CifarResNetDepths,
     resnet8x4,
     resnet20,
     resnet32,
@@ -28,6 +29,7 @@ from .cifar_resnet import (
     resnet44,
     resnet56,
     resnet110,
+    resnet_depths,
 )
 from .cifar_shufflenetv2 import CifarShuffleNetV2, shufflenetv2
 from .cifar_vgg import CifarVGG, vgg8, vgg11, vgg13, vgg16, vgg19
@@ -42,6 +44,7 @@ __all__ = [
     "CifarMobileNetV2",
     "CifarResNet",
     "CifarResNetB",
+    "CifarResNetDepths",
     "BiLSTMClassifier",
     "CifarShuffleNetV2",
     "TextCNN",
@@ -61,6 +64,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet44": resnet44,
     "resnet56": resnet56,
     "resnet110": resnet110,
+    "resnet_depths": resnet_depths,
     "resnet8x4": resnet8x4,
     "resnet32x4": resnet32x4,
     "wrn": wrn,

@@ -241,6 +241,31 @@ class CifarResNetB(nn.Module):
         return self.fc(out)
 
 
+class CifarResNetDepths(CifarResNet):
+    """:class:`CifarResNet` with its own number of blocks per stage ``depths = (d1, d2, d3)`` (the ResNet20-family
+    search space "S1" of DisWOT, CVPR 2023: d_i in {1, 3, 5, 7}; (3, 3, 3) is ResNet-20, (7, 7, 7) ResNet-44).
+    Same modules, shortcuts and initialisation; taps ``f1_pre``..``f3_pre`` name each stage's own last block."""
+
+    def __init__(self, depths: Sequence[int] = (3, 3, 3), num_classes: int = 10,
+                 widths: Sequence[int] = (16, 32, 64)):
+        depths = tuple(int(d) for d in depths)
+        if len(depths) != 3 or min(depths) < 1:
+            raise ValueError(f"depths: 3 positive block counts (one per stage), got {list(depths)}")
+        super().__init__(6 * max(depths) + 2, num_classes=num_classes, widths=widths)
+        for name, d in zip(("layer1", "layer2", "layer3"), depths):
+            setattr(self, name, nn.Sequential(*list(getattr(self, name))[:d]))
+        self.depths = depths
+        self.depth = 2 * sum(depths) + 2
+        self.feature_taps = {**_stage_taps(1, "linear"),
+                             **{f"f{i + 1}_pre": f"layer{i + 1}.{d - 1}.relu:input" for i, d in enumerate(depths)}}
+
+
+def resnet_depths(num_classes: int = 10, depths: tuple[int, int, int] = (3, 3, 3),
+                  widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNetDepths:
+    """A CIFAR ResNet with ``depths`` blocks in its three stages (:class:`CifarResNetDepths`)."""
+    return CifarResNetDepths(depths, num_classes=num_classes, widths=widths)
+
+
 def resnet20(num_classes: int = 10, widths: tuple[Width, Width, Width] = (16, 32, 64)) -> CifarResNet:
     """ResNet-20 (3 blocks per stage), option-A shortcuts; 0.27M parameters."""
     return CifarResNet(20, num_classes=num_classes, widths=widths)
