@@ -106,8 +106,11 @@ def test_feature_taps_name_existing_modules_and_fire(name: str) -> None:
     # the classifier sees exactly the pooled features
     head = model.get_submodule(taps["pooled"].partition(":")[0])
     torch.testing.assert_close(head(feats["pooled"]), logits)
-    # stages shrink spatially and are 4-D
-    stages = [feats[k] for k in ("f0", "f1", "f2", "f3", "f4") if k in feats]
+    # stages shrink spatially and are 4-D (a ViT's stages are token sequences: their ``_map`` taps are the grids)
+    maps = "f1_map" in feats
+    stages = [feats[k + "_map" if maps else k] for k in ("f0", "f1", "f2", "f3", "f4") if k in feats]
+    if maps:
+        assert all(feats[k].dim() == 3 for k in ("f1", "f2", "f3"))
     assert all(f.dim() == 4 for f in stages)
     sizes = [f.shape[-1] for f in stages]
     assert sizes == sorted(sizes, reverse=True)

@@ -2,7 +2,7 @@
 
 Paper: "DisWOT: Student Architecture Search for Distillation WithOut Training" (CVPR 2023); official code
 lliai/DisWOT-CVPR2023 (README metric, ``distiller_zoo/{ICKD,SP}.py``, ``searcher/evo_search_*.py``), read through
-the spec (/work/shared/methods/pipelines.md row 23); re-implemented here.
+the spec (../shared/methods/pipelines.md row 23); re-implemented here.
 
 Both nets, the teacher included, are re-initialised: conv and linear weights ~ N(0, 1), biases 0, BN gamma 1,
 beta 0 (BN in training mode, batch statistics). One labelled batch (B = 64) goes through each net with a

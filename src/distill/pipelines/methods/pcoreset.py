@@ -2,7 +2,7 @@
 
 Paper: "PCoreSet: Effective Active Learning through Knowledge Distillation from Vision-Language Models" (2025,
 arXiv 2506.00910); official code erjui/PCoreSet (``strategies.py``, ``train_active_others.py``), read through the
-spec (docs: /work/shared/methods/pipelines.md row 35); re-implemented here.
+spec (docs: ../shared/methods/pipelines.md row 35); re-implemented here.
 
 ActiveKD round r (labelled set L_r, unlabelled pool U_r, teacher logits z_T cached for every pool image):
 
