@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -175,3 +176,17 @@ def test_continual_recipes_validate(path):
 
     cfg = load_stream_config(path)
     assert cfg.output_dir.startswith("runs/") and cfg.deterministic
+
+
+def test_distill_stream_command_runs_a_stream_file_and_refuses_a_bad_key(tmp_path, capsys):
+    import yaml
+
+    from distill.cli import main
+
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_raw(LEARNERS["onpro"], tmp_path / "out")))
+    assert main(["stream", str(path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert len(rows) == 2  # one line of metrics after each task
+    assert main(["stream", str(path), "--set", "learner.options.buffer_sise=3"]) == 2
+    assert "learner.options.buffer_sise" in capsys.readouterr().err

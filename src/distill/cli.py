@@ -1,4 +1,4 @@
-"""The ``distill`` command line: train, eval, methods, demo, cache, export, report, pipeline."""
+"""The ``distill`` command line: train, eval, methods, demo, cache, export, report, pipeline, stream."""
 
 from __future__ import annotations
 
@@ -318,6 +318,15 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    """``distill stream CONFIG [--restart] [--set KEY=VALUE]``: a continual or domain-shift run, task after task
+    (the same as ``python -m distill.streams``)."""
+    from distill.streams.__main__ import main as stream_main
+
+    return stream_main([args.config, *(["--restart"] if args.restart else []),
+                        *[f"--set={a}" for a in args.set]])
+
+
 def _brief(info: dict) -> dict:
     return {k: info[k] for k in ("path", "examples", "views", "bytes")} | {"meta": info["meta"]}
 
@@ -410,6 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="override a stage's option (or a top-level key such as seed=1)")
     p.set_defaults(func=cmd_pipeline)
+
+    p = sub.add_parser("stream", help="a continual or domain-shift run from a stream file (configs/continual/): "
+                                      "task after task, the setting's metrics after each, resumable")
+    p.add_argument("config")
+    p.add_argument("--restart", action="store_true", help="start over instead of resuming")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.set_defaults(func=cmd_stream)
     return parser
 
 
