@@ -334,6 +334,19 @@ def report(results: dict[str, Any], path: Path) -> str:
     return text
 
 
+def recipe_settings(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``settings:`` of the recipe ``path`` (validated: every key must be one of the parser's options)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    settings = raw.get("settings") or {}
+    options = {a.dest for a in parser._actions}
+    unknown = sorted(set(settings) - options)
+    if unknown:
+        raise SystemExit(f"{path}: settings.{unknown[0]}: not a setting of this benchmark")
+    return settings
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
@@ -354,8 +367,13 @@ def main() -> None:
     p.add_argument("--expert-lr", type=float, default=0.01)
     p.add_argument("--erm-lr", type=float, default=0.01)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--config", type=Path, default=REPO / "configs" / "multi_teacher" / "meta_dmoe_cifar10_styles.yaml",
+                   help="the recipe whose settings are this run's defaults (flags override them)")
+    known, _ = p.parse_known_args()
+    p.set_defaults(**recipe_settings(known.config, p))
     args = p.parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("shared", "work", "out", "seeds", "report_only")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("config", "shared", "work", "out", "seeds", "report_only")}
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "seeds": {}}

@@ -288,6 +288,19 @@ def report(results: dict[str, Any], path: Path) -> str:
     return text
 
 
+def recipe_settings(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``settings:`` of the recipe ``path`` (validated: every key must be one of the parser's options)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    settings = raw.get("settings") or {}
+    options = {a.dest for a in parser._actions}
+    unknown = sorted(set(settings) - options)
+    if unknown:
+        raise SystemExit(f"{path}: settings.{unknown[0]}: not a setting of this benchmark")
+    return settings
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
@@ -303,8 +316,14 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--tau", type=float, default=4.0)
     p.add_argument("--report-only", action="store_true")
+    p.add_argument("--config", type=Path,
+                   default=REPO / "configs" / "multi_teacher" / "mst_distill_cifar10_crossmodal.yaml",
+                   help="the recipe whose settings are this run's defaults (flags override them)")
+    known, _ = p.parse_known_args()
+    p.set_defaults(**recipe_settings(known.config, p))
     args = p.parse_args()
-    settings = {k: v for k, v in vars(args).items() if k not in ("shared", "out", "cache", "seeds", "report_only")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("config", "shared", "out", "cache", "seeds", "report_only")}
     results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
     if results.get("settings") != settings:
         results = {"settings": settings, "seeds": {}, "partial": {}}
