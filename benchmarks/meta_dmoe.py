@@ -48,6 +48,7 @@ from distill.pipelines.meta_dmoe import FeatureAggregator, adapt, expert_tokens,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
+from sweep import recipe_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("clean", "gray", "blur", "hue", "noise")
@@ -332,19 +333,6 @@ def report(results: dict[str, Any], path: Path) -> str:
     path.with_suffix(".md").write_text(text)
     write_json(path, results)
     return text
-
-
-def recipe_settings(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The ``settings:`` of the recipe ``path`` (validated: every key must be one of the parser's options)."""
-    import yaml
-
-    raw = yaml.safe_load(path.read_text()) or {}
-    settings = raw.get("settings") or {}
-    options = {a.dest for a in parser._actions}
-    unknown = sorted(set(settings) - options)
-    if unknown:
-        raise SystemExit(f"{path}: settings.{unknown[0]}: not a setting of this benchmark")
-    return settings
 
 
 def main() -> None:

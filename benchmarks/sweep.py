@@ -15,6 +15,7 @@ whose ``fit`` returns ``{"final": {metric: ...}, "history": [...]}``) can use it
 
 from __future__ import annotations
 
+import argparse
 import copy
 import fcntl
 import json
@@ -253,3 +254,16 @@ def markdown_table(summaries: Sequence[ArmSummary], metric: str = "accuracy (%)"
         cell = f" {str(verdicts.get(s.arm, '')).replace('|', '/')} |" if verdicts is not None else ""
         lines.append(f"| {s.arm} | {format_mean(s)} | {format_diff(s)} | {per_seed} |{cell}")
     return lines
+
+
+def recipe_settings(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The ``settings:`` of the recipe ``path`` (validated: every key must be one of the parser's options)."""
+    import yaml
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    settings = raw.get("settings") or {}
+    options = {a.dest for a in parser._actions}
+    unknown = sorted(set(settings) - options)
+    if unknown:
+        raise SystemExit(f"{path}: settings.{unknown[0]}: not a setting of this benchmark")
+    return settings
