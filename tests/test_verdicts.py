@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import sweep  # noqa: E402
 import verdicts as V  # noqa: E402
+import verdicts_families as F  # noqa: E402
 
 
 def ev(**arms: list[float]) -> V.Evidence:
@@ -237,3 +238,64 @@ def test_sst2_rows_read_either_record_form():
     runs = old + [{"student": "bilstm", "arm": "scratch_aug", "seed": s, "accuracy": .83} for s in range(3)]
     v = V.sst2_verdicts(data | {"runs": runs})["bilstm/lsf_idm"]  # +3 over scratch, 5.2x faster, below the teacher,
     assert v.status == V.MISSED and "scratch_aug" in v.detail  # but not above the same data without a teacher
+
+
+# -- the task-family tables (benchmarks/verdicts_families.py) -----------------------------------------------------
+
+def test_every_family_table_is_judged_by_the_verdict_file():
+    assert set(F.FAMILY_TABLES) <= set(V.TABLES)
+
+
+def test_anomaly_needs_two_textures_at_090_and_a_win_over_no_student():
+    def runs(auroc: dict[str, float], base: float = 0.5) -> dict:
+        out = {}
+        for tex, a in auroc.items():
+            for s in range(3):
+                out[f"{tex}/rd4ad/{s}"] = {"image_auroc": a + 0.001 * s}
+                out[f"{tex}/no_student/{s}"] = {"image_auroc": base}
+        return {"runs": out}
+    assert F.anomaly_verdicts(runs({"brick": 0.95, "grass": 0.91, "gravel": 0.6}))["rd4ad"].status == V.WORKS
+    one = F.anomaly_verdicts(runs({"brick": 0.95, "grass": 0.89, "gravel": 0.6}))["rd4ad"]
+    assert one.status == V.MISSED and "1 of 3 >= 90" in one.detail
+    # above 0.90 but not above the no-student detector on most textures: missed
+    assert F.anomaly_verdicts(runs({"brick": 0.95, "grass": 0.91, "gravel": 0.92}, base=0.96))["rd4ad"].status \
+        == V.MISSED
+
+
+def test_random_teachers_need_three_points_on_every_seed():
+    def data(a0: list[float], a1: list[float], teacher: float) -> dict:
+        runs = {f"student_a0/{s}": {"linear": v} for s, v in enumerate(a0)}
+        runs |= {f"student_a1/{s}": {"linear": v} for s, v in enumerate(a1)}
+        return {"runs": runs | {"teacher": {"linear": teacher}}}
+    assert F.random_teacher_verdicts(data([0.25, 0.26, 0.27], [0.20, 0.20, 0.21], 0.20))["student_a0"].status \
+        == V.WORKS
+    one_short = F.random_teacher_verdicts(data([0.25, 0.22, 0.27], [0.20, 0.20, 0.21], 0.20))["student_a0"]
+    assert one_short.status == V.MISSED and "+2.00" in one_short.detail
+
+
+def test_dense_sr_merge_check_reads_each_run():
+    runs = []
+    for s in range(3):
+        runs += [{"arm": "finetune_l1", "seed": s, "psnr": 24.0 + 0.01 * s},
+                 {"arm": "convlora_l1", "seed": s, "psnr": 24.1 + 0.02 * s},
+                 {"arm": "dsclora", "seed": s, "psnr": 24.3 + 0.01 * s, "merged_params": 100, "base_params": 100,
+                  "merge_max_abs_diff": 0.0}]
+    assert F.dense_sr_verdicts({"runs": runs})["dsclora"].status == V.WORKS
+    runs[-1]["merge_max_abs_diff"] = 1e-3
+    bad = F.dense_sr_verdicts({"runs": runs})["dsclora"]
+    assert bad.status == V.MISSED and "1.0e-03" in bad.detail
+
+
+def test_continual_forgetting_is_judged_lower_is_better():
+    ci = {"ER": {"final_accuracy": [0.5, 0.52, 0.51], "forgetting": [0.4, 0.41, 0.42]},
+          "OCM-lite": {"final_accuracy": [0.6, 0.61, 0.62], "forgetting": [0.3, 0.31, 0.32]},
+          "OnPro": {"final_accuracy": [0.65, 0.665, 0.67], "forgetting": [0.2, 0.21, 0.22]}}
+    assert F.continual_verdicts({"seeds": [0, 1, 2], "suites": {"ci": ci}})["ci/OnPro"].status == V.WORKS
+    ci["OnPro"]["forgetting"] = [0.35, 0.36, 0.37]  # more forgetting than OCM-lite
+    worse = F.continual_verdicts({"seeds": [0, 1, 2], "suites": {"ci": ci}})["ci/OnPro"]
+    assert worse.status == V.MISSED and "forgetting" in worse.detail
+
+
+def test_a_method_that_has_not_run_is_pending_not_absent():
+    got = F.mst_verdicts({"seeds": {"0": {"s_ce": {"accuracy": 50.0}}}})
+    assert got["mst"].status == V.PENDING

@@ -1,0 +1,336 @@
+"""Verdicts of the task-family issues' tables (dense vision, pipelines, streams and shifts, LLM part two).
+
+Each function reads one result file (``benchmarks/results/<name>.json``, written by the benchmark named in its
+docstring) and judges its method rows with the shared checks of ``verdict_checks.py``, under the same rules as the
+classic tables (``verdicts.py``): paired differences over the seeds both arms ran, a claimed gain needs its 95%
+interval above zero, too few seeds or a missing control arm is pending. ``FAMILY_TABLES`` is merged into
+``verdicts.TABLES``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from verdict_checks import (
+    MISSED,
+    PENDING,
+    WORKS,
+    Check,
+    Criterion,
+    Evidence,
+    Verdict,
+    baseline,
+    fact_check,
+    judge_all,
+    margin,
+    margin_best,
+    missing,
+    monotone,
+    on,
+    with_arms,
+)
+
+
+def _rows(values: dict[str, dict[int, float]], *methods: str) -> list[str]:
+    """The table's rows: every arm that ran, and the judged methods even before they ran (pending, not silent)."""
+    return list(dict.fromkeys([*values, *methods]))
+
+
+def _seed_values(records: dict[str, Any], key: str, scale: float = 1.0) -> dict[str, dict[int, float]]:
+    """``{"<arm>/<seed>": {key: x}}`` -> ``values[arm][seed] = scale * x``."""
+    values: dict[str, dict[int, float]] = {}
+    for name, r in records.items():
+        arm, _, seed = name.rpartition("/")
+        if arm and seed.isdigit() and key in r:
+            values.setdefault(arm, {})[int(seed)] = scale * float(r[key])
+    return values
+
+
+# -- dense vision (issue 18) ------------------------------------------------------------------------------------
+def anomaly_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 12, reverse distillation on textures with synthetic defects (``benchmarks/anomaly_rd.py``; image AUROC
+    in points): rows ``rd4ad`` and ``dbfad``, each judged over the textures."""
+    values = _seed_values(data["runs"], "image_auroc", 100.0)  # arms "<texture>/<method>"
+    textures = sorted({a.split("/")[0] for a in values})
+    ev = Evidence(values)
+    quote = ("Works if the RD model reaches image AUROC >= 0.90 on at least 2 of the 3 textures and beats the "
+             "no-student baseline.")
+
+    def reaches(method: str) -> Check:
+        def check(ev: Evidence, seeds: int) -> Verdict:
+            absent = [t for t in textures if ev.seeds(f"{t}/{method}") < seeds]
+            if absent or len(textures) < 3:
+                return Verdict(PENDING, f"textures without {seeds} seeds: {', '.join(absent) or 'fewer than 3'}")
+            means = {t: statistics.mean(ev.values[f"{t}/{method}"].values()) for t in textures}
+            hit = [t for t, m in means.items() if m >= 90.0]
+            text = "image AUROC " + ", ".join(f"{t} {m:.1f}" for t, m in means.items()) + \
+                f" ({len(hit)} of {len(textures)} >= 90, needs 2)"
+            return Verdict(WORKS if len(hit) >= 2 else MISSED, text)
+        return check
+
+    def beats(method: str) -> Check:
+        def check(ev: Evidence, seeds: int) -> Verdict:
+            rows = [margin(f"{t}/{method}", f"{t}/no_student", 0.0, strict=True)(ev, seeds) for t in textures]
+            if any(r.status == PENDING for r in rows):
+                return next(r for r in rows if r.status == PENDING)
+            won = [t for t, r in zip(textures, rows) if r.status == WORKS]
+            text = f"beats no_student on {', '.join(won) or 'no texture'} ({len(won)} of {len(textures)})"
+            return Verdict(WORKS if len(won) * 2 > len(textures) else MISSED, text)
+        return check
+
+    crit = {m: Criterion(quote, "dense.md row 12", 3, (reaches(m), beats(m))) for m in ("rd4ad", "dbfad")}
+    return judge_all(crit, ev, [m for m in ("rd4ad", "dbfad") if any(a.endswith("/" + m) for a in values)])
+
+
+def random_teacher_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 13, random teachers (``benchmarks/random_teachers.py``; linear-probe accuracy in points)."""
+    values = _seed_values(data["runs"], "linear", 100.0)
+    teacher = data["runs"].get("teacher", {}).get("linear")
+    ev = Evidence(values, facts={"teacher_linear": None if teacher is None else 100.0 * teacher})
+    quote = ("Works if the student's linear probe beats the teacher's by >= 3 pt on each of 3 seeds, and the a = 0 "
+             "student beats the a = 1 student.")
+
+    def each_seed(ev: Evidence, seeds: int) -> Verdict:
+        t = ev.facts["teacher_linear"]
+        got = ev.values.get("student_a0", {})
+        if t is None or len(got) < seeds:
+            return Verdict(PENDING, "teacher probe or seeds missing")
+        gaps = [v - t for _, v in sorted(got.items())]
+        text = "a=0 - teacher per seed " + ", ".join(f"{g:+.2f}" for g in gaps) + " (needs >= +3 on each)"
+        return Verdict(WORKS if min(gaps) >= 3.0 else MISSED, text)
+
+    budget = data.get("budget", {})
+    crit = {"student_a1": baseline("control (a = 1, independent initialisation)"),
+            "student_a0": Criterion(quote, f"logit.md row 13 (pilot budget: {budget.get('train_images')} images, "
+                                    f"{budget.get('epochs')} epochs)", 3,
+                                    (with_arms(each_seed, "student_a0"), margin("student_a0", "student_a1", 0.0,
+                                                                                strict=True)))}
+    return judge_all(crit, ev, [a for a in ("student_a0", "student_a1") if a in values])
+
+
+def dense_sr_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 2, DSCLoRA on x2 super-resolution (``benchmarks/dense_sr.py``; Y-PSNR in dB): (a) fine-tune with L1,
+    (b) ConvLoRA with L1, (c) DSCLoRA."""
+    values: dict[str, dict[int, float]] = {}
+    merge: dict[str, list[tuple[int, int, float]]] = {}
+    for r in data["runs"]:
+        values.setdefault(r["arm"], {})[int(r["seed"])] = float(r["psnr"])
+        if "merge_max_abs_diff" in r:
+            merge.setdefault(r["arm"], []).append((int(r["merged_params"]), int(r.get("base_params", 0)),
+                                                   float(r["merge_max_abs_diff"])))
+    ev = Evidence(values, facts={"merge_dsclora": merge.get("dsclora")})
+    quote = ("Works if (c) > (b), (c) >= (a) by 0.02 dB or more, and the merged model has the same parameter count "
+             "as SPAN-26 and an output equal to the unmerged one within 1e-5.")
+
+    def merged(ev: Evidence, seeds: int) -> Verdict:
+        recs = ev.facts["merge_dsclora"]
+        if not recs:
+            return Verdict(PENDING, "merge check not in the result file")
+        ok = all(p == ref and d <= 1e-5 for p, ref, d in recs)
+        return Verdict(WORKS if ok else MISSED, f"merged parameters {recs[0][0]} vs SPAN-26 {recs[0][1]}, max "
+                                                f"|merged - unmerged| {max(d for *_, d in recs):.1e}")
+
+    crit = {"finetune_l1": baseline("baseline (a): full fine-tune, L1"),
+            "convlora_l1": baseline("baseline (b): ConvLoRA, L1"),
+            "dsclora_self": baseline("control: DSCLoRA losses with the base as its own teacher"),
+            "dsclora": Criterion(quote, "dense.md row 2", 3, (
+                margin("dsclora", "convlora_l1", 0.0, strict=True, label="(c) dsclora"),
+                margin("dsclora", "finetune_l1", 0.02, label="(c) dsclora"), merged))}
+    return judge_all(crit, ev, list(values))
+
+
+def vit_ofa_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 29, OFA-KD with a ViT student from the CIFAR ResNet-56 (``benchmarks/vit_ofa.py``; accuracy %)."""
+    values: dict[str, dict[int, float]] = {}
+    for r in data.get("runs", []):
+        values.setdefault(r["arm"], {})[int(r["seed"])] = 100.0 * float(r["accuracy"])
+    ev = Evidence(values)
+    quote = "Works if OFA > KD by 0.5 or more on the CNN->ViT pair, and OFA >= KD - 0.3 on the homogeneous pair."
+    crit = {"scratch": baseline("baseline (CE)"), "kd": baseline("baseline (KD)"),
+            "ofa_e15": baseline("variant (OFA with the spec's epsilon 1.5)"),
+            "ofa": Criterion(quote, "dense.md row 29", 3, (
+                margin("ofa", "kd", 0.5, label="CNN->ViT ofa"),
+                missing("the homogeneous pair (ResNet-56 -> ResNet-20 with OFA) not run")))}
+    return judge_all(crit, ev, _rows(values, "ofa"))
+
+
+# -- pipelines (issue 19) ----------------------------------------------------------------------------------------
+def pcoreset_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 35, PCoreSet (``benchmarks/pipelines_pcoreset.py``; accuracy in points, the mean over rounds and the mean
+    of the early rounds 1-3)."""
+    values: dict[str, dict[int, float]] = {}
+    early: dict[str, dict[int, float]] = {}
+    for name, r in data["runs"].items():
+        arm, _, seed = name.rpartition("_s")
+        values.setdefault(arm, {})[int(seed)] = 100.0 * float(r["mean_accuracy"])
+        early.setdefault(arm, {})[int(seed)] = 100.0 * statistics.mean(r["accuracy"][1:4])
+    ev = Evidence(values, metrics={"early": Evidence(early)})
+    quote = ("Works if PCoreSet's mean accuracy across rounds >= random and >= feature coreset, with a strict gain "
+             "in the early rounds.")
+    crit = {"random": baseline("baseline (random)"), "entropy": baseline("baseline (entropy)"),
+            "coreset": baseline("baseline (feature coreset)"),
+            "pcoreset": Criterion(quote, "pipelines.md row 35", 3, (
+                margin("pcoreset", "random", 0.0, label="mean over rounds pcoreset"),
+                margin("pcoreset", "coreset", 0.0, label="mean over rounds pcoreset"),
+                on("early", margin("pcoreset", "random", 0.0, strict=True, label="early rounds pcoreset"))))}
+    return judge_all(crit, ev, list(values))
+
+
+def diswot_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 23, DisWOT (``benchmarks/pipelines_diswot.py``): the rank correlation of its training-free score with the
+    trained accuracies (over random teachers' seeds), and the searched student against ResNet-20 under KD."""
+    corr = data["correlations"]
+    diswot = [v["spearman"] for k, v in corr.items() if k.startswith("DisWOT (random")]
+    facts = {"spearman": statistics.mean(diswot) if diswot else None,
+             "spearman_params": corr.get("parameter count", {}).get("spearman"),
+             "search_gain": data.get("search_gain_points"), "searched": data.get("winner")}
+    ev = Evidence({}, facts=facts)
+    quote = ("Works if the DisWOT Spearman is > 0 and above that of parameter count, and the searched student >= "
+             "ResNet20 under KD by >= 0.5 points with no more parameters.")
+
+    def correlation(ev: Evidence, seeds: int) -> Verdict:
+        s, p = ev.facts["spearman"], ev.facts["spearman_params"]
+        if s is None or p is None:
+            return Verdict(PENDING, "correlations not measured")
+        return Verdict(WORKS if s > 0 and s > p else MISSED,
+                       f"DisWOT Spearman {s:+.3f} (mean of {len(diswot)} random teachers) vs parameter count {p:+.3f}")
+
+    crit = {"diswot": Criterion(quote, f"pipelines.md row 23 ({data.get('epochs')} training epochs per candidate)",
+                                1, (correlation, fact_check("search_gain", lambda g: g >= 0.5,
+                                                            lambda g: f"searched {ev.facts['searched']} - ResNet-20 "
+                                                                      f"under KD {g:+.2f} points (needs >= +0.5)")))}
+    return judge_all(crit, ev, ["diswot"])
+
+
+# -- many teachers, streams and shifts (issue 20) ----------------------------------------------------------------
+def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on sklearn digits (``benchmarks/continual_digits.py``;
+    points). Row keys ``<suite>/<arm>``."""
+    seeds = data.get("seeds", [0, 1, 2])
+    suites = data["suites"]
+
+    def per_seed(suite: str, key: str) -> dict[str, dict[int, float]]:
+        return {a: {int(s): 100.0 * v for s, v in zip(seeds, r[key])} for a, r in suites.get(suite, {}).items()
+                if key in r}
+
+    out: dict[str, Verdict] = {}
+    if "ci" in suites:
+        ev = Evidence(per_seed("ci", "final_accuracy"), metrics={"forgetting": Evidence(
+            per_seed("ci", "forgetting"), higher=False)})
+        crit = {"ER": baseline("baseline (experience replay)"), "OCM-lite": baseline("baseline (OCM-lite)"),
+                "OnPro": Criterion("Works if OnPro > OCM-lite by >= 2 points and >> ER, with lower forgetting.",
+                                   "pipelines.md row 14 (digits analogue)", 3, (
+                                       margin("OnPro", "OCM-lite", 2.0), margin("OnPro", "ER", 2.0),
+                                       on("forgetting", margin("OnPro", "OCM-lite", 0.0, strict=True,
+                                                               label="forgetting OnPro"))))}
+        out |= {f"ci/{k}": v for k, v in judge_all(crit, ev, list(ev.values)).items()}
+    if "ykd" in suites:
+        ev = Evidence(per_seed("ykd", "old"), metrics={"new": Evidence(per_seed("ykd", "new"))})
+        sweep = suites["ykd"].get("DynYKD", {}).get("averaging", {})
+        old_by_w = [statistics.mean(sweep[w]["old"]) for w in sorted(sweep, key=float)]
+        new_by_w = [statistics.mean(sweep[w]["new"]) for w in sorted(sweep, key=float)]
+        ev.facts["tradeoff"] = (old_by_w, new_by_w)
+
+        def traces(ev: Evidence, seeds: int) -> Verdict:
+            old, new = ev.facts["tradeoff"]
+            if len(old) < 2:
+                return Verdict(PENDING, "averaging sweep not run")
+            ok = monotone(old[::-1]) and monotone(new)
+            return Verdict(WORKS if ok else MISSED, f"old accuracy over w {'' if monotone(old[::-1]) else 'not '}"
+                           f"monotone (falls as w rises), new {'' if monotone(new) else 'not '}monotone")
+
+        quote = ("Works if Dynamic Y-KD beats LwF on old classes with <= 2 points loss on new in 6-4, and w traces a "
+                 "monotone old/new trade-off.")
+        crit = {"fine-tuning": baseline("baseline (fine-tuning)"), "LwF": baseline("baseline (LwF)"),
+                "Y-KD": baseline("baseline (Y-KD without branch growth)"),
+                "DynYKD-frozen": baseline("variant (trunk frozen)"),
+                "DynYKD": Criterion(quote, "pipelines.md row 25 (digits analogue; the trained head, w = 1)", 3, (
+                    margin("DynYKD", "LwF", 0.0, strict=True, label="old classes DynYKD"),
+                    on("new", margin("DynYKD", "LwF", -2.0, label="new classes DynYKD")), traces))}
+        out |= {f"ykd/{k}": v for k, v in judge_all(crit, ev, list(ev.values)).items()}
+    for suite in ("ncd", "ncd_unfrozen"):
+        if suite not in suites:
+            continue
+        ev = Evidence(per_seed(suite, "novel"))
+        crit = {"UNO": baseline("baseline (UNO)"), "Cr-KD w=1": baseline("control (constant weighting)"),
+                "Cr-KD": Criterion("Works if Cr-KD >= UNO + 1 point, and the learned weighting >= the constant one.",
+                                   f"pipelines.md row 27 (digits, {suite})", 3, (
+                                       margin("Cr-KD", "UNO", 1.0, label="novel-class accuracy Cr-KD"),
+                                       margin("Cr-KD", "Cr-KD w=1", 0.0, label="learned weighting")))}
+        out |= {f"{suite}/{k}": v for k, v in judge_all(crit, ev, list(ev.values)).items()}
+    return out
+
+
+def meta_dmoe_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 22, Meta-DMoE (``benchmarks/meta_dmoe.py``; accuracy in points, the mean over the target domains)."""
+    values: dict[str, dict[int, float]] = {}
+    for seed, arms in data.get("seeds", {}).items():
+        for arm, per in arms.items():
+            if isinstance(per, dict) and per:
+                values.setdefault(arm, {})[int(seed)] = statistics.mean(per.values())
+    ev = Evidence(values)
+    quote = ("Works if the adapted student beats the ERM student on average over the target domains by >= 1 point, "
+             "and beats adapt-without-meta-training.")
+    crit = {"erm": baseline("baseline (ERM on the pooled sources)"),
+            "adapt_no_meta": baseline("control (adaptation without meta-training)"),
+            "meta_dmoe_unadapted": baseline("control (meta-trained, not adapted)"),
+            "meta_dmoe_nomask": baseline("variant (no expert masking)"),
+            "meta_dmoe_nomask_unadapted": baseline("variant (no expert masking, not adapted)"),
+            "meta_dmoe": Criterion(quote, "pipelines.md row 22 (CIFAR-10 style domains)", 3, (
+                margin("meta_dmoe", "erm", 1.0), margin("meta_dmoe", "adapt_no_meta", 0.0, strict=True)))}
+    return judge_all(crit, ev, _rows(values, "meta_dmoe"))
+
+
+def mst_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 24, MST-Distill (``benchmarks/mst_distill.py``; accuracy in points)."""
+    values: dict[str, dict[int, float]] = {}
+    routing = []
+    for seed, arms in data.get("seeds", {}).items():
+        for arm, r in arms.items():
+            if isinstance(r, dict) and "accuracy" in r:
+                values.setdefault(arm, {})[int(seed)] = float(r["accuracy"])
+        if "routing" in arms.get("mst", {}):
+            routing.append(arms["mst"]["routing"])
+    ev = Evidence(values, facts={"least_routed": min(min(r.values()) for r in routing) if routing else None})
+    singles = [a for a in ("kd_t", "kd_a") if a in values] or ["kd_t", "kd_a"]
+    quote = ("Works if MST >= the best single-teacher KD by >= 0.5 points over 3 seeds, with each of the specialised "
+             "teachers routed >= 10 % of the time.")
+    crit = {"s_ce": baseline("baseline (CE)"), "kd_t": baseline("baseline (KD, teacher T)"),
+            "kd_a": baseline("baseline (KD, teacher A)"), "kd_avg": baseline("baseline (KD, averaged teachers)"),
+            "mst": Criterion(quote, "pipelines.md row 24 (cross-modal CIFAR-10 analogue)", 3, (
+                margin_best("mst", singles, 0.5),
+                fact_check("least_routed", lambda x: x >= 0.10,
+                           lambda x: f"least-routed teacher {100 * x:.0f}% of the time (needs >= 10%)")))}
+    return judge_all(crit, ev, _rows(values, "mst"))
+
+
+# -- LLM part two (issue 22) -------------------------------------------------------------------------------------
+def uld_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Cross-tokenizer distillation (issue 22, item 3; ``benchmarks/llm_uld.py``; held-out bits per character,
+    lower is better). Variants run with ``--tag`` are rows ``uld_char[tag]``."""
+    values: dict[str, dict[int, float]] = {}
+    for r in data.get("runs", []):
+        values.setdefault(r["arm"], {})[int(r["seed"])] = float(r["val_bpc"])
+    ev = Evidence(values, higher=False)
+    quote = "A student with a different tokenizer beats its no-teacher twin on the mean of 3 seeds (issue 22)."
+    crit = {"ce_char": baseline("baseline (the same character-level student, no teacher)"),
+            "uld_char": Criterion(quote, "issue 22 item 3 (ULD, llm.md)", 3, (
+                margin("uld_char", "ce_char", 0.0, strict=True, label="bits/char uld_char"),))}
+    return judge_all(crit, ev, list(values))
+
+
+#: result file -> (table title, verdict function)
+FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = {
+    "anomaly_rd": ("Texture anomaly detection, reverse distillation", anomaly_verdicts),
+    "random_teachers": ("CIFAR-10, random teachers", random_teacher_verdicts),
+    "dense_sr": ("x2 super-resolution, DSCLoRA", dense_sr_verdicts),
+    "vit_ofa": ("CIFAR-10, ResNet-56 -> ViT (OFA-KD)", vit_ofa_verdicts),
+    "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
+    "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
+    "continual_digits": ("Continual and novel-class digits", continual_verdicts),
+    "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
+    "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
+    "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
+}
