@@ -48,7 +48,7 @@ from distill.pipelines.meta_dmoe import FeatureAggregator, adapt, expert_tokens,
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
-from sweep import recipe_settings  # noqa: E402
+from sweep import parse_with_recipe, results_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("clean", "gray", "blur", "hue", "noise")
@@ -335,36 +335,23 @@ def report(results: dict[str, Any], path: Path) -> str:
     return text
 
 
+#: the settings this benchmark reads: their values are declared once, in its recipe (--config)
+KEYS = (
+    "per_domain", "per_target", "expert_epochs", "erm_epochs", "agg_epochs", "meta_epochs", "batch", "sup", "ilr",
+    "slr", "tlr", "expert_lr", "erm_lr",
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work" / "meta_dmoe")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "meta_dmoe.json")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--per-domain", type=int, default=2000)
-    p.add_argument("--per-target", type=int, default=1000)
-    p.add_argument("--expert-epochs", type=int, default=2)
-    p.add_argument("--erm-epochs", type=int, default=2)
-    p.add_argument("--agg-epochs", type=int, default=2)
-    p.add_argument("--meta-epochs", type=int, default=2)
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--sup", type=int, default=32)
-    p.add_argument("--ilr", type=float, default=1e-3)
-    p.add_argument("--slr", type=float, default=1e-4)
-    p.add_argument("--tlr", type=float, default=1e-5)
-    p.add_argument("--expert-lr", type=float, default=0.01)
-    p.add_argument("--erm-lr", type=float, default=0.01)
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--config", type=Path, default=REPO / "configs" / "multi_teacher" / "meta_dmoe_cifar10_styles.yaml",
-                   help="the recipe whose settings are this run's defaults (flags override them)")
-    known, _ = p.parse_known_args()
-    p.set_defaults(**recipe_settings(known.config, p))
-    args = p.parse_args()
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("config", "shared", "work", "out", "seeds", "report_only")}
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if results.get("settings") != settings:
-        results = {"settings": settings, "seeds": {}}
+    recipe = REPO / "configs" / "multi_teacher" / "meta_dmoe_cifar10_styles.yaml"
+    args, settings = parse_with_recipe(p, recipe, KEYS)
+    results = results_for(args.out, settings, {"seeds": {}})
     if args.report_only:
         print(report(results, args.out))
         return

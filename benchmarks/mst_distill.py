@@ -46,7 +46,7 @@ from distill.pipelines.mst_distill import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
-from sweep import recipe_settings  # noqa: E402
+from sweep import parse_with_recipe, results_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("s_ce", "kd_t", "kd_a", "kd_avg", "mst")
@@ -289,32 +289,22 @@ def report(results: dict[str, Any], path: Path) -> str:
     return text
 
 
+#: the settings this benchmark reads: their values are declared once, in its recipe (--config)
+KEYS = (
+    "train", "test", "stage1", "stage2", "stage3", "batch", "lr", "tau",
+)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "mst_distill.json")
     p.add_argument("--cache", type=Path, default=REPO / "benchmarks" / "work" / "decoded")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--train", type=int, default=10000)
-    p.add_argument("--test", type=int, default=10000)
-    p.add_argument("--stage1", type=int, default=5)
-    p.add_argument("--stage2", type=int, default=1)
-    p.add_argument("--stage3", type=int, default=10)
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--tau", type=float, default=4.0)
     p.add_argument("--report-only", action="store_true")
-    p.add_argument("--config", type=Path,
-                   default=REPO / "configs" / "multi_teacher" / "mst_distill_cifar10_crossmodal.yaml",
-                   help="the recipe whose settings are this run's defaults (flags override them)")
-    known, _ = p.parse_known_args()
-    p.set_defaults(**recipe_settings(known.config, p))
-    args = p.parse_args()
-    settings = {k: v for k, v in vars(args).items()
-                if k not in ("config", "shared", "out", "cache", "seeds", "report_only")}
-    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if results.get("settings") != settings:
-        results = {"settings": settings, "seeds": {}, "partial": {}}
+    recipe = REPO / "configs" / "multi_teacher" / "mst_distill_cifar10_crossmodal.yaml"
+    args, settings = parse_with_recipe(p, recipe, KEYS)
+    results = results_for(args.out, settings, {"seeds": {}, "partial": {}})
     if args.report_only:
         print(report(results, args.out))
         return

@@ -256,14 +256,39 @@ def markdown_table(summaries: Sequence[ArmSummary], metric: str = "accuracy (%)"
     return lines
 
 
-def recipe_settings(path: Path, parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """The ``settings:`` of the recipe ``path`` (validated: every key must be one of the parser's options)."""
+def parse_with_recipe(parser: argparse.ArgumentParser, recipe: Path,
+                      keys: Sequence[str]) -> tuple[argparse.Namespace, dict[str, Any]]:
+    """Parse ``parser``'s command line with the benchmark's settings declared once, in the recipe: ``--config``
+    (default ``recipe``) names a YAML file whose ``settings:`` must give exactly ``keys``; each becomes a flag
+    (``--per-domain``) of the value's type whose default is the recipe's value. Returns (args, the settings as
+    run). An unknown or missing key is refused by name."""
     import yaml
 
-    raw = yaml.safe_load(path.read_text()) or {}
-    settings = raw.get("settings") or {}
-    options = {a.dest for a in parser._actions}
-    unknown = sorted(set(settings) - options)
+    parser.add_argument("--config", type=Path, default=recipe,
+                        help="the recipe whose settings are this run's defaults (flags override them)")
+    known, _ = parser.parse_known_args()
+    settings = (yaml.safe_load(known.config.read_text()) or {}).get("settings") or {}
+    unknown, absent = sorted(set(settings) - set(keys)), [k for k in keys if k not in settings]
     if unknown:
-        raise SystemExit(f"{path}: settings.{unknown[0]}: not a setting of this benchmark")
-    return settings
+        raise SystemExit(f"{known.config}: settings.{unknown[0]}: not a setting of this benchmark "
+                         f"(settings: {', '.join(keys)})")
+    if absent:
+        raise SystemExit(f"{known.config}: settings.{absent[0]}: missing (this benchmark reads {', '.join(keys)})")
+    for key in keys:
+        parser.add_argument("--" + key.replace("_", "-"), type=type(settings[key]), default=settings[key])
+    args = parser.parse_args()
+    return args, {k: getattr(args, k) for k in keys}
+
+
+def results_for(path: Path, settings: dict[str, Any], empty: dict[str, Any]) -> dict[str, Any]:
+    """The results stored at ``path`` when they were made with ``settings`` (a run resumes them), else ``empty``
+    with the settings; results made with other settings are never overwritten: refused, naming what differs."""
+    if not path.exists():
+        return {"settings": settings, **empty}
+    results = json.loads(path.read_text())
+    old = results.get("settings") or {}
+    if old != settings:
+        diff = ", ".join(f"{k} {old.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(old) | set(settings))
+                         if old.get(k) != settings.get(k))
+        raise SystemExit(f"{path} holds results made with other settings ({diff}); give --out for a new table")
+    return results
