@@ -40,6 +40,7 @@ from torch import nn
 from distill.core.method import TapMethod, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_teacher
 from distill.methods.features.reviewkd import hcl
+from distill.models.patch_embed import OverlapPatchEmbed
 
 PEA_WEIGHTS = (0.1, 0.1, 0.5, 1.0)
 
@@ -94,18 +95,6 @@ class GLMixer(nn.Module):
         glu = (self.value(t) * torch.sigmoid(self.gate(t))).transpose(1, 2)
         out = self.a * att + self.c * glu
         return out + e if self.add else out
-
-
-class ExtraEmbed(nn.Module):
-    """EA_i: an overlapping patch embedding (conv, LayerNorm) straight to the teacher's width."""
-
-    def __init__(self, cin: int, dim: int, kernel: int, stride: int):
-        super().__init__()
-        self.proj = nn.Conv2d(cin, dim, kernel, stride, kernel // 2)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
 
 
 @register_method(
@@ -190,7 +179,7 @@ class TransKD(TapMethod):
             blocks = []
             for i, (src, tgt) in enumerate(zip(sources, xt, strict=True)):
                 stride = max(1, src.shape[-1] // tgt.shape[-1])
-                blocks.append(ExtraEmbed(src.shape[1], et[i].shape[-1], 7 if i == 0 else 3, stride))
+                blocks.append(OverlapPatchEmbed(src.shape[1], et[i].shape[-1], 7 if i == 0 else 3, stride))
             self.ea = nn.ModuleList(blocks).to(dev)
             self.omega = nn.Parameter(0.1 * torch.arange(1, 2 * len(xs) + 1, dtype=torch.float32, device=dev))
 

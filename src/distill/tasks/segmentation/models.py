@@ -17,6 +17,7 @@ from pydantic import Field, validate_call
 from torch import nn
 
 from distill.config import ConfigError
+from distill.models.patch_embed import OverlapPatchEmbed
 from distill.tasks.common import call_builder, check_num_classes, load_model_weights, validate_model_options
 
 #: what the family passes to the builder itself
@@ -115,18 +116,6 @@ def build_segmentation_model(model_cfg: Any, num_classes: int, base_dir: str | N
 
 
 # -- mini-MiT (SegFormer's Mix Transformer, small), the TransKD students and teachers ---------------------------
-class OverlapPatchEmbed(nn.Module):
-    """A strided convolution (kernel k, padding k // 2) and LayerNorm: (B, C, H, W) -> tokens (B, N, D), H', W'."""
-
-    def __init__(self, cin: int, dim: int, kernel: int, stride: int):
-        super().__init__()
-        self.proj = nn.Conv2d(cin, dim, kernel, stride, kernel // 2)
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.proj(x).flatten(2).transpose(1, 2))
-
-
 class SRAttention(nn.Module):
     """Multi-head attention whose keys and values come from the token grid reduced by ``sr`` (a strided conv and
     LayerNorm), SegFormer's efficient self-attention."""
