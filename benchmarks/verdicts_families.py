@@ -206,8 +206,8 @@ def diswot_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
 
 # -- many teachers, streams and shifts (issue 20) ----------------------------------------------------------------
 def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
-    """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on sklearn digits (``benchmarks/continual_digits.py``;
-    points). Row keys ``<suite>/<arm>``."""
+    """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on CIFAR-10 JPEG or sklearn digits
+    (``benchmarks/continual.py``; points). Row keys ``<suite>/<arm>``."""
     seeds = data.get("seeds", [0, 1, 2])
     suites = data["suites"]
 
@@ -330,6 +330,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
     "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
     "continual_digits": ("Continual and novel-class digits", continual_verdicts),
+    "continual_cifar10": ("Continual and novel-class CIFAR-10", continual_verdicts),
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
     "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
