@@ -57,19 +57,8 @@ def mean_sd(v: list[float]) -> tuple[float, float]:
     return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--layers", type=int, nargs="+", default=[12, 13, 14])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--calibration", type=int, default=16, help="calibration chunks for the Taylor scores")
-    ap.add_argument("--cache", type=int, default=32, help="training chunks whose FFN inputs/outputs are cached")
-    ap.add_argument("--eval", type=int, default=8, help="held-out chunks evaluated")
-    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per layer and stage")
-    ap.add_argument("--batch", type=int, default=128, help="tokens per step")
-    ap.add_argument("--lr", type=float, default=5e-4)
-    args = ap.parse_args()
-    torch.set_num_threads(1)
-    WORK.mkdir(parents=True, exist_ok=True)
+def run_seeds(args: argparse.Namespace, tag: str, runs_file: Path, f_teacher: Path) -> None:
+    """The Taylor scores, the FFN i/o cache, the teacher's evaluation and every unfinished (arm, seed)."""
     from distill.llm.models import load_gguf_model, load_gguf_tokenizer
 
     t0 = time.time()
@@ -79,7 +68,6 @@ def main() -> None:
     ids = torch.tensor(tok(TEXT.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
     train, held = chunk_text(ids, 128, 0.1)
     ev = list(held[: args.eval].split(4))
-    tag = "l" + "-".join(map(str, args.layers)) + f"_c{args.calibration}_k{args.cache}"
     f_scores, f_io = WORK / f"scores_{tag}.pt", WORK / f"io_{tag}.pt"
     if f_scores.exists():
         scores = torch.load(f_scores, weights_only=True)
@@ -93,7 +81,6 @@ def main() -> None:
         io = ffn_io(model, train[: args.cache].split(4), args.layers)
         torch.save(io, f_io)
     print(f"FFN i/o cached: {len(io[args.layers[0]][0])} tokens per layer ({time.time() - t0:.0f} s)", flush=True)
-    f_teacher = WORK / f"teacher_e{args.eval}.pt"
     if f_teacher.exists():
         t = torch.load(f_teacher, weights_only=True)
         ppl_t, ref = t["ppl"], t["ref"]
@@ -101,8 +88,6 @@ def main() -> None:
         ppl_t, _, ref = perplexity_and_agreement(model, ev)
         torch.save({"ppl": ppl_t, "ref": ref}, f_teacher)
     print(f"teacher perplexity {ppl_t:.3f}", flush=True)
-    sfx = f"{tag}_s{args.steps}_b{args.batch}_lr{args.lr}_e{args.eval}"
-    runs_file = WORK / f"runs_{sfx}.json"
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     common = {"shared": 384, "n": 12, "k": 2, "steps": args.steps, "batch": args.batch, "lr": args.lr,
               "balance": 1e-2}
@@ -121,6 +106,30 @@ def main() -> None:
                 runs[f"shared_{arm.removeprefix('moe_')}/seed={seed}"] = {"perplexity": p1, "agreement": a1}
             print(key, runs[key], f"({time.time() - t1:.0f} s)", flush=True)
             runs_file.write_text(json.dumps(runs, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--layers", type=int, nargs="+", default=[12, 13, 14])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--calibration", type=int, default=16, help="calibration chunks for the Taylor scores")
+    ap.add_argument("--cache", type=int, default=32, help="training chunks whose FFN inputs/outputs are cached")
+    ap.add_argument("--eval", type=int, default=8, help="held-out chunks evaluated")
+    ap.add_argument("--steps", type=int, default=60, help="optimiser steps per layer and stage")
+    ap.add_argument("--batch", type=int, default=128, help="tokens per step")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--report", action="store_true", help="only write the table from the finished seeds")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    WORK.mkdir(parents=True, exist_ok=True)
+    tag = "l" + "-".join(map(str, args.layers)) + f"_c{args.calibration}_k{args.cache}"
+    sfx = f"{tag}_s{args.steps}_b{args.batch}_lr{args.lr}_e{args.eval}"
+    runs_file = WORK / f"runs_{sfx}.json"
+    f_teacher = WORK / f"teacher_e{args.eval}.pt"
+    if not args.report:
+        run_seeds(args, tag, runs_file, f_teacher)
+    ppl_t = float(torch.load(f_teacher, weights_only=True)["ppl"])
+    runs = json.loads(runs_file.read_text())
     seeds = [s for s in args.seeds if all(f"{a}/seed={s}" in runs for a in ARMS)]
     table = {}
     for arm in ARMS:

@@ -104,6 +104,6 @@ def test_bad_taps_and_tasks_are_refused_naming_them():
 
 
 def test_the_recipe_validates_and_builds_the_method():
-    cfg = load_config(REPO / "configs" / "sst2" / "textcnn_leader.yaml")
+    cfg = load_config(REPO / "configs" / "sst2_leader" / "textcnn_leader.yaml")
     comp = build_methods(cfg.methods)
     assert any(isinstance(v, METHODS.get("leader")) for v in comp.methods.values())
