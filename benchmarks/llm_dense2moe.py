@@ -13,6 +13,11 @@ load balance when routed). Arms at the same active width 576 and the same number
 * ``pruned``: the top 576 Taylor neurons as a dense FFN, distilled the same way (the two stages' steps);
 * ``teacher``: the dense model (ceiling).
 
+Gate: the spec leaves renormalisation open (flags); this script renormalises the kept top-2 weights to sum 1 by
+default (``--gate softmax_all``: the spec's default, softmax over all 12 unrenormalised), chosen before any run
+because an unrenormalised top-2 of a 12-way softmax scales each routed expert by about 1/12 at the start, which
+the short layer-wise budget here cannot undo.
+
 Metrics: held-out perplexity and top-1 next-token agreement with the dense model; expert-usage entropy.
 Works if (spec): MoE perplexity >= 5 % (relative) below the pruned dense FFN's; shared-only Taylor below
 shared-only random; expert-usage entropy >= 0.9 ln 12 with the balance loss on.
@@ -90,7 +95,7 @@ def run_seeds(args: argparse.Namespace, tag: str, runs_file: Path, f_teacher: Pa
     print(f"teacher perplexity {ppl_t:.3f}", flush=True)
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else {}
     common = {"shared": 384, "n": 12, "k": 2, "steps": args.steps, "batch": args.batch, "lr": args.lr,
-              "balance": 1e-2}
+              "balance": 1e-2, "renormalise": args.gate == "renormalise"}
     for seed in args.seeds:
         for arm, sc, mode in (("moe_taylor", scores, "two_stage"), ("moe_random", None, "two_stage"),
                               ("joint", scores, "joint"), ("pruned", scores, "pruned")):
@@ -118,12 +123,14 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60, help="optimiser steps per layer and stage")
     ap.add_argument("--batch", type=int, default=128, help="tokens per step")
     ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--gate", choices=["renormalise", "softmax_all"], default="renormalise",
+                    help="top-k weights renormalised to sum 1 (default here) or the spec's default softmax over all n")
     ap.add_argument("--report", action="store_true", help="only write the table from the finished seeds")
     args = ap.parse_args()
     torch.set_num_threads(1)
     WORK.mkdir(parents=True, exist_ok=True)
     tag = "l" + "-".join(map(str, args.layers)) + f"_c{args.calibration}_k{args.cache}"
-    sfx = f"{tag}_s{args.steps}_b{args.batch}_lr{args.lr}_e{args.eval}"
+    sfx = f"{tag}_s{args.steps}_b{args.batch}_lr{args.lr}_e{args.eval}_{args.gate}"
     runs_file = WORK / f"runs_{sfx}.json"
     f_teacher = WORK / f"teacher_e{args.eval}.pt"
     if not args.report:

@@ -178,3 +178,18 @@ def test_tiny_pipeline_runs_and_reports(tmp_path, shared):
     assert len(meta["expert_entropy"]) == 1 and 0 < meta["expert_entropy"][0] <= meta["ln_experts"] + 1e-6
     ffn = art.table("ffn")
     assert ffn["router"].shape == (1, 12, 16) and ffn["gate_s"].shape == (1, 12, 16)
+
+
+def test_gate_flags_keep_k_experts_and_renormalise_as_asked():
+    mlp = SwiGLU(8, 16)
+    s_idx, e_idx = split_neurons(torch.rand(16), 16, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(5, 8)
+    plain = moefy_mlp(mlp, s_idx, e_idx, k=2, router_std=1.0)
+    g = plain.gates(x)
+    probs = plain.router(x).softmax(-1)
+    assert ((g > 0).sum(-1) == 2).all()
+    torch.testing.assert_close(g.sum(-1), probs.topk(2, -1).values.sum(-1))  # unrenormalised: < 1
+    renorm = moefy_mlp(mlp, s_idx, e_idx, k=2, router_std=1.0, renormalise=True)
+    torch.testing.assert_close(renorm.gates(x).sum(-1), torch.ones(5))
+    after = moefy_mlp(mlp, s_idx, e_idx, k=2, router_std=1.0, softmax_after_topk=True)
+    torch.testing.assert_close(after.gates(x), renorm.gates(x))  # softmax over the kept logits = renormalised

@@ -353,7 +353,7 @@ def chunk_text(ids: torch.Tensor, length: int, eval_fraction: float = 0.1) -> tu
 def convert(model: nn.Module, layers: list[int], scores: dict[int, torch.Tensor] | None, io: dict[int, tuple],
             arm: Literal["two_stage", "joint", "pruned"], shared: int, n: int, k: int, steps: int, batch: int,
             lr: float, balance: float, seed: int, mode: Literal["random", "contiguous"] = "random",
-            log: Callable[[str], None] = print) -> tuple[dict[int, MoEFFN], dict[int, MoEFFN] | None]:
+            log: Callable[[str], None] = print, **flags: bool) -> tuple[dict[int, MoEFFN], dict[int, MoEFFN] | None]:
     """One arm on cached FFN i/o: (the trained FFNs, the stage-1 shared-only FFNs or None). ``pruned``: a dense
     FFN of the top ``shared + k * width`` Taylor neurons (scores required), distilled with L_feat."""
     g = torch.Generator().manual_seed(seed)
@@ -364,7 +364,7 @@ def convert(model: nn.Module, layers: list[int], scores: dict[int, torch.Tensor]
         for i, f in ffns.items():
             distil_layer(f, *io[i], "shared", 2 * steps, batch, lr, 0.0, g)
         return ffns, None
-    ffns = moefy(model, layers, shared, n, k, scores, mode, seed)
+    ffns = moefy(model, layers, shared, n, k, scores, mode, seed, **flags)
     stage1 = None
     if arm == "two_stage":
         for i, f in ffns.items():
@@ -473,6 +473,8 @@ class Dense2MoEConvertOptions(Strict):
     batch_size: int = Field(256, gt=0)
     lr: float = Field(1e-3, gt=0)
     balance: float = Field(1e-2, ge=0)
+    renormalise: bool = False
+    softmax_after_topk: bool = False
 
 
 @register_stage_kind
@@ -497,7 +499,8 @@ class Dense2MoEConvert(StageKind):
         io = ffn_io(model, train[: options.cache_chunks].split(4), layers)
         ffns, stage1 = convert(model, layers, scores, io, options.arm, options.shared, options.experts,
                                options.top_k, options.steps, options.batch_size, options.lr, options.balance,
-                               ctx.seed, options.split, ctx.log)
+                               ctx.seed, options.split, ctx.log, renormalise=options.renormalise,
+                               softmax_after_topk=options.softmax_after_topk)
         ev = list(held[: options.eval_chunks].split(4))
         ppl_t, _, ref = perplexity_and_agreement(model, ev)
         meta: dict[str, Any] = {"teacher_perplexity": round(ppl_t, 4)}
