@@ -167,13 +167,15 @@ def main() -> None:
                                              "moe_taylor_vs_joint": rel_joint},
               "expert_entropy_mean": ent, "ln12": math.log(12), "checks": checks, "verdict": verdict, "runs": runs}
     out = ROOT / "results"
-    write_json(out / "llm_dense2moe.json", result)
-    lines = ["# Dense2MoE (row 11): SmolLM2-135M FFNs -> shared + 12 experts top-2 (37.5 % active)", "",
+    name = "llm_dense2moe" + ("" if args.gate == "renormalise" else f"_{args.gate}")
+    write_json(out / f"{name}.json", result)
+    lines = ["# Dense2MoE (row 11): SmolLM2-135M FFNs -> shared + 12 experts top-2 (37.5 % active), "
+             f"gate {args.gate}", "",
              f"Layers {args.layers} converted; Taylor scores from {args.calibration} chunks of 128 tokens; "
              f"layer-wise distillation on {args.cache} cached chunks, {args.steps} steps x {args.batch} tokens per "
              f"layer and stage (joint and pruned: both stages' steps), Adam lr {args.lr}; held-out: {args.eval} "
              f"chunks of the last 10 % of tinyshakespeare; seeds {seeds}. Command: "
-             "`OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/llm_dense2moe.py`", "",
+             f"`OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/llm_dense2moe.py --gate {args.gate}`", "",
              f"Dense teacher perplexity {ppl_t:.3f}.", "",
              "| arm | held-out perplexity (mean +- sd) | top-1 agreement with the dense model |", "|---|---|---|"]
     for arm in ARMS:
@@ -188,7 +190,7 @@ def main() -> None:
               f"- MoE two-stage vs joint: {rel_joint[0]:+.2%} +- {rel_joint[1]:.2%} (the paper: two-stage better)",
               f"- expert-usage entropy (MoE Taylor, mean over layers and seeds): {ent:.3f} vs 0.9 ln 12 = "
               f"{0.9 * math.log(12):.3f}", "", f"Verdict: {verdict}."]
-    (out / "llm_dense2moe.md").write_text("\n".join(lines) + "\n")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
