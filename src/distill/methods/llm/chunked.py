@@ -16,7 +16,8 @@ terms with weights known before the backward pass (``token_mean``, ``sum``, ``ba
 (``reduction: none``) is refused here.
 
 Analytic kernels. A divergence whose gradient with respect to the student's logits has a closed form (forward KL:
-(q - p) / tau; reverse KL: q (log q - log p - KL) / tau) hands a :data:`RowKernel` that computes a chunk's
+(q - p) / tau; reverse KL: q (log q - log p - KL) / tau; total variation: q (s - sum_v s_v q_v) / (2 tau),
+s = sign(q - p)) hands a :data:`RowKernel` that computes a chunk's
 per-row values and that gradient directly, in place in preallocated (chunk, V) buffers: no autograd graph per
 chunk, no saved softmaxes, and the same buffers reused by every chunk (a fresh (chunk, V) tensor per operation costs
 page faults that rival the arithmetic on a CPU). A kernel declines a chunk (returns None) where an entry is not
@@ -168,6 +169,31 @@ def teacher_rows(teacher: ModelOutput, length: int, mask: torch.Tensor) -> Teach
 
     return from_logits
 
+
+
+def total_variation_kernel(temperature: float) -> RowKernel:
+    """TVD = 1/2 sum_v |p_v - q_v| per row and its gradient 1/2 q_j (s_j - sum_v s_v q_v) / tau w.r.t. the
+    student's logits, s = sign(q - p) (0 where q = p, as autograd's gradient of abs at 0)."""
+
+    def kernel(zs: torch.Tensor, zt: torch.Tensor | TopKLogits, q: torch.Tensor, p: torch.Tensor):
+        if isinstance(zt, TopKLogits):
+            return None
+        if temperature != 1.0:
+            zs.div_(temperature)
+            zt.div_(temperature)
+        sa, sb = _shifted_exp(zs, q), _shifted_exp(zt, p)
+        q.mul_(sa.reciprocal())
+        p.mul_(sb.reciprocal())
+        diff = torch.sub(q, p, out=zs)
+        sign = torch.sign(diff, out=zt)
+        value = 0.5 * _row_dot(sign, diff)
+        if not bool(torch.isfinite(value).all()):
+            return None
+        sign.sub_(_row_dot(sign, q))
+        q.mul_(sign).mul_(0.5 / temperature)
+        return value.view(-1), q
+
+    return kernel
 
 class _ChunkedHeadLoss(torch.autograd.Function):
     """sum of ``row_loss`` over the rows of ``hidden_rows`` @ ``weight``.T (+ ``bias``), chunk by chunk; the
