@@ -4,23 +4,25 @@ The student's logits are never materialised for the whole batch. Only the valid 
 gathered, (N, H) rows of the final hidden states; the loss walks through them ``chunk_tokens`` rows at a time:
 logits of the chunk (chunk, V), the teacher's rows for the same positions (its logits from its own hidden states
 and head, or its stored top-k), the per-token divergence, and at once its gradient with respect to the chunk's
-logits (autograd on the chunk alone). That gradient is turned into the gradients of the hidden rows
-(g @ W) and of the head (g.T @ h) before the next chunk, so a chunk's (chunk, V) tensors are freed when it is done
-and nothing of size V is recomputed in the backward pass: :class:`_ChunkedHeadLoss` returns the summed loss and
-hands the stored gradients (scaled by the incoming gradient) to autograd.
+logits (by the divergence's analytic kernel, or by autograd on the chunk alone). That gradient is turned into
+the gradients of the hidden rows (g @ W) and of the head (g.T @ h) before the next chunk, so a chunk's (chunk, V)
+tensors are freed (or reused) when it is done and nothing of size V is recomputed in the backward pass:
+:class:`_ChunkedHeadLoss` returns the summed loss and hands the stored gradients (scaled by the incoming gradient)
+to autograd.
 
 This is exact: every token's divergence depends only on its own logits row, so the sum over chunks is the sum
 over the batch, and the gradients are the dense ones up to float summation order. Its cost is one (V, H) float
-buffer for the head's gradient (what the head's ``.grad`` holds anyway). The loss must be a sum of per-token
+buffer for the head's gradient (what the head's ``.grad`` holds anyway) and, with a kernel, four (chunk, V) float32
+buffers. The loss must be a sum of per-token
 terms with weights known before the backward pass (``token_mean``, ``sum``, ``batch_mean``); a per-token map
 (``reduction: none``) is refused here.
 
 Analytic kernels. A divergence whose gradient with respect to the student's logits has a closed form (forward KL:
 (q - p) / tau; reverse KL: q (log q - log p - KL) / tau; total variation: q (s - sum_v s_v q_v) / (2 tau),
-s = sign(q - p)) hands a :data:`RowKernel` that computes a chunk's
+s = sign(q - p); ``gjsd`` at beta 0 and 1 uses the KL ones) hands a :data:`RowKernel` that computes a chunk's
 per-row values and that gradient directly, in place in preallocated (chunk, V) buffers: no autograd graph per
-chunk, no saved softmaxes, and the same buffers reused by every chunk (a fresh (chunk, V) tensor per operation costs
-page faults that rival the arithmetic on a CPU). A kernel declines a chunk (returns None) where an entry is not
+chunk, no saved softmaxes, about half the elementwise passes over the vocabulary, and the same buffers reused by
+every chunk (the head products are written into them). A kernel declines a chunk (returns None) where an entry is not
 finite (a -inf column of a padded head, an empty probability), and that chunk takes the autograd route with the
 guarded formulas of :mod:`.divergences`; divergences without a kernel, and top-k teachers, always take it.
 """
