@@ -9,6 +9,7 @@ interval above zero, too few seeds or a missing control arm is pending. ``FAMILY
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -321,6 +322,59 @@ def uld_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, list(values))
 
 
+def dense2moe_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 11, Dense2MoE on SmolLM2-135M / tinyshakespeare (``benchmarks/llm_dense2moe.py``; held-out perplexity,
+    lower is better). The first part is relative: (pruned - MoE) / pruned per seed, in %."""
+    values: dict[str, dict[int, float]] = {}
+    entropy: list[float] = []
+    for name, r in data["runs"].items():
+        arm, _, seed = name.partition("/seed=")
+        values.setdefault(arm, {})[int(seed)] = float(r["perplexity"])
+        if arm == "moe_taylor" and r.get("entropy"):
+            entropy.append(statistics.mean(r["entropy"]))
+    rel = {s: 100.0 * (values["pruned"][s] - v) / values["pruned"][s]
+           for s, v in values.get("moe_taylor", {}).items() if s in values.get("pruned", {})}
+    ev = Evidence(values, higher=False, facts={"entropy": statistics.mean(entropy) if entropy else None},
+                  metrics={"relative": Evidence({"moe_taylor": rel, "pruned": dict.fromkeys(rel, 0.0)})})
+    bar = 0.9 * math.log(12)
+    quote = ("Works if MoE perplexity is lower than pruned-dense perplexity at equal active parameters (>= 5 % "
+             "relative), the shared-only model with Taylor init has lower perplexity than with random init, and "
+             "expert-usage entropy is >= 0.9 ln 12 when L_bal is on.")
+    layers = data.get("settings", {}).get("layers")
+    crit = {"pruned": baseline("baseline (pruned dense FFN, equal active parameters)"),
+            "joint": baseline("control (joint instead of two-stage training)"),
+            "moe_random": baseline("control (random split)"),
+            "shared_random": baseline("control (shared expert only, random split)"),
+            "shared_taylor": baseline("control (shared expert only, Taylor split; part of the criterion)"),
+            "moe_taylor": Criterion(quote, f"pipelines.md row 11 (layers {layers} converted)", 3, (
+                on("relative", margin("moe_taylor", "pruned", 5.0, label="relative perplexity gain (%) moe_taylor")),
+                margin("shared_taylor", "shared_random", 0.0, strict=True, label="shared-only Taylor"),
+                fact_check("entropy", lambda x: x >= bar,
+                           lambda x: f"expert-usage entropy {x:.2f} (needs >= {bar:.2f})")))}
+    return judge_all(crit, ev, _rows(values, "moe_taylor"))
+
+
+def leader_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 31, LEADER on SST-2 (``benchmarks/llm_leader.py``; dev accuracy in points, arms by alpha)."""
+    values = {f"alpha={a}": {i: 100.0 * v for i, v in enumerate(r["per_seed"])} for a, r in data["arms"].items()}
+    ev = Evidence(values)
+    quote = "Works if mean(alpha = 0.4) - mean(alpha = 0) exceeds the pooled seed standard deviation."
+
+    def exceeds(ev: Evidence, seeds: int) -> Verdict:
+        a, b = ev.values.get("alpha=0.4", {}), ev.values.get("alpha=0.0", {})
+        if len(a) < seeds or len(b) < seeds:
+            return Verdict(PENDING, f"seeds: alpha=0.4 {len(a)}, alpha=0.0 {len(b)} of {seeds}")
+        pooled = math.sqrt((statistics.variance(a.values()) + statistics.variance(b.values())) / 2)
+        diff = statistics.mean(a.values()) - statistics.mean(b.values())
+        return Verdict(WORKS if diff > pooled else MISSED,
+                       f"mean(alpha=0.4) - mean(alpha=0) {diff:+.2f} points vs pooled sd {pooled:.2f}")
+
+    crit = {"alpha=0.0": baseline("baseline (no LEADER term)"), "alpha=0.1": baseline("variant (alpha 0.1)"),
+            "alpha=0.4": Criterion(quote, "llm.md row 31 (frozen SmolLM2 states, TextCNN student)", 5,
+                                   (with_arms(exceeds, "alpha=0.4", "alpha=0.0"),))}
+    return judge_all(crit, ev, list(values))
+
+
 #: result file -> (table title, verdict function)
 FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = {
     "anomaly_rd": ("Texture anomaly detection, reverse distillation", anomaly_verdicts),
@@ -334,4 +388,6 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
     "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
+    "llm_dense2moe": ("SmolLM2 FFN -> MoE (Dense2MoE)", dense2moe_verdicts),
+    "llm_leader": ("SST-2, LLM states -> TextCNN (LEADER)", leader_verdicts),
 }
