@@ -33,6 +33,7 @@ from distill.pipelines.pipeline import load_pipeline, load_stage, run_pipeline  
 RECIPE = ROOT / "configs" / "pipelines" / "pgkd_sst5.yaml"
 WORK = ROOT / "benchmarks" / "work" / "pgkd_sst5"
 SHARED = ROOT.parent / "shared"
+NAME = "pgkd_sst5"
 ORDER = ["a_train", "b_unguided", "c_pgkd"]
 LABELS = {"a_train": "(a) D_tr only", "b_unguided": "(b) D_tr + unguided teacher examples",
           "c_pgkd": "(c) PGKD"}
@@ -41,15 +42,19 @@ LABELS = {"a_train": "(a) D_tr only", "b_unguided": "(b) D_tr + unguided teacher
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--work", type=Path, default=WORK, help="pipeline and per-seed results folder")
+    ap.add_argument("--set", action="append", default=[], help="pipeline override, as `distill pipeline --set`")
+    ap.add_argument("--name", default=NAME, help="results file name (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
+    work = args.work
     test = load_text_classification(SHARED / "data" / "sst" / "stsa.fine.test")
     embed = None
     per_seed = {}
     for s in args.seeds:
-        res = load_seed(WORK, s)
+        res = load_seed(work, s)
         if res is None:
-            out = WORK / f"seed{s}"
-            pipe = load_pipeline(RECIPE, [f"output_dir={out}", f"seed={s}"])
+            out = work / f"seed{s}"
+            pipe = load_pipeline(RECIPE, [f"output_dir={out}", f"seed={s}", *args.set])
             run_pipeline(pipe, log=print)
             opts = pipe.options["pgkd"]
             k = len(opts.class_names)
@@ -71,14 +76,14 @@ def main() -> None:
                              "macro_f1": macro_f1(test.labels, pred, k), "n": len(xt)}
             res = {"arms": arms, "history": pg.meta["history"], "best_step": pg.meta["best_step"],
                    "generated": len(st["texts"]), "sample": st["texts"][:10]}
-            save_seed(WORK, s, res)
+            save_seed(work, s, res)
         per_seed[s] = res
         print(f"seed {s}: " + ", ".join(f"{a} F1 {v['macro_f1']:.4f} acc {v['accuracy']:.4f} (n={v['n']})"
                                         for a, v in res["arms"].items()), flush=True)
-    report(per_seed)
+    report(per_seed, args.name)
 
 
-def report(per_seed: dict) -> None:
+def report(per_seed: dict, name: str = NAME) -> None:
     f1 = by_arm(per_seed, "macro_f1")
     acc = by_arm(per_seed, "accuracy")
     cb, ba = paired(f1, "c_pgkd", "b_unguided"), paired(f1, "b_unguided", "a_train")
@@ -105,7 +110,7 @@ def report(per_seed: dict) -> None:
                "summary": {a: {"macro_f1": msd(list(f1[a].values())), "accuracy": msd(list(acc[a].values()))}
                            for a in f1},
                "paired": {"c_vs_b": cb, "b_vs_a": ba}, "verdict": verdict, "why": why}
-    write_outputs("pgkd_sst5", payload, "\n".join(lines))
+    write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 
 

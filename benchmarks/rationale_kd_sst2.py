@@ -44,6 +44,7 @@ from distill.pipelines.pipeline import load_pipeline, load_stage, run_pipeline  
 RECIPE = ROOT / "configs" / "pipelines" / "rationale_kd_sst2.yaml"
 WORK = ROOT / "benchmarks" / "work" / "rationale_kd_sst2"
 SHARED = ROOT.parent / "shared"
+NAME = "rationale_kd_sst2"
 GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ARMS = {  # name: (alpha, label source, subset stage or None for the whole corpus)
     "a_gold": (1.0, "gt", None), "b_teacher": (1.0, "llm", None), "c_multi": (0.5, "gt", None),
@@ -62,16 +63,20 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--work", type=Path, default=WORK, help="pipeline and per-seed results folder")
+    ap.add_argument("--set", action="append", default=[], help="pipeline override, as `distill pipeline --set`")
+    ap.add_argument("--name", default=NAME, help="results file name (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
+    work = args.work
     torch.set_num_threads(1)
-    pipe = load_pipeline(RECIPE, [f"output_dir={WORK}"])
+    pipe = load_pipeline(RECIPE, [f"output_dir={work}", *args.set])
     run_pipeline(pipe, log=print)
-    corpus_art = load_stage(WORK, "corpus")
+    corpus_art = load_stage(work, "corpus")
     corpus = corpus_art.table("corpus")
     names = corpus_art.meta["class_names"]
     texts, rats = texts_of(corpus), texts_of(corpus, "rationale")
     gold, teach = corpus["label"].tolist(), corpus["teacher_label"].tolist()
-    subsets = {n: load_stage(WORK, n).table("selection")["index"].tolist() for n in ("random30", "margin30")}
+    subsets = {n: load_stage(work, n).table("selection")["index"].tolist() for n in ("random30", "margin30")}
     dev = load_text_classification(SHARED / "data" / "sst" / "stsa.binary.dev")
     tok = GGUFTokenizer(GGUF)
     pieces = [*PREFIXES["predict"], *PREFIXES["explain"], *[" " + c for c in names]]
@@ -102,7 +107,7 @@ def main() -> None:
 
     per_seed = {}
     for s in args.seeds:
-        res = load_seed(WORK, s) or {"arms": {}}
+        res = load_seed(work, s) or {"arms": {}}
         for arm, (alpha, labels, sub) in ARMS.items():
             if arm in res["arms"]:
                 continue
@@ -113,14 +118,14 @@ def main() -> None:
                                     steps=args.steps, batch_size=args.batch, lr=args.lr, seed=s)
             acc = (predict_labels(m, dev_batch, class_ids) == torch.tensor(dev.labels)).float().mean().item()
             res["arms"][arm] = {"accuracy": acc, "n": len(subset), "seconds": round(time.time() - t0, 1)}
-            res["settings"] = vars(args) | {"seeds": None}
-            save_seed(WORK, s, res)
+            res["settings"] = {k: v for k, v in vars(args).items() if k in ("steps", "batch", "lr", "hidden")}
+            save_seed(work, s, res)
             print(f"seed {s} {arm}: {acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
         per_seed[s] = res
-    report(per_seed, corpus_art.meta, {n: len(v) for n, v in subsets.items()}, args)
+    report(per_seed, corpus_art.meta, {n: len(v) for n, v in subsets.items()}, args, args.name)
 
 
-def report(per_seed: dict, meta: dict, sizes: dict, args: argparse.Namespace) -> None:
+def report(per_seed: dict, meta: dict, sizes: dict, args: argparse.Namespace, name: str = NAME) -> None:
     arms = by_arm(per_seed, "accuracy")
     p1 = paired(arms, "c_multi_random", "a_gold_random")
     p2 = paired(arms, "c_multi_margin", "c_multi_random")
@@ -150,7 +155,7 @@ def report(per_seed: dict, meta: dict, sizes: dict, args: argparse.Namespace) ->
                "summary": {a: msd(list(v.values())) for a, v in arms.items()},
                "paired": {"c_vs_a_random": p1, "margin_vs_random": p2, "c_vs_a_all": p3},
                "verdict": verdict, "why": why}
-    write_outputs("rationale_kd_sst2", payload, "\n".join(lines))
+    write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 
 

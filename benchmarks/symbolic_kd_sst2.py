@@ -16,7 +16,7 @@ Metric: SST-2 dev accuracy (872). Works if (spec): (c) > (b) by more than 1 seed
 teacher's few-shot accuracy. Writes benchmarks/results/symbolic_kd_sst2.{json,md}; per-seed results in
 benchmarks/work/symbolic_kd_sst2/seed*.json (a finished seed is not rerun).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/symbolic_kd_sst2.py [--seeds 0 1 2] [--teacher-dev 150]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/symbolic_kd_sst2.py [--seeds 0 1 2] [--teacher-dev 100]
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from distill.pipelines.pipeline import load_pipeline, load_stage, run_pipeline  
 RECIPE = ROOT / "configs" / "pipelines" / "symbolic_kd_sst2.yaml"
 WORK = ROOT / "benchmarks" / "work" / "symbolic_kd_sst2"
 SHARED = ROOT.parent / "shared"
+NAME = "symbolic_kd_sst2"
 ORDER = ["a_unfiltered", "b_random", "c_filtered_r80", "c_filtered_r50", "d_real"]
 LABELS = {"a_unfiltered": "(a) unfiltered corpus", "b_random": "(b) random subset, size of (c)",
           "c_filtered_r80": "(c) critic-filtered, recall 0.8", "c_filtered_r50": "(c') critic-filtered, recall 0.5",
@@ -53,11 +54,15 @@ LABELS = {"a_unfiltered": "(a) unfiltered corpus", "b_random": "(b) random subse
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-dev", type=int, default=150)
+    ap.add_argument("--teacher-dev", type=int, default=100)
+    ap.add_argument("--work", type=Path, default=WORK, help="pipeline and per-seed results folder")
+    ap.add_argument("--set", action="append", default=[], help="pipeline override, as `distill pipeline --set`")
+    ap.add_argument("--name", default=NAME, help="results file name (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
-    pipe = load_pipeline(RECIPE, [f"output_dir={WORK}"])
+    work = args.work
+    pipe = load_pipeline(RECIPE, [f"output_dir={work}", *args.set])
     run_pipeline(pipe, log=print)
-    gen = load_stage(WORK, "generate")
+    gen = load_stage(work, "generate")
     cand = gen.table("candidates")
     ctexts, clabels = texts_of(cand), cand["label"].tolist()
     train_path = str(SHARED / "data" / "sst" / "stsa.binary.train")
@@ -78,7 +83,7 @@ def main() -> None:
 
     per_seed = {}
     for s in args.seeds:
-        res = load_seed(WORK, s)
+        res = load_seed(work, s)
         if res is None:
             texts, labels = shot_pool(train_path, 1500, s)  # seed 0: the generator's shot pool
             real_t, real_y, cal_t, cal_y = texts[:1000], labels[:1000], texts[1000:], labels[1000:]
@@ -97,11 +102,11 @@ def main() -> None:
             # how often the intended label agrees with the critic (a proxy for label noise) per corpus
             res = {"arms": arms, "cutoffs": {str(k): v for k, v in f["cutoffs"].items()},
                    "mean_score": {a: sum(f["scores"][i] for i in idx) / max(len(idx), 1) for a, idx in sets.items()}}
-            save_seed(WORK, s, res)
+            save_seed(work, s, res)
         per_seed[s] = res
         print(f"seed {s}: " + ", ".join(f"{a} {v.get('accuracy', float('nan')):.4f} (n={v['n']})"
                                         for a, v in res["arms"].items()), flush=True)
-    tfile = WORK / "teacher.json"
+    tfile = work / "teacher.json"
     if tfile.is_file() and json.loads(tfile.read_text()).get("n") == args.teacher_dev:
         teacher = json.loads(tfile.read_text())
     else:
@@ -114,10 +119,10 @@ def main() -> None:
                                         dev.labels[:n], shots=4, seed=0)
         teacher = {"n": n, "accuracy": acc}
         tfile.write_text(json.dumps(teacher))
-    report(per_seed, teacher, len(ctexts), gen.meta)
+    report(per_seed, teacher, len(ctexts), gen.meta, args.name)
 
 
-def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict) -> None:
+def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict, name: str = NAME) -> None:
     arms = by_arm(per_seed, "accuracy")
     c, b = arms.get("c_filtered_r80", {}), arms.get("b_random", {})
     p = paired(arms, "c_filtered_r80", "b_random")
@@ -146,7 +151,7 @@ def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict) -> None:
     payload = {"benchmark": "symbolic_kd_sst2", "per_seed": per_seed, "teacher": teacher,
                "summary": {a: msd(list(v.values())) for a, v in arms.items()}, "paired_c_vs_b": p,
                "verdict": verdict, "why": why, "generation": gen_meta}
-    write_outputs("symbolic_kd_sst2", payload, "\n".join(lines))
+    write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 
 

@@ -22,7 +22,6 @@ from distill.pipelines.methods.rationale_kd import (
     train_rationale_student,
 )
 
-
 WORDS: dict[str, int] = {}
 
 
@@ -140,8 +139,8 @@ def test_full_random_subset_reproduces_the_full_run_and_training_learns():
 
 
 class StubTeacher:
-    def complete(self, prompt, *, max_tokens, temperature, top_p, seed, stop=None):
-        assert prompt.endswith("<|im_start|>assistant\nReasoning:") and temperature == 0.0
+    def complete(self, prompt, *, max_tokens, temperature, top_p, seed, stop=None, allow_eos=True):
+        assert prompt.endswith("<|im_start|>assistant\nReasoning:") and temperature == 0.0 and not allow_eos
         return " The words  are glowing.\n"
 
     def label_logprobs(self, prompt, words):

@@ -32,7 +32,7 @@ class TextGenerator(Protocol):
     def label_logprobs(self, prompt: str, words: list[str]) -> list[float]: ...
 
     def complete(self, prompt: str, *, max_tokens: int, temperature: float, top_p: float, seed: int,
-                 stop: list[str] | None = None) -> str: ...
+                 stop: list[str] | None = None, allow_eos: bool = True) -> str: ...
 
 
 def chatml(messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
@@ -50,7 +50,8 @@ class GGUFChat:
         try:
             from llama_cpp import Llama
         except ImportError:
-            raise ImportError("a generating GGUF teacher needs llama-cpp-python: pip install 'distill[served]'") from None
+            raise ImportError("a generating GGUF teacher needs llama-cpp-python: "
+                              "pip install 'distill[served]'") from None
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"GGUF file {p} not found")
@@ -65,10 +66,13 @@ class GGUFChat:
         return str(out["choices"][0]["message"]["content"] or "")
 
     def complete(self, prompt: str, *, max_tokens: int = 48, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int = 0, stop: list[str] | None = None) -> str:
-        """Continue a raw prompt (special tokens parsed); ``temperature=0``: greedy."""
+                 seed: int = 0, stop: list[str] | None = None, allow_eos: bool = True) -> str:
+        """Continue a raw prompt (special tokens parsed); ``temperature=0``: greedy. ``allow_eos=False`` bans the
+        end-of-turn token (the completion then ends at a ``stop`` string or ``max_tokens``): a small chat model
+        often closes its turn at once after a forced prefix such as "Reasoning:"."""
+        bias = None if allow_eos else {int(self.llm.token_eos()): -1e4}
         out = self.llm.create_completion(prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-                                         seed=int(seed) % (2**31 - 1), stop=stop or [])
+                                         seed=int(seed) % (2**31 - 1), stop=stop or [], logit_bias=bias)
         return str(out["choices"][0]["text"] or "")
 
     def tokens(self, text: str) -> list[int]:
@@ -79,8 +83,9 @@ class GGUFChat:
 
         toks = self.tokens(prompt)
         self.llm.reset()
-        self.llm.eval(toks)
-        z = np.asarray(self.llm.scores[self.llm.n_tokens - 1], dtype=np.float64)
+        self.llm.eval(toks)  # without logits_all only the last position's logits exist, in the context
+        ptr = self.llm._ctx.get_logits_ith(-1)
+        z = np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).astype(np.float64)
         logz = z.max() + math.log(float(np.exp(z - z.max()).sum()))
         return [float(z[self.tokens(w)[0]] - logz) for w in words]
 

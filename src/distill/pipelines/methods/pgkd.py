@@ -328,9 +328,9 @@ class UnguidedGenerate(StageKind):
         for c, n in enumerate(want):
             while sum(1 for y in st["labels"] if y == c) < n and st["tries"][c] < 3 * n:
                 j = st["tries"][c]
-                text = clean_sentence(chat.chat(unguided_messages(options.class_names[c]), max_tokens=options.max_tokens,
-                                                temperature=1.0, top_p=options.top_p,
-                                                seed=ctx.seed * 1_000_003 + c * 10_007 + j))
+                msgs = unguided_messages(options.class_names[c])
+                text = clean_sentence(chat.chat(msgs, max_tokens=options.max_tokens, temperature=1.0,
+                                                top_p=options.top_p, seed=ctx.seed * 1_000_003 + c * 10_007 + j))
                 st["tries"][c] += 1
                 if len(text.split()) >= 2 and text not in seen:
                     seen.add(text)

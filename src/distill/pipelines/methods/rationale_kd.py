@@ -80,7 +80,7 @@ def teacher_rationale(gen: TextGenerator, sentence: str, class_names: Sequence[s
     class word with the highest log-probability after "Answer:"."""
     msgs = cot_messages(sentence)
     text = gen.complete(chatml(msgs, "Reasoning:"), max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=0,
-                        stop=["Answer", "\n\n", "<|im_end|>", "Sentence:"])
+                        stop=["Answer", "\n\n", "<|im_end|>", "Sentence:"], allow_eos=False)
     rationale = " ".join(text.split()).strip()
     lp = gen.label_logprobs(chatml(msgs, f"Reasoning: {rationale}\nAnswer:"), [f" {c}" for c in class_names])
     best = max(range(len(lp)), key=lp.__getitem__)
