@@ -42,12 +42,15 @@ LABELS = {"a_train": "(a) D_tr only", "b_unguided": "(b) D_tr + unguided teacher
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--test-limit", type=int, default=0, help="smoke runs: the first N test sentences only")
     ap.add_argument("--work", type=Path, default=WORK, help="pipeline and per-seed results folder")
     ap.add_argument("--set", action="append", default=[], help="pipeline override, as `distill pipeline --set`")
     ap.add_argument("--name", default=NAME, help="results file name (benchmarks/results/NAME.{json,md})")
     args = ap.parse_args()
     work = args.work
     test = load_text_classification(SHARED / "data" / "sst" / "stsa.fine.test")
+    if args.test_limit:
+        test.texts, test.labels = test.texts[: args.test_limit], test.labels[: args.test_limit]
     embed = None
     per_seed = {}
     for s in args.seeds:
@@ -64,7 +67,7 @@ def main() -> None:
             st = {"texts": texts_of(g), "labels": g["label"].tolist(), "steps": g["step"].tolist(),
                   "best_step": pg.meta["best_step"]}
             train, _ = split_data(str(resolve_path(opts.data, pipe.config.base_dir)), opts.train, opts.val, s)
-            embed = embed or minilm_embedder()
+            embed = minilm_embedder(out / "stages" / "pgkd" / "work" / "minilm.npz")  # the stage's, reused
             ut = [(t, y) for t, y in zip(texts_of(ug), ug["label"].tolist(), strict=True) if y >= 0 and t]
             sets = {"a_train": train, "b_unguided": (train[0] + [t for t, _ in ut], train[1] + [y for _, y in ut]),
                     "c_pgkd": best_student_data(st, train)}

@@ -48,8 +48,8 @@ NAME = "rationale_kd_sst2"
 GGUF = SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ARMS = {  # name: (alpha, label source, subset stage or None for the whole corpus)
     "a_gold": (1.0, "gt", None), "b_teacher": (1.0, "llm", None), "c_multi": (0.5, "gt", None),
-    "a_gold_random": (1.0, "gt", "random30"), "c_multi_random": (0.5, "gt", "random30"),
-    "c_multi_margin": (0.5, "gt", "margin30"),
+    "a_gold_random": (1.0, "gt", "random_subset"), "c_multi_random": (0.5, "gt", "random_subset"),
+    "c_multi_margin": (0.5, "gt", "margin_subset"),
 }
 LABELS = {"a_gold": "(a) label only, gold, all", "b_teacher": "(b) label only, teacher labels, all",
           "c_multi": "(c) multi-task alpha 0.5, all", "a_gold_random": "(a) label only, random subset",
@@ -76,7 +76,7 @@ def main() -> None:
     names = corpus_art.meta["class_names"]
     texts, rats = texts_of(corpus), texts_of(corpus, "rationale")
     gold, teach = corpus["label"].tolist(), corpus["teacher_label"].tolist()
-    subsets = {n: load_stage(work, n).table("selection")["index"].tolist() for n in ("random30", "margin30")}
+    subsets = {n: load_stage(work, n).table("selection")["index"].tolist() for n in ("random_subset", "margin_subset")}
     dev = load_text_classification(SHARED / "data" / "sst" / "stsa.binary.dev")
     tok = GGUFTokenizer(GGUF)
     pieces = [*PREFIXES["predict"], *PREFIXES["explain"], *[" " + c for c in names]]

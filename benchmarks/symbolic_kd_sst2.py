@@ -2,8 +2,9 @@
 
 The corpus comes from the pipeline ``configs/pipelines/symbolic_kd_sst2.yaml`` (stage ``generate``: SmolLM2-135M-
 Instruct writes one sentence of an intended label from 5 real ones; resumable, reused when done). Then, per seed
-(the seed draws the critic's 1,000 real sentences, the 500 calibration sentences and the random subset; the
-generated corpus is the same for every seed):
+(the seed splits one pool of 1,500 real sentences, the generator's 1,000-sentence shot pool and 500 more, into the
+critic's 1,000 and the 500 calibration sentences, and draws the random subset; the generated corpus is the same
+for every seed):
 
 * critic: MiniLM embeddings + logistic regression on the 1,000 real sentences, s = P(intended label | text);
   cutoffs at target recall 0.8 and 0.5 (real sentences with their label vs flipped), the mean of two halves;
@@ -16,7 +17,7 @@ Metric: SST-2 dev accuracy (872). Works if (spec): (c) > (b) by more than 1 seed
 teacher's few-shot accuracy. Writes benchmarks/results/symbolic_kd_sst2.{json,md}; per-seed results in
 benchmarks/work/symbolic_kd_sst2/seed*.json (a finished seed is not rerun).
 
-    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/symbolic_kd_sst2.py [--seeds 0 1 2] [--teacher-dev 100]
+    OMP_NUM_THREADS=1 nice -n 10 python benchmarks/symbolic_kd_sst2.py [--seeds 0 1 2] [--teacher-dev 60]
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from gen_rows import arm_table, by_arm, load_seed, msd, paired, save_seed, sd, w
 
 from distill.data.text import load_text_classification  # noqa: E402
 from distill.llm.textgen import texts_of  # noqa: E402
+from distill.pipelines.methods.pgkd import minilm_embedder  # noqa: E402
 from distill.pipelines.methods.symbolic_kd import (  # noqa: E402
     critic_filter,
     shot_pool,
@@ -54,7 +56,7 @@ LABELS = {"a_unfiltered": "(a) unfiltered corpus", "b_random": "(b) random subse
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--teacher-dev", type=int, default=100)
+    ap.add_argument("--teacher-dev", type=int, default=60)
     ap.add_argument("--work", type=Path, default=WORK, help="pipeline and per-seed results folder")
     ap.add_argument("--set", action="append", default=[], help="pipeline override, as `distill pipeline --set`")
     ap.add_argument("--name", default=NAME, help="results file name (benchmarks/results/NAME.{json,md})")
@@ -67,25 +69,16 @@ def main() -> None:
     ctexts, clabels = texts_of(cand), cand["label"].tolist()
     train_path = str(SHARED / "data" / "sst" / "stsa.binary.train")
     dev = load_text_classification(SHARED / "data" / "sst" / "stsa.binary.dev")
-    from distill.text.st_models import load_sentence_model
-
-    model = load_sentence_model()
-    memo: dict[str, object] = {}
-
-    def embed(xs: list[str]):
-        import numpy as np
-
-        todo = [x for x in dict.fromkeys(xs) if x not in memo]
-        if todo:
-            for x, e in zip(todo, model.encode(todo, batch_size=64, normalize_embeddings=True), strict=True):
-                memo[x] = e
-        return np.stack([memo[x] for x in xs])
-
+    embed = minilm_embedder(work / "minilm.npz")
+    pool_t, pool_y = shot_pool(train_path, 1500, 0)  # the generator's shot pool (its first 1,000) + 500 more
     per_seed = {}
     for s in args.seeds:
         res = load_seed(work, s)
         if res is None:
-            texts, labels = shot_pool(train_path, 1500, s)  # seed 0: the generator's shot pool
+            order = list(range(1500))  # seed 0: the critic stage's split; other seeds re-split the same 1,500
+            if s:
+                random.Random(s).shuffle(order)
+            texts, labels = [pool_t[i] for i in order], [pool_y[i] for i in order]
             real_t, real_y, cal_t, cal_y = texts[:1000], labels[:1000], texts[1000:], labels[1000:]
             f = critic_filter(embed, ctexts, clabels, real_t, real_y, cal_t, cal_y, [0.8, 0.5], splits=2, seed=s)
             k80, k50 = f["kept"][0.8], f["kept"][0.5]
@@ -140,7 +133,8 @@ def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict, name: str
              "TF-IDF + LR learns", "",
              f"Generated {gen_meta['generated']} candidates (5-shot, top-p 0.9, <= 32 tokens), {n_cand} after "
              "dropping empty, copied and duplicate ones. SST-2 dev accuracy (872 sentences); seeds draw the critic's "
-             "1,000 real sentences, the calibration set and the random subset (one corpus for all seeds).", "",
+             "1,000 real sentences and 500 calibration sentences out of one pool of 1,500, and the random "
+             "subset (one corpus for all seeds).", "",
              *arm_table(arms, ORDER, LABELS, "b_random", "dev accuracy"), "",
              "Corpus sizes per seed: " + "; ".join(f"{LABELS[a]}: {v}" for a, v in n_kept.items() if v), "",
              f"Teacher (SmolLM2-135M-Instruct) 4-shot accuracy on the first {teacher['n']} dev sentences: "

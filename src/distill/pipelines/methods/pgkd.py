@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -238,17 +239,28 @@ def split_data(path: str, n_train: int, n_val: int, seed: int) -> tuple[tuple[li
     return (texts[:n_train], labels[:n_train]), (texts[n_train:], labels[n_train:])
 
 
-def minilm_embedder() -> Callable[[list[str]], np.ndarray]:
+def minilm_embedder(cache: Path | None = None, chunk: int = 256) -> Callable[[list[str]], np.ndarray]:
+    """all-MiniLM-L6-v2 sentence embeddings (L2-normalised), memoised per text; ``cache``: an ``.npz`` file that
+    keeps them across processes and crashes (written after every ``chunk`` new texts)."""
     from distill.text.st_models import load_sentence_model
 
     model = load_sentence_model()
     memo: dict[str, np.ndarray] = {}
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            memo.update(zip(z["texts"].tolist(), z["vectors"], strict=True))
 
     def embed(xs: list[str]) -> np.ndarray:
         todo = [x for x in dict.fromkeys(xs) if x not in memo]
-        if todo:
-            for x, e in zip(todo, model.encode(todo, batch_size=64, normalize_embeddings=True), strict=True):
+        for s in range(0, len(todo), chunk):
+            part = todo[s:s + chunk]
+            for x, e in zip(part, model.encode(part, batch_size=64, normalize_embeddings=True), strict=True):
                 memo[x] = e
+            if cache is not None:
+                keys = list(memo)
+                tmp = cache.with_name(cache.name + ".tmp.npz")
+                np.savez(tmp, texts=np.array(keys), vectors=np.stack([memo[k] for k in keys]))
+                tmp.replace(cache)
         return np.stack([memo[x] for x in xs])
 
     return embed
@@ -269,7 +281,7 @@ class PGKD(StageKind):
         from distill.llm.textgen import GGUFChat
 
         train, val = split_data(str(ctx.resolve(options.data)), options.train, options.val, ctx.seed)
-        embed = minilm_embedder()
+        embed = minilm_embedder(ctx.work / "minilm.npz")
         k = len(options.class_names)
 
         def fit(texts: list[str], labels: list[int]) -> EmbeddingLR:

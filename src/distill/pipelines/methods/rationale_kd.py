@@ -177,8 +177,13 @@ def predict_labels(model: torch.nn.Module, batch: dict[str, torch.Tensor], class
     for s in range(0, batch["input_ids"].shape[0], chunk):
         ids, att = batch["input_ids"][s:s + chunk], batch["attention_mask"][s:s + chunk]
         pl = batch["prompt_len"][s:s + chunk]
-        logits = model(input_ids=ids, attention_mask=att).logits
-        last = logits[torch.arange(ids.shape[0]), pl - 1][:, list(class_ids)]
+        n = int(pl.max())  # only the prompts are needed, and only the last prompt position goes through the head
+        rows = torch.arange(ids.shape[0])
+        if hasattr(model, "model") and hasattr(model, "lm_head"):
+            hidden = model.model(input_ids=ids[:, :n], attention_mask=att[:, :n]).last_hidden_state
+            last = model.lm_head(hidden[rows, pl - 1])[:, list(class_ids)]
+        else:
+            last = model(input_ids=ids[:, :n], attention_mask=att[:, :n]).logits[rows, pl - 1][:, list(class_ids)]
         out.append(last.argmax(-1))
     model.train()
     return torch.cat(out)
