@@ -77,16 +77,16 @@ def main() -> None:
                 pred = model.predict_proba(test.texts).argmax(1).tolist()
                 arms[arm] = {"accuracy": sum(int(p == y) for p, y in zip(pred, test.labels, strict=True)) / len(test),
                              "macro_f1": macro_f1(test.labels, pred, k), "n": len(xt)}
-            res = {"arms": arms, "history": pg.meta["history"], "best_step": pg.meta["best_step"],
-                   "generated": len(st["texts"]), "sample": st["texts"][:10]}
+            res = {"test_sentences": len(test), "arms": arms, "history": pg.meta["history"],
+                   "best_step": pg.meta["best_step"], "generated": len(st["texts"]), "sample": st["texts"][:10]}
             save_seed(work, s, res)
         per_seed[s] = res
         print(f"seed {s}: " + ", ".join(f"{a} F1 {v['macro_f1']:.4f} acc {v['accuracy']:.4f} (n={v['n']})"
                                         for a, v in res["arms"].items()), flush=True)
-    report(per_seed, args.name)
+    report(per_seed, args.name, len(test))
 
 
-def report(per_seed: dict, name: str = NAME) -> None:
+def report(per_seed: dict, name: str = NAME, n_test: int = 2210) -> None:
     f1 = by_arm(per_seed, "macro_f1")
     acc = by_arm(per_seed, "accuracy")
     cb, ba = paired(f1, "c_pgkd", "b_unguided"), paired(f1, "b_unguided", "a_train")
@@ -102,7 +102,8 @@ def report(per_seed: dict, name: str = NAME) -> None:
                      for s, r in per_seed.items())
     lines = ["# PGKD on SST-5 (spec row 40, reduced): SmolLM2-135M-Instruct writes examples aimed at a MiniLM + LR "
              "student's errors", "",
-             "D_tr 800 / D_val 200 from SST-5 train per seed; test on SST-5 test (2,210). Reduced loop: 2 examples per "
+             f"D_tr 800 / D_val 200 from SST-5 train per seed; test on SST-5 test ({n_test:,} of 2,210"
+             f"{'' if n_test == 2210 else ', the first ones: --test-limit'}). Reduced loop: 2 examples per "
              "class per step, at most 2 steps, patience 1 (spec: 10 / 10 / 3).", "",
              *arm_table(f1, ORDER, LABELS, "a_train", "test macro-F1"), "",
              *arm_table(acc, ORDER, LABELS, "a_train", "test accuracy"), "",
