@@ -157,8 +157,8 @@ def tfidf_student(train_texts: Sequence[str], train_labels: Sequence[int], test_
 def teacher_few_shot_accuracy(gen: TextGenerator, shot_texts: Sequence[str], shot_labels: Sequence[int],
                               class_names: Sequence[str], test_texts: Sequence[str], test_labels: Sequence[int],
                               shots: int = 4, seed: int = 0) -> float:
-    """The teacher as a classifier: ``shots`` labelled examples in the prompt, the answer is the class name with
-    the highest next-token log-probability."""
+    """The teacher as a classifier: ``shots`` labelled examples in the prompt, the assistant turn opened with
+    "Answer:", the answer is the class name whose first token has the highest next-token log-probability."""
     from distill.llm.textgen import chatml
 
     rng = random.Random(seed)
@@ -168,8 +168,8 @@ def teacher_few_shot_accuracy(gen: TextGenerator, shot_texts: Sequence[str], sho
     right = 0
     for t, y in zip(test_texts, test_labels, strict=True):
         msg = [{"role": "user", "content": f"Classify the sentiment of each sentence as {names}.\n{demo}\n"
-                f"Sentence: {t}\nAnswer:"}]
-        lp = gen.label_logprobs(chatml(msg), list(class_names))
+                f"Sentence: {t}"}]
+        lp = gen.label_logprobs(chatml(msg, "Answer:"), [f" {c}" for c in class_names])
         right += int(max(range(len(lp)), key=lp.__getitem__) == int(y))
     return right / len(test_texts)
 
