@@ -23,6 +23,7 @@ from verdict_checks import (
     Evidence,
     Verdict,
     baseline,
+    beats_spread,
     fact_check,
     judge_all,
     margin,
@@ -375,6 +376,69 @@ def leader_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, list(values))
 
 
+def _per_seed_arms(data: dict[str, Any], key: str) -> dict[str, dict[int, float]]:
+    """``per_seed[seed]["arms"][arm][key]`` (the LLM data rows' scripts) -> ``values[arm][seed]`` in points."""
+    values: dict[str, dict[int, float]] = {}
+    for seed, rec in data.get("per_seed", {}).items():
+        for arm, r in rec.get("arms", {}).items():
+            if key in r:
+                values.setdefault(arm, {})[int(seed)] = 100.0 * float(r[key])
+    return values
+
+
+def symbolic_kd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 43, symbolic KD on SST-2 (``benchmarks/symbolic_kd_sst2.py``; dev accuracy in points)."""
+    values = _per_seed_arms(data, "accuracy")
+    teacher = data.get("teacher", {}).get("accuracy")
+    ev = Evidence(values, facts={"teacher": None if teacher is None else 100.0 * teacher})
+    quote = ("Works if (c) > (b) by more than 1 seed standard deviation, and the best student > the teacher's "
+             "few-shot accuracy.")
+
+    def above_teacher(ev: Evidence, seeds: int) -> Verdict:
+        students = [a for a in ("a_unfiltered", "b_random", "c_filtered_r80", "c_filtered_r50") if a in ev.values]
+        if ev.facts["teacher"] is None or not students:
+            return Verdict(PENDING, "the teacher's few-shot accuracy or the students not measured")
+        best = max(students, key=lambda a: statistics.mean(ev.values[a].values()))
+        b = statistics.mean(ev.values[best].values())
+        return Verdict(WORKS if b > ev.facts["teacher"] else MISSED,
+                       f"best student {best} {b:.2f} vs the teacher's few-shot {ev.facts['teacher']:.2f}")
+
+    crit = {"a_unfiltered": baseline("baseline (a): every generation"),
+            "b_random": baseline("baseline (b): a random subset of (c)'s size"),
+            "c_filtered_r50": baseline("variant (critic at recall 0.5)"),
+            "d_real": baseline("reference (1,000 real labelled sentences)"),
+            "c_filtered_r80": Criterion(quote, "llm.md row 43 (a corpus of tens of generations, spec ~10k)", 3, (
+                beats_spread("c_filtered_r80", "b_random", k=1.0), above_teacher))}
+    return judge_all(crit, ev, list(values))
+
+
+def rationale_kd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 20, rationale / sequence-level KD on SST-2 (``benchmarks/rationale_kd_sst2.py``; dev accuracy in points;
+    ``*_random`` / ``*_margin``: subsets of the small n)."""
+    values = _per_seed_arms(data, "accuracy")
+    ev = Evidence(values)
+    quote = "Works if (c) > (a) at small n, and the score-selected subset >= random at equal n."
+    crit = {"a_gold": baseline("baseline (a): labels only"), "b_teacher": baseline("baseline (b): teacher labels"),
+            "c_multi": baseline("(c) multi-task at the full corpus (the criterion reads the small n)"),
+            "a_gold_random": baseline("baseline (a) at the small n"),
+            "c_multi_random": baseline("(c) on a random subset at the small n"),
+            "c_multi_margin": Criterion(quote, "llm.md row 20 (a corpus of tens of sentences, spec 5k)", 3, (
+                margin("c_multi_random", "a_gold_random", 0.0, strict=True, label="(c) at small n: c_multi_random"),
+                margin("c_multi_margin", "c_multi_random", 0.0, label="score-selected subset")))}
+    return judge_all(crit, ev, list(values))
+
+
+def pgkd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 40, PGKD on SST-5 (``benchmarks/pgkd_sst5.py``; test macro-F1 in points)."""
+    values = _per_seed_arms(data, "macro_f1")
+    ev = Evidence(values)
+    crit = {"a_train": baseline("baseline (a): the labelled training set only"),
+            "b_unguided": baseline("baseline (b): unguided generation, same budget"),
+            "c_pgkd": Criterion("Works if (c) > (b) >= (a) on macro-F1.", "llm.md row 40 (5 seeds)", 5, (
+                margin("c_pgkd", "b_unguided", 0.0, strict=True), margin("b_unguided", "a_train", 0.0)))}
+    return judge_all(crit, ev, list(values))
+
+
 #: result file -> (table title, verdict function)
 FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = {
     "anomaly_rd": ("Texture anomaly detection, reverse distillation", anomaly_verdicts),
@@ -390,4 +454,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
     "llm_dense2moe": ("SmolLM2 FFN -> MoE (Dense2MoE)", dense2moe_verdicts),
     "llm_leader": ("SST-2, LLM states -> TextCNN (LEADER)", leader_verdicts),
+    "symbolic_kd_sst2": ("SST-2, symbolic KD", symbolic_kd_verdicts),
+    "rationale_kd_sst2": ("SST-2, rationale KD", rationale_kd_verdicts),
+    "pgkd_sst5": ("SST-5, PGKD", pgkd_verdicts),
 }
