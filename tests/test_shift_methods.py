@@ -176,7 +176,7 @@ def test_rectified_label_and_loss_hand_values():
     loss_t, _ = prototype_rectified_kd(p_t, z, h, eta, 1.0, threshold=0.98)  # only row 0 (0.993) is confident enough
     assert float(loss_t) == pytest.approx(float(manual[0]), rel=1e-6)
     none, _ = prototype_rectified_kd(p_t, z.requires_grad_(), None, None, 1.0, threshold=0.99)
-    assert float(none) == 0.0 and none.requires_grad
+    assert float(none.detach()) == 0.0 and none.requires_grad
 
 
 # ---- ProKD gradient flow ------------------------------------------------------------------------------------------
@@ -235,9 +235,9 @@ def test_prokd_recipe_validates_and_names_a_bad_key(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from prokd_sst2 import read_recipe
 
-    recipe = read_recipe(REPO / "configs" / "continual" / "prokd_sst2.yaml")
+    recipe = read_recipe(REPO / "configs" / "shift" / "prokd_sst2.yaml")
     assert recipe.target_domain.name == "char_noise" and recipe.settings.stage2_epochs > 0
-    bad = (REPO / "configs" / "continual" / "prokd_sst2.yaml").read_text().replace("tau_p:", "tau_q:")
+    bad = (REPO / "configs" / "shift" / "prokd_sst2.yaml").read_text().replace("tau_p:", "tau_q:")
     (tmp_path / "bad.yaml").write_text(bad)
     with pytest.raises(SystemExit, match=r"settings\.tau_q: unknown key"):
         read_recipe(tmp_path / "bad.yaml")
