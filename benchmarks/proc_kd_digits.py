@@ -105,6 +105,7 @@ def report() -> dict[str, Any]:
 
     for r in rows:
         m = "-" if r["mean"] is None else f"{r['mean']:.2f} +- {r['sd']:.2f}"
+        m = f"{r['mean']:.2f} (1 seed)" if r["seeds"] == 1 else m
         lines.append(f"| {r['arm']} | {r['seeds']} | {m} | {fmt(r.get('vs_scratch'))} | {fmt(r.get('vs_fitnet'))} |")
     lines += ["", f"Verdict (spec: beats scratch by > 2 std and >= FitNet): **{verdict}**", ""]
     (RESULTS / "proc_kd_digits.md").write_text("\n".join(lines))

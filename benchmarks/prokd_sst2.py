@@ -259,6 +259,7 @@ def report() -> dict[str, Any]:
              "", "| arm | seeds | target accuracy (mean +- sd) | paired vs kd (95% CI) |", "|---|---|---|---|"]
     for r in rows:
         m = "-" if r["mean"] is None else f"{r['mean']:.2f} +- {r['sd']:.2f}"
+        m = f"{r['mean']:.2f} (1 seed)" if r["seeds"] == 1 else m
         lines.append(f"| {r['arm']} | {r['seeds']} | {m} | {fmt(r.get('vs_kd'))} |")
     lines += ["", "| component (paired) | mean [95% CI] |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in comps.items()]
