@@ -236,9 +236,12 @@ def report() -> dict[str, Any]:
     if min(len(acc[a]) for a in STUDENT_ARMS) >= 3:
         gain = comps["prokd - kd"]["mean"]
         al, pt = comps["alignment: kd_pa - kd"]["mean"], comps["self-training: prokd - kd_pa"]["mean"]
-        ok = gain >= 1.0 and al >= 0 and pt >= 0
-        verdict = (f"{'works' if ok else 'missed'}: ProKD - KD = {gain:+.2f} points (needs >= +1), alignment "
-                   f"{al:+.2f}, prototypical self-training {pt:+.2f} (each needs >= 0)")
+        lo = comps["prokd - kd"]["ci95"][0]
+        # Protocol rule 10 (benchmarks/verdicts.py): a claimed gain needs its paired 95% interval above zero
+        word = ("missed" if gain < 1.0 or al < 0 or pt < 0 else "works" if lo > 0 else "not established")
+        verdict = (f"{word}: ProKD - KD = {gain:+.2f} points (needs >= +1; 95% CI lower end {lo:+.2f}), alignment "
+                   f"{al:+.2f}, prototypical self-training {pt:+.2f} (each needs >= 0); the w = 1 arm equals KD "
+                   f"from the aligned teacher (threshold 0: y~ = p_T), so the prototypes' share is prokd - kd_pa")
     src = [e["teacher_source_test"]["ce"] for e in extra.values()]
     out = {"benchmark": "prokd_sst2", "recipe": "configs/shift/prokd_sst2.yaml",
            "metric": "accuracy (%) on the SST-2 test split through the target transform", "rows": rows,
@@ -263,7 +266,13 @@ def report() -> dict[str, Any]:
         lines.append(f"| {r['arm']} | {r['seeds']} | {m} | {fmt(r.get('vs_kd'))} |")
     lines += ["", "| component (paired) | mean [95% CI] |", "|---|---|"]
     lines += [f"| {k} | {fmt(v)} |" for k, v in comps.items()]
-    lines += ["", f"Verdict (spec: ProKD >= KD + 1 and each component >= 0): **{verdict}**", ""]
+    lines += ["", f"Verdict (spec: ProKD >= KD + 1 and each component >= 0): **{verdict}**", "",
+              "Notes: the CE teacher loses about 20 points from the clean test split to the target (the spec asks "
+              "for 8-15; char_noise rate 0.7 was set without a sweep, a smaller rate would give a milder shift). "
+              "Every student stays below the direct-transfer teacher: the bag-of-embeddings student is much weaker "
+              "than MiniLM on noisy word pieces, so the comparison is between students at equal budget. "
+              "st_uniform equals kd_pa by construction here (threshold 0 and w = 1 give y~ = p_T, the KD target).",
+              ""]
     (RESULTS / "prokd_sst2.md").write_text("\n".join(lines))
     return out
 
