@@ -2,7 +2,9 @@
 
 ``digits``: scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes; shipped inside scikit-learn, no
 download), as (N, 1, 8, 8) images scaled to [0, 1] and standardised with the training rows' mean and standard
-deviation; a stratified split, one third of each class held out for test, fixed by ``data_seed``.
+deviation; a stratified split, one third of each class held out for test, fixed by ``data_seed``; with
+``train_per_class`` n, n rows of each class (drawn by ``data_seed``) train and every other row is the test set (the
+few-label setting of a new label space).
 
 ``cifar10_jpeg``: the CIFAR-10 JPEG image folders (``train/<class>/*.jpg``, ``test/<class>/*.jpg``, read from the tar
 archive or a folder at ``path``; ``builtin:cifar10_demo.tar.gz`` is the small subset shipped in the package),
@@ -22,7 +24,7 @@ import torch
 from distill.streams.stream import Dataset
 
 
-def digits(data_seed: int = 0, test_fraction: float = 1 / 3) -> Dataset:
+def digits(data_seed: int = 0, test_fraction: float = 1 / 3, train_per_class: int | None = None) -> Dataset:
     """scikit-learn's digits as images (see the module docstring)."""
     try:
         from sklearn.datasets import load_digits
@@ -35,7 +37,12 @@ def digits(data_seed: int = 0, test_fraction: float = 1 / 3) -> Dataset:
     test = np.zeros(len(y), dtype=bool)
     for c in np.unique(y):
         rows = rng.permutation(np.flatnonzero(y == c))
-        test[rows[: int(round(len(rows) * test_fraction))]] = True
+        if train_per_class is not None:
+            if not 0 < train_per_class < len(rows):
+                raise ValueError(f"train_per_class: {train_per_class} is not in 1..{len(rows) - 1} (class {c})")
+            test[rows[train_per_class:]] = True
+        else:
+            test[rows[: int(round(len(rows) * test_fraction))]] = True
     xt = torch.from_numpy(x[~test])
     mean, std = xt.mean(), xt.std()
     norm = lambda a: (torch.from_numpy(a) - mean) / std  # noqa: E731

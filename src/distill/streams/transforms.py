@@ -10,8 +10,11 @@ Registered by name in :data:`DOMAIN_TRANSFORMS`; a stream config names them (``d
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +74,59 @@ def upper_swap(text: str) -> str:
     return text.upper().translate(str.maketrans({"A": "4", "E": "3", "O": "0"}))
 
 
+@dataclass(frozen=True)
+class CharNoise:
+    """A fixed character-noise "dialect" (the synthetic target language of the ProKD demonstration, text-graph.md
+    row 10): each word of at least ``min_length`` characters is rewritten with probability ``rate`` by one edit,
+    a swap of two adjacent characters, a dropped character or a duplicated one, at a position; whether a word is
+    rewritten, the edit and the position are a function of (``seed``, the word) only (a keyed BLAKE2 hash), so the
+    same word is always written the same way, in training and at test, in every process. Words are maximal runs of
+    letters and digits; spaces and punctuation are kept."""
+
+    rate: float = 0.5
+    seed: int = 0
+    min_length: int = 4
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate: {self.rate} is not in [0, 1]")
+        if self.min_length < 2:
+            raise ValueError(f"min_length: {self.min_length} is below 2")
+
+    def word(self, w: str) -> str:
+        if len(w) < self.min_length:
+            return w
+        h = hashlib.blake2b(w.encode("utf-8"), digest_size=16, key=str(self.seed).encode()).digest()
+        if int.from_bytes(h[:8], "big") / 2**64 >= self.rate:
+            return w
+        op, pos = h[8] % 3, int.from_bytes(h[9:13], "big")
+        if op == 0:  # swap w[i], w[i + 1]
+            i = pos % (len(w) - 1)
+            return w[:i] + w[i + 1] + w[i] + w[i + 2:]
+        i = pos % len(w)
+        if op == 1:  # drop w[i]
+            return w[:i] + w[i + 1:]
+        return w[:i + 1] + w[i] + w[i + 1:]  # duplicate w[i]
+
+    def __call__(self, text: str) -> str:
+        return _WORD.sub(lambda m: self.word(m.group(0)), text)
+
+
+_WORD = re.compile(r"\w+")
+
+
+def text_transform(name: str, **options: Any) -> Callable[[str], str]:
+    """The text transform registered as ``name`` (see :data:`TEXT_DOMAINS`), built with ``options`` (``char_noise``:
+    ``rate``, ``seed``, ``min_length``; the others take none)."""
+    if name not in TEXT_DOMAINS:
+        raise ValueError(f"unknown text domain {name!r}; allowed: {', '.join(TEXT_DOMAINS)}")
+    if name == "char_noise":
+        return CharNoise(**options)
+    if options:
+        raise ValueError(f"text domain {name!r} takes no options, got {sorted(options)}")
+    return TEXT_DOMAINS[name]
+
+
 def image_transform(name: str, channels: int, seed: int = 0) -> ImageTransform:
     """The image transform registered as ``name`` (see :data:`IMAGE_DOMAINS`)."""
     if name not in IMAGE_DOMAINS:
@@ -85,4 +141,5 @@ IMAGE_DOMAINS: dict[str, ImageTransform] = {
     "identity": identity, "grayscale": grayscale, "invert": invert, "blur": blur, "jitter": identity,
 }
 #: the text domains
-TEXT_DOMAINS: dict[str, Callable[[str], str]] = {"identity": lambda s: s, "upper_swap": upper_swap}
+TEXT_DOMAINS: dict[str, Callable[[str], str]] = {"identity": lambda s: s, "upper_swap": upper_swap,
+                                                  "char_noise": CharNoise()}

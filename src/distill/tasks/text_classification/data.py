@@ -57,6 +57,10 @@ def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | Non
             examples = load_text_classification(path, d.format, classes)
         except TextDataError as e:
             raise ConfigError(f"data.{key}: {e}") from None
+    if d.surface_transform is not None and key in d.surface_transform.splits:
+        rewrite = d.surface_transform.build()
+        examples = TextExamples([rewrite(t) for t in examples.texts], examples.labels, examples.classes,
+                                examples.source)
     if key == "train" and d.augment is not None:
         settings = d.augment
         if settings.mask_token is None:

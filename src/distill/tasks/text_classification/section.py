@@ -2,12 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
 from distill.config import Strict
 from distill.data.text_augment import AugmentConfig
+
+
+class SurfaceTransform(Strict):
+    """A fixed surface rewrite of the texts (:func:`distill.streams.transforms.text_transform`), e.g. to score a model
+    on a shifted domain: ``char_noise`` (one seeded character edit in a ``rate`` share of the words of at least
+    ``min_length`` characters; the same word always rewritten the same way), ``upper_swap`` or ``identity``;
+    applied to the splits named in ``splits``."""
+
+    name: Literal["identity", "upper_swap", "char_noise"]
+    rate: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = 0
+    min_length: int = Field(4, ge=2)
+    splits: list[Literal["train", "eval"]] = ["train", "eval"]
+
+    def build(self) -> Any:
+        from distill.streams.transforms import text_transform
+
+        if self.name == "char_noise":
+            return text_transform(self.name, rate=self.rate, seed=self.seed, min_length=self.min_length)
+        return text_transform(self.name)
 
 
 class TextClassificationData(Strict):
@@ -21,7 +41,8 @@ class TextClassificationData(Strict):
 
     ``format: jsonl | parquet | arrow`` (and ``csv`` when a column is named) read the files with Hugging Face
     ``datasets`` (docs/data.md): the texts in ``text_column`` and the labels in ``label_column`` (by default the
-    first column named like text/sentence and label/labels)."""
+    first column named like text/sentence and label/labels). ``surface_transform`` rewrites the texts of the named
+    splits with a fixed text transform (:class:`SurfaceTransform`), before any augmentation and tokenisation."""
 
     train: str
     eval: str | None = None
@@ -33,3 +54,4 @@ class TextClassificationData(Strict):
     augment: AugmentConfig | None = None
     augment_labels: Literal["teacher", "source"] = "teacher"
     aspects: str | None = None
+    surface_transform: SurfaceTransform | None = None
