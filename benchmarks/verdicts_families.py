@@ -265,6 +265,38 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return out
 
 
+def _row_values(data: dict[str, Any]) -> dict[str, dict[int, float]]:
+    """``rows: [{"arm", "per_seed": {seed: x}}]`` (the shift demonstrations) -> ``values[arm][seed]``."""
+    return {r["arm"]: {int(k): float(v) for k, v in r["per_seed"].items()} for r in data.get("rows", [])}
+
+
+def prokd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 10, ProKD on SST-2 through the ``char_noise`` target transform (``benchmarks/prokd_sst2.py``; target
+    accuracy in points)."""
+    ev = Evidence(_row_values(data))
+    quote = "Works if full ProKD beats vanilla KD by >= 1 point and each component is non-negative."
+    crit = {"direct": baseline("reference (the source teacher applied to the target)"),
+            "teacher_pa": baseline("reference (the aligned teacher on the target)"),
+            "kd": baseline("baseline (vanilla KD)"), "kd_pa": baseline("component (KD from the aligned teacher)"),
+            "st_uniform": baseline("component (self-training without prototypes)"),
+            "prokd": Criterion(quote, "text-graph.md row 10 (reconstructed; SST-2 + char_noise)", 3, (
+                margin("prokd", "kd", 1.0), margin("kd_pa", "kd", 0.0, label="alignment: kd_pa"),
+                margin("prokd", "kd_pa", 0.0, label="prototypical self-training: prokd")))}
+    return judge_all(crit, ev, _rows(ev.values, "prokd"))
+
+
+def proc_kd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 21, ProC-KD from the CIFAR-10 ResNet-56 into digits (``benchmarks/proc_kd_digits.py``; accuracy in
+    points; ``proc_kd`` reads the augmented head as the official inference does, ``proc_kd_zs`` the plain head)."""
+    ev = Evidence(_row_values(data))
+    quote = "Works if ProC-KD beats scratch by more than 2 std and is at least as good as FitNet."
+    crit = {"scratch": baseline("baseline (CE from scratch)"), "fitnet": baseline("baseline (FitNet)"),
+            "proc_kd_zs": baseline("variant (the same model read from its plain head)"),
+            "proc_kd": Criterion(quote, "text-graph.md row 21 (reconstructed loss; digits as the new label space)", 3,
+                                 (beats_spread("proc_kd", "scratch"), margin("proc_kd", "fitnet", 0.0)))}
+    return judge_all(crit, ev, _rows(ev.values, "proc_kd"))
+
+
 def meta_dmoe_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Row 22, Meta-DMoE (``benchmarks/meta_dmoe.py``; accuracy in points, the mean over the target domains)."""
     values: dict[str, dict[int, float]] = {}
@@ -451,6 +483,8 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "continual_cifar10": ("Continual and novel-class CIFAR-10", continual_verdicts),
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
     "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
+    "prokd_sst2": ("SST-2 -> char_noise SST-2, ProKD", prokd_verdicts),
+    "proc_kd_digits": ("CIFAR-10 teacher -> digits, ProC-KD", proc_kd_verdicts),
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
     "llm_dense2moe": ("SmolLM2 FFN -> MoE (Dense2MoE)", dense2moe_verdicts),
     "llm_leader": ("SST-2, LLM states -> TextCNN (LEADER)", leader_verdicts),
