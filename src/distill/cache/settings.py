@@ -17,9 +17,10 @@ class CacheSettings:
     augments); ``features``: teacher taps to store; ``dtype``: float storage type; ``seed``: the augmentation
     replay's seed; ``hidden``: store, instead of logits, the teacher's final hidden states (the input of its output
     head, per token) and its output head once per cache, so the exact dense logits are recomputed a chunk of tokens
-    at a time during training (causal LMs: H x dtype bytes per token instead of V x dtype). How a run opens it: ``path`` (the cache folder), ``build`` (``if_missing``: build when there is no
-    finished cache; ``always``: rebuild; ``never``: only open), ``batch_size`` of the build, ``verify`` (check every
-    shard's sha256 on opening). Only the first six are part of the cache's fingerprint."""
+    at a time during training (causal LMs: H x dtype bytes per token instead of V x dtype). How a run opens it:
+    ``path`` (the cache folder), ``build`` (``if_missing``: build when there is no finished cache; ``always``:
+    rebuild; ``never``: only open), ``batch_size`` of the build, ``verify`` (check every shard's sha256 on
+    opening). Only the first six are part of the cache's fingerprint."""
 
     __pydantic_config__ = ConfigDict(extra="forbid", allow_inf_nan=False)
 

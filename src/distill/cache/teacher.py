@@ -4,9 +4,9 @@
 logits, its top-k log-probabilities (served as :class:`~distill.core.topk.TopKLogits`, whose divergences keep
 the tail mass) or, for a language model (``hidden``), its final hidden states with its output head stored once
 (served as :class:`~distill.core.hidden.HiddenStates`: the chunked losses recompute the exact dense logits a few
-hundred tokens at a time, at H instead of V values per token), plus any requested features. :class:`TeacherCache` is a teacher source
-(``source(batch, task, taps) -> ModelOutput``) that looks the outputs up by ``batch.indices`` instead of running
-the teacher.
+hundred tokens at a time, at H instead of V values per token), plus any requested features.
+:class:`TeacherCache` is a teacher source (``source(batch, task, taps) -> ModelOutput``) that looks the outputs up
+by ``batch.indices`` instead of running the teacher.
 
 Random augmentation (the FKD idea, Shen & Xing, ECCV 2022): the build draws K augmentation parameter sets per
 example from a seed (a replay) and stores the teacher's output on each of the K views. In training the cache is
