@@ -40,6 +40,7 @@ from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
 
 from distill.core.family import FAMILIES  # noqa: E402
+from distill.core.hidden import HiddenStates  # noqa: E402
 from distill.experiment import Experiment, resolve_path  # noqa: E402
 from distill.llm.models import load_gguf_model  # noqa: E402
 from distill.train.evaluate import evaluate_model  # noqa: E402
@@ -72,8 +73,9 @@ def teacher_eval(path: Path, sets: list[str], work: Path) -> tuple[dict[str, Any
     teacher = load_gguf_model(resolve_path(cfg.data.tokenizer, cfg.base_dir))
     with torch.no_grad():
         metrics = evaluate_model(teacher, task, val, batch_size=4, device="cpu")
-        top1 = torch.cat([task.forward(teacher, task.fetch(val, torch.arange(i, min(i + 4, len(val))))).argmax(-1)
-                          for i in range(0, len(val), 4)])
+        outs = (task.forward(teacher, task.fetch(val, torch.arange(i, min(i + 4, len(val)))))
+                for i in range(0, len(val), 4))  # logits, or hidden states and head (data.chunk_tokens)
+        top1 = torch.cat([o.argmax() if isinstance(o, HiddenStates) else o.argmax(-1) for o in outs])
     record = {"val_perplexity": round(metrics["perplexity"], 3), "val_nll": round(metrics["nll"], 5)}
     work.mkdir(parents=True, exist_ok=True)
     torch.save({"metrics": record, "top1": top1}, saved)
