@@ -12,10 +12,11 @@ training blocks, batch 16 x 128 tokens, 596 steps = 1.22M tokens per arm; see ``
 :mod:`tinyshakespeare`'s (teacher evaluation, evaluation of a trained run, stores' sizes, one cache folder per
 stored form); this script adds seeds, a work queue shared by processes, the TAID t curve and the table.
 
-1. Teacher stores (``--stores``), paid once: the teacher runs once over the training blocks into the hidden-state
-   store (``teacher.cache.hidden``: its final hidden states in float32 and its output head, from which the exact
-   dense logits are recomputed; arm ``fkl_dense``); the top-64 store is derived from it (its top 64
-   log-probabilities, float16), and top-8 and top-1 from the top-64 one, with no second teacher pass.
+1. Teacher stores and the teacher's own evaluation (``--stores``), paid once: the teacher runs once over the
+   training blocks into the hidden-state store (``teacher.cache.hidden``: its final hidden states in float32 and
+   its output head, from which the exact dense logits are recomputed; arm ``fkl_dense``); the top-64 store is
+   derived from it (its top 64 log-probabilities, float16), and top-8 and top-1 from the top-64 one, with no
+   second teacher pass. Then the teacher's perplexity and top-1 tokens on the held-out blocks.
 2. Arms x seeds 0, 1, 2, seed-major (every arm's seed 0 first). Each process claims an (arm, seed) with a file in
    ``<work>/claims`` (a claim of a process that died is taken over), trains it single-threaded, writes its record to
    the JSON at once (under a lock, merged with what other processes wrote) and renders the table.
@@ -261,7 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run in a temp folder")
     ap.add_argument("--measure", action="store_true", help="seconds per step of each arm kind (8 steps each)")
-    ap.add_argument("--stores", action="store_true", help="build the teacher stores, then exit")
+    ap.add_argument("--stores", action="store_true",
+                    help="build the teacher stores and evaluate the teacher, then exit")
     ap.add_argument("--render", action="store_true", help="regenerate the table from the JSON, then exit")
     ap.add_argument("--configs", type=Path, default=CONFIGS)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
@@ -314,11 +316,12 @@ def main(argv: list[str] | None = None) -> None:
                                                             for f in _forms(arms)):
         stores = build_stores(arms, overrides)
         res["stores"].update(stores)
-        if args.stores:
-            _save(json_path, res)
-            log(f"stores: {json.dumps(stores, indent=1)}")
-            return
+        log(f"stores: {json.dumps(stores, indent=1)}")
+    # the teacher on the held-out blocks, once (kept in the work folder; --stores computes it before the workers)
     res["teacher"], top1 = teacher_eval(arms.get("ce", next(iter(arms.values()))), [*sets, "seed=0"], work)
+    if args.stores:
+        _save(json_path, res)
+        return
     curves: dict[str, Any] = {}
 
     def before_fit(arm: str, exp: Experiment) -> dict[str, Any]:
