@@ -194,3 +194,34 @@ def test_the_config_refuses_hidden_without_an_output_head_or_a_chunked_path(monk
         parse_config(dense)
     with pytest.raises(ConfigError, match=r"^teacher\.cache\.hidden: "):
         parse_config(_lm_raw(hidden="yes"))
+
+
+def test_a_soft_capped_teacher_is_stored_with_its_cap_and_served_exactly(tmp_path):
+    """Gemma 2's logits are 30 tanh(z / 30) of its head's output z (``final_logit_softcapping``): the cap is read from
+    the config, checked against the model's own logits, stored in the manifest and applied when the logits are
+    recomputed, so the store still gives the live teacher's losses and gradients."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.Gemma2Config(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=48, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                    final_logit_softcapping=2.0, max_position_embeddings=64, pad_token_id=0)
+    torch.manual_seed(0)
+    teacher = transformers.Gemma2ForCausalLM(cfg).eval()
+    with torch.no_grad():
+        teacher.get_output_embeddings().weight.mul_(40.0)  # raw logits well past the cap, so it matters
+    data, chunked, dense = lm_data(), CausalLM(VOCAB, chunk_tokens=5), CausalLM(VOCAB)
+    batch = chunked.prepare(chunked.fetch(data, torch.tensor([0, 2, 4])), train=True, generator=None)
+    with torch.no_grad():
+        live = dense.forward(teacher, batch)
+        raw = teacher.get_output_embeddings()(teacher.get_decoder()(**{k: batch.inputs[k] for k in
+                                                                       ("input_ids", "attention_mask")})[0])
+    assert float(raw.abs().max()) > 4.0 and float(live.abs().max()) <= 2.0  # the cap acts
+    cache = build(tmp_path / "g", teacher, chunked, data, CacheSettings(hidden=True))
+    assert cache.meta["logit_softcap"] == 2.0 and cache.meta["logit_scale"] == 1.0
+    served = cache(batch, chunked)
+    torch.testing.assert_close(served.hidden.dense(), live, rtol=1e-5, atol=1e-5)
+    student = tiny_lm(seed=1)
+    ref = loss_and_grads("fkl", {}, student, ModelOutput.of(live), dense, batch)
+    got = loss_and_grads("fkl", {}, student, served, chunked, batch)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-6)
+    for n in ref[1]:
+        torch.testing.assert_close(got[1][n], ref[1][n], rtol=1e-5, atol=1e-6, msg=n)

@@ -240,8 +240,8 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                         raise CacheError(
                             "teacher.cache.hidden: the teacher gave logits, not its final hidden states and output "
                             "head (the task returns them with data.chunk_tokens; a model whose logits are not its head "
-                            "applied to its hidden states, e.g. a soft-cap or logit scale, cannot be stored this way): "
-                            "drop teacher.cache.hidden")
+                            "applied to its hidden states, with the logit scale and soft-cap its config names, cannot "
+                            "be stored this way): drop teacher.cache.hidden")
                     values["hidden"] = out.hidden.hidden.float()
                     head = head if head is not None else out.hidden
                     num_classes = out.hidden.vocab_size
@@ -292,6 +292,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
         if head.bias is not None:
             extras["head_bias"] = head.bias.detach().float().cpu()
         meta["hidden_size"] = int(head.weight.shape[1])
+        meta["logit_scale"], meta["logit_softcap"] = float(head.scale), head.softcap
     fingerprint = cache_fingerprint(teacher, task, data, settings)
     return writer.close(fingerprint, meta, extras)
 
@@ -485,7 +486,8 @@ class TeacherCache:
         in chunks (``task.chunk_tokens``), else as the dense logits they stand for."""
         weight, bias = self.head(hidden.device)
         chunk = getattr(task, "chunk_tokens", None)
-        states = HiddenStates(hidden, weight, bias, self.num_classes, int(chunk) if chunk else 256)
+        states = HiddenStates(hidden, weight, bias, self.num_classes, int(chunk) if chunk else 256,
+                              float(self.meta.get("logit_scale", 1.0)), self.meta.get("logit_softcap"))
         if chunk:
             return ModelOutput(None, feats, hidden=states)  # type: ignore[arg-type]
         return ModelOutput(states.dense(), feats)

@@ -76,7 +76,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             z = torch.nn.functional.linear(h, weight, bias).float()
             with torch.enable_grad():
                 z.requires_grad_(grads)
-                d = row_loss(states.align(z), part).sum()
+                d = row_loss(states.align(states.transform(z)), part).sum()
             if grads:
                 (g,) = torch.autograd.grad(d, z)
                 with torch.autocast(h.device.type, enabled=False):  # in the parameters' own dtypes
