@@ -136,9 +136,12 @@ def arm_overrides(recipe: Path, run_dir: Path, work: Path, seed: int, sets: list
 
 
 def cache_stats(path: Path, tokens: int) -> dict[str, Any]:
-    """Size of a teacher cache folder and, for a top-k cache, the teacher's mean tail mass outside its top k."""
+    """Size of a teacher cache folder (bytes per token: of the per-example shards; what is stored once, such as a
+    hidden-state cache's output head, apart) and, for a top-k cache, the teacher's mean tail mass outside its
+    top k."""
     manifest = json.loads((path / "manifest.json").read_text())
     size = sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".npy")
+    once = sum(f.stat().st_size for f in path.glob("extra-*.npy"))  # stored once per cache (a model's head)
     k = manifest["meta"].get("k")
     build = manifest["meta"].get("build_seconds")
     tail = None
@@ -153,8 +156,8 @@ def cache_stats(path: Path, tokens: int) -> dict[str, Any]:
         name = f"top-{k} ({manifest['tensors']['topk_indices']['dtype']} ids + float16 log-probs)"
     else:
         name = f"dense ({manifest['tensors']['logits']['dtype']})"
-    return {"name": name, "megabytes": size / 1e6, "bytes_per_token": size / tokens, "mean_tail_mass": tail,
-            "build_seconds": build}
+    return {"name": name, "megabytes": size / 1e6, "bytes_per_token": (size - once) / tokens,
+            "once_megabytes": once / 1e6, "mean_tail_mass": tail, "build_seconds": build}
 
 
 def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:

@@ -248,12 +248,13 @@ def render(res: dict[str, Any], path: Path, command: str) -> None:
                          f"{m['t_max_above_floor']:+.5f} | {m['t_steps_above_floor']:.0f} of {steps:.0f} |")
     if res.get("stores"):
         lines += ["", "Teacher stores (training blocks):", "",
-                  "| store | size (MB) | bytes/token | build (s) | teacher mean tail mass outside top k |",
-                  "|---|---:|---:|---:|---:|"]
+                  "| store | size (MB) | of which stored once (MB) | bytes/token | build (s) | teacher mean tail mass "
+                  "outside top k |", "|---|---:|---:|---:|---:|---:|"]
         for s in res["stores"].values():
             tail = "-" if s.get("mean_tail_mass") is None else f"{s['mean_tail_mass']:.4f}"
             build = "-" if s.get("build_seconds") is None else f"{s['build_seconds']:.0f}"
-            lines.append(f"| {s['name']} | {s['megabytes']:.1f} | {s['bytes_per_token']:.0f} | {build} | {tail} |")
+            lines.append(f"| {s['name']} | {s['megabytes']:.1f} | {s.get('once_megabytes', 0):.1f} | "
+                         f"{s['bytes_per_token']:.0f} | {build} | {tail} |")
     lines.append("")
     path.write_text("\n".join(lines))
 
