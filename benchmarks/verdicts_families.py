@@ -9,6 +9,7 @@ interval above zero, too few seeds or a missing control arm is pending. ``FAMILY
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +23,7 @@ from verdict_checks import (
     Evidence,
     Verdict,
     baseline,
+    beats_spread,
     fact_check,
     judge_all,
     margin,
@@ -206,8 +208,8 @@ def diswot_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
 
 # -- many teachers, streams and shifts (issue 20) ----------------------------------------------------------------
 def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
-    """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on sklearn digits (``benchmarks/continual_digits.py``;
-    points). Row keys ``<suite>/<arm>``."""
+    """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on CIFAR-10 JPEG or sklearn digits
+    (``benchmarks/continual.py``; points). Row keys ``<suite>/<arm>``."""
     seeds = data.get("seeds", [0, 1, 2])
     suites = data["suites"]
 
@@ -321,6 +323,122 @@ def uld_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, list(values))
 
 
+def dense2moe_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 11, Dense2MoE on SmolLM2-135M / tinyshakespeare (``benchmarks/llm_dense2moe.py``; held-out perplexity,
+    lower is better). The first part is relative: (pruned - MoE) / pruned per seed, in %."""
+    values: dict[str, dict[int, float]] = {}
+    entropy: list[float] = []
+    for name, r in data["runs"].items():
+        arm, _, seed = name.partition("/seed=")
+        values.setdefault(arm, {})[int(seed)] = float(r["perplexity"])
+        if arm == "moe_taylor" and r.get("entropy"):
+            entropy.append(statistics.mean(r["entropy"]))
+    rel = {s: 100.0 * (values["pruned"][s] - v) / values["pruned"][s]
+           for s, v in values.get("moe_taylor", {}).items() if s in values.get("pruned", {})}
+    ev = Evidence(values, higher=False, facts={"entropy": statistics.mean(entropy) if entropy else None},
+                  metrics={"relative": Evidence({"moe_taylor": rel, "pruned": dict.fromkeys(rel, 0.0)})})
+    bar = 0.9 * math.log(12)
+    quote = ("Works if MoE perplexity is lower than pruned-dense perplexity at equal active parameters (>= 5 % "
+             "relative), the shared-only model with Taylor init has lower perplexity than with random init, and "
+             "expert-usage entropy is >= 0.9 ln 12 when L_bal is on.")
+    layers = data.get("settings", {}).get("layers")
+    crit = {"pruned": baseline("baseline (pruned dense FFN, equal active parameters)"),
+            "joint": baseline("control (joint instead of two-stage training)"),
+            "moe_random": baseline("control (random split)"),
+            "shared_random": baseline("control (shared expert only, random split)"),
+            "shared_taylor": baseline("control (shared expert only, Taylor split; part of the criterion)"),
+            "moe_taylor": Criterion(quote, f"pipelines.md row 11 (layers {layers} converted)", 3, (
+                on("relative", margin("moe_taylor", "pruned", 5.0, label="relative perplexity gain (%) moe_taylor")),
+                margin("shared_taylor", "shared_random", 0.0, strict=True, label="shared-only Taylor"),
+                fact_check("entropy", lambda x: x >= bar,
+                           lambda x: f"expert-usage entropy {x:.2f} (needs >= {bar:.2f})")))}
+    return judge_all(crit, ev, _rows(values, "moe_taylor"))
+
+
+def leader_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 31, LEADER on SST-2 (``benchmarks/llm_leader.py``; dev accuracy in points, arms by alpha)."""
+    values = {f"alpha={a}": {i: 100.0 * v for i, v in enumerate(r["per_seed"])} for a, r in data["arms"].items()}
+    ev = Evidence(values)
+    quote = "Works if mean(alpha = 0.4) - mean(alpha = 0) exceeds the pooled seed standard deviation."
+
+    def exceeds(ev: Evidence, seeds: int) -> Verdict:
+        a, b = ev.values.get("alpha=0.4", {}), ev.values.get("alpha=0.0", {})
+        if len(a) < seeds or len(b) < seeds:
+            return Verdict(PENDING, f"seeds: alpha=0.4 {len(a)}, alpha=0.0 {len(b)} of {seeds}")
+        pooled = math.sqrt((statistics.variance(a.values()) + statistics.variance(b.values())) / 2)
+        diff = statistics.mean(a.values()) - statistics.mean(b.values())
+        return Verdict(WORKS if diff > pooled else MISSED,
+                       f"mean(alpha=0.4) - mean(alpha=0) {diff:+.2f} points vs pooled sd {pooled:.2f}")
+
+    crit = {"alpha=0.0": baseline("baseline (no LEADER term)"), "alpha=0.1": baseline("variant (alpha 0.1)"),
+            "alpha=0.4": Criterion(quote, "llm.md row 31 (frozen SmolLM2 states, TextCNN student)", 5,
+                                   (with_arms(exceeds, "alpha=0.4", "alpha=0.0"),))}
+    return judge_all(crit, ev, list(values))
+
+
+def _per_seed_arms(data: dict[str, Any], key: str) -> dict[str, dict[int, float]]:
+    """``per_seed[seed]["arms"][arm][key]`` (the LLM data rows' scripts) -> ``values[arm][seed]`` in points."""
+    values: dict[str, dict[int, float]] = {}
+    for seed, rec in data.get("per_seed", {}).items():
+        for arm, r in rec.get("arms", {}).items():
+            if key in r:
+                values.setdefault(arm, {})[int(seed)] = 100.0 * float(r[key])
+    return values
+
+
+def symbolic_kd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 43, symbolic KD on SST-2 (``benchmarks/symbolic_kd_sst2.py``; dev accuracy in points)."""
+    values = _per_seed_arms(data, "accuracy")
+    teacher = data.get("teacher", {}).get("accuracy")
+    ev = Evidence(values, facts={"teacher": None if teacher is None else 100.0 * teacher})
+    quote = ("Works if (c) > (b) by more than 1 seed standard deviation, and the best student > the teacher's "
+             "few-shot accuracy.")
+
+    def above_teacher(ev: Evidence, seeds: int) -> Verdict:
+        students = [a for a in ("a_unfiltered", "b_random", "c_filtered_r80", "c_filtered_r50") if a in ev.values]
+        if ev.facts["teacher"] is None or not students:
+            return Verdict(PENDING, "the teacher's few-shot accuracy or the students not measured")
+        best = max(students, key=lambda a: statistics.mean(ev.values[a].values()))
+        b = statistics.mean(ev.values[best].values())
+        return Verdict(WORKS if b > ev.facts["teacher"] else MISSED,
+                       f"best student {best} {b:.2f} vs the teacher's few-shot {ev.facts['teacher']:.2f}")
+
+    crit = {"a_unfiltered": baseline("baseline (a): every generation"),
+            "b_random": baseline("baseline (b): a random subset of (c)'s size"),
+            "c_filtered_r50": baseline("variant (critic at recall 0.5)"),
+            "d_real": baseline("reference (1,000 real labelled sentences)"),
+            "c_filtered_r80": Criterion(quote, "llm.md row 43 (a corpus of tens of generations, spec ~10k)", 3, (
+                beats_spread("c_filtered_r80", "b_random", k=1.0), above_teacher))}
+    return judge_all(crit, ev, list(values))
+
+
+def rationale_kd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 20, rationale / sequence-level KD on SST-2 (``benchmarks/rationale_kd_sst2.py``; dev accuracy in points;
+    ``*_random`` / ``*_margin``: subsets of the small n)."""
+    values = _per_seed_arms(data, "accuracy")
+    ev = Evidence(values)
+    quote = "Works if (c) > (a) at small n, and the score-selected subset >= random at equal n."
+    crit = {"a_gold": baseline("baseline (a): labels only"), "b_teacher": baseline("baseline (b): teacher labels"),
+            "c_multi": baseline("(c) multi-task at the full corpus (the criterion reads the small n)"),
+            "a_gold_random": baseline("baseline (a) at the small n"),
+            "c_multi_random": baseline("(c) on a random subset at the small n"),
+            "c_multi_margin": Criterion(quote, "llm.md row 20 (a corpus of tens of sentences, spec 5k)", 3, (
+                margin("c_multi_random", "a_gold_random", 0.0, strict=True, label="(c) at small n: c_multi_random"),
+                margin("c_multi_margin", "c_multi_random", 0.0, label="score-selected subset")))}
+    return judge_all(crit, ev, list(values))
+
+
+def pgkd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 40, PGKD on SST-5 (``benchmarks/pgkd_sst5.py``; test macro-F1 in points)."""
+    values = _per_seed_arms(data, "macro_f1")
+    ev = Evidence(values)
+    crit = {"a_train": baseline("baseline (a): the labelled training set only"),
+            "b_unguided": baseline("baseline (b): unguided generation, same budget"),
+            "c_pgkd": Criterion("Works if (c) > (b) >= (a) on macro-F1.", "llm.md row 40 (5 seeds)", 5, (
+                margin("c_pgkd", "b_unguided", 0.0, strict=True), margin("b_unguided", "a_train", 0.0)))}
+    return judge_all(crit, ev, list(values))
+
+
 #: result file -> (table title, verdict function)
 FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = {
     "anomaly_rd": ("Texture anomaly detection, reverse distillation", anomaly_verdicts),
@@ -330,7 +448,13 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
     "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
     "continual_digits": ("Continual and novel-class digits", continual_verdicts),
+    "continual_cifar10": ("Continual and novel-class CIFAR-10", continual_verdicts),
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
     "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
+    "llm_dense2moe": ("SmolLM2 FFN -> MoE (Dense2MoE)", dense2moe_verdicts),
+    "llm_leader": ("SST-2, LLM states -> TextCNN (LEADER)", leader_verdicts),
+    "symbolic_kd_sst2": ("SST-2, symbolic KD", symbolic_kd_verdicts),
+    "rationale_kd_sst2": ("SST-2, rationale KD", rationale_kd_verdicts),
+    "pgkd_sst5": ("SST-5, PGKD", pgkd_verdicts),
 }

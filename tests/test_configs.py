@@ -291,7 +291,9 @@ MADE_BY_BENCHMARK = {"sst2_makd": ("runs/sst2_makd/train4000.tsv", "runs/sst2_ma
                                    "runs/sst2_makd/shuffled.safetensors"),
                      "cranfield": ("runs/cranfield/teacher_scores.tsv", "runs/cranfield/leaf_texts.txt"),
                      "cranfield_minilm2": ("runs/cranfield_minilm2/teacher_scores.tsv",
-                                           "runs/cranfield_minilm2/leaf_texts.txt")}
+                                           "runs/cranfield_minilm2/leaf_texts.txt"),
+                     # LEADER's recipe reads the SST-2 teacher that configs/sst2/teacher.yaml trains
+                     "sst2_leader": ("runs/sst2/teacher/student.safetensors",)}
 
 
 #: the arms of each benchmark and its stage recipes (``teacher``), exactly the files of its folder

@@ -64,12 +64,18 @@ class HiddenStates:
             return logits
         return torch.cat([logits, logits.new_full((*logits.shape[:-1], missing), -math.inf)], dim=-1)
 
+    @property
+    def transforms(self) -> bool:
+        """Whether the model changes its head's output (a logit scale or soft-cap)."""
+        return self.scale != 1.0 or self.softcap is not None
+
     def transform(self, z: torch.Tensor) -> torch.Tensor:
-        """The model's logits from its head's output ``z``: times ``scale``, then soft-capped (identity by default)."""
+        """The model's logits from its head's output ``z``: times ``scale``, then soft-capped (identity by default;
+        -inf columns, ids a narrower head cannot produce, stay -inf)."""
         if self.scale != 1.0:
             z = z * self.scale
         if self.softcap is not None:
-            z = self.softcap * torch.tanh(z / self.softcap)
+            z = torch.where(torch.isinf(z), z, self.softcap * torch.tanh(z / self.softcap))
         return z
 
     def logits_of(self, rows: torch.Tensor) -> torch.Tensor:

@@ -44,6 +44,7 @@ from distill.methods.features import (  # noqa: F401
     fitnet,
     fsp,
     ft,
+    leader,
     nd,
     nst,
     ofa,

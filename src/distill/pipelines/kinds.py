@@ -171,5 +171,9 @@ class Train(StageKind):
 
 
 # the methods' kinds register themselves on import
+from distill.pipelines.methods import dense2moe as _dense2moe  # noqa: E402,F401
 from distill.pipelines.methods import diswot as _diswot  # noqa: E402,F401
 from distill.pipelines.methods import pcoreset as _pcoreset  # noqa: E402,F401
+from distill.pipelines.methods import pgkd as _pgkd  # noqa: E402,F401
+from distill.pipelines.methods import rationale_kd as _rationale_kd  # noqa: E402,F401
+from distill.pipelines.methods import symbolic_kd as _symbolic_kd  # noqa: E402,F401

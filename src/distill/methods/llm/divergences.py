@@ -38,7 +38,12 @@ from distill.core.batch import IGNORE_INDEX
 from distill.core.method import Method
 from distill.core.outputs import ModelOutput, StepInputs, require_teacher
 from distill.core.topk import Missing, TopKLogits, student_bucket_logprobs
-from distill.methods.llm.chunked import chunked_token_sum, normaliser, teacher_rows
+from distill.methods.llm.chunked import (
+    RowKernel,
+    chunked_token_sum,
+    normaliser,
+    teacher_rows,
+)
 
 Reduction = Literal["token_mean", "sum", "batch_mean", "none"]
 
@@ -261,8 +266,14 @@ class TokenDivergence(Method):
         mask = token_mask(inputs.labels, b, t, student.hidden.device)
         scale = normaliser(mask, self.reduction, inputs.num_tokens)
         rows = teacher_rows(teacher, t, mask)
-        total = chunked_token_sum(student, mask, lambda z, part: self.divergence(*self.pair_log_probs(z, rows(part))))
+        total = chunked_token_sum(student, mask, lambda z, part: self.divergence(*self.pair_log_probs(z, rows(part))),
+                                  rows, self.chunk_kernel())
         return total / scale
+
+    def chunk_kernel(self) -> RowKernel | None:
+        """The analytic values-and-gradient kernel of this divergence for chunks with a dense teacher
+        (:mod:`.chunked`), or None: autograd on each chunk."""
+        return None
 
 
 def shifted_teacher(teacher: ModelOutput, length: int) -> torch.Tensor | TopKLogits:

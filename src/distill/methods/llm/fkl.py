@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from distill.core.method import register_method
 from distill.core.topk import Missing
+from distill.methods.llm.chunked import RowKernel, forward_kl_kernel
 from distill.methods.llm.divergences import SURVEY, Reduction, TokenDivergence, forward_kl
 
 
@@ -27,3 +28,6 @@ class ForwardKL(TokenDivergence):
 
     def divergence(self, q_logp, p_logp):
         return forward_kl(q_logp, p_logp, self.ce_form)
+
+    def chunk_kernel(self) -> RowKernel:
+        return forward_kl_kernel(self.temperature, self.ce_form)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from distill.core.method import register_method
 from distill.core.topk import Missing
+from distill.methods.llm.chunked import RowKernel, forward_kl_kernel, reverse_kl_kernel
 from distill.methods.llm.divergences import Reduction, TokenDivergence, generalized_jsd
 
 
@@ -39,3 +40,10 @@ class GeneralizedJSD(TokenDivergence):
 
     def divergence(self, q_logp, p_logp):
         return generalized_jsd(q_logp, p_logp, self.beta)
+
+    def chunk_kernel(self) -> RowKernel | None:
+        if self.beta == 0.0:
+            return forward_kl_kernel(self.temperature)
+        if self.beta == 1.0:
+            return reverse_kl_kernel(self.temperature)
+        return None

@@ -8,6 +8,7 @@ https://github.com/huggingface/trl.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.methods.llm.chunked import RowKernel, reverse_kl_kernel
 from distill.methods.llm.divergences import SURVEY, TokenDivergence, reverse_kl
 
 
@@ -21,3 +22,6 @@ class ReverseKL(TokenDivergence):
 
     def divergence(self, q_logp, p_logp):
         return reverse_kl(q_logp, p_logp)
+
+    def chunk_kernel(self) -> RowKernel:
+        return reverse_kl_kernel(self.temperature)

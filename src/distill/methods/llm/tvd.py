@@ -8,6 +8,7 @@ https://github.com/arcee-ai/DistillKit.
 from __future__ import annotations
 
 from distill.core.method import register_method
+from distill.methods.llm.chunked import RowKernel, total_variation_kernel
 from distill.methods.llm.divergences import SURVEY, TokenDivergence, total_variation
 
 
@@ -20,3 +21,6 @@ class TotalVariation(TokenDivergence):
 
     def divergence(self, q_logp, p_logp):
         return total_variation(q_logp, p_logp)
+
+    def chunk_kernel(self) -> RowKernel:
+        return total_variation_kernel(self.temperature)

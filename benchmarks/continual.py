@@ -1,4 +1,5 @@
-"""Continual / novel-class demonstrations on scikit-learn digits (the fast stand-in of the spec's CIFAR-10 runs):
+"""Continual / novel-class demonstrations on CIFAR-10 JPEG (the specs' scaled runs, ``--dataset cifar10``) or on
+scikit-learn digits (the fast stand-in, ``--dataset digits``, the default):
 
 * ``ci``  (OnPro, pipelines.md row 14): class-incremental 5 x 2 classes; ER vs OCM-lite vs OnPro; final accuracy on
   all seen classes and average forgetting. Works if OnPro > OCM-lite by >= 2 points and >> ER, with lower forgetting.
@@ -10,11 +11,12 @@
 
 Every arm of a suite has the same data, steps and model; 3 seeds (the run seed: initialisation and batch order; the
 train/test split is fixed). A resumable queue: each (suite, arm, seed) run resumes from its checkpoints and its
-result is kept in benchmarks/work/continual_digits/; the tables (benchmarks/results/continual_digits.{json,md}) are
-rebuilt from whatever has finished.
+result is kept in benchmarks/work/continual_<dataset>/; the tables (benchmarks/results/continual_<dataset>.{json,md})
+are rebuilt from whatever has finished, with the verdicts of ``benchmarks/verdicts_families.py``. The recipes are
+configs/continual/<method>_<dataset>.yaml.
 
-    nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/continual_digits.py [--suites ykd ncd ci]
-    python benchmarks/continual_digits.py --report     # tables only
+    nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/continual.py [--dataset cifar10] [--suites ci]
+    python benchmarks/continual.py --report [--dataset cifar10]     # tables only
 """
 
 from __future__ import annotations
@@ -30,16 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from portable import write_json  # noqa: E402
+from verdicts_families import continual_verdicts  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
 from distill.streams.runner import build_runner  # noqa: E402
 from distill.streams.section import parse_stream_config  # noqa: E402
 
-WORK = ROOT / "benchmarks" / "work" / "continual_digits"
 RESULTS = ROOT / "benchmarks" / "results"
 SEEDS = (0, 1, 2)
-RECIPES = {"ci": "onpro_digits.yaml", "ykd": "dynamic_ykd_digits.yaml", "ncd": "crkd_digits.yaml",
-           "ncd_unfrozen": "crkd_digits.yaml"}
+DATASETS = {"digits": "scikit-learn digits", "cifar10": "CIFAR-10 JPEG"}
+DATASET = "digits"  # set by --dataset
+RECIPES = {"ci": "onpro", "ykd": "dynamic_ykd", "ncd": "crkd", "ncd_unfrozen": "crkd"}
+
+
+def work() -> Path:
+    return ROOT / "benchmarks" / "work" / f"continual_{DATASET}"
+
+
+def recipe(suite: str) -> dict[str, Any]:
+    return read_yaml(ROOT / "configs" / "continual" / f"{RECIPES[suite]}_{DATASET}.yaml")
 #: options every arm of a suite shares on top of its recipe (``ncd_unfrozen``: an extra ablation, not the spec's
 #: CPU adaptation: the trunk keeps training during discovery, so there is more for the distillation to hold)
 SUITE_OPTIONS: dict[str, dict[str, Any]] = {"ncd_unfrozen": {"freeze_trunk": False}}
@@ -61,11 +72,11 @@ AVERAGING = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
 
 
 def run_one(suite: str, arm: str, seed: int) -> dict[str, Any]:
-    raw = read_yaml(ROOT / "configs" / "continual" / RECIPES[suite])
+    raw = recipe(suite)
     raw["learner"]["options"] = {**raw["learner"].get("options", {}), **SUITE_OPTIONS.get(suite, {}),
                                  **ARMS[suite][arm]}
     raw["seed"] = seed
-    raw["output_dir"] = str(WORK / suite / arm.replace(" ", "_").replace("=", "") / f"seed{seed}")
+    raw["output_dir"] = str(work() / suite / arm.replace(" ", "_").replace("=", "") / f"seed{seed}")
     runner = build_runner(parse_stream_config(raw))
     out = runner.run(resume=True)
     last = out["tasks"][-1]
@@ -99,10 +110,10 @@ def resweep() -> None:
             if not f.exists():
                 continue
             res = json.loads(f.read_text())
-            raw = read_yaml(ROOT / "configs" / "continual" / RECIPES["ykd"])
+            raw = recipe("ykd")
             raw["learner"]["options"] = {**raw["learner"].get("options", {}), **ARMS["ykd"][arm]}
             raw["seed"] = seed
-            raw["output_dir"] = str(WORK / "ykd" / arm.replace(" ", "_").replace("=", "") / f"seed{seed}")
+            raw["output_dir"] = str(work() / "ykd" / arm.replace(" ", "_").replace("=", "") / f"seed{seed}")
             runner = build_runner(parse_stream_config(raw))
             out = runner.run(resume=True)  # the final checkpoint: nothing left to train
             assert out["tasks"] == res["tasks"], f"{f}: the checkpoint does not reproduce the stored results"
@@ -111,7 +122,7 @@ def resweep() -> None:
 
 
 def result_file(suite: str, arm: str, seed: int) -> Path:
-    return WORK / "results" / f"{suite}-{arm.replace(' ', '_').replace('=', '')}-seed{seed}.json"
+    return work() / "results" / f"{suite}-{arm.replace(' ', '_').replace('=', '')}-seed{seed}.json"
 
 
 def ms(values: list[float]) -> str:
@@ -132,10 +143,11 @@ def report() -> dict[str, Any]:
     metrics = {"ci": ["final_accuracy", "forgetting"], "ykd": ["old", "new", "all"], "ncd": ["novel", "known"],
                "ncd_unfrozen": ["novel", "known"]}
     table: dict[str, Any] = {}
-    lines = ["# Continual demonstrations on scikit-learn digits", "",
-             "Command: `nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/continual_digits.py`; "
-             "recipes in configs/continual/. Mean +- sd over the finished seeds (n), in %; paired difference vs the "
-             "baseline over the seeds both finished.", ""]
+    flag = "" if DATASET == "digits" else f" --dataset {DATASET}"
+    lines = [f"# Continual demonstrations on {DATASETS[DATASET]}", "",
+             f"Command: `nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/continual.py{flag}`; "
+             f"recipes configs/continual/*_{DATASET}.yaml. Mean +- sd over the finished seeds (n), in %; paired "
+             "difference vs the baseline over the seeds both finished.", ""]
     for suite, arms in ARMS.items():
         base = BASELINE[suite]
         key = metrics[suite][0]
@@ -167,9 +179,21 @@ def report() -> dict[str, Any]:
                     lines.append(f"| {arm} | " + " | ".join(
                         f"{ms(av[str(w)]['old'])} / {ms(av[str(w)]['new'])}" for w in AVERAGING) + " |")
             lines.append("")
-        lines += [f"Verdict: {verdict(suite, table[suite])}", ""]
-    write_json(RESULTS / "continual_digits.json", {"seeds": list(SEEDS), "suites": table})
-    (RESULTS / "continual_digits.md").write_text("\n".join(lines) + "\n")
+        if suite == "ci" and _mean(table[suite].get("OnPro", {}).get("forgetting", [])) < 0:
+            lines += ["OnPro's forgetting is negative: after task 0 its CE sees the current classes only through the "
+                      "reservoir (APF-mixed buffer batches), so a task's accuracy keeps rising after it ends.", ""]
+        if suite == "ykd" and averaging_note(table[suite]):
+            lines += [averaging_note(table[suite]), ""]
+        lines += [f"@verdict {suite}", ""]
+    data = {"seeds": list(SEEDS), "suites": table}
+    verdicts = continual_verdicts(data)
+    for suite in ARMS:
+        judged = [f"{row.split('/', 1)[1]}: **{v}**" for row, v in verdicts.items()
+                  if row.startswith(suite + "/") and v.status != "role"]
+        text = "Verdict (benchmarks/verdicts_families.py): " + "; ".join(judged) if judged else "no result yet"
+        lines[lines.index(f"@verdict {suite}")] = text
+    write_json(RESULTS / f"continual_{DATASET}.json", data)
+    (RESULTS / f"continual_{DATASET}.md").write_text("\n".join(lines) + "\n")
     return table
 
 
@@ -177,66 +201,33 @@ def _mean(xs: list[float]) -> float:
     return statistics.mean(xs) if xs else float("nan")
 
 
-def verdict(suite: str, t: dict[str, Any]) -> str:
-    if any(v["n"] < 3 for v in t.values()):
-        pending = ", ".join(f"{a} ({v['n']}/3)" for a, v in t.items() if v["n"] < 3)
-        prefix = f"incomplete, seeds pending for {pending}; on the finished seeds: "
-    else:
-        prefix = ""
-    try:
-        if suite == "ci":
-            on, ocm, er = (t[a] for a in ("OnPro", "OCM-lite", "ER"))
-            ok = (_mean(on["paired_diff"]) >= 0.02 and _mean(on["final_accuracy"]) > _mean(er["final_accuracy"])
-                  and _mean(on["forgetting"]) < _mean(ocm["forgetting"]))
-            return prefix + ("works" if ok else "does not work") + (
-                f" on the mean (OnPro - OCM-lite = {100 * _mean(on['paired_diff']):+.1f} points, "
-                f"{sum(d >= 0.02 for d in on['paired_diff'])} of {len(on['paired_diff'])} seeds >= +2; needs >= +2, "
-                "> ER and lower forgetting). OnPro's forgetting is negative: after task 0 its CE sees the current "
-                "classes only through the reservoir (APF-mixed buffer batches), so a task's accuracy keeps rising "
-                "after it ends")
-        if suite == "ykd":
-            dy, lwf = t["DynYKD"], t["LwF"]
-            d_old = _mean(dy["old"]) - _mean(lwf["old"])
-            d_new = _mean(dy["new"]) - _mean(lwf["new"])
-            av = dy.get("averaging", {})
-            olds = [_mean(av[str(w)]["old"]) for w in AVERAGING] if av else []
-            news = [_mean(av[str(w)]["new"]) for w in AVERAGING] if av else []
-            mono = bool(olds) and all(a >= b for a, b in zip(olds, olds[1:], strict=False)) and all(
-                a <= b for a, b in zip(news, news[1:], strict=False))
-            ok = d_old > 0 and d_new >= -0.02 and mono
-            text = prefix + ("works" if ok else "does not work") + (
-                f" with the trained head (w = 1): DynYKD - LwF: old {100 * d_old:+.1f}, new {100 * d_new:+.1f} "
-                f"points; averaging monotone in old accuracy: {mono}.")
-            lwf_av = lwf.get("averaging", {})
-            for arm in ("DynYKD", "DynYKD-frozen"):
-                av_arm = t[arm].get("averaging", {})
-                if not av_arm or not lwf_av:
-                    continue
-                parts = []
-                for w in AVERAGING:
-                    do = _mean(av_arm[str(w)]["old"]) - _mean(lwf_av[str(w)]["old"])
-                    dn = _mean(av_arm[str(w)]["new"]) - _mean(lwf_av[str(w)]["new"])
-                    parts.append(f"w={w}: {100 * do:+.1f}/{100 * dn:+.1f}" + (" (works)" if do > 0 and dn >= -0.02
-                                                                               else ""))
-                text += f" {arm} - LwF at the same averaging weight (old/new points): " + ", ".join(parts) + "."
-            return text
-        cr, const = t["Cr-KD"], t["Cr-KD w=1"]
-        d = _mean(cr["paired_diff"])
-        ok = d >= 0.01 and _mean(cr["novel"]) >= _mean(const["novel"])
-        return prefix + ("works" if ok else "does not work") + (
-            f" (Cr-KD - UNO = {100 * d:+.1f} points, needs >= +1; learned {100 * _mean(cr['novel']):.1f} vs "
-            f"constant {100 * _mean(const['novel']):.1f})")
-    except (KeyError, statistics.StatisticsError):
-        return "no result yet"
+def averaging_note(t: dict[str, Any]) -> str:
+    """Dynamic Y-KD (trunk trainable / frozen) minus LwF at each averaging weight w, old / new points."""
+    lwf_av = t.get("LwF", {}).get("averaging", {})
+    text = []
+    for arm in ("DynYKD", "DynYKD-frozen"):
+        av = t.get(arm, {}).get("averaging", {})
+        if not av or not lwf_av:
+            continue
+        parts = []
+        for w in AVERAGING:
+            do = _mean(av[str(w)]["old"]) - _mean(lwf_av[str(w)]["old"])
+            dn = _mean(av[str(w)]["new"]) - _mean(lwf_av[str(w)]["new"])
+            parts.append(f"w={w}: {100 * do:+.1f}/{100 * dn:+.1f}")
+        text.append(f"{arm} - LwF at the same averaging weight (old/new points, means): " + ", ".join(parts) + ".")
+    return " ".join(text)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser()
+    global DATASET
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", choices=sorted(DATASETS), default="digits")
     p.add_argument("--suites", nargs="*", default=["ykd", "ncd", "ci", "ncd_unfrozen"])
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     p.add_argument("--report", action="store_true")
     p.add_argument("--resweep", action="store_true", help="recompute the ykd averaging sweep from the checkpoints")
     args = p.parse_args()
+    DATASET = args.dataset
     if args.resweep:
         resweep()
     if not args.report and not args.resweep:

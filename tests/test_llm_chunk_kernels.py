@@ -1,0 +1,164 @@
+"""The analytic chunk kernels of :mod:`distill.methods.llm.chunked` (forward and reverse KL): their gradient
+against finite differences in float64, their values and gradients against the autograd route and the dense
+divergences, the chunks they decline (non-finite entries) and that a live-teacher step really runs them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from distill.core.hidden import HiddenStates
+from distill.core.outputs import ModelOutput, StepInputs
+from distill.methods import METHODS
+from distill.methods.llm import chunked
+from distill.methods.llm.chunked import (
+    chunked_token_sum,
+    forward_kl_kernel,
+    reverse_kl_kernel,
+    teacher_rows,
+    total_variation_kernel,
+)
+from distill.methods.llm.divergences import forward_kl, reverse_kl, total_variation
+
+KERNELS = {"fkl": lambda tau: forward_kl_kernel(tau), "fkl_ce": lambda tau: forward_kl_kernel(tau, ce_form=True),
+           "rkl": lambda tau: reverse_kl_kernel(tau), "tvd": lambda tau: total_variation_kernel(tau)}
+
+
+def reference(name: str, zs: torch.Tensor, zt: torch.Tensor, tau: float) -> torch.Tensor:
+    q, p = torch.log_softmax(zs / tau, -1), torch.log_softmax(zt / tau, -1)
+    if name == "rkl":
+        return reverse_kl(q, p)
+    if name == "tvd":
+        return total_variation(q, p)
+    return forward_kl(q, p, ce_form=name == "fkl_ce")
+
+
+class KernelLoss(torch.autograd.Function):
+    """sum of a kernel's row values, its gradient the kernel's (what gradcheck compares to finite differences)."""
+
+    @staticmethod
+    def forward(ctx, zs, zt, kernel):  # type: ignore[override]
+        value, grad = kernel(zs.detach().clone(), zt.detach().clone(), torch.empty_like(zs), torch.empty_like(zs))
+        ctx.save_for_backward(grad)
+        return value.sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        return grad_out * ctx.saved_tensors[0], None, None
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_kernel_gradient_passes_gradcheck_in_float64(name, tau):
+    g = torch.Generator().manual_seed(3)
+    zs = (3 * torch.randn(4, 9, generator=g, dtype=torch.float64)).requires_grad_(True)
+    zt = 3 * torch.randn(4, 9, generator=g, dtype=torch.float64)
+    kernel = KERNELS[name](tau)
+    assert torch.autograd.gradcheck(lambda z: KernelLoss.apply(z, zt, kernel), (zs,), eps=1e-6, atol=1e-7)
+    # and the values are the divergence's
+    value, _ = kernel(zs.detach().clone(), zt.clone(), torch.empty_like(zt), torch.empty_like(zt))
+    torch.testing.assert_close(value, reference(name, zs.detach(), zt, tau), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", list(KERNELS))
+def test_kernel_equals_autograd_on_the_dense_divergence_in_float32(name):
+    g = torch.Generator().manual_seed(4)
+    zs, zt = 4 * torch.randn(6, 1000, generator=g), 4 * torch.randn(6, 1000, generator=g)
+    tau = 1.5
+    value, grad = KERNELS[name](tau)(zs.clone(), zt.clone(), torch.empty_like(zs), torch.empty_like(zs))
+    z = zs.clone().requires_grad_(True)
+    want = reference(name, z, zt, tau)
+    (want_grad,) = torch.autograd.grad(want.sum(), z)
+    torch.testing.assert_close(value, want.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad, want_grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["fkl", "fkl_ce", "rkl"])
+def test_kernel_declines_rows_with_minus_infinity(name):
+    """A -inf logit (a padded head column, an impossible token) gives a chunk the guarded autograd route (the
+    KL family: log 0 enters; total variation needs no guard)."""
+    zs, zt = torch.randn(3, 20), torch.randn(3, 20)
+    zt[1, 4] = -torch.inf
+    zs[2, 7] = -torch.inf
+    assert KERNELS[name](1.0)(zs.clone(), zt.clone(), torch.empty_like(zs), torch.empty_like(zs)) is None
+
+
+def chunk_case(seed: int = 0, rows: int = 23, hidden: int = 16, vocab: int = 257, teacher_vocab: int | None = None):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(2, rows, hidden, generator=g)
+    ws = (0.5 * torch.randn(vocab, hidden, generator=g)).requires_grad_(True)
+    ht = torch.randn(2, rows, hidden + 4, generator=g)
+    wt = 0.5 * torch.randn(teacher_vocab or vocab, hidden + 4, generator=g)
+    mask = torch.rand(2, rows - 1, generator=g) > 0.3
+    return hs, ws, ht, wt, mask
+
+
+@pytest.mark.parametrize("name", ["fkl", "rkl", "tvd"])
+@pytest.mark.parametrize("teacher_vocab", [None, 250])
+def test_chunked_sum_with_the_kernel_equals_the_autograd_route_and_the_dense_loss(name, teacher_vocab, monkeypatch):
+    """The whole chunked sum (head matmuls into buffers, kernel, head gradients) against autograd on each chunk and
+    against the dense loss over the full logits; with a teacher head narrower than the vocabulary (-inf columns)
+    the kernel declines and the guarded route gives the same as the dense loss."""
+    vocab = 257
+    hs, ws, ht, wt, mask = chunk_case(teacher_vocab=teacher_vocab, vocab=vocab)
+    method = METHODS.get(name)(temperature=1.3)
+    teacher = ModelOutput(None, hidden=HiddenStates(ht, wt, None, vocab, 5))  # type: ignore[arg-type]
+    calls = {"taken": 0, "declined": 0}
+    kernel = method.chunk_kernel()
+
+    def counting(*a):
+        out = kernel(*a)
+        calls["taken" if out is not None else "declined"] += 1
+        return out
+
+    results = []
+    rows = teacher_rows(teacher, hs.shape[1], mask)
+
+    def row_loss(z, part):
+        return method.divergence(*method.pair_log_probs(z, rows(part)))
+
+    for use_kernel in (True, False):
+        h = hs.clone().requires_grad_(True)
+        ws.grad = None
+        student = HiddenStates(h, ws, None, vocab, 5)
+        total = chunked_token_sum(student, mask, row_loss, rows, counting if use_kernel else None)
+        (total * 0.7).backward()
+        results.append((total.detach(), h.grad, ws.grad.clone()))
+    n_chunks = -(-int(mask.sum()) // 5)
+    if teacher_vocab is None or name == "tvd":  # tvd has no log of a zero probability: -inf columns are fine
+        assert calls == {"taken": n_chunks, "declined": 0}
+    else:
+        assert calls == {"taken": 0, "declined": n_chunks}
+    # dense: full logits, the method's own masked divergence
+    h = hs.clone().requires_grad_(True)
+    ws.grad = None
+    zs = (h @ ws.T)[:, :-1]
+    zt = torch.nn.functional.pad(ht @ wt.T, (0, vocab - wt.shape[0]), value=-torch.inf)[:, :-1]
+    d = method.divergence(*method.pair_log_probs(zs, zt))
+    (d[mask].sum() * 0.7).backward()
+    dense = (d[mask].sum().detach(), h.grad, ws.grad.clone())
+    for got in results:
+        for x, y in zip(got, dense, strict=True):
+            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_live_teacher_fkl_step_runs_the_kernel_on_every_chunk(monkeypatch):
+    """The path a distillation step takes: TokenDivergence.chunked_loss hands its kernel to the chunked sum."""
+    hs, ws, ht, wt, mask = chunk_case(seed=1)
+    seen = []
+    real = chunked.chunked_token_sum
+
+    def spy(student, mask, row_loss, teacher=None, kernel=None):
+        seen.append(kernel)
+        return real(student, mask, row_loss, teacher, kernel)
+
+    monkeypatch.setattr("distill.methods.llm.divergences.chunked_token_sum", spy)
+    labels = torch.where(torch.nn.functional.pad(mask, (1, 0), value=True), 5, -100)
+    for name, options, has_kernel in (("fkl", {}, True), ("rkl", {}, True), ("gjsd", {"beta": 0.0}, True),
+                                      ("gjsd", {"beta": 1.0}, True), ("gjsd", {"beta": 0.5}, False),
+                                      ("tvd", {}, True), ("skl", {"alpha": 0.1}, False)):
+        seen.clear()
+        inputs = StepInputs(ModelOutput(None, hidden=HiddenStates(hs, ws, None, 257, 4)),  # type: ignore[arg-type]
+                            ModelOutput(None, hidden=HiddenStates(ht, wt, None, 257, 4)), labels)  # type: ignore[arg-type]
+        METHODS.get(name)(**options)(inputs)["loss"].backward()
+        assert (seen[0] is not None) == has_kernel, name
