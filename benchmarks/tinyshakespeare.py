@@ -40,6 +40,7 @@ from portable import write_json  # noqa: E402
 from sweep import Sweep, discover_arms, load_recipe, previous_runs  # noqa: E402
 
 from distill.core.family import FAMILIES  # noqa: E402
+from distill.core.hidden import HiddenStates  # noqa: E402
 from distill.experiment import Experiment, resolve_path  # noqa: E402
 from distill.llm.models import load_gguf_model  # noqa: E402
 from distill.train.evaluate import evaluate_model  # noqa: E402
@@ -72,8 +73,9 @@ def teacher_eval(path: Path, sets: list[str], work: Path) -> tuple[dict[str, Any
     teacher = load_gguf_model(resolve_path(cfg.data.tokenizer, cfg.base_dir))
     with torch.no_grad():
         metrics = evaluate_model(teacher, task, val, batch_size=4, device="cpu")
-        top1 = torch.cat([task.forward(teacher, task.fetch(val, torch.arange(i, min(i + 4, len(val))))).argmax(-1)
-                          for i in range(0, len(val), 4)])
+        outs = (task.forward(teacher, task.fetch(val, torch.arange(i, min(i + 4, len(val)))))
+                for i in range(0, len(val), 4))  # logits, or hidden states and head (data.chunk_tokens)
+        top1 = torch.cat([o.argmax() if isinstance(o, HiddenStates) else o.argmax(-1) for o in outs])
     record = {"val_perplexity": round(metrics["perplexity"], 3), "val_nll": round(metrics["nll"], 5)}
     work.mkdir(parents=True, exist_ok=True)
     torch.save({"metrics": record, "top1": top1}, saved)
@@ -101,26 +103,61 @@ def evaluate_run(exp: Experiment, top1: torch.Tensor) -> dict[str, Any]:
     return out
 
 
+def store_form(cache: dict[str, Any] | Any) -> str:
+    """The stored form of the teacher a ``teacher.cache`` section (a recipe's dict or the parsed settings) names:
+    ``hidden`` (hidden states + head), ``dense`` (logits) or ``k<k>`` (top-k log-probabilities)."""
+    get = cache.get if isinstance(cache, dict) else lambda key: getattr(cache, key, None)
+    if get("hidden"):
+        return "hidden"
+    return "dense" if get("topk") is None else f"k{get('topk')}"
+
+
 def teacher_signal(exp: Experiment) -> str:
     cfg = exp.config
     if cfg.data.sequence_kd is not None or cfg.teacher is None:
         return "none"
     c = cfg.teacher.cache
-    return "live" if c is None else ("dense" if c.topk is None else f"k{c.topk}")
+    return "live" if c is None else store_form(c)
+
+
+def arm_overrides(recipe: Path, run_dir: Path, work: Path, seed: int, sets: list[str],
+                  quick: bool = False) -> list[str]:
+    """The sweep's assignments for one run of the arm ``recipe``: its seed and run folder, one teacher cache folder
+    per stored form (shared by the arms that read it) and SeqKD's continuations under ``work``."""
+    raw, _ = load_recipe(recipe, [])
+    o = [f"seed={seed}", f"output_dir={run_dir}"]
+    cache = (raw.get("teacher") or {}).get("cache")
+    if cache:
+        o.append(f"teacher.cache.path={work / f'teacher_{store_form(cache)}'}")
+    if "sequence_kd" in raw.get("data", {}):
+        o.append(f"data.sequence_kd.path={work / 'seqkd'}")
+        o += QUICK_SEQKD if quick else []
+    return o + sets
 
 
 def cache_stats(path: Path, tokens: int) -> dict[str, Any]:
-    """Size of a teacher cache folder and, for a top-k cache, the teacher's mean tail mass outside its top k."""
+    """Size of a teacher cache folder (bytes per token: of the per-example shards; what is stored once, such as a
+    hidden-state cache's output head, apart) and, for a top-k cache, the teacher's mean tail mass outside its
+    top k."""
     manifest = json.loads((path / "manifest.json").read_text())
     size = sum(f.stat().st_size for f in path.iterdir() if f.suffix == ".npy")
+    once = sum(f.stat().st_size for f in path.glob("extra-*.npy"))  # stored once per cache (a model's head)
     k = manifest["meta"].get("k")
+    build = manifest["meta"].get("build_seconds")
     tail = None
     if manifest["meta"]["kind"] == "topk":
         parts = [np.load(path / s["files"]["topk_logprobs"]["file"]).astype(np.float32) for s in manifest["shards"]]
         lp = torch.from_numpy(np.concatenate(parts))
         tail = float((1 - lp.exp().sum(-1)).clamp(0, 1).mean())
-    name = f"top-{k} (int32 ids + float16 log-probs)" if k else f"dense ({manifest['tensors']['logits']['dtype']})"
-    return {"name": name, "megabytes": size / 1e6, "bytes_per_token": size / tokens, "mean_tail_mass": tail}
+    if manifest["meta"]["kind"] == "hidden":
+        t = manifest["tensors"]["hidden"]
+        name = f"dense: hidden states ({t['dtype']}, {t['shape'][-1]} per token) + output head once"
+    elif k:
+        name = f"top-{k} ({manifest['tensors']['topk_indices']['dtype']} ids + float16 log-probs)"
+    else:
+        name = f"dense ({manifest['tensors']['logits']['dtype']})"
+    return {"name": name, "megabytes": size / 1e6, "bytes_per_token": (size - once) / tokens,
+            "once_megabytes": once / 1e6, "mean_tail_mass": tail, "build_seconds": build}
 
 
 def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
@@ -186,16 +223,7 @@ def main(argv: list[str] | None = None) -> None:
                                         work)
 
     def overrides(arm: str, seed: int) -> list[str]:
-        raw, _ = load_recipe(arms[arm], [])
-        o = [f"seed={seed}", f"output_dir={work / 'runs' / arm}"]
-        cache = (raw.get("teacher") or {}).get("cache")
-        if cache:  # one folder per stored form of the teacher, shared by the arms that read it
-            form = "dense" if cache.get("topk") is None else f"k{cache['topk']}"
-            o.append(f"teacher.cache.path={work / f'teacher_{form}'}")
-        if "sequence_kd" in raw.get("data", {}):
-            o.append(f"data.sequence_kd.path={work / 'seqkd'}")
-            o += QUICK_SEQKD if args.quick else []
-        return o + sets
+        return arm_overrides(arms[arm], work / "runs" / arm, work, seed, sets, args.quick)
 
     def after_fit(arm: str, exp: Experiment) -> dict[str, Any]:
         record = evaluate_run(exp, top1)

@@ -554,6 +554,13 @@ def _check_cache(cfg: ExperimentConfig, cache: Any = None, key: str = "teacher.c
     from distill.methods import METHODS
 
     cache = cfg.teacher.cache if cache is None else cache
+    if cache.hidden and not getattr(cfg.family, "hidden_cache", False):
+        raise ConfigError(f"{key}.hidden: stores a language model's final hidden states and output head; task "
+                          f"{cfg.task} has no output head over a vocabulary to recompute its logits from (causal_lm "
+                          "only); drop the key")
+    if cache.hidden and key != "teacher.cache":
+        raise ConfigError(f"{key}.hidden: a mixture combines its members' logits, which the chunked path never forms; "
+                          "store the member's logits instead (drop the key)")
     if cache.path is None:
         raise ConfigError(f"{key}.path: required key is missing (the folder the cache is written to)")
     if cache.views > 1 and not cfg.family.augments(cfg):

@@ -6,6 +6,8 @@ Layout of a cache directory::
     shard-00000.t0.npy          one .npy file per (shard, tensor); shard s holds examples [s*S, (s+1)*S)
     shard-00000.t1.npy          array shape (rows, views, *shape) in the stored dtype
     ...
+    extra-head_weight.npy       optional tensors stored once per store (not per example), e.g. a model's output
+                                head; checksummed in the manifest like the shards
 
 Every tensor has a fixed per-(example, view) shape and dtype, so shards are plain NumPy arrays that can be
 memory-mapped. The manifest records each file's size and sha256. :meth:`TensorStore.open` checks all of them
@@ -82,6 +84,17 @@ def _shard_file(shard: int, tensor: int) -> str:
     return f"shard-{shard:05d}.t{tensor}.npy"
 
 
+def _extra_file(name: str) -> str:
+    return f"extra-{name}.npy"
+
+
+def _dtype_name(t: torch.Tensor) -> str:
+    for name, dt in _TORCH.items():
+        if dt == t.dtype:
+            return name
+    raise ValueError(f"unsupported cache dtype {t.dtype}; allowed: {', '.join(_TORCH)}")
+
+
 def _manifest_digest(manifest: Mapping[str, Any]) -> str:
     body = {k: v for k, v in manifest.items() if k != SELF_SUM}
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
@@ -111,7 +124,7 @@ class TensorStoreWriter:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
-        for old in self.path.glob("shard-*.npy"):
+        for old in [*self.path.glob("shard-*.npy"), *self.path.glob("extra-*.npy")]:
             old.unlink()
         self.num_examples, self.views, self.shard_size = num_examples, views, shard_size
         self.specs = dict(specs)
@@ -144,8 +157,10 @@ class TensorStoreWriter:
                 self._arrays[s][j][row[sel], view] = arr[sel]
         self._filled[idx, view] = True
 
-    def close(self, fingerprint: Mapping[str, Any], meta: Mapping[str, Any]) -> dict[str, Any]:
-        """Flush the shards, checksum them and write the manifest (last, atomically)."""
+    def close(self, fingerprint: Mapping[str, Any], meta: Mapping[str, Any],
+              extras: Mapping[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """Flush the shards, write the ``extras`` (tensors stored once, in their own dtype), checksum them all and
+        write the manifest (last, atomically)."""
         if not self._filled.all():
             ex, view = np.argwhere(~self._filled)[0]
             raise ValueError(f"the cache is incomplete: example {ex}, view {view} was never written")
@@ -159,12 +174,23 @@ class TensorStoreWriter:
             start = s * self.shard_size
             shards.append({"start": start, "stop": min(start + self.shard_size, self.num_examples), "files": files})
         self._arrays = []
+        extra_files = {}
+        for name, t in (extras or {}).items():
+            if not name.replace("_", "").isalnum():
+                raise ValueError(f"extra tensor name {name!r}: letters, digits and underscores only")
+            dtype = _dtype_name(t)
+            f = self.path / _extra_file(name)
+            np.save(f, _to_numpy(t, dtype), allow_pickle=False)
+            extra_files[name] = {"file": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f),
+                                 "shape": list(t.shape), "dtype": dtype}
         manifest = {
             "format": FORMAT, "version": VERSION, "num_examples": self.num_examples, "views": self.views,
             "shard_size": self.shard_size,
             "tensors": {n: {"shape": list(s.shape), "dtype": s.dtype} for n, s in self.specs.items()},
             "shards": shards, "fingerprint": dict(fingerprint), "meta": dict(meta),
         }
+        if extra_files:
+            manifest["extras"] = extra_files
         manifest[SELF_SUM] = _manifest_digest(manifest)
         _write_json_atomic(self.path / MANIFEST, manifest)
         return manifest
@@ -221,6 +247,13 @@ def _check_manifest(m: dict[str, Any]) -> None:
                 raise ValueError(f"shard {i}: bad file name {name!r}")
             int(f["bytes"])
             str(f["sha256"])
+    for f in m.get("extras", {}).values():
+        name = f["file"]
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            raise ValueError(f"bad extra file name {name!r}")
+        TensorSpec(tuple(int(d) for d in f["shape"]), str(f["dtype"]))
+        int(f["bytes"])
+        str(f["sha256"])
     if not isinstance(m["fingerprint"], dict) or not isinstance(m["meta"], dict):
         raise TypeError("fingerprint and meta must be objects")
 
@@ -283,26 +316,45 @@ class TensorStore:
                 raise CacheError(f"{path}: stale cache, built for something else: {'; '.join(diff)}. Rebuild it "
                                  "(`distill cache build CONFIG --force`) or point teacher.cache.path elsewhere")
         total = 0
-        for shard in manifest["shards"]:
-            for name, f in shard["files"].items():
-                file = path / f["file"]
-                if not file.exists():
-                    raise CacheError(f"{file}: shard file of {name!r} is missing; rebuild the cache")
-                size = file.stat().st_size
-                if size != f["bytes"]:
-                    raise CacheError(f"{file}: truncated or overwritten shard: {size} bytes, the manifest says "
-                                     f"{f['bytes']}; rebuild the cache")
-                if verify and sha256_file(file) != f["sha256"]:
-                    raise CacheError(f"{file}: checksum mismatch (sha256 differs from the manifest): the shard is "
-                                     "corrupted; rebuild the cache")
-                total += size
+        files = [(name, f) for shard in manifest["shards"] for name, f in shard["files"].items()]
+        files += [(f"extra {name}", f) for name, f in manifest.get("extras", {}).items()]
+        for name, f in files:
+            file = path / f["file"]
+            if not file.exists():
+                raise CacheError(f"{file}: shard file of {name!r} is missing; rebuild the cache")
+            size = file.stat().st_size
+            if size != f["bytes"]:
+                raise CacheError(f"{file}: truncated or overwritten shard: {size} bytes, the manifest says "
+                                 f"{f['bytes']}; rebuild the cache")
+            if verify and sha256_file(file) != f["sha256"]:
+                raise CacheError(f"{file}: checksum mismatch (sha256 differs from the manifest): the shard is "
+                                 "corrupted; rebuild the cache")
+            total += size
         if in_memory is None:
             in_memory = total <= memory_limit
         return cls(path, manifest, in_memory)
 
     @property
     def nbytes(self) -> int:
-        return sum(f["bytes"] for s in self.manifest["shards"] for f in s["files"].values())
+        return (sum(f["bytes"] for s in self.manifest["shards"] for f in s["files"].values())
+                + sum(f["bytes"] for f in self.manifest.get("extras", {}).values()))
+
+    @property
+    def extras(self) -> list[str]:
+        """The names of the tensors stored once per store."""
+        return list(self.manifest.get("extras", {}))
+
+    def extra(self, name: str) -> torch.Tensor:
+        """A tensor stored once per store (verified on opening with the shards), in its stored dtype."""
+        info = self.manifest.get("extras", {}).get(name)
+        if info is None:
+            raise CacheError(f"{self.path}: no stored {name!r} (stored once: {self.extras or 'none'})")
+        arr = load_npy(self.path / info["file"])
+        want = tuple(info["shape"])
+        if arr.shape != want or arr.dtype != _NUMPY[info["dtype"]]:
+            raise CacheError(f"{self.path / info['file']}: holds {arr.dtype}{list(arr.shape)}, the manifest says "
+                             f"{info['dtype']}{list(want)}")
+        return _to_torch(arr, info["dtype"])
 
     def get(self, indices: torch.Tensor, views: torch.Tensor | int = 0,
             names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:

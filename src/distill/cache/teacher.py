@@ -1,10 +1,12 @@
 """A teacher cache: the teacher's outputs computed once, stored on disk, served by example index.
 
 :func:`build_teacher_cache` runs a teacher over a training set and stores, per example, either its full
-logits or its top-k log-probabilities (served as :class:`~distill.core.topk.TopKLogits`, whose divergences keep
-the tail mass), plus any requested features. :class:`TeacherCache` is a teacher source
-(``source(batch, task, taps) -> ModelOutput``) that looks the outputs up by ``batch.indices`` instead of running
-the teacher.
+logits, its top-k log-probabilities (served as :class:`~distill.core.topk.TopKLogits`, whose divergences keep
+the tail mass) or, for a language model (``hidden``), its final hidden states with its output head stored once
+(served as :class:`~distill.core.hidden.HiddenStates`: the chunked losses recompute the exact dense logits a few
+hundred tokens at a time, at H instead of V values per token), plus any requested features.
+:class:`TeacherCache` is a teacher source (``source(batch, task, taps) -> ModelOutput``) that looks the outputs up
+by ``batch.indices`` instead of running the teacher.
 
 Random augmentation (the FKD idea, Shen & Xing, ECCV 2022): the build draws K augmentation parameter sets per
 example from a seed (a replay) and stores the teacher's output on each of the K views. In training the cache is
@@ -36,6 +38,7 @@ from torch import nn
 from distill.cache.settings import CacheSettings
 from distill.cache.store import CacheError, TensorSpec, TensorStore, TensorStoreWriter, read_manifest
 from distill.core.batch import Batch
+from distill.core.hidden import HiddenStates
 from distill.core.outputs import ModelOutput
 from distill.core.teachers import EnsembleTeacher, FrozenTeacher
 from distill.core.topk import TopKLogits
@@ -213,6 +216,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     taps = list(settings.features)
     writer: TensorStoreWriter | None = None
     num_classes = None
+    head: HiddenStates | None = None  # hidden: the teacher's output head, stored once
     with Progress("cache build", n * k_views) as bar:
         for view in range(k_views):
             for lo in range(0, n, batch_size):
@@ -231,6 +235,16 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                     values["topk_indices"] = out.topk.indices[..., :settings.topk]
                     values["topk_logprobs"] = out.topk.logprobs[..., :settings.topk]
                     num_classes = out.topk.num_classes
+                elif settings.hidden:
+                    if out.hidden is None:
+                        raise CacheError(
+                            "teacher.cache.hidden: the teacher gave logits, not its final hidden states and output "
+                            "head (the task returns them with data.chunk_tokens; a model whose logits are not its head "
+                            "applied to its hidden states, with the logit scale and soft-cap its config names, cannot "
+                            "be stored this way): drop teacher.cache.hidden")
+                    values["hidden"] = out.hidden.hidden.float()
+                    head = head if head is not None else out.hidden
+                    num_classes = out.hidden.vocab_size
                 elif out.hidden is not None and settings.topk is not None:  # hidden states and head: top-k by chunks
                     top = out.hidden.topk(settings.topk)
                     values["topk_indices"], values["topk_logprobs"] = top.indices, top.logprobs
@@ -268,11 +282,19 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
             if log:
                 log(f"view {view + 1}/{k_views} done ({time.perf_counter() - start_time:.1f} s)")
     assert writer is not None
-    meta = {"kind": "full" if settings.topk is None else "topk", "k": settings.topk, "num_classes": num_classes,
+    kind = "hidden" if settings.hidden else "full" if settings.topk is None else "topk"
+    meta = {"kind": kind, "k": settings.topk, "num_classes": num_classes,
             "features": taps, "views": k_views, "augmented": replay is not None, "seed": settings.seed,
             "build_seconds": round(time.perf_counter() - start_time, 3)}
+    extras: dict[str, torch.Tensor] = {}
+    if head is not None:  # the head as the task applies it (in float32: exact for fp32/bf16/fp16 weights)
+        extras["head_weight"] = head.weight.detach().float().cpu()
+        if head.bias is not None:
+            extras["head_bias"] = head.bias.detach().float().cpu()
+        meta["hidden_size"] = int(head.weight.shape[1])
+        meta["logit_scale"], meta["logit_softcap"] = float(head.scale), head.softcap
     fingerprint = cache_fingerprint(teacher, task, data, settings)
-    return writer.close(fingerprint, meta)
+    return writer.close(fingerprint, meta, extras)
 
 
 def _distributed() -> tuple[int, int]:
@@ -345,17 +367,26 @@ class TeacherCache:
         except (KeyError, TypeError, ValueError) as e:
             raise CacheError(f"{self.path / 'manifest.json'}: malformed manifest meta ({type(e).__name__}: {e}); "
                              "rebuild the cache") from None
-        if self.kind not in ("full", "topk") or self.views != self.store.views:
+        if self.kind not in ("full", "topk", "hidden") or self.views != self.store.views:
             raise CacheError(f"{self.path / 'manifest.json'}: malformed manifest meta (kind {self.kind!r}, "
                              f"{self.views} views); rebuild the cache")
         self.check_inputs = check_inputs
+        self._head: dict[torch.device, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        if self.kind == "hidden":
+            weight = self.store.extra("head_weight")
+            bias = self.store.extra("head_bias") if "head_bias" in self.store.extras else None
+            if "hidden" not in self.store.specs or weight.dim() != 2 or \
+                    weight.shape[1] != self.store.specs["hidden"].shape[-1]:
+                raise CacheError(f"{self.path / 'manifest.json'}: malformed hidden-state cache (head "
+                                 f"{list(weight.shape)}, tensors {sorted(self.store.specs)}); rebuild the cache")
+            self._head[torch.device("cpu")] = (weight, bias)
         self._dev = _Device()
         offsets = torch.randint(0, self.views, (self.store.num_examples,),
                                 generator=_replay_generator(int(meta["seed"]), 0x0FF5E7))
         self._view_offset = offsets
 
     def __repr__(self) -> str:
-        what = "full logits" if self.kind == "full" else f"top-{self.meta['k']}"
+        what = {"full": "full logits", "hidden": "hidden states + head"}.get(self.kind, f"top-{self.meta['k']}")
         return (f"TeacherCache({str(self.path)!r}, {what}, {self.store.num_examples} examples x {self.views} "
                 f"view(s), features={self.features})")
 
@@ -416,7 +447,7 @@ class TeacherCache:
             raise CacheError(f"{self.path}: features {missing} were not stored (stored: {self.features or 'none'}); "
                              "rebuild with them in teacher.cache.features")
         views = self._views_for(batch)
-        names = ["topk_indices", "topk_logprobs"] if self.kind == "topk" else ["logits"]
+        names = {"topk": ["topk_indices", "topk_logprobs"], "hidden": ["hidden"]}.get(self.kind, ["logits"])
         names += [FEATURE_PREFIX + t for t in taps]
         guarded = guarded_inputs(task, batch)
         stats = _input_stats(guarded, len(index)) if self.check_inputs else None
@@ -438,7 +469,28 @@ class TeacherCache:
             top = TopKLogits(got["topk_indices"].to(dev, torch.long, non_blocking=True),
                              got["topk_logprobs"].to(dev, torch.float32, non_blocking=True), self.num_classes)
             return ModelOutput(None, feats, top)  # type: ignore[arg-type]
+        if self.kind == "hidden":
+            return self._hidden_output(got["hidden"].to(dev, torch.float32, non_blocking=True), feats, task)
         return ModelOutput(got["logits"].to(dev, torch.float32, non_blocking=True), feats)
+
+    def head(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stored output head (weight (V_model, H), bias or None) on ``device`` (copied there once)."""
+        dev = torch.device(device)
+        if dev not in self._head:
+            w, b = self._head[torch.device("cpu")]
+            self._head[dev] = (w.to(dev), None if b is None else b.to(dev))
+        return self._head[dev]
+
+    def _hidden_output(self, hidden: torch.Tensor, feats: dict[str, torch.Tensor], task: Any) -> ModelOutput:
+        """Stored hidden states served with the head: as :class:`HiddenStates` when the task computes its losses
+        in chunks (``task.chunk_tokens``), else as the dense logits they stand for."""
+        weight, bias = self.head(hidden.device)
+        chunk = getattr(task, "chunk_tokens", None)
+        states = HiddenStates(hidden, weight, bias, self.num_classes, int(chunk) if chunk else 256,
+                              float(self.meta.get("logit_scale", 1.0)), self.meta.get("logit_softcap"))
+        if chunk:
+            return ModelOutput(None, feats, hidden=states)  # type: ignore[arg-type]
+        return ModelOutput(states.dense(), feats)
 
     def _check_inputs(self, seen: torch.Tensor, stored: torch.Tensor, indices: torch.Tensor, dim: int) -> None:
         # both are float64 sums of the same float32 values: they agree to ~1e-12 unless the inputs differ

@@ -65,6 +65,9 @@ class Family:
     #: whether ``teacher.mixture`` works here (batches select per example; for ``route: column`` the family's
     #: loader puts the column in ``batch.meta["route"]``)
     teacher_mixture: ClassVar[bool] = False
+    #: whether ``teacher.cache.hidden`` works here: the teacher's outputs are an output head (a linear map over a
+    #: vocabulary) applied to its final hidden states, which the task returns as ``HiddenStates``
+    hidden_cache: ClassVar[bool] = False
 
     # -- config -------------------------------------------------------------------------------------------------
     def check(self, cfg: Any) -> None:

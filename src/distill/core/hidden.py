@@ -24,13 +24,18 @@ class HiddenStates:
     """``hidden`` (B, T, H): the final (normalised) hidden states; ``weight`` (V_model, H) and ``bias`` (V_model,)
     or None: the output head, logits = hidden @ weight.T + bias. ``vocab_size``: the tokenizer's real vocabulary
     (a wider head is cut to it, a narrower one padded with -inf columns, as
-    :func:`distill.tasks.causal_lm.align_vocab` does). ``chunk_tokens``: rows per chunk for the losses."""
+    :func:`distill.tasks.causal_lm.align_vocab` does). ``chunk_tokens``: rows per chunk for the losses.
+    ``scale`` and ``softcap``: what the model does to its head's output, logits = softcap tanh(scale z / softcap)
+    (a logit scale as Cohere's or Granite's, a final soft-cap as Gemma 2's; 1 and None: the head's output is the
+    logits)."""
 
     hidden: torch.Tensor
     weight: torch.Tensor
     bias: torch.Tensor | None
     vocab_size: int
     chunk_tokens: int
+    scale: float = 1.0
+    softcap: float | None = None
 
     def __post_init__(self) -> None:
         if self.hidden.dim() != 3 or self.weight.dim() != 2 or self.hidden.shape[-1] != self.weight.shape[-1]:
@@ -59,10 +64,24 @@ class HiddenStates:
             return logits
         return torch.cat([logits, logits.new_full((*logits.shape[:-1], missing), -math.inf)], dim=-1)
 
+    @property
+    def transforms(self) -> bool:
+        """Whether the model changes its head's output (a logit scale or soft-cap)."""
+        return self.scale != 1.0 or self.softcap is not None
+
+    def transform(self, z: torch.Tensor) -> torch.Tensor:
+        """The model's logits from its head's output ``z``: times ``scale``, then soft-capped (identity by default;
+        -inf columns, ids a narrower head cannot produce, stay -inf)."""
+        if self.scale != 1.0:
+            z = z * self.scale
+        if self.softcap is not None:
+            z = torch.where(torch.isinf(z), z, self.softcap * torch.tanh(z / self.softcap))
+        return z
+
     def logits_of(self, rows: torch.Tensor) -> torch.Tensor:
         """Logits (..., vocab_size) of hidden rows (..., H)."""
         weight, bias = self.head()
-        return self.align(F.linear(rows, weight, bias))
+        return self.align(self.transform(F.linear(rows, weight, bias)))
 
     def dense(self) -> torch.Tensor:
         """The full (B, T, vocab_size) logits (what the chunked path avoids; for consumers that need them)."""
@@ -96,4 +115,5 @@ class HiddenStates:
 
     def detach(self) -> HiddenStates:
         return HiddenStates(self.hidden.detach(), self.weight.detach(),
-                            None if self.bias is None else self.bias.detach(), self.vocab_size, self.chunk_tokens)
+                            None if self.bias is None else self.bias.detach(), self.vocab_size, self.chunk_tokens,
+                            self.scale, self.softcap)

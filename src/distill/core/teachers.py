@@ -66,7 +66,7 @@ def float32_output(out: ModelOutput) -> ModelOutput:
     """``out`` with its logits and features in float32 (what the losses expect from a lower-precision teacher)."""
     logits = out.logits.float() if out.logits is not None and out.logits.is_floating_point() else out.logits
     feats = {k: v.float() if v.is_floating_point() else v for k, v in out.features.items()}
-    return ModelOutput(logits, feats, out.topk)
+    return ModelOutput(logits, feats, out.topk, out.hidden)
 
 
 class FrozenTeacher:

@@ -156,6 +156,8 @@ def teacher_rows(teacher: ModelOutput, length: int, mask: torch.Tensor) -> Teach
 
         def from_hidden(part: slice, out: torch.Tensor | None = None) -> torch.Tensor:
             with torch.no_grad():
+                if states.transforms:  # a logit scale or soft-cap after the head (HiddenStates.transform)
+                    return states.logits_of(rows[part]).float()
                 return head_logits(rows[part], weight, bias, states.vocab_size, out)
 
         return from_hidden
@@ -215,7 +217,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=hidden_rows.device)
         n_rows, step, vocab = hidden_rows.shape[0], states.chunk_tokens, states.vocab_size
         buffers = None
-        if kernel is not None and teacher is not None and n_rows:
+        if kernel is not None and teacher is not None and n_rows and not states.transforms:
             width = min(step, n_rows)  # four (chunk, V) float32 buffers, reused by every chunk
             buffers = torch.empty(4, width, vocab, dtype=torch.float32, device=hidden_rows.device).unbind(0)
         for lo in range(0, n_rows, step):
@@ -233,7 +235,7 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 z = head_logits(h, weight, bias, vocab)
                 with torch.enable_grad():
                     z.requires_grad_(grads)
-                    d = row_loss(z, part).sum()
+                    d = row_loss(states.transform(z), part).sum()  # the student's logit scale or soft-cap
                 if grads:
                     (g,) = torch.autograd.grad(d, z)
             if grads:

@@ -36,9 +36,18 @@ def resolve_chunk_tokens(cfg: Any, vocab_size: int) -> int | None:
     if chunk != "auto":
         return chunk
     mixture = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
-    if vocab_size < AUTO_CHUNK_MIN_VOCAB or mixture is not None or dense_only_methods(cfg):
+    if mixture is not None or dense_only_methods(cfg):
+        return None
+    if hidden_cache(cfg):  # the stored hidden states are read in chunks at any vocabulary size
+        return AUTO_CHUNK_TOKENS
+    if vocab_size < AUTO_CHUNK_MIN_VOCAB:
         return None
     return AUTO_CHUNK_TOKENS
+
+
+def hidden_cache(cfg: Any) -> bool:
+    """Whether ``teacher.cache.hidden`` is set (the teacher's hidden states and head are stored)."""
+    return cfg.teacher is not None and cfg.teacher.cache is not None and bool(cfg.teacher.cache.hidden)
 
 
 @register_family
@@ -50,6 +59,7 @@ class CausalLMFamily(Family):
     teacher_section = LMTeacher
     lora_students = True
     teacher_mixture = True
+    hidden_cache = True
 
     def model_archs(self) -> list[str]:
         from distill.tasks.causal_lm.models import ARCHS
@@ -72,6 +82,14 @@ class CausalLMFamily(Family):
             if dense:
                 raise ValueError(f"data.chunk_tokens: methods {dense} need full logits; chunked losses are "
                                  "fkl, rkl, gjsd, tvd, skl, srkl, taid, lm_ce (and on_policy beside them)")
+        if hidden_cache(cfg):
+            if d.chunk_tokens is None:
+                raise ValueError("teacher.cache.hidden: the teacher's hidden states are only given by the chunked "
+                                 "path; set data.chunk_tokens (a number, or auto) or drop teacher.cache.hidden")
+            dense = dense_only_methods(cfg)
+            if dense:
+                raise ValueError(f"teacher.cache.hidden: methods {dense} need full logits, which the chunked path "
+                                 "never forms; store the logits instead (drop teacher.cache.hidden)")
         if cfg.teacher is not None and cfg.teacher.served is not None:
             check_served(cfg)
         if d.cross_tokenizer is not None:

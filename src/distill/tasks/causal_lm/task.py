@@ -216,20 +216,41 @@ def trim_padding(batch: Batch) -> Batch:
     return Batch(inputs, labels, batch.indices, meta)
 
 
+def head_transform(model: nn.Module) -> tuple[float, float | None]:
+    """What a Hugging Face causal LM does to its head's output, read from its config: (scale, softcap) with logits
+    = softcap tanh(scale z / softcap). ``logit_scale`` (Cohere: times it), ``logits_scaling`` (Granite: divided by
+    it), ``final_logit_softcapping`` (Gemma 2 and 3); (1.0, None) for a model with none of them."""
+    cfg = getattr(model, "config", None)
+    scale = 1.0
+    value = getattr(cfg, "logit_scale", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        scale *= float(value)
+    value = getattr(cfg, "logits_scaling", None)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value:
+        scale /= float(value)
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    return scale, (float(cap) if isinstance(cap, (int, float)) and not isinstance(cap, bool) and cap else None)
+
+
 @torch.no_grad()
-def check_head(model: nn.Module, decoder: nn.Module, head: nn.Linear, ids: torch.Tensor, mask: torch.Tensor) -> None:
-    """Refuse a model whose logits are not its head applied to its decoder's output (e.g. a final soft-cap or
-    a logit scale): compared once, in eval mode, on the first row's first tokens."""
+def check_head(model: nn.Module, decoder: nn.Module, head: nn.Linear, ids: torch.Tensor, mask: torch.Tensor,
+               scale: float = 1.0, softcap: float | None = None) -> None:
+    """Refuse a model whose logits are not its head applied to its decoder's output, followed by the logit scale and
+    soft-cap its config names (:func:`head_transform`): compared once, in eval mode, on the first row's first
+    tokens."""
     was_training = model.training
     model.eval()
     try:
         want = model(input_ids=ids, attention_mask=mask).logits.float()
-        got = head(decoder(input_ids=ids, attention_mask=mask).last_hidden_state).float()
+        got = head(decoder(input_ids=ids, attention_mask=mask).last_hidden_state).float() * scale
+        if softcap is not None:
+            got = softcap * torch.tanh(got / softcap)
     finally:
         model.train(was_training)
     if got.shape != want.shape or not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()) + 1e-5):
         raise ValueError(f"chunk_tokens: {type(model).__name__}'s logits are not its output head applied to its "
-                         "decoder's hidden states (a logit scale or soft-cap?); drop data.chunk_tokens for it")
+                         "decoder's hidden states (with the logit scale and soft-cap its config names); drop "
+                         "data.chunk_tokens for it")
 
 
 # -- task -----------------------------------------------------------------------------------------------------
@@ -374,11 +395,12 @@ class CausalLM:
             raise ValueError(f"chunk_tokens needs a Hugging Face causal LM (get_decoder() and a linear "
                              f"get_output_embeddings()); {type(model).__name__} has not both")
         ids, mask = batch.inputs["input_ids"], batch.inputs["attention_mask"]
+        scale, softcap = head_transform(model)
         if model not in self._heads_checked:
-            check_head(model, get_decoder(), head, ids[:1, :8], mask[:1, :8])
+            check_head(model, get_decoder(), head, ids[:1, :8], mask[:1, :8], scale, softcap)
             self._heads_checked.add(model)
         hidden = get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
-        return HiddenStates(hidden, head.weight, head.bias, self.vocab_size, self.chunk_tokens)
+        return HiddenStates(hidden, head.weight, head.bias, self.vocab_size, self.chunk_tokens, scale, softcap)
 
     def new_metrics(self) -> LMMetrics:
         return LMMetrics(self.agreement_teacher, self)
