@@ -181,6 +181,7 @@ class DDRealSubset(StageKind):
         return source_identity(ctx, options.data, options.static_teachers)
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
+        torch.manual_seed(options.seed)  # "random" teacher weights are drawn from the seed
         pool, idx = load_source(ctx, options.data, "train")
         pick = real_subset(pool.labels, options.ipc, torch.Generator().manual_seed(options.seed))
         x = normalise(pool.images[pick])
@@ -364,6 +365,7 @@ class DDEvaluate(StageKind):
         return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
+        torch.manual_seed(options.seed)
         cols = inputs["set"].table("set")
         x, y = cols["image"].float(), cols["label"].long()
         test, _ = load_source(ctx, options.data, "test")

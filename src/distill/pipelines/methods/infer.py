@@ -137,6 +137,7 @@ class INFERSynthesize(StageKind):
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
+        torch.manual_seed(o.seed)  # "random" teacher weights are drawn from the seed
         pool, _ = load_source(ctx, o.data, "train")
         c = pool.num_classes
         m = len(o.teachers)

@@ -155,6 +155,7 @@ class WebPool(StageKind):
         o = options
         from distill.data.images import load_images
 
+        torch.manual_seed(o.seed)  # "random" teacher weights are drawn from the seed
         data = load_images(ctx.resolve(o.data.path), split=o.data.train_split, cache_dir=o.data.cache_dir)
         g = torch.Generator().manual_seed(o.seed)
         idx = torch.cat([(data.labels == k).nonzero().flatten()[-o.per_class:] for k in range(data.num_classes)])
@@ -371,6 +372,7 @@ class KD3Train(StageKind):
         return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
+        torch.manual_seed(options.seed)
         pool = inputs["pool"].table("pool")
         test, _ = load_source(ctx, options.data, "test")
         teacher = build_cifar_model(options.teacher, ctx, test.num_classes)

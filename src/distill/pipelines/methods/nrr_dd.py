@@ -196,6 +196,7 @@ class NRRDDSynthesize(StageKind):
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
+        torch.manual_seed(o.seed)  # "random" teacher weights are drawn from the seed
         pool, _ = load_source(ctx, o.data, "train")
         teacher = build_cifar_model(o.teacher, ctx, pool.num_classes)
         g = torch.Generator().manual_seed(o.seed)
