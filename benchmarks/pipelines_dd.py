@@ -73,6 +73,12 @@ def stages_for(seed: int, a: argparse.Namespace) -> list[dict]:
     return out
 
 
+def noise(d: list[float]) -> str:
+    """A note when a paired difference is smaller than its spread across seeds."""
+    return (" (the paired difference is within its spread across seeds)"
+            if len(d) > 1 and abs(statistics.mean(d)) < statistics.stdev(d) else "")
+
+
 def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, str]:
     meta = {r["stage"]: r["meta"] for r in report["stages"]}
     secs = report.get("cpu_seconds", {})
@@ -86,10 +92,10 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
     ref_static = accs("random", "static")
     lines = ["# Dataset distillation at IPC 10 (JPEG CIFAR-10): NRR-DD and INFER, DD-Ranking-style evaluation", "",
              f"Teacher T56* (the JPEG-fine-tuned ResNet-56). Evaluation student ConvNet-3 (32-64-128), AdamW 1e-3, "
-             f"{a.steps} steps of batch 50 for every set; shared KD evaluation: teacher soft labels (T = 4) on a "
-             f"fixed bank of {a.views} augmented views per image (image, flip, cutmixes). Test: {10 * a.test_per_class} "
-             f"images. Reduced synthesis: RDED/NRR-DD from {a.mipc} images per class x 5 crops, NRR / class-specific "
-             f"{a.iterations} refinement steps (Adam lr {a.refine_lr}), INFER 28 UFCs x {a.iterations} steps "
+             f"{a.steps} steps of batch 50 for every set; shared KD evaluation: teacher soft labels "
+             f"(T = 4) on a fixed bank of {a.views} augmented views per image (image, flip, cutmixes). Test: {10 * a.test_per_class} "
+             f"images. Reduced synthesis: RDED/NRR-DD from {a.mipc} images per class x 5 crops, NRR / "
+             f"class-specific {a.iterations} refinement steps (Adam lr {a.refine_lr}), INFER 28 UFCs x {a.iterations} steps "
              f"(lr {a.ufc_lr}). Accuracy in %, mean ± sd over seeds; improvement = paired difference to the random "
              "real subset under the same labels (soft for the shared evaluation, static for the static rows).", "",
              "| set / labels | images trained | stored images | label floats | seeds | accuracy | improvement over "
@@ -126,7 +132,7 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
         out["nrr_dd"] = {"nrr_minus_rded": d, "dbr_between_onehot_and_soft": between,
                          "verdict": "works" if ok else "does not work"}
         verdicts.append(f"**NRR-DD ({n} seeds): {out['nrr_dd']['verdict']}.** NRR-DD - RDED (shared evaluation, "
-                        f"paired): {msd(d)} points (needs >= +2); DBR between one-hot and soft labels: "
+                        f"paired): {msd(d)} points{noise(d)} (needs >= +2); DBR between one-hot and soft labels: "
                         f"{'yes' if between else 'no'}. Works if (spec): (c) > (b) by >= 2 points over 3 seeds, "
                         "and DBR falls between one-hot and full soft labels.")
     inf, nat = A["infer/static"], A["random/static"]
@@ -141,7 +147,7 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
                         "fkd_style_floats": round(fkd), "epochs": round(epochs, 2),
                         "verdict": "works" if ok else "does not work"}
         verdicts.append(f"**INFER ({n} seeds): {out['infer']['verdict']}.** INFER-static - natural IPC 10 static "
-                        f"(paired): {msd(d)} points (needs >= +2); label floats {inf['label_floats']} vs FKD-style "
+                        f"(paired): {msd(d)} points{noise(d)} (needs >= +2); label floats {inf['label_floats']} vs FKD-style "
                         f"{round(fkd)} over {epochs:.1f} epochs (needs <= 1/epochs of it). Works if (spec): "
                         "INFER-static beats natural IPC 10 by >= 2 points with label storage <= 1/epochs of "
                         "FKD-style storage.")

@@ -41,6 +41,12 @@ def msd(xs: list[float], scale: float = 100.0) -> str:
     return f"{scale * statistics.mean(xs):.2f} ± {scale * sd:.2f}"
 
 
+def noise(d: list[float]) -> str:
+    """A note when a paired difference is smaller than its spread across seeds."""
+    return (" (the paired difference is within its spread across seeds)"
+            if len(d) > 1 and abs(statistics.mean(d)) < statistics.stdev(d) else "")
+
+
 def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, str]:
     meta = {r["stage"]: r["meta"] for r in report["stages"]}
     costs = report.get("cpu_seconds", {})
@@ -87,7 +93,7 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
                   f"{100 * comp.get('mix_distribution', float('nan')):+.2f} points, teacher-confidence selection over "
                   f"(a) {100 * comp.get('selection_gain_over_a', float('nan')):+.2f} points.", "",
                   f"**Verdict ({len(A['kd3']['accuracy'])} seeds for (a)/(c)): {out['verdict']}.** KD^3 - (a): "
-                  f"{msd(A['kd3']['minus_a'])} points (needs >= +1.5); junk rejected {100 * rej:.1f} % (needs >= 80 %)"
+                  f"{msd(A['kd3']['minus_a'])} points{noise(A['kd3']['minus_a'])} (needs >= +1.5); junk rejected {100 * rej:.1f} % (needs >= 80 %)"
                   f"; components that hurt: {', '.join(hurts) or 'none'}. Works if (spec): KD^3 beats (a) by >= 1.5 "
                   "points, rejects >= 80 % of junk, and no component hurts."]
     return out, "\n".join(lines) + "\n"
