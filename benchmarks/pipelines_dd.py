@@ -93,10 +93,12 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
     lines = ["# Dataset distillation at IPC 10 (JPEG CIFAR-10): NRR-DD and INFER, DD-Ranking-style evaluation", "",
              f"Teacher T56* (the JPEG-fine-tuned ResNet-56). Evaluation student ConvNet-3 (32-64-128), AdamW 1e-3, "
              f"{a.steps} steps of batch 50 for every set; shared KD evaluation: teacher soft labels "
-             f"(T = 4) on a fixed bank of {a.views} augmented views per image (image, flip, cutmixes). Test: {10 * a.test_per_class} "
-             f"images. Reduced synthesis: RDED/NRR-DD from {a.mipc} images per class x 5 crops, NRR / "
-             f"class-specific {a.iterations} refinement steps (Adam lr {a.refine_lr}), INFER 28 UFCs x {a.iterations} steps "
-             f"(lr {a.ufc_lr}). Accuracy in %, mean ± sd over seeds; improvement = paired difference to the random "
+             f"(T = 4) on a fixed bank of {a.views} augmented views per image (image, flip, cutmixes). "
+             f"Test: {10 * a.test_per_class} images. Reduced synthesis: RDED/NRR-DD from {a.mipc} images per "
+             "class x 5 crops, NRR / "
+             f"class-specific {a.iterations} refinement steps (Adam lr {a.refine_lr}), INFER 28 UFCs x "
+             f"{a.iterations} steps (lr {a.ufc_lr}). Accuracy in %, mean ± sd over seeds; improvement = paired "
+             "difference to the random "
              "real subset under the same labels (soft for the shared evaluation, static for the static rows).", "",
              "| set / labels | images trained | stored images | label floats | seeds | accuracy | improvement over "
              "random real (same size) | CPU s (synthesis + eval) |", "|---|---|---|---|---|---|---|---|"]
@@ -147,7 +149,8 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
                         "fkd_style_floats": round(fkd), "epochs": round(epochs, 2),
                         "verdict": "works" if ok else "does not work"}
         verdicts.append(f"**INFER ({n} seeds): {out['infer']['verdict']}.** INFER-static - natural IPC 10 static "
-                        f"(paired): {msd(d)} points{noise(d)} (needs >= +2); label floats {inf['label_floats']} vs FKD-style "
+                        f"(paired): {msd(d)} points{noise(d)} (needs >= +2); label floats {inf['label_floats']} "
+                        "vs FKD-style "
                         f"{round(fkd)} over {epochs:.1f} epochs (needs <= 1/epochs of it). Works if (spec): "
                         "INFER-static beats natural IPC 10 by >= 2 points with label storage <= 1/epochs of "
                         "FKD-style storage.")

@@ -93,7 +93,8 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
                   f"{100 * comp.get('mix_distribution', float('nan')):+.2f} points, teacher-confidence selection over "
                   f"(a) {100 * comp.get('selection_gain_over_a', float('nan')):+.2f} points.", "",
                   f"**Verdict ({len(A['kd3']['accuracy'])} seeds for (a)/(c)): {out['verdict']}.** KD^3 - (a): "
-                  f"{msd(A['kd3']['minus_a'])} points{noise(A['kd3']['minus_a'])} (needs >= +1.5); junk rejected {100 * rej:.1f} % (needs >= 80 %)"
+                  f"{msd(A['kd3']['minus_a'])} points{noise(A['kd3']['minus_a'])} (needs >= +1.5); "
+                  f"junk rejected {100 * rej:.1f} % (needs >= 80 %)"
                   f"; components that hurt: {', '.join(hurts) or 'none'}. Works if (spec): KD^3 beats (a) by >= 1.5 "
                   "points, rejects >= 80 % of junk, and no component hurts."]
     return out, "\n".join(lines) + "\n"
