@@ -120,3 +120,27 @@ def test_kd3_pipeline_runs_and_refuses_a_stale_artefact(tmp_path):
     raw["stages"][0]["options"]["junk"] = 3
     with pytest.raises(StaleArtefactError, match=r"stage 'pool'.*options\.junk"):
         run_pipeline(parse_pipeline(raw, base_dir=TINY_KD3.parent), log=lambda m: None)
+
+
+def test_bad_options_are_refused_naming_the_key():
+    from distill.config import ConfigError
+
+    data = {"path": "builtin:cifar10_demo.tar.gz"}
+    cases = [
+        ({"name": "s", "kind": "kd3_train", "inputs": {"pool": "p"}, "options": {"data": data, "selection": "all"}},
+         "stages[1].options.selection"),
+        ({"name": "s", "kind": "infer_synthesize", "options": {"data": data, "teachers": []}},
+         "stages[1].options.teachers"),
+        ({"name": "s", "kind": "nrr_dd_synthesize", "options": {"data": data, "method": "dream"}},
+         "stages[1].options.method"),
+        ({"name": "s", "kind": "dd_evaluate", "inputs": {"set": "p"}, "options": {"data": data, "labels": "fkd"}},
+         "stages[1].options.labels"),
+        ({"name": "s", "kind": "dd_evaluate", "inputs": {"set": "p"}, "options": {"data": data, "stepz": 3}},
+         "stages[1].options.stepz"),
+        ({"name": "s", "kind": "kd3_train", "options": {"data": data}}, "stages[1].inputs.pool: required"),
+    ]
+    first = {"name": "p", "kind": "web_pool", "options": {"data": data}}
+    for stage, message in cases:
+        with pytest.raises(ConfigError) as e:
+            parse_pipeline({"output_dir": "x", "stages": [first, stage]})
+        assert message in str(e.value), (message, str(e.value))
