@@ -5,7 +5,7 @@
 cd "$(dirname "$0")/.." || exit 1
 export OMP_NUM_THREADS=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PY:-/work/main/.venv/bin/python}
-$PY benchmarks/pipelines_dd.py --seeds 0
+$PY benchmarks/pipelines_dd.py --seeds 0 --ufc-iterations 10
 $PY benchmarks/pipelines_kd3.py --seeds 0 1 2
-$PY benchmarks/pipelines_dd.py --seeds 0 1
-$PY benchmarks/pipelines_dd.py --seeds 0 1 2
+$PY benchmarks/pipelines_dd.py --seeds 0 1 --ufc-iterations 10
+$PY benchmarks/pipelines_dd.py --seeds 0 1 2 --ufc-iterations 10
