@@ -99,7 +99,8 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
              f"class-specific {a.iterations} refinement steps (Adam lr {a.refine_lr}), INFER 28 UFCs x "
              f"{a.ufc_iterations or a.iterations} steps (lr {a.ufc_lr}). Accuracy in %, mean ± sd over seeds; "
              "improvement = paired difference to the random "
-             "real subset under the same labels (soft for the shared evaluation, static for the static rows).", "",
+             "real subset under the same labels (soft for the shared evaluation and, as a reference, for the DBR "
+             "and one-hot rows; static for the static rows).", "",
              "| set / labels | images trained | stored images | label floats | seeds | accuracy | improvement over "
              "random real (same size) | CPU s (synthesis + eval) |", "|---|---|---|---|---|---|---|---|"]
     for label, st, labels in ARMS:

@@ -103,6 +103,7 @@ def test_sigkill_mid_stage_resumes_to_the_uninterrupted_result(tmp_path, full):
 
 
 def test_kd3_pipeline_runs_and_refuses_a_stale_artefact(tmp_path):
+    pytest.importorskip("skimage", reason="the junk textures come with scikit-image (extra 'vision')")
     raw = read_yaml(TINY_KD3)
     raw["output_dir"] = str(tmp_path / "out")
     report = run_pipeline(parse_pipeline(raw, base_dir=TINY_KD3.parent), log=lambda m: None)
