@@ -34,6 +34,7 @@ INFER = ROOT / "configs" / "pipelines" / "infer_cifar10.yaml"
 # (row label, set stage, label scheme) in table order; the set stage names are the recipes'
 ARMS = [("random real", "random", "soft"), ("RDED", "rded", "soft"), ("NRR-DD", "nrr", "soft"),
         ("class-specific (CE+BN)", "class_specific", "soft"), ("INFER", "infer", "soft"),
+        ("ablation: NRR refinement of RDED's patches", "nrr_on_rded", "soft"),
         ("NRR-DD, DBR labels", "nrr", "dbr"), ("NRR-DD, one-hot labels", "nrr", "onehot"),
         ("random real (natural), static labels", "random", "static"), ("INFER, static labels", "infer", "static")]
 
@@ -49,15 +50,17 @@ def stages_for(seed: int, a: argparse.Namespace) -> list[dict]:
     nrr, inf = read_yaml(NRR)["stages"], read_yaml(INFER)["stages"]
     by = {s["name"]: s for s in nrr + inf}
     sets = {"random": copy.deepcopy(by["natural"]), "rded": copy.deepcopy(by["rded"]), "nrr": copy.deepcopy(by["nrr"]),
-            "class_specific": copy.deepcopy(by["class_specific"]), "infer": copy.deepcopy(by["infer"])}
+            "class_specific": copy.deepcopy(by["class_specific"]), "infer": copy.deepcopy(by["infer"]),
+            "nrr_on_rded": copy.deepcopy(by["nrr"])}
+    sets["nrr_on_rded"]["options"]["init"] = "rded"
     for name, st in sets.items():
         st["name"] = f"{name}_s{seed}"
         o = st["options"]
         o["seed"] = seed
         o["data"]["test_per_class"] = a.test_per_class
-        if name in ("rded", "nrr"):
+        if name in ("rded", "nrr", "nrr_on_rded"):
             o.update(mipc=a.mipc)
-        if name in ("nrr", "class_specific"):
+        if name in ("nrr", "class_specific", "nrr_on_rded"):
             o.update(iterations=a.iterations, lr=a.refine_lr, recompute_every=max(1, a.iterations // 3))
         if name == "infer":
             o.update(iterations=a.ufc_iterations if a.ufc_iterations is not None else a.iterations, lr=a.ufc_lr)

@@ -166,9 +166,12 @@ def dbr_loss(student: torch.Tensor, teacher: torch.Tensor, y_org: torch.Tensor, 
 
 class NRRDDOptions(SetSource):
     """``method``: ``nrr`` (CIDD init + NRR), ``rded`` (RDED selection only) or ``sre2l`` (random real init, the
-    whole image refined with CE + BN: the class-specific synthesis baseline)."""
+    whole image refined with CE + BN: the class-specific synthesis baseline). ``init: rded`` refines RDED's
+    patches instead of CIDD's (an ablation separating the init from the refinement)."""
 
     method: Literal["nrr", "rded", "sre2l"] = "nrr"
+    #: NRR's starting patches: ``cidd`` (the paper's) or ``rded`` (an ablation: NRR on RDED's patches)
+    init: Literal["cidd", "rded"] = "cidd"
     ipc: int = Field(10, gt=0)
     mipc: int = Field(300, gt=0)
     num_crop: int = Field(5, gt=0)
@@ -212,7 +215,7 @@ class NRRDDSynthesize(StageKind):
                 crops, boxes = random_resized_crops(imgs, o.num_crop, g, (o.min_scale, 1.0))
                 label = torch.full((len(crops),), k, dtype=torch.int64)
                 logits = batched(teacher, crops)
-                if o.method == "rded":
+                if o.method == "rded" or o.init == "rded":
                     rows = rded_select(F.cross_entropy(logits, label, reduction="none"), o.num_crop, o.ipc)
                 else:
                     full = cam(teacher, imgs, torch.full((len(imgs),), k, dtype=torch.int64))[:, 0]
