@@ -24,7 +24,8 @@ random shift (grayscale, hue rotation, 3-bit posterise, Gaussian blur sigma 1.2,
 contrast x 0.4), plus out-of-class junk: random 32 x 32 crops of the scikit-image brick, grass and gravel photos,
 replicated to RGB. Pool labels are never used for training. The teacher's logits and pooled features are cached
 for both flips. Student: a ConvNet-3 (the spec's ResNet-20 does not fit the shared CPU; *adaptation*), SGD with a
-cosine schedule, the same number of steps for every arm.
+cosine schedule, the same number of steps for every arm, gradients clipped to norm 5 (our choice: without it the
+shared-classifier student diverges at lr 0.05).
 """
 
 from __future__ import annotations
@@ -281,6 +282,9 @@ class KD3Options(Strict):
     lambda_con: float = Field(0.1, ge=0)
     tau_con: float = Field(0.1, gt=0)
     mix_alpha: float = Field(0.1, gt=0)
+    #: global gradient-norm clip (our choice, every arm): without it the shared-classifier student diverges in the
+    #: first steps at SGD lr 0.05 (the frozen teacher classifier amplifies the adapter's output); 0 = off
+    grad_clip: float = Field(5.0, ge=0)
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128], min_length=2)
     teacher: TeacherSpec = TeacherSpec()
     seed: int = 0
@@ -347,6 +351,8 @@ def kd3_train(x: torch.Tensor, t_logits: torch.Tensor, t_feat: torch.Tensor, tea
                 loss = loss + o.lambda_con * info_nce(h, h_mix, o.tau_con)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if o.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip)
             opt.step()
             sched.step()
         epoch += 1
