@@ -19,8 +19,10 @@ read through the spec (../shared/methods/pipelines.md row 36) and in the reposit
   target logits lambda s_i + (1 - lambda) s_j, KL(softmax(mix/T) || softmax(z_S/T)) batchmean, no T^2, T = 30
   (:func:`static_mixup`).
 
-Adaptation (spec row 36): the teachers are CIFAR ResNet-20/32/44/56 (the akamaster weights; the ResNet-56 the
-JPEG-fine-tuned one shipped with distill) instead of ResNet-18/MobileNetV2/EfficientNet/ShuffleNet.
+Adaptation (spec row 36): the teachers are CIFAR ResNet-20/32/44/56 (the akamaster weights, *not* fine-tuned on
+the JPEG images as the spec asks; the ResNet-56 is the JPEG-fine-tuned one shipped with distill) instead of
+ResNet-18/MobileNetV2/EfficientNet/ShuffleNet. Not implemented: the dynamic-label variant (``val_dyn.py``: the
+ensemble online on each mixed batch).
 """
 
 from __future__ import annotations
