@@ -18,6 +18,7 @@ from distill.pipelines.methods.infer import (
     ufc_loss,
     ufc_optimise,
 )
+from distill.pipelines.methods.nrr_dd import dbr_loss  # noqa: F401  (registers the dbr label scheme)
 from distill.pipelines.pipeline import StageContext
 
 

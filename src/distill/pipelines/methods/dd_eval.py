@@ -273,6 +273,11 @@ def soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -(target * F.log_softmax(logits, -1)).sum(-1)
 
 
+#: the methods' own label schemes, registered by their modules (no import circle): ``dbr`` -> the DBR loss
+#: (student, teacher, y_org, y_mix, weight), ``static`` -> the static-label mixup batch (x, s, batch, alpha, gen)
+LABEL_SCHEMES: dict[str, Any] = {}
+
+
 class EvalOptions(Strict):
     """``labels``: the label scheme (``soft`` is the shared DD-Ranking-style evaluation). ``test_per_class``: test
     images per class (the same for every set). ``views``: the augmentation bank per image."""
@@ -298,9 +303,11 @@ def dd_train(x: torch.Tensor, y: torch.Tensor, num_classes: int, o: EvalOptions,
              static_logits: torch.Tensor | None = None, ctx: StageContext | None = None) -> nn.Module:
     """Train a fresh ConvNet on the set (``x`` normalised, ``y``) for ``o.steps`` steps with the label scheme
     ``o.labels``; checkpointed through ``ctx`` every ``o.checkpoint_every`` steps (resume gives the same model)."""
-    from distill.pipelines.methods.infer import static_mixup
-    from distill.pipelines.methods.nrr_dd import dbr_loss
-
+    for scheme in ("dbr", "static"):
+        if o.labels == scheme and scheme not in LABEL_SCHEMES:
+            raise PipelineError(f"label scheme {scheme!r} is registered by its method's module: import "
+                                "distill.pipelines.kinds")
+    dbr_loss, static_mixup = LABEL_SCHEMES.get("dbr"), LABEL_SCHEMES.get("static")
     torch.manual_seed(o.seed)
     model = ConvNet(num_classes, tuple(o.widths))
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, weight_decay=o.weight_decay)

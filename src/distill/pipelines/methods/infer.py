@@ -39,6 +39,7 @@ from torch import nn
 from distill.config import Strict
 from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
 from distill.pipelines.methods.dd_eval import (
+    LABEL_SCHEMES,
     BNStats,
     batched,
     clamp_valid,
@@ -107,6 +108,9 @@ def static_mixup(x: torch.Tensor, s: torch.Tensor, batch_size: int, alpha: float
     lam = float(np.random.default_rng(int(torch.randint(2**31 - 1, (1,), generator=generator))).beta(alpha, alpha))
     xi = torch.where(flip, x[i].flip(-1), x[i])
     return lam * xi + (1 - lam) * x[j], mix_targets(s[i], s[j], lam)
+
+
+LABEL_SCHEMES["static"] = static_mixup  # dd_evaluate's ``labels: static``
 
 
 class INFEROptions(Strict):

@@ -38,6 +38,7 @@ from torch import nn
 
 from distill.pipelines.images import build_cifar_model, load_source, normalise
 from distill.pipelines.methods.dd_eval import (
+    LABEL_SCHEMES,
     SetSource,
     batched,
     bn_matching,
@@ -159,6 +160,9 @@ def dbr_loss(student: torch.Tensor, teacher: torch.Tensor, y_org: torch.Tensor, 
         t_org, t_aug = soft_ce(teacher, y_org), soft_ce(teacher, y_mix)
     s_org, s_aug = soft_ce(student, y_org), soft_ce(student, y_mix)
     return (s_aug + weight * ((s_org - t_org).abs() + (s_aug - t_aug).abs())).mean()
+
+
+LABEL_SCHEMES["dbr"] = dbr_loss  # dd_evaluate's ``labels: dbr``
 
 
 # ------------------------------------------------------------------------------------------------------- stage
