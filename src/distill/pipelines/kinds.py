@@ -171,8 +171,12 @@ class Train(StageKind):
 
 
 # the methods' kinds register themselves on import
+from distill.pipelines.methods import dd_eval as _dd_eval  # noqa: E402,F401
 from distill.pipelines.methods import dense2moe as _dense2moe  # noqa: E402,F401
 from distill.pipelines.methods import diswot as _diswot  # noqa: E402,F401
+from distill.pipelines.methods import infer as _infer  # noqa: E402,F401
+from distill.pipelines.methods import kd3 as _kd3  # noqa: E402,F401
+from distill.pipelines.methods import nrr_dd as _nrr_dd  # noqa: E402,F401
 from distill.pipelines.methods import pcoreset as _pcoreset  # noqa: E402,F401
 from distill.pipelines.methods import pgkd as _pgkd  # noqa: E402,F401
 from distill.pipelines.methods import rationale_kd as _rationale_kd  # noqa: E402,F401
