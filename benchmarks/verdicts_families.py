@@ -206,6 +206,64 @@ def diswot_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, ["diswot"])
 
 
+def dd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Rows 32 (NRR-DD) and 36 (INFER), dataset distillation on CIFAR-10 at 10 images per class under the shared
+    DD-Ranking-style KD evaluation (``benchmarks/pipelines_dd.py``; accuracy in points; rows ``<set>/<labels>``)."""
+    values = {arm: {int(sd): 100.0 * a for sd, a in zip(r["seeds"], r["accuracy"])}
+              for arm, r in data["arms"].items()}
+    info = data.get("infer", {})
+    ev = Evidence(values, facts={"infer_floats": info.get("label_floats"), "fkd_floats": info.get("fkd_style_floats"),
+                                 "epochs": info.get("epochs")})
+
+    def dbr_between(ev: Evidence, seeds: int) -> Verdict:
+        arms = ("nrr/onehot", "nrr/dbr", "nrr/soft")
+        if any(a not in ev.values for a in arms):
+            return Verdict(PENDING, "label variants of NRR-DD not run")
+        one, dbr, soft = (statistics.mean(ev.values[a].values()) for a in arms)
+        ok = min(one, soft) <= dbr <= max(one, soft)
+        return Verdict(WORKS if ok else MISSED, f"DBR {dbr:.2f} vs one-hot {one:.2f} and soft {soft:.2f}")
+
+    def storage(ev: Evidence, seeds: int) -> Verdict:
+        f, fkd, ep = ev.facts["infer_floats"], ev.facts["fkd_floats"], ev.facts["epochs"]
+        if not (f and fkd and ep):
+            return Verdict(PENDING, "label storage not measured")
+        return Verdict(WORKS if f <= fkd / ep * 1.001 else MISSED,  # epochs is stored rounded to 0.01
+                       f"static labels {f} floats vs FKD-style {fkd} / {ep:g} epochs = {fkd / ep:.0f}")
+
+    crit = {"random/soft": baseline("baseline (a): random real images"),
+            "rded/soft": baseline("baseline (b): RDED crops"),
+            "class_specific/soft": baseline("baseline (class-specific CE + BN synthesis)"),
+            "infer/soft": baseline("INFER under the shared soft-label evaluation"),
+            "nrr_on_rded/soft": baseline("ablation (NRR refinement on RDED's crops)"),
+            "nrr/dbr": baseline("label variant (DBR)"), "nrr/onehot": baseline("label variant (one-hot)"),
+            "random/static": baseline("baseline (the natural IPC-10 set, static labels)"),
+            "nrr/soft": Criterion("Works if (c) > (b) by >= 2 points over 3 seeds, and DBR falls between one-hot and "
+                                  "full soft labels.", "pipelines.md row 32", 3,
+                                  (margin("nrr/soft", "rded/soft", 2.0, label="(c) NRR-DD"), dbr_between)),
+            "infer/static": Criterion("Works if INFER-static beats natural IPC 10 by >= 2 points with label storage "
+                                      "<= 1/epochs of FKD-style storage.", "pipelines.md row 36", 3,
+                                      (margin("infer/static", "random/static", 2.0), storage))}
+    return judge_all(crit, ev, list(values))
+
+
+def kd3_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 19, KD^3 on a web-like CIFAR-10 pool (``benchmarks/pipelines_kd3.py``; accuracy in points)."""
+    arms = data["arms"]
+    values = {a: {int(sd): 100.0 * x for sd, x in zip(r["seeds"], r["accuracy"])} for a, r in arms.items()}
+    junk = arms.get("kd3", {}).get("junk_rejected")
+    ev = Evidence(values, facts={"junk": statistics.mean(junk) if junk else None})
+    quote = ("Works if KD^3 beats (a) by >= 1.5 points, rejects >= 80 % of junk, and no component hurts. As in the "
+             "paper, selection should give the largest gain.")
+    crit = {"kd_all": baseline("baseline (a): KD on the whole pool"),
+            "kd_teacher_select": baseline("baseline (b): teacher-confidence selection"),
+            "kd3_no_mix": baseline("ablation (d): KD^3 without MixDistribution"),
+            "kd3": Criterion(quote, "pipelines.md row 19 (reconstructed)", 3, (
+                margin("kd3", "kd_all", 1.5, label="(c) KD^3"),
+                fact_check("junk", lambda x: x >= 0.8, lambda x: f"junk rejected {100 * x:.1f}% (needs >= 80%)"),
+                margin("kd3", "kd3_no_mix", 0.0, label="MixDistribution: kd3")))}
+    return judge_all(crit, ev, _rows(values, "kd3"))
+
+
 # -- many teachers, streams and shifts (issue 20) ----------------------------------------------------------------
 def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Rows 14 (OnPro), 25 (Dynamic Y-KD) and 27 (Cr-KD) on CIFAR-10 JPEG or sklearn digits
@@ -479,6 +537,8 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "vit_ofa": ("CIFAR-10, ResNet-56 -> ViT (OFA-KD)", vit_ofa_verdicts),
     "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
     "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
+    "pipelines_dd": ("Dataset distillation, CIFAR-10 IPC 10 (NRR-DD, INFER)", dd_verdicts),
+    "pipelines_kd3": ("Web-like pool, KD^3", kd3_verdicts),
     "continual_digits": ("Continual and novel-class digits", continual_verdicts),
     "continual_cifar10": ("Continual and novel-class CIFAR-10", continual_verdicts),
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
