@@ -58,7 +58,7 @@ def test_every_method_declares_registered_tasks():
                                     "uld"}
     assert by_task["anomaly_detection"] == {"reverse_distillation"}
     assert by_task["super_resolution"] == {"l1", "dsclora", "fitnet"}
-    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd"}
+    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd", "acam_kd"}
     maps_only = by_task["image_classification"] - by_task["text_classification"]
     assert {"at", "ab", "ft", "fsp", "nst", "reviewkd"} <= maps_only
 

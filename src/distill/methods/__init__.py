@@ -13,8 +13,8 @@ method is registered with (``distill methods`` prints each method's file):
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
 * ``augmentation/``: family ``augmentation`` (mixup);
-* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; reverse_distillation:
-  anomaly maps).
+* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; acam_kd: CNN maps of
+  classification and segmentation; reverse_distillation: anomaly maps).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -34,7 +34,7 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
-from distill.methods.dense import dsclora, l1, reverse_distillation, transkd  # noqa: F401
+from distill.methods.dense import acam_kd, dsclora, l1, reverse_distillation, transkd  # noqa: F401
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import (  # noqa: F401
     ab,
