@@ -14,7 +14,8 @@ method is registered with (``distill methods`` prints each method's file):
 * ``embedding/``: family ``embedding`` (leaf);
 * ``augmentation/``: family ``augmentation`` (mixup);
 * ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; acam_kd: CNN maps of
-  classification and segmentation; reverse_distillation: anomaly maps).
+  classification and segmentation; reverse_distillation: anomaly maps; mae_reconstruction, dmae: masked-image
+  pre-training).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -34,7 +35,15 @@ are thin re-exporting shims kept for one release.
 
 from distill.core.method import METHODS, Method
 from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
-from distill.methods.dense import acam_kd, dsclora, l1, reverse_distillation, transkd  # noqa: F401
+from distill.methods.dense import (  # noqa: F401
+    acam_kd,
+    dmae,
+    dsclora,
+    l1,
+    mae_reconstruction,
+    reverse_distillation,
+    transkd,
+)
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import (  # noqa: F401
     ab,
