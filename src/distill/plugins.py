@@ -24,6 +24,7 @@ BUILTIN_FAMILIES = (
     "distill.tasks.segmentation.build",
     "distill.tasks.super_resolution.build",
     "distill.tasks.masked_image.build",
+    "distill.tasks.paired_views.build",
 )
 
 

@@ -6,7 +6,7 @@ method is registered with (``distill methods`` prints each method's file):
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
   random_teachers, tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
 * ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd, ofa,
-  cnn_vit_coop, orr_invariance, afkd);
+  cnn_vit_coop, orr_invariance, afkd, paired_view_kd);
 * ``relations/``: family ``relations`` (sp, cc, rkd, pkt, trg);
 * ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
@@ -58,6 +58,7 @@ from distill.methods.features import (  # noqa: F401
     nst,
     ofa,
     orr_invariance,
+    paired_view_kd,
     reviewkd,
     vid,
 )
