@@ -127,7 +127,7 @@ def test_afkd_gradients_reach_student_never_teacher():
     assert all(not p.requires_grad and p.grad is None for p in module.teacher.model.parameters())
 
 
-@pytest.mark.parametrize("arm", ["orr", "afkd", "mse_uniform"])
+@pytest.mark.parametrize("arm", ["ce_finetune", "orr", "scratch", "afkd", "mse_uniform"])
 def test_recipes_validate(arm):
     raw = load_raw(CONFIGS / f"{arm}.yaml")
     cfg = parse_config(raw, base_dir=str(CONFIGS))
