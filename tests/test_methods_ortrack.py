@@ -111,6 +111,7 @@ def test_orr_gradient_only_through_the_clean_pass_and_zero_without_mask():
     # the masked branch is stop-gradient: its tensor carries no graph
     method.transform_batch(batch, torch.Generator().manual_seed(4))
     assert not method.masked_feature().requires_grad
+    assert not list(method.parameters()) and not any("orr" in k for k in module.state_dict())
 
 
 def test_afkd_gradients_reach_student_never_teacher():

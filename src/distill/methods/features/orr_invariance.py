@@ -19,6 +19,8 @@ losses). The masks are drawn in ``transform_batch`` from the trainer's generator
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from distill.core.batch import Batch
@@ -44,8 +46,9 @@ class ORRInvariance(TapMethod):
         if sampler not in ("cox", "uniform"):
             raise ValueError(f"sampler must be 'cox' or 'uniform', got {sampler!r}")
         self.feature, self.ratio, self.block, self.sigma, self.sampler = feature, ratio, block, sigma, sampler
-        self._student = None
-        self._task = None
+        # (student, task), kept in a tuple so that the student is not registered as a sub-module of the method
+        # (its weights would otherwise be in the method's parameters and state)
+        self._runner: tuple[Any, Any] | None = None
         self._masked: Batch | None = None
 
     def student_taps(self) -> list[str]:
@@ -55,7 +58,7 @@ class ORRInvariance(TapMethod):
         if info.student is None or info.task is None:
             raise ValueError("orr_invariance runs the student on the masked view: the run must pass the student and "
                              "the task at set-up (the trainer does)")
-        self._student, self._task = info.student, info.task
+        self._runner = (info.student, info.task)
 
     def masks(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         b, _, hgt, wid = images.shape
@@ -71,11 +74,11 @@ class ORRInvariance(TapMethod):
         return batch
 
     def masked_feature(self) -> torch.Tensor:
-        if self._masked is None or self._student is None:
+        if self._masked is None or self._runner is None:
             raise RuntimeError("orr_invariance: no masked view for this step (transform_batch runs before each "
                                "training step; set-up must have run)")
         with torch.no_grad():
-            out = run_with_taps(self._student, self._task, self._masked, [self.feature])
+            out = run_with_taps(self._runner[0], self._runner[1], self._masked, [self.feature])
         self._masked = None
         return out.feature(self.feature)
 
