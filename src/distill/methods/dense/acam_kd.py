@@ -5,7 +5,8 @@ arXiv:2503.06307. No official code exists (none stored, none found by name or mo
 **reconstruction (R)** from the abstract and third-party summaries, as laid out in ../shared/methods/dense.md row 5.
 
 For one feature level, F^T (B, C, H, W) is the detached teacher map and phi(F^S) the student map brought to C
-channels by a 1x1 adapter phi **(R)** (and resized bilinearly to H x W when the sizes differ, **(R)**).
+channels by an adapter phi **(R)**: FitNet's regressor (a 1x1 conv for equal sizes, then BatchNorm and ReLU, as the
+FitNet baseline uses; ``adapter_relu: false`` drops the ReLU), resized bilinearly to H x W if the sizes still differ.
 
 *STCA-FF* (student-teacher cross-attention feature fusion), teacher as query, student as key and value:
 Q = W_q F^T, K = W_k phi(F^S) in R^{C_q x HW} (C_q = C / qk_ratio, 2 by default), V = W_v phi(F^S) in R^{C x HW}
@@ -19,6 +20,7 @@ with ``channel_units: scalar``, the summary's shape); spatial masks M^s_m = sigm
 *Distillation*, D = (F^T - phi(F^S))^2 (C x HW per sample):
     L_ch = (1/M) sum_m [sum_k M^c_{m,k} sum_hw D_{k,hw}] / (HW sum_k M^c_{m,k})
     L_sp = (1/M) sum_m [sum_hw M^s_{m,hw} sum_k D_{k,hw}] / (C sum_hw M^s_{m,hw})       (**R**)
+(the mask sums are floored at 1e-6 so that saturated masks give no 0/0).
 *Diversity* (Dice, as in MasKD): L_div = mean_{m<m'} 2<M_m, M_m'> / (|M_m|^2 + |M_m'|^2), once over the spatial
 masks and once over the channel masks, the two summed. All three are averaged over the batch.
 
@@ -45,6 +47,7 @@ from torch import nn
 
 from distill.core.method import IMAGE_TASKS, EpochContext, FeaturePair, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
+from distill.methods.features.adapters import conv_regressor
 
 
 def cross_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
@@ -57,7 +60,7 @@ def masked_channel_loss(d: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     sum_k M_k sum_hw D_k,hw / (HW sum_k M_k)."""
     per_channel = d.sum(2)  # B, C
     num = (masks * per_channel[:, None, :]).sum(2)  # B, M
-    return (num / (d.shape[2] * masks.sum(2))).mean()
+    return (num / (d.shape[2] * masks.sum(2).clamp_min(1e-6))).mean()
 
 
 def masked_spatial_loss(d: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,7 @@ def masked_spatial_loss(d: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     sum_hw M_hw sum_k D_k,hw / (C sum_hw M_hw)."""
     per_position = d.sum(1)  # B, HW
     num = (masks * per_position[:, None, :]).sum(2)
-    return (num / (d.shape[1] * masks.sum(2))).mean()
+    return (num / (d.shape[1] * masks.sum(2).clamp_min(1e-6))).mean()
 
 
 def dice_diversity(masks: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -92,10 +95,14 @@ class ACAMHead(nn.Module):
 
     def __init__(self, student_channels: int, channels: int, num_masks: int = 6, qk_ratio: int = 2,
                  channel_units: Literal["vector", "scalar"] = "vector", residual: bool = False,
-                 detach_student_kv: bool = False):
+                 detach_student_kv: bool = False, student_size: int | None = None, size: int | None = None,
+                 adapter_relu: bool = True):
         super().__init__()
         cq = max(1, channels // qk_ratio)
-        self.adapter = nn.Conv2d(student_channels, channels, 1)
+        hs = student_size or size or 1
+        ht = size or hs
+        self.adapter = conv_regressor(torch.Size([1, student_channels, hs, hs]), torch.Size([1, channels, ht, ht]),
+                                      relu=adapter_relu)
         self.q = nn.Conv2d(channels, cq, 1)
         self.k = nn.Conv2d(channels, cq, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -163,7 +170,7 @@ class ACAMKD(FeaturePair):
     def __init__(self, student: str = "f3", teacher: str = "f3", num_masks: int = 6, qk_ratio: int = 2,
                  alpha: float = 1.0, beta: float = 1.0, detach_student_kv: bool = False,
                  channel_units: Literal["vector", "scalar"] = "vector", residual: bool = False,
-                 probe_images: int = 64):
+                 probe_images: int = 64, adapter_relu: bool = True):
         super().__init__()
         if num_masks < 1:
             raise ValueError(f"num_masks must be >= 1, got {num_masks}")
@@ -178,7 +185,7 @@ class ACAMKD(FeaturePair):
         self.tap_pair(student, teacher)
         self.num_masks, self.qk_ratio, self.alpha, self.beta = num_masks, qk_ratio, alpha, beta
         self.detach_student_kv, self.channel_units, self.residual = detach_student_kv, channel_units, residual
-        self.probe_images = probe_images
+        self.probe_images, self.adapter_relu = probe_images, adapter_relu
         self.head: ACAMHead | None = None
         self.register_buffer("mask_entropy", torch.zeros(()))
         self.register_buffer("mask_dice_first", torch.full((), float("nan")))
@@ -190,7 +197,7 @@ class ACAMKD(FeaturePair):
                              f"{tuple(t.shape)} (teacher)")
         c, hw = t.shape[1], t.shape[2] * t.shape[3]
         self.head = ACAMHead(s.shape[1], c, self.num_masks, self.qk_ratio, self.channel_units, self.residual,
-                             self.detach_student_kv).to(s.device)
+                             self.detach_student_kv, s.shape[2], t.shape[2], self.adapter_relu).to(s.device)
         # the probe masks of the first epoch: spatial then channel, per image
         self.register_buffer("probe_first", torch.zeros(self.probe_images, self.num_masks, hw + c, device=s.device))
         self.register_buffer("probe_set", torch.zeros((), dtype=torch.bool, device=s.device))
