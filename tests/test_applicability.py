@@ -34,6 +34,10 @@ BASES = {
                           "student": {"arch": "dbfad_student"}, "teacher": {"arch": "resnet56", "weights": "random"}},
     "semantic_segmentation": {"task": "semantic_segmentation", "student": {"arch": "seg_resnet_student"},
                               "teacher": {"arch": "seg_resnet_teacher", "weights": "random"}},
+    "masked_image_pretraining": {"task": "masked_image_pretraining", "data": {"train": "t.tar.gz"},
+                                 "student": {"arch": "mae_vit"}},
+    "paired_views": {"task": "paired_views", "data": {"train": "t.tar.gz"}, "student": {"arch": "resnet20"},
+                     "teacher": {"arch": "resnet56", "weights": "random"}},
     "super_resolution": {"task": "super_resolution", "data": {"source": "textures"},
                          "student": {"arch": "span", "conv_lora": {"conv_2": {"rank": 2, "alpha": 2}}},
                          "teacher": {"arch": "span", "weights": "random"}},
@@ -58,7 +62,9 @@ def test_every_method_declares_registered_tasks():
                                     "uld"}
     assert by_task["anomaly_detection"] == {"reverse_distillation"}
     assert by_task["super_resolution"] == {"l1", "dsclora", "fitnet"}
-    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd"}
+    assert by_task["masked_image_pretraining"] == {"mae_reconstruction", "dmae"}
+    assert by_task["paired_views"] == {"paired_view_kd"}
+    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd", "acam_kd"}
     maps_only = by_task["image_classification"] - by_task["text_classification"]
     assert {"at", "ab", "ft", "fsp", "nst", "reviewkd"} <= maps_only
 
@@ -135,7 +141,8 @@ def test_methods_task_refuses_an_unknown_task(capsys):
     assert main(["methods", "--task", "images"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == ("--task: unknown task 'images'; allowed: anomaly_detection, causal_lm, embedding, "
-                           "graph_node_classification, image_classification, ranking, semantic_segmentation, "
+                           "graph_node_classification, image_classification, masked_image_pretraining, paired_views, "
+                           "ranking, semantic_segmentation, "
                            "super_resolution, text_classification, vector_classification")
 
 

@@ -307,6 +307,10 @@ FOLDERS = {
     "cranfield_minilm2": {"label_only", "score_mse", "margin_mse", "leaf"},
     "tinyshakespeare": {"ce", "fkl", "rkl", "gjsd_0.5", "skl_0.1", "taid", "fkl_dense", "fkl_k8", "fkl_k1", "seqkd_ce",
                         "gjsd_on_policy", "ce_char", "uld_char"},  # the last two: benchmarks/llm_uld.py
+    "acam_kd": {"scratch", "kd", "fitnet", "acam"},  # benchmarks/acam_kd.py
+    "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
+    "ortrack": {"ce_finetune", "orr", "scratch", "mse_uniform", "afkd"},  # benchmarks/ortrack.py
+    "paired_views": {"paired_kd", "oracle"},  # benchmarks/paired_views.py
 }
 
 

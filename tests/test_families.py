@@ -42,8 +42,9 @@ def assert_cache_equals_live(cfg, n_batches: int = 2, batch_size: int = 4, atol:
 
 def test_every_builtin_family_is_registered_with_its_parts():
     assert FAMILIES.names() == ["anomaly_detection", "causal_lm", "embedding", "graph_node_classification",
-                                "image_classification", "ranking", "semantic_segmentation", "super_resolution",
-                                "text_classification", "vector_classification"]
+                                "image_classification", "masked_image_pretraining", "paired_views", "ranking",
+                                "semantic_segmentation", "super_resolution", "text_classification",
+                                "vector_classification"]
     for fam in FAMILIES:
         assert fam.data_section is not object and fam.summary
 

@@ -23,6 +23,8 @@ BUILTIN_FAMILIES = (
     "distill.tasks.anomaly.build",
     "distill.tasks.segmentation.build",
     "distill.tasks.super_resolution.build",
+    "distill.tasks.masked_image.build",
+    "distill.tasks.paired_views.build",
 )
 
 

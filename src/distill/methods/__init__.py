@@ -6,15 +6,16 @@ method is registered with (``distill methods`` prints each method's file):
 * ``logits/``: family ``logits`` (kd, dkd, dist, lskd, dho, lelp, lsf_idm, makd, mealv2, mixkd, mixstd, pld,
   random_teachers, tgeo) and family ``supervised`` (ce, lm_ce: label losses on the student's logits);
 * ``features/``: family ``features`` (fitnet, at, vid, ab, ft, fsp, nst, crd, reviewkd, nd, ofa,
-  cnn_vit_coop);
+  cnn_vit_coop, orr_invariance, afkd, paired_view_kd);
 * ``relations/``: family ``relations`` (sp, cc, rkd, pkt, trg);
 * ``llm/``: family ``llm`` (fkl, rkl, gjsd, tvd, skl, srkl, taid, on_policy);
 * ``graph/``: families ``graph`` (ffg2m, glnn) and ``graph-unlearning`` (d2dgn; a hyphen is no module name);
 * ``ranking/``: family ``ranking`` (margin_mse, score_mse, ranking_nll);
 * ``embedding/``: family ``embedding`` (leaf);
-* ``augmentation/``: family ``augmentation`` (mixup);
-* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; reverse_distillation:
-  anomaly maps).
+* ``augmentation/``: family ``augmentation`` (mixup, cox_block_mask);
+* ``dense/``: family ``dense`` (l1, dsclora: super-resolution; transkd: segmentation; acam_kd: CNN maps of
+  classification and segmentation; reverse_distillation: anomaly maps; mae_reconstruction, dmae: masked-image
+  pre-training).
 
 :data:`FAMILY_FOLDERS` states the mapping; a test checks every method's file against it.
 
@@ -33,11 +34,20 @@ are thin re-exporting shims kept for one release.
 """
 
 from distill.core.method import METHODS, Method
-from distill.methods.augmentation import mixup  # noqa: F401  (the imports below register the methods)
-from distill.methods.dense import dsclora, l1, reverse_distillation, transkd  # noqa: F401
+from distill.methods.augmentation import cox_block_mask, mixup  # noqa: F401  (the imports below register the methods)
+from distill.methods.dense import (  # noqa: F401
+    acam_kd,
+    dmae,
+    dsclora,
+    l1,
+    mae_reconstruction,
+    reverse_distillation,
+    transkd,
+)
 from distill.methods.embedding import leaf  # noqa: F401
 from distill.methods.features import (  # noqa: F401
     ab,
+    afkd,
     at,
     cnn_vit_coop,
     crd,
@@ -48,6 +58,8 @@ from distill.methods.features import (  # noqa: F401
     nd,
     nst,
     ofa,
+    orr_invariance,
+    paired_view_kd,
     reviewkd,
     vid,
 )

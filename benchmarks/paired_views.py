@@ -1,0 +1,120 @@
+"""Demonstration of exo -> ego paired-view distillation (../shared/methods/dense.md, row 7), the no-video analogue on
+JPEG CIFAR-10: the student learns on unlabelled (ego, exo) pairs to reproduce the frozen exo teacher's stage maps.
+
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/paired_views.py     # source-only once, 2 arms x 3 seeds
+    python benchmarks/paired_views.py --report-only
+
+Arms (``configs/paired_views/``, the same pair images, steps and schedule): ``paired_kd`` (sum of stage-1..3 MSEs,
+no label, student initialised from the teacher) and ``oracle`` (CE on the ego views of the same images, from the
+teacher's weights). ``source_only`` is the teacher itself scored on the ego test views (no training, one number).
+Metric: top-1 on the ego view of the test images. Verdict (the spec's "works if"): paired_kd closes >= 50 % of the
+gap from source-only to the oracle, (paired_kd - source) / (oracle - source) >= 0.5 on the seed means.
+Each finished run is appended to the JSON at once; an interrupted benchmark resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from portable import write_json  # noqa: E402
+from sweep import Sweep, discover_arms, format_diff, format_mean, load_recipe, previous_runs, summarise  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs" / "paired_views"
+ORDER = ["paired_kd", "oracle"]
+
+
+def verdict(summaries: dict[str, Any], source: float | None) -> str:
+    if source is None or "paired_kd" not in summaries or "oracle" not in summaries:
+        return "pending"
+    gap = summaries["oracle"].mean - source
+    if gap <= 0:
+        return f"undefined: the oracle ({summaries['oracle'].mean:.2f}) does not beat source-only ({source:.2f})"
+    closed = (summaries["paired_kd"].mean - source) / gap
+    n = min(len(summaries["paired_kd"].values), len(summaries["oracle"].values))
+    tag = ("works" if closed >= 0.5 else "missed") if n >= 2 else "pending (1 seed)"
+    return f"{tag}: paired_kd closes {100 * closed:.0f} % of the source-only -> oracle gap (needs >= 50 %)"
+
+
+def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
+    rows, a = results["runs"], results["args"]
+    source = results.get("source_only")
+    summaries = {s.arm: s for s in summarise(rows, "accuracy", baseline="oracle", order=ORDER)}
+    lines = [
+        f"Exo -> ego on JPEG CIFAR-10: {a['per_class'] * 10} pair images, {a['epochs']} epochs, the shipped ResNet-56 "
+        "as the exo teacher and as every student's start; top-1 (%) on the ego view of "
+        f"{a['eval_per_class'] * 10} test images. Recipes configs/paired_views/.",
+        "",
+        "| arm | ego top-1 (%), mean ± sd | vs oracle, paired (95% CI) | per seed |",
+        "|---|---|---|---|",
+        f"| source_only (teacher on ego) | {100 * source:.2f} | | (no training) |" if source is not None else
+        "| source_only | pending | | |",
+    ]
+    for arm, s in summaries.items():
+        lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | "
+                     f"{', '.join(f'{v:.2f}' for v in s.values.values())} |")
+    lines += ["", f"Verdict (spec: the student closes >= 50 % of the gap from source-only to the oracle): "
+                  f"{verdict(summaries, None if source is None else 100 * source)}."]
+    md = out / f"{name}.md"
+    md.write_text("\n".join(lines) + "\n")
+    return md
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--arms", nargs="+", default=ORDER)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--name", default="paired_views")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
+    p.add_argument("--report-only", action="store_true")
+    args = p.parse_args()
+    files = discover_arms(CONFIGS, ORDER)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / f"{args.name}.json"
+    if args.report_only:
+        print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
+        return 0
+    data = args.shared / "data" / "cifar10-jpeg.tar.gz"
+    if not data.exists():
+        print(f"data not found: {data} (pass --shared)", file=sys.stderr)
+        return 2
+    common = [f"data.cache_dir={json.dumps(str(args.work / 'cache'))}", f"data.train={json.dumps(str(data))}",
+              f"data.eval={json.dumps(str(data))}", *args.set]
+    _, cfg = load_recipe(files["paired_kd"], common)
+    results: dict[str, Any] = {"runs": [], "args": {"epochs": cfg.train.epochs, "per_class": cfg.data.train_per_class,
+                                                    "eval_per_class": cfg.data.eval_per_class, "arms": args.arms,
+                                                    "seeds": args.seeds}}
+    match = ("epochs", "per_class", "eval_per_class")
+    results["runs"] = previous_runs(results_path, results, match)
+    old = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if old.get("args", {}).get("eval_per_class") == cfg.data.eval_per_class and "source_only" in old:
+        results["source_only"] = old["source_only"]
+    else:  # the teacher on the ego test views: the student of the paired recipe before any step is the teacher
+        from distill.experiment import build_experiment
+
+        exp = build_experiment(load_recipe(files["paired_kd"], [
+            *common, f"output_dir={json.dumps(str(args.work / 'runs' / 'paired_views-source'))}"])[1])
+        results["source_only"] = exp.trainer.evaluate()["accuracy"]
+
+    def overrides(arm: str, seed: int) -> list[str]:
+        return [f"seed={seed}", f"output_dir={json.dumps(str(args.work / 'runs' / f'paired_views-{arm}-seed{seed}'))}",
+                *common]
+
+    sweep = Sweep({a: files[a] for a in args.arms}, args.seeds, results_path, overrides=overrides, match_args=match,
+                  repo=REPO)
+    write_json(results_path, results)  # the source-only number, before any arm runs
+    sweep.run(results)
+    print(write_table(args.out, args.name, results).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

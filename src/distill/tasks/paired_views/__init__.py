@@ -1,0 +1,1 @@
+"""Paired views (task: paired_views): a family folder."""
