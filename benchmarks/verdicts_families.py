@@ -143,6 +143,25 @@ def dense_sr_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, list(values))
 
 
+def acam_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 5, ACAM-KD on the CIFAR pair at stage 3 (``benchmarks/acam_kd.py``; accuracy %)."""
+    values: dict[str, dict[int, float]] = {}
+    dice: list[float] = []
+    for r in data.get("runs", []):
+        values.setdefault(r["arm"], {})[int(r["seed"])] = 100.0 * float(r["accuracy"])
+        if r["arm"] == "acam" and "mask_dice_first_last" in r:
+            dice.append(float(r["mask_dice_first_last"]))
+    ev = Evidence(values, facts={"dice": statistics.mean(dice) if dice else None})
+    quote = ("Works if ACAM >= FitNet-MSE by 0.5 or more, and the masks of fixed images change across epochs (mean "
+             "Dice between the first and last epoch < 0.9).")
+    crit = {"scratch": baseline("baseline (CE)"), "kd": baseline("baseline (KD)"),
+            "fitnet": baseline("baseline (FitNet-MSE)"),
+            "acam": Criterion(quote, "dense.md row 5 (reconstructed)", 3, (
+                margin("acam", "fitnet", 0.5),
+                fact_check("dice", lambda x: x < 0.9, lambda x: f"mask Dice first/last epoch {x:.3f} (needs < 0.9)")))}
+    return judge_all(crit, ev, _rows(values, "acam"))
+
+
 def vit_ofa_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Row 29, OFA-KD with a ViT student from the CIFAR ResNet-56 (``benchmarks/vit_ofa.py``; accuracy %)."""
     values: dict[str, dict[int, float]] = {}
@@ -535,6 +554,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "random_teachers": ("CIFAR-10, random teachers", random_teacher_verdicts),
     "dense_sr": ("x2 super-resolution, DSCLoRA", dense_sr_verdicts),
     "vit_ofa": ("CIFAR-10, ResNet-56 -> ViT (OFA-KD)", vit_ofa_verdicts),
+    "acam_kd": ("CIFAR-10 stage 3, ACAM-KD", acam_verdicts),
     "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
     "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
     "pipelines_dd": ("Dataset distillation, CIFAR-10 IPC 10 (NRR-DD, INFER)", dd_verdicts),
