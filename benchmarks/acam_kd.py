@@ -13,7 +13,6 @@ Dice between the masks after the first and after the last epoch < 0.9; the metho
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -23,12 +22,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import (  # noqa: E402
     Sweep,
+    arm_parser,
     discover_arms,
     format_diff,
     format_mean,
     load_recipe,
     paired_difference,
     previous_runs,
+    still_to_run,
     summarise,
 )
 
@@ -82,25 +83,15 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
                      f"{', '.join(f'{v:.2f}' for v in s.values.values())} | {d} |")
     lines += ["", f"Verdict (spec: ACAM >= FitNet-MSE + 0.5 and masks change, Dice < 0.9): "
                   f"{verdict(summaries, rows, a.get('margin', 0.5))}."]
-    todo = [f"{arm} seed {seed}" for seed in a["seeds"] for arm in a["arms"]
-            if not any(r["arm"] == arm and r["seed"] == seed for r in rows)]
-    if todo:
-        lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
+    lines += still_to_run(rows, a["arms"], a["seeds"])
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=ORDER)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--name", default="acam_kd")
+    p = arm_parser(__doc__, "acam_kd", ORDER)
     p.add_argument("--margin", type=float, default=0.5)
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     files = discover_arms(CONFIGS, ORDER)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,6 @@ The spec's 5-epoch fine-tune evaluation is not run here (CPU budget).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -30,6 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import (  # noqa: E402
     Sweep,
+    arm_parser,
+    cifar_overrides,
     discover_arms,
     format_diff,
     format_mean,
@@ -37,6 +38,7 @@ from sweep import (  # noqa: E402
     paired_difference,
     previous_runs,
     run_stage,
+    still_to_run,
     summarise,
 )
 
@@ -104,26 +106,16 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
                      f"{recon[arm].mean:.3f} |")
     lines += ["", f"Verdict (spec: DMAE >= MAE-only + 1 point, DMAE at 0.95 >= MAE-only at 0.75): "
                   f"{verdict(summaries)}."]
-    todo = [f"{arm} seed {seed}" for seed in a["seeds"] for arm in a["arms"]
-            if not any(r["arm"] == arm and r["seed"] == seed for r in rows)]
-    if todo:
-        lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
+    lines += still_to_run(rows, a["arms"], a["seeds"])
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=ORDER)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--name", default="dmae")
+    p = arm_parser(__doc__, "dmae", ORDER)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for the teacher and every arm (a smoke run: data.train_per_class=10 train.epochs=1)")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     files = discover_arms(CONFIGS, ORDER, stages=["teacher_mae"])
     args.out.mkdir(parents=True, exist_ok=True)
@@ -131,12 +123,10 @@ def main() -> int:
     if args.report_only:
         print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
         return 0
-    data = args.shared / "data" / "cifar10-jpeg.tar.gz"
-    if not data.exists():
-        print(f"data not found: {data} (pass --shared)", file=sys.stderr)
+    common = cifar_overrides(args, args.set)
+    if common is None:
         return 2
-    common = [f"data.cache_dir={json.dumps(str(args.work / 'cache'))}", f"data.train={json.dumps(str(data))}",
-              f"data.eval={json.dumps(str(data))}", *args.set]
+    data = args.shared / "data" / "cifar10-jpeg.tar.gz"
     teacher_dir = args.work / "runs" / "dmae-teacher"
     stage = run_stage(CONFIGS / "teacher_mae.yaml", [*common, f"output_dir={json.dumps(str(teacher_dir))}"])
     _, tcfg = load_recipe(CONFIGS / "teacher_mae.yaml", args.set)

@@ -15,7 +15,6 @@ Verdict (the spec's "works if"): ORR adds >= 1 point of occluded accuracy (r = 0
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import Sweep, discover_arms, format_mean, load_recipe, paired_difference, previous_runs, summarise  # noqa: E402
+from sweep import (  # noqa: E402
+    Sweep,
+    arm_parser,
+    cifar_overrides,
+    discover_arms,
+    format_mean,
+    load_recipe,
+    paired_difference,
+    previous_runs,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "ortrack"
@@ -90,15 +99,8 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=ORDER)
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--name", default="ortrack")
+    p = arm_parser(__doc__, "ortrack", ORDER)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     files = discover_arms(CONFIGS, ORDER)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -106,12 +108,9 @@ def main() -> int:
     if args.report_only:
         print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
         return 0
-    data = args.shared / "data" / "cifar10-jpeg.tar.gz"
-    if not data.exists():
-        print(f"data not found: {data} (pass --shared)", file=sys.stderr)
+    common = cifar_overrides(args, args.set)
+    if common is None:
         return 2
-    common = [f"data.cache_dir={json.dumps(str(args.work / 'cache'))}", f"data.train={json.dumps(str(data))}",
-              f"data.eval={json.dumps(str(data))}", *args.set]
     _, cfg = load_recipe(files[args.arms[0]], common)
     match = ("epochs", "per_class", "eval_per_class")
     results: dict[str, Any] = {"runs": [], "args": {"epochs": cfg.train.epochs, "per_class": cfg.data.train_per_class,

@@ -292,3 +292,40 @@ def results_for(path: Path, settings: dict[str, Any], empty: dict[str, Any]) -> 
                          if old.get(k) != settings.get(k))
         raise SystemExit(f"{path} holds results made with other settings ({diff}); give --out for a new table")
     return results
+
+
+# -- the parts every recipe-folder image benchmark shares (acam_kd, dmae, ortrack, paired_views, vit_ofa, ...) ----
+def arm_parser(doc: str | None, name: str, order: Sequence[str]) -> argparse.ArgumentParser:
+    """The command line of a benchmark over a recipe folder's arms: ``--shared`` (../shared), ``--work`` (runs and
+    caches), ``--out`` (the result tables), ``--arms``, ``--seeds``, ``--name`` (the result file's stem) and
+    ``--report-only``; a script adds its own options."""
+    repo = Path(__file__).resolve().parents[1]
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shared", type=Path, default=repo.parent / "shared")
+    p.add_argument("--work", type=Path, default=repo / "benchmarks" / "work")
+    p.add_argument("--out", type=Path, default=repo / "benchmarks" / "results")
+    p.add_argument("--arms", nargs="+", default=list(order))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--name", default=name)
+    p.add_argument("--report-only", action="store_true")
+    return p
+
+
+def cifar_overrides(args: argparse.Namespace, extra: Iterable[str] = ()) -> list[str] | None:
+    """The overrides that point every arm at ``--shared``'s CIFAR-10 JPEG archive and ``--work``'s decoded cache
+    (then ``extra``); None, with the reason printed, when the archive is missing."""
+    import sys
+
+    data = args.shared / "data" / "cifar10-jpeg.tar.gz"
+    if not data.exists():
+        print(f"data not found: {data} (pass --shared)", file=sys.stderr)
+        return None
+    return [f"data.cache_dir={json.dumps(str(args.work / 'cache'))}", f"data.train={json.dumps(str(data))}",
+            f"data.eval={json.dumps(str(data))}", *extra]
+
+
+def still_to_run(rows: Iterable[Mapping[str, Any]], arms: Sequence[str], seeds: Sequence[int]) -> list[str]:
+    """The table's closing line naming the (arm, seed) runs not finished yet (none when all are)."""
+    done = {(r["arm"], r["seed"]) for r in rows}
+    todo = [f"{arm} seed {seed}" for seed in seeds for arm in arms if (arm, seed) not in done]
+    return ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."] if todo else []

@@ -26,7 +26,17 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import Sweep, discover_arms, format_diff, format_mean, load_recipe, previous_runs, summarise  # noqa: E402
+from sweep import (  # noqa: E402
+    Sweep,
+    arm_parser,
+    discover_arms,
+    format_diff,
+    format_mean,
+    load_recipe,
+    previous_runs,
+    still_to_run,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "cifar10_vit"
@@ -74,31 +84,21 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
         ep = f"{sum(times) / len(times):.0f}" if times else "-"
         lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | {format_diff(kd_diffs[arm])} | "
                      f"{', '.join(f'{v:.2f}' for v in s.values.values())} | {ep} | {verdict(arm, summaries, margin)} |")
-    todo = [f"{arm} seed {seed}" for seed in a["seeds"] for arm in a["arms"]
-            if not any(r["arm"] == arm and r["seed"] == seed for r in rows)]
-    if todo:
-        lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
+    lines += still_to_run(rows, a["arms"], a["seeds"])
     md = args.out / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shared", type=Path, default=REPO.parent / "shared")
-    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    p.add_argument("--arms", nargs="+", default=ORDER)
+    p = arm_parser(__doc__, "vit_ofa", ORDER)
     p.add_argument("--only", nargs="+", default=None, help="train only these of --arms")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--per-class", type=int, default=500)
     p.add_argument("--student", default="vit_micro", help="a registered ViT (vit_micro: 96 x 4, vit_tiny: 128 x 8)")
-    p.add_argument("--name", default="vit_ofa")
     p.add_argument("--configs", type=Path, default=CONFIGS, help="the recipe folder (default configs/cifar10_vit)")
     p.add_argument("--margin", type=float, default=0.5,
                    help="the spec's bar for OFA - KD (0.5 on the CNN -> ViT pair, -0.3 on the homogeneous pair)")
-    p.add_argument("--report-only", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     files = discover_arms(args.configs, ORDER)
