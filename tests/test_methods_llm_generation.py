@@ -1,7 +1,8 @@
 """The data-generating LLM rows are pipeline stage kinds, not losses: rationale KD (row 20: ``teacher_rationales``,
 ``rationale_subset``), PGKD (row 40: ``pgkd``, ``unguided_generate``) and symbolic KD (row 43:
-``symbolic_generate``, ``critic_filter``). Each YAML example below is one stage of a pipeline file; it validates,
-and a bad key or value is refused with its place named."""
+``symbolic_generate``, ``critic_filter``). Each of ``STAGE_EXAMPLES`` (stages, not methods: the methods' examples
+are ``YAML_EXAMPLES``) is one stage of a pipeline file; it validates, and a bad key or value is refused with its
+place named."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from distill.pipelines.pipeline import parse_pipeline
 from distill.pipelines.stage import STAGE_KINDS
 
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-YAML_EXAMPLES = {
+STAGE_EXAMPLES = {
     "teacher_rationales": f"{{name: corpus, kind: teacher_rationales, options: {{teacher: {GGUF}, "
                           "data: stsa.binary.train, sentences: 60, max_tokens: 32}}",
     "rationale_subset": "{name: sub, kind: rationale_subset, inputs: {corpus: corpus}, options: {n: 30, rule: margin}}",
@@ -34,8 +35,8 @@ def pipeline(*stages):
 
 
 def test_every_example_validates_as_one_pipeline():
-    assert set(YAML_EXAMPLES) == set(ORDER) and set(ORDER) <= set(STAGE_KINDS)
-    p = parse_pipeline(pipeline(*[yaml.safe_load(YAML_EXAMPLES[k]) for k in ORDER]))
+    assert set(STAGE_EXAMPLES) == set(ORDER) and set(ORDER) <= set(STAGE_KINDS)
+    p = parse_pipeline(pipeline(*[yaml.safe_load(STAGE_EXAMPLES[k]) for k in ORDER]))
     assert p.options["sub"].rule == "margin" and p.options["pgkd"].patience == 3
     assert p.options["critic"].target_recalls == [0.8, 0.5]
 
@@ -47,8 +48,8 @@ def test_every_example_validates_as_one_pipeline():
     ("symbolic_generate", "top_p", 1.5, "stages[0].options.top_p"),
 ])
 def test_bad_options_are_refused_naming_the_key(kind, key, value, match):
-    stages = [yaml.safe_load(YAML_EXAMPLES[k]) for k in ORDER[:2]] if kind == "rationale_subset" else \
-        [yaml.safe_load(YAML_EXAMPLES[kind])]
+    stages = [yaml.safe_load(STAGE_EXAMPLES[k]) for k in ORDER[:2]] if kind == "rationale_subset" else \
+        [yaml.safe_load(STAGE_EXAMPLES[kind])]
     stages[-1]["options"][key] = value
     with pytest.raises(ConfigError, match=match.replace("[", r"\[").replace("]", r"\]")):
         parse_pipeline(pipeline(*stages))
@@ -56,6 +57,6 @@ def test_bad_options_are_refused_naming_the_key(kind, key, value, match):
 
 def test_a_stage_needs_its_input():
     with pytest.raises(ConfigError, match="inputs.candidates"):
-        st = yaml.safe_load(YAML_EXAMPLES["critic_filter"])
+        st = yaml.safe_load(STAGE_EXAMPLES["critic_filter"])
         del st["inputs"]
         parse_pipeline(pipeline(st))
