@@ -104,6 +104,7 @@ def test_surface_transform_from_yaml_rewrites_the_named_splits(tmp_path):
     (lambda d: d.update(rate=2.0), r"^data\.surface_transform\.rate: .*less than or equal to 1"),
     (lambda d: d.update(name="rot13"), r"^data\.surface_transform\.name: "),
     (lambda d: d.update(strength=1), r"^data\.surface_transform\.strength: unknown key"),
+    (lambda d: d.update(name="upper_swap"), r"^data\.surface_transform.*rate: only read with name: char_noise"),
 ])
 def test_surface_transform_bad_keys_are_named(tmp_path, mutate, expected):
     from distill.config import parse_config

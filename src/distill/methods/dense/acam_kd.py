@@ -229,18 +229,20 @@ class ACAMKD(FeaturePair):
             return
         split = "eval" if "eval" in context.splits else context.splits[0]
         was = self.head.training
-        self.head.eval()
-        pairs, n = [], 0
-        for (_, so), (_, to) in zip(context.student_outputs(split, [self.student_feature]),
-                                    context.teacher_outputs(split, [self.teacher_feature])):
-            pairs.append((so.feature(self.student_feature), to.feature(self.teacher_feature)))
-            n += pairs[-1][0].shape[0]
-            if n >= self.probe_images:
-                break
-        self.head.train(was)
-        if n < self.probe_images:
-            return
-        masks = self.probe_masks(pairs).to(self.probe_first.device)
+        self.head.eval()  # the adapter's BatchNorm: running statistics, and the probe must not update them
+        try:
+            pairs, n = [], 0
+            for (_, so), (_, to) in zip(context.student_outputs(split, [self.student_feature]),
+                                        context.teacher_outputs(split, [self.teacher_feature])):
+                pairs.append((so.feature(self.student_feature), to.feature(self.teacher_feature)))
+                n += pairs[-1][0].shape[0]
+                if n >= self.probe_images:
+                    break
+            if n < self.probe_images:
+                return
+            masks = self.probe_masks(pairs).to(self.probe_first.device)
+        finally:
+            self.head.train(was)
         if not bool(self.probe_set):
             self.probe_first.copy_(masks)
             self.probe_set.fill_(True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distill.config import Strict
 from distill.data.text_augment import AugmentConfig
@@ -21,6 +21,13 @@ class SurfaceTransform(Strict):
     seed: int = 0
     min_length: int = Field(4, ge=2)
     splits: list[Literal["train", "eval"]] = ["train", "eval"]
+
+    @model_validator(mode="after")
+    def _only_char_noise_reads_its_settings(self) -> SurfaceTransform:
+        unread = sorted({"rate", "seed", "min_length"} & self.model_fields_set) if self.name != "char_noise" else []
+        if unread:
+            raise ValueError(f"{unread[0]}: only read with name: char_noise (name: {self.name})")
+        return self
 
     def build(self) -> Any:
         from distill.streams.transforms import text_transform
