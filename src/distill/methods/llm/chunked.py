@@ -229,7 +229,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                 zt = teacher(part, out=buffers[1])
                 m = zs.shape[0]
                 # a teacher of another width: the autograd route below refuses it with the vocabularies named
-                done = kernel(zs, zt, buffers[2][:m], buffers[3][:m]) if zt.shape == zs.shape else None  # type: ignore[misc]
+                other_width = isinstance(zt, torch.Tensor) and zt.shape != zs.shape
+                done = None if other_width else kernel(zs, zt, buffers[2][:m], buffers[3][:m])  # type: ignore[misc]
                 if done is not None:
                     d, g = done[0].sum(), done[1]
             if d is None:
