@@ -92,6 +92,16 @@ def _shifted_exp(z: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return out.sum(-1, keepdim=True)
 
 
+def _tempered_exps(zs: torch.Tensor, zt: torch.Tensor, q: torch.Tensor, p: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' shared start, in place: both logits divided by tau and shifted by their row max (a and b), q
+    and p set to exp(a) and exp(b); returns their row sums (s_a, s_b)."""
+    if temperature != 1.0:
+        zs.div_(temperature)
+        zt.div_(temperature)
+    return _shifted_exp(zs, q), _shifted_exp(zt, p)
+
+
 def forward_kl_kernel(temperature: float, ce_form: bool = False) -> RowKernel:
     """KL(p || q) per row (or -sum p log q with ``ce_form``) and its gradient (q - p) / tau w.r.t. the student's
     logits, with q = softmax(z_S / tau), p = softmax(z_T / tau). With a = z_S / tau - max, b = z_T / tau - max and
@@ -101,10 +111,7 @@ def forward_kl_kernel(temperature: float, ce_form: bool = False) -> RowKernel:
     def kernel(zs: torch.Tensor, zt: torch.Tensor | TopKLogits, q: torch.Tensor, p: torch.Tensor):
         if isinstance(zt, TopKLogits):
             return None
-        if temperature != 1.0:
-            zs.div_(temperature)
-            zt.div_(temperature)
-        sa, sb = _shifted_exp(zs, q), _shifted_exp(zt, p)
+        sa, sb = _tempered_exps(zs, zt, q, p, temperature)
         if ce_form:
             value = sa.log() - _row_dot(p, zs) / sb
         else:
@@ -126,10 +133,7 @@ def reverse_kl_kernel(temperature: float) -> RowKernel:
     def kernel(zs: torch.Tensor, zt: torch.Tensor | TopKLogits, q: torch.Tensor, p: torch.Tensor):
         if isinstance(zt, TopKLogits):
             return None
-        if temperature != 1.0:
-            zs.div_(temperature)
-            zt.div_(temperature)
-        sa, sb = _shifted_exp(zs, q), _shifted_exp(zt, p)
+        sa, sb = _tempered_exps(zs, zt, q, p, temperature)
         diff = zs.sub_(zt)  # a - b
         const = sb.log() - sa.log()
         value = _row_dot(q, diff) / sa + const
@@ -182,10 +186,7 @@ def total_variation_kernel(temperature: float) -> RowKernel:
     def kernel(zs: torch.Tensor, zt: torch.Tensor | TopKLogits, q: torch.Tensor, p: torch.Tensor):
         if isinstance(zt, TopKLogits):
             return None
-        if temperature != 1.0:
-            zs.div_(temperature)
-            zt.div_(temperature)
-        sa, sb = _shifted_exp(zs, q), _shifted_exp(zt, p)
+        sa, sb = _tempered_exps(zs, zt, q, p, temperature)
         q.mul_(sa.reciprocal())
         p.mul_(sb.reciprocal())
         diff = torch.sub(q, p, out=zs)
