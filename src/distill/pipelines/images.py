@@ -3,6 +3,7 @@ a CIFAR model with its weights (:class:`TeacherSpec`), normalisation and flip-pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,7 +13,7 @@ from distill.config import ConfigError, Strict
 from distill.pipelines.stage import StageContext, file_identity
 
 __all__ = ["ImageSource", "TeacherSpec", "build_cifar_model", "load_source", "model_logits", "normalise",
-           "source_identity"]
+           "source_identity", "stage_prologue"]
 
 
 class ImageSource(Strict):
@@ -74,6 +75,16 @@ def build_cifar_model(spec: TeacherSpec, ctx: StageContext, num_classes: int) ->
         path = ctx.resolve(spec.weights)
         load_state_dict_checked(model, read_state_dict(path), str(path))
     return model.eval()
+
+
+def stage_prologue(ctx: StageContext, seed: int, data: ImageSource, split: str,
+                   teachers: Sequence[TeacherSpec] = ()) -> tuple[Any, torch.Tensor, list[torch.nn.Module]]:
+    """How an image stage kind's ``run`` starts: torch's global generator seeded with ``seed`` (``random`` teacher
+    weights are drawn from it), ``split`` of ``data`` loaded (:func:`load_source`) and each of ``teachers`` built
+    for its classes. Returns (images, indices into the full split, the teacher models in eval mode)."""
+    torch.manual_seed(seed)
+    images, idx = load_source(ctx, data, split)
+    return images, idx, [build_cifar_model(t, ctx, images.num_classes) for t in teachers]
 
 
 @torch.no_grad()

@@ -41,7 +41,7 @@ from pydantic import Field
 from torch import nn
 
 from distill.config import Strict
-from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
+from distill.pipelines.images import ImageSource, TeacherSpec, normalise, stage_prologue
 from distill.pipelines.stage import (
     Artefact,
     PipelineError,
@@ -53,7 +53,7 @@ from distill.pipelines.stage import (
 )
 
 __all__ = ["BNStats", "ConvNet", "augmentation_bank", "bn_matching", "cifar_f3", "clamp_valid", "dd_train",
-           "pixel_bounds", "real_subset", "set_output"]
+           "pixel_bounds", "real_subset", "set_output", "test_accuracy"]
 
 
 # ------------------------------------------------------------------------------------------------ shared parts
@@ -181,13 +181,11 @@ class DDRealSubset(StageKind):
         return source_identity(ctx, options.data, options.static_teachers)
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
-        torch.manual_seed(options.seed)  # "random" teacher weights are drawn from the seed
-        pool, idx = load_source(ctx, options.data, "train")
+        pool, idx, teachers = stage_prologue(ctx, options.seed, options.data, "train", options.static_teachers)
         pick = real_subset(pool.labels, options.ipc, torch.Generator().manual_seed(options.seed))
         x = normalise(pool.images[pick])
         extra = {"index": idx[pick]}
-        if options.static_teachers:
-            teachers = [build_cifar_model(t, ctx, pool.num_classes) for t in options.static_teachers]
+        if teachers:
             extra["static_logits"] = torch.stack([batched(t, x) for t in teachers]).mean(0).float()
         return set_output(x, pool.labels[pick], {"method": "random real"}, extra)
 
@@ -260,6 +258,11 @@ def augmentation_bank(images: torch.Tensor, labels: torch.Tensor, num_classes: i
 def batched(model: nn.Module, x: torch.Tensor, bs: int = 250) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def test_accuracy(model: nn.Module, test: Any) -> float:
+    """Top-1 accuracy of ``model`` on the uint8 ``test`` images (normalised here)."""
+    return float((batched(model, normalise(test.images)).argmax(1) == test.labels).float().mean())
 
 
 def kd_soft(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
@@ -372,14 +375,13 @@ class DDEvaluate(StageKind):
         return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
-        torch.manual_seed(options.seed)
         cols = inputs["set"].table("set")
         x, y = cols["image"].float(), cols["label"].long()
-        test, _ = load_source(ctx, options.data, "test")
+        test, _, teachers = stage_prologue(ctx, options.seed, options.data, "test",
+                                           [] if options.labels == "static" else [options.teacher])
         k = test.num_classes
-        teacher = None if options.labels == "static" else build_cifar_model(options.teacher, ctx, k)
-        model = dd_train(x, y, k, options, teacher, cols.get("static_logits"), ctx)
-        acc = float((batched(model, normalise(test.images)).argmax(1) == test.labels).float().mean())
+        model = dd_train(x, y, k, options, teachers[0] if teachers else None, cols.get("static_logits"), ctx)
+        acc = test_accuracy(model, test)
         floats = {"soft": options.views * len(y) * k, "dbr": options.views * len(y) * 2,
                   "static": len(y) * k, "onehot": 0}[options.labels]
         ctx.log(f"[{ctx.name}] {options.labels} labels on {len(y)} images: test accuracy {acc:.4f}")

@@ -37,7 +37,7 @@ from pydantic import Field
 from torch import nn
 
 from distill.config import Strict
-from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
+from distill.pipelines.images import ImageSource, TeacherSpec, normalise, stage_prologue
 from distill.pipelines.methods.dd_eval import (
     LABEL_SCHEMES,
     BNStats,
@@ -143,14 +143,12 @@ class INFERSynthesize(StageKind):
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
-        torch.manual_seed(o.seed)  # "random" teacher weights are drawn from the seed
-        pool, _ = load_source(ctx, o.data, "train")
+        pool, _, teachers = stage_prologue(ctx, o.seed, o.data, "train", o.teachers)
         c = pool.num_classes
         m = len(o.teachers)
         n_init = ipc_init(o.ipc, m, c)
         if n_init < 1:
             raise ValueError(f"{ctx.name}: ipc {o.ipc} is too small for {m} teachers and {c} classes")
-        teachers = [build_cifar_model(t, ctx, c) for t in o.teachers]
         g = torch.Generator().manual_seed(o.seed)
         pick = real_subset(pool.labels, n_init, g)  # class-major: row c*n_init + k is x_{k,c}
         natural = normalise(pool.images[pick]).view(c, n_init, *pool.images.shape[1:])

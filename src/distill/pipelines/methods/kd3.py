@@ -41,8 +41,8 @@ from pydantic import Field
 from torch import nn
 
 from distill.config import Strict
-from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, load_source, normalise
-from distill.pipelines.methods.dd_eval import batched, cifar_f3, source_identity
+from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, normalise, stage_prologue
+from distill.pipelines.methods.dd_eval import cifar_f3, source_identity, test_accuracy
 from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
 
 __all__ = ["KD3Student", "SHIFTS", "apply_shift", "beta_schedule", "feature_alignment", "info_nce",
@@ -378,13 +378,11 @@ class KD3Train(StageKind):
         return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
-        torch.manual_seed(options.seed)
         pool = inputs["pool"].table("pool")
-        test, _ = load_source(ctx, options.data, "test")
-        teacher = build_cifar_model(options.teacher, ctx, test.num_classes)
+        test, _, (teacher,) = stage_prologue(ctx, options.seed, options.data, "test", [options.teacher])
         model, history = kd3_train(normalise(pool["image"]), pool["teacher_logits"], pool["teacher_feat"],
                                    teacher.linear, test.num_classes, options, ctx)
-        acc = float((batched(model, normalise(test.images)).argmax(1) == test.labels).float().mean())
+        acc = test_accuracy(model, test)
         junk = pool["junk"].bool()
         rej = [float((~h["mask"][junk]).float().mean()) if junk.any() else 0.0 for h in history]
         kept = [float(h["mask"][~junk].float().mean()) for h in history]

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from distill.pipelines.images import build_cifar_model, load_source, normalise
+from distill.pipelines.images import normalise, stage_prologue
 from distill.pipelines.methods.dd_eval import (
     LABEL_SCHEMES,
     SetSource,
@@ -203,9 +203,7 @@ class NRRDDSynthesize(StageKind):
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
-        torch.manual_seed(o.seed)  # "random" teacher weights are drawn from the seed
-        pool, _ = load_source(ctx, o.data, "train")
-        teacher = build_cifar_model(o.teacher, ctx, pool.num_classes)
+        pool, _, (teacher,) = stage_prologue(ctx, o.seed, o.data, "train", [o.teacher])
         g = torch.Generator().manual_seed(o.seed)
         xs, ys, moved = [], [], []
         if o.method == "sre2l":
