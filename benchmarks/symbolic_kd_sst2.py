@@ -105,11 +105,11 @@ def main() -> None:
     else:
         from distill.llm.textgen import GGUFChat
 
-        chat = GGUFChat(SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf")
         texts, labels = shot_pool(train_path, 1000, 0)
         n = args.teacher_dev
-        acc = teacher_few_shot_accuracy(chat, texts, labels, ["negative", "positive"], dev.texts[:n],
-                                        dev.labels[:n], shots=4, seed=0)
+        with GGUFChat(SHARED / "models" / "smollm2-135m-instruct" / "SmolLM2-135M-Instruct.Q4_1.gguf") as chat:
+            acc = teacher_few_shot_accuracy(chat, texts, labels, ["negative", "positive"], dev.texts[:n],
+                                            dev.labels[:n], shots=4, seed=0)
         teacher = {"n": n, "accuracy": acc}
         tfile.write_text(json.dumps(teacher))
     report(per_seed, teacher, len(ctexts), gen.meta, args.name)

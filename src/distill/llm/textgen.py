@@ -44,7 +44,8 @@ def chatml(messages: list[dict[str, str]], assistant_prefix: str = "") -> str:
 
 class GGUFChat:
     """SmolLM2 (or any chat GGUF) through llama.cpp: ``chat`` samples a completion (seeded), ``label_logprobs``
-    gives log p(first token of each word | prompt), normalised over the whole vocabulary."""
+    gives log p(first token of each word | prompt), normalised over the whole vocabulary. :meth:`close` (or the
+    end of a ``with`` block) frees the model and its context at once rather than whenever it is collected."""
 
     def __init__(self, path: str | Path, n_ctx: int = 2048, threads: int = 1):
         try:
@@ -56,8 +57,26 @@ class GGUFChat:
         if not p.is_file():
             raise FileNotFoundError(f"GGUF file {p} not found")
         self.path = p
-        self.llm = Llama(model_path=str(p), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
-                         verbose=False, seed=0)
+        self._llm: Any = Llama(model_path=str(p), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads,
+                               verbose=False, seed=0)
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            raise RuntimeError(f"GGUFChat({self.path.name}) is closed")
+        return self._llm
+
+    def close(self) -> None:
+        """Free the llama.cpp model and context now; calling it again does nothing."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+
+    def __enter__(self) -> GGUFChat:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def chat(self, messages: list[dict[str, str]], *, max_tokens: int = 32, temperature: float = 1.0,
              top_p: float = 0.9, seed: int = 0) -> str:

@@ -287,10 +287,11 @@ class PGKD(StageKind):
         def fit(texts: list[str], labels: list[int]) -> EmbeddingLR:
             return EmbeddingLR(embed, k, options.C, ctx.seed).fit(texts, labels)
 
-        st = pgkd_loop(GGUFChat(ctx.resolve(options.teacher)), fit, train, val, options.class_names,
-                       task=options.task, max_steps=options.max_steps, patience=options.patience,
-                       per_class=options.per_class, show=options.show, max_tokens=options.max_tokens,
-                       top_p=options.top_p, seed=ctx.seed, state=ctx.load_state(), save=ctx.save_state, log=ctx.log)
+        with GGUFChat(ctx.resolve(options.teacher)) as chat:
+            st = pgkd_loop(chat, fit, train, val, options.class_names, task=options.task,
+                           max_steps=options.max_steps, patience=options.patience, per_class=options.per_class,
+                           show=options.show, max_tokens=options.max_tokens, top_p=options.top_p, seed=ctx.seed,
+                           state=ctx.load_state(), save=ctx.save_state, log=ctx.log)
         if not st["texts"]:
             st["texts"], st["labels"], st["steps"] = [""], [0], [max_steps_never(options)]
         table = {**text_columns(st["texts"]), "label": torch.tensor(st["labels"], dtype=torch.int64),
@@ -336,19 +337,19 @@ class UnguidedGenerate(StageKind):
         train, val = split_data(str(ctx.resolve(options.data)), options.train, options.val, ctx.seed)
         seen = set(train[0]) | set(val[0])
         st = ctx.load_state() or {"texts": [], "labels": [], "tries": [0] * len(want)}
-        chat = GGUFChat(ctx.resolve(options.teacher))
-        for c, n in enumerate(want):
-            while sum(1 for y in st["labels"] if y == c) < n and st["tries"][c] < 3 * n:
-                j = st["tries"][c]
-                msgs = unguided_messages(options.class_names[c])
-                text = clean_sentence(chat.chat(msgs, max_tokens=options.max_tokens, temperature=1.0,
-                                                top_p=options.top_p, seed=ctx.seed * 1_000_003 + c * 10_007 + j))
-                st["tries"][c] += 1
-                if len(text.split()) >= 2 and text not in seen:
-                    seen.add(text)
-                    st["texts"].append(text)
-                    st["labels"].append(c)
-                ctx.save_state(st)
+        with GGUFChat(ctx.resolve(options.teacher)) as chat:
+            for c, n in enumerate(want):
+                while sum(1 for y in st["labels"] if y == c) < n and st["tries"][c] < 3 * n:
+                    j = st["tries"][c]
+                    msgs = unguided_messages(options.class_names[c])
+                    text = clean_sentence(chat.chat(msgs, max_tokens=options.max_tokens, temperature=1.0,
+                                                    top_p=options.top_p, seed=ctx.seed * 1_000_003 + c * 10_007 + j))
+                    st["tries"][c] += 1
+                    if len(text.split()) >= 2 and text not in seen:
+                        seen.add(text)
+                        st["texts"].append(text)
+                        st["labels"].append(c)
+                    ctx.save_state(st)
         texts = st["texts"] or [""]
         labels = st["labels"] or [-1]
         return StageOutput({"generated": {**text_columns(texts), "label": torch.tensor(labels, dtype=torch.int64)}},

@@ -254,17 +254,17 @@ class TeacherRationales(StageKind):
 
         texts, labels = shot_pool(str(ctx.resolve(options.data)), options.sentences, ctx.seed)
         state = ctx.load_state() or {"done": 0, "rationale": [], "teacher_label": [], "margin": []}
-        gen = GGUFChat(ctx.resolve(options.teacher))
-        while state["done"] < len(texts):
-            stop = min(state["done"] + options.chunk, len(texts))
-            for i in range(state["done"], stop):
-                r, y, m = teacher_rationale(gen, texts[i], options.class_names, options.max_tokens)
-                state["rationale"].append(r)
-                state["teacher_label"].append(y)
-                state["margin"].append(m)
-            state["done"] = stop
-            ctx.save_state(state)
-            ctx.log(f"{ctx.name}: {stop}/{len(texts)} rationales")
+        with GGUFChat(ctx.resolve(options.teacher)) as gen:
+            while state["done"] < len(texts):
+                stop = min(state["done"] + options.chunk, len(texts))
+                for i in range(state["done"], stop):
+                    r, y, m = teacher_rationale(gen, texts[i], options.class_names, options.max_tokens)
+                    state["rationale"].append(r)
+                    state["teacher_label"].append(y)
+                    state["margin"].append(m)
+                state["done"] = stop
+                ctx.save_state(state)
+                ctx.log(f"{ctx.name}: {stop}/{len(texts)} rationales")
         agree = sum(int(a == b) for a, b in zip(state["teacher_label"], labels, strict=True)) / len(labels)
         table = {**text_columns(texts), **text_columns(state["rationale"], "rationale"),
                  "label": torch.tensor(labels, dtype=torch.int64),
