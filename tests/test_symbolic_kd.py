@@ -11,6 +11,7 @@ import pytest
 from distill.llm.textgen import clean_sentence, text_columns, texts_of
 from distill.pipelines.methods.symbolic_kd import (
     Critic,
+    calibrated_precision,
     calibrated_threshold,
     critic_filter,
     deduplicate,
@@ -63,6 +64,29 @@ def test_calibrated_threshold_is_the_mean_of_the_parts():
     assert calibrated_threshold(scores, pos, 0.5, splits=2, seed=3) == pytest.approx(sum(want) / 2)
     with pytest.raises(ValueError, match="target_recall"):
         recall_threshold(scores, pos, 0.0)
+
+
+def test_calibrated_precision_hand_computed_from_the_negatives():
+    # calibration pairs (score, correct label?); by hand with one part, then per part as calibrated_threshold
+    # splits them
+    scores = [0.9, 0.8, 0.6, 0.4, 0.3, 0.7]
+    pos = [True, False, True, True, False, False]
+    # one part: kept at 0.5 = {0.9 +, 0.8 -, 0.6 +, 0.7 -} -> 2 / 4
+    assert calibrated_precision(scores, pos, 0.5, splits=1) == pytest.approx(0.5)
+    assert calibrated_precision(scores, pos, 0.85, splits=1) == pytest.approx(1.0)  # only 0.9 (+)
+    assert calibrated_precision(scores, pos, 0.95, splits=1) == 1.0  # nothing kept: the end of the curve
+    idx = list(range(6))
+    random.Random(4).shuffle(idx)
+    shares = []
+    for p in (idx[0::2], idx[1::2]):
+        kept = [pos[i] for i in p if scores[i] >= 0.5]
+        if kept:
+            shares.append(sum(kept) / len(kept))
+    assert calibrated_precision(scores, pos, 0.5, splits=2, seed=4) == pytest.approx(sum(shares) / len(shares))
+    # the negatives matter: flipping one negative's score above the cutoff lowers the precision, not the cutoff
+    worse = [0.9, 0.8, 0.6, 0.4, 0.55, 0.7]
+    assert calibrated_threshold(worse, pos, 0.5, splits=1) == calibrated_threshold(scores, pos, 0.5, splits=1)
+    assert calibrated_precision(worse, pos, 0.5, splits=1) == pytest.approx(2 / 5)
 
 
 class StubTeacher:
@@ -119,6 +143,7 @@ def test_critic_scores_the_intended_label_and_filters():
     cands = ["good fine", "bad dull", "good", "bad"]
     out = critic_filter(embed, cands, [1, 1, 1, 0], real, y, real, y, [0.8, 0.5])
     assert 1 not in out["kept"][0.8]  # a negative sentence labelled positive is filtered out
+    assert out["precision"][0.8] == pytest.approx(1.0)  # the critic separates correct from flipped labels here
     assert set(out["kept"][0.5]) <= set(out["kept"][0.8])
 
 
@@ -135,3 +160,18 @@ def test_texts_round_trip_through_tables_and_cleaning():
     assert clean_sentence("Sure! Here's one: \"Dull.\"") == "dull."
     assert clean_sentence("\n\n") == ""
     assert "2 positive movie review sentences" in few_shot_messages(["a", "b"], "positive")[0]["content"]
+
+
+def test_gguf_teacher_releases_its_model_at_the_end_of_a_with_block(shared):
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'distill[served]')")
+    from distill.llm.textgen import GGUFChat
+
+    gguf = shared("models", "smollm2-135m-instruct", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    with pytest.raises(KeyError), GGUFChat(gguf, n_ctx=256) as chat:
+        inner = chat.llm
+        assert chat.tokens("good film")
+        raise KeyError("an error inside the block")
+    assert chat._llm is None and inner._model.model is None  # llama.cpp freed the model at the block's end
+    with pytest.raises(RuntimeError, match="closed"):
+        chat.tokens("good film")
+    chat.close()  # a second close does nothing

@@ -21,7 +21,9 @@ Knowledge moves *as text*:
    sets; :func:`calibrated_threshold` does the same over ``splits`` disjoint halves of the calibration set.
    Calibration here (adaptation): real held-out sentences with their correct label are the positives, the same
    sentences with a flipped label the negatives. r* = 0.8 is the paper's "medium" filter, 0.5 its "high" one.
-   Kept corpus: {x_i : s_i >= t}; a larger r* gives a lower t, hence a superset.
+   Kept corpus: {x_i : s_i >= t}; a larger r* gives a lower t, hence a superset. The cutoff depends on the
+   positives alone; the negatives give its estimated precision (:func:`calibrated_precision`: positives among the
+   calibration pairs kept, the mean over the parts, as the official ``predict.py`` reports beside each recall).
 4. **Student**: trained with its own loss on the kept corpus (the paper fine-tunes GPT-2 XL with causal-LM CE on
    the filtered triples). For the SST-2 adaptation the student is a model unlike the critic: TF-IDF features and
    logistic regression (:func:`tfidf_student`).
@@ -44,8 +46,8 @@ from distill.config import Strict
 from distill.llm.textgen import TextGenerator, clean_sentence, text_columns, texts_of
 from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, file_identity, register_stage_kind
 
-__all__ = ["Critic", "calibrated_threshold", "few_shot_messages", "generate_candidates", "recall_threshold",
-           "teacher_few_shot_accuracy", "tfidf_student"]
+__all__ = ["Critic", "calibrated_precision", "calibrated_threshold", "calibration_parts", "few_shot_messages",
+           "generate_candidates", "recall_threshold", "teacher_few_shot_accuracy", "tfidf_student"]
 
 
 # ----------------------------------------------------------------------------------------------------- threshold
@@ -63,15 +65,33 @@ def recall_threshold(scores: Sequence[float], positive: Sequence[bool], target_r
     return pos[k - 1]
 
 
+def calibration_parts(n: int, splits: int = 2, seed: int = 0) -> list[list[int]]:
+    """``splits`` disjoint random parts of the positions 0 .. n-1 (the official code's validation and test sets)."""
+    idx = list(range(n))
+    random.Random(seed).shuffle(idx)
+    return [idx[j::splits] for j in range(splits)]
+
+
 def calibrated_threshold(scores: Sequence[float], positive: Sequence[bool], target_recall: float,
                          splits: int = 2, seed: int = 0) -> float:
-    """The mean of :func:`recall_threshold` over ``splits`` disjoint random parts of the calibration set (the
+    """The mean of :func:`recall_threshold` over the :func:`calibration_parts` of the calibration set (the
     official code: the mean of its validation and test cutoffs); ``splits=1`` is the plain cutoff."""
-    idx = list(range(len(scores)))
-    random.Random(seed).shuffle(idx)
-    parts = [idx[j::splits] for j in range(splits)]
+    parts = calibration_parts(len(scores), splits, seed)
     cuts = [recall_threshold([scores[i] for i in p], [positive[i] for i in p], target_recall) for p in parts]
     return sum(cuts) / len(cuts)
+
+
+def calibrated_precision(scores: Sequence[float], positive: Sequence[bool], cutoff: float, splits: int = 2,
+                         seed: int = 0) -> float:
+    """The precision the cutoff is expected to give: per calibration part, the share of positives among the pairs
+    with ``score >= cutoff``, averaged over the parts that keep any (the official code's estimated precision, the
+    mean over its validation and test sets); 1 when no part keeps anything (the end of a precision-recall curve)."""
+    shares = []
+    for p in calibration_parts(len(scores), splits, seed):
+        kept = [bool(positive[i]) for i in p if scores[i] >= cutoff]
+        if kept:
+            shares.append(sum(kept) / len(kept))
+    return sum(shares) / len(shares) if shares else 1.0
 
 
 # ---------------------------------------------------------------------------------------------------- generation
@@ -216,17 +236,17 @@ class SymbolicGenerate(StageKind):
 
         texts, labels = shot_pool(str(ctx.resolve(options.data)), options.pool, ctx.seed)
         state = ctx.load_state() or {"done": 0, "texts": [], "labels": []}
-        gen = GGUFChat(ctx.resolve(options.teacher))
-        while state["done"] < options.candidates:
-            stop = min(state["done"] + options.chunk, options.candidates)
-            for t, c in generate_candidates(gen, texts, labels, options.class_names, state["done"], stop,
-                                            shots=options.shots, seed=ctx.seed, max_tokens=options.max_tokens,
-                                            temperature=options.temperature, top_p=options.top_p):
-                state["texts"].append(t)
-                state["labels"].append(c)
-            state["done"] = stop
-            ctx.save_state(state)
-            ctx.log(f"{ctx.name}: {stop}/{options.candidates} candidates")
+        with GGUFChat(ctx.resolve(options.teacher)) as gen:
+            while state["done"] < options.candidates:
+                stop = min(state["done"] + options.chunk, options.candidates)
+                for t, c in generate_candidates(gen, texts, labels, options.class_names, state["done"], stop,
+                                                shots=options.shots, seed=ctx.seed, max_tokens=options.max_tokens,
+                                                temperature=options.temperature, top_p=options.top_p):
+                    state["texts"].append(t)
+                    state["labels"].append(c)
+                state["done"] = stop
+                ctx.save_state(state)
+                ctx.log(f"{ctx.name}: {stop}/{options.candidates} candidates")
         cands = list(zip(state["texts"], state["labels"], strict=True))
         keep = deduplicate(cands, texts)
         table = {**text_columns([cands[i][0] for i in keep]),
@@ -248,7 +268,8 @@ def critic_filter(embed: Any, cand_texts: Sequence[str], cand_labels: Sequence[i
                   real_labels: Sequence[int], cal_texts: Sequence[str], cal_labels: Sequence[int],
                   target_recalls: Sequence[float], splits: int = 2, seed: int = 0) -> dict[str, Any]:
     """Fit the critic on the real sentences, calibrate a cutoff per target recall on correct vs flipped labels,
-    score the candidates. Returns scores, cutoffs and the kept indices per target recall."""
+    score the candidates. Returns scores, and per target recall the cutoff, its estimated precision (correct
+    labels among the calibration pairs it keeps) and the kept indices."""
     critic = Critic(embed, seed=seed).fit(real_texts, real_labels)
     k = len(set(real_labels))
     p = critic.proba(cal_texts)
@@ -260,10 +281,11 @@ def critic_filter(embed: Any, cand_texts: Sequence[str], cand_labels: Sequence[i
         cal_scores.append(float(p[i, cols.index((int(y) + 1) % k)]))  # a wrong label (binary: the flipped one)
         cal_pos.append(False)
     scores = critic.score(cand_texts, cand_labels)
-    out: dict[str, Any] = {"scores": scores, "cutoffs": {}, "kept": {}}
+    out: dict[str, Any] = {"scores": scores, "cutoffs": {}, "precision": {}, "kept": {}}
     for r in target_recalls:
         t = calibrated_threshold(cal_scores, cal_pos, r, splits=splits, seed=seed)
         out["cutoffs"][r] = t
+        out["precision"][r] = calibrated_precision(cal_scores, cal_pos, t, splits=splits, seed=seed)
         out["kept"][r] = [i for i, s in enumerate(scores) if s >= t]
     return out
 
@@ -297,4 +319,5 @@ class CriticFilter(StageKind):
             mask[res["kept"][rr]] = 1
             table[f"keep_r{round(rr * 100)}"] = mask
         return StageOutput({"scores": table}, meta={"cutoffs": {str(k): v for k, v in res["cutoffs"].items()},
+                                                    "precision": {str(k): v for k, v in res["precision"].items()},
                                                     "kept": {str(k): len(v) for k, v in res["kept"].items()}})
