@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import (  # noqa: E402
     Sweep,
     arm_parser,
-    discover_arms,
+    arm_start,
     format_diff,
     format_mean,
     load_recipe,
@@ -92,14 +92,10 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
 def main() -> int:
     p = arm_parser(__doc__, "acam_kd", ORDER)
     p.add_argument("--margin", type=float, default=0.5)
-    args = p.parse_args()
-    files = discover_arms(CONFIGS, ORDER)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / f"{args.name}.json"
-    if args.report_only:
-        results = json.loads(results_path.read_text())
-        print(write_table(args.out, args.name, results).read_text())
+    start = arm_start(p, CONFIGS, ORDER, write_table)
+    if start is None:
         return 0
+    args, files, results_path = start
     data = args.shared / "data" / "cifar10-jpeg.tar.gz"
     if not data.exists():
         print(f"data not found: {data} (pass --shared)", file=sys.stderr)

@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sweep import (  # noqa: E402
     Sweep,
     arm_parser,
+    arm_start,
     cifar_overrides,
-    discover_arms,
     format_diff,
     format_mean,
     load_recipe,
@@ -116,13 +116,10 @@ def main() -> int:
     p = arm_parser(__doc__, "dmae", ORDER)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="overrides for the teacher and every arm (a smoke run: data.train_per_class=10 train.epochs=1)")
-    args = p.parse_args()
-    files = discover_arms(CONFIGS, ORDER, stages=["teacher_mae"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / f"{args.name}.json"
-    if args.report_only:
-        print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
+    start = arm_start(p, CONFIGS, ORDER, write_table, stages=["teacher_mae"])
+    if start is None:
         return 0
+    args, files, results_path = start
     common = cifar_overrides(args, args.set)
     if common is None:
         return 2

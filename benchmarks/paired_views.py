@@ -24,8 +24,8 @@ from portable import write_json  # noqa: E402
 from sweep import (  # noqa: E402
     Sweep,
     arm_parser,
+    arm_start,
     cifar_overrides,
-    discover_arms,
     format_diff,
     format_mean,
     load_recipe,
@@ -77,13 +77,10 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
 def main() -> int:
     p = arm_parser(__doc__, "paired_views", ORDER)
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
-    args = p.parse_args()
-    files = discover_arms(CONFIGS, ORDER)
-    args.out.mkdir(parents=True, exist_ok=True)
-    results_path = args.out / f"{args.name}.json"
-    if args.report_only:
-        print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
+    start = arm_start(p, CONFIGS, ORDER, write_table)
+    if start is None:
         return 0
+    args, files, results_path = start
     common = cifar_overrides(args, args.set)
     if common is None:
         return 2

@@ -311,6 +311,24 @@ def arm_parser(doc: str | None, name: str, order: Sequence[str]) -> argparse.Arg
     return p
 
 
+def arm_start(parser: argparse.ArgumentParser, folder: Path, order: Sequence[str],
+              write_table: Callable[[Path, str, dict[str, Any]], Path], stages: Sequence[str] = ()
+              ) -> tuple[argparse.Namespace, dict[str, Path], Path] | None:
+    """How a benchmark over a recipe folder's arms starts, once :func:`arm_parser` has its own options: parse the
+    command line, find the arms of ``folder`` (:func:`discover_arms` with ``order``; ``stages`` are no arms), make
+    ``--out`` and name the results file ``<out>/<name>.json``. Returns (args, {arm: recipe file}, the results
+    path), or None after ``--report-only`` has printed the stored results' table (``write_table(out, name,
+    results)`` writes it and returns its path)."""
+    args = parser.parse_args()
+    files = discover_arms(folder, order, stages)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_path = args.out / f"{args.name}.json"
+    if args.report_only:
+        print(write_table(args.out, args.name, json.loads(results_path.read_text())).read_text())
+        return None
+    return args, files, results_path
+
+
 def cifar_overrides(args: argparse.Namespace, extra: Iterable[str] = ()) -> list[str] | None:
     """The overrides that point every arm at ``--shared``'s CIFAR-10 JPEG archive and ``--work``'s decoded cache
     (then ``extra``); None, with the reason printed, when the archive is missing."""

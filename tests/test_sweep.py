@@ -58,3 +58,28 @@ def test_t_quantile():
     assert sweep.t_quantile_975(1) == 12.706 and sweep.t_quantile_975(30) == 2.042
     assert sweep.t_quantile_975(60) == pytest.approx(2.000, abs=1e-3)
     assert sweep.t_quantile_975(10_000) == pytest.approx(1.960, abs=1e-3)
+
+
+def test_arm_start_finds_the_arms_makes_out_and_answers_report_only(tmp_path, monkeypatch, capsys):
+    for name in ("_base", "kd", "scratch", "teacher"):
+        (tmp_path / f"{name}.yaml").write_text("{}")
+    out = tmp_path / "results" / "deep"
+    tables = []
+
+    def write_table(folder: Path, name: str, results: dict) -> Path:
+        tables.append(results)
+        md = folder / f"{name}.md"
+        md.write_text(f"table of {len(results['runs'])} runs\n")
+        return md
+
+    def start(*flags: str):
+        monkeypatch.setattr(sys, "argv", ["bench", "--out", str(out), "--name", "t", *flags])
+        return sweep.arm_start(sweep.arm_parser(None, "bench", ["scratch"]), tmp_path, ["scratch"], write_table,
+                               stages=["teacher"])
+
+    args, files, results_path = start("--seeds", "4")
+    assert list(files) == ["scratch", "kd"] and args.seeds == [4] and out.is_dir()
+    assert results_path == out / "t.json" and not tables  # a real run: nothing reported yet
+    results_path.write_text(json.dumps({"runs": [{"arm": "kd", "seed": 0}]}))
+    assert start("--report-only") is None
+    assert tables == [{"runs": [{"arm": "kd", "seed": 0}]}] and capsys.readouterr().out == "table of 1 runs\n\n"
