@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from portable import write_json  # noqa: E402
+from stage_tables import msd, noise, run_stage_by_stage  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
-from distill.pipelines.pipeline import parse_pipeline, run_pipeline  # noqa: E402
 
 NRR = ROOT / "configs" / "pipelines" / "nrr_dd_cifar10.yaml"
 INFER = ROOT / "configs" / "pipelines" / "infer_cifar10.yaml"
@@ -37,13 +34,6 @@ ARMS = [("random real", "random", "soft"), ("RDED", "rded", "soft"), ("NRR-DD", 
         ("ablation: NRR refinement of RDED's patches", "nrr_on_rded", "soft"),
         ("NRR-DD, DBR labels", "nrr", "dbr"), ("NRR-DD, one-hot labels", "nrr", "onehot"),
         ("random real (natural), static labels", "random", "static"), ("INFER, static labels", "infer", "static")]
-
-
-def msd(xs: list[float], scale: float = 100.0) -> str:
-    if not xs:
-        return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{scale * statistics.mean(xs):.2f} ± {scale * sd:.2f}"
 
 
 def stages_for(seed: int, a: argparse.Namespace) -> list[dict]:
@@ -74,12 +64,6 @@ def stages_for(seed: int, a: argparse.Namespace) -> list[dict]:
         e["options"]["data"]["test_per_class"] = a.test_per_class
         out.append(e)
     return out
-
-
-def noise(d: list[float]) -> str:
-    """A note when a paired difference is smaller than its spread across seeds."""
-    return (" (the paired difference is within its spread across seeds)"
-            if len(d) > 1 and abs(statistics.mean(d)) < statistics.stdev(d) else "")
 
 
 def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, str]:
@@ -162,12 +146,6 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
     return out, "\n".join(lines) + "\n"
 
 
-def load_costs(out: str) -> dict[str, float]:
-    """CPU seconds of each stage when it was built (process time of the run that built or resumed it)."""
-    f = Path(out) / "cpu_seconds.json"
-    return json.loads(f.read_text()) if f.is_file() else {}
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -186,19 +164,7 @@ def main() -> None:
     torch.set_num_threads(1)
     raw = {"output_dir": a.out, "seed": 0, "stages": []}
     stages = [st for seed in a.seeds for st in stages_for(seed, a)]  # seed-major: a partial run covers every arm
-    costs = load_costs(a.out)
-    for n in range(1, len(stages) + 1):
-        raw["stages"] = stages[:n]
-        t0 = time.process_time()
-        report = run_pipeline(parse_pipeline(copy.deepcopy(raw), base_dir=NRR.parent))
-        last = report["stages"][-1]
-        if last["status"] != "reused":
-            costs[last["stage"]] = round(costs.get(last["stage"], 0.0) + time.process_time() - t0, 1)
-            write_json(Path(a.out) / "cpu_seconds.json", costs)
-        report["cpu_seconds"] = costs
-        out, md = table(report, a.seeds, a)
-        write_json(results.with_suffix(".json"), out)
-        results.with_suffix(".md").write_text(md)
+    run_stage_by_stage(raw, stages, NRR.parent, a.out, results, lambda report: table(report, a.seeds, a))
 
 
 if __name__ == "__main__":

@@ -14,37 +14,21 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from portable import write_json  # noqa: E402
+from stage_tables import msd, noise, run_stage_by_stage  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
-from distill.pipelines.pipeline import parse_pipeline, run_pipeline  # noqa: E402
 
 RECIPE = ROOT / "configs" / "pipelines" / "kd3_cifar10.yaml"
 ARMS = [("(a) KD on the whole pool", "kd_all"), ("(b) KD, teacher-confidence selection", "kd_teacher_select"),
         ("(c) KD^3", "kd3"), ("(d) KD^3 without MixDistribution", "kd3_no_mix")]
-
-
-def msd(xs: list[float], scale: float = 100.0) -> str:
-    if not xs:
-        return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{scale * statistics.mean(xs):.2f} ± {scale * sd:.2f}"
-
-
-def noise(d: list[float]) -> str:
-    """A note when a paired difference is smaller than its spread across seeds."""
-    return (" (the paired difference is within its spread across seeds)"
-            if len(d) > 1 and abs(statistics.mean(d)) < statistics.stdev(d) else "")
 
 
 def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, str]:
@@ -128,22 +112,8 @@ def main() -> None:
         st["options"].update(seed=seed, epochs=a.epochs, batch_size=a.batch_size)
         st["options"]["data"]["test_per_class"] = a.test_per_class
         stages.append(st)
-    cfile = Path(a.out) / "cpu_seconds.json"
-    costs = json.loads(cfile.read_text()) if cfile.is_file() else {}
-    for n in range(1, len(stages) + 1):  # one more stage per run: its CPU time is that stage's
-        raw["stages"] = stages[:n]
-        t0 = time.process_time()
-        report = run_pipeline(parse_pipeline(copy.deepcopy(raw), base_dir=RECIPE.parent))
-        last = report["stages"][-1]
-        if last["status"] != "reused":
-            costs[last["stage"]] = round(costs.get(last["stage"], 0.0) + time.process_time() - t0, 1)
-            write_json(cfile, costs)
-        if n == 1:
-            continue
-        report["cpu_seconds"] = costs
-        out, md = table(report, a.seeds, a)
-        write_json(results.with_suffix(".json"), out)
-        results.with_suffix(".md").write_text(md)
+    run_stage_by_stage(raw, stages, RECIPE.parent, a.out, results, lambda report: table(report, a.seeds, a),
+                       first_table=2)  # the pool alone makes no table
 
 
 if __name__ == "__main__":

@@ -21,19 +21,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from portable import write_json  # noqa: E402
+from stage_tables import msd  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
 from distill.pipelines.pipeline import parse_pipeline, run_pipeline  # noqa: E402
 
 RECIPE = ROOT / "configs" / "pipelines" / "pcoreset_cifar10.yaml"
 STRATEGIES = ["random", "entropy", "coreset", "pcoreset"]
-
-
-def msd(xs: list[float]) -> str:
-    if not xs:
-        return "-"
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * statistics.mean(xs):.2f} ± {100 * sd:.2f}"
 
 
 def table(report: dict, seeds: list[int], args: argparse.Namespace) -> tuple[dict, str]:
