@@ -157,6 +157,13 @@ def source_identity(ctx: StageContext, data: ImageSource, teachers: list[Teacher
     return out
 
 
+class TeacherSourceKind(StageKind):
+    """A stage kind whose options name its ``data`` and one ``teacher``: their files are its identity."""
+
+    def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
+        return source_identity(ctx, options.data, [options.teacher])
+
+
 # ------------------------------------------------------------------------------------------- random real subset
 
 
@@ -361,7 +368,7 @@ def dd_train(x: torch.Tensor, y: torch.Tensor, num_classes: int, o: EvalOptions,
 
 
 @register_stage_kind
-class DDEvaluate(StageKind):
+class DDEvaluate(TeacherSourceKind):
     """Train the evaluation student on a synthetic set (input ``set``: a stage with table ``set``) with one label
     scheme and score it on the test images. Table ``accuracy`` (one row); meta: accuracy, the set's size and the
     label floats the scheme stores (soft: views x N x K; dbr: views x N x 2; static: N x K; onehot: 0)."""
@@ -370,9 +377,6 @@ class DDEvaluate(StageKind):
     summary = "the shared KD evaluation of a synthetic set (DD-Ranking style), or its method's label scheme"
     Options = EvalOptions
     inputs = {"set": "a stage with a table 'set' (image, label[, static_logits])"}
-
-    def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
-        return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         cols = inputs["set"].table("set")

@@ -42,8 +42,8 @@ from torch import nn
 
 from distill.config import Strict
 from distill.pipelines.images import ImageSource, TeacherSpec, build_cifar_model, normalise, stage_prologue
-from distill.pipelines.methods.dd_eval import cifar_f3, source_identity, test_accuracy
-from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
+from distill.pipelines.methods.dd_eval import TeacherSourceKind, cifar_f3, test_accuracy
+from distill.pipelines.stage import Artefact, StageContext, StageOutput, register_stage_kind
 
 __all__ = ["KD3Student", "SHIFTS", "apply_shift", "beta_schedule", "feature_alignment", "info_nce",
            "mix_distribution", "select_instances", "shared_kd_loss"]
@@ -140,7 +140,7 @@ class WebPoolOptions(Strict):
 
 
 @register_stage_kind
-class WebPool(StageKind):
+class WebPool(TeacherSourceKind):
     """A shifted, web-like pool with junk and the teacher's cached outputs. Table ``pool``: image (uint8), junk,
     shift (index into SHIFTS, -1 for junk), true_label (-1 for junk; for analysis only), teacher_logits and
     teacher_feat (N x 2 x ...)."""
@@ -148,9 +148,6 @@ class WebPool(StageKind):
     name = "web_pool"
     summary = "a shifted web-like pool (real images with one corruption each + texture junk), teacher outputs cached"
     Options = WebPoolOptions
-
-    def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
-        return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
@@ -364,7 +361,7 @@ def kd3_train(x: torch.Tensor, t_logits: torch.Tensor, t_feat: torch.Tensor, tea
 
 
 @register_stage_kind
-class KD3Train(StageKind):
+class KD3Train(TeacherSourceKind):
     """KD^3 (or an ablation/baseline by its flags) on a ``web_pool`` (input ``pool``); scored on the clean test
     split. Tables ``selection`` (per epoch: selected count, junk rejected) and ``accuracy``; meta: the test accuracy,
     the share of junk rejected in the last epoch and on average, the share of real images kept."""
@@ -373,9 +370,6 @@ class KD3Train(StageKind):
     summary = "KD^3 on a shifted web-like pool: dynamic selection, shared classifier + alignment, MixDistribution"
     Options = KD3Options
     inputs = {"pool": "a web_pool stage"}
-
-    def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
-        return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         pool = inputs["pool"].table("pool")

@@ -40,6 +40,7 @@ from distill.pipelines.images import normalise, stage_prologue
 from distill.pipelines.methods.dd_eval import (
     LABEL_SCHEMES,
     SetSource,
+    TeacherSourceKind,
     batched,
     bn_matching,
     cifar_f3,
@@ -47,9 +48,8 @@ from distill.pipelines.methods.dd_eval import (
     real_subset,
     set_output,
     soft_ce,
-    source_identity,
 )
-from distill.pipelines.stage import Artefact, StageContext, StageKind, StageOutput, register_stage_kind
+from distill.pipelines.stage import Artefact, StageContext, StageOutput, register_stage_kind
 
 __all__ = ["NRRDDOptions", "cam", "cidd_select", "dbr_loss", "nrr_mask", "nrr_refine", "random_resized_crops",
            "rded_select"]
@@ -190,16 +190,13 @@ class NRRDDOptions(SetSource):
 
 
 @register_stage_kind
-class NRRDDSynthesize(StageKind):
+class NRRDDSynthesize(TeacherSourceKind):
     """An NRR-DD synthetic set (or its RDED / SRe2L-style baseline) at ``ipc`` images per class. Table ``set``
     (image, label); meta: the method, the teacher's accuracy on the set, the mean share of refined pixels."""
 
     name = "nrr_dd_synthesize"
     summary = "NRR-DD synthetic set (CIDD init + non-critical region refinement), or RDED / SRe2L-style baselines"
     Options = NRRDDOptions
-
-    def identity(self, ctx: StageContext, options: Any) -> dict[str, str]:
-        return source_identity(ctx, options.data, [options.teacher])
 
     def run(self, ctx: StageContext, options: Any, inputs: dict[str, Artefact]) -> StageOutput:
         o = options
