@@ -310,7 +310,7 @@ FOLDERS = {
     "acam_kd": {"scratch", "kd", "fitnet", "acam"},  # benchmarks/acam_kd.py
     "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
     "ortrack": {"ce_finetune", "orr", "scratch", "mse_uniform", "afkd"},  # benchmarks/ortrack.py
-    "paired_views": {"paired_kd", "oracle"},  # benchmarks/paired_views.py
+    "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py
     "tinyshakespeare_1m": {"ce", "fkl", "fkl_dense", "fkl_k1", "fkl_k8", "gjsd_0.5", "rkl", "skl_0.1", "taid",
                            "taid_a5e-3", "taid_no_adaptive"},  # benchmarks/tinyshakespeare_1m.py
 }

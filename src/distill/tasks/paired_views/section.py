@@ -1,10 +1,12 @@
-"""The ``data:`` section of ``task: paired_views``."""
+"""The ``data:`` and ``student:`` sections of ``task: paired_views``."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
-from distill.config import Strict
+from distill.config import ModelConfig, Strict
 from distill.tasks.image.section import ImageData
 from distill.train.config import Flag
 
@@ -29,3 +31,28 @@ class PairedViewData(ImageData):
 
     ego: EgoViewConfig = EgoViewConfig()
     labels_in_training: Flag = False
+
+
+class PairedViewAdapterConfig(Strict):
+    """``student.adapter``: a residual convolutional adapter g inserted after the student's stage ``at`` (a tap of
+    its architecture, e.g. ``f2``), :class:`distill.models.paired_view_adapter.PairedViewAdapted`. g has ``layers``
+    convolutions of ``kernel`` x ``kernel`` through ``hidden`` channels (default: the stage's own ``channels``, read
+    from its last convolution or BatchNorm when not given), the last one zero-initialised (the adapted model starts
+    as the model itself). ``train: adapter``: the model (the frozen exo model, from the teacher's weights) is frozen
+    and only g trains (the paper's feature-level KD, with ``paired_view_kd`` on the adapted tap); ``train: model``:
+    g is frozen, loaded from ``weights`` (a finished adapter run's ``student.safetensors`` or a file of the adapter
+    alone), and the model trains (the paper's combined variant)."""
+
+    at: str = Field("f2", min_length=1, max_length=200)
+    hidden: int | None = Field(None, gt=0, le=8192)
+    channels: int | None = Field(None, gt=0, le=8192)
+    kernel: int = Field(3, ge=1, le=15)
+    layers: int = Field(2, ge=1, le=16)
+    train: Literal["adapter", "model"] = "adapter"
+    weights: str | None = Field(None, min_length=1)
+
+
+class PairedViewStudent(ModelConfig):
+    """The student (the keys of every model section) and ``adapter`` (:class:`PairedViewAdapterConfig`)."""
+
+    adapter: PairedViewAdapterConfig | None = None
