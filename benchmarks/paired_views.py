@@ -1,14 +1,18 @@
 """Demonstration of exo -> ego paired-view distillation (../shared/methods/dense.md, row 7), the no-video analogue on
 JPEG CIFAR-10: the student learns on unlabelled (ego, exo) pairs to reproduce the frozen exo teacher's stage maps.
 
-    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/paired_views.py     # source-only once, 2 arms x 3 seeds
+    nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/paired_views.py     # source-only once, 4 arms x 3 seeds
     python benchmarks/paired_views.py --report-only
 
 Arms (``configs/paired_views/``, the same pair images, steps and schedule): ``paired_kd`` (sum of stage-1..3 MSEs,
-no label, student initialised from the teacher) and ``oracle`` (CE on the ego views of the same images, from the
-teacher's weights). ``source_only`` is the teacher itself scored on the ego test views (no training, one number).
-Metric: top-1 on the ego view of the test images. Verdict (the spec's "works if"): paired_kd closes >= 50 % of the
-gap from source-only to the oracle, (paired_kd - source) / (oracle - source) >= 0.5 on the seed means.
+no label, student initialised from the teacher), ``oracle`` (CE on the ego views of the same images, from the
+teacher's weights), ``adapter`` (the paper's feature-level KD: the exo model frozen, a residual conv adapter after
+its stage 2 trained with MSE(g(x_ego) + x_ego, x_exo), the frozen stage 3 + head on the adapted maps at test time)
+and ``combined`` (that seed's trained adapter frozen inside a student trained as paired_kd; it runs after the
+``adapter`` arm of its seed and reads its ``student.safetensors``). ``source_only`` is the teacher itself scored on
+the ego test views (no training, one number). Metric: top-1 on the ego view of the test images. Verdict (the spec's
+"works if"): paired_kd closes >= 50 % of the gap from source-only to the oracle, (paired_kd - source) /
+(oracle - source) >= 0.5 on the seed means; the same fraction is reported for the adapter and combined arms.
 Each finished run is appended to the JSON at once; an interrupted benchmark resumes where it stopped.
 """
 
@@ -35,19 +39,31 @@ from sweep import (  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "paired_views"
-ORDER = ["paired_kd", "oracle"]
+ORDER = ["paired_kd", "oracle", "adapter", "combined"]
+#: arms whose share of the source-only -> oracle gap the verdict line reports beside paired_kd's
+BASELINES = ("adapter", "combined")
+
+
+def gap_closed(summaries: dict[str, Any], source: float | None, arm: str) -> float | None:
+    """(arm - source) / (oracle - source) on the seed means; None when either is missing or the gap is not > 0."""
+    if source is None or arm not in summaries or "oracle" not in summaries:
+        return None
+    gap = summaries["oracle"].mean - source
+    return (summaries[arm].mean - source) / gap if gap > 0 else None
 
 
 def verdict(summaries: dict[str, Any], source: float | None) -> str:
     if source is None or "paired_kd" not in summaries or "oracle" not in summaries:
         return "pending"
-    gap = summaries["oracle"].mean - source
-    if gap <= 0:
+    if summaries["oracle"].mean - source <= 0:
         return f"undefined: the oracle ({summaries['oracle'].mean:.2f}) does not beat source-only ({source:.2f})"
-    closed = (summaries["paired_kd"].mean - source) / gap
+    closed = gap_closed(summaries, source, "paired_kd")
     n = min(len(summaries["paired_kd"].values), len(summaries["oracle"].values))
     tag = ("works" if closed >= 0.5 else "missed") if n >= 2 else "pending (1 seed)"
-    return f"{tag}: paired_kd closes {100 * closed:.0f} % of the source-only -> oracle gap (needs >= 50 %)"
+    line = f"{tag}: paired_kd closes {100 * closed:.0f} % of the source-only -> oracle gap (needs >= 50 %)"
+    others = [f"{arm} {100 * c:.0f} % (n = {len(summaries[arm].values)})" for arm in BASELINES
+              if (c := gap_closed(summaries, source, arm)) is not None]
+    return line + (f"; for comparison, {', '.join(others)}" if others else "")
 
 
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
@@ -56,19 +72,23 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
     summaries = {s.arm: s for s in summarise(rows, "accuracy", baseline="oracle", order=ORDER)}
     lines = [
         f"Exo -> ego on JPEG CIFAR-10: {a['per_class'] * 10} pair images, {a['epochs']} epochs, the shipped ResNet-56 "
-        "as the exo teacher and as every student's start; top-1 (%) on the ego view of "
-        f"{a['eval_per_class'] * 10} test images. Recipes configs/paired_views/.",
+        "as the exo teacher and as every student's start (adapter: that model frozen, only the stage-2 adapter "
+        f"trains); top-1 (%) on the ego view of {a['eval_per_class'] * 10} test images. Recipes "
+        "configs/paired_views/.",
         "",
-        "| arm | ego top-1 (%), mean ± sd | vs oracle, paired (95% CI) | per seed |",
-        "|---|---|---|---|",
-        f"| source_only (teacher on ego) | {100 * source:.2f} | | (no training) |" if source is not None else
-        "| source_only | pending | | |",
+        "| arm | ego top-1 (%), mean ± sd | vs oracle, paired (95% CI) | gap closed (%) | per seed |",
+        "|---|---|---|---|---|",
+        f"| source_only (teacher on ego) | {100 * source:.2f} | | 0 | (no training) |" if source is not None else
+        "| source_only | pending | | | |",
     ]
+    src = None if source is None else 100 * source
     for arm, s in summaries.items():
+        closed = gap_closed(summaries, src, arm)
         lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | "
+                     f"{'' if closed is None else f'{100 * closed:.0f}'} | "
                      f"{', '.join(f'{v:.2f}' for v in s.values.values())} |")
     lines += ["", f"Verdict (spec: the student closes >= 50 % of the gap from source-only to the oracle): "
-                  f"{verdict(summaries, None if source is None else 100 * source)}."]
+                  f"{verdict(summaries, src)}."]
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
@@ -81,6 +101,8 @@ def main() -> int:
     if start is None:
         return 0
     args, files, results_path = start
+    # seed-major in ORDER: a seed's adapter run exists before its combined run reads it
+    args.arms = sorted(args.arms, key=lambda a: ORDER.index(a) if a in ORDER else len(ORDER))
     common = cifar_overrides(args, args.set)
     if common is None:
         return 2
@@ -100,9 +122,13 @@ def main() -> int:
             *common, f"output_dir={json.dumps(str(args.work / 'runs' / 'paired_views-source'))}"])[1])
         results["source_only"] = exp.trainer.evaluate()["accuracy"]
 
+    def run_dir(arm: str, seed: int) -> Path:
+        return args.work / "runs" / f"paired_views-{arm}-seed{seed}"
+
     def overrides(arm: str, seed: int) -> list[str]:
-        return [f"seed={seed}", f"output_dir={json.dumps(str(args.work / 'runs' / f'paired_views-{arm}-seed{seed}'))}",
-                *common]
+        extra = ([f"student.adapter.weights={json.dumps(str(run_dir('adapter', seed) / 'student.safetensors'))}"]
+                 if arm == "combined" else [])  # the adapter this seed's adapter arm trained
+        return [f"seed={seed}", f"output_dir={json.dumps(str(run_dir(arm, seed)))}", *extra, *common]
 
     sweep = Sweep({a: files[a] for a in args.arms}, args.seeds, results_path, overrides=overrides, match_args=match,
                   repo=REPO)

@@ -13,8 +13,9 @@ same instant, with no ego label (``task: paired_views`` hides the labels):
 
 over a list of matched named outputs k (the paper: the C2F-TCN side outputs y5, y4, y3, y2, not the final output
 nor y1, each weight 1, no CE and no smoothing term; here any taps, and ``logits`` names the final output). The teacher
-is detached. The feature-level variant (a residual adapter in front of the frozen exo model) is not part of this
-method.
+is detached. The feature-level variant (a residual adapter in front of the frozen exo model's later stages,
+MSE(g(x^ego) + x^ego, x^exo)) is this loss on the adapted tap of a student with ``student.adapter``
+(:mod:`distill.models.paired_view_adapter`; recipe ``configs/paired_views/adapter.yaml``).
 """
 
 from __future__ import annotations
