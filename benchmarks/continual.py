@@ -16,6 +16,7 @@ are rebuilt from whatever has finished, with the verdicts of ``benchmarks/verdic
 configs/continual/<method>_<dataset>.yaml.
 
     nice -n 10 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/continual.py [--dataset cifar10] [--suites ci]
+    python benchmarks/continual.py --dataset cifar10 --suites ykd --arms LwF DynYKD   # the verdict pair first
     python benchmarks/continual.py --report [--dataset cifar10]     # tables only
 """
 
@@ -224,10 +225,16 @@ def main() -> int:
     p.add_argument("--dataset", choices=sorted(DATASETS), default="digits")
     p.add_argument("--suites", nargs="*", default=["ykd", "ncd", "ci", "ncd_unfrozen"])
     p.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
+    p.add_argument("--arms", nargs="*", default=None,
+                   help="run only these arms of the suites (the verdict's pair first, e.g. --arms LwF DynYKD)")
     p.add_argument("--report", action="store_true")
     p.add_argument("--resweep", action="store_true", help="recompute the ykd averaging sweep from the checkpoints")
     args = p.parse_args()
     DATASET = args.dataset
+    known = {arm for suite in args.suites for arm in ARMS[suite]}
+    unknown = sorted(set(args.arms or ()) - known)
+    if unknown:
+        p.error(f"--arms: {unknown[0]!r} is no arm of the suites {args.suites} (arms: {', '.join(sorted(known))})")
     if args.resweep:
         resweep()
     if not args.report and not args.resweep:
@@ -235,7 +242,7 @@ def main() -> int:
             for suite in args.suites:
                 for arm in ARMS[suite]:
                     f = result_file(suite, arm, seed)
-                    if f.exists():
+                    if f.exists() or (args.arms is not None and arm not in args.arms):
                         continue
                     res = run_one(suite, arm, seed)
                     f.parent.mkdir(parents=True, exist_ok=True)
