@@ -9,8 +9,9 @@ Arms: ``configs/cifar10_coop/`` (independent: each student its own CE; dml: + KL
 coop: + HFD, region-wise and per-example BSD). Same data (the catalogue's 5,000 images), schedule (15 epochs of
 SGD) and steps in every arm. The CNN's accuracy is the run's; the ViT's is the method's ``peer_accuracy``, measured
 on the same test images after the last epoch. Each finished run is appended to the JSON at once (resumable).
-Verdict (the spec's "works if", stated for mIoU on TexMosaic, applied here to top-1): both students reach
-independent + 1 point, and coop >= dml (on both students).
+Verdict (the spec's "works if", stated for mIoU on TexMosaic, applied here to top-1; judged by
+``verdicts_families.cnn_vit_coop_verdicts``, paired over the seeds): both students reach independent + 1 point (the
+interval above zero), and coop >= dml (on both students).
 """
 
 from __future__ import annotations
@@ -24,27 +25,12 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import Sweep, discover_arms, format_diff, format_mean, paired_difference, summarise  # noqa: E402
+from sweep import Sweep, discover_arms, format_diff, format_mean, summarise  # noqa: E402
+from verdicts_families import cnn_vit_coop_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "cifar10_coop"
 ARMS = ["independent", "dml", "coop"]
-
-
-def verdict(by_metric: dict[str, dict[str, Any]]) -> str:
-    """Both students >= independent + 1 and coop >= dml, on the mean paired differences."""
-    parts, ok = [], True
-    for metric, label in (("accuracy", "CNN"), ("peer_accuracy", "ViT")):
-        s = by_metric[metric]
-        if "coop" not in s or "independent" not in s or "dml" not in s:
-            return "pending (arms missing)"
-        gain, _, n = paired_difference(s["coop"].values, s["independent"].values)
-        vs_dml, _, _ = paired_difference(s["coop"].values, s["dml"].values)
-        if gain is None or vs_dml is None or n < 2:
-            return "pending (fewer than 2 common seeds)"
-        ok = ok and gain >= 1.0 and vs_dml >= 0.0
-        parts.append(f"{label} {gain:+.2f} vs independent, {vs_dml:+.2f} vs dml")
-    return ("works: " if ok else "missed: ") + "; ".join(parts) + " (needs >= +1 and >= 0)"
 
 
 def write_table(out: Path, results: dict[str, Any], seeds: list[int]) -> Path:
@@ -52,18 +38,16 @@ def write_table(out: Path, results: dict[str, Any], seeds: list[int]) -> Path:
     lines = ["ResNet-20 (CNN) + ViT 96 x 4 (vit_micro) trained together from scratch on JPEG CIFAR-10: the catalogue's "
              "5,000 training images, 15 epochs of SGD (lr 0.05 x0.1 at 60%/80%), batch 64, crop + flip, no teacher; "
              "top-1 of each student on the 10,000 JPEG test images. Reconstructed method (no official code).", ""]
-    by_metric = {}
     for metric, label in (("accuracy", "CNN (ResNet-20)"), ("peer_accuracy", "ViT (96 x 4)")):
-        have = [r for r in rows if r.get(metric) is not None]
+        have = [r for r in rows if r.get(metric) is not None and r[metric] >= 0]  # -1: the peer never scored
         summ = {s.arm: s for s in summarise(have, metric, baseline="independent", order=ARMS)} if have else {}
-        by_metric[metric] = summ
         lines += [f"**{label}**", "", "| arm | test accuracy (%), mean ± sd | vs independent, paired (95% CI) "
                   "| per seed |", "|---|---|---|---|"]
         for arm, s in summ.items():
             lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | "
                          f"{', '.join(f'{v:.2f}' for v in s.values.values())} |")
         lines.append("")
-    lines.append(f"Verdict: {verdict(by_metric)}")
+    lines.append(verdict_text(cnn_vit_coop_verdicts(results)) + ".")
     todo = [f"{a} seed {sd}" for sd in seeds for a in ARMS
             if not any(r["arm"] == a and r["seed"] == sd for r in rows)]
     if todo:

@@ -13,7 +13,8 @@ distillation from an MAE teacher, small-ViT analogue on JPEG CIFAR-10, scored by
    which pre-training never read), scored on the 10,000 JPEG test images.
 
 Each finished run is appended to the JSON at once, so an interrupted benchmark resumes where it stopped.
-Verdict (the spec's "works if"): dmae >= mae + 1 point on the probe, and dmae_m95 >= mae (paired over seeds).
+Verdict (the spec's "works if", judged by ``verdicts_families.dmae_verdicts``): dmae >= mae + 1 point on the probe
+(paired over the seeds, the interval above zero), and dmae_m95 >= mae (paired mean).
 The spec's 5-epoch fine-tune evaluation is not run here (CPU budget).
 """
 
@@ -35,12 +36,12 @@ from sweep import (  # noqa: E402
     format_diff,
     format_mean,
     load_recipe,
-    paired_difference,
     previous_runs,
     run_stage,
     still_to_run,
     summarise,
 )
+from verdicts_families import dmae_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "masked_image"
@@ -66,23 +67,6 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
     return float((clf.predict(scaler.transform(test_x.numpy())) == test_y.numpy()).mean())
 
 
-def verdict(summaries: dict[str, Any]) -> str:
-    if "mae" not in summaries or "dmae" not in summaries:
-        return "pending"
-    d1, _, n1 = paired_difference(summaries["dmae"].values, summaries["mae"].values)
-    parts = [f"dmae - mae = {d1:+.2f} over {n1} seeds (needs >= +1)"]
-    ok = d1 is not None and d1 >= 1.0 and n1 >= 2
-    if "dmae_m95" in summaries:
-        d2, _, n2 = paired_difference(summaries["dmae_m95"].values, summaries["mae"].values)
-        parts.append(f"dmae_m95 - mae = {d2:+.2f} over {n2} seeds (needs >= 0)")
-        ok = ok and d2 is not None and d2 >= 0.0 and n2 >= 2
-    else:
-        ok = False
-    if n1 < 2:
-        return "pending (fewer than 2 seeds): " + "; ".join(parts)
-    return ("works: " if ok else "missed: ") + "; ".join(parts)
-
-
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
     rows = results["runs"]
     a = results["args"]
@@ -104,8 +88,8 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
         lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | "
                      f"{', '.join(f'{v:.2f}' for v in s.values.values())} | "
                      f"{recon[arm].mean:.3f} |")
-    lines += ["", f"Verdict (spec: DMAE >= MAE-only + 1 point, DMAE at 0.95 >= MAE-only at 0.75): "
-                  f"{verdict(summaries)}."]
+    lines += ["", "Spec: DMAE >= MAE-only + 1 point on the probe, DMAE at 0.95 >= MAE-only at 0.75. "
+              + verdict_text(dmae_verdicts(results)) + "."]
     lines += still_to_run(rows, a["arms"], a["seeds"])
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")

@@ -9,8 +9,9 @@ Arms (``configs/ortrack/``, equal steps within each part):
 (B) ``scratch`` vs ``mse_uniform`` vs ``afkd``: ResNet-56 -> ResNet-20 on stage 3 (the shipped teacher stands in
 for the spec's ORR-trained one).
 Metrics: clean top-1 and top-1 on the test images occluded by Cox masks drawn from fixed seeds at r = 0.3 and 0.5.
-Verdict (the spec's "works if"): ORR adds >= 1 point of occluded accuracy (r = 0.3) while clean accuracy stays within
-0.5 points, and AFKD >= uniform MSE on occluded accuracy.
+Verdict (the spec's "works if", judged by ``verdicts_families.ortrack_verdicts``, paired over the seeds): ORR adds
+>= 1 point of occluded accuracy (r = 0.3; the interval above zero) while clean accuracy stays within 0.5 points (loses
+at most 0.5), and AFKD >= uniform MSE on occluded accuracy.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ from sweep import (  # noqa: E402
     cifar_overrides,
     format_mean,
     load_recipe,
-    paired_difference,
     previous_runs,
     summarise,
 )
+from verdicts_families import ortrack_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "ortrack"
@@ -60,28 +61,6 @@ def occlusion_hook(arm: str, exp: Any) -> dict[str, Any]:
     return {f"occluded_{r}": occluded_accuracy(exp.student, exp.task, exp.eval_data, r) for r in RATIOS}
 
 
-def verdict(rows: list[dict[str, Any]]) -> list[str]:
-    def values(arm: str, key: str) -> dict[int, float]:
-        return {int(r["seed"]): 100 * r[key] for r in rows if r["arm"] == arm and key in r}
-
-    out = []
-    occ, _, n = paired_difference(values("orr", "occluded_0.3"), values("ce_finetune", "occluded_0.3"))
-    clean, _, _ = paired_difference(values("orr", "accuracy"), values("ce_finetune", "accuracy"))
-    if occ is None or n < 2:
-        out.append("(A) pending (fewer than 2 seeds of orr and ce_finetune)")
-    else:
-        ok = occ >= 1.0 and abs(clean) <= 0.5
-        out.append(f"(A) {'works' if ok else 'missed'}: orr - ce_finetune = {occ:+.2f} occluded (r 0.3, needs >= +1), "
-                   f"{clean:+.2f} clean (needs within 0.5), {n} seeds")
-    d, _, n = paired_difference(values("afkd", "occluded_0.3"), values("mse_uniform", "occluded_0.3"))
-    if d is None or n < 2:
-        out.append("(B) pending (fewer than 2 seeds of afkd and mse_uniform)")
-    else:
-        tag = "works" if d >= 0 else "missed"
-        out.append(f"(B) {tag}: afkd - mse_uniform = {d:+.2f} occluded (r 0.3, needs >= 0), {n} seeds")
-    return out
-
-
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
     rows, a = results["runs"], results["args"]
     cols = ["accuracy", *(f"occluded_{r}" for r in RATIOS)]
@@ -92,7 +71,7 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
     for arm in [x for x in ORDER if x in tables["accuracy"]]:
         cells = [format_mean(tables[c][arm]) if arm in tables[c] else "-" for c in cols]
         lines.append(f"| {arm} | {' | '.join(cells)} | {len(tables['accuracy'][arm].values)} |")
-    lines += ["", "Verdict (spec): " + "; ".join(verdict(rows)) + "."]
+    lines += ["", verdict_text(ortrack_verdicts(results)) + "."]
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md

@@ -11,8 +11,9 @@ its stage 2 trained with MSE(g(x_ego) + x_ego, x_exo), the frozen stage 3 + head
 and ``combined`` (that seed's trained adapter frozen inside a student trained as paired_kd; it runs after the
 ``adapter`` arm of its seed and reads its ``student.safetensors``). ``source_only`` is the teacher itself scored on
 the ego test views (no training, one number). Metric: top-1 on the ego view of the test images. Verdict (the spec's
-"works if"): paired_kd closes >= 50 % of the gap from source-only to the oracle, (paired_kd - source) /
-(oracle - source) >= 0.5 on the seed means; the same fraction is reported for the adapter and combined arms.
+"works if", judged by ``verdicts_families.paired_views_verdicts``): paired_kd closes >= 50 % of the gap from
+source-only to the oracle, (paired_kd - source) / (oracle - source) >= 0.5 on the seed means with the per-seed
+shares' interval above zero; the same share is reported for the adapter and combined arms.
 Each finished run is appended to the JSON at once; an interrupted benchmark resumes where it stopped.
 """
 
@@ -36,11 +37,12 @@ from sweep import (  # noqa: E402
     previous_runs,
     summarise,
 )
+from verdicts_families import paired_views_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "paired_views"
 ORDER = ["paired_kd", "oracle", "adapter", "combined"]
-#: arms whose share of the source-only -> oracle gap the verdict line reports beside paired_kd's
+#: arms whose share of the source-only -> oracle gap the verdict line reports beside paired_kd's (their rows' text)
 BASELINES = ("adapter", "combined")
 
 
@@ -50,20 +52,6 @@ def gap_closed(summaries: dict[str, Any], source: float | None, arm: str) -> flo
         return None
     gap = summaries["oracle"].mean - source
     return (summaries[arm].mean - source) / gap if gap > 0 else None
-
-
-def verdict(summaries: dict[str, Any], source: float | None) -> str:
-    if source is None or "paired_kd" not in summaries or "oracle" not in summaries:
-        return "pending"
-    if summaries["oracle"].mean - source <= 0:
-        return f"undefined: the oracle ({summaries['oracle'].mean:.2f}) does not beat source-only ({source:.2f})"
-    closed = gap_closed(summaries, source, "paired_kd")
-    n = min(len(summaries["paired_kd"].values), len(summaries["oracle"].values))
-    tag = ("works" if closed >= 0.5 else "missed") if n >= 2 else "pending (1 seed)"
-    line = f"{tag}: paired_kd closes {100 * closed:.0f} % of the source-only -> oracle gap (needs >= 50 %)"
-    others = [f"{arm} {100 * c:.0f} % (n = {len(summaries[arm].values)})" for arm in BASELINES
-              if (c := gap_closed(summaries, source, arm)) is not None]
-    return line + (f"; for comparison, {', '.join(others)}" if others else "")
 
 
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
@@ -87,8 +75,8 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
         lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | "
                      f"{'' if closed is None else f'{100 * closed:.0f}'} | "
                      f"{', '.join(f'{v:.2f}' for v in s.values.values())} |")
-    lines += ["", f"Verdict (spec: the student closes >= 50 % of the gap from source-only to the oracle): "
-                  f"{verdict(summaries, src)}."]
+    lines += ["", "Spec: the student closes >= 50 % of the gap from source-only to the oracle. "
+              + verdict_text(paired_views_verdicts(results), also=BASELINES) + "."]
     md = out / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md

@@ -11,8 +11,9 @@ The ``lt`` setting swaps the training set for CIFAR-10-LT with imbalance ratio 1
 class c keeps floor(5000 * 100^(-c / 9)) images (5000, 2997, ..., 50; 12,406 images), drawn with seed 0 and written
 once to ``<work>/cifar10_lt100.npz``; the test set stays the balanced 10,000 images. Every arm of a setting has
 the same data, schedule (15 epochs, the catalogue's SGD) and steps. Each finished run is appended to the JSON at
-once, so the command resumes where it stopped. Verdict (the spec's "works if"): TRG >= KD + 0.5 on balanced and
->= KD + 1 on LT (mean paired difference over the seeds).
+once, so the command resumes where it stopped. Verdict (the spec's "works if", judged by
+``verdicts_families.trg_verdicts``): TRG >= KD + 0.5 on balanced and >= KD + 1 on LT (mean paired difference over the
+seeds, its 95% interval above zero).
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import Sweep, format_diff, format_mean, paired_difference, summarise  # noqa: E402
+from sweep import Sweep, format_diff, format_mean, summarise  # noqa: E402
+from verdicts_families import trg_verdicts, verdict_text  # noqa: E402
 
 from distill.data.images import load_images  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "cifar10_rows"
 ARMS = ["scratch", "kd", "trg"]
-#: setting -> the margin TRG must beat KD by
+#: setting -> the margin TRG must beat KD by (judged by ``verdicts_families.trg_verdicts``)
 MARGINS = {"balanced": 0.5, "lt": 1.0}
 
 
@@ -72,24 +74,19 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
     for setting in args.settings:
         rows = [r for r in results["runs"] if r["arm"].startswith(setting + ":")]
         rows = [{**r, "arm": r["arm"].split(":", 1)[1]} for r in rows]
-        lines += [f"**{setting}**", "", "| arm | test accuracy (%), mean ± sd | vs scratch, paired (95% CI) "
-                  "| vs kd, paired (95% CI) | per seed | verdict |", "|---|---|---|---|---|---|"]
+        lines += [f"**{setting}** (TRG needs >= KD + {MARGINS[setting]:g})", "",
+                  "| arm | test accuracy (%), mean ± sd | vs scratch, paired (95% CI) | vs kd, paired (95% CI) "
+                  "| per seed |", "|---|---|---|---|---|"]
         if not rows:
-            lines += ["| (no run finished) | | | | | |", ""]
+            lines += ["| (no run finished) | | | | |", ""]
             continue
         base = {s.arm: s for s in summarise(rows, baseline="scratch", order=ARMS)}
         vs_kd = {s.arm: s for s in summarise(rows, baseline="kd", order=ARMS)}
         for arm, s in base.items():
-            verdict = ""
-            if arm == "trg" and "kd" in base:
-                d, _, n = paired_difference(s.values, base["kd"].values)
-                if d is not None:
-                    m = MARGINS[setting]
-                    tag = ("works" if d >= m else "missed") if n >= 2 else "pending (1 seed)"
-                    verdict = f"{tag}: {d:+.2f} vs kd over {n} seed(s) (needs >= +{m})"
             lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | {format_diff(vs_kd[arm])} | "
-                         f"{', '.join(f'{v:.2f}' for v in s.values.values())} | {verdict} |")
+                         f"{', '.join(f'{v:.2f}' for v in s.values.values())} |")
         lines.append("")
+    lines += [verdict_text(trg_verdicts(results)) + ".", ""]
     todo = [f"{st}:{a} seed {sd}" for sd in args.seeds for st in args.settings for a in ARMS
             if not any(r["arm"] == f"{st}:{a}" and r["seed"] == sd for r in results["runs"])]
     if todo:

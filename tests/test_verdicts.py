@@ -299,3 +299,122 @@ def test_continual_forgetting_is_judged_lower_is_better():
 def test_a_method_that_has_not_run_is_pending_not_absent():
     got = F.mst_verdicts({"seeds": {"0": {"s_ce": {"accuracy": 50.0}}}})
     assert got["mst"].status == V.PENDING
+
+
+# -- issue 18's demonstrations not yet run (dmae, ortrack, paired_views, trg_lt, cnn_vit_coop) ----------------------
+def sweep_runs(key: str = "accuracy", **arms: list[float]) -> list[dict]:
+    """``runs`` as ``sweep.Sweep`` writes them: one record per (arm, seed), the metric as a fraction."""
+    return [{"arm": a.replace("__", ":"), "seed": s, key: v} for a, vals in arms.items() for s, v in enumerate(vals)]
+
+
+def test_dmae_needs_a_point_on_the_probe_and_mask_095_not_below_mae():
+    mae = [0.300, 0.310, 0.320]
+    data = {"runs": sweep_runs("probe_accuracy", mae=mae, dmae=[0.315, 0.325, 0.336], dmae_m95=[0.301, 0.309, 0.322])}
+    v = F.dmae_verdicts(data)
+    assert v["dmae"].status == V.WORKS and "+1.53" in v["dmae"].detail and v["dmae_m95"].status == V.ROLE
+    # +1.5 on the mean, but the differences (+4, -1, +1.6) leave the interval reaching 0: not established
+    shaky = F.dmae_verdicts({"runs": sweep_runs("probe_accuracy", mae=mae, dmae=[0.340, 0.300, 0.336],
+                                                dmae_m95=[0.31, 0.32, 0.33])})["dmae"]
+    assert shaky.status == V.MISSED and "not established" in shaky.detail
+    low = F.dmae_verdicts({"runs": sweep_runs("probe_accuracy", mae=mae, dmae=[0.315, 0.325, 0.336],
+                                              dmae_m95=[0.29, 0.30, 0.31])})["dmae"]  # mask 0.95 one point below
+    assert low.status == V.MISSED and "dmae_m95" in low.detail and "-1.00" in low.detail
+    two = F.dmae_verdicts({"runs": sweep_runs("probe_accuracy", mae=mae[:2], dmae=[0.4, 0.4], dmae_m95=[0.4, 0.4])})
+    assert two["dmae"].status == V.PENDING and "dmae 2 of 3" in two["dmae"].detail
+    no_m95 = F.dmae_verdicts({"runs": sweep_runs("probe_accuracy", mae=mae, dmae=[0.315, 0.325, 0.336])})["dmae"]
+    assert no_m95.status == V.PENDING and "dmae_m95" in no_m95.detail
+
+
+def ortrack_runs(arm: str, clean: list[float], occluded: list[float]) -> list[dict]:
+    return [{"arm": arm, "seed": s, "accuracy": c, "occluded_0.3": o, "occluded_0.5": o - 0.1}
+            for s, (c, o) in enumerate(zip(clean, occluded))]
+
+
+def test_ortrack_orr_gains_occluded_without_losing_clean_and_afkd_not_below_uniform_mse():
+    base = ortrack_runs("ce_finetune", [0.80, 0.81, 0.80], [0.50, 0.51, 0.52])
+    part_b = ortrack_runs("mse_uniform", [0.72] * 3, [0.45, 0.46, 0.47])
+
+    def judge(orr_clean: list[float], orr_occ: list[float], afkd_occ: list[float]) -> dict[str, V.Verdict]:
+        return F.ortrack_verdicts({"runs": base + part_b + ortrack_runs("orr", orr_clean, orr_occ)
+                                   + ortrack_runs("afkd", [0.72] * 3, afkd_occ)})
+
+    v = judge([0.80, 0.805, 0.80], [0.52, 0.53, 0.535], [0.46, 0.46, 0.47])
+    assert v["orr"].status == V.WORKS and v["afkd"].status == V.WORKS and v["ce_finetune"].status == V.ROLE
+    gain = judge([0.81, 0.82, 0.81], [0.52, 0.53, 0.535], [0.45] * 3)["orr"]
+    assert gain.status == V.WORKS  # a clean gain is no harm
+    costly = judge([0.79, 0.80, 0.79], [0.52, 0.53, 0.535], [0.45] * 3)["orr"]  # clean -1.00: not within 0.5
+    assert costly.status == V.MISSED and "clean orr" in costly.detail and "-1.00" in costly.detail
+    below = judge([0.80] * 3, [0.52] * 3, [0.44, 0.45, 0.47])["afkd"]  # -0.67 on occluded top-1
+    assert below.status == V.MISSED and "-0.67" in below.detail
+    one = F.ortrack_verdicts({"runs": base + ortrack_runs("orr", [0.8], [0.6])})
+    assert one["orr"].status == V.PENDING and "orr 1 of 3" in one["orr"].detail
+    assert one["afkd"].status == V.PENDING  # not run yet: listed, not silent
+
+
+def test_paired_views_share_of_the_gap_and_the_adapter_reported():
+    oracle = [0.80, 0.81, 0.79]
+
+    def data(kd: list[float], source: float | None = 0.40, **more: list[float]) -> dict:
+        d = {"runs": sweep_runs(oracle=oracle, paired_kd=kd, **more)}
+        return d if source is None else d | {"source_only": source}
+
+    v = F.paired_views_verdicts(data([0.65, 0.66, 0.64], adapter=[0.55, 0.56, 0.57]))
+    assert v["paired_kd"].status == V.WORKS and "+62.50" in v["paired_kd"].detail  # (65 - 40) / (80 - 40)
+    assert v["adapter"].status == V.ROLE and "closes 40 %" in v["adapter"].detail
+    assert "adapter: " in F.verdict_text(v, also=("adapter",)) and "adapter" not in F.verdict_text(v)
+    short = F.paired_views_verdicts(data([0.58, 0.59, 0.60]))["paired_kd"]  # 47.5 %
+    assert short.status == V.MISSED and "+47.50" in short.detail
+    assert F.paired_views_verdicts(data([0.65, 0.66, 0.64], source=None))["paired_kd"].status == V.PENDING
+    few = F.paired_views_verdicts(data([0.65, 0.66]))["paired_kd"]
+    assert few.status == V.PENDING and "paired_kd 2 of 3" in few.detail
+    no_gap = F.paired_views_verdicts(data([0.65, 0.66, 0.64], source=0.85))["paired_kd"]
+    assert no_gap.status == V.NA and "no gap" in no_gap.detail
+
+
+def test_trg_needs_both_settings_margins_over_kd():
+    bal_kd, lt_kd = [0.620, 0.630, 0.640], [0.400, 0.410, 0.420]
+
+    def judge(bal: list[float], lt: list[float] | None) -> V.Verdict:
+        arms = {"balanced__kd": bal_kd, "balanced__trg": bal, "balanced__scratch": [0.6] * 3}
+        if lt is not None:
+            arms |= {"lt__kd": lt_kd[:len(lt)], "lt__trg": lt}
+        v = F.trg_verdicts({"args": {"epochs": 15}, "runs": sweep_runs(**arms)})
+        assert v["balanced:kd"].status == v["balanced:trg"].status == V.ROLE
+        return v["trg"]
+
+    assert judge([0.627, 0.636, 0.646], [0.412, 0.421, 0.433]).status == V.WORKS  # +0.63 and +1.2
+    lt_short = judge([0.627, 0.636, 0.646], [0.408, 0.418, 0.428])  # +0.8 on LT, needs +1
+    assert lt_short.status == V.MISSED and "LT trg" in lt_short.detail and "balanced" not in lt_short.detail
+    assert judge([0.627, 0.636, 0.646], None).status == V.PENDING  # LT not run: balanced alone cannot decide
+    assert judge([0.622, 0.632, 0.642], None).status == V.MISSED  # but a measured miss on balanced does
+    few = judge([0.627, 0.636, 0.646], [0.430, 0.440])  # +3 on LT over 2 seeds: a third is needed
+    assert few.status == V.PENDING and "lt:trg 2 of 3" in few.detail
+
+
+def test_cnn_vit_coop_needs_both_students_a_point_over_independent_and_coop_not_below_dml():
+    def data(coop_cnn: float, coop_vit: float, seeds: int = 3, vit_measured: bool = True) -> dict:
+        runs = []
+        for arm, cnn, vit in (("independent", 0.70, 0.50), ("dml", 0.72, 0.53), ("coop", coop_cnn, coop_vit)):
+            for s in range(seeds):
+                runs.append({"arm": arm, "seed": s, "accuracy": cnn + 0.01 * s,
+                             "peer_accuracy": vit + 0.01 * s if vit_measured or arm != "coop" else -1.0})
+        return {"runs": runs}
+
+    assert F.cnn_vit_coop_verdicts(data(0.73, 0.54))["coop"].status == V.WORKS
+    vit_short = F.cnn_vit_coop_verdicts(data(0.73, 0.505))["coop"]  # ViT +0.5 over independent
+    assert vit_short.status == V.MISSED and "ViT coop - independent +0.50" in vit_short.detail
+    below_dml = F.cnn_vit_coop_verdicts(data(0.715, 0.54))["coop"]  # CNN +1.5 over independent, -0.5 vs DML
+    assert below_dml.status == V.MISSED and "CNN coop - dml -0.50" in below_dml.detail
+    assert F.cnn_vit_coop_verdicts(data(0.73, 0.54, seeds=2))["coop"].status == V.PENDING
+    unscored = F.cnn_vit_coop_verdicts(data(0.73, 0.54, vit_measured=False))["coop"]  # peer_accuracy -1: not a value
+    assert unscored.status == V.PENDING and "coop" in unscored.detail
+
+
+def test_the_new_tables_are_registered_under_the_names_their_scripts_write():
+    for name, fn in (("dmae", F.dmae_verdicts), ("ortrack", F.ortrack_verdicts),
+                     ("paired_views", F.paired_views_verdicts), ("trg_lt", F.trg_verdicts),
+                     ("cnn_vit_coop", F.cnn_vit_coop_verdicts)):
+        assert V.TABLES[name][1] is fn
+        text = (REPO / "benchmarks" / f"{name}.py").read_text()
+        assert f'"{name}"' in text or f'"{name}.json"' in text, name  # the result file's stem
+        assert fn.__name__ in text  # the script's own verdict line is this function's
