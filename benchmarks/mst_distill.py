@@ -45,7 +45,7 @@ from distill.pipelines.mst_distill import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from portable import write_json  # noqa: E402
+from portable import portable, write_json  # noqa: E402
 from sweep import parse_with_recipe, results_for  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -108,6 +108,17 @@ def modalities(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (gray - 0.48) / 0.24, (thumb - 0.47) / 0.25
 
 
+def schedule(opt: torch.optim.Optimizer, kind: str, epochs: int, n: int, size: int) -> Any:
+    """The learning-rate schedule of one training phase, stepped once per batch: ``constant`` (the official code's)
+    or ``cosine`` (to 0 over the phase's ``epochs``: the last epoch's accuracy then no longer swings by several
+    points between seeds)."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    if kind == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * -(-n // size)))
+    raise SystemExit(f"settings.schedule: {kind!r} is not one of constant, cosine")
+
+
 def batches(n: int, size: int, g: torch.Generator):
     perm = torch.randperm(n, generator=g)
     for s in range(0, n, size):
@@ -124,10 +135,11 @@ def accuracy(model: nn.Module, data: tuple[torch.Tensor, ...]) -> float:
 
 
 def train_ce(model: nn.Module, data: tuple[torch.Tensor, ...], epochs: int, g: torch.Generator, lr: float,
-             batch: int, teacher: Any = None, tau: float = 4.0) -> None:
-    """CE (+ KL_tau to ``teacher(gray, thumb)`` logits when given), Adam."""
+             batch: int, teacher: Any = None, tau: float = 4.0, sched: str = "constant") -> None:
+    """CE (+ KL_tau to ``teacher(gray, thumb)`` logits when given), Adam with the ``sched`` schedule."""
     gray, thumb, y = data
     opt = torch.optim.Adam(model.parameters(), lr=lr)
+    lr_at = schedule(opt, sched, epochs, len(y), batch)
     for _ in range(epochs):
         model.train()
         for idx in batches(len(y), batch, g):
@@ -140,6 +152,7 @@ def train_ce(model: nn.Module, data: tuple[torch.Tensor, ...], epochs: int, g: t
             opt.zero_grad()
             loss.backward()
             opt.step()
+            lr_at.step()
     model.eval()
 
 
@@ -166,6 +179,7 @@ def run_mst(data: tuple[torch.Tensor, ...], args: argparse.Namespace, g: torch.G
     t, a, s = Multimodal(), Auxiliary(), Student()
     nets = (t, a, s)
     opt = torch.optim.Adam([p for n in nets for p in n.parameters()], lr=args.lr)
+    lr_at = schedule(opt, args.schedule, args.stage1, len(y), args.batch)
     for _ in range(args.stage1):  # stage 1: mutual co-training
         for n in nets:
             n.train()
@@ -174,6 +188,7 @@ def run_mst(data: tuple[torch.Tensor, ...], args: argparse.Namespace, g: torch.G
             opt.zero_grad()
             loss.backward()
             opt.step()
+            lr_at.step()
     frozen(t), frozen(a)
     s.eval()
     specialised = [(t, name, MaskNet(128 if name == "concat" else 64, heads=3, factor=2)) for name in T_LAYERS]
@@ -194,6 +209,7 @@ def run_mst(data: tuple[torch.Tensor, ...], args: argparse.Namespace, g: torch.G
         frozen(m)
     gate = GateNet(10, len(specialised))
     opt = torch.optim.Adam([*s.parameters(), *gate.parameters()], lr=args.lr)
+    lr_at = schedule(opt, args.schedule, args.stage3, len(y), args.batch)
     counts = torch.zeros(len(specialised))
     for _ in range(args.stage3):  # stage 3: routed distillation
         s.train()
@@ -209,6 +225,7 @@ def run_mst(data: tuple[torch.Tensor, ...], args: argparse.Namespace, g: torch.G
             opt.zero_grad()
             loss.backward()
             opt.step()
+            lr_at.step()
     s.eval()
     names = [f"{'T' if net is t else 'A'}:{layer}" for net, layer, _ in specialised]
     return s, {"routing": dict(zip(names, (counts / counts.sum()).tolist())),
@@ -224,7 +241,8 @@ def run_seed(args: argparse.Namespace, seed: int, data: tuple[torch.Tensor, ...]
         if name not in teachers:
             torch.manual_seed(seed + 100)
             net = Multimodal() if name == "T" else Auxiliary()
-            train_ce(net, data, args.stage1, torch.Generator().manual_seed(seed + 100), args.lr, args.batch)
+            train_ce(net, data, args.stage1, torch.Generator().manual_seed(seed + 100), args.lr, args.batch,
+                     sched=args.schedule)
             teachers[name] = frozen(net)
             partial.setdefault("teacher_acc", {})[name] = accuracy(net, args.test)
         return teachers[name]
@@ -247,7 +265,7 @@ def run_seed(args: argparse.Namespace, seed: int, data: tuple[torch.Tensor, ...]
                 source = teacher("A")
             elif arm == "kd_avg":
                 source = Averaged(teacher("T"), teacher("A"))
-            train_ce(s, data, epochs, g, args.lr, args.batch, teacher=source, tau=args.tau)
+            train_ce(s, data, epochs, g, args.lr, args.batch, teacher=source, tau=args.tau, sched=args.schedule)
         partial[arm] = {"accuracy": accuracy(s, args.test), "seconds": time.time() - t0, **extra}
         print(f"seed {seed} {arm}: {partial[arm]['accuracy']:.2f}%", flush=True)
         save()
@@ -281,7 +299,8 @@ def report(results: dict[str, Any], path: Path) -> str:
     results["verdict"] = verdict
     teach = [results["seeds"][s].get("teacher_acc", {}) for s in seeds]
     text = (f"# MST-Distill, cross-modal CIFAR-10 analogue ({len(seeds)} seed(s))\n\n"
-            f"Command: `python benchmarks/mst_distill.py`. Settings: {json.dumps(results['settings'])}.\n"
+            f"Command: `{results.get('command', 'python benchmarks/mst_distill.py')}`. "
+            f"Settings: {json.dumps(results['settings'])}.\n"
             f"CE-trained teachers' test accuracy per seed: {teach}.\n\n" + "\n".join(rows)
             + f"\n\nRouting in stage 3 per seed: {route_txt}.\n\nVerdict (pipelines.md row 24): **{verdict}**.\n")
     path.with_suffix(".md").write_text(text)
@@ -291,7 +310,7 @@ def report(results: dict[str, Any], path: Path) -> str:
 
 #: the settings this benchmark reads: their values are declared once, in its recipe (--config)
 KEYS = (
-    "train", "test", "stage1", "stage2", "stage3", "batch", "lr", "tau",
+    "train", "test", "stage1", "stage2", "stage3", "batch", "lr", "tau", "schedule",
 )
 
 
@@ -305,6 +324,9 @@ def main() -> None:
     recipe = REPO / "configs" / "multi_teacher" / "mst_distill_cifar10_crossmodal.yaml"
     args, settings = parse_with_recipe(p, recipe, KEYS)
     results = results_for(args.out, settings, {"seeds": {}, "partial": {}})
+    flags = [f"--{k} {portable(str(Path(v).resolve()))}" for k, v in (("config", args.config), ("out", args.out))
+             if v != p.get_default(k)]
+    results["command"] = " ".join(["python benchmarks/mst_distill.py", *flags])
     if args.report_only:
         print(report(results, args.out))
         return

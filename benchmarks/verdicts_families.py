@@ -715,6 +715,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "continual_cifar10": ("Continual and novel-class CIFAR-10", continual_verdicts),
     "meta_dmoe": ("CIFAR-10 style domains, Meta-DMoE", meta_dmoe_verdicts),
     "mst_distill": ("Cross-modal CIFAR-10, MST-Distill", mst_verdicts),
+    "mst_distill_cosine": ("Cross-modal CIFAR-10, MST-Distill, cosine schedule", mst_verdicts),
     "prokd_sst2": ("SST-2 -> char_noise SST-2, ProKD", prokd_verdicts),
     "proc_kd_digits": ("CIFAR-10 teacher -> digits, ProC-KD", proc_kd_verdicts),
     "llm_uld": ("Cross-tokenizer LM (ULD)", uld_verdicts),
