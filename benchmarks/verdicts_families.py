@@ -215,6 +215,21 @@ def dmae_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, _rows(ev.values, "dmae"))
 
 
+def transkd_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 3, TransKD on TexMosaic, mini-MiT-B1 -> mini-MiT-B0 from scratch (``benchmarks/transkd_seg.py``; mIoU in
+    points): ``mit_ce`` (CE only), ``mit_fitnet`` (feature MSE on stage 3), ``transkd_base``, ``transkd_gl`` and
+    ``transkd_ea``. The +2 mIoU gain over CE needs its paired interval above zero; "Base >= feature MSE" is the
+    paired mean >= 0. GL and EA are reported, not judged (the spec's criterion names Base only)."""
+    ev = Evidence(_sweep_values(data, "miou"))
+    quote = "Works if Base >= CE + 2 mIoU and Base >= feature MSE."
+    crit = {"mit_ce": baseline("baseline (CE only)"), "mit_fitnet": baseline("baseline (FitNet-style feature MSE)"),
+            "transkd_gl": baseline("variant (TransKD + GL-Mixer)"), "transkd_ea": baseline("variant (TransKD + EA)"),
+            "transkd_base": Criterion(quote, "dense.md row 3 (small-ViT analogue, TexMosaic)", 3, (
+                margin("transkd_base", "mit_ce", 2.0, label="mIoU transkd_base"),
+                margin("transkd_base", "mit_fitnet", 0.0, label="mIoU transkd_base")))}
+    return judge_all(crit, ev, _rows(ev.values, "transkd_base"))
+
+
 def ortrack_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Row 1, ORTrack's ORR (part A) and AFKD (part B) on JPEG CIFAR-10 (``benchmarks/ortrack.py``; clean top-1 and
     top-1 on the test images Cox-occluded at r = 0.3, the training ratio, in points). (A) ``orr`` against
@@ -703,6 +718,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "vit_ofa": ("CIFAR-10, ResNet-56 -> ViT (OFA-KD)", vit_ofa_verdicts),
     "acam_kd": ("CIFAR-10 stage 3, ACAM-KD", acam_verdicts),
     "dmae": ("CIFAR-10 masked-image pre-training, DMAE", dmae_verdicts),
+    "transkd_seg": ("TexMosaic segmentation, mini-MiT TransKD", transkd_verdicts),
     "ortrack": ("CIFAR-10 occlusion, ORTrack's ORR and AFKD", ortrack_verdicts),
     "paired_views": ("CIFAR-10 exo -> ego paired views", paired_views_verdicts),
     "trg_lt": ("CIFAR-10 balanced and long-tailed, TRG", trg_verdicts),

@@ -308,6 +308,8 @@ FOLDERS = {
     "tinyshakespeare": {"ce", "fkl", "rkl", "gjsd_0.5", "skl_0.1", "taid", "fkl_dense", "fkl_k8", "fkl_k1", "seqkd_ce",
                         "gjsd_on_policy", "ce_char", "uld_char"},  # the last two: benchmarks/llm_uld.py
     "acam_kd": {"scratch", "kd", "fitnet", "acam"},  # benchmarks/acam_kd.py
+    "segmentation": {"teacher", "ce", "fitnet",  # benchmarks/dense_seg.py; the rest: benchmarks/transkd_seg.py
+                     "mit_teacher", "mit_ce", "mit_fitnet", "transkd_base", "transkd_gl", "transkd_ea"},
     "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
     "ortrack": {"ce_finetune", "orr", "scratch", "mse_uniform", "afkd"},  # benchmarks/ortrack.py
     "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py

@@ -410,10 +410,31 @@ def test_cnn_vit_coop_needs_both_students_a_point_over_independent_and_coop_not_
     assert unscored.status == V.PENDING and "coop" in unscored.detail
 
 
+def test_transkd_needs_two_miou_over_ce_and_not_below_feature_mse():
+    ce, fit = [0.500, 0.510, 0.520], [0.520, 0.530, 0.540]
+    v = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit, transkd_base=[0.530, 0.545, 0.550],
+                                               transkd_gl=[0.54, 0.55, 0.56])})
+    assert v["transkd_base"].status == V.WORKS and "+3.17" in v["transkd_base"].detail
+    assert v["mit_ce"].status == V.ROLE and v["transkd_gl"].status == V.ROLE and "transkd_ea" not in v
+    short = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=[0.4] * 3,
+                                                   transkd_base=[0.515, 0.525, 0.535])})["transkd_base"]
+    assert short.status == V.MISSED and "+1.50" in short.detail  # +1.5 mIoU over CE on every seed: below +2
+    below_mse = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=[0.56, 0.57, 0.58],
+                                                       transkd_base=[0.530, 0.545, 0.550])})["transkd_base"]
+    assert below_mse.status == V.MISSED and "mit_fitnet -2.83" in below_mse.detail
+    two = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce[:2], mit_fitnet=fit[:2],
+                                                 transkd_base=[0.6, 0.6])})["transkd_base"]
+    assert two.status == V.PENDING
+    no_mse = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, transkd_base=[0.6, 0.61, 0.62])})
+    assert no_mse["transkd_base"].status == V.PENDING and "mit_fitnet" in no_mse["transkd_base"].detail
+    assert F.transkd_verdicts({"runs": []})["transkd_base"].status == V.PENDING
+
+
 def test_the_new_tables_are_registered_under_the_names_their_scripts_write():
     for name, fn in (("dmae", F.dmae_verdicts), ("ortrack", F.ortrack_verdicts),
                      ("paired_views", F.paired_views_verdicts), ("trg_lt", F.trg_verdicts),
-                     ("cnn_vit_coop", F.cnn_vit_coop_verdicts)):
+                     ("cnn_vit_coop", F.cnn_vit_coop_verdicts),
+                     ("transkd_seg", F.transkd_verdicts)):
         assert V.TABLES[name][1] is fn
         text = (REPO / "benchmarks" / f"{name}.py").read_text()
         assert f'"{name}"' in text or f'"{name}.json"' in text, name  # the result file's stem
