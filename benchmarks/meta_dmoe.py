@@ -49,6 +49,7 @@ from distill.pipelines.meta_dmoe import FeatureAggregator, adapt, expert_tokens,
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
 from sweep import parse_with_recipe, results_for  # noqa: E402
+from verdicts_families import meta_dmoe_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("clean", "gray", "blur", "hue", "noise")
@@ -316,20 +317,13 @@ def report(results: dict[str, Any], path: Path) -> str:
         paired = f"{statistics.fmean(diffs):+.2f}" + (f" +- {statistics.stdev(diffs):.2f}" if len(diffs) > 1 else "")
         rows.append(f"| {arm} | " + " | ".join(cols) + f" | {statistics.fmean(means):.2f}{sd} | {paired} |")
         summary[arm] = {"mean": statistics.fmean(means), "per_seed": means}
-    verdict = "pending (fewer than 3 seeds)"
-    if len(seeds) >= 3 and "meta_dmoe" in summary:
-        gain = summary["meta_dmoe"]["mean"] - summary["erm"]["mean"]
-        beats = summary["meta_dmoe"]["mean"] > summary["adapt_no_meta"]["mean"]
-        verdict = ("works" if gain >= 1.0 and beats else "missed") + \
-            f" (meta_dmoe - erm = {gain:+.2f} points, needs >= +1.00; vs adapt_no_meta: " \
-            f"{summary['meta_dmoe']['mean'] - summary['adapt_no_meta']['mean']:+.2f})"
+    verdict = verdict_text(meta_dmoe_verdicts(results))
     results["summary"], results["verdict"] = summary, verdict
     text = (f"# Meta-DMoE on CIFAR-10 style domains ({len(seeds)} seed(s))\n\n"
             f"Command: `python benchmarks/meta_dmoe.py`. Settings: {json.dumps(results['settings'])}.\n"
             f"Experts' accuracy on their own source domain (train images): "
             f"{', '.join(f'{k} {v:.1f}' for k, v in results.get('expert_self', {}).items())}.\n\n"
-            + "\n".join(rows) + f"\n\nVerdict (pipelines.md row 22: the adapted student beats ERM by >= 1 point on "
-            f"average over the target domains and beats adapt-without-meta-training): **{verdict}**.\n")
+            + "\n".join(rows) + f"\n\n{verdict}.\n")
     path.with_suffix(".md").write_text(text)
     write_json(path, results)
     return text

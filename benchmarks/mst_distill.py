@@ -47,6 +47,7 @@ from distill.pipelines.mst_distill import (
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import portable, write_json  # noqa: E402
 from sweep import parse_with_recipe, results_for  # noqa: E402
+from verdicts_families import mst_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("s_ce", "kd_t", "kd_a", "kd_avg", "mst")
@@ -289,20 +290,14 @@ def report(results: dict[str, Any], path: Path) -> str:
                     f"{', '.join(f'{x:.2f}' for x in v)} |")
     routing = [results["seeds"][s]["mst"]["routing"] for s in seeds]
     route_txt = "; ".join(", ".join(f"{k} {100 * v:.0f}%" for k, v in r.items()) for r in routing)
-    verdict = "pending (fewer than 3 seeds)"
-    if len(seeds) >= 3:
-        best = max(("kd_t", "kd_a"), key=lambda a: means[a])
-        gain = means["mst"] - means[best]
-        routed = all(min(r.values()) >= 0.10 for r in routing)
-        verdict = ("works" if gain >= 0.5 and routed else "missed") + \
-            f" (mst - {best} = {gain:+.2f} points, needs >= +0.50; every specialised teacher routed >= 10 %: {routed})"
+    verdict = verdict_text(mst_verdicts(results))
     results["verdict"] = verdict
     teach = [results["seeds"][s].get("teacher_acc", {}) for s in seeds]
     text = (f"# MST-Distill, cross-modal CIFAR-10 analogue ({len(seeds)} seed(s))\n\n"
             f"Command: `{results.get('command', 'python benchmarks/mst_distill.py')}`. "
             f"Settings: {json.dumps(results['settings'])}.\n"
             f"CE-trained teachers' test accuracy per seed: {teach}.\n\n" + "\n".join(rows)
-            + f"\n\nRouting in stage 3 per seed: {route_txt}.\n\nVerdict (pipelines.md row 24): **{verdict}**.\n")
+            + f"\n\nRouting in stage 3 per seed: {route_txt}.\n\n{verdict}.\n")
     path.with_suffix(".md").write_text(text)
     write_json(path, results)
     return text
