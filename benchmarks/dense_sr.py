@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
+from verdicts_families import dense_sr_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "super_resolution"
@@ -156,11 +157,11 @@ def write_table(results: dict[str, Any], out: Path) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
-    def paired(arm: str, ref: str) -> tuple[str, list[float]]:
+    def paired(arm: str, ref: str) -> str:
         a = {r["seed"]: r["psnr"] for r in by[arm]}
         b = {r["seed"]: r["psnr"] for r in by[ref]}
         d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
-        return (f"{mean_sd(d)} (n={len(d)})" if d and arm != ref else ""), d
+        return f"{mean_sd(d)} (n={len(d)})" if d and arm != ref else ""
 
     for arm, recs in by.items():
         if not recs:
@@ -171,23 +172,11 @@ def write_table(results: dict[str, Any], out: Path) -> str:
             merged = (f"{recs[0]['merged_params']} (SPAN-26 {recs[0]['base_params']}) / "
                       f"{max(r['merge_max_abs_diff'] for r in recs):.1e}")
         ssim = mean_sd([r["ssim"] for r in recs], 4)
-        lines.append(f"| {arm} | {mean_sd(ps)} | {ssim} | {paired(arm, 'convlora_l1')[0]} "
-                     f"| {paired(arm, 'finetune_l1')[0]} | {mean_sd([r['tex_psnr'] for r in recs])} | "
+        lines.append(f"| {arm} | {mean_sd(ps)} | {ssim} | {paired(arm, 'convlora_l1')} "
+                     f"| {paired(arm, 'finetune_l1')} | {mean_sd([r['tex_psnr'] for r in recs])} | "
                      f"{recs[0].get('trainable', '')} | {merged} | {', '.join(f'{p:.3f}' for p in ps)} |")
-    verdict = "incomplete"
-    if by["dsclora"] and by["convlora_l1"] and by["finetune_l1"]:
-        _, dc_b = paired("dsclora", "convlora_l1")
-        _, dc_a = paired("dsclora", "finetune_l1")
-        merge_ok = all(r["merged_params"] == r["base_params"] and r["merge_max_abs_diff"] <= 1e-5
-                       for r in by["dsclora"])
-        c1 = statistics.mean(dc_b) > 0
-        c2 = statistics.mean(dc_a) >= 0.02
-        verdict = ("works" if (c1 and c2 and merge_ok) else "does not work") + (
-            f": (c) - (b) = {statistics.mean(dc_b):+.3f} dB ({'>' if c1 else '<='} 0), (c) - (a) = "
-            f"{statistics.mean(dc_a):+.3f} dB ({'>=' if c2 else '<'} 0.02), merge "
-            f"{'exact within 1e-5 with equal parameter count' if merge_ok else 'FAILED'}")
-    lines += ["", f"Verdict (spec: (c) > (b), (c) >= (a) + 0.02 dB, merged = SPAN-26 size and output within 1e-5): "
-              f"**{verdict}**."]
+    lines += ["", "Spec: (c) > (b), (c) >= (a) + 0.02 dB, merged = SPAN-26 size and output within 1e-5. "
+              + verdict_text(dense_sr_verdicts(results)) + "."]
     text = "\n".join(lines) + "\n"
     (out / "dense_sr.md").write_text(text)
     return text

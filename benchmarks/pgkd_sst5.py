@@ -23,6 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gen_rows import arm_table, by_arm, load_seed, msd, paired, save_seed, write_outputs  # noqa: E402
+from verdicts_families import pgkd_verdicts, verdict_text  # noqa: E402
 
 from distill.config import resolve_path  # noqa: E402
 from distill.data.text import load_text_classification  # noqa: E402
@@ -90,13 +91,7 @@ def report(per_seed: dict, name: str = NAME, n_test: int = 2210) -> None:
     f1 = by_arm(per_seed, "macro_f1")
     acc = by_arm(per_seed, "accuracy")
     cb, ba = paired(f1, "c_pgkd", "b_unguided"), paired(f1, "b_unguided", "a_train")
-    n = min(cb["seeds"], ba["seeds"])
-    ok1 = cb["mean"] is not None and cb["mean"] > 0 and (cb["ci95"] is None or cb["ci95"][0] > 0)
-    ok2 = ba["mean"] is not None and ba["mean"] >= 0
-    need = 2
-    verdict = ("works" if ok1 and ok2 else "missed") if n >= need else f"pending ({n} seeds of {need})"
-    why = (f"(c) - (b) macro-F1 {cb['mean']:+.2f} -> {'yes' if ok1 else 'no'}; (b) - (a) {ba['mean']:+.2f} -> "
-           f"{'yes' if ok2 else 'no'}") if cb["mean"] is not None else "no paired seeds"
+    verdict = verdict_text(pgkd_verdicts({"per_seed": per_seed}))
     hist = "; ".join(f"seed {s}: " + ", ".join(f"step {h['step']} +{h['added']} val F1 {100 * h['val_macro_f1']:.1f}"
                                                  for h in r["history"]) + f" (best step {r['best_step']})"
                      for s, r in per_seed.items())
@@ -108,13 +103,13 @@ def report(per_seed: dict, name: str = NAME, n_test: int = 2210) -> None:
              *arm_table(f1, ORDER, LABELS, "a_train", "test macro-F1"), "",
              *arm_table(acc, ORDER, LABELS, "a_train", "test accuracy"), "",
              f"Loop: {hist}.", "",
-             f"**Verdict** (works if (c) > (b) >= (a) on macro-F1, {need} seeds): **{verdict}**: {why}.", "",
+             f"Spec: works if (c) > (b) >= (a) on macro-F1. {verdict}.", "",
              "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/pgkd_sst5.py --seeds 0 1"
              + ("" if n_test == 2210 else f" --test-limit {n_test}") + "`", ""]
     payload = {"benchmark": "pgkd_sst5", "per_seed": per_seed,
                "summary": {a: {"macro_f1": msd(list(f1[a].values())), "accuracy": msd(list(acc[a].values()))}
                            for a in f1},
-               "paired": {"c_vs_b": cb, "b_vs_a": ba}, "verdict": verdict, "why": why}
+               "paired": {"c_vs_b": cb, "b_vs_a": ba}, "verdict": verdict}
     write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 

@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from stage_tables import msd, noise, run_stage_by_stage  # noqa: E402
+from verdicts_families import dd_verdicts, verdict_text  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
 
@@ -111,38 +112,36 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
                      f"{imp} | {statistics.mean(cost):.0f} |" if got else f"| {label} | - | - | - | 0 | - | - | - |")
     A = out["arms"]
     mean = statistics.mean
-    verdicts = []
+    notes = []
     nrr, rded = A["nrr/soft"], A["rded/soft"]
     n = min(len(nrr["accuracy"]), len(rded["accuracy"]))
     if n:
         d = [x - y for x, y in zip(nrr["accuracy"][:n], rded["accuracy"][:n])]
         dbr, one, soft = (A[f"nrr/{k}"]["accuracy"] for k in ("dbr", "onehot", "soft"))
         between = bool(dbr and one and soft and min(mean(one), mean(soft)) <= mean(dbr) <= max(mean(one), mean(soft)))
-        ok = mean(d) >= 0.02 and between
-        out["nrr_dd"] = {"nrr_minus_rded": d, "dbr_between_onehot_and_soft": between,
-                         "verdict": "works" if ok else "does not work"}
-        verdicts.append(f"**NRR-DD ({n} seeds): {out['nrr_dd']['verdict']}.** NRR-DD - RDED (shared evaluation, "
-                        f"paired): {msd(d)} points{noise(d)} (needs >= +2); DBR between one-hot and soft labels: "
-                        f"{'yes' if between else 'no'}. Works if (spec): (c) > (b) by >= 2 points over 3 seeds, "
-                        "and DBR falls between one-hot and full soft labels.")
+        out["nrr_dd"] = {"nrr_minus_rded": d, "dbr_between_onehot_and_soft": between}
+        notes.append(f"NRR-DD ({n} seeds): NRR-DD - RDED (shared evaluation, "
+                     f"paired): {msd(d)} points{noise(d)} (needs >= +2); DBR between one-hot and soft labels: "
+                     f"{'yes' if between else 'no'}. Works if (spec): (c) > (b) by >= 2 points over 3 seeds, "
+                     "and DBR falls between one-hot and full soft labels.")
     inf, nat = A["infer/static"], A["random/static"]
     n = min(len(inf["accuracy"]), len(nat["accuracy"]))
     if n:
         d = [x - y for x, y in zip(inf["accuracy"][:n], nat["accuracy"][:n])]
         epochs = a.steps * 50 / max(1, inf["set_images"] or 1)
         fkd = epochs * (inf["set_images"] or 0) * 10
-        storage_ok = (inf["label_floats"] or 0) <= fkd / epochs + 1e-9
-        ok = mean(d) >= 0.02 and storage_ok
         out["infer"] = {"infer_static_minus_natural_static": d, "label_floats": inf["label_floats"],
-                        "fkd_style_floats": round(fkd), "epochs": round(epochs, 2),
-                        "verdict": "works" if ok else "does not work"}
-        verdicts.append(f"**INFER ({n} seeds): {out['infer']['verdict']}.** INFER-static - natural IPC 10 static "
-                        f"(paired): {msd(d)} points{noise(d)} (needs >= +2); label floats {inf['label_floats']} "
-                        "vs FKD-style "
-                        f"{round(fkd)} over {epochs:.1f} epochs (needs <= 1/epochs of it). Works if (spec): "
-                        "INFER-static beats natural IPC 10 by >= 2 points with label storage <= 1/epochs of "
-                        "FKD-style storage.")
-    lines += [x for v in verdicts for x in ("", v)]
+                        "fkd_style_floats": round(fkd), "epochs": round(epochs, 2)}
+        notes.append(f"INFER ({n} seeds): INFER-static - natural IPC 10 static "
+                     f"(paired): {msd(d)} points{noise(d)} (needs >= +2); label floats {inf['label_floats']} "
+                     "vs FKD-style "
+                     f"{round(fkd)} over {epochs:.1f} epochs (needs <= 1/epochs of it). Works if (spec): "
+                     "INFER-static beats natural IPC 10 by >= 2 points with label storage <= 1/epochs of "
+                     "FKD-style storage.")
+    if notes:
+        out["verdict"] = verdict_text(dd_verdicts(out))
+        notes.append(out["verdict"] + ".")
+    lines += [x for v in notes for x in ("", v)]
     return out, "\n".join(lines) + "\n"
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from portable import write_json  # noqa: E402
+from verdicts_families import diswot_verdicts, verdict_text  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
 from distill.models import MODELS  # noqa: E402
@@ -233,24 +234,17 @@ def write(args: argparse.Namespace, chosen: list[tuple[int, ...]], gt: dict, ran
             sp, kd = [c["spearman"] for c in cs], [c["kendall"] for c in cs]
             lines.append(f"| {n} | {len(cs)} | {statistics.mean(sp):.3f}{_sd(sp)} | "
                          f"{statistics.mean(kd):.3f}{_sd(kd)} |")
-        dis = statistics.mean(c["spearman"] for c in agg["DisWOT (random teacher)"])
-        par = corr["parameter count"]["spearman"]
         k_w, k_r = "-".join(map(str, winner)), "3-3-3"
-        search_ok = None
         if k_w in gt and k_r in gt:
             gain = 100 * (gt[k_w]["kd_accuracy"] - gt[k_r]["kd_accuracy"])
             params = rankings["search_s0"]
-            search_ok = gain >= 0.5 and params[winner]["params"] <= params[(3, 3, 3)]["params"]
             out["search_gain_points"] = gain
             lines += ["", f"Searched winner {winner} ({int(params[winner]['params'])} params) vs "
                       f"ResNet-20 (3,3,3) under the identical KD recipe: {gain:+.2f} points (one training seed)."]
-        corr_ok = dis > 0 and dis > par
-        out["verdict"] = {"correlation": "works" if corr_ok else "does not work",
-                          "search": None if search_ok is None else ("works" if search_ok else "does not work")}
-        lines += ["", f"**Verdict (correlation): {out['verdict']['correlation']}** (DisWOT mean Spearman {dis:.3f} vs "
-                  f"parameter count {par:.3f}; works if > 0 and above parameter count). "
-                  f"**Verdict (search): {out['verdict']['search']}** (works if the searched student beats ResNet-20 "
-                  "under KD by >= 0.5 points with no more parameters)."]
+        out["verdict"] = verdict_text(diswot_verdicts(out))
+        lines += ["", "Works if (spec): the DisWOT Spearman is > 0 and above that of parameter count, and the searched "
+                  "student beats ResNet-20 under KD by >= 0.5 points with no more parameters. "
+                  f"{out['verdict']}."]
     write_json(RESULTS.with_suffix(".json"), out)
     RESULTS.with_suffix(".md").write_text("\n".join(lines) + "\n")
 

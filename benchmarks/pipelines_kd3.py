@@ -23,6 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from stage_tables import msd, noise, run_stage_by_stage  # noqa: E402
+from verdicts_families import kd3_verdicts, verdict_text  # noqa: E402
 
 from distill.config import read_yaml  # noqa: E402
 
@@ -60,27 +61,20 @@ def table(report: dict, seeds: list[int], a: argparse.Namespace) -> tuple[dict, 
     A = out["arms"]
     mean = statistics.mean
     if A["kd3"]["minus_a"] and A["kd3"]["junk_rejected"]:
-        gain = mean(A["kd3"]["minus_a"])
-        rej = mean(A["kd3"]["junk_rejected"])
-        # "no component hurts": KD^3 >= KD^3 without MixDistribution, and >= teacher selection (seed-0 ablations)
         comp = {}
         if A["kd3_no_mix"]["accuracy"]:
             n = len(A["kd3_no_mix"]["accuracy"])
             comp["mix_distribution"] = mean(A["kd3"]["accuracy"][:n]) - mean(A["kd3_no_mix"]["accuracy"])
         if A["kd_teacher_select"]["minus_a"]:
             comp["selection_gain_over_a"] = mean(A["kd_teacher_select"]["minus_a"])
-        hurts = [k for k, v in comp.items() if k == "mix_distribution" and v < 0]
-        ok = gain >= 0.015 and rej >= 0.8 and not hurts
         out["components"] = comp
-        out["verdict"] = "works" if ok else "does not work"
+        out["verdict"] = verdict_text(kd3_verdicts(out))
         lines += ["", f"Component effects (seeds where both ran): MixDistribution "
                   f"{100 * comp.get('mix_distribution', float('nan')):+.2f} points, teacher-confidence selection over "
                   f"(a) {100 * comp.get('selection_gain_over_a', float('nan')):+.2f} points.", "",
-                  f"**Verdict ({len(A['kd3']['accuracy'])} seeds for (a)/(c)): {out['verdict']}.** KD^3 - (a): "
-                  f"{msd(A['kd3']['minus_a'])} points{noise(A['kd3']['minus_a'])} (needs >= +1.5); "
-                  f"junk rejected {100 * rej:.1f} % (needs >= 80 %)"
-                  f"; components that hurt: {', '.join(hurts) or 'none'}. Works if (spec): KD^3 beats (a) by >= 1.5 "
-                  "points, rejects >= 80 % of junk, and no component hurts."]
+                  f"KD^3 - (a): {msd(A['kd3']['minus_a'])} points{noise(A['kd3']['minus_a'])}. Works if (spec): KD^3 "
+                  "beats (a) by >= 1.5 points, rejects >= 80 % of junk, and no component hurts. "
+                  f"{out['verdict']}."]
     return out, "\n".join(lines) + "\n"
 
 

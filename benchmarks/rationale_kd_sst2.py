@@ -28,6 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gen_rows import arm_table, by_arm, load_seed, msd, paired, save_seed, write_outputs  # noqa: E402
+from verdicts_families import rationale_kd_verdicts, verdict_text  # noqa: E402
 
 from distill.data.text import load_text_classification  # noqa: E402
 from distill.llm.models import small_llama  # noqa: E402
@@ -130,31 +131,26 @@ def report(per_seed: dict, meta: dict, sizes: dict, args: argparse.Namespace, na
     p1 = paired(arms, "c_multi_random", "a_gold_random")
     p2 = paired(arms, "c_multi_margin", "c_multi_random")
     p3 = paired(arms, "c_multi", "a_gold")
-    n = min([p1["seeds"], p2["seeds"]] or [0])
-    ok1 = p1["mean"] is not None and p1["mean"] > 0 and (p1["ci95"] is None or p1["ci95"][0] > 0)
-    ok2 = p2["mean"] is not None and p2["mean"] >= 0
-    verdict = ("works" if ok1 and ok2 else "missed") if n >= 3 else f"pending ({n} seeds of 3)"
+    verdict = verdict_text(rationale_kd_verdicts({"per_seed": per_seed}))
 
     def fmt(p: dict) -> str:
         if p["mean"] is None:
             return "-"
         return f"{p['mean']:+.2f}" + (f" [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else "")
 
-    why = (f"(c) - (a) on the random subset {fmt(p1)} -> {'yes' if ok1 else 'no'}; margin - random subset "
-           f"{fmt(p2)} -> {'yes' if ok2 else 'no'}; on the whole corpus (c) - (a) {fmt(p3)}")
     lines = ["# Rationale KD on SST-2 (spec row 20, reduced): SmolLM2-135M-Instruct rationales -> a 1-layer Llama",
              "", f"Teacher corpus: {meta['sentences']} training sentences with a greedy 4-shot CoT rationale each; the "
              f"teacher's label agrees with gold on {100 * meta['teacher_label_accuracy']:.1f} %. Subsets: "
              + ", ".join(f"{k} ({v})" for k, v in sizes.items()) + f". Every arm: {args.steps} steps of "
              f"{args.batch} examples (AdamW lr {args.lr}), student hidden {args.hidden}, 1 layer. SST-2 dev accuracy "
              "(872).", "", *arm_table(arms, list(ARMS), LABELS, "a_gold", "dev accuracy"), "",
-             f"**Verdict** (works if (c) > (a) at small n, and the score-selected subset >= random at equal n): "
-             f"**{verdict}**: {why}.", "",
+             "Spec: works if (c) > (a) at small n, and the score-selected subset >= random at equal n. "
+             f"{verdict}. On the whole corpus (c) - (a) {fmt(p3)}.", "",
              "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/rationale_kd_sst2.py --seeds 0 1 2`", ""]
     payload = {"benchmark": "rationale_kd_sst2", "per_seed": per_seed, "corpus": meta, "subsets": sizes,
                "summary": {a: msd(list(v.values())) for a, v in arms.items()},
                "paired": {"c_vs_a_random": p1, "margin_vs_random": p2, "c_vs_a_all": p3},
-               "verdict": verdict, "why": why}
+               "verdict": verdict}
     write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 

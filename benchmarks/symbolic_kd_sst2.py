@@ -30,7 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gen_rows import arm_table, by_arm, load_seed, msd, paired, save_seed, sd, write_outputs  # noqa: E402
+from gen_rows import arm_table, by_arm, load_seed, msd, paired, save_seed, write_outputs  # noqa: E402
+from verdicts_families import symbolic_kd_verdicts, verdict_text  # noqa: E402
 
 from distill.data.text import load_text_classification  # noqa: E402
 from distill.llm.textgen import texts_of  # noqa: E402
@@ -117,18 +118,8 @@ def main() -> None:
 
 def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict, name: str = NAME) -> None:
     arms = by_arm(per_seed, "accuracy")
-    c, b = arms.get("c_filtered_r80", {}), arms.get("b_random", {})
     p = paired(arms, "c_filtered_r80", "b_random")
-    spread = 100 * max(sd(c), sd(b))
-    part1 = p["mean"] is not None and p["seeds"] >= 3 and p["mean"] > spread
-    # the best *distilled* student (trained on the teacher's corpus; (d) learns from real sentences only)
-    means = {a: 100 * sum(v.values()) / len(v) for a, v in arms.items() if v and a != "d_real"}
-    best = max(means, key=means.get) if means else None
-    part2 = best is not None and means[best] > 100 * teacher["accuracy"]
-    verdict = ("works" if part1 and part2 else "missed") if p["seeds"] >= 3 else "pending (fewer than 3 seeds)"
-    why = (f"(c) - (b) = {p['mean']:+.2f} vs 1 seed sd {spread:.2f} -> {'yes' if part1 else 'no'}; best student "
-           f"{LABELS.get(best, best)} {means.get(best, 0):.2f} vs teacher 4-shot {100 * teacher['accuracy']:.2f} "
-           f"-> {'yes' if part2 else 'no'}") if p["mean"] is not None else "no paired seeds yet"
+    verdict = verdict_text(symbolic_kd_verdicts({"per_seed": per_seed, "teacher": teacher}))
     n_kept = {a: [r["arms"][a]["n"] for r in per_seed.values() if a in r["arms"]] for a in ORDER}
     lines = ["# Symbolic KD on SST-2 (spec row 43, adapted): SmolLM2-135M-Instruct writes, a MiniLM critic filters, "
              "TF-IDF + LR learns", "",
@@ -140,12 +131,12 @@ def report(per_seed: dict, teacher: dict, n_cand: int, gen_meta: dict, name: str
              "Corpus sizes per seed: " + "; ".join(f"{LABELS[a]}: {v}" for a, v in n_kept.items() if v), "",
              f"Teacher (SmolLM2-135M-Instruct) 4-shot accuracy on the first {teacher['n']} dev sentences: "
              f"{100 * teacher['accuracy']:.2f} %.", "",
-             f"**Verdict** (works if (c) > (b) by more than 1 seed sd, and the best (distilled) student > the "
-             f"teacher's few-shot accuracy): **{verdict}**: {why}.", "",
+             "Spec: works if (c) > (b) by more than 1 seed sd, and the best (distilled) student > the teacher's "
+             f"few-shot accuracy. {verdict}.", "",
              "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/symbolic_kd_sst2.py --seeds 0 1 2`", ""]
     payload = {"benchmark": "symbolic_kd_sst2", "per_seed": per_seed, "teacher": teacher,
                "summary": {a: msd(list(v.values())) for a, v in arms.items()}, "paired_c_vs_b": p,
-               "verdict": verdict, "why": why, "generation": gen_meta}
+               "verdict": verdict, "generation": gen_meta}
     write_outputs(name, payload, "\n".join(lines))
     print("\n".join(lines))
 

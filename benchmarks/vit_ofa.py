@@ -37,6 +37,7 @@ from sweep import (  # noqa: E402
     still_to_run,
     summarise,
 )
+from verdicts_families import verdict_text, vit_ofa_verdicts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "cifar10_vit"
@@ -46,19 +47,6 @@ def train_facts(recipe: Path) -> dict[str, Any]:
     t = load_recipe(recipe)[1].train
     return {"optimizer": t.optimizer, "lr": t.lr, "weight_decay": t.weight_decay, "schedule": t.schedule,
             "batch_size": t.batch_size}
-
-
-def verdict(arm: str, summaries: dict[str, Any], margin: float) -> str:
-    """The spec's criterion for an OFA arm against KD, on the seeds both ran."""
-    if not arm.startswith("ofa") or "kd" not in summaries:
-        return ""
-    from sweep import paired_difference
-
-    diff, _, n = paired_difference(summaries[arm].values, summaries["kd"].values)
-    if diff is None:
-        return "pending (no common seed with kd)"
-    tag = ("works" if diff >= margin else "missed") if n >= 2 else "pending (1 seed)"
-    return f"{tag}: {diff:+.2f} vs kd over {n} seed{'s' if n != 1 else ''} (needs >= {margin:+})"
 
 
 def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
@@ -76,14 +64,15 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
         f"top-1 on the 10,000 JPEG test images. Recipes: {a.get('configs', 'configs/cifar10_vit')}/.",
         "",
         "| arm | test accuracy (%), mean ± sd | vs scratch, paired (95% CI) | vs kd, paired (95% CI) | per seed "
-        f"| s / epoch | verdict (OFA ≥ KD {margin:+}) |",
-        "|---|---|---|---|---|---|---|",
+        "| s / epoch |",
+        "|---|---|---|---|---|---|",
     ]
     for arm, s in summaries.items():
         times = [r["epoch_time_s"] for r in rows if r["arm"] == arm and r.get("epoch_time_s")]
         ep = f"{sum(times) / len(times):.0f}" if times else "-"
         lines.append(f"| {arm} | {format_mean(s)} | {format_diff(s)} | {format_diff(kd_diffs[arm])} | "
-                     f"{', '.join(f'{v:.2f}' for v in s.values.values())} | {ep} | {verdict(arm, summaries, margin)} |")
+                     f"{', '.join(f'{v:.2f}' for v in s.values.values())} | {ep} |")
+    lines += ["", f"Spec: OFA >= KD {margin:+} on this pair. " + verdict_text(vit_ofa_verdicts(results)) + "."]
     lines += still_to_run(rows, a["arms"], a["seeds"])
     md = args.out / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
