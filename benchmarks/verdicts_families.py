@@ -194,6 +194,10 @@ def vit_ofa_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
             "ofa": Criterion(quote, "dense.md row 29", 3, (
                 margin("ofa", "kd", 0.5, label="CNN->ViT ofa"),
                 missing("the homogeneous pair (ResNet-56 -> ResNet-20 with OFA) not run")))}
+    bar = float(data.get("args", {}).get("margin", 0.5))
+    if bar < 0:  # the homogeneous sanity pair (vit_ofa.py --margin -0.3): its own bar, no CNN->ViT part
+        crit["ofa"] = Criterion(quote, "dense.md row 29 (homogeneous pair)", 3,
+                                (margin("ofa", "kd", bar, label="homogeneous ofa"),))
     return judge_all(crit, ev, _rows(values, "ofa"))
 
 
