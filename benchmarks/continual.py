@@ -162,7 +162,8 @@ def report() -> dict[str, Any]:
             base_runs = done.get((suite, base), {})
             common = sorted(set(runs) & set(base_runs))
             diff = [runs[s][key] - base_runs[s][key] for s in common]
-            table[suite][arm] = {"n": len(runs), **{m: row[m] for m in metrics[suite]}, "paired_diff": diff}
+            table[suite][arm] = {"n": len(runs), "seeds": sorted(runs), **{m: row[m] for m in metrics[suite]},
+                                 "paired_diff": diff}
             if suite == "ykd" and runs:
                 table[suite][arm]["averaging"] = {
                     w: {p: [r["averaging"][w][p] for r in runs.values()] for p in ("old", "new", "all")}
@@ -186,7 +187,7 @@ def report() -> dict[str, Any]:
         if suite == "ykd" and averaging_note(table[suite]):
             lines += [averaging_note(table[suite]), ""]
         lines += [f"@verdict {suite}", ""]
-    data = {"seeds": list(SEEDS), "suites": table}
+    data = {"dataset": DATASET, "seeds": list(SEEDS), "suites": table}
     verdicts = continual_verdicts(data)
     for suite in ARMS:
         judged = [f"{row.split('/', 1)[1]}: **{v}**" for row, v in verdicts.items()

@@ -455,10 +455,11 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     (``benchmarks/continual.py``; points). Row keys ``<suite>/<arm>``."""
     seeds = data.get("seeds", [0, 1, 2])
     suites = data["suites"]
+    where = {"cifar10": "CIFAR-10 analogue"}.get(data.get("dataset", "digits"), "digits analogue")
 
     def per_seed(suite: str, key: str) -> dict[str, dict[int, float]]:
-        return {a: {int(s): 100.0 * v for s, v in zip(seeds, r[key])} for a, r in suites.get(suite, {}).items()
-                if key in r}
+        return {a: {int(s): 100.0 * v for s, v in zip(r.get("seeds", seeds), r[key])}
+                for a, r in suites.get(suite, {}).items() if key in r}
 
     out: dict[str, Verdict] = {}
     if "ci" in suites:
@@ -466,7 +467,7 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
             per_seed("ci", "forgetting"), higher=False)})
         crit = {"ER": baseline("baseline (experience replay)"), "OCM-lite": baseline("baseline (OCM-lite)"),
                 "OnPro": Criterion("Works if OnPro > OCM-lite by >= 2 points and >> ER, with lower forgetting.",
-                                   "pipelines.md row 14 (digits analogue)", 3, (
+                                   f"pipelines.md row 14 ({where})", 3, (
                                        margin("OnPro", "OCM-lite", 2.0), margin("OnPro", "ER", 2.0),
                                        on("forgetting", margin("OnPro", "OCM-lite", 0.0, strict=True,
                                                                label="forgetting OnPro"))))}
@@ -491,7 +492,7 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
         crit = {"fine-tuning": baseline("baseline (fine-tuning)"), "LwF": baseline("baseline (LwF)"),
                 "Y-KD": baseline("baseline (Y-KD without branch growth)"),
                 "DynYKD-frozen": baseline("variant (trunk frozen)"),
-                "DynYKD": Criterion(quote, "pipelines.md row 25 (digits analogue; the trained head, w = 1)", 3, (
+                "DynYKD": Criterion(quote, f"pipelines.md row 25 ({where}; the trained head, w = 1)", 3, (
                     margin("DynYKD", "LwF", 0.0, strict=True, label="old classes DynYKD"),
                     on("new", margin("DynYKD", "LwF", -2.0, label="new classes DynYKD")), traces))}
         out |= {f"ykd/{k}": v for k, v in judge_all(crit, ev, list(ev.values)).items()}
@@ -501,7 +502,7 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
         ev = Evidence(per_seed(suite, "novel"))
         crit = {"UNO": baseline("baseline (UNO)"), "Cr-KD w=1": baseline("control (constant weighting)"),
                 "Cr-KD": Criterion("Works if Cr-KD >= UNO + 1 point, and the learned weighting >= the constant one.",
-                                   f"pipelines.md row 27 (digits, {suite})", 3, (
+                                   f"pipelines.md row 27 ({where}, {suite})", 3, (
                                        margin("Cr-KD", "UNO", 1.0, label="novel-class accuracy Cr-KD"),
                                        margin("Cr-KD", "Cr-KD w=1", 0.0, label="learned weighting")))}
         out |= {f"{suite}/{k}": v for k, v in judge_all(crit, ev, list(ev.values)).items()}

@@ -296,6 +296,17 @@ def test_continual_forgetting_is_judged_lower_is_better():
     assert worse.status == V.MISSED and "forgetting" in worse.detail
 
 
+def test_continual_reads_each_arm_at_its_own_seeds():
+    # Cr-KD's seeds finished in the order 1, 2, 0: each is +0.5 over UNO's same seed (read in list order, the
+    # paired differences would be +10.5, +10.5, -19.5)
+    ncd = {"UNO": {"seeds": [0, 1, 2], "novel": [0.40, 0.50, 0.60]},
+           "Cr-KD": {"seeds": [1, 2, 0], "novel": [0.505, 0.605, 0.405]}}
+    got = F.continual_verdicts({"dataset": "cifar10", "seeds": [0, 1, 2], "suites": {"ncd": ncd}})["ncd/Cr-KD"]
+    assert got.status == V.MISSED and "+0.50 [95% CI +0.50, +0.50]" in got.detail
+    ncd["Cr-KD"] = {"seeds": [1, 2], "novel": [0.52, 0.615]}
+    assert F.continual_verdicts({"seeds": [0, 1, 2], "suites": {"ncd": ncd}})["ncd/Cr-KD"].status == V.PENDING
+
+
 def test_a_method_that_has_not_run_is_pending_not_absent():
     got = F.mst_verdicts({"seeds": {"0": {"s_ce": {"accuracy": 50.0}}}})
     assert got["mst"].status == V.PENDING
