@@ -287,6 +287,37 @@ def test_a_route_value_naming_no_member_is_refused_when_the_data_is_read(tmp_pat
         build_experiment(parse_config(raw, base_dir=tmp_path))
 
 
+def test_yaml_column_mixture_on_an_image_table_reads_the_route_column_beside_the_images(tmp_path):
+    """An image table (data.format: jsonl, csv, parquet, arrow) carries the route column beside image and label;
+    before, only .npz files could (a table was refused as 'not an .npz file')."""
+    pytest.importorskip("datasets")
+    from PIL import Image
+
+    from distill.experiment import build_experiment
+
+    g = np.random.default_rng(1)
+    labels = g.integers(0, 3, 18)
+    rows = []
+    for i, label in enumerate(labels):
+        path = tmp_path / "img" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(g.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(path)
+        rows.append({"image": f"img/{i:02d}.png", "label": int(label), "domain": "photo" if label == 0 else "sketch"})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    raw = image_raw(tmp_path, {"route": "column", "column": "domain", "members": MEMBERS})
+    raw["data"] = {**raw["data"], "train": "train.jsonl", "format": "jsonl", "train_per_class": 4}
+    exp = build_experiment(parse_config(raw, base_dir=tmp_path))
+    batch = exp.task.prepare(exp.task.fetch(exp.train_data, torch.arange(12)), train=False, generator=None)
+    assert batch.meta["route"].tolist() == (batch.labels != 0).long().tolist()  # each image's own row's value
+    assert sorted(batch.labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+    with pytest.raises(ConfigError, match=r"^teacher.mixture.column: train.jsonl has no column 'site'; its "
+                                          r"columns: image, label, domain"):
+        build_experiment(parse_config({**raw, "teacher": {"mixture": {**raw["teacher"]["mixture"],
+                                                                      "column": "site"}}}, base_dir=tmp_path))
+    with pytest.raises(ConfigError, match=r"^teacher.mixture.column: 'domain' .*data.streaming: false"):
+        build_experiment(parse_config({**raw, "data": {**raw["data"], "streaming": True}}, base_dir=tmp_path))
+
+
 # -- causal LM -----------------------------------------------------------------------------------------------------
 WORDS = ["<pad>", "<eos>", "<unk>", "the", "king", "queen", "of", "love", "and", "death", "my", "lord", "is",
          "a", "good", "night", "to", "you", "what", "say"]

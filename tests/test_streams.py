@@ -190,3 +190,74 @@ def test_distill_stream_command_runs_a_stream_file_and_refuses_a_bad_key(tmp_pat
     assert len(rows) == 2  # one line of metrics after each task
     assert main(["stream", str(path), "--set", "learner.options.buffer_sise=3"]) == 2
     assert "learner.options.buffer_sise" in capsys.readouterr().err
+
+
+def test_what_only_the_data_can_refuse_is_a_config_error_before_training(data, tmp_path, capsys):
+    """A class the dataset lacks, an empty task, an OnPro buffer sized for other images, an impossible dataset
+    option: one ``config error`` line naming the key, nothing trained (before: a traceback after training, or a
+    shape error inside the replay buffer)."""
+    from distill.cli import main
+    from distill.streams.runner import build_runner
+
+    with pytest.raises(ValueError, match=r"^stream.tasks\[1\]: \[12\] is not a class of dataset 'digits' "
+                                         r"\(its classes: 0..9\)"):
+        class_incremental(data, [[0, 1], [2, 12]])
+    with pytest.raises(ValueError, match=r"^stream.novel: \[10\] is not a class"):
+        novel_class_stream(data, [0, 1], [2, 10])
+    raw = _raw(LEARNERS["onpro"], tmp_path / "out")
+    for change, message in [
+        ({"stream": {"kind": "class_incremental", "tasks": [[0, 1], []]}}, r"stream.tasks\[1\]: no classes"),
+        ({"stream": {"kind": "class_incremental", "tasks": [[0, 11]]}}, r"stream.tasks\[0\]: \[11\] is not a class"),
+        ({"learner": {"name": "onpro", "options": {"image_size": 32}}},
+         r"learner.options.image_size: 32 .* 'digits' are 8 x 8; set image_size: 8"),
+        ({"stream": {**raw["stream"], "dataset_options": {"train_per_class": 900}}},
+         r"stream.dataset_options.train_per_class: 900 is not in 1..\d+"),
+    ]:
+        with pytest.raises(ConfigError, match="^" + message):
+            build_runner(parse_stream_config({**raw, **change}))
+    path = tmp_path / "s.yaml"
+    import yaml
+
+    path.write_text(yaml.safe_dump({**raw, "stream": {"kind": "class_incremental", "tasks": [[0, 1], [2, 12]]}}))
+    assert main(["stream", str(path)]) == 2
+    assert capsys.readouterr().err.startswith("config error: stream.tasks[1]: [12] is not a class")
+    assert not (tmp_path / "out").exists()
+
+
+def test_resuming_with_other_settings_is_refused_naming_them(tmp_path, capsys):
+    """A finished (or interrupted) run's folder resumed with another recipe used to continue silently (a rerun
+    with more epochs printed the old run's metrics); it is refused, naming the setting, unless --restart. Settings
+    that do not change what is trained (checkpoint_every, keep, eval_batch_size) may change."""
+    import yaml
+
+    from distill.cli import main
+
+    path = tmp_path / "s.yaml"
+    raw = _raw(LEARNERS["onpro"], tmp_path / "out")
+    raw["stream"]["tasks"] = [[0, 1]]
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["stream", str(path)]) == 0
+    first = capsys.readouterr().out
+    steps = latest_checkpoint(tmp_path / "out" / "checkpoints").name
+    assert main(["stream", str(path), "--set", "train.checkpoint_every=3", "--set", "train.eval_batch_size=7"]) == 0
+    assert capsys.readouterr().out == first  # the finished run, its metrics printed again
+    assert main(["stream", str(path), "--set", "train.epochs_per_task=2"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by a different run (train.epochs_per_task: 1 -> 2)" in err and "--restart" in err
+    assert main(["stream", str(path), "--set", "learner.options.buffer_size=8"]) == 2
+    assert "learner.options.buffer_size: 40 -> 8" in capsys.readouterr().err
+    assert main(["stream", str(path), "--set", "train.epochs_per_task=2", "--restart"]) == 0
+    assert capsys.readouterr().out.startswith('{"task": 0')
+    assert int(latest_checkpoint(tmp_path / "out" / "checkpoints").name.split("-")[1]) == 2 * int(steps.split("-")[1])
+
+
+def test_each_tasks_metrics_are_reported_as_soon_as_the_task_is_done(tmp_path):
+    seen = []
+    raw = _raw(LEARNERS["onpro"], tmp_path)
+    on_task = lambda row: seen.append(  # noqa: E731
+        (row["task"], len(json.loads((tmp_path / "metrics.json").read_text())["tasks"])))
+    run_config(parse_stream_config(raw), on_task=on_task)
+    assert seen == [(0, 1), (1, 2)]  # task 1's line comes when it is done, not with the others at the end
+    seen.clear()
+    run_config(parse_stream_config(raw), on_task=on_task)  # a finished run: its tasks again, nothing trained
+    assert seen == [(0, 2), (1, 2)]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -44,6 +44,12 @@ class Learner(nn.Module):
         self.num_classes = num_classes
         self.channels = channels
         self.task: TaskInfo | None = None
+
+    @classmethod
+    def check_data(cls, options: dict[str, Any], dataset: Any) -> None:
+        """Refuse, before anything trains, validated ``options`` that do not fit the stream's ``dataset`` (a
+        :class:`~distill.streams.stream.Dataset`): a ``ValueError`` whose message starts with
+        ``learner.options.KEY:``. The base checks nothing."""
 
     def begin_task(self, task: TaskInfo) -> None:
         """Change the structure for task ``task.index`` (grow, snapshot a teacher, freeze); deterministic."""

@@ -32,7 +32,7 @@ from distill.streams import metrics as M
 from distill.streams.learners import Learner, TaskInfo
 from distill.streams.stream import Stream
 from distill.train.checkpoint import clear_checkpoints, find_checkpoint, rng_state, save_checkpoint, set_rng_state
-from distill.train.trainer import derived_generator, epoch_order, seed_everything
+from distill.train.trainer import ResumeMismatchError, derived_generator, epoch_order, seed_everything
 
 KILL_ENV = "DISTILL_TEST_STREAM_KILL"
 
@@ -47,8 +47,10 @@ class ContinualRunner:
     """See the module docstring. ``make_learner`` builds a fresh learner (before any task)."""
 
     def __init__(self, stream: Stream, make_learner: Callable[[], Learner], train: Any, seed: int,
-                 output_dir: str | Path, deterministic: bool = True) -> None:
+                 output_dir: str | Path, deterministic: bool = True, recipe: dict[str, str] | None = None) -> None:
         self.stream = stream
+        #: what a resumed run must agree on (``key: value`` strings, :func:`stream_recipe`); None: not checked
+        self.recipe = recipe
         self.make_learner = make_learner
         self.train = train
         self.seed = seed
@@ -115,12 +117,28 @@ class ContinualRunner:
         os.replace(tmp, self.output_dir / "metrics.json")
 
     def _save(self, learner: Learner, opt: torch.optim.Optimizer, step: int, pos: dict[str, Any]) -> None:
+        extra = {"recipe": dict(self.recipe)} if self.recipe is not None else {}
         save_checkpoint(self.output_dir / "checkpoints", step, learner.state_dict(), {}, opt.state_dict(),
-                        {**pos, "rng": rng_state()}, keep=self.train.keep)
+                        {**pos, **extra, "rng": rng_state()}, keep=self.train.keep)
 
-    def run(self, resume: bool = True) -> dict[str, Any]:
+    def _check_recipe(self, ckpt: Path, old: dict[str, str] | None) -> None:
+        """A checkpoint written with other settings is refused (naming them), never silently continued."""
+        if self.recipe is None or old is None:
+            return
+        changed = sorted(k for k in set(old) | set(self.recipe) if old.get(k) != self.recipe.get(k))
+        if changed:
+            detail = ", ".join(f"{k}: {old.get(k, '-')} -> {self.recipe.get(k, '-')}" for k in changed[:4])
+            if len(changed) > 4:
+                detail += f", and {len(changed) - 4} more"
+            raise ResumeMismatchError(
+                f"the checkpoint {ckpt} was written by a different run ({detail}); resume with the same settings, "
+                "or start over with --restart or another output_dir")
+
+    def run(self, resume: bool = True, on_task: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Train the whole stream (continuing from the newest checkpoint when ``resume``); returns
-        ``{"tasks": [metrics after each task]}`` (also in ``<output_dir>/metrics.json``)."""
+        ``{"tasks": [metrics after each task]}`` (also in ``<output_dir>/metrics.json``). ``on_task`` is called
+        with each task's metrics as soon as they are known (a resumed run's earlier tasks first). A checkpoint
+        written with another recipe is refused (:class:`~distill.train.trainer.ResumeMismatchError`)."""
         seed_everything(self.seed, self.deterministic)
         ckdir = self.output_dir / "checkpoints"
         learner = self.make_learner()
@@ -128,8 +146,9 @@ class ContinualRunner:
         if not resume:
             clear_checkpoints(ckdir)
         if found is not None:
-            _, parts = found
+            ckpt, parts = found
             pos = parts["trainer"]
+            self._check_recipe(ckpt, pos.get("recipe"))
             task, epoch, step, gstep = int(pos["task"]), int(pos["epoch"]), int(pos["step"]), int(pos["global_step"])
             results = list(pos["results"])
             for t in range(task + 1 if task < len(self.stream.tasks) else len(self.stream.tasks)):
@@ -143,6 +162,8 @@ class ContinualRunner:
             results = []
             opt = self._begin(learner, 0)
         self.learner = learner
+        for row in results if on_task is not None else ():
+            on_task(row)
         kill = os.environ.get(KILL_ENV)
         b = self.train.batch_size
         while task < len(self.stream.tasks):
@@ -170,6 +191,8 @@ class ContinualRunner:
             epoch = step = 0
             results.append(self.evaluate(learner, task, results))
             self._write_metrics(results)
+            if on_task is not None:
+                on_task(results[-1])
             task += 1
             if task < len(self.stream.tasks):
                 opt = self._begin(learner, task)
@@ -179,27 +202,66 @@ class ContinualRunner:
         return {"tasks": results}
 
 
+#: train settings a resumed run may change: they do not change what is trained
+RESUMABLE = ("output_dir", "train.keep", "train.checkpoint_every", "train.eval_batch_size")
+
+
+def stream_recipe(cfg: Any) -> dict[str, str]:
+    """What a checkpoint of ``cfg`` (a validated stream config) is tied to: every setting as ``key: value`` JSON
+    strings, less where the run is kept and how often it is saved (:data:`RESUMABLE`)."""
+    out: dict[str, str] = {}
+
+    def walk(value: Any, key: str) -> None:
+        if isinstance(value, dict) and value:
+            for k in sorted(value, key=str):
+                walk(value[k], f"{key}.{k}" if key else str(k))
+        elif key not in RESUMABLE:
+            out[key] = json.dumps(value, sort_keys=True, default=str)
+
+    walk(cfg.model_dump(mode="json"), "")
+    return out
+
+
 def build_runner(cfg: Any, dataset: Any = None) -> ContinualRunner:
-    """The runner of a validated :class:`~distill.streams.section.StreamConfig` (its stream and learner built)."""
+    """The runner of a validated :class:`~distill.streams.section.StreamConfig` (its stream and learner built).
+    What only the data can tell (a class the dataset does not have, a learner option that does not fit its images)
+    is refused here, before anything trains, as a :class:`~distill.core.errors.ConfigError` naming the key."""
+    from distill.core.errors import ConfigError
     from distill.streams.data import load_dataset
     from distill.streams.registry import LEARNERS
     from distill.streams.stream import class_incremental, domain_stream, novel_class_stream
 
     s = cfg.stream
-    ds = dataset if dataset is not None else load_dataset(s.dataset, s.data_seed, s.dataset_options)
-    if s.kind == "class_incremental":
-        stream = class_incremental(ds, s.tasks, seed=cfg.seed)
-    elif s.kind == "domains":
-        stream = domain_stream(ds, s.domains, s.heldout, seed=cfg.seed)
+    if dataset is not None:
+        ds = dataset
     else:
-        stream = novel_class_stream(ds, s.known, s.novel, seed=cfg.seed)
+        try:
+            ds = load_dataset(s.dataset, s.data_seed, s.dataset_options)
+        except ConfigError:
+            raise
+        except (ValueError, OSError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if first.split(":")[0] in s.dataset_options:  # the loader names its option: "train_per_class: ..."
+                raise ConfigError(f"stream.dataset_options.{first}") from None
+            raise ConfigError(f"stream.dataset: {s.dataset!r}: {first}") from None
     cls = LEARNERS[cfg.learner.name]
+    try:
+        if s.kind == "class_incremental":
+            stream = class_incremental(ds, s.tasks, seed=cfg.seed)
+        elif s.kind == "domains":
+            stream = domain_stream(ds, s.domains, s.heldout, seed=cfg.seed)
+        else:
+            stream = novel_class_stream(ds, s.known, s.novel, seed=cfg.seed)
+        cls.check_data(cfg.learner.options, ds)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
     runner = ContinualRunner(stream, lambda: cls(num_classes=stream.num_classes, channels=ds.channels,
                                                  **cfg.learner.options),
-                             cfg.train, cfg.seed, cfg.output_dir, cfg.deterministic)
+                             cfg.train, cfg.seed, cfg.output_dir, cfg.deterministic, recipe=stream_recipe(cfg))
     return runner
 
 
-def run_config(cfg: Any, resume: bool = True, dataset: Any = None) -> dict[str, Any]:
+def run_config(cfg: Any, resume: bool = True, dataset: Any = None,
+               on_task: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Build the stream and learner of a validated :class:`~distill.streams.section.StreamConfig` and run it."""
-    return build_runner(cfg, dataset).run(resume=resume)
+    return build_runner(cfg, dataset).run(resume=resume, on_task=on_task)

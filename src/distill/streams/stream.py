@@ -114,11 +114,22 @@ def _rows_of(y: torch.Tensor, classes: Sequence[int]) -> torch.Tensor:
     return torch.nonzero(torch.isin(y, torch.tensor(list(classes))), as_tuple=True)[0]
 
 
+def _check_classes(dataset: Dataset, classes: Sequence[int], key: str) -> None:
+    """A task's class list: not empty, each class one of the dataset's (else a ValueError naming ``key``)."""
+    if not len(classes):
+        raise ValueError(f"{key}: no classes; give each task at least one")
+    bad = sorted({int(c) for c in classes if not 0 <= int(c) < dataset.num_classes})
+    if bad:
+        raise ValueError(f"{key}: {bad} {'is not a class' if len(bad) == 1 else 'are not classes'} of dataset "
+                         f"{dataset.name!r} (its classes: 0..{dataset.num_classes - 1})")
+
+
 def class_incremental(dataset: Dataset, tasks: Sequence[Sequence[int]], seed: int = 0) -> Stream:
     """Tasks made of the given class lists (disjoint); each trains on its classes' rows, tests on their test rows."""
     seen: set[int] = set()
     out = []
     for i, classes in enumerate(tasks):
+        _check_classes(dataset, classes, f"stream.tasks[{i}]")
         if seen & set(classes):
             raise ValueError(f"stream.tasks[{i}]: classes {sorted(seen & set(classes))} already in an earlier task")
         seen |= set(classes)
@@ -141,6 +152,8 @@ def domain_stream(dataset: Dataset, domains: Sequence[str], heldout: Sequence[st
 
 def novel_class_stream(dataset: Dataset, known: Sequence[int], novel: Sequence[int], seed: int = 0) -> Stream:
     """Task 0: the known classes, labelled. Task 1: the known rows (labelled) and the novel rows (labels hidden)."""
+    _check_classes(dataset, known, "stream.known")
+    _check_classes(dataset, novel, "stream.novel")
     if set(known) & set(novel):
         raise ValueError(f"stream.novel: classes {sorted(set(known) & set(novel))} are also known")
     pretrain = Task("known", tuple(known), _rows_of(dataset.y_train, known), _rows_of(dataset.y_test, known))

@@ -36,6 +36,7 @@ batch + CE on a random buffer batch), OCM-lite (ER + instance loss: ``use_instan
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -128,6 +129,15 @@ class OnPro(Learner):
 
     provenance = Provenance("Online Prototype Learning for Online Continual Learning", 2023, "2308.00301",
                             "https://github.com/weilllllls/OnPro", "ICCV")
+
+    @classmethod
+    def check_data(cls, options: dict[str, Any], dataset: Any) -> None:
+        """The replay buffer holds images of ``image_size`` x ``image_size``: it must be the dataset's."""
+        size = int(options.get("image_size", 8))
+        h, w = (int(v) for v in dataset.x_train.shape[-2:])
+        if (h, w) != (size, size):
+            raise ValueError(f"learner.options.image_size: {size} (the replay buffer's image side), but the images "
+                             f"of stream.dataset {dataset.name!r} are {h} x {w}; set image_size: {h}")
 
     def __init__(self, num_classes: int, channels: int, width: int = 32, feature_dim: int = 64, proj_dim: int = 64,
                  buffer_size: int = 200, buffer_batch: int = 32, image_size: int = 8, tau_proto: float = 0.5,

@@ -27,18 +27,35 @@ Images = ImageArrays | TableImages
 
 
 def read_image_table(d: ImageData, file: Path, split: str, key: str,
-                     classes: list[str] | None) -> ImageArrays | TableImages:
+                     classes: list[str] | None, mixture: Any = None) -> ImageArrays | TableImages:
     """``data.format`` other than ``auto``: the images of a ``datasets`` table, decoded per batch when
-    ``data.streaming`` is on, else all at once."""
+    ``data.streaming`` is on, else all at once. ``mixture``: a ``teacher.mixture`` with ``route: column``, whose
+    ``column`` is a column of the table read as each image's member (the images are then :class:`RoutedImages`)."""
     from distill.data.image_tables import table_images
     from distill.data.tables import read_table
 
+    route = mixture.column if mixture is not None else None
+    if route is not None and d.streaming:
+        raise ConfigError(f"teacher.mixture.column: {route!r} is read from the table with the images in memory; "
+                          "set data.streaming: false (a streamed table carries no route column)")
     table = read_table(file, d.format, f"data.{key}", split=split, split_key=f"data.{key}_split",
                        cache_dir=d.cache_dir)
+    values = None
+    if route is not None:
+        if route not in table.column_names:
+            raise ConfigError(f"teacher.mixture.column: {file.name} has no column {route!r}; its columns: "
+                              f"{', '.join(table.column_names)}")
+        values = np.asarray(list(table[route]), dtype=object)
     images = table_images(table, file, image_column=d.image_column, label_column=d.label_column, key=f"data.{key}",
                           image_size=d.image_size, classes=classes)
     if len(images):
         images.image_shape()  # an unreadable first image is refused now, naming the key
+    if values is not None:  # one row per image, in the table's order
+        from distill.core.mixture import route_indices
+
+        arrays = images.to_arrays()
+        return RoutedImages(arrays.images, arrays.labels, arrays.classes, arrays.source,
+                            route_indices(values, mixture.names(), "teacher.mixture.column"))
     return images if d.streaming else images.to_arrays()
 
 
@@ -73,7 +90,8 @@ def read_routes(cfg: Any, file: Path, split: str, n: int) -> torch.Tensor:
     column = cfg.teacher.mixture.column
     if file.suffix.lower() != ".npz":
         raise ConfigError(f"teacher.mixture.column: {column!r} is read from an .npz data.train file (an array beside "
-                          f"the images), and {file.name} is not one")
+                          f"the images) or a table (data.format: csv, jsonl, parquet or arrow; a column beside the "
+                          f"images), and {file.name} is neither")
     with np.load(file, allow_pickle=False) as z:
         names = [k for k in (f"{column}_{split}", column) if k in z.files]
         if not names:
@@ -105,7 +123,8 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
             if d.format == "auto":
                 data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
             else:
-                data = read_image_table(d, file, split, key, classes)
+                mixture = cfg.teacher.mixture if cfg is not None and route_column(cfg) else None
+                data = read_image_table(d, file, split, key, classes, mixture)
     except ConfigError:
         raise
     except (ValueError, OSError, EOFError, KeyError, IndexError, TypeError, RuntimeError, tarfile.TarError,
@@ -114,7 +133,7 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
         raise ConfigError(f"data.{key}: {file}: {first}") from None
     if len(data) == 0:
         raise ConfigError(f"data.{key}: {file}: no images in split {split!r}")
-    if cfg is not None and route_column(cfg):
+    if cfg is not None and route_column(cfg) and not isinstance(data, RoutedImages):
         data = RoutedImages(data.images, data.labels, data.classes, data.source,
                             read_routes(cfg, file, split, len(data)))
     try:
