@@ -212,6 +212,11 @@ def test_what_only_the_data_can_refuse_is_a_config_error_before_training(data, t
          r"learner.options.image_size: 32 .* 'digits' are 8 x 8; set image_size: 8"),
         ({"stream": {**raw["stream"], "dataset_options": {"train_per_class": 900}}},
          r"stream.dataset_options.train_per_class: 900 is not in 1..\d+"),
+        ({"learner": {"name": "crkd", "options": {"weighting": "equal"}}}, r"learner.options.weighting: Input should"),
+        ({"learner": {"name": "dynamic_ykd", "options": {"average_weight": 2}}},
+         r"learner.options.average_weight: Input should be less than or equal to 1"),  # before: after a whole run
+        ({"learner": {"name": "proc_kd", "options": {"teacher": "missing.safetensors"}}},
+         r"learner.options.teacher: missing.safetensors does not exist"),
     ]:
         with pytest.raises(ConfigError, match="^" + message):
             build_runner(parse_stream_config({**raw, **change}))
@@ -261,3 +266,17 @@ def test_each_tasks_metrics_are_reported_as_soon_as_the_task_is_done(tmp_path):
     seen.clear()
     run_config(parse_stream_config(raw), on_task=on_task)  # a finished run: its tasks again, nothing trained
     assert seen == [(0, 2), (1, 2)]
+
+
+@pytest.mark.parametrize("path, command", [
+    ("configs/continual/onpro_digits.yaml", "`distill stream FILE`"),
+    ("configs/pipelines/tiny_pcoreset.yaml", "`distill pipeline FILE`"),
+    ("configs/multi_teacher/meta_dmoe_cifar10_styles.yaml", "python benchmarks/SCRIPT.py --config FILE"),
+])
+def test_distill_train_on_a_stream_pipeline_or_benchmark_file_names_the_command_that_runs_it(path, command):
+    """Before: `methods: required key is missing`, for a file that was never meant to have methods."""
+    from distill.config import load_config
+
+    with pytest.raises(ConfigError, match=r"^\(top level\): this .* not a training run") as e:
+        load_config(ROOT / path)
+    assert command in str(e.value)

@@ -382,10 +382,28 @@ def _refuse_old_keys(raw: dict[str, Any]) -> None:
                 raise ConfigError(f"train.{key}: set '{key}' at the top level of the file")
 
 
+def _refuse_other_file_kinds(raw: dict[str, Any]) -> None:
+    """A pipeline, stream or benchmark-settings file given to ``distill train`` is named as what it is, with the
+    command that runs it (rather than ``methods: required key is missing``)."""
+    if "methods" in raw:
+        return
+    if "stages" in raw:
+        raise ConfigError("(top level): this is a pipeline file (stages:), not a training run; run it with "
+                          "`distill pipeline FILE` (docs/pipelines.md)")
+    if "stream" in raw and "learner" in raw:
+        raise ConfigError("(top level): this is a stream file (stream:, learner:), not a training run; run it with "
+                          "`distill stream FILE` (docs/streams.md)")
+    if isinstance(raw.get("pipeline"), str):
+        raise ConfigError(f"(top level): this file holds the settings of the {raw['pipeline']!r} pipeline "
+                          "(pipeline:), not a training run; it is read by the benchmarks/ script its first "
+                          "comment names (python benchmarks/SCRIPT.py --config FILE)")
+
+
 def parse_config(raw: dict[str, Any], base_dir: str | Path | None = None) -> ExperimentConfig:
     """Validate a dict (from YAML or Python) into an :class:`ExperimentConfig`, or raise :class:`ConfigError`."""
     if not isinstance(raw, dict):
         raise ConfigError(f"(top level): a config is a mapping of keys, got {type(raw).__name__}")
+    _refuse_other_file_kinds(raw)
     task = raw.get("task", "image_classification")
     if task not in FAMILIES:
         raise ConfigError(f"task: unknown task {task!r}; allowed: {', '.join(FAMILIES.names())}")

@@ -34,9 +34,11 @@ so the code's effective setting is unverified; a flag).
 from __future__ import annotations
 
 import copy
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from distill.core.registry import Provenance
@@ -76,7 +78,8 @@ class DynamicYKD(Learner):
 
     def __init__(self, num_classes: int, channels: int, width: int = 32, feature_dim: int = 64,
                  distill_weight: float = 1.0, grow_branches: bool = True, shared_trunk: bool = True,
-                 trunk_trainable: bool = True, average_weight: float = 1.0) -> None:
+                 trunk_trainable: bool = True,
+                 average_weight: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0) -> None:
         super().__init__(num_classes, channels)
         self.feature_dim = feature_dim
         self.distill_weight = distill_weight

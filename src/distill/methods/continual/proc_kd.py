@@ -36,7 +36,7 @@ The teacher is held outside the module tree (not a parameter, not in checkpoints
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -151,6 +151,20 @@ class ProCKD(Learner):
 
     provenance = Provenance("Prototype-guided Cross-task Knowledge Distillation for Large-scale Models", 2022,
                             "2212.13180", "https://github.com/Daniel00008/ProC-KD", "FITEE")
+
+    @classmethod
+    def check_data(cls, options: dict[str, Any], dataset: Any) -> None:
+        """The teacher's weights file must exist (modes that use the teacher)."""
+        from distill.config import resolve_path
+
+        if options.get("mode", "proc_kd") == "scratch":
+            return
+        try:
+            found = resolve_path(options["teacher"]).is_file()
+        except ValueError as e:  # a builtin: name that is not shipped
+            raise ValueError(f"learner.options.teacher: {e}") from None
+        if not found:
+            raise ValueError(f"learner.options.teacher: {options['teacher']} does not exist")
 
     def __init__(self, num_classes: int, channels: int, mode: Literal["proc_kd", "scratch", "fitnet"] = "proc_kd",
                  teacher: str = "builtin:resnet56_cifar10_jpeg.safetensors", prototypes: int = 24,
