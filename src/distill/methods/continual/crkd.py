@@ -96,8 +96,8 @@ class CrKD(Learner):
 
     def __init__(self, num_classes: int, channels: int, width: int = 32, feature_dim: int = 64, heads: int = 4,
                  hidden: int = 128, proj: int = 32, tau: float = 0.1, temperature: float = 4.0, alpha: float = 0.1,
-                 weighting: Literal["learned", "constant"] = "learned", sinkhorn_eps: float = 0.05, sinkhorn_iters: int = 3,
-                 freeze_trunk: bool = True) -> None:
+                 weighting: Literal["learned", "constant"] = "learned", sinkhorn_eps: float = 0.05,
+                 sinkhorn_iters: int = 3, freeze_trunk: bool = True) -> None:
         super().__init__(num_classes, channels)
         if weighting not in ("learned", "constant"):
             raise ValueError(f"weighting must be 'learned' or 'constant', got {weighting!r}")
