@@ -128,3 +128,60 @@ def test_student_options_are_validated():
            "teacher": {"arch": "resnet56", "weights": "random"}, "methods": [{"name": "reverse_distillation"}]}
     with pytest.raises(ConfigError, match="student.options"):
         parse_config(raw)
+
+
+def _mvtec(root: Path, *, gray: bool = False, mask_missing: bool = False) -> Path:
+    """A tiny category folder in the MVTec AD layout: 4 normal training images, 2 normal and 2 'crack' test images
+    (48 x 40 px, a bright patch on the defects) with their ground_truth/crack/<stem>_mask.png (0/255)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for sub in ("train/good", "test/good", "test/crack", "ground_truth/crack"):
+        (root / sub).mkdir(parents=True)
+
+    def save(path: Path, defect: bool) -> None:
+        a = rng.integers(90, 110, (48, 40) if gray else (48, 40, 3)).astype(np.uint8)
+        if defect:
+            a[10:20, 8:16] = 250
+        Image.fromarray(a).save(path)
+
+    for i in range(4):
+        save(root / "train" / "good" / f"{i:03d}.png", False)
+    for i in range(2):
+        save(root / "test" / "good" / f"{i:03d}.png", False)
+        save(root / "test" / "crack" / f"{i:03d}.png", True)
+        if not (mask_missing and i == 1):
+            m = np.zeros((48, 40), np.uint8)
+            m[10:20, 8:16] = 255
+            Image.fromarray(m).save(root / "ground_truth" / "crack" / f"{i:03d}_mask.png")
+    return root
+
+
+def test_users_mvtec_layout_folder_reads_normal_training_and_masked_test_images(tmp_path):
+    from distill.tasks.anomaly.data import read_mvtec_folder
+
+    train, evald = read_mvtec_folder(_mvtec(tmp_path / "bottle", gray=True), 32)
+    assert train.images.shape == (4, 3, 32, 32) and int(train.masks.sum()) == 0  # gray images become RGB
+    assert evald is not None and evald.images.shape == (4, 3, 32, 32)
+    assert evald.labels.tolist() == [1, 1, 0, 0]  # test/crack, then test/good (sorted kinds)
+    # the mask 0/255 -> 1 on the defect rows 10-19 of 48 (6.7-13.3 of 32), nearest-resized
+    assert evald.masks[0, 8, 8] == 1 and evald.masks[0, 0, 0] == 0 and int(evald.masks[2:].sum()) == 0
+    with pytest.raises(ConfigError, match=r"data.root: no mask for the defective test image .*crack/001.png"):
+        read_mvtec_folder(_mvtec(tmp_path / "nomask", mask_missing=True), 32)
+    with pytest.raises(ConfigError, match=r"data.root: .* has no train/good/"):
+        read_mvtec_folder(tmp_path / "nomask" / "test", 32)
+
+
+def test_distill_train_on_a_users_mvtec_folder_with_only_a_yaml_change(tmp_path):
+    _mvtec(tmp_path / "bottle")
+    raw = yaml.safe_load(_tiny(tmp_path).read_text())
+    raw["data"] = {"source": "folders", "root": str(tmp_path / "bottle"), "image_size": 32, "train_blur": True}
+    raw["train"]["batch_size"] = 2
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(raw))
+    cfg = load_config(str(tmp_path / "tiny.yaml"))
+    final = build_experiment(cfg).fit()["final"]
+    assert 0.0 <= final["image_auroc"] <= 1.0 and 0.0 <= final["pixel_auroc"] <= 1.0
+    with pytest.raises(ConfigError, match="data.root"):
+        parse_config({"task": "anomaly_detection", "data": {"source": "folders"},
+                      "student": {"arch": "dbfad_student"}, "teacher": {"arch": "resnet56", "weights": "random"},
+                      "methods": [{"name": "reverse_distillation"}]})

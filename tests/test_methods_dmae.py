@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from distill.config import load_raw, parse_config
+from distill.config import ConfigError, load_raw, parse_config
 from distill.core.batch import Batch
 from distill.core.compose import Composite
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
@@ -211,3 +211,22 @@ def test_family_trains_end_to_end_on_demo_images(tmp_path):
     summary = exp.fit(resume=False)
     assert summary["final"]["recon_mse"] > 0
     assert exp.student.features(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+
+
+def test_users_images_at_another_size_set_the_vits_size(tmp_path):
+    """data.image_size 48 (users' photos): the MAE ViT follows the data (it was built for 32 px and failed in the
+    first step with a tensor-size error); an explicit student.options.image_size that disagrees is named."""
+    common = {"train": DEMO, "eval": DEMO, "train_per_class": 2, "eval_per_class": 1, "cache_dir": None,
+              "image_size": 48}
+    raw = load_raw(CONFIGS / "mae.yaml")
+    raw["data"].update(common)
+    raw["student"]["options"] = {"dim": 16, "depth": 1, "heads": 1, "decoder_dim": 16, "decoder_depth": 1,
+                                 "decoder_heads": 1}
+    raw.update(output_dir=str(tmp_path / "s"))
+    raw["train"].update(epochs=1, batch_size=4, eval_every=1, warmup_epochs=0)
+    exp = build_experiment(parse_config(raw, base_dir=str(CONFIGS)))
+    assert exp.student.grid == 12
+    assert exp.fit(resume=False)["final"]["recon_mse"] > 0
+    raw["student"]["options"]["image_size"] = 32
+    with pytest.raises(ConfigError, match=r"student.options.image_size: 32, but the data's images are 48 x 48"):
+        build_experiment(parse_config(raw, base_dir=str(CONFIGS)))

@@ -177,3 +177,55 @@ train: {{epochs: 1, batch_size: 4, progress: false}}
     cached, live = parts.teacher(batch, task, ["f3"]), parts.live_teacher(batch, task, ["f3"])
     torch.testing.assert_close(cached.logits, live.logits.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(cached.feature("f3"), live.feature("f3").float(), atol=1e-5, rtol=0)
+
+
+def _folder(root: Path, masks: dict[str, np.ndarray], images: dict[str, str] | None = None) -> Path:
+    """images/<stem>.jpg (RGB, the masks' sizes) and masks/<name> (uint8 L PNGs) under ``root``."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for name, m in masks.items():
+        stem = Path(name).stem.removesuffix("_mask")
+        img = np.random.default_rng(0).integers(0, 255, (*m.shape, 3), dtype=np.uint8)
+        Image.fromarray(img).save(root / "images" / (images or {}).get(stem, f"{stem}.jpg"))
+        Image.fromarray(m.astype(np.uint8)).save(root / "masks" / name)
+    return root
+
+
+def test_users_mask_folders_binary_0_255_masks_mask_suffix_and_bad_values_named(tmp_path: Path) -> None:
+    binary = np.zeros((6, 8), np.uint8)
+    binary[2:4, 3:6] = 255
+    # binary masks saved as 0/255 with the default ignore_value 255: every foreground pixel would be ignored and
+    # the run would learn one class; refused with the remedy, which then gives the two classes
+    _folder(tmp_path / "bin", {"a.png": binary, "b_mask.png": binary})  # b's mask named <stem>_mask.png
+    with pytest.raises(ConfigError, match=r"data.ignore_value: .*0/255.*data.label_map"):
+        read_mask_folders(tmp_path / "bin", "data.train")
+    fixed = read_mask_folders(tmp_path / "bin", "data.train", label_map={255: 1})
+    assert fixed.num_classes == 2 and int(fixed.masks[0, 2, 3]) == 1 and int((fixed.masks == IGNORE_INDEX).sum()) == 0
+    # a class id at or above num_classes names the mask file that holds it
+    bad = np.zeros((6, 8), np.uint8)
+    bad[0, 0] = 7
+    _folder(tmp_path / "bad", {"a.png": np.ones((6, 8)), "b.png": bad})
+    with pytest.raises(ConfigError, match=r"data.num_classes: 3, but data.train has mask value 7 \(first in b.png\)"):
+        read_mask_folders(tmp_path / "bad", "data.train", num_classes=3)
+    # two images of one stem are refused (one would silently be dropped); hidden files (macOS ._x) are skipped
+    _folder(tmp_path / "dup", {"a.png": np.ones((6, 8))})
+    (tmp_path / "dup" / "images" / "._a.jpg").write_bytes(b"\x00\x05\x16\x07")
+    assert len(read_mask_folders(tmp_path / "dup", "data.train")) == 1
+    (tmp_path / "dup" / "images" / "a.png").write_bytes((tmp_path / "dup" / "masks" / "a.png").read_bytes())
+    with pytest.raises(ConfigError, match=r"a.jpg and a.png"):
+        read_mask_folders(tmp_path / "dup", "data.train")
+
+
+def test_eval_masks_may_hold_the_highest_class_when_num_classes_is_read(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from distill.tasks.segmentation.data import load_segmentation_data
+    from distill.tasks.segmentation.section import SegmentationData
+
+    _folder(tmp_path / "train", {"a.png": np.arange(48).reshape(6, 8) % 3})
+    _folder(tmp_path / "val", {"b.png": np.arange(48).reshape(6, 8) % 4})
+    data = SegmentationData(source="folders", train=str(tmp_path / "train"), eval=str(tmp_path / "val"))
+    train, evald = load_segmentation_data(SimpleNamespace(data=data, base_dir=None))
+    assert evald is not None and train.num_classes == evald.num_classes == 4

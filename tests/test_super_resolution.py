@@ -176,3 +176,53 @@ train: {{epochs: 1, batch_size: 4, progress: false}}
     cached, live = parts.teacher(batch, task, ["b1", "b2"]), parts.live_teacher(batch, task, ["b1", "b2"])
     torch.testing.assert_close(cached.logits, live.logits.float(), atol=1e-5, rtol=0)
     torch.testing.assert_close(cached.feature("b2"), live.feature("b2").float(), atol=1e-5, rtol=0)
+
+
+def test_users_folders_of_any_sizes_div2k_lr_names_and_subsets(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from distill.tasks.super_resolution.data import load_sr_data
+    from distill.tasks.super_resolution.section import SuperResolutionData
+
+    rng = np.random.default_rng(0)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, (h, w) in enumerate([(20, 36), (33, 17), (16, 16)]):  # users' photos come in many sizes
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(photos / f"p{i}.png")
+    (photos / "._p0.png").write_bytes(b"\x00\x05\x16\x07")  # a macOS resource fork: skipped
+    with pytest.raises(ConfigError, match=r"several sizes \(p0.png: 20 x 36.*data.patch_size"):
+        read_pair_folder(photos, 2, "data.train")
+    tiled = read_pair_folder(photos, 2, "data.train", patch_size=8)
+    assert tiled.hr.shape == (2 * 4 + 4 * 2 + 2 * 2, 3, 8, 8) and tiled.lr.shape[-2:] == (4, 4)
+    first = torch.from_numpy(np.array(Image.open(photos / "p0.png"))).permute(2, 0, 1)
+    assert torch.equal(tiled.hr[1], first[:, 0:8, 8:16])  # row-major tiles of the first image
+    assert torch.equal(tiled.lr, bicubic_down(tiled.hr, 2))
+    with pytest.raises(ConfigError, match=r"data.patch_size: 18 px is larger than p1.png .*\(33 x 17\)"):
+        read_pair_folder(photos, 2, "data.train", patch_size=18)
+    # hr/ + lr/ as DIV2K ships them: lr/0001x2.png beside hr/0001.png, an odd HR size cropped to fit
+    div2k = tmp_path / "div2k"
+    (div2k / "hr").mkdir(parents=True)
+    (div2k / "lr").mkdir()
+    for stem, (h, w) in (("0001", (17, 24)), ("0002", (16, 16))):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(div2k / "hr" / f"{stem}.png")
+        Image.fromarray(rng.integers(0, 255, (h // 2, w // 2, 3), dtype=np.uint8)).save(div2k / "lr" / f"{stem}x2.png")
+    pairs = read_pair_folder(div2k, 2, "data.train", patch_size=8)
+    assert pairs.hr.shape == (6 + 4, 3, 8, 8) and pairs.lr.shape == (10, 3, 4, 4)
+    # train_size / eval_size keep a seeded subset of folder data too (they were ignored)
+    data = SuperResolutionData(source="folders", train=str(photos), eval=str(div2k), patch_size=8, train_size=5,
+                               eval_size=3)
+    train, evald = load_sr_data(SimpleNamespace(data=data, base_dir=None))
+    assert len(train) == 5 and evald is not None and len(evald) == 3
+
+
+def test_patch_size_outside_folders_or_off_the_scale_is_refused(tmp_path: Path) -> None:
+    from distill.config import load_config
+
+    cfg = tmp_path / "c.yaml"
+    for data, match in (("{source: textures, patch_size: 8}", "data.patch_size: cuts"),
+                        ("{source: folders, train: x, scale: 3, patch_size: 8}", "data.patch_size: 8 does not divide")):
+        cfg.write_text(f"task: super_resolution\ndata: {data}\nstudent: {{arch: span}}\nmethods: [{{name: l1}}]\n")
+        with pytest.raises((ConfigError, ValueError), match=match):
+            load_config(str(cfg))

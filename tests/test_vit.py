@@ -109,3 +109,25 @@ def test_recipe_builds_vit_with_options_and_rejects_bad_option():
         from distill.experiment import build_experiment
 
         build_experiment(parse_config(raw))
+
+
+@pytest.mark.parametrize("arch", ["vit", "vit_micro"])
+def test_a_vits_image_size_follows_the_data(arch):
+    """data.image_size 48: the ViT's position table is built for 48 px (it was built for 32 and the first step
+    failed with a tensor-size error); a disagreeing options.image_size and non-square images are named."""
+    from types import SimpleNamespace
+
+    from distill.config import ConfigError, ModelConfig
+    from distill.tasks.image.models import build_image_model
+
+    loaded = SimpleNamespace(train=SimpleNamespace(images=torch.zeros(2, 3, 48, 48, dtype=torch.uint8)))
+    model = build_image_model(ModelConfig(arch=arch, weights="random"), 10, None, "student", loaded)
+    assert model.grid == 12 and model(torch.randn(1, 3, 48, 48)).shape == (1, 10)
+    with pytest.raises(ConfigError, match=r"student.options.image_size: 32, but the data's images are 48 x 48"):
+        build_image_model(ModelConfig(arch=arch, weights="random", options={"image_size": 32}), 10, None, "student",
+                          loaded)
+    wide = SimpleNamespace(train=SimpleNamespace(images=torch.zeros(2, 3, 32, 48, dtype=torch.uint8)))
+    with pytest.raises(ConfigError, match=r"data.image_size: .* square images; the training images are 32 x 48"):
+        build_image_model(ModelConfig(arch=arch, weights="random"), 10, None, "student", wide)
+    # CNNs take any size and are left alone
+    assert build_image_model(ModelConfig(arch="resnet20", weights="random"), 10, None, "student", wide) is not None

@@ -190,14 +190,14 @@ def vit(num_classes: int = 10, image_size: int = 32, patch_size: int = 4, dim: i
 
 
 def vit_tiny(num_classes: int = 10, patch_size: int = 4, cls_token: bool = True, stages: int = 4,
-             dense: bool = False) -> VisionTransformer:
+             dense: bool = False, image_size: int = 32) -> VisionTransformer:
     """ViT 128 x 8 (2 heads), patch 4: the OFA-KD spec's CNN -> ViT student (4 stages = blocks 2/4/6/8)."""
-    return VisionTransformer(num_classes, patch_size=patch_size, dim=128, depth=8, cls_token=cls_token,
+    return VisionTransformer(num_classes, image_size, patch_size=patch_size, dim=128, depth=8, cls_token=cls_token,
                              stages=stages, dense=dense)
 
 
 def vit_micro(num_classes: int = 10, patch_size: int = 4, cls_token: bool = True, stages: int = 4,
-              dense: bool = False) -> VisionTransformer:
+              dense: bool = False, image_size: int = 32) -> VisionTransformer:
     """ViT 96 x 4 (1 head: 96 // 64), patch 4: the cheap CPU student (row 38's ViT width and depth)."""
-    return VisionTransformer(num_classes, patch_size=patch_size, dim=96, depth=4, cls_token=cls_token,
+    return VisionTransformer(num_classes, image_size, patch_size=patch_size, dim=96, depth=4, cls_token=cls_token,
                              stages=stages, dense=dense)

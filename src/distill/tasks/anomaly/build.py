@@ -19,7 +19,7 @@ from distill.tasks.common import call_builder, load_model_weights, validate_mode
 @register_family
 class AnomalyFamily(Family):
     name = "anomaly_detection"
-    summary = ("texture crops -> anomaly maps (reverse distillation; normal-only training, synthetic defects, "
+    summary = ("texture crops or MVTec-layout folders -> anomaly maps (reverse distillation; normal-only training, "
                "image and pixel AUROC)")
     data_section = AnomalyData
 
@@ -39,6 +39,9 @@ class AnomalyFamily(Family):
     def check(self, cfg: Any) -> None:
         from distill.tasks.anomaly.models import ANOMALY_MODELS, TEACHER_ARCHS
 
+        if cfg.data is not None and cfg.data.source == "folders" and not cfg.data.root:
+            raise ValueError("data.root: source: folders needs a category folder in the MVTec AD layout (train/good/, "
+                             "test/good/, test/<defect>/, ground_truth/<defect>/)")
         if cfg.student is not None and cfg.student.arch not in ANOMALY_MODELS:
             raise ValueError(f"student.arch: {cfg.student.arch!r} is no reverse student; allowed: "
                              f"{', '.join(ANOMALY_MODELS)}")
@@ -52,7 +55,8 @@ class AnomalyFamily(Family):
     def load(self, cfg: Any) -> Loaded:
         train, evald = load_anomaly_data(cfg)
         task = AnomalyDetection(flip=cfg.data.flip, blur=cfg.data.train_blur)
-        return Loaded(task, train, evald, num_outputs=None, info={"crop": cfg.data.crop})
+        size = cfg.data.image_size if cfg.data.source == "folders" else cfg.data.crop
+        return Loaded(task, train, evald, num_outputs=None, info={"crop": size})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         from distill.models import MODELS

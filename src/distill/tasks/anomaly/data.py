@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,7 +30,8 @@ DEFECTS = ("ellipse", "scratch", "blob", "blur", "hole")
 
 @dataclass
 class AnomalyCrops:
-    """``images``: uint8 (N, 1, S, S); ``masks``: uint8 (N, S, S), 1 on defect pixels (all 0 for normal crops)."""
+    """``images``: uint8 (N, 1, S, S) (texture crops) or (N, 3, S, S) (folders); ``masks``: uint8 (N, S, S), 1 on
+    defect pixels (all 0 for normal crops)."""
 
     images: torch.Tensor
     masks: torch.Tensor
@@ -151,9 +153,89 @@ def eval_crops(name: str, n_normal: int, n_defect: int, size: int = 64, split_ro
                         torch.from_numpy(np.concatenate(masks)))
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _read_rgb(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
+    except OSError as e:
+        raise ConfigError(f"data.root: {path}: {e}") from None
+
+
+def _read_mask(path: Path, image: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(image) as im:
+            want = im.size
+        with Image.open(path) as mk:
+            if mk.size != want:
+                raise ConfigError(f"data.root: {path} is {mk.size[0]} x {mk.size[1]} but its image {image} is "
+                                  f"{want[0]} x {want[1]}")
+            mask = mk.convert("L").resize((size, size), Image.NEAREST)
+    except OSError as e:
+        raise ConfigError(f"data.root: {path}: {e}") from None
+    return (np.asarray(mask) > 0).astype(np.uint8)
+
+
+def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops | None]:
+    """One MVTec AD category folder (see :class:`distill.tasks.anomaly.section.AnomalyData`): the normal training
+    images of ``train/good`` and the evaluation images of ``test/*`` with their ``ground_truth`` masks, resized
+    to ``size`` and RGB. ``test/`` may be absent (no evaluation); a defective test image without a mask is
+    refused, naming the file and where its mask was looked for."""
+    train_dir = root / "train" / "good"
+    if not train_dir.is_dir():
+        raise ConfigError(f"data.root: {root} has no train/good/ folder (the MVTec AD layout: train/good/, "
+                          "test/good/, test/<defect>/, ground_truth/<defect>/<stem>_mask.png)")
+    files = _images(train_dir)
+    if not files:
+        raise ConfigError(f"data.root: {train_dir} holds no images")
+    train = np.stack([_read_rgb(p, size) for p in files])
+    train_set = AnomalyCrops(torch.from_numpy(train), torch.zeros(len(files), size, size, dtype=torch.uint8))
+    test_dir = root / "test"
+    if not test_dir.is_dir():
+        return train_set, None
+    images, masks = [], []
+    for kind in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for img in _images(kind):
+            images.append(_read_rgb(img, size))
+            if kind.name == "good":
+                masks.append(np.zeros((size, size), np.uint8))
+                continue
+            gt = root / "ground_truth" / kind.name
+            found = [m for m in (gt / f"{img.stem}_mask.png", gt / f"{img.stem}.png") if m.is_file()]
+            if not found:
+                raise ConfigError(f"data.root: no mask for the defective test image {img} (looked for "
+                                  f"{gt / (img.stem + '_mask.png')} and {img.stem}.png)")
+            masks.append(_read_mask(found[0], img, size))
+    if not images:
+        raise ConfigError(f"data.root: {test_dir} holds no images (test/good/, test/<defect>/)")
+    labels = [int(m.any()) for m in masks]
+    if len(set(labels)) < 2:
+        raise ConfigError(f"data.root: {test_dir} holds only {'defective' if labels[0] else 'normal'} images; the "
+                          "AUROCs need both (test/good/ and test/<defect>/ with masks)")
+    return train_set, AnomalyCrops(torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks)))
+
+
 def load_anomaly_data(cfg: object) -> tuple[AnomalyCrops, AnomalyCrops | None]:
     """The training and evaluation crops of a config's ``data:`` section."""
     d = cfg.data  # type: ignore[attr-defined]
+    if d.source == "folders":
+        from distill.tasks.common import existing_folder
+
+        if d.root is None:
+            raise ConfigError("data.root: source: folders needs a category folder (train/good/, test/, "
+                              "ground_truth/)")
+        return read_mvtec_folder(existing_folder(d.root, cfg.base_dir, "data.root"), d.image_size)  # type: ignore[attr-defined]
     if d.split_row + d.crop > 512 or d.split_row < d.crop:
         raise ConfigError(f"data.split_row: {d.split_row} leaves no room for {d.crop}-px crops on both sides")
     train = train_crops(d.texture, d.train_crops, d.crop, d.split_row, d.subset_seed)

@@ -3,9 +3,11 @@ model, when timm is installed) or ``path``: a local Hugging Face image classifie
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
+import torch
 from torch import nn
 
 from distill.config import NEW_HEAD, RANDOM_WEIGHTS, ConfigError
@@ -72,8 +74,29 @@ def build_image_model(model_cfg: Any, num_classes: int, base_dir: str | None, ke
                           f"allowed: {', '.join(sorted(MODELS))}, {TIMM_PREFIX}<name> (or give 'path')")
     options = validate_model_options(MODELS[model_cfg.arch], model_cfg.options, f"{key}.options", model_cfg.arch,
                                      SUPPLIED)
+    side = _square_side(loaded)
+    if "image_size" in inspect.signature(MODELS[model_cfg.arch]).parameters and side is None \
+            and _square_side(loaded, square=False) is not None:
+        shape = tuple(loaded.train.images.shape[-2:])
+        raise ConfigError(f"data.image_size: {model_cfg.arch} reads square images; the training images are "
+                          f"{shape[0]} x {shape[1]} (set data.image_size)")
+    if side is not None and "image_size" in inspect.signature(MODELS[model_cfg.arch]).parameters:
+        given = options.get("image_size")
+        if given is not None and given != side:
+            raise ConfigError(f"{key}.options.image_size: {given}, but the data's images are {side} x {side} px; "
+                              "drop the option (it follows the data) or set data.image_size")
+        options["image_size"] = side  # a ViT's position table follows the data (data.image_size)
     model = call_builder(build_model, key, model_cfg.arch, num_classes=num_classes, **options)
     return load_model_weights(model, model_cfg, base_dir, key)
+
+
+def _square_side(loaded: Any, square: bool = True) -> int | None:
+    """The side of the training images when they are held in memory and square (``square``; else their width);
+    None otherwise."""
+    images = getattr(getattr(loaded, "train", None), "images", None)
+    if isinstance(images, torch.Tensor) and images.dim() == 4 and (images.shape[-1] == images.shape[-2] or not square):
+        return int(images.shape[-1])
+    return None
 
 
 def load_image_folder(model_cfg: Any, num_classes: int, base_dir: str | None, key: str, loaded: Any) -> nn.Module:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
 from distill.config import ConfigError
@@ -53,7 +54,19 @@ class MaskedImageFamily(Family):
         base = build_image_task(d)
         task = MaskedImageModelling(base.normalize.mean, base.normalize.std, base.augment, d.mask_ratio,
                                     d.patch_size, d.eval_mask_seed)
-        return Loaded(task, train, evald, val, num_outputs=None, info={"mask_ratio": d.mask_ratio})
+        images = getattr(train, "images", None)
+        side = None
+        if isinstance(images, torch.Tensor) and images.dim() == 4:
+            h, w = int(images.shape[-2]), int(images.shape[-1])
+            if h != w:
+                raise ConfigError(f"data.image_size: the MAE ViT reads square images; the training images are "
+                                  f"{h} x {w} (set data.image_size)")
+            if h % d.patch_size:
+                raise ConfigError(f"data.patch_size: {d.patch_size} does not divide the {h}-px images (set "
+                                  "data.image_size or data.patch_size)")
+            side = h
+        return Loaded(task, train, evald, val, num_outputs=None, info={"mask_ratio": d.mask_ratio,
+                                                                       "image_size": side})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         from distill.tasks.masked_image.models import MAE_MODELS
@@ -63,6 +76,13 @@ class MaskedImageFamily(Family):
             raise ConfigError(f"{key}.arch: unknown model {arch!r} for task masked_image_pretraining; allowed: "
                               f"{', '.join(MAE_MODELS)}")
         options = validate_model_options(MAE_MODELS[arch], model_cfg.options, f"{key}.options", arch, ())
+        side = loaded.info.get("image_size")
+        if side is not None:
+            given = (model_cfg.options or {}).get("image_size")
+            if given is not None and given != side:
+                raise ConfigError(f"{key}.options.image_size: {given}, but the data's images are {side} x {side} "
+                                  "px; drop the option (it follows the data) or set data.image_size")
+            options["image_size"] = side
         model = call_builder(MAE_MODELS[arch], key, **options)
         return load_model_weights(model, model_cfg, cfg.base_dir, key)
 

@@ -92,34 +92,55 @@ def texmosaic(n: int, seed: int, split: str, *, textures: tuple[str, ...] = ("br
 
 
 # -- folders of images and masks -----------------------------------------------------------------------------------
-def _files(folder: Path) -> dict[str, Path]:
-    return {p.stem: p for p in sorted(folder.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()}
+def _files(folder: Path, key: str) -> dict[str, Path]:
+    """The images of ``folder`` by file stem; hidden files (``.*``, e.g. macOS ``._name.jpg``) are skipped and two
+    files of the same stem (``a.jpg`` and ``a.png``) are refused, naming both."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
+            continue
+        if p.stem in out:
+            raise ConfigError(f"{key}: {folder} holds {out[p.stem].name} and {p.name}: two files of one stem (the "
+                              "stem pairs an image with its mask); keep one")
+        out[p.stem] = p
+    return out
+
+
+#: the suffix of a mask's stem that is also accepted (``a.jpg`` <-> ``a_mask.png``, as many data sets name them)
+MASK_STEM_SUFFIX = "_mask"
 
 
 def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
-                      num_classes: int | None = None) -> SegmentationArrays:
+                      num_classes: int | None = None, label_map: dict[int, int] | None = None) -> SegmentationArrays:
     """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
-    by file stem. Images become RGB; a mask that is not single-channel is refused."""
+    by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
+    indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; a mask that is not
+    single-channel is refused, as is a mask value at or above ``num_classes`` (naming the file)."""
     from PIL import Image
 
     img_dir, mask_dir = root / "images", root / "masks"
     for sub in (img_dir, mask_dir):
         if not sub.is_dir():
             raise ConfigError(f"{key}: {root} needs the subfolders images/ and masks/ ({sub.name}/ is missing)")
-    imgs, masks = _files(img_dir), _files(mask_dir)
+    imgs, all_masks = _files(img_dir, key), _files(mask_dir, key)
     if not imgs:
         raise ConfigError(f"{key}: {img_dir} holds no images")
-    missing = sorted(set(imgs) - set(masks))
+    masks = {stem: all_masks.get(stem) or all_masks.get(stem + MASK_STEM_SUFFIX) for stem in imgs}
+    missing = sorted(stem for stem, m in masks.items() if m is None)
     if missing:
-        raise ConfigError(f"{key}: no mask in {mask_dir} for image(s) {', '.join(missing[:5])}")
-    xs, ys = [], []
+        raise ConfigError(f"{key}: no mask in {mask_dir} for image(s) {', '.join(missing[:5])}"
+                          f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''} (a mask is <stem>.png "
+                          f"or <stem>{MASK_STEM_SUFFIX}.png)")
+    xs, ys, names = [], [], []
     for stem, path in imgs.items():
+        mpath = masks[stem]
+        assert mpath is not None
         try:
             with Image.open(path) as im:
                 rgb = im.convert("RGB")
-            with Image.open(masks[stem]) as mk:
+            with Image.open(mpath) as mk:
                 if mk.mode not in ("L", "P", "I", "I;16", "1"):
-                    raise ConfigError(f"{key}: mask {masks[stem].name} has mode {mk.mode}; a mask is one class "
+                    raise ConfigError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
                                       "index per pixel (a single-channel or palette PNG)")
                 mask = mk.copy()
         except OSError as e:
@@ -131,16 +152,32 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
             mask = mask.resize((image_size, image_size), Image.NEAREST)
         xs.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
         ys.append(np.asarray(mask, dtype=np.int64))
+        names.append((path.name, mpath.name))
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
-        raise ConfigError(f"{key}: the images have several sizes ({sorted(shapes)[:3]}...); set data.image_size")
+        first = {}
+        for x, (n, _) in zip(xs, names, strict=True):
+            first.setdefault(x.shape[1:], n)
+        sizes = ", ".join(f"{n}: {h} x {w}" for (h, w), n in list(first.items())[:3])
+        raise ConfigError(f"{key}: the images have several sizes ({sizes}...); set data.image_size")
     y = np.stack(ys)
+    if label_map:
+        raw = y.copy()
+        for value, cls in label_map.items():
+            y[raw == value] = cls
     if ignore_value is not None:
         y[y == ignore_value] = IGNORE_INDEX
     found = int(y.max()) + 1 if (y >= 0).any() else 1
     classes = num_classes or found
     if found > classes:
-        raise ConfigError(f"data.num_classes: {classes}, but {key} has mask value {found - 1}")
+        where = int(np.argmax((y >= classes).reshape(len(ys), -1).any(1)))
+        raise ConfigError(f"data.num_classes: {classes}, but {key} has mask value {found - 1} (first in "
+                          f"{names[where][1]}); class indices are 0..{classes - 1}"
+                          f"{f' and {ignore_value} (data.ignore_value)' if ignore_value is not None else ''}")
+    if ignore_value is not None and not (y > 0).any() and (y == 0).any() and (y == IGNORE_INDEX).any():
+        raise ConfigError(f"data.ignore_value: every labelled pixel of {key} is class 0 and the others are "
+                          f"{ignore_value} (ignored): binary masks saved as 0/{ignore_value}? Set data.label_map: "
+                          f"{{{ignore_value}: 1}} to make {ignore_value} the class 1")
     return SegmentationArrays(torch.from_numpy(np.stack(xs)), torch.from_numpy(y), classes, f"{root}")
 
 
@@ -164,12 +201,12 @@ def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays, SegmentationAr
         return train, evald
     if d.train is None:
         raise ConfigError("data.train: source: folders needs a folder with images/ and masks/")
-    kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes)
+    kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes,
+               label_map=d.label_map)
     train = read_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", **kw2)
     evald = None
     if d.eval:
-        kw2["num_classes"] = d.num_classes or train.num_classes
         evald = read_mask_folders(existing_folder(d.eval, cfg.base_dir, "data.eval"), "data.eval", **kw2)
-        if evald.num_classes > train.num_classes:
-            train.num_classes = evald.num_classes
+        # without data.num_classes, the classes are those of both folders (the eval masks may hold the highest)
+        train.num_classes = evald.num_classes = max(train.num_classes, evald.num_classes)
     return train, evald

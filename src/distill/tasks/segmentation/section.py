@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -34,10 +34,11 @@ class SegmentationData(Strict):
 
     ``source: texmosaic`` builds the TexMosaic data from scikit-image's texture photographs (``texmosaic``: its
     settings). ``source: folders``: ``train`` (and ``eval``) are folders holding ``images/`` and ``masks/``, one mask
-    PNG per image with the same file stem, each mask pixel a class index (``ignore_value``, e.g. 255, marks pixels
-    without a label); ``num_classes`` is read from the masks unless given. ``image_size`` resizes (images
-    bilinear, masks nearest); without it every image must have the same size. ``normalize``: as in
-    ``image_classification`` (``imagenet``: the ResNet mean/std)."""
+    PNG per image with the same file stem (or the stem + ``_mask``), each mask pixel a class index (``ignore_value``,
+    e.g. 255, marks pixels without a label; ``label_map`` maps stored values to classes first, e.g. ``{255: 1}``
+    for binary masks saved as 0/255); ``num_classes`` is read from the masks (train and eval) unless given.
+    ``image_size`` resizes (images bilinear, masks nearest); without it every image must have the same size.
+    ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std)."""
 
     source: Literal["texmosaic", "folders"] = "texmosaic"
     texmosaic: TexMosaicConfig = TexMosaicConfig()
@@ -45,6 +46,7 @@ class SegmentationData(Strict):
     eval: str | None = None
     num_classes: int | None = Field(None, gt=0, le=10_000)
     ignore_value: int | None = 255
+    label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None
     image_size: int | None = Field(None, gt=0, le=4096)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
     channels_last: Flag = False

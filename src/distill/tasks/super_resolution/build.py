@@ -41,6 +41,11 @@ class SuperResolutionFamily(Family):
         d = cfg.data
         if d.source in ("images", "folders") and not d.train:
             raise ValueError(f"data.train: source: {d.source} needs a path")
+        if d.patch_size is not None and d.source != "folders":
+            raise ValueError(f"data.patch_size: cuts the images of source: folders; source {d.source} has fixed-size "
+                             "images" + (" (data.textures.hr_size sets the crops)" if d.source == "textures" else ""))
+        if d.patch_size is not None and d.patch_size % d.scale:
+            raise ValueError(f"data.patch_size: {d.patch_size} does not divide by data.scale {d.scale}")
         if d.source == "textures" and (d.train or d.eval):
             raise ValueError("data.train: texture crops come from scikit-image; set data.source: images or folders "
                              "to read files")

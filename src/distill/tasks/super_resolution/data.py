@@ -83,39 +83,89 @@ def texture_crops(n: int, seed: int, split: str, *, textures: tuple[str, ...], h
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
-def _read_folder(folder: Path, key: str) -> tuple[list[str], torch.Tensor]:
+def _read_folder(folder: Path, key: str) -> list[tuple[str, str, np.ndarray]]:
+    """(stem, file name, H x W x 3 uint8) of every image in ``folder`` (hidden files such as macOS ``._x.png``
+    skipped; gray and RGBA images become RGB)."""
     from PIL import Image
 
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ConfigError(f"{key}: {folder} holds no images")
-    arrays = []
+    out = []
     for p in files:
         try:
             with Image.open(p) as im:
-                arrays.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+                out.append((p.stem, p.name, np.asarray(im.convert("RGB"), dtype=np.uint8)))
         except OSError as e:
             raise ConfigError(f"{key}: {p.name}: {e}") from None
-    shapes = {a.shape for a in arrays}
-    if len(shapes) > 1:
-        raise ConfigError(f"{key}: the images in {folder} have several sizes ({sorted(shapes)[:3]}); crop them to "
-                          "one size (a batch holds equal-sized images)")
-    return [p.stem for p in files], torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return out
 
 
-def read_pair_folder(root: Path, scale: int, key: str) -> SRPairs:
-    """A folder of high-resolution images, or ``hr/`` and ``lr/`` subfolders with the same file stems."""
+def _tiles(a: np.ndarray, size: int) -> np.ndarray:
+    """The non-overlapping ``size`` x ``size`` tiles of an H x W x 3 image, row by row (the remainder dropped)."""
+    ny, nx = a.shape[0] // size, a.shape[1] // size
+    return a[:ny * size, :nx * size].reshape(ny, size, nx, size, 3).transpose(0, 2, 1, 3, 4).reshape(-1, size, size, 3)
+
+
+def _stack(images: list[tuple[str, str, np.ndarray]], patch: int | None, folder: Path, key: str) -> np.ndarray:
+    """N x H x W x 3: the images themselves (all of one size), or with ``patch`` their tiles."""
+    if patch is not None:
+        small = [(n, a.shape) for _, n, a in images if min(a.shape[:2]) < patch]
+        if small:
+            raise ConfigError(f"data.patch_size: {patch} px is larger than {small[0][0]} in {folder} "
+                              f"({small[0][1][0]} x {small[0][1][1]})")
+        return np.concatenate([_tiles(a, patch) for _, _, a in images])
+    sizes: dict[tuple[int, ...], str] = {}
+    for _, n, a in images:
+        sizes.setdefault(a.shape[:2], n)
+    if len(sizes) > 1:
+        named = ", ".join(f"{n}: {h} x {w}" for (h, w), n in list(sizes.items())[:3])
+        raise ConfigError(f"{key}: the images in {folder} have several sizes ({named}); set data.patch_size to cut "
+                          "them into square patches (a batch holds equal-sized images)")
+    return np.stack([a for _, _, a in images])
+
+
+def _nchw(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def read_pair_folder(root: Path, scale: int, key: str, patch_size: int | None = None) -> SRPairs:
+    """A folder of high-resolution images, or ``hr/`` and ``lr/`` subfolders: the low-resolution image of
+    ``hr/<stem>.*`` is ``lr/<stem>.*`` or ``lr/<stem>x<scale>.*`` (DIV2K's naming), its size the high-resolution
+    one divided by ``scale`` (a high-resolution image up to ``scale`` - 1 pixels larger is cropped to fit).
+    ``patch_size``: every image (pair) is cut into non-overlapping ``patch_size`` px high-resolution tiles, so
+    images of any sizes can be used."""
+    if patch_size is not None and patch_size % scale:
+        raise ConfigError(f"data.patch_size: {patch_size} does not divide by data.scale {scale}")
     if (root / "hr").is_dir() and (root / "lr").is_dir():
-        hs, hr = _read_folder(root / "hr", key)
-        ls, lr = _read_folder(root / "lr", key)
-        if hs != ls:
-            raise ConfigError(f"{key}: hr/ and lr/ must hold the same file names ({sorted(set(hs) ^ set(ls))[:5]})")
+        hrs = _read_folder(root / "hr", key)
+        lrs = {stem: (n, a) for stem, n, a in _read_folder(root / "lr", key)}
+        pairs_hr, pairs_lr, used = [], [], set()
+        for stem, name, hr in hrs:
+            lstem = stem if stem in lrs else f"{stem}x{scale}"
+            if lstem not in lrs:
+                continue
+            used.add(lstem)
+            lname, lr = lrs[lstem]
+            h, w = lr.shape[0] * scale, lr.shape[1] * scale
+            if not (h <= hr.shape[0] < h + scale and w <= hr.shape[1] < w + scale):
+                raise ConfigError(f"{key}: hr/{name} is {hr.shape[0]} x {hr.shape[1]}, not lr/{lname} "
+                                  f"({lr.shape[0]} x {lr.shape[1]}) times {scale} (data.scale)")
+            pairs_hr.append((stem, name, np.ascontiguousarray(hr[:h, :w])))
+            pairs_lr.append((stem, lname, lr))
+        lone = sorted({s for s, _, _ in hrs if s not in {p[0] for p in pairs_hr}} | (set(lrs) - used))
+        if lone:
+            raise ConfigError(f"{key}: hr/ and lr/ must hold the same file names (or lr/<stem>x{scale}); "
+                              f"unpaired: {lone[:5]}")
+        hr_arr = _stack(pairs_hr, patch_size, root / "hr", key)
+        lr_arr = _stack(pairs_lr, None if patch_size is None else patch_size // scale, root / "lr", key)
         try:
-            return SRPairs(lr, hr, scale, f"{root} (hr/ + lr/)")
+            return SRPairs(_nchw(lr_arr), _nchw(hr_arr), scale, f"{root} (hr/ + lr/)")
         except ValueError as e:
             raise ConfigError(f"{key}: {e} (data.scale is {scale})") from None
-    _, hr = _read_folder(root / "hr" if (root / "hr").is_dir() else root, key)
-    return make_pairs(hr, scale, str(root))
+    folder = root / "hr" if (root / "hr").is_dir() else root
+    return make_pairs(_nchw(_stack(_read_folder(folder, key), patch_size, folder, key)), scale, str(root))
 
 
 def _subset(hr: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
@@ -143,9 +193,15 @@ def load_sr_data(cfg: Any) -> tuple[SRPairs, SRPairs | None]:
     if d.train is None:
         raise ConfigError(f"data.train: source {d.source} needs a path")
     if d.source == "folders":
-        train = read_pair_folder(existing_folder(d.train, cfg.base_dir, "data.train"), s, "data.train")
-        evald = read_pair_folder(existing_folder(d.eval, cfg.base_dir, "data.eval"), s, "data.eval") \
-            if d.eval else None
+        def folder(value: str, key: str, n: int | None) -> SRPairs:
+            pairs = read_pair_folder(existing_folder(value, cfg.base_dir, key), s, key, d.patch_size)
+            if n is None or n >= len(pairs):
+                return pairs
+            keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(d.subset_seed))[:n].sort().values
+            return SRPairs(pairs.lr[keep], pairs.hr[keep], s, f"{pairs.source} ({n} of {len(pairs)})")
+
+        train = folder(d.train, "data.train", d.train_size)
+        evald = folder(d.eval, "data.eval", d.eval_size) if d.eval else None
         return train, evald
     from distill.data.images import load_images
 

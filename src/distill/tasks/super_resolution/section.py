@@ -32,8 +32,10 @@ class SuperResolutionData(Strict):
     does (CIFAR-10 tar archive or python folder, image folders, npz; ``train_split`` / ``eval_split`` pick the split,
     the labels are ignored); ``folders``: ``train`` / ``eval`` are folders of images (an ``hr/`` subfolder beside an
     ``lr/`` one of the same file names gives the pairs as they are, otherwise the low-resolution images are made);
-    ``textures``: crops of scikit-image's texture photographs (``textures``). ``train_size`` / ``eval_size`` keep
-    the first images after a shuffle with ``subset_seed``. ``border``: pixels cropped from each side before PSNR
+    ``textures``: crops of scikit-image's texture photographs (``textures``). ``patch_size`` (``folders`` only): the
+    high-resolution images (and their ``lr/`` partners) are cut into non-overlapping square tiles of that size, so
+    a folder may hold images of any sizes (evaluation then scores the tiles). ``train_size`` / ``eval_size`` keep
+    the first images (tiles) after a shuffle with ``subset_seed``. ``border``: pixels cropped from each side before PSNR
     and SSIM (default: ``scale``)."""
 
     source: Literal["images", "folders", "textures"] = "images"
@@ -42,6 +44,7 @@ class SuperResolutionData(Strict):
     train_split: str | None = "train"
     eval_split: str | None = "test"
     scale: int = Field(2, ge=2, le=8)
+    patch_size: int | None = Field(None, ge=4, le=4096)
     train_size: int | None = Field(None, gt=0)
     eval_size: int | None = Field(None, gt=0)
     subset_seed: int = 0
