@@ -104,7 +104,8 @@ def report(per_seed: dict, name: str = NAME, n_test: int = 2210) -> None:
              *arm_table(acc, ORDER, LABELS, "a_train", "test accuracy"), "",
              f"Loop: {hist}.", "",
              f"Spec: works if (c) > (b) >= (a) on macro-F1. {verdict}.", "",
-             "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/pgkd_sst5.py --seeds 0 1"
+             "Command: `OMP_NUM_THREADS=1 nice -n 10 python benchmarks/pgkd_sst5.py --seeds "
+             + " ".join(str(s) for s in sorted(per_seed, key=int))
              + ("" if n_test == 2210 else f" --test-limit {n_test}") + "`", ""]
     payload = {"benchmark": "pgkd_sst5", "per_seed": per_seed,
                "summary": {a: {"macro_f1": msd(list(f1[a].values())), "accuracy": msd(list(acc[a].values()))}
