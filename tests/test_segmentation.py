@@ -218,6 +218,29 @@ def test_users_mask_folders_binary_0_255_masks_mask_suffix_and_bad_values_named(
         read_mask_folders(tmp_path / "dup", "data.train")
 
 
+def test_ignore_value_null_with_255_in_a_mask_is_refused_unless_num_classes_covers_it(tmp_path: Path) -> None:
+    # with ignore_value: null a stored 255 (the usual 'no label' mark) would silently make 256 classes
+    plain = np.arange(48).reshape(6, 8) % 3
+    marked = plain.copy()
+    marked[0, :4] = 255
+    _folder(tmp_path / "m", {"a.png": plain, "b.png": marked})
+    with pytest.raises(ConfigError, match=r"data.ignore_value: null, but the mask b.png of data.train holds the "
+                                          r"value 255.*256 classes"):
+        read_mask_folders(tmp_path / "m", "data.train", ignore_value=None)
+    # the remedies the message names: ignore 255, map it to a class, or say 256 classes explicitly
+    ignored = read_mask_folders(tmp_path / "m", "data.train", ignore_value=255)
+    assert ignored.num_classes == 3 and int((ignored.masks == IGNORE_INDEX).sum()) == 4
+    mapped = read_mask_folders(tmp_path / "m", "data.train", ignore_value=None, label_map={255: 3})
+    assert mapped.num_classes == 4 and int((mapped.masks == 3).sum()) == 4
+    explicit = read_mask_folders(tmp_path / "m", "data.train", ignore_value=None, num_classes=256)
+    assert explicit.num_classes == 256 and int(explicit.masks[1, 0, 0]) == 255
+    with pytest.raises(ConfigError, match=r"data.num_classes: 200, but data.train has mask value 255"):
+        read_mask_folders(tmp_path / "m", "data.train", ignore_value=None, num_classes=200)
+    # masks without 255 still read their class count with ignore_value: null
+    _folder(tmp_path / "p", {"a.png": plain})
+    assert read_mask_folders(tmp_path / "p", "data.train", ignore_value=None).num_classes == 3
+
+
 def test_eval_masks_may_hold_the_highest_class_when_num_classes_is_read(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

@@ -48,6 +48,7 @@ __all__ = [
     "load_image_tar",
     "load_images",
     "load_npz",
+    "upright",
 ]
 
 #: File name endings (lower case) that the folder and archive loaders treat as images.
@@ -57,7 +58,7 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval"})
 
 _CHUNK = 64  # images decoded per thread-pool task: large enough to amortise the task overhead
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: EXIF orientation applied (caches of version 1 hold photos as stored, unturned)
 
 
 def _default_workers() -> int:
@@ -424,8 +425,30 @@ def load_cifar_pickle(root: str | os.PathLike[str], split: str = "train", label:
 _JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
 
 
+_EXIF_ORIENTATION = 0x0112
+
+
+def upright(im: Any) -> Any:
+    """The Pillow image ``im`` turned as its EXIF Orientation tag (0x0112) says, as it is displayed; ``im`` itself
+    (same object, same pixels) when it has no such tag or the tag is 1 (already upright).
+
+    Phones and cameras store the sensor's pixels and record how to turn them in this tag; ``Image.open`` does not
+    apply it. Every reader of user image files (and masks) in distill goes through this function.
+    """
+    from PIL import ImageOps
+
+    try:
+        orientation = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # an unreadable EXIF block: the image as stored, as before
+        return im
+    if orientation not in range(2, 9):  # 1: upright; anything else is not an orientation
+        return im
+    return ImageOps.exif_transpose(im)
+
+
 def _jpeg_rgb_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of an 8-bit 3-component JPEG, read from its frame header; None for anything else."""
+    """(width, height) of an 8-bit 3-component JPEG, read from its frame header; None for anything else, and for a
+    JPEG with an APP1 block (EXIF or XMP, which may hold an orientation), left to the path through :func:`upright`."""
     if data[:2] != b"\xff\xd8":
         return None
     i, n = 2, len(data)
@@ -442,6 +465,8 @@ def _jpeg_rgb_size(data: bytes) -> tuple[int, int] | None:
         if marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
             return None
         length = (data[i + 2] << 8) | data[i + 3]
+        if marker == 0xE1:  # APP1: EXIF or XMP
+            return None
         if marker in _JPEG_SOF:
             if i + 10 > n:
                 return None
@@ -459,7 +484,8 @@ def _decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
 
     Three-component JPEGs (nearly all of them) go straight to Pillow's libjpeg decoder with the size read from
     the frame header: the same decoder and arguments as ``Image.open(...).load()`` (identical pixels), without
-    Pillow's Python-level header parsing, which dominates the cost for small images.
+    Pillow's Python-level header parsing, which dominates the cost for small images. Images with an EXIF
+    orientation tag are turned upright (:func:`upright`); the others are decoded exactly as stored.
     """
     from PIL import Image
 
@@ -474,6 +500,7 @@ def _decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
         if im is None:
             im = Image.open(io.BytesIO(data))
             im.load()
+            im = upright(im)
             if im.mode == "P" and "transparency" in im.info:
                 im = im.convert("RGBA")
             if im.mode != "RGB":
@@ -669,8 +696,8 @@ def load_image_folder(
             be among them; classes without images are allowed (useful to align a test split with a train split).
         num_workers: decoding threads (default: the number of CPUs, at most 8; 1 decodes in this thread).
 
-    Images are decoded to RGB with Pillow (alpha dropped, palettes expanded; EXIF orientation tags are not
-    applied). Samples are ordered by class, then by path. Hidden files and folders are ignored.
+    Images are decoded to RGB with Pillow (alpha dropped, palettes expanded, turned upright by their EXIF
+    orientation tag: :func:`upright`). Samples are ordered by class, then by path. Hidden files and folders are ignored.
     """
     root = Path(root)
     _check_image_size(image_size)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
+from distill.data.images import upright
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("ellipse", "scratch", "blob", "blur", "hole")
@@ -161,27 +162,30 @@ def _images(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _read_rgb(path: Path, size: int) -> np.ndarray:
+def _read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The image resized to ``size`` (3 x size x size uint8), turned upright by its EXIF orientation, and its upright
+    (width, height) before resizing."""
     from PIL import Image
 
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
+            rgb = upright(im).convert("RGB")
+            return np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1), rgb.size
     except OSError as e:
         raise ConfigError(f"data.root: {path}: {e}") from None
 
 
-def _read_mask(path: Path, image: Path, size: int) -> np.ndarray:
+def _read_mask(path: Path, image: Path, want: tuple[int, int], size: int) -> np.ndarray:
+    """The mask of ``image`` (whose upright size is ``want``) as size x size 0/1, upright by its own EXIF tag."""
     from PIL import Image
 
     try:
-        with Image.open(image) as im:
-            want = im.size
         with Image.open(path) as mk:
-            if mk.size != want:
-                raise ConfigError(f"data.root: {path} is {mk.size[0]} x {mk.size[1]} but its image {image} is "
+            mk_up = upright(mk)
+            if mk_up.size != want:
+                raise ConfigError(f"data.root: {path} is {mk_up.size[0]} x {mk_up.size[1]} but its image {image} is "
                                   f"{want[0]} x {want[1]}")
-            mask = mk.convert("L").resize((size, size), Image.NEAREST)
+            mask = mk_up.convert("L").resize((size, size), Image.NEAREST)
     except OSError as e:
         raise ConfigError(f"data.root: {path}: {e}") from None
     return (np.asarray(mask) > 0).astype(np.uint8)
@@ -199,7 +203,7 @@ def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops
     files = _images(train_dir)
     if not files:
         raise ConfigError(f"data.root: {train_dir} holds no images")
-    train = np.stack([_read_rgb(p, size) for p in files])
+    train = np.stack([_read_rgb(p, size)[0] for p in files])
     train_set = AnomalyCrops(torch.from_numpy(train), torch.zeros(len(files), size, size, dtype=torch.uint8))
     test_dir = root / "test"
     if not test_dir.is_dir():
@@ -207,7 +211,8 @@ def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops
     images, masks = [], []
     for kind in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
         for img in _images(kind):
-            images.append(_read_rgb(img, size))
+            arr, img_size = _read_rgb(img, size)
+            images.append(arr)
             if kind.name == "good":
                 masks.append(np.zeros((size, size), np.uint8))
                 continue
@@ -216,7 +221,7 @@ def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops
             if not found:
                 raise ConfigError(f"data.root: no mask for the defective test image {img} (looked for "
                                   f"{gt / (img.stem + '_mask.png')} and {img.stem}.png)")
-            masks.append(_read_mask(found[0], img, size))
+            masks.append(_read_mask(found[0], img, img_size, size))
     if not images:
         raise ConfigError(f"data.root: {test_dir} holds no images (test/good/, test/<defect>/)")
     labels = [int(m.any()) for m in masks]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
+from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder
 
@@ -114,8 +115,10 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
                       num_classes: int | None = None, label_map: dict[int, int] | None = None) -> SegmentationArrays:
     """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
     by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
-    indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; a mask that is not
-    single-channel is refused, as is a mask value at or above ``num_classes`` (naming the file)."""
+    indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; images and masks are turned
+    upright by their EXIF orientation (:func:`distill.data.images.upright`). A mask that is not single-channel is
+    refused, as is a mask value at or above ``num_classes`` (naming the file), and, with ``ignore_value`` None and
+    no ``num_classes``, a mask holding 255 (which would make 256 classes)."""
     from PIL import Image
 
     img_dir, mask_dir = root / "images", root / "masks"
@@ -137,12 +140,12 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
         assert mpath is not None
         try:
             with Image.open(path) as im:
-                rgb = im.convert("RGB")
+                rgb = upright(im).convert("RGB")
             with Image.open(mpath) as mk:
                 if mk.mode not in ("L", "P", "I", "I;16", "1"):
                     raise ConfigError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
                                       "index per pixel (a single-channel or palette PNG)")
-                mask = mk.copy()
+                mask = upright(mk).copy()
         except OSError as e:
             raise ConfigError(f"{key}: {path.name}: {e}") from None
         if rgb.size != mask.size:
@@ -167,6 +170,12 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
             y[raw == value] = cls
     if ignore_value is not None:
         y[y == ignore_value] = IGNORE_INDEX
+    if ignore_value is None and num_classes is None and (y == 255).any():
+        where = int(np.argmax((y == 255).reshape(len(ys), -1).any(1)))
+        raise ConfigError(f"data.ignore_value: null, but the mask {names[where][1]} of {key} holds the value 255 "
+                          "(the usual mark of unlabelled pixels), which would make 256 classes; set "
+                          "data.ignore_value: 255 to ignore those pixels, data.label_map to map 255 to a class, or "
+                          "data.num_classes (256 or more) if 255 is a class index")
     found = int(y.max()) + 1 if (y >= 0).any() else 1
     classes = num_classes or found
     if found > classes:

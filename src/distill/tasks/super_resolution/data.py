@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import ConfigError
+from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder, existing_path
 
@@ -85,7 +86,7 @@ def texture_crops(n: int, seed: int, split: str, *, textures: tuple[str, ...], h
 
 def _read_folder(folder: Path, key: str) -> list[tuple[str, str, np.ndarray]]:
     """(stem, file name, H x W x 3 uint8) of every image in ``folder`` (hidden files such as macOS ``._x.png``
-    skipped; gray and RGBA images become RGB)."""
+    skipped; gray and RGBA images become RGB; turned upright by their EXIF orientation)."""
     from PIL import Image
 
     files = sorted(p for p in folder.iterdir()
@@ -96,7 +97,7 @@ def _read_folder(folder: Path, key: str) -> list[tuple[str, str, np.ndarray]]:
     for p in files:
         try:
             with Image.open(p) as im:
-                out.append((p.stem, p.name, np.asarray(im.convert("RGB"), dtype=np.uint8)))
+                out.append((p.stem, p.name, np.asarray(upright(im).convert("RGB"), dtype=np.uint8)))
         except OSError as e:
             raise ConfigError(f"{key}: {p.name}: {e}") from None
     return out
