@@ -36,7 +36,9 @@ class SegmentationData(Strict):
     settings). ``source: folders``: ``train`` (and ``eval``) are folders holding ``images/`` and ``masks/``, one mask
     PNG per image with the same file stem (or the stem + ``_mask``), each mask pixel a class index (``ignore_value``,
     e.g. 255, marks pixels without a label; ``label_map`` maps stored values to classes first, e.g. ``{255: 1}``
-    for binary masks saved as 0/255); ``num_classes`` is read from the masks (train and eval) unless given.
+    for binary masks saved as 0/255; with ``ignore_value: null`` a mask holding 255 is refused unless ``num_classes``
+    covers it); ``num_classes`` is read from the masks (train and eval) unless given. Images and masks are turned
+    upright by their EXIF orientation tag.
     ``image_size`` resizes (images bilinear, masks nearest); without it every image must have the same size.
     ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std)."""
 
