@@ -9,7 +9,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.family import Family, Loaded, register_family
-from distill.tasks.super_resolution.data import load_sr_data
+from distill.tasks.super_resolution.data import SRPairs, load_sr_data
 from distill.tasks.super_resolution.models import build_sr_model
 from distill.tasks.super_resolution.section import SuperResolutionData, SuperResolutionStudent
 from distill.tasks.super_resolution.task import SuperResolution
@@ -46,6 +46,14 @@ class SuperResolutionFamily(Family):
                              "images" + (" (data.textures.hr_size sets the crops)" if d.source == "textures" else ""))
         if d.patch_size is not None and d.patch_size % d.scale:
             raise ValueError(f"data.patch_size: {d.patch_size} does not divide by data.scale {d.scale}")
+        if d.streaming and d.source != "folders":
+            raise ValueError(f"data.streaming: reads the image files of source: folders one at a time; source "
+                             f"{d.source} is held in memory (set data.source: folders, or turn streaming off)")
+        cache = getattr(cfg.teacher, "cache", None) if cfg.teacher is not None else None
+        if d.streaming and d.patch_size is not None and cache is not None:
+            raise ValueError("teacher.cache: stores one output per training example, but data.streaming with "
+                             "data.patch_size cuts a new random patch every epoch; drop the cache (the teacher runs "
+                             "live) or turn data.streaming off (fixed tiles)")
         if d.source == "textures" and (d.train or d.eval):
             raise ValueError("data.train: texture crops come from scikit-image; set data.source: images or folders "
                              "to read files")
@@ -53,8 +61,8 @@ class SuperResolutionFamily(Family):
     def load(self, cfg: Any) -> Loaded:
         train, evald = load_sr_data(cfg)
         task = SuperResolution(cfg.data.scale, cfg.data.border)
-        return Loaded(task, train, evald, num_outputs=None,
-                      info={"scale": cfg.data.scale, "input_shape": list(train.lr.shape[1:])})
+        shape = list(train.lr.shape[1:]) if isinstance(train, SRPairs) else train.input_shape
+        return Loaded(task, train, evald, num_outputs=None, info={"scale": cfg.data.scale, "input_shape": shape})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         return build_sr_model(model_cfg, int(loaded.info.get("scale") or cfg.data.scale), cfg.base_dir, key)

@@ -12,11 +12,23 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import ConfigError
+from distill.core.batch import Batch
+from distill.data.image_files import (
+    IMAGE_SUFFIXES,
+    DataReadError,
+    draw_corners,
+    header_size,
+    image_files,
+    pad_stack,
+    read_rgb,
+    several_sizes,
+    tiles_of,
+)
 from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder, existing_path
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "SRPairs", "StreamedSRPairs", "bicubic_down", "load_sr_data", "read_pair_folder"]
 
 
 @dataclass
@@ -84,13 +96,24 @@ def texture_crops(n: int, seed: int, split: str, *, textures: tuple[str, ...], h
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
+def pair_stems(hr_stems: list[str], lr_stems: list[str], scale: int, key: str) -> list[str]:
+    """For each of ``hr_stems``, the stem of its partner in ``lr/`` (``<stem>`` or DIV2K's ``<stem>x<scale>``);
+    an image on either side without a partner is refused, naming it."""
+    lrs = set(lr_stems)
+    partners = [stem if stem in lrs else f"{stem}x{scale}" for stem in hr_stems]
+    lone = sorted({s for s, p in zip(hr_stems, partners, strict=True) if p not in lrs} | (lrs - set(partners)))
+    if lone:
+        raise ConfigError(f"{key}: hr/ and lr/ must hold the same file names (or lr/<stem>x{scale}); "
+                          f"unpaired: {lone[:5]}")
+    return partners
+
+
 def _read_folder(folder: Path, key: str) -> list[tuple[str, str, np.ndarray]]:
     """(stem, file name, H x W x 3 uint8) of every image in ``folder`` (hidden files such as macOS ``._x.png``
     skipped; gray and RGBA images become RGB; turned upright by their EXIF orientation)."""
     from PIL import Image
 
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = image_files(folder)
     if not files:
         raise ConfigError(f"{key}: {folder} holds no images")
     out = []
@@ -142,12 +165,9 @@ def read_pair_folder(root: Path, scale: int, key: str, patch_size: int | None = 
     if (root / "hr").is_dir() and (root / "lr").is_dir():
         hrs = _read_folder(root / "hr", key)
         lrs = {stem: (n, a) for stem, n, a in _read_folder(root / "lr", key)}
-        pairs_hr, pairs_lr, used = [], [], set()
-        for stem, name, hr in hrs:
-            lstem = stem if stem in lrs else f"{stem}x{scale}"
-            if lstem not in lrs:
-                continue
-            used.add(lstem)
+        partners = pair_stems([stem for stem, _, _ in hrs], list(lrs), scale, key)
+        pairs_hr, pairs_lr = [], []
+        for (stem, name, hr), lstem in zip(hrs, partners, strict=True):
             lname, lr = lrs[lstem]
             h, w = lr.shape[0] * scale, lr.shape[1] * scale
             if not (h <= hr.shape[0] < h + scale and w <= hr.shape[1] < w + scale):
@@ -155,10 +175,6 @@ def read_pair_folder(root: Path, scale: int, key: str, patch_size: int | None = 
                                   f"({lr.shape[0]} x {lr.shape[1]}) times {scale} (data.scale)")
             pairs_hr.append((stem, name, np.ascontiguousarray(hr[:h, :w])))
             pairs_lr.append((stem, lname, lr))
-        lone = sorted({s for s, _, _ in hrs if s not in {p[0] for p in pairs_hr}} | (set(lrs) - used))
-        if lone:
-            raise ConfigError(f"{key}: hr/ and lr/ must hold the same file names (or lr/<stem>x{scale}); "
-                              f"unpaired: {lone[:5]}")
         hr_arr = _stack(pairs_hr, patch_size, root / "hr", key)
         lr_arr = _stack(pairs_lr, None if patch_size is None else patch_size // scale, root / "lr", key)
         try:
@@ -168,6 +184,172 @@ def read_pair_folder(root: Path, scale: int, key: str, patch_size: int | None = 
     folder = root / "hr" if (root / "hr").is_dir() else root
     return make_pairs(_nchw(_stack(_read_folder(folder, key), patch_size, folder, key)), scale, str(root))
 
+# -- streamed folders (data.streaming) -----------------------------------------------------------------------------
+@dataclass
+class StreamedSRPairs:
+    """The pairs of a ``source: folders`` set read one file at a time (``data.streaming``): file paths and
+    high-resolution sizes only, no pixels.
+
+    ``hr_files[i]`` and its partner ``lr_files[i]`` (None: the low-resolution image is made by bicubic
+    downsampling) with ``sizes[i]``, the high-resolution (H, W) cut to the low-resolution size times ``scale``.
+    ``mode``: ``whole`` (an example is a whole image), ``patches`` (an example is an image; training cuts a random
+    ``patch_size`` patch from it in :meth:`SuperResolution.prepare`), or ``tiles`` (an example is one of the
+    non-overlapping ``patch_size`` tiles in ``tiles``: (image, y, x), as the in-memory path cuts them)."""
+
+    hr_files: list[Path]
+    lr_files: list[Path] | None
+    sizes: list[tuple[int, int]]
+    scale: int
+    mode: str = "whole"
+    patch_size: int | None = None
+    tiles: list[tuple[int, int, int]] | None = None
+    key: str = "data.train"
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        self._last: tuple[int, tuple[torch.Tensor, torch.Tensor | None]] | None = None  # the tiles' last image
+
+    def __len__(self) -> int:
+        return len(self.tiles) if self.tiles is not None else len(self.hr_files)
+
+    def __getstate__(self) -> dict:  # a worker process starts without the last image
+        return {k: v for k, v in self.__dict__.items() if k != "_last"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._last = None
+
+    @property
+    def input_shape(self) -> list[int]:
+        """(C, h, w) of a low-resolution input."""
+        if self.patch_size is not None:
+            return [3, self.patch_size // self.scale, self.patch_size // self.scale]
+        h, w = self.sizes[0]
+        return [3, h // self.scale, w // self.scale]
+
+    def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(HR 3 x H x W, its ``lr/`` partner 3 x H/s x W/s or None) of image ``i``, decoded now, upright."""
+        h, w = self.sizes[i]
+        hr = read_rgb(self.hr_files[i], self.key)
+        if hr.shape[0] < h or hr.shape[1] < w:
+            raise DataReadError(f"{self.key}: {self.hr_files[i].name} decodes to {hr.shape[0]} x {hr.shape[1]}, "
+                                f"not the {h} x {w} its header gave")
+        hr_t = torch.from_numpy(np.ascontiguousarray(hr[:h, :w])).permute(2, 0, 1).contiguous()
+        if self.lr_files is None:
+            return hr_t, None
+        lr = read_rgb(self.lr_files[i], self.key)
+        if lr.shape[:2] != (h // self.scale, w // self.scale):
+            raise DataReadError(f"{self.key}: {self.lr_files[i].name} decodes to {lr.shape[0]} x {lr.shape[1]}, "
+                                f"not {h // self.scale} x {w // self.scale}")
+        return hr_t, torch.from_numpy(lr).permute(2, 0, 1).contiguous()
+
+    def _image(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._last is None or self._last[0] != i:
+            self._last = (i, self.read(i))
+        return self._last[1]
+
+    def fetch(self, indices: torch.Tensor) -> Batch:
+        """The examples at ``indices``, decoded now. ``whole`` and ``tiles``: (LR, HR) as :class:`SRPairs` gives
+        them; ``patches``: the whole images, zero-padded to the largest, with ``meta["uncut"]`` (their HR sizes)
+        and ``meta["patch"]``, for :meth:`SuperResolution.prepare` to cut."""
+        idx = indices.tolist()
+        s = self.scale
+        if self.mode == "tiles":
+            assert self.tiles is not None and self.patch_size is not None
+            t, hrs, lrs = self.patch_size, [], []
+            for k in idx:
+                i, y, x = self.tiles[k]
+                hr, lr = self._image(i)
+                hrs.append(hr[:, y:y + t, x:x + t])
+                lrs.append(lr[:, y // s:(y + t) // s, x // s:(x + t) // s] if lr is not None else None)
+            hr_b = torch.stack(hrs) if hrs else torch.zeros((0, 3, t, t), dtype=torch.uint8)
+            lr_b = bicubic_down(hr_b, s) if self.lr_files is None else torch.stack(lrs)
+            return Batch(inputs=lr_b, labels=hr_b, indices=indices, meta={})
+        pairs = [self.read(k) for k in idx]
+        if self.mode == "patches":
+            hr_b, sizes = pad_stack([hr for hr, _ in pairs])
+            lr_b = pad_stack([lr for _, lr in pairs])[0] if self.lr_files is not None else None
+            return Batch(inputs=hr_b, labels=lr_b, indices=indices,
+                         meta={"uncut": sizes, "patch": int(self.patch_size or 0)})
+        sizes = {tuple(hr.shape[-2:]) for hr, _ in pairs}
+        if len(sizes) > 1:
+            named = several_sizes([self.hr_files[k].name for k in idx], [self.sizes[k] for k in idx])
+            raise DataReadError(f"{self.key}: one batch holds images of several sizes ({named}); set "
+                                "train.eval_batch_size: 1 or data.patch_size")
+        hr_b = torch.stack([hr for hr, _ in pairs])
+        lr_b = bicubic_down(hr_b, s) if self.lr_files is None else torch.stack([lr for _, lr in pairs])
+        return Batch(inputs=lr_b, labels=hr_b, indices=indices, meta={})
+
+    def subset(self, keep: torch.Tensor) -> StreamedSRPairs:
+        """The examples at ``keep`` (images, or tiles in ``tiles`` mode)."""
+        k = keep.tolist()
+        note = f" ({len(k)} of {len(self)})"
+        if self.tiles is not None:
+            return StreamedSRPairs(self.hr_files, self.lr_files, self.sizes, self.scale, self.mode, self.patch_size,
+                                   [self.tiles[i] for i in k], self.key, self.source + note)
+        return StreamedSRPairs([self.hr_files[i] for i in k],
+                               None if self.lr_files is None else [self.lr_files[i] for i in k],
+                               [self.sizes[i] for i in k], self.scale, self.mode, self.patch_size, None, self.key,
+                               self.source + note)
+
+
+def cut_patches(batch: Batch, scale: int, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                          torch.Tensor]:
+    """(LR patches, HR patches, corners) of a ``patches`` batch of :class:`StreamedSRPairs`: an HR patch of
+    ``meta["patch"]`` pixels at a corner on the ``scale`` grid drawn from ``generator`` (None: centred), its LR
+    partner the ``lr/`` image's patch at the corner / ``scale``, or the HR patch downsampled."""
+    from distill.data.image_files import cut
+
+    p = int(batch.meta["patch"])
+    corners = draw_corners(batch.meta["uncut"], p, generator, step=scale)
+    hr = cut(batch.inputs, corners, p)
+    lr = cut(batch.labels, corners // scale, p // scale) if batch.labels is not None else bicubic_down(hr, scale)
+    return lr, hr, corners
+
+
+def stream_pair_folder(root: Path, scale: int, key: str, patch_size: int | None, *, train: bool,
+                       single_batch: bool = False) -> StreamedSRPairs:
+    """:class:`StreamedSRPairs` of ``root`` (a folder of images, or ``hr/`` + ``lr/``, paired as
+    :func:`read_pair_folder` pairs them), reading only the files' headers now. With ``patch_size`` a training set
+    cuts a random patch of each image per epoch and an evaluation set scores its tiles; without, the images must
+    share one size (``single_batch``: an evaluation set read one image per batch may mix sizes)."""
+    paired = (root / "hr").is_dir() and (root / "lr").is_dir()
+    folder = root / "hr" if (root / "hr").is_dir() else root
+    hr_files = image_files(folder)
+    if not hr_files:
+        raise ConfigError(f"{key}: {folder} holds no images")
+    hr_sizes = [header_size(p, key) for p in hr_files]
+    lr_files = None
+    if paired:
+        lrs = {p.stem: p for p in image_files(root / "lr")}
+        lr_files = [lrs[stem] for stem in pair_stems([p.stem for p in hr_files], list(lrs), scale, key)]
+        sizes = []
+        for hp, lp, (hh, hw) in zip(hr_files, lr_files, hr_sizes, strict=True):
+            lh, lw = header_size(lp, key)
+            if not (lh * scale <= hh < lh * scale + scale and lw * scale <= hw < lw * scale + scale):
+                raise ConfigError(f"{key}: hr/{hp.name} is {hh} x {hw}, not lr/{lp.name} ({lh} x {lw}) times "
+                                  f"{scale} (data.scale)")
+            sizes.append((lh * scale, lw * scale))
+    else:
+        sizes = [(h - h % scale, w - w % scale) for h, w in hr_sizes]
+    names = [p.name for p in hr_files]
+    source = f"{root} ({'hr/ + lr/, ' if paired else ''}streamed)"
+    if patch_size is not None:
+        small = [(n, hs) for n, hs, s in zip(names, hr_sizes, sizes, strict=True) if min(s) < patch_size]
+        if small:
+            raise ConfigError(f"data.patch_size: {patch_size} px is larger than {small[0][0]} in {folder} "
+                              f"({small[0][1][0]} x {small[0][1][1]})")
+        if train:
+            return StreamedSRPairs(hr_files, lr_files, sizes, scale, "patches", patch_size, None, key, source)
+        return StreamedSRPairs(hr_files, lr_files, sizes, scale, "tiles", patch_size, tiles_of(sizes, patch_size),
+                               key, source)
+    named = several_sizes(names, hr_sizes if not paired else sizes)
+    if named and not single_batch:
+        raise ConfigError(f"{key}: the images in {folder} have several sizes ({named}); set data.patch_size to cut "
+                          "them into square patches (a batch holds equal-sized images)"
+                          + ("" if train else ", or train.eval_batch_size: 1 to score them whole"))
+    return StreamedSRPairs(hr_files, lr_files, sizes, scale, "whole", None, None, key, source)
+
 
 def _subset(hr: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     if n is None or n >= hr.shape[0]:
@@ -176,7 +358,7 @@ def _subset(hr: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return hr[order.sort().values]
 
 
-def load_sr_data(cfg: Any) -> tuple[SRPairs, SRPairs | None]:
+def load_sr_data(cfg: Any) -> tuple[SRPairs | StreamedSRPairs, SRPairs | StreamedSRPairs | None]:
     d = cfg.data
     s = d.scale
     if d.source == "textures":
@@ -194,11 +376,19 @@ def load_sr_data(cfg: Any) -> tuple[SRPairs, SRPairs | None]:
     if d.train is None:
         raise ConfigError(f"data.train: source {d.source} needs a path")
     if d.source == "folders":
-        def folder(value: str, key: str, n: int | None) -> SRPairs:
-            pairs = read_pair_folder(existing_folder(value, cfg.base_dir, key), s, key, d.patch_size)
+        def folder(value: str, key: str, n: int | None) -> SRPairs | StreamedSRPairs:
+            root = existing_folder(value, cfg.base_dir, key)
+            if d.streaming:
+                one = getattr(getattr(cfg, "train", None), "eval_batch_size", None) == 1
+                pairs: SRPairs | StreamedSRPairs = stream_pair_folder(root, s, key, d.patch_size,
+                                                                      train=key == "data.train", single_batch=one)
+            else:
+                pairs = read_pair_folder(root, s, key, d.patch_size)
             if n is None or n >= len(pairs):
                 return pairs
             keep = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(d.subset_seed))[:n].sort().values
+            if isinstance(pairs, StreamedSRPairs):
+                return pairs.subset(keep)
             return SRPairs(pairs.lr[keep], pairs.hr[keep], s, f"{pairs.source} ({n} of {len(pairs)})")
 
         train = folder(d.train, "data.train", d.train_size)

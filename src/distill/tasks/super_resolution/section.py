@@ -36,7 +36,13 @@ class SuperResolutionData(Strict):
     high-resolution images (and their ``lr/`` partners) are cut into non-overlapping square tiles of that size, so
     a folder may hold images of any sizes (evaluation then scores the tiles). ``train_size`` / ``eval_size`` keep
     the first images (tiles) after a shuffle with ``subset_seed``. ``border``: pixels cropped from each side before PSNR
-    and SSIM (default: ``scale``)."""
+    and SSIM (default: ``scale``).
+
+    ``streaming`` (``folders`` only; the name and idea of ``image_classification``'s): keep the file list and the
+    sizes read from the headers, and decode each image when its batch is fetched. Training then cuts one random
+    ``patch_size`` HR patch (on the ``scale`` grid, with its aligned LR partner) from each image per epoch, drawn
+    from the run's seeded generator, instead of tiling; evaluation scores whole images (one size, or
+    ``train.eval_batch_size: 1``) or, with ``patch_size``, the same tiles as in memory."""
 
     source: Literal["images", "folders", "textures"] = "images"
     train: str | None = None
@@ -51,6 +57,7 @@ class SuperResolutionData(Strict):
     textures: TextureCrops = TextureCrops()
     border: int | None = Field(None, ge=0)
     cache_dir: str | None = None
+    streaming: Flag = False
 
 
 class ConvLoraTarget(Strict):

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.tasks.super_resolution.data import SRPairs
+from distill.tasks.super_resolution.data import SRPairs, StreamedSRPairs, cut_patches
 
 
 def rgb_to_y(x: torch.Tensor) -> torch.Tensor:
@@ -101,13 +101,24 @@ class SuperResolution:
     def describe(self) -> dict[str, str]:
         return {"task": type(self).__name__, "scale": str(self.scale), "inputs": "uint8 / 255"}
 
-    def num_examples(self, data: SRPairs) -> int:
+    def num_examples(self, data: SRPairs | StreamedSRPairs) -> int:
         return len(data)
 
-    def fetch(self, data: SRPairs, indices: torch.Tensor) -> Batch:
+    def fetch(self, data: SRPairs | StreamedSRPairs, indices: torch.Tensor) -> Batch:
+        if isinstance(data, StreamedSRPairs):  # data.streaming: decoded now (in a loader worker, if any)
+            return data.fetch(indices)
         return Batch(inputs=data.lr[indices], labels=data.hr[indices], indices=indices, meta={})
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
+        """Pixels to [0, 1]. A streamed batch of whole images (``meta["uncut"]``) first gets its random
+        patches, the corners drawn from ``generator`` (the trainer's, a function of the seed, epoch and step)
+        and kept in ``meta["corners"]``; outside training (no generator) the patches are centred."""
+        meta = dict(batch.meta)
+        if "uncut" in meta:
+            lr, hr, corners = cut_patches(batch, self.scale, generator if train else None)
+            del meta["uncut"], meta["patch"]
+            meta["corners"] = corners
+            batch = Batch(inputs=lr, labels=hr, indices=batch.indices, meta=meta)
         x, y = batch.inputs, batch.labels
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
