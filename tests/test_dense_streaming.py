@@ -203,3 +203,127 @@ def test_sr_streamed_run_resumes_bit_identically(tmp_path, sr_folders):
     assert last["steps"] == 3
     for k in full:
         assert torch.equal(full[k], resumed[k]), k
+
+
+# -- semantic segmentation ---------------------------------------------------------------------------------------
+def seg_cfg(tmp_path: Path, **data) -> SimpleNamespace:
+    from distill.tasks.segmentation.section import SegmentationData
+
+    train = SimpleNamespace(eval_batch_size=data.pop("eval_batch_size", 4))
+    return SimpleNamespace(data=SegmentationData(source="folders", **data), base_dir=str(tmp_path), train=train,
+                           teacher=None)
+
+
+def save_pair(root: Path, stem: str, image: np.ndarray, mask: np.ndarray, orientation: int | None = None) -> None:
+    save(root / "images" / f"{stem}.{'jpg' if orientation else 'png'}", image, orientation)
+    save(root / "masks" / f"{stem}.png", mask, orientation)
+
+
+@pytest.fixture(scope="module")
+def seg_folders(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("seg")
+    rng = np.random.default_rng(2)
+    for i in range(5):  # one size, masks 0..2 and 255 (ignored)
+        mask = rng.choice(np.array([0, 1, 2, 255], np.uint8), (20, 24))
+        save_pair(root / "same", f"s{i}", rgb(rng, 20, 24), mask)
+    for i, (h, w) in enumerate([(20, 36), (33, 18), (16, 16), (24, 20)]):
+        mask = rng.integers(0, 3, (h, w), dtype=np.uint8)
+        save_pair(root / "mixed", f"m{i}", rgb(rng, h, w), mask, orientation=6 if i == 3 else None)
+    return root
+
+
+@pytest.mark.parametrize("kw", [{"crop_size": 12}, {"image_size": 16, "crop_size": 8}, {}])
+def test_seg_streamed_batches_equal_the_in_memory_batches(tmp_path, seg_folders, kw):
+    family = FAMILIES.get("semantic_segmentation")
+    root = seg_folders / ("mixed" if "image_size" in kw else "same")
+    common = dict(train=str(root), eval=str(root), num_classes=3, **kw)
+    memory = family.load(seg_cfg(tmp_path, **common))
+    streamed = family.load(seg_cfg(tmp_path, streaming=True, **common))
+    assert holds_no_pixels(streamed.train) and holds_no_pixels(streamed.eval)
+    assert streamed.info == memory.info and len(streamed.train) == len(memory.train)
+    idx = torch.tensor([3, 0, 2])
+    for train, (a, b) in ((True, (memory.train, streamed.train)), (False, (memory.eval, streamed.eval))):
+        gen = [torch.Generator().manual_seed(11) for _ in range(2)] if train else [None, None]
+        m = memory.task.prepare(memory.task.fetch(a, idx), train=train, generator=gen[0])
+        s = streamed.task.prepare(streamed.task.fetch(b, idx), train=train, generator=gen[1])
+        assert torch.equal(m.inputs, s.inputs) and torch.equal(m.labels, s.labels)
+        side = kw.get("crop_size") if train else kw.get("image_size")
+        if side:
+            assert m.inputs.shape[-2:] == (side, side)
+        if train and side:
+            assert torch.equal(m.meta["corners"], s.meta["corners"])
+    if root.name == "same":
+        assert bool((m.labels == -100).any())  # the masks' 255 -> ignored, in both paths
+
+
+def test_seg_streamed_crops_of_any_sizes_are_aligned_with_their_masks(tmp_path, seg_folders):
+    family = FAMILIES.get("semantic_segmentation")
+    loaded = family.load(seg_cfg(tmp_path, train=str(seg_folders / "mixed"), num_classes=3, crop_size=16,
+                                 streaming=True, normalize={"mean": [0, 0, 0], "std": [1, 1, 1]}))
+    data = loaded.train
+    assert loaded.info["input_shape"] == [3, 16, 16] and data.sizes[3] == (20, 24)  # EXIF 6: shown 20 x 24
+    idx = torch.arange(len(data))
+    batch = loaded.task.prepare(loaded.task.fetch(data, idx), train=True, generator=torch.Generator().manual_seed(4))
+    for row, k in enumerate(idx.tolist()):
+        y, x = batch.meta["corners"][row].tolist()
+        image = np.array(Image.open(data.image_files[k]).convert("RGB"))
+        mask = np.array(Image.open(data.mask_files[k]))
+        if k == 3:  # stored 24 x 20 with orientation 6: turned upright, image and mask alike
+            image, mask = np.rot90(image, k=-1), np.rot90(mask, k=-1)
+        want = torch.from_numpy(np.ascontiguousarray(image[y:y + 16, x:x + 16])).permute(2, 0, 1).float() / 255
+        assert torch.allclose(batch.inputs[row], want, atol=1e-6)
+        assert torch.equal(batch.labels[row], torch.from_numpy(np.ascontiguousarray(mask[y:y + 16, x:x + 16])).long())
+
+
+def test_seg_streaming_bad_settings_name_the_key_and_file(tmp_path, seg_folders):
+    from distill.data.image_tables import DataReadError
+
+    family = FAMILIES.get("semantic_segmentation")
+    mixed = str(seg_folders / "mixed")
+    with pytest.raises(ConfigError, match=r"^data\.num_classes: required with data\.streaming"):
+        family.load(seg_cfg(tmp_path, train=mixed, streaming=True, crop_size=8))
+    with pytest.raises(ConfigError, match=r"^data\.train: the images have several sizes \(m0\.png: 20 x 36.*"
+                                          r"data\.image_size or data\.crop_size"):
+        family.load(seg_cfg(tmp_path, train=mixed, streaming=True, num_classes=3))
+    with pytest.raises(ConfigError, match=r"^data\.crop_size: 18 px is larger than m2\.png"):
+        family.load(seg_cfg(tmp_path, train=mixed, streaming=True, num_classes=3, crop_size=18))
+    with pytest.raises(ConfigError, match=r"^data\.crop_size: 30 px is larger than the training images"):
+        family.load(seg_cfg(tmp_path, train=str(seg_folders / "same"), num_classes=3, crop_size=30))
+    one = family.load(seg_cfg(tmp_path, train=mixed, eval=mixed, streaming=True, num_classes=3, crop_size=8,
+                              eval_batch_size=1))
+    assert one.task.fetch(one.eval, torch.tensor([0])).labels.shape == (1, 20, 36)  # evaluation: whole images
+    two = family.load(seg_cfg(tmp_path, train=mixed, streaming=True, num_classes=2, crop_size=8))
+    with pytest.raises(DataReadError, match=r"^data\.num_classes: 2, but the mask m\d_?\w*\.png of data\.train "
+                                            r"holds the value 2"):
+        two.task.fetch(two.train, torch.arange(4))
+    for data, match in (({"source": "texmosaic", "streaming": True}, r"data\.streaming: reads the image and mask"),
+                        ({"source": "folders", "train": "x", "crop_size": 2}, r"data\.crop_size")):
+        raw = {"task": "semantic_segmentation", "data": data, "student": {"arch": "seg_resnet_student"},
+               "methods": [{"name": "ce"}]}
+        with pytest.raises((ConfigError, ValueError), match=match):
+            parse_config(raw, base_dir=tmp_path)
+
+
+def fit_seg(tmp_path: Path, root: Path, name: str, max_steps: int | None = None, workers: int = 0):
+    raw = {"task": "semantic_segmentation", "output_dir": str(tmp_path / name), "seed": 5, "deterministic": True,
+           "data": {"source": "folders", "train": str(root), "num_classes": 3, "crop_size": 16, "streaming": True},
+           "student": {"arch": "seg_resnet", "options": {"widths": [4, 4, 4, 4], "decoder": 4}},
+           "methods": [{"name": "ce"}],
+           "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "checkpoint_every": 2, "progress": False,
+                     "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1}}
+    exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
+    summary = exp.fit()
+    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
+
+
+def test_seg_streamed_run_resumes_bit_identically_and_workers_change_nothing(tmp_path, seg_folders):
+    root = seg_folders / "mixed"
+    full, summary = fit_seg(tmp_path, root, "full")
+    assert summary["steps"] == 4  # 4 image pairs, batches of 2, 2 epochs
+    _, first = fit_seg(tmp_path, root, "split", max_steps=3)
+    assert first["steps"] == 3
+    resumed, last = fit_seg(tmp_path, root, "split")
+    assert last["steps"] == 4
+    workers, _ = fit_seg(tmp_path, root, "workers", workers=2)
+    for k in full:
+        assert torch.equal(full[k], resumed[k]) and torch.equal(full[k], workers[k]), k

@@ -7,8 +7,9 @@ from typing import Any
 
 from torch import nn
 
+from distill.config import ConfigError
 from distill.core.family import Family, Loaded, register_family
-from distill.tasks.segmentation.data import load_segmentation_data
+from distill.tasks.segmentation.data import StreamedMasks, load_segmentation_data
 from distill.tasks.segmentation.models import build_segmentation_model
 from distill.tasks.segmentation.section import SegmentationData
 from distill.tasks.segmentation.task import SemanticSegmentation, normalize_stats
@@ -42,19 +43,35 @@ class SegmentationFamily(Family):
         if d.source == "texmosaic" and (d.train or d.eval):
             raise ValueError("data.train: TexMosaic is built from scikit-image's textures; set data.source: folders "
                              "to read images/ and masks/ folders")
+        if d.streaming and d.source != "folders":
+            raise ValueError(f"data.streaming: reads the image and mask files of source: folders one pair at a time; "
+                             f"source {d.source} is built in memory (set data.source: folders, or turn streaming off)")
+        cache = getattr(cfg.teacher, "cache", None) if cfg.teacher is not None else None
+        if d.crop_size is not None and cache is not None:
+            raise ValueError("teacher.cache: stores one output per training image, but data.crop_size cuts a new "
+                             "random crop every epoch; drop the cache (the teacher runs live) or data.crop_size")
         if d.texmosaic.min_regions > d.texmosaic.max_regions:
             raise ValueError("data.texmosaic.min_regions: larger than data.texmosaic.max_regions")
 
     def load(self, cfg: Any) -> Loaded:
         train, evald = load_segmentation_data(cfg)
         mean, std = normalize_stats(cfg.data.normalize)
-        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=cfg.data.channels_last)
-        return Loaded(task, train, evald, num_outputs=train.num_classes,
-                      info={"input_shape": list(train.images.shape[1:])})
+        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=cfg.data.channels_last,
+                                    crop_size=cfg.data.crop_size)
+        if isinstance(train, StreamedMasks):
+            shape = train.input_shape
+        else:
+            shape = list(train.images.shape[1:])
+            crop = cfg.data.crop_size
+            if crop is not None and crop > min(shape[1:]):
+                raise ConfigError(f"data.crop_size: {crop} px is larger than the training images ({shape[1]} x "
+                                  f"{shape[2]})")
+            shape = [shape[0], crop, crop] if crop is not None else shape
+        return Loaded(task, train, evald, num_outputs=train.num_classes, info={"input_shape": shape})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:
         return build_segmentation_model(model_cfg, loaded.num_outputs, cfg.base_dir, key)
 
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
-        return {"num_outputs": loaded.num_outputs, "input_shape": list(loaded.train.images.shape[1:]),
+        return {"num_outputs": loaded.num_outputs, "input_shape": loaded.info.get("input_shape"),
                 "mean": list(loaded.task.normalize.mean), "std": list(loaded.task.normalize.std)}

@@ -11,6 +11,9 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
+from distill.core.batch import Batch
+from distill.data.image_files import header_size, pad_stack, several_sizes
+from distill.data.image_tables import DataReadError
 from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder
@@ -111,16 +114,9 @@ def _files(folder: Path, key: str) -> dict[str, Path]:
 MASK_STEM_SUFFIX = "_mask"
 
 
-def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
-                      num_classes: int | None = None, label_map: dict[int, int] | None = None) -> SegmentationArrays:
-    """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
-    by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
-    indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; images and masks are turned
-    upright by their EXIF orientation (:func:`distill.data.images.upright`). A mask that is not single-channel is
-    refused, as is a mask value at or above ``num_classes`` (naming the file), and, with ``ignore_value`` None and
-    no ``num_classes``, a mask holding 255 (which would make 256 classes)."""
-    from PIL import Image
-
+def mask_pairs(root: Path, key: str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of ``root/images/*`` and ``root/masks/*``, paired by file stem (the mask ``<stem>.png``
+    or ``<stem>_mask.png``); an image without a mask is refused, naming it."""
     img_dir, mask_dir = root / "images", root / "masks"
     for sub in (img_dir, mask_dir):
         if not sub.is_dir():
@@ -134,27 +130,61 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
         raise ConfigError(f"{key}: no mask in {mask_dir} for image(s) {', '.join(missing[:5])}"
                           f"{f' (+{len(missing) - 5} more)' if len(missing) > 5 else ''} (a mask is <stem>.png "
                           f"or <stem>{MASK_STEM_SUFFIX}.png)")
+    return [(path, masks[stem]) for stem, path in imgs.items()]  # type: ignore[misc]
+
+
+def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """(3 x H x W uint8 image, H x W int64 mask as stored) of one pair, both upright, resized to ``image_size``
+    (bilinear, nearest) if given; a file that cannot be read, a mask that is not single-channel or a size
+    mismatch raise :class:`DataReadError` naming ``key`` and the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            rgb = upright(im).convert("RGB")
+        with Image.open(mpath) as mk:
+            if mk.mode not in ("L", "P", "I", "I;16", "1"):
+                raise DataReadError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
+                                    "index per pixel (a single-channel or palette PNG)")
+            mask = upright(mk).copy()
+    except OSError as e:
+        raise DataReadError(f"{key}: {path.name}: {e}") from None
+    if rgb.size != mask.size:
+        raise DataReadError(f"{key}: {path.name} is {rgb.size} but its mask is {mask.size}")
+    if image_size is not None:
+        rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
+        mask = mask.resize((image_size, image_size), Image.NEAREST)
+    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), np.asarray(mask, dtype=np.int64)
+
+
+def map_mask(y: np.ndarray, ignore_value: int | None, label_map: dict[int, int] | None) -> np.ndarray:
+    """Stored mask values to class indices: ``label_map`` first, then ``ignore_value`` -> ``IGNORE_INDEX``."""
+    if label_map:
+        raw = y.copy()
+        for value, cls in label_map.items():
+            y[raw == value] = cls
+    if ignore_value is not None:
+        y[y == ignore_value] = IGNORE_INDEX
+    return y
+
+
+def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
+                      num_classes: int | None = None, label_map: dict[int, int] | None = None) -> SegmentationArrays:
+    """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
+    by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
+    indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; images and masks are turned
+    upright by their EXIF orientation (:func:`distill.data.images.upright`). A mask that is not single-channel is
+    refused, as is a mask value at or above ``num_classes`` (naming the file), and, with ``ignore_value`` None and
+    no ``num_classes``, a mask holding 255 (which would make 256 classes)."""
+    pairs = mask_pairs(root, key)
     xs, ys, names = [], [], []
-    for stem, path in imgs.items():
-        mpath = masks[stem]
-        assert mpath is not None
+    for path, mpath in pairs:
         try:
-            with Image.open(path) as im:
-                rgb = upright(im).convert("RGB")
-            with Image.open(mpath) as mk:
-                if mk.mode not in ("L", "P", "I", "I;16", "1"):
-                    raise ConfigError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
-                                      "index per pixel (a single-channel or palette PNG)")
-                mask = upright(mk).copy()
-        except OSError as e:
-            raise ConfigError(f"{key}: {path.name}: {e}") from None
-        if rgb.size != mask.size:
-            raise ConfigError(f"{key}: {path.name} is {rgb.size} but its mask is {mask.size}")
-        if image_size is not None:
-            rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-            mask = mask.resize((image_size, image_size), Image.NEAREST)
-        xs.append(np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1))
-        ys.append(np.asarray(mask, dtype=np.int64))
+            x, y = read_image_mask(path, mpath, key, image_size)
+        except DataReadError as e:
+            raise ConfigError(str(e)) from None
+        xs.append(x)
+        ys.append(y)
         names.append((path.name, mpath.name))
     shapes = {x.shape for x in xs}
     if len(shapes) > 1:
@@ -163,13 +193,7 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
             first.setdefault(x.shape[1:], n)
         sizes = ", ".join(f"{n}: {h} x {w}" for (h, w), n in list(first.items())[:3])
         raise ConfigError(f"{key}: the images have several sizes ({sizes}...); set data.image_size")
-    y = np.stack(ys)
-    if label_map:
-        raw = y.copy()
-        for value, cls in label_map.items():
-            y[raw == value] = cls
-    if ignore_value is not None:
-        y[y == ignore_value] = IGNORE_INDEX
+    y = map_mask(np.stack(ys), ignore_value, label_map)
     if ignore_value is None and num_classes is None and (y == 255).any():
         where = int(np.argmax((y == 255).reshape(len(ys), -1).any(1)))
         raise ConfigError(f"data.ignore_value: null, but the mask {names[where][1]} of {key} holds the value 255 "
@@ -190,7 +214,93 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
     return SegmentationArrays(torch.from_numpy(np.stack(xs)), torch.from_numpy(y), classes, f"{root}")
 
 
-def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays, SegmentationArrays | None]:
+# -- streamed folders (data.streaming) -----------------------------------------------------------------------------
+@dataclass
+class StreamedMasks:
+    """The image/mask pairs of a ``source: folders`` set read one pair at a time (``data.streaming``): paths and
+    image sizes only, no pixels. ``sizes[i]``: (H, W) of pair ``i`` as read (``image_size`` square if it resizes).
+    ``crop_size`` (training): batches hold whole images, zero-padded to the largest, with ``meta["uncut"]`` (their
+    sizes), for :meth:`SemanticSegmentation.prepare` to cut one random aligned crop of image and mask from each."""
+
+    image_files: list[Path]
+    mask_files: list[Path]
+    sizes: list[tuple[int, int]]
+    num_classes: int
+    image_size: int | None = None
+    ignore_value: int | None = 255
+    label_map: dict[int, int] | None = None
+    crop_size: int | None = None
+    key: str = "data.train"
+    source: str = ""
+
+    def __len__(self) -> int:
+        return len(self.image_files)
+
+    @property
+    def input_shape(self) -> list[int]:
+        side = self.crop_size
+        return [3, side, side] if side is not None else [3, *self.sizes[0]]
+
+    def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(3 x H x W uint8 image, H x W int64 class indices) of pair ``i``, decoded now; a mask value outside
+        the classes raises :class:`DataReadError` naming ``data.num_classes`` and the file."""
+        x, y = read_image_mask(self.image_files[i], self.mask_files[i], self.key, self.image_size)
+        if x.shape[1:] != self.sizes[i]:
+            raise DataReadError(f"{self.key}: {self.image_files[i].name} decodes to {x.shape[1]} x {x.shape[2]}, "
+                                f"not the {self.sizes[i][0]} x {self.sizes[i][1]} its header gave")
+        y = map_mask(y, self.ignore_value, self.label_map)
+        bad = (y != IGNORE_INDEX) & ((y < 0) | (y >= self.num_classes))
+        if bad.any():
+            ignored = f" and {self.ignore_value} (data.ignore_value)" if self.ignore_value is not None else ""
+            raise DataReadError(f"data.num_classes: {self.num_classes}, but the mask {self.mask_files[i].name} of "
+                                f"{self.key} holds the value {int(y[bad].max())}; class indices are "
+                                f"0..{self.num_classes - 1}{ignored}")
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y)
+
+    def fetch(self, indices: torch.Tensor) -> Batch:
+        idx = indices.tolist()
+        pairs = [self.read(k) for k in idx]
+        if self.crop_size is not None:
+            images, sizes = pad_stack([x for x, _ in pairs])
+            masks = pad_stack([y for _, y in pairs])[0]
+            return Batch(inputs=images, labels=masks, indices=indices,
+                         meta={"uncut": sizes, "patch": int(self.crop_size)})
+        named = several_sizes([self.image_files[k].name for k in idx], [tuple(x.shape[1:]) for x, _ in pairs])
+        if named:
+            raise DataReadError(f"{self.key}: one batch holds images of several sizes ({named}); set "
+                                "data.image_size or data.crop_size, or train.eval_batch_size: 1")
+        return Batch(inputs=torch.stack([x for x, _ in pairs]), labels=torch.stack([y for _, y in pairs]),
+                     indices=indices, meta={})
+
+
+def stream_mask_folders(root: Path, key: str, d: Any, *, train: bool, single_batch: bool = False) -> StreamedMasks:
+    """:class:`StreamedMasks` of ``root`` (``images/`` + ``masks/``, paired as :func:`read_mask_folders` pairs
+    them), reading only the images' headers now (none with ``image_size``). ``d``: the ``data`` section; its
+    ``num_classes`` is required (the masks are not all read up front). Without ``crop_size`` (training) or
+    ``single_batch`` (evaluation one image per batch), the images must share one size."""
+    pairs = mask_pairs(root, key)
+    names = [p.name for p, _ in pairs]
+    if d.image_size is not None:
+        sizes = [(d.image_size, d.image_size)] * len(pairs)
+    else:
+        sizes = [header_size(p, key) for p, _ in pairs]
+    crop = d.crop_size if train else None
+    if crop is not None:
+        small = [(n, s) for n, s in zip(names, sizes, strict=True) if min(s) < crop]
+        if small:
+            raise ConfigError(f"data.crop_size: {crop} px is larger than {small[0][0]} in {root / 'images'} "
+                              f"({small[0][1][0]} x {small[0][1][1]})")
+    named = several_sizes(names, sizes)
+    if named and crop is None and not single_batch:
+        raise ConfigError(f"{key}: the images have several sizes ({named}...); set data.image_size"
+                          + (" or data.crop_size" if train else " or train.eval_batch_size: 1"))
+    return StreamedMasks([p for p, _ in pairs], [m for _, m in pairs], sizes, int(d.num_classes), d.image_size,
+                         d.ignore_value, dict(d.label_map) if d.label_map else None, crop, key,
+                         f"{root} (streamed)")
+
+
+def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays | StreamedMasks,
+                                              SegmentationArrays | StreamedMasks | None]:
     d = cfg.data
     if d.source == "texmosaic":
         t = d.texmosaic
@@ -210,6 +320,16 @@ def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays, SegmentationAr
         return train, evald
     if d.train is None:
         raise ConfigError("data.train: source: folders needs a folder with images/ and masks/")
+    if d.streaming:
+        if d.num_classes is None:
+            raise ConfigError("data.num_classes: required with data.streaming (the masks are read when their batch "
+                              "is, not all up front to find the classes); give the number of classes")
+        one = getattr(getattr(cfg, "train", None), "eval_batch_size", None) == 1
+        train_s = stream_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", d,
+                                      train=True)
+        eval_s = stream_mask_folders(existing_folder(d.eval, cfg.base_dir, "data.eval"), "data.eval", d,
+                                     train=False, single_batch=one) if d.eval else None
+        return train_s, eval_s
     kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes,
                label_map=d.label_map)
     train = read_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", **kw2)

@@ -40,7 +40,13 @@ class SegmentationData(Strict):
     covers it); ``num_classes`` is read from the masks (train and eval) unless given. Images and masks are turned
     upright by their EXIF orientation tag.
     ``image_size`` resizes (images bilinear, masks nearest); without it every image must have the same size.
-    ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std)."""
+    ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std).
+    ``crop_size``: training cuts one random ``crop_size`` square from each image and the same square from its mask
+    (after ``image_size``), its corner drawn from the run's seeded generator; evaluation sees whole images.
+    ``streaming`` (``folders`` only; the name and idea of ``image_classification``'s): keep the file list and the
+    sizes read from the headers, and decode each pair when its batch is fetched (``num_classes`` is then
+    required); with ``crop_size`` the training images may have any sizes, and evaluation may mix sizes with
+    ``train.eval_batch_size: 1``."""
 
     source: Literal["texmosaic", "folders"] = "texmosaic"
     texmosaic: TexMosaicConfig = TexMosaicConfig()
@@ -52,3 +58,5 @@ class SegmentationData(Strict):
     image_size: int | None = Field(None, gt=0, le=4096)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
     channels_last: Flag = False
+    crop_size: int | None = Field(None, ge=4, le=4096)
+    streaming: Flag = False

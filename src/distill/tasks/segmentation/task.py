@@ -10,7 +10,8 @@ from torch import nn
 
 from distill.core.batch import Batch
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
-from distill.tasks.segmentation.data import IGNORE_INDEX, SegmentationArrays
+from distill.data.image_files import cut, draw_corners
+from distill.tasks.segmentation.data import IGNORE_INDEX, SegmentationArrays, StreamedMasks
 
 
 def normalize_stats(spec: object) -> tuple[Sequence[float], Sequence[float]]:
@@ -74,26 +75,48 @@ class SemanticSegmentation:
     higher_is_better = True
     augment = None
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], num_classes: int, channels_last: bool = False):
+    def __init__(self, mean: Sequence[float], std: Sequence[float], num_classes: int, channels_last: bool = False,
+                 crop_size: int | None = None):
         self.normalize = Normalize(mean, std)
         self.num_classes = int(num_classes)
         self.channels_last = channels_last
+        self.crop_size = crop_size
 
     def describe(self) -> dict[str, str]:
         """How stored images become model inputs (part of a teacher cache's fingerprint)."""
-        return {"task": type(self).__name__, "normalize": repr(self.normalize), "classes": str(self.num_classes)}
+        out = {"task": type(self).__name__, "normalize": repr(self.normalize), "classes": str(self.num_classes)}
+        if self.crop_size is not None:
+            out["crop"] = str(self.crop_size)
+        return out
 
-    def num_examples(self, data: SegmentationArrays) -> int:
+    def num_examples(self, data: SegmentationArrays | StreamedMasks) -> int:
         return len(data)
 
-    def fetch(self, data: SegmentationArrays, indices: torch.Tensor) -> Batch:
+    def fetch(self, data: SegmentationArrays | StreamedMasks, indices: torch.Tensor) -> Batch:
+        if isinstance(data, StreamedMasks):  # data.streaming: decoded now (in a loader worker, if any)
+            return data.fetch(indices)
         return Batch(inputs=data.images[indices], labels=data.masks[indices], indices=indices, meta={})
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
-        x = self.normalize(batch.inputs)
+        """Normalise. With ``crop_size``, a training batch (and a streamed batch of whole images,
+        ``meta["uncut"]``) first gets one ``crop_size`` square per image, the same for its mask, the corner drawn
+        from ``generator`` (the trainer's: seed, epoch, step) and kept in ``meta["corners"]`` (centred outside
+        training)."""
+        meta = dict(batch.meta)
+        x, y = batch.inputs, batch.labels
+        if "uncut" in meta or (train and self.crop_size is not None):
+            size = int(meta.pop("patch", self.crop_size))
+            sizes = meta.pop("uncut", None)
+            if sizes is None:  # in memory: every image of the batch has the batch's size
+                sizes = torch.tensor([list(x.shape[-2:])] * x.shape[0], dtype=torch.int64)
+            corners = draw_corners(sizes, size, generator if train else None)
+            x = cut(x, corners, size)
+            y = cut(y, corners, size) if y is not None else None
+            meta["corners"] = corners
+        x = self.normalize(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return Batch(inputs=x, labels=batch.labels, indices=batch.indices, meta=dict(batch.meta))
+        return Batch(inputs=x, labels=y, indices=batch.indices, meta=meta)
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch.inputs)
