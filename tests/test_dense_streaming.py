@@ -184,7 +184,7 @@ def test_sr_streaming_bad_settings_name_the_key_and_file(tmp_path, sr_folders):
 
 def fit_sr(tmp_path: Path, root: Path, name: str, max_steps: int | None = None, workers: int = 0):
     raw = {"task": "super_resolution", "output_dir": str(tmp_path / name), "seed": 3, "deterministic": True,
-           "data": {"source": "folders", "train": str(root), "patch_size": 8, "streaming": True},
+           "data": {"source": "folders", "train": str(root), "eval": str(root), "patch_size": 8, "streaming": True},
            "student": {"arch": "span", "options": {"channels": 4, "num_blocks": 1}}, "methods": [{"name": "l1"}],
            "train": {"epochs": 3, "batch_size": 2, "lr": 0.01, "checkpoint_every": 2, "progress": False,
                      "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1}}
@@ -197,6 +197,7 @@ def test_sr_streamed_run_resumes_bit_identically(tmp_path, sr_folders):
     root = sr_folders / "div2k"
     full, summary = fit_sr(tmp_path, root, "full")
     assert summary["steps"] == 3  # 3 images, batches of 2 (the last dropped), 3 epochs
+    assert set(summary["final"]) >= {"psnr", "ssim"}  # the streamed evaluation tiles were scored
     _, first = fit_sr(tmp_path, root, "split", max_steps=2)
     assert first["steps"] == 2
     resumed, last = fit_sr(tmp_path, root, "split")
@@ -306,11 +307,13 @@ def test_seg_streaming_bad_settings_name_the_key_and_file(tmp_path, seg_folders)
 
 def fit_seg(tmp_path: Path, root: Path, name: str, max_steps: int | None = None, workers: int = 0):
     raw = {"task": "semantic_segmentation", "output_dir": str(tmp_path / name), "seed": 5, "deterministic": True,
-           "data": {"source": "folders", "train": str(root), "num_classes": 3, "crop_size": 16, "streaming": True},
+           "data": {"source": "folders", "train": str(root), "eval": str(root), "num_classes": 3, "crop_size": 16,
+                    "streaming": True},
            "student": {"arch": "seg_resnet", "options": {"widths": [4, 4, 4, 4], "decoder": 4}},
            "methods": [{"name": "ce"}],
            "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "checkpoint_every": 2, "progress": False,
-                     "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1}}
+                     "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1,
+                     "eval_batch_size": 1}}  # whole evaluation images of several sizes, one per batch
     exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
     summary = exp.fit()
     return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
@@ -320,6 +323,7 @@ def test_seg_streamed_run_resumes_bit_identically_and_workers_change_nothing(tmp
     root = seg_folders / "mixed"
     full, summary = fit_seg(tmp_path, root, "full")
     assert summary["steps"] == 4  # 4 image pairs, batches of 2, 2 epochs
+    assert 0.0 <= summary["final"]["miou"] <= 1.0  # whole evaluation images of several sizes, one per batch
     _, first = fit_seg(tmp_path, root, "split", max_steps=3)
     assert first["steps"] == 3
     resumed, last = fit_seg(tmp_path, root, "split")
