@@ -152,6 +152,9 @@ def report() -> dict[str, Any]:
     for suite, arms in ARMS.items():
         base = BASELINE[suite]
         key = metrics[suite][0]
+        if not any(done.get((suite, arm)) for arm in arms):
+            lines += [f"## {suite}: not run on this dataset (`--suites {suite}` runs it)", ""]
+            continue
         lines += [f"## {suite} (baseline {base})", "",
                   "| arm | n | " + " | ".join(metrics[suite]) + f" | paired diff {key} vs {base} |",
                   "|---|---|" + "---|" * (len(metrics[suite]) + 1)]
@@ -189,7 +192,7 @@ def report() -> dict[str, Any]:
         lines += [f"@verdict {suite}", ""]
     data = {"dataset": DATASET, "seeds": list(SEEDS), "suites": table}
     verdicts = continual_verdicts(data)
-    for suite in ARMS:
+    for suite in table:
         judged = [f"{row.split('/', 1)[1]}: **{v}**" for row, v in verdicts.items()
                   if row.startswith(suite + "/") and v.status != "role"]
         text = "Verdict (benchmarks/verdicts_families.py): " + "; ".join(judged) if judged else "no result yet"
