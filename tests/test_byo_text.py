@@ -1,0 +1,94 @@
+"""Bring-your-own text data, as a new user writes it: JSONL / parquet / CSV with their own column names and class
+names, read with ``format: auto``; empty texts, one-class label columns and unseen evaluation labels refused with
+the key, the file and the row. A tiny word-piece tokenizer built here, so no model package is needed."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from distill.config import ConfigError, parse_config
+from distill.core.family import FAMILIES
+
+datasets = pytest.importorskip("datasets")
+pytest.importorskip("transformers")
+
+WORDS = "a the fine film bad good movie great awful plot".split()
+ROWS = [("a fine film", "pos"), ("bad plot", "neg"), ("great movie", "pos"), ("awful film", "neg"),
+        ("the good plot", "pos"), ("a bad movie", "neg")]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2),
+                                                                                               ("[SEP]", 3)])
+    out = tmp_path_factory.mktemp("tok")
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(str(out))
+    return out
+
+
+def load(tmp_path, tokenizer_dir, **data):
+    raw = {"task": "text_classification", "data": {"tokenizer": str(tokenizer_dir), "max_length": 8, **data},
+           "student": {"arch": "textcnn"}, "methods": [{"name": "ce"}]}
+    return FAMILIES.get("text_classification").load(parse_config(yaml.safe_load(yaml.safe_dump(raw)),
+                                                                 base_dir=tmp_path))
+
+
+def write(tmp_path, rows, stem="t", text="review_text", label="verdict"):
+    table = datasets.Dataset.from_dict({text: [t for t, _ in rows], label: [y for _, y in rows]})
+    table.to_csv(str(tmp_path / f"{stem}.csv"), index=False)
+    table.to_json(str(tmp_path / f"{stem}.jsonl"), lines=True)
+    table.to_parquet(str(tmp_path / f"{stem}.parquet"))
+
+
+def test_format_auto_reads_jsonl_parquet_and_named_csv_columns_by_file_name(tmp_path, tokenizer_dir):
+    write(tmp_path, ROWS)
+    got = [load(tmp_path, tokenizer_dir, train=f"t.{ext}", text_column="review_text", label_column="verdict").train
+           for ext in ("csv", "jsonl", "parquet")]
+    for split in got:
+        assert split.classes == ["neg", "pos"] and split.labels.tolist() == [1, 0, 1, 0, 1, 0]
+        assert split.input_ids.tolist() == got[0].input_ids.tolist()
+    # the CSV reader's own header error points to the keys that name the columns
+    with pytest.raises(ConfigError, match=r"^data\.train: .*t\.csv, line 1: .*data\.text_column"):
+        load(tmp_path, tokenizer_dir, train="t.csv")
+
+
+def test_empty_and_null_texts_are_refused_naming_file_and_row(tmp_path, tokenizer_dir):
+    write(tmp_path, ROWS)
+    write(tmp_path, [("good", "pos"), ("   ", "neg")], "empty")
+    with pytest.raises(ConfigError, match=r"^data\.eval: .*empty\.jsonl: column 'review_text' row 1 .*empty text"):
+        load(tmp_path, tokenizer_dir, train="t.jsonl", eval="empty.jsonl", text_column="review_text",
+             label_column="verdict")
+    datasets.Dataset.from_dict({"review_text": ["good", None], "verdict": ["pos", "neg"]}).to_parquet(
+        str(tmp_path / "null.parquet"))
+    with pytest.raises(ConfigError, match=r"^data\.eval: .*null\.parquet: column 'review_text' row 1 .*empty "
+                                          r"\(null / NaN\)"):
+        load(tmp_path, tokenizer_dir, train="t.parquet", eval="null.parquet", text_column="review_text",
+             label_column="verdict")
+
+
+def test_one_class_training_labels_are_refused(tmp_path, tokenizer_dir):
+    write(tmp_path, [(t, "pos") for t, _ in ROWS], "one")
+    with pytest.raises(ConfigError, match=r"^data\.train: .*one\.parquet: column 'verdict' holds one class only "
+                                          r"\('pos'\)"):
+        load(tmp_path, tokenizer_dir, train="one.parquet", text_column="review_text", label_column="verdict")
+    (tmp_path / "one.tsv").write_text("1\tgood film\n1\tbad film\n")  # distill's own reader, integer labels
+    with pytest.raises(ConfigError, match=r"^data\.train: .*one\.tsv: the labels of one\.tsv holds one class"):
+        load(tmp_path, tokenizer_dir, train="one.tsv")
+
+
+def test_an_evaluation_label_train_never_saw_is_refused_naming_the_row(tmp_path, tokenizer_dir):
+    write(tmp_path, ROWS)
+    write(tmp_path, [("good", "pos"), ("fine", "neg"), ("plot", "neutral")], "dev")
+    with pytest.raises(ConfigError, match=r"^data\.eval: .*dev\.jsonl: labels \['neutral'\] are not among the "
+                                          r"training classes \['neg', 'pos'\] \(first at row 2"):
+        load(tmp_path, tokenizer_dir, train="t.jsonl", eval="dev.jsonl", label_column="verdict",
+             text_column="review_text")
