@@ -26,12 +26,14 @@ def load_ranking_collection(cfg: Any) -> RetrievalCollection:
                 from None
     if d.format != "auto":
         return table_collection(cfg)
-    files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in ("docs", "queries", "qrels")]
+    keys = ("docs", "queries", "qrels")
+    files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in keys]
     try:
         return load_collection(*files)
     except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
-        raise ConfigError(f"data (docs, queries, qrels): {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = next((k for k, f in zip(keys, files) if message.startswith(str(f))), "docs, queries, qrels")
+        raise ConfigError(f"data.{key}: {message}" if "," not in key else f"data ({key}): {message}") from None
 
 
 def table_texts(cfg: Any, key: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -65,7 +67,7 @@ def table_texts(cfg: Any, key: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def table_collection(cfg: Any) -> RetrievalCollection:
     """``docs`` and ``queries`` from ``datasets`` tables, ``qrels`` from its TREC file."""
-    from distill.text.ir_data import read_qrels
+    from distill.text.ir_data import check_qrels, read_qrels
 
     docs, titles = table_texts(cfg, "docs")
     queries, _ = table_texts(cfg, "queries")
@@ -74,9 +76,10 @@ def table_collection(cfg: Any) -> RetrievalCollection:
         judged = read_qrels(qrels)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"data.qrels: {str(e).splitlines()[0]}") from None
-    unknown = sorted({doc for q in judged.values() for doc in q} - set(docs))
-    if unknown:
-        raise ConfigError(f"data.qrels: judged documents not in data.docs: {unknown[:5]}")
+    try:
+        check_qrels(qrels, judged, docs, queries, "data.docs", "data.queries")
+    except ValueError as e:
+        raise ConfigError(f"data.qrels: {e}") from None
     return RetrievalCollection(docs, queries, judged, titles)
 
 
