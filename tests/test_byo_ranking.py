@@ -65,3 +65,17 @@ def test_ranking_errors_name_the_key_file_and_line(tmp_path):
     (tmp_path / "d.tsv").write_text("d1\tlift\nd2\ta\tb\tc\n")
     with pytest.raises(ConfigError, match=r"^data\.docs: .*d\.tsv, line 2: expected 'id<TAB>text'"):
         load_ranking_collection(ranking_cfg(tmp_path, docs="d.tsv", queries=queries.name, qrels="q.txt"))
+
+
+def test_queries_a_score_file_leaves_unscored_are_reported_not_dropped_silently(tmp_path):
+    from distill.tasks.ranking.data import load_ranking_collection, training_groups
+
+    docs, queries, qrels = beir(tmp_path, ["q1\td1\t1\n", "q2\td3\t1\n"])
+    cfg = ranking_cfg(tmp_path, docs=docs.name, queries=queries.name, qrels="qrels/test.tsv", num_negatives=1)
+    coll = load_ranking_collection(cfg)
+    scores = {("q1", "d1"): 2.0, ("q1", "d2"): 0.5, ("q2", "d3"): 1.0}  # q2 has no scored negative
+    with pytest.warns(UserWarning, match=r"teacher\.scores: 1 of 2 training queries .* e\.g\. 'q2'"):
+        groups = training_groups(cfg, coll, scores)
+    assert len(groups) == 1
+    with pytest.raises(ConfigError, match=r"^teacher\.scores: 2 of 2 training queries .*no training groups"):
+        training_groups(cfg, coll, {("q1", "d1"): 2.0, ("q2", "d3"): 1.0})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 from distill.config import ConfigError
@@ -118,6 +119,15 @@ def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str,
     bm25 = BM25Index(coll.docs) if not scored or d.title_groups else None
     if scored:
         groups = score_file_groups(coll, qids, scores, d.num_negatives, cfg.seed)
+        kept = {q for q, _, _ in groups}
+        skipped = [q for q in qids if q not in kept]
+        if skipped:
+            note = (f"teacher.scores: {len(skipped)} of {len(qids)} training queries have no scored judged positive "
+                    f"or fewer than data.num_negatives ({d.num_negatives}) scored non-relevant documents, e.g. "
+                    f"{skipped[0]!r}")
+            if not groups:
+                raise ConfigError(f"{note}: no training groups are left")
+            warnings.warn(f"{note}; they are left out of training", stacklevel=2)
         if d.max_positives is not None:
             raise ConfigError("data.max_positives: applies to BM25 negatives (data.negatives: bm25)")
     else:
