@@ -92,3 +92,28 @@ def test_an_evaluation_label_train_never_saw_is_refused_naming_the_row(tmp_path,
                                           r"training classes \['neg', 'pos'\] \(first at row 2"):
         load(tmp_path, tokenizer_dir, train="t.jsonl", eval="dev.jsonl", label_column="verdict",
              text_column="review_text")
+
+
+def embedding_cfg(tmp_path, **data):
+    raw = {"task": "embedding", "data": data, "student": {"arch": "static"}, "methods": [{"name": "leaf"}]}
+    return parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path)
+
+
+def test_embedding_tables_skip_empty_cells_and_a_table_read_as_lines_is_refused(tmp_path):
+    from distill.tasks.embedding.data import load_texts
+
+    table = datasets.Dataset.from_dict({"sentence": ["wing lift", None, "  ", "shock wave"]})
+    table.to_json(str(tmp_path / "s.jsonl"), lines=True)
+    table.to_parquet(str(tmp_path / "s.parquet"))
+    (tmp_path / "s.txt").write_text("wing lift\n\n  \nshock wave\n")
+    want = load_texts(embedding_cfg(tmp_path, train="s.txt"), "train")
+    assert want == ["wing lift", "shock wave"]
+    for fmt in ("jsonl", "parquet"):  # docs/data.md: empty texts are skipped, as empty lines are
+        assert load_texts(embedding_cfg(tmp_path, train=f"s.{fmt}", format=fmt, text_column="sentence"),
+                          "train") == want
+    # the default format (lines) would train on the JSON source text of each record
+    with pytest.raises(ConfigError, match=r"^data\.train: s\.jsonl looks like a jsonl table.*data\.format: jsonl"):
+        load_texts(embedding_cfg(tmp_path, train="s.jsonl"), "train")
+    datasets.Dataset.from_dict({"sentence": [1, 2]}).to_parquet(str(tmp_path / "n.parquet"))
+    with pytest.raises(ConfigError, match=r"^data\.train: .*n\.parquet: column 'sentence' row 0 .* int, not text"):
+        load_texts(embedding_cfg(tmp_path, train="n.parquet", format="parquet", text_column="sentence"), "train")
