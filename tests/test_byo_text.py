@@ -128,9 +128,9 @@ def test_a_pretrained_minilm_model_refuses_a_foreign_tokenizer(tmp_path, tokeniz
     write(tmp_path, ROWS)
     loaded = load(tmp_path, tokenizer_dir, train="t.jsonl", text_column="review_text", label_column="verdict")
     for key, arch in (("student", "minilm_truncated"), ("teacher", "minilm")):
-        raw = {"task": "text_classification", "data": {"train": "t.jsonl"}, key: {"arch": arch, "options": {}, "weights": "random"},
-               "methods": [{"name": "kd"}], **({"student": {"arch": "textcnn"}} if key == "teacher" else
-                                               {"teacher": {"arch": "textcnn", "weights": "random"}})}
+        other = "teacher" if key == "student" else "student"
+        raw = {"task": "text_classification", "data": {"train": "t.jsonl"}, "methods": [{"name": "kd"}],
+               key: {"arch": arch, "weights": "random"}, other: {"arch": "textcnn", "weights": "random"}}
         cfg = parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path)
         model_cfg = getattr(cfg, key)
         with pytest.raises(ConfigError, match=rf"^{key}: its pretrained word embeddings are indexed by the tokenizer "
