@@ -139,3 +139,11 @@ def test_a_pretrained_minilm_model_refuses_a_foreign_tokenizer(tmp_path, tokeniz
     scratch = model_cfg.model_copy(update={"options": {"pretrained": False, "layers": 1}})
     assert build_text_model(scratch, 2, loaded.info["vocab_size"], str(tmp_path), "teacher",
                             loaded.info["tokenizer"]) is not None
+
+
+def test_a_named_column_of_a_tsv_file_is_refused_not_ignored(tmp_path, tokenizer_dir):
+    """The TSV reader picks the 'text' column itself: naming another one used to train on 'text' silently."""
+    (tmp_path / "t.tsv").write_text("title\ttext\tlabel\nA\tgood film\tpos\nB\tbad film\tneg\n")
+    assert load(tmp_path, tokenizer_dir, train="t.tsv").train.texts == ["good film", "bad film"]
+    with pytest.raises(ConfigError, match=r"^data\.text_column: t\.tsv is read by distill's SST/TSV reader"):
+        load(tmp_path, tokenizer_dir, train="t.tsv", text_column="title")

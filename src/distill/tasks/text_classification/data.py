@@ -72,6 +72,11 @@ def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | Non
         examples = read_text_table(d, path, key, classes, fmt)
     else:
         path = existing_file(getattr(d, key), cfg.base_dir, f"data.{key}")
+        named = "data.text_column" if d.text_column else "data.label_column" if d.label_column else None
+        if named is not None:  # the SST / TSV reader finds its columns itself: a named column would be ignored
+            raise ConfigError(f"{named}: {path.name} is read by distill's SST/TSV reader (data.format: {d.format}), "
+                              "which takes the text/sentence and label columns of its header itself; named columns "
+                              "are read from tables: data.format: csv, jsonl, parquet or arrow")
         try:
             examples = load_text_classification(path, d.format, classes)
         except TextDataError as e:
