@@ -250,7 +250,9 @@ def labels_of(table: Any, column: str, key: str, path: Path,
     lookup = {c: i for i, c in enumerate(names)}
     unknown = sorted(set(text) - set(lookup))
     if unknown:
-        raise ConfigError(f"{key}: {path}: labels {unknown[:5]} are not among the training classes {names[:10]}")
+        row = next(i for i, t in enumerate(text) if t not in lookup)
+        raise ConfigError(f"{key}: {path}: labels {unknown[:5]} are not among the training classes {names[:10]} "
+                          f"(first at row {row}, counting from 0)")
     return np.array([lookup[t] for t in text], dtype=np.int64), names
 
 
@@ -259,5 +261,6 @@ def texts_of(table: Any, column: str, key: str, path: Path) -> list[str]:
     values = column_values(table, column)
     for i, v in enumerate(values):
         if not isinstance(v, str):
-            raise ConfigError(f"{key}: {path}: column {column!r} row {i} is {type(v).__name__}, not text")
+            what = "empty (null / NaN)" if v is None or (isinstance(v, float) and v != v) else type(v).__name__
+            raise ConfigError(f"{key}: {path}: column {column!r} row {i} (counting from 0) is {what}, not text")
     return values

@@ -93,7 +93,8 @@ def read_qrels(path: str | Path, *, cranfield_grades: bool = False) -> dict[str,
     """TREC qrels (``qid iter docid grade``) or three columns (``qid docid grade``), whitespace-separated.
 
     With ``cranfield_grades`` the Cranfield codes are converted to gains: 1..4 -> 4..1 (gain = 5 - code), and
-    codes <= 0 or > 4 become 0 (not relevant). Otherwise grades are taken as gains (<= 0: not relevant)."""
+    codes <= 0 or > 4 become 0 (not relevant). Otherwise grades are taken as gains (<= 0: not relevant). A header
+    row (BEIR's ``query-id corpus-id score``) is skipped."""
     path = Path(path)
     qrels: dict[str, dict[str, int]] = {}
     for lineno, line in enumerate(_lines(path), 1):
@@ -110,11 +111,21 @@ def read_qrels(path: str | Path, *, cranfield_grades: bool = False) -> dict[str,
         try:
             g = int(float(grade))
         except ValueError:
+            if not qrels and lineno == first_line(path) and not grade.lstrip("-").replace(".", "", 1).isdigit():
+                continue  # a header row, as BEIR's qrels/*.tsv start with ("query-id corpus-id score")
             raise FormatError(f"{path}, line {lineno}: grade {grade!r} is not a number") from None
         if cranfield_grades:
             g = 5 - g if 1 <= g <= 4 else 0
         qrels.setdefault(qid, {})[docid] = max(g, 0)
     return qrels
+
+
+def first_line(path: Path) -> int:
+    """The number of the first non-blank line of a text file (1-based)."""
+    for lineno, line in enumerate(_lines(path), 1):
+        if line.strip():
+            return lineno
+    return 1
 
 
 def read_tsv_texts(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
@@ -130,12 +141,18 @@ def read_tsv_texts(path: str | Path) -> tuple[dict[str, str], dict[str, str]]:
         if jsonl:
             try:
                 rec = json.loads(line)
-                key = str(rec.get("_id", rec.get("id")))
+                ident = rec.get("_id", rec.get("id"))
                 text = rec["text"]
             except (json.JSONDecodeError, KeyError, AttributeError) as e:
                 raise FormatError(f"{path}, line {lineno}: expected a JSON object with '_id' and 'text' "
                                   f"({e})") from None
+            if ident is None or str(ident).strip() == "":
+                raise FormatError(f"{path}, line {lineno}: no '_id' (or 'id'); its keys: {sorted(rec)[:8]}")
+            if not isinstance(text, str):
+                raise FormatError(f"{path}, line {lineno}: 'text' is {type(text).__name__}, not a string")
+            key = str(ident)
             title = rec.get("title") or ""
+            title = title if isinstance(title, str) else str(title)
         else:
             parts = line.split("\t")
             if len(parts) == 2:
@@ -180,7 +197,21 @@ def load_collection(docs: str | Path, queries: str | Path, qrels: str | Path) ->
     doc_texts, titles = read_tsv_texts(docs)
     query_texts, _ = read_tsv_texts(queries)
     judged = read_qrels(qrels)
-    unknown = sorted({d for q in judged.values() for d in q} - set(doc_texts))
-    if unknown:
-        raise FormatError(f"{qrels}: judged documents not in {docs}: {unknown[:5]}")
+    check_qrels(qrels, judged, doc_texts, query_texts, str(docs), str(queries))
     return RetrievalCollection(doc_texts, query_texts, judged, titles)
+
+
+def check_qrels(path: str | Path, judged: dict[str, dict[str, int]], docs: dict[str, str], queries: dict[str, str],
+                docs_name: str, queries_name: str) -> None:
+    """Every judged document must be in the collection (the first offending line is named); at least one judged
+    query must be among the queries (ids that never match, e.g. ``1`` against ``q1``, would train on nothing)."""
+    unknown = sorted({d for q in judged.values() for d in q} - set(docs))
+    if unknown:
+        line = next((n for n, text in enumerate(_lines(Path(path)), 1)
+                     if len(text.split()) in (3, 4) and text.split()[-2] in unknown), None)
+        where = f", line {line}" if line else ""
+        raise FormatError(f"{path}{where}: judged documents not in {docs_name}: {unknown[:5]}"
+                          f"{f' ({len(unknown)} in all)' if len(unknown) > 5 else ''}")
+    if judged and not set(judged) & set(queries):
+        raise FormatError(f"{path}: none of its query ids ({sorted(judged)[:3]} ...) is in {queries_name} "
+                          f"({list(queries)[:3]} ...)")

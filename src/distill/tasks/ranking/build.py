@@ -45,7 +45,8 @@ class RankingFamily(SentenceFamily):
                 scores = ScoreFileTeacher(path)
             except (ValueError, OSError, IndexError, KeyError) as e:  # UnicodeDecodeError is a ValueError
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise ConfigError(f"teacher.scores: {path}: {first}") from None
+                raise ConfigError(f"teacher.scores: {first if first.startswith(str(path)) else f'{path}: {first}'}") \
+                    from None
         groups = training_groups(cfg, coll, scores.scores if scores is not None else None)
         task = TextRanking(None, cfg.data.query_length, cfg.data.doc_length)  # type: ignore[arg-type]
         return Loaded(task, groups, None, info={"collection": coll, "score_teacher": scores})

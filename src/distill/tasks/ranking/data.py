@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Any
 
 from distill.config import ConfigError
@@ -26,12 +27,14 @@ def load_ranking_collection(cfg: Any) -> RetrievalCollection:
                 from None
     if d.format != "auto":
         return table_collection(cfg)
-    files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in ("docs", "queries", "qrels")]
+    keys = ("docs", "queries", "qrels")
+    files = [existing_file(getattr(d, k), cfg.base_dir, f"data.{k}") for k in keys]
     try:
         return load_collection(*files)
     except (OSError, ValueError, KeyError, IndexError, UnicodeDecodeError) as e:
-        raise ConfigError(f"data (docs, queries, qrels): {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
-            from None
+        message = str(e).splitlines()[0] if str(e) else type(e).__name__
+        key = next((k for k, f in zip(keys, files) if message.startswith(str(f))), "docs, queries, qrels")
+        raise ConfigError(f"data.{key}: {message}" if "," not in key else f"data ({key}): {message}") from None
 
 
 def table_texts(cfg: Any, key: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -65,7 +68,7 @@ def table_texts(cfg: Any, key: str) -> tuple[dict[str, str], dict[str, str]]:
 
 def table_collection(cfg: Any) -> RetrievalCollection:
     """``docs`` and ``queries`` from ``datasets`` tables, ``qrels`` from its TREC file."""
-    from distill.text.ir_data import read_qrels
+    from distill.text.ir_data import check_qrels, read_qrels
 
     docs, titles = table_texts(cfg, "docs")
     queries, _ = table_texts(cfg, "queries")
@@ -74,9 +77,10 @@ def table_collection(cfg: Any) -> RetrievalCollection:
         judged = read_qrels(qrels)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise ConfigError(f"data.qrels: {str(e).splitlines()[0]}") from None
-    unknown = sorted({doc for q in judged.values() for doc in q} - set(docs))
-    if unknown:
-        raise ConfigError(f"data.qrels: judged documents not in data.docs: {unknown[:5]}")
+    try:
+        check_qrels(qrels, judged, docs, queries, "data.docs", "data.queries")
+    except ValueError as e:
+        raise ConfigError(f"data.qrels: {e}") from None
     return RetrievalCollection(docs, queries, judged, titles)
 
 
@@ -115,6 +119,15 @@ def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str,
     bm25 = BM25Index(coll.docs) if not scored or d.title_groups else None
     if scored:
         groups = score_file_groups(coll, qids, scores, d.num_negatives, cfg.seed)
+        kept = {q for q, _, _ in groups}
+        skipped = [q for q in qids if q not in kept]
+        if skipped:
+            note = (f"teacher.scores: {len(skipped)} of {len(qids)} training queries have no scored judged positive "
+                    f"or fewer than data.num_negatives ({d.num_negatives}) scored non-relevant documents, e.g. "
+                    f"{skipped[0]!r}")
+            if not groups:
+                raise ConfigError(f"{note}: no training groups are left")
+            warnings.warn(f"{note}; they are left out of training", stacklevel=2)
         if d.max_positives is not None:
             raise ConfigError("data.max_positives: applies to BM25 negatives (data.negatives: bm25)")
     else:

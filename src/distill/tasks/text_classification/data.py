@@ -30,33 +30,63 @@ def read_tokenizer(cfg: Any) -> Any:
         raise ConfigError(f"data.tokenizer: {str(e).splitlines()[0]}") from None
 
 
-def uses_table(d: Any) -> bool:
-    """Whether ``data.format`` reads the files with ``datasets`` (CSV only when a column is named; otherwise the
-    CSV reader of :mod:`distill.data.text` finds the columns itself)."""
-    return d.format in ("jsonl", "parquet", "arrow") or (d.format == "csv" and bool(d.text_column or d.label_column))
+def table_format(d: Any, path: str | Path) -> str | None:
+    """The ``datasets`` format a file is read with, or None for the reader of :mod:`distill.data.text` (CSV only
+    when a column is named; otherwise that reader finds the columns itself). ``format: auto`` picks by the file
+    name: ``.jsonl``/``.json`` and ``.parquet`` are tables, ``.csv`` when a column is named."""
+    fmt = d.format
+    if fmt == "auto":
+        name = str(path).lower()
+        fmt = ("jsonl" if name.endswith((".jsonl", ".json")) else "parquet" if name.endswith(".parquet")
+               else "csv" if name.endswith(".csv") else fmt)
+    if fmt in ("jsonl", "parquet", "arrow") or (fmt == "csv" and bool(d.text_column or d.label_column)):
+        return fmt
+    return None
 
 
-def read_text_table(d: Any, path: Path, key: str, classes: list[str] | None) -> TextExamples:
+def read_text_table(d: Any, path: Path, key: str, classes: list[str] | None,
+                    fmt: str | None = None) -> TextExamples:
     """The labelled texts of a ``datasets`` table (columns ``data.text_column`` / ``data.label_column``)."""
     from distill.data.tables import labels_of, pick_column, read_table, split_for, texts_of
 
-    table = read_table(path, d.format, f"data.{key}", split=split_for(key))
+    table = read_table(path, fmt or table_format(d, path) or d.format, f"data.{key}", split=split_for(key))
     text = pick_column(table, d.text_column, TEXT_COLUMNS, "data.text_column", path)
     label = pick_column(table, d.label_column, LABEL_COLUMNS, "data.label_column", path)
     labels, names = labels_of(table, label, f"data.{key}", path, classes)
-    return TextExamples(texts_of(table, text, f"data.{key}", path), labels.tolist(), names, f"table {path}")
+    texts = texts_of(table, text, f"data.{key}", path)
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise ConfigError(f"data.{key}: {path}: column {text!r} row {i} (counting from 0) is an empty text")
+    return TextExamples(texts, labels.tolist(), names, f"table {path}")
+
+
+def _label_column_name(d: Any, path: Path) -> str:
+    return f"column {d.label_column!r}" if d.label_column and table_format(d, path) else f"the labels of {path.name}"
 
 
 def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | None) -> TokenizedText:
     d = cfg.data
-    if uses_table(d):
-        examples = read_text_table(d, existing_path(getattr(d, key), cfg.base_dir, f"data.{key}"), key, classes)
+    fmt = table_format(d, getattr(d, key))
+    if fmt is not None:
+        path = existing_path(getattr(d, key), cfg.base_dir, f"data.{key}")
+        examples = read_text_table(d, path, key, classes, fmt)
     else:
         path = existing_file(getattr(d, key), cfg.base_dir, f"data.{key}")
+        named = "data.text_column" if d.text_column else "data.label_column" if d.label_column else None
+        if named is not None:  # the SST / TSV reader finds its columns itself: a named column would be ignored
+            raise ConfigError(f"{named}: {path.name} is read by distill's SST/TSV reader (data.format: {d.format}), "
+                              "which takes the text/sentence and label columns of its header itself; named columns "
+                              "are read from tables: data.format: csv, jsonl, parquet or arrow")
         try:
             examples = load_text_classification(path, d.format, classes)
         except TextDataError as e:
-            raise ConfigError(f"data.{key}: {e}") from None
+            hint = (" (name other columns with data.text_column and data.label_column, and data.format: csv)"
+                    if "needs a header" in str(e) else "")
+            raise ConfigError(f"data.{key}: {e}{hint}") from None
+    if key == "train" and len(set(examples.labels)) < 2:
+        found = examples.classes[examples.labels[0]] if examples.labels else None
+        raise ConfigError(f"data.{key}: {path}: {_label_column_name(d, path)} holds one class only ({found!r}); a "
+                          "classifier needs at least two")
     if d.surface_transform is not None and key in d.surface_transform.splits:
         rewrite = d.surface_transform.build()
         examples = TextExamples([rewrite(t) for t in examples.texts], examples.labels, examples.classes,

@@ -59,10 +59,29 @@ def build_text_model(model_cfg: Any, num_outputs: int, vocab_size: int, base_dir
         if options["vocab_size"] < vocab_size:
             raise ConfigError(f"{key}.options.vocab_size: {options['vocab_size']}, but the tokenizer has {vocab_size} "
                               "ids; drop the option (it follows the tokenizer)")
+    if model_cfg.arch in FOLDER_ARCHS and options.get("pretrained", True) and tokenizer is not None:
+        _check_pretrained_vocab(options.get("model_dir", "minilm"), tokenizer, key)
     num_outputs = check_num_classes(model_cfg, num_outputs, key, "outputs" if key == "student" else "classes")
     with config_key(f"{key}.path"):
         model = call_builder(build_model, key, model_cfg.arch, num_classes=num_outputs, **options)
     return load_model_weights(model, model_cfg, base_dir, key)
+
+
+def _check_pretrained_vocab(model_dir: str, tokenizer: Any, key: str) -> None:
+    """A pretrained MiniLM-type encoder indexes its word embeddings by its own tokenizer's ids: ``data.tokenizer``
+    must be that tokenizer, or every id reads another word's embedding."""
+    from distill.data.text import resolve_model_dir
+    from distill.models.hf import FolderError, check_folder_tokenizer
+
+    try:
+        check_folder_tokenizer(resolve_model_dir(model_dir), tokenizer)
+    except FileNotFoundError:
+        return  # the missing folder is reported by the builder, naming the key
+    except FolderError as e:
+        detail = str(e).splitlines()[0].split(": ", 1)[-1].split(";")[0]  # "its tokenizer (N tokens) differs ..."
+        fix = "minilm" if model_dir == "minilm" else model_dir
+        raise ConfigError(f"{key}: its pretrained word embeddings are indexed by the tokenizer of {fix}: {detail}; "
+                          f"set data.tokenizer: {fix}, or {key}.options.pretrained: false") from None
 
 
 def load_text_folder(model_cfg: Any, num_outputs: int, tokenizer: Any, classes: list[str] | None,
