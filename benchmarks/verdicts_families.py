@@ -459,7 +459,7 @@ def continual_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
 
     def per_seed(suite: str, key: str) -> dict[str, dict[int, float]]:
         return {a: {int(s): 100.0 * v for s, v in zip(r.get("seeds", seeds), r[key])}
-                for a, r in suites.get(suite, {}).items() if key in r}
+                for a, r in suites.get(suite, {}).items() if r.get(key)}  # an arm with no finished seed: not run
 
     out: dict[str, Verdict] = {}
     if "ci" in suites:
