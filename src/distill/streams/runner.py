@@ -32,7 +32,7 @@ from distill.streams import metrics as M
 from distill.streams.learners import Learner, TaskInfo
 from distill.streams.stream import Stream
 from distill.train.checkpoint import clear_checkpoints, find_checkpoint, rng_state, save_checkpoint, set_rng_state
-from distill.train.trainer import ResumeMismatchError, derived_generator, epoch_order, seed_everything
+from distill.train.trainer import ResumeMismatchError, derived_generator, describe_changes, epoch_order, seed_everything
 
 KILL_ENV = "DISTILL_TEST_STREAM_KILL"
 
@@ -127,12 +127,9 @@ class ContinualRunner:
             return
         changed = sorted(k for k in set(old) | set(self.recipe) if old.get(k) != self.recipe.get(k))
         if changed:
-            detail = ", ".join(f"{k}: {old.get(k, '-')} -> {self.recipe.get(k, '-')}" for k in changed[:4])
-            if len(changed) > 4:
-                detail += f", and {len(changed) - 4} more"
             raise ResumeMismatchError(
-                f"the checkpoint {ckpt} was written by a different run ({detail}); resume with the same settings, "
-                "or start over with --restart or another output_dir")
+                f"the checkpoint {ckpt} was written by a different run ({describe_changes(changed, old, self.recipe)});"
+                " resume with the same settings, or start over with --restart or another output_dir")
 
     def run(self, resume: bool = True, on_task: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
         """Train the whole stream (continuing from the newest checkpoint when ``resume``); returns

@@ -46,6 +46,12 @@ from distill.train.schedules import lr_factor
 from distill.train.trackers import TrackedLog, accelerator_kwargs, missing_tracker, start_trackers
 
 
+def describe_changes(changed: list[str], old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``key: old -> new`` for the first four changed keys of a run's recipe, and how many more."""
+    detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
+    return detail + (f", and {len(changed) - 4} more" if len(changed) > 4 else "")
+
+
 class ResumeMismatchError(ValueError):
     """A checkpoint exists in the run folder but was written with other settings."""
 
@@ -280,11 +286,9 @@ class Trainer:
                          and not (k not in old and k.endswith("#file"))
                          and (both or not _identity_key(k)))
         if changed:
-            detail = ", ".join(f"{k}: {old.get(k, '-')} -> {new.get(k, '-')}" for k in changed[:4])
-            if len(changed) > 4:
-                detail += f", and {len(changed) - 4} more"
             raise ResumeMismatchError(
-                f"the checkpoint {ckpt} was written by a different run ({detail}); resume with the same settings, "
+                f"the checkpoint {ckpt} was written by a different run ({describe_changes(changed, old, new)}); "
+                "resume with the same settings, "
                 f"or start over with --restart (Trainer.fit(resume=False)) or another output_dir"
             )
 
