@@ -182,15 +182,20 @@ def test_sr_streaming_bad_settings_name_the_key_and_file(tmp_path, sr_folders):
         parse_config(raw, base_dir=tmp_path)
 
 
+def fit_config(tmp_path: Path, raw: dict):
+    """Train ``raw`` (through YAML, as a user's file) and return the student's weights and the run's summary."""
+    exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
+    summary = exp.fit()
+    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
+
+
 def fit_sr(tmp_path: Path, root: Path, name: str, max_steps: int | None = None, workers: int = 0):
     raw = {"task": "super_resolution", "output_dir": str(tmp_path / name), "seed": 3, "deterministic": True,
            "data": {"source": "folders", "train": str(root), "eval": str(root), "patch_size": 8, "streaming": True},
            "student": {"arch": "span", "options": {"channels": 4, "num_blocks": 1}}, "methods": [{"name": "l1"}],
            "train": {"epochs": 3, "batch_size": 2, "lr": 0.01, "checkpoint_every": 2, "progress": False,
                      "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1}}
-    exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
-    summary = exp.fit()
-    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
+    return fit_config(tmp_path, raw)
 
 
 def test_sr_streamed_run_resumes_bit_identically(tmp_path, sr_folders):
@@ -314,9 +319,7 @@ def fit_seg(tmp_path: Path, root: Path, name: str, max_steps: int | None = None,
            "train": {"epochs": 2, "batch_size": 2, "lr": 0.01, "checkpoint_every": 2, "progress": False,
                      "max_steps": max_steps, "cpu": True, "num_workers": workers, "log_every": 1,
                      "eval_batch_size": 1}}  # whole evaluation images of several sizes, one per batch
-    exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
-    summary = exp.fit()
-    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
+    return fit_config(tmp_path, raw)
 
 
 def test_seg_streamed_run_resumes_bit_identically_and_workers_change_nothing(tmp_path, seg_folders):
