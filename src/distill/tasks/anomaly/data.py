@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
+from distill.data.image_files import image_files
 from distill.data.images import upright
 
 TEXTURES = ("brick", "grass", "gravel")
@@ -154,14 +155,6 @@ def eval_crops(name: str, n_normal: int, n_defect: int, size: int = 64, split_ro
                         torch.from_numpy(np.concatenate(masks)))
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def _read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
     """The image resized to ``size`` (3 x size x size uint8), turned upright by its EXIF orientation, and its upright
     (width, height) before resizing."""
@@ -200,7 +193,7 @@ def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops
     if not train_dir.is_dir():
         raise ConfigError(f"data.root: {root} has no train/good/ folder (the MVTec AD layout: train/good/, "
                           "test/good/, test/<defect>/, ground_truth/<defect>/<stem>_mask.png)")
-    files = _images(train_dir)
+    files = image_files(train_dir)
     if not files:
         raise ConfigError(f"data.root: {train_dir} holds no images")
     train = np.stack([_read_rgb(p, size)[0] for p in files])
@@ -210,7 +203,7 @@ def read_mvtec_folder(root: Path, size: int) -> tuple[AnomalyCrops, AnomalyCrops
         return train_set, None
     images, masks = [], []
     for kind in sorted(p for p in test_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for img in _images(kind):
+        for img in image_files(kind):
             arr, img_size = _read_rgb(img, size)
             images.append(arr)
             if kind.name == "good":

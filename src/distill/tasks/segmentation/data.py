@@ -12,7 +12,7 @@ import torch
 
 from distill.config import ConfigError
 from distill.core.batch import Batch
-from distill.data.image_files import header_size, pad_stack, several_sizes
+from distill.data.image_files import header_size, image_files, pad_stack, several_sizes
 from distill.data.image_tables import DataReadError
 from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
@@ -20,7 +20,6 @@ from distill.tasks.common import existing_folder
 
 #: the label of a pixel without one (as for unlabelled examples everywhere in the library)
 IGNORE_INDEX = -100
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass
@@ -100,9 +99,7 @@ def _files(folder: Path, key: str) -> dict[str, Path]:
     """The images of ``folder`` by file stem; hidden files (``.*``, e.g. macOS ``._name.jpg``) are skipped and two
     files of the same stem (``a.jpg`` and ``a.png``) are refused, naming both."""
     out: dict[str, Path] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.suffix.lower() not in IMAGE_SUFFIXES or not p.is_file():
-            continue
+    for p in image_files(folder):
         if p.stem in out:
             raise ConfigError(f"{key}: {folder} holds {out[p.stem].name} and {p.name}: two files of one stem (the "
                               "stem pairs an image with its mask); keep one")
