@@ -75,12 +75,12 @@ def build_image_model(model_cfg: Any, num_classes: int, base_dir: str | None, ke
     options = validate_model_options(MODELS[model_cfg.arch], model_cfg.options, f"{key}.options", model_cfg.arch,
                                      SUPPLIED)
     side = _square_side(loaded)
-    if "image_size" in inspect.signature(MODELS[model_cfg.arch]).parameters and side is None \
-            and _square_side(loaded, square=False) is not None:
+    sized = "image_size" in inspect.signature(MODELS[model_cfg.arch]).parameters
+    if sized and side is None and _square_side(loaded, square=False) is not None:
         shape = tuple(loaded.train.images.shape[-2:])
         raise ConfigError(f"data.image_size: {model_cfg.arch} reads square images; the training images are "
                           f"{shape[0]} x {shape[1]} (set data.image_size)")
-    if side is not None and "image_size" in inspect.signature(MODELS[model_cfg.arch]).parameters:
+    if sized and side is not None:
         given = options.get("image_size")
         if given is not None and given != side:
             raise ConfigError(f"{key}.options.image_size: {given}, but the data's images are {side} x {side} px; "
