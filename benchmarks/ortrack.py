@@ -5,7 +5,9 @@ the whole 32x32 image, 4-px blocks (an 8 x 8 grid, the paper's), Gaussian std 16
     python benchmarks/ortrack.py --report-only
 
 Arms (``configs/ortrack/``, equal steps within each part):
-(A) ``ce_finetune`` vs ``orr``: the shipped ResNet-56 fine-tuned with CE alone or CE + 1e-2 L_orr on stage 3;
+(A) ``ce_finetune`` vs ``orr``: the shipped ResNet-56 fine-tuned with CE alone or CE + 1e-2 L_orr on stage 3 (and the
+rest of the spec's lambda sweep: ``orr_w2e-4``, the official weight, and ``orr_w1e-1``; and ``orr_bn_update``, the
+ablation whose masked pass also moves BatchNorm's running statistics);
 (B) ``scratch`` vs ``mse_uniform`` vs ``afkd``: ResNet-56 -> ResNet-20 on stage 3 (the shipped teacher stands in
 for the spec's ORR-trained one).
 Metrics: clean top-1 and top-1 on the test images occluded by Cox masks drawn from fixed seeds at r = 0.3 and 0.5.
@@ -38,7 +40,7 @@ from verdicts_families import ortrack_verdicts, verdict_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "ortrack"
-ORDER = ["ce_finetune", "orr", "scratch", "mse_uniform", "afkd"]
+ORDER = ["ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "mse_uniform", "afkd"]
 RATIOS = (0.3, 0.5)
 
 

@@ -128,7 +128,38 @@ def test_afkd_gradients_reach_student_never_teacher():
     assert all(not p.requires_grad and p.grad is None for p in module.teacher.model.parameters())
 
 
-@pytest.mark.parametrize("arm", ["ce_finetune", "orr", "scratch", "afkd", "mse_uniform"])
+@pytest.mark.parametrize("masked_bn", ["frozen", "update"])
+def test_orr_masked_pass_leaves_batchnorm_statistics_unless_asked(masked_bn):
+    """In train mode the masked pass normalises with its own batch statistics; with ``masked_bn: frozen`` the
+    running statistics end the step as the clean pass alone leaves them (as after a plain CE step)."""
+    torch.manual_seed(0)
+    task = ImageClassification(IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip(4))
+    student = TinyCNN(8)
+    batch = task.prepare(task.fetch(demo_subset("train", 2), torch.arange(20)), train=True,
+                         generator=torch.Generator().manual_seed(0))
+    norms = [m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms
+    start = {k: v.clone() for k, v in student.state_dict().items()}
+    student.train()
+    with torch.no_grad():
+        task.forward(student, batch)
+    clean_only = [(m.running_mean.clone(), m.running_var.clone(), int(m.num_batches_tracked)) for m in norms]
+    student.load_state_dict(start)
+    method = ORRInvariance(feature="f2", ratio=0.3, masked_bn=masked_bn)
+    module = DistillModule(student, Composite({"orr": method}), None, task)
+    module.setup(batch, RunInfo(student=student, task=task))
+    student.train()
+    module(batch, generator=torch.Generator().manual_seed(3))
+    after = [(m.running_mean, m.running_var, int(m.num_batches_tracked)) for m in norms]
+    same = all(torch.allclose(a[0], b[0]) and torch.allclose(a[1], b[1]) and a[2] == b[2]
+               for a, b in zip(after, clean_only))
+    assert same == (masked_bn == "frozen")
+    with pytest.raises(ValueError, match="masked_bn"):
+        ORRInvariance(masked_bn="eval")
+
+
+@pytest.mark.parametrize("arm", ["ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "afkd",
+                                 "mse_uniform"])
 def test_recipes_validate(arm):
     raw = load_raw(CONFIGS / f"{arm}.yaml")
     cfg = parse_config(raw, base_dir=str(CONFIGS))

@@ -8,7 +8,7 @@ Three ways, tried in order on the student:
    model): each of them, the same way;
 3. a built-in model that names its stages of blocks in ``checkpoint_stages`` (the CIFAR ResNets): every block of
    those stages runs under :func:`torch.utils.checkpoint.checkpoint` (non-reentrant). BatchNorm layers inside a
-   block are not updated a second time when the block is recomputed (momentum 0 and the batch counter restored).
+   block are not updated a second time when the block is recomputed (their running statistics are put back).
 
 Any other student is refused with a ``ValueError`` naming its class. Gradients are those of the plain model up to
 float rounding; so are the BatchNorm running statistics.
@@ -17,12 +17,13 @@ float rounding; so are the BatchNorm running statistics.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from distill.core.norms import frozen_batchnorm_statistics
 
 
 def _hf_checkpointable(module: nn.Module) -> bool:
@@ -38,28 +39,12 @@ def _enable_hf(model: nn.Module) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
-@contextlib.contextmanager
-def _frozen_batchnorm_statistics(block: nn.Module) -> Iterator[None]:
-    """BatchNorm layers of ``block`` with momentum 0 (running statistics left as they are) for the recompute, and
-    their batch counters put back afterwards."""
-    norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m.momentum, m.num_batches_tracked.clone()) for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, (momentum, count) in zip(norms, saved):
-            m.momentum = momentum
-            m.num_batches_tracked.copy_(count)
-
-
 def _checkpointed_forward(block: nn.Module, forward: Any) -> Any:
     def run(*args: Any, **kwargs: Any) -> Any:
         if not (torch.is_grad_enabled() and block.training):
             return forward(*args, **kwargs)
         return checkpoint(forward, *args, use_reentrant=False,
-                          context_fn=lambda: (contextlib.nullcontext(), _frozen_batchnorm_statistics(block)),
+                          context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_statistics(block)),
                           **kwargs)
 
     return run

@@ -13,18 +13,25 @@ stop-gradient:
 
 The stop-gradient is on the **masked** branch: the clean features are pulled toward the masked ones. The student runs
 twice per step: the clean pass is the step's ordinary forward; the masked pass is run by this method (no gradient,
-the student in its current mode, as the official actor does). Default weight in ORTrack: 2e-4 (sized against tracking
-losses). The masks are drawn in ``transform_batch`` from the trainer's generator, so a resumed run replays them.
+the student in its current mode, as the official actor does). The official tracker is a ViT (LayerNorm only), where
+the masked pass has no side effect; in a student with BatchNorm a train-mode pass also moves the running statistics
+toward those of masked images, which shifts every later evaluation (clean images are then normalised with partly
+masked statistics). ``masked_bn: frozen`` (the default) puts the running statistics back after the masked pass, so
+only the loss acts, as in the ViT; ``masked_bn: update`` keeps the plain second pass (an ablation).
+Default weight in ORTrack: 2e-4 (sized against tracking losses). The masks are drawn in ``transform_batch`` from the
+trainer's generator, so a resumed run replays them.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 
 from distill.core.batch import Batch
 from distill.core.method import IMAGE_TASKS, TapMethod, register_method
+from distill.core.norms import frozen_batchnorm_statistics
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs
 from distill.core.teachers import run_with_taps
 from distill.methods.augmentation.cox_block_mask import ORTRACK, cox_masks, masked_view, uniform_block_masks
@@ -39,13 +46,16 @@ class ORRInvariance(TapMethod):
     method_name = "orr_invariance"
 
     def __init__(self, feature: str = "f3", ratio: float = 0.3, block: int = 4, sigma: float | None = None,
-                 sampler: str = "cox"):
+                 sampler: str = "cox", masked_bn: str = "frozen"):
         super().__init__()
+        if masked_bn not in ("frozen", "update"):
+            raise ValueError(f"masked_bn must be 'frozen' or 'update', got {masked_bn!r}")
         if not 0.0 < ratio < 1.0:
             raise ValueError(f"ratio must be in (0, 1), got {ratio}")
         if sampler not in ("cox", "uniform"):
             raise ValueError(f"sampler must be 'cox' or 'uniform', got {sampler!r}")
         self.feature, self.ratio, self.block, self.sigma, self.sampler = feature, ratio, block, sigma, sampler
+        self.masked_bn = masked_bn
         # (student, task), kept in a tuple so that the student is not registered as a sub-module of the method
         # (its weights would otherwise be in the method's parameters and state)
         self._runner: tuple[Any, Any] | None = None
@@ -77,8 +87,10 @@ class ORRInvariance(TapMethod):
         if self._masked is None or self._runner is None:
             raise RuntimeError("orr_invariance: no masked view for this step (transform_batch runs before each "
                                "training step; set-up must have run)")
-        with torch.no_grad():
-            out = run_with_taps(self._runner[0], self._runner[1], self._masked, [self.feature])
+        student = self._runner[0]
+        keep = frozen_batchnorm_statistics(student) if self.masked_bn == "frozen" else contextlib.nullcontext()
+        with torch.no_grad(), keep:
+            out = run_with_taps(student, self._runner[1], self._masked, [self.feature])
         self._masked = None
         return out.feature(self.feature)
 
