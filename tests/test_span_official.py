@@ -81,7 +81,7 @@ def randomise(model: nn.Module, seed: int, scale: float = 0.3) -> nn.Module:
     """Random weights and clearly non-zero biases (a zero bias would hide a wrong bias fold)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             fan_in = p[0].numel() if p.dim() > 1 else 1
             p.copy_(torch.randn(p.shape, generator=g) * (scale / fan_in**0.5 if p.dim() > 1 else 0.1))
     return model
