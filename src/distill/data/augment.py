@@ -21,6 +21,7 @@ __all__ = [
     "IMAGENET_STD",
     "Normalize",
     "RandomCropFlip",
+    "RandomFlipRot",
 ]
 
 #: Per-channel mean and standard deviation of the CIFAR-10 training images (RGB, pixel values in [0, 1]).
@@ -126,6 +127,58 @@ class RandomCropFlip:
         """``apply(images, sample(len(images), generator))``."""
         params = self.sample(images.shape[0], generator)
         return self.apply(images, params)
+
+
+class RandomFlipRot:
+    """The geometric augmentation of super-resolution training (EDSR, BasicSR's ``augment``, SPAN): a random
+    horizontal flip, vertical flip and 90-degree rotation of each image, one of the 8 orientations of the square
+    (the dihedral group D4) drawn uniformly. Applying the same parameters to a low-resolution patch and to its
+    high-resolution partner keeps the pair aligned: pixel (i, j) of the one and the ``scale`` x ``scale`` block
+    (s i, s j) of the other move together.
+
+    Parameters are an int64 tensor of shape (N, 3): (hflip, vflip, transpose), each 0 or 1. Applied in that order:
+    reverse the columns, reverse the rows, then swap rows and columns (BasicSR's ``rot90`` flag is that transpose;
+    after a flip it is a rotation by 90 degrees). ``rotate=False`` draws flips only (the transpose column is always
+    0): a non-square image cannot be transposed into a batch of its own shape.
+    """
+
+    def __init__(self, rotate: bool = True) -> None:
+        self.rotate = bool(rotate)
+
+    def __repr__(self) -> str:
+        return f"RandomFlipRot(rotate={self.rotate})"
+
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Parameters for ``n`` images: int64 (n, 3) of independent fair coins, on the generator's device. The same
+        randomness is consumed whether or not ``rotate`` is set (the transpose column is drawn, then zeroed)."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        params = torch.randint(0, 2, (n, 3), generator=generator, device=generator.device)
+        if not self.rotate:
+            params[:, 2] = 0
+        return params
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Flip and transpose ``images`` (N, C, H, W; any dtype, any device) with ``params`` from :meth:`sample`.
+        With ``rotate`` the images must be square (H = W)."""
+        if images.ndim != 4:
+            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        n = images.shape[0]
+        if params.shape != (n, 3):
+            raise ValueError(f"params must have shape ({n}, 3) for {n} images, got {tuple(params.shape)}")
+        if params.dtype.is_floating_point or params.dtype == torch.bool:
+            raise TypeError(f"params must be an integer tensor, got {params.dtype}")
+        if n and params.device.type == "cpu" and (int(params.min()) < 0 or int(params.max()) > 1):
+            raise ValueError("flip and transpose parameters must be 0 or 1")
+        flags = params.to(device=images.device).bool().view(n, 3, 1, 1, 1)
+        out = torch.where(flags[:, 0], images.flip(-1), images)
+        out = torch.where(flags[:, 1], out.flip(-2), out)
+        if images.shape[-1] != images.shape[-2]:
+            if self.rotate:
+                raise ValueError(f"90-degree rotations need square images, got {images.shape[-2]} x "
+                                 f"{images.shape[-1]} (use RandomFlipRot(rotate=False): flips only)")
+            return out
+        return torch.where(flags[:, 2], out.transpose(-1, -2), out)
 
 
 class Normalize:

@@ -45,8 +45,9 @@ def verify_sidecar(path: Path) -> None:
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict: ``.safetensors``, or a torch file holding one (optionally under ``state_dict`` or
-    ``model``), loaded with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped. A ``<file>.sha256``
+    """Read a state dict: ``.safetensors``, or a torch file holding one (optionally under ``state_dict``,
+    ``model``, or BasicSR's ``params_ema`` / ``params``: the EMA weights first, as BasicSR evaluates them), loaded
+    with ``weights_only=True``. A DataParallel ``module.`` prefix is stripped. A ``<file>.sha256``
     beside it is checked first (:func:`verify_sidecar`).
 
     Raises:
@@ -59,12 +60,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     verify_sidecar(path)
     obj: Any = load_safetensors(path) if path.suffix == ".safetensors" else load_torch_weights_only(path)
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "params_ema", "params"):
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UnsafeFileError(path, "not a state dict (nor a dict holding one under 'state_dict' or 'model')")
+        raise UnsafeFileError(path, "not a state dict (nor a dict holding one under 'state_dict', 'model', "
+                                    "'params_ema' or 'params')")
     return {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -96,4 +98,11 @@ def load_state_dict_checked(model: nn.Module, sd: dict[str, torch.Tensor], sourc
 
 
 def load_weights_into(model: nn.Module, path: str | Path) -> nn.Module:
-    return load_state_dict_checked(model, read_state_dict(path), str(path))
+    """Load the weights file at ``path`` into ``model`` strictly. A model that reads foreign layouts defines
+    ``adapt_state_dict(sd) -> sd`` (e.g. SPAN: the official checkpoints, their ``Conv3XC`` blocks folded); it
+    maps the state dict to its own names first, raising ``ValueError`` on what it cannot map."""
+    sd = read_state_dict(path)
+    adapt = getattr(model, "adapt_state_dict", None)
+    if callable(adapt):
+        sd = adapt(sd)
+    return load_state_dict_checked(model, sd, str(path))

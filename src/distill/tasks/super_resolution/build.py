@@ -9,6 +9,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.family import Family, Loaded, register_family
+from distill.data.augment import RandomFlipRot
 from distill.tasks.super_resolution.data import SRPairs, load_sr_data
 from distill.tasks.super_resolution.models import build_sr_model
 from distill.tasks.super_resolution.section import SuperResolutionData, SuperResolutionStudent
@@ -58,10 +59,19 @@ class SuperResolutionFamily(Family):
             raise ValueError("data.train: texture crops come from scikit-image; set data.source: images or folders "
                              "to read files")
 
+    def augments(self, cfg: Any) -> bool:
+        return cfg.data is not None and bool(cfg.data.augment)
+
     def load(self, cfg: Any) -> Loaded:
         train, evald = load_sr_data(cfg)
-        task = SuperResolution(cfg.data.scale, cfg.data.border)
         shape = list(train.lr.shape[1:]) if isinstance(train, SRPairs) else train.input_shape
+        # data.augment: 90-degree rotations where every training input is square, flips only otherwise
+        if isinstance(train, SRPairs) or train.patch_size is not None:
+            square = shape[1] == shape[2]
+        else:  # whole streamed images (their sizes may differ when read one per batch)
+            square = all(h == w for h, w in train.sizes)
+        augment = RandomFlipRot(rotate=square) if cfg.data.augment else None
+        task = SuperResolution(cfg.data.scale, cfg.data.border, augment)
         return Loaded(task, train, evald, num_outputs=None, info={"scale": cfg.data.scale, "input_shape": shape})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:

@@ -42,7 +42,17 @@ class SuperResolutionData(Strict):
     sizes read from the headers, and decode each image when its batch is fetched. Training then cuts one random
     ``patch_size`` HR patch (on the ``scale`` grid, with its aligned LR partner) from each image per epoch, drawn
     from the run's seeded generator, instead of tiling; evaluation scores whole images (one size, or
-    ``train.eval_batch_size: 1``) or, with ``patch_size``, the same tiles as in memory."""
+    ``train.eval_batch_size: 1``) or, with ``patch_size``, the same tiles as in memory.
+
+    ``augment``: each training pair gets a random horizontal flip, vertical flip and 90-degree rotation (one of
+    the 8 orientations, uniformly; :class:`distill.data.augment.RandomFlipRot`), the same for the low-resolution
+    input and its high-resolution target, as EDSR, BasicSR and SPAN train. Drawn from the trainer's generator (a
+    function of the seed, epoch and step: a resumed run is bit-identical), after a streamed patch's corner; the
+    parameters are kept in ``meta["augment"]``. Rotations need square training images (patches, texture crops,
+    CIFAR); on other sizes only the flips are drawn. With ``teacher.cache`` the cache stores the teacher's outputs
+    on ``teacher.cache.views`` augmented views per example (drawn from ``teacher.cache.seed``) and training shows
+    view (offset + epoch) mod views: the teacher's real output on the very input the student sees, never a
+    flipped copy of its output on another view. Off by default (the recipes' results are unchanged)."""
 
     source: Literal["images", "folders", "textures"] = "images"
     train: str | None = None
@@ -58,6 +68,7 @@ class SuperResolutionData(Strict):
     border: int | None = Field(None, ge=0)
     cache_dir: str | None = None
     streaming: Flag = False
+    augment: Flag = False
 
 
 class ConvLoraTarget(Strict):

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import Batch
+from distill.data.augment import AugmentParamsSource, RandomFlipRot
 from distill.tasks.super_resolution.data import SRPairs, StreamedSRPairs, cut_patches
 
 
@@ -87,19 +88,30 @@ class SRMetrics:
 
 class SuperResolution:
     """Upscale the ``lr`` images of an :class:`SRPairs` by ``scale``: the model maps (B, 3, h, w) in [0, 1] to
-    (B, 3, s h, s w) in [0, 1]; ``batch.labels`` are the high-resolution images in [0, 1]. No random augmentation,
-    so a teacher cache stores one output per image."""
+    (B, 3, s h, s w) in [0, 1]; ``batch.labels`` are the high-resolution images in [0, 1].
+
+    ``augment`` (``data.augment``): training pairs get a random flip / 90-degree rotation
+    (:class:`~distill.data.augment.RandomFlipRot`), the same parameters for the input and the target. As in
+    image classification the parameters are replayed when ``batch.meta["augment"]`` holds them (a teacher cache's
+    build), else taken from ``augment_source`` (a cache of augmented views: the view each example shows this epoch,
+    in ``meta["view"]``), else drawn from the trainer's generator. Without ``augment`` a teacher cache stores one
+    output per image."""
 
     primary_metric = "psnr"
     higher_is_better = True
-    augment = None
 
-    def __init__(self, scale: int, border: int | None = None):
+    def __init__(self, scale: int, border: int | None = None, augment: RandomFlipRot | None = None,
+                 augment_source: AugmentParamsSource | None = None):
         self.scale = int(scale)
         self.border = self.scale if border is None else int(border)
+        self.augment = augment
+        self.augment_source = augment_source
 
     def describe(self) -> dict[str, str]:
-        return {"task": type(self).__name__, "scale": str(self.scale), "inputs": "uint8 / 255"}
+        out = {"task": type(self).__name__, "scale": str(self.scale), "inputs": "uint8 / 255"}
+        if self.augment is not None:  # only when on: caches built before the option keep their fingerprint
+            out["augment"] = repr(self.augment)
+        return out
 
     def num_examples(self, data: SRPairs | StreamedSRPairs) -> int:
         return len(data)
@@ -112,7 +124,8 @@ class SuperResolution:
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
         """Pixels to [0, 1]. A streamed batch of whole images (``meta["uncut"]``) first gets its random
         patches, the corners drawn from ``generator`` (the trainer's, a function of the seed, epoch and step)
-        and kept in ``meta["corners"]``; outside training (no generator) the patches are centred."""
+        and kept in ``meta["corners"]``; outside training (no generator) the patches are centred. Then, in
+        training with ``augment``, the pairs are flipped / rotated (parameters in ``meta["augment"]``)."""
         meta = dict(batch.meta)
         if "uncut" in meta:
             lr, hr, corners = cut_patches(batch, self.scale, generator if train else None)
@@ -120,11 +133,26 @@ class SuperResolution:
             meta["corners"] = corners
             batch = Batch(inputs=lr, labels=hr, indices=batch.indices, meta=meta)
         x, y = batch.inputs, batch.labels
+        if train and self.augment is not None:
+            params = meta.get("augment")
+            if params is None and self.augment_source is not None:
+                if "epoch" not in meta or batch.indices is None:
+                    raise ValueError("replayed augmentation needs the batch's indices and meta['epoch']")
+                params, views = self.augment_source.augment_params(batch.indices, int(meta["epoch"]))
+                meta["view"] = views.to(x.device)
+            elif params is None:
+                if generator is None:
+                    raise ValueError("training batches need a generator for their augmentation")
+                params = self.augment.sample(x.shape[0], generator)
+            params = params.to(x.device)
+            x = self.augment.apply(x, params)
+            y = self.augment.apply(y, params) if y is not None else None
+            meta["augment"] = params
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         if y is not None and y.dtype == torch.uint8:
             y = y.float() / 255.0
-        return Batch(inputs=x, labels=y, indices=batch.indices, meta=dict(batch.meta))
+        return Batch(inputs=x, labels=y, indices=batch.indices, meta=meta)
 
     def forward(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return model(batch.inputs)
