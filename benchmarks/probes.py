@@ -44,6 +44,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -308,9 +309,50 @@ def model_taps(model: torch.nn.Module, wanted: Iterable[str]) -> list[str]:
     return [t for t in dict.fromkeys(wanted) if t in names]
 
 
+#: the quantities the summary table shows (every quantity stays in the JSON)
+SUMMARY = ("at", "sp", "cc", "rkd_distance", "rkd_angle", "pkt", "hint", "vid_nll", "ab_agreement", "cka:f1/f1",
+           "cka:f2/f2", "cka:f3/f3", "cka:pooled/pooled", "spearman", "accuracy")
+
+
+def summary_markdown(result: dict[str, Any], name: str) -> str:
+    """Per (student, epochs, images per class): each arm's mean of each quantity over its probed seeds, and the
+    mean of the untrained students of the same seeds."""
+    groups: dict[tuple[str, int, int], dict[str, list[dict[str, Any]]]] = {}
+    for r in result["runs"]:
+        groups.setdefault((r["student"], r["epochs"], r["per_class"]), {}).setdefault(r["arm"], []).append(r)
+    lines = [f"# Feature probes: {name}", "",
+             f"Command(s): {'; '.join(f'`{c}`' for c in result['commands'])}", "",
+             f"{result['images']:,} test images; teacher accuracy on them "
+             f"{100 * result['teacher'].get('accuracy', float('nan')):.1f}%. Means over the probed seeds; "
+             "'untrained': the same students at initialisation (same seeds).", ""]
+    for (student, epochs, per_class), arms in sorted(groups.items()):
+        names = sorted(arms)
+        seeds = sorted({r["seed"] for rs in arms.values() for r in rs})
+        init = [result["init"][f"{student}/seed{s}"] for s in seeds if f"{student}/seed{s}" in result["init"]]
+        lines += [f"## {student}, {epochs} epochs, {per_class} images per class", "",
+                  "| quantity | " + " | ".join(f"{a} ({len(arms[a])} seeds)" for a in names) + " | untrained |",
+                  "|---|" + "---|" * (len(names) + 1)]
+        for q in SUMMARY:
+            cells = []
+            for rs in [*(arms[a] for a in names), None]:
+                vals = [r[q] for r in init if q in r] if rs is None else [
+                    r["quantities"][q] for r in rs if q in r["quantities"]]
+                cells.append(f"{statistics.fmean(vals):.4g}" if vals else "-")
+            lines.append(f"| {q} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_summary(path: Path, name: str) -> None:
+    result = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(summary_markdown(result, name))
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="run folders (student.safetensors + config or recipe name)")
+    p.add_argument("runs", nargs="*", type=Path, help="run folders (student.safetensors + config or recipe name)")
+    p.add_argument("--summary-only", action="store_true",
+                   help="rewrite benchmarks/results/probes_<name>.md from the JSON alone")
     p.add_argument("--name", required=True, help="writes benchmarks/results/probes_<name>.json")
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--data", type=Path, default=DEMO, help="a CIFAR-10 source with a test split (default: shipped)")
@@ -318,6 +360,11 @@ def main() -> int:
     p.add_argument("--teacher-arch", default="resnet56")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     args = p.parse_args()
+    if args.summary_only:
+        write_summary(args.out / f"probes_{args.name}.json", args.name)
+        return 0
+    if not args.runs:
+        p.error("name the run folders to probe (or --summary-only)")
     torch.set_num_threads(1)
     start = time.perf_counter()
     x, y = probe_images(args.data, args.images)
@@ -371,7 +418,8 @@ def main() -> int:
     if not teacher_facts and old.get("teacher"):
         result["teacher"] = old["teacher"]
     write_json(path, result)
-    print(f"wrote {path} ({len(records)} runs, {time.perf_counter() - start:.0f}s)")
+    write_summary(path, args.name)
+    print(f"wrote {path} and its .md ({len(records)} runs, {time.perf_counter() - start:.0f}s)")
     return 0
 
 

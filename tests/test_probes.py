@@ -144,3 +144,9 @@ def test_probe_script_on_a_tiny_run_folder(tmp_path):
                    env={"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
     data = json.loads((out / "probes_t.json").read_text())
     assert [r["seed"] for r in data["runs"]] == [0, 1] and len(data["commands"]) == 2
+    # the summary beside the JSON: each arm's mean over its seeds, the untrained students' mean last
+    md = (out / "probes_t.md").read_text()
+    assert "| quantity | fitnet (2 seeds) | untrained |" in md
+    hint = sum(r["quantities"]["hint"] for r in data["runs"]) / 2
+    init = sum(data["init"][f"resnet20/seed{s}"]["hint"] for s in (0, 1)) / 2
+    assert f"| hint | {hint:.4g} | {init:.4g} |" in md
