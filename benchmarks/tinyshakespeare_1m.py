@@ -4,7 +4,9 @@
     python benchmarks/tinyshakespeare_1m.py                # run every (arm, seed) not done; a second process
                                                            # started the same way takes other (arm, seed)s
     python benchmarks/tinyshakespeare_1m.py --render       # the table again from the JSON
-    python benchmarks/tinyshakespeare_1m.py --measure      # seconds per step of each arm kind (6 steps each)
+    python benchmarks/tinyshakespeare_1m.py --measure      # seconds per step of each arm kind (6 steps each):
+                                                           # results/tinyshakespeare_1m_measure.{json,md}
+    python benchmarks/tinyshakespeare_1m.py --measure --render   # that table again from its JSON
     python benchmarks/tinyshakespeare_1m.py --quick        # a smoke run in a temp folder (minutes)
 
 SmolLM2-135M-Instruct -> a 4-layer Llama on tinyshakespeare, recipes ``configs/tinyshakespeare_1m/`` (all 2,398
@@ -217,17 +219,20 @@ def render(res: dict[str, Any], path: Path, command: str) -> None:
              "Recipes: configs/tinyshakespeare_1m/ (settings in _base.yaml). Teacher (dequantised Q4_1) on the "
              f"same validation blocks: perplexity {t.get('val_perplexity', float('nan')):.2f}.", "",
              "| arm | teacher signal | train tokens | val perplexity, mean ± sd | vs ce, paired (95% CI) | top-1 "
-             "agreement | tokens/s | per seed | verdict |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+             "agreement | tokens/s | CPU s / step | per seed | verdict |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|---|"]
     for s in sums:
         rs = per_arm[s.arm]
         diff = "" if s.diff is None else f"{s.diff:+.2f}" + (f" [{s.ci[0]:+.2f}, {s.ci[1]:+.2f}]" if s.ci else "")
         a = agree.get(s.arm)
         tps = statistics.mean(float(r.get("tokens_per_second") or 0) for r in rs)
+        cpu = [float(r["cpu_seconds_per_step"]) for r in rs if r.get("cpu_seconds_per_step") is not None]
         mean = f"{s.mean:.2f} ± {s.sd:.2f}" if len(s.values) > 1 else f"{s.mean:.2f}"
         seeds = ", ".join(f"{v:.2f}" for v in s.values.values())
         v = str(verdict.get(s.arm, "")).replace("|", "/")
         lines.append(f"| {s.arm} | {rs[0].get('teacher', '')} | {rs[0].get('train_tokens', 0):,} | {mean} | {diff} "
-                     f"| {'' if a is None else f'{a.mean:.4f}'} | {tps:.0f} | {seeds} | {v} |")
+                     f"| {'' if a is None else f'{a.mean:.4f}'} | {tps:.0f} | "
+                     f"{statistics.mean(cpu) if cpu else float('nan'):.2f} | {seeds} | {v} |")
     cost = store_cost(runs)
     if cost:
         ci = cost["ci95_percent"]
@@ -290,8 +295,7 @@ def main(argv: list[str] | None = None) -> None:
         sets, name = QUICK + sets, f"{NAME}_quick"
     elif args.measure:
         arms_wanted, seeds = MEASURE_ARMS, [0]
-        args.work = str(Path(args.work) / "measure")
-        args.out = args.work
+        args.work = str(Path(args.work) / "measure")  # the table goes to --out: results/tinyshakespeare_1m_measure.md
         sets, name = MEASURE + sets, f"{NAME}_measure"
     out_dir, work = Path(args.out), Path(args.work).resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
