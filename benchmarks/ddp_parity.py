@@ -2,8 +2,10 @@
 global batch, as ``tests/test_distributed.py`` checks them, with the differences written down.
 
 The runs are those of the test (``tests/ddp_worker.py``: a BatchNorm-free CNN on the shipped demo images, 10 SGD
-steps of CE + KD + FitNet, global batch 8): ``kd`` (2 x 4 against 1 x 8) and ``kd_accum`` (the same with
-``grad_accum: 2``, so DDP's ``no_sync`` is exercised). Each process runs one thread; about a minute in all.
+steps of CE + KD + FitNet, global batch 8): ``kd`` (2 x 4 against 1 x 8), ``kd_accum`` (the same with
+``grad_accum: 2``, so DDP's ``no_sync`` is exercised) and ``fsdp`` (the ``kd`` run with the student and FitNet's
+projector sharded by FSDP version 2, in worker processes of its own, against the one-process ``kd`` run). Each
+process runs one thread; a minute or two in all.
 
     python benchmarks/ddp_parity.py          # benchmarks/results/ddp_parity.{json,md}
 """
@@ -27,6 +29,8 @@ from portable import write_json  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 WORKER = REPO / "tests" / "ddp_worker.py"
 RUNS = ["kd", "kd_accum"]
+#: run in processes of their own (the worker sets Accelerate's state to FSDP by hand); compared with "kd"
+FSDP_RUNS = ["fsdp"]
 #: the bound tests/test_distributed.py asserts
 TOLERANCE = 1e-4
 
@@ -37,7 +41,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_workers(out: Path, world: int, timeout: float = 600.0) -> None:
+def run_workers(out: Path, world: int, runs: list[str], timeout: float = 600.0) -> None:
     """``world`` worker processes with the launcher's variables (one process: none, as a plain run)."""
     port = free_port()
     base = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -48,8 +52,8 @@ def run_workers(out: Path, world: int, timeout: float = 600.0) -> None:
         if world > 1:
             env |= {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
                     "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        log = open(out / f"world{world}-rank{rank}.log", "w")  # noqa: SIM115
-        procs.append((subprocess.Popen([sys.executable, str(WORKER), str(out), *RUNS], env=env, stdout=log,
+        log = open(out / f"world{world}-{runs[0]}-rank{rank}.log", "w")  # noqa: SIM115
+        procs.append((subprocess.Popen([sys.executable, str(WORKER), str(out), *runs], env=env, stdout=log,
                                        stderr=subprocess.STDOUT), log))
     for rank, (proc, log) in enumerate(procs):
         try:
@@ -60,14 +64,14 @@ def run_workers(out: Path, world: int, timeout: float = 600.0) -> None:
                 proc.wait()
             log.close()
         if proc.returncode != 0:
-            tail = (out / f"world{world}-rank{rank}.log").read_text()[-2000:]
+            tail = (out / f"world{world}-{runs[0]}-rank{rank}.log").read_text()[-2000:]
             raise SystemExit(f"world {world} rank {rank} exited with {proc.returncode}:\n{tail}")
 
 
 def compare(one: Path, two: Path) -> dict[str, Any]:
     rows: dict[str, Any] = {}
-    for run in RUNS:
-        ref = load_file(one / run / "rank0.safetensors")
+    for run in RUNS + FSDP_RUNS:
+        ref = load_file(one / ("kd" if run in FSDP_RUNS else run) / "rank0.safetensors")
         worst = {}
         for rank in (0, 1):
             got = load_file(two / run / f"rank{rank}.safetensors")
@@ -81,7 +85,8 @@ def markdown(result: dict[str, Any]) -> str:
     lines = ["# DDP parity: 2 processes against 1, same global batch", "",
              "Command: `python benchmarks/ddp_parity.py` (the runs of `tests/test_distributed.py`: "
              "`tests/ddp_worker.py`, CPU, gloo on loopback, one thread per process; global batch 8, 10 SGD steps "
-             f"of CE + KD + FitNet; the test's tolerance is {TOLERANCE:g}).", "",
+             f"of CE + KD + FitNet; `fsdp`: the `kd` run sharded by FSDP version 2, against the one-process `kd`; "
+             f"the test's tolerance is {TOLERANCE:g}).", "",
              "| run | largest weight difference, rank 0 | rank 1 | largest weight |", "|---|---|---|---|"]
     for run, row in result["runs"].items():
         d = row["max_abs_diff"]
@@ -97,8 +102,9 @@ def main() -> int:
         one, two = Path(tmp) / "one", Path(tmp) / "two"
         one.mkdir()
         two.mkdir()
-        run_workers(two, 2)
-        run_workers(one, 1)
+        run_workers(two, 2, RUNS)
+        run_workers(two, 2, FSDP_RUNS)
+        run_workers(one, 1, RUNS)
         runs = compare(one, two)
     import torch
 
