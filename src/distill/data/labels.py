@@ -56,7 +56,7 @@ def index_integer_labels(values: np.ndarray, mode: str, where: str,
         print(f"note: {where}: integer labels {_values(present)} taken as class names (data.integer_labels: names): "
               f"indices 0..{present.size - 1}", file=sys.stderr)
         return out, [str(int(v)) for v in present]
-    hint = (f"labels {_values(present)} start at {int(present[0])}" if int(present[0]) > 0
+    hint = (f"the labels ({_values(present)}) start at {int(present[0])}" if int(present[0]) > 0
             else f"no example has label {_values(np.array(empty))}")
     raise ConfigError(
         f"{where}: integer labels must be 0..K-1, but {hint} (a model would get {k} outputs, "
