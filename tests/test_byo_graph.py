@@ -133,7 +133,7 @@ def test_config_keys_of_the_formats(tmp_path):
         parse_config({**base, "data": {"format": "npz", "path": "g.npz", "random_split": [0.5, 0.5, 0.5]}},
                      base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"data\.dataset: names a Planetoid graph"):
-        parse_config({**base, "data": {"format": "npz", "path": "g.npz", "dataset": "cora"}}, base_dir=tmp_path)
+        parse_config({**base, "data": {"format": "npz", "path": "g.npz", "dataset": "pubmed"}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"data\.split_seed: read with data\.format npz or files"):
         parse_config({**base, "data": {"path": ".", "split_seed": 1}}, base_dir=tmp_path)
     with pytest.raises(ConfigError, match=r"data\.path: .*g\.npz is not a folder .*data\.format: npz"):

@@ -23,8 +23,8 @@ def test_text_file_labels_from_one(tmp_path, capsys):
     train, dev = tmp_path / "train.tsv", tmp_path / "dev.tsv"
     train.write_text("label\ttext\n1\tbad\n2\tok\n3\tgood\n1\tawful\n")
     dev.write_text("label\ttext\n3\tgreat\n1\tpoor\n")
-    with pytest.raises(ConfigError, match=rf"data\.train: .*train\.tsv: integer labels must be 0\.\.K-1, but the labels "
-                                          rf"\(1\.\.3\) start at 1.*{HINT}"):
+    with pytest.raises(ConfigError, match=rf"data\.train: .*train\.tsv: integer labels must be 0\.\.K-1, "
+                                          rf"but the labels \(1\.\.3\) start at 1.*{HINT}"):
         load_text_classification(train, integer_labels="strict", key="data.train")
     ex = load_text_classification(train, integer_labels="names", key="data.train")
     assert ex.classes == ["1", "2", "3"] and ex.labels == [0, 1, 2, 0]
@@ -100,8 +100,8 @@ train: {epochs: 1, batch_size: 10, progress: false}
 
 
 def test_vectors_labels_from_one_and_the_teacher(tmp_path):
-    with pytest.raises(ConfigError, match=rf"data\.train: .*train\.npz: integer labels.*\(1\.\.3\) start at 1.*4 outputs"
-                                          rf".*{HINT}"):
+    with pytest.raises(ConfigError, match=rf"data\.train: .*train\.npz: integer labels.*\(1\.\.3\) start at 1"
+                                          rf".*4 outputs.*{HINT}"):
         build_experiment(vector_config(tmp_path, None), tmp_path / "run")
     exp = build_experiment(vector_config(tmp_path, "names"), tmp_path / "run")
     assert exp.loaded.num_outputs == 3 and exp.train_data.tensors[1].tolist()[:4] == [0, 1, 2, 0]

@@ -49,12 +49,12 @@ def write_vectors(tmp_path: Path, classes: int) -> Path:
 
 def config(tmp_path: Path, classes: int, **train) -> object:
     write_vectors(tmp_path, classes)
-    raw = yaml.safe_load(f"""
+    raw = yaml.safe_load("""
 task: vector_classification
-data: {{train: train.npz, eval: test.npz}}
-student: {{arch: mlp, options: {{hidden: 8}}}}
-methods: [{{name: ce}}]
-train: {{epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.01, progress: false, log_every: 1}}
+data: {train: train.npz, eval: test.npz}
+student: {arch: mlp, options: {hidden: 8}}
+methods: [{name: ce}]
+train: {epochs: 2, batch_size: 16, optimizer: adamw, lr: 0.01, progress: false, log_every: 1}
 """)
     raw["train"].update(train)
     return parse_config(raw, base_dir=tmp_path)

@@ -48,13 +48,14 @@ class GraphFamily(Family):
         if abs(sum(d.random_split) - 1.0) > 1e-6:
             raise ValueError(f"data.random_split: the train / val / test fractions {list(d.random_split)} must sum "
                              "to 1")
-        given = d.model_fields_set
+        defaults = GraphDataSection(path=".")  # keys set to their defaults may be written out (a run's config)
+        changed = {k for k in type(d).model_fields if getattr(d, k) != getattr(defaults, k)}
         if d.format == "planetoid":
             for key in ("label_column", "undirected", "random_split", "split_seed", "integer_labels"):
-                if key in given:
+                if key in changed:
                     raise ValueError(f"data.{key}: read with data.format npz or files; Planetoid files come with "
                                      "their own labels, edges and public split")
-        elif "dataset" in given:
+        elif "dataset" in changed:
             raise ValueError(f"data.dataset: names a Planetoid graph; data.format {d.format} reads data.path")
         default = TrainConfig()
         for key in ("batch_size", "eval_batch_size"):
