@@ -124,3 +124,14 @@ def test_vectors_labels_from_one_and_the_teacher(tmp_path):
     with torch.no_grad():
         assert exp.teacher(exp.task.prepare(exp.task.fetch(exp.train_data, torch.arange(2)), train=False,
                                             generator=None), exp.task, ()).logits.shape == (2, 4)
+
+
+def test_vectors_eval_label_the_training_file_lacks_is_refused(tmp_path):
+    cfg = vector_config(tmp_path, None)
+    y = np.arange(30) % 3  # 0..2 in training
+    x = np.load(tmp_path / "train.npz")["x"]
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:4], y=np.array([0, 1, 2, 3]))  # before: a 4th output never trained
+    with pytest.raises(ConfigError, match=r"data\.eval: .*test\.npz: label 3 \(row 3, counting from 0\) is not among "
+                                          r"the 3 training classes"):
+        build_experiment(cfg, tmp_path / "run")

@@ -48,6 +48,7 @@ def write_vectors(tmp_path: Path, classes: int) -> Path:
 
 
 def config(tmp_path: Path, classes: int, **train) -> object:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     write_vectors(tmp_path, classes)
     raw = yaml.safe_load("""
 task: vector_classification
@@ -89,3 +90,19 @@ def test_early_stopping_on_top5_works_with_many_classes(tmp_path):
     summary = build_experiment(cfg, tmp_path / "run").fit()
     assert 0.0 <= summary["best"] <= 1.0 and summary["best"] == max(r["top5"] for r in summary["history"])
     assert (tmp_path / "run" / "best" / "student.safetensors").exists()
+
+
+def test_report_shows_a_dash_for_top5_of_a_few_class_run(tmp_path):
+    import re
+
+    from distill.report.html import build_report
+
+    few = build_experiment(config(tmp_path / "a", 3, epochs=1), tmp_path / "few")
+    few.fit()
+    many = build_experiment(config(tmp_path / "b", 8, epochs=1), tmp_path / "many")
+    many.fit()
+    html = build_report([tmp_path / "few", tmp_path / "many"])
+    final = html[html.index("<h2>Final metrics</h2>"):html.index("<h2>Logged metrics</h2>")]
+    row = re.search(r"<tr><th>top5</th>(.*?)</tr>", final).group(1)
+    cells = re.findall(r"<td>(.*?)</td>", row)
+    assert cells[0] == "&ndash;" and 0.0 <= float(cells[1]) <= 1.0

@@ -49,8 +49,6 @@ class VectorFamily(Family):
             else VectorClassification()
         labels = train.tensors[1]
         classes = max(int(labels[labels >= 0].max()) + 1, len(train.classes))
-        if evald is not None:
-            classes = max(classes, int(evald.tensors[1].max()) + 1)
         return Loaded(task, train, evald, num_outputs=classes, info={"in_features": train.tensors[0].shape[1]})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:

@@ -99,6 +99,10 @@ def integer_classes(data: TensorDataset, mode: str, classes: list[str] | None, w
         values, names = map_by_name(labels, list(classes), where, ignore=UNLABELED), list(classes)
     else:
         values, names = labels, list(classes)
+        beyond = np.flatnonzero(values >= len(classes))
+        if beyond.size:  # a class no training row has: the model would get an output it never learns
+            raise ConfigError(f"{where}: label {int(values[beyond[0]])} (row {int(beyond[0])}, counting from 0) is "
+                              f"not among the {len(classes)} training classes 0..{len(classes) - 1}")
     tensors[1] = torch.as_tensor(values)
     out = TensorDataset(*tensors)
     out.classes = names  # type: ignore[attr-defined]
