@@ -65,6 +65,11 @@ def test_npz_reader_matches_the_files_reader_and_makes_edges_undirected(tmp_path
     assert (0, 25) in pairs and (25, 0) in pairs and a.edge_index.shape[1] == 2 * (N + 1)  # both directions
     directed = load_graph_npz(tmp_path / "g.npz", undirected=False)
     assert directed.edge_index.shape[1] == N + 1
+    x, y, e = communities()  # DGL style: g.edges() saved as src / dst, ndata names, integer index splits
+    np.savez(tmp_path / "dgl.npz", feat=x, label=y, src=e[:, 0], dst=e[:, 1],
+             **{f"{s}_idx": np.flatnonzero(m) for s, m in zip(("train", "val", "test"), masks().values())})
+    c = load_graph_npz(tmp_path / "dgl.npz")
+    assert c.edge_index.equal(a.edge_index) and c.val_mask.equal(a.val_mask)
 
 
 def test_reader_errors_name_what_is_missing_or_wrong(tmp_path):

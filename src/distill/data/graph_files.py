@@ -2,9 +2,9 @@
 of node and edge files (``data.format: npz`` / ``files`` of ``task: graph_node_classification``).
 
 ``npz`` (what PyG / DGL users save with ``np.savez``): node features under ``x`` / ``feat`` / ``features``, labels
-under ``y`` / ``label`` / ``labels``, edges under ``edge_index`` (2 x E) or ``edges`` (E x 2); optional boolean
-``train_mask`` / ``val_mask`` / ``test_mask`` (DGL's ``ndata`` names; or index arrays ``train_idx`` / ``val_idx`` /
-``test_idx``).
+under ``y`` / ``label`` / ``labels``, edges under ``edge_index`` (2 x E) or ``edges`` (E x 2) or as ``src`` +
+``dst`` arrays (DGL's ``g.edges()``); optional boolean ``train_mask`` / ``val_mask`` / ``test_mask`` (DGL's
+``ndata`` names; or index arrays ``train_idx`` / ``val_idx`` / ``test_idx``).
 
 ``files``: a folder holding the nodes, one row per node in node-id order, as ``nodes.csv`` (a header; the label
 column ``data.label_column``, an optional ``split`` column of ``train`` / ``val`` / ``test`` (anything else: no
@@ -40,6 +40,8 @@ from distill.data.planetoid import GraphData
 FEATURE_KEYS = ("x", "feat", "features", "node_features")
 LABEL_KEYS = ("y", "label", "labels")
 EDGE_KEYS = ("edge_index", "edges", "edge_list")
+#: edges as two arrays of node ids (DGL's ``g.edges()``)
+EDGE_PAIRS = (("src", "dst"), ("row", "col"))
 SPLITS = ("train", "val", "test")
 UNLABELLED = -1
 
@@ -83,7 +85,8 @@ def _labels(raw: Sequence[object] | np.ndarray, mode: str, where: str) -> tuple[
 def _mask(arr: np.ndarray, n: int, name: str, where: str) -> torch.Tensor:
     """A boolean mask over the ``n`` nodes from a boolean / 0-1 array of length n, or from node indices."""
     arr = np.asarray(arr).reshape(-1)
-    if arr.dtype == bool or (arr.shape[0] == n and np.isin(arr, (0, 1)).all() and not name.endswith("_idx")):
+    indices = name.endswith(("_idx", "_index"))
+    if arr.dtype == bool or (arr.shape[0] == n and np.isin(arr, (0, 1)).all() and not indices):
         if arr.shape[0] != n:
             raise ConfigError(f"{where}: {name!r} has {arr.shape[0]} values for {n} nodes")
         return torch.from_numpy(arr.astype(bool))
@@ -170,12 +173,23 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
         with np.load(path, allow_pickle=False) as z:
             files = list(z.files)
             fkey, lkey, ekey = _first(files, FEATURE_KEYS), _first(files, LABEL_KEYS), _first(files, EDGE_KEYS)
+            pair = next((p for p in EDGE_PAIRS if p[0] in files and p[1] in files), None)
             for found, wanted, what in ((fkey, FEATURE_KEYS, "node features"), (lkey, LABEL_KEYS, "labels"),
-                                        (ekey, EDGE_KEYS, "edges")):
+                                        (ekey or pair, [*EDGE_KEYS, *("+".join(p) for p in EDGE_PAIRS)], "edges")):
                 if found is None:
                     raise ConfigError(f"{where}: no {what} array: expected one of {list(wanted)}; its arrays: "
                                       f"{files}")
-            x, y, e = z[fkey], z[lkey], z[ekey]
+            x, y = z[fkey], z[lkey]
+            if ekey is None:  # DGL's g.edges(): two arrays of source and target ids
+                assert pair is not None
+                ekey = "+".join(pair)
+                src, dst = np.asarray(z[pair[0]]).reshape(-1), np.asarray(z[pair[1]]).reshape(-1)
+                if src.shape != dst.shape:
+                    raise ConfigError(f"{where}: {pair[0]!r} and {pair[1]!r} differ in length ({src.size} vs "
+                                      f"{dst.size})")
+                e = np.stack([src, dst])
+            else:
+                e = z[ekey]
             split_keys = [[f"{s}_mask", f"{s}_idx", f"{s}_index"] for s in SPLITS]
             found_splits = [_first(files, names) for names in split_keys]
             raw_masks = [z[k] if k else None for k in found_splits]
