@@ -80,7 +80,7 @@ def test_one_class_training_labels_are_refused(tmp_path, tokenizer_dir):
     with pytest.raises(ConfigError, match=r"^data\.train: .*one\.parquet: column 'verdict' holds one class only "
                                           r"\('pos'\)"):
         load(tmp_path, tokenizer_dir, train="one.parquet", text_column="review_text", label_column="verdict")
-    (tmp_path / "one.tsv").write_text("1\tgood film\n1\tbad film\n")  # distill's own reader, integer labels
+    (tmp_path / "one.tsv").write_text("0\tgood film\n0\tbad film\n")  # distill's own reader, integer labels
     with pytest.raises(ConfigError, match=r"^data\.train: .*one\.tsv: the labels of one\.tsv holds one class"):
         load(tmp_path, tokenizer_dir, train="one.tsv")
 

@@ -287,6 +287,22 @@ class Experiment:
         return summary
 
 
+def check_early_stopping_metric(loaded: Loaded, train_cfg: Any) -> None:
+    """``train.early_stopping_metric`` must be a key the task's evaluation reports for this data (a task that
+    says which through ``metric_names(num_outputs)``; e.g. ``top5`` is not reported with 5 classes or fewer):
+    refused before training rather than at the first evaluation."""
+    name = getattr(train_cfg, "early_stopping_metric", None)
+    names_of = getattr(loaded.task, "metric_names", None)
+    if name is None or names_of is None:
+        return
+    names = names_of(loaded.num_outputs)
+    if name not in names:
+        why = (f" (top-k accuracy is reported only with more than k classes; this data has {loaded.num_outputs})"
+               if name.startswith("top") and name[3:].isdigit() else "")
+        raise ConfigError(f"train.early_stopping_metric: {name!r} is not among the metrics of this run "
+                          f"{list(names)}{why}; pick one of them")
+
+
 def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: TeacherSource | None, train_cfg: Any,
              run_dir: str | Path, *, cfg: ExperimentConfig | None = None, family: Family | None = None,
              live_teacher: TeacherSource | None = None) -> Experiment:
@@ -299,6 +315,7 @@ def assemble(loaded: Loaded, student: nn.Module, methods: Composite, teacher: Te
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir: {run_dir} is a file, not a folder")
+    check_early_stopping_metric(loaded, train_cfg)
     n = loaded.task.num_examples(loaded.train)
     if train_cfg.drop_last and n < train_cfg.batch_size:
         raise ConfigError(f"train.batch_size: {train_cfg.batch_size}, but the training set has {n} examples (fewer "

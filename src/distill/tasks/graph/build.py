@@ -24,7 +24,7 @@ from distill.train.config import TrainConfig
 @register_family
 class GraphFamily(Family):
     name = "graph_node_classification"
-    summary = "nodes of one graph -> class logits (Planetoid raw files; full-batch training)"
+    summary = "nodes of one graph -> class logits (Planetoid raw files, an npz, or node + edge files; full-batch)"
     data_section = GraphDataSection
 
     def model_archs(self) -> list[str]:
@@ -44,6 +44,19 @@ class GraphFamily(Family):
         return (GRAPH_MODELS[model_cfg.arch], SUPPLIED) if model_cfg.arch in GRAPH_MODELS else None
 
     def check(self, cfg: Any) -> None:
+        d = cfg.data
+        if abs(sum(d.random_split) - 1.0) > 1e-6:
+            raise ValueError(f"data.random_split: the train / val / test fractions {list(d.random_split)} must sum "
+                             "to 1")
+        defaults = GraphDataSection(path=".")  # keys set to their defaults may be written out (a run's config)
+        changed = {k for k in type(d).model_fields if getattr(d, k) != getattr(defaults, k)}
+        if d.format == "planetoid":
+            for key in ("label_column", "undirected", "random_split", "split_seed", "integer_labels"):
+                if key in changed:
+                    raise ValueError(f"data.{key}: read with data.format npz or files; Planetoid files come with "
+                                     "their own labels, edges and public split")
+        elif "dataset" in changed:
+            raise ValueError(f"data.dataset: names a Planetoid graph; data.format {d.format} reads data.path")
         default = TrainConfig()
         for key in ("batch_size", "eval_batch_size"):
             if getattr(cfg.train, key) != getattr(default, key):

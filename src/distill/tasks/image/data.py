@@ -47,7 +47,7 @@ def read_image_table(d: ImageData, file: Path, split: str, key: str,
                               f"{', '.join(table.column_names)}")
         values = np.asarray(list(table[route]), dtype=object)
     images = table_images(table, file, image_column=d.image_column, label_column=d.label_column, key=f"data.{key}",
-                          image_size=d.image_size, classes=classes)
+                          image_size=d.image_size, classes=classes, integer_labels=d.integer_labels)
     if len(images):
         images.image_shape()  # an unreadable first image is refused now, naming the key
     if values is not None:  # one row per image, in the table's order
@@ -113,6 +113,28 @@ def route_column(cfg: Any) -> bool:
     return mix is not None and mix.route == "column"
 
 
+def integer_classes(data: ImageArrays, mode: str, classes: list[str] | None, where: str) -> ImageArrays:
+    """The label space of images whose classes are numbered, not named (an npz without a ``classes`` array: classes
+    ``"0".."K-1"``), as ``data.integer_labels`` says (:mod:`distill.data.labels`): the training split's labels
+    must be 0..K-1 (or are taken as names, or kept as indices); with ``names`` an evaluation split (``classes``:
+    the training split's) is mapped onto them by name. Named classes are taken as they are."""
+    from distill.data.images import UNLABELED
+    from distill.data.labels import index_integer_labels, map_by_name
+
+    if data.classes != [str(i) for i in range(len(data.classes))]:
+        return data
+    labels = data.labels.numpy()
+    if classes is None:
+        values, names = index_integer_labels(labels, mode, where, ignore=UNLABELED)
+    elif mode == "names":
+        values, names = map_by_name(labels, list(classes), where, ignore=UNLABELED), list(classes)
+    else:
+        return data
+    if names == data.classes:
+        return data
+    return ImageArrays(data.images, torch.from_numpy(values), names, data.source)
+
+
 def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_dir: str | None,
                key: str, cfg: Any = None, classes: list[str] | None = None) -> ImageArrays | TableImages:
     file = existing_path(path, base_dir, f"data.{key}")  # an archive, an npz, a batches or an image folder
@@ -122,6 +144,7 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
         with config_key(f"data.{key}"):
             if d.format == "auto":
                 data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+                data = integer_classes(data, d.integer_labels, classes, f"data.{key}: {file}")
             else:
                 mixture = cfg.teacher.mixture if cfg is not None and route_column(cfg) else None
                 data = read_image_table(d, file, split, key, classes, mixture)

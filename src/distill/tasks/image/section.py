@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field
 
 from distill.config import Strict
+from distill.data.labels import IntegerLabels
 from distill.train.config import Flag
 
 
@@ -35,7 +36,10 @@ class ImageData(Strict):
     ``train_split`` / ``eval_split``), ``parquet``, ``jsonl``, ``csv`` (a file or a folder of shards) or ``arrow``
     (a ``save_to_disk`` folder), with the images in ``image_column`` (``Image`` values, paths or bytes) and the
     labels in ``label_column``. ``streaming`` decodes each batch's images from there instead of holding every image
-    in memory."""
+    in memory.
+    ``integer_labels``: integer labels that are not exactly 0..K-1 in the training file (e.g. 1..K) are refused
+    (``strict``), taken as class names (``names``: 1..K -> 0..K-1) or kept as indices with empty classes
+    (``indices``); :mod:`distill.data.labels`."""
 
     train: str
     eval: str | None = None
@@ -60,3 +64,4 @@ class ImageData(Strict):
     image_column: str = "image"
     label_column: str = "label"
     streaming: Flag = False
+    integer_labels: IntegerLabels = "strict"

@@ -52,7 +52,7 @@ def read_text_table(d: Any, path: Path, key: str, classes: list[str] | None,
     table = read_table(path, fmt or table_format(d, path) or d.format, f"data.{key}", split=split_for(key))
     text = pick_column(table, d.text_column, TEXT_COLUMNS, "data.text_column", path)
     label = pick_column(table, d.label_column, LABEL_COLUMNS, "data.label_column", path)
-    labels, names = labels_of(table, label, f"data.{key}", path, classes)
+    labels, names = labels_of(table, label, f"data.{key}", path, classes, d.integer_labels)
     texts = texts_of(table, text, f"data.{key}", path)
     for i, t in enumerate(texts):
         if not t.strip():
@@ -78,7 +78,8 @@ def load_text_split(cfg: Any, key: str, tokenizer: Any, classes: list[str] | Non
                               "which takes the text/sentence and label columns of its header itself; named columns "
                               "are read from tables: data.format: csv, jsonl, parquet or arrow")
         try:
-            examples = load_text_classification(path, d.format, classes)
+            examples = load_text_classification(path, d.format, classes, integer_labels=d.integer_labels,
+                                                key=f"data.{key}")
         except TextDataError as e:
             hint = (" (name other columns with data.text_column and data.label_column, and data.format: csv)"
                     if "needs a header" in str(e) else "")

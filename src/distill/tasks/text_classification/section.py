@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distill.config import Strict
+from distill.data.labels import IntegerLabels
 from distill.data.text_augment import AugmentConfig
 
 
@@ -49,7 +50,10 @@ class TextClassificationData(Strict):
     ``format: jsonl | parquet | arrow`` (and ``csv`` when a column is named) read the files with Hugging Face
     ``datasets`` (docs/data.md): the texts in ``text_column`` and the labels in ``label_column`` (by default the
     first column named like text/sentence and label/labels). ``surface_transform`` rewrites the texts of the named
-    splits with a fixed text transform (:class:`SurfaceTransform`), before any augmentation and tokenisation."""
+    splits with a fixed text transform (:class:`SurfaceTransform`), before any augmentation and tokenisation.
+    ``integer_labels``: integer labels that are not exactly 0..K-1 in the training file (e.g. 1..K) are refused
+    (``strict``), taken as class names (``names``: 1..K -> 0..K-1) or kept as indices with empty classes
+    (``indices``); :mod:`distill.data.labels`."""
 
     train: str
     eval: str | None = None
@@ -62,3 +66,4 @@ class TextClassificationData(Strict):
     augment_labels: Literal["teacher", "source"] = "teacher"
     aspects: str | None = None
     surface_transform: SurfaceTransform | None = None
+    integer_labels: IntegerLabels = "strict"

@@ -7,7 +7,7 @@ from torch import nn
 
 from distill.core.batch import Batch
 from distill.data.text import TokenizedText
-from distill.tasks.metrics import ClassificationMetrics
+from distill.tasks.metrics import ClassificationMetrics, classification_metric_names
 
 
 class TextClassification:
@@ -41,3 +41,7 @@ class TextClassification:
 
     def new_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics()
+
+    def metric_names(self, num_outputs: int | None) -> tuple[str, ...]:
+        """The keys :meth:`new_metrics` reports for a model with ``num_outputs`` logits (``top5`` only above 5)."""
+        return classification_metric_names(num_outputs)

@@ -44,13 +44,11 @@ class VectorFamily(Family):
         mix = getattr(cfg.teacher, "mixture", None) if cfg.teacher is not None else None
         route = mix if mix is not None and mix.route == "column" else None  # its column: each row's member
         train = load_vectors(cfg, "train", route)
-        evald = load_vectors(cfg, "eval") if d.eval else None
+        evald = load_vectors(cfg, "eval", classes=train.classes) if d.eval else None
         task = VectorClassification(*VectorClassification.fit_standardizer(train)) if d.standardize \
             else VectorClassification()
         labels = train.tensors[1]
-        classes = int(labels[labels >= 0].max()) + 1
-        if evald is not None:
-            classes = max(classes, int(evald.tensors[1].max()) + 1)
+        classes = max(int(labels[labels >= 0].max()) + 1, len(train.classes))
         return Loaded(task, train, evald, num_outputs=classes, info={"in_features": train.tensors[0].shape[1]})
 
     def build_model(self, model_cfg: Any, loaded: Loaded, cfg: Any, key: str) -> nn.Module:

@@ -58,33 +58,68 @@ def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorD
         raise ConfigError(f"{key}: {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
-def read_vector_table(path: Path, fmt: str, label: str, key: str) -> TensorDataset:
+def read_vector_table(path: Path, fmt: str, label: str, key: str, classes: list[str] | None = None,
+                      integer_labels: str = "strict") -> TensorDataset:
     """Rows of a ``datasets`` table: column ``label`` (integers, or class names taken in sorted order) and every
-    other column a feature (numbers, or equal-length lists of numbers)."""
+    other column a feature (numbers, or equal-length lists of numbers). ``classes``, ``integer_labels``: see
+    :func:`distill.data.tables.labels_of`; the class names are kept as the dataset's ``classes``."""
     from distill.data.tables import check_columns, labels_of, read_table, split_for
 
     table = read_table(path, fmt, key, split=split_for(key))
     check_columns(table, {"data.label": label}, path)
-    labels, _ = labels_of(table, label, key, path)
+    labels, names = labels_of(table, label, key, path, classes, integer_labels)
     columns = [c for c in table.column_names if c != label]
     if not columns:
         raise ConfigError(f"{key}: {path} has no feature column beside {label!r}")
     try:
         parts = [np.asarray(table.select_columns([c]).with_format("numpy")[:][c], dtype=np.float32) for c in columns]
         x = np.concatenate([p.reshape(len(labels), -1) for p in parts], axis=1)
-        return vector_dataset(torch.as_tensor(x), torch.as_tensor(labels))
+        data = vector_dataset(torch.as_tensor(x), torch.as_tensor(labels))
+        data.classes = names  # type: ignore[attr-defined]
+        return data
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{key}: {path}: feature columns {columns[:5]}: {str(e).splitlines()[0]}") from None
 
 
-def load_vectors(cfg: Any, key: str, route: Any = None) -> TensorDataset:
-    """``route``: see :func:`read_vectors` (npz and CSV files read by ``format: auto`` only)."""
+def integer_classes(data: TensorDataset, mode: str, classes: list[str] | None, where: str) -> TensorDataset:
+    """The integer labels of an npz / CSV file as ``data.integer_labels`` says (:mod:`distill.data.labels`): those
+    of the training file (``classes`` None) must be 0..K-1, or are taken as names, or kept as indices; with
+    ``names`` an evaluation file is mapped onto the training ``classes`` by name. Unlabelled rows (-100) stay."""
+    from distill.data.images import UNLABELED
+    from distill.data.labels import index_integer_labels, map_by_name
+
+    tensors = list(data.tensors)
+    labels = tensors[1].numpy()
+    if labels.size and int(labels[labels != UNLABELED].min(initial=0)) < 0:
+        raise ConfigError(f"{where}: negative label {int(labels[labels != UNLABELED].min())}; labels are 0..K-1 "
+                          f"(or {UNLABELED} for an unlabelled row)")
+    if classes is None:
+        values, names = index_integer_labels(labels, mode, where, ignore=UNLABELED)
+    elif mode == "names":
+        values, names = map_by_name(labels, list(classes), where, ignore=UNLABELED), list(classes)
+    else:
+        values, names = labels, list(classes)
+        beyond = np.flatnonzero(values >= len(classes))
+        if beyond.size:  # a class no training row has: the model would get an output it never learns
+            raise ConfigError(f"{where}: label {int(values[beyond[0]])} (row {int(beyond[0])}, counting from 0) is "
+                              f"not among the {len(classes)} training classes 0..{len(classes) - 1}")
+    tensors[1] = torch.as_tensor(values)
+    out = TensorDataset(*tensors)
+    out.classes = names  # type: ignore[attr-defined]
+    return out
+
+
+def load_vectors(cfg: Any, key: str, route: Any = None, classes: list[str] | None = None) -> TensorDataset:
+    """``route``: see :func:`read_vectors` (npz and CSV files read by ``format: auto`` only). ``classes``: the
+    training file's class names (kept as the ``classes`` of the dataset returned for it), for an evaluation file
+    read with ``data.integer_labels: names``."""
     d = cfg.data
     if d.format == "auto":
-        return read_vectors(existing_file(getattr(d, key), cfg.base_dir, f"data.{key}"), d.label, f"data.{key}",
-                            route)
+        path = existing_file(getattr(d, key), cfg.base_dir, f"data.{key}")
+        return integer_classes(read_vectors(path, d.label, f"data.{key}", route), d.integer_labels, classes,
+                               f"data.{key}: {path}")
     if route is not None:
         raise ConfigError(f"teacher.mixture.column: read from an .npz or .csv data.train (data.format: auto), not "
                           f"with data.format: {d.format}")
     return read_vector_table(existing_path(getattr(d, key), cfg.base_dir, f"data.{key}"), d.format, d.label,
-                             f"data.{key}")
+                             f"data.{key}", classes, d.integer_labels)

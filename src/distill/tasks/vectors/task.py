@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from distill.core.batch import Batch
-from distill.tasks.metrics import ClassificationMetrics
+from distill.tasks.metrics import ClassificationMetrics, classification_metric_names
 
 
 def vector_dataset(features: torch.Tensor, labels: torch.Tensor) -> TensorDataset:
@@ -73,3 +73,7 @@ class VectorClassification:
 
     def new_metrics(self) -> ClassificationMetrics:
         return ClassificationMetrics()
+
+    def metric_names(self, num_outputs: int | None) -> tuple[str, ...]:
+        """The keys :meth:`new_metrics` reports for a model with ``num_outputs`` logits (``top5`` only above 5)."""
+        return classification_metric_names(num_outputs)

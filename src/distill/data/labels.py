@@ -1,0 +1,81 @@
+"""Integer class labels read from a user's file, turned into class indices 0..K-1.
+
+Files often number their classes 1..K (or skip a value). Taking such integers as indices as they are would give
+the model K+1 outputs and a class 0 that no example has, silently. ``data.integer_labels`` says what to do when the
+training labels are not exactly 0..K-1 (every value present):
+
+- ``strict`` (the default): refuse, naming the file, the values and the two settings below;
+- ``names``: take the values as class names: the sorted values become indices 0..K-1, class ``k`` named by its
+  value (1..K -> 0..K-1 named "1".."K"); the evaluation files are mapped by the same names; a note says so;
+- ``indices``: keep the values as indices with the empty classes (e.g. for a teacher trained with those outputs);
+  a note names the empty classes.
+
+A label space that names its classes (a ``ClassLabel`` column, class-name strings, an npz ``classes`` array, image
+folders) is taken as given.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Literal
+
+import numpy as np
+
+from distill.core.errors import ConfigError
+
+IntegerLabels = Literal["strict", "names", "indices"]
+KEY = "data.integer_labels"
+
+
+def _values(values: np.ndarray) -> str:
+    v = [int(x) for x in values]
+    return f"{v[0]}..{v[-1]}" if len(v) > 1 and v == list(range(v[0], v[-1] + 1)) else str(v[:10])[1:-1] + (
+        ", ..." if len(v) > 10 else "")
+
+
+def index_integer_labels(values: np.ndarray, mode: str, where: str,
+                         ignore: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(labels as indices 0..K-1, class names) of the integer training labels ``values`` (non-negative, checked by
+    the caller) read from ``where`` (the config key and file, cited in errors). ``ignore``: a label kept as it is
+    (unlabelled rows, -100)."""
+    values = np.asarray(values, dtype=np.int64)
+    known = values if ignore is None else values[values != ignore]
+    present = np.unique(known)
+    k = int(present[-1]) + 1 if present.size else 0
+    if present.size == k:  # exactly 0..K-1
+        return values, [str(i) for i in range(k)]
+    empty = sorted(set(range(k)) - {int(v) for v in present})
+    if mode == "indices":
+        print(f"note: {where}: integer labels kept as indices (data.integer_labels: indices): {k} classes, "
+              f"{len(empty)} without an example ({_values(np.array(empty))})", file=sys.stderr)
+        return values, [str(i) for i in range(k)]
+    if mode == "names":
+        out = values.copy()
+        mask = np.ones(values.shape, dtype=bool) if ignore is None else values != ignore
+        out[mask] = np.searchsorted(present, values[mask])
+        print(f"note: {where}: integer labels {_values(present)} taken as class names (data.integer_labels: names): "
+              f"indices 0..{present.size - 1}", file=sys.stderr)
+        return out, [str(int(v)) for v in present]
+    hint = (f"the labels ({_values(present)}) start at {int(present[0])}" if int(present[0]) > 0
+            else f"no example has label {_values(np.array(empty))}")
+    raise ConfigError(
+        f"{where}: integer labels must be 0..K-1, but {hint} (a model would get {k} outputs, "
+        f"{len(empty)} of them for classes no example has). Set {KEY}: names to take the values as class names "
+        f"({_values(present)} -> 0..{present.size - 1}), or {KEY}: indices to keep them as indices (e.g. for a "
+        f"teacher trained with {k} outputs)")
+
+
+def map_by_name(values: np.ndarray, classes: list[str], where: str, ignore: int | None = None) -> np.ndarray:
+    """Integer labels of an evaluation file mapped onto the training ``classes`` by name (``data.integer_labels:
+    names``): the value ``v`` becomes the index of the class named ``str(v)``."""
+    lookup = {c: i for i, c in enumerate(classes)}
+    values = np.asarray(values, dtype=np.int64)
+    out = values.copy()
+    for j, v in enumerate(values.tolist()):
+        if ignore is not None and v == ignore:
+            continue
+        if str(v) not in lookup:
+            raise ConfigError(f"{where}: label {v} (row {j}, counting from 0) is not among the training classes "
+                              f"{classes[:10]} ({KEY}: names)")
+        out[j] = lookup[str(v)]
+    return out
