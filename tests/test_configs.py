@@ -311,7 +311,8 @@ FOLDERS = {
     "segmentation": {"teacher", "ce", "fitnet",  # benchmarks/dense_seg.py; the rest: benchmarks/transkd_seg.py
                      "mit_teacher", "mit_ce", "mit_fitnet", "transkd_base", "transkd_gl", "transkd_ea"},
     "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
-    "ortrack": {"ce_finetune", "orr", "scratch", "mse_uniform", "afkd"},  # benchmarks/ortrack.py
+    "ortrack": {"ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "mse_uniform",
+                "afkd"},  # benchmarks/ortrack.py
     "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py
     "tinyshakespeare_1m": {"ce", "fkl", "fkl_dense", "fkl_k1", "fkl_k8", "gjsd_0.5", "rkl", "skl_0.1", "taid",
                            "taid_a5e-3", "taid_no_adaptive"},  # benchmarks/tinyshakespeare_1m.py
