@@ -4,6 +4,8 @@
   dataset or order finds its vector); filled once from a live model, saved to and loaded from safetensors.
 - :class:`ScoreFileTeacher`: ranking scores read from a plain score file, one ``qid docid score`` per line
   (whitespace- or tab-separated), as published for MS MARCO teachers; looked up per (query, document) pair.
+- :class:`GroupScoreTeacher`: the scores of every training group held as one (N, 1 + n) matrix, served by the
+  batch's example indices (MS MARCO's per-triple score files, and per-pair files read for large training sets).
 
 Both follow the teacher-source protocol ``source(batch, task, taps) -> ModelOutput`` and never carry gradients.
 """
@@ -98,24 +100,16 @@ class TextEmbeddingCache:
         return ModelOutput(self.lookup(texts).to(self.device))
 
 
-def read_score_file(path: str | Path) -> dict[tuple[str, str], float]:
-    """``qid docid score`` lines (tabs or spaces; ``#`` comments and blank lines skipped)."""
+def read_score_file(path: str | Path, layout: str = "auto") -> dict[tuple[str, str], float]:
+    """``{(qid, docid): score}`` of a score file: ``qid docid score`` lines (tabs or spaces; ``#`` comments and
+    blank lines skipped), or the other layouts of :mod:`distill.text.msmarco` (per-triple lines, JSONL); pickles
+    are refused."""
+    from distill.text.msmarco import read_pair_scores
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such score file")
-    scores: dict[tuple[str, str], float] = {}
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            parts = line.split()
-            if not parts or parts[0].startswith("#"):
-                continue
-            if len(parts) != 3:
-                raise ValueError(f"{path}, line {lineno}: expected 'qid docid score', got {len(parts)} fields")
-            try:
-                scores[(parts[0], parts[1])] = float(parts[2])
-            except ValueError:
-                raise ValueError(f"{path}, line {lineno}: score {parts[2]!r} is not a number") from None
-    return scores
+    return read_pair_scores(path, layout)
 
 
 def write_score_file(path: str | Path, scores: dict[tuple[str, str], float]) -> None:
@@ -150,3 +144,39 @@ class ScoreFileTeacher:
                 d = next(d for d in docs if (q, d) not in self.scores)
                 raise KeyError(f"{self.source}: no teacher score for query {q!r}, document {d!r}") from None
         return ModelOutput(torch.tensor(rows, dtype=torch.float32, device=self.device))
+
+
+class GroupScoreTeacher:
+    """A stored ranking teacher: the raw scores of every training group, an (N, 1 + n) matrix aligned with the
+    groups (positive in column 0), served as ``scores[batch.indices]``. Each batch's query ids are checked against
+    the groups the scores were read for, so serving them for other data fails loudly."""
+
+    def __init__(self, scores: torch.Tensor, qids: Sequence[str], source: str = "scores"):
+        if scores.ndim != 2 or scores.shape[0] != len(qids):
+            raise ValueError(f"{source}: {tuple(scores.shape)} scores for {len(qids)} groups")
+        self.scores = scores.detach().float()
+        self.qids = qids
+        self.source = source
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+    def to(self, device: Any = None, *args: object, **kwargs: object) -> GroupScoreTeacher:
+        if isinstance(device, (str, torch.device)):
+            self.scores = self.scores.to(device)
+        return self
+
+    def __call__(self, batch: Batch, task: Any = None, taps: Sequence[str] = ()) -> ModelOutput:
+        if taps:
+            raise ValueError(f"a score file has no features; requested taps {list(taps)}")
+        if batch.indices is None:
+            raise ValueError(f"{self.source}: stored group scores need batch.indices (the groups' positions)")
+        idx = [int(i) for i in batch.indices]
+        if idx and (min(idx) < 0 or max(idx) >= len(self)):
+            raise IndexError(f"{self.source}: batch indices reach {max(idx)}, scores are stored for {len(self)} groups")
+        for i, q in zip(idx, batch.meta.get("qids", [])):
+            if self.qids[i] != q:
+                raise ValueError(f"{self.source}: group {i} is query {q!r} in this batch, but the scores were read for "
+                                 f"query {self.qids[i]!r} (serving other data?)")
+        rows = self.scores[torch.as_tensor(idx, dtype=torch.long, device=self.scores.device)]
+        return ModelOutput(rows)

@@ -10,16 +10,22 @@ from distill.core.family import Loaded, register_family
 from distill.tasks.common import existing_file
 from distill.tasks.embedding.build import SentenceFamily
 from distill.tasks.embedding.models import SentenceTeacher
-from distill.tasks.ranking.data import load_ranking_collection, training_groups
+from distill.tasks.ranking.data import load_msmarco, load_ranking_collection, training_groups
 from distill.tasks.ranking.section import RankingData, RankingTeacher
 from distill.tasks.ranking.task import TextRanking
-from distill.text.teacher_sources import ScoreFileTeacher
+from distill.text.teacher_sources import ScoreFileTeacher, read_score_file
+
+#: keys that shape groups drawn from judged queries (``qrels``/``cranfield``), and those of MS MARCO-style files
+JUDGED_KEYS = ("train_queries", "negatives", "bm25_depth", "title_groups", "title_seed", "format", "id_column",
+               "text_column", "title_column")
+MSMARCO_KEYS = ("triples", "triples_format", "hard_negatives", "hard_negative_systems", "max_triples")
 
 
 @register_family
 class RankingFamily(SentenceFamily):
     name = "ranking"
-    summary = "(query, positive, negatives) groups -> bi-encoder scores (Cranfield, TSV/JSONL + TREC qrels)"
+    summary = ("(query, positive, negatives) groups -> bi-encoder scores (Cranfield, TSV/JSONL + TREC qrels, MS MARCO "
+               "triples and teacher score files)")
     data_section = RankingData
     teacher_section = RankingTeacher
 
@@ -28,27 +34,57 @@ class RankingFamily(SentenceFamily):
 
     def check(self, cfg: Any) -> None:
         super().check(cfg)
-        d = cfg.data
-        if d.cranfield is None and None in (d.docs, d.queries, d.qrels):
-            raise ValueError("data: give 'cranfield' (a folder) or all of 'docs', 'queries' and 'qrels'")
-        t = cfg.teacher
+        d, t = cfg.data, cfg.teacher
+        given = d.model_fields_set
+        scores = t is not None and t.scores is not None
         if t is not None and t.scores is not None and (t.path or t.arch or t.cache):
             raise ValueError("teacher.scores: a score file is the teacher's outputs already; drop teacher.path and "
                              "teacher.cache")
+        if t is not None and not scores and "scores_format" in t.model_fields_set:
+            raise ValueError("teacher.scores_format: says how teacher.scores is read, which is not set")
+        if not d.msmarco():
+            if d.cranfield is None and None in (d.docs, d.queries, d.qrels):
+                raise ValueError("data: give 'cranfield' (a folder) or all of 'docs', 'queries' and 'qrels'")
+            extra = next((k for k in MSMARCO_KEYS if k in given), None)
+            if extra is not None:
+                raise ValueError(f"data.{extra}: MS MARCO-style training groups do not combine with data."
+                                 f"{'cranfield' if d.cranfield else 'qrels'} (judged queries); give one of them")
+            return
+        if d.triples is None and d.hard_negatives is None and (not scores or None in (d.docs, d.queries)):
+            raise ValueError("data: give 'cranfield' (a folder), all of 'docs', 'queries' and 'qrels', or MS "
+                             "MARCO-style files: 'triples', 'hard_negatives', or 'docs' and 'queries' with a "
+                             "per-triple teacher.scores file")
+        if d.triples is not None and d.hard_negatives is not None:
+            raise ValueError("data.hard_negatives: give data.triples or data.hard_negatives, not both")
+        judged = next((k for k in JUDGED_KEYS if k in given), None)
+        if judged is not None:
+            raise ValueError(f"data.{judged}: applies to groups drawn from judged queries (data.qrels or "
+                             "data.cranfield), not to MS MARCO-style training files")
+        if d.hard_negatives is None:
+            for key in ("num_negatives", "max_positives", "hard_negative_systems"):
+                if key in given:
+                    raise ValueError(f"data.{key}: applies to data.hard_negatives; a training triple has one "
+                                     "positive and one negative")
+        if d.triples is None and "triples_format" in given:
+            raise ValueError("data.triples_format: says how data.triples is read, which is not set")
 
     def load(self, cfg: Any) -> Loaded:
+        task = TextRanking(None, cfg.data.query_length, cfg.data.doc_length)  # type: ignore[arg-type]
+        if cfg.data.msmarco():
+            groups, stored = load_msmarco(cfg)
+            return Loaded(task, groups, None, info={"collection": None, "score_teacher": stored})
         coll = load_ranking_collection(cfg)
         scores = None
         if cfg.teacher is not None and cfg.teacher.scores:
             path = existing_file(cfg.teacher.scores, cfg.base_dir, "teacher.scores")
             try:
-                scores = ScoreFileTeacher(path)
+                scores = ScoreFileTeacher(read_score_file(path, cfg.teacher.scores_format))
+                scores.source = str(path)
             except (ValueError, OSError, IndexError, KeyError) as e:  # UnicodeDecodeError is a ValueError
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ConfigError(f"teacher.scores: {first if first.startswith(str(path)) else f'{path}: {first}'}") \
                     from None
         groups = training_groups(cfg, coll, scores.scores if scores is not None else None)
-        task = TextRanking(None, cfg.data.query_length, cfg.data.doc_length)  # type: ignore[arg-type]
         return Loaded(task, groups, None, info={"collection": coll, "score_teacher": scores})
 
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:

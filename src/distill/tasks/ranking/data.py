@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import random
 import warnings
+from array import array
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
+
+import numpy as np
+import torch
 
 from distill.config import ConfigError
 from distill.tasks.common import existing_file, existing_path
 from distill.tasks.embedding.data import read_text_lines
+from distill.tasks.ranking.task import IndexedGroups
 from distill.text.groups import query_groups, title_groups, to_ranking_groups
 from distill.text.ir_data import RetrievalCollection, load_collection, load_cranfield
+from distill.text.msmarco import (
+    GroupTable,
+    fill_texts,
+    iter_triple_scores,
+    read_hard_negatives,
+    read_pair_scores,
+    read_scored_triples,
+    read_triples,
+    score_layout,
+    triples_layout,
+)
 from distill.text.retrieval import BM25Index
+from distill.text.teacher_sources import GroupScoreTeacher
 
 
 def load_ranking_collection(cfg: Any) -> RetrievalCollection:
@@ -144,3 +164,141 @@ def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str,
     if not groups:
         raise ConfigError("data: no training groups (no judged positive with enough scored negatives)")
     return to_ranking_groups(groups, coll.docs)
+
+
+# -- MS MARCO-style training files ---------------------------------------------------------------------------------
+@contextmanager
+def _as_config_error(key: str) -> Iterator[None]:
+    """A reader's error (it names the file and line) becomes one line naming the config key."""
+    try:
+        yield
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as e:  # FormatError, UnsafeFileError (pickles), UnicodeDecodeError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"{key}: {first}") from None
+
+
+def _fill(cfg: Any, key: str, table: GroupTable, queries: bool, named_by: str) -> list[str]:
+    """The texts of the table's queries (or passages) from ``data.<key>``, streamed; an id the file lacks is named
+    with the line of the training file that asked for it."""
+    what = "qid" if queries else "pid"
+    path = existing_file(getattr(cfg.data, key), cfg.base_dir, f"data.{key}")
+    wanted, first_line = (table.qmap, table.qline) if queries else (table.dmap, table.dline)
+    try:
+        with _as_config_error(f"data.{key}"):
+            return fill_texts(path, wanted, what)
+    except KeyError as e:
+        missing, count = e.args
+        more = f"; {count} of its {len(wanted)} {what}s are missing" if count > 1 else ""
+        raise ConfigError(f"data.{key}: {path} has no {what} {missing!r} (named by {named_by}: {table.source}, line "
+                          f"{first_line[wanted[missing]]}){more}") from None
+
+
+def _aligned_scores(score_path: Path, layout: str, table: GroupTable, qids: list[str], docids: list[str],
+                    named_by: str) -> np.ndarray:
+    """The (N, G) teacher scores of the table's groups from a score file, streamed and matched by ids: per
+    triple (qid, pid_pos, pid_neg) when both sides are triples, otherwise per (qid, pid) pair; only the scores the
+    groups need are kept. A group without a score is named with its line and the missing ids."""
+    n, g = len(table), table.size
+    qrows, drows = np.frombuffer(table.qrows, dtype=np.intc), np.frombuffer(table.drows, dtype=np.intc).reshape(n, g)
+    out = np.full((n, g), np.nan, dtype=np.float32)
+    if layout == "triples" and g == 2:
+        wanted: dict[tuple[str, ...], tuple[float, float] | None] = {}
+        for r in range(n):
+            wanted[(qids[qrows[r]], docids[drows[r, 0]], docids[drows[r, 1]])] = None
+        with _as_config_error("teacher.scores"):
+            for _, q, p, neg, sp, sn in iter_triple_scores(score_path):
+                if (q, p, neg) in wanted:
+                    wanted[(q, p, neg)] = (sp, sn)
+        for r in range(n):
+            key = (qids[qrows[r]], docids[drows[r, 0]], docids[drows[r, 1]])
+            got = wanted[key]
+            if got is None:
+                raise ConfigError(f"teacher.scores: {score_path} has no line for the triple (qid {key[0]!r}, pid_pos "
+                                  f"{key[1]!r}, pid_neg {key[2]!r}) of {named_by}: {table.source}, line "
+                                  f"{table.lines[r]}")
+            out[r] = got
+        return out
+    pairs = {(qids[qrows[r]], docids[d]) for r in range(n) for d in drows[r]}
+    with _as_config_error("teacher.scores"):
+        scores = read_pair_scores(score_path, layout, keep=pairs)
+    for r in range(n):
+        q = qids[qrows[r]]
+        for j, d in enumerate(drows[r]):
+            s = scores.get((q, docids[d]))
+            if s is None:
+                raise ConfigError(f"teacher.scores: {score_path} has no score for qid {q!r}, pid {docids[d]!r} (a "
+                                  f"group of {named_by}: {table.source}, line {table.lines[r]})")
+            out[r, j] = s
+    return out
+
+
+def load_msmarco(cfg: Any) -> tuple[IndexedGroups, GroupScoreTeacher | None]:
+    """Training groups from MS MARCO-style files (``data.triples``, ``data.hard_negatives`` or a per-triple
+    ``teacher.scores`` alone) with their texts from ``data.docs``/``data.queries``, and the stored teacher of
+    ``teacher.scores`` aligned with them."""
+    d, t = cfg.data, cfg.teacher
+    score_path = existing_file(t.scores, cfg.base_dir, "teacher.scores") if t is not None and t.scores else None
+    layout = None
+    if score_path is not None:
+        with _as_config_error("teacher.scores"):
+            layout = score_layout(score_path, t.scores_format)
+    stored: array | None = None
+    texts_inline = False
+    if d.triples:
+        named_by = "data.triples"
+        path = existing_file(d.triples, cfg.base_dir, named_by)
+        with _as_config_error(named_by):
+            texts_inline = triples_layout(path, d.triples_format) == "texts"
+            table = read_triples(path, d.max_triples)
+        if texts_inline and score_path is not None:
+            raise ConfigError(f"teacher.scores: scores are matched by ids, and the text triples of data.triples "
+                              f"({path.name}) carry none; give the triples by id (qid, pid_pos, pid_neg) with "
+                              "data.docs and data.queries, or the per-triple score file alone")
+        if texts_inline and (d.docs or d.queries):
+            raise ConfigError(f"data.{'docs' if d.docs else 'queries'}: the text triples of data.triples "
+                              f"({path.name}) carry their texts; drop data.docs and data.queries (or give "
+                              "data.triples_format: ids)")
+    elif d.hard_negatives:
+        named_by = "data.hard_negatives"
+        path = existing_file(d.hard_negatives, cfg.base_dir, named_by)
+        with _as_config_error(named_by):
+            table, short = read_hard_negatives(path, d.num_negatives, d.hard_negative_systems, cfg.seed,
+                                               d.max_triples, d.max_positives)
+        if short:
+            note = (f"data.hard_negatives: {len(short)} queries have no positive or fewer than data.num_negatives "
+                    f"({d.num_negatives}) negatives, e.g. {short[0]!r}")
+            if not len(table):
+                raise ConfigError(f"{note}: no training groups are left")
+            warnings.warn(f"{note}; they are left out of training", stacklevel=2)
+    else:
+        named_by = "teacher.scores"
+        if score_path is None or layout != "triples":
+            raise ConfigError(f"teacher.scores: {score_path} holds per-pair scores ({layout}); the training groups "
+                              "then come from data.qrels, data.triples or data.hard_negatives; without them, give a "
+                              "per-triple score file ('score_pos score_neg qid pid_pos pid_neg' lines)")
+        with _as_config_error(named_by):
+            table, stored = read_scored_triples(score_path, d.max_triples)
+    if texts_inline:
+        query_texts, doc_texts = list(table.qmap), list(table.dmap)
+        query_ids = [f"q{i}" for i in range(len(query_texts))]
+        doc_ids = [f"p{i}" for i in range(len(doc_texts))]
+    else:
+        if d.docs is None or d.queries is None:
+            raise ConfigError(f"data.{'docs' if d.docs is None else 'queries'}: the ids of {named_by} need the "
+                              "texts: give data.docs (collection.tsv: pid<TAB>passage) and data.queries "
+                              "(queries.train.tsv: qid<TAB>query)")
+        query_texts = _fill(cfg, "queries", table, True, named_by)
+        doc_texts = _fill(cfg, "docs", table, False, named_by)
+        query_ids, doc_ids = list(table.qmap), list(table.dmap)
+    n = len(table)
+    groups = IndexedGroups(query_ids, query_texts, doc_ids, doc_texts, np.frombuffer(table.qrows, dtype=np.intc),
+                           np.frombuffer(table.drows, dtype=np.intc).reshape(n, table.size))
+    if score_path is None:
+        return groups, None
+    if stored is not None:
+        matrix = np.frombuffer(stored, dtype=np.float32).reshape(n, table.size)
+    else:
+        matrix = _aligned_scores(score_path, layout, table, query_ids, doc_ids, named_by)  # type: ignore[arg-type]
+    return groups, GroupScoreTeacher(torch.from_numpy(np.array(matrix)), groups.qids, str(score_path))

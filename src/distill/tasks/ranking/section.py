@@ -20,7 +20,19 @@ class RankingData(Strict):
     ``title_seed``. ``format``: how ``docs`` and ``queries`` are read: ``auto`` (TSV, or JSONL by the name) or a
     table read with Hugging Face ``datasets`` (``csv``, ``jsonl``, ``parquet``, ``arrow``; docs/data.md) with the
     ids in ``id_column`` (default ``_id`` or ``id``), the texts in ``text_column`` and optional titles in
-    ``title_column`` (default ``title`` when there is one)."""
+    ``title_column`` (default ``title`` when there is one).
+
+    MS MARCO-style training files (docs/retrieval.md, "MS MARCO training files"), read as streams: ``docs`` is
+    then ``collection.tsv`` (``pid<TAB>passage``) and ``queries`` ``queries.train.tsv`` (``qid<TAB>query``), of
+    which only the texts the training groups name are kept. The groups come from ``triples``: by id
+    (``qidpidtriples.train.full.tsv``: ``qid<TAB>pid_pos<TAB>pid_neg``) or by text (``triples.train.small.tsv``:
+    ``query<TAB>positive<TAB>negative``, no ``docs``/``queries``); ``triples_format`` says which (``auto``: ids
+    when no field of the first line holds a space). Or from ``hard_negatives``: sentence-transformers'
+    ``msmarco-hard-negatives.jsonl.gz``, one group per positive (the first ``max_positives``) with
+    ``num_negatives`` negatives drawn with the run's seed from the lists of ``hard_negative_systems`` (default:
+    every system of the line). Or, with neither, from a per-triple ``teacher.scores`` file itself
+    (``score_pos<TAB>score_neg<TAB>qid<TAB>pid_pos<TAB>pid_neg``, Hofstaetter et al.'s published teacher files).
+    ``max_triples``: read only the first N triples (hard negatives: groups); the rest of the file is not read."""
 
     cranfield: str | None = None
     docs: str | None = None
@@ -39,10 +51,24 @@ class RankingData(Strict):
     max_positives: int | None = Field(None, gt=0)
     title_groups: int = Field(0, ge=0)
     title_seed: int = 0
+    triples: str | None = None
+    triples_format: Literal["auto", "ids", "texts"] = "auto"
+    hard_negatives: str | None = None
+    hard_negative_systems: list[str] | None = Field(None, min_length=1)
+    max_triples: int | None = Field(None, gt=0)
+
+    def msmarco(self) -> bool:
+        """Whether the groups come from MS MARCO-style files (triples, hard negatives or a per-triple score file)
+        rather than from judged queries (``cranfield`` or ``qrels``)."""
+        return self.cranfield is None and self.qrels is None
 
 
 class RankingTeacher(TeacherConfig):
     """A live bi-encoder (``path``: a sentence-transformers folder; scores are dot products of its embeddings) or
-    a teacher that was run elsewhere: ``scores``, a file of lines ``qid docid score`` (e.g. a cross-encoder's)."""
+    a teacher that was run elsewhere: ``scores``, a file of its scores (e.g. a cross-encoder's), in the layout
+    ``scores_format`` names: ``pairs`` (``qid docid score`` lines), ``triples`` (``score_pos score_neg qid pid_pos
+    pid_neg``, one line per training triple), ``jsonl`` (``{"qid", "pid", "score"}`` or ``{"qid", "scores": {pid:
+    score}}`` a line) or ``auto`` (by the name, then by the first line's fields). Pickles are refused."""
 
     scores: str | None = None
+    scores_format: Literal["auto", "pairs", "triples", "jsonl"] = "auto"

@@ -6,9 +6,11 @@ group, and the mean reciprocal rank within the group. Corpus-level retrieval mea
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -38,6 +40,68 @@ class RankingGroups:
 
     def __len__(self) -> int:
         return len(self.qids)
+
+
+class _Column:
+    """A read-only sequence whose item ``i`` is computed on access."""
+
+    def __init__(self, n: int, get: Callable[[int], Any]):
+        self.n = n
+        self.get = get
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> Any:
+        if not -self.n <= i < self.n:
+            raise IndexError(i)
+        return self.get(int(i) % self.n)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return (self.get(i) for i in range(self.n))
+
+
+@dataclass
+class IndexedGroups:
+    """Ranking groups kept compact for large training sets (MS MARCO's millions of triples): each distinct query
+    and passage text once, the groups as index arrays, ``query_index`` (N,) and ``doc_index`` (N, G) (positive in
+    column 0). Read like :class:`RankingGroups` (``qids``, ``queries``, ``docids``, ``docs``), item by item."""
+
+    query_ids: list[str]
+    query_texts: list[str]
+    doc_ids: list[str]
+    doc_texts: list[str]
+    query_index: np.ndarray
+    doc_index: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.doc_index.ndim != 2 or self.doc_index.shape[1] < 2 or len(self.query_index) != len(self.doc_index):
+            raise ValueError(f"ranking groups: query_index {self.query_index.shape} and doc_index "
+                             f"{self.doc_index.shape} must be (N,) and (N, 1 + n) with n >= 1")
+        if len(self.query_ids) != len(self.query_texts) or len(self.doc_ids) != len(self.doc_texts):
+            raise ValueError("ranking groups: ids and texts differ in length")
+        q, d = self.query_index, self.doc_index
+        if len(q) and (q.min() < 0 or q.max() >= len(self.query_ids) or d.min() < 0 or d.max() >= len(self.doc_ids)):
+            raise ValueError("ranking groups: an index outside the id tables")
+
+    def __len__(self) -> int:
+        return len(self.query_index)
+
+    @property
+    def qids(self) -> _Column:
+        return _Column(len(self), lambda i: self.query_ids[self.query_index[i]])
+
+    @property
+    def queries(self) -> _Column:
+        return _Column(len(self), lambda i: self.query_texts[self.query_index[i]])
+
+    @property
+    def docids(self) -> _Column:
+        return _Column(len(self), lambda i: [self.doc_ids[j] for j in self.doc_index[i]])
+
+    @property
+    def docs(self) -> _Column:
+        return _Column(len(self), lambda i: [self.doc_texts[j] for j in self.doc_index[i]])
 
 
 class RankingMetrics:
@@ -77,19 +141,22 @@ class TextRanking:
         self.query_length = query_length
         self.doc_length = doc_length
 
-    def num_examples(self, data: RankingGroups) -> int:
+    def num_examples(self, data: RankingGroups | IndexedGroups) -> int:
         return len(data)
 
-    def fetch(self, data: RankingGroups, indices: torch.Tensor) -> Batch:
+    def fetch(self, data: RankingGroups | IndexedGroups, indices: torch.Tensor) -> Batch:
         idx = [int(i) for i in indices]
-        queries = [data.queries[i] for i in idx]
-        docs = [d for i in idx for d in data.docs[i]]
+        query_col, doc_col = data.queries, data.docs
+        queries = [query_col[i] for i in idx]
+        groups = [doc_col[i] for i in idx]
+        docs = [d for g in groups for d in g]
         inputs = {}
         if self.tokenizer_model is not None:
             inputs = {**_prefixed("q_", tokenize(self.tokenizer_model, queries, self.query_length)),
                       **_prefixed("d_", tokenize(self.tokenizer_model, docs, self.doc_length))}
-        meta = {"qids": [data.qids[i] for i in idx], "docids": [data.docids[i] for i in idx],
-                "group_size": len(data.docs[idx[0]]) if idx else 0, "queries": queries, "docs": docs}
+        qids, docids = data.qids, data.docids
+        meta = {"qids": [qids[i] for i in idx], "docids": [docids[i] for i in idx],
+                "group_size": len(groups[0]) if idx else 0, "queries": queries, "docs": docs}
         return Batch(inputs, torch.zeros(len(idx), dtype=torch.long), indices, meta)
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
@@ -124,5 +191,5 @@ def group_scores(query_emb: torch.Tensor, doc_emb: torch.Tensor) -> torch.Tensor
     return torch.einsum("bd,bgd->bg", query_emb, doc_emb.view(b, -1, doc_emb.shape[-1]))
 
 
-def texts_of(groups: RankingGroups) -> Sequence[str]:
+def texts_of(groups: RankingGroups | IndexedGroups) -> Sequence[str]:
     return [*groups.queries, *(d for ds in groups.docs for d in ds)]

@@ -1,0 +1,377 @@
+"""MS MARCO passage-ranking training files and the teacher score files published for them, read as streams.
+
+Training data (tab-separated UTF-8; a ``.gz`` suffix is read through gzip):
+
+- ``collection.tsv``: ``pid<TAB>passage`` (8.8M lines) and ``queries.train.tsv``: ``qid<TAB>query``. They are
+  streamed once and only the texts the training groups name are kept (:func:`fill_texts`), so the collection is
+  never held whole, let alone twice;
+- triples by id, ``qidpidtriples.train.full.tsv``: ``qid<TAB>pid_pos<TAB>pid_neg``;
+- triples by text, ``triples.train.small.tsv``: ``query<TAB>positive passage<TAB>negative passage``;
+- sentence-transformers' hard negatives, ``msmarco-hard-negatives.jsonl.gz``: one JSON object a line,
+  ``{"qid": 867436, "pos": [5238393], "neg": {"bm25": [...], "<system>": [...]}}``.
+
+Teacher scores (a stored teacher, served without running it):
+
+- per triple, the layout of Hofstaetter et al. (2020)'s published files
+  (``bert_cat_ensemble_msmarcopassage_train_scores_ids.tsv``): ``score_pos<TAB>score_neg<TAB>qid<TAB>pid_pos<TAB>
+  pid_neg``, one line per training triple (the README of sebastian-hofstaetter/neural-ranking-kd);
+- per pair: ``qid pid score`` lines (tabs or spaces), or JSONL ``{"qid": .., "pid": .., "score": ..}`` or
+  ``{"qid": .., "scores": {"<pid>": score, ...}}`` (the shape of sentence-transformers' cross-encoder score dict,
+  ``scores[qid][pid]``, written one query a line).
+
+Pickles (sentence-transformers' ``cross-encoder-ms-marco-MiniLM-L-6-v2-scores.pkl.gz``) are refused, never loaded:
+loading one can run code. Every error names the file and the line.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from array import array
+from collections.abc import Container, Iterator, Sequence
+from pathlib import Path
+
+from distill.core.safe_pickle import UnsafeFileError
+from distill.text.ir_data import FormatError
+
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pkl.gz", ".pickle.gz", ".pt", ".pth")
+
+
+def _first_bytes(path: Path, n: int = 2) -> bytes:
+    try:
+        if path.name.lower().endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                return fh.read(n)
+        with path.open("rb") as fh:
+            return fh.read(n)
+    except (OSError, EOFError):
+        return b""
+
+
+def is_pickle(path: Path) -> bool:
+    """By name (``.pkl``, ``.pickle``, also gzipped) or by content (the pickle protocol 2-5 opcode first)."""
+    head = _first_bytes(path)
+    return path.name.lower().endswith(PICKLE_SUFFIXES) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
+def refuse_pickle(path: Path) -> None:
+    if is_pickle(path):
+        raise UnsafeFileError(path, "a Python pickle; distill never loads pickles (loading one can run code). Convert "
+                                    "it once, where you trust the file, to JSONL lines {\"qid\": ..., \"pid\": ..., "
+                                    "\"score\": ...} or TSV lines 'qid<TAB>pid<TAB>score', and give that file")
+
+
+def lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """``(line number, line without its end)`` of a UTF-8 text file (gzip when named ``*.gz``), streamed. Only
+    ``\\n`` ends a line (a stray ``\\r`` or Unicode separator inside a passage does not split it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    refuse_pickle(path)
+    n = 0
+    try:
+        if path.name.lower().endswith(".gz"):
+            fh = gzip.open(path, "rt", encoding="utf-8", newline="\n")
+        else:
+            fh = path.open(encoding="utf-8", newline="\n")
+        with fh:
+            for n, line in enumerate(fh, 1):
+                yield n, line.rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise FormatError(f"{path}, line {n + 1}: not UTF-8 text") from None
+    except (EOFError, gzip.BadGzipFile) as e:
+        raise FormatError(f"{path}, line {n + 1}: the gzip stream is damaged or cut short ({e})") from None
+
+
+def first_fields(path: Path, sep: str | None, comments: bool = False) -> list[str]:
+    """The fields of the first non-blank line (not a ``#`` comment when ``comments``)."""
+    for _, line in lines(path):
+        if line.strip() and not (comments and line.lstrip().startswith("#")):
+            return line.split(sep)
+    raise FormatError(f"{path}: the file is empty")
+
+
+def _is_json(path: Path) -> bool:
+    return path.name.lower().removesuffix(".gz").endswith((".jsonl", ".json"))
+
+
+# -- teacher scores ----------------------------------------------------------------------------------------------
+SCORE_LAYOUTS = ("auto", "pairs", "triples", "jsonl")
+PAIR_LINE = "'qid pid score' (3 fields)"
+TRIPLE_LINE = "'score_pos score_neg qid pid_pos pid_neg' (5 fields)"
+
+
+def score_layout(path: Path, layout: str = "auto") -> str:
+    """``pairs``, ``triples`` or ``jsonl``: given, or ``auto`` by the name (``.jsonl``/``.json``) and then by the
+    number of fields of the first line (3: pairs, 5: per-triple)."""
+    if layout != "auto":
+        return layout
+    if _is_json(path):
+        return "jsonl"
+    fields = first_fields(path, None, comments=True)
+    if fields[0].startswith("{"):
+        return "jsonl"
+    if len(fields) not in (3, 5):
+        raise FormatError(f"{path}, line 1: expected {PAIR_LINE} or {TRIPLE_LINE}, got {len(fields)} fields")
+    return "pairs" if len(fields) == 3 else "triples"
+
+
+def _number(path: Path, n: int, value: object, what: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise FormatError(f"{path}, line {n}: {what} {value!r} is not a number") from None
+    if x != x or x in (float("inf"), float("-inf")):
+        raise FormatError(f"{path}, line {n}: {what} {value!r} is not a finite number")
+    return x
+
+
+def iter_triple_scores(path: Path) -> Iterator[tuple[int, str, str, str, float, float]]:
+    """``(line, qid, pid_pos, pid_neg, score_pos, score_neg)`` of a per-triple score file."""
+    for n, line in lines(path):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 5:
+            hint = (" (this reader takes the id file, *_ids.tsv, not the one expanded with texts)"
+                    if len(line.split("\t")) == 5 else "")
+            raise FormatError(f"{path}, line {n}: expected {TRIPLE_LINE}, got {len(parts)} fields{hint}")
+        sp, sn = _number(path, n, parts[0], "score_pos"), _number(path, n, parts[1], "score_neg")
+        yield n, parts[2], parts[3], parts[4], sp, sn
+
+
+def _json_object(path: Path, n: int, line: str) -> dict:
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise FormatError(f"{path}, line {n}: not valid JSON ({e.msg}, column {e.colno})") from None
+    if not isinstance(rec, dict):
+        raise FormatError(f"{path}, line {n}: expected a JSON object, got {type(rec).__name__}")
+    return rec
+
+
+def _ident(path: Path, n: int, rec: dict, keys: Sequence[str]) -> str:
+    value = next((rec[k] for k in keys if k in rec), None)
+    if value is None or isinstance(value, (bool, float, dict, list)) or str(value).strip() == "":
+        raise FormatError(f"{path}, line {n}: no {keys[0]!r} (a string or integer id); its keys: {sorted(rec)[:8]}")
+    return str(value).strip()
+
+
+def iter_pair_scores(path: Path, layout: str = "auto") -> Iterator[tuple[int, str, str, float]]:
+    """``(line, qid, pid, score)`` of every scored pair of a score file in any layout (a per-triple line gives
+    two pairs)."""
+    layout = score_layout(path, layout)
+    if layout == "triples":
+        for n, q, p, neg, sp, sn in iter_triple_scores(path):
+            yield n, q, p, sp
+            yield n, q, neg, sn
+        return
+    for n, line in lines(path):
+        if layout == "jsonl":
+            if not line.strip():
+                continue
+            rec = _json_object(path, n, line)
+            q = _ident(path, n, rec, ("qid", "query_id"))
+            if "scores" in rec:
+                if not isinstance(rec["scores"], dict):
+                    raise FormatError(f"{path}, line {n}: 'scores' must be an object {{pid: score}}")
+                for p, s in rec["scores"].items():
+                    yield n, q, str(p).strip(), _number(path, n, s, f"score of pid {p!r}")
+            else:
+                p = _ident(path, n, rec, ("pid", "docid", "doc_id"))
+                if "score" not in rec:
+                    raise FormatError(f"{path}, line {n}: no 'score' (expected {{\"qid\", \"pid\", \"score\"}} or "
+                                      f"{{\"qid\", \"scores\": {{pid: score}}}})")
+                yield n, q, p, _number(path, n, rec["score"], "score")
+            continue
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        if len(parts) != 3:
+            raise FormatError(f"{path}, line {n}: expected {PAIR_LINE}, got {len(parts)} fields")
+        yield n, parts[0], parts[1], _number(path, n, parts[2], "score")
+
+
+def read_pair_scores(path: str | Path, layout: str = "auto",
+                     keep: Container[tuple[str, str]] | None = None) -> dict[tuple[str, str], float]:
+    """``{(qid, pid): score}`` of a score file (a later line wins); with ``keep``, only those pairs are kept, so a
+    file of 160M scores costs the memory of the pairs training uses."""
+    scores: dict[tuple[str, str], float] = {}
+    for _, q, p, s in iter_pair_scores(Path(path), layout):
+        if keep is None or (q, p) in keep:
+            scores[(q, p)] = s
+    return scores
+
+
+# -- training groups -----------------------------------------------------------------------------------------------
+class GroupTable:
+    """Training groups as they are read: query and passage ids mapped to dense indices (the line of the source
+    file where each was first seen is kept for error messages), one row of indices per group."""
+
+    def __init__(self, size: int, source: Path):
+        self.size = size
+        self.source = source
+        self.qmap: dict[str, int] = {}
+        self.dmap: dict[str, int] = {}
+        self.qline = array("q")
+        self.dline = array("q")
+        self.qrows = array("i")
+        self.drows = array("i")
+        self.lines = array("q")
+
+    def __len__(self) -> int:
+        return len(self.qrows)
+
+    @staticmethod
+    def _index(table: dict[str, int], seen: array, key: str, n: int) -> int:
+        i = table.get(key)
+        if i is None:
+            i = table[key] = len(table)
+            seen.append(n)
+        return i
+
+    def add(self, n: int, qid: str, docids: Sequence[str]) -> None:
+        if len(docids) != self.size:
+            raise ValueError(f"a group of {len(docids)} passages, the table holds groups of {self.size}")
+        self.qrows.append(self._index(self.qmap, self.qline, qid, n))
+        for d in docids:
+            self.drows.append(self._index(self.dmap, self.dline, d, n))
+        self.lines.append(n)
+
+
+def triples_layout(path: Path, layout: str = "auto") -> str:
+    """``ids`` or ``texts``: given, or ``auto`` by the first line (three tab-separated fields; ids when none of
+    them holds a space)."""
+    if layout != "auto":
+        return layout
+    fields = first_fields(path, "\t")
+    if len(fields) != 3:
+        raise FormatError(f"{path}, line 1: expected 3 tab-separated fields (qid, pid_pos, pid_neg or query, "
+                          f"positive, negative), got {len(fields)}")
+    return "ids" if all(f.strip() and len(f.split()) == 1 for f in fields) else "texts"
+
+
+def iter_triples(path: Path) -> Iterator[tuple[int, str, str, str]]:
+    """``(line, a, b, c)`` of a tab-separated triples file (ids or texts; blank lines skipped)."""
+    for n, line in lines(path):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 3:
+            raise FormatError(f"{path}, line {n}: expected 3 tab-separated fields, got {len(parts)}")
+        a, b, c = (p.strip() for p in parts)
+        if not (a and b and c):
+            raise FormatError(f"{path}, line {n}: an empty field")
+        yield n, a, b, c
+
+
+def read_triples(path: Path, limit: int | None) -> GroupTable:
+    """The first ``limit`` triples (all without; reading stops there) of ``qid<TAB>pid_pos<TAB>pid_neg`` or
+    ``query<TAB>positive<TAB>negative`` lines. Texts are their own keys, so each distinct text is kept once: the 40M
+    lines of ``triples.train.small.tsv`` hold about 0.5M queries and their passages once each."""
+    table = GroupTable(2, path)
+    for n, q, p, neg in iter_triples(path):
+        if limit is not None and len(table) >= limit:
+            break
+        table.add(n, q, (p, neg))
+    if not len(table):
+        raise FormatError(f"{path}: no triples")
+    return table
+
+
+def read_scored_triples(path: Path, limit: int | None) -> tuple[GroupTable, array]:
+    """A per-triple score file read as the training triples themselves: the groups and their (score_pos,
+    score_neg), row by row."""
+    table = GroupTable(2, path)
+    scores = array("f")
+    for n, q, p, neg, sp, sn in iter_triple_scores(path):
+        if limit is not None and len(table) >= limit:
+            break
+        table.add(n, q, (p, neg))
+        scores.extend((sp, sn))
+    if not len(table):
+        raise FormatError(f"{path}: no scored triples")
+    return table, scores
+
+
+def read_hard_negatives(path: Path, num_negatives: int, systems: Sequence[str] | None, seed: int,
+                        limit: int | None, max_positives: int | None) -> tuple[GroupTable, list[str]]:
+    """Groups from sentence-transformers' hard-negatives JSONL: for each query, one group per positive (the first
+    ``max_positives`` in file order) with ``num_negatives`` negatives drawn (seeded) from the union of the
+    ``systems``' lists (all systems by default), the query's positives left out. Returns the table and the qids
+    left out for too few negatives."""
+    rng = random.Random(seed)
+    table = GroupTable(1 + num_negatives, path)
+    wanted = set(systems) if systems is not None else None
+    seen_systems: set[str] = set()
+    short: list[str] = []
+    for n, line in lines(path):
+        if limit is not None and len(table) >= limit:
+            break
+        if not line.strip():
+            continue
+        rec = _json_object(path, n, line)
+        q = _ident(path, n, rec, ("qid",))
+        pos, neg = rec.get("pos"), rec.get("neg")
+        if not isinstance(pos, list) or not isinstance(neg, dict):
+            raise FormatError(f"{path}, line {n}: expected {{\"qid\": .., \"pos\": [pid, ...], \"neg\": {{system: "
+                              f"[pid, ...]}}}}; its keys: {sorted(rec)[:8]}")
+        positives = [str(p) for p in pos][:max_positives]
+        seen_systems.update(neg)
+        pool: dict[str, None] = {}
+        for system, pids in neg.items():
+            if wanted is not None and system not in wanted:
+                continue
+            if not isinstance(pids, list):
+                raise FormatError(f"{path}, line {n}: neg[{system!r}] is {type(pids).__name__}, not a list of pids")
+            pool.update((str(p), None) for p in pids)
+        every_pos = {str(p) for p in pos}
+        candidates = [p for p in pool if p not in every_pos]
+        if not positives or len(candidates) < num_negatives:
+            short.append(q)
+            continue
+        for p in positives:
+            if limit is not None and len(table) >= limit:
+                break
+            table.add(n, q, (p, *rng.sample(candidates, num_negatives)))
+    if wanted is not None and not wanted & seen_systems:
+        raise FormatError(f"{path}: none of the systems {sorted(wanted)} names negatives; the file's systems: "
+                          f"{sorted(seen_systems)[:12]}")
+    return table, short
+
+
+def fill_texts(path: Path, wanted: dict[str, int], what: str) -> list[str]:
+    """The texts of the ids in ``wanted`` (id -> position) from an ``id<TAB>text`` (or ``id<TAB>title<TAB>text``)
+    file, read as a stream: lines of other ids are skipped unparsed, and reading stops once every wanted id is
+    found. Raises ``KeyError(first missing id, number missing)`` when the file lacks some (the caller names where
+    they were needed)."""
+    texts: list[str | None] = [None] * len(wanted)
+    found = 0
+    for n, line in lines(path):
+        tab = line.find("\t")
+        if tab < 0:
+            if line.strip():
+                raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text', found no tab")
+            continue
+        i = wanted.get(line[:tab].strip())
+        if i is None:
+            continue
+        parts = line.split("\t")
+        if len(parts) == 2:
+            text = parts[1].strip()
+        elif len(parts) == 3:
+            text = " ".join(f"{parts[1]} {parts[2]}".split())
+        else:
+            raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text' or '{what}<TAB>title<TAB>text', got "
+                              f"{len(parts)} tab-separated fields")
+        if texts[i] is not None:
+            raise FormatError(f"{path}, line {n}: {what} {line[:tab].strip()!r} appears twice")
+        texts[i] = text
+        found += 1
+        if found == len(texts):
+            break  # every wanted text is read; the rest of the file is not needed
+    if found < len(texts):
+        missing = next(k for k, i in wanted.items() if texts[i] is None)
+        raise KeyError(missing, len(texts) - found)
+    return texts  # type: ignore[return-value]
