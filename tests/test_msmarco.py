@@ -16,7 +16,6 @@ import torch
 import yaml
 
 from distill.config import ConfigError, parse_config
-from distill.core.batch import Batch
 from distill.text.teacher_sources import GroupScoreTeacher
 
 # passages 0..9 (8 and 9 are never used by a group), queries 100..103 (103 unused)
@@ -137,8 +136,8 @@ def test_hard_negatives_draw_scored_negatives_from_the_chosen_systems(tmp_path):
           for p in [*r["pos"], *(x for v in r["neg"].values() for x in v)]}
     (root / "ce.jsonl").write_text("".join(json.dumps({"qid": q, "pid": p, "score": s}) + "\n"
                                            for (q, p), s in ce.items()))
-    data = {"docs": "collection.tsv", "queries": "queries.train.tsv", "hard_negatives": "msmarco-hard-negatives.jsonl.gz",
-            "num_negatives": 2, "hard_negative_systems": ["bm25"]}
+    data = {"docs": "collection.tsv", "queries": "queries.train.tsv",
+            "hard_negatives": "msmarco-hard-negatives.jsonl.gz", "num_negatives": 2, "hard_negative_systems": ["bm25"]}
     with pytest.warns(UserWarning, match=r"data\.hard_negatives: 1 queries have no positive or fewer .* e\.g\. '102'"):
         loaded = load(cfg_of(root, data, {"scores": "ce.jsonl"}))
     batch, scores = served(loaded, [0, 1, 2])

@@ -5,7 +5,8 @@ L = (1/(B n)) sum_b sum_j [(s_b0 - s_bj) - (t_b0 - t_bj)]^2. For n = 1 this is t
 ``MarginMSELoss`` (mean of squared margin differences); for n > 1 it is the multi-negative form of
 sentence-transformers (labels = positive minus each negative, MSE over B * n). Invariant to adding a
 per-query constant to either model's scores, not to rescaling them. Teacher scores usually come from a
-score file (:class:`~distill.text.teacher_sources.ScoreFileTeacher`).
+score file (:class:`~distill.text.teacher_sources.ScoreFileTeacher`, or for MS MARCO's per-triple teacher files
+``score_pos score_neg qid pid_pos pid_neg``, :class:`~distill.text.teacher_sources.GroupScoreTeacher`).
 
 Paper: Improving Efficient Neural Ranking Models with Cross-Architecture Knowledge Distillation, 2020,
 arXiv:2010.02666; code: https://github.com/sebastian-hofstaetter/neural-ranking-kd.

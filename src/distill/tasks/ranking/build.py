@@ -1,5 +1,7 @@
 """``task: ranking``: (query, positive, negatives) groups scored by a bi-encoder student; the teacher is a live
-bi-encoder or a file of scores from a teacher run elsewhere (Margin-MSE's cross-encoder)."""
+bi-encoder or a file of scores from a teacher run elsewhere (Margin-MSE's cross-encoder). Groups come from judged
+queries (Cranfield, or docs/queries/qrels) or from MS MARCO-style training files (triples, hard negatives, a
+per-triple score file; :func:`distill.tasks.ranking.data.load_msmarco`)."""
 
 from __future__ import annotations
 

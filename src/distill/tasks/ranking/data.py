@@ -201,18 +201,19 @@ def _aligned_scores(score_path: Path, layout: str, table: GroupTable, qids: list
     triple (qid, pid_pos, pid_neg) when both sides are triples, otherwise per (qid, pid) pair; only the scores the
     groups need are kept. A group without a score is named with its line and the missing ids."""
     n, g = len(table), table.size
-    qrows, drows = np.frombuffer(table.qrows, dtype=np.intc), np.frombuffer(table.drows, dtype=np.intc).reshape(n, g)
+    qrows = table.qrows.tolist()
+    drows = [table.drows[r * g:(r + 1) * g].tolist() for r in range(n)]
     out = np.full((n, g), np.nan, dtype=np.float32)
     if layout == "triples" and g == 2:
         wanted: dict[tuple[str, ...], tuple[float, float] | None] = {}
         for r in range(n):
-            wanted[(qids[qrows[r]], docids[drows[r, 0]], docids[drows[r, 1]])] = None
+            wanted[(qids[qrows[r]], docids[drows[r][0]], docids[drows[r][1]])] = None
         with _as_config_error("teacher.scores"):
             for _, q, p, neg, sp, sn in iter_triple_scores(score_path):
                 if (q, p, neg) in wanted:
                     wanted[(q, p, neg)] = (sp, sn)
         for r in range(n):
-            key = (qids[qrows[r]], docids[drows[r, 0]], docids[drows[r, 1]])
+            key = (qids[qrows[r]], docids[drows[r][0]], docids[drows[r][1]])
             got = wanted[key]
             if got is None:
                 raise ConfigError(f"teacher.scores: {score_path} has no line for the triple (qid {key[0]!r}, pid_pos "
