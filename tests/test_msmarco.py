@@ -120,7 +120,8 @@ def test_text_triples_keep_each_text_once_and_refuse_id_scores(tmp_path):
     assert len(groups) == 4 and len(groups.query_texts) == 3 and len(groups.doc_texts) == 7
     batch = loaded.task.fetch(groups, torch.tensor([2]))
     assert batch.meta["queries"] == [QUERIES["100"]] and batch.meta["docs"] == [PASSAGES["0"], PASSAGES["4"]]
-    assert batch.meta["qids"] == batch.meta["qids"] and loaded.info["score_teacher"] is None
+    assert batch.meta["qids"] == ["q0"] and batch.meta["docids"] == [["p0", "p4"]]  # ids made up in order seen
+    assert loaded.info["score_teacher"] is None
     with pytest.raises(ConfigError, match=r"^teacher\.scores: scores are matched by ids, and the text triples"):
         load(cfg_of(root, {"triples": "triples.train.small.tsv"}, {"scores": "scores_ids.tsv"}))
 

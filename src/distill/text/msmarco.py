@@ -35,7 +35,7 @@ from pathlib import Path
 from distill.core.safe_pickle import UnsafeFileError
 from distill.text.ir_data import FormatError
 
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".pkl.gz", ".pickle.gz", ".pt", ".pth")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pkl.gz", ".pickle.gz")
 
 
 def _first_bytes(path: Path, n: int = 2) -> bytes:
