@@ -95,18 +95,26 @@ class SemanticSegmentation:
     def fetch(self, data: SegmentationArrays | StreamedMasks, indices: torch.Tensor) -> Batch:
         if isinstance(data, StreamedMasks):  # data.streaming: decoded now (in a loader worker, if any)
             return data.fetch(indices)
+        if data.sizes is not None:  # images of several sizes, padded: keep the batch's largest, and the sizes
+            sizes = data.sizes[indices]
+            h, w = (int(v) for v in sizes.max(0).values) if len(sizes) else (0, 0)
+            return Batch(inputs=data.images[indices, :, :h, :w], labels=data.masks[indices, :h, :w],
+                         indices=indices, meta={"sizes": sizes})
         return Batch(inputs=data.images[indices], labels=data.masks[indices], indices=indices, meta={})
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
         """Normalise. With ``crop_size``, a training batch (and a streamed batch of whole images,
         ``meta["uncut"]``) first gets one ``crop_size`` square per image, the same for its mask, the corner drawn
         from ``generator`` (the trainer's: seed, epoch, step) and kept in ``meta["corners"]`` (centred outside
-        training)."""
+        training). The corners lie inside each image's own size (``meta["sizes"]``: in-memory images of several
+        sizes, padded); an evaluation batch of padded images stays whole, its padding labelled ``IGNORE_INDEX``
+        (not scored)."""
         meta = dict(batch.meta)
         x, y = batch.inputs, batch.labels
+        own = meta.pop("sizes", None)
         if "uncut" in meta or (train and self.crop_size is not None):
             size = int(meta.pop("patch", self.crop_size))
-            sizes = meta.pop("uncut", None)
+            sizes = meta.pop("uncut", own)
             if sizes is None:  # in memory: every image of the batch has the batch's size
                 sizes = torch.tensor([list(x.shape[-2:])] * x.shape[0], dtype=torch.int64)
             corners = draw_corners(sizes, size, generator if train else None)
