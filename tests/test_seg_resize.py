@@ -176,18 +176,45 @@ def fit(tmp_path: Path, root: Path, name: str, max_steps: int | None = None, wor
                      "eval_batch_size": 4}}  # whole evaluation images of several sizes, padded
     exp = build_experiment(parse_config(yaml.safe_load(yaml.safe_dump(raw)), base_dir=tmp_path))
     summary = exp.fit()
-    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary
+    return {k: v.clone() for k, v in exp.student.state_dict().items()}, summary, exp
 
 
 def test_shorter_side_runs_resume_bit_identically_and_match_in_memory(tmp_path, folder):
-    full, summary = fit(tmp_path, folder, "full")
+    full, summary, exp = fit(tmp_path, folder, "full")
     assert summary["steps"] == 4 and 0.0 <= summary["final"]["miou"] <= 1.0
-    memory, msummary = fit(tmp_path, folder, "memory", streaming=False)
+    raw = next(iter(exp.trainer._epoch_fetches(1, 0)))  # the trainer's fetch (a worker's): crops, not photos
+    assert raw.inputs.shape == (2, 3, 16, 16) and "corners" in raw.meta and "uncut" not in raw.meta
+    memory, msummary, _ = fit(tmp_path, folder, "memory", streaming=False)
     assert msummary["final"]["miou"] == summary["final"]["miou"]
-    _, first = fit(tmp_path, folder, "split", max_steps=3)
+    _, first, _ = fit(tmp_path, folder, "split", max_steps=3)
     assert first["steps"] == 3
-    resumed, _ = fit(tmp_path, folder, "split")
-    workers, _ = fit(tmp_path, folder, "workers", workers=2)
+    resumed, _, _ = fit(tmp_path, folder, "split")
+    workers, _, _ = fit(tmp_path, folder, "workers", workers=2)
     for k in full:
         assert torch.equal(full[k], resumed[k]) and torch.equal(full[k], workers[k]) \
             and torch.equal(full[k], memory[k]), k
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_crops_cut_at_fetch_equal_the_training_process_cut_and_only_crops_cross(tmp_path, folder, streaming):
+    from distill.train.loader import Placed, fetch_batches
+
+    # streamed: the photos' own sizes (16 x 16 to 33 x 18); in memory (one size or resized): shorter side 16
+    kw = {"streaming": True, "eval_batch_size": 1} if streaming else {"image_size": 16}
+    loaded = FAMILIES.get("semantic_segmentation").load(cfg(tmp_path, folder, crop_size=12, **kw))
+    task, data = loaded.task, loaded.train
+    idx = torch.tensor([3, 0, 2, 1])
+    for seed in (0, 1):
+        corners = task.draw_positions(data, idx, torch.Generator().manual_seed(seed))
+        at_fetch = task.prepare(task.fetch(data, idx, positions=corners), train=True, generator=None)
+        here = task.prepare(task.fetch(data, idx), train=True, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(at_fetch.meta["corners"], here.meta["corners"])
+        assert torch.equal(at_fetch.inputs, here.inputs) and torch.equal(at_fetch.labels, here.labels)
+    with pytest.raises(ValueError, match=r"corner \(5, 0\) of a 12-pixel crop is outside image 2 \(16 x 16\)"):
+        task.fetch(data, torch.tensor([2]), positions=torch.tensor([[5, 0]]))
+    chunks = [Placed(c, task.draw_positions(data, c, torch.Generator().manual_seed(i)))
+              for i, c in enumerate([idx[:2], idx[2:], idx])]
+    inline, workers = (list(fetch_batches(task, data, chunks, n)) for n in (0, 2))
+    for c, a, b in zip(chunks, inline, workers, strict=True):
+        assert b.inputs.shape == (len(c.indices), 3, 12, 12) and b.labels.shape == (len(c.indices), 12, 12)
+        assert torch.equal(a.inputs, b.inputs) and torch.equal(a.labels, b.labels)

@@ -3,10 +3,10 @@ each image's size read from its header, decoding on demand and aligned random pa
 
 A streamed set keeps paths and sizes only; the pixels of an example are decoded when its batch is fetched (in a
 DataLoader worker with ``train.num_workers``), always through :func:`distill.data.images.upright`, so EXIF-rotated
-photos come out as they are displayed. Random patch positions are never drawn in the worker: segmentation crops are
-drawn by the task from the generator the trainer hands to ``prepare``; super-resolution patch corners are drawn
-before the fetch (``draw_positions``, from a generator of the seed, the epoch and the step) and cut in the worker.
-Either way a resumed run and a run with any number of workers cut the same patches.
+photos come out as they are displayed. Random patch positions are never drawn in the worker: the trainer asks the
+task for them before the fetch (``draw_positions``, from a generator of the seed, the epoch and the step) and the
+worker cuts them, so a resumed run and a run with any number of workers cut the same patches, and only patches
+leave the worker.
 """
 
 from __future__ import annotations

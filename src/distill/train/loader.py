@@ -4,7 +4,7 @@ worker processes (``train.num_workers``).
 Which examples make a batch is decided before they are fetched (the trainer's epoch order, a function of the seed,
 the epoch and the step), and the randomness of a training batch (augmentation) is drawn afterwards in the main
 process, so the batches are the same with any number of workers. Randomness that the fetch itself needs (where a
-streamed super-resolution patch is cut, so that only the patch crosses from the worker) is drawn before the fetch,
+random training patch of a dense task is cut, so that only the patch crosses from the worker) is drawn before the fetch,
 in the training process, by the task's ``draw_positions`` from a generator that is a function of the seed, the
 epoch and the step, and handed to the worker with the indices (a :class:`Placed` chunk).
 Workers are seeded all the same: the loader's generator is seeded from the ``seed`` given, torch seeds worker

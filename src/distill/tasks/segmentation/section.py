@@ -50,8 +50,9 @@ class SegmentationData(Strict):
     all three are the same resize.
     ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std).
     ``crop_size``: training cuts one random ``crop_size`` square from each image and the same square from its mask
-    (after ``image_size``; at most ``image_size``), its corner drawn from the run's seeded generator; evaluation
-    sees whole images.
+    (after ``image_size``; at most ``image_size``), its corner drawn from the run's seeded generator before the
+    batch is fetched and the crop cut where the image is read (a loader worker's, streamed); evaluation sees whole
+    images.
     ``streaming`` (``folders`` only; the name and idea of ``image_classification``'s): keep the file list and the
     sizes read from the headers, and decode each pair when its batch is fetched (``num_classes`` is then
     required); with ``crop_size`` the training images may have any sizes, and evaluation may mix sizes with
