@@ -112,6 +112,7 @@ def test_longer_side_pad_pads_to_a_square_with_ignored_mask_pixels(tmp_path, fol
     loaded = FAMILIES.get("semantic_segmentation").load(cfg(tmp_path, folder, image_size=16,
                                                             resize="longer_side_pad"))
     assert loaded.task.crop_size is None and loaded.info["input_shape"] == [3, 16, 16]
+    assert loaded.task.describe()["resize"] == "longer_side_pad"  # a teacher cache's fingerprint tells them apart
     batch = loaded.task.fetch(loaded.eval, torch.arange(len(SIZES)))
     assert batch.inputs.shape == (4, 3, 16, 16)
     for row, (h, w) in enumerate(SIZES):

@@ -70,7 +70,8 @@ class SegmentationFamily(Family):
                                   "shorter_side the training images have several sizes, so training cuts a new "
                                   f"random {d.image_size}-pixel square (data.image_size) every epoch; set data.resize: "
                                   "longer_side_pad (or stretch), or drop the cache")
-        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=d.channels_last, crop_size=crop)
+        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=d.channels_last, crop_size=crop,
+                                    resize=d.resize if d.image_size is not None and d.source == "folders" else None)
         if isinstance(train, StreamedMasks):
             shape = train.input_shape
         else:

@@ -3,7 +3,7 @@ mask PNGs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,12 @@ class SegmentationArrays:
     masks: torch.Tensor
     num_classes: int
     source: str = ""
-    sizes: torch.Tensor | None = None
+    # an init-only argument kept as a plain attribute, not a field: the teacher cache's data fingerprint walks the
+    # fields, and sets of one size (every set before sizes existed) keep their fingerprint
+    sizes: InitVar[torch.Tensor | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sizes: torch.Tensor | None = None) -> None:
+        self.sizes = sizes
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
         if self.masks.dim() != 3 or self.masks.shape[0] != self.images.shape[0] \

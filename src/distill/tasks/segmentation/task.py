@@ -76,17 +76,20 @@ class SemanticSegmentation:
     augment = None
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], num_classes: int, channels_last: bool = False,
-                 crop_size: int | None = None):
+                 crop_size: int | None = None, resize: str | None = None):
         self.normalize = Normalize(mean, std)
         self.num_classes = int(num_classes)
         self.channels_last = channels_last
         self.crop_size = crop_size
+        self.resize = resize  # data.resize when data.image_size resizes (a streamed set's fingerprint skips it)
 
     def describe(self) -> dict[str, str]:
         """How stored images become model inputs (part of a teacher cache's fingerprint)."""
         out = {"task": type(self).__name__, "normalize": repr(self.normalize), "classes": str(self.num_classes)}
         if self.crop_size is not None:
             out["crop"] = str(self.crop_size)
+        if self.resize not in (None, "stretch"):  # stretch: what caches built before data.resize hold
+            out["resize"] = str(self.resize)
         return out
 
     def num_examples(self, data: SegmentationArrays | StreamedMasks) -> int:
