@@ -243,9 +243,10 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
 @dataclass
 class StreamedMasks:
     """The image/mask pairs of a ``source: folders`` set read one pair at a time (``data.streaming``): paths and
-    image sizes only, no pixels. ``sizes[i]``: (H, W) of pair ``i`` as read (``image_size`` square if it resizes).
-    ``crop_size`` (training): batches hold whole images, zero-padded to the largest, with ``meta["uncut"]`` (their
-    sizes), for :meth:`SemanticSegmentation.prepare` to cut one random aligned crop of image and mask from each.
+    image sizes only, no pixels. ``sizes[i]``: (H, W) of pair ``i`` as read (resized, if ``image_size``).
+    ``crop_size`` (training): the trainer's fetches come with their crops' corners and are cut where the pair is
+    read (:meth:`SemanticSegmentation.fetch`); a batch fetched without them holds whole images, zero-padded to the
+    largest, with ``meta["uncut"]`` (their sizes), for :meth:`SemanticSegmentation.prepare` to cut.
     ``resize``: how ``image_size`` fits each image (:func:`read_image_mask`); with ``shorter_side`` a batch of
     whole images of several sizes is padded to the largest (black, masks ``IGNORE_INDEX``: the padding is not
     scored)."""
