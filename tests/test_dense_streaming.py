@@ -238,7 +238,9 @@ def seg_folders(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("kw", [{"crop_size": 12}, {"image_size": 16, "crop_size": 8}, {}])
+@pytest.mark.parametrize("kw", [{"crop_size": 12}, {"image_size": 16, "crop_size": 8, "resize": "stretch"},
+                                {"image_size": 16, "crop_size": 8}, {"image_size": 16},
+                                {"image_size": 16, "resize": "longer_side_pad"}, {}])
 def test_seg_streamed_batches_equal_the_in_memory_batches(tmp_path, seg_folders, kw):
     family = FAMILIES.get("semantic_segmentation")
     root = seg_folders / ("mixed" if "image_size" in kw else "same")
@@ -253,10 +255,11 @@ def test_seg_streamed_batches_equal_the_in_memory_batches(tmp_path, seg_folders,
         m = memory.task.prepare(memory.task.fetch(a, idx), train=train, generator=gen[0])
         s = streamed.task.prepare(streamed.task.fetch(b, idx), train=train, generator=gen[1])
         assert torch.equal(m.inputs, s.inputs) and torch.equal(m.labels, s.labels)
-        side = kw.get("crop_size") if train else kw.get("image_size")
+        square = kw.get("resize", "shorter_side") != "shorter_side"  # images of several sizes after shorter_side
+        side = kw.get("crop_size", kw.get("image_size")) if train else (kw.get("image_size") if square else None)
         if side:
             assert m.inputs.shape[-2:] == (side, side)
-        if train and side:
+        if train and (kw.get("crop_size") or (side and not square)):  # random crops (shorter_side: image_size)
             assert torch.equal(m.meta["corners"], s.meta["corners"])
     if root.name == "same":
         assert bool((m.labels == -100).any())  # the masks' 255 -> ignored, in both paths

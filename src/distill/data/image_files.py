@@ -3,9 +3,10 @@ each image's size read from its header, decoding on demand and aligned random pa
 
 A streamed set keeps paths and sizes only; the pixels of an example are decoded when its batch is fetched (in a
 DataLoader worker with ``train.num_workers``), always through :func:`distill.data.images.upright`, so EXIF-rotated
-photos come out as they are displayed. Random patch positions are drawn by the task from the generator the trainer
-hands to ``prepare`` (a function of the seed, the epoch and the step), never in the worker, so a resumed run and a
-run with any number of workers cut the same patches.
+photos come out as they are displayed. Random patch positions are never drawn in the worker: the trainer asks the
+task for them before the fetch (``draw_positions``, from a generator of the seed, the epoch and the step) and the
+worker cuts them, so a resumed run and a run with any number of workers cut the same patches, and only patches
+leave the worker.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from distill.config import ConfigError
 from distill.data.image_tables import DataReadError
 from distill.data.images import _EXIF_ORIENTATION, upright
 
-__all__ = ["DataReadError", "cut", "draw_corners", "header_size", "image_files", "pad_stack", "read_rgb",
-           "several_sizes", "tiles_of"]
+__all__ = ["RESIZE_MODES", "DataReadError", "cut", "draw_corners", "header_size", "image_files", "pad_stack",
+           "read_rgb", "resized_size", "several_sizes", "tiles_of"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -52,6 +53,26 @@ def header_size(path: Path, key: str) -> tuple[int, int]:
     return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
 
 
+#: how ``data.image_size`` fits a photo to ``size`` (semantic segmentation's ``data.resize``)
+RESIZE_MODES = ("stretch", "shorter_side", "longer_side_pad")
+
+
+def resized_size(h: int, w: int, size: int, mode: str) -> tuple[int, int]:
+    """(H, W) of an ``h`` x ``w`` image resized to ``size`` by ``mode``: ``stretch`` gives ``size`` x ``size``
+    (the aspect ratio lost); ``shorter_side`` scales both sides by ``size`` / min(h, w) (the shorter side becomes
+    ``size``, the longer one is rounded half up, as mmcv's ``rescale_size`` does); ``longer_side_pad`` scales by
+    ``size`` / max(h, w) (the longer side becomes ``size``; the image is then padded to ``size`` x ``size``, and
+    this is the size of the image inside the padding)."""
+    if mode == "stretch":
+        return size, size
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"unknown resize mode {mode!r} (one of {', '.join(RESIZE_MODES)})")
+    side = min(h, w) if mode == "shorter_side" else max(h, w)
+    if side == h:
+        return size, max(1, int(w * size / h + 0.5))
+    return max(1, int(h * size / w + 0.5)), size
+
+
 def read_rgb(path: Path, key: str) -> np.ndarray:
     """H x W x 3 uint8 of the image at ``path``, upright (gray and RGBA become RGB); a file that cannot be read
     raises :class:`~distill.data.image_tables.DataReadError` naming ``key`` and the file."""
@@ -64,14 +85,14 @@ def read_rgb(path: Path, key: str) -> np.ndarray:
         raise DataReadError(f"{key}: {path.name}: {e}") from None
 
 
-def pad_stack(arrays: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tensors (..., H_i, W_i) stacked into one (N, ..., max H, max W), zero-padded at the bottom and right, and
-    their sizes (N, 2) int64."""
+def pad_stack(arrays: Sequence[torch.Tensor], fill: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensors (..., H_i, W_i) stacked into one (N, ..., max H, max W), padded with ``fill`` at the bottom and
+    right, and their sizes (N, 2) int64."""
     sizes = torch.tensor([tuple(a.shape[-2:]) for a in arrays], dtype=torch.int64).reshape(-1, 2)
     if len({tuple(s) for s in sizes.tolist()}) <= 1:
         return torch.stack(list(arrays)), sizes
     h, w = int(sizes[:, 0].max()), int(sizes[:, 1].max())
-    out = arrays[0].new_zeros((len(arrays), *arrays[0].shape[:-2], h, w))
+    out = arrays[0].new_full((len(arrays), *arrays[0].shape[:-2], h, w), fill)
     for i, a in enumerate(arrays):
         out[i, ..., : a.shape[-2], : a.shape[-1]] = a
     return out, sizes

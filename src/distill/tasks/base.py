@@ -17,7 +17,11 @@ class Metrics(Protocol):
 
 
 class Task(Protocol):
-    """What differs between tasks: fetching and preparing a batch, calling a model, measuring it."""
+    """What differs between tasks: fetching and preparing a batch, calling a model, measuring it.
+
+    Optional: ``draw_positions(data, indices, generator) -> Tensor | None``, randomness a training fetch needs
+    (e.g. streamed patch corners), drawn by the trainer before the fetch from a generator of the seed, epoch and
+    step, and passed as ``fetch(data, indices, positions=...)`` (so a loader worker can cut the patch)."""
 
     primary_metric: str
     higher_is_better: bool

@@ -3,16 +3,20 @@ worker processes (``train.num_workers``).
 
 Which examples make a batch is decided before they are fetched (the trainer's epoch order, a function of the seed,
 the epoch and the step), and the randomness of a training batch (augmentation) is drawn afterwards in the main
-process, so the batches are the same with any number of workers. Workers are seeded all the same: the loader's
-generator is seeded from the ``seed`` given, torch seeds worker ``i`` with its draw plus ``i``, and
-:func:`seed_worker` gives ``random`` and numpy that seed too, so a fetch that draws random numbers draws the same
-ones on every run.
+process, so the batches are the same with any number of workers. Randomness that the fetch itself needs (where a
+random training patch of a dense task is cut, so that only the patch crosses from the worker) is drawn before the fetch,
+in the training process, by the task's ``draw_positions`` from a generator that is a function of the seed, the
+epoch and the step, and handed to the worker with the indices (a :class:`Placed` chunk).
+Workers are seeded all the same: the loader's generator is seeded from the ``seed`` given, torch seeds worker
+``i`` with its draw plus ``i``, and :func:`seed_worker` gives ``random`` and numpy that seed too, so a fetch that
+draws random numbers draws the same ones on every run.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,10 +26,26 @@ from torch.utils.data import DataLoader, Dataset
 from distill.core.batch import Batch
 
 
-class _Fetches(Dataset):
-    """Item ``i``: ``task.fetch(data, chunks[i])``."""
+@dataclass(frozen=True)
+class Placed:
+    """A chunk to fetch with the positions drawn for it beforehand: ``task.fetch(data, indices,
+    positions=positions)`` (``positions``: one row per index, e.g. a patch's top-left corner (y, x))."""
 
-    def __init__(self, task: Any, data: Any, chunks: Sequence[torch.Tensor]):
+    indices: torch.Tensor
+    positions: torch.Tensor
+
+
+def fetch_chunk(task: Any, data: Any, chunk: torch.Tensor | Placed) -> Batch:
+    """``task.fetch`` of one chunk: an index tensor, or a :class:`Placed` one (its positions passed along)."""
+    if isinstance(chunk, Placed):
+        return task.fetch(data, chunk.indices, positions=chunk.positions)
+    return task.fetch(data, chunk)
+
+
+class _Fetches(Dataset):
+    """Item ``i``: ``task.fetch(data, chunks[i])`` (:func:`fetch_chunk`)."""
+
+    def __init__(self, task: Any, data: Any, chunks: Sequence[torch.Tensor | Placed]):
         self.task, self.data, self.chunks = task, data, chunks
 
     def __len__(self) -> int:
@@ -33,7 +53,7 @@ class _Fetches(Dataset):
 
     def __getitem__(self, i: int) -> Batch | _Failed:
         try:
-            return self.task.fetch(self.data, self.chunks[i])
+            return fetch_chunk(self.task, self.data, self.chunks[i])
         except Exception as e:  # noqa: BLE001 - handed to the training process and raised there unchanged
             return _Failed(e)
 
@@ -57,14 +77,14 @@ def _as_is(batch: Batch) -> Batch:
     return batch
 
 
-def fetch_batches(task: Any, data: Any, chunks: Sequence[torch.Tensor], num_workers: int = 0,
+def fetch_batches(task: Any, data: Any, chunks: Sequence[torch.Tensor | Placed], num_workers: int = 0,
                   seed: int = 0) -> Iterator[Batch]:
-    """``task.fetch(data, chunk)`` for each of ``chunks`` (index tensors), in order. With ``num_workers`` the
-    batches are fetched in that many worker processes, two batches ahead each; closing the iterator (or letting it
-    go) stops them."""
+    """``task.fetch(data, chunk)`` for each of ``chunks`` (index tensors, or :class:`Placed` ones), in order. With
+    ``num_workers`` the batches are fetched in that many worker processes, two batches ahead each; closing the
+    iterator (or letting it go) stops them."""
     if num_workers == 0 or len(chunks) <= 1:
         for chunk in chunks:
-            yield task.fetch(data, chunk)
+            yield fetch_chunk(task, data, chunk)
         return
     loader = DataLoader(_Fetches(task, data, chunks), batch_size=None, shuffle=False,
                         num_workers=min(num_workers, len(chunks)), collate_fn=_as_is, worker_init_fn=seed_worker,

@@ -37,7 +37,7 @@ from distill.train.checkpoint import (
 )
 from distill.train.config import TrainConfig
 from distill.train.evaluate import eval_batches, evaluate_model
-from distill.train.loader import fetch_batches
+from distill.train.loader import Placed, fetch_batches, fetch_chunk
 from distill.train.lock import RunLock
 from distill.train.logs import MetricLog
 from distill.train.module import DistillModule
@@ -199,6 +199,18 @@ class Trainer:
         return Accelerator(cpu=cpu, mixed_precision=mixed_precision, kwargs_handlers=[ddp], **kwargs)
 
     # -- data -------------------------------------------------------------------------------------------------
+    def _chunk(self, order: torch.Tensor, epoch: int, micro: int) -> torch.Tensor | Placed:
+        """The examples of micro-batch ``micro`` of ``epoch`` (its slice of ``order``), with the positions the task
+        draws for them before they are fetched (``task.draw_positions``, e.g. streamed patch corners: cut in the
+        loader worker) from a generator of (seed, epoch, micro) alone, apart from the one ``prepare`` gets."""
+        cfg = self.cfg
+        idx = order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
+        draw = getattr(self.task, "draw_positions", None)
+        if draw is None:
+            return idx
+        positions = draw(self.train_data, idx, derived_generator(cfg.seed, epoch, micro, 0xC0E))
+        return idx if positions is None else Placed(idx, positions)
+
     def _epoch_fetches(self, epoch: int, opt_step: int) -> Iterator[Batch]:
         """The raw (fetched, unprepared) micro-batches of ``epoch`` from optimiser step ``opt_step`` on, fetched
         ahead by ``train.num_workers`` worker processes when there are any. The epoch's order and the position
@@ -206,8 +218,7 @@ class Trainer:
         uninterrupted one would."""
         cfg = self.cfg
         order = epoch_order(self.task.num_examples(self.train_data), cfg.seed, epoch)
-        chunks = [order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size]
-                  for micro in range(opt_step * cfg.grad_accum, self.micro_per_epoch)]
+        chunks = [self._chunk(order, epoch, micro) for micro in range(opt_step * cfg.grad_accum, self.micro_per_epoch)]
         seed = derived_generator(cfg.seed, epoch, opt_step, 0x10AD).initial_seed()
         return fetch_batches(self.task, self.train_data, chunks, cfg.num_workers, seed)
 
@@ -224,7 +235,7 @@ class Trainer:
         for micro in range(first, last):
             gen = derived_generator(cfg.seed, epoch, micro, 0xA06)
             if fetched is None:
-                raw = self.task.fetch(self.train_data, order[micro * cfg.batch_size : (micro + 1) * cfg.batch_size])
+                raw = fetch_chunk(self.task, self.train_data, self._chunk(order, epoch, micro))
             else:
                 raw = next(fetched)
             raw.meta.setdefault("epoch", epoch)  # lets a task replay per-epoch augmentation (e.g. stored views)

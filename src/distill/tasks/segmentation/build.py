@@ -50,19 +50,34 @@ class SegmentationFamily(Family):
         if d.crop_size is not None and cache is not None:
             raise ValueError("teacher.cache: stores one output per training image, but data.crop_size cuts a new "
                              "random crop every epoch; drop the cache (the teacher runs live) or data.crop_size")
+        if d.crop_size is not None and d.image_size is not None and d.crop_size > d.image_size:
+            raise ValueError(f"data.crop_size: {d.crop_size} px is larger than data.image_size ({d.image_size}), "
+                             f"the shorter side (or, with resize: {d.resize}, the side) of every resized image")
         if d.texmosaic.min_regions > d.texmosaic.max_regions:
             raise ValueError("data.texmosaic.min_regions: larger than data.texmosaic.max_regions")
 
     def load(self, cfg: Any) -> Loaded:
         train, evald = load_segmentation_data(cfg)
-        mean, std = normalize_stats(cfg.data.normalize)
-        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=cfg.data.channels_last,
-                                    crop_size=cfg.data.crop_size)
+        d = cfg.data
+        mean, std = normalize_stats(d.normalize)
+        crop = d.crop_size
+        several = train.crop_size is not None if isinstance(train, StreamedMasks) else train.sizes is not None
+        if crop is None and several:  # resize: shorter_side gave the training images several sizes
+            crop = d.image_size
+            cache = getattr(cfg.teacher, "cache", None) if getattr(cfg, "teacher", None) is not None else None
+            if cache is not None:
+                raise ConfigError("teacher.cache: stores one output per training image, but with data.resize: "
+                                  "shorter_side the training images have several sizes, so training cuts a new "
+                                  f"random {d.image_size}-pixel square (data.image_size) every epoch; set data.resize: "
+                                  "longer_side_pad (or stretch), or drop the cache")
+        task = SemanticSegmentation(mean, std, train.num_classes, channels_last=d.channels_last, crop_size=crop,
+                                    resize=d.resize if d.image_size is not None and d.source == "folders" else None)
         if isinstance(train, StreamedMasks):
             shape = train.input_shape
         else:
             shape = list(train.images.shape[1:])
-            crop = cfg.data.crop_size
+            if train.sizes is not None:
+                shape[1:] = [int(v) for v in train.sizes.min(0).values]
             if crop is not None and crop > min(shape[1:]):
                 raise ConfigError(f"data.crop_size: {crop} px is larger than the training images ({shape[1]} x "
                                   f"{shape[2]})")

@@ -3,7 +3,7 @@ mask PNGs."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +12,7 @@ import torch
 
 from distill.config import ConfigError
 from distill.core.batch import Batch
-from distill.data.image_files import header_size, image_files, pad_stack, several_sizes
+from distill.data.image_files import header_size, image_files, pad_stack, resized_size, several_sizes
 from distill.data.image_tables import DataReadError
 from distill.data.images import upright
 from distill.data.textures import load_textures, row_split
@@ -24,14 +24,21 @@ IGNORE_INDEX = -100
 
 @dataclass
 class SegmentationArrays:
-    """Images (uint8, N x C x H x W) and their per-pixel labels (int64, N x H x W; ``IGNORE_INDEX`` = no label)."""
+    """Images (uint8, N x C x H x W) and their per-pixel labels (int64, N x H x W; ``IGNORE_INDEX`` = no label).
+    ``sizes`` (N x 2, or None when every image fills the tensor): the (H, W) of each image, top left, when images
+    of several sizes (``data.resize: shorter_side``) are padded to the largest (black pixels, masks
+    ``IGNORE_INDEX``)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     num_classes: int
     source: str = ""
+    # an init-only argument kept as a plain attribute, not a field: the teacher cache's data fingerprint walks the
+    # fields, and sets of one size (every set before sizes existed) keep their fingerprint
+    sizes: InitVar[torch.Tensor | None] = None
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, sizes: torch.Tensor | None = None) -> None:
+        self.sizes = sizes
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
             raise ValueError(f"images must be uint8 N x C x H x W, got {self.images.dtype} {tuple(self.images.shape)}")
         if self.masks.dim() != 3 or self.masks.shape[0] != self.images.shape[0] \
@@ -39,6 +46,8 @@ class SegmentationArrays:
             raise ValueError(f"masks must be N x H x W matching the images {tuple(self.images.shape)}, got "
                              f"{tuple(self.masks.shape)}")
         self.masks = self.masks.long()
+        if self.sizes is not None and tuple(self.sizes.shape) != (self.images.shape[0], 2):
+            raise ValueError(f"sizes must be N x 2, got {tuple(self.sizes.shape)}")
         bad = (self.masks != IGNORE_INDEX) & ((self.masks < 0) | (self.masks >= self.num_classes))
         if bool(bad.any()):
             raise ValueError(f"mask values must be in [0, {self.num_classes}) or {IGNORE_INDEX}; found "
@@ -130,10 +139,13 @@ def mask_pairs(root: Path, key: str) -> list[tuple[Path, Path]]:
     return [(path, masks[stem]) for stem, path in imgs.items()]  # type: ignore[misc]
 
 
-def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None) -> tuple[np.ndarray, np.ndarray]:
+def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None,
+                    resize: str = "shorter_side") -> tuple[np.ndarray, np.ndarray]:
     """(3 x H x W uint8 image, H x W int64 mask as stored) of one pair, both upright, resized to ``image_size``
-    (bilinear, nearest) if given; a file that cannot be read, a mask that is not single-channel or a size
-    mismatch raise :class:`DataReadError` naming ``key`` and the file."""
+    if given (image bilinear, mask nearest neighbour) as ``resize`` says
+    (:func:`distill.data.image_files.resized_size`); ``longer_side_pad`` then pads both at the bottom and right to
+    ``image_size`` square (image black, mask ``IGNORE_INDEX``). A file that cannot be read, a mask that is not
+    single-channel or a size mismatch raise :class:`DataReadError` naming ``key`` and the file."""
     from PIL import Image
 
     try:
@@ -149,9 +161,17 @@ def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None) -
     if rgb.size != mask.size:
         raise DataReadError(f"{key}: {path.name} is {rgb.size} but its mask is {mask.size}")
     if image_size is not None:
-        rgb = rgb.resize((image_size, image_size), Image.BILINEAR)
-        mask = mask.resize((image_size, image_size), Image.NEAREST)
-    return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), np.asarray(mask, dtype=np.int64)
+        h, w = resized_size(rgb.size[1], rgb.size[0], image_size, resize)
+        rgb = rgb.resize((w, h), Image.BILINEAR)
+        mask = mask.resize((w, h), Image.NEAREST)
+    x, y = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), np.array(mask, dtype=np.int64)
+    if image_size is not None and resize == "longer_side_pad":
+        canvas = np.zeros((3, image_size, image_size), dtype=np.uint8)
+        canvas[:, :x.shape[1], :x.shape[2]] = x
+        labels = np.full((image_size, image_size), IGNORE_INDEX, dtype=np.int64)
+        labels[:y.shape[0], :y.shape[1]] = y
+        x, y = canvas, labels
+    return x, y
 
 
 def map_mask(y: np.ndarray, ignore_value: int | None, label_map: dict[int, int] | None) -> np.ndarray:
@@ -166,25 +186,33 @@ def map_mask(y: np.ndarray, ignore_value: int | None, label_map: dict[int, int] 
 
 
 def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
-                      num_classes: int | None = None, label_map: dict[int, int] | None = None) -> SegmentationArrays:
+                      num_classes: int | None = None, label_map: dict[int, int] | None = None,
+                      resize: str = "shorter_side") -> SegmentationArrays:
     """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
     by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
     indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; images and masks are turned
     upright by their EXIF orientation (:func:`distill.data.images.upright`). A mask that is not single-channel is
     refused, as is a mask value at or above ``num_classes`` (naming the file), and, with ``ignore_value`` None and
-    no ``num_classes``, a mask holding 255 (which would make 256 classes)."""
+    no ``num_classes``, a mask holding 255 (which would make 256 classes). ``image_size`` resizes as ``resize``
+    says (:func:`read_image_mask`); with ``shorter_side`` the resized images may differ in size: they are padded
+    to the largest (``sizes`` holds each one's)."""
     pairs = mask_pairs(root, key)
     xs, ys, names = [], [], []
     for path, mpath in pairs:
         try:
-            x, y = read_image_mask(path, mpath, key, image_size)
+            x, y = read_image_mask(path, mpath, key, image_size, resize)
         except DataReadError as e:
             raise ConfigError(str(e)) from None
         xs.append(x)
         ys.append(y)
         names.append((path.name, mpath.name))
     shapes = {x.shape for x in xs}
-    if len(shapes) > 1:
+    sizes = None
+    if len(shapes) > 1 and image_size is not None and resize == "shorter_side":
+        stacked, sizes = pad_stack([torch.from_numpy(np.ascontiguousarray(x)) for x in xs])
+        y_all = pad_stack([torch.from_numpy(y) for y in ys], fill=IGNORE_INDEX)[0].numpy()
+        xs, ys = list(stacked.numpy()), list(y_all)
+    elif len(shapes) > 1:
         first = {}
         for x, (n, _) in zip(xs, names, strict=True):
             first.setdefault(x.shape[1:], n)
@@ -208,16 +236,20 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
         raise ConfigError(f"data.ignore_value: every labelled pixel of {key} is class 0 and the others are "
                           f"{ignore_value} (ignored): binary masks saved as 0/{ignore_value}? Set data.label_map: "
                           f"{{{ignore_value}: 1}} to make {ignore_value} the class 1")
-    return SegmentationArrays(torch.from_numpy(np.stack(xs)), torch.from_numpy(y), classes, f"{root}")
+    return SegmentationArrays(torch.from_numpy(np.stack(xs)), torch.from_numpy(y), classes, f"{root}", sizes)
 
 
 # -- streamed folders (data.streaming) -----------------------------------------------------------------------------
 @dataclass
 class StreamedMasks:
     """The image/mask pairs of a ``source: folders`` set read one pair at a time (``data.streaming``): paths and
-    image sizes only, no pixels. ``sizes[i]``: (H, W) of pair ``i`` as read (``image_size`` square if it resizes).
-    ``crop_size`` (training): batches hold whole images, zero-padded to the largest, with ``meta["uncut"]`` (their
-    sizes), for :meth:`SemanticSegmentation.prepare` to cut one random aligned crop of image and mask from each."""
+    image sizes only, no pixels. ``sizes[i]``: (H, W) of pair ``i`` as read (resized, if ``image_size``).
+    ``crop_size`` (training): the trainer's fetches come with their crops' corners and are cut where the pair is
+    read (:meth:`SemanticSegmentation.fetch`); a batch fetched without them holds whole images, zero-padded to the
+    largest, with ``meta["uncut"]`` (their sizes), for :meth:`SemanticSegmentation.prepare` to cut.
+    ``resize``: how ``image_size`` fits each image (:func:`read_image_mask`); with ``shorter_side`` a batch of
+    whole images of several sizes is padded to the largest (black, masks ``IGNORE_INDEX``: the padding is not
+    scored)."""
 
     image_files: list[Path]
     mask_files: list[Path]
@@ -229,9 +261,15 @@ class StreamedMasks:
     crop_size: int | None = None
     key: str = "data.train"
     source: str = ""
+    resize: str = "shorter_side"
 
     def __len__(self) -> int:
         return len(self.image_files)
+
+    @property
+    def pads(self) -> bool:
+        """Whole images of several sizes share a batch, padded (``image_size`` with ``resize: shorter_side``)."""
+        return self.image_size is not None and self.resize == "shorter_side"
 
     @property
     def input_shape(self) -> list[int]:
@@ -241,7 +279,7 @@ class StreamedMasks:
     def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(3 x H x W uint8 image, H x W int64 class indices) of pair ``i``, decoded now; a mask value outside
         the classes raises :class:`DataReadError` naming ``data.num_classes`` and the file."""
-        x, y = read_image_mask(self.image_files[i], self.mask_files[i], self.key, self.image_size)
+        x, y = read_image_mask(self.image_files[i], self.mask_files[i], self.key, self.image_size, self.resize)
         if x.shape[1:] != self.sizes[i]:
             raise DataReadError(f"{self.key}: {self.image_files[i].name} decodes to {x.shape[1]} x {x.shape[2]}, "
                                 f"not the {self.sizes[i][0]} x {self.sizes[i][1]} its header gave")
@@ -259,10 +297,14 @@ class StreamedMasks:
         pairs = [self.read(k) for k in idx]
         if self.crop_size is not None:
             images, sizes = pad_stack([x for x, _ in pairs])
-            masks = pad_stack([y for _, y in pairs])[0]
+            masks = pad_stack([y for _, y in pairs], fill=IGNORE_INDEX)[0]
             return Batch(inputs=images, labels=masks, indices=indices,
                          meta={"uncut": sizes, "patch": int(self.crop_size)})
         named = several_sizes([self.image_files[k].name for k in idx], [tuple(x.shape[1:]) for x, _ in pairs])
+        if named and self.pads:
+            images = pad_stack([x for x, _ in pairs])[0]
+            masks = pad_stack([y for _, y in pairs], fill=IGNORE_INDEX)[0]
+            return Batch(inputs=images, labels=masks, indices=indices, meta={})
         if named:
             raise DataReadError(f"{self.key}: one batch holds images of several sizes ({named}); set "
                                 "data.image_size or data.crop_size, or train.eval_batch_size: 1")
@@ -274,26 +316,33 @@ def stream_mask_folders(root: Path, key: str, d: Any, *, train: bool, single_bat
     """:class:`StreamedMasks` of ``root`` (``images/`` + ``masks/``, paired as :func:`read_mask_folders` pairs
     them), reading only the images' headers now (none with ``image_size``). ``d``: the ``data`` section; its
     ``num_classes`` is required (the masks are not all read up front). Without ``crop_size`` (training) or
-    ``single_batch`` (evaluation one image per batch), the images must share one size."""
+    ``single_batch`` (evaluation one image per batch), the images must share one size, unless ``image_size``
+    with ``resize: shorter_side`` gives them several: training then cuts ``image_size`` squares (unless
+    ``crop_size`` is set) and evaluation pads each batch."""
     pairs = mask_pairs(root, key)
     names = [p.name for p, _ in pairs]
-    if d.image_size is not None:
+    resize = getattr(d, "resize", "stretch")
+    if d.image_size is not None and resize != "shorter_side":  # stretched, or padded to image_size square
         sizes = [(d.image_size, d.image_size)] * len(pairs)
+    elif d.image_size is not None:
+        sizes = [resized_size(*header_size(p, key), d.image_size, resize) for p, _ in pairs]
     else:
         sizes = [header_size(p, key) for p, _ in pairs]
     crop = d.crop_size if train else None
+    if train and crop is None and d.image_size is not None and several_sizes(names, sizes):
+        crop = d.image_size  # shorter_side: the standard resize-then-random-crop
     if crop is not None:
         small = [(n, s) for n, s in zip(names, sizes, strict=True) if min(s) < crop]
         if small:
             raise ConfigError(f"data.crop_size: {crop} px is larger than {small[0][0]} in {root / 'images'} "
                               f"({small[0][1][0]} x {small[0][1][1]})")
     named = several_sizes(names, sizes)
-    if named and crop is None and not single_batch:
+    if named and crop is None and not single_batch and d.image_size is None:
         raise ConfigError(f"{key}: the images have several sizes ({named}...); set data.image_size"
                           + (" or data.crop_size" if train else " or train.eval_batch_size: 1"))
     return StreamedMasks([p for p, _ in pairs], [m for _, m in pairs], sizes, int(d.num_classes), d.image_size,
                          d.ignore_value, dict(d.label_map) if d.label_map else None, crop, key,
-                         f"{root} (streamed)")
+                         f"{root} (streamed)", resize)
 
 
 def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays | StreamedMasks,
@@ -328,7 +377,7 @@ def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays | StreamedMasks
                                      train=False, single_batch=one) if d.eval else None
         return train_s, eval_s
     kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes,
-               label_map=d.label_map)
+               label_map=d.label_map, resize=d.resize)
     train = read_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", **kw2)
     evald = None
     if d.eval:

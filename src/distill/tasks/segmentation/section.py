@@ -39,10 +39,20 @@ class SegmentationData(Strict):
     for binary masks saved as 0/255; with ``ignore_value: null`` a mask holding 255 is refused unless ``num_classes``
     covers it); ``num_classes`` is read from the masks (train and eval) unless given. Images and masks are turned
     upright by their EXIF orientation tag.
-    ``image_size`` resizes (images bilinear, masks nearest); without it every image must have the same size.
+    ``image_size`` resizes (images bilinear, masks nearest neighbour), as ``resize`` says; without it every image
+    must have the same size (or, streamed, ``crop_size`` is set). ``resize``: ``shorter_side`` (default: the
+    shorter side becomes ``image_size``, the aspect ratio kept, as mmsegmentation's ``Resize(keep_ratio=True)``;
+    when the resized training images differ in size, training cuts a random ``image_size`` square from each unless
+    ``crop_size`` is set, and evaluation scores each whole resized image, a batch padded to its largest image with
+    the padding ignored by the loss and the mIoU); ``longer_side_pad`` (the longer side becomes ``image_size``,
+    then the image is padded at the bottom and right to ``image_size`` square: black pixels, mask pixels ignored);
+    ``stretch`` (``image_size`` square, the aspect ratio lost: the behaviour before this option). On square images
+    all three are the same resize.
     ``normalize``: as in ``image_classification`` (``imagenet``: the ResNet mean/std).
     ``crop_size``: training cuts one random ``crop_size`` square from each image and the same square from its mask
-    (after ``image_size``), its corner drawn from the run's seeded generator; evaluation sees whole images.
+    (after ``image_size``; at most ``image_size``), its corner drawn from the run's seeded generator before the
+    batch is fetched and the crop cut where the image is read (a loader worker's, streamed); evaluation sees whole
+    images.
     ``streaming`` (``folders`` only; the name and idea of ``image_classification``'s): keep the file list and the
     sizes read from the headers, and decode each pair when its batch is fetched (``num_classes`` is then
     required); with ``crop_size`` the training images may have any sizes, and evaluation may mix sizes with
@@ -56,6 +66,7 @@ class SegmentationData(Strict):
     ignore_value: int | None = 255
     label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None
     image_size: int | None = Field(None, gt=0, le=4096)
+    resize: Literal["shorter_side", "longer_side_pad", "stretch"] = "shorter_side"
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
     channels_last: Flag = False
     crop_size: int | None = Field(None, ge=4, le=4096)

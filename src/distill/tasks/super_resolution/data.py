@@ -248,12 +248,26 @@ class StreamedSRPairs:
             self._last = (i, self.read(i))
         return self._last[1]
 
-    def fetch(self, indices: torch.Tensor) -> Batch:
+    def draw_positions(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """``patches``: the (N, 2) HR corners (y, x) of the random patches of the images at ``indices``, on the
+        ``scale`` grid, uniform over the positions, drawn from ``generator`` and the sizes read from the headers
+        (the draws :func:`cut_patches` makes for a batch of these images); other modes cut nothing: None."""
+        if self.mode != "patches":
+            return None
+        sizes = torch.tensor([self.sizes[k] for k in indices.tolist()], dtype=torch.int64).reshape(-1, 2)
+        return draw_corners(sizes, int(self.patch_size or 0), generator, step=self.scale)
+
+    def fetch(self, indices: torch.Tensor, positions: torch.Tensor | None = None) -> Batch:
         """The examples at ``indices``, decoded now. ``whole`` and ``tiles``: (LR, HR) as :class:`SRPairs` gives
-        them; ``patches``: the whole images, zero-padded to the largest, with ``meta["uncut"]`` (their HR sizes)
-        and ``meta["patch"]``, for :meth:`SuperResolution.prepare` to cut."""
+        them; ``patches`` with ``positions`` (the HR corners of :meth:`draw_positions`): the patches cut here (in
+        the loader worker: only the patches leave it), LR from the ``lr/`` partner at corner / ``scale`` or the
+        HR patch downsampled, the corners in ``meta["corners"]``; ``patches`` without: the whole images,
+        zero-padded to the largest, with ``meta["uncut"]`` (their HR sizes) and ``meta["patch"]``, for
+        :meth:`SuperResolution.prepare` to cut."""
         idx = indices.tolist()
         s = self.scale
+        if self.mode == "patches" and positions is not None:
+            return self._fetch_patches(indices, positions)
         if self.mode == "tiles":
             assert self.tiles is not None and self.patch_size is not None
             t, hrs, lrs = self.patch_size, [], []
@@ -279,6 +293,27 @@ class StreamedSRPairs:
         hr_b = torch.stack([hr for hr, _ in pairs])
         lr_b = bicubic_down(hr_b, s) if self.lr_files is None else torch.stack([lr for _, lr in pairs])
         return Batch(inputs=lr_b, labels=hr_b, indices=indices, meta={})
+
+    def _fetch_patches(self, indices: torch.Tensor, corners: torch.Tensor) -> Batch:
+        """The ``patch_size`` HR patches at ``corners`` of the images at ``indices`` and their LR partners, each
+        image decoded, cut and let go before the next (the batch holds patches only)."""
+        p, s = int(self.patch_size or 0), self.scale
+        corners = corners.long().cpu().reshape(-1, 2)
+        idx = indices.tolist()
+        if len(idx) != corners.shape[0]:
+            raise ValueError(f"{len(idx)} indices but {corners.shape[0]} positions")
+        hrs, lrs = [], []
+        for k, (y, x) in zip(idx, corners.tolist(), strict=True):
+            h, w = self.sizes[k]
+            if y % s or x % s or not (0 <= y <= h - p and 0 <= x <= w - p):
+                raise ValueError(f"corner ({y}, {x}) of a {p}-pixel patch is not on the {s}-pixel grid inside "
+                                 f"{self.hr_files[k].name} ({h} x {w})")
+            hr, lr = self.read(k)
+            hrs.append(hr[:, y:y + p, x:x + p].clone())
+            lrs.append(lr[:, y // s:(y + p) // s, x // s:(x + p) // s].clone() if lr is not None else None)
+        hr_b = torch.stack(hrs) if hrs else torch.zeros((0, 3, p, p), dtype=torch.uint8)
+        lr_b = bicubic_down(hr_b, s) if self.lr_files is None else torch.stack(lrs)  # type: ignore[arg-type]
+        return Batch(inputs=lr_b, labels=hr_b, indices=indices, meta={"corners": corners})
 
     def subset(self, keep: torch.Tensor) -> StreamedSRPairs:
         """The examples at ``keep`` (images, or tiles in ``tiles`` mode)."""

@@ -40,14 +40,15 @@ class SuperResolutionData(Strict):
 
     ``streaming`` (``folders`` only; the name and idea of ``image_classification``'s): keep the file list and the
     sizes read from the headers, and decode each image when its batch is fetched. Training then cuts one random
-    ``patch_size`` HR patch (on the ``scale`` grid, with its aligned LR partner) from each image per epoch, drawn
-    from the run's seeded generator, instead of tiling; evaluation scores whole images (one size, or
-    ``train.eval_batch_size: 1``) or, with ``patch_size``, the same tiles as in memory.
+    ``patch_size`` HR patch (on the ``scale`` grid, with its aligned LR partner) from each image per epoch, the
+    corner drawn before the fetch from the run's seeded generator and the patch cut where the image is decoded (in
+    the loader worker: only patches cross to the training process), instead of tiling; evaluation scores whole
+    images (one size, or ``train.eval_batch_size: 1``) or, with ``patch_size``, the same tiles as in memory.
 
     ``augment``: each training pair gets a random horizontal flip, vertical flip and 90-degree rotation (one of
     the 8 orientations, uniformly; :class:`distill.data.augment.RandomFlipRot`), the same for the low-resolution
     input and its high-resolution target, as EDSR, BasicSR and SPAN train. Drawn from the trainer's generator (a
-    function of the seed, epoch and step: a resumed run is bit-identical), after a streamed patch's corner; the
+    function of the seed, epoch and step: a resumed run is bit-identical), after a streamed patch is cut; the
     parameters are kept in ``meta["augment"]``. Rotations need square training images (patches, texture crops,
     CIFAR); on other sizes only the flips are drawn. With ``teacher.cache`` the cache stores the teacher's outputs
     on ``teacher.cache.views`` augmented views per example (drawn from ``teacher.cache.seed``) and training shows

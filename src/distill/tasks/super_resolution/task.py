@@ -116,15 +116,29 @@ class SuperResolution:
     def num_examples(self, data: SRPairs | StreamedSRPairs) -> int:
         return len(data)
 
-    def fetch(self, data: SRPairs | StreamedSRPairs, indices: torch.Tensor) -> Batch:
+    def draw_positions(self, data: SRPairs | StreamedSRPairs, indices: torch.Tensor,
+                       generator: torch.Generator) -> torch.Tensor | None:
+        """Before a training batch is fetched (by the trainer, from a generator of the seed, epoch and step): the
+        HR corners of a streamed set's random patches (:meth:`StreamedSRPairs.draw_positions`), so that the
+        worker that decodes the images cuts the patches and only they cross to the training process; None for
+        sets that cut no random patches."""
+        if isinstance(data, StreamedSRPairs):
+            return data.draw_positions(indices, generator)
+        return None
+
+    def fetch(self, data: SRPairs | StreamedSRPairs, indices: torch.Tensor,
+              positions: torch.Tensor | None = None) -> Batch:
         if isinstance(data, StreamedSRPairs):  # data.streaming: decoded now (in a loader worker, if any)
-            return data.fetch(indices)
+            return data.fetch(indices, positions)
+        if positions is not None:
+            raise ValueError("positions are drawn for streamed patches only")
         return Batch(inputs=data.lr[indices], labels=data.hr[indices], indices=indices, meta={})
 
     def prepare(self, batch: Batch, *, train: bool, generator: torch.Generator | None) -> Batch:
-        """Pixels to [0, 1]. A streamed batch of whole images (``meta["uncut"]``) first gets its random
-        patches, the corners drawn from ``generator`` (the trainer's, a function of the seed, epoch and step)
-        and kept in ``meta["corners"]``; outside training (no generator) the patches are centred. Then, in
+        """Pixels to [0, 1]. A streamed training batch arrives cut (the trainer drew its corners with
+        :meth:`draw_positions` and the fetch cut them); a streamed batch of whole images fetched without corners
+        (``meta["uncut"]``) first gets its random patches here, the corners drawn from ``generator`` and kept in
+        ``meta["corners"]``; outside training (no generator) the patches are centred. Then, in
         training with ``augment``, the pairs are flipped / rotated (parameters in ``meta["augment"]``)."""
         meta = dict(batch.meta)
         if "uncut" in meta:
