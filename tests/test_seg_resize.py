@@ -152,6 +152,7 @@ def test_padding_is_not_scored(tmp_path, folder):
 def test_bad_resize_settings_are_refused_naming_the_key(tmp_path, folder):
     base = {"task": "semantic_segmentation", "student": {"arch": "seg_resnet_student"}, "methods": [{"name": "ce"}]}
     for data, match in (({"source": "folders", "train": "x", "image_size": 16, "resize": "crop"}, r"data\.resize"),
+                        ({"source": "folders", "train": "x", "resize": "stretch"}, r"data\.resize: stretch .* not set"),
                         ({"source": "folders", "train": "x", "image_size": 16, "crop_size": 20},
                          r"data\.crop_size: 20 px is larger than data\.image_size \(16\)")):
         with pytest.raises((ConfigError, ValueError), match=match):

@@ -50,6 +50,9 @@ class SegmentationFamily(Family):
         if d.crop_size is not None and cache is not None:
             raise ValueError("teacher.cache: stores one output per training image, but data.crop_size cuts a new "
                              "random crop every epoch; drop the cache (the teacher runs live) or data.crop_size")
+        if d.resize != "shorter_side" and d.image_size is None:  # the default is written out in saved configs
+            raise ValueError(f"data.resize: {d.resize} says how data.image_size resizes, but data.image_size is not "
+                             "set (the images keep their size); set data.image_size or drop data.resize")
         if d.crop_size is not None and d.image_size is not None and d.crop_size > d.image_size:
             raise ValueError(f"data.crop_size: {d.crop_size} px is larger than data.image_size ({d.image_size}), "
                              f"the shorter side (or, with resize: {d.resize}, the side) of every resized image")
