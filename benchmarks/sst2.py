@@ -140,7 +140,7 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
     t = results.get("teacher", {})
     runs = results["runs"]
     transfer = next((r["train_examples"] for r in runs if r.get("data") == "transfer"), "?")
-    copies = next((r["copies"] for r in runs if r.get("data") == "transfer"), "?")
+    copies = next((r["copies"] for r in runs if r.get("data") == "transfer" and "copies" in r), "?")
     lines = [
         f"SST-2 (stsa.binary): train {t.get('train_examples', '?')} labelled sentences, dev "
         f"{t.get('dev_examples', '?')}, test {t.get('test_examples', '-')}; MiniLM wordpiece ids. Seeds "

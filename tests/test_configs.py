@@ -299,7 +299,7 @@ MADE_BY_BENCHMARK = {"sst2_makd": ("runs/sst2_makd/train4000.tsv", "runs/sst2_ma
 #: the arms of each benchmark and its stage recipes (``teacher``), exactly the files of its folder
 FOLDERS = {
     "sst2": {"teacher", "textcnn_scratch", "textcnn_kd", "textcnn_lsf_idm", "textcnn_scratch_aug", "bilstm_scratch",
-             "bilstm_lsf_idm", "minilm_truncated_scratch", "minilm_truncated_kd"},
+             "bilstm_lsf_idm", "bilstm_scratch_aug", "minilm_truncated_scratch", "minilm_truncated_kd"},
     "cora": {"teacher", "mlp", "glnn", "ffg2m"},
     "sst2_makd": {"ce", "makd_a1", "makd_a4", "shuffled_a4"},
     "digits": {"teacher", "ce", "kd_t1", "kd_t4", "lelp_s2", "lelp_s5", "oracle"},
