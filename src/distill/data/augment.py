@@ -22,6 +22,7 @@ __all__ = [
     "Normalize",
     "RandomCropFlip",
     "RandomFlipRot",
+    "batch_augment_params",
 ]
 
 #: Per-channel mean and standard deviation of the CIFAR-10 training images (RGB, pixel values in [0, 1]).
@@ -40,6 +41,27 @@ class AugmentParamsSource(Protocol):
     """
 
     def augment_params(self, indices: torch.Tensor, epoch: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def batch_augment_params(augment: RandomCropFlip | RandomFlipRot, source: AugmentParamsSource | None,
+                         meta: dict, indices: torch.Tensor | None, count: int,
+                         generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """The augmentation parameters of a training batch, in this order: those already in ``meta["augment"]`` (a
+    replayed batch), those of ``source`` for the batch's ``indices`` at ``meta["epoch"]`` (the stored views of a
+    teacher cache; their ids go to ``meta["view"]``), or fresh draws from ``generator``. ``meta`` is updated in
+    place: ``meta["augment"]`` holds the parameters on ``device``."""
+    params = meta.get("augment")
+    if params is None and source is not None:
+        if "epoch" not in meta or indices is None:
+            raise ValueError("replayed augmentation needs the batch's indices and meta['epoch']")
+        params, views = source.augment_params(indices, int(meta["epoch"]))
+        meta["view"] = views.to(device)
+    elif params is None:
+        if generator is None:
+            raise ValueError("training batches need a generator for their augmentation")
+        params = augment.sample(count, generator)
+    meta["augment"] = params = params.to(device)
+    return params
 
 
 class RandomCropFlip:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.data.augment import AugmentParamsSource, Normalize, RandomCropFlip
+from distill.data.augment import AugmentParamsSource, Normalize, RandomCropFlip, batch_augment_params
 from distill.data.images import ImageArrays
 from distill.tasks.metrics import ClassificationMetrics, classification_metric_names
 
@@ -56,19 +56,9 @@ class ImageClassification:
         images = batch.inputs
         meta = dict(batch.meta)
         if train and self.augment is not None:
-            params = meta.get("augment")
-            if params is None and self.augment_source is not None:
-                if "epoch" not in meta or batch.indices is None:
-                    raise ValueError("replayed augmentation needs the batch's indices and meta['epoch']")
-                params, views = self.augment_source.augment_params(batch.indices, int(meta["epoch"]))
-                meta["view"] = views.to(images.device)
-            elif params is None:
-                if generator is None:
-                    raise ValueError("training batches need a generator for their augmentation")
-                params = self.augment.sample(images.shape[0], generator)
-            params = params.to(images.device)
+            params = batch_augment_params(self.augment, self.augment_source, meta, batch.indices, images.shape[0],
+                                          generator, images.device)
             images = self.augment.apply(images, params)
-            meta["augment"] = params
         x = self.normalize(images)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

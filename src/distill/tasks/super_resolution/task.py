@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import Batch
-from distill.data.augment import AugmentParamsSource, RandomFlipRot
+from distill.data.augment import AugmentParamsSource, RandomFlipRot, batch_augment_params
 from distill.tasks.super_resolution.data import SRPairs, StreamedSRPairs, cut_patches
 
 
@@ -148,20 +148,10 @@ class SuperResolution:
             batch = Batch(inputs=lr, labels=hr, indices=batch.indices, meta=meta)
         x, y = batch.inputs, batch.labels
         if train and self.augment is not None:
-            params = meta.get("augment")
-            if params is None and self.augment_source is not None:
-                if "epoch" not in meta or batch.indices is None:
-                    raise ValueError("replayed augmentation needs the batch's indices and meta['epoch']")
-                params, views = self.augment_source.augment_params(batch.indices, int(meta["epoch"]))
-                meta["view"] = views.to(x.device)
-            elif params is None:
-                if generator is None:
-                    raise ValueError("training batches need a generator for their augmentation")
-                params = self.augment.sample(x.shape[0], generator)
-            params = params.to(x.device)
+            params = batch_augment_params(self.augment, self.augment_source, meta, batch.indices, x.shape[0],
+                                          generator, x.device)
             x = self.augment.apply(x, params)
             y = self.augment.apply(y, params) if y is not None else None
-            meta["augment"] = params
         if x.dtype == torch.uint8:
             x = x.float() / 255.0
         if y is not None and y.dtype == torch.uint8:
