@@ -119,9 +119,12 @@ def _evaluate(args: argparse.Namespace, cfg: Any, exp: Any) -> int:
                 return _error(f"--weights (methods.safetensors beside it): {e}")
             model = exp.module.inference_model()
         results["student"] = evaluate_model(model, exp.task, exp.eval_data)
-    else:
-        print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     teacher = exp.live_teacher if exp.live_teacher is not None else exp.teacher  # a cache has no model to run
+    if not weights.exists():
+        if teacher is None:
+            return _fail(f"--weights: no student weights at {weights} and no teacher to evaluate (train first, or "
+                         "give --weights or the run's --output-dir)")
+        print(f"note: no student weights at {weights}; evaluating the teacher only", file=sys.stderr)
     device = "cuda" if torch.cuda.is_available() and not cfg.train.cpu else "cpu"
     teacher_metrics = evaluate_teacher(teacher, exp.task, exp.eval_data, cfg.train.eval_batch_size, device) \
         if teacher is not None else None

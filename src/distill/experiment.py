@@ -43,6 +43,19 @@ def build_methods(cfgs: list[MethodConfig]) -> Composite:
     return Composite(methods, weights)
 
 
+def check_cache_features(cfg: ExperimentConfig) -> None:
+    """Refuse a ``teacher.cache`` that would not store the teacher taps the methods read, before it is built (the
+    training step would otherwise stop at its first batch, after the whole cache was written)."""
+    cache = getattr(cfg.teacher, "cache", None) if cfg.teacher is not None else None
+    if cache is None:
+        return
+    stored = list(getattr(cache, "features", None) or ())
+    missing = [t for t in build_methods(cfg.methods).teacher_taps() if t not in stored]
+    if missing:
+        raise ConfigError(f"teacher.cache.features: the methods read the teacher's taps {missing}, which the cache "
+                          f"would not store (features: {stored}); add them to teacher.cache.features")
+
+
 def open_teacher_cache(cfg: ExperimentConfig, teacher: TeacherSource, task: Any, train: Any, settings: Any = None,
                        key: str = "teacher.cache") -> TeacherSource:
     """``teacher.cache`` (or the cache ``settings`` at config key ``key``, e.g. a mixture member's): open (building
@@ -339,6 +352,9 @@ def build_experiment(cfg: ExperimentConfig, output_dir: str | Path | None = None
     cpu = cfg.train.cpu or not torch.cuda.is_available()  # the launcher's settings are refused before any loading
     launcher_precision(cfg.train.mixed_precision, cpu)
     refuse_sharding(cpu)
+    check_cache_features(cfg)
+    if output_dir is not None:  # the run folder's distill_config.json names where the run is (distill eval reads it)
+        cfg.output_dir = str(output_dir)
     parts = build_parts(cfg, student=student_builder(cfg))
     family, loaded = parts.family, parts.loaded
     student = parts.student

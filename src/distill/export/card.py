@@ -39,6 +39,9 @@ def model_card(run: RunFolder, fmt: str, usage: str, note: str = "", files: list
         label = m.get("label") or m["name"]
         lines.append(f"| `{label}` | {m.get('weight', 1.0)} | `{_yaml_line(opts)}` |")
     lines += ["", "## Data", ""] + _section_lines(raw.get("data"))
+    if run.classes:
+        lines += ["", "## Classes", "", "Output index -> class name:", "", "| output | class |", "|---|---|"]
+        lines += [f"| {i} | {name} |" for i, name in enumerate(run.classes)]
     lines += ["", "## Final metrics", ""]
     if run.summary is None:
         lines.append("- no `summary.json` in the run folder (the run did not finish)")

@@ -120,6 +120,12 @@ class RunFolder:
         return dict((self.summary or {}).get("final") or {})
 
     @property
+    def classes(self) -> list[str] | None:
+        """The class names of the student's outputs, in output order (``student_spec.json``'s facts), if any."""
+        classes = ((self.spec or {}).get("facts") or {}).get("classes")
+        return [str(c) for c in classes] if isinstance(classes, list) and classes else None
+
+    @property
     def train_command(self) -> str | None:
         """The command line that trained the run, with the folder it ran in."""
         spec = self.spec or {}

@@ -90,6 +90,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _classes(classes: list[str] | None, shown: int = 20) -> str:
+    if not classes:
+        return "-"
+    more = f", ... ({len(classes)} in all)" if len(classes) > shown else ""
+    return ", ".join(f"{i}: {c}" for i, c in enumerate(classes[:shown])) + more
+
+
 def run_summary(run: RunFolder, rows: list[dict[str, str]]) -> dict[str, str]:
     """The configuration rows of the side-by-side table."""
     raw = run.raw_config
@@ -116,6 +123,7 @@ def run_summary(run: RunFolder, rows: list[dict[str, str]]) -> dict[str, str]:
         "data": str(data.get("train") or data.get("text") or data.get("path") or data.get("cranfield") or "-"),
         "epochs x batch": f"{train.get('epochs', '-')} x {train.get('batch_size', '-')}",
         "optimizer, lr": f"{train.get('optimizer', '-')}, {train.get('lr', '-')}",
+        "classes (output order)": _classes(run.classes),
         "seed": str(raw.get("seed", "-")),
         "steps": _fmt(s.get("steps", "-")),
         "wall time (s)": _fmt(float(s["wall_time_s"])) if "wall_time_s" in s else "-",

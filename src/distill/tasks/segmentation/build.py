@@ -54,8 +54,9 @@ class SegmentationFamily(Family):
             raise ValueError(f"data.resize: {d.resize} says how data.image_size resizes, but data.image_size is not "
                              "set (the images keep their size); set data.image_size or drop data.resize")
         if d.crop_size is not None and d.image_size is not None and d.crop_size > d.image_size:
+            side = "the shorter side" if d.resize == "shorter_side" else "the side"
             raise ValueError(f"data.crop_size: {d.crop_size} px is larger than data.image_size ({d.image_size}), "
-                             f"the shorter side (or, with resize: {d.resize}, the side) of every resized image")
+                             f"{side} of every resized image (data.resize: {d.resize})")
         if d.texmosaic.min_regions > d.texmosaic.max_regions:
             raise ValueError("data.texmosaic.min_regions: larger than data.texmosaic.max_regions")
 
