@@ -36,6 +36,15 @@ def call_builder(builder: Callable[..., Any], key: str, *args: Any, **kwargs: An
         raise ConfigError(f"{key}.options: {first}") from None
 
 
+def class_names(loaded: Any) -> dict[str, list[str]]:
+    """``{"classes": names}`` for a run's saved facts when the training set names one class per student output (the
+    model card and the report list them), else nothing."""
+    names = getattr(loaded.train, "classes", None)
+    if isinstance(names, list | tuple) and names and len(names) == loaded.num_outputs:
+        return {"classes": [str(c) for c in names]}
+    return {}
+
+
 def check_num_classes(model_cfg: Any, num_classes: int, key: str, what: str = "classes") -> int:
     """``num_classes`` of a model section must agree with the data (it is read from there when not given)."""
     given = getattr(model_cfg, "num_classes", None)

@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.family import Family, Loaded, register_family
+from distill.tasks.common import class_names
 from distill.tasks.image.data import build_image_task, load_image_data
 from distill.tasks.image.models import build_image_model
 from distill.tasks.image.section import ImageData
@@ -72,7 +73,7 @@ class ImageFamily(Family):
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
         return {"num_outputs": loaded.num_outputs, "input_shape": list(loaded.train.images.shape[1:]),
                 "mean": list(loaded.task.normalize.mean),
-                "std": list(loaded.task.normalize.std)}
+                "std": list(loaded.task.normalize.std), **class_names(loaded)}
 
     def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
         import torch

@@ -23,6 +23,14 @@ JUDGED_KEYS = ("train_queries", "negatives", "bm25_depth", "title_groups", "titl
 MSMARCO_KEYS = ("triples", "triples_format", "hard_negatives", "hard_negative_systems", "max_triples")
 
 
+def changed(section: Any) -> set[str]:
+    """The keys of a config section set to something other than their default: what the user chose. A run folder's
+    ``distill_config.json`` writes every default out, and reading it back (``distill export``, ``distill eval``)
+    must not count those as given."""
+    fields = type(section).model_fields
+    return {k for k in section.model_fields_set if k not in fields or getattr(section, k) != fields[k].default}
+
+
 @register_family
 class RankingFamily(SentenceFamily):
     name = "ranking"
@@ -37,12 +45,12 @@ class RankingFamily(SentenceFamily):
     def check(self, cfg: Any) -> None:
         super().check(cfg)
         d, t = cfg.data, cfg.teacher
-        given = d.model_fields_set
+        given = changed(d)  # a saved run config (distill_config.json) writes every default out: those are not given
         scores = t is not None and t.scores is not None
         if t is not None and t.scores is not None and (t.path or t.arch or t.cache):
             raise ValueError("teacher.scores: a score file is the teacher's outputs already; drop teacher.path and "
                              "teacher.cache")
-        if t is not None and not scores and "scores_format" in t.model_fields_set:
+        if t is not None and not scores and "scores_format" in changed(t):
             raise ValueError("teacher.scores_format: says how teacher.scores is read, which is not set")
         if not d.msmarco():
             if d.cranfield is None and None in (d.docs, d.queries, d.qrels):

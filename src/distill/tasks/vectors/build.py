@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from distill.core.family import Family, Loaded, register_family
+from distill.tasks.common import class_names
 from distill.tasks.vectors.data import load_vectors
 from distill.tasks.vectors.models import build_vector_model
 from distill.tasks.vectors.section import VectorData
@@ -61,7 +62,7 @@ class VectorFamily(Family):
         task = loaded.task
         standardizer = None if task.mean is None else {"mean": task.mean.tolist(), "std": task.std.tolist()}
         return {"num_outputs": loaded.num_outputs, "in_features": loaded.info["in_features"],
-                "standardizer": standardizer}
+                "standardizer": standardizer, **class_names(loaded)}
 
     def onnx_inputs(self, cfg: Any, loaded: Loaded, student: nn.Module) -> Any:
         """The raw feature rows in: the training set's standardisation (if any) is part of the exported graph."""

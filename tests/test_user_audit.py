@@ -1,0 +1,96 @@
+"""What a user bringing their own data hits after training: a teacher cache that would not store the taps the
+methods read is refused before it is built; ``distill eval`` of a run folder's config finds the run (its
+``--output-dir``) and fails when there is nothing to evaluate; the model card and the report name the classes of
+the student's outputs (labels 1..K read as names); a ranking run on MS MARCO-style files reads its own saved config
+back (export); the crop-size error names the resize mode it describes. Tiny files written by the tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from distill.cli import main
+from distill.config import ConfigError, parse_config
+from distill.experiment import build_experiment
+
+
+def vector_run(tmp_path: Path) -> Path:
+    """A 1-epoch vector run on labels 1..3 read as names, trained through ``distill train --output-dir``."""
+    g = np.random.default_rng(0)
+    x = g.normal(size=(30, 4)).astype("float32")
+    y = np.arange(30) % 3 + 1
+    np.savez(tmp_path / "train.npz", x=x, y=y)
+    np.savez(tmp_path / "test.npz", x=x[:9], y=y[:9])
+    (tmp_path / "v.yaml").write_text(yaml.safe_dump({
+        "task": "vector_classification", "data": {"train": "train.npz", "eval": "test.npz", "integer_labels": "names"},
+        "student": {"arch": "mlp", "options": {"hidden": 8}}, "methods": [{"name": "ce"}],
+        "train": {"epochs": 1, "batch_size": 10, "progress": False}}))
+    run = tmp_path / "myrun"
+    assert main(["train", str(tmp_path / "v.yaml"), "--output-dir", str(run)]) == 0
+    return run
+
+
+def test_eval_of_a_run_folder_config_finds_the_run_and_fails_with_nothing_to_evaluate(tmp_path, capsys):
+    run = vector_run(tmp_path)
+    capsys.readouterr()
+    assert json.loads((run / "distill_config.json").read_text())["output_dir"] == str(run)
+    assert main(["eval", str(run / "distill_config.json")]) == 0
+    assert "student" in json.loads(capsys.readouterr().out)
+    # no student weights where the config points and no teacher: an error, not an empty result
+    rc = main(["eval", str(tmp_path / "v.yaml"), "--output-dir", str(tmp_path / "nothing")])
+    out = capsys.readouterr()
+    assert rc != 0 and "no student weights" in out.err and "no teacher to evaluate" in out.err
+    assert out.out.strip() == ""
+
+
+def test_model_card_and_report_name_the_classes(tmp_path, capsys):
+    run = vector_run(tmp_path)
+    assert main(["export", str(run), "--format", "safetensors"]) == 0
+    card = (run / "export-safetensors" / "README.md").read_text()
+    assert "## Classes" in card and "| 0 | 1 |\n| 1 | 2 |\n| 2 | 3 |" in card
+    assert main(["report", str(run), "--out", str(tmp_path / "r.html")]) == 0
+    html = (tmp_path / "r.html").read_text()
+    assert "classes (output order)</th><td>0: 1, 1: 2, 2: 3</td>" in html
+
+
+def test_teacher_cache_without_the_methods_taps_is_refused_before_it_is_built(tmp_path):
+    raw = yaml.safe_load("""
+task: semantic_segmentation
+data: {texmosaic: {train_size: 4, eval_size: 2, size: 32}}
+student: {arch: seg_resnet_student}
+teacher: {arch: seg_resnet_teacher, weights: random, cache: {path: tc}}
+methods: [{name: ce}, {name: fitnet, student: f3, teacher: f3}]
+train: {epochs: 1, batch_size: 2, progress: false}
+""")
+    with pytest.raises(ConfigError, match=r"teacher\.cache\.features: .*\['f3'\].*add them"):
+        build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "run")
+    assert not (tmp_path / "tc").exists()
+
+
+def test_ranking_msmarco_run_config_reads_back(tmp_path):
+    from distill.export.run import config_dict
+
+    (tmp_path / "collection.tsv").write_text("1\tthe wing\n2\ta plate\n3\tthe flow\n")
+    (tmp_path / "queries.tsv").write_text("7\twing\n")
+    (tmp_path / "scores.tsv").write_text("5.0\t1.0\t7\t1\t2\n4.0\t2.0\t7\t1\t3\n")
+    raw = {"task": "ranking", "data": {"docs": "collection.tsv", "queries": "queries.tsv"},
+           "teacher": {"scores": "scores.tsv"}, "methods": [{"name": "margin_mse"}]}
+    cfg = parse_config(raw, base_dir=tmp_path)
+    saved = config_dict(cfg)  # every default written out, as in distill_config.json
+    assert saved["data"]["train_queries"] is None and saved["data"]["num_negatives"] == 3
+    parse_config(saved, base_dir=tmp_path)  # refused before: data.train_queries / num_negatives "given"
+    with pytest.raises(ConfigError, match=r"data\.num_negatives: applies to data\.hard_negatives"):
+        parse_config({**raw, "data": {**raw["data"], "num_negatives": 2}}, base_dir=tmp_path)
+
+
+def test_crop_size_error_names_the_side_of_its_resize_mode(tmp_path):
+    for mode, side in (("shorter_side", "the shorter side"), ("longer_side_pad", "the side")):
+        raw = {"task": "semantic_segmentation", "student": {"arch": "seg_resnet_student"}, "methods": [{"name": "ce"}],
+               "data": {"source": "folders", "train": ".", "image_size": 64, "crop_size": 96, "resize": mode}}
+        with pytest.raises(ConfigError, match=rf"larger than data\.image_size \(64\), {side} of every resized image "
+                                              rf"\(data\.resize: {mode}\)"):
+            parse_config(raw, base_dir=tmp_path)
