@@ -83,8 +83,12 @@ def test_ranking_msmarco_run_config_reads_back(tmp_path):
     saved = config_dict(cfg)  # every default written out, as in distill_config.json
     assert saved["data"]["train_queries"] is None and saved["data"]["num_negatives"] == 3
     parse_config(saved, base_dir=tmp_path)  # refused before: data.train_queries / num_negatives "given"
+    explicit = {**raw, "data": {**raw["data"], "num_negatives": 3}}  # the default, written by the user: refused
     with pytest.raises(ConfigError, match=r"data\.num_negatives: applies to data\.hard_negatives"):
-        parse_config({**raw, "data": {**raw["data"], "num_negatives": 2}}, base_dir=tmp_path)
+        parse_config(explicit, base_dir=tmp_path)
+    (tmp_path / "qrels.txt").write_text("7 0 1 1\n")
+    judged = {**raw, "data": {"docs": "collection.tsv", "queries": "queries.tsv", "qrels": "qrels.txt"}}
+    parse_config(config_dict(parse_config(judged, base_dir=tmp_path)), base_dir=tmp_path)  # triples_format "given"
 
 
 def test_crop_size_error_names_the_side_of_its_resize_mode(tmp_path):

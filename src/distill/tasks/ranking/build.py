@@ -24,11 +24,14 @@ MSMARCO_KEYS = ("triples", "triples_format", "hard_negatives", "hard_negative_sy
 
 
 def changed(section: Any) -> set[str]:
-    """The keys of a config section set to something other than their default: what the user chose. A run folder's
-    ``distill_config.json`` writes every default out, and reading it back (``distill export``, ``distill eval``)
-    must not count those as given."""
+    """The keys of a config section the user gave. A run folder's ``distill_config.json`` writes every key out,
+    defaults included, and reading it back (``distill export``, ``distill eval``) must not count those as given: in
+    a section that sets every key (a saved config), only the keys whose value is not the default count."""
     fields = type(section).model_fields
-    return {k for k in section.model_fields_set if k not in fields or getattr(section, k) != fields[k].default}
+    given = section.model_fields_set
+    if not set(fields) <= given:
+        return set(given)
+    return {k for k in given if getattr(section, k) != fields[k].default}
 
 
 @register_family
