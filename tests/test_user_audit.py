@@ -98,3 +98,22 @@ def test_crop_size_error_names_the_side_of_its_resize_mode(tmp_path):
         with pytest.raises(ConfigError, match=rf"larger than data\.image_size \(64\), {side} of every resized image "
                                               rf"\(data\.resize: {mode}\)"):
             parse_config(raw, base_dir=tmp_path)
+
+
+@pytest.mark.parametrize("id_name", ["node_id", ""])  # "": the index column pandas' to_csv writes
+def test_graph_nodes_csv_id_column_orders_the_rows_and_is_no_feature(tmp_path, id_name):
+    from distill.data.graph_files import load_graph_files
+
+    x = np.arange(12, dtype=np.float32).reshape(6, 2)
+    y = [0, 1, 0, 1, 0, 1]
+    split = ["train", "train", "val", "val", "test", "test"]
+    order = [3, 0, 5, 1, 4, 2]  # rows listed out of id order
+    lines = [f"{id_name},f0,f1,label,split"] + [f"{i},{x[i, 0]:g},{x[i, 1]:g},{y[i]},{split[i]}" for i in order]
+    (tmp_path / "nodes.csv").write_text("\n".join(lines) + "\n")
+    (tmp_path / "edges.csv").write_text("0,1\n2,3\n4,5\n")
+    g = load_graph_files(tmp_path)
+    assert g.x.tolist() == x.tolist() and g.y.tolist() == y  # features and labels of node i on row i, no id feature
+    assert g.train_mask.tolist() == [True, True, False, False, False, False]
+    (tmp_path / "nodes.csv").write_text("\n".join(lines[:-1] + [lines[1]]) + "\n")  # node 3 twice, node 2 missing
+    with pytest.raises(ConfigError, match=rf"nodes\.csv: row 5, node-id column '{id_name}': node 3 is listed twice"):
+        load_graph_files(tmp_path)

@@ -8,7 +8,9 @@ under ``y`` / ``label`` / ``labels``, edges under ``edge_index`` (2 x E) or ``ed
 
 ``files``: a folder holding the nodes, one row per node in node-id order, as ``nodes.csv`` (a header; the label
 column ``data.label_column``, an optional ``split`` column of ``train`` / ``val`` / ``test`` (anything else: no
-split) or ``train_mask`` / ``val_mask`` / ``test_mask`` columns of 0/1, every other column a feature) or as
+split) or ``train_mask`` / ``val_mask`` / ``test_mask`` columns of 0/1, an optional node-id column (``node_id``,
+``id``, ``node``, ``nid``, or pandas' unnamed index column: the rows are taken in the order of its ids, which must
+be 0..N-1), every other column a feature) or as
 ``features.npy`` (N x d) with ``labels.npy`` (or ``labels.csv``, one label a row) and optional ``train_mask.npy`` /
 ``val_mask.npy`` / ``test_mask.npy``; and the edges as ``edges.csv`` / ``edges.tsv`` / ``edges.txt`` (two columns
 of node ids, comma, tab or space separated, an optional header) or ``edges.npy`` (E x 2 or 2 x E).
@@ -274,7 +276,10 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
         if given and len(given) < 3:
             raise ConfigError(f"{fwhere}: has columns {given} but not {[c for c in mask_cols if c not in given]} "
                               "(give all three, a 'split' column, or neither for a random split)")
-        skip = {label_column, "split", *given}
+        id_col = next((c for c in header if c.strip().lower() in ID_COLUMNS), None)
+        if id_col is not None:
+            rows = _rows_by_id(rows, id_col, fwhere)
+        skip = {label_column, "split", *given, *([id_col] if id_col is not None else [])}
         feats = [c for c in header if c not in skip]
         if not feats:
             raise ConfigError(f"{fwhere}: no feature column beside {sorted(skip & set(header))}")
@@ -284,7 +289,8 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
                 x[i] = [float(r[c]) for c in feats]
             except (TypeError, ValueError):
                 bad = next(c for c in feats if not _is_number(r[c]))
-                raise ConfigError(f"{fwhere}: row {i} (node {i}), column {bad!r}: {r[bad]!r} is not a number "
+                at = f"node {i}" if id_col is not None else f"row {i} (node {i})"
+                raise ConfigError(f"{fwhere}: {at}, column {bad!r}: {r[bad]!r} is not a number "
                                   f"(every column but {sorted(skip & set(header))} is a feature)") from None
         labels, _ = _labels([r[label_column] for r in rows], integer_labels, f"{fwhere}: column {label_column!r}")
         if given:
@@ -322,6 +328,27 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
                           f"features.npy with labels.npy; the folder holds {sorted(names)[:10]}")
     edges = read_edge_list(folder / edge_file, x.shape[0], undirected, f"{key}: {folder / edge_file}")
     return _graph(x, labels, edges, masks, random_split, split_seed, where, folder.name)
+
+
+#: names of a node-id column in ``nodes.csv`` (``""`` and ``unnamed: 0``: the index column pandas' ``to_csv`` writes):
+#: never a feature; the rows are put in the order of its ids, which must be 0..N-1
+ID_COLUMNS = ("node_id", "id", "node", "nid", "", "unnamed: 0")
+
+
+def _rows_by_id(rows: list[dict[str, str]], column: str, where: str) -> list[dict[str, str]]:
+    """``rows`` ordered by their ``column`` ids, which must be the integers 0..N-1, each once (the ids the edge list
+    names)."""
+    n = len(rows)
+    order: list[dict[str, str] | None] = [None] * n
+    for i, r in enumerate(rows):
+        v = (r.get(column) or "").strip()
+        if not v.lstrip("-").isdigit() or not 0 <= int(v) < n:
+            raise ConfigError(f"{where}: row {i}, node-id column {column!r}: {v!r} is not a node id 0..{n - 1} (node "
+                              f"ids are 0..N-1 for the {n} rows, the ids the edge list names)")
+        if order[int(v)] is not None:
+            raise ConfigError(f"{where}: row {i}, node-id column {column!r}: node {v} is listed twice")
+        order[int(v)] = r
+    return order  # type: ignore[return-value]
 
 
 def _is_number(s: str | None) -> bool:
