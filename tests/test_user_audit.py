@@ -57,7 +57,7 @@ def test_model_card_and_report_name_the_classes(tmp_path, capsys):
     assert "classes (output order)</th><td>0: 1, 1: 2, 2: 3</td>" in html
 
 
-def test_teacher_cache_without_the_methods_taps_is_refused_before_it_is_built(tmp_path):
+def test_teacher_cache_without_the_methods_taps_is_refused_before_it_is_built(tmp_path, capsys):
     raw = yaml.safe_load("""
 task: semantic_segmentation
 data: {texmosaic: {train_size: 4, eval_size: 2, size: 32}}
@@ -69,6 +69,9 @@ train: {epochs: 1, batch_size: 2, progress: false}
     with pytest.raises(ConfigError, match=r"teacher\.cache\.features: .*\['f3'\].*add them"):
         build_experiment(parse_config(raw, base_dir=tmp_path), tmp_path / "run")
     assert not (tmp_path / "tc").exists()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["cache", "build", str(tmp_path / "c.yaml")]) != 0  # distill cache build refuses it too
+    assert "teacher.cache.features" in capsys.readouterr().err and not (tmp_path / "tc").exists()
 
 
 def test_ranking_msmarco_run_config_reads_back(tmp_path):

@@ -239,6 +239,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         members = [m for m in mixture.members if m.cache is not None] if mixture is not None else []
         if cache_cfg is None and not members:
             return _fail("teacher.cache: required key is missing (where to build the cache and what to store)")
+        if args.action == "build":
+            from distill.experiment import check_cache_features
+
+            check_cache_features(cfg)  # a cache without the taps the methods read would be refused when training
         from dataclasses import replace
 
         def settle(c: Any) -> Any:
