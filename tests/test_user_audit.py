@@ -120,3 +120,20 @@ def test_graph_nodes_csv_id_column_orders_the_rows_and_is_no_feature(tmp_path, i
     (tmp_path / "nodes.csv").write_text("\n".join(lines[:-1] + [lines[1]]) + "\n")  # node 3 twice, node 2 missing
     with pytest.raises(ConfigError, match=rf"nodes\.csv: row 5, node-id column '{id_name}': node 3 is listed twice"):
         load_graph_files(tmp_path)
+
+
+def test_graph_class_names_reach_the_run_facts(tmp_path):
+    from distill.data.graph_files import load_graph_npz
+    from distill.tasks.graph.build import GraphFamily
+
+    y = np.array(["Theory", "Neural_Networks", "Theory", "Case_Based", "Neural_Networks", "Case_Based"])
+    np.savez(tmp_path / "g.npz", x=np.eye(6, dtype=np.float32), y=y, edge_index=np.array([[0, 2, 4], [1, 3, 5]]),
+             train_mask=np.array([1, 1, 0, 0, 0, 0], bool), val_mask=np.array([0, 0, 1, 1, 0, 0], bool),
+             test_mask=np.array([0, 0, 0, 0, 1, 1], bool))
+    g = load_graph_npz(tmp_path / "g.npz")
+    assert g.classes == ["Case_Based", "Neural_Networks", "Theory"] and g.y.tolist() == [2, 1, 2, 0, 1, 0]
+    assert g.row_normalized().classes == g.classes
+    from distill.core.family import Loaded
+
+    facts = GraphFamily().export_facts(Loaded(None, None, num_outputs=3, info={"graph": g}))
+    assert facts["classes"] == ["Case_Based", "Neural_Networks", "Theory"]

@@ -148,7 +148,7 @@ def _random_masks(labels: np.ndarray, fractions: Sequence[float], seed: int,
 
 
 def _graph(x: np.ndarray, labels: np.ndarray, edge_index: torch.Tensor, masks: tuple[torch.Tensor, ...] | None,
-           fractions: Sequence[float], seed: int, where: str, name: str) -> GraphData:
+           fractions: Sequence[float], seed: int, where: str, name: str, classes: list[str] | None = None) -> GraphData:
     n = x.shape[0]
     if labels.shape[0] != n:
         raise ConfigError(f"{where}: {labels.shape[0]} labels for {n} nodes")
@@ -163,7 +163,7 @@ def _graph(x: np.ndarray, labels: np.ndarray, edge_index: torch.Tensor, masks: t
     if not np.all(np.isfinite(x)):
         raise ConfigError(f"{where}: node features hold NaN or infinite values")
     return GraphData(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), edge_index,
-                     torch.from_numpy(labels), *masks, name=name)
+                     torch.from_numpy(labels), *masks, name=name, classes=classes)
 
 
 def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bool = True,
@@ -208,7 +208,7 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows
         y = np.where(y.sum(axis=1) > 0, y.argmax(axis=1), UNLABELLED)
-    labels, _ = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
+    labels, class_names = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
     masks = None
     if any(k is not None for k in found_splits):
         missing = [names[0] for names, k in zip(split_keys, found_splits) if k is None]
@@ -217,7 +217,7 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
                               "splits, or none for a random split)")
         masks = tuple(_mask(m, n, k, where) for m, k in zip(raw_masks, found_splits))  # type: ignore[arg-type]
     edges = _edges(e, n, f"{where}[{ekey!r}]", undirected)
-    return _graph(x, labels, edges, masks, random_split, split_seed, where, path.stem)
+    return _graph(x, labels, edges, masks, random_split, split_seed, where, path.stem, class_names)
 
 
 def _sniff_rows(path: Path) -> list[list[str]]:
@@ -292,7 +292,8 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
                 at = f"node {i}" if id_col is not None else f"row {i} (node {i})"
                 raise ConfigError(f"{fwhere}: {at}, column {bad!r}: {r[bad]!r} is not a number "
                                   f"(every column but {sorted(skip & set(header))} is a feature)") from None
-        labels, _ = _labels([r[label_column] for r in rows], integer_labels, f"{fwhere}: column {label_column!r}")
+        labels, class_names = _labels([r[label_column] for r in rows], integer_labels,
+                                      f"{fwhere}: column {label_column!r}")
         if given:
             masks = tuple(_mask(np.array([_truthy(r[c], c, i, fwhere) for i, r in enumerate(rows)]), len(rows), c,
                                 fwhere) for c in mask_cols)
@@ -317,7 +318,7 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
             lwhere = f"{key}: {folder / 'labels.csv'}"
         else:
             raise ConfigError(f"{where}: features.npy needs labels.npy or labels.csv beside it")
-        labels, _ = _labels(list(raw), integer_labels, lwhere)
+        labels, class_names = _labels(list(raw), integer_labels, lwhere)
         found = [f"{s}_mask.npy" for s in SPLITS if f"{s}_mask.npy" in names]
         if found:
             if len(found) < 3:
@@ -327,7 +328,7 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
         raise ConfigError(f"{where}: no nodes: expected nodes.csv (features, label and optional split columns) or "
                           f"features.npy with labels.npy; the folder holds {sorted(names)[:10]}")
     edges = read_edge_list(folder / edge_file, x.shape[0], undirected, f"{key}: {folder / edge_file}")
-    return _graph(x, labels, edges, masks, random_split, split_seed, where, folder.name)
+    return _graph(x, labels, edges, masks, random_split, split_seed, where, folder.name, class_names)
 
 
 #: names of a node-id column in ``nodes.csv`` (``""`` and ``unnamed: 0``: the index column pandas' ``to_csv`` writes):

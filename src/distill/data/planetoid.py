@@ -40,6 +40,7 @@ class GraphData:
     val_mask: torch.Tensor
     test_mask: torch.Tensor
     name: str = "graph"
+    classes: list[str] | None = None  # the class names of labels 0..K-1, when the file names them
 
     @property
     def num_nodes(self) -> int:
@@ -58,7 +59,7 @@ class GraphData:
         (PyG ``NormalizeFeatures``; DGL's Planetoid datasets come normalised this way)."""
         sums = self.x.sum(dim=1, keepdim=True).clamp_min(1e-12)
         return GraphData(self.x / sums, self.edge_index, self.y, self.train_mask, self.val_mask, self.test_mask,
-                         self.name)
+                         self.name, self.classes)
 
     def split_nodes(self, split: str) -> torch.Tensor:
         """Node ids of ``train``, ``val``, ``test`` or ``all``."""

@@ -80,7 +80,10 @@ class GraphFamily(Family):
 
     def export_facts(self, loaded: Loaded) -> dict[str, Any]:
         g = loaded.info["graph"]
-        return {"num_outputs": loaded.num_outputs, "num_features": g.num_features, "num_nodes": g.num_nodes}
+        names = getattr(g, "classes", None)
+        classes = {"classes": list(names)} if names and len(names) == loaded.num_outputs else {}
+        return {"num_outputs": loaded.num_outputs, "num_features": g.num_features, "num_nodes": g.num_nodes,
+                **classes}
 
     def export_loaded(self, cfg: Any, facts: dict[str, Any]) -> Loaded:
         from types import SimpleNamespace
