@@ -137,3 +137,14 @@ def test_graph_class_names_reach_the_run_facts(tmp_path):
 
     facts = GraphFamily().export_facts(Loaded(None, None, num_outputs=3, info={"graph": g}))
     assert facts["classes"] == ["Case_Based", "Neural_Networks", "Theory"]
+
+
+def test_hard_negative_system_misspelt_beside_a_real_one_is_refused(tmp_path):
+    from distill.text.msmarco import read_hard_negatives
+
+    path = tmp_path / "hn.jsonl"
+    path.write_text(json.dumps({"qid": 1, "pos": [0], "neg": {"bm25": [1, 2, 3], "tas-b": [4, 5]}}) + "\n")
+    table, _ = read_hard_negatives(path, 2, ["bm25", "tas-b"], 0, None, None)
+    assert len(table) == 1
+    with pytest.raises(ValueError, match=r"no system \['tasb'\] in any line; the file's systems: \['bm25', 'tas-b'\]"):
+        read_hard_negatives(path, 2, ["bm25", "tasb"], 0, None, None)

@@ -338,6 +338,10 @@ def read_hard_negatives(path: Path, num_negatives: int, systems: Sequence[str] |
     if wanted is not None and not wanted & seen_systems:
         raise FormatError(f"{path}: none of the systems {sorted(wanted)} names negatives; the file's systems: "
                           f"{sorted(seen_systems)[:12]}")
+    if wanted is not None and wanted - seen_systems:  # a misspelt name would silently narrow the negatives
+        read = "the lines read" if limit is not None else "any line"
+        raise FormatError(f"{path}: no system {sorted(wanted - seen_systems)} in {read}; the file's systems: "
+                          f"{sorted(seen_systems)[:12]}")
     return table, short
 
 
