@@ -148,3 +148,12 @@ def test_hard_negative_system_misspelt_beside_a_real_one_is_refused(tmp_path):
     assert len(table) == 1
     with pytest.raises(ValueError, match=r"no system \['tasb'\] in any line; the file's systems: \['bm25', 'tas-b'\]"):
         read_hard_negatives(path, 2, ["bm25", "tasb"], 0, None, None)
+
+
+def test_report_names_the_data_of_an_msmarco_run(tmp_path):
+    from distill.export.run import RunFolder
+    from distill.report.html import run_summary
+
+    raw = {"task": "ranking", "data": {"docs": "c.tsv", "queries": "q.tsv", "hard_negatives": "hn.jsonl.gz",
+                                       "train": None}}
+    assert run_summary(RunFolder(tmp_path, raw, None, None), [])["data"] == "hn.jsonl.gz"

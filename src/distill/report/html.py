@@ -120,7 +120,8 @@ def run_summary(run: RunFolder, rows: list[dict[str, str]]) -> dict[str, str]:
         "student": str(student.get("arch") or student.get("path") or "default"),
         "teacher": t,
         "methods": methods or "-",
-        "data": str(data.get("train") or data.get("text") or data.get("path") or data.get("cranfield") or "-"),
+        "data": str(next((data[k] for k in ("train", "text", "path", "cranfield", "triples", "hard_negatives", "docs")
+                          if data.get(k)), "-")),
         "epochs x batch": f"{train.get('epochs', '-')} x {train.get('batch_size', '-')}",
         "optimizer, lr": f"{train.get('optimizer', '-')}, {train.get('lr', '-')}",
         "classes (output order)": _classes(run.classes),
