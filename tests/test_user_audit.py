@@ -157,3 +157,29 @@ def test_report_names_the_data_of_an_msmarco_run(tmp_path):
     raw = {"task": "ranking", "data": {"docs": "c.tsv", "queries": "q.tsv", "hard_negatives": "hn.jsonl.gz",
                                        "train": None}}
     assert run_summary(RunFolder(tmp_path, raw, None, None), [])["data"] == "hn.jsonl.gz"
+
+
+@pytest.mark.parametrize("raw", [
+    {"task": "text_classification", "data": {"train": "t.tsv", "surface_transform": {"name": "upper_swap"}},
+     "student": {"arch": "textcnn"}, "methods": [{"name": "ce"}]},
+    {"task": "image_classification", "data": {"train": "x"}, "student": {"arch": "resnet8x4"},
+     "methods": [{"name": "kd"}],
+     "teacher": {"mixture": {"members": [{"arch": "resnet8x4", "weights": "random"}] * 2, "route": "column",
+                             "column": "src"}}},
+])
+def test_saved_run_configs_read_back(tmp_path, raw):
+    """distill_config.json writes every default out; reading it back (export, eval) must not take them as keys the
+    user gave (refused before: surface_transform's min_length, a mixture's teacher.reduce)."""
+    from distill.export.run import config_dict
+
+    saved = config_dict(parse_config(raw, base_dir=tmp_path))
+    assert parse_config(saved, base_dir=tmp_path).task == raw["task"]
+    bad = json.loads(json.dumps(raw))
+    if raw["task"] == "text_classification":
+        bad["data"]["surface_transform"]["min_length"] = 4  # the default, written by the user: still refused
+        match = r"min_length: only read with name: char_noise"
+    else:
+        bad["teacher"]["reduce"] = "logits"
+        match = r"teacher\.reduce: combines an ensemble"
+    with pytest.raises(ConfigError, match=match):
+        parse_config(bad, base_dir=tmp_path)

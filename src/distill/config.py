@@ -37,6 +37,18 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+def given_keys(section: BaseModel) -> set[str]:
+    """The keys of a config section the user gave. A run folder's ``distill_config.json`` writes every key out,
+    defaults included, and reading it back (``distill export``, ``distill eval``, rerunning it) must not count those
+    as given: in a section that sets every key (a saved config), only the keys whose value is not the default
+    count."""
+    fields = type(section).model_fields
+    given = set(section.model_fields_set)
+    if not set(fields) <= given:
+        return given
+    return {k for k in given if getattr(section, k) != fields[k].get_default(call_default_factory=True)}
+
+
 ASSETS = Path(__file__).resolve().parent / "assets"
 #: the largest YAML file read (a config is a few kilobytes)
 MAX_CONFIG_BYTES = 1 << 20
@@ -606,7 +618,7 @@ def _check_mixture(cfg: ExperimentConfig, family: Any) -> None:
             raise ConfigError(f"teacher.{k}: a mixture's models are its members (teacher.mixture.members[i].{k})")
     if t.options:
         raise ConfigError("teacher.options: a mixture's models are its members (teacher.mixture.members[i].options)")
-    if "reduce" in t.model_fields_set:
+    if "reduce" in given_keys(t):
         raise ConfigError("teacher.reduce: combines an ensemble; a mixture's is teacher.mixture.reduce")
     seen: dict[str, int] = {}
     for i, m in enumerate(mix.members):
@@ -625,13 +637,13 @@ def _check_mixture(cfg: ExperimentConfig, family: Any) -> None:
                               "example's member)")
         if mix.router is not None:
             raise ConfigError("teacher.mixture.router: only read with route: learned or aggregate")
-        if "reduce" in mix.model_fields_set:
+        if "reduce" in given_keys(mix):
             raise ConfigError("teacher.mixture.reduce: only read with route: aggregate")
     else:
         if mix.column is not None:
             raise ConfigError(f"teacher.mixture.column: only read with route: column (route: {mix.route} learns "
                               "its choice)")
-        if mix.route == "learned" and "reduce" in mix.model_fields_set:
+        if mix.route == "learned" and "reduce" in given_keys(mix):
             raise ConfigError("teacher.mixture.reduce: only read with route: aggregate")
         if t.cache is not None:
             raise ConfigError(f"teacher.cache: the output of route: {mix.route} changes as its router learns; "

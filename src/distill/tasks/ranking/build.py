@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distill.config import ConfigError
+from distill.config import ConfigError, given_keys
 from distill.core.family import Loaded, register_family
 from distill.tasks.common import existing_file
 from distill.tasks.embedding.build import SentenceFamily
@@ -21,17 +21,6 @@ from distill.text.teacher_sources import ScoreFileTeacher, read_score_file
 JUDGED_KEYS = ("train_queries", "negatives", "bm25_depth", "title_groups", "title_seed", "format", "id_column",
                "text_column", "title_column")
 MSMARCO_KEYS = ("triples", "triples_format", "hard_negatives", "hard_negative_systems", "max_triples")
-
-
-def changed(section: Any) -> set[str]:
-    """The keys of a config section the user gave. A run folder's ``distill_config.json`` writes every key out,
-    defaults included, and reading it back (``distill export``, ``distill eval``) must not count those as given: in
-    a section that sets every key (a saved config), only the keys whose value is not the default count."""
-    fields = type(section).model_fields
-    given = section.model_fields_set
-    if not set(fields) <= given:
-        return set(given)
-    return {k for k in given if getattr(section, k) != fields[k].default}
 
 
 @register_family
@@ -48,12 +37,12 @@ class RankingFamily(SentenceFamily):
     def check(self, cfg: Any) -> None:
         super().check(cfg)
         d, t = cfg.data, cfg.teacher
-        given = changed(d)  # a saved run config (distill_config.json) writes every default out: those are not given
+        given = given_keys(d)  # a saved run config (distill_config.json) writes every default out: those are not given
         scores = t is not None and t.scores is not None
         if t is not None and t.scores is not None and (t.path or t.arch or t.cache):
             raise ValueError("teacher.scores: a score file is the teacher's outputs already; drop teacher.path and "
                              "teacher.cache")
-        if t is not None and not scores and "scores_format" in changed(t):
+        if t is not None and not scores and "scores_format" in given_keys(t):
             raise ValueError("teacher.scores_format: says how teacher.scores is read, which is not set")
         if not d.msmarco():
             if d.cranfield is None and None in (d.docs, d.queries, d.qrels):

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from distill.config import Strict
+from distill.config import Strict, given_keys
 from distill.data.labels import IntegerLabels
 from distill.data.text_augment import AugmentConfig
 
@@ -25,7 +25,7 @@ class SurfaceTransform(Strict):
 
     @model_validator(mode="after")
     def _only_char_noise_reads_its_settings(self) -> SurfaceTransform:
-        unread = sorted({"rate", "seed", "min_length"} & self.model_fields_set) if self.name != "char_noise" else []
+        unread = sorted({"rate", "seed", "min_length"} & given_keys(self)) if self.name != "char_noise" else []
         if unread:
             raise ValueError(f"{unread[0]}: only read with name: char_noise (name: {self.name})")
         return self
