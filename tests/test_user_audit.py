@@ -183,3 +183,32 @@ def test_saved_run_configs_read_back(tmp_path, raw):
         match = r"teacher\.reduce: combines an ensemble"
     with pytest.raises(ConfigError, match=match):
         parse_config(bad, base_dir=tmp_path)
+
+
+def _recipes() -> list[Path]:
+    import re
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    return sorted(p for p in configs.rglob("*.y*ml")
+                  if not p.name.startswith("_") and p.parent.name != "continual" and "pipelines" not in p.parts
+                  and not re.search(r"^pipeline:", p.read_text(), re.M))
+
+
+def test_every_recipe_reads_back_from_its_saved_config():
+    """What ``distill_config.json`` holds for each recipe of configs/ (every default written out) parses back to the
+    same config, so ``distill export`` / ``distill eval`` / rerunning a run folder work for every family."""
+    from distill.config import load_config
+    from distill.export.run import config_dict
+
+    failures = []
+    for path in _recipes():
+        cfg = load_config(path)
+        saved = config_dict(cfg)
+        try:
+            again = parse_config(saved, base_dir=cfg.base_dir)
+        except ConfigError as e:
+            failures.append(f"{path.name}: {str(e).splitlines()[0]}")
+            continue
+        if config_dict(again) != saved:
+            failures.append(f"{path.name}: differs after reading back")
+    assert not failures, failures
