@@ -136,11 +136,26 @@ def _fmt(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+def stem_arm(record: dict[str, Any]) -> dict[str, Any]:
+    """A run record with its arm named by its recipe stem (``textcnn_kd``): the first runs' records name the student
+    apart and the arm alone (``kd``), which would make the runs of different students share one (arm, seed) key."""
+    student = record.get("student")
+    if student and not record["arm"].startswith(f"{student}_"):
+        return {**record, "arm": f"{student}_{record['arm']}", "variant": record["arm"]}
+    return record
+
+
 def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
-    t = results.get("teacher", {})
-    runs = results["runs"]
-    transfer = next((r["train_examples"] for r in runs if r.get("data") == "transfer"), "?")
-    copies = next((r["copies"] for r in runs if r.get("data") == "transfer" and "copies" in r), "?")
+    # records of the first runs (before the arms were recipe files) name the student apart from the arm and keep
+    # the test size, parameter counts, latencies and the transfer set at the top level
+    params, latency = results.get("params", {}), results.get("latency_ms", {})
+    t = {"test_examples": results.get("test_examples", "-"), "params": params.get("teacher", 0),
+         "latency_ms": latency.get("teacher", float("nan")), **results.get("teacher", {})}
+    runs = [{"params": params.get(r.get("student"), 0), **stem_arm(r)} for r in results["runs"]]
+    transfer = next((r["train_examples"] for r in runs if r.get("data") == "transfer"),
+                    results.get("transfer", {}).get("examples", "?"))
+    copies = next((r["copies"] for r in runs if r.get("data") == "transfer" and "copies" in r),
+                  results.get("transfer", {}).get("copies", "?"))
     lines = [
         f"SST-2 (stsa.binary): train {t.get('train_examples', '?')} labelled sentences, dev "
         f"{t.get('dev_examples', '?')}, test {t.get('test_examples', '-')}; MiniLM wordpiece ids. Seeds "
@@ -165,7 +180,8 @@ def write_table(args: argparse.Namespace, results: dict[str, Any]) -> Path:
                 continue
             accs = [100 * r["accuracy"] for r in recs]
             tests = [100 * r["test_accuracy"] for r in recs if "test_accuracy" in r]
-            lat = [r["latency_ms"] for r in recs if "latency_ms" in r]
+            lat = [r["latency_ms"] for r in recs if "latency_ms" in r] or (
+                [latency[student]] if student in latency else [])
             if arm == "scratch":
                 base = statistics.mean(accs)
             gain = "" if arm == "scratch" or base is None else f"{statistics.mean(accs) - base:+.2f}"
@@ -273,7 +289,7 @@ def main() -> int:
         old = json.loads(results_path.read_text())
         results.update({k: v for k, v in old.items() if k not in ("args", "runs")})
         if all(old.get("args", {}).get(k) == results["args"][k] for k in ("teacher_epochs", "teacher_steps")):
-            results["runs"] = old.get("runs", [])
+            results["runs"] = [stem_arm(r) for r in old.get("runs", [])]
     sweep = Sweep(arms, args.seeds, results_path, overrides, match_args=("teacher_epochs", "teacher_steps"),
                   after_fit=after_fit, repo=REPO)
     start = time.perf_counter()
@@ -286,7 +302,8 @@ def main() -> int:
     if not args.collect_only:
         sweep.run(results, only=args.only)
     if results_path.exists():  # the runs other processes saved meanwhile
-        on_disk = {(r["arm"], r["seed"]): r for r in json.loads(results_path.read_text()).get("runs", [])}
+        saved = json.loads(results_path.read_text()).get("runs", [])
+        on_disk = {(r["arm"], r["seed"]): r for r in map(stem_arm, saved)}
         results["runs"] = list({**on_disk, **{(r["arm"], r["seed"]): r for r in results["runs"]}}.values())
     write_json(results_path, results)
     md = write_table(args, results)

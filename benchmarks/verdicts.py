@@ -296,6 +296,7 @@ def sst2_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
         "textcnn/scratch": baseline("baseline (CE)"), "bilstm/scratch": baseline("baseline (CE)"),
         "minilm_truncated/scratch": baseline("baseline (CE)"),
         "textcnn/scratch_aug": baseline("control (the transfer set's copies, no teacher)"),
+        "bilstm/scratch_aug": baseline("control (the transfer set's copies, no teacher)"),
         "bilstm/lsf_idm": lsf("bilstm"), "textcnn/lsf_idm": lsf("textcnn"),
         "textcnn/kd": no_criterion("Hinton KD on a text student; C1's demonstration is CIFAR (row 8 is LSF-IDM's)"),
         "minilm_truncated/kd": no_criterion("Hinton KD on a text student; C1's demonstration is CIFAR"),
