@@ -91,3 +91,18 @@ def test_sweep_overrides_scale_the_schedule_and_the_extra_images():
     dkd = load_raw(RESNET20["dkd"])
     assert BENCH.schedule_overrides(dkd, 2) == ["train.epochs=2", "train.milestones=[1, 2]", "train.eval_every=1",
                                                 "methods.1.warmup=1"]
+
+
+def test_sst2_records_of_two_students_keep_their_own_keys():
+    """The first SST-2 records name the student apart from the arm (``{"student": "textcnn", "arm": "kd"}``); keyed
+    by (arm, seed) as they were, two students' runs of one arm and seed collapsed into one when a later run merged
+    the file. ``stem_arm`` names them by recipe stem, so every run keeps its own key."""
+    spec = importlib.util.spec_from_file_location("sst2_bench", REPO / "benchmarks" / "sst2.py")
+    sst2 = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(sst2)
+    old = [{"student": s, "arm": "scratch", "seed": 0, "accuracy": a} for s, a in (("textcnn", 0.8), ("bilstm", 0.7))]
+    new = [{"student": "bilstm", "arm": "bilstm_scratch_aug", "seed": 0, "accuracy": 0.9}]
+    keyed = {(r["arm"], r["seed"]): r for r in map(sst2.stem_arm, old + new)}
+    assert set(keyed) == {("textcnn_scratch", 0), ("bilstm_scratch", 0), ("bilstm_scratch_aug", 0)}
+    assert keyed[("textcnn_scratch", 0)]["accuracy"] == 0.8 and keyed[("bilstm_scratch", 0)]["variant"] == "scratch"
+    assert sst2.stem_arm(new[0]) is new[0]
