@@ -348,6 +348,23 @@ def cnn_vit_coop_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     return judge_all(crit, ev, _rows(ev.values, "coop"))
 
 
+def cnn_vit_coop_seg_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
+    """Row 38, CNN-ViT collaborative learning on TexMosaic, the spec's own demonstration
+    (``benchmarks/cnn_vit_coop_seg.py``; mIoU in points of each student: the CNN's ``miou``, the ViT peer's
+    ``peer_miou``). Each student's +1 mIoU over independent training is a claimed gain (interval above zero);
+    HFD+BSD >= DML is asked of both students (paired mean >= 0)."""
+    ev = Evidence(_sweep_values(data, "miou"), metrics={"vit": Evidence(_sweep_values(data, "peer_miou"))})
+    quote = "Works if both students reach >= independent + 1 mIoU and HFD+BSD >= DML."
+    crit = {"independent": baseline("baseline (each student its own per-pixel CE)"),
+            "dml": baseline("baseline (DML: per-pixel KL both ways on every labelled pixel)"),
+            "coop": Criterion(quote, "dense.md row 38 (TexMosaic, ResNet-20 trunk + ViT 96 x 4)", 3, (
+                margin("coop", "independent", 1.0, label="CNN coop"),
+                on("vit", margin("coop", "independent", 1.0, label="ViT coop")),
+                margin("coop", "dml", 0.0, label="CNN coop"),
+                on("vit", margin("coop", "dml", 0.0, label="ViT coop"))))}
+    return judge_all(crit, ev, _rows(ev.values, "coop"))
+
+
 # -- pipelines (issue 19) ----------------------------------------------------------------------------------------
 def pcoreset_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Row 35, PCoreSet (``benchmarks/pipelines_pcoreset.py``; accuracy in points, the mean over rounds and the mean
@@ -733,6 +750,7 @@ FAMILY_TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict
     "paired_views": ("CIFAR-10 exo -> ego paired views", paired_views_verdicts),
     "trg_lt": ("CIFAR-10 balanced and long-tailed, TRG", trg_verdicts),
     "cnn_vit_coop": ("CIFAR-10, CNN-ViT collaborative learning", cnn_vit_coop_verdicts),
+    "cnn_vit_coop_seg": ("TexMosaic segmentation, CNN-ViT collaborative learning", cnn_vit_coop_seg_verdicts),
     "pipelines_pcoreset": ("Active selection, PCoreSet", pcoreset_verdicts),
     "pipelines_diswot": ("Student search, DisWOT", diswot_verdicts),
     "pipelines_dd": ("Dataset distillation, CIFAR-10 IPC 10 (NRR-DD, INFER)", dd_verdicts),

@@ -1,5 +1,6 @@
 """CNN-ViT collaborative learning: a CNN student and a ViT student trained together, each teaching the other only
-where it is the more reliable one (online KD, no pretrained teacher). Classification variant.
+where it is the more reliable one (online KD, no pretrained teacher). Segmentation (the spec's own setting) and a
+classification variant.
 
 The run's student is the CNN (c); the ViT (v) is this method's own module (``peer``, any registered image model
 with ViT taps, trained by the same optimiser, its learning rate scaled by ``peer_lr_factor``). It reads the CNN's
@@ -17,14 +18,23 @@ cross-entropy (detached) and sg = stop-gradient:
       term_r = MSE(b_v(G^v)[r], sg b_c(G^c)[r]) if l^c_r < l^v_r, else MSE(b_c(G^c)[r], sg b_v(G^v)[r])
   L_rBSD = the mean over regions (and images). For classification there is no per-pixel CE, so every region of an
   image takes the image's CE (the selection becomes per image; R only changes how the MSE is averaged).
-* pixel-wise BSD, here per example (the spec's cheap classification variant): s^{c->v}_i = 1 when argmax z^c_i = y_i
-  and l^c_i < l^v_i (and symmetrically s^{v->c}_i); when neither is right, nothing is transferred:
+* pixel-wise BSD, per pixel i (segmentation; per example in the classification variant): s^{c->v}_i = 1 when
+  argmax z^c_i = y_i and l^c_i < l^v_i (and symmetrically s^{v->c}_i); when neither is right, nothing is transferred;
+  pixels labelled ``ignore_index`` are never selected:
       L_pBSD = sum_i [s^{c->v}_i KL(sg p^c_i || p^v_i) + s^{v->c}_i KL(sg p^v_i || p^c_i)]
                / max(1, sum_i (s^{c->v}_i + s^{v->c}_i)),   tau = 1
-  With both masks all ones this is DML (``selection: all``), the checkable special case.
+  With both masks all ones this is DML (``selection: all``; ignored pixels still excluded), the checkable case.
+
+Segmentation (``task: semantic_segmentation``; the student's logits are (B, K, H, W) at label size): the peer is a
+segmentation model (e.g. ``seg_vit_micro``: ViT 96 x 4, a linear head per token, logits upsampled to label size);
+l^c_i, l^v_i are per-pixel cross-entropies (ignored pixels excluded everywhere, the peer's CE included); in
+region-wise BSD the label grid is cut into the same R x R regions as the high-level maps and each region's teacher
+is the student with the lower mean per-pixel CE over the region's labelled pixels (regions with none are left out
+of the mean). The peer's mIoU on the test split is measured after the last epoch (``peer_miou``, a buffer).
 
 Returns ``{"peer_ce": L_CE(v), "hfd": l1 L_HFD, "rbsd": l2 L_rBSD, "pbsd": l3 L_pBSD}``; total
-L = CE(c) + these. The ViT's test accuracy is measured after the last epoch (``peer_accuracy``, a buffer).
+L = CE(c) + these. The ViT's test accuracy is measured after the last epoch (``peer_accuracy``, a buffer;
+``peer_miou`` for segmentation).
 
 Provenance: **reconstructed (R)** throughout: no official code is stored and the paper's text past the abstract
 was not available (spec ../shared/methods/dense.md, row 38, which defines these terms from the abstract). The
@@ -46,20 +56,32 @@ from distill.core.method import IMAGE_TASKS, EpochContext, TapMethod, register_m
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_labels
 from distill.core.taps import FeatureTaps
 
+#: the label of unlabelled pixels (``distill.tasks.segmentation.data.IGNORE_INDEX``, cross-entropy's default)
+IGNORE_INDEX = -100
+SEGMENTATION = "semantic_segmentation"
+
+
+def class_dim(z: torch.Tensor) -> int:
+    """The class axis: the last of (B, K) logits, axis 1 of dense (B, K, H, W) ones."""
+    return 1 if z.dim() > 2 else -1
+
 
 def bsd_masks(zc: torch.Tensor, zv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(s^{c->v}, s^{v->c}) per example: the teacher side is right and has the lower cross-entropy."""
+    """(s^{c->v}, s^{v->c}) per example (logits (B, K), labels (B,)) or per pixel (logits (B, K, H, W), labels
+    (B, H, W)): the teacher side is right and has the lower cross-entropy; ``IGNORE_INDEX`` pixels never."""
     lc = F.cross_entropy(zc.detach().float(), y, reduction="none")
     lv = F.cross_entropy(zv.detach().float(), y, reduction="none")
-    c_right, v_right = zc.argmax(-1) == y, zv.argmax(-1) == y
+    dim = class_dim(zc)
+    c_right, v_right = zc.argmax(dim) == y, zv.argmax(dim) == y  # an ignored label matches no class
     return c_right & (lc < lv), v_right & (lv < lc)
 
 
 def kl_rows(p_teacher_logits: torch.Tensor, q_student_logits: torch.Tensor) -> torch.Tensor:
-    """KL(softmax(teacher) || softmax(student)) per row, the teacher side detached."""
-    log_p = F.log_softmax(p_teacher_logits.detach().float(), -1)
-    log_q = F.log_softmax(q_student_logits.float(), -1)
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
+    """KL(softmax(teacher) || softmax(student)) per row (per pixel for dense logits), the teacher side detached."""
+    dim = class_dim(q_student_logits)
+    log_p = F.log_softmax(p_teacher_logits.detach().float(), dim)
+    log_q = F.log_softmax(q_student_logits.float(), dim)
+    return (log_p.exp() * (log_p - log_q)).sum(dim)
 
 
 def pixel_bsd(zc: torch.Tensor, zv: torch.Tensor, s_cv: torch.Tensor, s_vc: torch.Tensor) -> torch.Tensor:
@@ -68,19 +90,36 @@ def pixel_bsd(zc: torch.Tensor, zv: torch.Tensor, s_cv: torch.Tensor, s_vc: torc
     return total / (s_cv.sum() + s_vc.sum()).clamp_min(1).float()
 
 
+def region_teachers(lc: torch.Tensor, lv: torch.Tensor, valid: torch.Tensor,
+                    regions: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel detached CEs (B, H, W) -> (c_teaches, keep), both (B, R, R): the CNN teaches a region where its
+    mean CE over the region's labelled pixels is the lower; ``keep``: the region has a labelled pixel."""
+    w = valid.float()[:, None]
+    count = F.adaptive_avg_pool2d(w, regions)[:, 0]
+    mc = F.adaptive_avg_pool2d(lc.float()[:, None] * w, regions)[:, 0] / count.clamp_min(1e-12)
+    mv = F.adaptive_avg_pool2d(lv.float()[:, None] * w, regions)[:, 0] / count.clamp_min(1e-12)
+    return mc < mv, count > 0
+
+
 def common_grid(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Two maps average-pooled to the smaller one's grid."""
     size = min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1])
     return F.adaptive_avg_pool2d(a, size), F.adaptive_avg_pool2d(b, size)
 
 
-def region_bsd(gc: torch.Tensor, gv: torch.Tensor, c_teaches: torch.Tensor, regions: int) -> torch.Tensor:
+def region_bsd(gc: torch.Tensor, gv: torch.Tensor, c_teaches: torch.Tensor, regions: int,
+               keep: torch.Tensor | None = None) -> torch.Tensor:
     """L_rBSD on aligned maps (B, D, H, W): per region, MSE of the learner's map to the teacher side's (detached);
-    ``c_teaches`` (B, R, R) says where the CNN is the teacher. The mean over images and regions."""
+    ``c_teaches`` (B, R, R) says where the CNN is the teacher. The mean over images and regions (over the regions
+    ``keep`` marks, when given)."""
     pc = F.adaptive_avg_pool2d((gc - gv.detach()).pow(2).mean(1, keepdim=True), regions).flatten(1)  # c learns
     pv = F.adaptive_avg_pool2d((gv - gc.detach()).pow(2).mean(1, keepdim=True), regions).flatten(1)  # v learns
     teach = c_teaches.flatten(1)
-    return torch.where(teach, pv, pc).mean()
+    terms = torch.where(teach, pv, pc)
+    if keep is None:
+        return terms.mean()
+    k = keep.flatten(1).float()
+    return (terms * k).sum() / k.sum().clamp_min(1)
 
 
 def to_map(x: torch.Tensor, prefix: int) -> torch.Tensor:
@@ -90,6 +129,17 @@ def to_map(x: torch.Tensor, prefix: int) -> torch.Tensor:
     patches = x[:, prefix:]
     side = int(round(patches.shape[1] ** 0.5))
     return patches.transpose(1, 2).reshape(x.shape[0], x.shape[2], side, side)
+
+
+def peer_table(dense: bool) -> dict[str, Any]:
+    """The models a peer may be: the image-classification table, or the segmentation family's for dense students."""
+    if dense:
+        from distill.core.family import FAMILIES
+
+        return FAMILIES.get(SEGMENTATION).model_table() or {}
+    from distill.models import MODELS
+
+    return MODELS
 
 
 @register_method(
@@ -105,7 +155,7 @@ def to_map(x: torch.Tensor, prefix: int) -> torch.Tensor:
 class CnnVitCoop(TapMethod):
     """CNN-ViT collaborative learning (online): HFD + region-wise and per-example BSD with a ViT peer."""
 
-    tasks = IMAGE_TASKS
+    tasks = IMAGE_TASKS | {SEGMENTATION}
     needs_teacher = False
     needs_labels = True
     method_name = "cnn_vit_coop"
@@ -117,11 +167,10 @@ class CnnVitCoop(TapMethod):
                  selection: Literal["reliable", "all"] = "reliable", peer_lr_factor: float = 1.0,
                  peer_weight_decay: float | None = None):
         super().__init__()
-        from distill.models import MODELS
-
-        if peer not in MODELS:
-            raise ValueError(f"cnn_vit_coop: peer {peer!r} is not a registered image model; allowed: "
-                             f"{', '.join(sorted(MODELS))}")
+        allowed = set(peer_table(False)) | set(peer_table(True))
+        if peer not in allowed:
+            raise ValueError(f"cnn_vit_coop: peer {peer!r} is not a registered image or segmentation model; "
+                             f"allowed: {', '.join(sorted(allowed))}")
         if regions < 1:
             raise ValueError(f"cnn_vit_coop: regions must be at least 1, got {regions}")
         self.peer_name, self.peer_options = peer, dict(peer_options or {})
@@ -134,6 +183,10 @@ class CnnVitCoop(TapMethod):
         self.peer_lr_factor, self.peer_weight_decay = float(peer_lr_factor), peer_weight_decay
         self.peer: nn.Module = nn.Identity()
         self.register_buffer("peer_accuracy", torch.tensor(-1.0))
+        self.register_buffer("peer_miou", torch.tensor(-1.0))  # segmentation: the peer's mIoU on the test split
+        self.dense = False
+        #: segmentation diagnostics summed over training steps: pixel fractions c -> v, v -> c, and the step count
+        self.selected = [0.0, 0.0, 0.0]
         self.total_epochs = 0
         self.last_stage = ""
 
@@ -150,11 +203,16 @@ class CnnVitCoop(TapMethod):
         return z, to_map(feats[names[0]], prefix), to_map(feats[names[1]], prefix)
 
     def setup(self, student: ModelOutput, teacher: ModelOutput | None, info: RunInfo) -> None:
-        from distill.models import build_model
-
         x = student.feature(self.input_tap)
-        num_classes = int(student.logits.shape[-1])
-        self.peer = build_model(self.peer_name, num_classes=num_classes, **self.peer_options).to(x.device)
+        self.dense = student.logits.dim() == 4
+        num_classes = int(student.logits.shape[1 if self.dense else -1])
+        table = peer_table(self.dense)
+        if self.peer_name not in table:
+            kind = "segmentation" if self.dense else "image-classification"
+            raise ValueError(f"cnn_vit_coop: peer {self.peer_name!r} is not a {kind} model, but the student's outputs "
+                             f"are {'dense' if self.dense else 'one row per example'}; allowed: "
+                             f"{', '.join(sorted(table))}")
+        self.peer = table[self.peer_name](num_classes=num_classes, **self.peer_options).to(x.device)
         taps = getattr(self.peer, "feature_taps", {})
         stages = sorted(k for k in taps if k[1:].isdigit() and k.startswith("f") and k != "f0")
         if not stages:
@@ -178,6 +236,8 @@ class CnnVitCoop(TapMethod):
         return [(list(self.peer.parameters()), settings)]
 
     def forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        if self.dense:
+            return self.dense_forward(inputs)
         y = require_labels(inputs, self.method_name)
         if y.is_floating_point():
             y = y.argmax(-1)
@@ -203,6 +263,55 @@ class CnnVitCoop(TapMethod):
             terms["pbsd"] = self.pbsd_weight * pixel_bsd(zc, zv, s_cv, s_vc)
         return terms
 
+    def dense_forward(self, inputs: StepInputs) -> dict[str, torch.Tensor]:
+        """The segmentation variant: per-pixel CE, masks and KL; per-region teachers from the per-pixel CEs."""
+        y = require_labels(inputs, self.method_name).long()
+        s = inputs.student
+        zc = s.logits
+        zv, fv1, gv = self.peer_forward(s.feature(self.input_tap))
+        valid = y != IGNORE_INDEX
+        terms = {"peer_ce": self.peer_ce_weight * F.cross_entropy(zv.float(), y, ignore_index=IGNORE_INDEX)}
+        if self.hfd_weight:
+            fc1, fv1p = common_grid(s.feature(self.low), fv1)
+            hfd = F.mse_loss(self.a_c(fc1), fv1p.detach()) + F.mse_loss(self.a_v(fv1p), fc1.detach())
+            terms["hfd"] = self.hfd_weight * hfd
+        if self.rbsd_weight:
+            gc, gvp = common_grid(s.feature(self.high), gv)
+            lc = F.cross_entropy(zc.detach().float(), y, ignore_index=IGNORE_INDEX, reduction="none")
+            lv = F.cross_entropy(zv.detach().float(), y, ignore_index=IGNORE_INDEX, reduction="none")
+            c_teaches, keep = region_teachers(lc, lv, valid, self.regions)
+            terms["rbsd"] = self.rbsd_weight * region_bsd(self.b_c(gc), self.b_v(gvp), c_teaches, self.regions, keep)
+        if self.pbsd_weight:
+            if self.selection == "all":
+                s_cv = s_vc = valid
+            else:
+                s_cv, s_vc = bsd_masks(zc, zv, y)
+            terms["pbsd"] = self.pbsd_weight * pixel_bsd(zc, zv, s_cv, s_vc)
+            if self.training:  # diagnostics (not state): the fraction of labelled pixels each side teaches
+                n = valid.sum().clamp_min(1).float()
+                self.selected[0] += float(s_cv.sum() / n)
+                self.selected[1] += float(s_vc.sum() / n)
+                self.selected[2] += 1.0
+        return terms
+
+    @torch.no_grad()
+    def peer_eval_miou(self, context: EpochContext, split: str = "eval") -> float:
+        """The segmentation peer's mIoU on a split (one confusion matrix over every labelled pixel)."""
+        from distill.tasks.segmentation.task import confusion_matrix, mean_iou
+
+        was = self.peer.training
+        self.peer.eval()
+        confusion: torch.Tensor | None = None
+        try:
+            for batch, out in context.student_outputs(split, [self.input_tap]):
+                z = self.peer(out.feature(self.input_tap))
+                k = int(z.shape[1])
+                c = confusion_matrix(z.float(), batch.labels.to(z.device), k)
+                confusion = c if confusion is None else confusion + c
+        finally:
+            self.peer.train(was)
+        return mean_iou(confusion)[0] if confusion is not None else 0.0
+
     @torch.no_grad()
     def peer_eval(self, context: EpochContext, split: str = "eval") -> float:
         """The ViT peer's top-1 accuracy on a split, on the same (normalised) images the CNN is evaluated on."""
@@ -220,4 +329,7 @@ class CnnVitCoop(TapMethod):
 
     def after_epoch(self, context: EpochContext) -> None:
         if context.epoch == self.total_epochs and "eval" in context.splits:
-            self.peer_accuracy.fill_(self.peer_eval(context))
+            if self.dense:
+                self.peer_miou.fill_(self.peer_eval_miou(context))
+            else:
+                self.peer_accuracy.fill_(self.peer_eval(context))

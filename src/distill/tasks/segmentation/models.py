@@ -5,6 +5,12 @@ basic residual blocks that each halve the resolution (strides 2, 4, 8, 16: taps 
 adds 1x1 projections of stages 2, 3 and 4 at stride 4, mixes them with a 3x3 conv (tap ``dec``), predicts the
 classes with a 1x1 conv and upsamples the logits bilinearly to the input size. ``seg_resnet_teacher`` /
 ``seg_resnet_student`` are the two sizes the recipes use.
+
+The CNN-ViT collaborative-learning pair (spec row 38, ``../shared/methods/dense.md``): ``seg_resnet20``, the CIFAR
+ResNet-20 trunk (3x3 stem, three stages of three option-A blocks at strides 1/2/2: 16 ch @ 64, 32 @ 32, 64 @ 16 on a
+64-px mosaic; taps ``f1``..``f3``) with a 1x1 head on stage 3, and ``seg_vit_micro``, a ViT 96 x 4 (patch 4, no cls
+token: 16 x 16 tokens on 64 px) with its linear head applied to every token (taps as :mod:`distill.models.vit`).
+Both upsample their logits bilinearly to the input size.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from pydantic import Field, validate_call
 from torch import nn
 
 from distill.config import ConfigError
+from distill.models.cifar_resnet import CifarResNet
+from distill.models.vit import VisionTransformer
 from distill.models.patch_embed import OverlapPatchEmbed
 from distill.tasks.common import call_builder, check_num_classes, load_model_weights, validate_model_options
 
@@ -235,3 +243,46 @@ def mit_b1_mini(num_classes: Annotated[int, Field(gt=0)]) -> nn.Module:
 
 
 SEGMENTATION_MODELS.update({"mit_b0_mini": mit_b0_mini, "mit_b1_mini": mit_b1_mini})
+
+
+# -- the CNN-ViT collaborative-learning pair (row 38): ResNet-20 trunk + 1x1 head, ViT 96 x 4 + per-token head ----
+class SegResNet20(CifarResNet):
+    """A CIFAR ResNet trunk (``conv1``, ``bn1``, ``layer1``..``layer3``, as :class:`CifarResNet`) whose stage-3 map
+    (64 ch at 1/4 of the input side) goes through a 1x1 conv ``head``; the logits are upsampled to the input size.
+    Taps: the trunk's (``f0``..``f3``, ``fK_pre``) and ``conv1:input`` (the normalised image)."""
+
+    def __init__(self, num_classes: int, depth: int = 20):
+        super().__init__(depth, num_classes)
+        del self.linear
+        self.head = nn.Conv2d(64, num_classes, 1)
+        self.feature_taps = {k: v for k, v in self.feature_taps.items() if k != "pooled"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer3(self.layer2(self.layer1(out)))
+        return F.interpolate(self.head(out), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class SegViT(VisionTransformer):
+    """A :class:`VisionTransformer` with ``dense=True`` (the linear head on every patch token, no cls token) whose
+    (B, K, h, w) token logits are upsampled bilinearly to the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(super().forward(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@validate_call
+def seg_resnet20(num_classes: Annotated[int, Field(gt=0)]) -> nn.Module:
+    """ResNet-20 trunk (16/32/64 ch, strides 1/2/2: stage 3 is 64 ch @ 16 x 16 on 64 px) + a 1x1 head (row 38)."""
+    return SegResNet20(num_classes, 20)
+
+
+@validate_call
+def seg_vit_micro(num_classes: Annotated[int, Field(gt=0)], image_size: Annotated[int, Field(gt=0)] = 64,
+                  patch_size: Annotated[int, Field(gt=0)] = 4) -> nn.Module:
+    """ViT 96 x 4 (1 head, MLP ratio 4, 4 stages = blocks 1-4) on ``patch_size`` patches of ``image_size`` inputs
+    (16 x 16 tokens on 64 px), no cls token, a linear head per token (row 38's ViT student)."""
+    return SegViT(num_classes, image_size, patch_size, dim=96, depth=4, cls_token=False, stages=4, dense=True)
+
+
+SEGMENTATION_MODELS.update({"seg_resnet20": seg_resnet20, "seg_vit_micro": seg_vit_micro})
