@@ -421,6 +421,23 @@ def test_cnn_vit_coop_needs_both_students_a_point_over_independent_and_coop_not_
     assert unscored.status == V.PENDING and "coop" in unscored.detail
 
 
+def test_cnn_vit_coop_seg_judges_both_students_mious_against_independent_and_dml():
+    def data(coop_cnn: float, coop_vit: float, seeds: int = 3) -> dict:
+        runs = []
+        for arm, cnn, vit in (("independent", 0.60, 0.45), ("dml", 0.62, 0.47), ("coop", coop_cnn, coop_vit)):
+            for s in range(seeds):
+                runs.append({"arm": arm, "seed": s, "miou": cnn + 0.01 * s, "peer_miou": vit + 0.005 * s})
+        return {"runs": runs}
+
+    assert F.cnn_vit_coop_seg_verdicts(data(0.63, 0.48))["coop"].status == V.WORKS
+    vit_short = F.cnn_vit_coop_seg_verdicts(data(0.63, 0.455))["coop"]  # ViT +0.5 mIoU over independent
+    assert vit_short.status == V.MISSED and "ViT coop - independent +0.50" in vit_short.detail
+    below_dml = F.cnn_vit_coop_seg_verdicts(data(0.615, 0.48))["coop"]  # CNN +1.5 over independent, -0.5 vs DML
+    assert below_dml.status == V.MISSED and "CNN coop - dml -0.50" in below_dml.detail
+    assert F.cnn_vit_coop_seg_verdicts(data(0.63, 0.48, seeds=2))["coop"].status == V.PENDING
+    assert "cnn_vit_coop_seg" in F.FAMILY_TABLES
+
+
 def test_transkd_needs_two_miou_over_ce_and_not_below_feature_mse():
     ce, fit = [0.500, 0.510, 0.520], [0.520, 0.530, 0.540]
     v = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit, transkd_base=[0.530, 0.545, 0.550],

@@ -187,6 +187,7 @@ class CnnVitCoop(TapMethod):
         self.dense = False
         #: segmentation diagnostics summed over training steps: pixel fractions c -> v, v -> c, and the step count
         self.selected = [0.0, 0.0, 0.0]
+        self.last_regions = (0.0, 0.0)
         self.total_epochs = 0
         self.last_stage = ""
 
@@ -280,6 +281,9 @@ class CnnVitCoop(TapMethod):
             lc = F.cross_entropy(zc.detach().float(), y, ignore_index=IGNORE_INDEX, reduction="none")
             lv = F.cross_entropy(zv.detach().float(), y, ignore_index=IGNORE_INDEX, reduction="none")
             c_teaches, keep = region_teachers(lc, lv, valid, self.regions)
+            kept = keep.sum().clamp_min(1).float()
+            c_share = float((c_teaches & keep).sum() / kept)
+            self.last_regions = (c_share, float(keep.any()) - c_share)  # diagnostics: who teaches the regions
             terms["rbsd"] = self.rbsd_weight * region_bsd(self.b_c(gc), self.b_v(gvp), c_teaches, self.regions, keep)
         if self.pbsd_weight:
             if self.selection == "all":

@@ -24,8 +24,8 @@ from torch import nn
 
 from distill.config import ConfigError
 from distill.models.cifar_resnet import CifarResNet
-from distill.models.vit import VisionTransformer
 from distill.models.patch_embed import OverlapPatchEmbed
+from distill.models.vit import VisionTransformer
 from distill.tasks.common import call_builder, check_num_classes, load_model_weights, validate_model_options
 
 #: what the family passes to the builder itself
