@@ -55,16 +55,16 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
              f"{s['epochs']} epochs ({s['steps']} steps) of batch {s['batch_size']}, AdamW cosine (CNN lr 2e-3, ViT "
              f"lr 1e-3 wd 0.01), the same mosaics and steps in every arm; recipes configs/segmentation_coop/{sets}. "
              "Reconstructed method (no official code).", ""]
+    lines += ["| student | arm | mIoU (%), mean ± sd | vs independent, paired (95% CI) | vs dml, paired (95% CI) | "
+              "per seed |", "|---|---|---|---|---|---|"]
     for metric, label in (("miou", "CNN (ResNet-20 trunk)"), ("peer_miou", "ViT (96 x 4)")):
         have = [r for r in rows if r.get(metric) is not None and r[metric] >= 0]  # -1: the peer never scored
         summ = {x.arm: x for x in summarise(have, metric, baseline="independent", order=ORDER)} if have else {}
         vs_dml = {x.arm: x for x in summarise(have, metric, baseline="dml", order=ORDER)} if have else {}
-        lines += [f"**{label}**", "", "| arm | mIoU (%), mean ± sd | vs independent, paired (95% CI) | vs dml, "
-                  "paired (95% CI) | per seed |", "|---|---|---|---|---|"]
         for arm, x in summ.items():
-            lines.append(f"| {arm} | {format_mean(x)} | {format_diff(x)} | {format_diff(vs_dml[arm])} | "
+            lines.append(f"| {label} | {arm} | {format_mean(x)} | {format_diff(x)} | {format_diff(vs_dml[arm])} | "
                          f"{', '.join(f'{v:.2f}' for v in x.values.values())} |")
-        lines.append("")
+    lines.append("")
     sel = [r for r in rows if r["arm"] == "coop" and r.get("selected_cv") is not None]
     if sel:
         cv = [100 * r["selected_cv"] for r in sel]
