@@ -9,14 +9,16 @@ semantic segmentation of TexMosaic, a ResNet-20 trunk + 1x1 head (``seg_resnet20
 
 Arms (``configs/segmentation_coop/``): ``independent`` (each student its own per-pixel CE), ``dml`` (+ per-pixel KL
 both ways on every labelled pixel), ``coop`` (+ HFD, region-wise BSD with R = 4 on the 16 x 16 maps and pixel-wise
-BSD, lambda = 1 each). The same 1,000 training mosaics, 4 epochs of 32 steps (batch 32) and schedule in every arm
-(the TexMosaic students' of ``configs/segmentation/_base.yaml``). The CNN's mIoU is the run's on the 500 test
-mosaics; the ViT's is the method's ``peer_miou``, measured on the same mosaics after the last epoch. Recorded per
-run too: the mean fraction of labelled pixels where the CNN teaches the ViT (``selected_cv``) and the reverse
-(``selected_vc``) in pixel-wise BSD (coop only). Each finished run is appended to ``<out>/<name>.json`` at once
-(rerunning skips finished runs; results made with other settings are refused). Verdict (the spec's "works if",
-judged by ``verdicts_families.cnn_vit_coop_seg_verdicts``, paired over the seeds): both students reach independent
-+ 1 mIoU (the interval above zero) and coop >= dml on both students (paired mean).
+BSD, lambda = 1 each); two ablations of coop for the diagnosis, ``pbsd`` (pixel-wise BSD alone: against dml, the
+selection) and ``bsd`` (both BSD terms, no HFD: against coop, HFD). The same 1,000 training mosaics, 4 epochs of 32
+steps (batch 32) and schedule in every arm (the TexMosaic students' of ``configs/segmentation/_base.yaml``). The
+CNN's mIoU is the run's on the 500 test mosaics; the ViT's is the method's ``peer_miou``, measured on the same
+mosaics after the last epoch. Recorded per run too: the mean fraction of labelled pixels where the CNN teaches the
+ViT (``selected_cv``) and the reverse (``selected_vc``) in pixel-wise BSD (the reliable selection arms). Each
+finished run is appended to ``<out>/<name>.json`` at once (rerunning skips finished runs; results made with other
+settings are refused). Verdict (the spec's "works if", judged by ``verdicts_families.cnn_vit_coop_seg_verdicts``,
+paired over the seeds): both students reach independent + 1 mIoU (the interval above zero) and coop >= dml on both
+students (paired mean); pbsd and bsd are ablations, not judged.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from verdicts_families import cnn_vit_coop_seg_verdicts, verdict_text  # noqa: E
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "segmentation_coop"
-ORDER = ["independent", "dml", "coop"]
+ORDER = ["independent", "dml", "coop", "pbsd", "bsd"]
 
 
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
@@ -65,13 +67,14 @@ def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:
             lines.append(f"| {label} | {arm} | {format_mean(x)} | {format_diff(x)} | {format_diff(vs_dml[arm])} | "
                          f"{', '.join(f'{v:.2f}' for v in x.values.values())} |")
     lines.append("")
-    sel = [r for r in rows if r["arm"] == "coop" and r.get("selected_cv") is not None]
-    if sel:
-        cv = [100 * r["selected_cv"] for r in sel]
-        vc = [100 * r["selected_vc"] for r in sel]
-        lines += [f"Pixel-wise BSD in coop (mean over training steps and {len(sel)} runs): the CNN teaches the ViT on "
-                  f"{sum(cv) / len(cv):.1f}% of the labelled pixels, the ViT teaches the CNN on "
-                  f"{sum(vc) / len(vc):.1f}%.", ""]
+    for arm in ("coop", "pbsd", "bsd"):
+        sel = [r for r in rows if r["arm"] == arm and r.get("selected_cv") is not None]
+        if sel:
+            cv = [100 * r["selected_cv"] for r in sel]
+            vc = [100 * r["selected_vc"] for r in sel]
+            lines += [f"Pixel-wise BSD in {arm} (mean over training steps and {len(sel)} runs): the CNN teaches the "
+                      f"ViT on {sum(cv) / len(cv):.1f}% of the labelled pixels, the ViT teaches the CNN on "
+                      f"{sum(vc) / len(vc):.1f}%.", ""]
     lines.append("Spec: both students >= independent + 1 mIoU and HFD+BSD >= DML. "
                  + verdict_text(cnn_vit_coop_seg_verdicts(results)) + ".")
     plan = results.get("plan", {"arms": ORDER, "seeds": [0, 1, 2]})

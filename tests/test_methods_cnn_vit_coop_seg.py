@@ -192,7 +192,7 @@ def test_a_classification_peer_for_a_dense_student_is_refused_naming_it():
         module.setup(_batch(task))
 
 
-@pytest.mark.parametrize("arm", ["independent", "dml", "coop"])
+@pytest.mark.parametrize("arm", ["independent", "dml", "coop", "pbsd", "bsd"])
 def test_segmentation_recipes_validate_with_equal_schedules(arm):
     from distill.config import load_config
     from distill.experiment import build_methods
@@ -204,6 +204,6 @@ def test_segmentation_recipes_validate_with_equal_schedules(arm):
                                                                             mit.data.texmosaic)
     coop = build_methods(cfg.methods).methods["cnn_vit_coop"]
     assert coop.peer_name == "seg_vit_micro" and coop.input_tap == "conv1:input" and coop.peer_high == "tokens"
-    on = {"independent": (0, 0, 0), "dml": (0, 0, 1), "coop": (1, 1, 1)}[arm]
+    on = {"independent": (0, 0, 0), "dml": (0, 0, 1), "coop": (1, 1, 1), "pbsd": (0, 0, 1), "bsd": (0, 1, 1)}[arm]
     assert (coop.hfd_weight, coop.rbsd_weight, coop.pbsd_weight) == on
     assert coop.selection == ("all" if arm == "dml" else "reliable")
