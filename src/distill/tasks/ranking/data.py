@@ -157,7 +157,7 @@ def judged_split(cfg: Any, coll: RetrievalCollection) -> tuple[list[str], list[s
     elif held is None:
         train_set = set(train)
         held = [q for q in judged if q not in train_set]
-        if not held:
+        if not held and d.eval_max_queries != 0:
             print("note: every judged query is a training query (data.train_queries): no held-out queries to "
                   "evaluate on", file=sys.stderr)
     else:
@@ -364,7 +364,7 @@ def msmarco_eval(cfg: Any, groups: IndexedGroups) -> RetrievalEval | None:
     ``data.docs`` and ``data.eval_queries``; the section's docstring), or None without ``data.eval_qrels``. The
     evaluation queries must not be training queries (by id; by text for triples of texts)."""
     d = cfg.data
-    if d.eval_qrels is None:
+    if d.eval_qrels is None or d.eval_max_queries == 0:
         return None
     qrels_path = existing_file(d.eval_qrels, cfg.base_dir, "data.eval_qrels")
     with _as_config_error("data.eval_qrels"):

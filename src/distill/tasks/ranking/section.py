@@ -49,8 +49,8 @@ class RankingData(Strict):
     (with ``eval_queries``, queries.dev.tsv): the passages judged for the evaluation queries plus the first
     passages of the file, ``eval_max_docs`` in all (every passage when unset: give it for the 8.8M of
     collection.tsv). ``eval_max_queries``: only the first N evaluation queries (in file order) with a relevant
-    judgment. Runs select (best/student.safetensors) on ``ndcg@10`` for judged collections and ``mrr@10`` for MS
-    MARCO-style runs."""
+    judgment (0: no evaluation). Runs select (best/student.safetensors) on ``ndcg@10`` for judged collections
+    and ``mrr@10`` for MS MARCO-style runs."""
 
     cranfield: str | None = None
     docs: str | None = None
@@ -78,7 +78,7 @@ class RankingData(Strict):
     eval_qrels: str | None = None
     eval_candidates: str | None = None
     eval_max_docs: int | None = Field(None, gt=0)
-    eval_max_queries: int | None = Field(None, gt=0)
+    eval_max_queries: int | None = Field(None, ge=0)
 
     def msmarco(self) -> bool:
         """Whether the groups come from MS MARCO-style files (triples, hard negatives or a per-triple score file)
