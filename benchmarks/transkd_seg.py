@@ -13,7 +13,8 @@ scratch, against CE only and FitNet-style feature MSE, at equal steps and data.
    (``<work>/transkd-mit_teacher_cache``) and served to every distilled arm.
 2. Arms (``configs/segmentation/``), the mini-MiT-B0 student with the same mosaics, steps and schedule: ``mit_ce``
    (CE only), ``mit_fitnet`` (CE + feature MSE on stage 3 through a 1x1 regressor, the spec's baseline) and
-   ``mit_fitnet_w01`` (the same at weight 0.1), ``transkd_base`` (CE + CSF/HCL + PEA), ``transkd_gl`` (+ GL-Mixer) and ``transkd_ea`` (+ EA); seeds 0-2.
+   ``mit_fitnet_w01`` (the same at weight 0.1), ``transkd_base`` (CE + CSF/HCL + PEA), ``transkd_gl``
+   (+ GL-Mixer) and ``transkd_ea`` (+ EA); seeds 0-2 (3 and 4 added: see benchmarks/README.md).
 
 Each finished run is appended to ``<out>/<name>.json`` at once (rerunning skips finished runs); results made with
 other settings are refused (give ``--out``). Verdict (the spec's "works if", judged by
