@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from distill.core.errors import ConfigError
-from distill.data.labels import index_integer_labels
+from distill.data.labels import class_name_list, index_integer_labels, names_to_indices, npz_class_key
 from distill.data.planetoid import GraphData
 
 FEATURE_KEYS = ("x", "feat", "features", "node_features")
@@ -82,6 +82,25 @@ def _labels(raw: Sequence[object] | np.ndarray, mode: str, where: str) -> tuple[
         if not m:
             out[i] = lookup[str(v).strip()]
     return out, names
+
+
+def _named_labels(raw: np.ndarray, names: list[str], where: str) -> np.ndarray:
+    """Labels 0..K-1 (-1 for unlabelled nodes) of an npz whose ``classes`` array names the classes: integer labels
+    index it (a negative one: unlabelled), string labels are names from it (an empty one: unlabelled)."""
+    if raw.dtype.kind in "iuf":
+        if raw.dtype.kind == "f" and not np.all(raw[np.isfinite(raw)] == np.round(raw[np.isfinite(raw)])):
+            raise ConfigError(f"{where}: labels must be whole numbers or class names")
+        values = np.where(np.isfinite(raw), raw, UNLABELLED).astype(np.int64)
+        values[values < 0] = UNLABELLED
+        if values.size and int(values.max()) >= len(names):
+            raise ConfigError(f"{where}: label {int(values.max())} has no class name ({len(names)} classes named: "
+                              f"{names[:10]})")
+        return values
+    text = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw.tolist()]
+    given = [i for i, t in enumerate(text) if t.strip()]
+    out = np.full(len(text), UNLABELLED, dtype=np.int64)
+    out[given] = names_to_indices([text[i].strip() for i in given], names, where)[0]
+    return out
 
 
 def _mask(arr: np.ndarray, n: int, name: str, where: str) -> torch.Tensor:
@@ -195,6 +214,8 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
             split_keys = [[f"{s}_mask", f"{s}_idx", f"{s}_index"] for s in SPLITS]
             found_splits = [_first(files, names) for names in split_keys]
             raw_masks = [z[k] if k else None for k in found_splits]
+            ckey = npz_class_key(files)
+            class_names = class_name_list(z[ckey]) if ckey is not None else None
     except ValueError as err:
         if "pickle" in str(err):
             raise ConfigError(f"{where}: holds object arrays, which need pickle (never loaded); store numeric "
@@ -208,7 +229,10 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows
         y = np.where(y.sum(axis=1) > 0, y.argmax(axis=1), UNLABELLED)
-    labels, class_names = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
+    if class_names is None:
+        labels, class_names = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
+    else:
+        labels = _named_labels(y.reshape(-1), class_names, f"{where}[{lkey!r}] (classes in {ckey!r})")
     masks = None
     if any(k is not None for k in found_splits):
         missing = [names[0] for names, k in zip(split_keys, found_splits) if k is None]

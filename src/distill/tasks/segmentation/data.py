@@ -14,7 +14,7 @@ from distill.config import ConfigError
 from distill.core.batch import Batch
 from distill.data.image_files import header_size, image_files, pad_stack, resized_size, several_sizes
 from distill.data.image_tables import DataReadError
-from distill.data.images import upright
+from distill.data.images import to_rgb, upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder
 
@@ -150,7 +150,7 @@ def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None,
 
     try:
         with Image.open(path) as im:
-            rgb = upright(im).convert("RGB")
+            rgb = to_rgb(upright(im))
         with Image.open(mpath) as mk:
             if mk.mode not in ("L", "P", "I", "I;16", "1"):
                 raise DataReadError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
