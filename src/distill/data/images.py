@@ -462,7 +462,7 @@ def to_rgb(im: Any) -> Any:
         im = Image.fromarray(np.rint(arr / 257.0).astype(np.uint8))  # 2-D uint8: mode L
     elif im.mode == "P" and "transparency" in im.info:
         im = im.convert("RGBA")
-    return im if im.mode == "RGB" else im.convert("RGB")
+    return im.convert("RGB")  # a new image (a copy when already RGB), usable after ``im``'s file is closed
 
 
 def _jpeg_rgb_size(data: bytes) -> tuple[int, int] | None:
