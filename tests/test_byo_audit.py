@@ -168,3 +168,22 @@ def test_16_bit_images_in_the_dense_readers(tmp_path):
     Image.fromarray(np.full((3, 3), 1000, dtype=np.uint16)).save(tmp_path / "d.tif")
     assert read_rgb(tmp_path / "w.png", "data.train").max() == 255
     assert read_rgb(tmp_path / "d.tif", "data.train").max() == round(1000 / 257)
+
+
+def test_graph_files_name_nodes_by_their_own_ids(tmp_path):
+    """Node and edge files as exported from a citation database: papers named by their ids (not 0..N-1), the edge
+    list naming them by those ids; the nodes keep the file's order."""
+    from distill.data.graph_files import load_graph_files
+
+    ids = ["p31336", "p1061127", "x-9", "p31336b", "p77", "p5"]
+    y = ["Theory", "Rule_Learning", "Theory", "Rule_Learning", "Theory", "Rule_Learning"]
+    split = ["train", "train", "val", "val", "test", "test"]
+    (tmp_path / "nodes.csv").write_text("node_id,f0,f1,label,split\n" + "".join(
+        f"{n},{i},{2 * i},{c},{s}\n" for i, (n, c, s) in enumerate(zip(ids, y, split))))
+    (tmp_path / "edges.csv").write_text("cited,citing\np31336,x-9\np77,p5\np1061127,p31336b\n")
+    g = load_graph_files(tmp_path)
+    assert g.x[:, 0].tolist() == list(range(6)) and g.classes == ["Rule_Learning", "Theory"]
+    assert sorted(map(tuple, g.edge_index.T.tolist())) == [(0, 2), (1, 3), (2, 0), (3, 1), (4, 5), (5, 4)]
+    (tmp_path / "edges.csv").write_text("cited,citing\np31336,x-9\np77,p6\n")
+    with pytest.raises(ConfigError, match=r"edges\.csv: line 3: node id 'p6' is not in nodes\.csv's node-id column"):
+        load_graph_files(tmp_path)
