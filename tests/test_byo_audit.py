@@ -187,3 +187,34 @@ def test_graph_files_name_nodes_by_their_own_ids(tmp_path):
     (tmp_path / "edges.csv").write_text("cited,citing\np31336,x-9\np77,p6\n")
     with pytest.raises(ConfigError, match=r"edges\.csv: line 3: node id 'p6' is not in nodes\.csv's node-id column"):
         load_graph_files(tmp_path)
+
+
+def test_weights_of_an_earlier_run_on_other_classes_are_refused(tmp_path):
+    """A previous run's student as the teacher (or the start) of a run whose class folders changed (one renamed):
+    the same number of outputs, so the weights would load and every output be read as another class."""
+    from distill.experiment import build_experiment
+
+    root = tmp_path / "photos"
+    for k, cls in enumerate(["aaa_bee", "cat", "dog"]):  # the earlier run had 'bee', sorted after 'ant'...
+        write_image(root / cls / "a.png", 40 * k)
+    run = tmp_path / "runs" / "old"
+    (run / "best").mkdir(parents=True)
+    spec = {"task": "image_classification", "facts": {"num_outputs": 3, "classes": ["bee", "cat", "dog"]}}
+    (run / "student_spec.json").write_text(json.dumps(spec))
+    for weights in (run / "student.safetensors", run / "best" / "student.safetensors"):
+        weights.write_bytes(b"")  # never read: refused before any weights are loaded
+        for key in ("teacher", "student"):
+            raw = {"task": "image_classification", "output_dir": str(tmp_path / "new"),
+                   "data": {"train": str(root), "image_size": 8, "augment": None},
+                   "student": {"arch": "resnet8x4"}, "teacher": {"arch": "resnet8x4", "weights": "random"},
+                   "methods": [{"name": "kd"}]}
+            raw[key] = {"arch": "resnet8x4", "weights": str(weights)}
+            with pytest.raises(ConfigError, match=rf"^{key}\.weights: .*student\.safetensors was trained on classes "
+                                                  r"\['bee', 'cat', 'dog'\] .* the data's classes are \['aaa_bee', "
+                                                  r"'cat', 'dog'\] \(other classes\)"):
+                build_experiment(parse_config(raw, base_dir=tmp_path))
+    spec["facts"]["classes"] = ["0", "1", "2"]  # a run on numbered classes names nothing to compare
+    (run / "student_spec.json").write_text(json.dumps(spec))
+    raw["student"] = {"arch": "resnet8x4", "weights": str(run / "student.safetensors")}
+    with pytest.raises(ConfigError, match=r"^student\.weights: (?!.*trained on classes)"):
+        build_experiment(parse_config(raw, base_dir=tmp_path))  # the empty file itself is refused
