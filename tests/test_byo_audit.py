@@ -218,3 +218,41 @@ def test_weights_of_an_earlier_run_on_other_classes_are_refused(tmp_path):
     raw["student"] = {"arch": "resnet8x4", "weights": str(run / "student.safetensors")}
     with pytest.raises(ConfigError, match=r"^student\.weights: (?!.*trained on classes)"):
         build_experiment(parse_config(raw, base_dir=tmp_path))  # the empty file itself is refused
+
+
+# ------------------------------------------------------------------------------------------------ segmentation
+
+
+def test_colour_coded_and_rgb_gray_masks(tmp_path):
+    """Masks as annotation tools save them: a palette PNG, the same classes drawn in colours (CamVid-style; with
+    ``data.mask_colors``, a colour may also be stored as the ignore value), and a gray mask saved as RGB."""
+    from distill.core.batch import IGNORE_INDEX
+    from distill.tasks.segmentation.data import load_segmentation_data
+
+    classes = np.array([[0, 1, 2, 2], [1, 1, 0, 3]], dtype=np.uint8)  # 3: unlabelled (boundary) pixels
+    colours = np.array([[0, 0, 0], [255, 0, 0], [0, 128, 0], [224, 224, 192]], dtype=np.uint8)
+    for kind in ("pal", "rgb", "gray"):
+        (tmp_path / kind / "images").mkdir(parents=True)
+        (tmp_path / kind / "masks").mkdir()
+        Image.fromarray(np.full((2, 4, 3), 90, dtype=np.uint8)).save(tmp_path / kind / "images" / "a.jpg")
+    stored = np.where(classes == 3, 255, classes).astype(np.uint8)
+    pal = Image.fromarray(stored, mode="L").convert("P")
+    pal.save(tmp_path / "pal" / "masks" / "a.png")
+    Image.fromarray(colours[classes]).save(tmp_path / "rgb" / "masks" / "a.png")
+    Image.fromarray(np.repeat(stored[:, :, None], 3, 2)).save(tmp_path / "gray" / "masks" / "a.png")
+
+    def masks(folder: str, **data) -> np.ndarray:
+        raw = {"task": "semantic_segmentation", "student": {"arch": "seg_resnet_student"}, "methods": [{"name": "ce"}],
+               "data": {"source": "folders", "train": folder, **data}}
+        return load_segmentation_data(parse_config(raw, base_dir=tmp_path))[0].masks.numpy()[0]
+
+    want = np.where(classes == 3, IGNORE_INDEX, classes.astype(np.int64))
+    assert (masks("pal") == want).all() and (masks("gray") == want).all()
+    coded = {"0,0,0": 0, "255,0,0": 1, "#008000": 2, "224,224,192": 255}
+    assert (masks("rgb", mask_colors=coded) == want).all()
+    with pytest.raises(ConfigError, match=r"mask a\.png is colour-coded .*data\.mask_colors"):
+        masks("rgb")
+    with pytest.raises(ConfigError, match=r"holds the colour 224,224,192 \(pixels: 1\), which data\.mask_colors does"):
+        masks("rgb", mask_colors={k: v for k, v in coded.items() if v != 255})
+    with pytest.raises(ConfigError, match=r"data\.mask_colors: .*colour '1,2': expected 'R,G,B'"):
+        masks("rgb", mask_colors={"1,2": 0})
