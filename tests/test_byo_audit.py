@@ -256,3 +256,20 @@ def test_colour_coded_and_rgb_gray_masks(tmp_path):
         masks("rgb", mask_colors={k: v for k, v in coded.items() if v != 255})
     with pytest.raises(ConfigError, match=r"data\.mask_colors: .*colour '1,2': expected 'R,G,B'"):
         masks("rgb", mask_colors={"1,2": 0})
+
+
+# ------------------------------------------------------------------------------------------------------ sentences
+
+
+def test_headerless_tsv_with_class_names(tmp_path):
+    """``label<TAB>text`` lines whose labels are class names (not integers): read, not taken for a header."""
+    from distill.data.text import TextDataError, load_text_classification
+
+    (tmp_path / "t.tsv").write_text("very positive\ta stirring , funny film\nnegative\tdull\tslow\n"
+                                    "very positive\tgreat\n")
+    got = load_text_classification(tmp_path / "t.tsv")
+    assert got.classes == ["negative", "very positive"] and got.labels == [1, 0, 1]
+    assert got.texts == ["a stirring , funny film", "dull\tslow", "great"]
+    (tmp_path / "h.tsv").write_text("category\tcomment\npos\tgood\nneg\tbad\n")  # a header of other names: refused
+    with pytest.raises(TextDataError, match=r"h\.tsv, line 1: a TSV file needs a header"):
+        load_text_classification(tmp_path / "h.tsv")
