@@ -273,3 +273,14 @@ def test_headerless_tsv_with_class_names(tmp_path):
     (tmp_path / "h.tsv").write_text("category\tcomment\npos\tgood\nneg\tbad\n")  # a header of other names: refused
     with pytest.raises(TextDataError, match=r"h\.tsv, line 1: a TSV file needs a header"):
         load_text_classification(tmp_path / "h.tsv")
+
+
+def test_pandas_index_column_is_no_feature(tmp_path, capsys):
+    """``DataFrame.to_csv`` writes the row index as a first, unnamed column: row numbers are no feature (a table
+    sorted by class would hand the model its labels)."""
+    pytest.importorskip("datasets")
+    (tmp_path / "rows.csv").write_text(",a,b,label\n0,1.0,2.0,x\n1,3.0,4.0,y\n2,5.0,6.0,x\n")
+    for fmt in ("auto", "csv"):
+        loaded = load_vectors(tmp_path, train="rows.csv", format=fmt)
+        assert loaded.train.tensors[0].tolist() == [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+        assert "is not used as a feature" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,19 @@ from torch.utils.data import TensorDataset
 from distill.config import ConfigError
 from distill.tasks.common import existing_file, existing_path
 from distill.tasks.vectors.task import vector_dataset
+
+#: the unnamed index column pandas' ``to_csv`` writes first (``""`` in the file; ``Unnamed: 0`` once read by pandas):
+#: row numbers, never a feature (a set sorted by class would hand the model its labels)
+INDEX_COLUMNS = ("", "unnamed: 0")
+
+
+def feature_columns(columns: list[str], skip: tuple[str | None, ...], where: str) -> list[str]:
+    """The feature columns: all but ``skip`` and pandas' index column (dropped with a note on stderr)."""
+    index = [c for c in columns if c.strip().lower() in INDEX_COLUMNS and c not in skip]
+    if index:
+        print(f"note: {where}: column {index[0]!r} (the row index pandas' to_csv writes) is not used as a feature",
+              file=sys.stderr)
+    return [c for c in columns if c not in skip and c not in index]
 
 
 def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorDataset:
@@ -47,7 +61,7 @@ def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorD
                 raise ConfigError(f"{key}: {path} has no column {label!r} (data.label names it)")
             if column and column not in rows[0]:
                 raise ConfigError(f"teacher.mixture.column: {path} has no column {column!r}")
-            cols = [c for c in rows[0] if c not in (label, column)]
+            cols = feature_columns(list(rows[0]), (label, column), f"{key}: {path}")
             x = np.empty((len(rows), len(cols)), dtype=np.float32)
             for i, r in enumerate(rows):
                 for j, c in enumerate(cols):
@@ -95,7 +109,7 @@ def read_vector_table(path: Path, fmt: str, label: str, key: str, classes: list[
     table = read_table(path, fmt, key, split=split_for(key))
     check_columns(table, {"data.label": label}, path)
     labels, names = labels_of(table, label, key, path, classes, integer_labels)
-    columns = [c for c in table.column_names if c != label]
+    columns = feature_columns(list(table.column_names), (label,), f"{key}: {path}")
     if not columns:
         raise ConfigError(f"{key}: {path} has no feature column beside {label!r}")
     try:
