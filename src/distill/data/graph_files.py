@@ -41,6 +41,7 @@ import torch
 from distill.core.errors import ConfigError
 from distill.data.labels import class_name_list, index_integer_labels, names_to_indices, npz_class_key
 from distill.data.planetoid import GraphData
+from distill.data.tables import INDEX_COLUMNS
 
 FEATURE_KEYS = ("x", "feat", "features", "node_features")
 LABEL_KEYS = ("y", "label", "labels")
@@ -377,7 +378,7 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
 
 #: names of a node-id column in ``nodes.csv`` (``""`` and ``unnamed: 0``: the index column pandas' ``to_csv`` writes):
 #: never a feature; ids 0..N-1 put the rows in their order, other ids name the nodes for the edge list
-ID_COLUMNS = ("node_id", "id", "node", "nid", "", "unnamed: 0")
+ID_COLUMNS = ("node_id", "id", "node", "nid", *INDEX_COLUMNS)
 
 
 def _rows_by_id(rows: list[dict[str, str]], column: str,

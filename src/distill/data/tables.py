@@ -36,6 +36,10 @@ TableFormat = Literal["csv", "jsonl", "parquet", "arrow"]
 SUFFIXES = {"csv": (".csv", ".tsv"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
 _BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}
 
+#: the unnamed index column pandas' ``to_csv`` writes first (``""`` in the file; ``Unnamed: 0`` once read by pandas):
+#: row numbers, never a feature (a set sorted by class would hand the model its labels), in every reader of rows
+INDEX_COLUMNS = ("", "unnamed: 0")
+
 _temp_cache: Path | None = None
 
 

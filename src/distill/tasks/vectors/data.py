@@ -16,13 +16,11 @@ from distill.config import ConfigError
 from distill.tasks.common import existing_file, existing_path
 from distill.tasks.vectors.task import vector_dataset
 
-#: the unnamed index column pandas' ``to_csv`` writes first (``""`` in the file; ``Unnamed: 0`` once read by pandas):
-#: row numbers, never a feature (a set sorted by class would hand the model its labels)
-INDEX_COLUMNS = ("", "unnamed: 0")
-
 
 def feature_columns(columns: list[str], skip: tuple[str | None, ...], where: str) -> list[str]:
     """The feature columns: all but ``skip`` and pandas' index column (dropped with a note on stderr)."""
+    from distill.data.tables import INDEX_COLUMNS
+
     index = [c for c in columns if c.strip().lower() in INDEX_COLUMNS and c not in skip]
     if index:
         print(f"note: {where}: column {index[0]!r} (the row index pandas' to_csv writes) is not used as a feature",
