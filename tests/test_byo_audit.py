@@ -53,6 +53,8 @@ def test_graph_npz_classes_array_names_the_classes(tmp_path):
     # a class without a node still has its output, named
     np.savez(tmp_path / "four.npz", **arrays, classes=np.array([*CLASSES, "kiwi"]))
     assert load_graph_npz(tmp_path / "four.npz").num_classes == 4
+    np.savez(tmp_path / "nodes.npz", **arrays, names=np.array([f"node{i}" for i in range(24)]))  # names the nodes
+    assert load_graph_npz(tmp_path / "nodes.npz").classes == ["0", "1", "2"]
     np.savez(tmp_path / "short.npz", **arrays, classes=np.array(CLASSES[:2]))
     with pytest.raises(ConfigError, match=r"short\.npz\['y'\].*label 2 has no class name"):
         load_graph_npz(tmp_path / "short.npz")

@@ -975,7 +975,7 @@ def load_npz(
         lkey = pick(labels_key, "labels", _NPZ_LABEL_KEYS)
         try:
             raw_images, raw_labels = z[ikey], z[lkey]
-            ckey = npz_class_key(list(files)) if classes is None else None
+            ckey = npz_class_key(list(files), images=True) if classes is None else None
             raw_classes = z[ckey] if ckey is not None else None
         except ValueError as e:  # object arrays need pickle, which is never allowed
             raise UnsafeFileError(path, f"holds object arrays, which need pickle (never allowed: it can run code); "

@@ -82,14 +82,17 @@ def map_by_name(values: np.ndarray, classes: list[str], where: str, ignore: int 
 
 
 #: arrays of an ``.npz`` file that name its classes (label ``k`` is named by entry ``k``), in every family that reads
-#: an npz (images, feature rows, graphs); looked up case-insensitively, the first one found wins
+#: an npz (images, feature rows, graphs); looked up case-insensitively, the first one found wins. ``names`` is read
+#: for images only: beside feature rows or nodes it as often names the rows (``node_names``-like) as the classes
 NPZ_CLASS_KEYS = ("classes", "class_names", "label_names", "names")
 
 
-def npz_class_key(files: list[str]) -> str | None:
-    """The name of the array of an npz with arrays ``files`` that names its classes (:data:`NPZ_CLASS_KEYS`)."""
+def npz_class_key(files: list[str], images: bool = False) -> str | None:
+    """The name of the array of an npz with arrays ``files`` that names its classes (:data:`NPZ_CLASS_KEYS`;
+    ``names`` only when ``images``)."""
     lower = {f.lower(): f for f in files}
-    return next((lower[k] for k in NPZ_CLASS_KEYS if k in lower), None)
+    keys = NPZ_CLASS_KEYS if images else tuple(k for k in NPZ_CLASS_KEYS if k != "names")
+    return next((lower[k] for k in keys if k in lower), None)
 
 
 def class_name_list(arr: np.ndarray) -> list[str]:
