@@ -309,7 +309,8 @@ FOLDERS = {
                         "gjsd_on_policy", "ce_char", "uld_char"},  # the last two: benchmarks/llm_uld.py
     "acam_kd": {"scratch", "kd", "fitnet", "acam"},  # benchmarks/acam_kd.py
     "segmentation": {"teacher", "ce", "fitnet",  # benchmarks/dense_seg.py; the rest: benchmarks/transkd_seg.py
-                     "mit_teacher", "mit_ce", "mit_fitnet", "transkd_base", "transkd_gl", "transkd_ea"},
+                     "mit_teacher", "mit_ce", "mit_fitnet", "mit_fitnet_w01", "transkd_base", "transkd_gl",
+                     "transkd_ea"},
     "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
     "segmentation_coop": {"independent", "dml", "coop", "pbsd", "bsd"},  # benchmarks/cnn_vit_coop_seg.py
     "ortrack": {"ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "mse_uniform",
@@ -613,10 +614,10 @@ def test_tinyshakespeare_sequence_kd_recipe_trains_two_steps(tmp_path):
 # benchmarks/cranfield.py before its arms became files: RECIPES, make_student, train() and the method per arm
 CRANFIELD = {"static": {"query_len": 64, "doc_len": 256, "leaf_len": 128, "batch": 8, "leaf_batch": 32,
                         "title_groups": 400, "max_positives": None, "epochs": 1, "lr": 1e-3, "leaf_epochs": 1,
-                        "leaf_lr": 1e-3, "train_queries": "train"},
+                        "leaf_lr": 1e-3, "train_queries": "train", "eval_queries": "test"},
              "minilm2": {"query_len": 64, "doc_len": 128, "leaf_len": 64, "batch": 8, "leaf_batch": 32,
                          "title_groups": 0, "max_positives": 2, "epochs": 2, "lr": 5e-4, "leaf_epochs": 3,
-                         "leaf_lr": 2e-4, "train_queries": "fit"}}
+                         "leaf_lr": 2e-4, "train_queries": "fit", "eval_queries": "val"}}
 CRANFIELD_METHODS = {"label_only": [{"name": "ranking_nll", "scale": 20.0}], "score_mse": [{"name": "score_mse"}],
                      "margin_mse": [{"name": "margin_mse"}], "leaf": [{"name": "leaf"}]}
 
@@ -652,6 +653,9 @@ def test_cranfield_recipes_equal_what_the_benchmark_ran(kind):
             (r["query_len"], r["doc_len"], 3, 30, "bm25"), arm
         assert (d.title_groups, d.title_seed, d.max_positives) == (r["title_groups"], 0, r["max_positives"]), arm
         assert d.train_queries.endswith(f"benchmarks/data/cranfield/{r['train_queries']}_qids.txt")
+        # evaluated on held-out queries: the benchmark's test queries (static, one epoch) or the validation queries
+        # it chooses the epoch on (minilm2); never a training query
+        assert d.eval_queries.endswith(f"benchmarks/data/cranfield/{r['eval_queries']}_qids.txt")
         assert (cfg.teacher is None) == (arm == "label_only"), arm
 
 
@@ -723,9 +727,15 @@ def test_cranfield_ranking_recipe_trains_two_steps(folder, tmp_path):
            "--set", f"data.train_queries={tmp_path}/q.txt", "--set", "data.title_groups=2",
            "--set", f"teacher.scores={tmp_path}/scores.tsv", "--set", f"output_dir={tmp_path}/run",
            "--set", "train.max_steps=2", "--set", "train.batch_size=2", "--set", "train.epochs=1"]
+    if folder == "cranfield_minilm2":
+        cmd += ["--set", "data.eval_max_queries=0"]
     proc = run_script(cmd)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "run" / "sentence_transformer").is_dir()
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    # the held-out queries ranked over the collection (the 2-layer student's evaluation, 1,400 documents through a
+    # transformer, is left out here to keep the test fast: data.eval_max_queries=0)
+    assert set(final) == ({"ndcg@10", "mrr@10", "recall@100"} if folder == "cranfield" else set())
 
 
 def test_sst2_makd_recipes_equal_what_the_benchmark_ran():

@@ -438,23 +438,26 @@ def test_cnn_vit_coop_seg_judges_both_students_mious_against_independent_and_dml
     assert "cnn_vit_coop_seg" in F.FAMILY_TABLES
 
 
-def test_transkd_needs_two_miou_over_ce_and_not_below_feature_mse():
-    ce, fit = [0.500, 0.510, 0.520], [0.520, 0.530, 0.540]
-    v = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit, transkd_base=[0.530, 0.545, 0.550],
-                                               transkd_gl=[0.54, 0.55, 0.56])})
+def test_transkd_needs_two_miou_over_ce_and_not_below_the_better_feature_mse():
+    ce, fit, fit01 = [0.500, 0.510, 0.520], [0.520, 0.530, 0.540], [0.45, 0.46, 0.47]
+    v = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit, mit_fitnet_w01=fit01,
+                                               transkd_base=[0.530, 0.545, 0.550], transkd_gl=[0.54, 0.55, 0.56])})
     assert v["transkd_base"].status == V.WORKS and "+3.17" in v["transkd_base"].detail
-    assert v["mit_ce"].status == V.ROLE and v["transkd_gl"].status == V.ROLE and "transkd_ea" not in v
-    short = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=[0.4] * 3,
+    assert "mit_fitnet +1.17" in v["transkd_base"].detail  # judged against the better MSE weight (here weight 1)
+    assert v["mit_ce"].status == V.ROLE and v["mit_fitnet_w01"].status == V.ROLE and "transkd_ea" not in v
+    short = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=[0.4] * 3, mit_fitnet_w01=[0.4] * 3,
                                                    transkd_base=[0.515, 0.525, 0.535])})["transkd_base"]
     assert short.status == V.MISSED and "+1.50" in short.detail  # +1.5 mIoU over CE on every seed: below +2
-    below_mse = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=[0.56, 0.57, 0.58],
+    better = [0.56, 0.57, 0.58]
+    below_w01 = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit, mit_fitnet_w01=better,
                                                        transkd_base=[0.530, 0.545, 0.550])})["transkd_base"]
-    assert below_mse.status == V.MISSED and "mit_fitnet -2.83" in below_mse.detail
-    two = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce[:2], mit_fitnet=fit[:2],
+    assert below_w01.status == V.MISSED and "mit_fitnet_w01 -2.83" in below_w01.detail
+    two = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce[:2], mit_fitnet=fit[:2], mit_fitnet_w01=fit01[:2],
                                                  transkd_base=[0.6, 0.6])})["transkd_base"]
     assert two.status == V.PENDING
-    no_mse = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, transkd_base=[0.6, 0.61, 0.62])})
-    assert no_mse["transkd_base"].status == V.PENDING and "mit_fitnet" in no_mse["transkd_base"].detail
+    no_w01 = F.transkd_verdicts({"runs": sweep_runs("miou", mit_ce=ce, mit_fitnet=fit,
+                                                    transkd_base=[0.6, 0.61, 0.62])})
+    assert no_w01["transkd_base"].status == V.PENDING and "mit_fitnet_w01" in no_w01["transkd_base"].detail
     assert F.transkd_verdicts({"runs": []})["transkd_base"].status == V.PENDING
 
 

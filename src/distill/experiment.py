@@ -226,6 +226,7 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
     shown = cfg.train.progress and os.environ.get("RANK", "0") == "0"  # long steps report on rank 0 only
     with progress_enabled(shown, cfg.train.progress_every):
         loaded = family.load(cfg)
+        check_run_classes(cfg, family, loaded)
         built = student(family, loaded) if student is not None else None
         if need_teacher is None:
             need_teacher = any(METHODS.get(m.name).needs_teacher for m in cfg.methods)
@@ -248,6 +249,41 @@ def build_parts(cfg: ExperimentConfig, *, need_teacher: bool | None = None,
         if live is not None and cfg.teacher is not None and getattr(cfg.teacher, "cache", None) is not None:
             teacher = open_teacher_cache(cfg, live, loaded.task, loaded.train)
     return Parts(family, loaded, teacher, live, built)
+
+
+def check_run_classes(cfg: ExperimentConfig, family: Family, loaded: Loaded) -> None:
+    """Refuse ``student.weights`` / ``teacher.weights`` written by an earlier distill run of this task (its
+    ``student.safetensors`` or ``best/student.safetensors``, with ``student_spec.json`` in the run folder) whose
+    classes differ from the data's by name or order: the same number of outputs would load without a word, and
+    every output would be read as another class (a class folder renamed, added or removed before this run). Classes
+    known by number only ("0".."K-1": integer labels) name nothing to compare."""
+    names = family.export_facts(loaded).get("classes") if loaded.train is not None else None
+    if not names:
+        return
+    for key in ("student", "teacher"):
+        weights = getattr(getattr(cfg, key, None), "weights", None)
+        if not isinstance(weights, str) or ":" in weights.split("/")[0] or weights in ("random", "new_head"):
+            continue
+        try:
+            path = resolve_path(weights, cfg.base_dir)
+        except ConfigError:
+            continue  # the model builder names what is wrong with the path
+        run = path.parent.parent if path.parent.name == "best" else path.parent
+        spec = run / "student_spec.json"
+        if path.name != "student.safetensors" or not spec.is_file():
+            continue
+        try:
+            facts = json.loads(spec.read_text())
+            trained = facts.get("facts", {}).get("classes") if facts.get("task") == cfg.task else None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            continue
+        numbered = [str(i) for i in range(len(names))]  # classes known by number only: nothing to compare
+        if isinstance(trained, list) and trained and [str(c) for c in trained] != [str(c) for c in names] \
+                and numbered not in ([str(c) for c in trained], [str(c) for c in names]):
+            how = "in another order" if sorted(map(str, trained)) == sorted(map(str, names)) else "other classes"
+            raise ConfigError(f"{key}.weights: {path} was trained on classes {trained[:10]} ({spec}), but the data's "
+                              f"classes are {list(names)[:10]} ({how}): its outputs would be read as the wrong "
+                              "classes; train on data with the same class names, or start from other weights")
 
 
 def student_builder(cfg: ExperimentConfig) -> Any:

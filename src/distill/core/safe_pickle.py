@@ -35,15 +35,18 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "NUMPY_ARRAY_GLOBALS",
+    "PICKLE_SUFFIXES",
     "PLANETOID_GLOBALS",
     "RestrictedUnpickler",
     "UnsafeFileError",
     "UnsafePickleError",
     "config_key",
     "hf_folder_guard",
+    "is_pickle_file",
     "load_npy",
     "load_safetensors",
     "load_torch_weights_only",
+    "looks_like_pickle",
     "pickle_globals",
     "restricted_load",
 ]
@@ -249,8 +252,34 @@ def _suspicious_global(path: Path) -> str | None:
     return None
 
 
-def _looks_like_pickle(head: bytes) -> bool:
-    return head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"
+#: file names that say "pickle" (also gzipped)
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".pkl.gz", ".pickle.gz")
+
+
+def looks_like_pickle(head: bytes, *, zip_archive: bool = False) -> bool:
+    """Whether the first bytes of a file are a pickle's: protocols 2-5 open with the ``PROTO`` opcode (0x80, then
+    the protocol number). With ``zip_archive``, a zip archive counts too (PyTorch's format since 1.6 is a zip whose
+    ``data.pkl`` is a pickle)."""
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    return zip_archive and head[:4] == b"PK\x03\x04"
+
+
+def is_pickle_file(path: str | Path) -> bool:
+    """Whether ``path`` is a pickle, by its name (``.pkl``, ``.pickle``, also ``.gz``) or by its first bytes
+    (:func:`looks_like_pickle`; read through gzip when the name ends in ``.gz``). Nothing is unpickled."""
+    import gzip
+
+    path = Path(path)
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
+        return True
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            head = fh.read(2)
+    except (OSError, EOFError):
+        return False
+    return looks_like_pickle(head)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -298,8 +327,8 @@ def load_safetensors(path: str | Path) -> dict[str, Any]:
                 head = f.read(4)
         except OSError:
             head = b""
-        what = "a pickle named .safetensors (refused: pickles can run code)" if _looks_like_pickle(head) else \
-            f"not a safetensors file ({e})"
+        what = ("a pickle named .safetensors (refused: pickles can run code)"
+                if looks_like_pickle(head, zip_archive=True) else f"not a safetensors file ({e})")
         raise UnsafeFileError(path, f"{NOT_WEIGHTS}: {what}") from None
 
 

@@ -4,19 +4,22 @@ of node and edge files (``data.format: npz`` / ``files`` of ``task: graph_node_c
 ``npz`` (what PyG / DGL users save with ``np.savez``): node features under ``x`` / ``feat`` / ``features``, labels
 under ``y`` / ``label`` / ``labels``, edges under ``edge_index`` (2 x E) or ``edges`` (E x 2) or as ``src`` +
 ``dst`` arrays (DGL's ``g.edges()``); optional boolean ``train_mask`` / ``val_mask`` / ``test_mask`` (DGL's
-``ndata`` names; or index arrays ``train_idx`` / ``val_idx`` / ``test_idx``).
+``ndata`` names; or index arrays ``train_idx`` / ``val_idx`` / ``test_idx``); an optional ``classes`` array
+naming the classes (:data:`distill.data.labels.NPZ_CLASS_KEYS`).
 
 ``files``: a folder holding the nodes, one row per node in node-id order, as ``nodes.csv`` (a header; the label
 column ``data.label_column``, an optional ``split`` column of ``train`` / ``val`` / ``test`` (anything else: no
 split) or ``train_mask`` / ``val_mask`` / ``test_mask`` columns of 0/1, an optional node-id column (``node_id``,
-``id``, ``node``, ``nid``, or pandas' unnamed index column: the rows are taken in the order of its ids, which must
-be 0..N-1), every other column a feature) or as
+``id``, ``node``, ``nid``, or pandas' unnamed index column: ids 0..N-1 put the rows in their order; other ids,
+such as paper ids or strings, keep the file's order and are what the edge list names), every other column a
+feature) or as
 ``features.npy`` (N x d) with ``labels.npy`` (or ``labels.csv``, one label a row) and optional ``train_mask.npy`` /
 ``val_mask.npy`` / ``test_mask.npy``; and the edges as ``edges.csv`` / ``edges.tsv`` / ``edges.txt`` (two columns
 of node ids, comma, tab or space separated, an optional header) or ``edges.npy`` (E x 2 or 2 x E).
 
-Node ids are 0..N-1 (the row order of the nodes); an edge naming another id is refused with the file and the row.
-Labels are integers 0..K-1 (``data.integer_labels``, :mod:`distill.data.labels`) or class names (sorted); a
+Node ids are 0..N-1 (the row order of the nodes), or nodes.csv's own ids; an edge naming another id is refused with
+the file and the row. Labels are integers 0..K-1 (``data.integer_labels``, :mod:`distill.data.labels`) or class
+names (sorted; in an npz, in the order of its ``classes`` array when it has one); a
 negative integer or an empty cell marks an unlabelled node, which no split may hold. Without split masks the
 labelled nodes are split at random (``data.random_split`` fractions, ``data.split_seed``) and a note says so.
 Edges are made undirected (both directions) unless ``data.undirected: false``; self-loops and duplicates go, as
@@ -36,8 +39,9 @@ import numpy as np
 import torch
 
 from distill.core.errors import ConfigError
-from distill.data.labels import index_integer_labels
+from distill.data.labels import class_name_list, index_integer_labels, names_to_indices, npz_class_key
 from distill.data.planetoid import GraphData
+from distill.data.tables import INDEX_COLUMNS
 
 FEATURE_KEYS = ("x", "feat", "features", "node_features")
 LABEL_KEYS = ("y", "label", "labels")
@@ -82,6 +86,25 @@ def _labels(raw: Sequence[object] | np.ndarray, mode: str, where: str) -> tuple[
         if not m:
             out[i] = lookup[str(v).strip()]
     return out, names
+
+
+def _named_labels(raw: np.ndarray, names: list[str], where: str) -> np.ndarray:
+    """Labels 0..K-1 (-1 for unlabelled nodes) of an npz whose ``classes`` array names the classes: integer labels
+    index it (a negative one: unlabelled), string labels are names from it (an empty one: unlabelled)."""
+    if raw.dtype.kind in "iuf":
+        if raw.dtype.kind == "f" and not np.all(raw[np.isfinite(raw)] == np.round(raw[np.isfinite(raw)])):
+            raise ConfigError(f"{where}: labels must be whole numbers or class names")
+        values = np.where(np.isfinite(raw), raw, UNLABELLED).astype(np.int64)
+        values[values < 0] = UNLABELLED
+        if values.size and int(values.max()) >= len(names):
+            raise ConfigError(f"{where}: label {int(values.max())} has no class name ({len(names)} classes named: "
+                              f"{names[:10]})")
+        return values
+    text = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw.tolist()]
+    given = [i for i, t in enumerate(text) if t.strip()]
+    out = np.full(len(text), UNLABELLED, dtype=np.int64)
+    out[given] = names_to_indices([text[i].strip() for i in given], names, where)[0]
+    return out
 
 
 def _mask(arr: np.ndarray, n: int, name: str, where: str) -> torch.Tensor:
@@ -195,6 +218,8 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
             split_keys = [[f"{s}_mask", f"{s}_idx", f"{s}_index"] for s in SPLITS]
             found_splits = [_first(files, names) for names in split_keys]
             raw_masks = [z[k] if k else None for k in found_splits]
+            ckey = npz_class_key(files)
+            class_names = class_name_list(z[ckey]) if ckey is not None else None
     except ValueError as err:
         if "pickle" in str(err):
             raise ConfigError(f"{where}: holds object arrays, which need pickle (never loaded); store numeric "
@@ -208,7 +233,10 @@ def load_graph_npz(path: Path, *, integer_labels: str = "strict", undirected: bo
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] > 1:  # one-hot rows
         y = np.where(y.sum(axis=1) > 0, y.argmax(axis=1), UNLABELLED)
-    labels, class_names = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
+    if class_names is None:
+        labels, class_names = _labels(y.reshape(-1), integer_labels, f"{where}[{lkey!r}]")
+    else:
+        labels = _named_labels(y.reshape(-1), class_names, f"{where}[{lkey!r}] (classes in {ckey!r})")
     masks = None
     if any(k is not None for k in found_splits):
         missing = [names[0] for names, k in zip(split_keys, found_splits) if k is None]
@@ -233,16 +261,32 @@ def _sniff_rows(path: Path) -> list[list[str]]:
     return [ln.split() for ln in lines]
 
 
-def read_edge_list(path: Path, n: int, undirected: bool, where: str) -> torch.Tensor:
+def read_edge_list(path: Path, n: int, undirected: bool, where: str,
+                   ids: dict[str, int] | None = None) -> torch.Tensor:
     """An edge list file: two columns of node ids a row (comma, tab or whitespace separated), an optional header;
-    or an ``.npy`` array (E x 2 or 2 x E)."""
-    if path.suffix == ".npy":
+    or an ``.npy`` array (E x 2 or 2 x E). ``ids``: the node of each id (any strings) when the nodes file names
+    its nodes by ids other than 0..N-1; the edges then name nodes by those ids."""
+    if path.suffix == ".npy" and ids is None:
         return _edges(np.load(path, allow_pickle=False), n, where, undirected)
+    if path.suffix == ".npy":
+        raise ConfigError(f"{where}: an .npy edge list holds row numbers 0..N-1, but nodes.csv names its nodes by "
+                          "other ids; write the edges as edges.csv with those ids")
     rows = _sniff_rows(path)
-    start = 1 if rows and not all(c.strip().lstrip("-").isdigit() for c in rows[0][:2]) else 0
+    if ids is None:
+        start = 1 if rows and not all(c.strip().lstrip("-").isdigit() for c in rows[0][:2]) else 0
+    else:  # a header row names no node
+        start = 1 if rows and not all(c.strip() in ids for c in rows[0][:2]) else 0
     pairs, lines = [], []
     for i, row in enumerate(rows[start:], start=start + 1):
         cells = [c.strip() for c in row if c.strip()]
+        if ids is not None:
+            unknown = [c for c in cells[:2] if c not in ids]
+            if len(cells) < 2 or unknown:
+                raise ConfigError(f"{where}: line {i}: node id {unknown[0] if unknown else row[:3]!r} is not in "
+                                  f"nodes.csv's node-id column ({n} nodes)")
+            pairs.append((ids[cells[0]], ids[cells[1]]))
+            lines.append(i)
+            continue
         if len(cells) < 2 or not all(c.lstrip("-").isdigit() for c in cells[:2]):
             raise ConfigError(f"{where}: row {i}: expected two integer node ids, got {row[:3]}")
         pairs.append((int(cells[0]), int(cells[1])))
@@ -262,6 +306,7 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
         raise ConfigError(f"{where}: no edge list: expected edges.csv, edges.tsv, edges.txt or edges.npy; the "
                           f"folder holds {sorted(names)[:10]}")
     masks: tuple[torch.Tensor, ...] | None = None
+    node_ids: dict[str, int] | None = None
     if "nodes.csv" in names:
         path = folder / "nodes.csv"
         with path.open(newline="", encoding="utf-8-sig") as f:
@@ -278,7 +323,7 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
                               "(give all three, a 'split' column, or neither for a random split)")
         id_col = next((c for c in header if c.strip().lower() in ID_COLUMNS), None)
         if id_col is not None:
-            rows = _rows_by_id(rows, id_col, fwhere)
+            rows, node_ids = _rows_by_id(rows, id_col, fwhere)
         skip = {label_column, "split", *given, *([id_col] if id_col is not None else [])}
         feats = [c for c in header if c not in skip]
         if not feats:
@@ -327,29 +372,36 @@ def load_graph_files(folder: Path, *, label_column: str = "label", integer_label
     else:
         raise ConfigError(f"{where}: no nodes: expected nodes.csv (features, label and optional split columns) or "
                           f"features.npy with labels.npy; the folder holds {sorted(names)[:10]}")
-    edges = read_edge_list(folder / edge_file, x.shape[0], undirected, f"{key}: {folder / edge_file}")
+    edges = read_edge_list(folder / edge_file, x.shape[0], undirected, f"{key}: {folder / edge_file}", node_ids)
     return _graph(x, labels, edges, masks, random_split, split_seed, where, folder.name, class_names)
 
 
 #: names of a node-id column in ``nodes.csv`` (``""`` and ``unnamed: 0``: the index column pandas' ``to_csv`` writes):
-#: never a feature; the rows are put in the order of its ids, which must be 0..N-1
-ID_COLUMNS = ("node_id", "id", "node", "nid", "", "unnamed: 0")
+#: never a feature; ids 0..N-1 put the rows in their order, other ids name the nodes for the edge list
+ID_COLUMNS = ("node_id", "id", "node", "nid", *INDEX_COLUMNS)
 
 
-def _rows_by_id(rows: list[dict[str, str]], column: str, where: str) -> list[dict[str, str]]:
-    """``rows`` ordered by their ``column`` ids, which must be the integers 0..N-1, each once (the ids the edge list
-    names)."""
+def _rows_by_id(rows: list[dict[str, str]], column: str,
+                where: str) -> tuple[list[dict[str, str]], dict[str, int] | None]:
+    """(rows, ids): ids that are the integers 0..N-1 put the rows in their order (ids None: the edge list names
+    nodes by those numbers); any other ids (paper ids, strings) keep the file's row order and map each id to its
+    row, the ids the edge list names. An empty or repeated id is refused."""
     n = len(rows)
-    order: list[dict[str, str] | None] = [None] * n
-    for i, r in enumerate(rows):
-        v = (r.get(column) or "").strip()
-        if not v.lstrip("-").isdigit() or not 0 <= int(v) < n:
-            raise ConfigError(f"{where}: row {i}, node-id column {column!r}: {v!r} is not a node id 0..{n - 1} (node "
-                              f"ids are 0..N-1 for the {n} rows, the ids the edge list names)")
-        if order[int(v)] is not None:
-            raise ConfigError(f"{where}: row {i}, node-id column {column!r}: node {v} is listed twice")
-        order[int(v)] = r
-    return order  # type: ignore[return-value]
+    values = [(r.get(column) or "").strip() for r in rows]
+    seen: dict[str, int] = {}
+    for i, v in enumerate(values):
+        if not v:
+            raise ConfigError(f"{where}: row {i}, node-id column {column!r} is empty")
+        if v in seen:
+            raise ConfigError(f"{where}: row {i}, node-id column {column!r}: node {v} is listed twice (first at row "
+                              f"{seen[v]})")
+        seen[v] = i
+    if all(v.isdigit() and int(v) < n for v in values):  # 0..N-1, each once
+        order: list[dict[str, str]] = [rows[0]] * n
+        for r, v in zip(rows, values):
+            order[int(v)] = r
+        return order, None
+    return rows, seen
 
 
 def _is_number(s: str | None) -> bool:

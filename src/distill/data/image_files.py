@@ -19,12 +19,12 @@ import torch
 
 from distill.config import ConfigError
 from distill.data.image_tables import DataReadError
-from distill.data.images import _EXIF_ORIENTATION, upright
+from distill.data.images import _EXIF_ORIENTATION, IMAGE_EXTENSIONS, to_rgb, upright
 
 __all__ = ["RESIZE_MODES", "DataReadError", "cut", "draw_corners", "header_size", "image_files", "pad_stack",
            "read_rgb", "resized_size", "several_sizes", "tiles_of"]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = IMAGE_EXTENSIONS  # one list for every family's image files
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -80,7 +80,7 @@ def read_rgb(path: Path, key: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            return np.array(upright(im).convert("RGB"), dtype=np.uint8)
+            return np.array(to_rgb(upright(im)), dtype=np.uint8)
     except OSError as e:
         raise DataReadError(f"{key}: {path.name}: {e}") from None
 

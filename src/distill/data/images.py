@@ -25,6 +25,7 @@ import io
 import json
 import os
 import re
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -38,9 +39,11 @@ import torch
 
 from distill.core.batch import IGNORE_INDEX
 from distill.core.safe_pickle import NUMPY_ARRAY_GLOBALS, UnsafeFileError, UnsafePickleError, restricted_load
+from distill.data.labels import class_name_list, npz_class_key
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "to_rgb",
     "ImageArrays",
     "UnsafePickleError",
     "load_cifar_pickle",
@@ -52,7 +55,7 @@ __all__ = [
 ]
 
 #: File name endings (lower case) that the folder and archive loaders treat as images.
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 # Folder names that mark a split; a lone folder with one of these names is never taken for another split.
 _SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval"})
@@ -446,6 +449,22 @@ def upright(im: Any) -> Any:
     return ImageOps.exif_transpose(im)
 
 
+def to_rgb(im: Any) -> Any:
+    """The Pillow image ``im`` as 8-bit RGB: gray, palette and RGBA images converted (alpha dropped, not
+    composited; a palette with a transparent entry through RGBA), and 16-bit images (``I;16`` modes: 16-bit PNG
+    and TIFF, as microscopes and medical scanners write them) scaled from 0-65535 to 0-255 (``round(v / 257)``)
+    rather than clipped, which would turn every value above 255 white. Every reader of user image files goes
+    through this function (after :func:`upright`)."""
+    from PIL import Image
+
+    if im.mode.startswith("I;16"):
+        arr = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.rint(arr / 257.0).astype(np.uint8))  # 2-D uint8: mode L
+    elif im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    return im.convert("RGB")  # a new image (a copy when already RGB), usable after ``im``'s file is closed
+
+
 def _jpeg_rgb_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) of an 8-bit 3-component JPEG, read from its frame header; None for anything else, and for a
     JPEG with an APP1 block (EXIF or XMP, which may hold an orientation), left to the path through :func:`upright`."""
@@ -500,11 +519,7 @@ def _decode_image(data: bytes, name: str, image_size: int | None) -> np.ndarray:
         if im is None:
             im = Image.open(io.BytesIO(data))
             im.load()
-            im = upright(im)
-            if im.mode == "P" and "transparency" in im.info:
-                im = im.convert("RGBA")
-            if im.mode != "RGB":
-                im = im.convert("RGB")  # alpha is dropped, not composited
+            im = to_rgb(upright(im))
         if image_size is not None and im.size != (image_size, image_size):
             im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
         return np.frombuffer(im.tobytes(), dtype=np.uint8).reshape(im.height, im.width, 3)
@@ -665,8 +680,9 @@ def _iter_tar_files(path: Path, want: Callable[[str], bool]) -> Iterator[tuple[s
 _MAX_DEPTH = 4  # folder levels below the root searched for images (top/split/class/image)
 
 
-def _walk_images(root: Path) -> Iterator[tuple[str, ...]]:
-    """Relative path parts of every image file under root, at most _MAX_DEPTH folders deep (symlinks followed)."""
+def _walk_images(root: Path, skipped: list[tuple[str, ...]] | None = None) -> Iterator[tuple[str, ...]]:
+    """Relative path parts of every image file under root, at most _MAX_DEPTH folders deep (symlinks followed);
+    ``skipped`` collects the other files in folders (not hidden ones)."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         rel = Path(dirpath).relative_to(root).parts
         dirnames[:] = [] if len(rel) >= _MAX_DEPTH else [d for d in dirnames if not d.startswith(".")]
@@ -674,6 +690,21 @@ def _walk_images(root: Path) -> Iterator[tuple[str, ...]]:
             parts = (*rel, fname)
             if len(parts) >= 2 and _is_image_path(parts):
                 yield parts
+            elif skipped is not None and len(parts) >= 2 and not any(p.startswith(".") for p in parts):
+                skipped.append(parts)
+
+
+def _note_skipped(skipped: Sequence[tuple[str, ...]], where: str) -> None:
+    """One note on stderr for files in class folders that are not read (a suffix other than IMAGE_EXTENSIONS)."""
+    if not skipped:
+        return
+    kinds: dict[str, int] = {}
+    for parts in skipped:
+        suffix = Path(parts[-1]).suffix.lower() or parts[-1]
+        kinds[suffix] = kinds.get(suffix, 0) + 1
+    listed = ", ".join(f"{k}: {v}" for k, v in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    print(f"note: {where}: {len(skipped)} file(s) in class folders skipped, not images ({listed}; e.g. "
+          f"{'/'.join(skipped[0])}); images are {', '.join(IMAGE_EXTENSIONS)}", file=sys.stderr)
 
 
 def load_image_folder(
@@ -705,9 +736,11 @@ def load_image_folder(
         raise FileNotFoundError(f"image folder not found: {root}")
     by_rest: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
     base = (root.resolve().name,)
-    for parts in _walk_images(root):
+    skipped: list[tuple[str, ...]] = []
+    for parts in _walk_images(root, skipped):
         by_rest.setdefault(base + parts[:-2], []).append(parts)
     chosen = _choose_group(by_rest, split, f"image folder {root}")
+    _note_skipped([p for p in skipped if base + p[:-2] == chosen], f"image folder {root}")
     files = sorted(by_rest[chosen], key=lambda p: (p[-2], p))
     class_names = _class_index((p[-2] for p in files), classes, f"image folder {root}")
     index = {c: i for i, c in enumerate(class_names)}
@@ -795,7 +828,6 @@ def load_image_tar(
 
 _NPZ_IMAGE_KEYS = ("images", "image", "imgs", "x", "data", "inputs", "pixels", "features")
 _NPZ_LABEL_KEYS = ("labels", "label", "y", "targets", "target")
-_NPZ_CLASS_KEYS = ("classes", "class_names", "label_names", "names")
 
 
 def _split_keys(kind: str, split: str) -> tuple[str, ...]:
@@ -943,7 +975,7 @@ def load_npz(
         lkey = pick(labels_key, "labels", _NPZ_LABEL_KEYS)
         try:
             raw_images, raw_labels = z[ikey], z[lkey]
-            ckey = _find_key(files, _NPZ_CLASS_KEYS) if classes is None else None
+            ckey = npz_class_key(list(files), images=True) if classes is None else None
             raw_classes = z[ckey] if ckey is not None else None
         except ValueError as e:  # object arrays need pickle, which is never allowed
             raise UnsafeFileError(path, f"holds object arrays, which need pickle (never allowed: it can run code); "
@@ -953,7 +985,7 @@ def load_npz(
     if classes is not None:
         names = [str(c) for c in classes]
     elif raw_classes is not None:
-        names = [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in raw_classes.reshape(-1).tolist()]
+        names = class_name_list(raw_classes)
     else:
         names = [str(k) for k in range(int(labels.max()) + 1 if labels.size else 0)]
     if labels.size and labels.max() >= len(names):
@@ -966,7 +998,7 @@ def load_npz(
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _detect_format(path: Path) -> str:
+def detect_image_format(path: Path) -> str:
     """'npz', 'cifar', 'tar' or 'folder' for what is at path; ValueError if none fits."""
     if not path.exists():
         raise FileNotFoundError(f"no such file or folder: {path}")
@@ -1075,7 +1107,7 @@ def load_images(
         TypeError: an option the chosen loader does not take.
     """
     path = Path(path)
-    fmt = _detect_format(path)
+    fmt = detect_image_format(path)
     loader: Callable[..., ImageArrays] = {
         "npz": load_npz,
         "cifar": load_cifar_pickle,

@@ -79,3 +79,59 @@ def map_by_name(values: np.ndarray, classes: list[str], where: str, ignore: int 
                               f"{classes[:10]} ({KEY}: names)")
         out[j] = lookup[str(v)]
     return out
+
+
+#: arrays of an ``.npz`` file that name its classes (label ``k`` is named by entry ``k``), in every family that reads
+#: an npz (images, feature rows, graphs); looked up case-insensitively, the first one found wins. ``names`` is read
+#: for images only: beside feature rows or nodes it as often names the rows (``node_names``-like) as the classes
+NPZ_CLASS_KEYS = ("classes", "class_names", "label_names", "names")
+
+
+def npz_class_key(files: list[str], images: bool = False) -> str | None:
+    """The name of the array of an npz with arrays ``files`` that names its classes (:data:`NPZ_CLASS_KEYS`;
+    ``names`` only when ``images``)."""
+    lower = {f.lower(): f for f in files}
+    keys = NPZ_CLASS_KEYS if images else tuple(k for k in NPZ_CLASS_KEYS if k != "names")
+    return next((lower[k] for k in keys if k in lower), None)
+
+
+def class_name_list(arr: np.ndarray) -> list[str]:
+    """The class names of an npz ``classes`` array (str or bytes entries, any shape)."""
+    return [c.decode("utf-8") if isinstance(c, bytes) else str(c) for c in np.asarray(arr).reshape(-1).tolist()]
+
+
+def names_to_indices(names: list[str], classes: list[str] | None, where: str) -> tuple[np.ndarray, list[str]]:
+    """(int64 indices, class names) of labels given as class names: the training file's (``classes`` None) are
+    numbered in sorted order; an evaluation file's are mapped onto the training ``classes`` by name, a name the
+    training file lacks refused with its first row."""
+    order = sorted(set(names)) if classes is None else list(classes)
+    lookup = {c: i for i, c in enumerate(order)}
+    unknown = sorted(set(names) - set(lookup))
+    if unknown:
+        row = next(i for i, t in enumerate(names) if t not in lookup)
+        raise ConfigError(f"{where}: labels {unknown[:5]} are not among the training classes {order[:10]} (first at "
+                          f"row {row}, counting from 0)")
+    return np.array([lookup[t] for t in names], dtype=np.int64), order
+
+
+def remap_named(values: np.ndarray, names: list[str], classes: list[str] | None, where: str,
+                ignore: int | None = None) -> tuple[np.ndarray, list[str]]:
+    """(labels, class names) of labels ``values`` that index the file's own class ``names`` (a ``ClassLabel``
+    column, an npz ``classes`` array): as they are for the training file (``classes`` None), else mapped onto the
+    training ``classes`` by name (a class the training file lacks refused). ``ignore``: a label kept as it is."""
+    values = np.asarray(values, dtype=np.int64)
+    known = values if ignore is None else values[values != ignore]
+    if known.size and (int(known.min()) < 0 or int(known.max()) >= len(names)):
+        bad = int(known.max()) if int(known.max()) >= len(names) else int(known.min())
+        raise ConfigError(f"{where}: label {bad} has no class name ({len(names)} classes named: {names[:10]})")
+    if classes is None or names == list(classes):
+        return values, list(names if classes is None else classes)
+    lookup = {c: i for i, c in enumerate(classes)}
+    missing = [n for n in names if n not in lookup]
+    if missing:
+        raise ConfigError(f"{where}: classes {missing[:5]} are not among the training classes {list(classes)[:10]}")
+    table = np.array([lookup[n] for n in names], dtype=np.int64)
+    out = values.copy()
+    keep = np.ones(values.shape, dtype=bool) if ignore is None else values != ignore
+    out[keep] = table[values[keep]]
+    return out, list(classes)

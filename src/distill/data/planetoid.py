@@ -52,7 +52,7 @@ class GraphData:
 
     @property
     def num_classes(self) -> int:
-        return int(self.y.max()) + 1
+        return len(self.classes) if self.classes else int(self.y.max()) + 1
 
     def row_normalized(self) -> GraphData:
         """A copy whose feature rows sum to 1 (rows of zeros stay zero), the usual Planetoid preprocessing

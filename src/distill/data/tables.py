@@ -33,8 +33,12 @@ from distill.core.errors import ConfigError
 TABLE_FORMATS = ("csv", "jsonl", "parquet", "arrow")
 TableFormat = Literal["csv", "jsonl", "parquet", "arrow"]
 #: file name endings of each file format (a folder given for one of them is read as its shards)
-SUFFIXES = {"csv": (".csv",), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
+SUFFIXES = {"csv": (".csv", ".tsv"), "jsonl": (".jsonl", ".json"), "parquet": (".parquet",)}
 _BUILDERS = {"csv": "csv", "jsonl": "json", "parquet": "parquet"}
+
+#: the unnamed index column pandas' ``to_csv`` writes first (``""`` in the file; ``Unnamed: 0`` once read by pandas):
+#: row numbers, never a feature (a set sorted by class would hand the model its labels), in every reader of rows
+INDEX_COLUMNS = ("", "unnamed: 0")
 
 _temp_cache: Path | None = None
 
@@ -92,8 +96,12 @@ def read_table(path: Path, fmt: str, key: str, *, split: str | tuple[str, ...] |
             return image_folder_table(datasets, path, split, split_key or key, cache_dir)
         else:
             files = _data_files(path, fmt, key)
+            tabs = [f.lower().endswith(".tsv") for f in files]
+            if fmt == "csv" and any(tabs) and not all(tabs):
+                raise ConfigError(f"{key}: {path} holds both .csv and .tsv shards; keep one separator")
+            options = {"sep": "\t"} if fmt == "csv" and all(tabs) else {}  # .tsv: tab-separated
             table = datasets.load_dataset(_BUILDERS[fmt], data_files={"train": files}, split="train",
-                                          cache_dir=cache_folder(cache_dir))
+                                          cache_dir=cache_folder(cache_dir), **options)
             split = None
     except ConfigError:
         raise
@@ -220,20 +228,12 @@ def labels_of(table: Any, column: str, key: str, path: Path, classes: list[str] 
     (named ``"0"..."K-1"``; other integers as ``integer_labels``, ``data.integer_labels``, says:
     :mod:`distill.data.labels`) or class names (sorted). With ``classes`` (e.g. the training split's), labels are
     mapped onto them by name, integers being taken as indices (as names with ``integer_labels: names``)."""
-    from distill.data.labels import index_integer_labels, map_by_name
+    from distill.data.labels import index_integer_labels, map_by_name, names_to_indices, remap_named
 
     feature = table.features[column]
     names = list(getattr(feature, "names", None) or [])
     if names:
-        values = column_array(table, column).astype(np.int64)
-        if classes is not None and names != classes:
-            lookup = {c: i for i, c in enumerate(classes)}
-            missing = [n for n in names if n not in lookup]
-            if missing:
-                raise ConfigError(f"{key}: {path}: classes {missing[:5]} are not among the training classes "
-                                  f"{classes[:10]}")
-            values = np.array([lookup[n] for n in names], dtype=np.int64)[values]
-        return values, list(classes if classes is not None else names)
+        return remap_named(column_array(table, column).astype(np.int64), names, classes, f"{key}: {path}")
     raw = column_values(table, column)
     if any(v is None for v in raw):
         raise ConfigError(f"{key}: {path}: column {column!r} has empty labels (row {raw.index(None)})")
@@ -250,15 +250,7 @@ def labels_of(table: Any, column: str, key: str, path: Path, classes: list[str] 
         if k > len(classes):
             raise ConfigError(f"{key}: {path}: label {k - 1} is out of range for {len(classes)} classes")
         return values, list(classes)
-    text = [str(v) for v in raw]
-    names = sorted(set(text)) if classes is None else list(classes)
-    lookup = {c: i for i, c in enumerate(names)}
-    unknown = sorted(set(text) - set(lookup))
-    if unknown:
-        row = next(i for i, t in enumerate(text) if t not in lookup)
-        raise ConfigError(f"{key}: {path}: labels {unknown[:5]} are not among the training classes {names[:10]} "
-                          f"(first at row {row}, counting from 0)")
-    return np.array([lookup[t] for t in text], dtype=np.int64), names
+    return names_to_indices([str(v) for v in raw], classes, f"{key}: {path}")
 
 
 def texts_of(table: Any, column: str, key: str, path: Path) -> list[str]:

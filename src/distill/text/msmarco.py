@@ -28,35 +28,18 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import re
+import sys
 from array import array
 from collections.abc import Container, Iterator, Sequence
 from pathlib import Path
 
-from distill.core.safe_pickle import UnsafeFileError
+from distill.core.safe_pickle import UnsafeFileError, is_pickle_file
 from distill.text.ir_data import FormatError
-
-PICKLE_SUFFIXES = (".pkl", ".pickle", ".pkl.gz", ".pickle.gz")
-
-
-def _first_bytes(path: Path, n: int = 2) -> bytes:
-    try:
-        if path.name.lower().endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                return fh.read(n)
-        with path.open("rb") as fh:
-            return fh.read(n)
-    except (OSError, EOFError):
-        return b""
-
-
-def is_pickle(path: Path) -> bool:
-    """By name (``.pkl``, ``.pickle``, also gzipped) or by content (the pickle protocol 2-5 opcode first)."""
-    head = _first_bytes(path)
-    return path.name.lower().endswith(PICKLE_SUFFIXES) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def refuse_pickle(path: Path) -> None:
-    if is_pickle(path):
+    if is_pickle_file(path):
         raise UnsafeFileError(path, "a Python pickle; distill never loads pickles (loading one can run code). Convert "
                                     "it once, where you trust the file, to JSONL lines {\"qid\": ..., \"pid\": ..., "
                                     "\"score\": ...} or TSV lines 'qid<TAB>pid<TAB>score', and give that file")
@@ -90,6 +73,59 @@ def first_fields(path: Path, sep: str | None, comments: bool = False) -> list[st
         if line.strip() and not (comments and line.lstrip().startswith("#")):
             return line.split(sep)
     raise FormatError(f"{path}: the file is empty")
+
+
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
+def _is_number(field: str) -> bool:
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def header_line(path: Path, sep: str | None, numeric: Sequence[int] | None) -> tuple[int, str] | None:
+    """``(line number, line)`` of the file's first non-blank line when it is clearly a header row, else None.
+
+    ``numeric``: the positions of the fields that hold numbers in this layout (MS MARCO's ids, scores): the line
+    is a header when none of them is a number on it and all of them are on the next non-blank line (``qid<TAB>
+    query`` above ``1048585<TAB>what is ...``). ``None`` (triples of ids or of texts): every field of the first line
+    is one word that is not a number (``query<TAB>positive<TAB>negative``) and the next line holds ids (every field
+    a number) or texts (some field with a space). A file whose ids are not numbers has no header found this way:
+    its first line is read as data."""
+    head: list[tuple[int, str]] = []
+    for n, line in lines(path):
+        if line.strip():
+            head.append((n, line))
+            if len(head) == 2:
+                break
+    if len(head) < 2:
+        return None
+    (n, first), (_, second) = head
+    a = [f.strip() for f in first.split(sep)]
+    b = [f.strip() for f in second.split(sep)]
+    if len(a) != len(b):
+        return None
+    if numeric is None:
+        words = all(_WORD.fullmatch(f) for f in a)
+        return (n, first) if words and (all(_is_number(f) for f in b) or any(" " in f for f in b)) else None
+    if not numeric or max(numeric) >= len(a):
+        return None
+    if all(not _is_number(a[i]) for i in numeric) and all(_is_number(b[i]) for i in numeric):
+        return n, first
+    return None
+
+
+def skip_header(path: Path, sep: str | None, numeric: Sequence[int] | None) -> int:
+    """The line number of the file's header row (:func:`header_line`; 0 when there is none), said on stderr."""
+    found = header_line(path, sep, numeric)
+    if found is None:
+        return 0
+    n, text = found
+    print(f"note: {path}, line {n}: a header row ({text[:80]!r}), skipped", file=sys.stderr)
+    return n
 
 
 def _is_json(path: Path) -> bool:
@@ -128,10 +164,11 @@ def _number(path: Path, n: int, value: object, what: str) -> float:
 
 
 def iter_triple_scores(path: Path) -> Iterator[tuple[int, str, str, str, float, float]]:
-    """``(line, qid, pid_pos, pid_neg, score_pos, score_neg)`` of a per-triple score file."""
+    """``(line, qid, pid_pos, pid_neg, score_pos, score_neg)`` of a per-triple score file (a header row skipped)."""
+    header = skip_header(path, None, (0, 1))
     for n, line in lines(path):
         parts = line.split()
-        if not parts or parts[0].startswith("#"):
+        if not parts or parts[0].startswith("#") or n == header:
             continue
         if len(parts) != 5:
             hint = (" (this reader takes the id file, *_ids.tsv, not the one expanded with texts)"
@@ -167,7 +204,10 @@ def iter_pair_scores(path: Path, layout: str = "auto") -> Iterator[tuple[int, st
             yield n, q, p, sp
             yield n, q, neg, sn
         return
+    header = skip_header(path, None, (2,)) if layout == "pairs" else 0
     for n, line in lines(path):
+        if n == header:
+            continue
         if layout == "jsonl":
             if not line.strip():
                 continue
@@ -245,17 +285,25 @@ def triples_layout(path: Path, layout: str = "auto") -> str:
     them holds a space)."""
     if layout != "auto":
         return layout
-    fields = first_fields(path, "\t")
+    found = header_line(path, "\t", None)
+    header, fields, first = found[0] if found else 0, [], 1
+    for first, line in lines(path):
+        if line.strip() and first != header:
+            fields = line.split("\t")
+            break
+    if not fields:
+        raise FormatError(f"{path}: the file is empty")
     if len(fields) != 3:
-        raise FormatError(f"{path}, line 1: expected 3 tab-separated fields (qid, pid_pos, pid_neg or query, "
+        raise FormatError(f"{path}, line {first}: expected 3 tab-separated fields (qid, pid_pos, pid_neg or query, "
                           f"positive, negative), got {len(fields)}")
     return "ids" if all(f.strip() and len(f.split()) == 1 for f in fields) else "texts"
 
 
 def iter_triples(path: Path) -> Iterator[tuple[int, str, str, str]]:
-    """``(line, a, b, c)`` of a tab-separated triples file (ids or texts; blank lines skipped)."""
+    """``(line, a, b, c)`` of a tab-separated triples file (ids or texts; blank lines and a header row skipped)."""
+    header = skip_header(path, "\t", None)
     for n, line in lines(path):
-        if not line.strip():
+        if not line.strip() or n == header:
             continue
         parts = line.split("\t")
         if len(parts) != 3:
@@ -345,14 +393,28 @@ def read_hard_negatives(path: Path, num_negatives: int, systems: Sequence[str] |
     return table, short
 
 
+def _text_of(path: Path, n: int, line: str, what: str) -> str:
+    """The text of an ``id<TAB>text`` or ``id<TAB>title<TAB>text`` line (title and text joined)."""
+    parts = line.split("\t")
+    if len(parts) == 2:
+        return parts[1].strip()
+    if len(parts) == 3:
+        return " ".join(f"{parts[1]} {parts[2]}".split())
+    raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text' or '{what}<TAB>title<TAB>text', got "
+                      f"{len(parts)} tab-separated fields")
+
+
 def fill_texts(path: Path, wanted: dict[str, int], what: str) -> list[str]:
     """The texts of the ids in ``wanted`` (id -> position) from an ``id<TAB>text`` (or ``id<TAB>title<TAB>text``)
     file, read as a stream: lines of other ids are skipped unparsed, and reading stops once every wanted id is
-    found. Raises ``KeyError(first missing id, number missing)`` when the file lacks some (the caller names where
-    they were needed)."""
+    found; a header row (``pid<TAB>passage``) is skipped. Raises ``KeyError(first missing id, number missing)``
+    when the file lacks some (the caller names where they were needed)."""
     texts: list[str | None] = [None] * len(wanted)
     found = 0
+    header = skip_header(path, "\t", (0,))
     for n, line in lines(path):
+        if n == header:
+            continue
         tab = line.find("\t")
         if tab < 0:
             if line.strip():
@@ -361,14 +423,7 @@ def fill_texts(path: Path, wanted: dict[str, int], what: str) -> list[str]:
         i = wanted.get(line[:tab].strip())
         if i is None:
             continue
-        parts = line.split("\t")
-        if len(parts) == 2:
-            text = parts[1].strip()
-        elif len(parts) == 3:
-            text = " ".join(f"{parts[1]} {parts[2]}".split())
-        else:
-            raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text' or '{what}<TAB>title<TAB>text', got "
-                              f"{len(parts)} tab-separated fields")
+        text = _text_of(path, n, line, what)
         if texts[i] is not None:
             raise FormatError(f"{path}, line {n}: {what} {line[:tab].strip()!r} appears twice")
         texts[i] = text
@@ -379,3 +434,120 @@ def fill_texts(path: Path, wanted: dict[str, int], what: str) -> list[str]:
         missing = next(k for k, i in wanted.items() if texts[i] is None)
         raise KeyError(missing, len(texts) - found)
     return texts  # type: ignore[return-value]
+
+
+# -- evaluation files ---------------------------------------------------------------------------------------------
+def read_id_texts(path: Path, keep: Container[str] | None = None, what: str = "qid") -> dict[str, str]:
+    """``{id: text}`` of an ``id<TAB>text`` (or ``id<TAB>title<TAB>text``) file in file order (queries.dev.tsv),
+    only the ids in ``keep`` when given; a header row is skipped, an id given twice is refused."""
+    out: dict[str, str] = {}
+    header = skip_header(path, "\t", (0,))
+    for n, line in lines(path):
+        if n == header or not line.strip():
+            continue
+        tab = line.find("\t")
+        if tab < 0:
+            raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text', found no tab")
+        key = line[:tab].strip()
+        if keep is not None and key not in keep:
+            continue
+        if key in out:
+            raise FormatError(f"{path}, line {n}: {what} {key!r} appears twice")
+        out[key] = _text_of(path, n, line, what)
+    return out
+
+
+def read_passages(path: Path, must: set[str], extra: int | None) -> dict[str, str]:
+    """A subset of a collection (``pid<TAB>passage``), streamed: every pid in ``must`` and the first ``extra``
+    other passages in file order (every passage when None); reading stops once both are had. Raises
+    ``KeyError(first missing pid, number missing)`` when a pid of ``must`` is not in the file."""
+    out: dict[str, str] = {}
+    others = 0
+    found = 0
+    header = skip_header(path, "\t", (0,))
+    for n, line in lines(path):
+        if n == header or not line.strip():
+            continue
+        tab = line.find("\t")
+        if tab < 0:
+            raise FormatError(f"{path}, line {n}: expected 'pid<TAB>text', found no tab")
+        key = line[:tab].strip()
+        wanted = key in must
+        if not wanted and extra is not None and others >= extra:
+            if found == len(must):
+                break
+            continue
+        if key in out:
+            raise FormatError(f"{path}, line {n}: pid {key!r} appears twice")
+        out[key] = _text_of(path, n, line, "pid")
+        found += wanted
+        others += not wanted
+    if found < len(must):
+        missing = sorted(must - out.keys())
+        raise KeyError(missing[0], len(missing))
+    return out
+
+
+CANDIDATE_LINE = "'qid<TAB>pid<TAB>query<TAB>passage' (4 fields, MS MARCO's top1000.dev)"
+
+
+def read_candidates(path: Path, keep: Container[str] | None = None, max_queries: int | None = None
+                    ) -> tuple[dict[str, str], dict[str, str], dict[str, list[str]]]:
+    """A re-ranking file, MS MARCO's ``top1000.dev`` (``qid<TAB>pid<TAB>query<TAB>passage``, each query's candidate
+    passages, e.g. BM25's top 1000), streamed: ``(query texts, passage texts, candidate pids of each query)``, each
+    text once. Only the qids in ``keep`` (all when None), at most the first ``max_queries`` of them in file order;
+    every line is still checked, and a malformed one is refused with its number."""
+    queries: dict[str, str] = {}
+    passages: dict[str, str] = {}
+    cands: dict[str, list[str]] = {}
+    header = skip_header(path, "\t", (0, 1))
+    for n, line in lines(path):
+        if n == header or not line.strip():
+            continue
+        parts = line.split("\t")
+        if len(parts) != 4:
+            raise FormatError(f"{path}, line {n}: expected {CANDIDATE_LINE}, got {len(parts)} fields")
+        qid, pid, query, passage = (p.strip() for p in parts)
+        if not (qid and pid and query and passage):
+            raise FormatError(f"{path}, line {n}: an empty field (expected {CANDIDATE_LINE})")
+        if keep is not None and qid not in keep:
+            continue
+        if qid not in cands:
+            if max_queries is not None and len(cands) >= max_queries:
+                continue
+            cands[qid] = []
+            queries[qid] = query
+        cands[qid].append(pid)
+        passages.setdefault(pid, passage)
+    return queries, passages, cands
+
+
+QRELS_LINE = "'qid 0 pid grade' (TREC, MS MARCO's qrels.dev.tsv), 'qid pid grade' or 'qid pid'"
+
+
+def read_qrels_file(path: Path) -> dict[str, dict[str, int]]:
+    """Relevance judgments ``{qid: {pid: grade}}``: TREC/MS MARCO ``qid 0 pid grade`` lines, ``qid pid grade``, or
+    ``qid pid`` pairs (each relevant, grade 1); tabs or spaces; a header row skipped. Grades <= 0: not relevant."""
+    width = len(first_fields(path, None, comments=True))
+    numeric = {4: (3,), 3: (2,), 2: (0, 1)}.get(width)
+    header = skip_header(path, None, numeric) if numeric else 0
+    qrels: dict[str, dict[str, int]] = {}
+    for n, line in lines(path):
+        parts = line.split()
+        if not parts or parts[0].startswith("#") or n == header:
+            continue
+        if len(parts) == 4:
+            qid, _, pid, grade = parts
+        elif len(parts) == 3:
+            qid, pid, grade = parts
+        elif len(parts) == 2:
+            (qid, pid), grade = parts, "1"
+        else:
+            raise FormatError(f"{path}, line {n}: expected {QRELS_LINE}, got {len(parts)} fields")
+        g = _number(path, n, grade, "grade")
+        if g != int(g):
+            raise FormatError(f"{path}, line {n}: grade {grade!r} is not a whole number")
+        qrels.setdefault(qid, {})[pid] = max(int(g), 0)
+    if not qrels:
+        raise FormatError(f"{path}: no judgments")
+    return qrels

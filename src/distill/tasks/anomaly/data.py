@@ -24,7 +24,7 @@ import torch
 
 from distill.config import ConfigError
 from distill.data.image_files import image_files
-from distill.data.images import upright
+from distill.data.images import to_rgb, upright
 
 TEXTURES = ("brick", "grass", "gravel")
 DEFECTS = ("ellipse", "scratch", "blob", "blur", "hole")
@@ -162,7 +162,7 @@ def _read_rgb(path: Path, size: int) -> tuple[np.ndarray, tuple[int, int]]:
 
     try:
         with Image.open(path) as im:
-            rgb = upright(im).convert("RGB")
+            rgb = to_rgb(upright(im))
             return np.asarray(rgb.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1), rgb.size
     except OSError as e:
         raise ConfigError(f"data.root: {path}: {e}") from None

@@ -16,7 +16,7 @@ from distill.config import ConfigError
 from distill.core.safe_pickle import config_key
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, RandomCropFlip
 from distill.data.image_tables import TableImages
-from distill.data.images import ImageArrays, load_images
+from distill.data.images import ImageArrays, detect_image_format, load_images
 from distill.tasks.common import existing_path
 from distill.tasks.image.section import ImageData
 from distill.tasks.image.task import ImageClassification
@@ -143,7 +143,11 @@ def load_split(d: ImageData, path: str, split: str, per_class: int | None, base_
     try:
         with config_key(f"data.{key}"):
             if d.format == "auto":
-                data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir)
+                # class folders (folders, archives) are numbered by the training split's classes, so an evaluation
+                # split without some class keeps the training labels; npz / CIFAR labels are numbers already
+                named = classes is not None and detect_image_format(file) in ("folder", "tar")
+                data = load_images(file, split=split, image_size=d.image_size, cache_dir=d.cache_dir,
+                                   **({"classes": classes} if named else {}))
                 data = integer_classes(data, d.integer_labels, classes, f"data.{key}: {file}")
             else:
                 mixture = cfg.teacher.mixture if cfg is not None and route_column(cfg) else None
@@ -173,7 +177,8 @@ def load_image_data(cfg: Any) -> tuple[Images, Images | None, Images | None]:
         evald = (load_split(d, d.eval, d.eval_split, d.eval_per_class, cfg.base_dir, "eval", classes=train.classes)
                  if d.eval else None)
     if evald is not None and evald.classes != train.classes:
-        raise ConfigError(f"data.eval: its classes {evald.classes[:5]}... differ from data.train's")
+        raise ConfigError(f"data.eval: its classes {evald.classes[:10]} differ from data.train's {train.classes[:10]} "
+                          "(an evaluation split is numbered like the training split, by class name)")
     val = None
     key = "data.val_per_class"
     try:

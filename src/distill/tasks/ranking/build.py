@@ -12,7 +12,14 @@ from distill.core.family import Loaded, register_family
 from distill.tasks.common import existing_file
 from distill.tasks.embedding.build import SentenceFamily
 from distill.tasks.embedding.models import SentenceTeacher
-from distill.tasks.ranking.data import load_msmarco, load_ranking_collection, training_groups
+from distill.tasks.ranking.data import (
+    judged_eval,
+    judged_split,
+    load_msmarco,
+    load_ranking_collection,
+    msmarco_eval,
+    training_groups,
+)
 from distill.tasks.ranking.section import RankingData, RankingTeacher
 from distill.tasks.ranking.task import TextRanking
 from distill.text.teacher_sources import ScoreFileTeacher, read_score_file
@@ -21,6 +28,8 @@ from distill.text.teacher_sources import ScoreFileTeacher, read_score_file
 JUDGED_KEYS = ("train_queries", "negatives", "bm25_depth", "title_groups", "title_seed", "format", "id_column",
                "text_column", "title_column")
 MSMARCO_KEYS = ("triples", "triples_format", "hard_negatives", "hard_negative_systems", "max_triples")
+#: evaluation keys of MS MARCO-style runs only (a judged collection is evaluated on its own qrels, over all of it)
+MSMARCO_EVAL_KEYS = ("eval_qrels", "eval_candidates", "eval_max_docs")
 
 
 @register_family
@@ -51,6 +60,14 @@ class RankingFamily(SentenceFamily):
             if extra is not None:
                 raise ValueError(f"data.{extra}: MS MARCO-style training groups do not combine with data."
                                  f"{'cranfield' if d.cranfield else 'qrels'} (judged queries); give one of them")
+            extra = next((k for k in MSMARCO_EVAL_KEYS if getattr(d, k) is not None), None)
+            if extra is not None:
+                raise ValueError(f"data.{extra}: applies to MS MARCO-style runs; a judged collection (data."
+                                 f"{'cranfield' if d.cranfield else 'qrels'}) is evaluated on its own judgments "
+                                 "over all its documents: give data.eval_queries (query ids)")
+            if d.eval_max_queries is not None and d.eval_queries is None and d.train_queries is None:
+                raise ValueError("data.eval_max_queries: there are no evaluation queries; give data.eval_queries, "
+                                 "or data.train_queries (the judged queries not in it are evaluated)")
             return
         if d.triples is None and d.hard_negatives is None and (not scores or None in (d.docs, d.queries)):
             raise ValueError("data: give 'cranfield' (a folder), all of 'docs', 'queries' and 'qrels', or MS "
@@ -69,12 +86,39 @@ class RankingFamily(SentenceFamily):
                                      "positive and one negative")
         if d.triples is None and "triples_format" in given:
             raise ValueError("data.triples_format: says how data.triples is read, which is not set")
+        self.check_msmarco_eval(d)
+
+    @staticmethod
+    def check_msmarco_eval(d: Any) -> None:
+        """The evaluation keys of an MS MARCO-style run (``data.eval_qrels`` turns evaluation on)."""
+        if d.eval_qrels is None:
+            extra = next((k for k in ("eval_queries", "eval_candidates", "eval_max_docs", "eval_max_queries")
+                          if getattr(d, k) is not None), None)
+            if extra is not None:
+                raise ValueError(f"data.{extra}: the evaluation needs relevance judgments: give data.eval_qrels "
+                                 "(e.g. MS MARCO's qrels.dev.tsv)")
+            return
+        if d.eval_candidates is not None:
+            if d.eval_max_docs is not None:
+                raise ValueError("data.eval_max_docs: applies to retrieval over data.docs; with "
+                                 "data.eval_candidates each query ranks its own candidates")
+            return
+        if d.docs is None:
+            raise ValueError("data.eval_qrels: the evaluation needs passages to rank: give data.eval_candidates (a "
+                             "re-ranking file such as top1000.dev) or data.docs (collection.tsv, with "
+                             "data.eval_max_docs)")
+        if d.eval_queries is None:
+            raise ValueError("data.eval_queries: retrieval over data.docs needs the query texts: give "
+                             "data.eval_queries (qid<TAB>query, e.g. queries.dev.tsv) or data.eval_candidates")
 
     def load(self, cfg: Any) -> Loaded:
         task = TextRanking(None, cfg.data.query_length, cfg.data.doc_length)  # type: ignore[arg-type]
         if cfg.data.msmarco():
             groups, stored = load_msmarco(cfg)
-            return Loaded(task, groups, None, info={"collection": None, "score_teacher": stored})
+            held = msmarco_eval(cfg, groups)
+            if held is not None:
+                task.set_retrieval(held, "mrr@10")
+            return Loaded(task, groups, held, info={"collection": None, "score_teacher": stored})
         coll = load_ranking_collection(cfg)
         scores = None
         if cfg.teacher is not None and cfg.teacher.scores:
@@ -86,8 +130,12 @@ class RankingFamily(SentenceFamily):
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
                 raise ConfigError(f"teacher.scores: {first if first.startswith(str(path)) else f'{path}: {first}'}") \
                     from None
-        groups = training_groups(cfg, coll, scores.scores if scores is not None else None)
-        return Loaded(task, groups, None, info={"collection": coll, "score_teacher": scores})
+        train_q, held_q = judged_split(cfg, coll)
+        groups = training_groups(cfg, coll, scores.scores if scores is not None else None, train_q)
+        held = judged_eval(coll, held_q)
+        if held is not None:
+            task.set_retrieval(held, "ndcg@10")
+        return Loaded(task, groups, held, info={"collection": coll, "score_teacher": scores})
 
     def build_teacher(self, cfg: Any, loaded: Loaded) -> Any:
         if cfg.teacher is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import warnings
 from array import array
 from collections.abc import Iterator
@@ -16,15 +17,19 @@ import torch
 from distill.config import ConfigError
 from distill.tasks.common import existing_file, existing_path
 from distill.tasks.embedding.data import read_text_lines
-from distill.tasks.ranking.task import IndexedGroups
+from distill.tasks.ranking.task import IndexedGroups, RetrievalEval
 from distill.text.groups import query_groups, title_groups, to_ranking_groups
 from distill.text.ir_data import RetrievalCollection, load_collection, load_cranfield
 from distill.text.msmarco import (
     GroupTable,
     fill_texts,
     iter_triple_scores,
+    read_candidates,
     read_hard_negatives,
+    read_id_texts,
     read_pair_scores,
+    read_passages,
+    read_qrels_file,
     read_scored_triples,
     read_triples,
     score_layout,
@@ -123,16 +128,64 @@ def score_file_groups(coll: RetrievalCollection, qids: list[str], scores: dict[t
     return out
 
 
-def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str, str], float] | None) -> Any:
-    d = cfg.data
-    if d.train_queries:
-        qids = read_text_lines(existing_file(d.train_queries, cfg.base_dir, "data.train_queries"),
-                               "data.train_queries")
-    else:
-        qids = coll.judged_queries()
+def _query_ids(cfg: Any, key: str, coll: RetrievalCollection) -> list[str]:
+    qids = read_text_lines(existing_file(getattr(cfg.data, key), cfg.base_dir, f"data.{key}"), f"data.{key}")
     unknown = [q for q in qids if q not in coll.queries]
     if unknown:
-        raise ConfigError(f"data.train_queries: query ids not in the collection: {unknown[:5]}")
+        raise ConfigError(f"data.{key}: query ids not in the collection: {unknown[:5]}")
+    return list(dict.fromkeys(qids))
+
+
+def judged_split(cfg: Any, coll: RetrievalCollection) -> tuple[list[str], list[str]]:
+    """(training query ids, evaluation query ids) of a judged collection: ``data.train_queries`` and
+    ``data.eval_queries`` as given; a missing one is the judged queries not in the other (no evaluation when
+    neither is given). An evaluation query that is also a training query is refused."""
+    d = cfg.data
+    judged = coll.judged_queries()
+    train = _query_ids(cfg, "train_queries", coll) if d.train_queries else None
+    held = _query_ids(cfg, "eval_queries", coll) if d.eval_queries else None
+    if held is not None:
+        judged_set = set(judged)
+        unjudged = [q for q in held if q not in judged_set]
+        if unjudged:
+            raise ConfigError(f"data.eval_queries: {len(unjudged)} of its queries have no relevant judged document "
+                              f"(nothing to measure), e.g. {unjudged[0]!r}")
+    if train is None:
+        held_set = set(held or ())
+        train = [q for q in judged if q not in held_set]
+        held = held or []
+    elif held is None:
+        train_set = set(train)
+        held = [q for q in judged if q not in train_set]
+        if not held and d.eval_max_queries != 0:
+            print("note: every judged query is a training query (data.train_queries): no held-out queries to "
+                  "evaluate on", file=sys.stderr)
+    else:
+        train_set = set(train)
+        leak = [q for q in held if q in train_set]
+        if leak:
+            raise ConfigError(f"data.eval_queries: {len(leak)} of its queries are training queries too "
+                              f"(data.train_queries), e.g. {leak[0]!r}; evaluation queries must be held out")
+    if d.eval_max_queries is not None:
+        held = held[: d.eval_max_queries]
+    return train, held
+
+
+def judged_eval(coll: RetrievalCollection, held: list[str]) -> RetrievalEval | None:
+    """The evaluation set of a judged collection: the held-out queries ranked over every document."""
+    if not held:
+        return None
+    docids = list(coll.docs)
+    return RetrievalEval(list(held), [coll.queries[q] for q in held], docids, [coll.docs[d] for d in docids],
+                         {q: dict(coll.qrels[q]) for q in held})
+
+
+def training_groups(cfg: Any, coll: RetrievalCollection, scores: dict[tuple[str, str], float] | None,
+                    qids: list[str] | None = None) -> Any:
+    """The training groups of the queries ``qids`` (default: the training queries of :func:`judged_split`)."""
+    d = cfg.data
+    if qids is None:
+        qids, _ = judged_split(cfg, coll)
     scored = scores is not None and d.negatives != "bm25"
     if d.negatives == "scored" and scores is None:
         raise ConfigError("data.negatives: 'scored' draws negatives from teacher.scores, which is not set")
@@ -295,7 +348,7 @@ def load_msmarco(cfg: Any) -> tuple[IndexedGroups, GroupScoreTeacher | None]:
         query_ids, doc_ids = list(table.qmap), list(table.dmap)
     n = len(table)
     groups = IndexedGroups(query_ids, query_texts, doc_ids, doc_texts, np.frombuffer(table.qrows, dtype=np.intc),
-                           np.frombuffer(table.drows, dtype=np.intc).reshape(n, table.size))
+                           np.frombuffer(table.drows, dtype=np.intc).reshape(n, table.size), texts_inline)
     if score_path is None:
         return groups, None
     if stored is not None:
@@ -303,3 +356,73 @@ def load_msmarco(cfg: Any) -> tuple[IndexedGroups, GroupScoreTeacher | None]:
     else:
         matrix = _aligned_scores(score_path, layout, table, query_ids, doc_ids, named_by)  # type: ignore[arg-type]
     return groups, GroupScoreTeacher(torch.from_numpy(np.array(matrix)), groups.qids, str(score_path))
+
+
+# -- MS MARCO-style evaluation --------------------------------------------------------------------------------------
+def msmarco_eval(cfg: Any, groups: IndexedGroups) -> RetrievalEval | None:
+    """The evaluation set of an MS MARCO-style run (``data.eval_qrels`` with ``data.eval_candidates``, or with
+    ``data.docs`` and ``data.eval_queries``; the section's docstring), or None without ``data.eval_qrels``. The
+    evaluation queries must not be training queries (by id; by text for triples of texts)."""
+    d = cfg.data
+    if d.eval_qrels is None or d.eval_max_queries == 0:
+        return None
+    qrels_path = existing_file(d.eval_qrels, cfg.base_dir, "data.eval_qrels")
+    with _as_config_error("data.eval_qrels"):
+        qrels = read_qrels_file(qrels_path)
+    relevant = {q for q, judged in qrels.items() if any(g > 0 for g in judged.values())}
+    texts: dict[str, str] | None = None
+    order: list[str] = []
+    source = "data.eval_queries" if d.eval_queries else "data.eval_candidates"
+    if d.eval_queries:
+        path = existing_file(d.eval_queries, cfg.base_dir, "data.eval_queries")
+        with _as_config_error("data.eval_queries"):
+            texts = read_id_texts(path, relevant)
+        order = list(texts)[: d.eval_max_queries]
+        if not order:
+            raise ConfigError(f"data.eval_queries: none of the queries of {path} has a relevant passage in "
+                              f"data.eval_qrels ({qrels_path})")
+    candidates = None
+    if d.eval_candidates:
+        path = existing_file(d.eval_candidates, cfg.base_dir, "data.eval_candidates")
+        keep = set(order) if texts is not None else relevant
+        with _as_config_error("data.eval_candidates"):
+            q_texts, passages, cands = read_candidates(path, keep, None if texts is not None else d.eval_max_queries)
+        if texts is None:
+            texts, order = q_texts, list(cands)
+            if not order:
+                raise ConfigError(f"data.eval_candidates: none of the queries of {path} has a relevant passage in "
+                                  f"data.eval_qrels ({qrels_path})")
+        lacking = [q for q in order if q not in cands]
+        if lacking:
+            print(f"note: data.eval_candidates: {len(lacking)} of the {len(order)} evaluation queries have no "
+                  f"candidates in {path} (e.g. {lacking[0]!r}); they count as zero", file=sys.stderr)
+        docids = list(passages)
+        at = {p: i for i, p in enumerate(docids)}
+        candidates = [np.array(list(dict.fromkeys(at[p] for p in cands.get(q, ()))), dtype=np.int64) for q in order]
+    else:
+        path = existing_file(d.docs, cfg.base_dir, "data.docs")
+        must = {p for q in order for p in qrels[q]}
+        extra = None if d.eval_max_docs is None else max(d.eval_max_docs - len(must), 0)
+        try:
+            with _as_config_error("data.docs"):
+                passages = read_passages(path, must, extra)
+        except KeyError as e:
+            missing, count = e.args
+            more = f"; {count} judged passages are missing" if count > 1 else ""
+            raise ConfigError(f"data.docs: {path} has no pid {missing!r} (judged in data.eval_qrels: {qrels_path})"
+                              f"{more}") from None
+        docids = list(passages)
+    assert texts is not None
+    if groups.made_up_ids:
+        train_texts = set(groups.query_texts)
+        leak = [q for q in order if texts[q] in train_texts]
+        how = "texts"
+    else:
+        train_ids = set(groups.query_ids)
+        leak = [q for q in order if q in train_ids]
+        how = "ids"
+    if leak:
+        raise ConfigError(f"{source}: {len(leak)} evaluation queries are training queries too (by {how}), e.g. "
+                          f"{leak[0]!r}; evaluation queries must be held out")
+    return RetrievalEval(order, [texts[q] for q in order], docids, [passages[p] for p in docids],
+                         {q: qrels[q] for q in order}, candidates)

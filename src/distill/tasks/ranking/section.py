@@ -32,7 +32,25 @@ class RankingData(Strict):
     ``num_negatives`` negatives drawn with the run's seed from the lists of ``hard_negative_systems`` (default:
     every system of the line). Or, with neither, from a per-triple ``teacher.scores`` file itself
     (``score_pos<TAB>score_neg<TAB>qid<TAB>pid_pos<TAB>pid_neg``, Hofstaetter et al.'s published teacher files).
-    ``max_triples``: read only the first N triples (hard negatives: groups); the rest of the file is not read."""
+    ``max_triples``: read only the first N triples (hard negatives: groups); the rest of the file is not read.
+    A first line that is clearly a header row (``qid<TAB>query``, ``query<TAB>positive<TAB>negative``) is skipped
+    with a note on stderr.
+
+    Evaluation (docs/retrieval.md, "Evaluation"): held-out judged queries rank documents by the dot product of the
+    student's embeddings (cosine for a normalising student); ``ndcg@10``, ``mrr@10`` and ``recall@100`` go to
+    metrics.csv at each evaluation (``train.eval_every``) and after training, to summary.json and to ``distill
+    eval``. Judged collections (``cranfield`` / ``qrels``): ``eval_queries`` is a file of query ids, one per line,
+    ranked over the whole collection; by default the judged queries not in ``train_queries`` when that is given,
+    otherwise none; given without ``train_queries``, training uses the judged queries not in it; a query in both is
+    refused. MS MARCO-style runs evaluate when ``eval_qrels`` is given (TREC ``qid 0 pid grade``, ``qid pid grade``
+    or ``qid pid`` lines; MS MARCO's qrels.dev.tsv): each query ranks either its candidates in ``eval_candidates``
+    (``qid<TAB>pid<TAB>query<TAB>passage``, MS MARCO's top1000.dev: re-ranking, how MS MARCO dev is scored;
+    ``eval_queries``, when given, then a ``qid<TAB>query`` file, chooses the queries), or a subset of ``docs``
+    (with ``eval_queries``, queries.dev.tsv): the passages judged for the evaluation queries plus the first
+    passages of the file, ``eval_max_docs`` in all (every passage when unset: give it for the 8.8M of
+    collection.tsv). ``eval_max_queries``: only the first N evaluation queries (in file order) with a relevant
+    judgment (0: no evaluation). Runs select (best/student.safetensors) on ``ndcg@10`` for judged collections
+    and ``mrr@10`` for MS MARCO-style runs."""
 
     cranfield: str | None = None
     docs: str | None = None
@@ -56,6 +74,11 @@ class RankingData(Strict):
     hard_negatives: str | None = None
     hard_negative_systems: list[str] | None = Field(None, min_length=1)
     max_triples: int | None = Field(None, gt=0)
+    eval_queries: str | None = None
+    eval_qrels: str | None = None
+    eval_candidates: str | None = None
+    eval_max_docs: int | None = Field(None, gt=0)
+    eval_max_queries: int | None = Field(None, ge=0)
 
     def msmarco(self) -> bool:
         """Whether the groups come from MS MARCO-style files (triples, hard negatives or a per-triple score file)

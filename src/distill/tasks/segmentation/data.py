@@ -14,7 +14,7 @@ from distill.config import ConfigError
 from distill.core.batch import Batch
 from distill.data.image_files import header_size, image_files, pad_stack, resized_size, several_sizes
 from distill.data.image_tables import DataReadError
-from distill.data.images import upright
+from distill.data.images import to_rgb, upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder
 
@@ -139,8 +139,30 @@ def mask_pairs(root: Path, key: str) -> list[tuple[Path, Path]]:
     return [(path, masks[stem]) for stem, path in imgs.items()]  # type: ignore[misc]
 
 
+def color_values(y: np.ndarray, colors: dict[int, int] | None, key: str, name: str) -> np.ndarray:
+    """The stored values of an H x W x 3 RGB mask: each colour's value from ``colors`` (packed ``R << 16 | G << 8 |
+    B``, ``data.mask_colors``), or, without it, the gray level of a mask whose three channels are equal."""
+    packed = y[..., 0] << 16 | y[..., 1] << 8 | y[..., 2]
+    if colors is None:
+        if (y[..., 0] == y[..., 1]).all() and (y[..., 1] == y[..., 2]).all():
+            return y[..., 0].copy()
+        found = [f"{v >> 16},{v >> 8 & 255},{v & 255}" for v in np.unique(packed)[:4].tolist()]
+        raise DataReadError(f"{key}: mask {name} is colour-coded (colours {found}...); give each colour's class in "
+                            "data.mask_colors, e.g. {\"0,0,0\": 0, \"128,0,0\": 1}")
+    codes = np.array(sorted(colors), dtype=np.int64)
+    values = np.array([colors[c] for c in codes.tolist()], dtype=np.int64)
+    at = np.clip(np.searchsorted(codes, packed), 0, len(codes) - 1)
+    unknown = codes[at] != packed
+    if unknown.any():
+        v = int(packed[unknown][0])
+        raise DataReadError(f"{key}: mask {name} holds the colour {v >> 16},{v >> 8 & 255},{v & 255} "
+                            f"(pixels: {int(unknown.sum())}), which data.mask_colors does not list")
+    return values[at]
+
+
 def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None,
-                    resize: str = "shorter_side") -> tuple[np.ndarray, np.ndarray]:
+                    resize: str = "shorter_side",
+                    colors: dict[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(3 x H x W uint8 image, H x W int64 mask as stored) of one pair, both upright, resized to ``image_size``
     if given (image bilinear, mask nearest neighbour) as ``resize`` says
     (:func:`distill.data.image_files.resized_size`); ``longer_side_pad`` then pads both at the bottom and right to
@@ -150,12 +172,14 @@ def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None,
 
     try:
         with Image.open(path) as im:
-            rgb = upright(im).convert("RGB")
+            rgb = to_rgb(upright(im))
         with Image.open(mpath) as mk:
-            if mk.mode not in ("L", "P", "I", "I;16", "1"):
+            if mk.mode not in ("L", "P", "I", "I;16", "1", "RGB", "RGBA"):
                 raise DataReadError(f"{key}: mask {mpath.name} has mode {mk.mode}; a mask is one class "
-                                    "index per pixel (a single-channel or palette PNG)")
+                                    "index per pixel (a single-channel or palette PNG, or colours: data.mask_colors)")
             mask = upright(mk).copy()
+            if mask.mode == "RGBA":
+                mask = mask.convert("RGB")
     except OSError as e:
         raise DataReadError(f"{key}: {path.name}: {e}") from None
     if rgb.size != mask.size:
@@ -165,6 +189,8 @@ def read_image_mask(path: Path, mpath: Path, key: str, image_size: int | None,
         rgb = rgb.resize((w, h), Image.BILINEAR)
         mask = mask.resize((w, h), Image.NEAREST)
     x, y = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1), np.array(mask, dtype=np.int64)
+    if y.ndim == 3:  # an RGB mask, resized by nearest neighbour (its colours kept exactly)
+        y = color_values(y, colors, key, mpath.name)
     if image_size is not None and resize == "longer_side_pad":
         canvas = np.zeros((3, image_size, image_size), dtype=np.uint8)
         canvas[:, :x.shape[1], :x.shape[2]] = x
@@ -187,7 +213,7 @@ def map_mask(y: np.ndarray, ignore_value: int | None, label_map: dict[int, int] 
 
 def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, image_size: int | None = None,
                       num_classes: int | None = None, label_map: dict[int, int] | None = None,
-                      resize: str = "shorter_side") -> SegmentationArrays:
+                      resize: str = "shorter_side", colors: dict[int, int] | None = None) -> SegmentationArrays:
     """``root/images/*`` and ``root/masks/*`` (PNG: one class index per pixel, ``ignore_value`` = no label), paired
     by file stem (the mask ``<stem>.png`` or ``<stem>_mask.png``). ``label_map`` maps stored mask values to class
     indices first (``{255: 1}``: a binary mask saved as 0/255). Images become RGB; images and masks are turned
@@ -200,7 +226,7 @@ def read_mask_folders(root: Path, key: str, *, ignore_value: int | None = 255, i
     xs, ys, names = [], [], []
     for path, mpath in pairs:
         try:
-            x, y = read_image_mask(path, mpath, key, image_size, resize)
+            x, y = read_image_mask(path, mpath, key, image_size, resize, colors)
         except DataReadError as e:
             raise ConfigError(str(e)) from None
         xs.append(x)
@@ -262,6 +288,7 @@ class StreamedMasks:
     key: str = "data.train"
     source: str = ""
     resize: str = "shorter_side"
+    colors: dict[int, int] | None = None  # data.mask_colors, packed (:func:`color_values`)
 
     def __len__(self) -> int:
         return len(self.image_files)
@@ -279,7 +306,8 @@ class StreamedMasks:
     def read(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(3 x H x W uint8 image, H x W int64 class indices) of pair ``i``, decoded now; a mask value outside
         the classes raises :class:`DataReadError` naming ``data.num_classes`` and the file."""
-        x, y = read_image_mask(self.image_files[i], self.mask_files[i], self.key, self.image_size, self.resize)
+        x, y = read_image_mask(self.image_files[i], self.mask_files[i], self.key, self.image_size, self.resize,
+                               self.colors)
         if x.shape[1:] != self.sizes[i]:
             raise DataReadError(f"{self.key}: {self.image_files[i].name} decodes to {x.shape[1]} x {x.shape[2]}, "
                                 f"not the {self.sizes[i][0]} x {self.sizes[i][1]} its header gave")
@@ -342,7 +370,14 @@ def stream_mask_folders(root: Path, key: str, d: Any, *, train: bool, single_bat
                           + (" or data.crop_size" if train else " or train.eval_batch_size: 1"))
     return StreamedMasks([p for p, _ in pairs], [m for _, m in pairs], sizes, int(d.num_classes), d.image_size,
                          d.ignore_value, dict(d.label_map) if d.label_map else None, crop, key,
-                         f"{root} (streamed)", resize)
+                         f"{root} (streamed)", resize, mask_colors(d))
+
+
+def mask_colors(d: Any) -> dict[int, int] | None:
+    """``data.mask_colors`` with each colour packed (``R << 16 | G << 8 | B``)."""
+    from distill.tasks.segmentation.section import parse_color
+
+    return {parse_color(k): int(v) for k, v in d.mask_colors.items()} if d.mask_colors else None
 
 
 def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays | StreamedMasks,
@@ -377,7 +412,7 @@ def load_segmentation_data(cfg: Any) -> tuple[SegmentationArrays | StreamedMasks
                                      train=False, single_batch=one) if d.eval else None
         return train_s, eval_s
     kw2 = dict(ignore_value=d.ignore_value, image_size=d.image_size, num_classes=d.num_classes,
-               label_map=d.label_map, resize=d.resize)
+               label_map=d.label_map, resize=d.resize, colors=mask_colors(d))
     train = read_mask_folders(existing_folder(d.train, cfg.base_dir, "data.train"), "data.train", **kw2)
     evald = None
     if d.eval:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from distill.config import Strict
 from distill.tasks.image.section import NormalizeConfig
@@ -37,8 +37,11 @@ class SegmentationData(Strict):
     PNG per image with the same file stem (or the stem + ``_mask``), each mask pixel a class index (``ignore_value``,
     e.g. 255, marks pixels without a label; ``label_map`` maps stored values to classes first, e.g. ``{255: 1}``
     for binary masks saved as 0/255; with ``ignore_value: null`` a mask holding 255 is refused unless ``num_classes``
-    covers it); ``num_classes`` is read from the masks (train and eval) unless given. Images and masks are turned
-    upright by their EXIF orientation tag.
+    covers it); ``num_classes`` is read from the masks (train and eval) unless given. Colour-coded RGB masks
+    (CamVid, VOC drawn in colour) need ``mask_colors``, each colour's stored value (``{"0,0,0": 0, "128,0,0": 1,
+    "#E0E0C0": 255}``; then ``label_map`` and ``ignore_value`` apply as to a one-channel mask), a colour not listed
+    refused naming the file; an RGB mask whose three channels are equal (gray saved as RGB) is read as gray.
+    Images and masks are turned upright by their EXIF orientation tag.
     ``image_size`` resizes (images bilinear, masks nearest neighbour), as ``resize`` says; without it every image
     must have the same size (or, streamed, ``crop_size`` is set). ``resize``: ``shorter_side`` (default: the
     shorter side becomes ``image_size``, the aspect ratio kept, as mmsegmentation's ``Resize(keep_ratio=True)``;
@@ -65,9 +68,31 @@ class SegmentationData(Strict):
     num_classes: int | None = Field(None, gt=0, le=10_000)
     ignore_value: int | None = 255
     label_map: dict[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=0)]] | None = None
+    mask_colors: dict[str, Annotated[int, Field(ge=0)]] | None = None
     image_size: int | None = Field(None, gt=0, le=4096)
     resize: Literal["shorter_side", "longer_side_pad", "stretch"] = "shorter_side"
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
     channels_last: Flag = False
     crop_size: int | None = Field(None, ge=4, le=4096)
     streaming: Flag = False
+
+    @field_validator("mask_colors")
+    @classmethod
+    def _colors(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for key in value or {}:
+            parse_color(key)
+        return value
+
+
+def parse_color(text: str) -> int:
+    """``"R,G,B"`` (0-255 each) or ``"#RRGGBB"`` as one packed integer ``R << 16 | G << 8 | B``."""
+    t = text.strip()
+    try:
+        if t.startswith("#") and len(t) == 7:
+            return int(t[1:], 16)
+        parts = [int(p) for p in t.split(",")]
+        if len(parts) == 3 and all(0 <= p <= 255 for p in parts):
+            return parts[0] << 16 | parts[1] << 8 | parts[2]
+    except ValueError:
+        pass
+    raise ValueError(f"colour {text!r}: expected 'R,G,B' (each 0-255) or '#RRGGBB'")

@@ -24,7 +24,7 @@ from distill.data.image_files import (
     several_sizes,
     tiles_of,
 )
-from distill.data.images import upright
+from distill.data.images import to_rgb, upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder, existing_path
 
@@ -120,7 +120,7 @@ def _read_folder(folder: Path, key: str) -> list[tuple[str, str, np.ndarray]]:
     for p in files:
         try:
             with Image.open(p) as im:
-                out.append((p.stem, p.name, np.asarray(upright(im).convert("RGB"), dtype=np.uint8)))
+                out.append((p.stem, p.name, np.asarray(to_rgb(upright(im)), dtype=np.uint8)))
         except OSError as e:
             raise ConfigError(f"{key}: {p.name}: {e}") from None
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,27 @@ from distill.tasks.common import existing_file, existing_path
 from distill.tasks.vectors.task import vector_dataset
 
 
+def feature_columns(columns: list[str], skip: tuple[str | None, ...], where: str) -> list[str]:
+    """The feature columns: all but ``skip`` and pandas' index column (dropped with a note on stderr)."""
+    from distill.data.tables import INDEX_COLUMNS
+
+    index = [c for c in columns if c.strip().lower() in INDEX_COLUMNS and c not in skip]
+    if index:
+        print(f"note: {where}: column {index[0]!r} (the row index pandas' to_csv writes) is not used as a feature",
+              file=sys.stderr)
+    return [c for c in columns if c not in skip and c not in index]
+
+
 def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorDataset:
     """``route``: a ``teacher.mixture`` with ``route: column``: its column (an npz array, or a CSV column that is
-    then not a feature) becomes a third tensor of member indices, one per row."""
+    then not a feature) becomes a third tensor of member indices, one per row.
+
+    Labels are integers, or named: by an npz ``classes`` array (label ``k`` is its entry ``k``), or by class names
+    in the CSV's label column (numbered in sorted order); the names are kept as the dataset's ``file_classes``."""
+    from distill.data.labels import class_name_list, names_to_indices, npz_class_key
+
     column = route.column if route is not None else None
+    file_classes = None
     try:
         routes = None
         if path.suffix == ".npz":
@@ -30,20 +48,39 @@ def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorD
                     raise ConfigError(f"{where}: {path} has no array {missing[0]!r} (arrays: {z.files})")
                 x, y = z["x"], z["y"]
                 routes = z[column] if column else None
+                ckey = npz_class_key(list(z.files))
+                file_classes = class_name_list(z[ckey]) if ckey is not None else None
+            if y.dtype.kind in "US":  # class names stored as the labels
+                y, file_classes = names_to_indices(class_name_list(y), file_classes, f"{key}: {path}['y']")
         elif path.suffix == ".csv":
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:
                 rows = list(csv.DictReader(f))
             if not rows or label not in rows[0]:
                 raise ConfigError(f"{key}: {path} has no column {label!r} (data.label names it)")
             if column and column not in rows[0]:
                 raise ConfigError(f"teacher.mixture.column: {path} has no column {column!r}")
-            cols = [c for c in rows[0] if c not in (label, column)]
-            x = np.array([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
-            y = np.array([int(r[label]) for r in rows])
+            cols = feature_columns(list(rows[0]), (label, column), f"{key}: {path}")
+            x = np.empty((len(rows), len(cols)), dtype=np.float32)
+            for i, r in enumerate(rows):
+                for j, c in enumerate(cols):
+                    try:
+                        x[i, j] = float(r[c])
+                    except (TypeError, ValueError):
+                        raise ConfigError(f"{key}: {path}: line {i + 2}, column {c!r}: {r[c]!r} is not a number "
+                                          f"(every column but {label!r} is a feature)") from None
+            raw = [(r[label] or "").strip() for r in rows]
+            empty = next((i for i, v in enumerate(raw) if not v), None)
+            if empty is not None:
+                raise ConfigError(f"{key}: {path}: line {empty + 2} has an empty label in column {label!r}")
+            if all(v.lstrip("-").isdigit() for v in raw):
+                y = np.array([int(v) for v in raw])
+            else:  # class names
+                y, file_classes = names_to_indices(raw, None, f"{key}: {path}: column {label!r}")
             routes = [r[column] for r in rows] if column else None
         else:
             raise ConfigError(f"{key}: {path}: expected a .npz or .csv file")
         data = vector_dataset(torch.as_tensor(x), torch.as_tensor(y))
+        data.file_classes = file_classes  # type: ignore[attr-defined]
         if routes is None:
             return data
         from distill.core.mixture import route_indices
@@ -51,7 +88,9 @@ def read_vectors(path: Path, label: str, key: str, route: Any = None) -> TensorD
         ids = route_indices(routes, route.names(), "teacher.mixture.column")
         if ids.shape[0] != len(data):
             raise ConfigError(f"teacher.mixture.column: {path} has {ids.shape[0]} route values for {len(data)} rows")
-        return TensorDataset(*data.tensors, ids)
+        out = TensorDataset(*data.tensors, ids)
+        out.file_classes = file_classes  # type: ignore[attr-defined]
+        return out
     except (ValueError, OSError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as e:
         if isinstance(e, ConfigError):
             raise
@@ -68,7 +107,7 @@ def read_vector_table(path: Path, fmt: str, label: str, key: str, classes: list[
     table = read_table(path, fmt, key, split=split_for(key))
     check_columns(table, {"data.label": label}, path)
     labels, names = labels_of(table, label, key, path, classes, integer_labels)
-    columns = [c for c in table.column_names if c != label]
+    columns = feature_columns(list(table.column_names), (label,), f"{key}: {path}")
     if not columns:
         raise ConfigError(f"{key}: {path} has no feature column beside {label!r}")
     try:
@@ -86,14 +125,17 @@ def integer_classes(data: TensorDataset, mode: str, classes: list[str] | None, w
     of the training file (``classes`` None) must be 0..K-1, or are taken as names, or kept as indices; with
     ``names`` an evaluation file is mapped onto the training ``classes`` by name. Unlabelled rows (-100) stay."""
     from distill.data.images import UNLABELED
-    from distill.data.labels import index_integer_labels, map_by_name
+    from distill.data.labels import index_integer_labels, map_by_name, remap_named
 
     tensors = list(data.tensors)
     labels = tensors[1].numpy()
     if labels.size and int(labels[labels != UNLABELED].min(initial=0)) < 0:
         raise ConfigError(f"{where}: negative label {int(labels[labels != UNLABELED].min())}; labels are 0..K-1 "
                           f"(or {UNLABELED} for an unlabelled row)")
-    if classes is None:
+    named = getattr(data, "file_classes", None)
+    if named is not None:  # the file names its classes: taken as given, an evaluation file mapped by name
+        values, names = remap_named(labels, named, classes, where, ignore=UNLABELED)
+    elif classes is None:
         values, names = index_integer_labels(labels, mode, where, ignore=UNLABELED)
     elif mode == "names":
         values, names = map_by_name(labels, list(classes), where, ignore=UNLABELED), list(classes)
