@@ -44,7 +44,7 @@ from verdicts_families import cnn_vit_coop_seg_verdicts, verdict_text  # noqa: E
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "segmentation_coop"
-ORDER = ["independent", "dml", "coop", "pbsd", "bsd"]
+ORDER = ["independent", "dml", "coop", "pbsd", "bsd", "coop_hfd01"]
 
 
 def write_table(out: Path, name: str, results: dict[str, Any]) -> Path:

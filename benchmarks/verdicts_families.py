@@ -361,6 +361,7 @@ def cnn_vit_coop_seg_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     crit = {"independent": baseline("baseline (each student its own per-pixel CE)"),
             "dml": baseline("baseline (DML: per-pixel KL both ways on every labelled pixel)"),
             "pbsd": baseline("ablation (pixel-wise BSD alone)"), "bsd": baseline("ablation (both BSD terms, no HFD)"),
+            "coop_hfd01": baseline("sweep point (HFD weight 0.1; reported, not judged)"),
             "coop": Criterion(quote, "dense.md row 38 (TexMosaic, ResNet-20 trunk + ViT 96 x 4)", 3, (
                 margin("coop", "independent", 1.0, label="CNN coop"),
                 on("vit", margin("coop", "independent", 1.0, label="ViT coop")),

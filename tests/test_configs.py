@@ -312,7 +312,7 @@ FOLDERS = {
                      "mit_teacher", "mit_ce", "mit_fitnet", "mit_fitnet_w01", "transkd_base", "transkd_gl",
                      "transkd_ea"},
     "masked_image": {"teacher_mae", "mae", "dmae", "dmae_m95"},  # benchmarks/dmae.py
-    "segmentation_coop": {"independent", "dml", "coop", "pbsd", "bsd"},  # benchmarks/cnn_vit_coop_seg.py
+    "segmentation_coop": {"independent", "dml", "coop", "pbsd", "bsd", "coop_hfd01"},  # benchmarks/cnn_vit_coop_seg.py
     "ortrack": {"ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "mse_uniform",
                 "afkd"},  # benchmarks/ortrack.py
     "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py
