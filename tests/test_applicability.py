@@ -64,7 +64,7 @@ def test_every_method_declares_registered_tasks():
     assert by_task["super_resolution"] == {"l1", "dsclora", "fitnet"}
     assert by_task["masked_image_pretraining"] == {"mae_reconstruction", "dmae"}
     assert by_task["paired_views"] == {"paired_view_kd"}
-    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd", "acam_kd"}
+    assert by_task["semantic_segmentation"] == {"ce", "fitnet", "transkd", "acam_kd", "cnn_vit_coop"}
     maps_only = by_task["image_classification"] - by_task["text_classification"]
     assert {"at", "ab", "ft", "fsp", "nst", "reviewkd"} <= maps_only
 

@@ -52,12 +52,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.core.batch import IGNORE_INDEX
+from distill.core.iou import confusion_matrix, mean_iou
 from distill.core.method import IMAGE_TASKS, EpochContext, TapMethod, register_method
 from distill.core.outputs import ModelOutput, RunInfo, StepInputs, require_labels
 from distill.core.taps import FeatureTaps
 
-#: the label of unlabelled pixels (``distill.tasks.segmentation.data.IGNORE_INDEX``, cross-entropy's default)
-IGNORE_INDEX = -100
 SEGMENTATION = "semantic_segmentation"
 
 
@@ -301,8 +301,6 @@ class CnnVitCoop(TapMethod):
     @torch.no_grad()
     def peer_eval_miou(self, context: EpochContext, split: str = "eval") -> float:
         """The segmentation peer's mIoU on a split (one confusion matrix over every labelled pixel)."""
-        from distill.tasks.segmentation.task import confusion_matrix, mean_iou
-
         was = self.peer.training
         self.peer.eval()
         confusion: torch.Tensor | None = None

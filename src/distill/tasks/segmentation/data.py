@@ -11,15 +11,12 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError
-from distill.core.batch import Batch
+from distill.core.batch import IGNORE_INDEX, Batch
 from distill.data.image_files import header_size, image_files, pad_stack, resized_size, several_sizes
 from distill.data.image_tables import DataReadError
 from distill.data.images import to_rgb, upright
 from distill.data.textures import load_textures, row_split
 from distill.tasks.common import existing_folder
-
-#: the label of a pixel without one (as for unlabelled examples everywhere in the library)
-IGNORE_INDEX = -100
 
 
 @dataclass

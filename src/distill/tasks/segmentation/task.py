@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.core.batch import Batch
+from distill.core.iou import confusion_matrix, mean_iou
 from distill.data.augment import CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD, Normalize
 from distill.data.image_files import cut, draw_corners
 from distill.tasks.segmentation.data import IGNORE_INDEX, SegmentationArrays, StreamedMasks
@@ -21,25 +22,6 @@ def normalize_stats(spec: object) -> tuple[Sequence[float], Sequence[float]]:
     if spec == "cifar10":
         return CIFAR10_MEAN, CIFAR10_STD
     return spec.mean, spec.std  # type: ignore[attr-defined]
-
-
-def confusion_matrix(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) int64 counts: row = true class, column = predicted class, over pixels whose label is not ignored."""
-    pred = logits.argmax(1)
-    keep = labels != IGNORE_INDEX
-    idx = labels[keep] * num_classes + pred[keep]
-    return torch.bincount(idx.flatten().cpu(), minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
-def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """mIoU = mean over classes c with a non-empty union of TP_c / (TP_c + FP_c + FN_c); also the per-class IoU
-    (NaN where the class is neither present nor predicted)."""
-    c = confusion.double()
-    tp = c.diag()
-    union = c.sum(0) + c.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float("nan")))
-    valid = ~torch.isnan(iou)
-    return (float(iou[valid].mean()) if bool(valid.any()) else 0.0), iou
 
 
 class SegmentationMetrics:
