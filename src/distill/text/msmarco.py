@@ -437,10 +437,9 @@ def fill_texts(path: Path, wanted: dict[str, int], what: str) -> list[str]:
 
 
 # -- evaluation files ---------------------------------------------------------------------------------------------
-def read_id_texts(path: Path, keep: Container[str] | None = None, what: str = "qid") -> dict[str, str]:
-    """``{id: text}`` of an ``id<TAB>text`` (or ``id<TAB>title<TAB>text``) file in file order (queries.dev.tsv),
-    only the ids in ``keep`` when given; a header row is skipped, an id given twice is refused."""
-    out: dict[str, str] = {}
+def _keyed_lines(path: Path, what: str) -> Iterator[tuple[int, str, str]]:
+    """``(line number, id, line)`` of each non-blank line of an ``id<TAB>...`` file, a header row skipped; a line
+    without a tab is refused with its number."""
     header = skip_header(path, "\t", (0,))
     for n, line in lines(path):
         if n == header or not line.strip():
@@ -448,7 +447,14 @@ def read_id_texts(path: Path, keep: Container[str] | None = None, what: str = "q
         tab = line.find("\t")
         if tab < 0:
             raise FormatError(f"{path}, line {n}: expected '{what}<TAB>text', found no tab")
-        key = line[:tab].strip()
+        yield n, line[:tab].strip(), line
+
+
+def read_id_texts(path: Path, keep: Container[str] | None = None, what: str = "qid") -> dict[str, str]:
+    """``{id: text}`` of an ``id<TAB>text`` (or ``id<TAB>title<TAB>text``) file in file order (queries.dev.tsv),
+    only the ids in ``keep`` when given; a header row is skipped, an id given twice is refused."""
+    out: dict[str, str] = {}
+    for n, key, line in _keyed_lines(path, what):
         if keep is not None and key not in keep:
             continue
         if key in out:
@@ -464,14 +470,7 @@ def read_passages(path: Path, must: set[str], extra: int | None) -> dict[str, st
     out: dict[str, str] = {}
     others = 0
     found = 0
-    header = skip_header(path, "\t", (0,))
-    for n, line in lines(path):
-        if n == header or not line.strip():
-            continue
-        tab = line.find("\t")
-        if tab < 0:
-            raise FormatError(f"{path}, line {n}: expected 'pid<TAB>text', found no tab")
-        key = line[:tab].strip()
+    for n, key, line in _keyed_lines(path, "pid"):
         wanted = key in must
         if not wanted and extra is not None and others >= extra:
             if found == len(must):
