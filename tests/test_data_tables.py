@@ -84,6 +84,25 @@ def test_every_image_format_loads_the_images_the_folder_reader_does(tmp_path, im
     assert list(streamed.images.shape) == list(data.images.shape)
 
 
+def test_imagefolder_route_numbers_classes_as_the_native_reader_with_empty_folders_and_stray_files(
+        tmp_path, images, capsys):
+    import shutil
+
+    root, data = images
+    folder = tmp_path / "folder"
+    shutil.copytree(root / "folder", folder)
+    (folder / "aaa_empty").mkdir()  # sorts first: kept as a class, it would shift every label by one
+    (folder / data.classes[0] / "README.txt").write_text("notes")
+    family = FAMILIES.get("image_classification")
+    native = family.load(image_cfg(tmp_path, folder, "auto")).train
+    capsys.readouterr()
+    via = family.load(image_cfg(tmp_path, folder, "imagefolder")).train
+    err = capsys.readouterr().err
+    assert via.classes == native.classes == data.classes
+    assert torch.equal(via.labels, native.labels) and torch.equal(via.images, native.images)
+    assert "aaa_empty" in err and "README.txt" in err
+
+
 def test_relative_folders_and_paths_are_read_from_the_working_folder(tmp_path, images, monkeypatch):
     root, data = images
     monkeypatch.chdir(root)

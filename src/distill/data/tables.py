@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,29 @@ def _folders(path: Path) -> list[str]:
     return sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
 
 
+def _classes_with_images(root: Path, folders: list[str]) -> list[str]:
+    """The class folders that hold at least one image, as the native image-folder reader counts classes (so both
+    routes number the classes alike); one note each for empty class folders and for files that are not images."""
+    from distill.data.images import IMAGE_EXTENSIONS, _note_skipped
+
+    classes, empty, skipped = [], [], []
+    for name in folders:
+        has = False
+        for e in os.scandir(root / name):
+            if not e.is_file() or e.name.startswith("."):
+                continue
+            if e.name.lower().endswith(IMAGE_EXTENSIONS):
+                has = True
+            else:
+                skipped.append((name, e.name))
+        (classes if has else empty).append(name)
+    _note_skipped(skipped, f"image folder {root}")
+    if empty:
+        print(f"note: image folder {root}: {len(empty)} class folder(s) without images left out ({', '.join(empty)})",
+              file=sys.stderr)
+    return classes
+
+
 def _folder_rows(root: str, classes: tuple[str, ...], state: str) -> Iterator[dict[str, Any]]:
     """(path, label) rows of an image folder, by class then file name; one class folder listed at a time.
     ``state`` only keys the ``datasets`` cache (the folders' modification times)."""
@@ -161,9 +185,10 @@ def image_folder_table(datasets: Any, path: Path, split: str | tuple[str, ...] |
     else:
         raise ConfigError(f"{split_key}: {path} has no split {split!r}; its splits: ['train'] (one set of class "
                           "folders)")
-    classes = _folders(root)
-    if not classes:
+    folders = _folders(root)
+    if not folders:
         raise ConfigError(f"{split_key}: {root} has no class folders (<class>/<image>)")
+    classes = _classes_with_images(root, folders)
     state = ";".join(f"{c}:{os.stat(root / c).st_mtime_ns}" for c in classes)
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
     table = datasets.Dataset.from_generator(_folder_rows, features=features, cache_dir=cache_folder(cache_dir),
