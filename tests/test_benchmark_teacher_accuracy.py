@@ -43,3 +43,23 @@ def test_ensemble_accuracy_is_remeasured_on_another_evaluation_set(tmp_path):
     # an old file without fingerprints (the 10-image measurement of earlier runs) is never reused
     (tmp_path / "ensemble.json").write_text(json.dumps({"members": {}, "ensemble": 0.8, "test_images": 10}))
     assert bench.ensemble_recipe(args, big)["test_images"] == 50
+
+
+def test_table_prints_meal_v2_teacher_only_when_measured_on_the_tables_own_test_set(tmp_path):
+    bench = load_bench()
+    old = {"members": {"resnet20": 0.7}, "ensemble": 0.8, "test_images": 10}  # the earlier runs' record
+    rows = [{"arm": "mealv2", "seed": 0, "teacher_accuracy": old}]
+    data = "../shared/data/cifar10-jpeg.tar.gz"
+    line = bench.mealv2_teacher_line(rows, 10000, data, tmp_path)
+    assert "not yet measured" in line and "80.00" not in line and "10 images" in line
+    # a measurement on another archive's test split of the same size does not count
+    other = {"members": {"resnet20": 0.5}, "ensemble": 0.6, "test_images": 10000, "data": "elsewhere/cifar.tar.gz"}
+    (tmp_path / "mealv2_teacher_other.json").write_text(json.dumps(other))
+    assert "not yet measured" in bench.mealv2_teacher_line(rows, 10000, data, tmp_path)
+    right = {"members": {"resnet20": 0.826}, "ensemble": 0.8914, "test_images": 10000, "data": data}
+    (tmp_path / "mealv2_teacher_10k.json").write_text(json.dumps(right))
+    line = bench.mealv2_teacher_line(rows, 10000, data, tmp_path)
+    assert "89.14%" in line and "10,000" in line and "mealv2_teacher_10k.json" in line and "80.00" not in line
+    # a run that measured on the table's own set is used as it is
+    rows.append({"arm": "mealv2", "seed": 1, "teacher_accuracy": right | {"ensemble": 0.8915}})
+    assert "89.15%" in bench.mealv2_teacher_line(rows, 10000, data, tmp_path)

@@ -185,11 +185,27 @@ class CnnVitCoop(TapMethod):
         self.register_buffer("peer_accuracy", torch.tensor(-1.0))
         self.register_buffer("peer_miou", torch.tensor(-1.0))  # segmentation: the peer's mIoU on the test split
         self.dense = False
-        #: segmentation diagnostics summed over training steps: pixel fractions c -> v, v -> c, and the step count
-        self.selected = [0.0, 0.0, 0.0]
-        self.last_regions = (0.0, 0.0)
+        # segmentation diagnostics, kept as detached tensors on the device (read through the properties, so a
+        # training step never waits for the GPU): summed pixel fractions c -> v, v -> c and the step count; the
+        # last step's share of kept regions the CNN teaches and whether any region was kept
+        self._selected: torch.Tensor | None = None
+        self._regions: torch.Tensor | None = None
         self.total_epochs = 0
         self.last_stage = ""
+
+    @property
+    def selected(self) -> list[float]:
+        """Segmentation: the fractions of labelled pixels where the CNN teaches the ViT and the reverse in
+        pixel-wise BSD, summed over training steps, and the number of those steps."""
+        return [0.0, 0.0, 0.0] if self._selected is None else self._selected.tolist()
+
+    @property
+    def last_regions(self) -> tuple[float, float]:
+        """Segmentation, the last training step: the fractions of kept regions where the CNN / the ViT teaches."""
+        if self._regions is None:
+            return 0.0, 0.0
+        c_share, any_kept = self._regions.tolist()
+        return c_share, any_kept - c_share
 
     def student_taps(self) -> list[str]:
         return [self.input_tap, self.low, self.high]
@@ -282,8 +298,7 @@ class CnnVitCoop(TapMethod):
             lv = F.cross_entropy(zv.detach().float(), y, ignore_index=IGNORE_INDEX, reduction="none")
             c_teaches, keep = region_teachers(lc, lv, valid, self.regions)
             kept = keep.sum().clamp_min(1).float()
-            c_share = float((c_teaches & keep).sum() / kept)
-            self.last_regions = (c_share, float(keep.any()) - c_share)  # diagnostics: who teaches the regions
+            self._regions = torch.stack([(c_teaches & keep).sum() / kept, keep.any().float()]).detach()
             terms["rbsd"] = self.rbsd_weight * region_bsd(self.b_c(gc), self.b_v(gvp), c_teaches, self.regions, keep)
         if self.pbsd_weight:
             if self.selection == "all":
@@ -293,9 +308,8 @@ class CnnVitCoop(TapMethod):
             terms["pbsd"] = self.pbsd_weight * pixel_bsd(zc, zv, s_cv, s_vc)
             if self.training:  # diagnostics (not state): the fraction of labelled pixels each side teaches
                 n = valid.sum().clamp_min(1).float()
-                self.selected[0] += float(s_cv.sum() / n)
-                self.selected[1] += float(s_vc.sum() / n)
-                self.selected[2] += 1.0
+                step = torch.stack([s_cv.sum() / n, s_vc.sum() / n, torch.ones_like(n)]).detach()
+                self._selected = step if self._selected is None else self._selected + step
         return terms
 
     @torch.no_grad()
