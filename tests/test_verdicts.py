@@ -211,14 +211,17 @@ def test_markdown_table_verdict_column():
 # -- the result files ------------------------------------------------------------------------------------------------
 def test_current_results_one_seed_rows_are_pending_and_the_file_is_current():
     everything = V.all_verdicts()
-    catalogue = everything["cifar10_catalogue"]  # one seed per arm: nothing may be decided
-    assert all(v.status in (V.PENDING, V.NA, V.ROLE) for v in catalogue.values())
-    assert catalogue["kd"].status == V.PENDING and "seeds" in catalogue["kd"].detail
+    catalogue = everything["cifar10_catalogue"]  # an arm with one seed: nothing about it may be decided
+    runs = json.loads((REPO / "benchmarks" / "results" / "cifar10_catalogue.json").read_text())["runs"]
+    one_seed = [arm for arm in catalogue if sum(r["arm"] == arm for r in runs) == 1]
+    assert one_seed and all(catalogue[a].status in (V.PENDING, V.NA, V.ROLE) for a in one_seed)
+    assert catalogue["kd"].status != V.PENDING or "seeds" in catalogue["kd"].detail
     assert everything["sst2_makd"]["makd"].status == V.NA
     ffg2m = everything["cora"]["ffg2m"]  # 5 seeds, +0.26 over GLNN against the spec's > 0.5
     assert ffg2m.status == V.MISSED and "+0.26" in ffg2m.detail
-    warm = everything["cora_unlearn"]["d2dgn_warm"]  # its settings were chosen on seed 0: 4 clean seeds of 5
-    assert warm.status == V.PENDING and "4 of 5" in warm.detail
+    warm = everything["cora_unlearn"]["d2dgn_warm"]  # its settings were chosen on seed 0: judged on seeds 1-5
+    assert warm.status != V.PENDING and "over 5 seeds" in warm.detail
+    assert "over 6 seeds" in everything["cora_unlearn"]["d2dgn"].detail  # the other arms keep seed 0
     assert everything["digits_lelp"]["lelp_s2"].status == V.MISSED
     texts, _ = V.render()
     for name, text in texts.items():
