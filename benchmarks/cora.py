@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from portable import write_json  # noqa: E402
+from portable import portable, write_json  # noqa: E402
 from sweep import Stage, Sweep, discover_arms, load_recipe, run_stage, save_run  # noqa: E402
 
 from distill.config import resolve_path  # noqa: E402
@@ -224,8 +224,10 @@ def main() -> int:
     out = args.out / f"{args.name}.json"
     results = load(out)
     results.setdefault("runs", [])
-    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+    settings = {k: (portable(str(v)) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("data", "work", "out", "name", "part", "threads")}
+    earlier = results.get("settings", {}).get("seeds", [])
+    settings["seeds"] = sorted({*earlier, *args.seeds})  # the file holds every seed run so far, not only this call's
     results.setdefault("settings", {}).update(settings)
     start = time.time()
     if args.part in ("all", "node"):

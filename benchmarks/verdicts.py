@@ -332,9 +332,11 @@ def digits_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
 def cora_verdicts(data: dict[str, Any]) -> dict[str, Verdict]:
     """Cora node classification (row 33, FF-G2M; test accuracy %, 5 seeds)."""
     values: dict[str, dict[int, float]] = {}
-    for key, r in data["node"].items():
+    for key, r in data.get("node", {}).items():  # the older form: "arm/seedN" -> record
         arm, seed = key.split("/seed")
         values.setdefault(arm, {})[int(seed)] = 100.0 * r["test_accuracy"]
+    for r in data.get("runs", []):  # the sweep's records
+        values.setdefault(r["arm"], {})[int(r["seed"])] = 100.0 * r["test_accuracy"]
     ev = Evidence(values, facts={"teacher_accuracy": statistics.mean(values.get("teacher", {0: float("nan")})
                                                                      .values())})
     quote = ("Works if FF-G2M > GLNN by > 0.5 points on average, and GLNN lands within about 1 point of the teacher "
@@ -486,6 +488,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = 
     "sst2_makd": ("MaKD SST-2 gate", makd_verdicts),
     "digits_lelp": ("digits LELP", digits_verdicts),
     "cora": ("Cora node classification", cora_verdicts),
+    "cora_512": ("Cora node classification, width 512 (the paper's)", cora_verdicts),
     "cora_unlearn": ("Cora unlearning, random deletion", unlearn_verdicts),
     "cora_unlearn_out": ("Cora unlearning, out deletion", unlearn_verdicts),
     "cranfield": ("Cranfield, bag of words", cranfield_verdicts),
