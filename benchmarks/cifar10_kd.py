@@ -86,8 +86,8 @@ CONFIGS = REPO / "configs"
 
 #: the catalogue order of the arms (tables, ``--arms all``); a recipe folder holds the applicable ones
 CATALOGUE = ["scratch", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "dkd",
-             "dist", "lskd", "reviewkd", "pld", "nd", "mixup", "mixup_t1", "mixstd", "mixkd", "tgeo", "dho", "lelp",
-             "mealv2"]
+             "dist", "lskd", "reviewkd", "pld", "nd", "mixup", "mixup_t1", "mixstd", "mixkd", "tgeo", "kd_alpha03",
+             "kd_alpha05", "kd_alpha07", "kd_alpha09", "dho", "dho_single_head", "lelp", "mealv2"]
 #: student -> its recipe folder (the ResNet-56 teacher's pairs)
 PAIRS = {"resnet20": CONFIGS / "cifar10", "mobilenetv2": CONFIGS / "cifar10_mobilenetv2"}
 ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
@@ -100,6 +100,10 @@ NOTES = {
     "mealv2": "teacher: the 4 pretrained ResNets (20/32/44/56), mean probabilities; no labels; shared schedule "
               "(official: weight decay 0, pretrained student)",
     "lelp": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses",
+    "dho_single_head": "control of dho: its loss on the student's own head; same +{unl}/class unlabelled and "
+                       "+{val}/class validation images",
+    **{f"kd_alpha0{a}": f"control of tgeo: fixed alpha 0.{a} (CE {1 - a / 10:g}, KD {a / 10:g} at T 4); same "
+                        "+{val}/class held out" for a in (3, 5, 7, 9)},
 }
 
 
@@ -292,6 +296,8 @@ def trained_facts(exp: Experiment) -> dict[str, Any]:
     if "dho" not in exp.methods.methods:
         return {}
     dho = exp.methods.methods["dho"]
+    if dho.kd_head_kind == "shared":  # the single-head control: no combiner
+        return {}
     return {"combiner": {"a": dho.mix_a.item(), "b": dho.mix_b.item(), "val_accuracy": dho.val_accuracy.item()}}
 
 

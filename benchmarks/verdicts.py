@@ -211,6 +211,9 @@ def cifar_criteria(student: str = "resnet20") -> dict[str, Criterion]:
                             "pretrained ResNet-20)", 2,
                             (margin(*CONTROLS["mealv2"], 0.4, label="MEAL V2 fine-tune"),)),
     }
+    for row, arms in CONTROLS.items():  # the control arms a row's criterion compares against
+        for arm in arms:
+            crit.setdefault(arm, baseline(f"control of {row}"))
     return crit
 
 

@@ -273,6 +273,29 @@ def test_dho_losses_match_kl_div_and_labelled_ce():
         assert terms["ce"].item() == pytest.approx(0.5 * ref_ce.item(), abs=1e-5)
 
 
+def test_dho_single_head_control_is_the_same_loss_on_the_students_own_head():
+    torch.manual_seed(0)
+    student = TinyCNN(8)
+    x, zt = torch.randn(6, 3, 8, 8), torch.randn(6, 10) * 3
+    y = torch.tensor([1, -100, 3, -100, -100, 7])
+    method = DHO(temperature=2.0, ce_weight=0.5, kd_weight=0.5, kd_head="shared")
+    with FeatureTaps(student, ["pooled"]).capture() as feats:
+        z = student(x)
+    method.setup(ModelOutput(z, dict(feats)).detach(), ModelOutput(zt), RunInfo())
+    assert method.head is None and not list(method.parameters())  # no second head
+    terms = method(StepInputs(ModelOutput(z, dict(feats)), ModelOutput(zt), y))
+    known = y != -100
+
+    def kl(rows):
+        return F.kl_div(F.log_softmax(z[rows] / 2, 1), F.softmax(zt[rows] / 2, 1), reduction="batchmean")
+
+    assert terms["kd"].item() == pytest.approx(0.5 * 4 * (kl(known) + kl(~known)).item(), abs=1e-5)
+    assert terms["ce"].item() == pytest.approx(0.5 * F.cross_entropy(z[known], y[known]).item(), abs=1e-5)
+    (terms["kd"] + terms["ce"]).backward()  # both terms reach the student's own head
+    assert student.head.weight.grad.abs().sum() > 0
+    assert method.inference_model(student) is student
+
+
 def test_dho_gradient_routing_between_heads():
     torch.manual_seed(0)
     student, method = TinyCNN(8), DHO()

@@ -13,7 +13,8 @@ the official KL(x_l) + KL(x_u) of two equal-size loaders (a batch with no unlabe
 ``"all"``: one batchmean over every row, which halves the KD weight against the official loss when the two
 groups are of equal size. Gradient routing comes from the structure: the KD terms never reach the CE head, CE
 never reaches the KD head, the backbone gets both. ``kd_head="normalized"`` is the ImageNet-semi variant
-z_kd = 100 (W_kd phi/||phi|| + b).
+z_kd = 100 (W_kd phi/||phi|| + b). ``kd_head="shared"`` is the paper's single-head KD control: the same loss with
+z_kd = z_ce (no second head, both terms on the student's own head; inference is the student alone).
 
 Inference (:meth:`inference_model`): p = a softmax(z_ce) + (1 - a) softmax(z_kd / b); the wrapper returns
 log p so arg-max and CE are meaningful. With ``fit_combiner`` (a, b) are re-fitted after every epoch on the
@@ -130,7 +131,7 @@ class DHO(Method):
         ce_weight: float = 0.5,
         kd_weight: float = 0.5,
         kd_reduction: Literal["all", "split"] = "split",
-        kd_head: Literal["linear", "normalized"] = "linear",
+        kd_head: Literal["linear", "normalized", "shared"] = "linear",
         fit_combiner: bool = True,
         combine_a: float = 0.5,
         combine_b: float = 0.5,
@@ -163,7 +164,8 @@ class DHO(Method):
         num_classes = student.logits.shape[-1]
         if teacher is not None and teacher.logits.shape[-1] != num_classes:
             raise ValueError(f"dho: student has {num_classes} outputs but the teacher {teacher.logits.shape[-1]}")
-        self.head = nn.Linear(phi.shape[1], num_classes).to(phi.device)
+        if self.kd_head_kind != "shared":
+            self.head = nn.Linear(phi.shape[1], num_classes).to(phi.device)
 
     def kd_logits(self, features: torch.Tensor) -> torch.Tensor:
         """z_kd of the KD head on the tapped student features."""
@@ -178,7 +180,8 @@ class DHO(Method):
         if inputs.teacher is None:
             raise ValueError("method 'dho' needs a teacher, but none is configured")
         z_ce = inputs.student.logits
-        z_kd = self.kd_logits(inputs.student.feature(self.student_feature))
+        shared = self.kd_head_kind == "shared"
+        z_kd = z_ce if shared else self.kd_logits(inputs.student.feature(self.student_feature))
         zt = inputs.teacher.logits
         t2 = self.temperature**2
         labels = inputs.labels
@@ -199,11 +202,11 @@ class DHO(Method):
         return terms
 
     def inference_model(self, student: nn.Module) -> nn.Module:
-        return DualHeadInference(student, self)
+        return student if self.kd_head_kind == "shared" else DualHeadInference(student, self)
 
     @torch.no_grad()
     def after_epoch(self, context: EpochContext) -> None:
-        if not self.fit_combiner:
+        if not self.fit_combiner or self.kd_head_kind == "shared":
             return
         if "val" not in context.splits:
             if not self._warned:
