@@ -41,6 +41,7 @@ pkt) are averaged over consecutive batches of 64 (the training batch size). Resu
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import math
 import re
@@ -378,6 +379,7 @@ def main() -> int:
     init_cache: dict[str, dict[str, float]] = dict(old.get("init", {})) if same else {}
     teacher_feats: dict[str, dict[str, torch.Tensor]] = {}
     teacher_facts: dict[str, Any] = {}
+    probed: dict[str, dict[str, Any]] = {}  # this call's records
     for run_dir in args.runs:
         weights = run_dir / "student.safetensors"
         if not weights.exists():
@@ -406,18 +408,25 @@ def main() -> int:
         s = features(model, x, s_taps)
         quantities = probe(s, t, pairs_here) | {"accuracy": float((s["logits"].argmax(1) == y).double().mean())}
         where = repo_relative(run_dir)
-        records[where] = {"run_dir": where, **desc, "quantities": quantities}
+        records[where] = probed[where] = {"run_dir": where, **desc, "quantities": quantities}
         print(f"{run_dir.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in quantities.items()
                                               if not k.startswith("cka:")), flush=True)
-    result = {"images": len(y), "data": str(args.data.resolve()), "split": "test", "batch": BATCH,
-              "teacher": {"weights": str(args.teacher.resolve()), "arch": args.teacher_arch, **teacher_facts},
-              "commands": [*(old.get("commands", []) if same else []),
-                           "python benchmarks/probes.py " + " ".join(portable_arg(a) for a in sys.argv[1:])],
-              "init": init_cache, "runs": sorted(records.values(), key=lambda r: r["run_dir"]),
-              "wall_time_s": round(time.perf_counter() - start, 1)}
-    if not teacher_facts and old.get("teacher"):
-        result["teacher"] = old["teacher"]
-    write_json(path, result)
+    with open(path.with_suffix(".lock"), "w") as lock:  # other probe processes may have written meanwhile
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        old = json.loads(path.read_text()) if path.exists() else {}
+        same = old.get("images") == len(y) and old.get("data") == portable(str(args.data.resolve()))
+        if same:
+            records = {r["run_dir"]: r for r in old.get("runs", [])} | probed
+            init_cache = dict(old.get("init", {})) | init_cache
+        result = {"images": len(y), "data": str(args.data.resolve()), "split": "test", "batch": BATCH,
+                  "teacher": {"weights": str(args.teacher.resolve()), "arch": args.teacher_arch, **teacher_facts},
+                  "commands": [*(old.get("commands", []) if same else []),
+                               "python benchmarks/probes.py " + " ".join(portable_arg(a) for a in sys.argv[1:])],
+                  "init": init_cache, "runs": sorted(records.values(), key=lambda r: r["run_dir"]),
+                  "wall_time_s": round(time.perf_counter() - start, 1)}
+        if not teacher_facts and old.get("teacher"):
+            result["teacher"] = old["teacher"]
+        write_json(path, result)
     write_summary(path, args.name)
     print(f"wrote {path} and its .md ({len(records)} runs, {time.perf_counter() - start:.0f}s)")
     return 0
