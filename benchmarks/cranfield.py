@@ -156,23 +156,51 @@ def bm25_normalised(raw: torch.Tensor) -> torch.Tensor:
     return raw / raw.max(dim=1, keepdim=True).values.clamp_min(1e-9)
 
 
-def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int) -> list[str]:
+def shakespeare_speeches(lines: list[str]) -> list[str]:
+    """tinyshakespeare's speeches: the lines after a ``Speaker:`` line up to the blank line, joined."""
+    speeches, current = [], []
+    for line in [*lines, ""]:
+        if line.strip():
+            current.append(line.strip())
+            continue
+        if len(current) > 2:  # the speaker's name and at least two lines of verse
+            speeches.append(" ".join(current[1:]))
+        current = []
+    return speeches
+
+
+def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int, pool: str = "base") -> list[str]:
     """Unlabelled training text for LEAF: Cranfield document sentences and titles, SST-2 sentences and
-    tinyshakespeare lines (no Cranfield query), deduplicated, a seeded sample of ``n``."""
-    pool: list[str] = []
+    tinyshakespeare lines (no Cranfield query), deduplicated, a seeded sample of ``n``.
+
+    ``pool="wide"`` (for the spec's 50-100k texts; about 53k distinct texts here) adds the SST sentences of every
+    split of both SST files, tinyshakespeare lines of 3-4 words and whole speeches (multi-line), and Cranfield
+    sentences of 3 words; the base pool (39k) is unchanged, so earlier samples stay reproducible."""
+    pool_texts: list[str] = []
+    min_words = 4 if pool == "base" else 3
     for doc in coll.docs.values():
-        pool += [s.strip() + " ." for s in doc.split(" . ") if len(s.split()) >= 4]
-    pool += [t for t in coll.titles.values() if t]
-    sst = shared / "sst" / "stsa.binary.train"
-    if sst.exists():
-        pool += [line.split(" ", 1)[1].strip() for line in sst.read_text().splitlines() if " " in line]
+        pool_texts += [s.strip() + " ." for s in doc.split(" . ") if len(s.split()) >= min_words]
+    pool_texts += [t for t in coll.titles.values() if t]
+    sst_files = ["stsa.binary.train"] if pool == "base" else [
+        f"stsa.{kind}.{split}" for kind in ("binary", "fine") for split in ("train", "dev", "test")]
+    for name in sst_files:
+        if (shared / "sst" / name).exists():
+            pool_texts += [line.split(" ", 1)[1].strip() for line in (shared / "sst" / name).read_text().splitlines()
+                           if " " in line]
     shakespeare = shared / "tinyshakespeare" / "input.txt"
     if shakespeare.exists():
-        pool += [line.strip() for line in shakespeare.read_text().splitlines() if len(line.split()) >= 5]
+        lines = shakespeare.read_text().splitlines()
+        pool_texts += [line.strip() for line in lines if len(line.split()) >= 5 or
+                       (pool != "base" and len(line.split()) >= 3)]
+        if pool != "base":
+            pool_texts += shakespeare_speeches(lines)
     queries = set(coll.queries.values())
-    pool = [t for t in dict.fromkeys(pool) if t not in queries]
-    random.Random(seed).shuffle(pool)
-    return pool[:n]
+    pool_texts = [t for t in dict.fromkeys(pool_texts) if t not in queries]
+    random.Random(seed).shuffle(pool_texts)
+    if n > len(pool_texts):
+        raise SystemExit(f"--leaf-texts {n}: the {pool} pool has {len(pool_texts)} distinct texts"
+                         + ("; --leaf-pool wide has more" if pool == "base" else ""))
+    return pool_texts[:n]
 
 
 
@@ -275,6 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="a few queries and steps, to check the pipeline")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--leaf-texts", type=int, default=None, help="static: 5000; minilm2: 3000")
+    p.add_argument("--leaf-pool", choices=["base", "wide"], default="base",
+                   help="LEAF's text pool: base (39k texts) or wide (53k: every SST split, speeches; for 50k)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a --set assignment applied to every recipe, e.g. train.lr=0.0005 or data.title_groups=0")
     args = p.parse_args(argv)
@@ -369,11 +399,12 @@ def main(argv: list[str] | None = None) -> None:
                                       for j, d in enumerate(docids)})
     # -- LEAF's unlabelled texts ---------------------------------------------------------------------------------
     n_texts = 200 if quick else (args.leaf_texts or LEAF_TEXTS[kind])
-    texts_path = work / f"leaf_texts-{n_texts}.txt"
+    texts_path = work / f"leaf_texts-{n_texts}{'' if args.leaf_pool == 'base' else '-' + args.leaf_pool}.txt"
     if not texts_path.exists():
-        texts_path.write_text("".join(t.replace("\n", " ") + "\n"
-                                      for t in leaf_texts(coll, data_dir.parent, n_texts, seed=0)))
+        texts_path.write_text("".join(t.replace("\n", " ") + "\n" for t in
+                                      leaf_texts(coll, data_dir.parent, n_texts, seed=0, pool=args.leaf_pool)))
     res["info"]["leaf_texts"] = n_texts
+    res["info"]["leaf_pool"] = args.leaf_pool
     evaluator = Evaluator(coll, test_q, val_q if kind != "static" else [], t_docs, t_query)
     if kind != "static":
         res["info"]["selection"] = {

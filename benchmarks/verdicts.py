@@ -496,6 +496,7 @@ TABLES: dict[str, tuple[str, Callable[[dict[str, Any]], dict[str, Verdict]]]] = 
     "cora_unlearn_out": ("Cora unlearning, out deletion", unlearn_verdicts),
     "cranfield": ("Cranfield, bag of words", cranfield_verdicts),
     "cranfield_minilm2": ("Cranfield, 2-layer MiniLM", cranfield_verdicts),
+    "cranfield_leaf50k": ("Cranfield, bag of words, LEAF on 50,000 texts", cranfield_verdicts),
     "tinyshakespeare": ("tinyshakespeare LLM", tinyshakespeare_verdicts),
     "tinyshakespeare_1m": ("tinyshakespeare LLM, ~1M tokens per arm, 3 seeds", tinyshakespeare_verdicts),
     **FAMILY_TABLES,
