@@ -78,11 +78,25 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+#: random rankings averaged for the reference row (LEAF's criterion: the unaligned control is "near random")
+RANDOM_DRAWS = 20
+
+
+def random_reference(coll: RetrievalCollection, qids: list[str], docids: list[str]) -> dict[str, float]:
+    """The metrics of a random ranking of every document for each query, the mean of ``RANDOM_DRAWS`` seeded
+    draws."""
+    g = torch.Generator().manual_seed(0)
+    draws = [metrics_of(torch.rand(len(qids), len(docids), generator=g), qids, docids, coll)
+             for _ in range(RANDOM_DRAWS)]
+    return {m: statistics.mean(d[m] for d in draws) for m in draws[0]}
+
+
 def read_qids(name: str) -> list[str]:
     return (SPLITS / f"{name}_qids.txt").read_text().split()
 
 
 ROW_LABELS = {
+    "random": f"random ranking (mean of {RANDOM_DRAWS} draws)",
     "bm25": "BM25 (bm25s)",
     "teacher": "teacher (all-MiniLM-L6-v2, see notes)",
     "teacher_cosine": "all-MiniLM-L6-v2 bi-encoder cosine",
@@ -375,6 +389,8 @@ def main(argv: list[str] | None = None) -> None:
         q_emb = torch.stack([t_query[q] if q in t_query else t_title[q] for q in qids])
         return dense_scores(q_emb, t_docs) + beta * bm25_normalised(bm25.scores(texts))
 
+    if "random" not in res["fixed"]:
+        res["fixed"]["random"] = {"all": random_reference(coll, test_q, docids)}
     if "bm25" not in res["fixed"]:
         res["fixed"]["bm25"] = {"all": metrics_of(bm25.scores([coll.queries[q] for q in test_q]), test_q, docids,
                                                   coll)}

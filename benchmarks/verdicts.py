@@ -62,6 +62,7 @@ from verdict_checks import (  # noqa: E402,F401  (re-exported: tests and scripts
     Criterion,
     Evidence,
     Verdict,
+    _arms_ready,
     baseline,
     beats_spread,
     fact_check,
@@ -389,6 +390,22 @@ def unlearn_verdicts(data: dict[str, Any], tuned_on: Sequence[int] = (0,)) -> di
     return judge_all(crit, ev, rows)
 
 
+def unaligned_near_random(ev: Evidence, seeds: int) -> Verdict:
+    """LEAF's control: the unaligned student's asymmetric run "near random", read as closer to a random ranking's
+    nDCG@10 than to the LEAF student's asymmetric nDCG@10 (seed means)."""
+    rnd = ev.facts.get("random_ndcg")
+    if rnd is None:
+        return Verdict(PENDING, "a random-ranking reference (rerun benchmarks/cranfield.py: the row 'random')")
+    wait = _arms_ready(ev, ["label_only_asym", "leaf_asym"], seeds)
+    if wait:
+        return wait
+    control = statistics.mean(ev.values["label_only_asym"].values())
+    leaf = statistics.mean(ev.values["leaf_asym"].values())
+    near = control - rnd < leaf - control
+    return Verdict(WORKS if near else MISSED, f"unaligned control {control:.2f} vs random {rnd:.2f} and LEAF "
+                                              f"{leaf:.2f} (nDCG@10 x100; near random: closer to random)")
+
+
 def cranfield_verdicts(data: dict[str, Any], seeds: int = 3) -> dict[str, Verdict]:
     """Cranfield retrieval (rows 34 Margin-MSE and 39 LEAF; nDCG@10 in points, x100)."""
     values: dict[str, dict[int, float]] = {}
@@ -400,7 +417,10 @@ def cranfield_verdicts(data: dict[str, Any], seeds: int = 3) -> dict[str, Verdic
             values.setdefault(row, {})[int(seed)] = 100.0 * float(m["ndcg@10"])  # points of nDCG@10
             if "query_cosine_to_teacher" in m:
                 cos.append(float(m["query_cosine_to_teacher"]))
-    ev = Evidence(values, facts={"leaf_query_cosine": statistics.mean(cos) if cos else None})
+    rnd = data["rows"].get("random", {}).get("all")
+    values.pop("random", None)
+    ev = Evidence(values, facts={"leaf_query_cosine": statistics.mean(cos) if cos else None,
+                                 "random_ndcg": 100.0 * float(rnd["ndcg@10"]) if rnd else None})
     crit = {
         "label_only": baseline("baseline (labels only)"), "score_mse": baseline("baseline (pointwise MSE)"),
         "label_only_asym": baseline("control (unaligned student query / teacher docs)"),
@@ -413,7 +433,7 @@ def cranfield_verdicts(data: dict[str, Any], seeds: int = 3) -> dict[str, Verdic
                                "the unaligned student's asymmetric run is near random.", "text-graph.md row 39", 3,
                                (margin("leaf_asym", "leaf_sym", 0.0, label="asymmetric"),
                                 fact_check("leaf_query_cosine", lambda x: x > 0.9, lambda x: f"mean cos {x:.3f}"),
-                                missing("a random-ranking reference for the unaligned control"))),
+                                unaligned_near_random)),
     }
     return judge_all(crit, ev, [r for r in values])
 

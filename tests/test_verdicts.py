@@ -473,3 +473,20 @@ def test_the_new_tables_are_registered_under_the_names_their_scripts_write():
         text = (REPO / "benchmarks" / f"{name}.py").read_text()
         assert f'"{name}"' in text or f'"{name}.json"' in text, name  # the result file's stem
         assert fn.__name__ in text  # the script's own verdict line is this function's
+
+
+def test_leaf_unaligned_control_is_judged_against_a_random_ranking():
+    def rows(asym, control, random=0.005):
+        per = {str(s): {"ndcg@10": v} for s, v in enumerate([0.30, 0.31, 0.29])}
+        return {"rows": {"random": {"all": {"ndcg@10": random}},
+                         "leaf_sym": per,
+                         "leaf_asym": {str(s): {"ndcg@10": asym + d, "query_cosine_to_teacher": 0.95}
+                                       for s, d in enumerate([0.0, 0.01, -0.01])},
+                         "label_only_asym": {str(s): {"ndcg@10": control} for s in range(3)}}}
+    v = V.cranfield_verdicts(rows(asym=0.32, control=0.05))["leaf_asym"]
+    assert v.status == V.WORKS and "random 0.50" in v.detail  # 5.0 is nearer 0.5 than 32
+    v = V.cranfield_verdicts(rows(asym=0.32, control=0.25))["leaf_asym"]
+    assert v.status == V.MISSED and "unaligned control 25.00" in v.detail
+    data = rows(asym=0.32, control=0.05)
+    del data["rows"]["random"]
+    assert V.cranfield_verdicts(data)["leaf_asym"].status == V.PENDING
