@@ -100,6 +100,10 @@ NOTES = {
     "mealv2": "teacher: the 4 pretrained ResNets (20/32/44/56), mean probabilities; no labels; shared schedule "
               "(official: weight decay 0, pretrained student)",
     "lelp": "few-class method (paper: binarised CIFAR); here 10 classes x 4 pseudo-subclasses",
+    "ce_finetune_pretrained": "labels only, weight decay 5e-4; no teacher",
+    "kd_finetune_r56": "KD from the published ResNet-56 alone (CE 0.1 + KD 0.9, T 4), weight decay 5e-4",
+    "mealv2_finetune": "teacher: ResNet-32/44/56 as published, mean probabilities; no labels; discriminator",
+    "mealv2_finetune_nod": "as mealv2_finetune without the discriminator (the spec's ablation)",
     "dho_single_head": "control of dho: its loss on the student's own head; same +{unl}/class unlabelled and "
                        "+{val}/class validation images",
     **{f"kd_alpha0{a}": f"control of tgeo: fixed alpha 0.{a} (CE {1 - a / 10:g}, KD {a / 10:g} at T 4); same "
@@ -178,14 +182,43 @@ def run_overrides(args: argparse.Namespace, arm: str, seed: int, teacher: Path |
     out += subset_overrides(raw, args.per_class) + schedule_overrides(raw, args.epochs)
     if args.quick:
         out.append("data.eval_per_class=50")
-    members = raw["teacher"].get("ensemble") or []
-    for i, m in enumerate(members):  # MEAL V2's pretrained ResNets: from --shared
-        want = args.shared / "models" / "resnet-cifar10" / Path(m["weights"]).name
-        if resolve_path(m["weights"], str(path.parent)).resolve() != want.resolve():
-            out.append(f"teacher.ensemble.{i}.weights={_path(want)}")
-    if teacher is not None and not members:
-        out.append(f"teacher.weights={_path(teacher)}")
+    def from_shared(key: str, weights: str) -> None:  # the published ResNets of ../shared: from --shared
+        want = args.shared / "models" / "resnet-cifar10" / Path(weights).name
+        if resolve_path(weights, str(path.parent)).resolve() != want.resolve():
+            out.append(f"{key}={_path(want)}")
+
+    t = raw.get("teacher") or {}
+    members = t.get("ensemble") or []
+    for i, m in enumerate(members):  # MEAL V2's pretrained ResNets
+        from_shared(f"teacher.ensemble.{i}.weights", m["weights"])
+    student_weights = (raw.get("student") or {}).get("weights")
+    if student_weights and not str(student_weights).startswith("builtin:"):  # a pretrained student (MEAL V2)
+        from_shared("student.weights", student_weights)
+    if t and not members:
+        if str(t.get("weights", "")).startswith("builtin:"):  # the catalogue's fine-tuned ResNet-56
+            if teacher is not None:
+                out.append(f"teacher.weights={_path(teacher)}")
+        elif t.get("weights"):
+            from_shared("teacher.weights", t["weights"])
     return out
+
+
+def start_text(configs: Path) -> str:
+    """How the folder's student starts: from scratch, or from the published weights its ``_base.yaml`` names."""
+    base = configs / "_base.yaml"
+    weights = (load_raw(base).get("student") or {}).get("weights") if base.exists() else None
+    return f"from the published weights {Path(weights).name}" if weights else "from scratch"
+
+
+def schedule_text(configs: Path) -> str:
+    """The shared schedule of a recipe folder (its ``_base.yaml``), as the table states it."""
+    base = configs / "_base.yaml"
+    if not base.exists():
+        return "SGD lr 0.05 x0.1 at 60%/80%, batch 64, crop+flip"
+    tr = load_raw(base)["train"]
+    steps = {"step": " x0.1 at 60%/80%", "constant": " constant", "cosine": " cosine"}.get(tr.get("schedule"), "")
+    decay = tr.get("weight_decay", 0)
+    return f"SGD lr {tr['lr']:g}{steps}, weight decay {decay:g}, batch {tr['batch_size']}, crop+flip"
 
 
 def run_dir_of(args: argparse.Namespace, arm: str, seed: int) -> Path:
@@ -319,9 +352,11 @@ def mealv2_teacher_line(rows: list[dict[str, Any]], test_images: int, data: str 
     ``mealv2_teacher*.json`` of ``benchmarks/mealv2_teacher.py``; else the line says it was not measured."""
     archive = Path(data).name if data else None
     found = [r["teacher_accuracy"] for r in rows if r.get("teacher_accuracy")]
+    members = set(found[0]["members"]) if found else None  # the table's ensemble (MEAL V2's protocol: 3 ResNets)
     for path in sorted(out_dir.glob("mealv2_teacher*.json")):
         measured = json.loads(path.read_text())
-        if archive is not None and Path(str(measured.get("data", ""))).name == archive:
+        if (archive is not None and Path(str(measured.get("data", ""))).name == archive
+                and (members is None or set(measured["members"]) == members)):
             found.append(measured | {"source": path.name})
     ens = next((e for e in found if e.get("test_images") == test_images), None)
     if ens is None:
@@ -345,8 +380,8 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
         f"{t['train_images']} JPEG training images).",
         "",
-        f"Student {args.student} from scratch, {args.per_class * 10} training images (class-balanced), "
-        f"{args.epochs} epochs, SGD lr 0.05 x0.1 at 60%/80%, batch 64, crop+flip; test on "
+        f"Student {args.student} {start_text(Path(args.configs))}, {args.per_class * 10} training images "
+        f"(class-balanced), {args.epochs} epochs, {schedule_text(Path(args.configs))}; test on "
         f"{t['test_images'] if not args.quick else 'a subset of the'} test images; seeds "
         f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}.",
         "",

@@ -38,8 +38,13 @@ from portable import write_json  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TEACHER = "src/distill/assets/resnet56_cifar10_jpeg.safetensors"
-#: student -> the catalogue's result name
-TABLES = {"resnet20": "cifar10_catalogue", "mobilenetv2": "cifar10_catalogue_mobilenetv2"}
+#: the batch's groups in the order they run: group -> (result name, recipe folder, cifar10_kd.py's extra arguments)
+GROUPS = {
+    "resnet20": ("cifar10_catalogue", "configs/cifar10", ()),
+    "mealv2": ("cifar10_mealv2", "configs/cifar10_mealv2", ("--configs", "configs/cifar10_mealv2")),
+    "mobilenetv2": ("cifar10_catalogue_mobilenetv2", "configs/cifar10_mobilenetv2", ("--student", "mobilenetv2")),
+}
+TABLES = {group: name for group, (name, _, _) in GROUPS.items()}
 #: arms whose verdict needs a probe of their runs (and of the CE baseline's)
 PROBED = ("scratch", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "fsp", "nst", "ft", "crd", "reviewkd",
           "nd")
@@ -50,32 +55,37 @@ SLOW_ARMS = ("tgeo",)  # a look-ahead step every step: last
 
 
 def plan(results: Path = RESULTS) -> list[tuple[str, str, int]]:
-    """(student, arm, seed) still missing, in the order they should run: per pair, the shared baselines, the logit
-    arms' seeds 1-2, the feature arms' seeds 1-2 (probed), the control arms' seeds 0-2, then the slow arms."""
+    """(group, arm, seed) still missing, in the order they should run: per catalogue pair, the shared baselines, the
+    logit arms' seeds 1-2, the feature arms' seeds 1-2 (probed), the control arms' seeds 0-2, then the slow arms;
+    MEAL V2's protocol (every arm, seeds 0-1) between the two pairs."""
     jobs = []
-    for student, name in TABLES.items():
+    for group, (name, configs, _) in GROUPS.items():
         path = results / f"{name}.json"
         done = {(r["arm"], r["seed"]) for r in json.loads(path.read_text())["runs"]} if path.exists() else set()
-        folder = REPO / "configs" / ("cifar10" if student == "resnet20" else f"cifar10_{student}")
-        have = {p.stem for p in folder.glob("*.yaml") if not p.stem.startswith("_")}
+        have = {p.stem for p in (REPO / configs).glob("*.yaml") if not p.stem.startswith("_")}
+        if group == "mealv2":
+            jobs += [(group, a, s) for a in sorted(have) for s in (0, 1) if (a, s) not in done]
+            continue
         wanted = [(a, s) for a in ("scratch",) for s in (1, 2)]
         wanted += [(a, s) for a in LOGIT_ARMS for s in (1, 2)]
         wanted += [(a, s) for a in FEATURE_ARMS for s in (1, 2)]
         wanted += [(a, s) for a in CONTROL_ARMS for s in (0, 1, 2)]
         wanted += [(a, s) for a in SLOW_ARMS for s in (1, 2)]
-        jobs += [(student, a, s) for a, s in wanted if a in have and (a, s) not in done]
+        jobs += [(group, a, s) for a, s in wanted if a in have and (a, s) not in done]
     return jobs
 
 
-def job_command(args: argparse.Namespace, student: str, arm: str, seed: int) -> str:
+def job_command(args: argparse.Namespace, group: str, arm: str, seed: int) -> str:
     """The shell command of one job: the run, then its probe where the verdict reads one."""
     python, work, out = sys.executable, args.work, args.results
+    name, _, extra = GROUPS[group]
+    schedule = (f" --epochs {args.epochs}" if args.epochs else "") + (
+        f" --per-class {args.per_class}" if args.per_class else "")
     train = (f"{python} benchmarks/cifar10_kd.py --shared {args.shared} --work {work} --out {out} --arms all "
-             f"--only {arm} --seeds {seed} --epochs {args.epochs} --per-class {args.per_class} --teacher {TEACHER} "
-             f"--name {TABLES[student]}" + ("" if student == "resnet20" else f" --student {student}"))
-    if arm not in PROBED:
+             f"--only {arm} --seeds {seed}{schedule} --teacher {TEACHER} --name {name} {' '.join(extra)}").rstrip()
+    if arm not in PROBED or group == "mealv2":
         return train
-    run_dir = work / "runs" / f"{student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
+    run_dir = work / "runs" / f"{group}-e{args.epochs or 15}-n{args.per_class or 500}-{arm}-seed{seed}"
     return f"{train} && {python} benchmarks/probes.py --out {out} --name catalogue {run_dir}"
 
 
@@ -129,9 +139,15 @@ def merge(folder: Path, results: Path = RESULTS) -> list[str]:
         there, here = folder / f"{name}.json", results / f"{name}.json"
         if not there.exists():
             continue
-        theirs, ours = json.loads(there.read_text()), json.loads(here.read_text())
-        for key in ("epochs", "per_class", "student"):
-            if theirs["args"].get(key) != ours["args"].get(key):
+        theirs = json.loads(there.read_text())
+        if not here.exists():  # a table the batch started (MEAL V2's protocol)
+            write_json(here, theirs)
+            added += [f"{name}: {r['arm']} seed {r['seed']}" for r in theirs["runs"]]
+            continue
+        ours = json.loads(here.read_text())
+        for key in ("epochs", "per_class", "student", "configs"):
+            a, b = theirs["args"].get(key), ours["args"].get(key)
+            if a != b and not (key == "configs" and None in (a, b)):  # older files did not record the folder
                 raise SystemExit(f"{there}: {key} {theirs['args'].get(key)} but {here} has "
                                  f"{ours['args'].get(key)}; not merged")
         have = {(r["arm"], r["seed"]) for r in ours["runs"]}
@@ -162,8 +178,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "work")
     p.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", REPO / "benchmarks" / "work" / "device")))
     p.add_argument("--results", type=Path, default=RESULTS, help="the result files read and written")
-    p.add_argument("--epochs", type=int, default=15, help="the catalogue's (a smoke test passes fewer)")
-    p.add_argument("--per-class", type=int, default=500, help="the catalogue's (a smoke test passes fewer)")
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipes' (a smoke test passes fewer)")
+    p.add_argument("--per-class", type=int, default=None, help="default: the recipes' (a smoke test passes fewer)")
     p.add_argument("--max-jobs", type=int, default=None, help="run only the first N jobs of the plan")
     p.add_argument("--arms", nargs="+", default=None, help="run only these arms' jobs")
     p.add_argument("--workers", type=int, default=12)

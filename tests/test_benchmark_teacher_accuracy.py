@@ -60,6 +60,11 @@ def test_table_prints_meal_v2_teacher_only_when_measured_on_the_tables_own_test_
     (tmp_path / "mealv2_teacher_10k.json").write_text(json.dumps(right))
     line = bench.mealv2_teacher_line(rows, 10000, data, tmp_path)
     assert "89.14%" in line and "10,000" in line and "mealv2_teacher_10k.json" in line and "80.00" not in line
+    # a measurement of other members (the catalogue's four ResNets for a three-ResNet table) does not count
+    three = [{"arm": "mealv2_finetune", "seed": 0, "teacher_accuracy": {"members": {"resnet32": 0.8, "resnet44": 0.8,
+                                                                                      "resnet56": 0.8},
+                                                                          "ensemble": 0.84, "test_images": 10}}]
+    assert "not yet measured" in bench.mealv2_teacher_line(three, 10000, data, tmp_path)
     # a run that measured on the table's own set is used as it is
     rows.append({"arm": "mealv2", "seed": 1, "teacher_accuracy": right | {"ensemble": 0.8915}})
     assert "89.15%" in bench.mealv2_teacher_line(rows, 10000, data, tmp_path)

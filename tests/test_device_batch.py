@@ -63,3 +63,17 @@ def test_merge_adds_new_records_keeps_local_ones_and_refuses_other_schedules(tmp
     (there / "cifar10_catalogue.json").write_text(json.dumps(table([("kd", 2)], epochs=1)))
     with pytest.raises(SystemExit, match="epochs"):
         bench.merge(there, here)
+
+
+def test_merge_starts_a_table_the_batch_made_and_plans_meal_v2s_protocol(tmp_path):
+    bench = load()
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir(), there.mkdir()
+    (there / "cifar10_mealv2.json").write_text(json.dumps(table([("mealv2_finetune", 0)], epochs=10)))
+    assert bench.merge(there, here) == ["cifar10_mealv2: mealv2_finetune seed 0"]
+    jobs = [(a, s) for g, a, s in bench.plan(here) if g == "mealv2"]
+    assert ("mealv2_finetune", 0) not in jobs and ("mealv2_finetune", 1) in jobs
+    assert ("ce_finetune_pretrained", 0) in jobs
+    args = SimpleNamespace(work=Path("/w"), results=Path("/r"), shared=Path("/s"), epochs=None, per_class=None)
+    cmd = bench.job_command(args, "mealv2", "mealv2_finetune", 1)
+    assert cmd.endswith("--name cifar10_mealv2 --configs configs/cifar10_mealv2") and "--epochs" not in cmd
