@@ -86,8 +86,8 @@ CONFIGS = REPO / "configs"
 
 #: the catalogue order of the arms (tables, ``--arms all``); a recipe folder holds the applicable ones
 CATALOGUE = ["scratch", "kd", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "ft", "fsp", "nst", "crd", "dkd",
-             "dist", "lskd", "reviewkd", "pld", "nd", "mixup", "mixup_t1", "mixstd", "mixkd", "tgeo", "kd_alpha03",
-             "kd_alpha05", "kd_alpha07", "kd_alpha09", "dho", "dho_single_head", "lelp", "mealv2"]
+             "dist", "lskd", "reviewkd", "pld", "nd", "mixup", "mixup_t1", "mixstd", "mixkd", "tgeo", "dho",
+             "dho_single_head", "lelp", "mealv2"]
 #: student -> its recipe folder (the ResNet-56 teacher's pairs)
 PAIRS = {"resnet20": CONFIGS / "cifar10", "mobilenetv2": CONFIGS / "cifar10_mobilenetv2"}
 ISSUE2_ARMS = ["scratch", "kd", "fitnet", "at"]
@@ -106,8 +106,7 @@ NOTES = {
     "mealv2_finetune_nod": "as mealv2_finetune without the discriminator (the spec's ablation)",
     "dho_single_head": "control of dho: its loss on the student's own head; same +{unl}/class unlabelled and "
                        "+{val}/class validation images",
-    **{f"kd_alpha0{a}": f"control of tgeo: fixed alpha 0.{a} (CE {1 - a / 10:g}, KD {a / 10:g} at T 4); same "
-                        "+{val}/class held out" for a in (3, 5, 7, 9)},
+    **{f"kd_alpha0{a}": f"fixed alpha 0.{a} (CE {1 - a / 10:g}, KD {a / 10:g} at T 4)" for a in (3, 5, 7, 9)},
 }
 
 
@@ -204,10 +203,14 @@ def run_overrides(args: argparse.Namespace, arm: str, seed: int, teacher: Path |
 
 
 def start_text(configs: Path) -> str:
-    """How the folder's student starts: from scratch, or from the published weights its ``_base.yaml`` names."""
+    """How the folder's student starts (from scratch, or from the published weights its ``_base.yaml`` names), and
+    what its training set adds (noise images)."""
     base = configs / "_base.yaml"
-    weights = (load_raw(base).get("student") or {}).get("weights") if base.exists() else None
-    return f"from the published weights {Path(weights).name}" if weights else "from scratch"
+    raw = load_raw(base) if base.exists() else {}
+    weights = (raw.get("student") or {}).get("weights")
+    noise = (raw.get("data") or {}).get("noise_images")
+    return (f"from the published weights {Path(weights).name}" if weights else "from scratch") + (
+        f" (every arm's training set also holds {noise} Gaussian-noise images with random labels)" if noise else "")
 
 
 def schedule_text(configs: Path) -> str:
@@ -324,14 +327,47 @@ def run_facts(args: argparse.Namespace, exp: Experiment) -> dict[str, Any]:
 
 
 def trained_facts(exp: Experiment) -> dict[str, Any]:
-    """DHO's inference combiner a softmax(z_ce) + (1 - a) softmax(z_kd / b), fitted on the validation split after
-    the last epoch."""
+    """Facts of the trained run a criterion reads: DHO's inference combiner a softmax(z_ce) + (1 - a)
+    softmax(z_kd / b), fitted on the validation split after the last epoch; TGeo-KD's learned alpha by sample
+    group (:func:`tgeo_alpha_groups`)."""
+    if "tgeo" in exp.methods.methods:
+        return {"alpha_groups": tgeo_alpha_groups(exp)}
     if "dho" not in exp.methods.methods:
         return {}
     dho = exp.methods.methods["dho"]
     if dho.kd_head_kind == "shared":  # the single-head control: no combiner
         return {}
     return {"combiner": {"a": dho.mix_a.item(), "b": dho.mix_b.item(), "val_accuracy": dho.val_accuracy.item()}}
+
+
+@torch.no_grad()
+def tgeo_alpha_groups(exp: Experiment, batch_size: int = 500) -> dict[str, Any]:
+    """TGeo-KD's outlier probe (logit.md row 28): the trained fusion network's mean alpha over the training images
+    (no augmentation, final weights) in three groups: the ``data.noise_images`` Gaussian-noise images (the last
+    ones of the set), the clean images the teacher gets wrong, and the clean ones it gets right."""
+    from distill.train.evaluate import eval_batches
+
+    method = exp.methods.methods["tgeo"]
+    n_noise = exp.config.data.noise_images or 0
+    device = next(exp.student.parameters()).device
+    was = exp.student.training
+    exp.student.eval()
+    alphas, wrong = [], []
+    try:
+        for batch in eval_batches(exp.task, exp.train_data, batch_size, device):
+            zs = exp.task.forward(exp.student, batch)
+            zt = exp.teacher(batch, exp.task).logits
+            alphas.append(method.alpha(zs.float(), zt.float(), batch.labels).float().cpu())
+            wrong.append((zt.argmax(-1) != batch.labels).cpu())
+    finally:
+        exp.student.train(was)
+    alpha, wrong_t = torch.cat(alphas), torch.cat(wrong)
+    clean = torch.ones_like(alpha, dtype=torch.bool)
+    if n_noise:
+        clean[-n_noise:] = False
+    groups = {"noise": ~clean, "teacher_wrong": clean & wrong_t, "teacher_right": clean & ~wrong_t}
+    return {name: {"mean_alpha": float(alpha[mask].mean()) if mask.any() else None, "n": int(mask.sum())}
+            for name, mask in groups.items()}
 
 
 def arm_experiment(args: argparse.Namespace, arm: str, seed: int, teacher: Path | None, run_dir: Path,

@@ -41,6 +41,7 @@ TEACHER = "src/distill/assets/resnet56_cifar10_jpeg.safetensors"
 #: the batch's groups in the order they run: group -> (result name, recipe folder, cifar10_kd.py's extra arguments)
 GROUPS = {
     "resnet20": ("cifar10_catalogue", "configs/cifar10", ()),
+    "tgeo": ("cifar10_tgeo", "configs/cifar10_tgeo", ("--configs", "configs/cifar10_tgeo")),
     "mealv2": ("cifar10_mealv2", "configs/cifar10_mealv2", ("--configs", "configs/cifar10_mealv2")),
     "mobilenetv2": ("cifar10_catalogue_mobilenetv2", "configs/cifar10_mobilenetv2", ("--student", "mobilenetv2")),
 }
@@ -50,27 +51,27 @@ PROBED = ("scratch", "fitnet", "at", "sp", "cc", "vid", "rkd", "pkt", "ab", "fsp
           "nd")
 FEATURE_ARMS = PROBED[1:-1]
 LOGIT_ARMS = ("kd", "dkd", "dist", "lskd", "pld", "nd", "mixup", "mixup_t1", "mixkd", "dho")
-CONTROL_ARMS = ("dho_single_head", "kd_alpha03", "kd_alpha05", "kd_alpha07", "kd_alpha09")
-SLOW_ARMS = ("tgeo",)  # a look-ahead step every step: last
+CONTROL_ARMS = ("dho_single_head",)
+#: the protocol tables of one row each: every arm, these seeds
+PROTOCOL_SEEDS = {"tgeo": (0, 1, 2), "mealv2": (0, 1)}
 
 
 def plan(results: Path = RESULTS) -> list[tuple[str, str, int]]:
     """(group, arm, seed) still missing, in the order they should run: per catalogue pair, the shared baselines, the
-    logit arms' seeds 1-2, the feature arms' seeds 1-2 (probed), the control arms' seeds 0-2, then the slow arms;
-    MEAL V2's protocol (every arm, seeds 0-1) between the two pairs."""
+    logit arms' seeds 1-2, the feature arms' seeds 1-2 (probed), the control arms' seeds 0-2; TGeo-KD's and MEAL
+    V2's protocol tables (every arm, ``PROTOCOL_SEEDS``) between the two pairs."""
     jobs = []
     for group, (name, configs, _) in GROUPS.items():
         path = results / f"{name}.json"
         done = {(r["arm"], r["seed"]) for r in json.loads(path.read_text())["runs"]} if path.exists() else set()
         have = {p.stem for p in (REPO / configs).glob("*.yaml") if not p.stem.startswith("_")}
-        if group == "mealv2":
-            jobs += [(group, a, s) for a in sorted(have) for s in (0, 1) if (a, s) not in done]
+        if group in PROTOCOL_SEEDS:
+            jobs += [(group, a, s) for s in PROTOCOL_SEEDS[group] for a in sorted(have) if (a, s) not in done]
             continue
         wanted = [(a, s) for a in ("scratch",) for s in (1, 2)]
         wanted += [(a, s) for a in LOGIT_ARMS for s in (1, 2)]
         wanted += [(a, s) for a in FEATURE_ARMS for s in (1, 2)]
         wanted += [(a, s) for a in CONTROL_ARMS for s in (0, 1, 2)]
-        wanted += [(a, s) for a in SLOW_ARMS for s in (1, 2)]
         jobs += [(group, a, s) for a, s in wanted if a in have and (a, s) not in done]
     return jobs
 
@@ -83,7 +84,7 @@ def job_command(args: argparse.Namespace, group: str, arm: str, seed: int) -> st
         f" --per-class {args.per_class}" if args.per_class else "")
     train = (f"{python} benchmarks/cifar10_kd.py --shared {args.shared} --work {work} --out {out} --arms all "
              f"--only {arm} --seeds {seed}{schedule} --teacher {TEACHER} --name {name} {' '.join(extra)}").rstrip()
-    if arm not in PROBED or group == "mealv2":
+    if arm not in PROBED or group in PROTOCOL_SEEDS:
         return train
     run_dir = work / "runs" / f"{group}-e{args.epochs or 15}-n{args.per_class or 500}-{arm}-seed{seed}"
     return f"{train} && {python} benchmarks/probes.py --out {out} --name catalogue {run_dir}"

@@ -63,8 +63,6 @@ FROZEN_METHODS = {
                "beta": 1.0, "ce_weight": 0.1, "kl_weight": 0.9}],
     "tgeo": [{"name": "tgeo", "temperature": 4.0, "hidden": 64, "meta_lr": 1e-3, "inner_lr": 0.05,
               "update_every": 1}],
-    **{f"kd_alpha0{a}": [{"name": "ce", "weight": round(1 - a / 10, 1)}, {"name": "kd", "weight": a / 10,
-                                                                         "temperature": 4.0}] for a in (3, 5, 7, 9)},
     "dho": [{"name": "dho", "temperature": 2.0, "ce_weight": 0.5, "kd_weight": 0.5, "kd_reduction": "split",
              "student": "pooled"}],
     "dho_single_head": [{"name": "dho", "temperature": 2.0, "ce_weight": 0.5, "kd_weight": 0.5,
@@ -75,8 +73,7 @@ FROZEN_METHODS = {
 }
 AB_TAPS = {"resnet20": ["f1_pre", "f2_pre", "f3_pre"], "mobilenetv2": ["f1", "f2", "f3"]}
 #: (validation, unlabelled) images per class from outside the subset (PROTOCOLS at --per-class 500)
-FROZEN_EXTRA = {"tgeo": (50, 0), "dho": (50, 500), "dho_single_head": (50, 500),
-                **{f"kd_alpha0{a}": (50, 0) for a in (3, 5, 7, 9)}}
+FROZEN_EXTRA = {"tgeo": (50, 0), "dho": (50, 500), "dho_single_head": (50, 500)}
 FROZEN_ENSEMBLE = ["resnet20-12fca82f.th", "resnet32-d509ac18.th", "resnet44-014dd654.th", "resnet56-4bfd9763.th"]
 INAPPLICABLE = {"mobilenetv2": {"fsp"}}
 

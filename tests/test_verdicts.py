@@ -490,3 +490,28 @@ def test_leaf_unaligned_control_is_judged_against_a_random_ranking():
     data = rows(asym=0.32, control=0.05)
     del data["rows"]["random"]
     assert V.cranfield_verdicts(data)["leaf_asym"].status == V.PENDING
+
+
+def test_tgeo_protocol_needs_its_alpha_probe_and_the_best_fixed_alpha():
+    def run(arm, seed, acc, groups=None):
+        return {"arm": arm, "seed": seed, "accuracy": acc, **({"alpha_groups": groups} if groups else {})}
+
+    def groups(noise, wrong, right):
+        return {"noise": {"mean_alpha": noise, "n": 250}, "teacher_wrong": {"mean_alpha": wrong, "n": 400},
+                "teacher_right": {"mean_alpha": right, "n": 4600}}
+
+    runs = [run(f"kd_alpha0{a}", s, 0.70 + a / 1000) for a in (3, 5, 7, 9) for s in range(3)]
+    data = {"args": {"student": "resnet20", "name": "cifar10_tgeo"}, "runs": runs + [
+        run("tgeo", s, 0.71, groups(0.2, 0.3, 0.6)) for s in range(3)]}
+    v = V.cifar_verdicts(data)["tgeo"]
+    assert v.status == V.WORKS and "noise 0.200" in v.detail
+    data["runs"][-1]["alpha_groups"] = groups(0.9, 0.1, 0.6)  # one seed reversed: the means decide
+    assert V.cifar_verdicts(data)["tgeo"].status == V.WORKS
+    for r in data["runs"][-3:]:
+        r["alpha_groups"] = groups(0.7, 0.3, 0.6)  # noise above the teacher-right images
+    assert V.cifar_verdicts(data)["tgeo"].status == V.MISSED
+    for r in data["runs"][-3:]:
+        del r["alpha_groups"]
+    assert V.cifar_verdicts(data)["tgeo"].status == V.PENDING
+    data["args"]["name"] = "cifar10_catalogue"  # the catalogue's arm points to the protocol table
+    assert "cifar10_tgeo" in V.cifar_verdicts(data)["tgeo"].detail

@@ -192,6 +192,9 @@ def load_image_data(cfg: Any) -> tuple[Images, Images | None, Images | None]:
             with main_process_first():
                 train, extra_val = add_extra_splits(cfg, train)
             val = extra_val if extra_val is not None else val
+        key = "data.noise_images"
+        if d.noise_images:
+            train = add_noise_images(train, d.noise_images, d.subset_seed + 3)
     except ValueError as e:  # too few images per class for the splits asked for
         if isinstance(e, ConfigError):
             raise
@@ -228,6 +231,21 @@ def add_extra_splits(cfg: Any, train: ImageArrays) -> tuple[ImageArrays, ImageAr
         else:
             train = ImageArrays(*parts)
     return train, val
+
+
+def add_noise_images(train: ImageArrays, n: int, seed: int) -> ImageArrays:
+    """``train`` with ``n`` Gaussian-noise images appended (pixels N(127.5, 64^2) clipped to 0..255, the training
+    images' shape) under labels drawn uniformly from its classes: the outliers of TGeo-KD's probe. They come last,
+    so a run can tell them apart by index (``len(train) - n`` onwards)."""
+    import torch
+
+    if isinstance(train, RoutedImages):
+        raise ValueError("noise images have no route for a routed mixture's teachers")
+    g = torch.Generator().manual_seed(seed)
+    noise = (torch.randn(n, *train.images.shape[1:], generator=g) * 64 + 127.5).round().clamp(0, 255)
+    labels = torch.randint(0, len(train.classes), (n,), generator=g)
+    return ImageArrays(torch.cat([train.images, noise.to(torch.uint8)]), torch.cat([train.labels, labels]),
+                       list(train.classes), f"{train.source} + {n} Gaussian-noise images (random labels)")
 
 
 def build_image_task(d: ImageData) -> ImageClassification:

@@ -54,6 +54,9 @@ class ImageData(Strict):
     #: images per class from the rest of ``train_split`` (outside the subset and the extra validation images)
     #: appended to the training set with their labels hidden (semi-supervised methods)
     extra_unlabeled_per_class: int | None = Field(None, gt=0)
+    #: Gaussian-noise images with uniformly random labels appended to the training set (TGeo-KD's outlier probe;
+    #: pixels N(127.5, 64^2) clipped to 0..255, the training images' size, seed ``subset_seed + 3``)
+    noise_images: int | None = Field(None, gt=0)
     subset_seed: int = 0
     image_size: int | None = Field(None, gt=0)
     normalize: Literal["imagenet", "cifar10"] | NormalizeConfig = "imagenet"
