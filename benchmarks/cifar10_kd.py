@@ -411,13 +411,14 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     rows = results["runs"]
     summaries = summarise(rows, "accuracy", baseline="scratch", order=CATALOGUE)
     t = results["teacher"]
+    configs = Path(getattr(args, "configs", None) or PAIRS.get(args.student, PAIRS["resnet20"]))
     lines = [
         f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
         f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
         f"{t['train_images']} JPEG training images).",
         "",
-        f"Student {args.student} {start_text(Path(args.configs))}, {args.per_class * 10} training images "
-        f"(class-balanced), {args.epochs} epochs, {schedule_text(Path(args.configs))}; test on "
+        f"Student {args.student} {start_text(configs)}, {args.per_class * 10} training images "
+        f"(class-balanced), {args.epochs} epochs, {schedule_text(configs)}; test on "
         f"{t['test_images'] if not args.quick else 'a subset of the'} test images; seeds "
         f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}.",
         "",
