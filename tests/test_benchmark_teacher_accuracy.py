@@ -3,13 +3,12 @@ ensemble accuracy, kept between runs, is measured again when the evaluation set 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from helpers import TinyCNN, demo_subset
+from helpers import TinyCNN, demo_subset, load_benchmark
 
 from distill.core.teachers import EnsembleTeacher
 from distill.tasks.image.task import ImageClassification
@@ -17,15 +16,12 @@ from distill.tasks.image.task import ImageClassification
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("cifar10_kd_acc", REPO / "benchmarks" / "cifar10_kd.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load():
+    return load_benchmark("cifar10_kd")
 
 
 def test_ensemble_accuracy_is_remeasured_on_another_evaluation_set(tmp_path):
-    bench = load_bench()
+    bench = load()
     torch.manual_seed(0)
     teacher = EnsembleTeacher([TinyCNN(), TinyCNN()], reduce="probs")
     members = [SimpleNamespace(arch="a"), SimpleNamespace(arch="b")]
@@ -46,7 +42,7 @@ def test_ensemble_accuracy_is_remeasured_on_another_evaluation_set(tmp_path):
 
 
 def test_table_prints_meal_v2_teacher_only_when_measured_on_the_tables_own_test_set(tmp_path):
-    bench = load_bench()
+    bench = load()
     old = {"members": {"resnet20": 0.7}, "ensemble": 0.8, "test_images": 10}  # the earlier runs' record
     rows = [{"arm": "mealv2", "seed": 0, "teacher_accuracy": old}]
     data = "../shared/data/cifar10-jpeg.tar.gz"
