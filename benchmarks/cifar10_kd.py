@@ -53,6 +53,7 @@ import copy
 import json
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -182,6 +183,8 @@ def run_overrides(args: argparse.Namespace, arm: str, seed: int, teacher: Path |
     if args.quick:
         out.append("data.eval_per_class=50")
     def from_shared(key: str, weights: str) -> None:  # the published ResNets of ../shared: from --shared
+        if "resnet-cifar10" not in Path(weights).parts:
+            return  # a recipe's own weights file stays where the recipe says
         want = args.shared / "models" / "resnet-cifar10" / Path(weights).name
         if resolve_path(weights, str(path.parent)).resolve() != want.resolve():
             out.append(f"{key}={_path(want)}")
@@ -225,7 +228,11 @@ def schedule_text(configs: Path) -> str:
 
 
 def run_dir_of(args: argparse.Namespace, arm: str, seed: int) -> Path:
-    return args.work / "runs" / f"{args.student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
+    """A run's folder; a recipe folder other than the pair's catalogue (a protocol table: MEAL V2's, TGeo-KD's)
+    prefixes its name, so its runs never resume a catalogue run of the same arm and seed."""
+    folder = Path(args.configs).resolve().name
+    prefix = "" if folder == PAIRS[args.student].name else f"{folder}-"
+    return args.work / "runs" / f"{prefix}{args.student}-e{args.epochs}-n{args.per_class}-{arm}-seed{seed}"
 
 
 def extra_per_class(raw: dict[str, Any], per_class: int) -> tuple[int, int]:
@@ -370,6 +377,18 @@ def tgeo_alpha_groups(exp: Experiment, batch_size: int = 500) -> dict[str, Any]:
             for name, mask in groups.items()}
 
 
+def probe_run(args: argparse.Namespace, arm: str, exp: Experiment) -> dict[str, Any]:
+    """``--probe-name``: the finished run probed (``benchmarks/probes.py``) before it is recorded, so a run in the
+    table always has its probe, and a probe that fails or is stopped leaves the run unrecorded (a rerun resumes
+    the finished run and probes it again)."""
+    if not args.probe_name or (args.probe_arms and arm not in args.probe_arms):
+        return {}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "probes.py"), "--out", str(args.out), "--name", args.probe_name,
+           str(exp.trainer.run_dir)]
+    subprocess.run(cmd, check=True)
+    return {"probed": args.probe_name}
+
+
 def arm_experiment(args: argparse.Namespace, arm: str, seed: int, teacher: Path | None, run_dir: Path,
                    data: dict[str, Any] | None = None, train: dict[str, Any] | None = None
                    ) -> tuple[Experiment, dict[str, Any]]:
@@ -412,7 +431,10 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     summaries = summarise(rows, "accuracy", baseline="scratch", order=CATALOGUE)
     t = results["teacher"]
     configs = Path(getattr(args, "configs", None) or PAIRS.get(args.student, PAIRS["resnet20"]))
+    base = configs / "_base.yaml"
+    own = base.exists() and not str((load_raw(base).get("teacher") or {}).get("weights", "")).startswith("builtin:")
     lines = [
+        "Teachers: the published ResNets each recipe names, not fine-tuned (their accuracy below)." if own else
         f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
         f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
         f"{t['train_images']} JPEG training images).",
@@ -517,6 +539,10 @@ def main() -> int:
     p.add_argument("--student", default=None, help="picks the pair's recipe folder (resnet20, mobilenetv2)")
     p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
     p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
+    p.add_argument("--probe-name", default=None, metavar="NAME",
+                   help="probe each finished run into benchmarks/results/probes_NAME.json before recording it")
+    p.add_argument("--probe-arms", nargs="+", default=None, metavar="ARM",
+                   help="with --probe-name: probe only these arms' runs (default: every run)")
     p.add_argument("--report-only", action="store_true",
                    help="rewrite the Markdown table and the plots from the JSON of --name, without training")
     p.add_argument("--teacher", type=Path, default=None,
@@ -566,7 +592,7 @@ def main() -> int:
         results = json.loads(results_path.read_text())
         for key in ("student", "epochs", "per_class"):  # the table describes the runs, not this command line
             setattr(args, key, results["args"].get(key, getattr(args, key)))
-        recorded = Path(results["args"].get("configs") or "-")  # older files: the student's pair
+        recorded = REPO / (results["args"].get("configs") or "-")  # repo-relative; older files: the student's pair
         args.configs = recorded if recorded.is_dir() else PAIRS.get(args.student, args.configs)
         args.catalogue = args.catalogue or results["args"].get("catalogue", False)
         args.skipped = inapplicable_arms(args.student) if args.catalogue else {}
@@ -588,7 +614,8 @@ def main() -> int:
     sweep = Sweep({a: args.arms_files[a] for a in args.arms}, args.seeds, results_path,
                   overrides=lambda arm, seed: run_overrides(args, arm, seed, teacher_weights,
                                                             run_dir_of(args, arm, seed)),
-                  before_fit=lambda arm, exp: run_facts(args, exp), after_fit=lambda arm, exp: trained_facts(exp),
+                  before_fit=lambda arm, exp: run_facts(args, exp),
+                  after_fit=lambda arm, exp: trained_facts(exp) | probe_run(args, arm, exp),
                   repo=REPO)
     sweep.run(results, only=args.only)
     report(args, results)

@@ -187,7 +187,7 @@ def leaf_texts(coll: RetrievalCollection, shared: Path, n: int, seed: int, pool:
     """Unlabelled training text for LEAF: Cranfield document sentences and titles, SST-2 sentences and
     tinyshakespeare lines (no Cranfield query), deduplicated, a seeded sample of ``n``.
 
-    ``pool="wide"`` (for the spec's 50-100k texts; about 53k distinct texts here) adds the SST sentences of every
+    ``pool="wide"`` (for the spec's 50-100k texts; 50,285 distinct texts here) adds the SST sentences of every
     split of both SST files, tinyshakespeare lines of 3-4 words and whole speeches (multi-line), and Cranfield
     sentences of 3 words; the base pool (39k) is unchanged, so earlier samples stay reproducible."""
     pool_texts: list[str] = []
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--leaf-texts", type=int, default=None, help="static: 5000; minilm2: 3000")
     p.add_argument("--leaf-pool", choices=["base", "wide"], default="base",
-                   help="LEAF's text pool: base (39k texts) or wide (53k: every SST split, speeches; for 50k)")
+                   help="LEAF's text pool: base (39,233 texts) or wide (50,285: every SST split, speeches; for 50k)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="a --set assignment applied to every recipe, e.g. train.lr=0.0005 or data.title_groups=0")
     args = p.parse_args(argv)
@@ -351,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     title_n = 20 if quick and ranking.data.title_groups else ranking.data.title_groups
     docids = list(coll.docs)
     doc_texts = [coll.docs[d] for d in docids]
-    command = "python benchmarks/cranfield.py" + ("" if kind == "static" else f" --student {kind}")
+    command = "python benchmarks/cranfield.py" + ("" if kind == "static" else f" --student {kind}") + (
+        f" --leaf-texts {args.leaf_texts}" if args.leaf_texts else "") + (
+        f" --leaf-pool {args.leaf_pool}" if args.leaf_pool != "base" else "")
     meta = {"setting": setting, "command": command + (" --quick" if quick else ""), "recipes": str(configs),
             "num_test": len(test_q), "num_train": len(train_q), "num_docs": len(docids), "seeds": args.seeds,
             "split": "benchmarks/data/cranfield/{train,test}_qids.txt (split_queries(all 225 query positions, "
@@ -360,10 +362,18 @@ def main(argv: list[str] | None = None) -> None:
         meta["student"] = kind
     res: dict[str, Any] = {"args": {"setting": setting, "sets": sets}, "runs": [], "fixed": {}, "info": {},
                            "meta": meta}
+    if out.exists() and "runs" not in (on_disk := json.loads(out.read_text())) and on_disk.get("rows"):
+        raise SystemExit(f"{out} holds a table of an earlier version of this script (rows only, no runs to resume "
+                         "from); it is not overwritten: give another --out (and --work), or move it away")
     res["runs"] = previous_runs(out, res, ("setting", "sets"))
     if out.exists() and res["runs"]:
         old = json.loads(out.read_text())
         res["fixed"], res["info"] = old.get("fixed", {}), old.get("info", {})
+        n_asked = 200 if quick else (args.leaf_texts or LEAF_TEXTS[kind])
+        had = (res["info"].get("leaf_texts", n_asked), res["info"].get("leaf_pool", "base"))
+        if "leaf" in arms and any(r["arm"] == "leaf" for r in res["runs"]) and had != (n_asked, args.leaf_pool):
+            raise SystemExit(f"{out}: its LEAF runs trained on {had[0]} texts ({had[1]} pool), not "
+                             f"{n_asked} ({args.leaf_pool}): give another --out and --work")
     res["info"]["test_qids"] = ",".join(test_q)
 
     # -- the teacher's embeddings (evaluation and teacher choice), computed once per setting --------------------

@@ -12,13 +12,15 @@ A session that is lent a GPU has about 15 minutes of it, so the batch is prepare
     python benchmarks/device_batch.py --merge /work/.device/<files_at>
 
 Every job is one ``benchmarks/cifar10_kd.py --only ARM --seeds SEED`` process (its own run folder, results merged
-under the sweep's file lock), followed for the arms whose criterion reads a probe (feature and relational
-methods, KD++'s embedding norm, and the CE baseline they are compared with) by ``benchmarks/probes.py`` on that
-run (records merged under a lock too). ``--workers`` processes run side by side (one thread each); new jobs start
-until ``--launch-for`` seconds have passed and every job still running at ``--stop-at`` is stopped (its seed is
-simply missing, and resumes on a later batch or a CPU). The first job runs alone until the decoded images are
-cached, so the others do not all decode the archive at once. The result files land in ``--out``; ``--merge``
-adds their runs and probe records to the local files, keeping a local record where both have one.
+under the sweep's file lock); for the arms whose criterion reads a probe (feature and relational methods, KD++'s
+embedding norm, and the CE baseline they are compared with) it probes the finished run before recording it
+(``--probe-name catalogue``), so a stopped job leaves neither and is planned again. ``--workers`` processes run
+side by side (one thread each); new jobs start until ``--launch-for`` seconds have passed, and every job still
+running at ``--stop-at`` is stopped with its process group. The first job runs alone until the decoded images are
+cached, so the others do not all decode the archive at once. The result files land in ``--out``; ``--merge`` adds
+their runs and probe records to the local files, keeping a local record where both have one (a table the batch
+started is taken whole, if it ran on its recipes' schedule), and prints the commands that re-render the tables.
+A smoke test (``--epochs``, ``--per-class``) must write to another ``--results`` folder.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -35,6 +39,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from portable import write_json  # noqa: E402
 
+from distill.config import load_raw  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 TEACHER = "src/distill/assets/resnet56_cifar10_jpeg.safetensors"
@@ -42,8 +48,8 @@ TEACHER = "src/distill/assets/resnet56_cifar10_jpeg.safetensors"
 GROUPS = {
     "resnet20": ("cifar10_catalogue", "configs/cifar10", ()),
     "tgeo": ("cifar10_tgeo", "configs/cifar10_tgeo", ("--configs", "configs/cifar10_tgeo")),
-    "mealv2": ("cifar10_mealv2", "configs/cifar10_mealv2", ("--configs", "configs/cifar10_mealv2")),
     "mobilenetv2": ("cifar10_catalogue_mobilenetv2", "configs/cifar10_mobilenetv2", ("--student", "mobilenetv2")),
+    "mealv2": ("cifar10_mealv2", "configs/cifar10_mealv2", ("--configs", "configs/cifar10_mealv2")),  # 50k images
 }
 TABLES = {group: name for group, (name, _, _) in GROUPS.items()}
 #: arms whose verdict needs a probe of their runs (and of the CE baseline's)
@@ -82,12 +88,10 @@ def job_command(args: argparse.Namespace, group: str, arm: str, seed: int) -> st
     name, _, extra = GROUPS[group]
     schedule = (f" --epochs {args.epochs}" if args.epochs else "") + (
         f" --per-class {args.per_class}" if args.per_class else "")
-    train = (f"{python} benchmarks/cifar10_kd.py --shared {args.shared} --work {work} --out {out} --arms all "
-             f"--only {arm} --seeds {seed}{schedule} --teacher {TEACHER} --name {name} {' '.join(extra)}").rstrip()
-    if arm not in PROBED or group in PROTOCOL_SEEDS:
-        return train
-    run_dir = work / "runs" / f"{group}-e{args.epochs or 15}-n{args.per_class or 500}-{arm}-seed{seed}"
-    return f"{train} && {python} benchmarks/probes.py --out {out} --name catalogue {run_dir}"
+    probe = " --probe-name catalogue" if arm in PROBED and group not in PROTOCOL_SEEDS else ""
+    return (f"{python} benchmarks/cifar10_kd.py --shared {args.shared} --work {work} --out {out} --arms all "
+            f"--only {arm} --seeds {seed}{schedule} --teacher {TEACHER} --name {name}{probe} "
+            f"{' '.join(extra)}").rstrip()
 
 
 def run_batch(args: argparse.Namespace) -> int:
@@ -104,8 +108,8 @@ def run_batch(args: argparse.Namespace) -> int:
         now = time.time() - start
         for job, (proc, began) in list(running.items()):
             if proc.poll() is not None or now > args.stop_at:
-                if proc.poll() is None:
-                    proc.kill()
+                if proc.poll() is None:  # the run and the probe it started: the whole process group
+                    os.killpg(proc.pid, signal.SIGKILL)
                 finished.append({"job": "/".join(map(str, job)), "rc": proc.wait(), "seconds": round(now - began)})
                 print(f"[{now:5.0f}s] {finished[-1]}", flush=True)
                 del running[job]
@@ -115,7 +119,8 @@ def run_batch(args: argparse.Namespace) -> int:
             job = jobs.pop(0)
             cmd = job_command(args, *job)
             log = open(logs / f"{'-'.join(map(str, job))}.log", "wb")  # noqa: SIM115 (closed with the process)
-            running[job] = (subprocess.Popen(cmd, shell=True, cwd=REPO, env=env, stdout=log, stderr=log), now)
+            running[job] = (subprocess.Popen(shlex.split(cmd), cwd=REPO, env=env, stdout=log, stderr=log,
+                                             start_new_session=True), now)
             if not warm:
                 break
         if now >= args.launch_for and not running:
@@ -141,7 +146,12 @@ def merge(folder: Path, results: Path = RESULTS) -> list[str]:
         if not there.exists():
             continue
         theirs = json.loads(there.read_text())
-        if not here.exists():  # a table the batch started (MEAL V2's protocol)
+        if not here.exists():  # a table the batch started (a protocol table): on its recipes' schedule only
+            base = load_raw(REPO / GROUPS[next(g for g, t in TABLES.items() if t == name)][1] / "_base.yaml")
+            want = {"epochs": base["train"]["epochs"], "per_class": base["data"]["train_per_class"]}
+            got = {k: theirs["args"].get(k) for k in want}
+            if got != want:
+                raise SystemExit(f"{there}: {got}, but its recipes train {want}; not merged")
             write_json(here, theirs)
             added += [f"{name}: {r['arm']} seed {r['seed']}" for r in theirs["runs"]]
             continue
@@ -196,8 +206,14 @@ def main() -> int:
     if args.merge is not None:
         for line in merge(args.merge, args.results):
             print("added", line)
+        print("then re-render: python benchmarks/cifar10_kd.py --report-only --arms all --name NAME (each table "
+              "above; --student mobilenetv2 for its pair), python benchmarks/probes.py --name catalogue "
+              "--summary-only, python benchmarks/verdicts.py, python scripts/sync_readme_tables.py")
         return 0
     args.shared, args.work, args.results = args.shared.resolve(), args.work.resolve(), args.results.resolve()
+    if (args.epochs or args.per_class) and args.results == RESULTS.resolve():
+        p.error("--epochs / --per-class (a smoke test) write other schedules: give --results outside "
+                "benchmarks/results, or the tables' runs would be replaced")
     return run_batch(args)
 
 

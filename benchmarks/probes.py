@@ -427,7 +427,7 @@ def main() -> int:
         if not teacher_facts and old.get("teacher"):
             result["teacher"] = old["teacher"]
         write_json(path, result)
-    write_summary(path, args.name)
+        write_summary(path, args.name)
     print(f"wrote {path} and its .md ({len(records)} runs, {time.perf_counter() - start:.0f}s)")
     return 0
 

@@ -139,6 +139,9 @@ def margin_best(arm: str, candidates: Sequence[str], d: float = 0.0, label: str 
         absent = [c for c in candidates if c not in ev.values]
         if absent:
             return Verdict(PENDING, "control arms " + ", ".join(absent) + " not run")
+        wait = _arms_ready(ev, list(candidates), seeds)  # "the best" only once every candidate has its seeds
+        if wait:
+            return wait
         sign = 1.0 if ev.higher else -1.0
         best = max(candidates, key=lambda c: sign * statistics.mean(ev.values[c].values()))
         return margin(arm, best, d, label=label or f"{arm} vs the best of {', '.join(candidates)}")(ev, seeds)

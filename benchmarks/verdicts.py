@@ -435,7 +435,7 @@ def unaligned_near_random(ev: Evidence, seeds: int) -> Verdict:
         return wait
     control = statistics.mean(ev.values["label_only_asym"].values())
     leaf = statistics.mean(ev.values["leaf_asym"].values())
-    near = control - rnd < leaf - control
+    near = abs(control - rnd) < abs(leaf - control)
     return Verdict(WORKS if near else MISSED, f"unaligned control {control:.2f} vs random {rnd:.2f} and LEAF "
                                               f"{leaf:.2f} (nDCG@10 x100; near random: closer to random)")
 

@@ -33,7 +33,7 @@ def test_plan_lists_missing_runs_in_priority_order(tmp_path):
     tgeo = [(a, s) for g, a, s in jobs if g == "tgeo"]
     assert ("kd_alpha05", 2) in tgeo and ("tgeo", 0) in tgeo and ("scratch", 0) in tgeo
     mobile = {a for student, a, _ in jobs if student == "mobilenetv2"}
-    assert "fsp" not in mobile and "scratch" in mobile  # only the pair's own recipes; no table yet: all seeds
+    assert "fsp" not in mobile and "scratch" in mobile  # the pair's own recipes, seeds 1-2
 
 
 def test_job_probes_only_the_arms_a_verdict_reads():
@@ -41,8 +41,9 @@ def test_job_probes_only_the_arms_a_verdict_reads():
     args = SimpleNamespace(work=Path("/w"), results=Path("/r"), shared=Path("/s"), epochs=15, per_class=500)
     fitnet = bench.job_command(args, "mobilenetv2", "fitnet", 1)
     assert "--only fitnet --seeds 1" in fitnet and "--student mobilenetv2" in fitnet
-    assert fitnet.endswith("probes.py --out /r --name catalogue /w/runs/mobilenetv2-e15-n500-fitnet-seed1")
-    assert "probes.py" not in bench.job_command(args, "resnet20", "dkd", 2)
+    assert "--probe-name catalogue" in fitnet and "--out /r" in fitnet
+    assert "--probe-name" not in bench.job_command(args, "resnet20", "dkd", 2)
+    assert "--probe-name" not in bench.job_command(args, "tgeo", "scratch", 0)  # protocol tables: no probes
 
 
 def test_merge_adds_new_records_keeps_local_ones_and_refuses_other_schedules(tmp_path):
@@ -68,7 +69,13 @@ def test_merge_starts_a_table_the_batch_made_and_plans_meal_v2s_protocol(tmp_pat
     bench = load()
     here, there = tmp_path / "here", tmp_path / "there"
     here.mkdir(), there.mkdir()
-    (there / "cifar10_mealv2.json").write_text(json.dumps(table([("mealv2_finetune", 0)], epochs=10)))
+    smoke = table([("mealv2_finetune", 0)], epochs=1)
+    (there / "cifar10_mealv2.json").write_text(json.dumps(smoke))
+    with pytest.raises(SystemExit, match="not merged"):  # a smoke batch's table is never taken
+        bench.merge(there, here)
+    full = table([("mealv2_finetune", 0)], epochs=10)
+    full["args"]["per_class"] = 5000
+    (there / "cifar10_mealv2.json").write_text(json.dumps(full))
     assert bench.merge(there, here) == ["cifar10_mealv2: mealv2_finetune seed 0"]
     jobs = [(a, s) for g, a, s in bench.plan(here) if g == "mealv2"]
     assert ("mealv2_finetune", 0) not in jobs and ("mealv2_finetune", 1) in jobs
