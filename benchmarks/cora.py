@@ -236,6 +236,8 @@ def main() -> int:
         _, probe = load_recipe(args.configs / f"{STAGE}.yaml", recipe_overrides(args, STAGE))
         graph = load_planetoid(resolve_path(probe.data.path, probe.base_dir), "cora").row_normalized()
         unlearn_part(args, graph, results, out)
+    ran = {r["seed"] for r in results["runs"]} | {int(k.rsplit("seed", 1)[1]) for k in results.get("unlearn", {})}
+    results["settings"]["seeds"] = sorted(ran | set(results["settings"]["seeds"]))  # other processes' seeds too
     save(out, results)
     write_table(args, results, args.out / f"{args.name}.md")
     print(f"done in {time.time() - start:.0f}s -> {out}")
