@@ -444,14 +444,14 @@ def cranfield_verdicts(data: dict[str, Any], seeds: int = 3) -> dict[str, Verdic
     """Cranfield retrieval (rows 34 Margin-MSE and 39 LEAF; nDCG@10 in points, x100)."""
     values: dict[str, dict[int, float]] = {}
     cos: list[float] = []
-    for row, per in data["rows"].items():
+    for row, per in data.get("rows", {}).items():  # a run in progress has no rows yet
         for seed, m in per.items():
             if seed == "all":
                 continue
             values.setdefault(row, {})[int(seed)] = 100.0 * float(m["ndcg@10"])  # points of nDCG@10
             if "query_cosine_to_teacher" in m:
                 cos.append(float(m["query_cosine_to_teacher"]))
-    rnd = data["rows"].get("random", {}).get("all")
+    rnd = data.get("rows", {}).get("random", {}).get("all")
     values.pop("random", None)
     ev = Evidence(values, facts={"leaf_query_cosine": statistics.mean(cos) if cos else None,
                                  "random_ndcg": 100.0 * float(rnd["ndcg@10"]) if rnd else None})
