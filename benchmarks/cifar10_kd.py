@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import shutil
 import statistics
@@ -259,21 +260,31 @@ def base_data(args: argparse.Namespace) -> dict[str, Any]:
             "augment": {"crop_padding": 4, "flip": True}, "cache_dir": str(args.work / "cache")}
 
 
-def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
-    """Fine-tune the pretrained ResNet-56 on the JPEG train split (once), report test accuracy before/after."""
-    out = args.work / "teacher"
+def finetune_teacher(args: argparse.Namespace, mixup: bool = False) -> dict[str, Any]:
+    """Fine-tune the pretrained ResNet-56 on the JPEG train split (once), report test accuracy before/after.
+    ``mixup``: the Mix-T teacher of logit.md row 26 (the same fine-tune on FMU-mixed batches, beta 1). Processes
+    that share ``--work`` wait for the one that trains it (a file lock)."""
+    out = args.work / ("teacher-mixup" if mixup else "teacher")
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "finetune.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _finetune_teacher(args, out, mixup)
+
+
+def _finetune_teacher(args: argparse.Namespace, out: Path, mixup: bool) -> dict[str, Any]:
     weights = out / "resnet56_cifar10_jpeg.safetensors"
     recipe_path = out / "recipe.json"
     if weights.exists() and recipe_path.exists():
         return json.loads(recipe_path.read_text())
     pretrained = args.shared / "models" / "resnet-cifar10" / "resnet56-4bfd9763.th"
     epochs = 1 if args.quick else args.teacher_epochs
+    methods = [{"name": "mixup", "strategy": "fmu", "beta": 1.0}, {"name": "ce"}] if mixup else [{"name": "ce"}]
     raw = {
         "output_dir": str(out / "run"),
         "seed": 0,
         "data": {**base_data(args), **({"train_per_class": 100, "eval_per_class": 50} if args.quick else {})},
         "student": {"arch": "resnet56", "weights": str(pretrained)},
-        "methods": [{"name": "ce"}],
+        "methods": methods,
         "train": {"epochs": epochs, "batch_size": 128, "lr": 0.01, "momentum": 0.9, "weight_decay": 5e-4,
                   "schedule": "cosine", "eval_every": epochs, "log_every": 20, "checkpoint_every": 100},
     }
@@ -286,7 +297,7 @@ def finetune_teacher(args: argparse.Namespace) -> dict[str, Any]:
     save_weights(weights, exp.student.state_dict(), metadata={"arch": "resnet56", "num_classes": "10"})
     recipe = {"source": str(pretrained), "data": str(args.data), "test_accuracy_before": before,
               "test_accuracy_after": after, "train": raw["train"], "wall_time_s": summary["wall_time_s"],
-              "test_images": len(exp.eval_data), "train_images": len(exp.train_data)}
+              "test_images": len(exp.eval_data), "train_images": len(exp.train_data), "mixup": mixup}
     write_json(recipe_path, recipe)
     return recipe
 
@@ -437,7 +448,7 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         "Teachers: the published ResNets each recipe names, not fine-tuned (their accuracy below)." if own else
         f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
         f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
-        f"{t['train_images']} JPEG training images).",
+        f"{t['train_images']} JPEG training images{', with mixup: the Mix-T teacher' if t.get('mixup') else ''}).",
         "",
         f"Student {args.student} {start_text(configs)}, {args.per_class * 10} training images "
         f"(class-balanced), {args.epochs} epochs, {schedule_text(configs)}; test on "
@@ -491,9 +502,10 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
         todo = [a for a in files if a not in done and a not in getattr(args, "skipped", {})]
         if todo:
             lines += ["", f"Still to run: {', '.join(todo)} (the command resumes where it stopped)."]
-        lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, which "
-                  "no offline teacher here gives; class-level aspects would be an auxiliary-label ablation, not "
-                  "MaKD. Its spec demonstrates it on SST-2 with a text LLM instead."]
+        if configs.resolve() == PAIRS.get(args.student, configs).resolve():  # a pair's catalogue folder
+            lines += ["", "Not run: makd (multi-aspect KD) needs per-image aspect targets from a multimodal LLM, "
+                      "which no offline teacher here gives; class-level aspects would be an auxiliary-label "
+                      "ablation, not MaKD. Its spec demonstrates it on SST-2 with a text LLM instead."]
     md = out_dir / f"{args.name}.md"
     md.write_text("\n".join(lines) + "\n")
     return md
@@ -539,6 +551,9 @@ def main() -> int:
     p.add_argument("--student", default=None, help="picks the pair's recipe folder (resnet20, mobilenetv2)")
     p.add_argument("--quick", action="store_true", help="tiny CI variant: 1 seed, 2 epochs, small subsets")
     p.add_argument("--ship-teacher", action="store_true", help="copy the fine-tuned teacher into the package")
+    p.add_argument("--teacher-mixup", action="store_true",
+                   help="fine-tune and use the Mix-T teacher (the pretrained ResNet-56 fine-tuned with mixup, "
+                        "logit.md row 26) instead of --teacher")
     p.add_argument("--probe-name", default=None, metavar="NAME",
                    help="probe each finished run into benchmarks/results/probes_NAME.json before recording it")
     p.add_argument("--probe-arms", nargs="+", default=None, metavar="ARM",
@@ -598,7 +613,10 @@ def main() -> int:
         args.skipped = inapplicable_arms(args.student) if args.catalogue else {}
         return report(args, results)
     start = time.perf_counter()
-    if args.teacher is not None:  # an already fine-tuned teacher, with its recipe JSON beside it
+    if args.teacher_mixup:  # the Mix-T teacher, fine-tuned here once (--teacher is then not used)
+        teacher = finetune_teacher(args, mixup=True)
+        teacher_weights = args.work / "teacher-mixup" / "resnet56_cifar10_jpeg.safetensors"
+    elif args.teacher is not None:  # an already fine-tuned teacher, with its recipe JSON beside it
         teacher_weights = args.teacher
         teacher = json.loads(args.teacher.with_suffix(".json").read_text())
     else:

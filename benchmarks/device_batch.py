@@ -48,6 +48,7 @@ TEACHER = "src/distill/assets/resnet56_cifar10_jpeg.safetensors"
 GROUPS = {
     "resnet20": ("cifar10_catalogue", "configs/cifar10", ()),
     "tgeo": ("cifar10_tgeo", "configs/cifar10_tgeo", ("--configs", "configs/cifar10_tgeo")),
+    "mixt": ("cifar10_mixt", "configs/cifar10_mixt", ("--configs", "configs/cifar10_mixt", "--teacher-mixup")),
     "mobilenetv2": ("cifar10_catalogue_mobilenetv2", "configs/cifar10_mobilenetv2", ("--student", "mobilenetv2")),
     "mealv2": ("cifar10_mealv2", "configs/cifar10_mealv2", ("--configs", "configs/cifar10_mealv2")),  # 50k images
 }
@@ -59,7 +60,7 @@ FEATURE_ARMS = PROBED[1:-1]
 LOGIT_ARMS = ("kd", "dkd", "dist", "lskd", "pld", "nd", "mixup", "mixup_t1", "mixkd", "dho")
 CONTROL_ARMS = ("dho_single_head",)
 #: the protocol tables of one row each: every arm, these seeds
-PROTOCOL_SEEDS = {"tgeo": (0, 1, 2), "mealv2": (0, 1)}
+PROTOCOL_SEEDS = {"tgeo": (0, 1, 2), "mixt": (0, 1, 2), "mealv2": (0, 1)}
 
 
 def plan(results: Path = RESULTS) -> list[tuple[str, str, int]]:
@@ -90,7 +91,8 @@ def job_command(args: argparse.Namespace, group: str, arm: str, seed: int) -> st
         f" --per-class {args.per_class}" if args.per_class else "")
     probe = " --probe-name catalogue" if arm in PROBED and group not in PROTOCOL_SEEDS else ""
     return (f"{python} benchmarks/cifar10_kd.py --shared {args.shared} --work {work} --out {out} --arms all "
-            f"--only {arm} --seeds {seed}{schedule} --teacher {TEACHER} --name {name}{probe} "
+            f"--only {arm} --seeds {seed}{schedule}{'' if '--teacher-mixup' in extra else ' --teacher ' + TEACHER} "
+            f"--name {name}{probe} "
             f"{' '.join(extra)}").rstrip()
 
 

@@ -297,9 +297,15 @@ def cifar_evidence(data: dict[str, Any], results: Path = RESULTS) -> Evidence:
 def cifar_verdicts(data: dict[str, Any], results: Path = RESULTS) -> dict[str, Verdict]:
     """Verdicts of a CIFAR table's arms (``cifar10_kd.py``'s result files)."""
     student = data.get("args", {}).get("student", "resnet20")
+    name = data.get("args", {}).get("name", "")
     ev = cifar_evidence(data, results)
+    mixt = results / f"cifar10_mixt{'' if student == 'resnet20' else '_' + student}.json"
+    if name.startswith("cifar10_catalogue") and mixt.exists():  # row 26's Mix-T arms live in their own table
+        for r in json.loads(mixt.read_text()).get("runs", []):
+            if r["arm"] in CONTROLS["mixup_t1"]:
+                ev.values.setdefault(r["arm"], {})[int(r["seed"])] = 100.0 * float(r["accuracy"])
     rows = list(dict.fromkeys(r["arm"] for r in data.get("runs", [])))
-    return judge_all(cifar_criteria(student, results, data.get("args", {}).get("name", "")), ev, rows)
+    return judge_all(cifar_criteria(student, results, name), ev, rows)
 
 
 SST2_STUDENTS = ("minilm_truncated", "textcnn", "bilstm")

@@ -44,6 +44,8 @@ def test_job_probes_only_the_arms_a_verdict_reads():
     assert "--probe-name catalogue" in fitnet and "--out /r" in fitnet
     assert "--probe-name" not in bench.job_command(args, "resnet20", "dkd", 2)
     assert "--probe-name" not in bench.job_command(args, "tgeo", "scratch", 0)  # protocol tables: no probes
+    mixt = bench.job_command(args, "mixt", "mixup_t1_mixt", 2)  # trains its own teacher (once, under a lock)
+    assert "--teacher-mixup" in mixt and "--teacher " not in mixt
 
 
 def test_merge_adds_new_records_keeps_local_ones_and_refuses_other_schedules(tmp_path):

@@ -515,3 +515,15 @@ def test_tgeo_protocol_needs_its_alpha_probe_and_the_best_fixed_alpha():
     assert V.cifar_verdicts(data)["tgeo"].status == V.PENDING
     data["args"]["name"] = "cifar10_catalogue"  # the catalogue's arm points to the protocol table
     assert "cifar10_tgeo" in V.cifar_verdicts(data)["tgeo"].detail
+
+
+def test_catalogue_mixup_row_reads_the_mix_t_table(tmp_path):
+    runs = [{"arm": a, "seed": s, "accuracy": acc} for a, acc in (("mixup", 0.60), ("mixup_t1", 0.62), ("scratch", 0.6))
+            for s in range(3)]
+    cat = {"args": {"student": "resnet20", "name": "cifar10_catalogue"}, "runs": runs}
+    assert "mixup_t1_mixt" in V.cifar_verdicts(cat, tmp_path)["mixup_t1"].detail  # pending: the Mix-T arms
+    mixt = [{"arm": a, "seed": s, "accuracy": acc} for a, acc in (("mixup_t1_mixt", 0.58), ("mixup_mixt", 0.61))
+            for s in range(3)]
+    (tmp_path / "cifar10_mixt.json").write_text(json.dumps({"args": {"name": "cifar10_mixt"}, "runs": mixt}))
+    v = V.cifar_verdicts(cat, tmp_path)["mixup_t1"]  # T=1 wins with the plain teacher, loses with Mix-T
+    assert v.status == V.MISSED and "Mix-T" in v.detail
