@@ -368,6 +368,8 @@ def tgeo_alpha_groups(exp: Experiment, batch_size: int = 500) -> dict[str, Any]:
     method = exp.methods.methods["tgeo"]
     n_noise = exp.config.data.noise_images or 0
     device = next(exp.student.parameters()).device
+    exp.teacher.to(device)  # wherever the trainer left it
+    method.to(device)
     was = exp.student.training
     exp.student.eval()
     alphas, wrong = [], []
