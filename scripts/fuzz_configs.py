@@ -124,10 +124,10 @@ def teacher_weights(task: str, teacher: dict[str, Any], tmp: Path) -> Path:
     from safetensors.torch import save_file
 
     opts = dict(teacher.get("options") or {})
-    if task == "text_classification":
+    if task in ("text_classification", "image_classification"):
         from distill.models import build_model
 
-        model = build_model(teacher["arch"], num_classes=2, **opts)
+        model = build_model(teacher["arch"], num_classes=2 if task == "text_classification" else 10, **opts)
     else:
         from distill.models.gnn import GRAPH_MODELS
 
