@@ -206,23 +206,26 @@ def run_overrides(args: argparse.Namespace, arm: str, seed: int, teacher: Path |
     return out
 
 
-def start_text(configs: Path) -> str:
+def base_recipe(configs: Path) -> dict[str, Any]:
+    """A recipe folder's ``_base.yaml`` as raw YAML ({} where the folder has none)."""
+    base = configs / "_base.yaml"
+    return load_raw(base) if base.exists() else {}
+
+
+def start_text(base: dict[str, Any]) -> str:
     """How the folder's student starts (from scratch, or from the published weights its ``_base.yaml`` names), and
     what its training set adds (noise images)."""
-    base = configs / "_base.yaml"
-    raw = load_raw(base) if base.exists() else {}
-    weights = (raw.get("student") or {}).get("weights")
-    noise = (raw.get("data") or {}).get("noise_images")
+    weights = (base.get("student") or {}).get("weights")
+    noise = (base.get("data") or {}).get("noise_images")
     return (f"from the published weights {Path(weights).name}" if weights else "from scratch") + (
         f" (every arm's training set also holds {noise} Gaussian-noise images with random labels)" if noise else "")
 
 
-def schedule_text(configs: Path) -> str:
+def schedule_text(base: dict[str, Any]) -> str:
     """The shared schedule of a recipe folder (its ``_base.yaml``), as the table states it."""
-    base = configs / "_base.yaml"
-    if not base.exists():
+    if "train" not in base:
         return "SGD lr 0.05 x0.1 at 60%/80%, batch 64, crop+flip"
-    tr = load_raw(base)["train"]
+    tr = base["train"]
     steps = {"step": " x0.1 at 60%/80%", "constant": " constant", "cosine": " cosine"}.get(tr.get("schedule"), "")
     decay = tr.get("weight_decay", 0)
     return f"SGD lr {tr['lr']:g}{steps}, weight decay {decay:g}, batch {tr['batch_size']}, crop+flip"
@@ -444,16 +447,16 @@ def write_table(args: argparse.Namespace, results: dict[str, Any], out_dir: Path
     summaries = summarise(rows, "accuracy", baseline="scratch", order=CATALOGUE)
     t = results["teacher"]
     configs = Path(getattr(args, "configs", None) or PAIRS.get(args.student, PAIRS["resnet20"]))
-    base = configs / "_base.yaml"
-    own = base.exists() and not str((load_raw(base).get("teacher") or {}).get("weights", "")).startswith("builtin:")
+    base = base_recipe(configs)
+    own = bool(base) and not str((base.get("teacher") or {}).get("weights", "")).startswith("builtin:")
     lines = [
         "Teachers: the published ResNets each recipe names, not fine-tuned (their accuracy below)." if own else
         f"Teacher: pretrained ResNet-56, {100 * t['test_accuracy_before']:.2f}% on the JPEG CIFAR-10 test split "
         f"before and {100 * t['test_accuracy_after']:.2f}% after fine-tuning ({t['train']['epochs']} epochs on "
         f"{t['train_images']} JPEG training images{', with mixup: the Mix-T teacher' if t.get('mixup') else ''}).",
         "",
-        f"Student {args.student} {start_text(configs)}, {args.per_class * 10} training images "
-        f"(class-balanced), {args.epochs} epochs, {schedule_text(configs)}; test on "
+        f"Student {args.student} {start_text(base)}, {args.per_class * 10} training images "
+        f"(class-balanced), {args.epochs} epochs, {schedule_text(base)}; test on "
         f"{t['test_images'] if not args.quick else 'a subset of the'} test images; seeds "
         f"{', '.join(str(s) for s in sorted({r['seed'] for r in rows}))}.",
         "",

@@ -25,7 +25,13 @@ measured between the student's and the teacher's features at the taps the method
 - ``vid_nll``: VID's Gaussian negative log-likelihood (no constant) of the teacher feature given the student's,
   through the same fresh linear regressor with a per-channel variance from its residuals, summed over f1..f3;
 - ``ab_agreement``: the fraction of pre-activation elements whose sign agrees with the teacher's (f1_pre..f3_pre;
-  only where the shapes match);
+  a student without pre-ReLU taps, MobileNetV2 whose block outputs are linear bottlenecks, at f1..f3 as its AB
+  recipe).
+  Where the shapes match (AB's connector is the identity there) the student's maps are compared as they are; where
+  they differ (MobileNetV2 -> ResNet-56: 12/16/48 against 16/32/64 channels), through a fresh connector fitted per run
+  as ``hint``'s is (a 1x1 linear map with bias, least squares on the first half of the images, sign agreement on
+  the second half; AB's trained connectors are dropped after its initialisation stage, and the CE baseline has
+  none), so every arm of a pair is measured the same way;
 - ``cka:<student tap>/<teacher tap>``: linear CKA over the N images, at every tap pair a method of the pair's recipe
   folder reads (so the CE baseline is measured at the same layers);
 - ``pooled_norm``: the mean L2 norm of the pooled embedding (KD++'s criterion compares it with the teacher's);
@@ -164,6 +170,17 @@ def sign_agreement(fs: torch.Tensor, ft: torch.Tensor) -> float:
     return float(((fs > 0) == (ft > 0)).double().mean())
 
 
+def fitted_sign_agreement(fs: torch.Tensor, ft: torch.Tensor) -> float:
+    """Sign agreement through a fresh 1x1 linear connector from the student's map to the teacher's: fitted by least
+    squares on the first half of the images, scored on the second (for maps whose channels differ)."""
+    fs, ft = match_spatial(fs, ft)
+    half = fs.shape[0] // 2
+    if half < 1:
+        raise ValueError("fitted_sign_agreement needs at least 2 images")
+    w, b = fit_linear(pixel_rows(fs[:half]), pixel_rows(ft[:half]))
+    return sign_agreement(pixel_rows(fs[half:]) @ w + b, pixel_rows(ft[half:]))
+
+
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> float:
     """The mean over rows of the Spearman correlation of a's and b's entries (no ties expected in logits)."""
     ra = a.double().argsort(1).argsort(1).double()
@@ -194,9 +211,11 @@ def probe(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
                        for s in batches(n)])
     out["hint"] = regression_probe(student["f2"], teacher["f2"])["hint"]
     out["vid_nll"] = sum(regression_probe(student[k], teacher[k])["nll"] for k in STAGES)
-    pre = [k + "_pre" for k in STAGES]
-    if all(k in student and k in teacher and student[k].shape == teacher[k].shape for k in pre):
-        out["ab_agreement"] = mean([sign_agreement(student[k], teacher[k]) for k in pre])
+    # a student without pre-ReLU taps (MobileNetV2: linear-bottleneck block outputs) is read at fK, as its AB recipe
+    ab = [(k + "_pre" if k + "_pre" in student else k, k + "_pre") for k in STAGES]
+    if all(s in student and t in teacher for s, t in ab):
+        out["ab_agreement"] = mean([sign_agreement(student[s], teacher[t]) if student[s].shape == teacher[t].shape
+                                    else fitted_sign_agreement(student[s], teacher[t]) for s, t in ab])
     for s_tap, t_tap in pairs:
         out[f"cka:{s_tap}/{t_tap}"] = linear_cka(student[s_tap], teacher[t_tap])
     out["pooled_norm"] = float(student["pooled"].flatten(1).norm(dim=1).mean())

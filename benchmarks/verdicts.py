@@ -188,9 +188,9 @@ def cifar_criteria(student: str = "resnet20", results: Path = RESULTS, table: st
                        probe_toward("pkt", base, "pkt", label="PKT divergence")),
         "ab": Criterion("Works if sign agreement of pre-activations with the teacher on test images exceeds the CE "
                         "baseline's.", "classic.md C9", 2,
-                        (probe_toward("ab", base, "ab_agreement", lower=False, label="pre-activation sign agreement"),)
-                        if homo else (missing("sign-agreement probe: the channels differ, and AB's trained "
-                                              "connectors are not saved with the run"),)),
+                        (probe_toward("ab", base, "ab_agreement", lower=False,
+                                      label="pre-activation sign agreement" if homo else
+                                      "pre-activation sign agreement (fresh 1x1 connector)"),)),
         "ft": cka("ft"),
         "fsp": cka("fsp") if homo else Criterion("", na="FSP needs equal channels in both networks"),
         "nst": cka("nst"),

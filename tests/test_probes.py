@@ -79,6 +79,25 @@ def test_sign_agreement_and_spearman_hand_values():
     assert P.spearman_rows(a, -a) == pytest.approx(-1.0)
 
 
+def test_fitted_sign_agreement_across_channel_counts():
+    """Maps with other channel counts (MobileNetV2 -> ResNet-56) go through a fresh 1x1 connector: a teacher that is
+    a linear map of the student agrees everywhere; an unrelated one about half the time."""
+    g = torch.Generator().manual_seed(4)
+    s = torch.randn(40, 3, 4, 4, generator=g)
+    t = torch.einsum("nchw,cd->ndhw", s, torch.randn(3, 5, generator=g)) - 0.1
+    assert P.fitted_sign_agreement(s, t) == 1.0
+    assert P.fitted_sign_agreement(s, torch.randn(40, 5, 4, 4, generator=g)) == pytest.approx(0.5, abs=0.05)
+    big = torch.nn.functional.interpolate(s, scale_factor=2)  # the larger map is pooled to the smaller's size
+    assert P.fitted_sign_agreement(big, t) == pytest.approx(1.0, abs=1e-6)
+    # a student without pre-ReLU taps (MobileNetV2) is read at f1..f3 against the teacher's f1_pre..f3_pre
+    feats_s = {k: torch.randn(12, 2, 2, 2, generator=g) for k in ("f1", "f2", "f3")}
+    feats_s |= {"pooled": torch.randn(12, 2, generator=g), "logits": torch.randn(12, 4, generator=g)}
+    feats_t = {k + "_pre": torch.einsum("nchw,cd->ndhw", feats_s[k], torch.ones(2, 3)) + 0.01 for k in P.STAGES}
+    feats_t |= {k: feats_t[k + "_pre"].relu() for k in P.STAGES}
+    feats_t |= {"pooled": feats_s["pooled"], "logits": feats_s["logits"]}
+    assert P.probe(feats_s, feats_t, [])["ab_agreement"] == 1.0
+
+
 def test_probe_of_the_teacher_itself_is_perfect():
     g = torch.Generator().manual_seed(3)
     feats = {"f1": torch.rand(10, 4, 8, 8, generator=g), "f2": torch.rand(10, 6, 4, 4, generator=g),
