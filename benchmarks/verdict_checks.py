@@ -170,9 +170,11 @@ def _probe_ready(ev: Evidence, arms: Sequence[str], quantity: str, seeds: int) -
     return None
 
 
-def probe_toward(arm: str, base: str, quantity: str, lower: bool = True, label: str = "") -> Check:
+def probe_toward(arm: str, base: str, quantity: str, lower: bool = True, label: str = "", k: float = 2.0) -> Check:
     """The probe ``quantity`` of ``arm`` closer to the teacher than ``base``'s (lower, or higher with
-    ``lower=False``), on the mean over the seeds both were probed on."""
+    ``lower=False``) on the mean over the seeds both were probed on, by more than k x its seed spread (the larger
+    sample sd of the two arms' probe values), as :func:`beats_spread` asks of accuracy: a gap inside the seeds'
+    own scatter is no movement toward the teacher."""
     def check(ev: Evidence, seeds: int) -> Verdict:
         wait = _arms_ready(ev, [arm, base], seeds) or _probe_ready(ev, [arm, base], quantity, seeds)
         if wait:
@@ -181,11 +183,17 @@ def probe_toward(arm: str, base: str, quantity: str, lower: bool = True, label: 
         common = [s for s in common if quantity in ev.probes[arm][s] and quantity in ev.probes[base][s]]
         if len(common) < seeds:
             return Verdict(PENDING, f"probe {quantity}: {arm} and {base} share {len(common)} of {seeds} seeds")
-        a = statistics.mean(ev.probes[arm][s][quantity] for s in common)
-        b = statistics.mean(ev.probes[base][s][quantity] for s in common)
-        closer = a < b if lower else a > b
-        text = f"{label or quantity} {a:.4g} vs {base} {b:.4g} ({len(common)} seeds)"
-        return Verdict(WORKS if closer else MISSED, text)
+        xs = [ev.probes[arm][s][quantity] for s in common]
+        ys = [ev.probes[base][s][quantity] for s in common]
+        a, b = statistics.mean(xs), statistics.mean(ys)
+        spread = max(statistics.stdev(xs), statistics.stdev(ys)) if len(common) > 1 else 0.0
+        gap = b - a if lower else a - b
+        text = f"{label or quantity} {a:.4g} vs {base} {b:.4g} ({len(common)} seeds"
+        if gap <= 0:
+            return Verdict(MISSED, text + ")")
+        if gap <= k * spread:
+            return Verdict(MISSED, text + f"): the gap {gap:.3g} is within {k:g}x the seed spread {k * spread:.3g}")
+        return Verdict(WORKS, text + f"; gap {gap:.3g} > {k:g}x seed spread {k * spread:.3g})")
     return with_arms(check, *(arm, base))
 
 

@@ -29,7 +29,7 @@ The checks, shared by all tables (differences are paired over the seeds both arm
 - :func:`not_below`: "at or above the baseline within noise": the paired mean is not below zero by more than
   twice the seed spread;
 - :func:`probe_toward`: a probe quantity (``benchmarks/probes.py``) is closer to the teacher than under the CE
-  baseline, on the mean over the seeds both have;
+  baseline, on the mean over the seeds both have, by more than twice the seed spread of the probe values;
 - :func:`probe_vs_init`: a probe quantity at most a fraction of its value for the same student at
   initialisation (FitNet: "far below", taken as at most half);
 - :func:`probe_vs_teacher`, :func:`value_vs_fact`, :func:`fact_check`: a quantity against the teacher's or a table

@@ -100,6 +100,10 @@ def test_probe_toward_the_teacher():
     e2 = ev(ab=[1, 2], scratch=[1, 2])
     e2.probes = probes({"ab": [0.7, 0.8], "scratch": [0.5, 0.6]}, "agree")
     assert higher(e2, 2).status == V.WORKS
+    # closer on the mean but inside the seeds' own scatter (CC's 0.0010760 vs 0.0010763): no movement
+    e.probes = probes({"sp": [0.0010849, 0.0010671], "scratch": [0.0010792, 0.0010733]}, "sp")
+    tie = check(e, 2)
+    assert tie.status == V.MISSED and "within 2x the seed spread" in tie.detail
 
 
 def test_probe_vs_init_and_teacher():
