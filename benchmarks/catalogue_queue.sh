@@ -30,11 +30,11 @@ worker() {
     [ -z "${seed:-}" ] && continue
     job="$student-$arm-seed$seed"
     claim "$job" || continue
-    name=cifar10_catalogue; probe=catalogue
-    [ "$student" != resnet20 ] && name=cifar10_catalogue_$student && probe=catalogue_$student
+    name=cifar10_catalogue  # probes of both pairs go to results/probes_catalogue.json (as device_batch.py's)
+    [ "$student" != resnet20 ] && name=cifar10_catalogue_$student
     echo "start $(date -u +%FT%TZ)" >> "$CLAIMS/$job/log"
     nice -n 10 "$PY" benchmarks/cifar10_kd.py --arms all --only "$arm" --seeds "$seed" --student "$student" \
-      --teacher "$TEACHER" --name "$name" --probe-name "$probe" >> "$CLAIMS/$job/log" 2>&1
+      --teacher "$TEACHER" --name "$name" --probe-name catalogue >> "$CLAIMS/$job/log" 2>&1
     rc=$?
     [ $rc -eq 0 ] && touch "$CLAIMS/$job/done"
     echo "end rc=$rc $(date -u +%FT%TZ)" >> "$CLAIMS/$job/log"
