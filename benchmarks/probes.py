@@ -32,6 +32,9 @@ measured between the student's and the teacher's features at the taps the method
   as ``hint``'s is (a 1x1 linear map with bias, least squares on the first half of the images, sign agreement on
   the second half; AB's trained connectors are dropped after its initialisation stage, and the CE baseline has
   none), so every arm of a pair is measured the same way;
+- ``fsp``: FSP's matrix distance, RepDistiller's form (mean over (b, i, j) of (G_s - G_t)^2, summed over the
+  consecutive pairs (f0, f1), (f1, f2), (f2, f3); only where the channels match, as FSP itself);
+- ``nst``: NST's squared MMD (polynomial kernel, :func:`distill.methods.features.nst.nst_mmd`) summed over f1..f3;
 - ``cka:<student tap>/<teacher tap>``: linear CKA over the N images, at every tap pair a method of the pair's recipe
   folder reads (so the CE baseline is measured at the same layers);
 - ``pooled_norm``: the mean L2 norm of the pooled embedding (KD++'s criterion compares it with the teacher's);
@@ -65,6 +68,8 @@ from distill.core.taps import FeatureTaps
 from distill.data import IMAGENET_MEAN, IMAGENET_STD
 from distill.data.images import load_images
 from distill.methods.features.at import attention_map
+from distill.methods.features.fsp import fsp_matrix
+from distill.methods.features.nst import nst_mmd
 from distill.methods.relations.cc import cc_congruence, correlation_matrix
 from distill.methods.relations.pkt import pkt_loss
 from distill.methods.relations.rkd import rkd_angles, rkd_normalized_distances
@@ -209,6 +214,12 @@ def probe(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
     out["rkd_distance"], out["rkd_angle"] = mean([r[0] for r in rkd]), mean([r[1] for r in rkd])
     out["pkt"] = mean([float(pkt_loss(student["pooled"][s].float(), teacher["pooled"][s].float()))
                        for s in batches(n)])
+    fsp_pairs = [(a, b) for a, b in zip(("f0", "f1", "f2"), STAGES) if a in student and a in teacher]
+    if fsp_pairs and all(student[k].shape[1] == teacher[k].shape[1] for pair in fsp_pairs for k in pair):
+        out["fsp"] = mean([sum(float((fsp_matrix(student[a][s], student[b][s])
+                                      - fsp_matrix(teacher[a][s], teacher[b][s])).pow(2).mean())
+                               for a, b in fsp_pairs) for s in batches(n)])
+    out["nst"] = mean([sum(float(nst_mmd(student[k][s], teacher[k][s])) for k in STAGES) for s in batches(n)])
     out["hint"] = regression_probe(student["f2"], teacher["f2"])["hint"]
     out["vid_nll"] = sum(regression_probe(student[k], teacher[k])["nll"] for k in STAGES)
     # a student without pre-ReLU taps (MobileNetV2: linear-bottleneck block outputs) is read at fK, as its AB recipe
@@ -330,7 +341,8 @@ def model_taps(model: torch.nn.Module, wanted: Iterable[str]) -> list[str]:
 
 
 #: the quantities the summary table shows (every quantity stays in the JSON)
-SUMMARY = ("at", "sp", "cc", "rkd_distance", "rkd_angle", "pkt", "hint", "vid_nll", "ab_agreement", "cka:f1/f1",
+SUMMARY = ("at", "sp", "cc", "rkd_distance", "rkd_angle", "pkt", "hint", "vid_nll", "ab_agreement", "fsp", "nst",
+           "cka:f1/f1",
            "cka:f2/f2", "cka:f3/f3", "cka:pooled/pooled", "spearman", "accuracy")
 
 
@@ -414,18 +426,18 @@ def main() -> int:
             teacher_facts = {"accuracy": float((t["logits"].argmax(1) == y).double().mean()),
                              "pooled_norm": float(t["pooled"].flatten(1).norm(dim=1).mean())}
         t = teacher_feats[key]
-        torch.manual_seed(desc["seed"])
         model = build_model(desc["student"], num_classes=10, **desc["options"])
         s_taps = model_taps(model, [a for a, _ in pairs] + [k + "_pre" for k in STAGES])
         pairs_here = [(a, b) for a, b in pairs if a in s_taps and b in t]
-        init_key = f"{desc['student']}/seed{desc['seed']}"
-        if init_key not in init_cache:
-            s0 = features(model, x, s_taps)
-            init_cache[init_key] = probe(s0, t, pairs_here) | {
-                "accuracy": float((s0["logits"].argmax(1) == y).double().mean())}
         load_weights_into(model, weights)
         s = features(model, x, s_taps)
         quantities = probe(s, t, pairs_here) | {"accuracy": float((s["logits"].argmax(1) == y).double().mean())}
+        init_key = f"{desc['student']}/seed{desc['seed']}"
+        if not set(quantities) <= set(init_cache.get(init_key, {})):  # new, or a quantity added since
+            torch.manual_seed(desc["seed"])
+            s0 = features(build_model(desc["student"], num_classes=10, **desc["options"]), x, s_taps)
+            init_cache[init_key] = probe(s0, t, pairs_here) | {
+                "accuracy": float((s0["logits"].argmax(1) == y).double().mean())}
         where = repo_relative(run_dir)
         records[where] = probed[where] = {"run_dir": where, **desc, "quantities": quantities}
         print(f"{run_dir.name}: " + ", ".join(f"{k} {v:.4g}" for k, v in quantities.items()

@@ -100,13 +100,15 @@ C0_FEATURE = ("classic.md C0 (c)", "the quantity each method distils must move t
               "compared with the CE baseline [...] and accuracy must not be below the baseline by more than noise "
               "on the homogeneous pair.")
 #: the tap pairs whose linear CKA stands for the distilled quantity of the classic methods whose spec names none
-#: (C0 (c) "or linear CKA at the tapped layer"); tests/test_verdicts.py checks them against the methods' own taps
+#: and whose distilled quantity passes through modules trained with the run and not kept (FT's paraphraser and
+#: translator, CRD's embedding heads, ReviewKD's fusion modules): C0 (c) "or linear CKA at the tapped layer";
+#: tests/test_verdicts.py checks them against the methods' own taps. FSP's matrices and NST's MMD are
+#: parameter-free, so the probe measures them as the methods do (``fsp``, ``nst``).
 CKA_TAPS: dict[str, dict[str, list[tuple[str, str]]]] = {
-    "resnet20": {"ft": [("f3", "f3")], "fsp": [("f0", "f0"), ("f1", "f1"), ("f2", "f2"), ("f3", "f3")],
-                 "nst": [("f1", "f1"), ("f2", "f2"), ("f3", "f3")], "crd": [("pooled", "pooled")],
+    "resnet20": {"ft": [("f3", "f3")], "crd": [("pooled", "pooled")],
                  "reviewkd": [("f1", "f1_pre"), ("f2", "f2_pre"), ("f3", "f3_pre"), ("pooled", "pooled")]},
 }
-CKA_TAPS["mobilenetv2"] = {k: v for k, v in CKA_TAPS["resnet20"].items() if k != "fsp"}
+CKA_TAPS["mobilenetv2"] = dict(CKA_TAPS["resnet20"])
 
 
 def cka_key(method: str) -> str:
@@ -192,8 +194,11 @@ def cifar_criteria(student: str = "resnet20", results: Path = RESULTS, table: st
                                       label="pre-activation sign agreement" if homo else
                                       "pre-activation sign agreement (fresh 1x1 connector)"),)),
         "ft": cka("ft"),
-        "fsp": cka("fsp") if homo else Criterion("", na="FSP needs equal channels in both networks"),
-        "nst": cka("nst"),
+        "fsp": feature("fsp", C0_FEATURE[1], C0_FEATURE[0] + " (C11 has no criterion of its own)",
+                       probe_toward("fsp", base, "fsp", label="FSP-matrix distance")) if homo else
+               Criterion("", na="FSP needs equal channels in both networks"),
+        "nst": feature("nst", C0_FEATURE[1], C0_FEATURE[0] + " (C12 has no criterion of its own)",
+                       probe_toward("nst", base, "nst", label="NST MMD")),
         "crd": cka("crd"),
         "dkd": logit("dkd"),
         "dist": logit("dist"),

@@ -95,7 +95,8 @@ def test_fitted_sign_agreement_across_channel_counts():
     feats_t = {k + "_pre": torch.einsum("nchw,cd->ndhw", feats_s[k], torch.ones(2, 3)) + 0.01 for k in P.STAGES}
     feats_t |= {k: feats_t[k + "_pre"].relu() for k in P.STAGES}
     feats_t |= {"pooled": feats_s["pooled"], "logits": feats_s["logits"]}
-    assert P.probe(feats_s, feats_t, [])["ab_agreement"] == 1.0
+    q = P.probe(feats_s, feats_t, [])
+    assert q["ab_agreement"] == 1.0 and "fsp" not in q  # FSP needs equal channels, as the method does
 
 
 def test_probe_of_the_teacher_itself_is_perfect():
@@ -109,6 +110,14 @@ def test_probe_of_the_teacher_itself_is_perfect():
     assert q["at"] == 0.0 and q["sp"] == pytest.approx(0.0, abs=1e-12) and q["rkd_distance"] == 0.0
     assert q["ab_agreement"] == 1.0 and q["cka:f2/f2"] == pytest.approx(1.0) and q["spearman"] == pytest.approx(1.0)
     assert q["hint"] == pytest.approx(0.0, abs=1e-8)
+    assert q["fsp"] == 0.0 and q["nst"] == pytest.approx(0.0, abs=1e-6)
+    # FSP's matrix distance, by hand for one batch: G = F1 F2^T / HW per image, mean of the squared difference
+    # (no f0 here: the pairs are (f1, f2) and (f2, f3); f1 doubled moves only the first, f1 pooled to 4x4)
+    other = {k: v * 2 if k == "f1" else v for k, v in feats.items()}
+    g = lambda a, b: torch.einsum("nchw,ndhw->ncd", a, b) / (a.shape[2] * a.shape[3])  # noqa: E731
+    f1p = torch.nn.functional.adaptive_avg_pool2d(feats["f1"], feats["f2"].shape[-2:])
+    hand = float((g(2 * f1p, feats["f2"]) - g(f1p, feats["f2"])).pow(2).mean())
+    assert P.probe(other, feats, [])["fsp"] == pytest.approx(hand, rel=1e-5)
     assert 0 < q["cka:f3/f3_pre"] <= 1.0 + 1e-9  # a shifted copy: CKA is shift-invariant
     assert q["cka:f3/f3_pre"] == pytest.approx(1.0)
 
