@@ -43,6 +43,6 @@ worker() {
 
 for i in $(seq 1 "${WORKERS:-2}"); do
   worker &
-  sleep 5
+  sleep "${STAGGER:-5}"  # the first worker claims its job before the next reads the list
 done
 wait
