@@ -320,7 +320,8 @@ class Criterion:
         results = [c(ev, self.seeds) for c in self.checks]
         missed = [r.detail for r in results if r.status == MISSED]
         if missed:
-            return Verdict(MISSED, "; ".join(missed))
+            held = [r.detail for r in results if r.status == WORKS]
+            return Verdict(MISSED, "; ".join(missed) + (f" (held: {'; '.join(held)})" if held else ""))
         pending = [r.detail for r in results if r.status == PENDING]
         if pending:
             return Verdict(PENDING, "; ".join(dict.fromkeys(pending)))

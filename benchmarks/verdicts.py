@@ -184,15 +184,17 @@ def cifar_criteria(student: str = "resnet20", results: Path = RESULTS, table: st
         "vid": feature("vid", "Works if the regression NLL on test images falls and accuracy is at or above the "
                        "baseline within noise.", "classic.md C6",
                        probe_toward("vid", base, "vid_nll", label="VID NLL (fresh regressor)")),
-        "rkd": Criterion("Works if L_D on test batches drops versus CE.", "classic.md C7", 2,
-                         (probe_toward("rkd", base, "rkd_distance", label="RKD L_D"),)),
+        "rkd": feature("rkd", "Works if L_D on test batches drops versus CE (and, C0 (c), accuracy is not below "
+                       "the baseline by more than noise on the homogeneous pair).", "classic.md C7 and C0 (c)",
+                       probe_toward("rkd", base, "rkd_distance", label="RKD L_D")),
         "pkt": feature("pkt", C0_FEATURE[1], C0_FEATURE[0] + " (C8 has no criterion of its own)",
                        probe_toward("pkt", base, "pkt", label="PKT divergence")),
-        "ab": Criterion("Works if sign agreement of pre-activations with the teacher on test images exceeds the CE "
-                        "baseline's.", "classic.md C9", 2,
-                        (probe_toward("ab", base, "ab_agreement", lower=False,
-                                      label="pre-activation sign agreement" if homo else
-                                      "pre-activation sign agreement (fresh 1x1 connector)"),)),
+        "ab": feature("ab", "Works if sign agreement of pre-activations with the teacher on test images exceeds the "
+                      "CE baseline's (and, C0 (c), accuracy is not below the baseline by more than noise on the "
+                      "homogeneous pair).", "classic.md C9 and C0 (c)",
+                      probe_toward("ab", base, "ab_agreement", lower=False,
+                                   label="pre-activation sign agreement" if homo else
+                                   "pre-activation sign agreement (fresh 1x1 connector)")),
         "ft": cka("ft"),
         "fsp": feature("fsp", C0_FEATURE[1], C0_FEATURE[0] + " (C11 has no criterion of its own)",
                        probe_toward("fsp", base, "fsp", label="FSP-matrix distance")) if homo else
