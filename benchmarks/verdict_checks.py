@@ -213,17 +213,20 @@ def probe_vs_init(arm: str, quantity: str, at_most: float = 0.5, label: str = ""
     return with_arms(check, *(arm,))
 
 
-def probe_vs_teacher(arm: str, quantity: str, label: str = "") -> Check:
-    """The probe ``quantity`` of ``arm`` (mean over seeds) at least the teacher's (``facts["teacher_probe"]``)."""
+def probe_vs_teacher(arm: str, quantity: str, label: str = "", probe_seeds: int | None = None) -> Check:
+    """The probe ``quantity`` of ``arm`` (mean over its probed seeds) at least the teacher's
+    (``facts["teacher_probe"]``); ``probe_seeds``: how many probed seeds suffice (default: the criterion's)."""
     def check(ev: Evidence, seeds: int) -> Verdict:
-        wait = _arms_ready(ev, [arm], seeds) or _probe_ready(ev, [arm], quantity, seeds)
+        wait = _arms_ready(ev, [arm], seeds) or _probe_ready(ev, [arm], quantity, probe_seeds or seeds)
         if wait:
             return wait
         teacher = ev.facts.get("teacher_probe", {}).get(quantity)
         if teacher is None:
             return Verdict(PENDING, f"probe {quantity} of the teacher")
-        a = statistics.mean(q[quantity] for q in ev.probes[arm].values() if quantity in q)
-        return Verdict(WORKS if a >= teacher else MISSED, f"{label or quantity} {a:.3g} vs teacher {teacher:.3g}")
+        got = [q[quantity] for q in ev.probes[arm].values() if quantity in q]
+        a = statistics.mean(got)
+        return Verdict(WORKS if a >= teacher else MISSED,
+                       f"{label or quantity} {a:.3g} vs teacher {teacher:.3g} ({len(got)} probed seeds)")
     return with_arms(check, *(arm,))
 
 

@@ -208,9 +208,11 @@ def cifar_criteria(student: str = "resnet20", results: Path = RESULTS, table: st
         "reviewkd": cka("reviewkd"),
         "pld": Criterion("Works if PLD >= KD - 0.2 pt and PLD > CE + 1 pt (3-seed means).", "logit.md row 6", 3,
                          (margin("pld", "kd", -0.2), margin("pld", base, 1.0, strict=True))),
+        # the accuracy margin on the 3-seed mean; the norm, as every probe of the table, on 2 probed seeds
         "nd": Criterion("Works if KD++ > KD by >= 0.3 pt (3-seed mean), and the student's mean test-embedding norm "
                         "ends >= the teacher's.", "logit.md row 9", 3,
-                        (margin("nd", "kd", 0.3), probe_vs_teacher("nd", "pooled_norm", "embedding norm"))),
+                        (margin("nd", "kd", 0.3),
+                         probe_vs_teacher("nd", "pooled_norm", "embedding norm", probe_seeds=2))),
         "mixup": baseline("the T = 4 side of row 26's comparison (verdict on mixup_t1)"),
         "mixup_t1": Criterion("Works if, under mixup, T = 1 >= T = 4 for both teachers [...]. Use 3-seed means.",
                               "logit.md row 26", 3,

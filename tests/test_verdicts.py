@@ -120,6 +120,12 @@ def test_probe_vs_init_and_teacher():
     assert V.probe_vs_teacher("nd", "pooled_norm")(e, 2).status == V.WORKS
     e.facts["teacher_probe"] = {"pooled_norm": 6.6}
     assert V.probe_vs_teacher("nd", "pooled_norm")(e, 2).status == V.MISSED
+    # three seeds of accuracy, two of them probed: pending unless two probed seeds suffice (probe_seeds=2)
+    e.values["nd"] = {0: 1.0, 1: 2.0, 2: 3.0}
+    e.probes = {"nd": {1: {"pooled_norm": 7.0}, 2: {"pooled_norm": 8.0}}}
+    assert V.probe_vs_teacher("nd", "pooled_norm")(e, 3).status == V.PENDING
+    judged = V.probe_vs_teacher("nd", "pooled_norm", probe_seeds=2)(e, 3)
+    assert judged.status == V.WORKS and "7.5 vs teacher 6.6 (2 probed seeds)" in judged.detail
 
 
 # -- rows: the seed gate, control arms, conjunctions ------------------------------------------------------------------
