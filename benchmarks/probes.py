@@ -26,12 +26,11 @@ measured between the student's and the teacher's features at the taps the method
   through the same fresh linear regressor with a per-channel variance from its residuals, summed over f1..f3;
 - ``ab_agreement``: the fraction of pre-activation elements whose sign agrees with the teacher's (f1_pre..f3_pre;
   a student without pre-ReLU taps, MobileNetV2 whose block outputs are linear bottlenecks, at f1..f3 as its AB
-  recipe).
-  Where the shapes match (AB's connector is the identity there) the student's maps are compared as they are; where
-  they differ (MobileNetV2 -> ResNet-56: 12/16/48 against 16/32/64 channels), through a fresh connector fitted per run
-  as ``hint``'s is (a 1x1 linear map with bias, least squares on the first half of the images, sign agreement on
-  the second half; AB's trained connectors are dropped after its initialisation stage, and the CE baseline has
-  none), so every arm of a pair is measured the same way;
+  recipe). Where the shapes match (AB's connector is the identity there) the student's maps are compared as they
+  are; where they differ (MobileNetV2 -> ResNet-56: 12/16/48 against 16/32/64 channels), through a fresh connector
+  fitted per run as ``hint``'s is (a 1x1 linear map with bias, least squares on the first half of the images, sign
+  agreement on the second half; AB's trained connectors are dropped after its initialisation stage, and the CE
+  baseline has none), so every arm of a pair is measured the same way;
 - ``fsp``: FSP's matrix distance, RepDistiller's form (mean over (b, i, j) of (G_s - G_t)^2, summed over the
   consecutive pairs (f0, f1), (f1, f2), (f2, f3); only where the channels match, as FSP itself);
 - ``nst``: NST's squared MMD (polynomial kernel, :func:`distill.methods.features.nst.nst_mmd`) summed over f1..f3;
@@ -152,17 +151,23 @@ def fit_linear(xs: torch.Tensor, ys: torch.Tensor, ridge: float = 1e-6) -> tuple
     return w, ym - xm @ w
 
 
+def held_out_fit(fs: torch.Tensor, ft: torch.Tensor, who: str) -> tuple[torch.Tensor, ...]:
+    """A fresh 1x1 linear map from the student's feature to the teacher's, fitted on the first half of the images:
+    (fitted rows xa, ya, held-out rows xb, yb, W, b), one row per position (the larger map pooled first)."""
+    fs, ft = match_spatial(fs, ft)
+    half = fs.shape[0] // 2
+    if half < 1:
+        raise ValueError(f"{who} needs at least 2 images")
+    xa, ya = pixel_rows(fs[:half]), pixel_rows(ft[:half])
+    xb, yb = pixel_rows(fs[half:]), pixel_rows(ft[half:])
+    return xa, ya, xb, yb, *fit_linear(xa, ya)
+
+
 def regression_probe(fs: torch.Tensor, ft: torch.Tensor, eps: float = 1e-5) -> dict[str, float]:
     """A fresh 1x1 linear regressor from the student's feature to the teacher's, fitted on the first half of the
     images and scored on the second: ``hint`` (MSE, FitNet) and ``nll`` (VID's Gaussian NLL with a per-channel
     variance from the fit's residuals, no 1/2 log 2 pi)."""
-    fs, ft = match_spatial(fs, ft)
-    half = fs.shape[0] // 2
-    if half < 1:
-        raise ValueError("regression_probe needs at least 2 images")
-    xa, ya = pixel_rows(fs[:half]), pixel_rows(ft[:half])
-    xb, yb = pixel_rows(fs[half:]), pixel_rows(ft[half:])
-    w, b = fit_linear(xa, ya)
+    xa, ya, xb, yb, w, b = held_out_fit(fs, ft, "regression_probe")
     var = (ya - (xa @ w + b)).pow(2).mean(0) + eps
     err = yb - (xb @ w + b)
     return {"hint": float(err.pow(2).mean()), "nll": float((0.5 * (err.pow(2) / var + var.log())).mean())}
@@ -176,14 +181,10 @@ def sign_agreement(fs: torch.Tensor, ft: torch.Tensor) -> float:
 
 
 def fitted_sign_agreement(fs: torch.Tensor, ft: torch.Tensor) -> float:
-    """Sign agreement through a fresh 1x1 linear connector from the student's map to the teacher's: fitted by least
-    squares on the first half of the images, scored on the second (for maps whose channels differ)."""
-    fs, ft = match_spatial(fs, ft)
-    half = fs.shape[0] // 2
-    if half < 1:
-        raise ValueError("fitted_sign_agreement needs at least 2 images")
-    w, b = fit_linear(pixel_rows(fs[:half]), pixel_rows(ft[:half]))
-    return sign_agreement(pixel_rows(fs[half:]) @ w + b, pixel_rows(ft[half:]))
+    """Sign agreement through a fresh 1x1 linear connector from the student's map to the teacher's
+    (:func:`held_out_fit`), scored on the held-out half (for maps whose channels differ)."""
+    _, _, xb, yb, w, b = held_out_fit(fs, ft, "fitted_sign_agreement")
+    return sign_agreement(xb @ w + b, yb)
 
 
 def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -342,8 +343,7 @@ def model_taps(model: torch.nn.Module, wanted: Iterable[str]) -> list[str]:
 
 #: the quantities the summary table shows (every quantity stays in the JSON)
 SUMMARY = ("at", "sp", "cc", "rkd_distance", "rkd_angle", "pkt", "hint", "vid_nll", "ab_agreement", "fsp", "nst",
-           "cka:f1/f1",
-           "cka:f2/f2", "cka:f3/f3", "cka:pooled/pooled", "spearman", "accuracy")
+           "cka:f1/f1", "cka:f2/f2", "cka:f3/f3", "cka:pooled/pooled", "spearman", "accuracy")
 
 
 def summary_markdown(result: dict[str, Any], name: str) -> str:

@@ -183,10 +183,10 @@ def probe_toward(arm: str, base: str, quantity: str, lower: bool = True, label: 
         common = [s for s in common if quantity in ev.probes[arm][s] and quantity in ev.probes[base][s]]
         if len(common) < seeds:
             return Verdict(PENDING, f"probe {quantity}: {arm} and {base} share {len(common)} of {seeds} seeds")
-        xs = [ev.probes[arm][s][quantity] for s in common]
-        ys = [ev.probes[base][s][quantity] for s in common]
-        a, b = statistics.mean(xs), statistics.mean(ys)
-        spread = max(statistics.stdev(xs), statistics.stdev(ys)) if len(common) > 1 else 0.0
+        xs = {s: ev.probes[arm][s][quantity] for s in common}
+        ys = {s: ev.probes[base][s][quantity] for s in common}
+        a, b = statistics.mean(xs.values()), statistics.mean(ys.values())
+        spread = max(_sd(xs), _sd(ys))
         gap = b - a if lower else a - b
         text = f"{label or quantity} {a:.4g} vs {base} {b:.4g} ({len(common)} seeds"
         if gap <= 0:
