@@ -140,3 +140,49 @@ def test_dense_logprobs_spreads_tail_evenly():
     assert torch.allclose(top.dense_logprobs().exp(), torch.tensor([0.1, 0.1, 0.7, 0.1]), atol=1e-6)
     with pytest.raises(ValueError, match="exceeds"):
         TopKLogits(torch.zeros(5, dtype=torch.long), torch.zeros(5), 4)
+
+
+def _plain_student_buckets(z: torch.Tensor, top: TopKLogits, t: float) -> torch.Tensor:
+    """The bucket formula as plain autograd sees it (what the blocked function with its own gradient replaces)."""
+    z = z / t
+    log_z = torch.logsumexp(z, -1, keepdim=True)
+    idx = top.indices.long()
+    tail = (torch.logsumexp(z.scatter(-1, idx, -math.inf), -1, keepdim=True) if top.k < top.num_classes
+            else torch.full_like(log_z, -math.inf))
+    return torch.cat([z.gather(-1, idx), tail], -1) - log_z
+
+
+@pytest.mark.parametrize("case", ["t1", "t2", "all_kept", "repeated_ids", "masked_vocab", "many_blocks"])
+def test_student_buckets_value_and_gradient_equal_plain_autograd(case):
+    gen = torch.Generator().manual_seed(3)
+    b, n, v, k, t = 2, 5, 60, 6, 1.0
+    if case == "t2":
+        t = 2.5
+    if case == "all_kept":
+        k = v
+    if case == "many_blocks":  # more rows than one block of the CPU's (2**20 // v rows)
+        b, n, v, k, t = 1, 2500, 1000, 8, 0.7
+    z = torch.randn(b, n, v, generator=gen, dtype=torch.float64) * 3
+    live = v - 4 if case == "masked_vocab" else v
+    if case == "masked_vocab":
+        z[..., live:] = -math.inf  # padded vocabulary rows, as align_vocab leaves them
+    idx = torch.stack([torch.randperm(live, generator=gen)[:k] for _ in range(b * n)]).reshape(b, n, k)
+    if case == "repeated_ids":
+        idx[..., 1] = idx[..., 0]
+    top = TopKLogits(idx, torch.zeros(b, n, k), v)
+    g = torch.randn(b, n, k + 1, generator=gen, dtype=torch.float64)
+    za, zb = z.clone().requires_grad_(), z.clone().requires_grad_()
+    got, want = student_bucket_logprobs(za, top, t), _plain_student_buckets(zb, top, t)
+    finite = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got), finite)
+    torch.testing.assert_close(got[finite], want[finite], rtol=0, atol=1e-12)
+    (got.where(finite, 0) * g).sum().backward()
+    (want.where(finite, 0) * g).sum().backward()
+    assert torch.isfinite(za.grad).all()
+    torch.testing.assert_close(za.grad, zb.grad, rtol=1e-9, atol=1e-12)
+
+
+def test_student_buckets_gradcheck():
+    z = torch.randn(3, 12, dtype=torch.float64, requires_grad=True)
+    top = TopKLogits(torch.tensor([[0, 5], [3, 4], [11, 2]]), torch.zeros(3, 2), 12)
+    assert torch.autograd.gradcheck(lambda x: student_bucket_logprobs(x, top, 1.7), (z,))
