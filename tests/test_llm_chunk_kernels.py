@@ -162,3 +162,49 @@ def test_a_live_teacher_fkl_step_runs_the_kernel_on_every_chunk(monkeypatch):
                             ModelOutput(None, hidden=HiddenStates(ht, wt, None, 257, 4)), labels)  # type: ignore[arg-type]
         METHODS.get(name)(**options)(inputs)["loss"].backward()
         assert (seen[0] is not None) == has_kernel, name
+
+
+@pytest.mark.parametrize("name, options", [("fkl", {}), ("fkl", {"temperature": 2.0, "ce_form": True}),
+                                           ("rkl", {}), ("tvd", {"temperature": 1.5}), ("gjsd", {"beta": 0.0}),
+                                           ("gjsd", {"beta": 1.0})])
+@pytest.mark.parametrize("layout", ["one_block", "many_blocks", "masked_vocab"])
+def test_dense_kernel_path_equals_autograd_on_the_formula(name, options, layout):
+    """A live (dense) teacher's token loss through the blocked kernels (dense_kernel_divergence) against autograd
+    on the guarded formula (token_divergence): values, the reduced loss and the student's gradient; a block with
+    -inf entries is declined by the kernel and takes autograd."""
+    method = METHODS.get(name)(**options)
+    g = torch.Generator().manual_seed(11)
+    b, n, v = (2, 6, 30) if layout != "many_blocks" else (2, 700, 1500)  # 2**20 // 1500 = 699 rows a block
+    zs = 2 * torch.randn(b, n, v, generator=g, dtype=torch.float64)
+    zt = 2 * torch.randn(b, n, v, generator=g, dtype=torch.float64)
+    if layout == "masked_vocab":
+        zs[..., -2:] = float("-inf")
+        zt[..., -2:] = float("-inf")
+    labels = torch.randint(0, v, (b, n), generator=g)
+    labels[0, 3] = -100
+    za, zb = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+    fast = method.dense_kernel_divergence(StepInputs(ModelOutput(za), ModelOutput(zt), labels))
+    slow = method.token_divergence(StepInputs(ModelOutput(zb), ModelOutput(zt), labels))
+    assert fast is not None
+    # the autograd route computes in float32 (pair_log_probs), the kernels in the logits' float64
+    torch.testing.assert_close(fast[0].to(slow[0].dtype), slow[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(fast[1], slow[1])
+    weights = torch.randn(b, n - 1, generator=g, dtype=torch.float64)
+    (fast[0] * weights).sum().backward()
+    (slow[0] * weights).sum().backward()
+    assert torch.isfinite(za.grad).all()
+    if name == "tvd":  # sign(q - p) may flip between float32 and float64 where q and p nearly tie
+        assert float((za.grad - zb.grad).abs().sum() / zb.grad.abs().sum()) < 1e-4
+    else:
+        torch.testing.assert_close(za.grad, zb.grad, rtol=1e-5, atol=1e-6)
+    full = method(StepInputs(ModelOutput(zs), ModelOutput(zt), labels))["loss"]
+    torch.testing.assert_close(full.to(slow[0].dtype), (slow[0] * slow[1]).sum() / slow[1].sum())
+
+
+def test_dense_kernel_path_is_skipped_without_a_kernel_or_with_a_top_k_teacher():
+    from distill.core.topk import TopKLogits
+
+    zs, zt = torch.randn(1, 4, 10), torch.randn(1, 4, 10)
+    assert METHODS.get("skl")().dense_kernel_divergence(StepInputs(ModelOutput(zs), ModelOutput(zt), None)) is None
+    top = ModelOutput(None, topk=TopKLogits.from_logits(zt, 3))
+    assert METHODS.get("fkl")().dense_kernel_divergence(StepInputs(ModelOutput(zs), top, None)) is None

@@ -266,6 +266,64 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         return out[0], out[1], out[2], None, None, None, None
 
 
+def row_block(vocab: int, device: torch.device) -> int:
+    """Rows per block of the blocked row losses: about 4 MB of float32 on a CPU (a block stays in cache), 256 MB on
+    an accelerator."""
+    return max(1, (2**20 if device.type == "cpu" else 2**26) // vocab)
+
+
+class _DenseKernelRows(torch.autograd.Function):
+    """Per-row values of a divergence between student logits z (N, V) and a dense teacher's (N, V), block by block:
+    by ``kernel`` (values and gradient at once, in four block-sized buffers) where it takes the block, else by
+    autograd on the block's ``row_loss``. The gradient is kept and scaled by the incoming one in the backward
+    pass, so no autograd graph over the vocabulary is built."""
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, zt: torch.Tensor, kernel: RowKernel,  # type: ignore[override]
+                row_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        n, v = z.shape
+        values = z.new_empty(n)
+        grad = torch.empty_like(z)
+        step = row_block(v, z.device)
+        buffers = torch.empty(4, min(step, n), v, dtype=z.dtype, device=z.device).unbind(0)
+        for lo in range(0, n, step):
+            part = slice(lo, min(lo + step, n))
+            m = part.stop - lo
+            done = kernel(buffers[0][:m].copy_(z[part]), buffers[1][:m].copy_(zt[part]), buffers[2][:m],
+                          buffers[3][:m])
+            if done is not None:
+                values[part], grad[part] = done
+                continue
+            with torch.enable_grad():
+                zc = z[part].detach().requires_grad_(True)
+                d = row_loss(zc, zt[part])
+                (g,) = torch.autograd.grad(d.sum(), zc)
+            values[part], grad[part] = d.detach(), g
+        ctx.save_for_backward(grad)
+        return values
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g: torch.Tensor):  # type: ignore[override]
+        (grad,) = ctx.saved_tensors
+        return grad * g.to(grad.dtype).unsqueeze(-1), None, None, None
+
+
+def dense_kernel_rows(zs: torch.Tensor, zt: torch.Tensor, kernel: RowKernel,
+                      row_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """The per-token divergence map (...,) of student logits ``zs`` (..., V) against a dense teacher's ``zt``
+    (detached), computed by a divergence's analytic ``kernel`` block by block (:class:`_DenseKernelRows`);
+    ``row_loss(z, zt)`` (autograd) takes the blocks the kernel declines. Same values and gradients as autograd on
+    ``row_loss`` over the whole tensor, about 4x faster over an LM vocabulary on a CPU."""
+    if zs.shape != zt.shape:
+        raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ: align "
+                         "the vocabularies (distill.tasks.causal_lm.align_vocab) first")
+    v = zs.shape[-1]
+    z = zs if zs.dtype == torch.float64 else zs.float()
+    t = zt.detach().to(z.dtype)
+    return _DenseKernelRows.apply(z.reshape(-1, v), t.reshape(-1, v), kernel, row_loss).reshape(zs.shape[:-1])
+
+
 def chunked_token_sum(student: HiddenStates, mask: torch.Tensor, row_loss: RowLoss,
                       teacher: TeacherRows | None = None, kernel: RowKernel | None = None) -> torch.Tensor:
     """sum over the valid positions ``mask`` (B, T - 1) of ``row_loss`` on the student's shifted logits, computed

@@ -41,6 +41,7 @@ from distill.core.topk import Missing, TopKLogits, student_bucket_logprobs
 from distill.methods.llm.chunked import (
     RowKernel,
     chunked_token_sum,
+    dense_kernel_rows,
     normaliser,
     teacher_rows,
 )
@@ -252,11 +253,24 @@ class TokenDivergence(Method):
         if inputs.student.hidden is not None:
             loss = self.chunked_loss(inputs)
         else:
-            d, mask = self.token_divergence(inputs)
+            d, mask = self.dense_kernel_divergence(inputs) or self.token_divergence(inputs)
             loss = reduce_tokens(d, mask, self.reduction, inputs.num_tokens)
         if self.t2_scale:
             loss = loss * self.temperature**2
         return {"loss": loss}
+
+    def dense_kernel_divergence(self, inputs: StepInputs) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """:meth:`token_divergence` by this divergence's analytic kernel (:func:`.chunked.dense_kernel_rows`) where
+        it has one and the teacher is dense; None otherwise."""
+        kernel = self.chunk_kernel()
+        teacher = require_teacher(inputs, self.name)
+        if kernel is None or teacher.is_sparse:
+            return None
+        zs = shift_logits(inputs.student.logits)
+        zt = shifted_teacher(teacher, zs.shape[1] + 1)
+        b, t = inputs.student.logits.shape[:2]
+        d = dense_kernel_rows(zs, zt, kernel, lambda z, teach: self.divergence(*self.pair_log_probs(z, teach)))
+        return d, token_mask(inputs.labels, b, t, zs.device)
 
     def chunked_loss(self, inputs: StepInputs) -> torch.Tensor:
         """The reduced loss from the student's hidden states and head, chunk by chunk (:mod:`.chunked`)."""
