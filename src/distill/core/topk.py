@@ -140,9 +140,10 @@ def student_bucket_logprobs(student_logits: torch.Tensor, topk: TopKLogits, temp
     return out.reshape(*lead, k + 1)
 
 
-def _row_block(v: int, device: torch.device) -> int:
-    """Rows per block: about 4 MB of float32 on a CPU (the block stays in cache), 256 MB elsewhere."""
-    return max(1, (2**20 if device.type == "cpu" else 2**26) // v)
+def row_block(vocab: int, device: torch.device) -> int:
+    """Rows per block of the blocked row losses over a vocabulary (here and in :mod:`distill.methods.llm`): about
+    4 MB of float32 on a CPU (a block stays in cache), 256 MB on an accelerator."""
+    return max(1, (2**20 if device.type == "cpu" else 2**26) // vocab)
 
 
 class _BucketLogProbs(torch.autograd.Function):
@@ -159,7 +160,7 @@ class _BucketLogProbs(torch.autograd.Function):
         k = idx.shape[1]
         log_z = z.new_empty(n, 1)
         tail = z.new_full((n, 1), -math.inf)
-        step = _row_block(v, z.device)
+        step = row_block(v, z.device)
         for a in range(0, n, step):
             zc = z[a:a + step]
             zc = zc / t if t != 1.0 else zc
@@ -185,7 +186,7 @@ class _BucketLogProbs(torch.autograd.Function):
         ratio = torch.where(finite, (log_z - tail.where(finite, log_z)).exp(), torch.zeros_like(tail))
         rest = g_tail * ratio - total  # factor of s_v for every v outside K
         grad = torch.empty_like(z)
-        step = _row_block(v, z.device)
+        step = row_block(v, z.device)
         for a in range(0, n, step):
             b = slice(a, a + step)
             zc = z[b] / t if t != 1.0 else z[b]

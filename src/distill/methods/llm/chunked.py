@@ -36,7 +36,7 @@ import torch
 
 from distill.core.hidden import HiddenStates
 from distill.core.outputs import ModelOutput
-from distill.core.topk import TopKLogits
+from distill.core.topk import TopKLogits, row_block
 
 #: per-token loss of a chunk: (student logits rows (n, V) float32, rows slice) -> (n,) values
 RowLoss = Callable[[torch.Tensor, slice], torch.Tensor]
@@ -264,12 +264,6 @@ class _ChunkedHeadLoss(torch.autograd.Function):
         saved = iter(ctx.saved_tensors)
         out = [next(saved) * grad_out if present else None for present in ctx.present]
         return out[0], out[1], out[2], None, None, None, None
-
-
-def row_block(vocab: int, device: torch.device) -> int:
-    """Rows per block of the blocked row losses: about 4 MB of float32 on a CPU (a block stays in cache), 256 MB on
-    an accelerator."""
-    return max(1, (2**20 if device.type == "cpu" else 2**26) // vocab)
 
 
 class _DenseKernelRows(torch.autograd.Function):

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from distill.core.method import Method, register_method
 from distill.core.outputs import StepInputs, require_teacher
-from distill.core.topk import TopKLogits
+from distill.core.topk import TopKLogits, row_block
 from distill.methods.llm.chunked import chunked_token_sum, normaliser, teacher_rows
 from distill.methods.llm.divergences import (
     cross_entropy_form,
@@ -153,7 +153,7 @@ class _TAIDRows(torch.autograd.Function):
         n, v = z.shape
         loss = z.new_empty(n)
         grad = torch.empty_like(z)
-        step = max(1, (2**20 if z.device.type == "cpu" else 2**26) // v)
+        step = row_block(v, z.device)
         for a in range(0, n, step):
             b = slice(a, a + step)
             zc = z[b]
