@@ -208,3 +208,28 @@ def test_dense_kernel_path_is_skipped_without_a_kernel_or_with_a_top_k_teacher()
     assert METHODS.get("skl")().dense_kernel_divergence(StepInputs(ModelOutput(zs), ModelOutput(zt), None)) is None
     top = ModelOutput(None, topk=TopKLogits.from_logits(zt, 3))
     assert METHODS.get("fkl")().dense_kernel_divergence(StepInputs(ModelOutput(zs), top, None)) is None
+
+
+def test_a_top_k_teacher_chunk_computes_the_student_head_once(monkeypatch):
+    """The kernels take dense teachers only; with a stored top-k teacher each chunk's student logits are computed
+    once (by the autograd route), not first into the kernel's buffer for nothing; the loss is the dense-logits one."""
+    from distill.core.topk import TopKLogits
+
+    hs, ws, ht, wt, mask = chunk_case(seed=2)
+    calls = []
+    real = chunked.head_logits
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chunked, "head_logits", spy)
+    top = TopKLogits.from_logits(ht @ wt.T, 7)
+    labels = torch.where(torch.nn.functional.pad(mask, (1, 0), value=True), 5, -100)
+    h = hs.clone().requires_grad_(True)
+    inputs = StepInputs(ModelOutput(None, hidden=HiddenStates(h, ws, None, 257, 4)),  # type: ignore[arg-type]
+                        ModelOutput(None, topk=top), labels)
+    loss = METHODS.get("fkl")()(inputs)["loss"]
+    assert len(calls) == -(-int(mask.sum()) // 4)
+    dense = METHODS.get("fkl")()(StepInputs(ModelOutput(hs @ ws.T), ModelOutput(None, topk=top), labels))["loss"]
+    torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)

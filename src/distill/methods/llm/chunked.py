@@ -226,14 +226,17 @@ class _ChunkedHeadLoss(torch.autograd.Function):
             h = hidden_rows[part]
             g = d = None
             if buffers is not None:
-                zs = head_logits(h, weight, bias, vocab, buffers[0])
                 zt = teacher(part, out=buffers[1])
-                m = zs.shape[0]
-                # a teacher of another width: the autograd route below refuses it with the vocabularies named
-                other_width = isinstance(zt, torch.Tensor) and zt.shape != zs.shape
-                done = None if other_width else kernel(zs, zt, buffers[2][:m], buffers[3][:m])  # type: ignore[misc]
-                if done is not None:
-                    d, g = done[0].sum(), done[1]
+                if isinstance(zt, TopKLogits):  # the kernels take dense teachers only: no head product for nothing
+                    buffers = None
+                else:
+                    zs = head_logits(h, weight, bias, vocab, buffers[0])
+                    m = zs.shape[0]
+                    # a teacher of another width: the autograd route below refuses it with the vocabularies named
+                    other_width = zt.shape != zs.shape
+                    done = None if other_width else kernel(zs, zt, buffers[2][:m], buffers[3][:m])  # type: ignore[misc]
+                    if done is not None:
+                        d, g = done[0].sum(), done[1]
             if d is None:
                 z = head_logits(h, weight, bias, vocab)
                 with torch.enable_grad():
