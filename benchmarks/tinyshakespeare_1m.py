@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -304,6 +305,9 @@ def main(argv: list[str] | None = None) -> None:
     configs = str(args.configs.resolve().relative_to(REPO)) if args.configs.resolve().is_relative_to(REPO) \
         else args.configs.name
     res: dict[str, Any] = {"args": {"configs": configs, "sets": sets}, "runs": [], "stores": {}}
+    if args.measure and not args.render:  # a measurement times fresh steps: no earlier record or checkpoint reused
+        shutil.rmtree(work / "runs", ignore_errors=True)
+        json_path.unlink(missing_ok=True)
     if json_path.exists():
         on_disk = json.loads(json_path.read_text())
         if all(on_disk.get("args", {}).get(k) == res["args"].get(k) for k in MATCH):
