@@ -8,7 +8,8 @@ positions (127 scored after the shift) over SmolLM2's 49,152-token vocabulary, f
 the library computes it now and as autograd on the plain formula computed it before (kept as the reference in the
 equality tests):
 
-- ``ce``: next-token cross-entropy (``F.cross_entropy``), the floor any token loss is compared with;
+- ``ce``: next-token cross-entropy (``lm_ce``: :func:`distill.methods.llm.chunked.cross_entropy_kernel` block by
+  block; before: ``F.cross_entropy``), what every other loss is compared with;
 - ``fkl_top64``: forward KL from a stored top-64 teacher over the k + 1 buckets
   (:func:`distill.core.topk.student_bucket_logprobs`: blocked, gradient written out; before: autograd on
   logsumexp / scatter / gather);
@@ -45,6 +46,7 @@ from distill.core.outputs import ModelOutput, StepInputs  # noqa: E402
 from distill.core.topk import TopKLogits, student_bucket_logprobs  # noqa: E402
 from distill.methods import METHODS  # noqa: E402
 from distill.methods.llm.taid import taid_rows, taid_rows_reference  # noqa: E402
+from distill.methods.logits.lm_ce import next_token_ce  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,7 +78,8 @@ def arms(b: int, t: int, v: int, k: int) -> dict[str, tuple[Callable[[torch.Tens
         return run
 
     return {
-        "ce": (lambda z: F.cross_entropy(z[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1)),),
+        "ce": (lambda z: next_token_ce(z, labels),
+               lambda z: F.cross_entropy(z[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1))),
         "fkl_top64": (lambda z: bucket_kl(student_bucket_logprobs(z, top)), lambda z: bucket_kl(plain_buckets(z, top))),
         "fkl_dense": (divergence(fkl, True), divergence(fkl, False)),
         "rkl_dense": (divergence(rkl, True), divergence(rkl, False)),

@@ -233,3 +233,76 @@ def test_a_top_k_teacher_chunk_computes_the_student_head_once(monkeypatch):
     assert len(calls) == -(-int(mask.sum()) // 4)
     dense = METHODS.get("fkl")()(StepInputs(ModelOutput(hs @ ws.T), ModelOutput(None, topk=top), labels))["loss"]
     torch.testing.assert_close(loss, dense, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["one_block", "many_blocks", "masked_vocab", "all_ignored"])
+def test_next_token_ce_by_the_kernel_equals_torch_cross_entropy(layout):
+    """lm_ce's full-logits path (the blocked CE kernel) against F.cross_entropy with ignore_index: the mean and
+    summed loss and the gradient; ignored (-100) positions add nothing; a block whose target logit is -inf is
+    declined by the kernel (autograd takes it) and gives what torch gives."""
+    import torch.nn.functional as F
+
+    from distill.methods.logits.lm_ce import next_token_ce
+
+    g = torch.Generator().manual_seed(4)
+    b, n, v = (2, 6, 30) if layout != "many_blocks" else (2, 700, 1500)
+    zs = 2 * torch.randn(b, n, v, generator=g)
+    labels = torch.randint(0, v, (b, n), generator=g)
+    labels[0, 2] = -100
+    if layout == "masked_vocab":
+        zs[..., -2:] = float("-inf")
+        labels = labels.clamp_max(v - 3)
+    if layout == "all_ignored":
+        labels[:] = -100
+    for reduction in ("mean", "sum"):
+        za, zb = zs.clone().requires_grad_(True), zs.clone().requires_grad_(True)
+        got = next_token_ce(za, labels, reduction)
+        if layout == "all_ignored" and reduction == "mean":
+            want = zb.sum() * 0.0
+        else:
+            want = F.cross_entropy(zb[:, :-1].reshape(-1, v), labels[:, 1:].reshape(-1), ignore_index=-100,
+                                   reduction=reduction)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        (got * 1.3).backward()
+        (want * 1.3).backward()
+        torch.testing.assert_close(za.grad, zb.grad, rtol=1e-5, atol=1e-7)
+        assert za.grad[:, -1].abs().sum() == 0  # the last position predicts nothing
+
+
+def test_cross_entropy_kernel_passes_gradcheck_and_the_chunked_path_takes_it(monkeypatch):
+    from distill.methods.llm.chunked import cross_entropy_kernel
+
+    g = torch.Generator().manual_seed(6)
+    zs = (3 * torch.randn(4, 9, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.tensor([0, 8, 3, 3])
+    kernel = cross_entropy_kernel()
+    assert torch.autograd.gradcheck(lambda z: KernelLoss.apply(z, y, kernel), (zs,), eps=1e-6, atol=1e-7)
+    value, _ = kernel(zs.detach().clone(), y, torch.empty_like(zs), torch.empty_like(zs))
+    torch.testing.assert_close(value, torch.nn.functional.cross_entropy(zs.detach(), y, reduction="none"))
+    # lm_ce from hidden states: every chunk by the kernel, the same loss and gradients as the full logits
+    hs, ws, _, _, mask = chunk_case(seed=3)
+    labels = torch.where(torch.nn.functional.pad(mask, (1, 0), value=True), 7, -100)
+    calls = {"taken": 0, "declined": 0}
+    real = chunked.cross_entropy_kernel
+
+    def counting():
+        inner = real()
+
+        def k(*a):
+            out = inner(*a)
+            calls["taken" if out is not None else "declined"] += 1
+            return out
+        return k
+
+    monkeypatch.setattr("distill.methods.logits.lm_ce.cross_entropy_kernel", counting)
+    ce = METHODS.get("lm_ce")()
+    h = hs.clone().requires_grad_(True)
+    chunked_loss = ce(StepInputs(ModelOutput(None, hidden=HiddenStates(h, ws, None, 257, 4)), None,  # type: ignore[arg-type]
+                                 labels))["loss"]
+    chunked_loss.backward()
+    assert calls == {"taken": -(-int(mask.sum()) // 4), "declined": 0}
+    h2 = hs.clone().requires_grad_(True)
+    full = ce(StepInputs(ModelOutput(h2 @ ws.T), None, labels))["loss"]
+    full.backward()
+    torch.testing.assert_close(chunked_loss, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h.grad, h2.grad, rtol=1e-5, atol=1e-6)
