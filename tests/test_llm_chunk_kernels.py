@@ -306,3 +306,33 @@ def test_cross_entropy_kernel_passes_gradcheck_and_the_chunked_path_takes_it(mon
     full.backward()
     torch.testing.assert_close(chunked_loss, full, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(h.grad, h2.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_blocked_lm_losses_compute_in_float32_under_autocast():
+    """bf16 autocast around a step must not reach the blocked losses' row products (the kernels' bmm): values and
+    gradients equal the ones computed without autocast."""
+    from distill.core.topk import TopKLogits, student_bucket_logprobs
+    from distill.methods.llm.taid import taid_rows
+    from distill.methods.logits.lm_ce import next_token_ce
+
+    g = torch.Generator().manual_seed(8)
+    zs, zt = 3 * torch.randn(2, 9, 400, generator=g), 3 * torch.randn(2, 9, 400, generator=g)
+    labels = torch.randint(0, 400, (2, 9), generator=g)
+    top = TopKLogits.from_logits(zt, 8)
+    losses = {
+        "fkl": lambda z: METHODS.get("fkl")()(StepInputs(ModelOutput(z), ModelOutput(zt), None))["loss"],
+        "rkl": lambda z: METHODS.get("rkl")()(StepInputs(ModelOutput(z), ModelOutput(zt), None))["loss"],
+        "buckets": lambda z: student_bucket_logprobs(z, top).exp()[..., -1].sum(),
+        "taid": lambda z: taid_rows(z, top, 0.4).sum(),
+        "ce": lambda z: next_token_ce(z, labels),
+    }
+    for name, loss in losses.items():
+        results = []
+        for bf16 in (False, True):
+            z = zs.clone().requires_grad_(True)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                value = loss(z)
+            value.backward()
+            results.append((value.detach(), z.grad))
+        torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-6, atol=1e-7, msg=name)
+        torch.testing.assert_close(results[1][1], results[0][1], rtol=1e-6, atol=1e-8, msg=name)

@@ -136,7 +136,8 @@ def student_bucket_logprobs(student_logits: torch.Tensor, topk: TopKLogits, temp
         raise ValueError(f"top-k positions {tuple(topk.indices.shape[:-1])} differ from the student's {tuple(lead)}")
     z = (student_logits if student_logits.dtype == torch.float64 else student_logits.float()).reshape(-1, v)
     idx = topk.indices.long().reshape(-1, k)
-    out = _BucketLogProbs.apply(z, idx, float(temperature))
+    with torch.autocast(z.device.type, enabled=False):  # float32 throughout, whatever autocast is on
+        out = _BucketLogProbs.apply(z, idx, float(temperature))
     return out.reshape(*lead, k + 1)
 
 

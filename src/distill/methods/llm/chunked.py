@@ -254,7 +254,8 @@ class _ChunkedHeadLoss(torch.autograd.Function):
                     m = zs.shape[0]
                     # a teacher of another width: the autograd route below refuses it with the vocabularies named
                     other_width = zt.is_floating_point() and zt.shape != zs.shape
-                    done = None if other_width else kernel(zs, zt, buffers[2][:m], buffers[3][:m])  # type: ignore[misc]
+                    with torch.autocast(h.device.type, enabled=False):  # the kernels' row dots in float32
+                        done = None if other_width else kernel(zs, zt, buffers[2][:m], buffers[3][:m])  # type: ignore[misc]
                     if done is not None:
                         d, g = done[0].sum(), done[1]
             if d is None:
@@ -338,7 +339,8 @@ def dense_kernel_rows(zs: torch.Tensor, zt: torch.Tensor, kernel: RowKernel,
         raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(zt.shape)} differ: align "
                          "the vocabularies (distill.tasks.causal_lm.align_vocab) first")
     t = zt.detach().to(z.dtype)
-    return _DenseKernelRows.apply(z.reshape(-1, v), t.reshape(-1, v), kernel, row_loss).reshape(zs.shape[:-1])
+    with torch.autocast(z.device.type, enabled=False):  # float32 throughout (the kernels' row dots are bmm)
+        return _DenseKernelRows.apply(z.reshape(-1, v), t.reshape(-1, v), kernel, row_loss).reshape(zs.shape[:-1])
 
 
 def chunked_token_sum(student: HiddenStates, mask: torch.Tensor, row_loss: RowLoss,

@@ -133,7 +133,8 @@ def taid_rows(zs: torch.Tensor, teacher: torch.Tensor | TopKLogits, t: float) ->
         if teacher.shape != zs.shape:
             raise ValueError(f"student logits {tuple(zs.shape)} and teacher logits {tuple(teacher.shape)} differ")
         top = teacher.detach().reshape(-1, v)
-    return _TAIDRows.apply(z, top, float(t)).reshape(lead)
+    with torch.autocast(z.device.type, enabled=False):  # float32 throughout, whatever autocast is on
+        return _TAIDRows.apply(z, top, float(t)).reshape(lead)
 
 
 def taid_rows_reference(zs: torch.Tensor, teacher: torch.Tensor | TopKLogits, t: float) -> torch.Tensor:

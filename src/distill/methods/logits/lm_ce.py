@@ -60,7 +60,8 @@ def next_token_ce(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "
     ids = y.where(valid, 0).reshape(-1)
     if bool(((ids < 0) | (ids >= v)).any()):
         raise ValueError(f"token labels must be in [0, {v}) or -100, got {int(ids.min())}..{int(ids.max())}")
-    d = _CrossEntropyRows.apply(z, ids)
+    with torch.autocast(z.device.type, enabled=False):  # float32 throughout, whatever autocast is on
+        d = _CrossEntropyRows.apply(z, ids)
     total = d.where(valid.reshape(-1), 0.0).sum()
     return total / valid.sum() if reduction == "mean" else total
 
