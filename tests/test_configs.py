@@ -72,6 +72,16 @@ FROZEN_METHODS = {
     "mealv2": [{"name": "mealv2", "discriminator": True, "mode": "joint", "discriminator_input": "mean_logits"}],
 }
 AB_TAPS = {"resnet20": ["f1_pre", "f2_pre", "f3_pre"], "mobilenetv2": ["f1", "f2", "f3"]}
+#: the official per-pair settings of a MobileNetV2 student (2026-12-07): SGD lr 0.01 and three methods' weights
+PAIR_LR = {"resnet20": 0.05, "mobilenetv2": 0.01}
+PAIR_METHODS = {"mobilenetv2": {
+    "dkd": [_CE, {"name": "dkd", "alpha": 1.0, "beta": 8.0, "temperature": 4.0, "warmup": 5}],
+    "nd": [{"name": "nd", "nd_weight": 0.5, "ce_weight": 1.0, "kd_weight": 3.0, "temperature": 4.0,
+            "warmup_epochs": 5}],
+    "lskd": [{"name": "lskd", "temperature": 3.0, "kl_weight": 1.0, "ce_weight": 0.1}],
+    "tgeo": [{"name": "tgeo", "temperature": 4.0, "hidden": 64, "meta_lr": 1e-3, "inner_lr": 0.01,
+              "update_every": 1}],
+}}
 #: (validation, unlabelled) images per class from outside the subset (PROTOCOLS at --per-class 500)
 FROZEN_EXTRA = {"tgeo": (50, 0), "dho": (50, 500), "dho_single_head": (50, 500)}
 FROZEN_ENSEMBLE = ["resnet20-12fca82f.th", "resnet32-d509ac18.th", "resnet44-014dd654.th", "resnet56-4bfd9763.th"]
@@ -81,7 +91,8 @@ INAPPLICABLE = {"mobilenetv2": {"fsp"}}
 def frozen_config(arm: str, student: str) -> dict:
     """``arm_experiment``'s config at the benchmark's defaults (epochs 15, --per-class 500, the shipped teacher);
     paths as they resolve, output and cache folders left to the sweep."""
-    methods = json.loads(json.dumps(FROZEN_METHODS[arm]).replace('"STUDENT_AB_TAPS"', json.dumps(AB_TAPS[student])))
+    methods = PAIR_METHODS.get(student, {}).get(arm, FROZEN_METHODS[arm])
+    methods = json.loads(json.dumps(methods).replace('"STUDENT_AB_TAPS"', json.dumps(AB_TAPS[student])))
     teacher = {"arch": "resnet56", "weights": "builtin:resnet56_cifar10_jpeg.safetensors"}
     if arm == "mealv2":
         teacher = {"ensemble": [{"arch": f.split("-")[0], "weights": f"SHARED/models/resnet-cifar10/{f}"}
@@ -92,7 +103,7 @@ def frozen_config(arm: str, student: str) -> dict:
             "subset_seed": 0, **({"extra_val_per_class": n_val} if n_val else {}),
             **({"extra_unlabeled_per_class": n_unl} if n_unl else {})}
     return {"seed": 0, "data": data, "student": {"arch": student}, "teacher": teacher, "methods": methods,
-            "train": {"epochs": 15, "batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4,
+            "train": {"epochs": 15, "batch_size": 64, "lr": PAIR_LR[student], "momentum": 0.9, "weight_decay": 5e-4,
                       "schedule": "step", "milestones": [9, 12], "eval_every": 3, "log_every": 20,
                       "progress": False}}
 
