@@ -17,12 +17,18 @@ SCRIPT = REPO / "benchmarks" / "catalogue_queue.sh"
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
 
 
-def run_queue(tmp_path: Path, jobs: str, workers: int = 2) -> list[str]:
+def run_queue(tmp_path: Path, jobs: str, workers: int = 2, then: str = "") -> list[str]:
+    """Run the queue over ``jobs`` with a stub runner; ``then``: a line the first call appends to the list."""
     (tmp_path / "benchmarks").mkdir(exist_ok=True)
     shutil.copy(SCRIPT, tmp_path / "benchmarks" / "catalogue_queue.sh")
     (tmp_path / "jobs.txt").write_text(jobs)
     stub = tmp_path / "stub.py"
-    stub.write_text(f"#!{sys.executable}\nimport sys\nwith open('calls.txt', 'a') as f:\n"
+    stub.write_text(f"#!{sys.executable}\nimport sys\nfrom pathlib import Path\n"
+                    "calls = Path('calls.txt')\n"
+                    f"if {then!r} and not calls.exists():\n"
+                    f"    with open({str(tmp_path / 'jobs.txt')!r}, 'a') as f:\n"
+                    f"        f.write({then!r} + '\\n')\n"
+                    "with open(calls, 'a') as f:\n"
                     "    f.write(' '.join(sys.argv[1:]) + '\\n')\n")
     stub.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stub), "JOBS": str(tmp_path / "jobs.txt"),
@@ -38,7 +44,8 @@ def test_each_job_runs_once_with_its_table_and_probe(tmp_path):
     by_arm = {c.split("--only ")[1].split()[0]: c for c in calls}
     assert set(by_arm) == {"sp", "kd", "cc"}
     assert "--seeds 2 --student mobilenetv2" in by_arm["kd"] and "--name cifar10_catalogue_mobilenetv2" in by_arm["kd"]
-    assert "--name cifar10_catalogue " in by_arm["sp"] and all("--probe-name catalogue" in c for c in calls)
+    assert by_arm["sp"].split("--name ")[1].split()[0] == "cifar10_catalogue"
+    assert all("--probe-name catalogue" in c for c in calls)
     claims = tmp_path / "benchmarks" / "work" / "catalogue_claims"
     assert all((claims / j / "done").exists() for j in ("resnet20-sp-seed1", "mobilenetv2-kd-seed2"))
 
@@ -59,3 +66,29 @@ def test_claims_live_dead_and_done(tmp_path):
     finally:
         live.kill()
     assert [c.split("--only ")[1].split()[0] for c in calls] == ["cc"]  # taken over; sp is held, vid is finished
+
+
+def test_protocol_groups_get_their_recipes_and_teacher(tmp_path):
+    calls = run_queue(tmp_path, "tgeo kd_alpha05 1\nmixt mixup_mixt 0\nmealv2 mealv2_finetune 1\n")
+    by_arm = {c.split("--only ")[1].split()[0]: c for c in calls}
+    assert "--configs configs/cifar10_tgeo" in by_arm["kd_alpha05"]
+    assert "--name cifar10_tgeo" in by_arm["kd_alpha05"] and "--seeds 1" in by_arm["kd_alpha05"]
+    assert "--teacher-mixup" in by_arm["mixup_mixt"] and "--teacher " not in by_arm["mixup_mixt"]
+    assert "--name cifar10_mealv2" in by_arm["mealv2_finetune"]
+    assert not any("--probe-name" in c or "--student" in c for c in calls)  # protocol tables: their recipes' student
+
+
+def test_a_job_listed_while_the_queue_runs_is_taken(tmp_path):
+    calls = run_queue(tmp_path, "resnet20 kd 0\n", workers=1, then="resnet20 dkd 1")
+    assert [c.split("--only ")[1].split()[0] for c in calls] == ["kd", "dkd"]
+
+
+def test_every_listed_job_names_a_recipe():
+    folders = {"resnet20": "cifar10", "mobilenetv2": "cifar10_mobilenetv2", "tgeo": "cifar10_tgeo",
+               "mixt": "cifar10_mixt", "mealv2": "cifar10_mealv2"}
+    lines = [line.split() for line in (REPO / "benchmarks" / "catalogue_jobs.txt").read_text().splitlines()
+             if line.strip() and not line.lstrip().startswith("#")]
+    assert lines
+    for group, arm, seed in lines:
+        assert (REPO / "configs" / folders[group] / f"{arm}.yaml").exists(), (group, arm)
+        assert int(seed) >= 0
