@@ -31,6 +31,10 @@ def test_every_arm_has_a_recipe_with_at_least_a_million_training_tokens():
         if cfg.teacher is not None:
             forms[arm] = T.store_form(cfg.teacher.cache)
     assert forms["fkl_dense"] == "hidden" and forms["fkl"] == forms["taid"] == "k64" and forms["fkl_k1"] == "k1"
+    assert forms["fkl_k256"] == "k256" and forms["fkl_zero"] == "k64"
+    assert set(T.STORE_ARMS) <= set(T.ARMS)
+    _, zero = load_recipe(arms["fkl_zero"], [])
+    assert zero.methods[0].options()["missing"] == "zero"
     _, no_adapt = load_recipe(arms["taid_no_adaptive"], [])
     assert no_adapt.methods[0].options()["disable_adaptive"] is True
 
@@ -87,3 +91,17 @@ def test_verdicts_read_seeds_the_t_curve_and_the_no_adaptive_control():
     one_seed = {"setup": {"seed": 0}, "arms": {"ce": {"val_perplexity": 300.0},
                                                "taid": {"val_perplexity": 250.0, "t_curve": [0.4, 0.7, 0.99]}}}
     assert V.tinyshakespeare_verdicts(one_seed)["taid"].status == V.PENDING
+
+
+def test_the_table_compares_each_sparse_store_with_dense(tmp_path):
+    extra = {"teacher": "k64", "train_tokens": 1_220_608, "tokens_per_second": 500.0, "teacher_agreement": 0.3,
+             "cpu_seconds_per_step": 3.0}
+    data = _runs({"ce": [300.0, 310.0, 305.0], "fkl": [206.0, 204.0, 205.0], "fkl_dense": [200.0, 200.0, 200.0],
+                  "fkl_k256": [202.0, 203.0, 201.0]}, **{a: extra for a in ("ce", "fkl", "fkl_dense", "fkl_k256")})
+    data["teacher"] = {"val_perplexity": 59.4}
+    T.render(data, tmp_path / "t.md", "cmd")
+    cells = [line.strip("| ").split(" | ") for line in (tmp_path / "t.md").read_text().splitlines()]
+    rows = {c[0]: " | ".join(c) for c in cells if len(c) > 1 and c[1].startswith("top-")}
+    assert set(rows) == {"fkl", "fkl_k256"}  # no run of fkl_k1, fkl_k8 or fkl_zero: no row
+    assert " | 3 | +2.50 [" in rows["fkl"] and "+3.00, +2.00, +2.50" in rows["fkl"]
+    assert " | 3 | +1.00 [" in rows["fkl_k256"]
