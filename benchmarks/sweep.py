@@ -106,10 +106,12 @@ def previous_runs(results_path: Path, results: dict[str, Any], match_args: Seque
 
 
 def save_run(results_path: Path, results: dict[str, Any], run: dict[str, Any],
-             match_args: Sequence[str] = ("epochs",)) -> None:
+             match_args: Sequence[str] = ("epochs",), merge_keys: Sequence[str] = ()) -> None:
     """Add ``run`` to the runs in the results file as it is now (other processes may have written there since we
     read it), under an exclusive lock, replaced atomically so that a crash mid-write never leaves a broken file.
-    Runs on disk made with other ``args`` (``match_args``) are dropped; one record per (arm, seed)."""
+    Runs on disk made with other ``args`` (``match_args``) are dropped; one record per (arm, seed). ``merge_keys``:
+    top-level dicts that other processes may also extend (a benchmark's store statistics): the entries on disk are
+    kept, this process's replace those of the same key."""
     with open(results_path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         on_disk = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -117,6 +119,8 @@ def save_run(results_path: Path, results: dict[str, Any], run: dict[str, Any],
         merged = {(r["arm"], r["seed"]): r for r in on_disk.get("runs", []) if keep}
         merged[(run["arm"], run["seed"])] = run
         results["runs"] = list(merged.values())
+        for key in merge_keys if keep else ():
+            results[key] = {**(on_disk.get(key) or {}), **(results.get(key) or {})}
         write_json(results_path, results)
 
 

@@ -266,7 +266,8 @@ def render(res: dict[str, Any], path: Path, command: str) -> None:
         lines += ["", "Teacher stores (training blocks):", "",
                   "| store | size (MB) | of which stored once (MB) | bytes/token | build (s) | teacher mean tail mass "
                   "outside top k |", "|---|---:|---:|---:|---:|---:|"]
-        for s in res["stores"].values():
+        order = sorted(res["stores"], key=lambda f: (f != "hidden", -int(f[1:]) if f[1:].isdigit() else 0))
+        for s in (res["stores"][f] for f in order):  # the dense form, then top-k by k, largest first
             tail = "-" if s.get("mean_tail_mass") is None else f"{s['mean_tail_mass']:.4f}"
             build = "-" if s.get("build_seconds") is None else f"{s['build_seconds']:.0f}"
             lines.append(f"| {s['name']} | {s['megabytes']:.1f} | {s.get('once_megabytes', 0):.1f} | "
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                 t0 = time.perf_counter()
                 record = sweep.run_one(arm, seed)
                 log(f"{arm} seed {seed}: perplexity {record['val_perplexity']:.2f} ({time.perf_counter() - t0:.0f} s)")
-                save_run(json_path, res, record, MATCH)
+                save_run(json_path, res, record, MATCH, merge_keys=("stores",))
                 render(res, md_path, command)
             finally:
                 held.unlink(missing_ok=True)
@@ -403,13 +404,15 @@ def _forms(arms: dict[str, Path]) -> set[str]:
 
 
 def _save(path: Path, res: dict[str, Any]) -> None:
-    """The results with the runs on disk (other processes may have added some since this one read them)."""
+    """The results with the runs and store statistics on disk (other processes may have added some since this one
+    read them)."""
     if path.exists():
         on_disk = json.loads(path.read_text())
         if all(on_disk.get("args", {}).get(k) == res["args"].get(k) for k in MATCH):
             mine = {(r["arm"], r["seed"]): r for r in res.get("runs", [])}
             mine.update({(r["arm"], r["seed"]): r for r in on_disk.get("runs", [])})
             res["runs"] = list(mine.values())
+            res["stores"] = {**(on_disk.get("stores") or {}), **(res.get("stores") or {})}
     write_json(path, res, indent=1)
 
 

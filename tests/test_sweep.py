@@ -37,6 +37,17 @@ def test_save_run_merges_with_the_file_and_drops_other_settings(tmp_path):
     assert not path.with_suffix(".json.tmp").exists()
 
 
+def test_save_run_keeps_the_store_entries_another_process_added(tmp_path):
+    path = tmp_path / "r.json"
+    stale = {"args": {"epochs": 15}, "runs": [], "stores": {"k64": {"mb": 1.0}}}  # read before k256 was built
+    sweep.save_run(path, {"args": {"epochs": 15}, "runs": [], "stores": {"k64": {"mb": 1.0}, "k256": {"mb": 4.0}}},
+                   {"arm": "ce", "seed": 0, "accuracy": 0.1})
+    sweep.save_run(path, stale, {"arm": "kd", "seed": 0, "accuracy": 0.2}, merge_keys=("stores",))
+    assert set(json.loads(path.read_text())["stores"]) == {"k64", "k256"}
+    sweep.save_run(path, dict(stale, stores={"k64": {"mb": 1.0}}), {"arm": "kd", "seed": 1, "accuracy": 0.3})
+    assert set(json.loads(path.read_text())["stores"]) == {"k64"}  # without merge_keys the caller's copy is written
+
+
 def test_summary_and_paired_interval():
     runs = [{"arm": a, "seed": s, "accuracy": v} for a, s, v in [
         ("kd", 0, 0.62), ("kd", 1, 0.64), ("kd", 2, 0.63), ("scratch", 0, 0.60), ("scratch", 1, 0.61),
