@@ -23,17 +23,22 @@ REPO = Path(__file__).resolve().parents[1]
 #: the files synced when none is named: the benchmark page holds the tables; the front page may quote one too
 DEFAULT_FILES = (REPO / "benchmarks" / "README.md", REPO / "README.md")
 BLOCK = re.compile(r"(<!-- table: (?P<path>[^ ]+) -->\n)(?P<body>.*?)(<!-- /table -->)", re.S)
-KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run", "Verdicts")
+KEEP = ("|", "Not applicable", "MEAL V2's teacher", "Still to run", "Verdicts", "Teacher stores", "The sparse stores",
+        "TAID's interpolation")
 
 
 def table_lines(md: Path) -> str:
     """The table rows and the notes around them, with a blank line wherever a table starts or ends (Markdown
     would otherwise read a note right after a table as one more row)."""
     out: list[str] = []
+    previous = ""  # the source line before this one, kept or not
     for line in md.read_text().splitlines():
-        if not line.startswith(KEEP):
+        kept, row = line.startswith(KEEP), line.startswith("|")
+        new_table = row and not previous.startswith("|")  # two tables apart in the file stay apart
+        previous = line
+        if not kept:
             continue
-        if out and out[-1].startswith("|") != line.startswith("|"):
+        if out and out[-1] and (out[-1].startswith("|") != row or new_table):
             out.append("")
         out.append(line)
     return "\n".join(out) + "\n"

@@ -99,3 +99,16 @@ def test_sync_replaces_a_block_and_separates_notes_from_the_table(tmp_path: Path
                                         "Not applicable: x.\n<!-- /table -->\nafter\n")
     with pytest.raises(FileNotFoundError, match="missing.md"):
         sync.sync("<!-- table: missing.md -->\n<!-- /table -->", tmp_path)
+
+
+def test_two_tables_of_one_file_stay_two_tables(tmp_path) -> None:
+    """A result file with two tables apart (a caption or blank line between them) is quoted as two tables, each with
+    the caption that introduces it when the caption is one the page keeps; the notes around them are dropped."""
+    md = tmp_path / "r.md"
+    md.write_text("# title\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nsome note\n\nTeacher stores (training blocks):\n\n"
+                  "| store | size |\n|---|---|\n| top-64 | 118 |\n| top-8 | 15 |\n")
+    quoted = load_sync().table_lines(md).splitlines()
+    assert quoted == ["| a | b |", "|---|---|", "| 1 | 2 |", "", "Teacher stores (training blocks):", "",
+                      "| store | size |", "|---|---|", "| top-64 | 118 |", "| top-8 | 15 |"]
+    md.write_text("| a |\n|---|\n| 1 |\n\n| c |\n|---|\n| 3 |\n")  # two tables, only a blank line between
+    assert load_sync().table_lines(md).splitlines() == ["| a |", "|---|", "| 1 |", "", "| c |", "|---|", "| 3 |"]
