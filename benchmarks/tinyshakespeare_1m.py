@@ -54,6 +54,7 @@ from tinyshakespeare import arm_overrides, cache_stats, evaluate_run, log, store
 
 from distill.core.family import FAMILIES  # noqa: E402
 from distill.experiment import Experiment, open_teacher_cache  # noqa: E402
+from distill.train.checkpoint import latest_checkpoint  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tinyshakespeare_1m"
@@ -348,13 +349,17 @@ def main(argv: list[str] | None = None) -> None:
     def before_fit(arm: str, exp: Experiment) -> dict[str, Any]:
         curves["t"] = watch_taid(exp)
         curves["cpu"] = time.process_time()
+        found = latest_checkpoint(exp.trainer.run_dir / "checkpoints")  # a resumed run: CPU counts its steps only
+        curves["from"] = int(found.name.removeprefix("step-")) if found is not None else 0
         return {}
 
     def after_fit(arm: str, exp: Experiment) -> dict[str, Any]:
         cpu = time.process_time() - curves["cpu"]  # this process's CPU time in fit: what the shared machine's other
         record = evaluate_run(exp, top1)           # jobs disturb far less than the wall clock
         record["train_cpu_seconds"] = round(cpu, 1)
-        record["cpu_seconds_per_step"] = round(cpu / max(record["steps"], 1), 3)
+        record["cpu_seconds_per_step"] = round(cpu / max(record["steps"] - curves["from"], 1), 3)
+        if curves["from"]:
+            record["resumed_from_step"] = curves["from"]
         record.pop("taid_t_final", None)
         if curves.get("t"):
             record.update(t_summary(curves["t"]))
