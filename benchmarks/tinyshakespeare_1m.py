@@ -54,7 +54,7 @@ from tinyshakespeare import arm_overrides, cache_stats, evaluate_run, log, store
 
 from distill.core.family import FAMILIES  # noqa: E402
 from distill.experiment import Experiment, open_teacher_cache  # noqa: E402
-from distill.train.checkpoint import latest_checkpoint  # noqa: E402
+from distill.train.checkpoint import checkpoint_folders  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tinyshakespeare_1m"
@@ -349,8 +349,8 @@ def main(argv: list[str] | None = None) -> None:
     def before_fit(arm: str, exp: Experiment) -> dict[str, Any]:
         curves["t"] = watch_taid(exp)
         curves["cpu"] = time.process_time()
-        found = latest_checkpoint(exp.trainer.run_dir / "checkpoints")  # a resumed run: CPU counts its steps only
-        curves["from"] = int(found.name.removeprefix("step-")) if found is not None else 0
+        found = checkpoint_folders(exp.trainer.run_dir / "checkpoints")  # a resumed run: CPU counts its steps only
+        curves["from"] = int(found[-1].name.removeprefix("step-")) if found else 0  # names only: fit loads it
         return {}
 
     def after_fit(arm: str, exp: Experiment) -> dict[str, Any]:
