@@ -59,7 +59,7 @@ from distill.train.checkpoint import checkpoint_folders  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tinyshakespeare_1m"
 ARMS = ["ce", "fkl", "fkl_dense", "rkl", "gjsd_0.5", "skl_0.1", "taid", "taid_no_adaptive", "taid_a5e-3", "fkl_k8",
-        "fkl_k1", "fkl_k256", "fkl_zero"]
+        "fkl_k1", "fkl_k256", "fkl_zero", "ce_fkl"]
 #: the sparse stores' forward-KL arms, compared with ``fkl_dense`` in the table (arm -> what it reads)
 STORE_ARMS = {"fkl_k1": "top-1", "fkl_k8": "top-8", "fkl": "top-64", "fkl_k256": "top-256",
               "fkl_zero": "top-64, `zero` mode"}
