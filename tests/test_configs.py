@@ -329,8 +329,8 @@ FOLDERS = {
     "ortrack": {"ce_finetune", "orr", "orr_w2e-4", "orr_w1e-1", "orr_bn_update", "scratch", "mse_uniform",
                 "afkd"},  # benchmarks/ortrack.py
     "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py
-    "tinyshakespeare_1m": {"ce", "ce_fkl", "fkl", "fkl_dense", "fkl_k1", "fkl_k8", "fkl_k256", "fkl_zero", "gjsd_0.5",
-                           "rkl", "skl_0.1", "taid", "taid_a5e-3", "taid_no_adaptive"},  # benchmarks/tinyshakespeare_1m.py
+    "tinyshakespeare_1m": {"ce", "ce_fkl", "fkl", "fkl_dense", "fkl_k1", "fkl_k8", "fkl_k256", "fkl_zero",  # 1M-token
+                           "gjsd_0.5", "rkl", "skl_0.1", "taid", "taid_a5e-3", "taid_no_adaptive"},  # LLM table
 }
 
 
