@@ -59,16 +59,16 @@ from distill.train.checkpoint import checkpoint_folders  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tinyshakespeare_1m"
 ARMS = ["ce", "fkl", "fkl_dense", "rkl", "gjsd_0.5", "skl_0.1", "taid", "taid_no_adaptive", "taid_a5e-3", "fkl_k8",
-        "fkl_k1", "fkl_k256", "fkl_zero", "ce_fkl"]
+        "fkl_k1", "fkl_k256", "fkl_zero", "ce_fkl", "seqkd_ce"]
 #: the sparse stores' forward-KL arms, compared with ``fkl_dense`` in the table (arm -> what it reads)
 STORE_ARMS = {"fkl_k1": "top-1", "fkl_k8": "top-8", "fkl": "top-64", "fkl_k256": "top-256",
               "fkl_zero": "top-64, `zero` mode"}
 SEEDS = [0, 1, 2]
 NAME = "tinyshakespeare_1m"
-#: the smoke run: tiny data, two seeds, the arms that exercise every store and the t curve
+#: the smoke run: tiny data, two seeds, the arms that exercise every store, the t curve and SeqKD's generation
 QUICK = ["data.train_blocks=16", "data.eval_blocks=2", "data.block_size=32", "train.epochs=2", "train.batch_size=4",
          "train.eval_every=2", "train.warmup_epochs=0.5"]
-QUICK_ARMS = ["ce", "fkl", "fkl_dense", "taid", "taid_no_adaptive", "fkl_k1"]
+QUICK_ARMS = ["ce", "fkl", "fkl_dense", "taid", "taid_no_adaptive", "fkl_k1", "seqkd_ce"]
 #: ``--measure``: the real batch and block size on 96 training blocks (6 steps), one arm of each kind (rkl, gjsd,
 #: skl cost what fkl does: one divergence over the same top-64 rows; top-8 and top-1 less)
 MEASURE = ["data.train_blocks=96", "data.eval_blocks=2", "train.epochs=1"]
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     arms = {a: f for a, f in discover_arms(args.configs, ARMS).items() if a in arms_wanted}
 
     def overrides(arm: str, seed: int) -> list[str]:
-        return arm_overrides(arms[arm], work / "runs" / f"{arm}-s{seed}", work, seed, sets)
+        return arm_overrides(arms[arm], work / "runs" / f"{arm}-s{seed}", work, seed, sets, quick=args.quick)
 
     if args.stores or args.quick or args.measure or not all((work / f"teacher_{f}" / "manifest.json").exists()
                                                             for f in _forms(arms)):

@@ -74,7 +74,7 @@ def _arms_ready(ev: Evidence, arms: Sequence[str], seeds: int) -> Verdict | None
     """Pending when an arm is absent (a control arm) or has fewer seeds than asked; None when all are ready."""
     absent = [a for a in arms if a not in ev.values]
     if absent:
-        return Verdict(PENDING, "control arm " + ", ".join(absent) + " not run")
+        return Verdict(PENDING, "not run yet: " + ", ".join(absent))
     few = [f"{a} {ev.seeds(a)} of {seeds} seeds" for a in arms if ev.seeds(a) < seeds]
     if few:
         return Verdict(PENDING, "seeds: " + ", ".join(few))
@@ -138,7 +138,7 @@ def margin_best(arm: str, candidates: Sequence[str], d: float = 0.0, label: str 
     def check(ev: Evidence, seeds: int) -> Verdict:
         absent = [c for c in candidates if c not in ev.values]
         if absent:
-            return Verdict(PENDING, "control arms " + ", ".join(absent) + " not run")
+            return Verdict(PENDING, "not run yet: " + ", ".join(absent))
         wait = _arms_ready(ev, list(candidates), seeds)  # "the best" only once every candidate has its seeds
         if wait:
             return wait
@@ -319,7 +319,7 @@ class Criterion:
         if few:
             absent = [a for a in self.arms() if a not in ev.values]
             return Verdict(PENDING, "seeds: " + ", ".join(few) + (f" ({self.seeds_note})" if self.seeds_note else "")
-                           + ("; control arms " + ", ".join(absent) + " not run" if absent else ""))
+                           + ("; not run yet: " + ", ".join(absent) if absent else ""))
         results = [c(ev, self.seeds) for c in self.checks]
         missed = [r.detail for r in results if r.status == MISSED]
         if missed:

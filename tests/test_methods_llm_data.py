@@ -214,6 +214,39 @@ def test_teacher_sequences_are_generated_once_and_cached(tmp_path, tok):
     assert (tmp_path / "seq" / "sequences.safetensors").stat().st_mtime_ns != mtime
 
 
+def test_teacher_generation_killed_mid_way_resumes_to_the_uninterrupted_sequences(tmp_path, tok, monkeypatch):
+    import distill.llm.generation as gen
+
+    train, _ = text_blocks(corpus(tmp_path), tok, block_size=8, val_fraction=0.2)
+    data = train.subset(slice(0, 7))
+    teacher = tiny_model(seed=6)
+    kw = dict(pad_id=0, eos_id=1, fingerprint=model_fingerprint(teacher), max_new_tokens=4, prefix_tokens=3,
+              do_sample=True, batch_size=2, seed=3)
+    whole = teacher_sequences(teacher, data, tmp_path / "whole", **kw)
+
+    real, calls = gen.generate_completions, []
+
+    def dies_on_the_third(*a, **k):
+        calls.append(k["seed"])
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    monkeypatch.setattr(gen, "generate_completions", dies_on_the_third)
+    with pytest.raises(KeyboardInterrupt):
+        teacher_sequences(teacher, data, tmp_path / "seq", **kw)
+    assert not (tmp_path / "seq" / "meta.json").exists()  # not taken for a finished cache
+    assert len(list((tmp_path / "seq").glob("parts-*/*.safetensors"))) == 2
+    calls.clear()
+    monkeypatch.setattr(gen, "generate_completions", lambda *a, **k: calls.append(k["seed"]) or real(*a, **k))
+    again = teacher_sequences(teacher, data, tmp_path / "seq", **kw)
+    assert calls == [3 + 4, 3 + 6]  # only the batches that were not written (first rows 4 and 6)
+    for name in ("input_ids", "attention_mask", "labels", "prompt_lengths"):
+        assert torch.equal(getattr(again, name), getattr(whole, name))
+    assert not list((tmp_path / "seq").glob("parts-*"))  # merged, then removed
+    assert not list((tmp_path / "seq").glob("*.tmp"))
+
+
 def test_on_policy_through_distill_module_trains_on_student_samples(tmp_path, tok):
     task = CausalLM(len(tok))
     train, _ = text_blocks(corpus(tmp_path), tok, block_size=8, val_fraction=0.2)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +106,12 @@ def teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, *
     and tokenizer (e.g. :func:`distill.llm.topk_store.model_fingerprint`); a cache made from another teacher,
     data or settings is regenerated, never silently reused. ``device``: where the teacher generates (it is moved
     there; default: where it is). Under several processes the main process generates while the others wait, then
-    they read its files."""
+    they read its files.
+
+    Nothing is lost on a crash: each batch of ``batch_size`` completions is written as it is done
+    (``parts-<key>/<first row>.safetensors``, each batch sampled from ``seed`` + its first row), so a run killed
+    mid-way generates only the missing batches when started again and gives the same sequences as one that was not
+    interrupted. Every file is written to a temporary name and renamed; ``meta.json`` comes last."""
     from distill.train.distributed import main_process_first
 
     with main_process_first():
@@ -118,8 +125,6 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
                        fingerprint: str, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
                        top_p: float, prefix_tokens: int, batch_size: int, seed: int,
                        device: str | torch.device | None) -> LMData:
-    from safetensors.torch import save_file
-
     from distill.core.safe_pickle import load_safetensors
 
     settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
@@ -135,12 +140,28 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
         teacher.to(device)
     from distill.train.progress import track
 
-    starts = track(range(0, len(prompts), batch_size), "teacher generation", len(prompts),
-                   size=lambda s: min(batch_size, len(prompts) - s))
-    parts = [generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,
-                                  max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, seed=seed + s)
-             for s in starts]
+    parts_dir = cache / f"parts-{key[:16]}"
+    for stale in cache.glob("parts-*"):  # batches of another teacher, data or settings
+        if stale != parts_dir and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def part_file(start: int) -> Path:
+        return parts_dir / f"{start:08d}.safetensors"
+
+    todo = [s for s in range(0, len(prompts), batch_size) if not part_file(s).is_file()]
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    def rows(start: int) -> int:
+        return min(batch_size, len(prompts) - start)
+
+    for s in track(todo, "teacher generation", sum(map(rows, todo)), size=rows):
+        part = generate_completions(teacher, prompts[s:s + batch_size], pad_id=pad_id, eos_id=eos_id,
+                                    max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, seed=seed + s)
+        _save_atomic(_fields(part), part_file(s))
+    parts = []
+    for s in range(0, len(prompts), batch_size):
+        t = load_safetensors(part_file(s))
+        parts.append(LMData(t["input_ids"], t["attention_mask"], t["labels"], t["prompt_lengths"]))
     length = max(p.input_ids.shape[1] for p in parts)
 
     def cat(name: str, fill: int) -> torch.Tensor:
@@ -149,12 +170,27 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
 
     out = LMData(cat("input_ids", pad_id), cat("attention_mask", 0), cat("labels", IGNORE),
                  torch.cat([p.prompt_lengths for p in parts]))
-    cache.mkdir(parents=True, exist_ok=True)
-    save_file({"input_ids": out.input_ids.contiguous(), "attention_mask": out.attention_mask.contiguous(),
-               "labels": out.labels.contiguous(), "prompt_lengths": out.prompt_lengths.contiguous()}, str(file))
-    meta_path.write_text(json.dumps({"key": key, "teacher": fingerprint, "data": data.fingerprint(),
-                                     "settings": settings, "rows": len(out)}, indent=1))
+    _save_atomic(_fields(out), file)
+    tmp = meta_path.with_name(meta_path.name + ".tmp")
+    tmp.write_text(json.dumps({"key": key, "teacher": fingerprint, "data": data.fingerprint(),
+                               "settings": settings, "rows": len(out)}, indent=1))
+    os.replace(tmp, meta_path)
+    shutil.rmtree(parts_dir, ignore_errors=True)
     return out
+
+
+def _fields(d: LMData) -> dict[str, torch.Tensor]:
+    return {"input_ids": d.input_ids.contiguous(), "attention_mask": d.attention_mask.contiguous(),
+            "labels": d.labels.contiguous(), "prompt_lengths": d.prompt_lengths.contiguous()}
+
+
+def _save_atomic(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, path)
 
 
 def __getattr__(name: str) -> Any:
