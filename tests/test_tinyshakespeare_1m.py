@@ -105,3 +105,16 @@ def test_the_table_compares_each_sparse_store_with_dense(tmp_path):
     assert set(rows) == {"fkl", "fkl_k256"}  # no run of fkl_k1, fkl_k8 or fkl_zero: no row
     assert " | 3 | +2.50 [" in rows["fkl"] and "+3.00, +2.00, +2.50" in rows["fkl"]
     assert " | 3 | +1.00 [" in rows["fkl_k256"]
+
+
+def test_queued_arms_are_pending_rows_and_the_48_step_rows_are_superseded():
+    data = _runs({"ce": [300.0], "fkl": [200.0]})
+    data["args"] = {"configs": "configs/tinyshakespeare_1m", "sets": []}
+    v = V.tinyshakespeare_verdicts(data)
+    assert set(v) == set(T.ARMS)  # every recipe of the folder is a row, run or not
+    assert v["seqkd_ce"].status == V.PENDING and "not run yet: seqkd_ce" in v["seqkd_ce"].detail
+    assert v["ce"].status == V.ROLE
+    old = {"setup": {"seed": 0}, "arms": {"ce": {"val_perplexity": 300.0}, "fkl": {"val_perplexity": 250.0},
+                                          "seqkd_ce": {"val_perplexity": 280.0}}}
+    assert {r.status for r in V.tinyshakespeare_48_verdicts(old).values()} == {V.ROLE}  # counted nowhere
+    assert "tinyshakespeare_1m" in V.tinyshakespeare_48_verdicts(old)["fkl"].detail

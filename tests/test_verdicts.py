@@ -538,3 +538,11 @@ def test_catalogue_mixup_row_reads_the_mix_t_table(tmp_path):
     (tmp_path / "cifar10_mixt.json").write_text(json.dumps({"args": {"name": "cifar10_mixt"}, "runs": mixt}))
     v = V.cifar_verdicts(cat, tmp_path)["mixup_t1"]  # T=1 wins with the plain teacher, loses with Mix-T
     assert v.status == V.MISSED and "Mix-T" in v.detail
+
+
+def test_queued_arms_of_a_group_come_from_the_jobs_file(tmp_path):
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# student arm seed\nmobilenetv2 sp 0\nmobilenetv2 sp 1\ntgeo tgeo 0\n\nmobilenetv2 dkd 0\n")
+    assert V.queued_arms("mobilenetv2", jobs) == ["sp", "dkd"]
+    assert V.queued_arms("tgeo", jobs) == ["tgeo"] and V.queued_arms("mealv2", jobs) == []
+    assert V.queued_arms("mobilenetv2", tmp_path / "none.txt") == []
