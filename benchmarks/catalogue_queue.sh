@@ -8,7 +8,9 @@
 # catalogue job with its probe, cifar10_kd.py --probe-name), and move on; the list is read again before each claim,
 # so lines added while the queue runs are taken too. A finished (arm, seed) is skipped by cifar10_kd.py itself and a
 # killed run resumes from its last checkpoint, so a rerun of this script, in this session or a later one, continues
-# where the last stopped. Logs: the claims folder.
+# where the last stopped. After each finished job, benchmarks/verdicts.py --extend-jobs adds the seeds a row still
+# needs (a third where a 2-seed arm's first two differ by more than a point), next to its arm's lines. Logs: the
+# claims folder.
 #   nohup setsid bash benchmarks/catalogue_queue.sh > /dev/null 2>&1 &
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +55,11 @@ worker() {
     nice -n 10 "$PY" benchmarks/cifar10_kd.py --arms all --only "$arm" --seeds "$seed" "${extra[@]}" \
       --name "$name" >> "$CLAIMS/$job/log" 2>&1
     rc=$?
-    [ $rc -eq 0 ] && touch "$CLAIMS/$job/done"
+    if [ $rc -eq 0 ]; then
+      touch "$CLAIMS/$job/done"
+      # a row whose seeds now ask for another (rule 4: a 2-seed arm's seeds differ by more than a point) gets it
+      "$PY" benchmarks/verdicts.py --extend-jobs "$JOBS" >> "$CLAIMS/$job/log" 2>&1
+    fi
     echo "end rc=$rc $(date -u +%FT%TZ)" >> "$CLAIMS/$job/log"
   done
 }

@@ -2,6 +2,7 @@
 
     python benchmarks/verdicts.py            # benchmarks/results/verdicts.{md,json}, verdicts_summary.md
     python benchmarks/verdicts.py --check    # exit 1 if verdicts.md differs from what the result files give
+    python benchmarks/verdicts.py --extend-jobs benchmarks/catalogue_jobs.txt   # queue the seeds rows still need
 
 Each method row of a benchmark has a :class:`Criterion`: the spec's words (``quote``, with the section it comes
 from), the seeds the protocol asks for (3 for logit and seed methods, 2 for the classic feature methods, more where
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -656,11 +658,66 @@ def render(results: Path = RESULTS) -> tuple[dict[str, str], dict[str, Any]]:
     return texts, data
 
 
+#: the catalogue tables whose missing seeds benchmarks/catalogue_queue.sh runs: result name -> its job group
+QUEUED_TABLES = {"cifar10_catalogue": "resnet20", "cifar10_catalogue_mobilenetv2": "mobilenetv2"}
+#: catalogue arms whose rows their own protocol tables decide (cifar10_tgeo, cifar10_mealv2): no seeds queued
+DECIDED_ELSEWHERE = {"tgeo", "mealv2"}
+
+
+def missing_seed_jobs(results: Path = RESULTS) -> list[tuple[str, str, int]]:
+    """(group, arm, seed) of every seed a catalogue row that has run still needs: its criterion's seeds, and the
+    third one rule 4 asks for when a 2-seed arm's first two seeds differ by more than a point."""
+    out = []
+    for name, group in QUEUED_TABLES.items():
+        data = load(name, results)
+        if data is None:
+            continue
+        ev = cifar_evidence(data, results)
+        for arm, c in cifar_criteria(group, results, name).items():
+            if c.role or c.na or arm not in ev.values or arm in DECIDED_ELSEWHERE:
+                continue
+            out += [(group, arm, seed) for seed in range(c.needed(ev, arm)) if seed not in ev.values[arm]]
+    return out
+
+
+def extend_jobs(jobs: Path, wanted: Sequence[tuple[str, str, int]]) -> list[str]:
+    """Add the ``wanted`` jobs the list lacks, each after the last line of its arm (else of its group, else at the
+    end), so a third seed runs next to its row's other seeds; the file is replaced in one rename. Returns the lines
+    added."""
+    lines = jobs.read_text().splitlines()
+    fields = [line.split() if line.strip() and not line.lstrip().startswith("#") else [] for line in lines]
+    have = {tuple(f) for f in fields if len(f) == 3}
+    added = []
+    for group, arm, seed in wanted:
+        line = f"{group} {arm} {seed}"
+        if (group, arm, str(seed)) in have:
+            continue
+        at = max((i for i, f in enumerate(fields) if f[:2] == [group, arm]), default=None)
+        if at is None:
+            at = max((i for i, f in enumerate(fields) if f[:1] == [group]), default=len(lines) - 1)
+        lines.insert(at + 1, line)
+        fields.insert(at + 1, line.split())
+        have.add((group, arm, str(seed)))
+        added.append(line)
+    if added:
+        tmp = jobs.with_name(f"{jobs.name}.{os.getpid()}.tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, jobs)
+    return added
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--results", type=Path, default=RESULTS)
     p.add_argument("--check", action="store_true", help="exit 1 if verdicts.md is out of date")
+    p.add_argument("--extend-jobs", type=Path, metavar="JOBS",
+                   help="add to the JOBS list (benchmarks/catalogue_jobs.txt) the seeds the catalogue rows that have "
+                        "run still need (a third seed where two differ by more than a point), then exit")
     args = p.parse_args()
+    if args.extend_jobs:
+        for line in extend_jobs(args.extend_jobs, missing_seed_jobs(args.results)):
+            print(f"queued: {line}")
+        return 0
     texts, data = render(args.results)
     if args.check:
         stale = [n for n, t in texts.items() if not (args.results / n).exists() or (args.results / n).read_text() != t]

@@ -38,9 +38,17 @@ def run_queue(tmp_path: Path, jobs: str, workers: int = 2, then: str = "") -> li
     return calls.read_text().splitlines() if calls.exists() else []
 
 
+def runs_of(calls: list[str]) -> list[str]:
+    """The benchmark runs among the stub's calls (the others: verdicts.py --extend-jobs after each finished run)."""
+    return [c for c in calls if c.startswith("benchmarks/cifar10_kd.py")]
+
+
 def test_each_job_runs_once_with_its_table_and_probe(tmp_path):
-    calls = run_queue(tmp_path, "# a comment\nresnet20 sp 1\n\nmobilenetv2 kd 2\nresnet20 cc 1\n")
+    everything = run_queue(tmp_path, "# a comment\nresnet20 sp 1\n\nmobilenetv2 kd 2\nresnet20 cc 1\n")
+    calls = runs_of(everything)
     assert len(calls) == 3
+    extend = [c for c in everything if c.startswith("benchmarks/verdicts.py --extend-jobs")]
+    assert len(extend) == 3 and all(c.endswith("jobs.txt") for c in extend)  # after each finished run
     by_arm = {c.split("--only ")[1].split()[0]: c for c in calls}
     assert set(by_arm) == {"sp", "kd", "cc"}
     assert "--seeds 2 --student mobilenetv2" in by_arm["kd"] and "--name cifar10_catalogue_mobilenetv2" in by_arm["kd"]
@@ -62,14 +70,14 @@ def test_claims_live_dead_and_done(tmp_path):
             (claims / job / "pid").write_text(f"{pid}\n")
             if done:
                 (claims / job / "done").touch()
-        calls = run_queue(tmp_path, "resnet20 sp 1\nresnet20 cc 1\nresnet20 vid 1\n", workers=1)
+        calls = runs_of(run_queue(tmp_path, "resnet20 sp 1\nresnet20 cc 1\nresnet20 vid 1\n", workers=1))
     finally:
         live.kill()
     assert [c.split("--only ")[1].split()[0] for c in calls] == ["cc"]  # taken over; sp is held, vid is finished
 
 
 def test_protocol_groups_get_their_recipes_and_teacher(tmp_path):
-    calls = run_queue(tmp_path, "tgeo kd_alpha05 1\nmixt mixup_mixt 0\nmealv2 mealv2_finetune 1\n")
+    calls = runs_of(run_queue(tmp_path, "tgeo kd_alpha05 1\nmixt mixup_mixt 0\nmealv2 mealv2_finetune 1\n"))
     by_arm = {c.split("--only ")[1].split()[0]: c for c in calls}
     assert "--configs configs/cifar10_tgeo" in by_arm["kd_alpha05"]
     assert "--name cifar10_tgeo" in by_arm["kd_alpha05"] and "--seeds 1" in by_arm["kd_alpha05"]
@@ -79,7 +87,7 @@ def test_protocol_groups_get_their_recipes_and_teacher(tmp_path):
 
 
 def test_a_job_listed_while_the_queue_runs_is_taken(tmp_path):
-    calls = run_queue(tmp_path, "resnet20 kd 0\n", workers=1, then="resnet20 dkd 1")
+    calls = runs_of(run_queue(tmp_path, "resnet20 kd 0\n", workers=1, then="resnet20 dkd 1"))
     assert [c.split("--only ")[1].split()[0] for c in calls] == ["kd", "dkd"]
 
 

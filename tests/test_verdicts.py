@@ -546,3 +546,24 @@ def test_queued_arms_of_a_group_come_from_the_jobs_file(tmp_path):
     assert V.queued_arms("mobilenetv2", jobs) == ["sp", "dkd"]
     assert V.queued_arms("tgeo", jobs) == ["tgeo"] and V.queued_arms("mealv2", jobs) == []
     assert V.queued_arms("mobilenetv2", tmp_path / "none.txt") == []
+
+
+def test_a_third_seed_is_queued_where_two_differ_by_more_than_a_point(tmp_path):
+    runs = [{"arm": "scratch", "seed": s, "accuracy": a} for s, a in enumerate([0.44, 0.443, 0.439])]
+    runs += [{"arm": "at", "seed": 0, "accuracy": 0.4361}, {"arm": "at", "seed": 1, "accuracy": 0.4260},  # 1.01 apart
+             {"arm": "sp", "seed": 0, "accuracy": 0.50}, {"arm": "sp", "seed": 1, "accuracy": 0.505},  # 0.5 apart
+             {"arm": "dkd", "seed": 0, "accuracy": 0.46}]  # a logit arm: 3 seeds
+    (tmp_path / "cifar10_catalogue_mobilenetv2.json").write_text(json.dumps(
+        {"args": {"student": "mobilenetv2", "name": "cifar10_catalogue_mobilenetv2"}, "runs": runs}))
+    wanted = V.missing_seed_jobs(tmp_path)
+    assert ("mobilenetv2", "at", 2) in wanted and not any(a == "sp" for _, a, _ in wanted)
+    assert {("mobilenetv2", "dkd", 1), ("mobilenetv2", "dkd", 2)} <= set(wanted)
+    jobs = tmp_path / "jobs.txt"
+    jobs.write_text("# group arm seed\nmobilenetv2 at 0\nmobilenetv2 at 1\nmobilenetv2 sp 1\ntgeo tgeo 0\n")
+    added = V.extend_jobs(jobs, [("mobilenetv2", "at", 2), ("mobilenetv2", "dkd", 1), ("mobilenetv2", "sp", 1),
+                                 ("resnet20", "kd", 2)])
+    assert added == ["mobilenetv2 at 2", "mobilenetv2 dkd 1", "resnet20 kd 2"]  # sp 1 was listed already
+    assert jobs.read_text().splitlines() == ["# group arm seed", "mobilenetv2 at 0", "mobilenetv2 at 1",
+                                             "mobilenetv2 at 2", "mobilenetv2 sp 1", "mobilenetv2 dkd 1",
+                                             "tgeo tgeo 0", "resnet20 kd 2"]
+    assert V.extend_jobs(jobs, [("mobilenetv2", "at", 2)]) == []  # idempotent
