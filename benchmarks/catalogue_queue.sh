@@ -12,6 +12,7 @@
 # needs (a third where a 2-seed arm's first two differ by more than a point), next to its arm's lines. Logs: the
 # claims folder.
 #   nohup setsid bash benchmarks/catalogue_queue.sh > /dev/null 2>&1 &
+{  # parsed whole before it runs: editing this file while a queue runs cannot change the running one
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
@@ -69,3 +70,5 @@ for i in $(seq 1 "${WORKERS:-2}"); do
   sleep "${STAGGER:-5}"  # the first worker claims its job before the next reads the list
 done
 wait
+exit
+}

@@ -4,6 +4,7 @@
 # and write its record to benchmarks/results/tinyshakespeare_1m.json as it finishes. Rerun to resume (a claim
 # left by a killed process is taken over; a run killed mid-way restarts from its last checkpoint or from step 0).
 #   bash benchmarks/llm_queue.sh > benchmarks/work/llm_queue.log 2>&1 &
+{  # parsed whole before it runs: editing this file while a queue runs cannot change the running one
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -21,3 +22,4 @@ status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
 nice -n 19 "$PY" benchmarks/tinyshakespeare_1m.py --render "$@"
 exit $status
+}
