@@ -296,3 +296,32 @@ def test_resuming_against_a_rebuilt_cache_is_refused(tmp_path):
     other = build(tmp_path / "c3", teacher, task, data, CacheSettings(topk=5))
     with pytest.raises(ValueError, match=r"different run \(teacher: "):
         Trainer(_module(other, task, topk_ok=True), data, None, cfg2, tmp_path / "run").fit(resume=True)
+
+
+def test_an_interrupted_augmented_build_resumes_to_the_files_of_an_uninterrupted_one(tmp_path):
+    """Killed mid-view (batches straddle shards): the second build runs only the batches not recorded as done and
+    writes shards byte-identical to a build that was never interrupted; another key starts afresh."""
+    teacher, task, data = make_teacher(), make_task(True), demo_subset("train", 3)  # 30 examples
+    settings = CacheSettings(views=2, topk=4, seed=5, features=("stage1",))
+    kw = dict(batch_size=7, shard_size=8)
+    whole = build_teacher_cache(tmp_path / "whole", teacher, task, data, settings, **kw)
+    calls = []
+    hook = teacher.register_forward_hook(lambda m, a, o: calls.append(1) if len(calls) < 6 else
+                                         (_ for _ in ()).throw(KeyboardInterrupt("killed")))
+    with pytest.raises(KeyboardInterrupt):  # 5 batches a view: killed in the second view's second batch
+        build_teacher_cache(tmp_path / "c", teacher, task, data, settings, checkpoint_seconds=0, **kw)
+    hook.remove()
+    assert (tmp_path / "c" / "build_progress.json").exists() and not (tmp_path / "c" / "manifest.json").exists()
+    calls.clear()
+    hook = teacher.register_forward_hook(lambda m, a, o: calls.append(1))
+    resumed = build_teacher_cache(tmp_path / "c", teacher, task, data, settings, **kw)
+    assert len(calls) == 4  # view 2 from its second batch: 4 of 10 batches run again
+    assert [s["files"] for s in resumed["shards"]] == [s["files"] for s in whole["shards"]]  # same bytes
+    assert not (tmp_path / "c" / "build_progress.json").exists()
+    TeacherCache(tmp_path / "c", expected=cache_fingerprint(teacher, task, data, settings))
+    (tmp_path / "c" / "manifest.json").unlink()
+    (tmp_path / "c" / "build_progress.json").write_text(json.dumps({"key": "another build", "view": 1, "next": 7}))
+    calls.clear()
+    again = build_teacher_cache(tmp_path / "c", teacher, task, data, settings, batch_size=10, shard_size=8)
+    assert len(calls) == 6 and again["shards"][0]["files"] == whole["shards"][0]["files"]  # from the start
+    hook.remove()

@@ -291,12 +291,12 @@ def slow(module, args, out):
         os.kill(os.getpid(), signal.SIGKILL)  # the build is killed half way
 teacher.register_forward_hook(slow)
 build_teacher_cache({path!r}, teacher, ImageClassification(IMAGENET_MEAN, IMAGENET_STD, None),
-                    demo_subset("train", 2), CacheSettings(), batch_size=8, shard_size=8)
+                    demo_subset("train", 2), CacheSettings(), batch_size=8, shard_size=8, checkpoint_seconds=0)
 """
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
-def test_a_cache_build_killed_half_way_is_refused_then_rebuilt_whole(tmp_path):
+def test_a_cache_build_killed_half_way_is_refused_then_resumed(tmp_path):
     teacher, task, data = cache_parts()
     clean = build_teacher_cache(tmp_path / "clean", teacher, task, data, CacheSettings(), batch_size=8, shard_size=8)
     path = tmp_path / "c"
@@ -306,8 +306,11 @@ def test_a_cache_build_killed_half_way_is_refused_then_rebuilt_whole(tmp_path):
     assert list(path.glob("shard-*.npy")) and not (path / "manifest.json").exists()
     with pytest.raises(CacheError, match=f"{path}: no manifest.json; .*did not finish"):
         ensure_teacher_cache(path, teacher, task, data, CacheSettings(), build="never")
+    calls = []
+    teacher.register_forward_hook(lambda m, a, o: calls.append(1))
     cache = ensure_teacher_cache(path, teacher, task, data, CacheSettings(), build="if_missing", batch_size=8,
                                  shard_size=8)
+    assert len(calls) == 2  # 3 batches; the first was recorded before the SIGKILL
     rebuilt = cache.store.manifest
     assert [s["files"] for s in rebuilt["shards"]] == [s["files"] for s in clean["shards"]]
 

@@ -117,15 +117,19 @@ class TensorStoreWriter:
     """
 
     def __init__(self, path: str | Path, num_examples: int, views: int, specs: Mapping[str, TensorSpec],
-                 shard_size: int = 8192):
+                 shard_size: int = 8192, reopen: bool = False):
+        """``reopen``: continue filling the shards an interrupted writer left (same examples, views, specs and
+        shard size; each file's shape and dtype are checked, a mismatch raises ``ValueError``); nothing counts as
+        written until :meth:`mark_filled` says so."""
         if num_examples <= 0 or views <= 0 or shard_size <= 0:
             raise ValueError(f"num_examples, views and shard_size must be positive, got {num_examples}, {views}, "
                              f"{shard_size}")
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         (self.path / MANIFEST).unlink(missing_ok=True)
-        for old in [*self.path.glob("shard-*.npy"), *self.path.glob("extra-*.npy")]:
-            old.unlink()
+        if not reopen:
+            for old in [*self.path.glob("shard-*.npy"), *self.path.glob("extra-*.npy")]:
+                old.unlink()
         self.num_examples, self.views, self.shard_size = num_examples, views, shard_size
         self.specs = dict(specs)
         self.names = list(self.specs)
@@ -133,12 +137,30 @@ class TensorStoreWriter:
         self._arrays: list[list[np.ndarray]] = []
         for s in range(self.num_shards):
             rows = min(shard_size, num_examples - s * shard_size)
-            self._arrays.append([
-                np.lib.format.open_memmap(self.path / _shard_file(s, j), mode="w+", dtype=_NUMPY[spec.dtype],
-                                          shape=(rows, views, *spec.shape))
-                for j, spec in enumerate(self.specs.values())
-            ])
+            arrays = []
+            for j, spec in enumerate(self.specs.values()):
+                f, shape, dtype = self.path / _shard_file(s, j), (rows, views, *spec.shape), _NUMPY[spec.dtype]
+                if not reopen:
+                    arrays.append(np.lib.format.open_memmap(f, mode="w+", dtype=dtype, shape=shape))
+                    continue
+                a = np.load(f, mmap_mode="r+", allow_pickle=False)
+                if a.shape != shape or a.dtype != dtype:
+                    raise ValueError(f"{f}: {a.shape} {a.dtype}, expected {shape} {np.dtype(dtype)}")
+                arrays.append(a)
+            self._arrays.append(arrays)
         self._filled = np.zeros((num_examples, views), dtype=bool)
+
+    def mark_filled(self, view: int, stop: int) -> None:
+        """Count every entry of the views before ``view``, and examples [0, stop) of ``view``, as written."""
+        self._filled[:, :view] = True
+        if view < self.views:
+            self._filled[:stop, view] = True
+
+    def flush(self) -> None:
+        """Push what :meth:`write` stored to the files (before a progress record says it is there)."""
+        for arrays in self._arrays:
+            for a in arrays:
+                a.flush()
 
     def write(self, indices: torch.Tensor, view: int, values: Mapping[str, torch.Tensor]) -> None:
         """Store ``values[name][i]`` as the entry of example ``indices[i]``, view ``view``."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -47,6 +48,8 @@ __all__ = ["CacheError", "CacheSettings", "TeacherCache", "build_teacher_cache",
            "data_fingerprint", "ensure_teacher_cache", "teacher_fingerprint"]
 
 FEATURE_PREFIX = "feature:"
+#: how far an unfinished build got (removed when the manifest is written)
+PROGRESS = "build_progress.json"
 
 
 # -- fingerprints ----------------------------------------------------------------------------------------------
@@ -189,7 +192,8 @@ def _as_source(teacher: Any) -> Any:
 @torch.no_grad()
 def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, settings: CacheSettings | None = None,
                         *, batch_size: int = 256, shard_size: int = 8192, device: str | torch.device = "cpu",
-                        log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                        log: Callable[[str], None] | None = None, resume: bool = True,
+                        checkpoint_seconds: float = 60.0) -> dict[str, Any]:
     """Run ``teacher`` (an ``nn.Module`` or a teacher source) over ``data`` and write a cache at ``path``.
 
     ``teacher`` may itself be a :class:`TeacherCache` built with the same augmentation replay (same seed and views),
@@ -198,6 +202,11 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     evaluation-style input. With augmentation, ``settings.views`` parameter sets per example are drawn from
     ``settings.seed`` and the teacher is run on each view (the task applies parameters preset in
     ``batch.meta["augment"]``). Returns the manifest.
+
+    Nothing is lost on a crash: every ``checkpoint_seconds`` (and after each view) the shards are flushed and
+    ``build_progress.json`` records how far the build got, under a key of the cache's fingerprint and the build's
+    batch and shard sizes. A build started again on the folder with the same key (``resume``, the default) goes on
+    from there and writes the same files an uninterrupted build writes; any other folder content is started afresh.
     """
     from distill.train.progress import Progress
 
@@ -214,12 +223,32 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
     if augment is not None:
         replay = augment.sample(n * k_views, _replay_generator(settings.seed, 0xA06)).reshape(n, k_views, -1)
     taps = list(settings.features)
+    fingerprint = cache_fingerprint(teacher, task, data, settings)
+    key = hashlib.sha256(json.dumps([fingerprint, batch_size, shard_size], sort_keys=True).encode()).hexdigest()
+    progress_file = Path(path) / PROGRESS
     writer: TensorStoreWriter | None = None
     num_classes = None
     head: HiddenStates | None = None  # hidden: the teacher's output head, stored once
+    start_view, start_lo, seconds_before = 0, 0, 0.0
+    state = _read_progress(progress_file) if resume else None
+    if state is not None and state.get("key") == key:
+        try:
+            specs = {name: TensorSpec(tuple(shape), dtype) for name, shape, dtype in state["specs"]}
+            writer = TensorStoreWriter(path, n, k_views, specs, shard_size=shard_size, reopen=True)
+            start_view, start_lo = int(state["view"]), int(state["next"])
+            writer.mark_filled(start_view, start_lo)
+            num_classes, seconds_before = state.get("num_classes"), float(state.get("seconds", 0.0))
+            if log:
+                log(f"cache build resumed at view {start_view + 1}/{k_views}, example {start_lo}/{n}")
+        except (ValueError, KeyError, TypeError, OSError):
+            writer, start_view, start_lo = None, 0, 0
+    if writer is None:
+        progress_file.unlink(missing_ok=True)
+    last_save = time.perf_counter()
     with Progress("cache build", n * k_views) as bar:
-        for view in range(k_views):
-            for lo in range(0, n, batch_size):
+        bar.update(start_view * n + start_lo)
+        for view in range(start_view, k_views):
+            for lo in range(start_lo if view == start_view else 0, n, batch_size):
                 idx = torch.arange(lo, min(lo + batch_size, n))
                 raw = task.fetch(data, idx)
                 if replay is not None:
@@ -279,13 +308,24 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                     writer = TensorStoreWriter(path, n, k_views, specs, shard_size=shard_size)
                 writer.write(idx, view, values)
                 bar.update(len(idx))
+                end = idx[-1].item() + 1 >= n
+                if end or time.perf_counter() - last_save >= checkpoint_seconds:
+                    writer.flush()
+                    _write_progress(progress_file, {
+                        "key": key, "view": view + 1 if end else view, "next": 0 if end else lo + len(idx),
+                        "specs": [[name, list(spec.shape), spec.dtype] for name, spec in writer.specs.items()],
+                        "num_classes": num_classes, "seconds": seconds_before + time.perf_counter() - start_time})
+                    last_save = time.perf_counter()
             if log:
                 log(f"view {view + 1}/{k_views} done ({time.perf_counter() - start_time:.1f} s)")
     assert writer is not None
+    if settings.hidden and head is None:  # every batch was written before the interruption: the head, once more
+        head = source(task.prepare(task.fetch(data, torch.arange(min(batch_size, n))).to(device), train=False,
+                                   generator=None), task, taps).hidden
     kind = "hidden" if settings.hidden else "full" if settings.topk is None else "topk"
     meta = {"kind": kind, "k": settings.topk, "num_classes": num_classes,
             "features": taps, "views": k_views, "augmented": replay is not None, "seed": settings.seed,
-            "build_seconds": round(time.perf_counter() - start_time, 3)}
+            "build_seconds": round(seconds_before + time.perf_counter() - start_time, 3)}
     extras: dict[str, torch.Tensor] = {}
     if head is not None:  # the head as the task applies it (in float32: exact for fp32/bf16/fp16 weights)
         extras["head_weight"] = head.weight.detach().float().cpu()
@@ -293,8 +333,23 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
             extras["head_bias"] = head.bias.detach().float().cpu()
         meta["hidden_size"] = int(head.weight.shape[1])
         meta["logit_scale"], meta["logit_softcap"] = float(head.scale), head.softcap
-    fingerprint = cache_fingerprint(teacher, task, data, settings)
-    return writer.close(fingerprint, meta, extras)
+    manifest = writer.close(fingerprint, meta, extras)
+    progress_file.unlink(missing_ok=True)
+    return manifest
+
+
+def _read_progress(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
+def _write_progress(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
 
 
 def _distributed() -> tuple[int, int]:
@@ -306,7 +361,8 @@ def _distributed() -> tuple[int, int]:
 def ensure_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, settings: CacheSettings,
                          build: str = "if_missing", verify: bool = True, **build_kwargs: Any) -> TeacherCache:
     """Open the cache at ``path`` for this teacher, data and transform, building it first when ``build`` is
-    ``"if_missing"`` and there is no finished cache (``"always"`` rebuilds, ``"never"`` only opens). A stale or
+    ``"if_missing"`` and there is no finished cache (an unfinished build is resumed: :func:`build_teacher_cache`;
+    ``"always"`` rebuilds from scratch, ``"never"`` only opens). A stale or
     damaged cache is refused, never silently rebuilt. Under ``torch.distributed`` rank 0 builds while the other
     ranks wait at a barrier; then every rank opens and verifies the cache."""
     if build not in ("never", "if_missing", "always"):
@@ -317,8 +373,9 @@ def ensure_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, s
     if rank == 0:
         try:
             missing = not (path / "manifest.json").exists()
-            if build == "always" or (build == "if_missing" and missing):
-                build_teacher_cache(path, teacher, task, data, settings, **build_kwargs)
+            if build == "always" or (build == "if_missing" and missing):  # "always": from scratch, no resume
+                kwargs = {"resume": build != "always", **build_kwargs}
+                build_teacher_cache(path, teacher, task, data, settings, **kwargs)
         except Exception as e:  # reach the barrier even when the build fails, then fail on every rank
             error = f"{type(e).__name__}: {e}"
             if world == 1:
