@@ -225,7 +225,7 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         raise CacheError(f"{path}: no cache here (not a directory); build one with `distill cache build`")
     if not file.exists():
         raise CacheError(f"{path}: no {MANIFEST}; the cache is missing or its build did not finish "
-                         "(rebuild it with `distill cache build`)")
+                         "(`distill cache build` builds it, or finishes an interrupted build)")
     try:
         manifest = json.loads(file.read_bytes().decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
