@@ -105,10 +105,11 @@ def evaluate_run(exp: Experiment, top1: torch.Tensor) -> dict[str, Any]:
 
 def store_form(cache: dict[str, Any] | Any) -> str:
     """The stored form of the teacher a ``teacher.cache`` section (a recipe's dict or the parsed settings) names:
-    ``hidden`` (hidden states + head), ``dense`` (logits) or ``k<k>`` (top-k log-probabilities)."""
+    ``hidden`` (hidden states in float32 + head; ``hidden_float16`` etc. in another dtype), ``dense`` (logits) or
+    ``k<k>`` (top-k log-probabilities)."""
     get = cache.get if isinstance(cache, dict) else lambda key: getattr(cache, key, None)
     if get("hidden"):
-        return "hidden"
+        return "hidden" if get("dtype") in (None, "float32") else f"hidden_{get('dtype')}"
     return "dense" if get("topk") is None else f"k{get('topk')}"
 
 

@@ -59,16 +59,16 @@ from distill.train.checkpoint import checkpoint_folders  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "tinyshakespeare_1m"
 ARMS = ["ce", "fkl", "fkl_dense", "rkl", "gjsd_0.5", "skl_0.1", "taid", "taid_no_adaptive", "taid_a5e-3", "fkl_k8",
-        "fkl_k1", "fkl_k256", "fkl_zero", "ce_fkl", "seqkd_ce"]
+        "fkl_k1", "fkl_k256", "fkl_zero", "fkl_hidden16", "ce_fkl", "seqkd_ce"]
 #: the sparse stores' forward-KL arms, compared with ``fkl_dense`` in the table (arm -> what it reads)
 STORE_ARMS = {"fkl_k1": "top-1", "fkl_k8": "top-8", "fkl": "top-64", "fkl_k256": "top-256",
-              "fkl_zero": "top-64, `zero` mode"}
+              "fkl_zero": "top-64, `zero` mode", "fkl_hidden16": "hidden states, float16"}
 SEEDS = [0, 1, 2]
 NAME = "tinyshakespeare_1m"
 #: the smoke run: tiny data, two seeds, the arms that exercise every store, the t curve and SeqKD's generation
 QUICK = ["data.train_blocks=16", "data.eval_blocks=2", "data.block_size=32", "train.epochs=2", "train.batch_size=4",
          "train.eval_every=2", "train.warmup_epochs=0.5"]
-QUICK_ARMS = ["ce", "fkl", "fkl_dense", "taid", "taid_no_adaptive", "fkl_k1", "seqkd_ce"]
+QUICK_ARMS = ["ce", "fkl", "fkl_dense", "fkl_hidden16", "taid", "taid_no_adaptive", "fkl_k1", "seqkd_ce"]
 #: ``--measure``: the real batch and block size on 96 training blocks (6 steps), one arm of each kind (rkl, gjsd,
 #: skl cost what fkl does: one divergence over the same top-64 rows; top-8 and top-1 less)
 MEASURE = ["data.train_blocks=96", "data.eval_blocks=2", "train.epochs=1"]
@@ -102,6 +102,16 @@ def build_stores(arms: dict[str, Path], overrides: Any, log_to: Any = log) -> di
         source = open_teacher_cache(hidden_cfg, family.build_teacher(hidden_cfg, loaded), loaded.task, loaded.train)
         log_to(f"hidden-state store ready ({time.perf_counter() - t0:.0f} s): {source}")
         stats["hidden"] = cache_stats(Path(hidden_cfg.teacher.cache.path), tokens)
+    for form in sorted(f for f in forms if f.startswith("hidden_")):  # another dtype: from the float32 store
+        c = forms[form][1].teacher.cache
+        t0 = time.perf_counter()
+        cache = ensure_teacher_cache(Path(c.path), source if source is not None else family.build_teacher(
+            forms[form][1], loaded), loaded.task, loaded.train, CacheSettings(hidden=True, dtype=c.dtype),
+            build="if_missing", batch_size=64)
+        log_to(f"{form} store ready ({time.perf_counter() - t0:.0f} s): {cache}")
+        stats[form] = cache_stats(Path(c.path), tokens)
+        if "hidden" in forms:
+            stats[form]["kl_to_float32"] = hidden_kl(Path(forms["hidden"][1].teacher.cache.path), Path(c.path))
     topk = sorted((int(f[1:]) for f in forms if f.startswith("k")), reverse=True)
     for k in topk:
         c = forms[f"k{k}"][1].teacher.cache
@@ -119,6 +129,31 @@ def build_stores(arms: dict[str, Path], overrides: Any, log_to: Any = log) -> di
         open_teacher_cache(c, family.build_teacher(c, loaded), loaded.task, loaded.train)
         stats["dense"] = cache_stats(Path(c.teacher.cache.path), tokens)
     return stats
+
+
+def hidden_kl(reference: Path, other: Path, every: int = 10) -> dict[str, float]:
+    """How far the teacher of a hidden-state store in another dtype is from the float32 one: KL(p_float32 || p_other)
+    of the next-token distributions (nats per token; mean and max over the tokens of every ``every``-th block)."""
+    from distill.cache import TeacherCache
+
+    a, b = TeacherCache(reference), TeacherCache(other)
+    idx = torch.arange(0, a.store.num_examples, every)
+    views = torch.zeros(len(idx), dtype=torch.long)
+    weight, bias = a.head()
+    meta = a.store.manifest["meta"]
+    scale, cap = float(meta.get("logit_scale", 1.0)), meta.get("logit_softcap")
+
+    def logprobs(store: Any, sel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        z = torch.nn.functional.linear(store.get(sel, v, ["hidden"])["hidden"].float(), weight, bias) * scale
+        return (z if cap is None else cap * torch.tanh(z / cap)).log_softmax(-1)
+
+    kls = []
+    for lo in range(0, len(idx), 16):
+        sel, v = idx[lo:lo + 16], views[lo:lo + 16]
+        logp = [logprobs(s.store, sel, v) for s in (a, b)]
+        kls.append((logp[0].exp() * (logp[0] - logp[1])).sum(-1).flatten())
+    kl = torch.cat(kls)
+    return {"mean": float(kl.mean()), "max": float(kl.max())}
 
 
 # -- the TAID t curve --------------------------------------------------------------------------------------------
@@ -267,8 +302,9 @@ def render(res: dict[str, Any], path: Path, command: str) -> None:
         lines += ["", "Teacher stores (training blocks):", "",
                   "| store | size (MB) | of which stored once (MB) | bytes/token | build (s) | teacher mean tail mass "
                   "outside top k |", "|---|---:|---:|---:|---:|---:|"]
-        order = sorted(res["stores"], key=lambda f: (f != "hidden", -int(f[1:]) if f[1:].isdigit() else 0))
-        for s in (res["stores"][f] for f in order):  # the dense form, then top-k by k, largest first
+        order = sorted(res["stores"], key=lambda f: (not f.startswith("hidden"), f != "hidden",
+                                                     -int(f[1:]) if f[1:].isdigit() else 0))
+        for s in (res["stores"][f] for f in order):  # the dense forms (float32 first), then top-k, largest k first
             tail = "-" if s.get("mean_tail_mass") is None else f"{s['mean_tail_mass']:.4f}"
             build = "-" if s.get("build_seconds") is None else f"{s['build_seconds']:.0f}"
             lines.append(f"| {s['name']} | {s['megabytes']:.1f} | {s.get('once_megabytes', 0):.1f} | "

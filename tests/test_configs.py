@@ -331,7 +331,7 @@ FOLDERS = {
     "paired_views": {"paired_kd", "oracle", "adapter", "combined"},  # benchmarks/paired_views.py
     "tinyshakespeare_1m": {"ce", "ce_fkl", "fkl", "fkl_dense", "fkl_k1", "fkl_k8", "fkl_k256", "fkl_zero",  # 1M-token
                            "gjsd_0.5", "rkl", "seqkd_ce", "skl_0.1", "taid", "taid_a5e-3",  # LLM table
-                           "taid_no_adaptive"},
+                           "taid_no_adaptive", "fkl_hidden16"},
 }
 
 

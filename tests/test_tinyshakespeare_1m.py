@@ -32,6 +32,7 @@ def test_every_arm_has_a_recipe_with_at_least_a_million_training_tokens():
             forms[arm] = T.store_form(cfg.teacher.cache)
     assert forms["fkl_dense"] == "hidden" and forms["fkl"] == forms["taid"] == "k64" and forms["fkl_k1"] == "k1"
     assert forms["fkl_k256"] == "k256" and forms["fkl_zero"] == "k64"
+    assert forms["fkl_hidden16"] == "hidden_float16"  # its own store folder, not the float32 one's
     assert set(T.STORE_ARMS) <= set(T.ARMS)
     _, zero = load_recipe(arms["fkl_zero"], [])
     assert zero.methods[0].options()["missing"] == "zero"
