@@ -150,6 +150,7 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
 
     todo = [s for s in range(0, len(prompts), batch_size) if not part_file(s).is_file()]
     parts_dir.mkdir(parents=True, exist_ok=True)
+
     def rows(start: int) -> int:
         return min(batch_size, len(prompts) - start)
 
