@@ -139,18 +139,12 @@ def hidden_kl(reference: Path, other: Path, every: int = 10) -> dict[str, float]
     a, b = TeacherCache(reference), TeacherCache(other)
     idx = torch.arange(0, a.store.num_examples, every)
     views = torch.zeros(len(idx), dtype=torch.long)
-    weight, bias = a.head()
-    meta = a.store.manifest["meta"]
-    scale, cap = float(meta.get("logit_scale", 1.0)), meta.get("logit_softcap")
-
-    def logprobs(store: Any, sel: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        z = torch.nn.functional.linear(store.get(sel, v, ["hidden"])["hidden"].float(), weight, bias) * scale
-        return (z if cap is None else cap * torch.tanh(z / cap)).log_softmax(-1)
-
     kls = []
     for lo in range(0, len(idx), 16):
         sel, v = idx[lo:lo + 16], views[lo:lo + 16]
-        logp = [logprobs(s.store, sel, v) for s in (a, b)]
+        # the dense logits a training run is served (head, logit scale, soft-cap), from each store's hidden states
+        logp = [c._hidden_output(c.store.get(sel, v, ["hidden"])["hidden"].float(), {}, None).logits.log_softmax(-1)
+                for c in (a, b)]
         kls.append((logp[0].exp() * (logp[0] - logp[1])).sum(-1).flatten())
     kl = torch.cat(kls)
     return {"mean": float(kl.mean()), "max": float(kl.max())}

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -37,7 +36,14 @@ import torch
 from torch import nn
 
 from distill.cache.settings import CacheSettings
-from distill.cache.store import CacheError, TensorSpec, TensorStore, TensorStoreWriter, read_manifest
+from distill.cache.store import (
+    CacheError,
+    TensorSpec,
+    TensorStore,
+    TensorStoreWriter,
+    _write_json_atomic,
+    read_manifest,
+)
 from distill.core.batch import Batch
 from distill.core.hidden import HiddenStates
 from distill.core.outputs import ModelOutput
@@ -311,7 +317,7 @@ def build_teacher_cache(path: str | Path, teacher: Any, task: Any, data: Any, se
                 end = idx[-1].item() + 1 >= n
                 if end or time.perf_counter() - last_save >= checkpoint_seconds:
                     writer.flush()
-                    _write_progress(progress_file, {
+                    _write_json_atomic(progress_file, {
                         "key": key, "view": view + 1 if end else view, "next": 0 if end else lo + len(idx),
                         "specs": [[name, list(spec.shape), spec.dtype] for name, spec in writer.specs.items()],
                         "num_classes": num_classes, "seconds": seconds_before + time.perf_counter() - start_time})
@@ -344,12 +350,6 @@ def _read_progress(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
-
-
-def _write_progress(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
 
 
 def _distributed() -> tuple[int, int]:

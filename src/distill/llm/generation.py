@@ -125,6 +125,7 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
                        fingerprint: str, max_new_tokens: int, do_sample: bool, temperature: float, top_k: int,
                        top_p: float, prefix_tokens: int, batch_size: int, seed: int,
                        device: str | torch.device | None) -> LMData:
+    from distill.cache.store import _write_json_atomic
     from distill.core.safe_pickle import load_safetensors
 
     settings = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "temperature": temperature,
@@ -172,10 +173,8 @@ def _teacher_sequences(teacher: nn.Module, data: LMData, cache_dir: str | Path, 
     out = LMData(cat("input_ids", pad_id), cat("attention_mask", 0), cat("labels", IGNORE),
                  torch.cat([p.prompt_lengths for p in parts]))
     _save_atomic(_fields(out), file)
-    tmp = meta_path.with_name(meta_path.name + ".tmp")
-    tmp.write_text(json.dumps({"key": key, "teacher": fingerprint, "data": data.fingerprint(),
-                               "settings": settings, "rows": len(out)}, indent=1))
-    os.replace(tmp, meta_path)
+    _write_json_atomic(meta_path, {"key": key, "teacher": fingerprint, "data": data.fingerprint(),
+                                   "settings": settings, "rows": len(out)})
     shutil.rmtree(parts_dir, ignore_errors=True)
     return out
 
